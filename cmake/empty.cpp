@@ -1,0 +1,1 @@
+// intentionally empty: keeps a library target valid while its folder has no sources
