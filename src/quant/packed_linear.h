@@ -3,6 +3,8 @@
 // Exactly the tensors of docs/format.md ("Quantized linear layer"); GPU kernels repack from this.
 #pragma once
 #include <cstdint>
+#include <span>
+#include <string_view>
 #include <vector>
 
 namespace mosaic {
@@ -28,6 +30,61 @@ struct PackedLinear {
   int64_t num_blocks_kept() const { return int64_t(res_colidx.size()); }
   int64_t num_block_rows() const { return N / block_rows; }
   int64_t num_block_cols() const { return K / block_cols; }
+  int64_t num_blocks_total() const { return num_block_rows() * num_block_cols(); }
+  bool has_residual() const { return !res_colidx.empty(); }
+
+  // Bytes of the packed tensors (base + zeros + residual incl. index), for bits-per-weight.
+  int64_t storage_bytes() const;
+  double bits_per_weight() const { return 8.0 * double(storage_bytes()) / double(N * K); }
 };
+
+// ---- 4-bit nibble packing (docs/format.md "Nibble layout") -------------------------------
+// Code k of a row lives in byte k/2: low nibble when k is even, high nibble when odd.
+inline uint8_t nibble_at(const uint8_t* packed, int64_t k) {
+  return uint8_t((packed[k >> 1] >> ((k & 1) * 4)) & 0xF);
+}
+// Packs n codes (each 0..15; higher bits are an error) into (n+1)/2 bytes. An odd n leaves the
+// last byte's high nibble 0.
+void pack_nibbles(std::span<const uint8_t> codes, std::span<uint8_t> packed);
+void unpack_nibbles(std::span<const uint8_t> packed, int64_t n, std::span<uint8_t> codes);
+std::vector<uint8_t> pack_nibbles(std::span<const uint8_t> codes);
+std::vector<uint8_t> unpack_nibbles(std::span<const uint8_t> packed, int64_t n);
+
+// ---- checks and reference math --------------------------------------------------------------
+// Throws mosaic::Error (one line, naming `what`) unless every size, index and value is
+// consistent with docs/format.md: G | K, K even, Br | N, Bc | K, Bc even, vector lengths,
+// finite scales, zeros 0..15, rowptr monotone from 0 to nnzb, colidx in range and strictly
+// ascending within each block row.
+void validate(const PackedLinear& p, std::string_view what = "quantized linear");
+
+// W_hat as row-major float [N, K]: base + kept residual blocks, each term in float exactly as
+// docs/format.md writes it (scale * (code - 8|zero)), summed in float.
+std::vector<float> dequantize(const PackedLinear& p);
+// The base alone (no residual), row-major [N, K].
+std::vector<float> dequantize_base(const PackedLinear& p);
+
+// Y[M, N] = X[M, K] * dequantize(p)^T, scalar loops with fp64 accumulation. The ground truth
+// the CPU and GPU kernels are tested against.
+void reference_matmul(const PackedLinear& p, const float* X, int64_t M, float* Y);
+
+// ---- random layers for kernel tests ---------------------------------------------------------
+enum class ResidualPattern {
+  kNone,      // no residual blocks
+  kUniform,   // the kept blocks are a uniformly random subset
+  kClustered, // heavy-tailed: a few block rows / block columns hold most kept blocks
+  kOneTile,   // kept blocks fill consecutive whole block rows from a random start (worst imbalance)
+};
+ResidualPattern parse_residual_pattern(std::string_view name);  // uniform|clustered|one_tile|none
+
+// Number of blocks a budget keeps: floor(fraction * total) (floor so the memory budget is never
+// exceeded; a 1e-9 slack makes 0.1 * 100 exactly 10 despite binary rounding). fraction in [0, 1].
+int64_t budget_blocks(double fraction, int64_t total_blocks);
+
+// A valid random layer: random base codes, fp16 scales in [0.004, 0.02] (residual scales 8x
+// smaller), random zeros when asymmetric, and exactly budget_blocks(fraction, total) residual
+// blocks placed by `pattern`. Deterministic in seed.
+PackedLinear random_packed_linear(int64_t N, int64_t K, int group, int Br, int Bc,
+                                  double fraction_of_blocks, ResidualPattern pattern,
+                                  uint64_t seed, bool symmetric = true);
 
 }  // namespace mosaic
