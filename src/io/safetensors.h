@@ -22,6 +22,8 @@ std::string_view dtype_name(DType t);   // "BF16"
 DType dtype_from_name(std::string_view name);  // throws on unknown
 
 // A tensor inside a mapped file: no copy, valid while its file object lives.
+// The data pointer is only as aligned as the file makes it (files we write align every tensor
+// to its element size; foreign files may not): read through memcpy or to_f32.
 struct TensorView {
   std::string name;
   DType dtype = DType::F32;
@@ -40,24 +42,33 @@ struct TensorView {
 class SafetensorsFile {
  public:
   static std::shared_ptr<SafetensorsFile> open(const std::filesystem::path& path);
+  // Parses a whole safetensors file held in memory (the bytes are moved in and owned); `name`
+  // stands in for the path in error messages. Same validation as open(); used by tests and fuzz.
+  static std::shared_ptr<SafetensorsFile> parse(std::string bytes, const std::string& name = "<memory>");
   ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
   const std::filesystem::path& path() const { return path_; }
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const TensorView* find(const std::string& name) const;
+  size_t header_bytes() const { return header_bytes_; }  // 8 + JSON length
 
  private:
   SafetensorsFile() = default;
+  void parse_layout(const uint8_t* bytes, size_t size);
   std::filesystem::path path_;
   void* map_ = nullptr;
   size_t map_size_ = 0;
+  std::string owned_;  // backing bytes for parse(); empty for mapped files
+  size_t header_bytes_ = 0;
   std::map<std::string, TensorView> tensors_;
   std::map<std::string, std::string> metadata_;
 };
 
 // All tensors of a checkpoint directory (or a single .safetensors file): reads
 // model.safetensors.index.json when present (weight_map: name -> shard), else model.safetensors,
-// else every *.safetensors in the directory.
+// else every *.safetensors in the directory (a name found in two files is an error).
 class Checkpoint {
  public:
   static Checkpoint open(const std::filesystem::path& dir_or_file);
@@ -66,9 +77,10 @@ class Checkpoint {
   const TensorView& get(const std::string& name) const;
   // get() plus a shape check: throws naming expected and actual shapes.
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
-  std::vector<std::string> names() const;
+  std::vector<std::string> names() const;  // sorted
   const std::filesystem::path& root() const { return root_; }
   size_t total_bytes() const;
+  const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
 
  private:
   std::filesystem::path root_;
@@ -76,14 +88,18 @@ class Checkpoint {
   std::map<std::string, const TensorView*> index_;
 };
 
-// Builds a safetensors file in memory order of add() calls and writes it atomically.
+// Builds a safetensors file in memory and writes it atomically. The data section holds the
+// tensors grouped by element size, largest first, in add() order within a group, with no gaps
+// (the reference implementation rejects gaps): every tensor then starts at a multiple of its
+// element size, and the header is space-padded so the data section starts 8-byte aligned.
 class SafetensorsWriter {
  public:
   void add(const std::string& name, DType dtype, std::vector<int64_t> shape, std::string bytes);
   void add_f32(const std::string& name, std::vector<int64_t> shape, const float* data);
   void set_metadata(const std::string& key, const std::string& value);
   size_t size() const { return entries_.size(); }
-  // Header keys sorted, data 8-byte aligned; written to a temp file then renamed over path.
+  size_t data_bytes() const;  // sum of tensor bytes added so far
+  // Header: "__metadata__" first, then tensor keys sorted; written to a temp file then renamed.
   void write(const std::filesystem::path& path) const;
   std::string serialize() const;
 
@@ -94,8 +110,42 @@ class SafetensorsWriter {
     std::vector<int64_t> shape;
     std::string bytes;
   };
+  std::string header() const;             // padded JSON header (without the 8-byte length)
+  std::vector<const Entry*> data_order() const;
   std::vector<Entry> entries_;
   std::map<std::string, std::string> metadata_;
+};
+
+// Writes a checkpoint split into shards of at most max_shard_bytes of tensor data (a single
+// larger tensor gets a shard of its own), streaming: each full shard goes to a temp file as soon
+// as it is complete, so memory holds one shard at a time. finish() renames the shards to
+// model-0000i-of-0000N.safetensors and writes model.safetensors.index.json last (or, when one
+// shard suffices, just model.safetensors, as Hugging Face does). Until finish() the directory
+// holds only temp files, which the destructor removes if finish() never ran.
+class ShardedWriter {
+ public:
+  explicit ShardedWriter(std::filesystem::path dir, size_t max_shard_bytes = size_t(5) << 30);
+  ~ShardedWriter();
+  ShardedWriter(const ShardedWriter&) = delete;
+  ShardedWriter& operator=(const ShardedWriter&) = delete;
+  // Metadata is written into every shard; set it before the first add().
+  void set_metadata(const std::string& key, const std::string& value);
+  void add(const std::string& name, DType dtype, std::vector<int64_t> shape, std::string bytes);
+  void add_f32(const std::string& name, std::vector<int64_t> shape, const float* data);
+  // Returns the files written (shards, then the index if any).
+  std::vector<std::filesystem::path> finish();
+
+ private:
+  void flush();
+  std::filesystem::path dir_;
+  size_t max_shard_bytes_;
+  SafetensorsWriter current_;
+  std::map<std::string, std::string> metadata_;
+  std::vector<std::filesystem::path> temp_shards_;
+  std::vector<std::vector<std::string>> shard_names_;  // tensor names per shard
+  std::map<std::string, bool> seen_;
+  size_t total_bytes_ = 0;
+  bool finished_ = false;
 };
 
 }  // namespace mosaic
