@@ -81,18 +81,19 @@ void validate(const PackedLinear& p, std::string_view what) {
                    " is outside 0..15");
   }
 
-  // Residual geometry is checked even when no block is kept, so a layer's block shape is sane.
-  const int Br = p.block_rows, Bc = p.block_cols;
-  MOSAIC_CHECK(Br > 0 && p.N % Br == 0, w, ": block rows ", Br, " do not divide N=", p.N);
-  MOSAIC_CHECK(Bc > 0 && Bc % 2 == 0 && p.K % Bc == 0, w, ": block cols ", Bc,
-               " must be even and divide K=", p.K);
-  const int64_t nbr = p.num_block_rows(), nbc = p.num_block_cols();
+  // The block shape only has to tile W when a residual is stored: a base-only layer (RTN/GPTQ
+  // baselines) may have any N.
   const int64_t nnzb = int64_t(p.res_colidx.size());
   if (p.res_rowptr.empty()) {
     MOSAIC_CHECK(nnzb == 0 && p.res_qvalues.empty() && p.res_scales.empty(), w,
                  ": residual values present but res_rowptr is empty");
     return;
   }
+  const int Br = p.block_rows, Bc = p.block_cols;
+  MOSAIC_CHECK(Br > 0 && p.N % Br == 0, w, ": block rows ", Br, " do not divide N=", p.N);
+  MOSAIC_CHECK(Bc > 0 && Bc % 2 == 0 && p.K % Bc == 0, w, ": block cols ", Bc,
+               " must be even and divide K=", p.K);
+  const int64_t nbr = p.num_block_rows(), nbc = p.num_block_cols();
   MOSAIC_CHECK(int64_t(p.res_rowptr.size()) == nbr + 1, w, ": res_rowptr has ",
                p.res_rowptr.size(), " entries, expected N/Br+1 = ", nbr + 1);
   MOSAIC_CHECK(p.res_rowptr[0] == 0, w, ": res_rowptr[0] = ", p.res_rowptr[0], ", expected 0");

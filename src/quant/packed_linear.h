@@ -52,7 +52,8 @@ std::vector<uint8_t> unpack_nibbles(std::span<const uint8_t> packed, int64_t n);
 
 // ---- checks and reference math --------------------------------------------------------------
 // Throws mosaic::Error (one line, naming `what`) unless every size, index and value is
-// consistent with docs/format.md: G | K, K even, Br | N, Bc | K, Bc even, vector lengths,
+// consistent with docs/format.md: G | K, K even, vector lengths, and, when a residual is
+// stored: Br | N, Bc | K, Bc even,
 // finite scales, zeros 0..15, rowptr monotone from 0 to nnzb, colidx in range and strictly
 // ascending within each block row.
 void validate(const PackedLinear& p, std::string_view what = "quantized linear");

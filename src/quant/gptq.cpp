@@ -1,0 +1,166 @@
+#include "quant/gptq.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "util/error.h"
+
+extern "C" {
+// LAPACK (from OpenBLAS), column-major, 32-bit integers.
+void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info);
+void dpotri_(const char* uplo, const int* n, double* a, const int* lda, int* info);
+}
+
+namespace mosaic {
+
+namespace {
+
+// Upper Cholesky factor U of (H + lambda I)^-1 (so that inverse = U^T U), row-major [K, K]
+// with only the upper triangle meaningful. Returns false when H + lambda I is not PD.
+bool inverse_cholesky_upper(const std::vector<double>& H, int64_t K, double lambda,
+                            std::vector<float>& U) {
+  std::vector<double> A = H;
+  for (int64_t i = 0; i < K; ++i) A[i * K + i] += lambda;
+  const int n = int(K);
+  int info = 0;
+  // A is symmetric, so row-major == column-major. 'L' (column-major lower) reads and writes
+  // A[i + j*K] with i >= j.
+  dpotrf_("L", &n, A.data(), &n, &info);
+  if (info != 0) return false;
+  dpotri_("L", &n, A.data(), &n, &info);  // lower triangle of (H + lambda I)^-1
+  if (info != 0) return false;
+  dpotrf_("L", &n, A.data(), &n, &info);  // inverse = L L^T, L column-major lower
+  if (info != 0) return false;
+  // Column-major L(i, j), i >= j, lives at A[i + j*K] = row-major A[j][i]: the row-major upper
+  // triangle is exactly U = L^T.
+  U.assign(static_cast<size_t>(K * K), 0.0f);
+  for (int64_t r = 0; r < K; ++r)
+    for (int64_t c = r; c < K; ++c) U[r * K + c] = float(A[r * K + c]);
+  return true;
+}
+
+}  // namespace
+
+PackedLinear quantize_gptq(std::span<const float> W, int64_t N, int64_t K,
+                           std::span<const float> H, int group, bool symmetric,
+                           const GptqOptions& opt) {
+  check_weight_matrix(W, N, K, group, "quantize_gptq");
+  MOSAIC_CHECK(int64_t(H.size()) == K * K, "quantize_gptq: Hessian has ", H.size(),
+               " values, expected K*K = ", K, "*", K);
+  MOSAIC_CHECK(K <= 46340, "quantize_gptq: K=", K, " too large for 32-bit LAPACK indexing");
+  MOSAIC_CHECK(std::isfinite(opt.damp) && opt.damp >= 0.0, "quantize_gptq: damp ", opt.damp,
+               " must be finite and >= 0");
+  MOSAIC_CHECK(opt.block_size > 0, "quantize_gptq: block_size ", opt.block_size, " must be > 0");
+  for (size_t i = 0; i < H.size(); ++i)
+    MOSAIC_CHECK(std::isfinite(H[i]), "quantize_gptq: Hessian entry [", int64_t(i) / K, ", ",
+                 int64_t(i) % K, "] is not finite");
+  const int64_t G = K / group;
+  const bool static_groups = opt.static_groups || opt.act_order;
+
+  // Work in the transposed layout Wt [K, N]: a column of W is a contiguous row of Wt, so every
+  // update below is an axpy over N or one GEMM.
+  std::vector<float> Wt(static_cast<size_t>(K * N));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) Wt[k * N + n] = W[n * K + k];
+
+  std::vector<double> Hd(H.begin(), H.end());
+  std::vector<float> hdiag(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) {
+    const double d = Hd[k * K + k];
+    MOSAIC_CHECK(d >= 0.0, "quantize_gptq: Hessian diagonal [", k, "] = ", d,
+                 " is negative (not a PSD Hessian)");
+    hdiag[k] = float(d);
+    if (d == 0.0) {  // dead input: no signal reaches this column, its weight is irrelevant
+      Hd[k * K + k] = 1.0;
+      std::fill(Wt.begin() + k * N, Wt.begin() + (k + 1) * N, 0.0f);
+    }
+  }
+
+  // Static groups are fit on the (dead-zeroed) weights before any permutation or update.
+  std::vector<GroupParams> params(static_cast<size_t>(N * G));
+  auto fit_group_at = [&](int64_t n, int64_t g, const float* col0, const float* hcol0) {
+    // col0 points at Wt[first column of group][n]; values are N apart.
+    params[n * G + g] = fit_group(col0, group, N, symmetric, hcol0, 1, opt.scale);
+  };
+  if (static_groups)
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t n = 0; n < N; ++n)
+        fit_group_at(n, g, Wt.data() + g * group * N + n, hdiag.data() + g * group);
+
+  // act_order: permute columns (rows of Wt, rows+cols of H) by descending diag(H).
+  std::vector<int64_t> perm(static_cast<size_t>(K));
+  std::iota(perm.begin(), perm.end(), 0);
+  if (opt.act_order) {
+    std::stable_sort(perm.begin(), perm.end(),
+                     [&](int64_t a, int64_t b) { return hdiag[a] > hdiag[b]; });
+    std::vector<float> Wp(Wt.size());
+    for (int64_t j = 0; j < K; ++j)
+      std::copy_n(Wt.begin() + perm[j] * N, N, Wp.begin() + j * N);
+    Wt.swap(Wp);
+    std::vector<double> Hp(Hd.size());
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = 0; j < K; ++j) Hp[i * K + j] = Hd[perm[i] * K + perm[j]];
+    Hd.swap(Hp);
+  }
+
+  double mean_diag = 0.0;
+  for (int64_t k = 0; k < K; ++k) mean_diag += Hd[k * K + k];
+  mean_diag /= double(K);
+  std::vector<float> U;
+  double damp = opt.damp;
+  bool ok = false;
+  for (int attempt = 0; attempt < 4 && !ok; ++attempt, damp = std::max(damp * 10.0, 1e-4))
+    ok = inverse_cholesky_upper(Hd, K, damp * mean_diag, U);
+  MOSAIC_CHECK(ok, "quantize_gptq: Hessian [", K, ", ", K,
+               "] is not positive definite even with damping ", damp / 10.0);
+  std::vector<double>().swap(Hd);
+
+  std::vector<uint8_t> codes(static_cast<size_t>(N * K));  // original column order
+  std::vector<float> err;                                  // [batch, N] scaled errors
+  int64_t i1 = 0;
+  while (i1 < K) {
+    // Batch end: at most block_size columns, and no group may start inside a batch and end past
+    // it (its params are fit when its first column is reached, which must see every update).
+    int64_t i2 = std::min<int64_t>(i1 + opt.block_size, K);
+    if (!static_groups) {
+      if (group <= opt.block_size)
+        i2 = i1 + std::max<int64_t>((i2 - i1) / group, 1) * group;
+      else
+        i2 = std::min<int64_t>(i2, (i1 / group + 1) * group);
+    }
+    const int64_t B = i2 - i1;
+    err.assign(static_cast<size_t>(B * N), 0.0f);
+    for (int64_t j = i1; j < i2; ++j) {
+      float* w = Wt.data() + j * N;
+      const int64_t col = perm[j];  // original column index
+      const int64_t g = col / group;
+      if (!static_groups && col % group == 0)
+        for (int64_t n = 0; n < N; ++n)
+          fit_group_at(n, g, Wt.data() + j * N + n, hdiag.data() + col);
+      const float d = U[j * K + j];
+      float* e = err.data() + (j - i1) * N;
+      for (int64_t n = 0; n < N; ++n) {
+        const GroupParams& gp = params[n * G + g];
+        const int c = quantize_code(w[n], gp);
+        codes[n * K + col] = uint8_t(c);
+        e[n] = (w[n] - dequantize_code(c, gp)) / d;
+      }
+      // In-batch update of the remaining columns of this batch.
+      for (int64_t c = j + 1; c < i2; ++c)
+        cblas_saxpy(int(N), -U[j * K + c], e, 1, Wt.data() + c * N, 1);
+    }
+    // Lazy update of every later column: Wt[i2:, :] -= U[i1:i2, i2:]^T * err.
+    if (i2 < K)
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(K - i2), int(N), int(B), -1.0f,
+                  U.data() + i1 * K + i2, int(K), err.data(), int(N), 1.0f,
+                  Wt.data() + i2 * N, int(N));
+    i1 = i2;
+  }
+  return pack_base(N, K, group, symmetric, codes, params);
+}
+
+}  // namespace mosaic

@@ -1,0 +1,33 @@
+// GPTQ (Frantar et al. 2022): quantize W column by column, each column's rounding error spread
+// over the not-yet-quantized columns through the upper Cholesky factor of the damped inverse
+// Hessian, with lazy batch updates (block_size columns at a time, the rest by one GEMM).
+#pragma once
+#include <cstdint>
+#include <span>
+
+#include "quant/packed_linear.h"
+#include "quant/rtn.h"
+
+namespace mosaic {
+
+struct GptqOptions {
+  double damp = 0.01;     // lambda = damp * mean(diag(H)) added to the diagonal
+  bool act_order = false; // process columns by descending diag(H); forces static groups
+  int block_size = 128;   // lazy-batch width (columns); adjusted so no group straddles a batch
+  // Static groups: every group's scale/zero is fit on the original W before any update (needed
+  // with act_order, because the checkpoint format has no per-column group index). Otherwise a
+  // group's params are fit on the partially updated weights when the first column of the group
+  // is reached, as in the reference implementation.
+  bool static_groups = false;
+  ScaleOptions scale;     // divisor / clip search for the group fit (h = diag(H) weights it)
+};
+
+// W row-major [N, K], H row-major [K, K] (symmetric PSD, e.g. 2 X^T X / M). Columns with
+// diag(H) == 0 never see any input: their weights are set to 0 (as the reference does).
+// Throws mosaic::Error on bad sizes, non-finite values, or when H + damping is not positive
+// definite even after raising the damping 10x three times.
+PackedLinear quantize_gptq(std::span<const float> W, int64_t N, int64_t K,
+                           std::span<const float> H, int group, bool symmetric,
+                           const GptqOptions& opt = {});
+
+}  // namespace mosaic

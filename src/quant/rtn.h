@@ -1,0 +1,62 @@
+// Group-wise 4-bit quantization: the scale/zero fit of one group (shared by RTN, GPTQ and the
+// residual blocks) and round-to-nearest quantization of a whole matrix into a PackedLinear.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <span>
+
+#include "quant/packed_linear.h"
+
+namespace mosaic {
+
+// Symmetric scale convention: s = max|w| / kSymDivisor, codes q = clamp(round(w/s), -8, 7).
+// 7.5 spends the -8 code on the negative extreme's side and still rounds +max to 7 with error
+// <= s/2, so every element is within s/2; it measured lower error than max/7 (its grid is 7% finer),
+// see tests/quant/test_rtn.cpp (SymmetricDivisorAblation) and the quantizer report.
+inline constexpr float kSymDivisor = 7.5f;
+
+// How a group's scale is chosen. Optional "better scale search": try clip_grid clipping ratios
+// evenly spaced from 1 down to clip_min of the group's range and keep the one with the smallest
+// sum_j h_j (w_j - deq_j)^2 (h = diag(H) when given, else 1). clip_grid <= 1 turns it off.
+struct ScaleOptions {
+  float sym_divisor = kSymDivisor;  // only for the ablation; keep the default
+  int clip_grid = 0;
+  float clip_min = 0.75f;
+};
+
+// One group's quantizer: deq = scale * (code - zero); scale is already rounded to fp16.
+struct GroupParams {
+  float scale = 0.0f;
+  int zero = 8;  // 8 when symmetric
+};
+
+// Fits a group of n values w[i * stride] (weights h[i * hstride] or none). Throws mosaic::Error
+// when a value is not finite or the scale overflows fp16.
+GroupParams fit_group(const float* w, int64_t n, int64_t stride, bool symmetric,
+                      const float* h = nullptr, int64_t hstride = 1, const ScaleOptions& opt = {});
+
+inline int quantize_code(float w, const GroupParams& g) {
+  if (g.scale == 0.0f) return g.zero;  // all-zero group (or fp16 underflow): deq = 0
+  float q = std::nearbyint(w / g.scale) + float(g.zero);
+  return int(std::clamp(q, 0.0f, 15.0f));
+}
+inline float dequantize_code(int code, const GroupParams& g) { return g.scale * float(code - g.zero); }
+
+// RTN: W row-major [N, K] -> PackedLinear (no residual). symmetric: scale = max|w|/7.5, codes in
+// -8..7; asymmetric: range [min(w,0), max(w,0)] over 15 steps with a zero point 0..15.
+// `h` (length K, e.g. diag(H)) only weights the clip search. Block shape defaults stay in p.
+PackedLinear quantize_rtn(std::span<const float> W, int64_t N, int64_t K, int group,
+                          bool symmetric, const ScaleOptions& opt = {},
+                          std::span<const float> h = {});
+
+// Shared input checks (also used by GPTQ and the residual): size == N*K, finite values,
+// group > 0 dividing K, K even. `what` names the caller in the message.
+void check_weight_matrix(std::span<const float> W, int64_t N, int64_t K, int group,
+                         const char* what);
+
+// Builds a PackedLinear from unpacked codes [N, K] (0..15) and per-(row, group) params.
+PackedLinear pack_base(int64_t N, int64_t K, int group, bool symmetric,
+                       std::span<const uint8_t> codes, std::span<const GroupParams> params);
+
+}  // namespace mosaic
