@@ -116,15 +116,13 @@ def main():
         randomize(model, gen)
         if v["cfg"]["tie_word_embeddings"]:
             model.tie_weights()
-        model = model.to(v["dtype"])
-        out = pathlib.Path(args.out) / name
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out, safe_serialization=True)
-        classic_config(out / "config.json", v["cfg"])
-        for extra in ("generation_config.json",):
-            (out / extra).unlink(missing_ok=True)
+        with torch.no_grad():  # round to the storage dtype, keep computing in fp32
+            for p in model.parameters():
+                p.copy_(p.to(v["dtype"]).float())
+        model = model.eval()
 
-        model = model.float().eval()  # fp32 math on the stored (possibly bf16-rounded) weights
+        # Logits first, in fp32: casting the whole module to bf16 would also round RoPE's
+        # inv_freq buffer, which is not part of the checkpoint and which mosaic keeps in fp32.
         tensors = {}
         vocab = model.config.vocab_size
         for i, T in enumerate(PROMPT_LENGTHS):
@@ -133,6 +131,12 @@ def main():
                 logits = model(input_ids=toks[None, :], use_cache=False).logits[0].float()
             tensors[f"tokens_{i}"] = toks.to(torch.int32).contiguous()
             tensors[f"logits_{i}"] = logits.contiguous()
+
+        out = pathlib.Path(args.out) / name
+        out.mkdir(parents=True, exist_ok=True)
+        model.to(v["dtype"]).save_pretrained(out, safe_serialization=True)
+        classic_config(out / "config.json", v["cfg"])
+        (out / "generation_config.json").unlink(missing_ok=True)
         save_file(tensors, str(out / "logits.safetensors"),
                   metadata={"prompts": str(len(PROMPT_LENGTHS)), "transformers": __import__("transformers").__version__,
                             "torch": torch.__version__})
