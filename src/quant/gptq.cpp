@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "util/error.h"
+#include "util/half.h"
 
 extern "C" {
 // LAPACK (from OpenBLAS), column-major, 32-bit integers.
@@ -43,11 +44,19 @@ bool inverse_cholesky_upper(const std::vector<double>& H, int64_t K, double lamb
   return true;
 }
 
-}  // namespace
+// Per-element residual quantizer of quantize_gptq_with_residual: block id of each block-grid
+// cell (-1 = not kept) and the kept blocks' row scales.
+struct ResidualPlan {
+  int Br = 0, Bc = 0;
+  int64_t nbc = 0;
+  std::vector<int32_t> kept;   // [N/Br * K/Bc]
+  std::vector<float> scales;   // [nnzb * Br]
+  std::vector<uint8_t> codes;  // [nnzb, Br, Bc] unpacked output codes 0..15
+};
 
-PackedLinear quantize_gptq(std::span<const float> W, int64_t N, int64_t K,
-                           std::span<const float> H, int group, bool symmetric,
-                           const GptqOptions& opt) {
+PackedLinear gptq_core(std::span<const float> W, int64_t N, int64_t K, std::span<const float> H,
+                       int group, bool symmetric, const GptqOptions& opt, ResidualPlan* plan,
+                       GptqTrace* trace) {
   check_weight_matrix(W, N, K, group, "quantize_gptq");
   MOSAIC_CHECK(int64_t(H.size()) == K * K, "quantize_gptq: Hessian has ", H.size(),
                " values, expected K*K = ", K, "*", K);
@@ -120,6 +129,10 @@ PackedLinear quantize_gptq(std::span<const float> W, int64_t N, int64_t K,
   std::vector<double>().swap(Hd);
 
   std::vector<uint8_t> codes(static_cast<size_t>(N * K));  // original column order
+  if (trace) {
+    trace->err.assign(static_cast<size_t>(N * K), 0.0f);
+    trace->hinv_diag.assign(static_cast<size_t>(K), 0.0f);
+  }
   std::vector<float> err;                                  // [batch, N] scaled errors
   int64_t i1 = 0;
   while (i1 < K) {
@@ -147,8 +160,21 @@ PackedLinear quantize_gptq(std::span<const float> W, int64_t N, int64_t K,
         const GroupParams& gp = params[n * G + g];
         const int c = quantize_code(w[n], gp);
         codes[n * K + col] = uint8_t(c);
-        e[n] = (w[n] - dequantize_code(c, gp)) / d;
+        float q = dequantize_code(c, gp);
+        if (plan) {  // two-level quantizer inside kept residual blocks
+          const int32_t b = plan->kept[(n / plan->Br) * plan->nbc + col / plan->Bc];
+          if (b >= 0) {
+            const int64_t row = int64_t(b) * plan->Br + n % plan->Br;
+            const GroupParams rp{plan->scales[row], 8};
+            const int rc = quantize_code(w[n] - q, rp);
+            plan->codes[row * plan->Bc + col % plan->Bc] = uint8_t(rc);
+            q += dequantize_code(rc, rp);  // the same float sum dequantize() forms
+          }
+        }
+        if (trace) trace->err[n * K + col] = w[n] - q;
+        e[n] = (w[n] - q) / d;
       }
+      if (trace) trace->hinv_diag[col] = d * d;
       // In-batch update of the remaining columns of this batch.
       for (int64_t c = j + 1; c < i2; ++c)
         cblas_saxpy(int(N), -U[j * K + c], e, 1, Wt.data() + c * N, 1);
@@ -161,6 +187,57 @@ PackedLinear quantize_gptq(std::span<const float> W, int64_t N, int64_t K,
     i1 = i2;
   }
   return pack_base(N, K, group, symmetric, codes, params);
+}
+
+}  // namespace
+
+PackedLinear quantize_gptq(std::span<const float> W, int64_t N, int64_t K,
+                           std::span<const float> H, int group, bool symmetric,
+                           const GptqOptions& opt, GptqTrace* trace) {
+  return gptq_core(W, N, K, H, group, symmetric, opt, nullptr, trace);
+}
+
+PackedLinear quantize_gptq_with_residual(std::span<const float> W, int64_t N, int64_t K,
+                                         std::span<const float> H, int group, bool symmetric,
+                                         const GptqOptions& opt, const PackedLinear& layout,
+                                         GptqTrace* trace) {
+  check_weight_matrix(W, N, K, group, "quantize_gptq_with_residual");
+  // Check the layout through validate() on a shell with a dummy base of the right size.
+  PackedLinear shell = layout;
+  shell.N = N;
+  shell.K = K;
+  shell.group = group;
+  shell.symmetric = true;
+  shell.qweight.assign(static_cast<size_t>(N * K / 2), 0x88);
+  shell.scales.assign(static_cast<size_t>(N * (K / group)), 0);
+  shell.qzeros.clear();
+  const int64_t nnzb = layout.num_blocks_kept();
+  shell.res_qvalues.assign(static_cast<size_t>(nnzb * layout.block_rows * (layout.block_cols / 2)), 0x88);
+  validate(shell, "quantize_gptq_with_residual layout");
+
+  ResidualPlan plan;
+  plan.Br = layout.block_rows;
+  plan.Bc = layout.block_cols;
+  plan.nbc = K / plan.Bc;
+  plan.kept.assign(static_cast<size_t>((N / plan.Br) * plan.nbc), -1);
+  for (int64_t r = 0; r + 1 < int64_t(layout.res_rowptr.size()); ++r)
+    for (int32_t b = layout.res_rowptr[r]; b < layout.res_rowptr[r + 1]; ++b)
+      plan.kept[r * plan.nbc + layout.res_colidx[b]] = b;
+  plan.scales.resize(layout.res_scales.size());
+  for (size_t i = 0; i < plan.scales.size(); ++i) plan.scales[i] = fp16_to_float(layout.res_scales[i]);
+  plan.codes.assign(static_cast<size_t>(nnzb * plan.Br * plan.Bc), 8);
+
+  PackedLinear p = gptq_core(W, N, K, H, group, symmetric, opt, &plan, trace);
+  p.block_rows = layout.block_rows;
+  p.block_cols = layout.block_cols;
+  p.res_rowptr = layout.res_rowptr;
+  p.res_colidx = layout.res_colidx;
+  p.res_scales = layout.res_scales;
+  p.res_qvalues.resize(static_cast<size_t>(nnzb * plan.Br * (plan.Bc / 2)));
+  for (int64_t row = 0; row < nnzb * plan.Br; ++row)
+    pack_nibbles(std::span<const uint8_t>(plan.codes).subspan(size_t(row * plan.Bc), size_t(plan.Bc)),
+                 std::span<uint8_t>(p.res_qvalues).subspan(size_t(row * (plan.Bc / 2)), size_t(plan.Bc / 2)));
+  return p;
 }
 
 }  // namespace mosaic

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "quant/packed_linear.h"
 #include "quant/rtn.h"
@@ -22,12 +23,30 @@ struct GptqOptions {
   ScaleOptions scale;     // divisor / clip search for the group fit (h = diag(H) weights it)
 };
 
+// What GPTQ saw while quantizing, for residual selection on a GPTQ base (original column order):
+// err[n*K + k] = (weight after all earlier updates) - (its quantized value), and
+// hinv_diag[k] = U_kk^2 = [(H_F)^-1]_kk over the not-yet-quantized columns F at that step, so
+// err^2 / hinv_diag is the exact objective increase of that element's rounding (Frantar et al.).
+struct GptqTrace {
+  std::vector<float> err;
+  std::vector<float> hinv_diag;
+};
+
 // W row-major [N, K], H row-major [K, K] (symmetric PSD, e.g. 2 X^T X / M). Columns with
 // diag(H) == 0 never see any input: their weights are set to 0 (as the reference does).
 // Throws mosaic::Error on bad sizes, non-finite values, or when H + damping is not positive
 // definite even after raising the damping 10x three times.
 PackedLinear quantize_gptq(std::span<const float> W, int64_t N, int64_t K,
                            std::span<const float> H, int group, bool symmetric,
-                           const GptqOptions& opt = {});
+                           const GptqOptions& opt = {}, GptqTrace* trace = nullptr);
+
+// GPTQ with the residual inside the loop ("compensation after selection"): `layout` names the
+// kept blocks (block_rows/cols, res_rowptr, res_colidx) and their per-row fp16 res_scales. In a
+// kept block each weight becomes base(w) + s_r * round((w - base(w)) / s_r) (codes -8..7), and
+// that much smaller error is what GPTQ propagates. Returns the base and the residual codes.
+PackedLinear quantize_gptq_with_residual(std::span<const float> W, int64_t N, int64_t K,
+                                         std::span<const float> H, int group, bool symmetric,
+                                         const GptqOptions& opt, const PackedLinear& layout,
+                                         GptqTrace* trace = nullptr);
 
 }  // namespace mosaic

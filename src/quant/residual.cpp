@@ -1,0 +1,292 @@
+// Residual blocks: quantization, scoring, top-k selection (per layer and global), CSR packing,
+// and the whole-layer MosaicQuant entry point.
+#include "quant/residual.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "quant/hessian.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace mosaic {
+
+BlockScorer parse_block_scorer(std::string_view name) {
+  if (name == "delta_hessian") return BlockScorer::kDeltaHessian;
+  if (name == "full_hessian") return BlockScorer::kFullHessian;
+  if (name == "residual") return BlockScorer::kResidualMagnitude;
+  if (name == "weight") return BlockScorer::kWeightMagnitude;
+  fail("unknown block scorer '", name, "' (expected delta_hessian|full_hessian|residual|weight)");
+}
+
+const char* block_scorer_name(BlockScorer s) {
+  switch (s) {
+    case BlockScorer::kDeltaHessian: return "delta_hessian";
+    case BlockScorer::kFullHessian: return "full_hessian";
+    case BlockScorer::kResidualMagnitude: return "residual";
+    case BlockScorer::kWeightMagnitude: return "weight";
+  }
+  return "?";
+}
+
+void quantize_residual_block(const float* R, int64_t ld, int Br, int Bc, uint8_t* packed,
+                             uint16_t* scales, float* deq) {
+  std::vector<uint8_t> codes(static_cast<size_t>(Bc));
+  for (int i = 0; i < Br; ++i) {
+    const float* r = R + i * ld;
+    const GroupParams g = fit_group(r, Bc, 1, /*symmetric=*/true);
+    scales[i] = float_to_fp16(g.scale);
+    for (int j = 0; j < Bc; ++j) {
+      codes[j] = uint8_t(quantize_code(r[j], g));
+      if (deq) deq[i * Bc + j] = dequantize_code(codes[j], g);
+    }
+    pack_nibbles(codes, std::span<uint8_t>(packed + int64_t(i) * (Bc / 2), size_t(Bc / 2)));
+  }
+}
+
+std::vector<float> base_residual(std::span<const float> W, const PackedLinear& base) {
+  MOSAIC_CHECK(int64_t(W.size()) == base.N * base.K, "base_residual: weight has ", W.size(),
+               " values, base is [", base.N, ", ", base.K, "]");
+  std::vector<float> R = dequantize_base(base);
+  for (size_t i = 0; i < R.size(); ++i) R[i] = W[i] - R[i];
+  return R;
+}
+
+namespace {
+
+// method.md's S_B = [sum h_j R_ij^2 - sum h_j (R_ij - deq(Q(R))_ij)^2]_+ for every block.
+std::vector<double> delta_hessian_scores(std::span<const float> R, int64_t N, int64_t K,
+                                         std::span<const float> h, int Br, int Bc) {
+  const int64_t nbr = N / Br, nbc = K / Bc;
+  std::vector<double> scores(static_cast<size_t>(nbr * nbc), 0.0);
+  std::vector<uint8_t> packed(static_cast<size_t>(Br * Bc / 2));
+  std::vector<uint16_t> sc(static_cast<size_t>(Br));
+  std::vector<float> dq(static_cast<size_t>(Br * Bc));
+  for (int64_t r = 0; r < nbr; ++r)
+    for (int64_t c = 0; c < nbc; ++c) {
+      const int64_t r0 = r * Br, c0 = c * Bc;
+      quantize_residual_block(R.data() + r0 * K + c0, K, Br, Bc, packed.data(), sc.data(), dq.data());
+      double s = 0.0;
+      for (int64_t i = 0; i < Br; ++i) {
+        const float* ri = R.data() + (r0 + i) * K + c0;
+        const float* qi = dq.data() + i * Bc;
+        for (int64_t j = 0; j < Bc; ++j) {
+          const double e = double(ri[j]) - qi[j];
+          s += double(h[c0 + j]) * (double(ri[j]) * ri[j] - e * e);
+        }
+      }
+      scores[r * nbc + c] = std::max(s, 0.0);
+    }
+  return scores;
+}
+
+void check_blocks(int64_t N, int64_t K, int Br, int Bc, const char* what) {
+  MOSAIC_CHECK(Br > 0 && N % Br == 0, what, ": block rows ", Br, " do not divide N=", N);
+  MOSAIC_CHECK(Bc > 0 && Bc % 2 == 0 && K % Bc == 0, what, ": block cols ", Bc,
+               " must be even and divide K=", K);
+}
+
+}  // namespace
+
+std::vector<double> score_blocks(std::span<const float> W, std::span<const float> R, int64_t N,
+                                 int64_t K, std::span<const float> H, int Br, int Bc,
+                                 BlockScorer scorer) {
+  check_blocks(N, K, Br, Bc, "score_blocks");
+  MOSAIC_CHECK(int64_t(W.size()) == N * K && int64_t(R.size()) == N * K, "score_blocks: W/R have ",
+               W.size(), "/", R.size(), " values, expected N*K = ", N, "*", K);
+  const bool needs_h = scorer == BlockScorer::kDeltaHessian || scorer == BlockScorer::kFullHessian;
+  MOSAIC_CHECK(!needs_h || int64_t(H.size()) == K * K, "score_blocks: ",
+               block_scorer_name(scorer), " needs a [", K, ", ", K, "] Hessian, got ", H.size(),
+               " values");
+  for (size_t i = 0; i < R.size(); ++i)
+    MOSAIC_CHECK(std::isfinite(R[i]) && std::isfinite(W[i]), "score_blocks: non-finite weight or"
+                 " residual at [", int64_t(i) / K, ", ", int64_t(i) % K, "]");
+  const int64_t nbr = N / Br, nbc = K / Bc;
+  std::vector<double> scores(static_cast<size_t>(nbr * nbc), 0.0);
+
+  if (scorer == BlockScorer::kResidualMagnitude || scorer == BlockScorer::kWeightMagnitude) {
+    const std::span<const float> src = scorer == BlockScorer::kResidualMagnitude ? R : W;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) scores[(n / Br) * nbc + k / Bc] += double(src[n * K + k]) * src[n * K + k];
+    return scores;
+  }
+
+  const std::vector<float> h = hessian_diagonal(H, K);
+  if (scorer == BlockScorer::kDeltaHessian) return delta_hessian_scores(R, N, K, h, Br, Bc);
+  // Full Hessian: the exact drop ||d||_H^2 - ||d - q||_H^2 = 2 q.(H d)_B - q H_BB q of each row
+  // d of R when q (the quantized block row) is added; H d for all rows is one GEMM, G = R H.
+  std::vector<float> Gm(static_cast<size_t>(N * K));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K), int(K), 1.0f, R.data(),
+              int(K), H.data(), int(K), 0.0f, Gm.data(), int(K));
+  std::vector<uint8_t> packed(static_cast<size_t>(Br * Bc / 2));
+  std::vector<uint16_t> sc(static_cast<size_t>(Br));
+  std::vector<float> dq(static_cast<size_t>(Br * Bc));
+  for (int64_t r = 0; r < nbr; ++r) {
+    for (int64_t c = 0; c < nbc; ++c) {
+      const int64_t r0 = r * Br, c0 = c * Bc;
+      quantize_residual_block(R.data() + r0 * K + c0, K, Br, Bc, packed.data(), sc.data(), dq.data());
+      double s = 0.0;
+      for (int64_t i = 0; i < Br; ++i) {
+        const float* qi = dq.data() + i * Bc;
+        const float* gi = Gm.data() + (r0 + i) * K + c0;
+        double lin = 0.0, quad = 0.0;
+        for (int64_t a = 0; a < Bc; ++a) {
+          lin += double(qi[a]) * gi[a];
+          const float* Ha = H.data() + (c0 + a) * K + c0;
+          double t = 0.0;
+          for (int64_t b = 0; b < Bc; ++b) t += double(Ha[b]) * qi[b];
+          quad += double(qi[a]) * t;
+        }
+        s += 2.0 * lin - quad;
+      }
+      scores[r * nbc + c] = std::max(s, 0.0);  // [.]_+ : a block that adds distortion scores 0
+    }
+  }
+  return scores;
+}
+
+std::vector<double> score_blocks_gptq(std::span<const float> W, const GptqTrace& trace, int64_t N,
+                                      int64_t K, int Br, int Bc, BlockScorer scorer) {
+  check_blocks(N, K, Br, Bc, "score_blocks_gptq");
+  MOSAIC_CHECK(int64_t(W.size()) == N * K && int64_t(trace.err.size()) == N * K &&
+                   int64_t(trace.hinv_diag.size()) == K,
+               "score_blocks_gptq: weight/trace sizes do not match [", N, ", ", K, "]");
+  MOSAIC_CHECK(scorer != BlockScorer::kFullHessian,
+               "score_blocks_gptq: the full_hessian scorer applies to the plain residual only");
+  if (scorer != BlockScorer::kDeltaHessian)
+    return score_blocks(W, trace.err, N, K, {}, Br, Bc, scorer);
+  std::vector<float> h(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) {
+    MOSAIC_CHECK(trace.hinv_diag[k] > 0.0f && std::isfinite(trace.hinv_diag[k]),
+                 "score_blocks_gptq: trace inverse-Hessian diagonal [", k, "] = ",
+                 trace.hinv_diag[k], " is not positive");
+    h[k] = 1.0f / trace.hinv_diag[k];
+  }
+  return delta_hessian_scores(trace.err, N, K, h, Br, Bc);
+}
+
+std::vector<int64_t> select_top_blocks(std::span<const double> scores, int64_t count) {
+  MOSAIC_CHECK(count >= 0 && count <= int64_t(scores.size()), "select_top_blocks: count ", count,
+               " outside 0..", scores.size());
+  for (size_t i = 0; i < scores.size(); ++i)
+    MOSAIC_CHECK(!std::isnan(scores[i]), "select_top_blocks: score ", i, " is NaN");
+  std::vector<int64_t> idx(scores.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + count, idx.end(), [&](int64_t a, int64_t b) {
+    return scores[a] != scores[b] ? scores[a] > scores[b] : a < b;
+  });
+  idx.resize(size_t(count));
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+std::vector<int64_t> allocate_global(std::span<const std::vector<double>> layer_scores,
+                                     double fraction) {
+  struct Entry {
+    double score;
+    int64_t layer, id;
+  };
+  std::vector<Entry> all;
+  for (size_t l = 0; l < layer_scores.size(); ++l)
+    for (size_t i = 0; i < layer_scores[l].size(); ++i) {
+      MOSAIC_CHECK(!std::isnan(layer_scores[l][i]), "allocate_global: layer ", l, " score ", i,
+                   " is NaN");
+      all.push_back({layer_scores[l][i], int64_t(l), int64_t(i)});
+    }
+  const int64_t budget = budget_blocks(fraction, int64_t(all.size()));
+  std::partial_sort(all.begin(), all.begin() + budget, all.end(), [](const Entry& a, const Entry& b) {
+    if (a.score != b.score) return a.score > b.score;
+    return a.layer != b.layer ? a.layer < b.layer : a.id < b.id;
+  });
+  std::vector<int64_t> counts(layer_scores.size(), 0);
+  for (int64_t i = 0; i < budget; ++i) ++counts[all[i].layer];
+  return counts;
+}
+
+void attach_residual(PackedLinear& p, std::span<const float> R, std::span<const int64_t> blocks,
+                     int Br, int Bc) {
+  check_blocks(p.N, p.K, Br, Bc, "attach_residual");
+  MOSAIC_CHECK(int64_t(R.size()) == p.N * p.K, "attach_residual: residual has ", R.size(),
+               " values, expected N*K = ", p.N, "*", p.K);
+  const int64_t nbr = p.N / Br, nbc = p.K / Bc;
+  std::vector<int64_t> ids(blocks.begin(), blocks.end());
+  std::sort(ids.begin(), ids.end());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    MOSAIC_CHECK(ids[i] >= 0 && ids[i] < nbr * nbc, "attach_residual: block id ", ids[i],
+                 " outside 0..", nbr * nbc - 1);
+    MOSAIC_CHECK(i == 0 || ids[i] != ids[i - 1], "attach_residual: block ", ids[i], " listed twice");
+  }
+  p.block_rows = Br;
+  p.block_cols = Bc;
+  p.res_rowptr.clear();
+  p.res_colidx.clear();
+  p.res_qvalues.clear();
+  p.res_scales.clear();
+  if (ids.empty()) return;  // no residual tensors at all (docs/format.md)
+  const int64_t nnzb = int64_t(ids.size());
+  MOSAIC_CHECK(nnzb <= INT32_MAX, "attach_residual: too many blocks ", nnzb);
+  p.res_rowptr.assign(size_t(nbr + 1), 0);
+  p.res_colidx.resize(size_t(nnzb));
+  p.res_qvalues.resize(size_t(nnzb * Br * (Bc / 2)));
+  p.res_scales.resize(size_t(nnzb * Br));
+  // Sorted block ids are block-row-major, so this order is already CSR with ascending columns.
+  for (int64_t b = 0; b < nnzb; ++b) {
+    const int64_t r = ids[b] / nbc, c = ids[b] % nbc;
+    p.res_colidx[b] = int32_t(c);
+    p.res_rowptr[r + 1]++;
+    quantize_residual_block(R.data() + r * Br * p.K + c * Bc, p.K, Br, Bc,
+                            p.res_qvalues.data() + b * Br * (Bc / 2), p.res_scales.data() + b * Br,
+                            nullptr);
+  }
+  for (int64_t r = 0; r < nbr; ++r) p.res_rowptr[r + 1] += p.res_rowptr[r];
+}
+
+PackedLinear quantize_mosaic(std::span<const float> W, int64_t N, int64_t K,
+                             std::span<const float> H, const MosaicOptions& opt) {
+  check_weight_matrix(W, N, K, opt.group, "quantize_mosaic");
+  check_blocks(N, K, opt.block_rows, opt.block_cols, "quantize_mosaic");
+  const int64_t total = (N / opt.block_rows) * (K / opt.block_cols);
+  const int64_t keep = budget_blocks(opt.budget, total);  // validates the budget first
+  const bool needs_h = opt.base == BaseMethod::kGptq || opt.scorer == BlockScorer::kDeltaHessian ||
+                       opt.scorer == BlockScorer::kFullHessian;
+  MOSAIC_CHECK(!needs_h || int64_t(H.size()) == K * K, "quantize_mosaic: Hessian has ", H.size(),
+               " values, expected K*K = ", K, "*", K);
+  PackedLinear p;
+  if (opt.base == BaseMethod::kGptq && opt.residual_in_gptq && keep > 0) {
+    // Pass 1: plain GPTQ, recording what it rounds; select; pass 2: GPTQ with the residual in
+    // its loop, the kept blocks' row scales taken from pass 1's rounding errors.
+    GptqTrace trace;
+    PackedLinear layout = quantize_gptq(W, N, K, H, opt.group, opt.symmetric, opt.gptq, &trace);
+    const std::vector<double> scores = score_blocks_gptq(W, trace, N, K, opt.block_rows,
+                                                         opt.block_cols, opt.scorer);
+    attach_residual(layout, trace.err, select_top_blocks(scores, keep), opt.block_rows,
+                    opt.block_cols);
+    return quantize_gptq_with_residual(W, N, K, H, opt.group, opt.symmetric, opt.gptq, layout);
+  }
+  if (opt.base == BaseMethod::kGptq) {
+    p = quantize_gptq(W, N, K, H, opt.group, opt.symmetric, opt.gptq);
+  } else {
+    std::vector<float> h;
+    if (!H.empty()) h = hessian_diagonal(H, K);
+    p = quantize_rtn(W, N, K, opt.group, opt.symmetric, opt.rtn, h);
+  }
+  p.block_rows = opt.block_rows;
+  p.block_cols = opt.block_cols;
+  if (keep == 0) return p;
+  std::vector<float> R = base_residual(W, p);
+  // Dead inputs (diag(H) == 0) never reach the output: their residual is irrelevant, and left in
+  // place it would inflate the scales of every block row it touches.
+  if (!H.empty())
+    for (int64_t k = 0; k < K; ++k)
+      if (H[k * K + k] == 0.0f)
+        for (int64_t n = 0; n < N; ++n) R[n * K + k] = 0.0f;
+  const std::vector<double> scores =
+      score_blocks(W, R, N, K, H, opt.block_rows, opt.block_cols, opt.scorer);
+  attach_residual(p, R, select_top_blocks(scores, keep), opt.block_rows, opt.block_cols);
+  return p;
+}
+
+}  // namespace mosaic

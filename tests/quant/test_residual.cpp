@@ -1,0 +1,355 @@
+// The sparse residual: Delta-Hessian scores against brute-force output distortion, exact
+// budgets (per layer and global), Delta-Hessian vs magnitude selection, the whole-layer entry
+// point, and bad input.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <set>
+
+#include "quant/gptq.h"
+#include "quant/hessian.h"
+#include "quant/residual.h"
+#include "quant/rtn.h"
+#include "quant_test_data.h"
+#include "util/error.h"
+#include "util/half.h"
+
+using namespace mosaic;
+
+namespace {
+
+// X [M, K] with exactly orthogonal columns (so X^T X is diagonal) of varied norms: columns of a
+// Sylvester-Hadamard matrix of order M (a power of two) times log-normal column scales.
+std::vector<float> orthogonal_activations(int64_t M, int64_t K, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> X(static_cast<size_t>(M * K));
+  for (int64_t k = 0; k < K; ++k) {
+    const float s = std::exp(nd(rng));
+    for (int64_t m = 0; m < M; ++m) X[m * K + k] = (std::popcount(uint64_t(m & k)) % 2 ? -s : s);
+  }
+  return X;
+}
+
+// Output distortion removed by keeping exactly `blocks` of R on top of `base`.
+double distortion_drop(const std::vector<float>& W, const PackedLinear& base,
+                       const std::vector<float>& R, const std::vector<int64_t>& blocks,
+                       const float* X, int64_t M) {
+  PackedLinear p = base;
+  attach_residual(p, R, blocks, p.block_rows, p.block_cols);
+  const int64_t N = p.N, K = p.K;
+  return output_error(W, dequantize_base(base), N, K, X, M) -
+         output_error(W, dequantize(p), N, K, X, M);
+}
+
+double spearman(const std::vector<double>& a, const std::vector<double>& b) {
+  auto ranks = [](const std::vector<double>& v) {
+    std::vector<int64_t> idx(v.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    std::sort(idx.begin(), idx.end(), [&](int64_t x, int64_t y) { return v[x] < v[y]; });
+    std::vector<double> r(v.size());
+    for (size_t i = 0; i < idx.size(); ++i) r[idx[i]] = double(i);
+    return r;
+  };
+  const auto ra = ranks(a), rb = ranks(b);
+  const double n = double(a.size());
+  double d2 = 0;
+  for (size_t i = 0; i < a.size(); ++i) d2 += (ra[i] - rb[i]) * (ra[i] - rb[i]);
+  return 1.0 - 6.0 * d2 / (n * (n * n - 1.0));
+}
+
+}  // namespace
+
+TEST(ResidualBlock, QuantizationErrorWithinHalfRowScale) {
+  const int64_t K = 128;
+  const auto R = testdata::weights(8, K, 101);
+  std::vector<uint8_t> packed(8 * 32 / 2);
+  std::vector<uint16_t> sc(8);
+  std::vector<float> dq(8 * 32);
+  quantize_residual_block(R.data() + 64, K, 8, 32, packed.data(), sc.data(), dq.data());
+  for (int i = 0; i < 8; ++i) {
+    const float s = fp16_to_float(sc[i]);
+    for (int j = 0; j < 32; ++j) {
+      EXPECT_LE(std::fabs(R[i * K + 64 + j] - dq[i * 32 + j]), 0.5f * s * 1.01f);
+      EXPECT_EQ(dq[i * 32 + j], s * float(int(nibble_at(packed.data() + i * 16, j)) - 8));
+    }
+  }
+}
+
+// method.md: with a diagonal Hessian the Delta-Hessian score is exactly the output distortion a
+// block removes: sum_n ||x_n (W - W_hat)^T||^2 drops by (M/2) * S_B.
+TEST(DeltaHessian, EqualsExactDistortionDropForDiagonalHessian) {
+  const int64_t N = 32, K = 128, M = 128;
+  const auto W = testdata::weights(N, K, 111);
+  const auto X = orthogonal_activations(M, K, 112);
+  const auto H = hessian_from_inputs(X.data(), M, K);
+  for (int64_t i = 0; i < K; ++i)
+    for (int64_t j = 0; j < K; ++j) {
+      if (i != j) {
+        ASSERT_NEAR(H[i * K + j], 0.0f, 1e-4f * H[i * K + i]) << "X^T X not diagonal";
+      }
+    }
+  PackedLinear base = quantize_rtn(W, N, K, 32, true);
+  base.block_rows = 8;
+  base.block_cols = 16;
+  const auto R = base_residual(W, base);
+  const auto S = score_blocks(W, R, N, K, H, 8, 16, BlockScorer::kDeltaHessian);
+  ASSERT_EQ(S.size(), size_t(4 * 8));
+  double worst = 0;
+  for (int64_t b = 0; b < int64_t(S.size()); ++b) {
+    const double drop = distortion_drop(W, base, R, {b}, X.data(), M);
+    ASSERT_GT(S[b], 0.0);
+    worst = std::max(worst, std::fabs(drop - 0.5 * M * S[b]) / (0.5 * M * S[b]));
+  }
+  std::printf("[residual] diagonal H: max relative |brute force - (M/2) S_B| = %.2e\n", worst);
+  EXPECT_LT(worst, 1e-3);
+  // Several blocks together: the drops add up (no cross terms under a diagonal Hessian).
+  const std::vector<int64_t> set = {1, 5, 9, 30};
+  double sum = 0;
+  for (int64_t b : set) sum += 0.5 * M * S[b];
+  EXPECT_NEAR(distortion_drop(W, base, R, set, X.data(), M), sum, 1e-3 * sum);
+}
+
+// With a full (correlated) Hessian the diagonal score is an approximation: the full-Hessian
+// scorer must match brute force exactly, and we report how the diagonal score ranks blocks.
+// On a GPTQ base most single blocks *increase* the distortion: GPTQ's errors cancel in X W^T by
+// construction and adding back part of W - W_hat breaks that cancellation.
+TEST(DeltaHessian, FullHessianAgainstBruteForce) {
+  const int64_t N = 32, K = 256, M = 1024;
+  const auto W = testdata::weights(N, K, 121);
+  const auto X = testdata::activations(M, K, 122);
+  const auto H = hessian_from_inputs(X.data(), M, K);
+  for (bool gptq : {false, true}) {
+    PackedLinear base = gptq ? quantize_gptq(W, N, K, H, 64, true) : quantize_rtn(W, N, K, 64, true);
+    base.block_rows = 8;
+    base.block_cols = 32;
+    const auto R = base_residual(W, base);
+    const auto Sd = score_blocks(W, R, N, K, H, 8, 32, BlockScorer::kDeltaHessian);
+    const auto Sf = score_blocks(W, R, N, K, H, 8, 32, BlockScorer::kFullHessian);
+    std::vector<double> brute(Sd.size());
+    double worst = 0, scale = 0;
+    int positive = 0;
+    for (int64_t b = 0; b < int64_t(Sd.size()); ++b) {
+      brute[b] = distortion_drop(W, base, R, {b}, X.data(), M) / (0.5 * M);
+      scale = std::max(scale, std::fabs(brute[b]));
+      positive += brute[b] > 0;
+    }
+    for (size_t b = 0; b < Sd.size(); ++b)
+      worst = std::max(worst, std::fabs(Sf[b] - std::max(brute[b], 0.0)) / scale);
+    const double rho_d = spearman(Sd, brute);
+    const int64_t k = budget_blocks(0.1, int64_t(Sd.size()));
+    const auto top_b = select_top_blocks(brute, k), top_d = select_top_blocks(Sd, k);
+    std::vector<int64_t> common;
+    std::set_intersection(top_b.begin(), top_b.end(), top_d.begin(), top_d.end(),
+                          std::back_inserter(common));
+    std::printf("[residual] full H, %s base, 8x32 blocks: full-H score = brute force within %.1e "
+                "of max; blocks that reduce distortion %d/%zu; Spearman(diag score, brute) %.3f; "
+                "top-%lld overlap %zu\n", gptq ? "GPTQ" : "RTN ", worst, positive, Sd.size(), rho_d,
+                (long long)k, common.size());
+    EXPECT_LT(worst, 1e-4);
+    if (!gptq) {
+      EXPECT_GT(positive, int(Sd.size()) / 2);
+      EXPECT_GT(rho_d, 0.5);  // on an RTN base the diagonal score ranks blocks well
+    } else {
+      EXPECT_LT(positive, int(Sd.size()) / 2);  // the literal residual mostly hurts a GPTQ base
+    }
+  }
+}
+
+TEST(Selection, RespectsBudgetExactlyPerLayer) {
+  const int64_t N = 64, K = 256;
+  const auto W = testdata::weights(N, K, 131);
+  const auto X = testdata::activations(512, K, 132);
+  const auto H = hessian_from_inputs(X.data(), 512, K);
+  for (auto [Br, Bc] : {std::pair{16, 64}, std::pair{8, 32}, std::pair{64, 2}, std::pair{1, 256}}) {
+    for (double f : {0.0, 0.025, 0.05, 0.1, 0.2, 0.333, 1.0}) {
+      MosaicOptions o;
+      o.base = BaseMethod::kRtn;
+      o.group = 64;
+      o.block_rows = Br;
+      o.block_cols = Bc;
+      o.budget = f;
+      const PackedLinear p = quantize_mosaic(W, N, K, H, o);
+      ASSERT_NO_THROW(validate(p));
+      const int64_t total = (N / Br) * (K / Bc);
+      EXPECT_EQ(p.num_blocks_kept(), int64_t(std::floor(f * double(total) + 1e-9)))
+          << Br << "x" << Bc << " budget " << f;
+    }
+  }
+  // Ties: with all-equal scores the lowest ids win, deterministically.
+  const std::vector<double> flat(10, 1.0);
+  EXPECT_EQ(select_top_blocks(flat, 3), (std::vector<int64_t>{0, 1, 2}));
+  const std::vector<double> s = {0.5, 3.0, 2.0, 3.0, 0.1};
+  EXPECT_EQ(select_top_blocks(s, 2), (std::vector<int64_t>{1, 3}));
+  EXPECT_THROW(select_top_blocks(s, 6), Error);
+  EXPECT_THROW(select_top_blocks(s, -1), Error);
+}
+
+TEST(Selection, GlobalAllocationIsExactAndMatchesGlobalTopK) {
+  std::mt19937_64 rng(141);
+  std::lognormal_distribution<double> ln(0.0, 2.0);
+  std::vector<std::vector<double>> layers(7);
+  const int sizes[7] = {64, 64, 64, 16, 224, 224, 224};  // like q,k,v,o... of different shapes
+  int64_t total = 0;
+  for (int l = 0; l < 7; ++l) {
+    const double layer_scale = ln(rng);
+    for (int i = 0; i < sizes[l]; ++i) layers[l].push_back(layer_scale * ln(rng));
+    total += sizes[l];
+  }
+  for (double f : {0.0, 0.05, 0.1, 0.25, 1.0}) {
+    const auto counts = allocate_global(layers, f);
+    const int64_t budget = int64_t(std::floor(f * double(total) + 1e-9));
+    EXPECT_EQ(std::accumulate(counts.begin(), counts.end(), int64_t(0)), budget);
+    // The union of per-layer selections is exactly the global top-`budget` set.
+    std::vector<double> flat;
+    for (auto& l : layers) flat.insert(flat.end(), l.begin(), l.end());
+    const auto top = select_top_blocks(flat, budget);
+    std::vector<int64_t> mine;
+    int64_t off = 0;
+    for (int l = 0; l < 7; ++l) {
+      for (int64_t id : select_top_blocks(layers[l], counts[l])) mine.push_back(off + id);
+      off += sizes[l];
+    }
+    EXPECT_EQ(mine, top) << "budget " << f;
+  }
+  // Unequal layers get unequal shares.
+  const auto c10 = allocate_global(layers, 0.1);
+  EXPECT_NE(*std::min_element(c10.begin(), c10.end()), *std::max_element(c10.begin(), c10.end()));
+  EXPECT_THROW(allocate_global(layers, 1.5), Error);
+  EXPECT_THROW(allocate_global(layers, -0.1), Error);
+}
+
+// The paper's claim: selecting by Delta-Hessian (output distortion) beats selecting by residual
+// magnitude or weight magnitude when activations vary across input columns. Reported for an RTN
+// base, a GPTQ base with the literal residual W - W_hat, and GPTQ with the residual in its loop
+// (MosaicOptions::residual_in_gptq); "recovered" is relative to the same base without residual.
+TEST(Selection, DeltaHessianBeatsMagnitudeAtTenPercent) {
+  const int64_t N = 128, K = 512, M = 2048;
+  const auto W = testdata::weights(N, K, 151);
+  const auto X = testdata::activations(M, K, 152, 8, 8, 1.0f);
+  const auto H = hessian_from_inputs(X.data(), M, K);
+  const BlockScorer scorers[4] = {BlockScorer::kDeltaHessian, BlockScorer::kFullHessian,
+                                  BlockScorer::kResidualMagnitude, BlockScorer::kWeightMagnitude};
+  MosaicOptions o;
+  o.block_rows = 16;
+  o.block_cols = 64;
+  o.base = BaseMethod::kRtn;
+  o.budget = 0;
+  const double e_rtn = output_error(W, dequantize(quantize_mosaic(W, N, K, H, o)), N, K, X.data(), M);
+  o.base = BaseMethod::kGptq;
+  const double e_gptq = output_error(W, dequantize(quantize_mosaic(W, N, K, H, o)), N, K, X.data(), M);
+  std::printf("[residual] output error GPTQ / RTN (no residual) = %.3f\n", e_gptq / e_rtn);
+  for (int variant = 0; variant < 3; ++variant) {
+    o.base = variant == 0 ? BaseMethod::kRtn : BaseMethod::kGptq;
+    o.residual_in_gptq = variant == 2;
+    const double e_base = variant == 0 ? e_rtn : e_gptq;
+    double rec[4] = {0, 0, 0, 0};
+    o.budget = 0.1;
+    for (int s = 0; s < 4; ++s) {
+      if (variant == 2 && s == 1) continue;  // full_hessian is defined on the plain residual
+      o.scorer = scorers[s];
+      const PackedLinear p = quantize_mosaic(W, N, K, H, o);
+      ASSERT_NO_THROW(validate(p));
+      EXPECT_EQ(p.num_blocks_kept(), 6);  // floor(0.1 * 8 * 8)
+      rec[s] = 1.0 - output_error(W, dequantize(p), N, K, X.data(), M) / e_base;
+    }
+    const char* name[3] = {"RTN base             ", "GPTQ base, literal R ", "GPTQ, residual in loop"};
+    char full[16] = "   n/a";
+    if (variant != 2) std::snprintf(full, sizeof full, "%6.1f%%", 100 * rec[1]);
+    std::printf("[residual] %s 16x64, 10%%: distortion recovered: delta-hessian %6.1f%%  "
+                "full-hessian %s  residual-mag %6.1f%%  weight-mag %6.1f%%  (error vs RTN x%.3f)\n",
+                name[variant], 100 * rec[0], full, 100 * rec[2], 100 * rec[3],
+                (1 - rec[0]) * e_base / e_rtn);
+    if (variant != 1) {
+      EXPECT_GT(rec[0], rec[2]);
+      EXPECT_GT(rec[0], rec[3]);
+      EXPECT_GT(rec[0], 0.2);
+    }
+  }
+}
+
+TEST(Mosaic, WholeLayerBeatsBaseAndIsValid) {
+  const int64_t N = 64, K = 256, M = 1024;
+  const auto W = testdata::weights(N, K, 161);
+  const auto X = testdata::activations(M, K, 162);
+  const auto H = hessian_from_inputs(X.data(), M, K);
+  for (BaseMethod bm : {BaseMethod::kRtn, BaseMethod::kGptq}) {
+    MosaicOptions o;
+    o.base = bm;
+    o.group = 64;
+    o.block_rows = 16;
+    o.block_cols = 32;
+    o.budget = 0.0;
+    const PackedLinear g = quantize_mosaic(W, N, K, H, o);
+    EXPECT_FALSE(g.has_residual());
+    o.budget = 0.1;
+    const PackedLinear m = quantize_mosaic(W, N, K, H, o);
+    ASSERT_NO_THROW(validate(m));
+    EXPECT_EQ(m.num_blocks_kept(), 3);  // floor(0.1 * 32)
+    if (bm == BaseMethod::kRtn) {  // RTN: same base codes, the residual adds on top
+      EXPECT_EQ(g.qweight, m.qweight);
+      EXPECT_EQ(g.scales, m.scales);
+    }
+    const double eg = output_error(W, dequantize(g), N, K, X.data(), M);
+    const double em = output_error(W, dequantize(m), N, K, X.data(), M);
+    std::printf("[mosaic] %s g64 + 10%% 16x32 blocks: %.3f bits/weight (base %.3f), output "
+                "error x%.3f of the base alone\n", bm == BaseMethod::kRtn ? "RTN " : "GPTQ",
+                m.bits_per_weight(), g.bits_per_weight(), em / eg);
+    EXPECT_LT(em, 0.9 * eg);
+    // Reference matmul on the result equals X * deq(W)^T.
+    std::vector<float> Y(4 * N);
+    reference_matmul(m, X.data(), 4, Y.data());
+    const auto Wd = dequantize(m);
+    for (int64_t n = 0; n < N; ++n) {
+      double y = 0;
+      for (int64_t k = 0; k < K; ++k) y += double(X[k]) * Wd[n * K + k];
+      EXPECT_NEAR(Y[n], y, 1e-5 * (1 + std::fabs(y)));
+    }
+  }
+}
+
+TEST(Mosaic, BadInputThrows) {
+  const int64_t N = 32, K = 128;
+  const auto W = testdata::weights(N, K, 171);
+  const auto X = testdata::activations(256, K, 172);
+  const auto H = hessian_from_inputs(X.data(), 256, K);
+  MosaicOptions o;
+  o.group = 32;
+  o.block_rows = 16;
+  o.block_cols = 32;
+  auto expect_bad = [&](auto mutate, std::span<const float> Wv, std::span<const float> Hv) {
+    MosaicOptions b = o;
+    mutate(b);
+    EXPECT_THROW(quantize_mosaic(Wv, N, K, Hv, b), Error);
+  };
+  auto none = [](MosaicOptions&) {};
+  expect_bad([](MosaicOptions& b) { b.group = 48; }, W, H);
+  expect_bad([](MosaicOptions& b) { b.block_rows = 12; }, W, H);
+  expect_bad([](MosaicOptions& b) { b.block_cols = 48; }, W, H);
+  expect_bad([](MosaicOptions& b) { b.block_cols = 0; }, W, H);
+  expect_bad([](MosaicOptions& b) { b.budget = -0.01; }, W, H);
+  expect_bad([](MosaicOptions& b) { b.budget = 1.01; }, W, H);
+  expect_bad([](MosaicOptions& b) { b.budget = std::numeric_limits<double>::quiet_NaN(); }, W, H);
+  std::vector<float> Hs(H.begin(), H.begin() + K * (K - 1));
+  expect_bad(none, W, Hs);                       // H wrong size
+  expect_bad(none, W, std::span<const float>()); // GPTQ without H
+  auto Wn = W;
+  Wn[17] = std::numeric_limits<float>::quiet_NaN();
+  expect_bad(none, Wn, H);
+  // Scorer-level checks.
+  const auto R = W;  // any finite values
+  EXPECT_THROW(score_blocks(W, R, N, K, Hs, 16, 32, BlockScorer::kDeltaHessian), Error);
+  EXPECT_THROW(score_blocks(W, R, N, K, H, 16, 30, BlockScorer::kDeltaHessian), Error);
+  EXPECT_NO_THROW(score_blocks(W, R, N, K, {}, 16, 32, BlockScorer::kResidualMagnitude));
+  EXPECT_THROW(parse_block_scorer("hessian"), Error);
+  PackedLinear p = quantize_rtn(W, N, K, 32, true);
+  const std::vector<int64_t> dup = {1, 1};
+  EXPECT_THROW(attach_residual(p, R, dup, 16, 32), Error);
+  const std::vector<int64_t> out_of_range = {8};
+  EXPECT_THROW(attach_residual(p, R, out_of_range, 16, 32), Error);
+}
