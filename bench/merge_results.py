@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Merge `mosaic bench gemm --json` rows and bench/torch_int4.py rows into one list, filling
+speedup_vs_cublas of the torch rows from the cuBLAS FP16 row of the same shape and M, and print
+a compact summary (speedups at budget 10%, fused overhead over dense-only)."""
+import json, sys
+
+
+def main():
+    out_path, paths = sys.argv[1], sys.argv[2:]
+    rows = []
+    for p in paths:
+        try:
+            rows += json.load(open(p))
+        except FileNotFoundError:
+            print(f"(missing {p})", file=sys.stderr)
+    cub = {(r["shape"], r["m"]): r["us"] for r in rows if r["variant"] == "cublas_fp16"}
+    for r in rows:
+        if r["variant"] == "torch_int4" and (r["shape"], r["m"]) in cub:
+            r["speedup_vs_cublas"] = cub[(r["shape"], r["m"])] / r["us"]
+    json.dump(rows, open(out_path, "w"), indent=1)
+    by = {}
+    for r in rows:
+        by[(r["shape"], r["m"], r["variant"], r.get("budget"))] = r["us"]
+    shapes = sorted({r["shape"] for r in rows}, key=lambda s: [x["shape"] for x in rows].index(s))
+    ms = sorted({r["m"] for r in rows})
+    print("| shape | M | cuBLAS us | dense_w4 | unfused | zipper | torch_int4 | zipper x cuBLAS | fused overhead | unfused overhead |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s in shapes:
+        for m in ms:
+            c = by.get((s, m, "cublas_fp16", None))
+            d = by.get((s, m, "dense_w4", 0.1))
+            u = by.get((s, m, "unfused", 0.1))
+            z = by.get((s, m, "zipper", 0.1))
+            t = by.get((s, m, "torch_int4", None))
+            if c is None or z is None:
+                continue
+            f = lambda v: "-" if v is None else f"{v:.2f}"
+            print(f"| {s} | {m} | {c:.2f} | {f(d)} | {f(u)} | {z:.2f} | {f(t)} | {c / z:.2f}x | "
+                  f"{'-' if d is None else f'{100 * (z / d - 1):+.1f}%'} | {'-' if (d is None or u is None) else f'{100 * (u / d - 1):+.1f}%'} |")
+
+
+if __name__ == "__main__":
+    main()

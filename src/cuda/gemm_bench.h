@@ -1,0 +1,20 @@
+// `mosaic bench gemm`: times cuBLAS FP16 and the ZipperEngine variants on LLM linear shapes,
+// prints a markdown table and writes JSON rows (see docs/kernels.md, docs/results.md).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace mosaic::cuda {
+
+struct GemmBenchOptions {
+  std::string shapes = "llama3-8b";            // presets and/or KxN, comma separated
+  std::vector<int> ms = {1, 4, 16, 32, 64, 128, 256, 1024, 4096};
+  std::vector<double> budgets = {0.1};         // fraction of 16 x 64 residual blocks kept
+  std::string json;                            // write rows here when set
+  int reps = 7;                                // timed repetitions (median reported)
+  bool bf16 = false;                           // activations for the W4 variants (cuBLAS stays FP16)
+};
+
+void run_gemm_bench(const GemmBenchOptions& o);
+
+}  // namespace mosaic::cuda

@@ -1,0 +1,62 @@
+// ZipperEngine W4A16 GEMM on sm_90 (H100/H200): Y[M,N] = X[M,K] * (deq(base) + deq(residual))^T
+// with FP16 or BF16 X/Y and FP32 accumulation. Built once from a PackedLinear (repacked into
+// the kernel's layout and uploaded at construction); see docs/kernels.md.
+//
+// Paths (GemmPath::Auto picks by M, see choose_path):
+//   Fused   - one launch: mma.sync m16n8k16 with base and residual dequantized in registers into
+//             the same B fragments (memory-bound regime, small M);
+//   Dequant - one kernel writes deq(base)+deq(residual) as FP16/BF16 into a workspace, then
+//             cuBLAS (compute-bound regime, large M).
+// Variants (for the benchmark): Zipper (fused residual), DenseOnly (residual ignored),
+// Unfused (dense kernel, then a separate residual kernel).
+//
+// Not thread-safe: one ZipperLinear owns a split-K workspace; call it from one stream at a time.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "cuda/zipper_layout.h"
+#include "quant/packed_linear.h"
+
+namespace mosaic::cuda {
+
+enum class DType { F16 = 0, BF16 = 1 };
+enum class GemmPath { Auto, Fused, Dequant };
+enum class Variant { Zipper, DenseOnly, Unfused };
+
+const char* dtype_name(DType d);
+
+class ZipperLinear {
+ public:
+  // Repacks and uploads to the current CUDA device. Throws mosaic::Error for unsupported layers
+  // (see check_zipper_supported) or when no CUDA device is usable.
+  explicit ZipperLinear(const PackedLinear& w);
+  ~ZipperLinear();
+  ZipperLinear(const ZipperLinear&) = delete;
+  ZipperLinear& operator=(const ZipperLinear&) = delete;
+
+  // X: device [M, K] row-major, Y: device [M, N] row-major, both of dtype dt, 16-byte aligned.
+  // Asynchronous on `stream`. Throws mosaic::Error naming the shapes on bad arguments.
+  void gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr,
+            Variant v = Variant::Zipper, GemmPath path = GemmPath::Auto) const;
+
+  int64_t N() const;
+  int64_t K() const;
+  int64_t blocks_kept() const;
+  int64_t weight_bytes(bool with_residual = true) const;  // bytes streamed by the fused path
+  GemmPath choose_path(int64_t M) const;                  // what Auto does for this M
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Device helpers for the benchmark (throw mosaic::Error on CUDA failure).
+int cuda_device_count();  // 0 when no driver / no GPU (never throws)
+std::string cuda_device_name();
+
+}  // namespace mosaic::cuda

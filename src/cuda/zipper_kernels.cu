@@ -1,0 +1,498 @@
+// ZipperEngine kernels for sm_90: the fused W4A16 GEMM (dense 4-bit base + 16x64 4-bit residual
+// blocks, one launch), the residual-only kernel of the unfused baseline, and the dequantizer of
+// the large-M path. Layout: zipper_layout.h; design and measurements: docs/kernels.md.
+//
+// Shapes used in comments: a CTA owns 128 outputs (8 warps x 16) of one 16*MB-row block of X
+// and one K-range [kb, kb + KR) (split-K); a warp streams its 16 outputs' chunks over that range.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/zipper_launch.h"
+
+namespace mosaic::cuda::detail {
+namespace {
+
+constexpr int kTileK = 128;  // inputs per pipeline stage (two 64-wide chunks)
+
+// ---- PTX wrappers ----------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return uint32_t(__cvta_generic_to_shared(p));
+}
+
+// The weights are read exactly once per GEMM: mark them evict-first so they do not push the
+// activations and the split-K partial sums out of L2.
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t p;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+  return p;
+}
+
+__device__ __forceinline__ void cp_async16_stream(void* dst, const void* src, uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "l"(policy));
+}
+
+// 16-byte async copy; when !valid the destination is zero-filled (rows of X past M).
+__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// A fragment of m16n8k16 (16 rows x 16 inputs) from a row-major smem tile.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "r"(smem_addr(p)));
+}
+
+// (a & b) | c in one instruction.
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm volatile("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+template <typename T>
+struct Ops;
+
+template <>
+struct Ops<__half> {
+  using T2 = __half2;
+  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  // 8 nibbles -> 4 half2 holding q - 8: nibble pairs (p0,p4) (p1,p5) (p2,p6) (p3,p7).
+  // Magic number: 0x6400 | q is the fp16 1024 + q; 0x6400 | (q << 4) is 1024 + 16 q.
+  __device__ static void dequant(uint32_t q, uint32_t (&out)[4]) {
+    constexpr uint32_t kLo = 0x000f000f, kHi = 0x00f000f0, kExp = 0x64006400;
+    const __half2 k1032 = __halves2half2(__ushort_as_half(0x6408), __ushort_as_half(0x6408));
+    const __half2 kSixteenth = __halves2half2(__ushort_as_half(0x2c00), __ushort_as_half(0x2c00));
+    const __half2 kMinus72 = __halves2half2(__ushort_as_half(0xd480), __ushort_as_half(0xd480));
+    uint32_t lo0 = lop3_and_or(q, kLo, kExp), hi0 = lop3_and_or(q, kHi, kExp);
+    q >>= 8;
+    uint32_t lo1 = lop3_and_or(q, kLo, kExp), hi1 = lop3_and_or(q, kHi, kExp);
+    out[0] = as_u32(__hsub2(as_t2(lo0), k1032));
+    out[1] = as_u32(__hfma2(as_t2(hi0), kSixteenth, kMinus72));
+    out[2] = as_u32(__hsub2(as_t2(lo1), k1032));
+    out[3] = as_u32(__hfma2(as_t2(hi1), kSixteenth, kMinus72));
+  }
+  __device__ static T2 as_t2(uint32_t x) { return *reinterpret_cast<T2*>(&x); }
+  __device__ static uint32_t as_u32(T2 x) { return *reinterpret_cast<uint32_t*>(&x); }
+  __device__ static T2 bcast(__half x) { return __half2half2(x); }
+  __device__ static T2 pack(float a, float b) { return __floats2half2_rn(a, b); }
+  __device__ static float2 unpack(T2 v) { return __half22float2(v); }
+};
+
+template <>
+struct Ops<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  // bf16 has 7 mantissa bits, so 128 + 16 q would carry into the exponent: shift each nibble
+  // down to bits 0..3 instead and use 0x4300 | q = 128 + q, then subtract 136.
+  __device__ static void dequant(uint32_t q, uint32_t (&out)[4]) {
+    constexpr uint32_t kLo = 0x000f000f, kExp = 0x43004300;
+    const __nv_bfloat162 k136 = as_t2(0x43084308u);
+    out[0] = as_u32(__hsub2(as_t2(lop3_and_or(q, kLo, kExp)), k136));
+    out[1] = as_u32(__hsub2(as_t2(lop3_and_or(q >> 4, kLo, kExp)), k136));
+    out[2] = as_u32(__hsub2(as_t2(lop3_and_or(q >> 8, kLo, kExp)), k136));
+    out[3] = as_u32(__hsub2(as_t2(lop3_and_or(q >> 12, kLo, kExp)), k136));
+  }
+  __device__ static T2 as_t2(uint32_t x) { return *reinterpret_cast<T2*>(&x); }
+  __device__ static uint32_t as_u32(T2 x) { return *reinterpret_cast<uint32_t*>(&x); }
+  __device__ static T2 bcast(__nv_bfloat16 x) { return __bfloat162bfloat162(x); }
+  __device__ static T2 pack(float a, float b) { return __floats2bfloat162_rn(a, b); }
+  __device__ static float2 unpack(T2 v) { return __bfloat1622float2(v); }
+};
+
+__device__ __forceinline__ uint32_t word(const uint4& v, int j) {
+  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+
+// Per-warp stage buffer, in 16-byte units:
+//   [0, 64)    base codes of the tile's two chunks (chunk c, lane l at c*32 + l)
+//   [64, 80)   base scales [spt][16] (spt <= 8)
+//   [80, 144)  residual codes of the kept blocks among the two chunks (same order)
+//   [144, 148) residual scales [2][16]
+constexpr int kStageU4 = 148;
+constexpr int kResCodes = 80, kResScales = 144, kBaseScales = 64;
+
+// ---- the fused kernel ------------------------------------------------------------------------
+
+template <typename T, int MB, bool RES>
+__global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L, FusedLaunch f) {
+  using O = Ops<T>;
+  using T2 = typename O::T2;
+  extern __shared__ uint4 smem[];
+  __shared__ int s_last;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
+  const int m0 = blockIdx.z * 16 * MB;           // first row of X of this CTA
+  const int kb = blockIdx.y * f.k_split;         // first input of this CTA's K-range
+  const int KR = min(L.K - kb, f.k_split);       // multiple of 128, <= 4096
+  const int nkt = KR / kTileK;
+  const int xs_stride = KR + 8;                  // halves; +16 B per row: ldmatrix rows hit distinct banks
+  T* xs = reinterpret_cast<T*>(smem);            // (16*MB, KR) activation tile
+  uint4* stages = smem + (16 * MB * xs_stride) / 8 + warp * kStages * kStageU4;
+
+  // 1. Activation tile -> shared memory, once per CTA; all 8 warps reuse it for their outputs.
+  const T* X = static_cast<const T*>(f.X);
+  const int cpr = KR / 8;
+  for (int i = threadIdx.x; i < 16 * MB * cpr; i += blockDim.x) {
+    const int row = i / cpr, col = (i % cpr) * 8, gm = m0 + row;
+    cp_async16_zfill(xs + row * xs_stride + col, X + size_t(min(gm, f.M - 1)) * L.K + kb + col, gm < f.M);
+  }
+  cp_async_commit();
+
+  // 2. This warp's 16 outputs (block row r) and its residual blocks in [kb, kb + KR).
+  const int r = blockIdx.x * kWarps + warp;
+  const bool active = r < L.N / 16;
+  uint64_t flags = 0;  // bit c: chunk c of the K-range has a kept residual block
+  int b_next = 0;      // CSR index of the next residual block to fetch
+  if (RES && active) {
+    const uint64_t* bm = L.res_bitmap + size_t(r) * L.words_per_row;
+    const int c0 = kb / 64, nc = KR / 64, w0 = c0 / 64, sh = c0 % 64;
+    int b = L.res_rowptr[r];
+    for (int w = 0; w < w0; ++w) b += __popcll(bm[w]);
+    uint64_t bits = bm[w0] >> sh;
+    if (sh) b += __popcll(bm[w0] & ((uint64_t(1) << sh) - 1));
+    if (sh && w0 + 1 < L.words_per_row) bits |= bm[w0 + 1] << (64 - sh);
+    flags = nc < 64 ? bits & ((uint64_t(1) << nc) - 1) : bits;
+    b_next = b;
+  }
+
+  const uint4* gq = reinterpret_cast<const uint4*>(L.qweight) + (size_t(r) * (L.K / 64) + kb / 64) * 32 + lane;
+  const uint4* gs = reinterpret_cast<const uint4*>(L.scales) + (size_t(r) * (L.K / kTileK) + kb / kTileK) * L.spt * 2;
+  const uint4* grq = reinterpret_cast<const uint4*>(L.res_qweight);
+  const uint4* grs = reinterpret_cast<const uint4*>(L.res_scales);
+  const uint64_t policy = evict_first_policy();
+
+  // Fetch k-tile i (two chunks of codes, their scales, and the kept residual blocks among them)
+  // into stage i % kStages. Every lane copies only what it will read itself, except the scales.
+  auto issue = [&](int i) {
+    if (active && i < nkt) {
+      uint4* st = stages + (i % kStages) * kStageU4;
+      cp_async16_stream(st + lane, gq + (2 * i) * 32, policy);
+      cp_async16_stream(st + 32 + lane, gq + (2 * i + 1) * 32, policy);
+      if (lane < 2 * L.spt) cp_async16_stream(st + kBaseScales + lane, gs + i * L.spt * 2 + lane, policy);
+      if constexpr (RES) {
+        const unsigned fl = unsigned(flags >> (2 * i)) & 3u;
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+          if (fl & (1u << c)) {
+            cp_async16_stream(st + kResCodes + c * 32 + lane, grq + size_t(b_next) * 32 + lane, policy);
+            if (lane < 2) cp_async16_stream(st + kResScales + 2 * c + lane, grs + size_t(b_next) * 2 + lane, policy);
+            ++b_next;
+          }
+      }
+    }
+    cp_async_commit();  // empty groups keep the group count uniform
+  };
+
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) issue(i);
+  cp_async_wait<kStages - 1>();  // the activation group (oldest) has landed ...
+  __syncthreads();               // ... for every thread's copies
+
+  float acc[MB][2][4] = {};  // (m16 block, n8 tile, mma C fragment)
+  if (active) {
+    for (int i = 0; i < nkt; ++i) {
+      cp_async_wait<kStages - 2>();  // k-tile i is in its stage (this lane's copies)
+      __syncwarp();                  // scales copied by lanes 0..15 visible; stage i-1 consumed
+      issue(i + kStages - 1);
+      const uint4* st = stages + (i % kStages) * kStageU4;
+      const T* sc = reinterpret_cast<const T*>(st + kBaseScales);  // (spt, 16)
+      const unsigned fl = RES ? unsigned(flags >> (2 * i)) & 3u : 0u;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const uint4 q = st[c * 32 + lane];
+        const bool has_res = RES && ((fl >> c) & 1u);
+        uint4 rq = make_uint4(0, 0, 0, 0);
+        T2 rsA{}, rsB{};
+        if (has_res) {
+          rq = st[kResCodes + c * 32 + lane];
+          const T* rs = reinterpret_cast<const T*>(st + kResScales + 2 * c);
+          rsA = O::bcast(rs[g]);
+          rsB = O::bcast(rs[g + 8]);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int kk = c * 4 + j;  // k16 step within the tile
+          const int gi = L.spt == 1 ? 0 : (kk * 16) / L.group;
+          const T2 sA = O::bcast(sc[gi * 16 + g]), sB = O::bcast(sc[gi * 16 + g + 8]);
+          uint32_t b[4];
+          O::dequant(word(q, j), b);
+          b[0] = O::as_u32(__hmul2(O::as_t2(b[0]), sA));
+          b[1] = O::as_u32(__hmul2(O::as_t2(b[1]), sA));
+          b[2] = O::as_u32(__hmul2(O::as_t2(b[2]), sB));
+          b[3] = O::as_u32(__hmul2(O::as_t2(b[3]), sB));
+          if (has_res) {  // the zipper: residual added into the same B fragments, no extra MMA
+            uint32_t rb[4];
+            O::dequant(word(rq, j), rb);
+            b[0] = O::as_u32(__hfma2(O::as_t2(rb[0]), rsA, O::as_t2(b[0])));
+            b[1] = O::as_u32(__hfma2(O::as_t2(rb[1]), rsA, O::as_t2(b[1])));
+            b[2] = O::as_u32(__hfma2(O::as_t2(rb[2]), rsB, O::as_t2(b[2])));
+            b[3] = O::as_u32(__hfma2(O::as_t2(rb[3]), rsB, O::as_t2(b[3])));
+          }
+#pragma unroll
+          for (int mb = 0; mb < MB; ++mb) {
+            uint32_t a[4];
+            ldmatrix_x4(a, xs + (mb * 16 + (lane & 15)) * xs_stride + i * kTileK + kk * 16 + (lane >> 4) * 8);
+            O::mma(acc[mb][0], a, b[0], b[1]);
+            O::mma(acc[mb][1], a, b[2], b[3]);
+          }
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // 3. Epilogue. C fragment: (row g, cols 2t, 2t+1) and (row g + 8, same cols) of each n8 tile.
+  T* Y = static_cast<T*>(f.Y);
+  const int n0 = r * 16 + 2 * (lane & 3);
+  if (gridDim.y == 1) {
+    if (!active) return;
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = m0 + mb * 16 + g + 8 * h;
+          if (row < f.M)
+            *reinterpret_cast<T2*>(Y + size_t(row) * L.N + n0 + nt * 8) =
+                O::pack(acc[mb][nt][2 * h], acc[mb][nt][2 * h + 1]);
+        }
+    return;
+  }
+  // Split-K: add partial sums into the fp32 workspace (L2-resident); the last CTA of this
+  // output tile to arrive converts them to Y and zeroes the workspace for the next call.
+  if (active) {
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = m0 + mb * 16 + g + 8 * h;
+          if (row < f.M) {
+            float* w = f.ws + size_t(row) * L.N + n0 + nt * 8;
+            atomicAdd(w, acc[mb][nt][2 * h]);
+            atomicAdd(w + 1, acc[mb][nt][2 * h + 1]);
+          }
+        }
+  }
+  __threadfence();
+  __syncthreads();
+  const int tile = blockIdx.z * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0) s_last = atomicAdd(&f.counters[tile], 1) == int(gridDim.y) - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  if (active) {
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = m0 + mb * 16 + g + 8 * h;
+          if (row < f.M) {
+            float* w = f.ws + size_t(row) * L.N + n0 + nt * 8;
+            const float v0 = __ldcg(w), v1 = __ldcg(w + 1);
+            __stcg(w, 0.f);
+            __stcg(w + 1, 0.f);
+            *reinterpret_cast<T2*>(Y + size_t(row) * L.N + n0 + nt * 8) = O::pack(v0, v1);
+          }
+        }
+  }
+  if (threadIdx.x == 0) f.counters[tile] = 0;
+}
+
+// ---- helpers shared by the two simple kernels ---------------------------------------------------
+
+// CSR index of block (r, c) when kept, else -1.
+__device__ __forceinline__ int find_block(const DeviceLayer& L, int r, int c) {
+  const uint64_t* bm = L.res_bitmap + size_t(r) * L.words_per_row;
+  if (!((bm[c / 64] >> (c % 64)) & 1)) return -1;
+  int b = L.res_rowptr[r];
+  for (int w = 0; w < c / 64; ++w) b += __popcll(bm[w]);
+  if (c % 64) b += __popcll(bm[c / 64] & ((uint64_t(1) << (c % 64)) - 1));
+  return b;
+}
+
+// ---- unfused baseline: Y += X * deq(residual)^T, one warp per block row ----------------------------
+
+template <typename T>
+__global__ void __launch_bounds__(256) residual_only_kernel(DeviceLayer L, const T* X, T* Y, int M) {
+  using O = Ops<T>;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r = blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (r >= L.N / 16 || L.res_rowptr[r] == L.res_rowptr[r + 1]) return;
+  const uint64_t* bm = L.res_bitmap + size_t(r) * L.words_per_row;
+  for (int m0 = 0; m0 < M; m0 += 16) {
+    float acc[2][4] = {};
+    int b = L.res_rowptr[r];
+    for (int w = 0; w < L.words_per_row; ++w)
+      for (uint64_t bits = bm[w]; bits; bits &= bits - 1, ++b) {
+        const int c = w * 64 + __ffsll(static_cast<long long>(bits)) - 1;
+        const uint4 q = reinterpret_cast<const uint4*>(L.res_qweight)[size_t(b) * 32 + lane];
+        const auto rsA = O::bcast(reinterpret_cast<const T*>(L.res_scales)[size_t(b) * 16 + g]);
+        const auto rsB = O::bcast(reinterpret_cast<const T*>(L.res_scales)[size_t(b) * 16 + g + 8]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int k = c * 64 + j * 16 + 2 * t;
+          uint32_t a[4];
+#pragma unroll
+          for (int h = 0; h < 4; ++h) {  // a0: (g, k) a1: (g+8, k) a2: (g, k+8) a3: (g+8, k+8)
+            const int row = m0 + g + 8 * (h & 1);
+            a[h] = row < M ? *reinterpret_cast<const uint32_t*>(X + size_t(row) * L.K + k + 8 * (h >> 1)) : 0u;
+          }
+          uint32_t rb[4];
+          O::dequant(word(q, j), rb);
+          rb[0] = O::as_u32(__hmul2(O::as_t2(rb[0]), rsA));
+          rb[1] = O::as_u32(__hmul2(O::as_t2(rb[1]), rsA));
+          rb[2] = O::as_u32(__hmul2(O::as_t2(rb[2]), rsB));
+          rb[3] = O::as_u32(__hmul2(O::as_t2(rb[3]), rsB));
+          O::mma(acc[0], a, rb[0], rb[1]);
+          O::mma(acc[1], a, rb[2], rb[3]);
+        }
+      }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = m0 + g + 8 * h;
+        if (row >= M) continue;
+        auto* y = reinterpret_cast<typename O::T2*>(Y + size_t(row) * L.N + r * 16 + nt * 8 + 2 * t);
+        const float2 old = O::unpack(*y);
+        *y = O::pack(old.x + acc[nt][2 * h], old.y + acc[nt][2 * h + 1]);
+      }
+  }
+}
+
+// ---- large-M path: W = deq(base) (+ deq(residual)), one warp per 16 x 64 chunk --------------------
+
+template <typename T>
+__global__ void __launch_bounds__(256) dequant_kernel(DeviceLayer L, T* W, bool residual) {
+  using O = Ops<T>;
+  using T2 = typename O::T2;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int64_t chunk = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
+  const int nchunk = L.K / 64;
+  if (chunk >= int64_t(L.N / 16) * nchunk) return;
+  const int r = int(chunk / nchunk), c = int(chunk % nchunk);
+  const uint4 q = reinterpret_cast<const uint4*>(L.qweight)[size_t(chunk) * 32 + lane];
+  const T* sc = reinterpret_cast<const T*>(L.scales) + (size_t(r) * (L.K / kTileK) + c / 2) * L.spt * 16;
+  const int b = residual && L.res_qweight ? find_block(L, r, c) : -1;
+  uint4 rq = make_uint4(0, 0, 0, 0);
+  T2 rsA{}, rsB{};
+  if (b >= 0) {
+    rq = reinterpret_cast<const uint4*>(L.res_qweight)[size_t(b) * 32 + lane];
+    rsA = O::bcast(reinterpret_cast<const T*>(L.res_scales)[size_t(b) * 16 + g]);
+    rsB = O::bcast(reinterpret_cast<const T*>(L.res_scales)[size_t(b) * 16 + g + 8]);
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int kk = (c % 2) * 4 + j;
+    const int gi = L.spt == 1 ? 0 : (kk * 16) / L.group;
+    const T2 sA = O::bcast(sc[gi * 16 + g]), sB = O::bcast(sc[gi * 16 + g + 8]);
+    uint32_t v[4];
+    O::dequant(word(q, j), v);
+    v[0] = O::as_u32(__hmul2(O::as_t2(v[0]), sA));
+    v[1] = O::as_u32(__hmul2(O::as_t2(v[1]), sA));
+    v[2] = O::as_u32(__hmul2(O::as_t2(v[2]), sB));
+    v[3] = O::as_u32(__hmul2(O::as_t2(v[3]), sB));
+    if (b >= 0) {
+      uint32_t rv[4];
+      O::dequant(word(rq, j), rv);
+      v[0] = O::as_u32(__hfma2(O::as_t2(rv[0]), rsA, O::as_t2(v[0])));
+      v[1] = O::as_u32(__hfma2(O::as_t2(rv[1]), rsA, O::as_t2(v[1])));
+      v[2] = O::as_u32(__hfma2(O::as_t2(rv[2]), rsB, O::as_t2(v[2])));
+      v[3] = O::as_u32(__hfma2(O::as_t2(rv[3]), rsB, O::as_t2(v[3])));
+    }
+    const int k = c * 64 + j * 16 + 2 * t;
+    const size_t rowA = size_t(r * 16 + g) * L.K, rowB = size_t(r * 16 + g + 8) * L.K;
+    *reinterpret_cast<uint32_t*>(W + rowA + k) = v[0];
+    *reinterpret_cast<uint32_t*>(W + rowA + k + 8) = v[1];
+    *reinterpret_cast<uint32_t*>(W + rowB + k) = v[2];
+    *reinterpret_cast<uint32_t*>(W + rowB + k + 8) = v[3];
+  }
+}
+
+// ---- launchers ---------------------------------------------------------------------------------
+
+template <typename T, int MB, bool RES>
+void launch_fused_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
+  const int smem = fused_smem_bytes(MB, f.k_split, L.spt);
+  static int configured = 0;  // raise the dynamic smem limit once per instantiation
+  if (configured < smem) {
+    cudaFuncSetAttribute(zipper_fused_kernel<T, MB, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024);
+    configured = 227 * 1024;
+  }
+  const dim3 grid((L.N + kCtaN - 1) / kCtaN, (L.K + f.k_split - 1) / f.k_split, (f.M + 16 * MB - 1) / (16 * MB));
+  zipper_fused_kernel<T, MB, RES><<<grid, kWarps * 32, smem, s>>>(L, f);
+}
+
+template <typename T>
+void launch_fused_mb(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
+  const bool res = f.residual && L.res_qweight != nullptr;
+  switch (f.m_block) {
+    case 1: return res ? launch_fused_t<T, 1, true>(L, f, s) : launch_fused_t<T, 1, false>(L, f, s);
+    case 2: return res ? launch_fused_t<T, 2, true>(L, f, s) : launch_fused_t<T, 2, false>(L, f, s);
+    default: return res ? launch_fused_t<T, 4, true>(L, f, s) : launch_fused_t<T, 4, false>(L, f, s);
+  }
+}
+
+}  // namespace
+
+int fused_smem_bytes(int m_block, int k_split, int /*spt*/) {
+  return 16 * m_block * (k_split + 8) * 2 + kWarps * kStages * kStageU4 * 16;
+}
+
+void launch_fused(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
+  if (f.bf16)
+    launch_fused_mb<__nv_bfloat16>(L, f, s);
+  else
+    launch_fused_mb<__half>(L, f, s);
+}
+
+void launch_residual_only(const DeviceLayer& L, const void* X, void* Y, int M, int bf16, cudaStream_t s) {
+  if (!L.res_qweight) return;
+  const int blocks = (L.N / 16 + 7) / 8;
+  if (bf16)
+    residual_only_kernel<__nv_bfloat16><<<blocks, 256, 0, s>>>(L, static_cast<const __nv_bfloat16*>(X),
+                                                               static_cast<__nv_bfloat16*>(Y), M);
+  else
+    residual_only_kernel<__half><<<blocks, 256, 0, s>>>(L, static_cast<const __half*>(X), static_cast<__half*>(Y), M);
+}
+
+void launch_dequant(const DeviceLayer& L, void* W, int bf16, int residual, cudaStream_t s) {
+  const int64_t chunks = int64_t(L.N / 16) * (L.K / 64);
+  const unsigned blocks = unsigned((chunks + 7) / 8);
+  if (bf16)
+    dequant_kernel<__nv_bfloat16><<<blocks, 256, 0, s>>>(L, static_cast<__nv_bfloat16*>(W), residual != 0);
+  else
+    dequant_kernel<__half><<<blocks, 256, 0, s>>>(L, static_cast<__half*>(W), residual != 0);
+}
+
+}  // namespace mosaic::cuda::detail

@@ -1,0 +1,46 @@
+// Internal: kernel parameters and launchers of ZipperEngine (zipper_kernels.cu), called by
+// ZipperLinear (zipper_linear.cpp). Plain C++ so the host code compiles with the host compiler.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace mosaic::cuda::detail {
+
+inline constexpr int kWarps = 8;                // warps per CTA, each owns 16 outputs
+inline constexpr int kCtaN = 16 * kWarps;       // outputs per CTA
+inline constexpr int kStages = 4;               // cp.async pipeline depth (k-tiles in flight)
+
+// Device pointers of one repacked layer (see zipper_layout.h for the layouts).
+struct DeviceLayer {
+  int N = 0, K = 0, group = 128, spt = 1, words_per_row = 0;
+  const uint32_t* qweight = nullptr;
+  const uint16_t* scales = nullptr;
+  const uint32_t* res_qweight = nullptr;  // null when no block is kept
+  const uint16_t* res_scales = nullptr;
+  const int32_t* res_rowptr = nullptr;
+  const uint64_t* res_bitmap = nullptr;
+};
+
+struct FusedLaunch {
+  const void* X = nullptr;
+  void* Y = nullptr;
+  int M = 0;
+  int bf16 = 0;          // 0: fp16, 1: bf16
+  int residual = 0;      // fuse the residual blocks
+  int m_block = 1;       // 16-row MMA blocks per CTA: 1, 2 or 4
+  int k_split = 0;       // inputs per CTA (multiple of 128); == K means no split
+  float* ws = nullptr;   // [M, N] fp32, zero between calls (split-K partial sums)
+  int* counters = nullptr;  // one per output tile, zero between calls
+  int num_sms = 132;
+};
+
+// Shared memory bytes the fused kernel needs for this launch (host chooses k_split with it).
+int fused_smem_bytes(int m_block, int k_split, int spt);
+void launch_fused(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
+// Y += X * deq(residual)^T (the unfused variant's second kernel). One warp per block row.
+void launch_residual_only(const DeviceLayer& L, const void* X, void* Y, int M, int bf16, cudaStream_t s);
+// W[N, K] (fp16/bf16 row-major) = deq(base) (+ deq(residual) when residual).
+void launch_dequant(const DeviceLayer& L, void* W, int bf16, int residual, cudaStream_t s);
+
+}  // namespace mosaic::cuda::detail

@@ -1,0 +1,223 @@
+// ZipperLinear: owns the repacked layer on the device and dispatches a GEMM to the fused kernel
+// (small M) or to dequantize + cuBLAS (large M). All argument errors are mosaic::Error.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "cuda/zipper.h"
+#include "cuda/zipper_launch.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace mosaic::cuda {
+namespace {
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA error in ", what, ": ", cudaGetErrorString(e));
+}
+void check_cublas(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS error ", int(s), " in ", what);
+}
+
+template <typename T>
+T* upload(const std::vector<T>& v) {
+  if (v.empty()) return nullptr;
+  void* p = nullptr;
+  check_cuda(cudaMalloc(&p, v.size() * sizeof(T)), "cudaMalloc (weights)");
+  check_cuda(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy (weights)");
+  return static_cast<T*>(p);
+}
+
+bool is_device_pointer(const void* p) {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
+// Scales are fp16 in the checkpoint; the bf16 kernels multiply in bf16, so keep a bf16 copy
+// (same bytes streamed, no conversion in the inner loop).
+std::vector<uint16_t> to_bf16(const std::vector<uint16_t>& h) {
+  std::vector<uint16_t> b(h.size());
+  for (size_t i = 0; i < h.size(); ++i) b[i] = float_to_bf16(fp16_to_float(h[i]));
+  return b;
+}
+
+}  // namespace
+
+const char* dtype_name(DType d) { return d == DType::F16 ? "fp16" : d == DType::BF16 ? "bf16" : "invalid"; }
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string cuda_device_name() {
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  cudaDeviceProp p{};
+  check_cuda(cudaGetDeviceProperties(&p, dev), "cudaGetDeviceProperties");
+  return p.name;
+}
+
+struct ZipperLinear::Impl {
+  detail::DeviceLayer L;   // fp16 scales
+  detail::DeviceLayer Lb;  // same codes, bf16 scales
+  const detail::DeviceLayer& layer(int bf16) const { return bf16 ? Lb : L; }
+  int64_t nnzb = 0, bytes_all = 0, bytes_base = 0;
+  int num_sms = 132;
+  // Workspaces, grown on demand (mutable state: one stream at a time).
+  float* ws = nullptr;
+  size_t ws_elems = 0;
+  int* counters = nullptr;
+  size_t n_counters = 0;
+  void* deq = nullptr;  // N x K fp16/bf16 for the large-M path
+  cublasHandle_t cublas = nullptr;
+
+  ~Impl() {
+    for (const void* p : {static_cast<const void*>(L.qweight), static_cast<const void*>(L.scales),
+                          static_cast<const void*>(L.res_qweight), static_cast<const void*>(L.res_scales),
+                          static_cast<const void*>(L.res_rowptr), static_cast<const void*>(L.res_bitmap),
+                          static_cast<const void*>(Lb.scales), static_cast<const void*>(Lb.res_scales),
+                          static_cast<const void*>(ws), static_cast<const void*>(counters), static_cast<const void*>(deq)})
+      if (p) cudaFree(const_cast<void*>(p));
+    if (cublas) cublasDestroy(cublas);
+  }
+
+  void ensure_ws(size_t elems, size_t counters_needed) {
+    if (elems > ws_elems) {
+      if (ws) cudaFree(ws);
+      ws = nullptr;
+      ws_elems = 0;
+      check_cuda(cudaMalloc(&ws, elems * sizeof(float)), "cudaMalloc (split-K workspace)");
+      check_cuda(cudaMemset(ws, 0, elems * sizeof(float)), "cudaMemset (split-K workspace)");
+      ws_elems = elems;
+    }
+    if (counters_needed > n_counters) {
+      if (counters) cudaFree(counters);
+      counters = nullptr;
+      n_counters = 0;
+      check_cuda(cudaMalloc(&counters, counters_needed * sizeof(int)), "cudaMalloc (split-K counters)");
+      check_cuda(cudaMemset(counters, 0, counters_needed * sizeof(int)), "cudaMemset (split-K counters)");
+      n_counters = counters_needed;
+    }
+  }
+
+  void run_fused(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
+    detail::FusedLaunch f;
+    f.X = X;
+    f.Y = Y;
+    f.M = M;
+    f.bf16 = bf16;
+    f.residual = residual ? 1 : 0;
+    f.m_block = M <= 16 ? 1 : M <= 32 ? 2 : 4;
+    const int n_tiles = (L.N + detail::kCtaN - 1) / detail::kCtaN;
+    const int m_tiles = (M + 16 * f.m_block - 1) / (16 * f.m_block);
+    const int k_tiles = L.K / kTileK;
+    // Split K until the grid covers every SM about twice (M = 1 needs all of them streaming);
+    // a K-range holds at most 32 tiles (the residual bitmask of a warp is 64 bits).
+    const int64_t ctas = int64_t(n_tiles) * m_tiles;
+    int splits = int(std::clamp<int64_t>((2 * num_sms + ctas - 1) / ctas, 1, k_tiles));
+    int per = std::min((k_tiles + splits - 1) / splits, 32);
+    while (per > 1 && detail::fused_smem_bytes(f.m_block, per * kTileK, L.spt) > 200 * 1024) --per;
+    f.k_split = per * kTileK;
+    splits = (k_tiles + per - 1) / per;
+    if (splits > 1) ensure_ws(size_t(M) * L.N, size_t(n_tiles) * m_tiles);
+    f.ws = ws;
+    f.counters = counters;
+    f.num_sms = num_sms;
+    detail::launch_fused(layer(bf16), f, s);
+    check_cuda(cudaGetLastError(), "zipper fused kernel launch");
+  }
+
+  void run_dequant(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
+    if (!deq) check_cuda(cudaMalloc(&deq, size_t(L.N) * L.K * 2), "cudaMalloc (dequantized weights)");
+    detail::launch_dequant(layer(bf16), deq, bf16, residual ? 1 : 0, s);
+    check_cuda(cudaGetLastError(), "zipper dequant kernel launch");
+    if (!cublas) check_cublas(cublasCreate(&cublas), "cublasCreate");
+    check_cublas(cublasSetStream(cublas, s), "cublasSetStream");
+    const float alpha = 1.f, beta = 0.f;
+    const cudaDataType t = bf16 ? CUDA_R_16BF : CUDA_R_16F;
+    // Row-major Y[M,N] = X[M,K] W[N,K]^T is column-major Y^T (N x M) = W^T' ... i.e. op(A) = T.
+    check_cublas(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, L.N, M, L.K, &alpha, deq, t, L.K, X, t, L.K, &beta,
+                              Y, t, L.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx (dequantized weights)");
+  }
+};
+
+ZipperLinear::ZipperLinear(const PackedLinear& w) : impl_(std::make_unique<Impl>()) {
+  const ZipperLayout z = repack_for_zipper(w);  // validates the layer first
+  MOSAIC_CHECK(cuda_device_count() > 0, "zipper: no CUDA GPU available for layer [N=", w.N, ", K=", w.K, "]");
+  auto& L = impl_->L;
+  L.N = int(z.N);
+  L.K = int(z.K);
+  L.group = z.group;
+  L.spt = z.scales_per_tile;
+  L.words_per_row = z.words_per_row;
+  L.qweight = upload(z.qweight);
+  L.scales = upload(z.scales);
+  if (z.nnzb > 0) {
+    L.res_qweight = upload(z.res_qweight);
+    L.res_scales = upload(z.res_scales);
+    L.res_rowptr = upload(z.res_rowptr);
+    L.res_bitmap = upload(z.res_bitmap);
+  }
+  impl_->Lb = L;
+  impl_->Lb.scales = upload(to_bf16(z.scales));
+  impl_->Lb.res_scales = upload(to_bf16(z.res_scales));
+  impl_->nnzb = z.nnzb;
+  impl_->bytes_all = z.weight_bytes(true);
+  impl_->bytes_base = z.weight_bytes(false);
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&impl_->num_sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+}
+
+ZipperLinear::~ZipperLinear() = default;
+
+int64_t ZipperLinear::N() const { return impl_->L.N; }
+int64_t ZipperLinear::K() const { return impl_->L.K; }
+int64_t ZipperLinear::blocks_kept() const { return impl_->nnzb; }
+int64_t ZipperLinear::weight_bytes(bool with_residual) const {
+  return with_residual ? impl_->bytes_all : impl_->bytes_base;
+}
+
+// Measured on H100 (docs/kernels.md): the fused mma.sync kernel wins while the GEMM is
+// memory-bound; past that, dequantize once + cuBLAS (wgmma) is faster.
+GemmPath ZipperLinear::choose_path(int64_t M) const { return M <= 128 ? GemmPath::Fused : GemmPath::Dequant; }
+
+void ZipperLinear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream, Variant v,
+                        GemmPath path) const {
+  const auto& L = impl_->L;
+  const auto shapes = [&] {
+    return ::mosaic::detail::concat("X [", M, ", ", L.K, "] x W [", L.N, ", ", L.K, "]^T -> Y [", M, ", ", L.N, "]");
+  };
+  MOSAIC_CHECK(dt == DType::F16 || dt == DType::BF16, "zipper gemm: dtype must be fp16 or bf16 (got code ", int(dt),
+               ") for ", shapes());
+  MOSAIC_CHECK(M >= 1 && M <= (int64_t(1) << 24), "zipper gemm: M must be in 1..16777216 for ", shapes());
+  MOSAIC_CHECK(X != nullptr && Y != nullptr, "zipper gemm: null X or Y for ", shapes());
+  MOSAIC_CHECK(reinterpret_cast<uintptr_t>(X) % 16 == 0 && reinterpret_cast<uintptr_t>(Y) % 16 == 0,
+               "zipper gemm: X and Y must be 16-byte aligned for ", shapes());
+  MOSAIC_CHECK(is_device_pointer(X) && is_device_pointer(Y), "zipper gemm: X and Y must be device memory for ",
+               shapes());
+  const int bf16 = dt == DType::BF16 ? 1 : 0;
+  if (path == GemmPath::Auto) path = choose_path(M);
+  const bool fuse_residual = v == Variant::Zipper;
+  if (path == GemmPath::Fused)
+    impl_->run_fused(X, Y, int(M), bf16, fuse_residual, stream);
+  else
+    impl_->run_dequant(X, Y, int(M), bf16, fuse_residual, stream);
+  if (v == Variant::Unfused) {
+    detail::launch_residual_only(impl_->layer(bf16), X, Y, int(M), bf16, stream);
+    check_cuda(cudaGetLastError(), "zipper residual kernel launch");
+  }
+}
+
+}  // namespace mosaic::cuda
