@@ -20,10 +20,10 @@ namespace mosaic {
 
 namespace {
 
-// Upper Cholesky factor U of (H + lambda I)^-1 (so that inverse = U^T U), row-major [K, K]
-// with only the upper triangle meaningful. Returns false when H + lambda I is not PD.
-bool inverse_cholesky_upper(const std::vector<double>& H, int64_t K, double lambda,
-                            std::vector<float>& U) {
+// Upper Cholesky factor of (H + lambda I)^-1 in double, row-major [K, K]: the row-major upper
+// triangle holds U with inverse = U^T U (the lower triangle is garbage). Returns an empty
+// vector when H + lambda I is not positive definite.
+std::vector<double> inverse_cholesky_upper(const std::vector<double>& H, int64_t K, double lambda) {
   std::vector<double> A = H;
   for (int64_t i = 0; i < K; ++i) A[i * K + i] += lambda;
   const int n = int(K);
@@ -31,17 +31,12 @@ bool inverse_cholesky_upper(const std::vector<double>& H, int64_t K, double lamb
   // A is symmetric, so row-major == column-major. 'L' (column-major lower) reads and writes
   // A[i + j*K] with i >= j.
   dpotrf_("L", &n, A.data(), &n, &info);
-  if (info != 0) return false;
-  dpotri_("L", &n, A.data(), &n, &info);  // lower triangle of (H + lambda I)^-1
-  if (info != 0) return false;
-  dpotrf_("L", &n, A.data(), &n, &info);  // inverse = L L^T, L column-major lower
-  if (info != 0) return false;
+  if (info == 0) dpotri_("L", &n, A.data(), &n, &info);  // lower triangle of (H + lambda I)^-1
+  if (info == 0) dpotrf_("L", &n, A.data(), &n, &info);  // inverse = L L^T, L column-major lower
+  if (info != 0) return {};
   // Column-major L(i, j), i >= j, lives at A[i + j*K] = row-major A[j][i]: the row-major upper
   // triangle is exactly U = L^T.
-  U.assign(static_cast<size_t>(K * K), 0.0f);
-  for (int64_t r = 0; r < K; ++r)
-    for (int64_t c = r; c < K; ++c) U[r * K + c] = float(A[r * K + c]);
-  return true;
+  return A;
 }
 
 // Per-element residual quantizer of quantize_gptq_with_residual: block id of each block-grid
@@ -119,14 +114,19 @@ PackedLinear gptq_core(std::span<const float> W, int64_t N, int64_t K, std::span
   double mean_diag = 0.0;
   for (int64_t k = 0; k < K; ++k) mean_diag += Hd[k * K + k];
   mean_diag /= double(K);
-  std::vector<float> U;
+  std::vector<double> Ud;
   double damp = opt.damp;
-  bool ok = false;
-  for (int attempt = 0; attempt < 4 && !ok; ++attempt, damp = std::max(damp * 10.0, 1e-4))
-    ok = inverse_cholesky_upper(Hd, K, damp * mean_diag, U);
-  MOSAIC_CHECK(ok, "quantize_gptq: Hessian [", K, ", ", K,
+  for (int attempt = 0; attempt < 4 && Ud.empty(); ++attempt) {
+    Ud = inverse_cholesky_upper(Hd, K, damp * mean_diag);
+    if (Ud.empty()) damp = std::max(damp * 10.0, 1e-4);
+  }
+  MOSAIC_CHECK(!Ud.empty(), "quantize_gptq: Hessian [", K, ", ", K,
                "] is not positive definite even with damping ", damp / 10.0);
-  std::vector<double>().swap(Hd);
+  std::vector<double>().swap(Hd);  // free before the float copy: peak memory 2 x K^2 doubles
+  std::vector<float> U(static_cast<size_t>(K * K), 0.0f);
+  for (int64_t r = 0; r < K; ++r)
+    for (int64_t c = r; c < K; ++c) U[r * K + c] = float(Ud[r * K + c]);
+  std::vector<double>().swap(Ud);
 
   std::vector<uint8_t> codes(static_cast<size_t>(N * K));  // original column order
   if (trace) {

@@ -313,6 +313,31 @@ TEST(Mosaic, WholeLayerBeatsBaseAndIsValid) {
   }
 }
 
+TEST(Mosaic, ActOrderAndAsymmetricWithResidualInGptq) {
+  const int64_t N = 64, K = 256, M = 1024;
+  const auto W = testdata::weights(N, K, 181);
+  const auto X = testdata::activations(M, K, 182);
+  const auto H = hessian_from_inputs(X.data(), M, K);
+  for (bool ao : {false, true}) {
+    for (bool sym : {true, false}) {
+      MosaicOptions o;
+      o.group = 64;
+      o.symmetric = sym;
+      o.gptq.act_order = ao;
+      o.block_rows = 16;
+      o.block_cols = 32;
+      o.budget = 0.0;
+      const double eg = output_error(W, dequantize(quantize_mosaic(W, N, K, H, o)), N, K, X.data(), M);
+      o.budget = 0.1;
+      const PackedLinear m = quantize_mosaic(W, N, K, H, o);
+      ASSERT_NO_THROW(validate(m));
+      EXPECT_EQ(m.num_blocks_kept(), 3);
+      const double em = output_error(W, dequantize(m), N, K, X.data(), M);
+      EXPECT_LT(em, 0.9 * eg) << "act_order=" << ao << " sym=" << sym;
+    }
+  }
+}
+
 TEST(Mosaic, BadInputThrows) {
   const int64_t N = 32, K = 128;
   const auto W = testdata::weights(N, K, 171);
