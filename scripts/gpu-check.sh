@@ -64,5 +64,5 @@ timeout $([ "$MODE" = quick ] && echo 100 || echo 240) compute-sanitizer --tool 
 echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY' $B/memcheck.log | tail -1)"
 timeout $([ "$MODE" = quick ] && echo 80 || echo 200) compute-sanitizer --tool racecheck --error-exitcode 9 $B/test_cuda --gtest_filter='ZipperGpu.OddShapes*' > $B/racecheck.log 2>&1
 echo "== racecheck rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' $B/racecheck.log | tail -1)"
-tail -5 $B/memcheck.log $B/racecheck.log | cut -c1-300
+tail -n 8 $B/memcheck.log $B/racecheck.log | cut -c1-300
 echo "== done $(date -u)"

@@ -444,10 +444,12 @@ __global__ void __launch_bounds__(256) dequant_kernel(DeviceLayer L, T* W, bool 
 template <typename T, int MB, bool RES>
 void launch_fused_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
   const int smem = fused_smem_bytes(MB, f.k_split, L.spt);
-  static int configured = 0;  // raise the dynamic smem limit once per instantiation
+  static int configured = 48 * 1024;  // dynamic smem limit set so far for this instantiation
   if (configured < smem) {
-    cudaFuncSetAttribute(zipper_fused_kernel<T, MB, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024);
-    configured = 227 * 1024;
+    if (cudaFuncSetAttribute(zipper_fused_kernel<T, MB, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+        cudaSuccess)
+      return;  // the launch error is reported by the caller's cudaGetLastError
+    configured = smem;
   }
   const dim3 grid((L.N + kCtaN - 1) / kCtaN, (L.K + f.k_split - 1) / f.k_split, (f.M + 16 * MB - 1) / (16 * MB));
   zipper_fused_kernel<T, MB, RES><<<grid, kWarps * 32, smem, s>>>(L, f);
