@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -377,4 +378,46 @@ TEST(Mosaic, BadInputThrows) {
   EXPECT_THROW(attach_residual(p, R, dup, 16, 32), Error);
   const std::vector<int64_t> out_of_range = {8};
   EXPECT_THROW(attach_residual(p, R, out_of_range, 16, 32), Error);
+}
+
+// A synthetic ablation table (opt-in, slower): output error relative to RTN g128 and bits per
+// weight for the variants the accuracy study will run on real models.
+//   MOSAIC_QUANT_STUDY=1 ./test_quant --gtest_filter=Mosaic.SyntheticStudy
+TEST(Mosaic, SyntheticStudy) {
+  if (!std::getenv("MOSAIC_QUANT_STUDY")) GTEST_SKIP() << "set MOSAIC_QUANT_STUDY=1";
+  const int64_t N = 256, K = 1024, M = 4096;
+  const auto W = testdata::weights(N, K, 191);
+  const auto X = testdata::activations(M, K, 192, 16, 8, 1.0f);
+  const auto H = hessian_from_inputs(X.data(), M, K);
+  const double e_rtn = output_error(W, dequantize(quantize_rtn(W, N, K, 128, true)), N, K, X.data(), M);
+  auto row = [&](const char* name, const PackedLinear& p) {
+    std::printf("[study] %-46s %6.3f bpw  error/RTN-g128 %.4f\n", name, p.bits_per_weight(),
+                output_error(W, dequantize(p), N, K, X.data(), M) / e_rtn);
+  };
+  for (int g : {128, 64, 32}) {
+    char name[64];
+    std::snprintf(name, sizeof name, "GPTQ g%d", g);
+    row(name, quantize_gptq(W, N, K, H, g, true));
+    GptqOptions c;
+    c.scale.clip_grid = 20;
+    std::snprintf(name, sizeof name, "GPTQ g%d + clip search", g);
+    row(name, quantize_gptq(W, N, K, H, g, true, c));
+  }
+  for (auto [Br, Bc] : {std::pair{16, 64}, std::pair{8, 128}, std::pair{32, 32}, std::pair{1, 256}}) {
+    for (double b : {0.025, 0.05, 0.1, 0.2}) {
+      for (int variant = 0; variant < 3; ++variant) {
+        MosaicOptions o;
+        o.block_rows = Br;
+        o.block_cols = Bc;
+        o.budget = b;
+        o.base = variant == 0 ? BaseMethod::kRtn : BaseMethod::kGptq;
+        o.gptq.scale.clip_grid = variant == 2 ? 20 : 0;
+        char name[96];
+        std::snprintf(name, sizeof name, "mosaic %s %dx%d budget %.3f",
+                      variant == 0 ? "RTN      " : variant == 1 ? "GPTQ-loop" : "GPTQ-loop+clip", Br,
+                      Bc, b);
+        row(name, quantize_mosaic(W, N, K, H, o));
+      }
+    }
+  }
 }
