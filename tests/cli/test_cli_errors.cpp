@@ -1,0 +1,118 @@
+// `mosaic inspect` on bad input, end to end through the real binary: exit code 1 and exactly
+// one line "mosaic: error: ..." naming the file (and tensor), never a crash or a stack trace.
+// Also one good run of each output form, so a broken command cannot pass by always failing.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out;  // stdout + stderr
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(MOSAIC_BINARY_DIR) + "/mosaic " + args + " 2>&1";
+  Result r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+class InspectErrors : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("mosaic_test_cli_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  fs::path write(const std::string& name, const std::string& bytes) {
+    std::ofstream(dir_ / name, std::ios::binary) << bytes;
+    return dir_ / name;
+  }
+
+  // One-line error naming every needle, exit code 1.
+  void expect_error(const std::string& args, std::initializer_list<std::string> needles) {
+    Result r = run(args);
+    EXPECT_EQ(r.code, 1) << args << "\n" << r.out;
+    EXPECT_EQ(r.out.rfind("mosaic: error: ", 0), 0u) << r.out;
+    ASSERT_FALSE(r.out.empty());
+    EXPECT_EQ(r.out.find('\n'), r.out.size() - 1) << "not one line: " << r.out;
+    for (const auto& n : needles) EXPECT_NE(r.out.find(n), std::string::npos) << "'" << n << "' not in: " << r.out;
+  }
+
+  fs::path dir_;
+};
+
+std::string with_header(const std::string& header, const std::string& data) {
+  std::string s;
+  for (int i = 0; i < 8; ++i) s.push_back(char((uint64_t(header.size()) >> (8 * i)) & 0xff));
+  return s + header + data;
+}
+
+const fs::path kFixtures = fs::path(MOSAIC_SOURCE_DIR) / "tests/fixtures/io";
+
+}  // namespace
+
+TEST_F(InspectErrors, TruncatedSafetensors) {
+  std::ifstream in(kFixtures / "python_written.safetensors", std::ios::binary);
+  std::string good((std::istreambuf_iterator<char>(in)), {});
+  ASSERT_GT(good.size(), 1000u);
+  expect_error("inspect " + write("cut_header.safetensors", good.substr(0, 100)).string(),
+               {"cut_header.safetensors", "header length", "past the end"});
+  expect_error("inspect " + write("cut_data.safetensors", good.substr(0, good.size() - 4)).string(),
+               {"cut_data.safetensors", "tensor '", "past the data section"});
+  expect_error("inspect " + write("tiny.safetensors", "abc").string(), {"tiny.safetensors"});
+}
+
+TEST_F(InspectErrors, CorruptHeader) {
+  expect_error("inspect " + write("json.safetensors", with_header("{\"w\": [", "")).string(),
+               {"json.safetensors", "not valid JSON"});
+  expect_error("inspect " +
+                   write("dtype.safetensors",
+                         with_header(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
+                                     std::string(8, '\0')))
+                       .string(),
+               {"dtype.safetensors", "'w'", "needs 12"});
+}
+
+TEST_F(InspectErrors, MissingPathShardAndBadConfig) {
+  expect_error("inspect " + (dir_ / "nothing_here").string(), {"nothing_here", "does not exist"});
+  write("model.safetensors.index.json",
+        R"({"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}})");
+  expect_error("inspect " + dir_.string(), {"model-00002-of-00002.safetensors", "missing"});
+  write("config.json", R"({"architectures": ["GPT2LMHeadModel"], "vocab_size": 5})");
+  expect_error("inspect " + (dir_ / "config.json").string(),
+               {"config.json", "unknown architecture 'GPT2LMHeadModel'"});
+  write("config.json", R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 5})");
+  expect_error("inspect " + (dir_ / "config.json").string(), {"config.json", "hidden_size"});
+}
+
+TEST_F(InspectErrors, GoodFilesWork) {
+  Result r = run("inspect " + (kFixtures / "python_written.safetensors").string());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("t_bf16"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("168 parameters"), std::string::npos) << r.out;
+  r = run("inspect --json " + (kFixtures / "qwen3_8b_config.json").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["config"]["architecture"], "Qwen3ForCausalLM");
+  EXPECT_EQ(j["config"]["head_dim"], 128);
+  EXPECT_EQ(j["config"]["kv_heads"], 8);
+}
