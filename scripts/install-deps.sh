@@ -9,6 +9,7 @@ PKGS=(cmake g++ make pkg-config
       libcli11-dev         # command-line parsing
       libopenblas-dev      # SGEMM for the fast CPU path (the scalar path stays the oracle)
       libgtest-dev libgmock-dev libbenchmark-dev
+      clang libclang-rt-dev  # libFuzzer + ASan/UBSan for scripts/fuzz.sh
       python3)
 missing=()
 for p in "${PKGS[@]}"; do
