@@ -43,14 +43,21 @@ PPL_REL_BOUND = 1e-4      # |ppl_mosaic - ppl_ref| / ppl_ref
 
 
 def find_mosaic(explicit: Path | None) -> Path:
+    """--mosaic, else the newest build*/mosaic whose `ppl` has --logits-out (older builds may lack it)."""
     if explicit:
         if not explicit.is_file():
             sys.exit(f"verify_default_model: {explicit} does not exist")
         return explicit
-    found = sorted((p for p in ROOT.glob("build*/mosaic") if p.is_file()), key=lambda p: p.stat().st_mtime)
-    if not found:
-        sys.exit("verify_default_model: no build*/mosaic binary; build it first (cmake --build build --target mosaic)")
-    return found[-1]
+    found = sorted((p for p in ROOT.glob("build*/mosaic") if p.is_file()), key=lambda p: -p.stat().st_mtime)
+    for p in found:
+        try:
+            h = subprocess.run([str(p), "ppl", "--help"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if "--logits-out" in h.stdout + h.stderr:
+            return p
+    sys.exit("verify_default_model: no build*/mosaic with `ppl --logits-out`; build it first "
+             "(cmake --build build --target mosaic) or pass --mosaic")
 
 
 def mosaic_ppl(mosaic: Path, model: Path, text_file: Path, ctx: int, windows: int | None,
