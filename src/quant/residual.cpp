@@ -244,49 +244,91 @@ void attach_residual(PackedLinear& p, std::span<const float> R, std::span<const 
   for (int64_t r = 0; r < nbr; ++r) p.res_rowptr[r + 1] += p.res_rowptr[r];
 }
 
-PackedLinear quantize_mosaic(std::span<const float> W, int64_t N, int64_t K,
-                             std::span<const float> H, const MosaicOptions& opt) {
+namespace {
+
+// Shared front of quantize_mosaic / mosaic_block_scores: checks, the block count, the base.
+struct MosaicStart {
+  int64_t keep = 0;
+  PackedLinear base;
+  GptqTrace trace;  // filled on the residual_in_gptq path
+  bool in_loop = false;
+};
+
+MosaicStart mosaic_start(std::span<const float> W, int64_t N, int64_t K, std::span<const float> H,
+                         const MosaicOptions& opt) {
   check_weight_matrix(W, N, K, opt.group, "quantize_mosaic");
   check_blocks(N, K, opt.block_rows, opt.block_cols, "quantize_mosaic");
   const int64_t total = (N / opt.block_rows) * (K / opt.block_cols);
-  const int64_t keep = budget_blocks(opt.budget, total);  // validates the budget first
+  MosaicStart st;
+  st.keep = budget_blocks(opt.budget, total);  // validates the budget even when overridden
+  if (opt.num_blocks >= 0) {
+    MOSAIC_CHECK(opt.num_blocks <= total, "quantize_mosaic: ", opt.num_blocks,
+                 " blocks requested but the layer has only ", total);
+    st.keep = opt.num_blocks;
+  }
   const bool needs_h = opt.base == BaseMethod::kGptq || opt.scorer == BlockScorer::kDeltaHessian ||
                        opt.scorer == BlockScorer::kFullHessian;
   MOSAIC_CHECK(!needs_h || int64_t(H.size()) == K * K, "quantize_mosaic: Hessian has ", H.size(),
                " values, expected K*K = ", K, "*", K);
-  PackedLinear p;
-  if (opt.base == BaseMethod::kGptq && opt.residual_in_gptq && keep > 0) {
-    // Pass 1: plain GPTQ, recording what it rounds; select; pass 2: GPTQ with the residual in
-    // its loop, the kept blocks' row scales taken from pass 1's rounding errors.
-    GptqTrace trace;
-    PackedLinear layout = quantize_gptq(W, N, K, H, opt.group, opt.symmetric, opt.gptq, &trace);
-    const std::vector<double> scores = score_blocks_gptq(W, trace, N, K, opt.block_rows,
-                                                         opt.block_cols, opt.scorer);
-    attach_residual(layout, trace.err, select_top_blocks(scores, keep), opt.block_rows,
-                    opt.block_cols);
-    return quantize_gptq_with_residual(W, N, K, H, opt.group, opt.symmetric, opt.gptq, layout);
-  }
+  MOSAIC_CHECK(H.empty() || int64_t(H.size()) == K * K, "quantize_mosaic: Hessian has ", H.size(),
+               " values, expected K*K = ", K, "*", K);
+  st.in_loop = opt.base == BaseMethod::kGptq && opt.residual_in_gptq;
   if (opt.base == BaseMethod::kGptq) {
-    p = quantize_gptq(W, N, K, H, opt.group, opt.symmetric, opt.gptq);
+    st.base = quantize_gptq(W, N, K, H, opt.group, opt.symmetric, opt.gptq,
+                            st.in_loop ? &st.trace : nullptr);
   } else {
     std::vector<float> h;
     if (!H.empty()) h = hessian_diagonal(H, K);
-    p = quantize_rtn(W, N, K, opt.group, opt.symmetric, opt.rtn, h);
+    st.base = quantize_rtn(W, N, K, opt.group, opt.symmetric, opt.rtn, h);
   }
-  p.block_rows = opt.block_rows;
-  p.block_cols = opt.block_cols;
-  if (keep == 0) return p;
-  std::vector<float> R = base_residual(W, p);
-  // Dead inputs (diag(H) == 0) never reach the output: their residual is irrelevant, and left in
-  // place it would inflate the scales of every block row it touches.
+  st.base.block_rows = opt.block_rows;
+  st.base.block_cols = opt.block_cols;
+  return st;
+}
+
+// The plain residual W - deq(base) with dead inputs (diag(H) == 0) zeroed: they never reach
+// the output, and left in place they would inflate the scales of every block row they touch.
+// (On the residual_in_gptq path the blocks are cut from GPTQ's rounding errors, st.trace.err.)
+std::vector<float> plain_residual(std::span<const float> W, int64_t N, int64_t K,
+                                  std::span<const float> H, const PackedLinear& base) {
+  std::vector<float> R = base_residual(W, base);
   if (!H.empty())
     for (int64_t k = 0; k < K; ++k)
       if (H[k * K + k] == 0.0f)
         for (int64_t n = 0; n < N; ++n) R[n * K + k] = 0.0f;
-  const std::vector<double> scores =
-      score_blocks(W, R, N, K, H, opt.block_rows, opt.block_cols, opt.scorer);
-  attach_residual(p, R, select_top_blocks(scores, keep), opt.block_rows, opt.block_cols);
-  return p;
+  return R;
+}
+
+}  // namespace
+
+std::vector<double> mosaic_block_scores(std::span<const float> W, int64_t N, int64_t K,
+                                        std::span<const float> H, const MosaicOptions& opt) {
+  MosaicStart st = mosaic_start(W, N, K, H, opt);
+  if (st.in_loop)
+    return score_blocks_gptq(W, st.trace, N, K, opt.block_rows, opt.block_cols, opt.scorer);
+  return score_blocks(W, plain_residual(W, N, K, H, st.base), N, K, H, opt.block_rows,
+                      opt.block_cols, opt.scorer);
+}
+
+PackedLinear quantize_mosaic(std::span<const float> W, int64_t N, int64_t K,
+                             std::span<const float> H, const MosaicOptions& opt) {
+  MosaicStart st = mosaic_start(W, N, K, H, opt);
+  if (st.keep == 0) return std::move(st.base);
+  PackedLinear p = std::move(st.base);
+  if (!st.in_loop) {
+    const std::vector<float> R = plain_residual(W, N, K, H, p);
+    const auto scores = score_blocks(W, R, N, K, H, opt.block_rows, opt.block_cols, opt.scorer);
+    attach_residual(p, R, select_top_blocks(scores, st.keep), opt.block_rows, opt.block_cols);
+    return p;
+  }
+  // Pass 1 (the base above) recorded GPTQ's rounding errors: select on them, attach to fix the
+  // layout and the kept rows' scales, then pass 2 re-quantizes base and residual codes together.
+  const auto scores =
+      score_blocks_gptq(W, st.trace, N, K, opt.block_rows, opt.block_cols, opt.scorer);
+  attach_residual(p, st.trace.err, select_top_blocks(scores, st.keep), opt.block_rows,
+                  opt.block_cols);
+  std::vector<float>().swap(st.trace.err);
+  return quantize_gptq_with_residual(W, N, K, H, opt.group, opt.symmetric, opt.gptq, p);
 }
 
 }  // namespace mosaic

@@ -72,6 +72,7 @@ struct MosaicOptions {
   int block_rows = 16;
   int block_cols = 64;
   double budget = 0.10;  // fraction of blocks kept, per layer: exactly budget_blocks(budget, total)
+  int64_t num_blocks = -1;  // >= 0: keep exactly this many instead (global allocation's counts)
   BlockScorer scorer = BlockScorer::kDeltaHessian;
   GptqOptions gptq;      // for BaseMethod::kGptq
   // GPTQ base only: select blocks on a first GPTQ pass (score_blocks_gptq), then run GPTQ again
@@ -86,5 +87,11 @@ struct MosaicOptions {
 // H is [K, K]; it may be empty only for RTN with a magnitude scorer.
 PackedLinear quantize_mosaic(std::span<const float> W, int64_t N, int64_t K,
                              std::span<const float> H, const MosaicOptions& opt);
+
+// The block scores quantize_mosaic would select from (same base, same scorer), for global
+// allocation: score every layer of a group, allocate_global(), then quantize_mosaic each layer
+// with opt.num_blocks = its count. Costs one base quantization per layer.
+std::vector<double> mosaic_block_scores(std::span<const float> W, int64_t N, int64_t K,
+                                        std::span<const float> H, const MosaicOptions& opt);
 
 }  // namespace mosaic

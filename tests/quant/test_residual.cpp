@@ -339,6 +339,56 @@ TEST(Mosaic, ActOrderAndAsymmetricWithResidualInGptq) {
   }
 }
 
+// Global allocation end to end: score several layers, allocate one budget over all of them,
+// quantize each with its count. The total is exact; the summed distortion is reported against
+// the same budget spent per layer.
+TEST(Mosaic, GlobalAllocationEndToEnd) {
+  struct Layer {
+    int64_t N, K;
+    std::vector<float> W, X, H;
+  };
+  std::vector<Layer> layers;
+  const int64_t M = 1024;
+  const std::pair<int64_t, int64_t> shapes[3] = {{64, 256}, {128, 256}, {64, 512}};
+  for (int l = 0; l < 3; ++l) {
+    auto [N, K] = shapes[l];
+    Layer L{N, K, testdata::weights(N, K, 201 + l), testdata::activations(M, K, 211 + l, 8, 4, 0.5f + l), {}};
+    L.H = hessian_from_inputs(L.X.data(), M, K);
+    layers.push_back(std::move(L));
+  }
+  MosaicOptions o;
+  o.group = 64;
+  o.block_rows = 16;
+  o.block_cols = 32;
+  o.budget = 0.1;
+  std::vector<std::vector<double>> scores;
+  int64_t total = 0;
+  for (auto& L : layers) {
+    scores.push_back(mosaic_block_scores(L.W, L.N, L.K, L.H, o));
+    total += int64_t(scores.back().size());
+  }
+  const auto counts = allocate_global(scores, o.budget);
+  double e_global = 0, e_local = 0;
+  int64_t kept = 0;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const Layer& L = layers[l];
+    MosaicOptions g = o;
+    g.num_blocks = counts[l];
+    const PackedLinear pg = quantize_mosaic(L.W, L.N, L.K, L.H, g);
+    EXPECT_EQ(pg.num_blocks_kept(), counts[l]);
+    kept += pg.num_blocks_kept();
+    e_global += output_error(L.W, dequantize(pg), L.N, L.K, L.X.data(), M);
+    e_local += output_error(L.W, dequantize(quantize_mosaic(L.W, L.N, L.K, L.H, o)), L.N, L.K, L.X.data(), M);
+  }
+  EXPECT_EQ(kept, int64_t(std::floor(0.1 * double(total) + 1e-9)));
+  std::printf("[mosaic] global allocation over 3 layers: counts %lld/%lld/%lld, summed output "
+              "error global/per-layer = %.3f\n", (long long)counts[0], (long long)counts[1],
+              (long long)counts[2], e_global / e_local);
+  MosaicOptions bad = o;
+  bad.num_blocks = 1000;
+  EXPECT_THROW(quantize_mosaic(layers[0].W, 64, 256, layers[0].H, bad), Error);
+}
+
 TEST(Mosaic, BadInputThrows) {
   const int64_t N = 32, K = 128;
   const auto W = testdata::weights(N, K, 171);
