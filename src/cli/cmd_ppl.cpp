@@ -1,10 +1,133 @@
-// placeholder until the ppl command lands
+// mosaic ppl: perplexity of a model on a text file (WikiText-2 style evaluation).
+// The whole file is tokenized as one text, with no special tokens added (no BOS: the same ids as
+// `mosaic tokenize --json` and as Hugging Face `tokenizer(text, add_special_tokens=False)`), cut
+// into floor(N / ctx) non-overlapping windows of ctx tokens; every token of a window but the
+// first is scored; ppl = exp(mean NLL). See src/model/perplexity.h.
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
 #include "cli/commands.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "model/perplexity.h"
+#include "tokenizer/tokenizer.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/progress.h"
 
 namespace mosaic::cli {
-void add_ppl_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("ppl", "(not built yet)");
-  cmd->callback([] { fail("'ppl' is not built yet"); });
+
+namespace {
+
+struct PplOptions {
+  std::string model;
+  std::string text_file;
+  int64_t ctx = 2048;
+  int64_t max_windows = 0;
+  bool json = false;
+  std::string logits_out;
+  bool quiet = false;
+};
+
+void run_ppl(const PplOptions& o) {
+  const auto t_start = std::chrono::steady_clock::now();
+  LoadOptions lo;
+  lo.quiet = o.quiet;
+  const Model model = Model::load(o.model, lo);
+  const Tokenizer tok = Tokenizer::load(o.model);
+  const std::string text = read_file(o.text_file);
+  const auto t_tok = std::chrono::steady_clock::now();
+  const std::vector<int32_t> ids = tok.encode(text);
+  const double tok_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_tok).count();
+
+  PerplexityOptions po;
+  po.ctx = o.ctx;
+  po.max_windows = o.max_windows;
+  const int64_t windows = perplexity_windows(int64_t(ids.size()), po);
+  if (!o.quiet)
+    std::fprintf(stderr, "%s: %zu tokens (tokenized in %.1f s); %lld windows of %lld tokens\n", o.text_file.c_str(),
+                 ids.size(), tok_s, (long long)windows, (long long)o.ctx);
+
+  // --logits-out: keep the first window's logits, written as safetensors at the end.
+  std::vector<float> first_logits;
+  const int64_t V = model.vocab_size();
+  if (!o.logits_out.empty()) {
+    first_logits.resize(size_t(o.ctx * V));
+    po.on_logits = [&](int64_t w, int64_t r0, const float* logits, int64_t rows) {
+      if (w == 0) std::copy(logits, logits + rows * V, first_logits.begin() + r0 * V);
+    };
+  }
+  Progress progress("ppl", windows, o.quiet);
+  po.on_window = [&](const PerplexityStats& s) {
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "%.0f tok/s, ppl %.4f", s.tokens_per_s(), s.ppl());
+    progress.update(s.windows, buf);
+  };
+  const PerplexityStats st = evaluate_perplexity(model, ids, po);
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%.0f tok/s, peak RSS %s", st.tokens_per_s(), format_bytes(peak_rss_bytes()).c_str());
+  progress.finish(buf);
+
+  if (!o.logits_out.empty()) {
+    SafetensorsWriter w;
+    w.add_f32("logits", {o.ctx, V}, first_logits.data());
+    w.add("tokens", DType::I32, {o.ctx},
+          std::string(reinterpret_cast<const char*>(ids.data()), size_t(o.ctx) * sizeof(int32_t)));
+    w.set_metadata("model", o.model);
+    w.set_metadata("text_file", o.text_file);
+    w.write(o.logits_out);
+    if (!o.quiet) std::fprintf(stderr, "wrote the first window's logits [%lld, %lld] to %s\n", (long long)o.ctx,
+                               (long long)V, o.logits_out.c_str());
+  }
+
+  const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  if (o.json) {
+    nlohmann::json j = {{"model", o.model},
+                        {"text_file", o.text_file},
+                        {"ppl", st.ppl()},
+                        {"nll_mean", st.nll_sum / double(st.tokens_scored)},
+                        {"tokens", st.tokens_scored},
+                        {"text_tokens", ids.size()},
+                        {"windows", st.windows},
+                        {"ctx", o.ctx},
+                        {"seconds", st.seconds},
+                        {"total_seconds", total_s},
+                        {"tokens_per_s", st.tokens_per_s()},
+                        {"load_seconds", model.load_report().seconds},
+                        {"peak_rss_bytes", peak_rss_bytes()}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("ppl %.4f over %lld tokens (%lld windows of %lld), %.1f s (%.0f tok/s)\n", st.ppl(),
+                (long long)st.tokens_scored, (long long)st.windows, (long long)o.ctx, st.seconds, st.tokens_per_s());
+  }
 }
+
+}  // namespace
+
+void add_ppl_command(CLI::App& app) {
+  auto o = std::make_shared<PplOptions>();
+  auto* cmd = app.add_subcommand(
+      "ppl",
+      "Perplexity of a model on a text file. The whole file is tokenized as one text with no special "
+      "tokens added (no BOS), cut into floor(N/ctx) non-overlapping windows of ctx tokens, each run as one "
+      "prefill from an empty cache; every token of a window except the first is scored; ppl = exp(mean "
+      "NLL), log-softmax accumulated in fp64.");
+  cmd->add_option("--model", o->model, "model directory (config.json, *.safetensors, tokenizer.json)")->required();
+  cmd->add_option("--text-file", o->text_file, "text to evaluate, e.g. wikitext-2-raw/wiki.test.raw")->required();
+  cmd->add_option("--ctx", o->ctx, "window length in tokens")->capture_default_str();
+  cmd->add_option("--max-windows", o->max_windows, "evaluate only the first N windows (0: all)")->capture_default_str();
+  cmd->add_flag("--json", o->json,
+                "print one JSON object: ppl, nll_mean, tokens (scored), text_tokens, windows, ctx, seconds, "
+                "tokens_per_s, model, ...");
+  cmd->add_option("--logits-out", o->logits_out,
+                  "write the first window's logits to this safetensors file: 'logits' F32 [ctx, vocab] and "
+                  "'tokens' I32 [ctx], for comparison with other implementations");
+  cmd->add_flag("-q,--quiet", o->quiet, "no progress or load report on stderr");
+  cmd->callback([o] { run_ppl(*o); });
+}
+
 }  // namespace mosaic::cli

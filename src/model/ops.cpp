@@ -22,10 +22,17 @@ namespace mosaic::ops {
 namespace {
 
 // Cephes expf, branch-free so loops over it vectorize: exp(x) = 2^n * exp(r), |r| <= ln2/2.
+// n = round(x / ln2) by the 1.5 * 2^23 trick (adding it leaves n in the low mantissa bits), not
+// std::floor, which is a library call on baseline x86-64 and stops vectorization.
 inline float exp_approx(float x) {
   x = std::max(x, -87.0f);
   x = std::min(x, 88.0f);
-  const float fx = std::floor(x * 1.44269504088896341f + 0.5f);
+  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23
+  const float t = x * 1.44269504088896341f + kShift;
+  const float fx = t - kShift;  // round(x * log2(e)) as a float
+  int32_t tbits;
+  std::memcpy(&tbits, &t, 4);
+  const int32_t n = tbits - 0x4B400000;  // the integer n itself (bits of kShift subtracted)
   float r = x - fx * 0.693359375f;
   r = r - fx * -2.12194440e-4f;
   const float z = r * r;
@@ -36,7 +43,7 @@ inline float exp_approx(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * z + r + 1.0f;
-  const int32_t bits = (int32_t(fx) + 127) << 23;
+  const int32_t bits = (n + 127) << 23;
   float p2;
   std::memcpy(&p2, &bits, 4);
   return y * p2;
@@ -74,6 +81,19 @@ float max_of(const float* x, int64_t n) {
   for (; i < n; ++i) m = std::max(m, x[i]);
   for (int j = 0; j < kLanes; ++j) m = std::max(m, acc[j]);
   return m;
+}
+
+// sum_i exp(x[i] - mx) with the exps in fp32 and the sum in fp64 lanes.
+MOSAIC_SIMD_CLONES
+double exp_shift_sum_f64(const float* x, int64_t n, float mx) {
+  double acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += double(exp_approx(x[i + j] - mx));
+  double s = 0;
+  for (; i < n; ++i) s += double(exp_approx(x[i] - mx));
+  for (int j = 0; j < 8; ++j) s += acc[j];
+  return s;
 }
 
 // x[i] = exp(x[i] - mx); returns the sum.
@@ -222,6 +242,12 @@ void matmul_nt(const float* x, const float* w, int64_t M, int64_t N, int64_t K, 
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f, x, int(K), w, int(K), 0.0f, y, int(N));
+}
+
+double logsumexp(const float* x, int64_t n) {
+  if (n <= 0) return -INFINITY;
+  const float mx = max_of(x, n);
+  return double(mx) + std::log(exp_shift_sum_f64(x, n, mx));
 }
 
 }  // namespace mosaic::ops

@@ -17,6 +17,7 @@ void attention(const float* q, const float* k_cache, const float* v_cache, int64
 void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 void add_inplace(float* y, const float* x, int64_t n);
 void matmul_nt(const float* x, const float* w, int64_t M, int64_t N, int64_t K, float* y);
+double logsumexp(const float* x, int64_t n);  // fp32 exp (~2 ulp), fp64 accumulation
 
 // exp(x) for x <= 0 to ~2 ulp (Cephes polynomial), in a form the compiler vectorizes; inputs
 // below about -87 return ~1e-38 instead of subnormals/0. Exposed for the tests.

@@ -95,4 +95,12 @@ void matmul_nt(const float* x, const float* w, int64_t M, int64_t N, int64_t K, 
     }
 }
 
+double logsumexp(const float* x, int64_t n) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += std::exp(double(x[i]) - double(mx));
+  return double(mx) + std::log(s);
+}
+
 }  // namespace mosaic::ref

@@ -48,5 +48,8 @@ void add_inplace(float* y, const float* x, int64_t n);
 // y[M, N] = x[M, K] * W[N, K]^T   (a linear layer without bias).
 void matmul_nt(const float* x, const float* w, int64_t M, int64_t N, int64_t K, float* y);
 
+// log(sum_i exp(x[i])), max-subtracted, accumulated in double (log-softmax denominators for NLL).
+double logsumexp(const float* x, int64_t n);
+
 }  // namespace ref
 }  // namespace mosaic

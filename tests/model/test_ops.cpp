@@ -191,3 +191,20 @@ TEST(Ops, AddInplace) {
 
 }  // namespace
 }  // namespace mosaic
+
+namespace mosaic {
+namespace {
+
+TEST(Ops, LogsumexpMatchesReference) {
+  // Bound 1e-6 absolute on log-sum-exp values of order 10: the exps are ~2 ulp fp32, summed in fp64.
+  for (int64_t n : {1, 2, 3, 7, 8, 9, 17, 1000, 49152}) {
+    auto x = test::randn(size_t(n), uint32_t(n), 5.0f);
+    const double a = ops::logsumexp(x.data(), n), b = ref::logsumexp(x.data(), n);
+    EXPECT_NEAR(a, b, 1e-6) << n;
+  }
+  const float one = 3.5f;
+  EXPECT_NEAR(ops::logsumexp(&one, 1), 3.5, 1e-7);
+}
+
+}  // namespace
+}  // namespace mosaic
