@@ -265,7 +265,7 @@ void run_gemm_bench(const GemmBenchOptions& o) {
         emit(s, M, budget, "zipper", run(Variant::Zipper, GemmPath::Auto), double(zl[0]->weight_bytes()) + io,
              cublas_us[mi]);
         // Both paths near the crossover, to justify the dispatch threshold.
-        if (M >= 64 && M <= 1024 && budget == o.budgets.back()) {
+        if (M >= 16 && M <= 1024 && budget == o.budgets.back()) {
           const bool fused_is_auto = zl[0]->choose_path(M) == GemmPath::Fused;
           emit(s, M, budget, fused_is_auto ? "zipper_dequant_path" : "zipper_fused_path",
                run(Variant::Zipper, fused_is_auto ? GemmPath::Dequant : GemmPath::Fused),

@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cuda/zipper_launch.h"
@@ -129,13 +130,13 @@ __device__ __forceinline__ uint32_t word(const uint4& v, int j) {
   return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
 }
 
-// Per-warp stage buffer, in 16-byte units:
-//   [0, 64)    base codes of the tile's two chunks (chunk c, lane l at c*32 + l)
-//   [64, 80)   base scales [spt][16] (spt <= 8)
-//   [80, 144)  residual codes of the kept blocks among the two chunks (same order)
-//   [144, 148) residual scales [2][16]
-constexpr int kStageU4 = 148;
-constexpr int kResCodes = 80, kResScales = 144, kBaseScales = 64;
+// Per-warp stage buffer, in 16-byte units (spt = scale sets per tile, 1 for group 128):
+//   [0, 64)                 base codes of the tile's two chunks (chunk c, lane l at c*32 + l)
+//   [64, 64 + 2 spt)        base scales [spt][16]
+//   [+0, +64) after that    residual codes of the kept blocks among the two chunks (same order)
+//   [+64, +68)              residual scales [2][16]
+constexpr int kBaseScales = 64;
+__host__ __device__ constexpr int stage_u4(int spt, bool res) { return 64 + 2 * spt + (res ? 68 : 0); }
 
 // ---- the fused kernel ------------------------------------------------------------------------
 
@@ -151,16 +152,23 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
   const int KR = min(L.K - kb, f.k_split);       // multiple of 128, <= 4096
   const int nkt = KR / kTileK;
   const int xs_stride = KR + 8;                  // halves; +16 B per row: ldmatrix rows hit distinct banks
-  T* xs = reinterpret_cast<T*>(smem);            // (16*MB, KR) activation tile
-  uint4* stages = smem + (16 * MB * xs_stride) / 8 + warp * kStages * kStageU4;
+  const int rows = min(f.M - m0, 16 * MB);       // real rows of X in this CTA; row `rows` is all zeros
+  const int su4 = stage_u4(L.spt, RES);
+  const int kResCodes = kBaseScales + 2 * L.spt, kResScales = kResCodes + 64;
+  T* xs = reinterpret_cast<T*>(smem);            // (rows + 1, KR) activation tile
+  uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
 
   // 1. Activation tile -> shared memory, once per CTA; all 8 warps reuse it for their outputs.
+  //    Only the real rows are stored: MMA rows past M read one shared zero row (M = 1 needs
+  //    2 rows of smem, not 16, which leaves room for more CTAs and deeper weight pipelines).
   const T* X = static_cast<const T*>(f.X);
   const int cpr = KR / 8;
-  for (int i = threadIdx.x; i < 16 * MB * cpr; i += blockDim.x) {
-    const int row = i / cpr, col = (i % cpr) * 8, gm = m0 + row;
-    cp_async16_zfill(xs + row * xs_stride + col, X + size_t(min(gm, f.M - 1)) * L.K + kb + col, gm < f.M);
+  for (int i = threadIdx.x; i < rows * cpr; i += blockDim.x) {
+    const int row = i / cpr, col = (i % cpr) * 8;
+    cp_async16_zfill(xs + row * xs_stride + col, X + size_t(m0 + row) * L.K + kb + col, true);
   }
+  for (int i = threadIdx.x; i < cpr; i += blockDim.x)
+    *reinterpret_cast<uint4*>(xs + rows * xs_stride + i * 8) = make_uint4(0, 0, 0, 0);
   cp_async_commit();
 
   // 2. This warp's 16 outputs (block row r) and its residual blocks in [kb, kb + KR).
@@ -190,7 +198,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
   // into stage i % kStages. Every lane copies only what it will read itself, except the scales.
   auto issue = [&](int i) {
     if (active && i < nkt) {
-      uint4* st = stages + (i % kStages) * kStageU4;
+      uint4* st = stages + (i % kStages) * su4;
       cp_async16_stream(st + lane, gq + (2 * i) * 32, policy);
       cp_async16_stream(st + 32 + lane, gq + (2 * i + 1) * 32, policy);
       if (lane < 2 * L.spt) cp_async16_stream(st + kBaseScales + lane, gs + i * L.spt * 2 + lane, policy);
@@ -219,7 +227,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
       cp_async_wait<kStages - 2>();  // k-tile i is in its stage (this lane's copies)
       __syncwarp();                  // scales copied by lanes 0..15 visible; stage i-1 consumed
       issue(i + kStages - 1);
-      const uint4* st = stages + (i % kStages) * kStageU4;
+      const uint4* st = stages + (i % kStages) * su4;
       const T* sc = reinterpret_cast<const T*>(st + kBaseScales);  // (spt, 16)
       const unsigned fl = RES ? unsigned(flags >> (2 * i)) & 3u : 0u;
 #pragma unroll
@@ -255,8 +263,10 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
           }
 #pragma unroll
           for (int mb = 0; mb < MB; ++mb) {
+            if (mb * 16 >= rows) break;  // warp-uniform: no MMA on all-zero row blocks
             uint32_t a[4];
-            ldmatrix_x4(a, xs + (mb * 16 + (lane & 15)) * xs_stride + i * kTileK + kk * 16 + (lane >> 4) * 8);
+            const int row = min(mb * 16 + (lane & 15), rows);
+            ldmatrix_x4(a, xs + row * xs_stride + i * kTileK + kk * 16 + (lane >> 4) * 8);
             O::mma(acc[mb][0], a, b[0], b[1]);
             O::mma(acc[mb][1], a, b[2], b[3]);
           }
@@ -294,11 +304,9 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int row = m0 + mb * 16 + g + 8 * h;
-          if (row < f.M) {
-            float* w = f.ws + size_t(row) * L.N + n0 + nt * 8;
-            atomicAdd(w, acc[mb][nt][2 * h]);
-            atomicAdd(w + 1, acc[mb][nt][2 * h + 1]);
-          }
+          if (row < f.M)  // one 8-byte vector atomic per output pair (sm_90)
+            atomicAdd(reinterpret_cast<float2*>(f.ws + size_t(row) * L.N + n0 + nt * 8),
+                      make_float2(acc[mb][nt][2 * h], acc[mb][nt][2 * h + 1]));
         }
   }
   __threadfence();
@@ -396,8 +404,9 @@ template <typename T>
 __global__ void __launch_bounds__(256) dequant_kernel(DeviceLayer L, T* W, bool residual) {
   using O = Ops<T>;
   using T2 = typename O::T2;
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int64_t chunk = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
+  __shared__ uint4 tile[8][16][9];  // per warp: 16 rows x 64 inputs (+16 B pad against bank conflicts)
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int64_t chunk = int64_t(blockIdx.x) * 8 + warp;
   const int nchunk = L.K / 64;
   if (chunk >= int64_t(L.N / 16) * nchunk) return;
   const int r = int(chunk / nchunk), c = int(chunk % nchunk);
@@ -411,6 +420,7 @@ __global__ void __launch_bounds__(256) dequant_kernel(DeviceLayer L, T* W, bool 
     rsA = O::bcast(reinterpret_cast<const T*>(L.res_scales)[size_t(b) * 16 + g]);
     rsB = O::bcast(reinterpret_cast<const T*>(L.res_scales)[size_t(b) * 16 + g + 8]);
   }
+  uint32_t* tw = reinterpret_cast<uint32_t*>(&tile[warp][0][0]);  // row stride 36 words
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int kk = (c % 2) * 4 + j;
@@ -430,12 +440,18 @@ __global__ void __launch_bounds__(256) dequant_kernel(DeviceLayer L, T* W, bool 
       v[2] = O::as_u32(__hfma2(O::as_t2(rv[2]), rsB, O::as_t2(v[2])));
       v[3] = O::as_u32(__hfma2(O::as_t2(rv[3]), rsB, O::as_t2(v[3])));
     }
-    const int k = c * 64 + j * 16 + 2 * t;
-    const size_t rowA = size_t(r * 16 + g) * L.K, rowB = size_t(r * 16 + g + 8) * L.K;
-    *reinterpret_cast<uint32_t*>(W + rowA + k) = v[0];
-    *reinterpret_cast<uint32_t*>(W + rowA + k + 8) = v[1];
-    *reinterpret_cast<uint32_t*>(W + rowB + k) = v[2];
-    *reinterpret_cast<uint32_t*>(W + rowB + k + 8) = v[3];
+    const int col = (j * 16 + 2 * t) / 2;  // in 4-byte words
+    tw[g * 36 + col] = v[0];
+    tw[g * 36 + col + 4] = v[1];
+    tw[(g + 8) * 36 + col] = v[2];
+    tw[(g + 8) * 36 + col + 4] = v[3];
+  }
+  __syncwarp();
+  // Coalesced write-out: each row of the chunk is one 128-byte line, 8 lanes per line.
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int idx = i * 32 + lane, row = idx / 8, seg = idx % 8;
+    *reinterpret_cast<uint4*>(W + size_t(r * 16 + row) * L.K + c * 64 + seg * 8) = tile[warp][row][seg];
   }
 }
 
@@ -443,7 +459,7 @@ __global__ void __launch_bounds__(256) dequant_kernel(DeviceLayer L, T* W, bool 
 
 template <typename T, int MB, bool RES>
 void launch_fused_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  const int smem = fused_smem_bytes(MB, f.k_split, L.spt);
+  const int smem = fused_smem_bytes(std::min(f.M, 16 * MB) + 1, f.k_split, L.spt, RES);
   static int configured = 48 * 1024;  // dynamic smem limit set so far for this instantiation
   if (configured < smem) {
     if (cudaFuncSetAttribute(zipper_fused_kernel<T, MB, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
@@ -453,6 +469,18 @@ void launch_fused_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) 
   }
   const dim3 grid((L.N + kCtaN - 1) / kCtaN, (L.K + f.k_split - 1) / f.k_split, (f.M + 16 * MB - 1) / (16 * MB));
   zipper_fused_kernel<T, MB, RES><<<grid, kWarps * 32, smem, s>>>(L, f);
+}
+
+template <typename T, int MB, bool RES>
+int occupancy_t(int smem) {
+  if (cudaFuncSetAttribute(zipper_fused_kernel<T, MB, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+      cudaSuccess)
+    return 0;
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_fused_kernel<T, MB, RES>, kWarps * 32, smem) !=
+      cudaSuccess)
+    return 0;
+  return n;
 }
 
 template <typename T>
@@ -467,8 +495,18 @@ void launch_fused_mb(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s)
 
 }  // namespace
 
-int fused_smem_bytes(int m_block, int k_split, int /*spt*/) {
-  return 16 * m_block * (k_split + 8) * 2 + kWarps * kStages * kStageU4 * 16;
+int fused_smem_bytes(int x_rows, int k_split, int spt, bool residual) {
+  return x_rows * (k_split + 8) * 2 + kWarps * kStages * stage_u4(spt, residual) * 16;
+}
+
+int fused_occupancy(int m_block, int bf16, bool residual, int smem) {
+  // Only the block size and smem matter here; the fp16 and bf16 kernels use about the same registers.
+  (void)bf16;
+  switch (m_block) {
+    case 1: return residual ? occupancy_t<__half, 1, true>(smem) : occupancy_t<__half, 1, false>(smem);
+    case 2: return residual ? occupancy_t<__half, 2, true>(smem) : occupancy_t<__half, 2, false>(smem);
+    default: return residual ? occupancy_t<__half, 4, true>(smem) : occupancy_t<__half, 4, false>(smem);
+  }
 }
 
 void launch_fused(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {

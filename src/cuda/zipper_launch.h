@@ -9,7 +9,7 @@ namespace mosaic::cuda::detail {
 
 inline constexpr int kWarps = 8;                // warps per CTA, each owns 16 outputs
 inline constexpr int kCtaN = 16 * kWarps;       // outputs per CTA
-inline constexpr int kStages = 4;               // cp.async pipeline depth (k-tiles in flight)
+inline constexpr int kStages = 6;               // cp.async pipeline depth (k-tiles per warp in flight + 1)
 
 // Device pointers of one repacked layer (see zipper_layout.h for the layouts).
 struct DeviceLayer {
@@ -35,8 +35,10 @@ struct FusedLaunch {
   int num_sms = 132;
 };
 
-// Shared memory bytes the fused kernel needs for this launch (host chooses k_split with it).
-int fused_smem_bytes(int m_block, int k_split, int spt);
+// Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).
+int fused_smem_bytes(int x_rows, int k_split, int spt, bool residual);
+// CTAs of the fused kernel resident per SM with this much dynamic smem (0: does not fit).
+int fused_occupancy(int m_block, int bf16, bool residual, int smem);
 void launch_fused(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
 // Y += X * deq(residual)^T (the unfused variant's second kernel). One warp per block row.
 void launch_residual_only(const DeviceLayer& L, const void* X, void* Y, int M, int bf16, cudaStream_t s);

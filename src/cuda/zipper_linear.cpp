@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
+#include <tuple>
 
 #include "cuda/zipper.h"
 #include "cuda/zipper_launch.h"
@@ -110,6 +112,33 @@ struct ZipperLinear::Impl {
     }
   }
 
+  // Split-K plan: K-range per CTA (multiple of 128, <= 4096: a warp's residual mask is 64 bits).
+  // Model: time ~ waves x (tiles per CTA + 2 tiles of fixed cost), waves from the occupancy the
+  // kernel's smem allows; ties go to fewer splits (fewer atomics). Cached per (M, m_block, res).
+  std::map<std::tuple<int, int, bool>, int> plans;
+  int plan_k_split(int M, int mb, bool res, int n_tiles, int m_tiles) {
+    const auto key = std::make_tuple(M, mb, res);
+    if (auto it = plans.find(key); it != plans.end()) return it->second;
+    const int k_tiles = L.K / kTileK, x_rows = std::min(M, 16 * mb) + 1;
+    double best = 1e30;
+    int best_per = 1;
+    for (int per = 1; per <= std::min(32, k_tiles); ++per) {
+      const int smem = detail::fused_smem_bytes(x_rows, per * kTileK, L.spt, res);
+      if (smem > 220 * 1024) break;
+      const int occ = detail::fused_occupancy(mb, 0, res, smem);
+      if (occ == 0) break;
+      const int64_t splits = (k_tiles + per - 1) / per, ctas = int64_t(n_tiles) * m_tiles * splits;
+      const int64_t slots = int64_t(occ) * num_sms, waves = (ctas + slots - 1) / slots;
+      const double cost = double(waves) * (per + 2.0) + (splits > 1 ? 0.5 : 0.0);
+      if (cost <= best) {
+        best = cost;
+        best_per = per;
+      }
+    }
+    cudaGetLastError();  // occupancy probes past the smem limit are not errors of this call
+    return plans[key] = best_per * kTileK;
+  }
+
   void run_fused(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
     detail::FusedLaunch f;
     f.X = X;
@@ -121,14 +150,8 @@ struct ZipperLinear::Impl {
     const int n_tiles = (L.N + detail::kCtaN - 1) / detail::kCtaN;
     const int m_tiles = (M + 16 * f.m_block - 1) / (16 * f.m_block);
     const int k_tiles = L.K / kTileK;
-    // Split K until the grid covers every SM about twice (M = 1 needs all of them streaming);
-    // a K-range holds at most 32 tiles (the residual bitmask of a warp is 64 bits).
-    const int64_t ctas = int64_t(n_tiles) * m_tiles;
-    int splits = int(std::clamp<int64_t>((2 * num_sms + ctas - 1) / ctas, 1, k_tiles));
-    int per = std::min((k_tiles + splits - 1) / splits, 32);
-    while (per > 1 && detail::fused_smem_bytes(f.m_block, per * kTileK, L.spt) > 200 * 1024) --per;
-    f.k_split = per * kTileK;
-    splits = (k_tiles + per - 1) / per;
+    f.k_split = plan_k_split(M, f.m_block, residual && L.res_qweight, n_tiles, m_tiles);
+    const int splits = (k_tiles + f.k_split / kTileK - 1) / (f.k_split / kTileK);
     if (splits > 1) ensure_ws(size_t(M) * L.N, size_t(n_tiles) * m_tiles);
     f.ws = ws;
     f.counters = counters;
@@ -191,7 +214,7 @@ int64_t ZipperLinear::weight_bytes(bool with_residual) const {
 
 // Measured on H100 (docs/kernels.md): the fused mma.sync kernel wins while the GEMM is
 // memory-bound; past that, dequantize once + cuBLAS (wgmma) is faster.
-GemmPath ZipperLinear::choose_path(int64_t M) const { return M <= 128 ? GemmPath::Fused : GemmPath::Dequant; }
+GemmPath ZipperLinear::choose_path(int64_t M) const { return M <= 32 ? GemmPath::Fused : GemmPath::Dequant; }
 
 void ZipperLinear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream, Variant v,
                         GemmPath path) const {

@@ -140,9 +140,10 @@ TEST(ZipperGpu, DenseOnlyAndUnfusedVariants) {
       const auto ybase = test::reference_gemm(xf, Wbase, M, N, K);
       for (GemmPath path : {GemmPath::Fused, GemmPath::Dequant}) {
         EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, path), bound(dt)) << "dense-only M=" << M;
-        EXPECT_LT(run_and_compare(zl, M, dt, xb, yfull, Variant::Unfused, path), bound(dt)) << "unfused M=" << M;
-        // ... and the residual matters: the dense-only output is far from the full reference.
-        EXPECT_GT(run_and_compare(zl, M, dt, xb, yfull, Variant::DenseOnly, path), 3 * bound(dt)) << "M=" << M;
+        const double full_err = run_and_compare(zl, M, dt, xb, yfull, Variant::Unfused, path);
+        EXPECT_LT(full_err, bound(dt)) << "unfused M=" << M;
+        // ... and the residual matters: dense-only is 5x further from the full reference.
+        EXPECT_GT(run_and_compare(zl, M, dt, xb, yfull, Variant::DenseOnly, path), 5 * full_err) << "M=" << M;
       }
     }
 }
