@@ -52,7 +52,7 @@ if [ "$MODE" = quick ]; then SH=llama3-8b; BU=0,0.1; else SH=llama3-8b,qwen3-8b,
 MS=1,4,16,32,64,128,256,1024,4096
 $B/mosaic bench gemm --shapes $SH --m $MS --budget $BU --json $OUT/gemm.json > $OUT/bench.md 2>&1
 echo "== bench rc=$?"
-PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_int4.py --shapes $SH --m $MS --json $OUT/torch_int4.json > $B/torch.log 2>&1
+[ "${SKIP_TORCH:-0}" = 1 ] || PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_int4.py --shapes $SH --m $MS --json $OUT/torch_int4.json > $B/torch.log 2>&1
 echo "== torch int4 rc=$?"; tail -3 $B/torch.log
 python3 bench/merge_results.py $OUT/gemm-merged.json $OUT/gemm.json $OUT/torch_int4.json > $OUT/summary.md
 cat $OUT/summary.md
@@ -64,5 +64,6 @@ timeout $([ "$MODE" = quick ] && echo 100 || echo 240) compute-sanitizer --tool 
 echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY' $B/memcheck.log | tail -1)"
 timeout $([ "$MODE" = quick ] && echo 80 || echo 200) compute-sanitizer --tool racecheck --error-exitcode 9 $B/test_cuda --gtest_filter='ZipperGpu.OddShapes*' > $B/racecheck.log 2>&1
 echo "== racecheck rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' $B/racecheck.log | tail -1)"
-tail -n 8 $B/memcheck.log $B/racecheck.log | cut -c1-300
+grep -m 12 -A12 "Race reported\|Error\|Hazard" $B/racecheck.log | head -60 | cut -c1-200; tail -n 4 $B/memcheck.log
+head -c 2000000 $B/racecheck.log > $OUT/racecheck.log
 echo "== done $(date -u)"
