@@ -42,6 +42,7 @@ LIB="$B/zipper_kernels.o $B/zipper_layout.o $B/zipper_linear.o"
 nvcc -o $B/test_cuda $B/t_*.o $LIB $B/gtest-all.o $B/gtest_main.o -lcublas -lpthread || exit 1
 nvcc -o $B/mosaic $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o $LIB -lcublas || exit 1
 echo "== build ok in $(( $(date +%s) - t0 )) s"
+[ "$MODE" = build-only ] && exit 0
 
 # ---- correctness -------------------------------------------------------------------------------
 $B/test_cuda --gtest_brief=0 2>&1 | grep -vE "^\[ RUN|^\[       OK" ; tests_rc=${PIPESTATUS[0]}
@@ -62,7 +63,10 @@ export ZIPPER_QUICK=1
 F='ZipperGpu.MatchesCpuReference*:ZipperGpu.DenseOnly*'
 timeout $([ "$MODE" = quick ] && echo 100 || echo 240) compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_cuda --gtest_filter="$F" > $B/memcheck.log 2>&1
 echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY' $B/memcheck.log | tail -1)"
-timeout $([ "$MODE" = quick ] && echo 80 || echo 200) compute-sanitizer --tool racecheck --error-exitcode 9 $B/test_cuda --gtest_filter='ZipperGpu.OddShapes*' > $B/racecheck.log 2>&1
+# racecheck instruments our kernels only (kns=zipper): cuBLAS's own nvjet kernels report
+# hazards under racecheck that are not ours to judge.
+timeout $([ "$MODE" = quick ] && echo 120 || echo 240) compute-sanitizer --tool racecheck --kernel-name kns=zipper \
+  --error-exitcode 9 $B/test_cuda --gtest_filter="$F:ZipperGpu.OddShapes*" > $B/racecheck.log 2>&1
 echo "== racecheck rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' $B/racecheck.log | tail -1)"
 grep -m 12 -A12 "Race reported\|Error\|Hazard" $B/racecheck.log | head -60 | cut -c1-200; tail -n 4 $B/memcheck.log
 head -c 2000000 $B/racecheck.log > $OUT/racecheck.log
