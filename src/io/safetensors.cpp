@@ -558,6 +558,14 @@ void ShardedWriter::flush() {
   for (const auto& [k, v] : metadata_) current_.set_metadata(k, v);
 }
 
+namespace {
+void rename_or_fail(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::rename(from, to, ec);
+  MOSAIC_CHECK(!ec, "cannot rename ", from.string(), " to ", to.string(), ": ", ec.message());
+}
+}  // namespace
+
 std::vector<fs::path> ShardedWriter::finish() {
   MOSAIC_CHECK(!finished_, "sharded writer: finish called twice");
   if (current_.size() > 0 || temp_shards_.empty()) {
@@ -571,7 +579,7 @@ std::vector<fs::path> ShardedWriter::finish() {
   std::vector<fs::path> out;
   const size_t n = temp_shards_.size();
   if (n == 1) {
-    fs::rename(temp_shards_[0], dir_ / "model.safetensors");
+    rename_or_fail(temp_shards_[0], dir_ / "model.safetensors");
     out.push_back(dir_ / "model.safetensors");
     finished_ = true;
     return out;
@@ -581,7 +589,7 @@ std::vector<fs::path> ShardedWriter::finish() {
   for (size_t i = 0; i < n; ++i) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, n);
-    fs::rename(temp_shards_[i], dir_ / buf);
+    rename_or_fail(temp_shards_[i], dir_ / buf);
     out.push_back(dir_ / buf);
     for (const auto& name : shard_names_[i]) sorted[name] = buf;
   }

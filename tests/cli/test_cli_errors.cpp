@@ -116,3 +116,34 @@ TEST_F(InspectErrors, GoodFilesWork) {
   EXPECT_EQ(j["config"]["head_dim"], 128);
   EXPECT_EQ(j["config"]["kv_heads"], 8);
 }
+
+TEST_F(InspectErrors, FoldsLayersUnlessAll) {
+  // 20 layers x 2 tensors of one byte each, crafted by hand (this binary links no io code).
+  nlohmann::json h = nlohmann::json::object();
+  size_t off = 0;
+  for (int i = 0; i < 20; ++i)
+    for (const char* t : {"attn", "mlp"}) {
+      h["model.layers." + std::to_string(i) + "." + t + ".weight"] = {
+          {"dtype", "U8"}, {"shape", {1}}, {"data_offsets", {off, off + 1}}};
+      ++off;
+    }
+  const fs::path p = write("layers.safetensors", with_header(h.dump(), std::string(off, 'x')));
+  Result r = run("inspect " + p.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("model.layers.{0..19}.attn.weight"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("model.layers.7.mlp.weight"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("40 parameters"), std::string::npos) << r.out;
+  r = run("inspect --all " + p.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  // Natural order: layer 2 before layer 10.
+  const size_t l2 = r.out.find("model.layers.2.mlp.weight"), l10 = r.out.find("model.layers.10.mlp.weight");
+  ASSERT_NE(l2, std::string::npos) << r.out;
+  ASSERT_NE(l10, std::string::npos) << r.out;
+  EXPECT_LT(l2, l10);
+  r = run("inspect --json " + p.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["tensors"].size(), 40u);
+  EXPECT_EQ(j["total_bytes"], 40);
+  EXPECT_TRUE(j["config"].is_null());
+}
