@@ -183,6 +183,34 @@ std::vector<int64_t> select_top_blocks(std::span<const double> scores, int64_t c
   return idx;
 }
 
+std::vector<int64_t> select_top_blocks_balanced(std::span<const double> scores, int64_t nbc,
+                                                int64_t count, int64_t tile_block_rows,
+                                                int64_t cap) {
+  const int64_t total = int64_t(scores.size());
+  MOSAIC_CHECK(nbc > 0 && total % nbc == 0, "select_top_blocks_balanced: ", total,
+               " scores are not a grid of ", nbc, " block columns");
+  MOSAIC_CHECK(tile_block_rows > 0 && cap >= 0, "select_top_blocks_balanced: bad tile ",
+               tile_block_rows, " / cap ", cap);
+  const int64_t nbr = total / nbc, tiles = (nbr + tile_block_rows - 1) / tile_block_rows;
+  MOSAIC_CHECK(count >= 0 && count <= total && count <= cap * tiles,
+               "select_top_blocks_balanced: cannot keep ", count, " blocks with at most ", cap,
+               " in each of ", tiles, " tiles");
+  std::vector<int64_t> order = select_top_blocks(scores, total);  // all ids, ascending
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return scores[a] > scores[b]; });
+  std::vector<int64_t> used(static_cast<size_t>(tiles), 0), out;
+  for (int64_t id : order) {
+    if (int64_t(out.size()) == count) break;
+    int64_t& u = used[(id / nbc) / tile_block_rows];
+    if (u < cap) {
+      ++u;
+      out.push_back(id);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 std::vector<int64_t> allocate_global(std::span<const std::vector<double>> layer_scores,
                                      double fraction) {
   struct Entry {
@@ -315,18 +343,29 @@ PackedLinear quantize_mosaic(std::span<const float> W, int64_t N, int64_t K,
   MosaicStart st = mosaic_start(W, N, K, H, opt);
   if (st.keep == 0) return std::move(st.base);
   PackedLinear p = std::move(st.base);
+  auto select = [&](const std::vector<double>& scores) {
+    if (opt.tile_rows <= 0) return select_top_blocks(scores, st.keep);
+    MOSAIC_CHECK(opt.tile_rows % opt.block_rows == 0, "quantize_mosaic: tile rows ", opt.tile_rows,
+                 " are not a multiple of block rows ", opt.block_rows);
+    MOSAIC_CHECK(std::isfinite(opt.tile_cap_factor) && opt.tile_cap_factor >= 1.0,
+                 "quantize_mosaic: tile cap factor ", opt.tile_cap_factor, " must be >= 1");
+    const int64_t tbr = opt.tile_rows / opt.block_rows;
+    const int64_t tiles = (N / opt.block_rows + tbr - 1) / tbr;
+    const int64_t cap = std::max<int64_t>(
+        1, int64_t(std::ceil(opt.tile_cap_factor * double(st.keep) / double(tiles) - 1e-9)));
+    return select_top_blocks_balanced(scores, K / opt.block_cols, st.keep, tbr, cap);
+  };
   if (!st.in_loop) {
     const std::vector<float> R = plain_residual(W, N, K, H, p);
     const auto scores = score_blocks(W, R, N, K, H, opt.block_rows, opt.block_cols, opt.scorer);
-    attach_residual(p, R, select_top_blocks(scores, st.keep), opt.block_rows, opt.block_cols);
+    attach_residual(p, R, select(scores), opt.block_rows, opt.block_cols);
     return p;
   }
   // Pass 1 (the base above) recorded GPTQ's rounding errors: select on them, attach to fix the
   // layout and the kept rows' scales, then pass 2 re-quantizes base and residual codes together.
   const auto scores =
       score_blocks_gptq(W, st.trace, N, K, opt.block_rows, opt.block_cols, opt.scorer);
-  attach_residual(p, st.trace.err, select_top_blocks(scores, st.keep), opt.block_rows,
-                  opt.block_cols);
+  attach_residual(p, st.trace.err, select(scores), opt.block_rows, opt.block_cols);
   std::vector<float>().swap(st.trace.err);
   return quantize_gptq_with_residual(W, N, K, H, opt.group, opt.symmetric, opt.gptq, p);
 }

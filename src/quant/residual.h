@@ -43,6 +43,13 @@ std::vector<double> score_blocks(std::span<const float> W, std::span<const float
 // deterministic). 0 <= count <= scores.size().
 std::vector<int64_t> select_top_blocks(std::span<const double> scores, int64_t count);
 
+// Tile-balanced variant for the fused GPU kernel, whose output tiles take longer the more
+// residual blocks they hold: the same greedy by score, but no tile (tile_block_rows consecutive
+// block rows) gets more than `cap` blocks. cap * number of tiles must be >= count.
+std::vector<int64_t> select_top_blocks_balanced(std::span<const double> scores, int64_t nbc,
+                                                int64_t count, int64_t tile_block_rows,
+                                                int64_t cap);
+
 // Global allocation: the budget is budget_blocks(fraction, total blocks of all layers); the
 // blocks with the highest scores over all layers win (ties: lower layer, then lower id).
 // Returns each layer's count; select_top_blocks(layer_scores[l], counts[l]) then gives exactly
@@ -74,6 +81,10 @@ struct MosaicOptions {
   double budget = 0.10;  // fraction of blocks kept, per layer: exactly budget_blocks(budget, total)
   int64_t num_blocks = -1;  // >= 0: keep exactly this many instead (global allocation's counts)
   BlockScorer scorer = BlockScorer::kDeltaHessian;
+  // Tile balancing (0 = off): tiles of tile_rows output rows (a multiple of block_rows) get at
+  // most ceil(tile_cap_factor * kept / tiles) blocks each (see select_top_blocks_balanced).
+  int tile_rows = 0;
+  double tile_cap_factor = 1.5;
   GptqOptions gptq;      // for BaseMethod::kGptq
   // GPTQ base only: select blocks on a first GPTQ pass (score_blocks_gptq), then run GPTQ again
   // with the residual quantized inside its loop (quantize_gptq_with_residual), so the residual's

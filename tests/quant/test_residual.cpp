@@ -389,6 +389,58 @@ TEST(Mosaic, GlobalAllocationEndToEnd) {
   EXPECT_THROW(quantize_mosaic(layers[0].W, 64, 256, layers[0].H, bad), Error);
 }
 
+TEST(Selection, TileBalancedRespectsCapAndBudget) {
+  std::mt19937_64 rng(221);
+  std::lognormal_distribution<double> ln(0.0, 1.5);
+  const int64_t nbr = 32, nbc = 16;
+  std::vector<double> scores(nbr * nbc);
+  for (int64_t b = 0; b < nbr * nbc; ++b) scores[b] = ln(rng) * (b / nbc < 4 ? 20.0 : 1.0);  // hot rows
+  const int64_t count = 51, tbr = 8, cap = 16;  // 4 tiles of 8 block rows
+  const auto sel = select_top_blocks_balanced(scores, nbc, count, tbr, cap);
+  ASSERT_EQ(int64_t(sel.size()), count);
+  EXPECT_TRUE(std::is_sorted(sel.begin(), sel.end()));
+  int64_t per_tile[4] = {};
+  for (int64_t id : sel) per_tile[(id / nbc) / tbr]++;
+  for (int64_t t : per_tile) EXPECT_LE(t, cap);
+  EXPECT_EQ(per_tile[0], cap);  // the hot tile is full
+  // A generous cap reproduces the plain top-k.
+  EXPECT_EQ(select_top_blocks_balanced(scores, nbc, count, tbr, count), select_top_blocks(scores, count));
+  EXPECT_THROW(select_top_blocks_balanced(scores, nbc, count, tbr, 12), Error);  // 4*12 < 51
+  EXPECT_THROW(select_top_blocks_balanced(scores, 15, count, tbr, cap), Error);
+}
+
+// Ablation: how much recovered distortion tile balancing costs, and how much it flattens the
+// blocks-per-tile load (128-row output tiles).
+TEST(Mosaic, TileBalancingAblation) {
+  const int64_t N = 512, K = 512, M = 1024;
+  const auto W = testdata::weights(N, K, 231);
+  const auto X = testdata::activations(M, K, 232);
+  const auto H = hessian_from_inputs(X.data(), M, K);
+  MosaicOptions o;
+  o.block_rows = 16;
+  o.block_cols = 64;
+  o.budget = 0;
+  const double e0 = output_error(W, dequantize(quantize_mosaic(W, N, K, H, o)), N, K, X.data(), M);
+  o.budget = 0.1;
+  for (double f : {0.0, 2.0, 1.5, 1.0}) {
+    o.tile_rows = f == 0.0 ? 0 : 128;
+    o.tile_cap_factor = f == 0.0 ? 1.5 : f;
+    const PackedLinear p = quantize_mosaic(W, N, K, H, o);
+    ASSERT_EQ(p.num_blocks_kept(), 25);  // floor(0.1 * 32 * 8)
+    int64_t per_tile[4] = {};
+    for (int64_t r = 0; r < p.num_block_rows(); ++r) per_tile[r / 8] += p.res_rowptr[r + 1] - p.res_rowptr[r];
+    const int64_t mx = *std::max_element(per_tile, per_tile + 4);
+    const double rec = 1.0 - output_error(W, dequantize(p), N, K, X.data(), M) / e0;
+    std::printf("[ablation] tile balance %s: max blocks per 128-row tile %lld (mean 6.25), "
+                "distortion recovered %.1f%%\n", f == 0.0 ? "off     " : (f == 2.0 ? "cap 2.0x" : (f == 1.5 ? "cap 1.5x" : "cap 1.0x")),
+                (long long)mx, 100 * rec);
+    if (f > 0.0) {
+      EXPECT_LE(mx, int64_t(std::ceil(f * 25 / 4.0 - 1e-9)));
+    }
+    EXPECT_GT(rec, 0.2);
+  }
+}
+
 TEST(Mosaic, BadInputThrows) {
   const int64_t N = 32, K = 128;
   const auto W = testdata::weights(N, K, 171);
