@@ -12,7 +12,9 @@ reference numbers that mosaic is later compared with (tests/fixtures/default_mod
      protocol (see llamacpp_reference.py).
 
 Usage: make_default_model_reference.py [--model models/smollm2-135m] [--windows 4]
-           [--full-llamacpp-json F (the whole-text llama.cpp run, if done)]
+       make_default_model_reference.py --merge-long-run F
+           (F: JSON of a longer llamacpp_reference.py run -- the whole text, or its first K windows when
+            it was stopped and re-read from its --checkpoint; stored as ppl_long_run_llama_cpp)
 Writes tests/fixtures/default_model/reference.json and logits_topk.json.
 """
 from __future__ import annotations
@@ -85,16 +87,36 @@ def hf_window_ppl(model, tokens: list[int], ctx: int, windows: int) -> dict:
             "seconds": time.time() - t0}
 
 
+def merge_long_run(run_json: Path, ref_path: Path) -> int:
+    run = json.loads(run_json.read_text())
+    ref = json.loads(ref_path.read_text())
+    if run["ctx"] != ref["ctx"] or run["text_tokens"] != ref["text_tokens"]:
+        sys.exit(f"make_default_model_reference: {run_json} is for ctx {run['ctx']} / {run['text_tokens']} tokens, "
+                 f"reference.json for ctx {ref['ctx']} / {ref['text_tokens']}")
+    total = ref["text_tokens"] // ref["ctx"]
+    ref["ppl_long_run_llama_cpp"] = {
+        "windows": run["windows"], "of_windows": total, "whole_text": run["windows"] == total,
+        "ppl": run["ppl"], "tokens": run["tokens"], "window_ppl": run["window_ppl"],
+        "kv_cache": run["kv_cache"], "threads": run["threads"],
+        "note": "llama.cpp on the F32 GGUF; compare mosaic with --max-windows <windows>"}
+    ref_path.write_text(json.dumps(ref, indent=2, ensure_ascii=False) + "\n")
+    print(f"[reference] llama.cpp ppl over {run['windows']}/{total} windows: {run['ppl']:.6f} -> {ref_path}",
+          file=sys.stderr)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=ROOT / "models/smollm2-135m")
     ap.add_argument("--gguf", type=Path, help="F32 GGUF (default: <model>-f32.gguf)")
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--ctx", type=int, default=2048)
-    ap.add_argument("--full-llamacpp-json", type=Path, help="result of the whole-text llamacpp_reference.py run")
+    ap.add_argument("--merge-long-run", type=Path, help="only add this llamacpp_reference.py result to reference.json")
     ap.add_argument("--out-dir", type=Path, default=FIXTURES)
     args = ap.parse_args()
     gguf_path = args.gguf or Path(str(args.model).rstrip("/") + "-f32.gguf")
+    if args.merge_long_run:
+        return merge_long_run(args.merge_long_run, args.out_dir / "reference.json")
 
     import llama_cpp
     import tokenizers
@@ -168,10 +190,9 @@ def main() -> int:
                               "transformers": hf,
                               "rel_diff": abs(lc["ppl"] - hf["ppl"]) / lc["ppl"]},
     }
-    if args.full_llamacpp_json and args.full_llamacpp_json.is_file():
-        full = json.loads(args.full_llamacpp_json.read_text())
-        ref["ppl_whole_text_llama_cpp"] = {k: full[k] for k in ("ppl", "tokens", "text_tokens", "windows", "ctx",
-                                                                "kv_cache", "threads", "seconds")}
+    old = args.out_dir / "reference.json"
+    if old.is_file() and "ppl_long_run_llama_cpp" in json.loads(old.read_text()):
+        ref["ppl_long_run_llama_cpp"] = json.loads(old.read_text())["ppl_long_run_llama_cpp"]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "reference.json").write_text(json.dumps(ref, indent=2, ensure_ascii=False) + "\n")
     (args.out_dir / "logits_topk.json").write_text(json.dumps(topk, indent=2, ensure_ascii=False) + "\n")
