@@ -1,6 +1,9 @@
 // The MosaicQuant sparse residual: R = W - deq(base) cut into Br x Bc blocks; each block scored
 // (Delta-Hessian by default), the top blocks within a budget kept and quantized to 4 bits with
 // one fp16 scale per block row (docs/format.md), stored as CSR over block rows.
+// On a GPTQ base the literal R hurts (GPTQ's errors cancel in X W^T; adding back part of them
+// breaks that), so by default quantize_mosaic selects blocks on GPTQ's own rounding errors and
+// re-runs GPTQ with the residual inside its loop (MosaicOptions::residual_in_gptq).
 #pragma once
 #include <cstdint>
 #include <span>
