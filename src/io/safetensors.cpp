@@ -101,30 +101,25 @@ std::vector<float> TensorView::to_f32() const {
 }
 
 void TensorView::to_f32(float* out) const {
+  MOSAIC_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16, "tensor '",
+               name, "': cannot convert dtype ", dtype_name(dtype), " to float32 (only F32, F16, BF16)");
   const size_t n = size_t(numel());
+  if (n == 0) return;  // out may be null for an empty tensor
   // memcpy per element: the data may be unaligned inside the file.
-  switch (dtype) {
-    case DType::F32:
-      std::memcpy(out, data, n * 4);
-      return;
-    case DType::F16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, data + 2 * i, 2);
-        out[i] = fp16_to_float(h);
-      }
-      return;
-    case DType::BF16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, data + 2 * i, 2);
-        out[i] = bf16_to_float(h);
-      }
-      return;
-    default:
-      fail("tensor '", name, "': cannot convert dtype ", dtype_name(dtype),
-           " to float32 (only F32, F16, BF16)");
+  if (dtype == DType::F32) {
+    std::memcpy(out, data, n * 4);
+    return;
   }
+  // Two loops rather than a function pointer so each conversion inlines (checkpoints are GBs).
+  auto convert = [&](auto to_float) {
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, data + 2 * i, 2);
+      out[i] = to_float(h);
+    }
+  };
+  if (dtype == DType::F16) convert([](uint16_t h) { return fp16_to_float(h); });
+  else convert([](uint16_t h) { return bf16_to_float(h); });
 }
 
 // ---- SafetensorsFile ------------------------------------------------------------------------

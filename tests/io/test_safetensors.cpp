@@ -84,6 +84,7 @@ TEST(Safetensors, RoundTripEveryDType) {
   EXPECT_EQ(f->find("scalar")->to_f32()[0], 1.0f);
   EXPECT_EQ(f->find("empty")->numel(), 0);
   EXPECT_EQ(f->find("empty")->shape_str(), "[0, 7]");
+  EXPECT_TRUE(f->find("empty")->to_f32().empty());
   EXPECT_EQ(f->header_bytes() % 8, 0u);
   // write() and serialize() agree byte for byte.
   std::ifstream in(dir / "x.safetensors", std::ios::binary);
