@@ -63,11 +63,13 @@ export ZIPPER_QUICK=1
 F='ZipperGpu.MatchesCpuReference*:ZipperGpu.DenseOnly*'
 timeout $([ "$MODE" = quick ] && echo 100 || echo 240) compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_cuda --gtest_filter="$F" > $B/memcheck.log 2>&1
 echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY' $B/memcheck.log | tail -1)"
-# racecheck instruments our kernels only (kns=zipper): cuBLAS's own nvjet kernels report
-# hazards under racecheck that are not ours to judge.
-timeout $([ "$MODE" = quick ] && echo 120 || echo 240) compute-sanitizer --tool racecheck --kernel-name kns=zipper \
-  --error-exitcode 9 $B/test_cuda --gtest_filter="$F:ZipperGpu.OddShapes*" > $B/racecheck.log 2>&1
-echo "== racecheck rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' $B/racecheck.log | tail -1)"
-grep -m 12 -A12 "Race reported\|Error\|Hazard" $B/racecheck.log | head -60 | cut -c1-200; tail -n 4 $B/memcheck.log
+# racecheck over everything (its kernel filter crashed the sanitizer here); hazards reported
+# inside cuBLAS's nvjet kernels are listed apart from ours (mosaic::cuda kernels).
+timeout $([ "$MODE" = quick ] && echo 120 || echo 240) compute-sanitizer --tool racecheck \
+  $B/test_cuda --gtest_filter="$F:ZipperGpu.OddShapes*" > $B/racecheck.log 2>&1
+echo "== racecheck rc=$? $(grep -E 'RACECHECK SUMMARY' $B/racecheck.log | tail -1)"
+echo "== racecheck hazards in our kernels: $(grep -A1 'Race reported' $B/racecheck.log | grep -c 'zipper\|dequant_kernel\|residual_only')," \
+     "in cuBLAS nvjet: $(grep 'Race reported' $B/racecheck.log | grep -c nvjet)"
+grep -E "PASSED|FAILED" $B/racecheck.log | head -3; tail -n 4 $B/memcheck.log
 head -c 2000000 $B/racecheck.log > $OUT/racecheck.log
 echo "== done $(date -u)"

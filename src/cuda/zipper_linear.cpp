@@ -113,8 +113,9 @@ struct ZipperLinear::Impl {
   }
 
   // Split-K plan: K-range per CTA (multiple of 128, <= 4096: a warp's residual mask is 64 bits).
-  // Model: time ~ waves x (tiles per CTA + 2 tiles of fixed cost), waves from the occupancy the
-  // kernel's smem allows; ties go to fewer splits (fewer atomics). Cached per (M, m_block, res).
+  // Model (memory-bound streaming): time ~ total CTA work / resident slots + one CTA's duration
+  // (the tail), a CTA costing its tiles + 2 tiles of fixed cost (X tile, epilogue); slots from
+  // the occupancy the kernel's smem allows. Ties go to fewer splits. Cached per (M, m_block, res).
   std::map<std::tuple<int, int, bool>, int> plans;
   int plan_k_split(int M, int mb, bool res, int n_tiles, int m_tiles) {
     const auto key = std::make_tuple(M, mb, res);
@@ -128,8 +129,8 @@ struct ZipperLinear::Impl {
       const int occ = detail::fused_occupancy(mb, 0, res, smem);
       if (occ == 0) break;
       const int64_t splits = (k_tiles + per - 1) / per, ctas = int64_t(n_tiles) * m_tiles * splits;
-      const int64_t slots = int64_t(occ) * num_sms, waves = (ctas + slots - 1) / slots;
-      const double cost = double(waves) * (per + 2.0) + (splits > 1 ? 0.5 : 0.0);
+      const double slots = double(occ) * num_sms;
+      const double cost = double(ctas) * (per + 2.0) / slots + (per + 2.0) + (splits > 1 ? 0.5 : 0.0);
       if (cost <= best) {
         best = cost;
         best_per = per;
