@@ -61,11 +61,11 @@ cat $OUT/summary.md
 # ---- compute-sanitizer on a reduced set ----------------------------------------------------------
 export ZIPPER_QUICK=1
 F='ZipperGpu.MatchesCpuReference*:ZipperGpu.DenseOnly*'
-timeout $([ "$MODE" = quick ] && echo 100 || echo 240) compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_cuda --gtest_filter="$F" > $B/memcheck.log 2>&1
+timeout ${SAN_T:-240} compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_cuda --gtest_filter="$F" > $B/memcheck.log 2>&1
 echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY' $B/memcheck.log | tail -1)"
 # racecheck over everything (its kernel filter crashed the sanitizer here); hazards reported
 # inside cuBLAS's nvjet kernels are listed apart from ours (mosaic::cuda kernels).
-timeout $([ "$MODE" = quick ] && echo 120 || echo 240) compute-sanitizer --tool racecheck \
+timeout ${SAN_T:-240} compute-sanitizer --tool racecheck \
   $B/test_cuda --gtest_filter="$F:ZipperGpu.OddShapes*" > $B/racecheck.log 2>&1
 echo "== racecheck rc=$? $(grep -E 'RACECHECK SUMMARY' $B/racecheck.log | tail -1)"
 echo "== racecheck hazards in our kernels: $(grep -A1 'Race reported' $B/racecheck.log | grep -c 'zipper\|dequant_kernel\|residual_only')," \
