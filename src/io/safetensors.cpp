@@ -8,6 +8,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <array>
 #include <cerrno>
@@ -100,6 +104,24 @@ std::vector<float> TensorView::to_f32() const {
   return out;
 }
 
+#if defined(__x86_64__)
+// Hardware half -> float (exact, like fp16_to_float; a signalling NaN comes out quiet), 8 at a
+// time: several times faster than the scalar bit manipulation on multi-GB checkpoints.
+__attribute__((target("avx,f16c"))) static void f16_to_f32_f16c(const uint8_t* src, float* dst,
+                                                                  size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+  }
+  for (; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    dst[i] = fp16_to_float(h);
+  }
+}
+#endif
+
 void TensorView::to_f32(float* out) const {
   MOSAIC_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16, "tensor '",
                name, "': cannot convert dtype ", dtype_name(dtype), " to float32 (only F32, F16, BF16)");
@@ -118,7 +140,15 @@ void TensorView::to_f32(float* out) const {
       out[i] = to_float(h);
     }
   };
-  if (dtype == DType::F16) convert([](uint16_t h) { return fp16_to_float(h); });
+  if (dtype == DType::F16) {
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("f16c")) {
+      f16_to_f32_f16c(data, out, n);
+      return;
+    }
+#endif
+    convert([](uint16_t h) { return fp16_to_float(h); });
+  }
   else convert([](uint16_t h) { return bf16_to_float(h); });
 }
 

@@ -294,3 +294,58 @@ TEST(Checkpoint, ShardedWriterAbandonedLeavesNothing) {
   EXPECT_TRUE(fs::is_empty(dir));
   fs::remove_all(dir);
 }
+
+TEST(Safetensors, ToF32AllHalfBitPatterns) {
+  // Every one of the 65536 fp16 and bf16 values converts exactly as util/half.h does (the F16
+  // path may use the CPU's F16C instructions; NaNs need only stay NaN). Odd count and an odd
+  // offset exercise the vector tail and unaligned loads.
+  std::string bits(2 * 65537, '\0');
+  for (uint32_t i = 0; i < 65536; ++i) {
+    const uint16_t h = uint16_t(i);
+    std::memcpy(&bits[2 + 2 * i], &h, 2);
+  }
+  for (DType t : {DType::F16, DType::BF16}) {
+    TensorView v;
+    v.name = "all";
+    v.dtype = t;
+    v.shape = {65535};
+    v.data = reinterpret_cast<const uint8_t*>(bits.data()) + 2;
+    v.nbytes = 2 * 65535;
+    const std::vector<float> out = v.to_f32();
+    int mismatches = 0;
+    for (uint32_t i = 0; i < 65535; ++i) {
+      const float want = t == DType::F16 ? fp16_to_float(uint16_t(i)) : bf16_to_float(uint16_t(i));
+      if (std::isnan(want) ? !std::isnan(out[i]) : std::memcmp(&want, &out[i], 4) != 0) ++mismatches;
+    }
+    EXPECT_EQ(mismatches, 0) << dtype_name(t);
+  }
+}
+
+TEST(Safetensors, ToF32MatchesNumpyOnAllHalfValues) {
+  // numpy's own conversion of all 65536 bit patterns, folded into a signature: the count of
+  // non-NaN values and sum over them of float32_bits * (pattern + 1) mod 2^64, computed by
+  //   h = np.arange(65536).astype(np.uint16); f = h.view(np.float16).astype(np.float32)
+  //   (bf16: (h.astype(np.uint32) << 16).view(np.float32))
+  const struct {
+    DType t;
+    uint64_t count, signature;
+  } expect[] = {{DType::F16, 63490, 5549831980369051648ull}, {DType::BF16, 65282, 6104334358053650432ull}};
+  std::vector<uint16_t> all(65536);
+  for (uint32_t i = 0; i < 65536; ++i) all[i] = uint16_t(i);
+  for (const auto& e : expect) {
+    SafetensorsWriter w;
+    w.add("all", e.t, {65536}, std::string(reinterpret_cast<const char*>(all.data()), 2 * 65536));
+    auto f = SafetensorsFile::parse(w.serialize(), "all.safetensors");
+    const std::vector<float> out = f->find("all")->to_f32();
+    uint64_t count = 0, sig = 0;
+    for (uint64_t i = 0; i < 65536; ++i) {
+      if (std::isnan(out[i])) continue;
+      uint32_t b;
+      std::memcpy(&b, &out[i], 4);
+      ++count;
+      sig += uint64_t(b) * (i + 1);
+    }
+    EXPECT_EQ(count, e.count) << dtype_name(e.t);
+    EXPECT_EQ(sig, e.signature) << dtype_name(e.t);
+  }
+}
