@@ -21,6 +21,7 @@ namespace {
 
 struct GenerateOptions {
   std::string model;
+  std::string tokenizer;  // default: the model directory
   std::string prompt;
   int n = 64;
   float temperature = 0.0f;
@@ -55,10 +56,10 @@ std::string chat_prompt(const Tokenizer& tok, const std::string& system, const s
 
 void run_generate(const GenerateOptions& o) {
   MOSAIC_CHECK(o.n >= 0, "-n must be >= 0, got ", o.n);
+  const Tokenizer tok = Tokenizer::load(o.tokenizer.empty() ? o.model : o.tokenizer);  // fail fast, before the weights
   LoadOptions lo;
   lo.quiet = o.quiet;
   const Model model = Model::load(o.model, lo);
-  const Tokenizer tok = Tokenizer::load(o.model);
   const ModelConfig& cfg = model.config();
 
   std::vector<int32_t> ids;
@@ -142,6 +143,7 @@ void add_generate_command(CLI::App& app) {
       "Generate text from a prompt with the CPU engine: greedy by default, or temperature / top-p "
       "sampling with a seed. The continuation streams to stdout; speeds go to stderr.");
   cmd->add_option("--model", o->model, "model directory (config.json, *.safetensors, tokenizer.json)")->required();
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json or a directory holding one (default: the model directory)");
   cmd->add_option("--prompt", o->prompt, "prompt text (encoded with no special tokens added)")->required();
   cmd->add_option("-n,--max-tokens", o->n, "number of tokens to generate (stops early at end-of-text)")
       ->capture_default_str();

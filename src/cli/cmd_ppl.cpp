@@ -25,6 +25,7 @@ namespace {
 
 struct PplOptions {
   std::string model;
+  std::string tokenizer;  // default: the model directory
   std::string text_file;
   int64_t ctx = 2048;
   int64_t max_windows = 0;
@@ -35,10 +36,10 @@ struct PplOptions {
 
 void run_ppl(const PplOptions& o) {
   const auto t_start = std::chrono::steady_clock::now();
+  const Tokenizer tok = Tokenizer::load(o.tokenizer.empty() ? o.model : o.tokenizer);  // fail fast, before the weights
   LoadOptions lo;
   lo.quiet = o.quiet;
   const Model model = Model::load(o.model, lo);
-  const Tokenizer tok = Tokenizer::load(o.model);
   const std::string text = read_file(o.text_file);
   const auto t_tok = std::chrono::steady_clock::now();
   const std::vector<int32_t> ids = tok.encode(text);
@@ -117,6 +118,7 @@ void add_ppl_command(CLI::App& app) {
       "prefill from an empty cache; every token of a window except the first is scored; ppl = exp(mean "
       "NLL), log-softmax accumulated in fp64.");
   cmd->add_option("--model", o->model, "model directory (config.json, *.safetensors, tokenizer.json)")->required();
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json or a directory holding one (default: the model directory)");
   cmd->add_option("--text-file", o->text_file, "text to evaluate, e.g. wikitext-2-raw/wiki.test.raw")->required();
   cmd->add_option("--ctx", o->ctx, "window length in tokens")->capture_default_str();
   cmd->add_option("--max-windows", o->max_windows, "evaluate only the first N windows (0: all)")->capture_default_str();

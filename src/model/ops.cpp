@@ -148,16 +148,36 @@ void rope_row(float* v, int64_t half, const float* c, const float* s) {
 
 // Causal softmax of score rows S[T, L] in place: row t sees columns 0 .. pos0+t, the rest -> 0.
 void causal_softmax(float* S, int64_t T, int64_t L, int64_t pos0) {
-  parallel_for(T, L * 8, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      float* row = S + t * L;
-      const int64_t n = pos0 + t + 1;
-      const float mx = max_of(row, n);
-      const float sum = exp_shift_sum(row, n, mx);
-      scale_inplace(row, n, 1.0f / sum);
-      std::fill(row + n, row + L, 0.0f);
-    }
-  });
+  for (int64_t t = 0; t < T; ++t) {
+    float* row = S + t * L;
+    const int64_t n = std::min(L, pos0 + t + 1);
+    const float mx = max_of(row, n);
+    const float sum = exp_shift_sum(row, n, mx);
+    scale_inplace(row, n, 1.0f / sum);
+    std::fill(row + n, row + L, 0.0f);
+  }
+}
+
+// One query head over a block of n queries at positions p0 .. p0+n-1 (keys 0 .. p0+n-1):
+// S[n, L] = scale * Q K^T ; causal softmax ; O[n, hd] = S V. Single-threaded BLAS; the caller
+// runs many of these in parallel.
+void attend_block(const float* Q, int64_t ldq, const float* K, const float* V, int64_t n, int64_t p0, int64_t hd,
+                  float scale, float* O, int64_t ldo) {
+  const int64_t L = p0 + n;
+  thread_local std::vector<float> scores;  // per worker thread
+  if (scores.size() < size_t(n * L)) scores.resize(size_t(n * L));
+  float* S = scores.data();
+  if (n == 1) {  // decode: matrix-vector products
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, int(L), int(hd), scale, K, int(hd), Q, 1, 0.0f, S, 1);
+    causal_softmax(S, 1, L, p0);
+    cblas_sgemv(CblasRowMajor, CblasTrans, int(L), int(hd), 1.0f, V, int(hd), S, 1, 0.0f, O, 1);
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(L), int(hd), scale, Q, int(ldq), K, int(hd), 0.0f,
+              S, int(L));
+  causal_softmax(S, n, L, p0);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(hd), int(L), 1.0f, S, int(L), V, int(hd), 0.0f, O,
+              int(ldo));
 }
 
 }  // namespace
@@ -197,30 +217,19 @@ void attention(const float* q, const float* k_cache, const float* v_cache, int64
   MOSAIC_CHECK(pos0 + T <= s.capacity, "attention: positions up to ", pos0 + T, " exceed the cache capacity ", s.capacity);
   if (T <= 0) return;
   const int64_t hd = s.head_dim, group = s.n_heads / s.n_kv_heads, qdim = int64_t(s.n_heads) * hd;
-  const int64_t L = pos0 + T;  // keys visible to the last query
   const float scale = 1.0f / std::sqrt(float(hd));
-  // Scores of one head at a time: T x L floats (16 MiB at T = L = 2048), reused across calls.
-  thread_local std::vector<float> scores;
-  if (scores.size() < size_t(T * L)) scores.resize(size_t(T * L));
-  float* S = scores.data();
-  for (int64_t h = 0; h < s.n_heads; ++h) {
-    const float* Q = q + h * hd;  // rows of stride qdim
+  // Work items = (query block, head). Block [b, b+n) only needs keys 0 .. pos0+b+n-1, so the
+  // masked upper triangle costs at most one block, and a score scratch is n x L floats. Items
+  // have different lengths, hence the dynamic hand-out.
+  constexpr int64_t kQBlock = 256;
+  const int64_t nblocks = (T + kQBlock - 1) / kQBlock, H = s.n_heads;
+  parallel_for_each(nblocks * H, kQBlock * (pos0 + T) * hd * 4, [&](int64_t item) {
+    const int64_t blk = item / H, h = item % H;
+    const int64_t b = blk * kQBlock, n = std::min(kQBlock, T - b);
     const float* K = k_cache + (h / group) * s.capacity * hd;
     const float* V = v_cache + (h / group) * s.capacity * hd;
-    float* O = out + h * hd;
-    if (T == 1) {  // decode: matrix-vector products
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, int(L), int(hd), scale, K, int(hd), Q, 1, 0.0f, S, 1);
-      causal_softmax(S, 1, L, pos0);
-      cblas_sgemv(CblasRowMajor, CblasTrans, int(L), int(hd), 1.0f, V, int(hd), S, 1, 0.0f, O, 1);
-      continue;
-    }
-    // S[T, L] = scale * Q[T, hd] K[L, hd]^T ; softmax rows ; O[T, hd] = S V[L, hd]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(L), int(hd), scale, Q, int(qdim), K,
-                int(hd), 0.0f, S, int(L));
-    causal_softmax(S, T, L, pos0);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(hd), int(L), 1.0f, S, int(L), V,
-                int(hd), 0.0f, O, int(qdim));
-  }
+    attend_block(q + b * qdim + h * hd, qdim, K, V, n, pos0 + b, hd, scale, out + b * qdim + h * hd, qdim);
+  });
 }
 
 void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
@@ -237,11 +246,19 @@ void matmul_nt(const float* x, const float* w, int64_t M, int64_t N, int64_t K, 
     std::fill(y, y + M * N, 0.0f);
     return;
   }
-  if (M == 1) {  // one token: y = W x
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, int(N), int(K), 1.0f, w, int(K), x, 1, 0.0f, y, 1);
-    return;
-  }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f, x, int(K), w, int(K), 0.0f, y, int(N));
+  // Split the output columns (rows of W) over the threads in slices of 16 rows: each thread streams
+  // its own part of W once, which is what bounds both the memory-bound decode (M = 1) and the
+  // packing cost of prefill.
+  constexpr int64_t kSlice = 16;
+  const int64_t slices = (N + kSlice - 1) / kSlice;
+  parallel_for(slices, M * kSlice * K * 2, [&](int64_t sb, int64_t se) {
+    const int64_t n0 = sb * kSlice, n = std::min(N, se * kSlice) - n0;
+    if (M == 1)  // one token: y = W x
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, int(n), int(K), 1.0f, w + n0 * K, int(K), x, 1, 0.0f, y + n0, 1);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(n), int(K), 1.0f, x, int(K), w + n0 * K, int(K),
+                  0.0f, y + n0, int(N));
+  });
 }
 
 double logsumexp(const float* x, int64_t n) {

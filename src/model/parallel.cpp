@@ -97,7 +97,7 @@ Pool& pool() {
   auto& p = pool_slot();
   if (!p) {
     p = std::make_unique<Pool>(default_threads());
-    openblas_set_num_threads(p->size());
+    openblas_set_num_threads(1);
   }
   return *p;
 }
@@ -109,7 +109,7 @@ int num_threads() { return pool().size(); }
 void set_num_threads(int n) {
   std::lock_guard<std::mutex> lk(g_pool_mu);
   pool_slot() = std::make_unique<Pool>(std::max(1, n));
-  openblas_set_num_threads(std::max(1, n));
+  openblas_set_num_threads(1);
 }
 
 void parallel_for(int64_t n, int64_t cost_per_item, const std::function<void(int64_t, int64_t)>& fn) {
@@ -122,6 +122,24 @@ void parallel_for(int64_t n, int64_t cost_per_item, const std::function<void(int
     return;
   }
   p.run(n, fn);
+}
+
+}  // namespace mosaic
+
+namespace mosaic {
+
+void parallel_for_each(int64_t n, int64_t cost_per_item, const std::function<void(int64_t)>& fn) {
+  if (n <= 0) return;
+  const int nt = num_threads();
+  if (nt == 1 || n == 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  // One range per thread; each thread then pulls indices until none are left.
+  parallel_for(nt, std::max<int64_t>(1, cost_per_item) * ((n + nt - 1) / nt), [&](int64_t, int64_t) {
+    for (int64_t i; (i = next.fetch_add(1)) < n;) fn(i);
+  });
 }
 
 }  // namespace mosaic

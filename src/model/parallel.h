@@ -9,7 +9,9 @@
 namespace mosaic {
 
 // Number of worker threads used by parallel_for (default: hardware concurrency, or the
-// MOSAIC_THREADS environment variable when set). Setting it also sets OpenBLAS's thread count.
+// MOSAIC_THREADS environment variable when set). OpenBLAS itself is kept single-threaded: the
+// engine splits its matrix products over these threads (by output columns, by heads), which
+// keeps one set of threads that sleep between jobs instead of two pools that spin.
 int num_threads();
 void set_num_threads(int n);
 
@@ -17,5 +19,9 @@ void set_num_threads(int n);
 // (a rough count of flops) is large enough to be worth it. Blocks until all ranges are done.
 // fn must not throw; parallel_for is not re-entrant (do not nest it).
 void parallel_for(int64_t n, int64_t cost_per_item, const std::function<void(int64_t, int64_t)>& fn);
+
+// Calls fn(i) for every i in [0, n), handing out indices one at a time to whichever thread is
+// free (for items of uneven cost, e.g. attention blocks of different lengths). Same rules.
+void parallel_for_each(int64_t n, int64_t cost_per_item, const std::function<void(int64_t)>& fn);
 
 }  // namespace mosaic

@@ -109,7 +109,7 @@ TEST(Ops, AttentionMatchesReference) {
   // Bound 1e-5: fp32 BLAS dot products (vs double) and a ~2-ulp exp.
   const AttnCase cases[] = {{1, 0, 1, 1, 16},  {1, 0, 4, 2, 16},  {1, 16, 4, 2, 16}, {1, 33, 3, 1, 15},
                             {2, 0, 2, 2, 3},   {3, 0, 4, 2, 16},  {3, 5, 4, 4, 17},  {15, 2, 6, 3, 64},
-                            {16, 0, 4, 2, 64}, {17, 31, 9, 3, 64}, {40, 0, 4, 1, 32}, {65, 64, 2, 1, 16}};
+                            {16, 0, 4, 2, 64}, {17, 31, 9, 3, 64}, {40, 0, 4, 1, 32}, {65, 64, 2, 1, 16}, {300, 10, 2, 1, 16}};  // last: 2 query blocks
   for (const auto& c : cases) {
     const int64_t cap = c.pos0 + c.T + 3;  // capacity larger than used: strides must be honoured
     AttnShape s{c.H, c.Hkv, c.hd, cap};
