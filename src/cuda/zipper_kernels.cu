@@ -133,10 +133,13 @@ __device__ __forceinline__ uint32_t word(const uint4& v, int j) {
 // Per-warp stage buffer, in 16-byte units (spt = scale sets per tile, 1 for group 128):
 //   [0, 64)                 base codes of the tile's two chunks (chunk c, lane l at c*32 + l)
 //   [64, 64 + 2 spt)        base scales [spt][16]
-//   [+0, +64) after that    residual codes of the kept blocks among the two chunks (same order)
-//   [+64, +68)              residual scales [2][16]
+//   [+0, +32) after that    residual codes of the first kept block among the two chunks
+//   [+32, +34)              its scales [16]
+// One residual slot, not two: with ~10% of blocks kept, both chunks of a tile hold a block ~1% of
+// the time, and that second block is read straight from global memory when consumed. Half the
+// residual smem means one more CTA per SM, which is what the residual cost in v2 (occupancy).
 constexpr int kBaseScales = 64;
-__host__ __device__ constexpr int stage_u4(int spt, bool res) { return 64 + 2 * spt + (res ? 68 : 0); }
+__host__ __device__ constexpr int stage_u4(int spt, bool res) { return 64 + 2 * spt + (res ? 34 : 0); }
 
 // ---- the fused kernel ------------------------------------------------------------------------
 
@@ -154,7 +157,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
   const int xs_stride = KR + 8;                  // halves; +16 B per row: ldmatrix rows hit distinct banks
   const int rows = min(f.M - m0, 16 * MB);       // real rows of X in this CTA; row `rows` is all zeros
   const int su4 = stage_u4(L.spt, RES);
-  const int kResCodes = kBaseScales + 2 * L.spt, kResScales = kResCodes + 64;
+  const int kResCodes = kBaseScales + 2 * L.spt, kResScales = kResCodes + 32;
   T* xs = reinterpret_cast<T*>(smem);            // (rows + 1, KR) activation tile
   uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
 
@@ -187,6 +190,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
     flags = nc < 64 ? bits & ((uint64_t(1) << nc) - 1) : bits;
     b_next = b;
   }
+  int b_cons = b_next;  // CSR index of the first residual block of the tile being consumed
 
   const uint4* gq = reinterpret_cast<const uint4*>(L.qweight) + (size_t(r) * (L.K / 64) + kb / 64) * 32 + lane;
   const uint4* gs = reinterpret_cast<const uint4*>(L.scales) + (size_t(r) * (L.K / kTileK) + kb / kTileK) * L.spt * 2;
@@ -204,13 +208,11 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
       if (lane < 2 * L.spt) cp_async16_stream(st + kBaseScales + lane, gs + i * L.spt * 2 + lane, policy);
       if constexpr (RES) {
         const unsigned fl = unsigned(flags >> (2 * i)) & 3u;
-#pragma unroll
-        for (int c = 0; c < 2; ++c)
-          if (fl & (1u << c)) {
-            cp_async16_stream(st + kResCodes + c * 32 + lane, grq + size_t(b_next) * 32 + lane, policy);
-            if (lane < 2) cp_async16_stream(st + kResScales + 2 * c + lane, grs + size_t(b_next) * 2 + lane, policy);
-            ++b_next;
-          }
+        if (fl) {
+          cp_async16_stream(st + kResCodes + lane, grq + size_t(b_next) * 32 + lane, policy);
+          if (lane < 2) cp_async16_stream(st + kResScales + lane, grs + size_t(b_next) * 2 + lane, policy);
+          b_next += __popc(fl);
+        }
       }
     }
     cp_async_commit();  // empty groups keep the group count uniform
@@ -237,8 +239,15 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
         uint4 rq = make_uint4(0, 0, 0, 0);
         T2 rsA{}, rsB{};
         if (has_res) {
-          rq = st[kResCodes + c * 32 + lane];
-          const T* rs = reinterpret_cast<const T*>(st + kResScales + 2 * c);
+          const bool in_slot = c == 0 || fl == 2u;  // the tile's first kept block is in the slot
+          const T* rs;
+          if (in_slot) {
+            rq = st[kResCodes + lane];
+            rs = reinterpret_cast<const T*>(st + kResScales);
+          } else {  // rare: second block of the tile, read directly (b_cons + 1)
+            rq = __ldg(grq + size_t(b_cons + 1) * 32 + lane);
+            rs = reinterpret_cast<const T*>(grs + size_t(b_cons + 1) * 2);
+          }
           rsA = O::bcast(rs[g]);
           rsB = O::bcast(rs[g + 8]);
         }
@@ -272,6 +281,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
           }
         }
       }
+      if constexpr (RES) b_cons += __popc(fl);
     }
   }
   cp_async_wait<0>();
