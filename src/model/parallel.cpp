@@ -14,6 +14,15 @@
 namespace mosaic {
 namespace {
 
+// Set while a thread runs part of a parallel_for job: a nested parallel_for (an op called from
+// inside another op's worker) then runs inline instead of waiting on the busy pool.
+thread_local bool t_inside_job = false;
+struct InsideJob {
+  bool prev = t_inside_job;
+  InsideJob() { t_inside_job = true; }
+  ~InsideJob() { t_inside_job = prev; }
+};
+
 // Workers sleep on a condition variable between jobs; each job has a generation number so a
 // worker runs every job exactly once. The calling thread takes part as worker 0.
 class Pool {
@@ -32,6 +41,7 @@ class Pool {
   int size() const { return n_; }
 
   void run(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    std::lock_guard<std::mutex> one_job(run_mu_);  // callers on different threads take turns
     {
       std::lock_guard<std::mutex> lk(mu_);
       fn_ = &fn;
@@ -48,6 +58,7 @@ class Pool {
 
  private:
   void run_part(int part) {
+    InsideJob guard;
     int64_t chunk = (n_items_ + n_ - 1) / n_;
     int64_t b = std::min<int64_t>(n_items_, part * chunk), e = std::min<int64_t>(n_items_, b + chunk);
     if (b < e) (*fn_)(b, e);
@@ -68,6 +79,7 @@ class Pool {
   }
 
   int n_;
+  std::mutex run_mu_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
@@ -117,7 +129,7 @@ void parallel_for(int64_t n, int64_t cost_per_item, const std::function<void(int
   // ~64k flops per call is roughly where a wake-up (a few microseconds) stops dominating.
   constexpr int64_t kMinWork = 1 << 16;
   Pool& p = pool();
-  if (p.size() == 1 || n == 1 || n * std::max<int64_t>(1, cost_per_item) < kMinWork) {
+  if (t_inside_job || p.size() == 1 || n == 1 || n * std::max<int64_t>(1, cost_per_item) < kMinWork) {
     fn(0, n);
     return;
   }
@@ -131,7 +143,7 @@ namespace mosaic {
 void parallel_for_each(int64_t n, int64_t cost_per_item, const std::function<void(int64_t)>& fn) {
   if (n <= 0) return;
   const int nt = num_threads();
-  if (nt == 1 || n == 1) {
+  if (nt == 1 || n == 1 || t_inside_job) {
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }

@@ -17,7 +17,8 @@ void set_num_threads(int n);
 
 // Calls fn(begin, end) on disjoint ranges covering [0, n), in parallel when n * cost_per_item
 // (a rough count of flops) is large enough to be worth it. Blocks until all ranges are done.
-// fn must not throw; parallel_for is not re-entrant (do not nest it).
+// fn must not throw. A parallel_for nested inside another runs inline; calls from different
+// threads take turns on the one pool.
 void parallel_for(int64_t n, int64_t cost_per_item, const std::function<void(int64_t, int64_t)>& fn);
 
 // Calls fn(i) for every i in [0, n), handing out indices one at a time to whichever thread is

@@ -208,3 +208,34 @@ TEST(Ops, LogsumexpMatchesReference) {
 
 }  // namespace
 }  // namespace mosaic
+
+#include <atomic>
+#include <thread>
+
+#include "model/parallel.h"
+
+namespace mosaic {
+namespace {
+
+TEST(Parallel, CoversEveryIndexOnceNestedAndFromSeveralThreads) {
+  auto check = [] {
+    std::vector<std::atomic<int>> hits(1000);
+    parallel_for(1000, 1 << 20, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        hits[size_t(i)]++;
+        parallel_for(3, 1 << 20, [&](int64_t, int64_t) {});  // nested: runs inline
+      }
+    });
+    std::vector<std::atomic<int>> each(777);
+    parallel_for_each(777, 1 << 20, [&](int64_t i) { each[size_t(i)]++; });
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+    for (auto& h : each) ASSERT_EQ(h.load(), 1);
+  };
+  check();
+  std::thread a(check), b(check);
+  a.join();
+  b.join();
+}
+
+}  // namespace
+}  // namespace mosaic
