@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -105,6 +106,20 @@ std::vector<float> TensorView::to_f32() const {
 }
 
 #if defined(__x86_64__)
+// CPUID leaf 1: F16C (ECX bit 29) and AVX (bit 28) with OS-enabled YMM state (OSXSAVE bit 27 +
+// XCR0 bits 1-2). By hand because older clang's __builtin_cpu_supports lacks "f16c".
+static bool cpu_has_f16c() {
+  static const bool has = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    if (!(c & (1u << 27)) || !(c & (1u << 28)) || !(c & (1u << 29))) return false;
+    unsigned lo, hi;
+    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 6u) == 6u;
+  }();
+  return has;
+}
+
 // Hardware half -> float (exact, like fp16_to_float; a signalling NaN comes out quiet), 8 at a
 // time: several times faster than the scalar bit manipulation on multi-GB checkpoints.
 __attribute__((target("avx,f16c"))) static void f16_to_f32_f16c(const uint8_t* src, float* dst,
@@ -142,7 +157,7 @@ void TensorView::to_f32(float* out) const {
   };
   if (dtype == DType::F16) {
 #if defined(__x86_64__)
-    if (__builtin_cpu_supports("f16c")) {
+    if (cpu_has_f16c()) {
       f16_to_f32_f16c(data, out, n);
       return;
     }
