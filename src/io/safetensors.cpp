@@ -383,6 +383,9 @@ Checkpoint Checkpoint::open(const fs::path& dir_or_file) {
                    shard_name, " but that shard does not contain it");
       ck.index_.emplace(name, v);
     }
+    // Shards in file-name order (model-00001-of-..., ...), not in order of first mention.
+    std::sort(ck.files_.begin(), ck.files_.end(),
+              [](const auto& a, const auto& b) { return a->path() < b->path(); });
     ck.root_ = dir;
     return ck;
   }

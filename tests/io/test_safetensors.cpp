@@ -349,3 +349,19 @@ TEST(Safetensors, ToF32MatchesNumpyOnAllHalfValues) {
     EXPECT_EQ(sig, e.signature) << dtype_name(e.t);
   }
 }
+
+TEST(Checkpoint, ShardedWriterOversizedTensorGetsItsOwnShard) {
+  const fs::path dir = fresh_dir("oversized");
+  std::vector<float> x(300, 0.25f);
+  ShardedWriter sw(dir, 1000);
+  sw.add_f32("small.a", {10}, x.data());   //   40 bytes
+  sw.add_f32("big", {300}, x.data());      // 1200 bytes > limit: alone in shard 2
+  sw.add_f32("small.b", {10}, x.data());   // shard 3
+  ASSERT_EQ(sw.finish().size(), 4u);
+  Checkpoint ck = Checkpoint::open(dir);
+  ASSERT_EQ(ck.files().size(), 3u);
+  EXPECT_EQ(ck.files()[1]->tensors().size(), 1u);
+  EXPECT_NE(ck.files()[1]->find("big"), nullptr);
+  EXPECT_EQ(ck.get("big", {300}).to_f32()[299], 0.25f);
+  fs::remove_all(dir);
+}
