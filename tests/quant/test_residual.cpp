@@ -11,6 +11,7 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <string>
 
 #include "quant/gptq.h"
 #include "quant/hessian.h"
@@ -522,4 +523,85 @@ TEST(Mosaic, SyntheticStudy) {
       }
     }
   }
+}
+
+// Layer-wise study on real weights and activations (opt-in): MOSAIC_LAYER_DUMP names a folder
+// with meta.txt lines "name N K M_cal M_eval" and raw little-endian f32 files name.W.f32 [N, K],
+// name.cal.f32 [M_cal, K] (Hessian) and name.eval.f32 [M_eval, K] (held-out error). The error
+// printed is ||X_eval (W - W_hat)^T||^2 relative to GPTQ at the base group size.
+TEST(Mosaic, RealLayerStudy) {
+  const char* dir = std::getenv("MOSAIC_LAYER_DUMP");
+  if (!dir) GTEST_SKIP() << "set MOSAIC_LAYER_DUMP=<folder> (see the comment above)";
+  const int group = std::getenv("MOSAIC_STUDY_GROUP") ? std::atoi(std::getenv("MOSAIC_STUDY_GROUP")) : 64;
+  auto load = [&](const std::string& path, size_t n) {
+    std::vector<float> v(n);
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) mosaic::fail("cannot open ", path);
+    const size_t got = std::fread(v.data(), 4, n, f);
+    std::fclose(f);
+    MOSAIC_CHECK(got == n, path, ": expected ", n, " floats, read ", got);
+    return v;
+  };
+  FILE* meta = std::fopen((std::string(dir) + "/meta.txt").c_str(), "r");
+  ASSERT_NE(meta, nullptr);
+  char name[256];
+  long long N, K, Mc, Me;
+  while (std::fscanf(meta, "%255s %lld %lld %lld %lld", name, &N, &K, &Mc, &Me) == 5) {
+    const std::string base = std::string(dir) + "/" + name;
+    const auto W = load(base + ".W.f32", size_t(N * K));
+    const auto Xc = load(base + ".cal.f32", size_t(Mc * K));
+    const auto Xe = load(base + ".eval.f32", size_t(Me * K));
+    HessianAccumulator hc(K), he(K);
+    hc.add(Xc.data(), Mc);
+    he.add(Xe.data(), Me);
+    // MOSAIC_STUDY_INSAMPLE=1 measures on the calibration activations themselves (no held-out).
+    const auto H = hc.hessian(), He = std::getenv("MOSAIC_STUDY_INSAMPLE") ? hc.hessian() : he.hessian();
+    const double ref = hessian_error(W, dequantize(quantize_gptq(W, N, K, H, group, true)), N, K, He);
+    std::printf("[real] %s [%lld x %lld], error relative to GPTQ g%d:\n", name, N, K, group);
+    auto row = [&](const std::string& what, const PackedLinear& p) {
+      std::printf("[real]   %-44s %6.3f bpw  %.3f\n", what.c_str(), p.bits_per_weight(),
+                  hessian_error(W, dequantize(p), N, K, He) / ref);
+    };
+    GptqOptions clip;
+    clip.scale.clip_grid = 20;
+    row("RTN g" + std::to_string(group), quantize_rtn(W, N, K, group, true));
+    row("GPTQ g" + std::to_string(group) + " + clip", quantize_gptq(W, N, K, H, group, true, clip));
+    row("GPTQ g" + std::to_string(group / 2), quantize_gptq(W, N, K, H, group / 2, true));
+    row("GPTQ g" + std::to_string(group / 2) + " + clip", quantize_gptq(W, N, K, H, group / 2, true, clip));
+    GptqOptions damp;
+    damp.damp = 0.1;
+    row("GPTQ g" + std::to_string(group) + " damp 0.1", quantize_gptq(W, N, K, H, group, true, damp));
+    GptqOptions ao;
+    ao.act_order = true;
+    row("GPTQ g" + std::to_string(group) + " act_order", quantize_gptq(W, N, K, H, group, true, ao));
+    struct V { const char* what; BaseMethod b; bool loop; BlockScorer s; int Br, Bc; double f; bool clip; };
+    const V variants[] = {
+        {"mosaic RTN+clip base, DH 16x64 10%", BaseMethod::kRtn, false, BlockScorer::kDeltaHessian, 16, 64, 0.1, true},
+        {"mosaic RTN base, delta-hessian 16x64 10%", BaseMethod::kRtn, false, BlockScorer::kDeltaHessian, 16, 64, 0.1, false},
+        {"mosaic RTN base, residual-mag 16x64 10%", BaseMethod::kRtn, false, BlockScorer::kResidualMagnitude, 16, 64, 0.1, false},
+        {"mosaic GPTQ literal R, DH 16x64 10%", BaseMethod::kGptq, false, BlockScorer::kDeltaHessian, 16, 64, 0.1, false},
+        {"mosaic GPTQ literal R, full-H 16x64 10%", BaseMethod::kGptq, false, BlockScorer::kFullHessian, 16, 64, 0.1, false},
+        {"mosaic GPTQ-loop DH 16x64 5%", BaseMethod::kGptq, true, BlockScorer::kDeltaHessian, 16, 64, 0.05, false},
+        {"mosaic GPTQ-loop DH 16x64 10%", BaseMethod::kGptq, true, BlockScorer::kDeltaHessian, 16, 64, 0.1, false},
+        {"mosaic GPTQ-loop resid-mag 16x64 10%", BaseMethod::kGptq, true, BlockScorer::kResidualMagnitude, 16, 64, 0.1, false},
+        {"mosaic GPTQ-loop DH 32x32 10%", BaseMethod::kGptq, true, BlockScorer::kDeltaHessian, 32, 32, 0.1, false},
+        {"mosaic GPTQ-loop DH 8x64 10%", BaseMethod::kGptq, true, BlockScorer::kDeltaHessian, 8, 64, 0.1, false},
+        {"mosaic GPTQ-loop DH 16x64 10% + clip", BaseMethod::kGptq, true, BlockScorer::kDeltaHessian, 16, 64, 0.1, true},
+        {"mosaic GPTQ-loop DH 16x64 20% + clip", BaseMethod::kGptq, true, BlockScorer::kDeltaHessian, 16, 64, 0.2, true},
+    };
+    for (const V& v : variants) {
+      MosaicOptions o;
+      o.base = v.b;
+      o.group = group;
+      o.residual_in_gptq = v.loop;
+      o.scorer = v.s;
+      o.block_rows = v.Br;
+      o.block_cols = v.Bc;
+      o.budget = v.f;
+      if (v.clip) o.gptq.scale.clip_grid = o.rtn.clip_grid = 20;
+      if (N % v.Br || K % v.Bc) continue;
+      row(v.what, quantize_mosaic(W, N, K, H, o));
+    }
+  }
+  std::fclose(meta);
 }
