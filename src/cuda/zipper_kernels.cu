@@ -144,11 +144,7 @@ __host__ __device__ constexpr int stage_u4(int spt, bool res) { return 64 + 2 * 
 // ---- the fused kernel ------------------------------------------------------------------------
 
 template <typename T, int MB, bool RES>
-// MB == 1 (decode): cap registers so that 6 (dense) / 5 (residual) CTAs fit per SM; the kernel is
-// latency-bound there and needs every resident warp it can get.
-__global__ void __launch_bounds__(kWarps * 32, MB == 1 ? (RES ? 5 : 6) : 1)
-    zipper_fused_kernel(DeviceLayer L, FusedLaunch f) {
-  constexpr int kStages = stages_for(RES);
+__global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L, FusedLaunch f) {
   using O = Ops<T>;
   using T2 = typename O::T2;
   extern __shared__ uint4 smem[];
@@ -510,7 +506,7 @@ void launch_fused_mb(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s)
 }  // namespace
 
 int fused_smem_bytes(int x_rows, int k_split, int spt, bool residual) {
-  return x_rows * (k_split + 8) * 2 + kWarps * stages_for(residual) * stage_u4(spt, residual) * 16;
+  return x_rows * (k_split + 8) * 2 + kWarps * kStages * stage_u4(spt, residual) * 16;
 }
 
 int fused_occupancy(int m_block, int bf16, bool residual, int smem) {

@@ -9,10 +9,8 @@ namespace mosaic::cuda::detail {
 
 inline constexpr int kWarps = 8;                // warps per CTA, each owns 16 outputs
 inline constexpr int kCtaN = 16 * kWarps;       // outputs per CTA
-// cp.async pipeline depth (k-tiles per warp in flight + 1). 4 beat 6 on H100 (same bytes in
-// flight, more warps per SM); the residual kernel's stages are larger, so it keeps 3 to fit
-// as many CTAs per SM as the dense one.
-constexpr int stages_for(bool residual) { return residual ? 3 : 4; }
+inline constexpr int kStages = 4;               // cp.async pipeline depth (k-tiles per warp in flight + 1);
+                                                // 4 beat 6 on H100: same bytes in flight, more warps/SM
 
 // Device pointers of one repacked layer (see zipper_layout.h for the layouts).
 struct DeviceLayer {
