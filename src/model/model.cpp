@@ -7,6 +7,7 @@
 
 #include "io/safetensors.h"
 #include "model/ops.h"
+#include "model/quant_linear.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -115,8 +116,12 @@ Model Model::from_checkpoint(const Checkpoint& ckpt, const ModelConfig& cfg, con
   Model m;
   m.cfg_ = cfg;
   m.rope_ = RopeTable::from_config(cfg);
+  // A MosaicQuant checkpoint (config.json quantization_config) gets the reference QuantLinear.
+  const bool quantized = !opts.linear_factory && is_mosaicquant(cfg);
   auto make = [&](const std::string& prefix, int64_t N, int64_t K) {
-    std::unique_ptr<Linear> l = opts.linear_factory ? opts.linear_factory(ckpt, prefix, N, K) : dense_from(ckpt, prefix, N, K);
+    std::unique_ptr<Linear> l = opts.linear_factory ? opts.linear_factory(ckpt, prefix, N, K)
+                                : quantized         ? load_quant_or_dense_linear(ckpt, prefix, N, K)
+                                                    : dense_from(ckpt, prefix, N, K);
     MOSAIC_CHECK(l && l->N == N && l->K == K, "linear '", prefix, "' has shape [", l ? l->N : 0, ", ",
                  l ? l->K : 0, "], expected [", N, ", ", K, "]");
     return l;

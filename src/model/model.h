@@ -87,7 +87,7 @@ class Model {
   void set_linear(int layer, LinearId id, std::unique_ptr<Linear> lin);  // shape-checked
   const Linear& head() const { return *lm_head_; }
 
-  int64_t max_chunk = 1024;  // tokens per internal prefill step (bounds scratch memory)
+  int64_t max_chunk = 2048;  // tokens per internal prefill step (bounds scratch memory)
 
  private:
   Model() = default;
