@@ -241,6 +241,10 @@ void Model::layer_forward(int layer, float* x, int64_t T, KVCache& cache) const 
 void Model::forward_hidden(const int32_t* tokens, int64_t T, KVCache& cache, float* hidden) const {
   MOSAIC_CHECK(T > 0, "forward: no tokens");
   check_cache(cache, T);
+  // Validate every id before touching the cache, so a bad token leaves the cache as it was.
+  for (int64_t t = 0; t < T; ++t)
+    MOSAIC_CHECK(tokens[t] >= 0 && tokens[t] < cfg_.vocab_size, "token id ", tokens[t], " at position ", t,
+                 " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
   const int64_t D = cfg_.hidden_size;
   // Chunks keep the scratch small and make causal attention cheaper: chunk c only multiplies
   // against the keys of the positions up to its own end, not the whole window.

@@ -120,8 +120,11 @@ TEST_P(Golden, ContextFullIsAnError) {
     EXPECT_NE(std::string(e.what()).find("capacity of 4"), std::string::npos) << e.what();
   }
   cache.clear();
-  toks[0] = int32_t(m.vocab_size());
-  EXPECT_THROW(m.forward(toks.data(), 1, cache, logits.data()), Error);
+  toks[2] = int32_t(m.vocab_size());
+  EXPECT_THROW(m.forward(toks.data(), 3, cache, logits.data()), Error);
+  EXPECT_EQ(cache.length, 0);  // a bad id is caught before anything is cached
+  toks[2] = -1;
+  EXPECT_THROW(m.forward(toks.data(), 3, cache, logits.data()), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, Golden, ::testing::ValuesIn(test::golden_models()),
