@@ -145,6 +145,7 @@ __host__ __device__ constexpr int stage_u4(int spt, bool res) { return 64 + 2 * 
 
 template <typename T, int MB, bool RES>
 __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L, FusedLaunch f) {
+  constexpr int kStages = stages_for(RES, MB);
   using O = Ops<T>;
   using T2 = typename O::T2;
   extern __shared__ uint4 smem[];
@@ -469,7 +470,7 @@ __global__ void __launch_bounds__(256) dequant_kernel(DeviceLayer L, T* W, bool 
 
 template <typename T, int MB, bool RES>
 void launch_fused_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  const int smem = fused_smem_bytes(std::min(f.M, 16 * MB) + 1, f.k_split, L.spt, RES);
+  const int smem = fused_smem_bytes(std::min(f.M, 16 * MB) + 1, f.k_split, L.spt, RES, MB);
   static int configured = 48 * 1024;  // dynamic smem limit set so far for this instantiation
   if (configured < smem) {
     if (cudaFuncSetAttribute(zipper_fused_kernel<T, MB, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
@@ -505,8 +506,8 @@ void launch_fused_mb(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s)
 
 }  // namespace
 
-int fused_smem_bytes(int x_rows, int k_split, int spt, bool residual) {
-  return x_rows * (k_split + 8) * 2 + kWarps * kStages * stage_u4(spt, residual) * 16;
+int fused_smem_bytes(int x_rows, int k_split, int spt, bool residual, int m_block) {
+  return x_rows * (k_split + 8) * 2 + kWarps * stages_for(residual, m_block) * stage_u4(spt, residual) * 16;
 }
 
 int fused_occupancy(int m_block, int bf16, bool residual, int smem) {

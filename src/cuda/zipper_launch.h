@@ -9,8 +9,11 @@ namespace mosaic::cuda::detail {
 
 inline constexpr int kWarps = 8;                // warps per CTA, each owns 16 outputs
 inline constexpr int kCtaN = 16 * kWarps;       // outputs per CTA
-inline constexpr int kStages = 4;               // cp.async pipeline depth (k-tiles per warp in flight + 1);
-                                                // 4 beat 6 on H100: same bytes in flight, more warps/SM
+// cp.async pipeline depth (k-tiles per warp in flight + 1). 4 beat 6 on H100 (same bytes in
+// flight, more warps per SM). The residual kernel with 32-64 rows keeps 3: its X tile is large,
+// and one more CTA per SM beat one more stage there (v5 in docs/kernels-notes.md); for decode
+// (16 rows) depth per warp mattered more.
+constexpr int stages_for(bool residual, int m_block) { return residual && m_block >= 2 ? 3 : 4; }
 
 // Device pointers of one repacked layer (see zipper_layout.h for the layouts).
 struct DeviceLayer {
@@ -37,7 +40,7 @@ struct FusedLaunch {
 };
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).
-int fused_smem_bytes(int x_rows, int k_split, int spt, bool residual);
+int fused_smem_bytes(int x_rows, int k_split, int spt, bool residual, int m_block);
 // CTAs of the fused kernel resident per SM with this much dynamic smem (0: does not fit).
 int fused_occupancy(int m_block, int bf16, bool residual, int smem);
 void launch_fused(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);

@@ -124,7 +124,7 @@ struct ZipperLinear::Impl {
     double best = 1e30;
     int best_per = 1;
     for (int per = 1; per <= std::min(32, k_tiles); ++per) {
-      const int smem = detail::fused_smem_bytes(x_rows, per * kTileK, L.spt, res);
+      const int smem = detail::fused_smem_bytes(x_rows, per * kTileK, L.spt, res, mb);
       if (smem > 220 * 1024) break;
       const int occ = detail::fused_occupancy(mb, 0, res, smem);
       if (occ == 0) break;
