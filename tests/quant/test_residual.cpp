@@ -515,6 +515,7 @@ TEST(Mosaic, SyntheticStudy) {
         o.budget = b;
         o.base = variant == 0 ? BaseMethod::kRtn : BaseMethod::kGptq;
         o.gptq.scale.clip_grid = variant == 2 ? 20 : 0;
+        o.rtn.clip_grid = 0;
         char name[96];
         std::snprintf(name, sizeof name, "mosaic %s %dx%d budget %.3f",
                       variant == 0 ? "RTN      " : variant == 1 ? "GPTQ-loop" : "GPTQ-loop+clip", Br,
@@ -598,7 +599,7 @@ TEST(Mosaic, RealLayerStudy) {
       o.block_rows = v.Br;
       o.block_cols = v.Bc;
       o.budget = v.f;
-      if (v.clip) o.gptq.scale.clip_grid = o.rtn.clip_grid = 20;
+      o.gptq.scale.clip_grid = o.rtn.clip_grid = v.clip ? 20 : 0;
       if (N % v.Br || K % v.Bc) continue;
       row(v.what, quantize_mosaic(W, N, K, H, o));
     }
