@@ -4,6 +4,7 @@
 // into floor(N / ctx) non-overlapping windows of ctx tokens; every token of a window but the
 // first is scored; ppl = exp(mean NLL). See src/model/perplexity.h.
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -13,6 +14,8 @@
 #include "cli/commands.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "model/ops.h"
+#include "model/parallel.h"
 #include "model/perplexity.h"
 #include "tokenizer/tokenizer.h"
 #include "util/atomic_file.h"
@@ -31,6 +34,7 @@ struct PplOptions {
   int64_t max_windows = 0;
   bool json = false;
   std::string logits_out;
+  std::string kl_base;  // reference model for KL(base || model)
   bool quiet = false;
 };
 
@@ -60,6 +64,48 @@ void run_ppl(const PplOptions& o) {
     first_logits.resize(size_t(o.ctx * V));
     po.on_logits = [&](int64_t w, int64_t r0, const float* logits, int64_t rows) {
       if (w == 0) std::copy(logits, logits + rows * V, first_logits.begin() + r0 * V);
+    };
+  }
+  // --kl-base: the reference model runs each window too; per scored row (rows 0..ctx-2, the ones
+  // with a target) KL(P_base || P_model) = sum_v p_v (log p_v - log q_v), accumulated in fp64.
+  std::unique_ptr<Model> base;
+  std::vector<float> base_hidden, base_logits;
+  std::vector<double> kl_rows;
+  double kl_sum = 0;
+  int64_t kl_count = 0;
+  if (!o.kl_base.empty()) {
+    base = std::make_unique<Model>(Model::load(o.kl_base, lo));
+    MOSAIC_CHECK(base->vocab_size() == V, "--kl-base model has vocabulary ", base->vocab_size(), ", the model ", V);
+    base_hidden.resize(size_t(o.ctx * base->hidden_size()));
+    base_logits.resize(size_t(po.logits_rows_per_block * V));
+    kl_rows.resize(size_t(po.logits_rows_per_block));
+    auto prev = po.on_logits;
+    po.on_logits = [&, prev](int64_t w, int64_t r0, const float* logits, int64_t rows) {
+      if (prev) prev(w, r0, logits, rows);
+      const int64_t Db = base->hidden_size();
+      if (r0 == 0) {
+        KVCache cache = base->make_cache(o.ctx);
+        base->forward_hidden(ids.data() + w * o.ctx, o.ctx, cache, base_hidden.data());
+      }
+      base->lm_head(base_hidden.data() + r0 * Db, rows, base_logits.data());
+      parallel_for(rows, V * 8, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const float* p = base_logits.data() + i * V;
+          const float* q = logits + i * V;
+          const double lp0 = ops::logsumexp(p, V), lq0 = ops::logsumexp(q, V);
+          double kl = 0;
+          for (int64_t v = 0; v < V; ++v) {
+            const double lp = double(p[v]) - lp0;
+            kl += std::exp(lp) * (lp - (double(q[v]) - lq0));
+          }
+          kl_rows[size_t(i)] = kl;
+        }
+      });
+      for (int64_t i = 0; i < rows; ++i)
+        if (r0 + i + 1 < o.ctx) {
+          kl_sum += kl_rows[size_t(i)];
+          ++kl_count;
+        }
     };
   }
   Progress progress("ppl", windows, o.quiet);
@@ -100,10 +146,15 @@ void run_ppl(const PplOptions& o) {
                         {"tokens_per_s", st.tokens_per_s()},
                         {"load_seconds", model.load_report().seconds},
                         {"peak_rss_bytes", peak_rss_bytes()}};
+    if (base) {
+      j["kl_div"] = kl_sum / double(kl_count);
+      j["kl_base"] = o.kl_base;
+    }
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("ppl %.4f over %lld tokens (%lld windows of %lld), %.1f s (%.0f tok/s)\n", st.ppl(),
                 (long long)st.tokens_scored, (long long)st.windows, (long long)o.ctx, st.seconds, st.tokens_per_s());
+    if (base) std::printf("KL(base || model) %.6f nats per token (base %s)\n", kl_sum / double(kl_count), o.kl_base.c_str());
   }
 }
 
@@ -128,6 +179,9 @@ void add_ppl_command(CLI::App& app) {
   cmd->add_option("--logits-out", o->logits_out,
                   "write the first window's logits to this safetensors file: 'logits' F32 [ctx, vocab] and "
                   "'tokens' I32 [ctx], for comparison with other implementations");
+  cmd->add_option("--kl-base", o->kl_base,
+                  "reference model directory (e.g. the FP16 original): also report the mean KL(base || model) "
+                  "per scored token (json: kl_div), computed on the same windows");
   cmd->add_flag("-q,--quiet", o->quiet, "no progress or load report on stderr");
   cmd->callback([o] { run_ppl(*o); });
 }

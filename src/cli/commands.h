@@ -10,5 +10,6 @@ void add_inspect_command(CLI::App& app);   // cmd_inspect.cpp
 void add_generate_command(CLI::App& app);  // cmd_generate.cpp
 void add_ppl_command(CLI::App& app);       // cmd_ppl.cpp
 void add_bench_command(CLI::App& app);     // cmd_bench.cpp
+void add_quantize_command(CLI::App& app);  // cmd_quantize.cpp
 
 }  // namespace mosaic::cli

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   mosaic::cli::add_generate_command(app);
   mosaic::cli::add_ppl_command(app);
   mosaic::cli::add_bench_command(app);
+  mosaic::cli::add_quantize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

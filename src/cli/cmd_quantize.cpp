@@ -1,0 +1,119 @@
+// mosaic quantize: an FP16/BF16 checkpoint -> a MosaicQuant checkpoint (docs/format.md), layer by
+// layer with GPTQ-style calibration (src/quant/model_quantizer.h).
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "cli/commands.h"
+#include "model/parallel.h"
+#include "quant/calibration.h"
+#include "quant/model_quantizer.h"
+#include "tokenizer/tokenizer.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace mosaic::cli {
+
+namespace {
+
+struct QuantizeCliOptions {
+  std::string model, out, method = "mosaic", block = "16x64", scorer = "delta_hessian";
+  std::string calib_file = "data/calib.txt";
+  int group = 128;
+  bool asym = false, act_order = false, force = false, quiet = false;
+  double budget = 0.10;
+  int64_t calib_samples = 128, calib_len = 2048;
+  uint64_t seed = 0;
+  int threads = 0;
+};
+
+void parse_block(const std::string& s, int& r, int& c) {
+  const size_t x = s.find('x');
+  MOSAIC_CHECK(x != std::string::npos && x > 0 && x + 1 < s.size() &&
+                   s.find_first_not_of("0123456789x") == std::string::npos && s.find('x', x + 1) == std::string::npos &&
+                   x <= 6 && s.size() - x - 1 <= 6,
+               "--block '", s, "' is not of the form RxC (e.g. 16x64)");
+  r = std::stoi(s.substr(0, x));
+  c = std::stoi(s.substr(x + 1));
+}
+
+void run_quantize(const QuantizeCliOptions& o) {
+  if (o.threads > 0) set_num_threads(o.threads);
+  ModelQuantOptions q;
+  q.method = parse_quant_method(o.method);
+  q.group = o.group;
+  q.symmetric = !o.asym;
+  q.act_order = o.act_order;
+  parse_block(o.block, q.block_rows, q.block_cols);
+  q.budget = o.budget;
+  std::string scorer = o.scorer;
+  for (char& ch : scorer)
+    if (ch == '-') ch = '_';
+  q.scorer = parse_block_scorer(scorer);
+  q.force = o.force;
+  q.quiet = o.quiet;
+
+  std::vector<std::vector<int32_t>> calib;
+  if (q.method != QuantMethod::kRtn) {
+    const Tokenizer tok = Tokenizer::load(o.model);
+    MOSAIC_CHECK(std::filesystem::exists(o.calib_file), "calibration file '", o.calib_file,
+                 "' not found (run scripts/calib-data.sh, or pass --calib-file)");
+    const std::string text = read_file(o.calib_file);
+    MOSAIC_CHECK(!text.empty(), "calibration file '", o.calib_file, "' is empty");
+    const std::vector<int32_t> ids = tok.encode(text);
+    calib = sample_calibration_windows(ids, o.calib_samples, o.calib_len, o.seed, "calibration file '" + o.calib_file + "'");
+    q.calibration_info = {{"file", std::filesystem::path(o.calib_file).filename().string()},
+                          {"text_tokens", ids.size()},
+                          {"samples", o.calib_samples},
+                          {"seq_len", o.calib_len},
+                          {"seed", o.seed}};
+    if (!o.quiet)
+      std::fprintf(stderr, "calibration: %lld windows of %lld tokens from %s (%zu tokens)\n",
+                   (long long)o.calib_samples, (long long)o.calib_len, o.calib_file.c_str(), ids.size());
+  }
+  const ModelQuantReport r = quantize_model(o.model, o.out, calib, q);
+  std::printf("quantized %s -> %s (%s): %.3f bits/weight over %lld linear weights, %lld residual blocks; %.1f s, "
+              "peak RSS %s\n",
+              o.model.c_str(), o.out.c_str(), o.method.c_str(), r.bits_per_weight(), (long long)r.linear_params,
+              (long long)r.residual_blocks, r.seconds, format_bytes(r.peak_rss).c_str());
+}
+
+}  // namespace
+
+void add_quantize_command(CLI::App& app) {
+  auto o = std::make_shared<QuantizeCliOptions>();
+  auto* cmd = app.add_subcommand(
+      "quantize",
+      "Quantize an FP16/BF16 LLaMA/Qwen3 checkpoint to 4 bits (MosaicQuant: GPTQ base + sparse 4-bit residual "
+      "blocks chosen by the Delta-Hessian score). Layer by layer: each layer's calibration inputs come from the "
+      "already-quantized layers before it. Writes <out>.partial and renames it to <out> when complete.");
+  cmd->add_option("--model", o->model, "input model directory (config.json, *.safetensors, tokenizer.json)")->required();
+  cmd->add_option("--out", o->out, "output directory (must not exist unless --force)")->required();
+  cmd->add_option("--method", o->method,
+                  "mosaic = GPTQ base + residual; gptq = GPTQ base only; rtn = round-to-nearest (no calibration)")
+      ->capture_default_str();
+  cmd->add_option("--group", o->group,
+                  "inputs per base scale; must divide every linear's in_features (SmolLM2's 576: use 64)")
+      ->capture_default_str();
+  cmd->add_flag("--asym", o->asym, "asymmetric base (zero point per group); default symmetric");
+  cmd->add_flag("--act-order", o->act_order, "GPTQ in descending diag(H) order (static groups)");
+  cmd->add_option("--block", o->block, "residual block shape RxC (outputs x inputs); 16x64 is what the GPU kernel runs")
+      ->capture_default_str();
+  cmd->add_option("--budget", o->budget, "fraction of residual blocks kept per linear, in [0, 1] (mosaic only)")
+      ->capture_default_str();
+  cmd->add_option("--scorer", o->scorer, "block score: delta-hessian | residual | weight (ablations)")
+      ->capture_default_str();
+  cmd->add_option("--calib-file", o->calib_file,
+                  "calibration text (default data/calib.txt made by scripts/calib-data.sh: Debian 'fortunes' prose)")
+      ->capture_default_str();
+  cmd->add_option("--calib-samples", o->calib_samples, "number of random calibration windows")->capture_default_str();
+  cmd->add_option("--calib-len", o->calib_len, "tokens per calibration window (512 is 4x faster)")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "seed of the window sampling")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "worker threads (0: MOSAIC_THREADS or all cores)")->capture_default_str();
+  cmd->add_flag("--force", o->force, "replace an existing output directory");
+  cmd->add_flag("-q,--quiet", o->quiet, "no progress on stderr");
+  cmd->callback([o] { run_quantize(*o); });
+}
+
+}  // namespace mosaic::cli

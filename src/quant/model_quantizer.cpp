@@ -1,0 +1,372 @@
+#include "quant/model_quantizer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+
+#include "io/hf_config.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "model/quant_linear.h"
+#include "quant/calibration.h"
+#include "quant/gptq.h"
+#include "quant/quant_checkpoint.h"
+#include "quant/rtn.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+#include "util/half.h"
+#include "util/progress.h"
+
+namespace fs = std::filesystem;
+
+namespace mosaic {
+
+QuantMethod parse_quant_method(const std::string& name) {
+  if (name == "mosaic") return QuantMethod::kMosaic;
+  if (name == "gptq") return QuantMethod::kGptq;
+  if (name == "rtn") return QuantMethod::kRtn;
+  fail("unknown quantization method '", name, "' (expected mosaic, gptq or rtn)");
+}
+
+const char* quant_method_name(QuantMethod m) {
+  switch (m) {
+    case QuantMethod::kMosaic: return "mosaic";
+    case QuantMethod::kGptq: return "gptq";
+    case QuantMethod::kRtn: return "rtn";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr LinearId kLinears[] = {LinearId::Q, LinearId::K, LinearId::V, LinearId::O,
+                                 LinearId::Gate, LinearId::Up, LinearId::Down};
+
+struct Shape2 {
+  int64_t N, K;
+};
+
+Shape2 linear_shape(const ModelConfig& c, LinearId id) {
+  const int64_t D = c.hidden_size, I = c.intermediate_size, qd = int64_t(c.num_heads) * c.head_dim,
+                kd = int64_t(c.num_kv_heads) * c.head_dim;
+  switch (id) {
+    case LinearId::Q: return {qd, D};
+    case LinearId::K:
+    case LinearId::V: return {kd, D};
+    case LinearId::O: return {D, qd};
+    case LinearId::Gate:
+    case LinearId::Up: return {I, D};
+    case LinearId::Down: return {D, I};
+  }
+  return {0, 0};
+}
+
+std::string layer_prefix(int i) { return "model.layers." + std::to_string(i) + "."; }
+
+// Every tensor must be one the engine knows; anything else (biases, extra heads, vision towers)
+// would be silently dropped, so it is an error.
+void check_tensor_names(const Checkpoint& ckpt, const ModelConfig& cfg) {
+  static const char* kLayerTensors[] = {"input_layernorm.weight", "post_attention_layernorm.weight",
+                                        "self_attn.q_norm.weight", "self_attn.k_norm.weight"};
+  for (const std::string& name : ckpt.names()) {
+    if (name == "model.embed_tokens.weight" || name == "model.norm.weight" || name == "lm_head.weight") continue;
+    if (name.ends_with(".rotary_emb.inv_freq")) continue;  // old HF exports store RoPE tables; recomputed
+    bool ok = false;
+    if (name.starts_with("model.layers.")) {
+      const std::string rest = name.substr(13);
+      const size_t dot = rest.find('.');
+      const std::string idx = rest.substr(0, dot), tail = dot == std::string::npos ? "" : rest.substr(dot + 1);
+      const bool numeric = !idx.empty() && idx.size() < 7 && idx.find_first_not_of("0123456789") == std::string::npos;
+      if (numeric && std::stoi(idx) < cfg.num_layers) {
+        for (const char* t : kLayerTensors) ok |= tail == t && (cfg.qk_norm || tail.find("_norm") == std::string::npos ||
+                                                                tail.find("layernorm") != std::string::npos);
+        for (LinearId id : kLinears) ok |= tail == std::string(linear_name(id)) + ".weight";
+      }
+    }
+    MOSAIC_CHECK(ok, "unsupported tensor '", name, "' in ", ckpt.root().string(), " (", cfg.architecture,
+                 " with ", cfg.num_layers, " layers has no such tensor; refusing to drop it)");
+  }
+}
+
+int suggest_group(int64_t K) {
+  for (int g : {128, 64, 32, 16})
+    if (K % g == 0) return g;
+  return 0;
+}
+
+// Shape checks for every linear before any work: group | K, K even, and for mosaic Br | N, Bc | K.
+void check_shapes(const Checkpoint& ckpt, const ModelConfig& cfg, const ModelQuantOptions& opt) {
+  for (int i = 0; i < cfg.num_layers; ++i)
+    for (LinearId id : kLinears) {
+      const Shape2 s = linear_shape(cfg, id);
+      const std::string name = layer_prefix(i) + linear_name(id) + ".weight";
+      const TensorView& t = ckpt.get(name, {s.N, s.K});
+      MOSAIC_CHECK(t.dtype == DType::F32 || t.dtype == DType::F16 || t.dtype == DType::BF16, "tensor '", name,
+                   "' has dtype ", dtype_name(t.dtype), "; the quantizer reads F32, F16 or BF16");
+      MOSAIC_CHECK(s.K % 2 == 0 && s.K % opt.group == 0, "tensor '", name, "' ", t.shape_str(), ": group size ",
+                   opt.group, " does not divide K = ", s.K,
+                   suggest_group(s.K) ? " (use --group " + std::to_string(suggest_group(s.K)) + ")" : std::string());
+      if (opt.method == QuantMethod::kMosaic && opt.budget > 0)
+        MOSAIC_CHECK(s.N % opt.block_rows == 0 && s.K % opt.block_cols == 0, "tensor '", name, "' ", t.shape_str(),
+                     ": residual block ", opt.block_rows, "x", opt.block_cols, " does not tile it (--block RxC: R must ",
+                     "divide ", s.N, ", C must divide ", s.K, ")");
+    }
+}
+
+std::string f16_bytes(const TensorView& t) {
+  const std::vector<float> v = t.to_f32();
+  std::string out(v.size() * 2, '\0');
+  auto* dst = reinterpret_cast<uint16_t*>(out.data());
+  for (size_t i = 0; i < v.size(); ++i) {
+    dst[i] = float_to_fp16(v[i]);
+    MOSAIC_CHECK(std::isfinite(fp16_to_float(dst[i])), "tensor '", t.name, "' element ", i, " = ", v[i],
+                 " does not fit FP16");
+  }
+  return out;
+}
+
+void copy_f16(ShardedWriter& w, const Checkpoint& ckpt, const std::string& name) {
+  const TensorView& t = ckpt.get(name);
+  w.add(name, DType::F16, t.shape, f16_bytes(t));
+}
+
+nlohmann::json quantization_config(const ModelQuantOptions& opt) {
+  nlohmann::json q = {{"quant_method", "mosaicquant"},
+                      {"format_version", 1},
+                      {"bits", 4},
+                      {"group_size", opt.group},
+                      {"symmetric", opt.symmetric},
+                      {"method", quant_method_name(opt.method)},
+                      {"base_method", opt.method == QuantMethod::kRtn ? "rtn" : "gptq"},
+                      {"act_order", opt.act_order && opt.method != QuantMethod::kRtn},
+                      {"mosaic_version", "0.1.0"}};
+  if (opt.method == QuantMethod::kMosaic)
+    q["residual"] = {{"block_rows", opt.block_rows},
+                     {"block_cols", opt.block_cols},
+                     {"budget", opt.budget},
+                     {"allocation", "per_layer"},
+                     {"scorer", block_scorer_name(opt.scorer)},
+                     {"residual_in_gptq", true}};
+  else
+    q["residual"] = nullptr;
+  q["calibration"] = opt.method == QuantMethod::kRtn ? nlohmann::json(nullptr) : opt.calibration_info;
+  return q;
+}
+
+class Quantizer {
+ public:
+  Quantizer(const Checkpoint& ckpt, const ModelConfig& cfg, const ModelQuantOptions& opt,
+            const std::vector<std::vector<int32_t>>& calib)
+      : ckpt_(ckpt), cfg_(cfg), opt_(opt), calib_(calib) {}
+
+  void run(ShardedWriter& w, ModelQuantReport& rep) {
+    const bool calibrate = opt_.method != QuantMethod::kRtn;
+    std::unique_ptr<Model> model;
+    std::vector<std::vector<float>> x;  // activations per calibration window [len, hidden]
+    KVCache cache;
+    if (calibrate) {
+      // The Model holds the embedding and norms; its linears are placeholders until a layer is
+      // worked on, so only one layer's weights are ever in FP32.
+      LoadOptions lo;
+      lo.linear_factory = [](const Checkpoint&, const std::string& p, int64_t N, int64_t K) {
+        return std::unique_ptr<Linear>(std::make_unique<AbsentLinear>(N, K, p));
+      };
+      model = std::make_unique<Model>(Model::from_checkpoint(ckpt_, cfg_, lo));
+      const int64_t len = int64_t(calib_[0].size());
+      cache = model->make_cache(len);
+      x.resize(calib_.size());
+      for (size_t s = 0; s < calib_.size(); ++s) {
+        x[s].resize(size_t(len * cfg_.hidden_size));
+        model->embed(calib_[s].data(), len, x[s].data());
+      }
+    }
+    copy_f16(w, ckpt_, "model.embed_tokens.weight");
+    Progress progress("quantize", cfg_.num_layers, opt_.quiet);
+    for (int i = 0; i < cfg_.num_layers; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      quantize_layer(i, w, rep, model.get(), x, cache);
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      char buf[120];
+      std::snprintf(buf, sizeof buf, "layer %d: %.1f s, peak RSS %s", i, dt, format_bytes(peak_rss_bytes()).c_str());
+      progress.update(i + 1, buf);
+      if (opt_.on_layer) opt_.on_layer(i, dt);
+      if (opt_.fail_after_layers == i + 1) fail("injected failure after layer ", i, " (test hook)");
+    }
+    progress.finish();
+    copy_f16(w, ckpt_, "model.norm.weight");
+    if (ckpt_.has("lm_head.weight")) copy_f16(w, ckpt_, "lm_head.weight");
+  }
+
+ private:
+  void quantize_layer(int i, ShardedWriter& w, ModelQuantReport& rep, Model* model,
+                      std::vector<std::vector<float>>& x, KVCache& cache) {
+    const std::string p = layer_prefix(i);
+    for (const char* n : {"input_layernorm.weight", "post_attention_layernorm.weight"}) copy_f16(w, ckpt_, p + n);
+    if (cfg_.qk_norm)
+      for (const char* n : {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}) copy_f16(w, ckpt_, p + n);
+
+    std::shared_ptr<const std::vector<float>> W[7];
+    for (LinearId id : kLinears) {
+      const Shape2 s = linear_shape(cfg_, id);
+      W[int(id)] = std::make_shared<const std::vector<float>>(
+          ckpt_.get(p + linear_name(id) + ".weight", {s.N, s.K}).to_f32());
+    }
+    // Inputs: q/k/v share the attention-norm output, gate/up the MLP-norm output.
+    std::shared_ptr<HessianAccumulator> acc[7];
+    if (model) {
+      const int64_t D = cfg_.hidden_size, qd = int64_t(cfg_.num_heads) * cfg_.head_dim;
+      auto attn_in = std::make_shared<HessianAccumulator>(D), mlp_in = std::make_shared<HessianAccumulator>(D);
+      acc[int(LinearId::Q)] = acc[int(LinearId::K)] = acc[int(LinearId::V)] = attn_in;
+      acc[int(LinearId::O)] = std::make_shared<HessianAccumulator>(qd);
+      acc[int(LinearId::Gate)] = acc[int(LinearId::Up)] = mlp_in;
+      acc[int(LinearId::Down)] = std::make_shared<HessianAccumulator>(cfg_.intermediate_size);
+      for (LinearId id : kLinears) {
+        const Shape2 s = linear_shape(cfg_, id);
+        std::unique_ptr<Linear> dense = std::make_unique<DenseLinear>(s.N, s.K, W[int(id)]);
+        const bool capture = id == LinearId::Q || id == LinearId::O || id == LinearId::Gate || id == LinearId::Down;
+        model->set_linear(i, id, capture ? std::make_unique<CaptureLinear>(std::move(dense), acc[int(id)])
+                                         : std::move(dense));
+      }
+      std::vector<float> tmp;
+      for (const auto& xs : x) {  // the FP layer on the (already quantized-upstream) inputs
+        tmp = xs;
+        cache.clear();
+        model->layer_forward(i, tmp.data(), int64_t(calib_[0].size()), cache);
+      }
+    }
+    std::vector<PackedLinear> packed(7);
+    std::vector<float> H;
+    const HessianAccumulator* last = nullptr;
+    for (LinearId id : kLinears) {
+      const Shape2 s = linear_shape(cfg_, id);
+      const std::string name = p + linear_name(id);
+      const HessianAccumulator* a = acc[int(id)].get();
+      if (a && a != last) {  // q/k/v and gate/up reuse the H just built
+        H = a->hessian();
+        last = a;
+      }
+      packed[int(id)] = quantize_one(*W[int(id)], s, H, name);
+      W[int(id)].reset();
+      add_packed_linear(w, name, packed[int(id)]);
+      rep.linear_params += s.N * s.K;
+      rep.linear_bytes += packed[int(id)].storage_bytes();
+      rep.residual_blocks += packed[int(id)].num_blocks_kept();
+    }
+    if (model) {
+      for (LinearId id : kLinears)
+        model->set_linear(i, id, std::make_unique<QuantLinear>(tensors_of(packed[int(id)]), p + linear_name(id)));
+      for (auto& xs : x) {  // the next layer's inputs come from the quantized layer
+        cache.clear();
+        model->layer_forward(i, xs.data(), int64_t(calib_[0].size()), cache);
+      }
+      for (LinearId id : kLinears) {
+        const Shape2 s = linear_shape(cfg_, id);
+        model->set_linear(i, id, std::make_unique<AbsentLinear>(s.N, s.K, p + linear_name(id)));
+      }
+    }
+  }
+
+  PackedLinear quantize_one(const std::vector<float>& W, Shape2 s, const std::vector<float>& H,
+                            const std::string& name) {
+    try {
+      GptqOptions g;
+      g.act_order = opt_.act_order;
+      g.static_groups = opt_.act_order;
+      switch (opt_.method) {
+        case QuantMethod::kRtn: return quantize_rtn(W, s.N, s.K, opt_.group, opt_.symmetric);
+        case QuantMethod::kGptq: return quantize_gptq(W, s.N, s.K, H, opt_.group, opt_.symmetric, g);
+        case QuantMethod::kMosaic: {
+          MosaicOptions m;
+          m.base = BaseMethod::kGptq;
+          m.group = opt_.group;
+          m.symmetric = opt_.symmetric;
+          m.block_rows = opt_.block_rows;
+          m.block_cols = opt_.block_cols;
+          m.budget = opt_.budget;
+          m.scorer = opt_.scorer;
+          m.gptq = g;
+          return quantize_mosaic(W, s.N, s.K, H, m);
+        }
+      }
+    } catch (const Error& e) {
+      fail(name, ": ", e.what());
+    }
+    fail(name, ": unknown method");
+  }
+
+  const Checkpoint& ckpt_;
+  const ModelConfig& cfg_;
+  const ModelQuantOptions& opt_;
+  const std::vector<std::vector<int32_t>>& calib_;
+};
+
+void check_options(const ModelQuantOptions& o) {
+  MOSAIC_CHECK(o.group > 0, "group size must be positive, got ", o.group);
+  MOSAIC_CHECK(std::isfinite(o.budget) && o.budget >= 0 && o.budget <= 1, "residual budget ", o.budget,
+               " is out of range [0, 1] (a fraction of blocks, e.g. 0.1)");
+  MOSAIC_CHECK(o.block_rows > 0 && o.block_cols > 0 && o.block_cols % 2 == 0, "residual block ", o.block_rows, "x",
+               o.block_cols, " is invalid (both positive, columns even)");
+}
+
+}  // namespace
+
+ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
+                                const std::vector<std::vector<int32_t>>& calib, const ModelQuantOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  check_options(opt);
+  const ModelConfig cfg = ModelConfig::load(model_dir);
+  MOSAIC_CHECK(cfg.quantization_config.is_null(), model_dir.string(),
+               " is already quantized (config.json has a quantization_config)");
+  const Checkpoint ckpt = Checkpoint::open(model_dir);
+  check_tensor_names(ckpt, cfg);
+  check_shapes(ckpt, cfg, opt);
+  if (opt.method != QuantMethod::kRtn) {
+    MOSAIC_CHECK(!calib.empty(), "method ", quant_method_name(opt.method), " needs calibration windows");
+    for (const auto& w : calib) {
+      MOSAIC_CHECK(!w.empty() && w.size() == calib[0].size(), "calibration windows must all have the same length > 0");
+      for (int32_t t : w)
+        MOSAIC_CHECK(t >= 0 && t < cfg.vocab_size, "calibration token id ", t, " is outside the vocabulary of ",
+                     cfg.vocab_size);
+    }
+  }
+  const fs::path target = fs::absolute(out).lexically_normal();
+  MOSAIC_CHECK(!target.filename().empty(), "output directory '", out.string(), "' has no name");
+  MOSAIC_CHECK(opt.force || !fs::exists(target), "output '", target.string(),
+               "' already exists (use --force to replace it)");
+  MOSAIC_CHECK(fs::weakly_canonical(target) != fs::weakly_canonical(model_dir), "output is the model directory");
+  const fs::path partial = target.string() + ".partial";
+  fs::remove_all(partial);  // a previous interrupted run's leftovers
+  fs::create_directories(partial);
+
+  ModelQuantReport rep;
+  try {
+    {
+      ShardedWriter w(partial);
+      w.set_metadata("format", "pt");
+      w.set_metadata("quant_method", "mosaicquant");
+      Quantizer(ckpt, cfg, opt, calib).run(w, rep);
+      w.finish();
+    }
+    nlohmann::json config = cfg.raw;
+    config["quantization_config"] = quantization_config(opt);
+    config["torch_dtype"] = "float16";  // the non-linear tensors are written as FP16
+    write_file_atomic(partial / "config.json", config.dump(2) + "\n");
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                          "special_tokens_map.json"}) {
+      const fs::path src = model_dir / f;
+      if (fs::is_regular_file(src)) fs::copy_file(src, partial / f);
+    }
+    if (fs::exists(target)) fs::remove_all(target);  // --force
+    fs::rename(partial, target);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(partial, ec);
+    throw;
+  }
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  rep.peak_rss = peak_rss_bytes();
+  return rep;
+}
+
+}  // namespace mosaic

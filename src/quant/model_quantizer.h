@@ -1,0 +1,64 @@
+// The model-level quantizer: an FP16/BF16 LLaMA/Qwen3 checkpoint -> a MosaicQuant checkpoint
+// (docs/format.md), layer by layer like GPTQ:
+//   x = embed(calibration windows)                                   [samples, len, hidden] FP32
+//   per decoder layer i:
+//     load its 7 linears (FP32, from the mmapped checkpoint)
+//     run the FP layer on x, accumulating H = 2 X^T X / M for the inputs of q/k/v (one H),
+//       o_proj, gate/up (one H), down_proj
+//     quantize the 7 linears (RTN | GPTQ | GPTQ + Delta-Hessian residual), write their tensors
+//     x = the *quantized* layer applied to x (the next layer sees the quantization error so far)
+//     drop the layer's weights
+// Memory: the embedding table (FP32), one layer's FP32 weights and Hessians, the activations x
+// and one KV cache; never the whole model in FP32. Residual budget allocation is per layer (each
+// linear keeps floor(budget x its blocks)); see MosaicOptions.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "quant/residual.h"
+
+namespace mosaic {
+
+enum class QuantMethod { kMosaic, kGptq, kRtn };
+QuantMethod parse_quant_method(const std::string& name);  // mosaic|gptq|rtn
+const char* quant_method_name(QuantMethod m);
+
+struct ModelQuantOptions {
+  QuantMethod method = QuantMethod::kMosaic;
+  int group = 128;
+  bool symmetric = true;
+  bool act_order = false;
+  int block_rows = 16, block_cols = 64;  // the shape the GPU kernel supports
+  double budget = 0.10;                  // fraction of residual blocks kept per linear (mosaic)
+  BlockScorer scorer = BlockScorer::kDeltaHessian;
+  bool force = false;                    // replace an existing output directory
+  bool quiet = false;
+  nlohmann::json calibration_info;       // written as quantization_config.calibration
+  // Called after each decoder layer (layer index, seconds for it).
+  std::function<void(int, double)> on_layer;
+  // Test hook: throw after this many layers were written (-1: never), to check atomicity.
+  int fail_after_layers = -1;
+};
+
+struct ModelQuantReport {
+  double seconds = 0;
+  int64_t peak_rss = 0;
+  int64_t linear_params = 0;     // weights quantized
+  int64_t linear_bytes = 0;      // their packed bytes (base + residual)
+  int64_t residual_blocks = 0;   // kept blocks, all layers
+  double bits_per_weight() const { return linear_params ? 8.0 * double(linear_bytes) / double(linear_params) : 0; }
+};
+
+// Checks options and shapes (every linear's K divisible by the group, the block shape tiling
+// every linear for mosaic) before doing any work; `calib` windows are required unless rtn.
+// Writes into "<out>.partial" and renames to `out` only when complete; on error the partial
+// directory is removed. Throws mosaic::Error.
+ModelQuantReport quantize_model(const std::filesystem::path& model_dir, const std::filesystem::path& out,
+                                const std::vector<std::vector<int32_t>>& calib, const ModelQuantOptions& opt);
+
+}  // namespace mosaic
