@@ -224,6 +224,9 @@ def variants(base):
     return v
 
 
+FUZZ_SEEDS = {"tiny_gpt2", "tiny_legacy_merges", "tiny_added_flags", "tiny_split_mergedwithnext_invert",
+              "tiny_split_string", "tiny_nfkc", "tiny_digits_contiguous", "tiny_prefix_space", "tiny_no_decoder"}
+
 EXTRA_CASES = [  # inputs aimed at the tiny variants' features
     "word words sword word. <L>  <R>  x <LR>  y\t<L>z", "AB \uff21\uff22 ab <n> <N>", "<|im_start|>xy <|im_start|> x",
     "word", " word ", "wordword", "<L><L>  <R><R>", "foo 12 bar 3456 baz", "one  two\n\nthree 4 5",
@@ -323,13 +326,31 @@ def main():
     else:
         print("models/smollm2-135m/tokenizer.json not found: SmolLM2 fixture not refreshed", file=sys.stderr)
 
-    for name, d in variants(train_tiny()).items():
+    seeds = os.path.join(ROOT, "fuzz", "seeds", "tokenizer_json")
+    os.makedirs(seeds, exist_ok=True)
+    base = train_tiny()
+    for name, d in variants(base).items():
         text = json.dumps(d, ensure_ascii=False, indent=None, separators=(",", ":"))
         path = os.path.join(OUT, name, "tokenizer.json")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text + "\n")
         expected(name, Tokenizer.from_str(text), "fixture:%s/tokenizer.json" % name, False)
+        if name in FUZZ_SEEDS:
+            with open(os.path.join(seeds, name + ".json"), "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+    # Two small seeds shaped like LLaMA-3's and Qwen3's pipelines (their regex and normalizer).
+    for name in ["llama3", "qwen3"]:
+        with open(os.path.join(SHARED, "tokenizers", name, "tokenizer.json"), encoding="utf-8") as f:
+            real = json.load(f)
+        d = copy.deepcopy(base)
+        d["normalizer"] = real["normalizer"]
+        d["pre_tokenizer"] = real["pre_tokenizer"]
+        d["decoder"] = real["decoder"]
+        d["model"]["ignore_merges"] = real["model"].get("ignore_merges", False)
+        d["added_tokens"] += [dict(t, id=len(d["model"]["vocab"]) + 10 + i) for i, t in enumerate(real["added_tokens"][:4])]
+        with open(os.path.join(seeds, "like_%s.json" % name), "w", encoding="utf-8") as f:
+            f.write(json.dumps(d, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
 if __name__ == "__main__":

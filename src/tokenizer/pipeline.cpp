@@ -1,5 +1,6 @@
 #include "tokenizer/pipeline.h"
 
+#include <algorithm>
 #include <functional>
 #include <optional>
 #include <utility>
@@ -221,8 +222,12 @@ const json& array_member(const json& j, const char* key, const Where& w) {
 
 }  // namespace
 
+// Sequences may nest; a hostile file must not recurse without bound.
+constexpr size_t kMaxNesting = 32;
+
 std::unique_ptr<Normalizer> make_normalizer(const json& j, const Where& w) {
   if (j.is_null()) return nullptr;
+  if (std::count(w.path.begin(), w.path.end(), '[') > static_cast<long>(kMaxNesting)) w.fail("nests Sequences too deeply");
   const std::string type = get_string(j, "type", w);
   if (type == "NFC") return std::make_unique<UnicodeNormalizer>(unicode::Form::NFC);
   if (type == "NFD") return std::make_unique<UnicodeNormalizer>(unicode::Form::NFD);
@@ -242,6 +247,7 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j, const Where& w) {
 
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const Where& w) {
   if (j.is_null()) return nullptr;
+  if (std::count(w.path.begin(), w.path.end(), '[') > static_cast<long>(kMaxNesting)) w.fail("nests Sequences too deeply");
   const std::string type = get_string(j, "type", w);
   if (type == "Sequence") {
     const json& list = array_member(j, "pretokenizers", w);
