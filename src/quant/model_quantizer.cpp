@@ -342,7 +342,8 @@ ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
   ModelQuantReport rep;
   try {
     {
-      ShardedWriter w(partial);
+      // 2 GiB shards: the writer holds one shard in memory (part of the 8B-in-24-GiB budget).
+      ShardedWriter w(partial, size_t(2) << 30);
       w.set_metadata("format", "pt");
       w.set_metadata("quant_method", "mosaicquant");
       Quantizer(ckpt, cfg, opt, calib).run(w, rep);
