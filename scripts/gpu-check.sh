@@ -6,8 +6,12 @@
 #
 #   OUT=/tmp/out scripts/gpu-check.sh [quick|full]
 #     quick: LLaMA-3-8B shapes only; full: LLaMA-3-8B, Qwen3-8B and LLaMA-3-70B at budgets 0, 5, 10%.
-# Needs CLI11 + nlohmann headers and googletest sources in $DEPS (default .devdeps, see
-# docs/kernels.md: copied from /usr/include and /usr/src/googletest of a Debian machine).
+# Overrides: SH (shapes), MS (M list), BU (budgets) of the benchmark; SAN_T (seconds per sanitizer).
+# Same-run comparisons (docs/kernels-notes.md), both on the small-M list MS_SMALL (default 1,4,16,32):
+#   BASELINE_CU=path/to/old/zipper_kernels.cu   also build and time that kernel file (label "base")
+#   PLAN_OVERHEADS="4 6"   also time the current build with MOSAIC_ZIPPER_CTA_OVERHEAD=4, =6
+# Needs CLI11 + nlohmann headers and googletest sources in $DEPS (default .devdeps, made by
+# scripts/make-devdeps.sh on a Debian machine with the dev packages; see docs/kernels.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-full}
@@ -27,6 +31,9 @@ NVCC="nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-c
 GT="-I $DEPS/googletest/include -I $DEPS/googletest"
 pids=()
 $NVCC -Xptxas -v -c src/cuda/zipper_kernels.cu -o $B/zipper_kernels.o > $B/ptxas.log 2>&1 & pids+=($!)
+if [ -n "${BASELINE_CU:-}" ]; then
+  $NVCC -c "$BASELINE_CU" -o $B/zipper_kernels_base.o > $B/ptxas-base.log 2>&1 & pids+=($!)
+fi
 for f in src/cuda/zipper_layout.cpp src/cuda/zipper_linear.cpp src/cuda/gemm_bench.cpp src/util/atomic_file.cpp \
          src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
   $CXX -c $f -o $B/$(basename $f .cpp).o & pids+=($!)
@@ -41,6 +48,10 @@ grep -E "registers|spill" $B/ptxas.log | paste - - | sed 's/ptxas info *: //' | 
 LIB="$B/zipper_kernels.o $B/zipper_layout.o $B/zipper_linear.o"
 nvcc -o $B/test_cuda $B/t_*.o $LIB $B/gtest-all.o $B/gtest_main.o -lcublas -lpthread || exit 1
 nvcc -o $B/mosaic $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o $LIB -lcublas || exit 1
+if [ -n "${BASELINE_CU:-}" ]; then
+  nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o \
+    $B/zipper_kernels_base.o $B/zipper_layout.o $B/zipper_linear.o -lcublas || exit 1
+fi
 echo "== build ok in $(( $(date +%s) - t0 )) s"
 [ "$MODE" = build-only ] && exit 0
 
@@ -49,14 +60,26 @@ $B/test_cuda --gtest_brief=0 2>&1 | grep -vE "^\[ RUN|^\[       OK" ; tests_rc=$
 echo "== test_cuda rc=$tests_rc"
 
 # ---- benchmark (before the sanitizers, which are slow) -----------------------------------------
-if [ "$MODE" = quick ]; then SH=llama3-8b; BU=0,0.1; else SH=llama3-8b,qwen3-8b,llama3-70b; BU=0,0.05,0.1; fi
-MS=1,4,16,32,64,128,256,1024,4096
+if [ "$MODE" = quick ]; then DSH=llama3-8b; DBU=0,0.1; else DSH=llama3-8b,qwen3-8b,llama3-70b; DBU=0,0.05,0.1; fi
+SH=${SH:-$DSH}; BU=${BU:-$DBU}; MS=${MS:-1,4,16,32,64,128,256,1024,4096}; MS_SMALL=${MS_SMALL:-1,4,16,32}
 $B/mosaic bench gemm --shapes $SH --m $MS --budget $BU --json $OUT/gemm.json > $OUT/bench.md 2>&1
 echo "== bench rc=$?"
-[ "${SKIP_TORCH:-0}" = 1 ] || PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_int4.py --shapes $SH --m $MS --json $OUT/torch_int4.json > $B/torch.log 2>&1
+# Extra files go into one archive at the end: the device tool returns at most 8 files from $OUT.
+X=$B/extra; mkdir -p $X; cmp=(new=$OUT/gemm.json)
+if [ -n "${BASELINE_CU:-}" ]; then
+  $B/mosaic_base bench gemm --shapes $SH --m $MS_SMALL --budget $BU --json $X/gemm-base.json > $X/bench-base.md 2>&1
+  echo "== bench (baseline $BASELINE_CU) rc=$?"; cmp+=(base=$X/gemm-base.json)
+fi
+for v in ${PLAN_OVERHEADS:-}; do
+  MOSAIC_ZIPPER_CTA_OVERHEAD=$v $B/mosaic bench gemm --shapes $SH --m $MS_SMALL --budget $BU \
+    --json $X/gemm-ovh$v.json > $X/bench-ovh$v.md 2>&1
+  echo "== bench (CTA overhead $v) rc=$?"; cmp+=(ovh$v=$X/gemm-ovh$v.json)
+done
+[ "${SKIP_TORCH:-0}" = 1 ] || PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_int4.py --shapes $SH --m $MS --json $X/torch_int4.json > $B/torch.log 2>&1
 echo "== torch int4 rc=$?"; tail -3 $B/torch.log
-python3 bench/merge_results.py $OUT/gemm-merged.json $OUT/gemm.json $OUT/torch_int4.json > $OUT/summary.md
+python3 bench/merge_results.py $OUT/gemm-merged.json $OUT/gemm.json $X/torch_int4.json > $OUT/summary.md
 cat $OUT/summary.md
+[ ${#cmp[@]} -gt 1 ] && { python3 bench/compare_variants.py "${cmp[@]}" > $OUT/compare.md; cat $OUT/compare.md; }
 
 # ---- compute-sanitizer on a reduced set ----------------------------------------------------------
 export ZIPPER_QUICK=1
@@ -71,5 +94,7 @@ echo "== racecheck rc=$? $(grep -E 'RACECHECK SUMMARY' $B/racecheck.log | tail -
 echo "== racecheck hazards in our kernels: $(grep -A1 'Race reported' $B/racecheck.log | grep -c 'zipper\|dequant_kernel\|residual_only')," \
      "in cuBLAS nvjet: $(grep 'Race reported' $B/racecheck.log | grep -c nvjet)"
 grep -E "PASSED|FAILED" $B/racecheck.log | head -3; tail -n 4 $B/memcheck.log
-head -c 2000000 $B/racecheck.log > $OUT/racecheck.log
+head -c 2000000 $B/racecheck.log > $X/racecheck.log
+cp $B/ptxas*.log $B/memcheck.log $X/ 2>/dev/null
+tar -C $X -czf $OUT/extra.tar.gz . && echo "== extras in extra.tar.gz: $(ls $X | tr '\n' ' ')"
 echo "== done $(date -u)"

@@ -2,7 +2,7 @@
 // with FP16 or BF16 X/Y and FP32 accumulation. Built once from a PackedLinear (repacked into
 // the kernel's layout and uploaded at construction); see docs/kernels.md.
 //
-// Paths (GemmPath::Auto picks by M, see choose_path):
+// Paths (GemmPath::Auto picks by M and layer size, see choose_path):
 //   Fused   - one launch: mma.sync m16n8k16 with base and residual dequantized in registers into
 //             the same B fragments (memory-bound regime, small M);
 //   Dequant - one kernel writes deq(base)+deq(residual) as FP16/BF16 into a workspace, then

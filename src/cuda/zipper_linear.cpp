@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <tuple>
 
@@ -46,6 +47,24 @@ std::vector<uint16_t> to_bf16(const std::vector<uint16_t>& h) {
   std::vector<uint16_t> b(h.size());
   for (size_t i = 0; i < h.size(); ++i) b[i] = float_to_bf16(fp16_to_float(h[i]));
   return b;
+}
+
+// Fixed cost of one CTA of the fused kernel in k-tile units (prologue, pipeline ramp, split-K
+// epilogue with its fence and counter atomic), used by the split-K plan. Measured (H100, v8 in
+// docs/kernels-notes.md, 8 LLaMA-3-8B/70B shapes): for M < 16 the value hardly matters (2..8
+// within +-1%), for M >= 16 larger values (fewer, longer CTAs) are 5-10% faster, 8 best.
+// MOSAIC_ZIPPER_CTA_OVERHEAD (a number in 0..64) overrides it for every M, for tuning runs only
+// (scripts/gpu-check.sh PLAN_OVERHEADS).
+double cta_overhead_tiles(int M) {
+  static const double env = [] {
+    const char* e = std::getenv("MOSAIC_ZIPPER_CTA_OVERHEAD");
+    if (!e || !*e) return -1.0;
+    char* end = nullptr;
+    const double x = std::strtod(e, &end);
+    return end && *end == 0 && x >= 0 && x <= 64 ? x : -1.0;
+  }();
+  if (env >= 0) return env;
+  return M >= 16 ? 8.0 : 2.0;
 }
 
 }  // namespace
@@ -130,7 +149,8 @@ struct ZipperLinear::Impl {
       if (occ == 0) break;
       const int64_t splits = (k_tiles + per - 1) / per, ctas = int64_t(n_tiles) * m_tiles * splits;
       const double slots = double(occ) * num_sms;
-      const double cost = double(ctas) * (per + 2.0) / slots + (per + 2.0) + (splits > 1 ? 0.5 : 0.0);
+      const double c = per + cta_overhead_tiles(M);
+      const double cost = double(ctas) * c / slots + c + (splits > 1 ? 0.5 : 0.0);
       if (cost <= best) {
         best = cost;
         best_per = per;
@@ -215,7 +235,15 @@ int64_t ZipperLinear::weight_bytes(bool with_residual) const {
 
 // Measured on H100 (docs/kernels.md): the fused mma.sync kernel wins while the GEMM is
 // memory-bound; past that, dequantize once + cuBLAS (wgmma) is faster.
-GemmPath ZipperLinear::choose_path(int64_t M) const { return M <= 32 ? GemmPath::Fused : GemmPath::Dequant; }
+// Fused up to M = 32; up to M = 64 also for large layers (N*K >= 40 Mi weights), where the
+// dequantize path's extra N*K*4 bytes cost more than the fused kernel's mma.sync work: measured
+// on H100 (2026-11-27 run) fused beat dequant+cuBLAS at M = 64 on all 8 such shapes (by 5..34%)
+// and lost on the 4 smaller ones (qkv, o of the 8B models: 16.8M and 25.2M weights).
+GemmPath ZipperLinear::choose_path(int64_t M) const {
+  if (M <= 32) return GemmPath::Fused;
+  if (M <= 64 && int64_t(impl_->L.N) * impl_->L.K >= (int64_t(40) << 20)) return GemmPath::Fused;
+  return GemmPath::Dequant;
+}
 
 void ZipperLinear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream, Variant v,
                         GemmPath path) const {
