@@ -43,8 +43,12 @@ void run_tokenize(const TokenizeOptions& o) {
   }
   std::printf("%6s %8s  %-24s %s\n", "index", "id", "token", "text");
   for (size_t i = 0; i < ids.size(); ++i) {
-    const std::string token = tok.id_to_token(ids[i]);
-    std::printf("%6zu %8d  %-24s %s%s\n", i, ids[i], token.c_str(), quoted(tok.decode({ids[i]})).c_str(),
+    // Pad by characters, not bytes: byte-level tokens are full of two-byte characters like 'Ġ'.
+    std::string token = tok.id_to_token(ids[i]);
+    size_t chars = 0;
+    for (char c : token) chars += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+    if (chars < 24) token.append(24 - chars, ' ');
+    std::printf("%6zu %8d  %s %s%s\n", i, ids[i], token.c_str(), quoted(tok.decode({ids[i]})).c_str(),
                 tok.is_special(ids[i]) ? "  (special)" : "");
   }
   std::printf("%zu tokens, %zu bytes of text\n", ids.size(), text.size());

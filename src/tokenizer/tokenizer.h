@@ -25,10 +25,11 @@ class Tokenizer {
   // No special tokens are added (like tokenizers' encode(add_special_tokens=False)); special and
   // added tokens written in the text are recognized.
   std::vector<int32_t> encode(std::string_view text) const;
+  // Ids that are neither in the vocabulary nor added tokens are skipped, as tokenizers does.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
   std::string id_to_token(int32_t id) const;
   std::optional<int32_t> token_to_id(std::string_view token) const;
-  int32_t vocab_size() const;
+  int32_t vocab_size() const;  // one past the largest id (model vocabulary or added tokens)
   bool is_special(int32_t id) const;
 
   struct Impl;
