@@ -70,8 +70,8 @@ void run_ppl(const PplOptions& o) {
   // with a target) KL(P_base || P_model) = sum_v p_v (log p_v - log q_v), accumulated in fp64.
   std::unique_ptr<Model> base;
   std::vector<float> base_hidden, base_logits;
-  std::vector<double> kl_rows;
-  double kl_sum = 0;
+  std::vector<double> kl_rows, base_nll_rows;
+  double kl_sum = 0, base_nll = 0;  // base_nll: the base model's own NLL on the same tokens
   int64_t kl_count = 0;
   if (!o.kl_base.empty()) {
     base = std::make_unique<Model>(Model::load(o.kl_base, lo));
@@ -79,6 +79,7 @@ void run_ppl(const PplOptions& o) {
     base_hidden.resize(size_t(o.ctx * base->hidden_size()));
     base_logits.resize(size_t(po.logits_rows_per_block * V));
     kl_rows.resize(size_t(po.logits_rows_per_block));
+    base_nll_rows.resize(size_t(po.logits_rows_per_block));
     auto prev = po.on_logits;
     po.on_logits = [&, prev](int64_t w, int64_t r0, const float* logits, int64_t rows) {
       if (prev) prev(w, r0, logits, rows);
@@ -99,11 +100,14 @@ void run_ppl(const PplOptions& o) {
             kl += std::exp(lp) * (lp - (double(q[v]) - lq0));
           }
           kl_rows[size_t(i)] = kl;
+          const int64_t r = r0 + i;
+          base_nll_rows[size_t(i)] = r + 1 < o.ctx ? lp0 - double(p[ids[size_t(w * o.ctx + r + 1)]]) : 0.0;
         }
       });
       for (int64_t i = 0; i < rows; ++i)
         if (r0 + i + 1 < o.ctx) {
           kl_sum += kl_rows[size_t(i)];
+          base_nll += base_nll_rows[size_t(i)];
           ++kl_count;
         }
     };
@@ -149,12 +153,15 @@ void run_ppl(const PplOptions& o) {
     if (base) {
       j["kl_div"] = kl_sum / double(kl_count);
       j["kl_base"] = o.kl_base;
+      j["base_ppl"] = std::exp(base_nll / double(kl_count));
     }
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("ppl %.4f over %lld tokens (%lld windows of %lld), %.1f s (%.0f tok/s)\n", st.ppl(),
                 (long long)st.tokens_scored, (long long)st.windows, (long long)o.ctx, st.seconds, st.tokens_per_s());
-    if (base) std::printf("KL(base || model) %.6f nats per token (base %s)\n", kl_sum / double(kl_count), o.kl_base.c_str());
+    if (base)
+      std::printf("KL(base || model) %.6f nats per token; base ppl %.4f (base %s)\n", kl_sum / double(kl_count),
+                  std::exp(base_nll / double(kl_count)), o.kl_base.c_str());
   }
 }
 
@@ -181,7 +188,7 @@ void add_ppl_command(CLI::App& app) {
                   "'tokens' I32 [ctx], for comparison with other implementations");
   cmd->add_option("--kl-base", o->kl_base,
                   "reference model directory (e.g. the FP16 original): also report the mean KL(base || model) "
-                  "per scored token (json: kl_div), computed on the same windows");
+                  "per scored token (json: kl_div) and the base's own ppl (base_ppl), on the same windows");
   cmd->add_flag("-q,--quiet", o->quiet, "no progress or load report on stderr");
   cmd->callback([o] { run_ppl(*o); });
 }
