@@ -1,5 +1,5 @@
 # Dumps real linear-layer weights and their input activations for the opt-in layer-wise study
-# (tests/quant/test_residual.cpp, Mosaic.RealLayerStudy). Needs torch + transformers.
+# (tests/quant/test_residual.cpp, Mosaic.DISABLED_RealLayerStudy). Needs torch + transformers.
 #   python3 tests/quant/dump_layers.py MODEL_DIR OUT_DIR [CALIB_TEXT]
 # Calibration text defaults to the GPL-3 licence text; evaluation activations come from the first
 # 40k characters of WikiText-2 test (only layer errors are measured, no perplexity).
