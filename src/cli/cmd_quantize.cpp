@@ -54,6 +54,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.force = o.force;
   q.quiet = o.quiet;
 
+  check_quantize_inputs(o.model, o.out, q);  // fail fast, before tokenizing the calibration text
   std::vector<std::vector<int32_t>> calib;
   if (q.method != QuantMethod::kRtn) {
     const Tokenizer tok = Tokenizer::load(o.model);

@@ -311,9 +311,7 @@ void check_options(const ModelQuantOptions& o) {
 
 }  // namespace
 
-ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
-                                const std::vector<std::vector<int32_t>>& calib, const ModelQuantOptions& opt) {
-  const auto t0 = std::chrono::steady_clock::now();
+void check_quantize_inputs(const fs::path& model_dir, const fs::path& out, const ModelQuantOptions& opt) {
   check_options(opt);
   const ModelConfig cfg = ModelConfig::load(model_dir);
   MOSAIC_CHECK(cfg.quantization_config.is_null(), model_dir.string(),
@@ -321,6 +319,15 @@ ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
   const Checkpoint ckpt = Checkpoint::open(model_dir);
   check_tensor_names(ckpt, cfg);
   check_shapes(ckpt, cfg, opt);
+  MOSAIC_CHECK(opt.force || !fs::exists(out), "output '", out.string(), "' already exists (use --force to replace it)");
+}
+
+ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
+                                const std::vector<std::vector<int32_t>>& calib, const ModelQuantOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  check_quantize_inputs(model_dir, out, opt);
+  const ModelConfig cfg = ModelConfig::load(model_dir);
+  const Checkpoint ckpt = Checkpoint::open(model_dir);
   if (opt.method != QuantMethod::kRtn) {
     MOSAIC_CHECK(!calib.empty(), "method ", quant_method_name(opt.method), " needs calibration windows");
     for (const auto& w : calib) {

@@ -54,6 +54,11 @@ struct ModelQuantReport {
   double bits_per_weight() const { return linear_params ? 8.0 * double(linear_bytes) / double(linear_params) : 0; }
 };
 
+// The checks quantize_model starts with (options, config, tensor names, shapes, existing
+// output), for callers that want to fail before expensive calibration work. Throws mosaic::Error.
+void check_quantize_inputs(const std::filesystem::path& model_dir, const std::filesystem::path& out,
+                           const ModelQuantOptions& opt);
+
 // Checks options and shapes (every linear's K divisible by the group, the block shape tiling
 // every linear for mosaic) before doing any work; `calib` windows are required unless rtn.
 // Writes into "<out>.partial" and renames to `out` only when complete; on error the partial
