@@ -19,7 +19,7 @@
 #include <string>
 
 #include "cuda/zipper_layout.h"
-#include "quant/packed_linear.h"
+#include "format/packed_linear.h"
 
 namespace mosaic::cuda {
 

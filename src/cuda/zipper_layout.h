@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "quant/packed_linear.h"
+#include "format/packed_linear.h"
 
 namespace mosaic::cuda {
 

@@ -6,7 +6,7 @@
 #include <span>
 #include <vector>
 
-#include "quant/packed_linear.h"
+#include "format/packed_linear.h"
 #include "quant/rtn.h"
 
 namespace mosaic {

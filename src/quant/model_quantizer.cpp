@@ -11,7 +11,7 @@
 #include "model/quant_linear.h"
 #include "quant/calibration.h"
 #include "quant/gptq.h"
-#include "quant/quant_checkpoint.h"
+#include "format/packed_checkpoint.h"
 #include "quant/rtn.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -255,7 +255,7 @@ class Quantizer {
     }
     if (model) {
       for (LinearId id : kLinears)
-        model->set_linear(i, id, std::make_unique<QuantLinear>(tensors_of(packed[int(id)]), p + linear_name(id)));
+        model->set_linear(i, id, std::make_unique<QuantLinear>(packed[int(id)], p + linear_name(id)));
       for (auto& xs : x) {  // the next layer's inputs come from the quantized layer
         cache.clear();
         model->layer_forward(i, xs.data(), int64_t(calib_[0].size()), cache);

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "quant/gptq.h"
-#include "quant/packed_linear.h"
+#include "format/packed_linear.h"
 #include "quant/rtn.h"
 
 namespace mosaic {

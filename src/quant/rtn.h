@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <span>
 
-#include "quant/packed_linear.h"
+#include "format/packed_linear.h"
 
 namespace mosaic {
 

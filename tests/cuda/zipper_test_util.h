@@ -8,7 +8,7 @@
 #include <thread>
 #include <vector>
 
-#include "quant/packed_linear.h"
+#include "format/packed_linear.h"
 #include "util/half.h"
 
 namespace mosaic::cuda::test {

@@ -16,7 +16,7 @@
 #include "model/quant_linear.h"
 #include "quant/calibration.h"
 #include "quant/model_quantizer.h"
-#include "quant/quant_checkpoint.h"
+#include "format/packed_checkpoint.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -100,7 +100,7 @@ TEST(QuantLinear, MatchesDenseMatmulOnDequantize) {
   for (bool sym : {true, false}) {
     const PackedLinear p = random_packed_linear(64, 128, 32, 16, 32, 0.2, ResidualPattern::kUniform, 7, sym);
     ASSERT_TRUE(p.has_residual());
-    const QuantLinear q(tensors_of(p), "test");
+    const QuantLinear q(p, "test");
     const std::vector<float> W = dequantize(p);
     for (size_t i = 0; i < W.size(); ++i) ASSERT_EQ(q.data()[i], W[i]) << "element " << i << " sym " << sym;
     const int64_t M = 5;
@@ -117,10 +117,10 @@ TEST(QuantLinear, MatchesDenseMatmulOnDequantize) {
 TEST(QuantLinear, BadTensorsAreErrors) {
   PackedLinear p = random_packed_linear(32, 64, 32, 16, 32, 0.5, ResidualPattern::kUniform, 1);
   p.res_colidx[0] = 99;  // out of range
-  EXPECT_THROW(QuantLinear(tensors_of(p), "bad"), Error);
+  EXPECT_THROW(QuantLinear(p, "bad"), Error);
   p = random_packed_linear(32, 64, 32, 16, 32, 0.0, ResidualPattern::kNone, 1);
   p.scales.pop_back();
-  EXPECT_THROW(QuantLinear(tensors_of(p), "bad"), Error);
+  EXPECT_THROW(QuantLinear(p, "bad"), Error);
 }
 
 TEST(Calibration, WindowsAreSeededAndChecked) {

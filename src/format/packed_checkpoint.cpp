@@ -1,4 +1,4 @@
-#include "quant/quant_checkpoint.h"
+#include "format/packed_checkpoint.h"
 
 #include <cstring>
 
@@ -13,8 +13,14 @@ std::string bytes_of(const std::vector<T>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
 }
 
+// Copies a tensor after checking its dtype (and shape when given); data may be unaligned in
+// foreign files, hence the copy.
 template <typename T>
-std::vector<T> copy_tensor(const TensorView& v) {
+std::vector<T> copy_tensor(const Checkpoint& ckpt, const std::string& name, DType dtype,
+                           const std::vector<int64_t>& shape = {}) {
+  const TensorView& v = shape.empty() ? ckpt.get(name) : ckpt.get(name, shape);
+  MOSAIC_CHECK(v.dtype == dtype, "tensor '", name, "' is ", dtype_name(v.dtype), " ", v.shape_str(), ", expected ",
+               dtype_name(dtype));
   std::vector<T> out(v.nbytes / sizeof(T));
   if (v.nbytes) std::memcpy(out.data(), v.data, v.nbytes);
   return out;
@@ -37,25 +43,7 @@ void add_packed_linear(ShardedWriter& w, const std::string& prefix, const Packed
   }
 }
 
-QuantTensors tensors_of(const PackedLinear& p) {
-  QuantTensors t;
-  t.N = p.N;
-  t.K = p.K;
-  t.group = p.group;
-  t.symmetric = p.symmetric;
-  t.block_rows = p.block_rows;
-  t.block_cols = p.block_cols;
-  t.qweight = p.qweight;
-  t.scales = p.scales;
-  t.qzeros = p.qzeros;
-  if (p.has_residual()) {
-    t.res_rowptr = p.res_rowptr;
-    t.res_colidx = p.res_colidx;
-    t.res_qvalues = p.res_qvalues;
-    t.res_scales = p.res_scales;
-  }
-  return t;
-}
+bool has_packed_linear(const Checkpoint& ckpt, const std::string& prefix) { return ckpt.has(prefix + ".qweight"); }
 
 PackedLinear read_packed_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N, int64_t K) {
   const TensorView& s = ckpt.get(prefix + ".scales");
@@ -67,11 +55,11 @@ PackedLinear read_packed_linear(const Checkpoint& ckpt, const std::string& prefi
   p.N = N;
   p.K = K;
   p.group = int(K / s.shape[1]);
-  p.qweight = copy_tensor<uint8_t>(ckpt.get(prefix + ".qweight", {N, K / 2}));
-  p.scales = copy_tensor<uint16_t>(s);
+  p.qweight = copy_tensor<uint8_t>(ckpt, prefix + ".qweight", DType::U8, {N, K / 2});
+  p.scales = copy_tensor<uint16_t>(ckpt, prefix + ".scales", DType::F16);
   if (ckpt.has(prefix + ".qzeros")) {
     p.symmetric = false;
-    p.qzeros = copy_tensor<uint8_t>(ckpt.get(prefix + ".qzeros", {N, K / p.group}));
+    p.qzeros = copy_tensor<uint8_t>(ckpt, prefix + ".qzeros", DType::U8, {N, K / p.group});
   }
   if (ckpt.has(prefix + ".res_colidx")) {
     const TensorView& rp = ckpt.get(prefix + ".res_rowptr");
@@ -82,10 +70,10 @@ PackedLinear read_packed_linear(const Checkpoint& ckpt, const std::string& prefi
     p.block_rows = int(N / (rp.shape[0] - 1));
     p.block_cols = int(qv.shape[2] * 2);
     const int64_t nnzb = qv.shape[0];
-    p.res_rowptr = copy_tensor<int32_t>(ckpt.get(prefix + ".res_rowptr", {N / p.block_rows + 1}));
-    p.res_colidx = copy_tensor<int32_t>(ckpt.get(prefix + ".res_colidx", {nnzb}));
-    p.res_qvalues = copy_tensor<uint8_t>(ckpt.get(prefix + ".res_qvalues", {nnzb, p.block_rows, p.block_cols / 2}));
-    p.res_scales = copy_tensor<uint16_t>(ckpt.get(prefix + ".res_scales", {nnzb, p.block_rows}));
+    p.res_rowptr = copy_tensor<int32_t>(ckpt, prefix + ".res_rowptr", DType::I32, {N / p.block_rows + 1});
+    p.res_colidx = copy_tensor<int32_t>(ckpt, prefix + ".res_colidx", DType::I32, {nnzb});
+    p.res_qvalues = copy_tensor<uint8_t>(ckpt, prefix + ".res_qvalues", DType::U8, {nnzb, p.block_rows, p.block_cols / 2});
+    p.res_scales = copy_tensor<uint16_t>(ckpt, prefix + ".res_scales", DType::F16, {nnzb, p.block_rows});
   }
   validate(p, prefix);
   return p;

@@ -1,6 +1,6 @@
 // Nibble packing, validation, dequantization and the scalar reference matmul of PackedLinear,
 // plus random layers for kernel tests. Everything here follows docs/format.md literally.
-#include "quant/packed_linear.h"
+#include "format/packed_linear.h"
 
 #include <algorithm>
 #include <cmath>

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <random>
 
-#include "quant/packed_linear.h"
+#include "format/packed_linear.h"
 #include "util/error.h"
 #include "util/half.h"
 

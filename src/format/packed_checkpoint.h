@@ -3,9 +3,8 @@
 #pragma once
 #include <string>
 
+#include "format/packed_linear.h"
 #include "io/safetensors.h"
-#include "model/quant_linear.h"
-#include "quant/packed_linear.h"
 
 namespace mosaic {
 
@@ -13,10 +12,11 @@ namespace mosaic {
 // validate()s p first.
 void add_packed_linear(ShardedWriter& w, const std::string& prefix, const PackedLinear& p);
 
-// Reads a layer back (shapes infer G, Br, Bc; everything checked like the engine's loader).
-PackedLinear read_packed_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N, int64_t K);
+// True when the checkpoint stores <prefix> as a quantized layer (<prefix>.qweight present).
+bool has_packed_linear(const Checkpoint& ckpt, const std::string& prefix);
 
-// Views of p's vectors for the engine's QuantLinear (valid while p lives).
-QuantTensors tensors_of(const PackedLinear& p);
+// Reads a layer back: dtypes and shapes are checked against [N, K] (G, Br and Bc are inferred
+// from the tensor shapes), then validate()d; every error names the tensor.
+PackedLinear read_packed_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N, int64_t K);
 
 }  // namespace mosaic
