@@ -19,6 +19,7 @@ namespace {
 
 struct QuantizeCliOptions {
   std::string model, out, method = "mosaic", block = "16x64", scorer = "delta_hessian";
+  std::string allocation = "per-layer";
   std::string calib_file = "data/calib.txt";
   int group = 128;
   bool asym = false, act_order = false, force = false, quiet = false;
@@ -47,6 +48,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.act_order = o.act_order;
   parse_block(o.block, q.block_rows, q.block_cols);
   q.budget = o.budget;
+  q.allocation = parse_allocation(o.allocation);
   std::string scorer = o.scorer;
   for (char& ch : scorer)
     if (ch == '-') ch = '_';
@@ -101,7 +103,11 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_flag("--act-order", o->act_order, "GPTQ in descending diag(H) order (static groups)");
   cmd->add_option("--block", o->block, "residual block shape RxC (outputs x inputs); 16x64 is what the GPU kernel runs")
       ->capture_default_str();
-  cmd->add_option("--budget", o->budget, "fraction of residual blocks kept per linear, in [0, 1] (mosaic only)")
+  cmd->add_option("--budget", o->budget, "fraction of residual blocks kept, in [0, 1] (mosaic only)")
+      ->capture_default_str();
+  cmd->add_option("--allocation", o->allocation,
+                  "per-layer: every linear keeps budget x its blocks; global: the budget over all blocks of the model "
+                  "goes to the highest relative scores (an extra scoring pass, ~1.5x the time)")
       ->capture_default_str();
   cmd->add_option("--scorer", o->scorer, "block score: delta-hessian | residual | weight (ablations)")
       ->capture_default_str();

@@ -1,5 +1,6 @@
 #include "quant/model_quantizer.h"
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -28,6 +29,14 @@ QuantMethod parse_quant_method(const std::string& name) {
   if (name == "rtn") return QuantMethod::kRtn;
   fail("unknown quantization method '", name, "' (expected mosaic, gptq or rtn)");
 }
+
+Allocation parse_allocation(const std::string& name) {
+  if (name == "per-layer" || name == "per_layer") return Allocation::kPerLayer;
+  if (name == "global") return Allocation::kGlobal;
+  fail("unknown residual allocation '", name, "' (expected per-layer or global)");
+}
+
+const char* allocation_name(Allocation a) { return a == Allocation::kGlobal ? "global" : "per_layer"; }
 
 const char* quant_method_name(QuantMethod m) {
   switch (m) {
@@ -145,7 +154,7 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt) {
     q["residual"] = {{"block_rows", opt.block_rows},
                      {"block_cols", opt.block_cols},
                      {"budget", opt.budget},
-                     {"allocation", "per_layer"},
+                     {"allocation", allocation_name(opt.allocation)},
                      {"scorer", block_scorer_name(opt.scorer)},
                      {"residual_in_gptq", true}};
   else
@@ -163,7 +172,6 @@ class Quantizer {
   void run(ShardedWriter& w, ModelQuantReport& rep) {
     const bool calibrate = opt_.method != QuantMethod::kRtn;
     std::unique_ptr<Model> model;
-    std::vector<std::vector<float>> x;  // activations per calibration window [len, hidden]
     KVCache cache;
     if (calibrate) {
       // The Model holds the embedding and norms; its linears are placeholders until a layer is
@@ -173,14 +181,15 @@ class Quantizer {
         return std::unique_ptr<Linear>(std::make_unique<AbsentLinear>(N, K, p));
       };
       model = std::make_unique<Model>(Model::from_checkpoint(ckpt_, cfg_, lo));
-      const int64_t len = int64_t(calib_[0].size());
-      cache = model->make_cache(len);
-      x.resize(calib_.size());
-      for (size_t s = 0; s < calib_.size(); ++s) {
-        x[s].resize(size_t(len * cfg_.hidden_size));
-        model->embed(calib_[s].data(), len, x[s].data());
-      }
+      cache = model->make_cache(int64_t(calib_[0].size()));
     }
+    std::vector<std::vector<float>> x;  // activations per calibration window [len, hidden]
+    if (opt_.method == QuantMethod::kMosaic && opt_.allocation == Allocation::kGlobal && opt_.budget > 0) {
+      embed(model.get(), x);
+      counts_ = global_counts(model.get(), x, cache);
+      for (size_t l = 0; l < counts_.size(); ++l) rep.global_counts.push_back(counts_[l]);
+    }
+    if (model) embed(model.get(), x);
     copy_f16(w, ckpt_, "model.embed_tokens.weight");
     Progress progress("quantize", cfg_.num_layers, opt_.quiet);
     for (int i = 0; i < cfg_.num_layers; ++i) {
@@ -199,6 +208,112 @@ class Quantizer {
   }
 
  private:
+  using Weights = std::array<std::shared_ptr<const std::vector<float>>, 7>;
+  using Accumulators = std::array<std::shared_ptr<HessianAccumulator>, 7>;
+
+  void embed(Model* model, std::vector<std::vector<float>>& x) const {
+    const int64_t len = int64_t(calib_[0].size());
+    x.assign(calib_.size(), {});
+    for (size_t s = 0; s < calib_.size(); ++s) {
+      x[s].resize(size_t(len * cfg_.hidden_size));
+      model->embed(calib_[s].data(), len, x[s].data());
+    }
+  }
+
+  Weights load_weights(int i) const {
+    Weights W;
+    for (LinearId id : kLinears) {
+      const Shape2 s = linear_shape(cfg_, id);
+      W[int(id)] = std::make_shared<const std::vector<float>>(
+          ckpt_.get(layer_prefix(i) + linear_name(id) + ".weight", {s.N, s.K}).to_f32());
+    }
+    return W;
+  }
+
+  // Runs the FP layer i on x (x unchanged) and returns the Hessian accumulators of its inputs:
+  // q/k/v share the attention-norm output, gate/up the MLP-norm output.
+  Accumulators capture_hessians(int i, const Weights& W, Model& model, const std::vector<std::vector<float>>& x,
+                                KVCache& cache) const {
+    Accumulators acc;
+    const int64_t D = cfg_.hidden_size, qd = int64_t(cfg_.num_heads) * cfg_.head_dim;
+    auto attn_in = std::make_shared<HessianAccumulator>(D), mlp_in = std::make_shared<HessianAccumulator>(D);
+    acc[int(LinearId::Q)] = acc[int(LinearId::K)] = acc[int(LinearId::V)] = attn_in;
+    acc[int(LinearId::O)] = std::make_shared<HessianAccumulator>(qd);
+    acc[int(LinearId::Gate)] = acc[int(LinearId::Up)] = mlp_in;
+    acc[int(LinearId::Down)] = std::make_shared<HessianAccumulator>(cfg_.intermediate_size);
+    for (LinearId id : kLinears) {
+      const Shape2 s = linear_shape(cfg_, id);
+      std::unique_ptr<Linear> dense = std::make_unique<DenseLinear>(s.N, s.K, W[int(id)]);
+      const bool capture = id == LinearId::Q || id == LinearId::O || id == LinearId::Gate || id == LinearId::Down;
+      model.set_linear(i, id, capture ? std::make_unique<CaptureLinear>(std::move(dense), acc[int(id)])
+                                      : std::move(dense));
+    }
+    std::vector<float> tmp;
+    for (const auto& xs : x) {  // the FP layer on the (already quantized-upstream) inputs
+      tmp = xs;
+      cache.clear();
+      model.layer_forward(i, tmp.data(), int64_t(calib_[0].size()), cache);
+    }
+    return acc;
+  }
+
+  // x = the quantized layer i applied to x (the next layer's inputs), then the layer's linears
+  // are dropped again.
+  void propagate(int i, const std::vector<PackedLinear>& packed, Model& model, std::vector<std::vector<float>>& x,
+                 KVCache& cache) const {
+    const std::string p = layer_prefix(i);
+    for (LinearId id : kLinears)
+      model.set_linear(i, id, std::make_unique<QuantLinear>(packed[int(id)], p + linear_name(id)));
+    for (auto& xs : x) {
+      cache.clear();
+      model.layer_forward(i, xs.data(), int64_t(calib_[0].size()), cache);
+    }
+    for (LinearId id : kLinears) {
+      const Shape2 s = linear_shape(cfg_, id);
+      model.set_linear(i, id, std::make_unique<AbsentLinear>(s.N, s.K, p + linear_name(id)));
+    }
+  }
+
+  // Global allocation, pass 1: the same layer-by-layer walk with the base alone (inputs of layer i
+  // come from the base-quantized layers before it), scoring every block of every linear. Scores
+  // are divided by the linear's output energy (relative output-error reduction), and the budget
+  // over all blocks of the model goes to the highest (allocate_global). Returns blocks per linear,
+  // indexed layer * 7 + LinearId.
+  std::vector<int64_t> global_counts(Model* model, std::vector<std::vector<float>>& x, KVCache& cache) const {
+    std::vector<std::vector<double>> scores(size_t(cfg_.num_layers) * 7);
+    Progress progress("score (global allocation)", cfg_.num_layers, opt_.quiet);
+    for (int i = 0; i < cfg_.num_layers; ++i) {
+      Weights W = load_weights(i);
+      const Accumulators acc = capture_hessians(i, W, *model, x, cache);
+      std::vector<PackedLinear> base(7);
+      std::vector<float> H;
+      const HessianAccumulator* last = nullptr;
+      for (LinearId id : kLinears) {
+        const Shape2 s = linear_shape(cfg_, id);
+        const HessianAccumulator* a = acc[int(id)].get();
+        if (a != last) {
+          H = a->hessian();
+          last = a;
+        }
+        const std::string name = layer_prefix(i) + linear_name(id);
+        try {
+          std::vector<double>& sc = scores[size_t(i) * 7 + size_t(id)];
+          sc = mosaic_block_scores(*W[int(id)], s.N, s.K, H, mosaic_options(), &base[int(id)]);
+          const double energy = diagonal_output_energy(*W[int(id)], s.N, s.K, H);
+          if (energy > 0)
+            for (double& v : sc) v /= energy;
+        } catch (const Error& e) {
+          fail(name, ": ", e.what());
+        }
+        W[int(id)].reset();
+      }
+      propagate(i, base, *model, x, cache);
+      progress.update(i + 1, "layer " + std::to_string(i));
+    }
+    progress.finish();
+    return allocate_global(scores, opt_.budget);
+  }
+
   void quantize_layer(int i, ShardedWriter& w, ModelQuantReport& rep, Model* model,
                       std::vector<std::vector<float>>& x, KVCache& cache) {
     const std::string p = layer_prefix(i);
@@ -206,35 +321,9 @@ class Quantizer {
     if (cfg_.qk_norm)
       for (const char* n : {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}) copy_f16(w, ckpt_, p + n);
 
-    std::shared_ptr<const std::vector<float>> W[7];
-    for (LinearId id : kLinears) {
-      const Shape2 s = linear_shape(cfg_, id);
-      W[int(id)] = std::make_shared<const std::vector<float>>(
-          ckpt_.get(p + linear_name(id) + ".weight", {s.N, s.K}).to_f32());
-    }
-    // Inputs: q/k/v share the attention-norm output, gate/up the MLP-norm output.
-    std::shared_ptr<HessianAccumulator> acc[7];
-    if (model) {
-      const int64_t D = cfg_.hidden_size, qd = int64_t(cfg_.num_heads) * cfg_.head_dim;
-      auto attn_in = std::make_shared<HessianAccumulator>(D), mlp_in = std::make_shared<HessianAccumulator>(D);
-      acc[int(LinearId::Q)] = acc[int(LinearId::K)] = acc[int(LinearId::V)] = attn_in;
-      acc[int(LinearId::O)] = std::make_shared<HessianAccumulator>(qd);
-      acc[int(LinearId::Gate)] = acc[int(LinearId::Up)] = mlp_in;
-      acc[int(LinearId::Down)] = std::make_shared<HessianAccumulator>(cfg_.intermediate_size);
-      for (LinearId id : kLinears) {
-        const Shape2 s = linear_shape(cfg_, id);
-        std::unique_ptr<Linear> dense = std::make_unique<DenseLinear>(s.N, s.K, W[int(id)]);
-        const bool capture = id == LinearId::Q || id == LinearId::O || id == LinearId::Gate || id == LinearId::Down;
-        model->set_linear(i, id, capture ? std::make_unique<CaptureLinear>(std::move(dense), acc[int(id)])
-                                         : std::move(dense));
-      }
-      std::vector<float> tmp;
-      for (const auto& xs : x) {  // the FP layer on the (already quantized-upstream) inputs
-        tmp = xs;
-        cache.clear();
-        model->layer_forward(i, tmp.data(), int64_t(calib_[0].size()), cache);
-      }
-    }
+    Weights W = load_weights(i);
+    Accumulators acc;
+    if (model) acc = capture_hessians(i, W, *model, x, cache);
     std::vector<PackedLinear> packed(7);
     std::vector<float> H;
     const HessianAccumulator* last = nullptr;
@@ -246,29 +335,34 @@ class Quantizer {
         H = a->hessian();
         last = a;
       }
-      packed[int(id)] = quantize_one(*W[int(id)], s, H, name);
+      const int64_t count = counts_.empty() ? -1 : counts_[size_t(i) * 7 + size_t(id)];
+      packed[int(id)] = quantize_one(*W[int(id)], s, H, name, count);
       W[int(id)].reset();
       add_packed_linear(w, name, packed[int(id)]);
       rep.linear_params += s.N * s.K;
       rep.linear_bytes += packed[int(id)].storage_bytes();
       rep.residual_blocks += packed[int(id)].num_blocks_kept();
     }
-    if (model) {
-      for (LinearId id : kLinears)
-        model->set_linear(i, id, std::make_unique<QuantLinear>(packed[int(id)], p + linear_name(id)));
-      for (auto& xs : x) {  // the next layer's inputs come from the quantized layer
-        cache.clear();
-        model->layer_forward(i, xs.data(), int64_t(calib_[0].size()), cache);
-      }
-      for (LinearId id : kLinears) {
-        const Shape2 s = linear_shape(cfg_, id);
-        model->set_linear(i, id, std::make_unique<AbsentLinear>(s.N, s.K, p + linear_name(id)));
-      }
-    }
+    if (model) propagate(i, packed, *model, x, cache);
   }
 
+  MosaicOptions mosaic_options() const {
+    MosaicOptions m;
+    m.base = BaseMethod::kGptq;
+    m.group = opt_.group;
+    m.symmetric = opt_.symmetric;
+    m.block_rows = opt_.block_rows;
+    m.block_cols = opt_.block_cols;
+    m.budget = opt_.budget;
+    m.scorer = opt_.scorer;
+    m.gptq.act_order = opt_.act_order;
+    m.gptq.static_groups = opt_.act_order;
+    return m;
+  }
+
+  // count >= 0: keep exactly that many residual blocks (global allocation), else the budget.
   PackedLinear quantize_one(const std::vector<float>& W, Shape2 s, const std::vector<float>& H,
-                            const std::string& name) {
+                            const std::string& name, int64_t count) {
     try {
       GptqOptions g;
       g.act_order = opt_.act_order;
@@ -277,15 +371,8 @@ class Quantizer {
         case QuantMethod::kRtn: return quantize_rtn(W, s.N, s.K, opt_.group, opt_.symmetric);
         case QuantMethod::kGptq: return quantize_gptq(W, s.N, s.K, H, opt_.group, opt_.symmetric, g);
         case QuantMethod::kMosaic: {
-          MosaicOptions m;
-          m.base = BaseMethod::kGptq;
-          m.group = opt_.group;
-          m.symmetric = opt_.symmetric;
-          m.block_rows = opt_.block_rows;
-          m.block_cols = opt_.block_cols;
-          m.budget = opt_.budget;
-          m.scorer = opt_.scorer;
-          m.gptq = g;
+          MosaicOptions m = mosaic_options();
+          m.num_blocks = count;
           return quantize_mosaic(W, s.N, s.K, H, m);
         }
       }
@@ -299,6 +386,7 @@ class Quantizer {
   const ModelConfig& cfg_;
   const ModelQuantOptions& opt_;
   const std::vector<std::vector<int32_t>>& calib_;
+  std::vector<int64_t> counts_;  // global allocation: blocks per linear (layer * 7 + id); empty: per layer
 };
 
 void check_options(const ModelQuantOptions& o) {

@@ -9,8 +9,11 @@
 //     x = the *quantized* layer applied to x (the next layer sees the quantization error so far)
 //     drop the layer's weights
 // Memory: the embedding table (FP32), one layer's FP32 weights and Hessians, the activations x
-// and one KV cache; never the whole model in FP32. Residual budget allocation is per layer (each
-// linear keeps floor(budget x its blocks)); see MosaicOptions.
+// and one KV cache; never the whole model in FP32.
+// Residual budget allocation: per layer (each linear keeps floor(budget x its blocks)), or global
+// (a first pass with the GPTQ base alone scores every block of the model, relative to its linear's
+// output energy; the budget over all blocks goes to the highest; the second pass quantizes with
+// those counts; about 1.5x the time).
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -28,13 +31,18 @@ enum class QuantMethod { kMosaic, kGptq, kRtn };
 QuantMethod parse_quant_method(const std::string& name);  // mosaic|gptq|rtn
 const char* quant_method_name(QuantMethod m);
 
+enum class Allocation { kPerLayer, kGlobal };
+Allocation parse_allocation(const std::string& name);  // per-layer|global
+const char* allocation_name(Allocation a);             // "per_layer" | "global" (quantization_config)
+
 struct ModelQuantOptions {
   QuantMethod method = QuantMethod::kMosaic;
   int group = 128;
   bool symmetric = true;
   bool act_order = false;
   int block_rows = 16, block_cols = 64;  // the shape the GPU kernel supports
-  double budget = 0.10;                  // fraction of residual blocks kept per linear (mosaic)
+  double budget = 0.10;                  // fraction of residual blocks kept (mosaic)
+  Allocation allocation = Allocation::kPerLayer;
   BlockScorer scorer = BlockScorer::kDeltaHessian;
   bool force = false;                    // replace an existing output directory
   bool quiet = false;
@@ -51,6 +59,7 @@ struct ModelQuantReport {
   int64_t linear_params = 0;     // weights quantized
   int64_t linear_bytes = 0;      // their packed bytes (base + residual)
   int64_t residual_blocks = 0;   // kept blocks, all layers
+  std::vector<int64_t> global_counts;  // global allocation: blocks per linear (layer * 7 + id)
   double bits_per_weight() const { return linear_params ? 8.0 * double(linear_bytes) / double(linear_params) : 0; }
 };
 

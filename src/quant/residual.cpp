@@ -330,12 +330,26 @@ std::vector<float> plain_residual(std::span<const float> W, int64_t N, int64_t K
 }  // namespace
 
 std::vector<double> mosaic_block_scores(std::span<const float> W, int64_t N, int64_t K,
-                                        std::span<const float> H, const MosaicOptions& opt) {
+                                        std::span<const float> H, const MosaicOptions& opt,
+                                        PackedLinear* base) {
   MosaicStart st = mosaic_start(W, N, K, H, opt);
-  if (st.in_loop)
-    return score_blocks_gptq(W, st.trace, N, K, opt.block_rows, opt.block_cols, opt.scorer);
-  return score_blocks(W, plain_residual(W, N, K, H, st.base), N, K, H, opt.block_rows,
-                      opt.block_cols, opt.scorer);
+  std::vector<double> scores =
+      st.in_loop ? score_blocks_gptq(W, st.trace, N, K, opt.block_rows, opt.block_cols, opt.scorer)
+                 : score_blocks(W, plain_residual(W, N, K, H, st.base), N, K, H, opt.block_rows,
+                                opt.block_cols, opt.scorer);
+  if (base) *base = std::move(st.base);
+  return scores;
+}
+
+double diagonal_output_energy(std::span<const float> W, int64_t N, int64_t K, std::span<const float> H) {
+  MOSAIC_CHECK(int64_t(W.size()) == N * K && int64_t(H.size()) == K * K, "diagonal_output_energy: sizes ",
+               W.size(), ", ", H.size(), " do not match N = ", N, ", K = ", K);
+  std::vector<double> col(size_t(K), 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) col[size_t(k)] += double(W[n * K + k]) * W[n * K + k];
+  double e = 0;
+  for (int64_t k = 0; k < K; ++k) e += double(H[k * K + k]) * col[size_t(k)];
+  return e;
 }
 
 PackedLinear quantize_mosaic(std::span<const float> W, int64_t N, int64_t K,

@@ -114,7 +114,14 @@ PackedLinear quantize_mosaic(std::span<const float> W, int64_t N, int64_t K,
 // The block scores quantize_mosaic would select from (same base, same scorer), for global
 // allocation: score every layer of a group, allocate_global(), then quantize_mosaic each layer
 // with opt.num_blocks = its count. Costs one base quantization per layer.
+// When `base` is non-null it receives the base quantization the scores were computed on.
 std::vector<double> mosaic_block_scores(std::span<const float> W, int64_t N, int64_t K,
-                                        std::span<const float> H, const MosaicOptions& opt);
+                                        std::span<const float> H, const MosaicOptions& opt,
+                                        PackedLinear* base = nullptr);
+
+// The layer's output energy under the diagonal of H: sum_k h_k sum_n W_nk^2 (the Delta-Hessian
+// score's units). Dividing block scores by it makes them relative output-error reductions,
+// comparable across layers of different scale (model-level global allocation does).
+double diagonal_output_energy(std::span<const float> W, int64_t N, int64_t K, std::span<const float> H);
 
 }  // namespace mosaic

@@ -221,6 +221,53 @@ TEST(ModelQuantizer, CheckpointFollowsFormat) {
   EXPECT_GT(kept, total / 5);
 }
 
+// Global allocation: exactly budget_blocks(budget, all blocks of the model) kept in total, split
+// unevenly over the linears (the per-layer split would give each linear floor(budget x blocks)),
+// the checkpoint's counts equal the allocation, and the model is no worse than per-layer at the
+// same number of blocks by more than noise (here it is compared, not required to win).
+TEST(ModelQuantizer, GlobalAllocationKeepsTheModelBudget) {
+  TempDir tmp;
+  const auto calib = windows(16, 48, 11);
+  const auto eval = windows(1, 96, 99)[0];
+  const char* name = "llama_tied";
+  ModelQuantOptions o = small_options(QuantMethod::kMosaic);
+  o.budget = 0.2;
+  o.allocation = Allocation::kGlobal;
+  const ModelQuantReport r = quantize_model(golden(name), tmp.path / "global", calib, o);
+  const int64_t shapes[7][2] = {{64, 64}, {32, 64}, {32, 64}, {64, 64}, {96, 64}, {96, 64}, {64, 96}};
+  int64_t total = 0, per_layer_total = 0;
+  for (int j = 0; j < 7; ++j) {
+    const int64_t blocks = (shapes[j][0] / 16) * (shapes[j][1] / 32);
+    total += 3 * blocks;
+    per_layer_total += 3 * budget_blocks(0.2, blocks);
+  }
+  EXPECT_EQ(r.residual_blocks, budget_blocks(0.2, total));
+  ASSERT_EQ(r.global_counts.size(), size_t(3 * 7));
+  bool uneven = false;
+  const Checkpoint ck = Checkpoint::open(tmp.path / "global");
+  for (int l = 0; l < 3; ++l)
+    for (int j = 0; j < 7; ++j) {
+      const std::string p = "model.layers." + std::to_string(l) + "." + linear_name(LinearId(j));
+      const int64_t N = shapes[j][0], K = shapes[j][1];
+      const int64_t count = r.global_counts[size_t(l * 7 + j)];
+      EXPECT_EQ(read_packed_linear(ck, p, N, K).num_blocks_kept(), count) << p;
+      uneven |= count != budget_blocks(0.2, (N / 16) * (K / 32));
+    }
+  EXPECT_TRUE(uneven) << "global allocation gave every linear its per-layer share";
+  EXPECT_EQ(ModelConfig::load(tmp.path / "global").quantization_config["residual"]["allocation"], "global");
+
+  o.allocation = Allocation::kPerLayer;
+  const ModelQuantReport rp = quantize_model(golden(name), tmp.path / "per_layer", calib, o);
+  EXPECT_EQ(rp.residual_blocks, per_layer_total);
+  const Model ref = Model::load(golden(name));
+  const double kl_global = logits_distance(ref, Model::load(tmp.path / "global"), eval).kl;
+  const double kl_layer = logits_distance(ref, Model::load(tmp.path / "per_layer"), eval).kl;
+  std::printf("budget 0.2: global %lld blocks KL %.5f, per-layer %lld blocks KL %.5f\n", (long long)r.residual_blocks,
+              kl_global, (long long)rp.residual_blocks, kl_layer);
+  EXPECT_GT(kl_global, 0.0);
+  EXPECT_LT(kl_global, 2 * kl_layer);
+}
+
 TEST(ModelQuantizer, AtomicOutput) {
   TempDir tmp;
   const fs::path out = tmp.path / "q";
