@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <numeric>
 
 #include "io/hf_config.h"
 #include "io/safetensors.h"
@@ -98,9 +99,12 @@ void check_tensor_names(const Checkpoint& ckpt, const ModelConfig& cfg) {
   }
 }
 
-int suggest_group(int64_t K) {
+// The largest usual group size dividing every linear's K (0 if none does).
+int suggest_group(const ModelConfig& c) {
+  int64_t all = 0;
+  for (LinearId id : kLinears) all = std::gcd(all, linear_shape(c, id).K);
   for (int g : {128, 64, 32, 16})
-    if (K % g == 0) return g;
+    if (all % g == 0) return g;
   return 0;
 }
 
@@ -115,7 +119,8 @@ void check_shapes(const Checkpoint& ckpt, const ModelConfig& cfg, const ModelQua
                    "' has dtype ", dtype_name(t.dtype), "; the quantizer reads F32, F16 or BF16");
       MOSAIC_CHECK(s.K % 2 == 0 && s.K % opt.group == 0, "tensor '", name, "' ", t.shape_str(), ": group size ",
                    opt.group, " does not divide K = ", s.K,
-                   suggest_group(s.K) ? " (use --group " + std::to_string(suggest_group(s.K)) + ")" : std::string());
+                   suggest_group(cfg) ? " (--group " + std::to_string(suggest_group(cfg)) + " fits every linear)"
+                                     : std::string());
       if (opt.method == QuantMethod::kMosaic && opt.budget > 0)
         MOSAIC_CHECK(s.N % opt.block_rows == 0 && s.K % opt.block_cols == 0, "tensor '", name, "' ", t.shape_str(),
                      ": residual block ", opt.block_rows, "x", opt.block_cols, " does not tile it (--block RxC: R must ",

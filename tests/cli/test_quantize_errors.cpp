@@ -1,0 +1,149 @@
+// `mosaic quantize` end to end through the real binary: bad options, shapes the format cannot
+// tile, empty / too short / missing calibration text, an existing output. Each must exit 1 with
+// one line "mosaic: error: ..." naming the problem and leave neither <out> nor <out>.partial.
+// Good runs (RTN, and GPTQ + residual with calibration) write a complete directory, so a broken
+// command cannot pass by always failing.
+// Model: the tiny golden LLaMA (3 layers, hidden 64, intermediate 96, vocab 301) with the tiny
+// GPT-2-style tokenizer fixture; calibration text made of characters that no merge touches, so
+// every id is a byte token (< 256) inside the model's vocabulary.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out;  // stdout + stderr
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(MOSAIC_BINARY_DIR) + "/mosaic " + args + " 2>&1";
+  Result r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+class QuantizeCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("mosaic_test_quantize_cli_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "model");
+    const fs::path src = fs::path(MOSAIC_SOURCE_DIR) / "tests/fixtures";
+    for (const char* f : {"config.json", "model.safetensors"})
+      fs::copy_file(src / "golden/llama_tied" / f, dir_ / "model" / f);
+    fs::copy_file(src / "tokenizer/tiny_gpt2/tokenizer.json", dir_ / "model/tokenizer.json");
+    std::mt19937 rng(5);
+    const std::string alphabet = "ABCDFGJKNPQSUXYZ0123456789";
+    std::string text;
+    for (int i = 0; i < 4000; ++i) text.push_back(alphabet[rng() % alphabet.size()]);
+    write("calib.txt", text);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  fs::path write(const std::string& name, const std::string& bytes) {
+    std::ofstream(dir_ / name, std::ios::binary) << bytes;
+    return dir_ / name;
+  }
+
+  // Valid options except where overridden (CLI11 refuses an option given twice).
+  std::string base_args(const std::string& out = "q", const std::string& group = "32",
+                        const std::string& block = "16x32", const std::string& calib = "calib.txt") const {
+    return "quantize -q --model " + (dir_ / "model").string() + " --out " + (dir_ / out).string() + " --group " +
+           group + " --block " + block + " --calib-samples 4 --calib-len 64 --calib-file " + (dir_ / calib).string();
+  }
+
+  // Exit code 1, one line starting "mosaic: error: " holding every needle, nothing written.
+  void expect_error(const std::string& args, std::initializer_list<std::string> needles,
+                    const std::string& out = "q") {
+    const Result r = run(args);
+    EXPECT_EQ(r.code, 1) << args << "\n" << r.out;
+    EXPECT_EQ(r.out.rfind("mosaic: error: ", 0), 0u) << r.out;
+    ASSERT_FALSE(r.out.empty());
+    EXPECT_EQ(r.out.find('\n'), r.out.size() - 1) << "not one line: " << r.out;
+    for (const auto& n : needles) EXPECT_NE(r.out.find(n), std::string::npos) << "'" << n << "' not in: " << r.out;
+    EXPECT_FALSE(fs::exists(dir_ / out)) << args;
+    EXPECT_FALSE(fs::exists(dir_ / (out + ".partial"))) << args;
+  }
+
+  fs::path dir_;
+};
+
+}  // namespace
+
+TEST_F(QuantizeCli, OptionsOutOfRange) {
+  expect_error(base_args() + " --budget 1.5", {"budget", "1.5", "[0, 1]"});
+  expect_error(base_args() + " --budget -0.1", {"budget", "[0, 1]"});
+  expect_error(base_args() + " --method awq", {"unknown quantization method 'awq'"});
+  expect_error(base_args() + " --scorer random", {"random"});
+  expect_error(base_args() + " --allocation everywhere", {"allocation 'everywhere'"});
+  expect_error(base_args("q", "32", "16by32"), {"--block '16by32'", "RxC"});
+}
+
+TEST_F(QuantizeCli, ShapesTheFormatCannotTile) {
+  // K = 64 (and 96): group 48 does not divide 64, so the first linear fails, by name.
+  expect_error(base_args("q", "48"), {"model.layers.0.self_attn.q_proj.weight", "group size 48",
+                                               "does not divide K = 64", "--group 32 fits every linear"});
+  expect_error(base_args("q", "32", "16x40"), {"residual block 16x40 does not tile", "model.layers.0"});
+  expect_error(base_args("q", "32", "24x32"), {"residual block 24x32 does not tile"});
+}
+
+TEST_F(QuantizeCli, CalibrationTextProblems) {
+  write("empty.txt", "");
+  expect_error(base_args("q", "32", "16x32", "empty.txt"), {"empty.txt", "empty"});
+  write("short.txt", "ABCD0123");
+  expect_error(base_args("q", "32", "16x32", "short.txt"), {"short.txt", "has only 8 tokens", "64"});
+  expect_error(base_args("q", "32", "16x32", "missing.txt"), {"missing.txt", "not found"});
+}
+
+TEST_F(QuantizeCli, ModelProblemsAndExistingOutput) {
+  expect_error("quantize -q --model " + (dir_ / "nope").string() + " --out " + (dir_ / "q").string(), {"nope"});
+  fs::create_directories(dir_ / "existing");
+  write("existing/keep.txt", "user data");
+  const Result r = run(base_args("existing") + " --method rtn");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("already exists"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(dir_ / "existing/keep.txt")) << "an existing output must be left alone";
+}
+
+TEST_F(QuantizeCli, GoodRunsWriteCompleteOutputs) {
+  Result r = run(base_args("rtn") + " --method rtn");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("4.500 bits/weight"), std::string::npos) << r.out;  // 4 + 16/32
+  EXPECT_TRUE(fs::exists(dir_ / "rtn/config.json"));
+  EXPECT_TRUE(fs::exists(dir_ / "rtn/tokenizer.json"));
+  EXPECT_FALSE(fs::exists(dir_ / "rtn.partial"));
+
+  r = run(base_args("mosaic") + " --method mosaic --budget 0.25 --allocation global");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("residual blocks"), std::string::npos) << r.out;
+  std::ifstream in(dir_ / "mosaic/config.json");
+  const auto cfg = nlohmann::json::parse(in);
+  EXPECT_EQ(cfg["quantization_config"]["quant_method"], "mosaicquant");
+  EXPECT_EQ(cfg["quantization_config"]["residual"]["allocation"], "global");
+  EXPECT_EQ(cfg["quantization_config"]["calibration"]["samples"], 4);
+
+  // The output is usable: perplexity of the quantized model on the calibration text runs.
+  r = run("ppl --model " + (dir_ / "mosaic").string() + " --text-file " + (dir_ / "calib.txt").string() +
+          " --ctx 64 --max-windows 2");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("ppl "), std::string::npos) << r.out;
+}
