@@ -60,6 +60,7 @@ ModelQuantOptions small_options(QuantMethod m) {
   o.block_rows = 16;
   o.block_cols = 32;  // K = 96 is not a multiple of 64
   o.budget = 0.25;
+  o.allocation = Allocation::kPerLayer;  // tests that want global say so
   o.quiet = true;
   return o;
 }
