@@ -22,7 +22,7 @@ struct QuantizeCliOptions {
   std::string allocation = "global";
   std::string calib_file = "data/calib.txt";
   int group = 128;
-  bool asym = false, act_order = false, force = false, quiet = false;
+  bool asym = false, act_order = true, force = false, quiet = false;
   double budget = 0.10;
   int64_t calib_samples = 128, calib_len = 2048;
   uint64_t seed = 0;
@@ -100,7 +100,9 @@ void add_quantize_command(CLI::App& app) {
                   "inputs per base scale; must divide every linear's in_features (SmolLM2's 576: use 64)")
       ->capture_default_str();
   cmd->add_flag("--asym", o->asym, "asymmetric base (zero point per group); default symmetric");
-  cmd->add_flag("--act-order", o->act_order, "GPTQ in descending diag(H) order (static groups)");
+  cmd->add_flag("--act-order,!--no-act-order", o->act_order,
+                "GPTQ in descending diag(H) order with static groups (default on: same format, no runtime cost, "
+                "KL 0.125 -> 0.117 on the default model at 10%)");
   cmd->add_option("--block", o->block, "residual block shape RxC (outputs x inputs); 16x64 is what the GPU kernel runs")
       ->capture_default_str();
   cmd->add_option("--budget", o->budget, "fraction of residual blocks kept, in [0, 1] (mosaic only)")
