@@ -1,5 +1,6 @@
 // mosaic bench gemm: ZipperEngine W4A16 GEMM against cuBLAS FP16 (src/cuda/gemm_bench.cpp).
-// Compiles without CUDA too; then the command says it needs a CUDA build.
+// mosaic bench e2e: end-to-end generation with the GPU engine, FP16 and W4A16 (src/gpu/bench_e2e.cpp).
+// Compiles without CUDA too; then the commands say they need a CUDA build.
 #include <memory>
 #include <sstream>
 #include <string>
@@ -9,6 +10,9 @@
 #include "util/error.h"
 #ifdef MOSAIC_HAS_CUDA
 #include "cuda/gemm_bench.h"
+#endif
+#ifdef MOSAIC_HAS_GPU_ENGINE
+#include "gpu/bench_e2e.h"
 #endif
 
 namespace mosaic::cli {
@@ -35,6 +39,56 @@ struct GemmArgs {
   int reps = 7;
   bool bf16 = false;
 };
+
+struct E2EArgs {
+  std::string model, config, batches = "1,4,16", engines = "fp16,w4a16", json;
+  bool random_weights = false;
+  double budget = 0.1;
+  int64_t prompt = 2048;
+  int gen = 128;
+};
+
+void add_e2e_command(CLI::App* bench) {
+  auto a = std::make_shared<E2EArgs>();
+  auto* e2e = bench->add_subcommand(
+      "e2e",
+      "End-to-end generation speed of the GPU engine: prefill and decode tokens/s, time per output token, peak "
+      "GPU memory, for FP16 (cuBLAS) and MosaicQuant W4A16 (ZipperEngine) in the same run");
+  e2e->add_option("--model", a->model, "a checkpoint directory (FP16/BF16 or MosaicQuant)");
+  e2e->add_option("--config", a->config, "built-in config: llama3-8b | qwen3-8b | llama3-70b | qwen3-0.6b | smollm2-135m");
+  e2e->add_flag("--random-weights", a->random_weights,
+                "random weights of --config made on the GPU (W4A16: random layers with residual blocks at --budget)");
+  e2e->add_option("--budget", a->budget, "residual block fraction of the random W4A16 layers")->capture_default_str();
+  e2e->add_option("--batch", a->batches, "batch sizes, comma separated")->capture_default_str();
+  e2e->add_option("--prompt", a->prompt, "prompt tokens per sequence")->capture_default_str();
+  e2e->add_option("--gen", a->gen, "generated tokens per sequence")->capture_default_str();
+  e2e->add_option("--engines", a->engines, "with --random-weights: fp16, w4a16 or both")->capture_default_str();
+  e2e->add_option("--json", a->json, "write the rows as JSON to this file");
+  e2e->callback([a] {
+    const auto batches = parse_list<int>(a->batches, "batch");
+    if (a->model.empty() == a->config.empty()) fail("bench e2e: give exactly one of --model DIR or --config NAME");
+    if (!a->config.empty() && !a->random_weights)
+      fail("bench e2e: --config builds a model of that shape with random weights; add --random-weights");
+    if (a->budget < 0 || a->budget > 1) fail("bench e2e: --budget must be in [0, 1]");
+#ifdef MOSAIC_HAS_GPU_ENGINE
+    gpu::E2EOptions o;
+    o.model_dir = a->model;
+    o.config = a->config;
+    o.random_weights = a->random_weights;
+    o.budget = a->budget;
+    o.batches = batches;
+    o.prompt = a->prompt;
+    o.gen = a->gen;
+    o.json = a->json;
+    o.engines.clear();
+    std::stringstream ss(a->engines);
+    for (std::string e; std::getline(ss, e, ',');) o.engines.push_back(e);
+    gpu::run_e2e_bench(o);
+#else
+    fail("'bench e2e' needs the GPU engine: configure with -DMOSAIC_CUDA=ON (nvcc) and run on an sm_90 GPU");
+#endif
+  });
+}
 
 }  // namespace
 
@@ -70,6 +124,7 @@ void add_bench_command(CLI::App& app) {
     fail("'bench gemm' needs a CUDA build: configure with -DMOSAIC_CUDA=ON (nvcc) and run on a GPU");
 #endif
   });
+  add_e2e_command(bench);
 }
 
 }  // namespace mosaic::cli

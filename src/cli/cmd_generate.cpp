@@ -1,4 +1,4 @@
-// mosaic generate: text continuation with the CPU engine. The prompt is encoded with the model's
+// mosaic generate: text continuation with the CPU engine (or the GPU engine, --device). The prompt is encoded with the model's
 // tokenizer.json (no special tokens added unless --chat or --bos), prefilled in one pass, then
 // tokens are decoded one at a time from the KV cache and streamed to stdout as they come.
 // Speeds go to stderr at the end.
@@ -6,14 +6,20 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/device.h"
 #include "model/model.h"
 #include "model/sampler.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/progress.h"
+#ifdef MOSAIC_HAS_GPU_ENGINE
+#include "gpu/engine.h"
+#endif
 
 namespace mosaic::cli {
 
@@ -32,6 +38,8 @@ struct GenerateOptions {
   bool bos = false;
   int64_t ctx = 0;
   bool quiet = false;
+  std::string device = "auto";
+  std::string act;  // GPU activation dtype (fp16 | bf16), default from the checkpoint
 };
 
 bool has_token(const Tokenizer& tok, const char* s) { return tok.token_to_id(s).has_value(); }
@@ -56,11 +64,19 @@ std::string chat_prompt(const Tokenizer& tok, const std::string& system, const s
 
 void run_generate(const GenerateOptions& o) {
   MOSAIC_CHECK(o.n >= 0, "-n must be >= 0, got ", o.n);
+  const bool cuda = use_cuda(o.device);
+  MOSAIC_CHECK(o.act.empty() || cuda, "--act applies to the GPU engine (--device cuda)");
   const Tokenizer tok = Tokenizer::load(o.tokenizer.empty() ? o.model : o.tokenizer);  // fail fast, before the weights
-  LoadOptions lo;
-  lo.quiet = o.quiet;
-  const Model model = Model::load(o.model, lo);
-  const ModelConfig& cfg = model.config();
+  std::unique_ptr<Model> cpu_model;
+  ModelConfig cfg;
+  if (!cuda) {
+    LoadOptions lo;
+    lo.quiet = o.quiet;
+    cpu_model = std::make_unique<Model>(Model::load(o.model, lo));
+    cfg = cpu_model->config();
+  } else {
+    cfg = ModelConfig::load(o.model);
+  }
 
   std::vector<int32_t> ids;
   if (o.bos && !o.chat) {
@@ -83,16 +99,41 @@ void run_generate(const GenerateOptions& o) {
   auto is_stop = [&](int32_t id) { return std::find(stop.begin(), stop.end(), id) != stop.end(); };
 
   Sampler sampler({o.temperature, o.top_p, o.seed});
-  KVCache cache = model.make_cache(capacity);
-  const int64_t V = model.vocab_size();
+  const int64_t V = cfg.vocab_size;
   std::vector<float> logits(static_cast<size_t>(V));
+  // The engine: prefill the prompt (logits of its last token), then one token at a time.
+  KVCache cache;
+  if (cpu_model) cache = cpu_model->make_cache(capacity);
+  std::function<void()> prefill;
+  std::function<void(int32_t)> step;
+  std::function<bool()> full;
+  if (cpu_model) {
+    prefill = [&] { cpu_model->forward(ids.data(), int64_t(ids.size()), cache, logits.data(), Model::Logits::Last); };
+    step = [&](int32_t t) { cpu_model->forward(&t, 1, cache, logits.data(), Model::Logits::Last); };
+    full = [&] { return cache.length >= cache.capacity; };
+  }
+#ifdef MOSAIC_HAS_GPU_ENGINE
+  // GPU: the same loop; logits come back to the host each step so sampling is the CPU Sampler's
+  // (greedy, or temperature / top-p with the same seeded generator).
+  std::unique_ptr<gpu::GpuModel> gpu_model;
+  if (cuda) {
+    gpu::GpuOptions go;
+    go.capacity = capacity;
+    go.quiet = o.quiet;
+    if (!o.act.empty()) go.act = gpu::parse_act(o.act);
+    gpu_model = std::make_unique<gpu::GpuModel>(gpu::GpuModel::load(o.model, go));
+    prefill = [&] { gpu_model->forward(0, ids.data(), int64_t(ids.size()), logits.data(), gpu::GpuModel::Logits::Last); };
+    step = [&](int32_t t) { gpu_model->decode(&t, 1, logits.data(), nullptr); };
+    full = [&] { return gpu_model->length(0) >= gpu_model->capacity(); };
+  }
+#endif
 
   if (!o.chat) {  // echo the prompt, then stream the continuation after it
     std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
     std::fflush(stdout);
   }
   const auto t0 = std::chrono::steady_clock::now();
-  model.forward(ids.data(), int64_t(ids.size()), cache, logits.data(), Model::Logits::Last);
+  prefill();
   const auto t1 = std::chrono::steady_clock::now();
 
   // Stream by decoding everything generated so far and printing the new bytes: byte-level BPE
@@ -117,17 +158,24 @@ void run_generate(const GenerateOptions& o) {
       printed = text.size();
     }
     if (i + 1 == o.n) break;
-    if (cache.length >= cache.capacity) {
+    if (full()) {
       stop_reason = "context full";
       break;
     }
-    model.forward(&next, 1, cache, logits.data(), Model::Logits::Last);
+    step(next);
   }
   const auto t2 = std::chrono::steady_clock::now();
   std::fputc('\n', stdout);
   std::fflush(stdout);
   const double pre_s = std::chrono::duration<double>(t1 - t0).count();
   const double dec_s = std::chrono::duration<double>(t2 - t1).count();
+#ifdef MOSAIC_HAS_GPU_ENGINE
+  if (gpu_model && !o.quiet) {
+    const gpu::GpuMemory mem = gpu_model->memory();
+    std::fprintf(stderr, "GPU memory: weights %s, KV cache %s, peak in use %s\n", format_bytes(int64_t(mem.weights)).c_str(),
+                 format_bytes(int64_t(mem.kv_cache)).c_str(), format_bytes(int64_t(mem.peak_used)).c_str());
+  }
+#endif
   if (!o.quiet)
     std::fprintf(stderr, "prompt: %zu tokens in %.2f s (%.1f tok/s); generated: %lld tokens in %.2f s (%.1f tok/s); stop: %s\n",
                  ids.size(), pre_s, double(ids.size()) / pre_s, (long long)generated, dec_s,
@@ -140,7 +188,7 @@ void add_generate_command(CLI::App& app) {
   auto o = std::make_shared<GenerateOptions>();
   auto* cmd = app.add_subcommand(
       "generate",
-      "Generate text from a prompt with the CPU engine: greedy by default, or temperature / top-p "
+      "Generate text from a prompt with the CPU or GPU engine (--device): greedy by default, or temperature / top-p "
       "sampling with a seed. The continuation streams to stdout; speeds go to stderr.");
   cmd->add_option("--model", o->model, "model directory (config.json, *.safetensors, tokenizer.json)")->required();
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json or a directory holding one (default: the model directory)");
@@ -158,6 +206,8 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--bos", o->bos, "prepend the config's bos_token_id (without --chat)");
   cmd->add_option("--ctx", o->ctx, "context length (default: max_position_embeddings)");
   cmd->add_flag("-q,--quiet", o->quiet, "no load report or speeds on stderr");
+  cmd->add_option("--device", o->device, kDeviceHelp)->capture_default_str();
+  cmd->add_option("--act", o->act, "GPU activation dtype: fp16 or bf16 (default: bf16 for bf16 checkpoints, else fp16)");
   cmd->callback([o] { run_generate(*o); });
 }
 

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/device.h"
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "model/ops.h"
@@ -21,6 +22,10 @@
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/progress.h"
+#ifdef MOSAIC_HAS_GPU_ENGINE
+#include "gpu/engine.h"
+#include "gpu/perplexity_gpu.h"
+#endif
 
 namespace mosaic::cli {
 
@@ -36,14 +41,31 @@ struct PplOptions {
   std::string logits_out;
   std::string kl_base;  // reference model for KL(base || model)
   bool quiet = false;
+  std::string device = "auto";
+  std::string act;  // GPU activation dtype (fp16 | bf16)
 };
 
 void run_ppl(const PplOptions& o) {
   const auto t_start = std::chrono::steady_clock::now();
+  const bool cuda = use_cuda(o.device);
+  MOSAIC_CHECK(o.act.empty() || cuda, "--act applies to the GPU engine (--device cuda)");
   const Tokenizer tok = Tokenizer::load(o.tokenizer.empty() ? o.model : o.tokenizer);  // fail fast, before the weights
   LoadOptions lo;
   lo.quiet = o.quiet;
-  const Model model = Model::load(o.model, lo);
+  // The model runs on the CPU engine or, with --device cuda, on the GPU engine (same protocol).
+  std::unique_ptr<Model> cpu_model;
+  if (!cuda) cpu_model = std::make_unique<Model>(Model::load(o.model, lo));
+#ifdef MOSAIC_HAS_GPU_ENGINE
+  std::unique_ptr<gpu::GpuModel> gpu_model;
+  if (cuda) {
+    gpu::GpuOptions go;
+    go.capacity = o.ctx;
+    go.logits_rows = PerplexityOptions{}.logits_rows_per_block;
+    go.quiet = o.quiet;
+    if (!o.act.empty()) go.act = gpu::parse_act(o.act);
+    gpu_model = std::make_unique<gpu::GpuModel>(gpu::GpuModel::load(o.model, go));
+  }
+#endif
   const std::string text = read_file(o.text_file);
   const auto t_tok = std::chrono::steady_clock::now();
   const std::vector<int32_t> ids = tok.encode(text);
@@ -59,7 +81,7 @@ void run_ppl(const PplOptions& o) {
 
   // --logits-out: keep the first window's logits, written as safetensors at the end.
   std::vector<float> first_logits;
-  const int64_t V = model.vocab_size();
+  const int64_t V = cpu_model ? cpu_model->vocab_size() : ModelConfig::load(o.model).vocab_size;
   if (!o.logits_out.empty()) {
     first_logits.resize(size_t(o.ctx * V));
     po.on_logits = [&](int64_t w, int64_t r0, const float* logits, int64_t rows) {
@@ -118,7 +140,18 @@ void run_ppl(const PplOptions& o) {
     std::snprintf(buf, sizeof buf, "%.0f tok/s, ppl %.4f", s.tokens_per_s(), s.ppl());
     progress.update(s.windows, buf);
   };
-  const PerplexityStats st = evaluate_perplexity(model, ids, po);
+  PerplexityStats st;
+  double load_seconds = 0;
+  if (cpu_model) {
+    st = evaluate_perplexity(*cpu_model, ids, po);
+    load_seconds = cpu_model->load_report().seconds;
+  }
+#ifdef MOSAIC_HAS_GPU_ENGINE
+  if (gpu_model) {
+    st = gpu::evaluate_perplexity_gpu(*gpu_model, ids, po);
+    load_seconds = gpu_model->load_report().seconds;
+  }
+#endif
   char buf[160];
   std::snprintf(buf, sizeof buf, "%.0f tok/s, peak RSS %s", st.tokens_per_s(), format_bytes(peak_rss_bytes()).c_str());
   progress.finish(buf);
@@ -148,13 +181,14 @@ void run_ppl(const PplOptions& o) {
                         {"seconds", st.seconds},
                         {"total_seconds", total_s},
                         {"tokens_per_s", st.tokens_per_s()},
-                        {"load_seconds", model.load_report().seconds},
+                        {"load_seconds", load_seconds},
                         {"peak_rss_bytes", peak_rss_bytes()}};
     if (base) {
       j["kl_div"] = kl_sum / double(kl_count);
       j["kl_base"] = o.kl_base;
       j["base_ppl"] = std::exp(base_nll / double(kl_count));
     }
+    if (cuda) j["device"] = "cuda";
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("ppl %.4f over %lld tokens (%lld windows of %lld), %.1f s (%.0f tok/s)\n", st.ppl(),
@@ -190,6 +224,8 @@ void add_ppl_command(CLI::App& app) {
                   "reference model directory (e.g. the FP16 original): also report the mean KL(base || model) "
                   "per scored token (json: kl_div) and the base's own ppl (base_ppl), on the same windows");
   cmd->add_flag("-q,--quiet", o->quiet, "no progress or load report on stderr");
+  cmd->add_option("--device", o->device, kDeviceHelp)->capture_default_str();
+  cmd->add_option("--act", o->act, "GPU activation dtype: fp16 or bf16 (default: bf16 for bf16 checkpoints, else fp16)");
   cmd->callback([o] { run_ppl(*o); });
 }
 

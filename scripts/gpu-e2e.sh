@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The GPU engine on a GPU machine, in one go: build the whole mosaic (g++ + nvcc directly: the GPU
+# image has the CUDA toolkit but not the Debian libraries of the CMake build; they come from
+# .devdeps, made by scripts/make-devdeps.sh), run the GPU engine tests (tests/gpu), then
+# `mosaic bench e2e` (FP16 and W4A16, random weights) and bench/transformers_e2e.py on the same
+# GPU, merged into one table by bench/merge_e2e.py. Everything lands in $OUT.
+#
+#   OUT=/tmp/out scripts/gpu-e2e.sh [full|quick|tests|bench|build-only]
+#     full:  tests + llama3-8b and qwen3-8b, batch 1,4,16, prompt 2048, gen 128
+#     quick: tests + llama3-8b batch 1 only
+# Overrides: CONFIGS (space separated), BATCH, PROMPT, GEN, BUDGET; SKIP_HF=1; PPL_MODEL=dir
+# (also runs `mosaic ppl --device cuda` on it with wikitext from PPL_TEXT).
+# Device tool: run(command='OUT=$OUT scripts/gpu-e2e.sh full', carry=[".devdeps"], timeout_s=590)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-full}
+OUT=${OUT:-/tmp/gpu-e2e}
+DEPS=${DEPS:-.devdeps}
+B=${BUILD:-/tmp/mosaic-e2e-build}
+mkdir -p "$OUT" "$B/obj"
+exec > >(tee -a "$OUT/e2e.log") 2>&1
+CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
+echo "== $(date -u) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader) nvcc $(nvcc --version | tail -1)"
+
+# ---- runtime libraries (OpenBLAS, PCRE2, utf8proc) from the carried .deb files ------------------
+R=$B/root
+if [ ! -e "$R/.done" ]; then
+  mkdir -p "$R"
+  for d in "$DEPS"/debs/*.deb; do
+    if command -v dpkg-deb > /dev/null; then dpkg-deb -x "$d" "$R"
+    else (t=$(mktemp -d) && cd "$t" && ar x "$OLDPWD/$d" && tar -xf data.tar.* -C "$R" && rm -rf "$t"); fi
+  done
+  touch "$R/.done"
+fi
+LA=$R/usr/lib/x86_64-linux-gnu
+LIBS="-L$LA/openblas-pthread -l:libopenblas.so.0 -L$LA -l:libpcre2-8.so.0 -l:libutf8proc.so.2 \
+  -Wl,-rpath,$LA/openblas-pthread -Wl,-rpath,$LA -Wl,-rpath-link,$LA -lcublas -lpthread"
+export OPENBLAS_CORETYPE=SkylakeX
+
+# ---- build (objects newer than their source are kept: a warm machine rebuilds only what changed) --
+t0=$(date +%s)
+CXX="g++ -std=c++20 -O2 -I src -I $DEPS/include -I $CUDA_HOME/include -DMOSAIC_HAS_CUDA=1 -DMOSAIC_HAS_GPU_ENGINE=1"
+NVCC="nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -lineinfo -I src"
+GT="-I $DEPS/googletest/include -I $DEPS/googletest -DMOSAIC_SOURCE_DIR=\"$PWD\" -DMOSAIC_BINARY_DIR=\"$B\""
+pids=()
+obj() { echo "$B/obj/$(echo "$1" | tr '/' '_').o"; }
+build() {  # build <compiler...> -- <source>
+  local src=${@: -1} o; o=$(obj "$src")
+  [ "$o" -nt "$src" ] && return 0
+  "${@:1:$#-1}" -c "$src" -o "$o" || { echo "BUILD FAILED: $src"; return 1; }
+}
+LIB_SRCS=$(ls src/{util,io,tokenizer,format,model,quant,cuda,gpu}/*.cpp)
+for f in $LIB_SRCS src/cli/*.cpp; do build $CXX $f & pids+=($!); done
+for f in src/cuda/*.cu src/gpu/*.cu; do build $NVCC $f & pids+=($!); done
+for f in tests/gpu/*.cpp; do build $CXX $GT $f & pids+=($!); done
+build $CXX $GT $DEPS/googletest/src/gtest-all.cc & pids+=($!)
+build $CXX $GT $DEPS/googletest/src/gtest_main.cc & pids+=($!)
+fail=0
+for p in "${pids[@]}"; do wait $p || fail=1; done
+[ $fail = 0 ] || { echo "BUILD FAILED"; exit 1; }
+LIBO=""
+for f in $LIB_SRCS src/cuda/*.cu src/gpu/*.cu; do LIBO="$LIBO $(obj $f)"; done
+CLIO=""; for f in src/cli/*.cpp; do CLIO="$CLIO $(obj $f)"; done
+TO=""; for f in tests/gpu/*.cpp; do TO="$TO $(obj $f)"; done
+nvcc -o $B/mosaic $CLIO $LIBO $LIBS || exit 1
+nvcc -o $B/test_gpu $TO $LIBO $(obj $DEPS/googletest/src/gtest-all.cc) $(obj $DEPS/googletest/src/gtest_main.cc) $LIBS || exit 1
+echo "== build ok in $(( $(date +%s) - t0 )) s"
+[ "$MODE" = build-only ] && exit 0
+
+# ---- GPU engine tests ------------------------------------------------------------------------------
+if [ "$MODE" != bench ]; then
+  $B/test_gpu 2>&1 | grep -vE "^\[ RUN|^\[       OK" | tee $OUT/test_gpu.log; tests_rc=${PIPESTATUS[0]}
+  echo "== test_gpu rc=$tests_rc"
+  $B/mosaic bench e2e --config nope --random-weights 2>&1 | tail -1  # a clear error
+fi
+[ "$MODE" = tests ] && exit 0
+
+# ---- default model perplexity on the GPU (optional) ------------------------------------------------
+if [ -n "${PPL_MODEL:-}" ]; then
+  $B/mosaic ppl --device cuda --model "$PPL_MODEL" --text-file "${PPL_TEXT:-data/wikitext-2-raw/wiki.test.raw}" --json \
+    > $OUT/ppl.json 2> $B/ppl.log; echo "== ppl rc=$? $(cat $OUT/ppl.json)"; tail -3 $B/ppl.log
+fi
+
+# ---- end-to-end benchmark: ours (FP16, W4A16) and transformers FP16, same GPU, same run ------------
+if [ "$MODE" = quick ]; then DC=llama3-8b; DB=1; else DC="llama3-8b qwen3-8b"; DB=1,4,16; fi
+CONFIGS=${CONFIGS:-$DC}; BATCH=${BATCH:-$DB}; PROMPT=${PROMPT:-2048}; GEN=${GEN:-128}; BUDGET=${BUDGET:-0.1}
+parts=()
+for c in $CONFIGS; do
+  $B/mosaic bench e2e --config $c --random-weights --batch $BATCH --prompt $PROMPT --gen $GEN --budget $BUDGET \
+    --json $B/e2e-$c.json 2>&1 | tee $B/e2e-$c.md
+  echo "== bench e2e $c rc=${PIPESTATUS[0]}"; parts+=($B/e2e-$c.json)
+  if [ "${SKIP_HF:-0}" != 1 ]; then
+    PYTHONUNBUFFERED=1 timeout ${HF_T:-300} python3 bench/transformers_e2e.py --config $c --batch $BATCH --prompt $PROMPT \
+      --gen $GEN --json $B/hf-$c.json 2>&1 | grep -v Warning | tail -8
+    echo "== transformers $c rc=${PIPESTATUS[0]}"; [ -f $B/hf-$c.json ] && parts+=($B/hf-$c.json)
+  fi
+done
+python3 bench/merge_e2e.py --json $OUT/e2e.json --md $OUT/e2e.md "${parts[@]}" && cat $OUT/e2e.md
+echo "== done $(date -u)"

@@ -1,0 +1,26 @@
+#include "cli/device.h"
+
+#include "util/error.h"
+#ifdef MOSAIC_HAS_GPU_ENGINE
+#include "gpu/device.h"
+#endif
+
+namespace mosaic::cli {
+
+bool use_cuda(const std::string& device) {
+  MOSAIC_CHECK(device == "cpu" || device == "cuda" || device == "auto", "--device must be cpu, cuda or auto, got '",
+               device, "'");
+  if (device == "cpu") return false;
+#ifdef MOSAIC_HAS_GPU_ENGINE
+  const std::string why = gpu::gpu_unusable_reason();
+  if (device == "auto") return why.empty();
+  MOSAIC_CHECK(why.empty(), "--device cuda: ", why, "; use --device cpu");
+  return true;
+#else
+  MOSAIC_CHECK(device == "auto", "--device cuda: this mosaic was built without CUDA (configure with -DMOSAIC_CUDA=ON "
+                                 "and nvcc); use --device cpu");
+  return false;
+#endif
+}
+
+}  // namespace mosaic::cli

@@ -1,0 +1,224 @@
+#include "gpu/bench_e2e.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "gpu/device.h"
+#include "gpu/engine.h"
+#include "util/error.h"
+
+namespace mosaic::gpu {
+
+namespace {
+
+nlohmann::json hf(const char* arch, int hidden, int inter, int layers, int heads, int kv, int head_dim, int vocab,
+                  int max_pos, double theta, double eps, bool tie) {
+  return {{"architectures", {arch}},
+          {"hidden_size", hidden},
+          {"intermediate_size", inter},
+          {"num_hidden_layers", layers},
+          {"num_attention_heads", heads},
+          {"num_key_value_heads", kv},
+          {"head_dim", head_dim},
+          {"vocab_size", vocab},
+          {"max_position_embeddings", max_pos},
+          {"rope_theta", theta},
+          {"rms_norm_eps", eps},
+          {"tie_word_embeddings", tie},
+          {"hidden_act", "silu"},
+          {"attention_bias", false},
+          {"torch_dtype", "bfloat16"}};
+}
+
+std::string today() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&t));
+  return buf;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+ModelConfig builtin_config(const std::string& name) {
+  nlohmann::json j;
+  if (name == "llama3-8b")
+    j = hf("LlamaForCausalLM", 4096, 14336, 32, 32, 8, 128, 128256, 8192, 500000.0, 1e-5, false);
+  else if (name == "llama3-70b")
+    j = hf("LlamaForCausalLM", 8192, 28672, 80, 64, 8, 128, 128256, 8192, 500000.0, 1e-5, false);
+  else if (name == "qwen3-8b")
+    j = hf("Qwen3ForCausalLM", 4096, 12288, 36, 32, 8, 128, 151936, 40960, 1000000.0, 1e-6, false);
+  else if (name == "qwen3-0.6b")
+    j = hf("Qwen3ForCausalLM", 1024, 3072, 28, 16, 8, 128, 151936, 40960, 1000000.0, 1e-6, true);
+  else if (name == "smollm2-135m")
+    j = hf("LlamaForCausalLM", 576, 1536, 30, 9, 3, 64, 49152, 8192, 100000.0, 1e-5, true);
+  else
+    fail("bench e2e: unknown --config '", name, "' (built in: llama3-8b, llama3-70b, qwen3-8b, qwen3-0.6b, smollm2-135m)");
+  if (name.rfind("qwen3", 0) == 0) j["model_type"] = "qwen3";
+  return ModelConfig::from_json(j, "built-in config " + name);
+}
+
+std::vector<std::string> builtin_config_names() { return {"llama3-8b", "llama3-70b", "qwen3-8b", "qwen3-0.6b", "smollm2-135m"}; }
+
+double measure_copy_bandwidth() {
+  const size_t bytes = size_t(1) << 30;
+  DevBuf a(bytes, "bandwidth test"), b(bytes, "bandwidth test");
+  check_cuda(cudaMemset(a.get(), 1, bytes), "cudaMemset");
+  cudaEvent_t e0, e1;
+  check_cuda(cudaEventCreate(&e0), "cudaEventCreate");
+  check_cuda(cudaEventCreate(&e1), "cudaEventCreate");
+  std::vector<double> bw;
+  for (int i = 0; i < 12; ++i) {
+    check_cuda(cudaEventRecord(e0), "cudaEventRecord");
+    check_cuda(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy");
+    check_cuda(cudaEventRecord(e1), "cudaEventRecord");
+    check_cuda(cudaEventSynchronize(e1), "cudaEventSynchronize");
+    float ms = 0;
+    check_cuda(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+    if (i >= 2) bw.push_back(2.0 * double(bytes) / (double(ms) * 1e-3));
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::sort(bw.begin(), bw.end());
+  return bw[bw.size() / 2];
+}
+
+void run_e2e_bench(const E2EOptions& o) {
+  require_gpu();
+  MOSAIC_CHECK(!o.model_dir.empty() != (!o.config.empty() && o.random_weights),
+               "bench e2e: give either --model DIR or --config NAME --random-weights");
+  MOSAIC_CHECK(o.prompt >= 1 && o.gen >= 1, "bench e2e: --prompt and --gen must be >= 1");
+  MOSAIC_CHECK(!o.batches.empty(), "bench e2e: empty --batch list");
+  for (int b : o.batches) MOSAIC_CHECK(b >= 1 && b <= 256, "bench e2e: batch ", b, " out of range 1..256");
+  const int max_b = *std::max_element(o.batches.begin(), o.batches.end());
+  const std::string card = device_name(), date = today();
+  const double bw = measure_copy_bandwidth();
+  const std::string cfg_name = o.model_dir.empty() ? o.config : o.model_dir;
+  std::printf("## mosaic bench e2e: %s, %s weights, prompt %lld, gen %d, FP16 activations\n", cfg_name.c_str(),
+              o.random_weights ? "random" : "checkpoint", (long long)o.prompt, o.gen);
+  std::printf("%s, %s; device-to-device copy bandwidth %.0f GB/s (bytes read + written)%s\n\n", card.c_str(),
+              date.c_str(), bw / 1e9, o.random_weights ? "; random weights (timing only, outputs meaningless)" : "");
+  std::printf("| engine | batch | prefill tok/s | decode tok/s | ms / token | peak GPU mem | weights streamed / step | BW limit tok/s | of limit |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::fflush(stdout);
+
+  nlohmann::json rows = nlohmann::json::array();
+  std::vector<std::string> engines = o.engines;
+  if (!o.model_dir.empty()) engines = {"checkpoint"};
+  for (const std::string& eng : engines) {
+    MOSAIC_CHECK(eng == "fp16" || eng == "w4a16" || eng == "checkpoint", "bench e2e: unknown engine '", eng, "'");
+    GpuOptions go;
+    go.act = Act::F16;
+    go.max_batch = max_b;
+    go.capacity = o.prompt + o.gen;
+    go.prefill_chunk = std::min<int64_t>(o.prompt, 2048);
+    go.quiet = false;
+    const auto t_load = std::chrono::steady_clock::now();
+    std::unique_ptr<GpuModel> m;
+    std::string engine_name;
+    try {
+      if (!o.model_dir.empty()) {
+        m = std::make_unique<GpuModel>(GpuModel::load(o.model_dir, go));
+        engine_name = m->load_report().zipper_linears + m->load_report().dequant_linears > 0 ? "mosaic_w4a16" : "mosaic_fp16";
+      } else {
+        RandomWeights rw;
+        rw.quantized = eng == "w4a16";
+        rw.budget = o.budget;
+        rw.seed = o.seed;
+        engine_name = rw.quantized ? "mosaic_w4a16" : "mosaic_fp16";
+        m = std::make_unique<GpuModel>(GpuModel::random(builtin_config(o.config), rw, go));
+      }
+    } catch (const Error& e) {
+      std::printf("| %s | - | not run: %s | | | | | | |\n", eng.c_str(), e.what());
+      std::fflush(stdout);
+      rows.push_back({{"card", card}, {"date", date}, {"config", cfg_name}, {"engine", "mosaic_" + eng},
+                      {"error", e.what()}, {"prompt", o.prompt}, {"gen", o.gen}});
+      continue;
+    }
+    const double load_s = seconds_since(t_load);
+    const GpuLoadReport& rep = m->load_report();
+    const int64_t V = m->vocab_size();
+    std::mt19937 rng(uint32_t(o.seed));
+    for (int B : o.batches) {
+      std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(B));
+      for (auto& p : prompts) {
+        p.resize(size_t(o.prompt));
+        for (auto& t : p) t = int32_t(rng() % uint32_t(V));
+      }
+      std::vector<int32_t> first(static_cast<size_t>(B)), ids(size_t(B) * size_t(o.gen));
+      for (auto& t : first) t = int32_t(rng() % uint32_t(V));
+      // Warm-up: the GEMM paths allocate workspaces and cuBLAS picks kernels on first use; the
+      // decode graph for this B is captured on its second step.
+      m->reset_all();
+      for (int b = 0; b < B; ++b) m->forward(b, prompts[size_t(b)].data(), std::min<int64_t>(o.prompt, 64), nullptr, GpuModel::Logits::None);
+      m->reset(0);
+      m->forward(0, prompts[0].data(), o.prompt, nullptr, GpuModel::Logits::None);
+      m->generate_greedy(first.data(), B, std::min(o.gen, 4), ids.data());
+      m->reset_all();
+      // Timed prefill: every sequence's prompt (one prefill each, chunks of <= 2048 tokens).
+      auto t0 = std::chrono::steady_clock::now();
+      for (int b = 0; b < B; ++b) m->forward(b, prompts[size_t(b)].data(), o.prompt, nullptr, GpuModel::Logits::None);
+      m->synchronize();
+      const double prefill_s = seconds_since(t0);
+      // Timed decode: gen greedy steps of the whole batch (graph replays, ids fed back on the GPU).
+      t0 = std::chrono::steady_clock::now();
+      m->generate_greedy(first.data(), B, o.gen, ids.data());
+      const double decode_s = seconds_since(t0);
+      const GpuMemory mem = m->memory();
+      const double prefill_tok_s = double(B) * double(o.prompt) / prefill_s;
+      const double decode_tok_s = double(B) * double(o.gen) / decode_s;
+      const double tpot_ms = decode_s / double(o.gen) * 1e3;
+      // Bandwidth limit of a decode step: every weight streamed once per step (KV cache reads
+      // not counted), at the measured copy bandwidth.
+      const double limit_tok_s = double(B) * bw / double(rep.step_bytes);
+      std::printf("| %s | %d | %.0f | %.1f | %.2f | %.1f GiB | %.2f GiB | %.1f | %.0f%% |\n", engine_name.c_str(), B,
+                  prefill_tok_s, decode_tok_s, tpot_ms, double(mem.peak_used) / double(1ull << 30),
+                  double(rep.step_bytes) / double(1ull << 30), limit_tok_s, 100.0 * decode_tok_s / limit_tok_s);
+      std::fflush(stdout);
+      nlohmann::json row = {{"card", card},
+                            {"date", date},
+                            {"config", cfg_name},
+                            {"weights", o.random_weights ? "random" : "checkpoint"},
+                            {"engine", engine_name},
+                            {"act", "fp16"},
+                            {"batch", B},
+                            {"prompt", o.prompt},
+                            {"gen", o.gen},
+                            {"prefill_tok_s", prefill_tok_s},
+                            {"decode_tok_s", decode_tok_s},
+                            {"tpot_ms", tpot_ms},
+                            {"peak_gpu_bytes", mem.peak_used},
+                            {"weight_bytes", rep.weight_bytes},
+                            {"step_weight_bytes", rep.step_bytes},
+                            {"kv_cache_bytes", rep.kv_bytes},
+                            {"copy_bw_bytes_s", bw},
+                            {"bw_limit_tok_s", limit_tok_s},
+                            {"bw_fraction", decode_tok_s / limit_tok_s},
+                            {"load_s", load_s},
+                            {"zipper_linears", rep.zipper_linears},
+                            {"dequant_linears", rep.dequant_linears},
+                            {"cublas_linears", rep.dense_linears}};
+      if (engine_name == "mosaic_w4a16" && o.random_weights) row["budget"] = o.budget;
+      rows.push_back(row);
+    }
+  }
+  if (!o.json.empty()) {
+    std::ofstream f(o.json);
+    MOSAIC_CHECK(f.good(), "bench e2e: cannot write ", o.json);
+    f << rows.dump(1) << "\n";
+    std::printf("\nwrote %zu rows to %s\n", rows.size(), o.json.c_str());
+  }
+}
+
+}  // namespace mosaic::gpu

@@ -1,0 +1,39 @@
+// mosaic bench e2e: end-to-end generation speed of the GPU engine, FP16 (cuBLAS) and MosaicQuant
+// W4A16 (ZipperEngine) in the same run: per batch, prefill of `prompt` tokens for each sequence,
+// then `gen` greedy decode steps of the whole batch (CUDA graphs). Rows go to stdout as a table
+// and to a JSON list (card, date, config, engine, batch, prompt, gen, prefill_tok_s,
+// decode_tok_s, ...) that bench/merge_e2e.py merges with bench/transformers_e2e.py's rows.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "io/hf_config.h"
+
+namespace mosaic::gpu {
+
+// The real Hugging Face config.json values of the built-in configurations: llama3-8b
+// (meta-llama/Meta-Llama-3-8B), llama3-70b (Meta-Llama-3-70B), qwen3-8b (Qwen/Qwen3-8B),
+// qwen3-0.6b (Qwen/Qwen3-0.6B), smollm2-135m (HuggingFaceTB/SmolLM2-135M).
+ModelConfig builtin_config(const std::string& name);
+std::vector<std::string> builtin_config_names();
+
+struct E2EOptions {
+  std::string model_dir;   // a checkpoint (FP16/BF16 or MosaicQuant), or
+  std::string config;      // a built-in config name, with random_weights
+  bool random_weights = false;
+  double budget = 0.1;     // residual block fraction of the random W4A16 layers
+  std::vector<int> batches = {1, 4, 16};
+  int64_t prompt = 2048;
+  int gen = 128;
+  std::vector<std::string> engines = {"fp16", "w4a16"};
+  std::string json;        // output file (optional)
+  uint64_t seed = 1;
+};
+
+void run_e2e_bench(const E2EOptions& o);
+
+// Device-to-device copy bandwidth (bytes read + written per second) over a 1 GiB buffer, median of 10.
+double measure_copy_bandwidth();
+
+}  // namespace mosaic::gpu

@@ -1,0 +1,551 @@
+// CUDA kernels of the GPU engine; contracts in kernels.h. FP32 math everywhere, activations
+// loaded from / stored to FP16 or BF16. Templates on the activation type T; the launchers
+// dispatch on Act.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cfloat>
+#include <cmath>
+
+#include "gpu/kernels.h"
+
+namespace mosaic::gpu {
+
+const char* act_name(Act a) { return a == Act::BF16 ? "bf16" : "fp16"; }
+
+namespace kern {
+namespace {
+
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ __half from_f<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Block-wide reductions (blockDim a multiple of 32, <= 1024); every thread gets the result.
+__device__ float block_sum(float v) {
+  __shared__ float sh[32];
+  __shared__ float total;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    float x = lane < int(blockDim.x >> 5) ? sh[lane] : 0.f;
+    x = warp_sum(x);
+    if (lane == 0) total = x;
+  }
+  __syncthreads();
+  return total;
+}
+__device__ float block_max(float v) {
+  __shared__ float sh[32];
+  __shared__ float total;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warp_max(v);
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    float x = lane < int(blockDim.x >> 5) ? sh[lane] : -INFINITY;
+    x = warp_max(x);
+    if (lane == 0) total = x;
+  }
+  __syncthreads();
+  return total;
+}
+__device__ double block_sum_d(double v) {
+  __shared__ double sh[32];
+  __shared__ double total;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warp_sum_d(v);
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    double x = lane < int(blockDim.x >> 5) ? sh[lane] : 0.0;
+    x = warp_sum_d(x);
+    if (lane == 0) total = x;
+  }
+  __syncthreads();
+  return total;
+}
+
+// ---- embedding, norms, element-wise ------------------------------------------------------------
+template <typename T>
+__global__ void embedding_k(const T* table, int64_t D, const int32_t* tok, float* x) {
+  const int64_t r = blockIdx.x;
+  const T* src = table + int64_t(tok[r]) * D;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) x[r * D + i] = to_f(src[i]);
+}
+
+template <typename T>
+__global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out) {
+  const int64_t r = blockIdx.x;
+  float* xr = x + r * D;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    float v = xr[i];
+    if (delta) {
+      v += to_f(delta[r * D + i]);
+      xr[i] = v;
+    }
+    ss += v * v;
+  }
+  const float rs = rsqrtf(block_sum(ss) / float(D) + eps);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) out[r * D + i] = from_f<T>(xr[i] * rs * w[i]);
+}
+
+template <typename T>
+__global__ void silu_mul_k(const T* gu, int64_t I, T* out) {
+  const int64_t r = blockIdx.y;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < I; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = to_f(gu[r * 2 * I + i]), u = to_f(gu[r * 2 * I + I + i]);
+    out[r * I + i] = from_f<T>(g / (1.f + expf(-g)) * u);
+  }
+}
+
+// ---- q/k norm + RoPE + KV cache append -----------------------------------------------------------
+constexpr int kMaxHalfPerLane = 4;  // head_dim <= 256
+
+template <typename T>
+__global__ void qkv_rope_cache_k(const T* qkv, const int32_t* pos_a, const int32_t* slot_a, AttnDims d,
+                                 const float* q_norm, const float* k_norm, float eps, const float* inv_freq, T* q_out,
+                                 T* kc, T* vc) {
+  const int r = blockIdx.x;
+  const int lane = threadIdx.x & 31;
+  const int j = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);  // head index in the fused row
+  const int nh = d.H + 2 * d.Hkv;
+  if (j >= nh) return;
+  const int hd = d.hd, half = hd / 2;
+  const int64_t pos = pos_a[r], slot = slot_a[r];
+  const T* src = qkv + int64_t(r) * nh * hd + int64_t(j) * hd;
+  T* dst;
+  const float* nw = nullptr;
+  bool rotate = true;
+  if (j < d.H) {
+    dst = q_out + int64_t(r) * d.H * hd + int64_t(j) * hd;
+    nw = q_norm;
+  } else if (j < d.H + d.Hkv) {
+    dst = kc + ((slot * d.Hkv + (j - d.H)) * d.cap + pos) * hd;
+    nw = k_norm;
+  } else {
+    dst = vc + ((slot * d.Hkv + (j - d.H - d.Hkv)) * d.cap + pos) * hd;
+    rotate = false;
+  }
+  if (!rotate) {
+    for (int i = lane; i < hd; i += 32) dst[i] = src[i];
+    return;
+  }
+  float a[kMaxHalfPerLane], b[kMaxHalfPerLane];
+  float ss = 0.f;
+#pragma unroll
+  for (int m = 0; m < kMaxHalfPerLane; ++m) {
+    const int i = lane + 32 * m;
+    a[m] = i < half ? to_f(src[i]) : 0.f;
+    b[m] = i < half ? to_f(src[i + half]) : 0.f;
+    ss += a[m] * a[m] + b[m] * b[m];
+  }
+  if (nw) {
+    const float rs = rsqrtf(warp_sum(ss) / float(hd) + eps);
+#pragma unroll
+    for (int m = 0; m < kMaxHalfPerLane; ++m) {
+      const int i = lane + 32 * m;
+      if (i < half) {
+        a[m] = a[m] * rs * nw[i];
+        b[m] = b[m] * rs * nw[i + half];
+      }
+    }
+  }
+  const float p = float(pos);
+#pragma unroll
+  for (int m = 0; m < kMaxHalfPerLane; ++m) {
+    const int i = lane + 32 * m;
+    if (i < half) {
+      const float ang = p * inv_freq[i];  // one fp32 product, as the CPU RopeTable
+      double sd, cd;
+      sincos(double(ang), &sd, &cd);
+      const float c = float(cd), sn = float(sd);
+      dst[i] = from_f<T>(a[m] * c - b[m] * sn);
+      dst[i + half] = from_f<T>(b[m] * c + a[m] * sn);
+    }
+  }
+}
+
+// ---- attention ------------------------------------------------------------------------------------
+template <typename T>
+__global__ void causal_softmax_k(const float* S, int64_t T_, int64_t Tk, int64_t pos0, T* P) {
+  const int64_t row = blockIdx.x;  // head * T + t
+  const int64_t t = row % T_;
+  const int64_t lim = pos0 + t;  // last visible key
+  const float* s = S + row * Tk;
+  T* p = P + row * Tk;
+  float m = -INFINITY;
+  for (int64_t j = threadIdx.x; j <= lim; j += blockDim.x) m = fmaxf(m, s[j]);
+  m = block_max(m);
+  float sum = 0.f;
+  for (int64_t j = threadIdx.x; j <= lim; j += blockDim.x) sum += expf(s[j] - m);
+  const float inv = 1.f / block_sum(sum);
+  for (int64_t j = threadIdx.x; j < Tk; j += blockDim.x) p[j] = from_f<T>(j <= lim ? expf(s[j] - m) * inv : 0.f);
+}
+
+constexpr int kDecChunk = 128;  // key positions per block (= threads per block)
+constexpr int kMaxRep = 16;     // query heads per kv head
+
+int decode_splits(const AttnDims& d) { return int((d.cap + kDecChunk - 1) / kDecChunk); }
+
+// grid (Hkv, B, splits), block kDecChunk. Partial per (b, h, split): o[hd] (unnormalized), m, l.
+template <typename T>
+__global__ void attention_decode_k(const T* q, const T* kc, const T* vc, const int32_t* pos_a, const int32_t* slot_a,
+                                   AttnDims d, float scale, float* partial) {
+  extern __shared__ float sm[];
+  const int g = blockIdx.x, b = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
+  const int rep = d.H / d.Hkv, hd = d.hd;
+  float* qs = sm;                   // [rep][hd]
+  float* ps = sm + rep * hd;        // [rep][kDecChunk]
+  float* ml = ps + rep * kDecChunk; // [rep][2]
+  const int64_t len = int64_t(pos_a[b]) + 1, slot = slot_a[b];
+  const int64_t start = int64_t(split) * kDecChunk;
+  const int64_t stride_part = hd + 2;
+  auto part = [&](int r) { return partial + ((int64_t(b) * d.H + g * rep + r) * nsplit + split) * stride_part; };
+  if (start >= len) {
+    for (int r = threadIdx.x; r < rep; r += blockDim.x) {
+      part(r)[hd] = -INFINITY;
+      part(r)[hd + 1] = 0.f;
+    }
+    return;
+  }
+  const int64_t n = min(int64_t(kDecChunk), len - start);
+  for (int i = threadIdx.x; i < rep * hd; i += blockDim.x)
+    qs[i] = to_f(q[int64_t(b) * d.H * hd + int64_t(g * rep) * hd + i]) * scale;
+  __syncthreads();
+  const T* kb = kc + ((slot * d.Hkv + g) * d.cap + start) * hd;
+  const T* vb = vc + ((slot * d.Hkv + g) * d.cap + start) * hd;
+  // Scores: thread j owns key position start + j.
+  if (threadIdx.x < n) {
+    float acc[kMaxRep];
+#pragma unroll
+    for (int r = 0; r < kMaxRep; ++r) acc[r] = 0.f;
+    const T* kr = kb + int64_t(threadIdx.x) * hd;
+    if (hd % 8 == 0) {
+      for (int i = 0; i < hd; i += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(kr + i);
+        const T* kv = reinterpret_cast<const T*>(&raw);
+        float kf[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) kf[e] = to_f(kv[e]);
+#pragma unroll
+        for (int r = 0; r < kMaxRep; ++r)
+          if (r < rep) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[r] += qs[r * hd + i + e] * kf[e];
+          }
+      }
+    } else {
+      for (int i = 0; i < hd; ++i) {
+        const float kf = to_f(kr[i]);
+#pragma unroll
+        for (int r = 0; r < kMaxRep; ++r)
+          if (r < rep) acc[r] += qs[r * hd + i] * kf;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kMaxRep; ++r)
+      if (r < rep) ps[r * kDecChunk + threadIdx.x] = acc[r];
+  }
+  __syncthreads();
+  // Softmax pieces per query head: warp w handles heads w, w + nwarps, ...
+  const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  for (int r = threadIdx.x >> 5; r < rep; r += nw) {
+    float m = -INFINITY;
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[r * kDecChunk + j]);
+    m = warp_max(m);
+    float l = 0.f;
+    for (int j = lane; j < n; j += 32) {
+      const float e = expf(ps[r * kDecChunk + j] - m);
+      ps[r * kDecChunk + j] = e;
+      l += e;
+    }
+    l = warp_sum(l);
+    if (lane == 0) {
+      ml[2 * r] = m;
+      ml[2 * r + 1] = l;
+    }
+  }
+  __syncthreads();
+  // Values: thread owns output dims i = tid, tid + blockDim, ...
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    float acc[kMaxRep];
+#pragma unroll
+    for (int r = 0; r < kMaxRep; ++r) acc[r] = 0.f;
+    for (int j = 0; j < n; ++j) {
+      const float v = to_f(vb[int64_t(j) * hd + i]);
+#pragma unroll
+      for (int r = 0; r < kMaxRep; ++r)
+        if (r < rep) acc[r] += ps[r * kDecChunk + j] * v;
+    }
+#pragma unroll
+    for (int r = 0; r < kMaxRep; ++r)
+      if (r < rep) part(r)[i] = acc[r];
+  }
+  for (int r = threadIdx.x; r < rep; r += blockDim.x) {
+    part(r)[hd] = ml[2 * r];
+    part(r)[hd + 1] = ml[2 * r + 1];
+  }
+}
+
+// grid (H, B), block 128: out[b, h*hd + i] = sum_s o_s[i] e^(m_s - M) / sum_s l_s e^(m_s - M).
+template <typename T>
+__global__ void attention_combine_k(const float* partial, int nsplit, AttnDims d, T* out) {
+  const int h = blockIdx.x, b = blockIdx.y, hd = d.hd;
+  const float* p = partial + (int64_t(b) * d.H + h) * nsplit * (hd + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < nsplit; ++s) M = fmaxf(M, p[int64_t(s) * (hd + 2) + hd]);
+  float L = 0.f;
+  for (int s = 0; s < nsplit; ++s) {
+    const float ms = p[int64_t(s) * (hd + 2) + hd];
+    if (ms != -INFINITY) L += p[int64_t(s) * (hd + 2) + hd + 1] * expf(ms - M);
+  }
+  const float inv = 1.f / L;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    float acc = 0.f;
+    for (int s = 0; s < nsplit; ++s) {
+      const float ms = p[int64_t(s) * (hd + 2) + hd];
+      if (ms != -INFINITY) acc += p[int64_t(s) * (hd + 2) + i] * expf(ms - M);
+    }
+    out[int64_t(b) * d.H * hd + int64_t(h) * hd + i] = from_f<T>(acc * inv);
+  }
+}
+
+// ---- sampling, scoring -----------------------------------------------------------------------------
+__device__ __forceinline__ void better(float& bv, int& bi, float v, int i) {
+  if (v > bv || (v == bv && i < bi)) {
+    bv = v;
+    bi = i;
+  }
+}
+
+// Block argmax of vals (per-thread candidates already reduced into (bv, bi)).
+__device__ int block_argmax(float bv, int bi) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    better(bv, bi, ov, oi);
+  }
+  if (lane == 0) {
+    sv[w] = bv;
+    si[w] = bi;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int k = 1; k < int(blockDim.x >> 5); ++k) better(bv, bi, sv[k], si[k]);
+    si[0] = bi;
+  }
+  __syncthreads();
+  return si[0];
+}
+
+__global__ void argmax_k(const float* logits, int64_t V, int32_t* out) {
+  const float* x = logits + int64_t(blockIdx.x) * V;
+  float bv = -INFINITY;
+  int bi = 0x7fffffff;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) better(bv, bi, x[i], int(i));
+  const int r = block_argmax(bv, bi);
+  if (threadIdx.x == 0) out[blockIdx.x] = r == 0x7fffffff ? 0 : r;
+}
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+__device__ __forceinline__ float unit_open(uint64_t h) {  // (0, 1)
+  return (float((h >> 40) & 0xffffff) + 0.5f) * (1.0f / 16777216.0f);
+}
+
+__global__ void sample_temperature_k(const float* logits, int64_t V, float t, uint64_t seed, uint64_t step, int32_t* out) {
+  const float* x = logits + int64_t(blockIdx.x) * V;
+  const uint64_t base = mix64(seed ^ mix64(step * 0x100000001b3ull + blockIdx.x));
+  float bv = -INFINITY;
+  int bi = 0x7fffffff;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    const float u = unit_open(mix64(base + uint64_t(i)));
+    better(bv, bi, x[i] / t - logf(-logf(u)), int(i));
+  }
+  const int r = block_argmax(bv, bi);
+  if (threadIdx.x == 0) out[blockIdx.x] = r == 0x7fffffff ? 0 : r;
+}
+
+__global__ void advance_k(const int32_t* next, int32_t* tok, int32_t* pos, int B) {
+  const int b = blockIdx.x * blockDim.x + threadIdx.x;
+  if (b < B) {
+    tok[b] = next[b];
+    pos[b] += 1;
+  }
+}
+
+__global__ void row_nll_k(const float* logits, int64_t V, const int32_t* target, double* out) {
+  const int64_t r = blockIdx.x;
+  const float* x = logits + r * V;
+  if (target[r] < 0) {
+    if (threadIdx.x == 0) out[r] = 0.0;
+    return;
+  }
+  float m = -INFINITY;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, x[i]);
+  m = block_max(m);
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) s += double(expf(x[i] - m));
+  s = block_sum_d(s);
+  if (threadIdx.x == 0) out[r] = double(m) + log(s) - double(x[target[r]]);
+}
+
+// ---- fills and conversions -------------------------------------------------------------------------
+template <typename T>
+__global__ void fill_random_k(T* w, int64_t n, float scale, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float u = unit_open(mix64(seed * 0x9e3779b97f4a7c15ull + uint64_t(i))) * 2.f - 1.f;
+    w[i] = from_f<T>(scale * u);
+  }
+}
+__global__ void fill_f32_k(float* w, int64_t n, float lo, float hi, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    w[i] = lo + (hi - lo) * unit_open(mix64(seed * 0x9e3779b97f4a7c15ull + uint64_t(i)));
+}
+template <typename T>
+__global__ void f32_to_act_k(const float* s, T* d, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    d[i] = from_f<T>(s[i]);
+}
+template <typename T>
+__global__ void act_to_f32_k(const T* s, float* d, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    d[i] = to_f(s[i]);
+}
+
+int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535 * 4)); }
+int norm_threads(int64_t D) { return D >= 4096 ? 1024 : D >= 1024 ? 512 : D >= 256 ? 256 : 128; }
+
+}  // namespace
+
+#define MOSAIC_DISPATCH(a, ...)          \
+  do {                                   \
+    if ((a) == Act::BF16) {              \
+      using T = __nv_bfloat16;           \
+      __VA_ARGS__;                       \
+    } else {                             \
+      using T = __half;                  \
+      __VA_ARGS__;                       \
+    }                                    \
+  } while (0)
+
+void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t rows, float* x, cudaStream_t s) {
+  if (rows <= 0) return;
+  MOSAIC_DISPATCH(a, embedding_k<T><<<unsigned(rows), 256, 0, s>>>(static_cast<const T*>(table), D, tok, x));
+}
+
+void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
+                  cudaStream_t s) {
+  if (rows <= 0) return;
+  MOSAIC_DISPATCH(a, add_rms_norm_k<T><<<unsigned(rows), norm_threads(D), 0, s>>>(
+                         x, static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out)));
+}
+
+void qkv_rope_cache(Act a, const void* qkv, int64_t rows, const int32_t* pos, const int32_t* slot, const AttnDims& d,
+                    const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* q_out,
+                    void* k_cache, void* v_cache, cudaStream_t s) {
+  if (rows <= 0) return;
+  const int nh = d.H + 2 * d.Hkv, warps = 4;
+  const dim3 grid(unsigned(rows), unsigned((nh + warps - 1) / warps));
+  MOSAIC_DISPATCH(a, qkv_rope_cache_k<T><<<grid, 32 * warps, 0, s>>>(
+                         static_cast<const T*>(qkv), pos, slot, d, q_norm, k_norm, eps, inv_freq,
+                         static_cast<T*>(q_out), static_cast<T*>(k_cache), static_cast<T*>(v_cache)));
+}
+
+void causal_softmax(Act a, const float* S, int64_t heads, int64_t T_, int64_t Tk, int64_t pos0, void* P,
+                    cudaStream_t s) {
+  if (heads * T_ <= 0) return;
+  MOSAIC_DISPATCH(a, causal_softmax_k<T><<<unsigned(heads * T_), 256, 0, s>>>(S, T_, Tk, pos0, static_cast<T*>(P)));
+}
+
+int64_t attention_decode_partial_floats(int B, const AttnDims& d) {
+  return int64_t(B) * d.H * decode_splits(d) * (d.hd + 2);
+}
+
+void attention_decode(Act a, const void* q, const void* k_cache, const void* v_cache, const int32_t* pos,
+                      const int32_t* slot, int B, const AttnDims& d, float* partial, void* out, cudaStream_t s) {
+  if (B <= 0) return;
+  const int nsplit = decode_splits(d), rep = d.H / d.Hkv;
+  const size_t smem = size_t(rep * d.hd + rep * kDecChunk + 2 * rep) * sizeof(float);
+  const float scale = 1.0f / sqrtf(float(d.hd));
+  const dim3 grid(unsigned(d.Hkv), unsigned(B), unsigned(nsplit));
+  MOSAIC_DISPATCH(a, attention_decode_k<T><<<grid, kDecChunk, smem, s>>>(
+                         static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), pos,
+                         slot, d, scale, partial));
+  MOSAIC_DISPATCH(a, attention_combine_k<T><<<dim3(unsigned(d.H), unsigned(B)), 128, 0, s>>>(partial, nsplit, d,
+                                                                                           static_cast<T*>(out)));
+}
+
+void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s) {
+  if (rows <= 0) return;
+  const dim3 grid(unsigned(std::min<int64_t>((I + 255) / 256, 64)), unsigned(rows));
+  MOSAIC_DISPATCH(a, silu_mul_k<T><<<grid, 256, 0, s>>>(static_cast<const T*>(gu), I, static_cast<T*>(out)));
+}
+
+void argmax(const float* logits, int64_t rows, int64_t V, int32_t* out, cudaStream_t s) {
+  if (rows > 0) argmax_k<<<unsigned(rows), 1024, 0, s>>>(logits, V, out);
+}
+
+void advance(const int32_t* next, int32_t* tok, int32_t* pos, int B, cudaStream_t s) {
+  if (B > 0) advance_k<<<(B + 127) / 128, 128, 0, s>>>(next, tok, pos, B);
+}
+
+void row_nll(const float* logits, int64_t rows, int64_t V, const int32_t* target, double* out, cudaStream_t s) {
+  if (rows > 0) row_nll_k<<<unsigned(rows), 1024, 0, s>>>(logits, V, target, out);
+}
+
+void sample_temperature(const float* logits, int64_t rows, int64_t V, float t, uint64_t seed, uint64_t step,
+                        int32_t* out, cudaStream_t s) {
+  if (rows > 0) sample_temperature_k<<<unsigned(rows), 1024, 0, s>>>(logits, V, t, seed, step, out);
+}
+
+void fill_random(Act a, void* w, int64_t n, float scale, uint64_t seed, cudaStream_t s) {
+  if (n <= 0) return;
+  MOSAIC_DISPATCH(a, fill_random_k<T><<<grid_for(n, 256), 256, 0, s>>>(static_cast<T*>(w), n, scale, seed));
+}
+void fill_f32(float* w, int64_t n, float lo, float hi, uint64_t seed, cudaStream_t s) {
+  if (n > 0) fill_f32_k<<<grid_for(n, 256), 256, 0, s>>>(w, n, lo, hi, seed);
+}
+void f32_to_act(Act a, const float* src, void* dst, int64_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  MOSAIC_DISPATCH(a, f32_to_act_k<T><<<grid_for(n, 256), 256, 0, s>>>(src, static_cast<T*>(dst), n));
+}
+void act_to_f32(Act a, const void* src, float* dst, int64_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  MOSAIC_DISPATCH(a, act_to_f32_k<T><<<grid_for(n, 256), 256, 0, s>>>(static_cast<const T*>(src), dst, n));
+}
+
+}  // namespace kern
+}  // namespace mosaic::gpu

@@ -1,0 +1,81 @@
+// CUDA kernels of the GPU engine (src/gpu/engine.h): every non-GEMM op of the model, on FP16 or
+// BF16 activations with FP32 math inside each kernel. Host-callable launchers (asynchronous on
+// `s`), C++17 and free of CUDA device types so the C++20 engine code can include this header.
+// Each op mirrors one op of the CPU engine (src/model/ops_ref.h); tests/gpu/test_gpu_ops.cpp
+// checks them against it.
+//
+// Layouts (row-major): activations [rows, dim]; the residual stream x is FP32 [rows, hidden];
+// the fused QKV projection output is [rows, (H + 2*Hkv) * hd] (q heads, then k heads, then v heads);
+// the KV cache of one layer is [slots][Hkv][capacity][hd] (a kv head of a sequence is one
+// contiguous [capacity, hd] matrix, as in the CPU engine).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace mosaic::gpu {
+
+enum class Act { F16 = 0, BF16 = 1 };  // activation (and dense weight) dtype: 2 bytes per value
+const char* act_name(Act a);          // "fp16" / "bf16"
+
+namespace kern {
+
+// x[r, :] = float(table[tok[r], :]) (table [vocab, D] in act dtype). Token ids are checked on the host.
+void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t rows, float* x, cudaStream_t s);
+
+// When delta != nullptr: x += float(delta) (the residual add). Then out = act(x * rsqrt(mean(x^2) + eps) * w).
+void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
+                  cudaStream_t s);
+
+struct AttnDims {
+  int H = 0, Hkv = 0, hd = 0;  // query heads, kv heads, head_dim
+  int64_t cap = 0;             // KV cache capacity (positions per sequence)
+};
+
+// From the fused qkv [rows, (H+2Hkv)*hd]: per head optional RMSNorm over hd (q_norm / k_norm,
+// Qwen3; nullptr = none), RoPE at position pos[r] (angle = float(pos) * inv_freq[i], rotate-half
+// pairs), then q -> q_out [rows, H*hd], k and v -> the cache of sequence slot[r] at pos[r].
+void qkv_rope_cache(Act a, const void* qkv, int64_t rows, const int32_t* pos, const int32_t* slot, const AttnDims& d,
+                    const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* q_out,
+                    void* k_cache, void* v_cache, cudaStream_t s);
+
+// Prefill softmax: S fp32 [heads][T][Tk] (already scaled), row t of a head sees keys 0..pos0+t;
+// P (act dtype, same shape) = softmax over those, 0 beyond.
+void causal_softmax(Act a, const float* S, int64_t heads, int64_t T, int64_t Tk, int64_t pos0, void* P, cudaStream_t s);
+
+// Decode attention (split over the KV length, flash-decoding style): query row b (q [B, H*hd])
+// at position pos[b] attends to keys 0..pos[b] of sequence slot[b]. The grid covers the cache
+// capacity (splits past the length exit), so one launch serves every length: CUDA-graph safe.
+// partial: attention_decode_partial_floats(B, d) floats of scratch. out [B, H*hd].
+int64_t attention_decode_partial_floats(int B, const AttnDims& d);
+void attention_decode(Act a, const void* q, const void* k_cache, const void* v_cache, const int32_t* pos,
+                      const int32_t* slot, int B, const AttnDims& d, float* partial, void* out, cudaStream_t s);
+
+// gu [rows, 2I] = [gate | up] -> out [rows, I] = act(silu(gate) * up).
+void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s);
+
+// out[r] = argmax of logits row r (fp32 [rows, V]); ties -> lowest id (as mosaic::argmax).
+void argmax(const float* logits, int64_t rows, int64_t V, int32_t* out, cudaStream_t s);
+
+// Decode bookkeeping inside the graph: tok[b] = next[b], pos[b] += 1.
+void advance(const int32_t* next, int32_t* tok, int32_t* pos, int B, cudaStream_t s);
+
+// out[r] = logsumexp(logits row r) - logits[r, target[r]] (fp32 exp, fp64 sum, as
+// ops::logsumexp), or 0 where target[r] < 0.
+void row_nll(const float* logits, int64_t rows, int64_t V, const int32_t* target, double* out, cudaStream_t s);
+
+// Gumbel-max sampling at temperature t (> 0): out[r] = argmax(logits/t + Gumbel noise) with
+// noise from a counter-based hash of (seed, step, r, v); reproducible for a seed.
+void sample_temperature(const float* logits, int64_t rows, int64_t V, float t, uint64_t seed, uint64_t step,
+                        int32_t* out, cudaStream_t s);
+
+// w[i] = act(scale * u_i), u_i uniform in [-1, 1) from a hash of (seed, i): random weights.
+void fill_random(Act a, void* w, int64_t n, float scale, uint64_t seed, cudaStream_t s);
+void fill_f32(float* w, int64_t n, float lo, float hi, uint64_t seed, cudaStream_t s);  // uniform [lo, hi)
+
+// Conversions (tests, uploads): fp32 <-> act dtype.
+void f32_to_act(Act a, const float* src, void* dst, int64_t n, cudaStream_t s);
+void act_to_f32(Act a, const void* src, float* dst, int64_t n, cudaStream_t s);
+
+}  // namespace kern
+}  // namespace mosaic::gpu

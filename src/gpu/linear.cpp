@@ -1,0 +1,172 @@
+#include "gpu/linear.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "cuda/zipper.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace mosaic::gpu {
+
+namespace {
+
+void check_cublas(cublasStatus_t st, const char* what) {
+  MOSAIC_CHECK(st == CUBLAS_STATUS_SUCCESS, "cuBLAS error in ", what, ": status ", int(st));
+}
+
+cudaDataType cuda_type(Act a) { return a == Act::BF16 ? CUDA_R_16BF : CUDA_R_16F; }
+
+uint64_t splitmix(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+DenseGpuLinear::DenseGpuLinear(cublasHandle_t h, Act a, DevBuf w, int64_t n, int64_t k, std::string what)
+    : GpuLinear(n, k), h_(h), a_(a), own_(std::move(w)), w_(own_.get()), kind_(std::move(what)) {
+  MOSAIC_CHECK(own_.bytes() == size_t(n * k) * 2, "dense GPU linear: weight buffer of ", own_.bytes(),
+               " bytes for [", n, ", ", k, "]");
+}
+
+DenseGpuLinear::DenseGpuLinear(cublasHandle_t h, Act a, const void* w, int64_t n, int64_t k, std::string what)
+    : GpuLinear(n, k), h_(h), a_(a), w_(w), kind_(std::move(what)) {}
+
+// Row-major Y[M, N] = X[M, K] W[N, K]^T is column-major Y^T (N x M) = W^T(op T of the col-major
+// K x N W) * X^T (col-major K x M).
+void DenseGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s) const {
+  if (M <= 0) return;
+  check_cublas(cublasSetStream(h_, s), "cublasSetStream");
+  const float alpha = 1.f, beta = 0.f;
+  const cudaDataType t = cuda_type(a_);
+  check_cublas(cublasGemmEx(h_, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, w_, t, int(K), X, t, int(K),
+                            &beta, Y, t, int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx (linear)");
+}
+
+void DenseGpuLinear::forward_f32(const void* X, float* Y, int64_t M, cudaStream_t s) const {
+  if (M <= 0) return;
+  check_cublas(cublasSetStream(h_, s), "cublasSetStream");
+  const float alpha = 1.f, beta = 0.f;
+  const cudaDataType t = cuda_type(a_);
+  check_cublas(cublasGemmEx(h_, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, w_, t, int(K), X, t, int(K),
+                            &beta, Y, CUDA_R_32F, int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx (lm head)");
+}
+
+ZipperGpuLinear::ZipperGpuLinear(const PackedLinear& p, Act a)
+    : GpuLinear(p.N, p.K), z_(std::make_unique<cuda::ZipperLinear>(p)), a_(a) {
+  kind_ = "zipper-w4g" + std::to_string(p.group) + (p.has_residual() ? "+res" : "");
+}
+
+ZipperGpuLinear::~ZipperGpuLinear() = default;
+
+void ZipperGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s) const {
+  const cuda::GemmPath path = allow_dequant_path ? cuda::GemmPath::Auto : cuda::GemmPath::Fused;
+  z_->gemm(X, Y, M, a_ == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, s, cuda::Variant::Zipper, path);
+}
+
+size_t ZipperGpuLinear::device_bytes() const { return size_t(z_->weight_bytes(true)); }
+
+DevBuf upload_weights(Act a, const float* w, int64_t n, cudaStream_t s) {
+  (void)s;
+  std::vector<uint16_t> bits(static_cast<size_t>(n));
+  if (a == Act::BF16)
+    for (int64_t i = 0; i < n; ++i) bits[size_t(i)] = float_to_bf16(w[i]);
+  else
+    for (int64_t i = 0; i < n; ++i) bits[size_t(i)] = float_to_fp16(w[i]);
+  DevBuf d(size_t(n) * 2, "weights");
+  check_cuda(cudaMemcpy(d.get(), bits.data(), size_t(n) * 2, cudaMemcpyHostToDevice), "cudaMemcpy (weights)");
+  return d;
+}
+
+PackedLinear concat_rows(const std::vector<const PackedLinear*>& parts) {
+  MOSAIC_CHECK(!parts.empty(), "concat_rows: no layers");
+  const PackedLinear& f = *parts[0];
+  PackedLinear out;
+  out.K = f.K;
+  out.group = f.group;
+  out.symmetric = f.symmetric;
+  bool any_res = false;
+  for (const PackedLinear* p : parts) {
+    MOSAIC_CHECK(p->K == f.K && p->group == f.group && p->symmetric == f.symmetric,
+                 "concat_rows: layers differ in K, group or symmetry");
+    if (p->has_residual()) {
+      if (any_res)
+        MOSAIC_CHECK(p->block_rows == out.block_rows && p->block_cols == out.block_cols,
+                     "concat_rows: residual block shapes differ");
+      out.block_rows = p->block_rows;
+      out.block_cols = p->block_cols;
+      any_res = true;
+    }
+  }
+  for (const PackedLinear* p : parts) {
+    if (any_res) MOSAIC_CHECK(p->N % out.block_rows == 0, "concat_rows: N = ", p->N, " not a multiple of Br");
+    out.N += p->N;
+    out.qweight.insert(out.qweight.end(), p->qweight.begin(), p->qweight.end());
+    out.scales.insert(out.scales.end(), p->scales.begin(), p->scales.end());
+    out.qzeros.insert(out.qzeros.end(), p->qzeros.begin(), p->qzeros.end());
+  }
+  if (!any_res) return out;
+  out.res_rowptr.push_back(0);
+  for (const PackedLinear* p : parts) {
+    const int64_t rows = p->N / out.block_rows;
+    const int32_t base = out.res_rowptr.back();
+    for (int64_t r = 0; r < rows; ++r)
+      out.res_rowptr.push_back(base + (p->has_residual() ? p->res_rowptr[size_t(r + 1)] : 0));
+    out.res_colidx.insert(out.res_colidx.end(), p->res_colidx.begin(), p->res_colidx.end());
+    out.res_qvalues.insert(out.res_qvalues.end(), p->res_qvalues.begin(), p->res_qvalues.end());
+    out.res_scales.insert(out.res_scales.end(), p->res_scales.begin(), p->res_scales.end());
+  }
+  return out;
+}
+
+PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, uint64_t seed) {
+  PackedLinear p;
+  p.N = N;
+  p.K = K;
+  p.group = group;
+  p.symmetric = true;
+  uint64_t s = seed * 0x2545f4914f6cdd1dull + 1;
+  p.qweight.resize(size_t(N * K / 2));
+  for (size_t i = 0; i < p.qweight.size(); i += 8) {
+    const uint64_t r = splitmix(s);
+    std::memcpy(p.qweight.data() + i, &r, std::min<size_t>(8, p.qweight.size() - i));
+  }
+  const float sc = float(1.0 / (8.0 * std::sqrt(double(K))));
+  p.scales.resize(size_t(N * (K / group)));
+  for (auto& x : p.scales) x = float_to_fp16(sc * (0.5f + float(splitmix(s) >> 40) / float(1 << 24)));
+  const int64_t brs = N / p.block_rows, bcs = K / p.block_cols;
+  const int64_t keep = budget_blocks(budget, brs * bcs);
+  if (keep == 0) return p;
+  // Spread evenly: block row r keeps about keep / brs blocks at random distinct columns.
+  p.res_rowptr.assign(size_t(brs + 1), 0);
+  std::vector<char> used(static_cast<size_t>(bcs));
+  for (int64_t r = 0; r < brs; ++r) {
+    const int64_t n_r = keep * (r + 1) / brs - keep * r / brs;
+    std::fill(used.begin(), used.end(), 0);
+    for (int64_t c = 0, placed = 0; placed < n_r; ++c) {
+      const int64_t col = int64_t(splitmix(s) % uint64_t(bcs));
+      if (!used[size_t(col)]) {
+        used[size_t(col)] = 1;
+        ++placed;
+      }
+    }
+    for (int64_t c = 0; c < bcs; ++c)
+      if (used[size_t(c)]) p.res_colidx.push_back(int32_t(c));
+    p.res_rowptr[size_t(r + 1)] = int32_t(p.res_colidx.size());
+  }
+  const size_t nb = p.res_colidx.size();
+  p.res_qvalues.resize(nb * size_t(p.block_rows * p.block_cols / 2));
+  for (size_t i = 0; i < p.res_qvalues.size(); i += 8) {
+    const uint64_t r = splitmix(s);
+    std::memcpy(p.res_qvalues.data() + i, &r, std::min<size_t>(8, p.res_qvalues.size() - i));
+  }
+  p.res_scales.assign(nb * size_t(p.block_rows), float_to_fp16(sc / 8));
+  return p;
+}
+
+}  // namespace mosaic::gpu

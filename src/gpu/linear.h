@@ -1,0 +1,91 @@
+// Linear layers of the GPU engine: Y[M, N] = X[M, K] W^T with X, Y device arrays in the
+// activation dtype (FP16/BF16), FP32 accumulation.
+//   DenseGpuLinear  - FP16/BF16 weights [N, K] through cuBLAS (checkpoint FP16/BF16/F32 weights,
+//                     and MosaicQuant layers ZipperEngine cannot take, dequantized once at load);
+//   ZipperGpuLinear - a MosaicQuant layer through mosaic::cuda::ZipperLinear (src/cuda/zipper.h).
+// The engine fuses q/k/v and gate/up into one layer each (rows concatenated), so a decode step
+// is 4 GEMMs per decoder layer.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "format/packed_linear.h"
+#include "gpu/device.h"
+#include "gpu/kernels.h"
+
+namespace mosaic::cuda {
+class ZipperLinear;
+}
+
+namespace mosaic::gpu {
+
+class GpuLinear {
+ public:
+  GpuLinear(int64_t n, int64_t k) : N(n), K(k) {}
+  virtual ~GpuLinear() = default;
+  GpuLinear(const GpuLinear&) = delete;
+  GpuLinear& operator=(const GpuLinear&) = delete;
+  // X [M, K], Y [M, N] device, activation dtype, 16-byte aligned; asynchronous on s.
+  virtual void forward(const void* X, void* Y, int64_t M, cudaStream_t s) const = 0;
+  virtual size_t device_bytes() const = 0;  // weight bytes on the GPU
+  virtual std::string kind() const = 0;     // "cublas-fp16", "zipper-w4g128+res", "dequant-fp16"
+  const int64_t N, K;
+};
+
+class DenseGpuLinear : public GpuLinear {
+ public:
+  // Takes ownership of W (device, [N, K], dtype a). `what` is the kind string.
+  DenseGpuLinear(cublasHandle_t h, Act a, DevBuf w, int64_t n, int64_t k, std::string what);
+  // Borrows W (a tied LM head reading the embedding table); W must outlive this layer.
+  DenseGpuLinear(cublasHandle_t h, Act a, const void* w, int64_t n, int64_t k, std::string what);
+  void forward(const void* X, void* Y, int64_t M, cudaStream_t s) const override;
+  // Y fp32 [M, N] (the LM head: logits).
+  void forward_f32(const void* X, float* Y, int64_t M, cudaStream_t s) const;
+  size_t device_bytes() const override { return own_.bytes(); }
+  std::string kind() const override { return kind_; }
+  const void* weight() const { return w_; }
+
+ private:
+  cublasHandle_t h_;
+  Act a_;
+  DevBuf own_;
+  const void* w_;
+  std::string kind_;
+};
+
+class ZipperGpuLinear : public GpuLinear {
+ public:
+  ZipperGpuLinear(const PackedLinear& p, Act a);  // throws mosaic::Error if ZipperEngine cannot take p
+  ~ZipperGpuLinear() override;
+  void forward(const void* X, void* Y, int64_t M, cudaStream_t s) const override;
+  size_t device_bytes() const override;
+  std::string kind() const override { return kind_; }
+  // Large-M GEMMs: false keeps the fused kernel for every M (no N*K dequantize workspace per
+  // layer, for models that would not fit with it).
+  bool allow_dequant_path = true;
+  const cuda::ZipperLinear& zipper() const { return *z_; }
+
+ private:
+  std::unique_ptr<cuda::ZipperLinear> z_;
+  Act a_;
+  std::string kind_;
+};
+
+// Host FP32 weights [N, K] -> device act dtype.
+DevBuf upload_weights(Act a, const float* w, int64_t n, cudaStream_t s);
+
+// Rows of several MosaicQuant layers with the same K, group, symmetry and residual block shape,
+// concatenated into one layer (the fused QKV / gate-up projection). Throws when they differ.
+PackedLinear concat_rows(const std::vector<const PackedLinear*>& parts);
+
+// A fast random symmetric MosaicQuant layer for `--random-weights` (bench e2e): codes uniform
+// 0..15, fp16 scales ~ 1/(8 sqrt(K)), floor(budget * blocks) residual 16x64 blocks spread
+// uniformly over the block rows. Not for accuracy, only for timing.
+PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, uint64_t seed);
+
+}  // namespace mosaic::gpu
