@@ -23,8 +23,10 @@ def main():
         by[(r["shape"], r["m"], r["variant"], r.get("budget"))] = r["us"]
     shapes = sorted({r["shape"] for r in rows}, key=lambda s: [x["shape"] for x in rows].index(s))
     ms = sorted({r["m"] for r in rows})
-    print("| shape | M | cuBLAS us | dense_w4 | unfused | zipper | torch_int4 | zipper x cuBLAS | fused overhead | unfused overhead |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    # read_limit: a plain read of the zipper weight bytes, timed the same way (once per shape).
+    rl = {r["shape"]: r["us"] for r in rows if r["variant"] == "read_limit" and r.get("budget") == 0.1}
+    print("| shape | M | cuBLAS us | dense_w4 | unfused | zipper | torch_int4 | zipper x cuBLAS | fused overhead | unfused overhead | read limit us | zipper / limit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in shapes:
         for m in ms:
             c = by.get((s, m, "cublas_fp16", None))
@@ -36,7 +38,8 @@ def main():
                 continue
             f = lambda v: "-" if v is None else f"{v:.2f}"
             print(f"| {s} | {m} | {c:.2f} | {f(d)} | {f(u)} | {z:.2f} | {f(t)} | {c / z:.2f}x | "
-                  f"{'-' if d is None else f'{100 * (z / d - 1):+.1f}%'} | {'-' if (d is None or u is None) else f'{100 * (u / d - 1):+.1f}%'} |")
+                  f"{'-' if d is None else f'{100 * (z / d - 1):+.1f}%'} | {'-' if (d is None or u is None) else f'{100 * (u / d - 1):+.1f}%'} | "
+                  f"{f(rl.get(s))} | {'-' if s not in rl else f'{z / rl[s]:.2f}'} |")
 
 
 if __name__ == "__main__":

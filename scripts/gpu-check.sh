@@ -6,7 +6,8 @@
 #
 #   OUT=/tmp/out scripts/gpu-check.sh [quick|full]
 #     quick: LLaMA-3-8B shapes only; full: LLaMA-3-8B, Qwen3-8B and LLaMA-3-70B at budgets 0, 5, 10%.
-# Overrides: SH (shapes), MS (M list), BU (budgets) of the benchmark; SAN_T (seconds per sanitizer).
+# Overrides: SH (shapes), MS (M list), BU (budgets) of the benchmark; SAN_T (seconds per sanitizer);
+# SKIP_TORCH=1, SKIP_SAN=1.
 # Same-run comparisons (docs/kernels-notes.md), both on the small-M list MS_SMALL (default 1,4,16,32):
 #   BASELINE_CU=path/to/old/zipper_kernels.cu   also build and time that kernel file (label "base")
 #   PLAN_OVERHEADS="4 6"   also time the current build with MOSAIC_ZIPPER_CTA_OVERHEAD=4, =6
@@ -31,6 +32,7 @@ NVCC="nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-c
 GT="-I $DEPS/googletest/include -I $DEPS/googletest"
 pids=()
 $NVCC -Xptxas -v -c src/cuda/zipper_kernels.cu -o $B/zipper_kernels.o > $B/ptxas.log 2>&1 & pids+=($!)
+$NVCC -Xptxas -v -c src/cuda/zipper_stream.cu -o $B/zipper_stream.o > $B/ptxas-stream.log 2>&1 & pids+=($!)
 if [ -n "${BASELINE_CU:-}" ]; then
   $NVCC -c "$BASELINE_CU" -o $B/zipper_kernels_base.o > $B/ptxas-base.log 2>&1 & pids+=($!)
 fi
@@ -44,13 +46,14 @@ $CXX $GT -c $DEPS/googletest/src/gtest_main.cc -o $B/gtest_main.o & pids+=($!)
 fail=0
 for p in "${pids[@]}"; do wait $p || fail=1; done
 grep -E "registers|spill" $B/ptxas.log | paste - - | sed 's/ptxas info *: //' | head -20
-[ $fail = 0 ] || { echo "BUILD FAILED"; cat $B/ptxas.log; exit 1; }
-LIB="$B/zipper_kernels.o $B/zipper_layout.o $B/zipper_linear.o"
+grep -E "Compiling|registers" $B/ptxas-stream.log | paste - - | sed -E 's/.*stream_kernelI(.*)EEvNS1.*Used ([0-9]+) registers.*/stream<\1>: \2 registers/' | head -8
+[ $fail = 0 ] || { echo "BUILD FAILED"; cat $B/ptxas.log $B/ptxas-stream.log; exit 1; }
+LIB="$B/zipper_kernels.o $B/zipper_stream.o $B/zipper_layout.o $B/zipper_linear.o"
 nvcc -o $B/test_cuda $B/t_*.o $LIB $B/gtest-all.o $B/gtest_main.o -lcublas -lpthread || exit 1
 nvcc -o $B/mosaic $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o $LIB -lcublas || exit 1
 if [ -n "${BASELINE_CU:-}" ]; then
   nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o \
-    $B/zipper_kernels_base.o $B/zipper_layout.o $B/zipper_linear.o -lcublas || exit 1
+    $B/zipper_kernels_base.o $B/zipper_stream.o $B/zipper_layout.o $B/zipper_linear.o -lcublas || exit 1
 fi
 echo "== build ok in $(( $(date +%s) - t0 )) s"
 [ "$MODE" = build-only ] && exit 0
@@ -70,6 +73,13 @@ if [ -n "${BASELINE_CU:-}" ]; then
   $B/mosaic_base bench gemm --shapes $SH --m $MS_SMALL --budget $BU --json $X/gemm-base.json > $X/bench-base.md 2>&1
   echo "== bench (baseline $BASELINE_CU) rc=$?"; cmp+=(base=$X/gemm-base.json)
 fi
+# ENVS="label:VAR=value[,VAR=value] ..." also times the current build with each environment (e.g.
+# v8:MOSAIC_ZIPPER_V8=1 for the previous kernel, same binary, same run).
+for lv in ${ENVS:-}; do
+  l=${lv%%:*}; kv=${lv#*:}
+  env ${kv//,/ } $B/mosaic bench gemm --shapes $SH --m $MS_SMALL --budget $BU --json $X/gemm-$l.json > $X/bench-$l.md 2>&1
+  echo "== bench ($kv) rc=$?"; cmp+=($l=$X/gemm-$l.json)
+done
 for v in ${PLAN_OVERHEADS:-}; do
   MOSAIC_ZIPPER_CTA_OVERHEAD=$v $B/mosaic bench gemm --shapes $SH --m $MS_SMALL --budget $BU \
     --json $X/gemm-ovh$v.json > $X/bench-ovh$v.md 2>&1
@@ -82,8 +92,9 @@ cat $OUT/summary.md
 [ ${#cmp[@]} -gt 1 ] && { python3 bench/compare_variants.py "${cmp[@]}" > $OUT/compare.md; cat $OUT/compare.md; }
 
 # ---- compute-sanitizer on a reduced set ----------------------------------------------------------
+[ "${SKIP_SAN:-0}" = 1 ] && { tar -C $X -czf $OUT/extra.tar.gz . ; echo "== done (no sanitizers) $(date -u)"; exit 0; }
 export ZIPPER_QUICK=1
-F='ZipperGpu.MatchesCpuReference*:ZipperGpu.DenseOnly*'
+F='ZipperGpu.MatchesCpuReference*:ZipperGpu.DenseOnly*:ZipperGpu.StreamKernel*'
 timeout ${SAN_T:-240} compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_cuda --gtest_filter="$F" > $B/memcheck.log 2>&1
 echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY' $B/memcheck.log | tail -1)"
 # racecheck over everything (its kernel filter crashed the sanitizer here); hazards reported

@@ -3,10 +3,12 @@ B=/tmp/mosaic-gpu-build
 SKIP_TORCH=1 OUT=$OUT bash scripts/gpu-check.sh build-only > /dev/null 2>&1 || true
 ls $B/mosaic || exit 1
 S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats"
-# SPECS: ";"-separated "KxN M kernel-regex-suffix" (Lb0E = dense-only kernel, Lb1E = residual kernel).
-IFS=';' read -ra specs <<< "${SPECS:-4096x28672 1 Lb0E;4096x28672 1 Lb1E;4096x6144 16 Lb1E}"
+# SPECS: ";"-separated "KxN M kernel-regex" on mangled names: fused.*Li1ELb1E = v8 kernel MB=1 with
+# residual; stream.*Lb0ELb1E = stream kernel (M <= 16) dense-only, group 128; stream.*Lb1ELb1E
+# with residual.
+IFS=';' read -ra specs <<< "${SPECS:-4096x28672 1 stream.*Lb0ELb1E;4096x28672 1 stream.*Lb1ELb1E;4096x6144 1 stream.*Lb1ELb1E}"
 for spec in "${specs[@]}"; do
   set -- $spec
   echo "=== ncu $1 M=$2 $3"
-  ncu --kernel-name-base mangled -k regex:"fused.*$3" -c 1 $S $B/mosaic bench gemm --shapes $1 --m $2 --budget 0.1 --reps 1 2>&1 | grep -vE "^\|" | grep -E "Duration|Throughput|DRAM|Memory \[%\]|Compute|Occupancy|Warp Cycles|Active Warps|Eligible|Issued|No Eligible|Registers|Shared Memory Config|Dynamic Shared|Grid Size|Waves|Block Limit|Stall|stall|Theoretical|Achieved" | head -45
+  ncu --kernel-name-base mangled -k regex:"$3" -c 1 $S $B/mosaic bench gemm --shapes $1 --m $2 --budget 0.1 --reps 1 2>&1 | grep -vE "^\|" | grep -E "Duration|Throughput|DRAM|Memory \[%\]|Compute|Occupancy|Warp Cycles|Active Warps|Eligible|Issued|No Eligible|Registers|Shared Memory Config|Dynamic Shared|Grid Size|Waves|Block Limit|Stall|stall|Theoretical|Achieved" | head -45
 done

@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "cuda/zipper.h"
+#include "cuda/zipper_launch.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/half.h"
@@ -167,6 +168,16 @@ double copy_bandwidth_gbs() {
   return 2.0 * double(bytes) / (us * 1e3);
 }
 
+void read_probe(const void* p, size_t bytes, void* sink) {
+  static const int sms = [] {
+    int dev = 0, n = 132;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      n = 132;
+    return n;
+  }();
+  detail::launch_read_probe(p, bytes, static_cast<unsigned*>(sink), sms, nullptr);
+}
+
 int copies_for(int64_t bytes) {  // enough copies that the set is > 3x L2 (50 MB)
   return int(std::clamp<int64_t>((int64_t(160) << 20) / std::max<int64_t>(bytes, 1) + 1, 1, 8));
 }
@@ -250,6 +261,18 @@ void run_gemm_bench(const GemmBenchOptions& o) {
       zl.push_back(std::make_unique<ZipperLinear>(w));
       const int cz = copies_for(zl[0]->weight_bytes());
       while (int(zl.size()) < cz) zl.push_back(std::make_unique<ZipperLinear>(w));
+      {  // The streaming limit of this timing method: a plain read of the same bytes over the
+         // same number of rotating copies (launch gap and DRAM ramp included), once per budget.
+        const int64_t bytes = (zl[0]->weight_bytes() + 15) / 16 * 16;
+        std::vector<std::unique_ptr<DevMem>> raw;
+        for (int c = 0; c < cz; ++c) {
+          raw.push_back(std::make_unique<DevMem>(size_t(bytes)));
+          ck(cudaMemset(raw.back()->p, c + 1, size_t(bytes)), "cudaMemset (bench)");
+        }
+        DevMem sink(16);
+        const double us = time_us([&](int c) { read_probe(raw[size_t(c)]->p, size_t(bytes), sink.p); }, cz, o.reps);
+        emit(s, o.ms[0], budget, "read_limit", us, double(bytes), cublas_us[0]);
+      }
       for (size_t mi = 0; mi < o.ms.size(); ++mi) {
         const int M = o.ms[mi];
         const double io = 2.0 * M * (s.K + s.N);

@@ -35,8 +35,12 @@ struct FusedLaunch {
   int m_block = 1;       // 16-row MMA blocks per CTA: 1, 2 or 4
   int k_split = 0;       // inputs per CTA (multiple of 128); == K means no split
   float* ws = nullptr;   // [M, N] fp32, zero between calls (split-K partial sums)
-  int* counters = nullptr;  // one per output tile, zero between calls
+  int* counters = nullptr;  // one per output tile (stream kernel: per 16-output row), zero between calls
   int num_sms = 132;
+  int rows_per_warp = 1;  // stream kernel: 16-output rows each warp streams in turn
+  int n_groups = 0;       // stream kernel: grid.x (row groups)
+  int stages = 4;         // stream kernel: ring depth per warp, 4 or 8
+  int row_interleave = 0; // stream kernel: rows of a CTA's warps in different tiles (see kernel)
 };
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).
@@ -44,6 +48,15 @@ int fused_smem_bytes(int x_rows, int k_split, int spt, bool residual, int m_bloc
 // CTAs of the fused kernel resident per SM with this much dynamic smem (0: does not fit).
 int fused_occupancy(int m_block, int bf16, bool residual, int smem);
 void launch_fused(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
+
+// The stream kernel (zipper_stream.cu, M <= 16): warps stream several rows over one K-range
+// with one ring, a per-row split-K fix-up. Ring depth per warp (stages): 4 or 8.
+int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int stages);
+int stream_occupancy(bool residual, bool spt1, int stages, int smem);
+void launch_stream(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
+// Reads `bytes` (multiple of 16) from device memory p with many loads in flight: the streaming
+// limit the benchmark reports next to the kernels (variant read_limit).
+void launch_read_probe(const void* p, size_t bytes, unsigned* sink, int num_sms, cudaStream_t s);
 // Y += X * deq(residual)^T (the unfused variant's second kernel). One warp per block row.
 void launch_residual_only(const DeviceLayer& L, const void* X, void* Y, int M, int bf16, cudaStream_t s);
 // W[N, K] (fp16/bf16 row-major) = deq(base) (+ deq(residual) when residual).

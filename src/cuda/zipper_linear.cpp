@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <tuple>
@@ -65,6 +66,59 @@ double cta_overhead_tiles(int M) {
   }();
   if (env >= 0) return env;
   return M >= 16 ? 8.0 : 2.0;
+}
+
+// MOSAIC_ZIPPER_V8=1 runs the v8 kernel (zipper_fused_kernel) for every M, for same-run
+// comparisons only (scripts/gpu-check.sh ENVS).
+bool force_v8() {
+  static const bool v = [] {
+    const char* e = std::getenv("MOSAIC_ZIPPER_V8");
+    return e && *e == '1';
+  }();
+  return v;
+}
+
+// Bytes in flight an SM needs to stream at the DRAM limit (Little: ~3 TB/s x ~1.5 us loaded
+// latency / 132 SMs ~ 34 KB); the stream plan charges configurations with fewer. Tuning
+// override: MOSAIC_ZIPPER_INFLIGHT_KB (1..1024).
+double inflight_kb_needed() {
+  static const double v = [] {
+    const char* e = std::getenv("MOSAIC_ZIPPER_INFLIGHT_KB");
+    if (!e || !*e) return 40.0;
+    char* end = nullptr;
+    const double x = std::strtod(e, &end);
+    return end && *end == 0 && x >= 1 && x <= 1024 ? x : 40.0;
+  }();
+  return v;
+}
+
+// Stream-kernel tuning knobs (defaults measured, docs/kernels-notes.md v9): ring depth
+// MOSAIC_ZIPPER_STAGES (4 or 8); MOSAIC_ZIPPER_RED_COST = the split-K reduction of one row of 16
+// outputs x 16 rows of X, in k-tile units of streamed weights (fp32 atomics at L2 cost more per
+// byte than streaming); MOSAIC_ZIPPER_VERBOSE=1 prints each plan to stderr.
+double env_number(const char* name, double dflt, double lo, double hi) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return dflt;
+  char* end = nullptr;
+  const double x = std::strtod(e, &end);
+  return end && *end == 0 && x >= lo && x <= hi ? x : dflt;
+}
+int stream_stages() {
+  static const int v = env_number("MOSAIC_ZIPPER_STAGES", 4, 4, 8) >= 8 ? 8 : 4;
+  return v;
+}
+double red_cost() {
+  static const double v = env_number("MOSAIC_ZIPPER_RED_COST", 12, 0, 64);
+  return v;
+}
+// MOSAIC_ZIPPER_ROWMAP=1: the stream kernel's interleaved row map (v9a), for comparisons.
+bool row_interleave() {
+  static const bool v = env_number("MOSAIC_ZIPPER_ROWMAP", 0, 0, 1) > 0;
+  return v;
+}
+bool verbose() {
+  static const bool v = env_number("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) > 0;
+  return v;
 }
 
 }  // namespace
@@ -160,7 +214,104 @@ struct ZipperLinear::Impl {
     return plans[key] = best_per * kTileK;
   }
 
+  // Stream-kernel plan (M <= 16): K-range per CTA (k_split), rows per warp (rpw) and row groups,
+  // for exactly one wave. Model (memory-bound, balanced over SMs): time ~ (CTAs on the busiest
+  // SM q) x (k-tiles per warp + 1 tile of fixed cost) / min(1, bytes in flight per SM / needed),
+  // in flight = q x 8 warps x 3 k-tiles of ~1 KB. Ties go to more CTAs per SM, then fewer splits.
+  struct StreamPlan {
+    int k_split = 0, rpw = 1, n_groups = 1;
+  };
+  std::map<std::pair<int, bool>, StreamPlan> stream_plans;
+  StreamPlan plan_stream(int M, bool res) {
+    const int x_rows = std::min(M, 16) + 1;
+    const auto key = std::make_pair(x_rows, res);
+    if (auto it = stream_plans.find(key); it != stream_plans.end()) return it->second;
+    const int R = L.N / 16, k_tiles = L.K / kTileK, m_tiles = (M + 15) / 16;
+    const int stages = stream_stages();
+    const double tile_kb = (res ? 1.1 : 1.0) * (stages - 1) * detail::kWarps;
+    const double red = red_cost() * std::min(M, 16) / 16.0;  // per row end, split-K only
+    StreamPlan best;
+    double best_cost = 1e30;
+    int best_q = 0, best_splits = 0;
+    for (int per = 1; per <= std::min(32, k_tiles); ++per) {
+      const int smem = detail::stream_smem_bytes(x_rows, per * kTileK, L.spt, res, stages);
+      if (smem > 227 * 1024) break;
+      const int occ = detail::stream_occupancy(res, L.spt == 1, stages, smem);
+      if (occ == 0) break;
+      const int splits = (k_tiles + per - 1) / per;
+      for (int rpw = 1; rpw <= 32; ++rpw) {
+        const int groups = (R + detail::kWarps * rpw - 1) / (detail::kWarps * rpw);
+        const int64_t ctas = int64_t(groups) * splits * m_tiles;
+        const int q = int((ctas + num_sms - 1) / num_sms);
+        if (q > occ) continue;
+        const double bw = std::min(1.0, q * tile_kb / inflight_kb_needed());
+        const double cost = q * (rpw * (per + (splits > 1 ? red : 0.0)) + 1.0) / bw;
+        const bool better = cost < best_cost * 0.999 ||
+                            (cost <= best_cost * 1.001 && (q > best_q || (q == best_q && splits < best_splits)));
+        if (better) {
+          best_cost = cost;
+          best = {per * kTileK, rpw, groups};
+          best_q = q;
+          best_splits = splits;
+        }
+        if (groups == 1) break;
+      }
+    }
+    cudaGetLastError();  // occupancy probes past the smem limit are not errors of this call
+    // Test/tuning hook: MOSAIC_ZIPPER_STREAM_PLAN="KSPLIT,RPW" (K-range in inputs, a multiple of
+    // 128 up to 4096; rows per warp 1..32), read when a layer plans an M for the first time.
+    if (const char* e = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN"); e && *e) {
+      int ks = 0, rpw = 0;
+      MOSAIC_CHECK(std::sscanf(e, "%d,%d", &ks, &rpw) == 2 && ks > 0 && ks % kTileK == 0 && ks <= 4096 && rpw >= 1 &&
+                       rpw <= 32,
+                   "MOSAIC_ZIPPER_STREAM_PLAN must be KSPLIT,RPW (got '", e, "')");
+      const int smem = detail::stream_smem_bytes(x_rows, ks, L.spt, res, stages);
+      MOSAIC_CHECK(detail::stream_occupancy(res, L.spt == 1, stages, smem) > 0, "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
+                   " needs too much shared memory");
+      best = {std::min(ks, L.K), rpw, (R + detail::kWarps * rpw - 1) / (detail::kWarps * rpw)};
+    }
+    MOSAIC_CHECK(best.k_split > 0, "zipper: no stream-kernel plan fits layer [N=", L.N, ", K=", L.K, "]");
+    if (verbose())
+      std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d rpw=%d groups=%d splits=%d stages=%d\n",
+                   L.N, L.K, M, int(res), best.k_split, best.rpw, best.n_groups,
+                   (L.K + best.k_split - 1) / best.k_split, stages);
+    return stream_plans[key] = best;
+  }
+
+  void run_stream(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
+    detail::FusedLaunch f;
+    f.X = X;
+    f.Y = Y;
+    f.M = M;
+    f.bf16 = bf16;
+    f.residual = residual ? 1 : 0;
+    const StreamPlan p = plan_stream(M, residual && L.res_qweight);
+    f.k_split = p.k_split;
+    f.rows_per_warp = p.rpw;
+    f.n_groups = p.n_groups;
+    f.stages = stream_stages();
+    f.row_interleave = row_interleave() ? 1 : 0;
+    const int splits = (L.K / kTileK + p.k_split / kTileK - 1) / (p.k_split / kTileK);
+    const int m_tiles = (M + 15) / 16;
+    if (splits > 1) ensure_ws(size_t(M) * L.N, size_t(L.N / 16) * m_tiles);
+    f.ws = ws;
+    f.counters = counters;
+    f.num_sms = num_sms;
+    detail::launch_stream(layer(bf16), f, s);
+    check_cuda(cudaGetLastError(), "zipper stream kernel launch");
+  }
+
+  // The stream kernel for M <= 16, except M >= 8 on small layers (N*K < 40 Mi weights: the 8B
+  // models' qkv and o), where the v8 kernel measured 6-12% faster at M = 16 (H100, v9 run).
+  // A forced plan (MOSAIC_ZIPPER_STREAM_PLAN at construction, tests) takes the stream kernel for all M <= 16.
+  bool forced_stream_plan = false;
+  bool use_stream(int M) const {
+    if (force_v8() || M > 16) return false;
+    return forced_stream_plan || M < 8 || int64_t(L.N) * L.K >= (int64_t(40) << 20);
+  }
+
   void run_fused(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
+    if (use_stream(M)) return run_stream(X, Y, M, bf16, residual, s);
     detail::FusedLaunch f;
     f.X = X;
     f.Y = Y;
@@ -217,6 +368,7 @@ ZipperLinear::ZipperLinear(const PackedLinear& w) : impl_(std::make_unique<Impl>
   impl_->Lb.scales = upload(to_bf16(z.scales));
   impl_->Lb.res_scales = upload(to_bf16(z.res_scales));
   impl_->nnzb = z.nnzb;
+  impl_->forced_stream_plan = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN") != nullptr;
   impl_->bytes_all = z.weight_bytes(true);
   impl_->bytes_base = z.weight_bytes(false);
   int dev = 0;

@@ -123,6 +123,38 @@ TEST(ZipperGpu, OddShapesGroupSizesAndRepeatedCalls) {
   }
 }
 
+// The stream kernel (M <= 16) under forced plans: several rows per warp (the ring flowing across
+// rows, rows interleaved over CTAs), partial row groups (idle warps), split-K with per-row
+// fix-up and without; residual patterns incl. clustered; repeated calls (workspace reset).
+TEST(ZipperGpu, StreamKernelForcedPlans) {
+  REQUIRE_GPU();
+  struct Case { int64_t N, K; int group; Pattern pat; const char* plan; };
+  const Case cases[] = {{384, 640, 128, Pattern::Clustered, "128,2"}, {384, 640, 128, Pattern::Uniform, "256,3"},
+                        {528, 1152, 128, Pattern::OneTile, "1152,4"}, {272, 8320, 128, Pattern::Uniform, "4096,1"},
+                        {144, 1152, 32, Pattern::Clustered, "384,2"},  {208, 384, 64, Pattern::None, "128,32"}};
+  for (const Case& c : cases) {
+    setenv("MOSAIC_ZIPPER_STREAM_PLAN", c.plan, 1);
+    const PackedLinear w = test::random_layer(c.N, c.K, c.group, c.pat, uint64_t(c.N * 3 + c.K));
+    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
+    const ZipperLinear zl(w);
+    for (DType dt : {DType::F16, DType::BF16})
+      for (int64_t M : {1, 6, 16}) {
+        std::vector<uint16_t> xb;
+        std::vector<float> xf;
+        test::random_activations(M, c.K, dt == DType::BF16, uint64_t(M * 17 + c.K), xb, xf);
+        const std::vector<double> yref = test::reference_gemm(xf, W, M, c.N, c.K);
+        const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, c.N, c.K);
+        for (int rep = 0; rep < 2; ++rep) {
+          EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, GemmPath::Fused), bound(dt))
+              << "N=" << c.N << " K=" << c.K << " plan " << c.plan << " " << dtype_name(dt) << " M=" << M;
+          EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, GemmPath::Fused), bound(dt))
+              << "dense N=" << c.N << " K=" << c.K << " plan " << c.plan << " " << dtype_name(dt) << " M=" << M;
+        }
+      }
+    unsetenv("MOSAIC_ZIPPER_STREAM_PLAN");
+  }
+}
+
 // The benchmark's other variants compute what they claim: dense-only = base alone, unfused =
 // base + residual through two kernels.
 TEST(ZipperGpu, DenseOnlyAndUnfusedVariants) {
