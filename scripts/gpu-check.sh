@@ -98,7 +98,8 @@ F='ZipperGpu.MatchesCpuReference*:ZipperGpu.DenseOnly*:ZipperGpu.StreamKernel*'
 timeout ${SAN_T:-240} compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_cuda --gtest_filter="$F" > $B/memcheck.log 2>&1
 echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY' $B/memcheck.log | tail -1)"
 # racecheck over everything (its kernel filter crashed the sanitizer here); hazards reported
-# inside cuBLAS's nvjet kernels are listed apart from ours (mosaic::cuda kernels).
+# inside cuBLAS's nvjet kernels are listed apart from ours (mosaic::cuda kernels). NO_RACECHECK=1 skips it.
+[ "${NO_RACECHECK:-0}" = 1 ] && echo "racecheck skipped (NO_RACECHECK=1)" > $B/racecheck.log || \
 timeout ${SAN_T:-240} compute-sanitizer --tool racecheck \
   $B/test_cuda --gtest_filter="$F:ZipperGpu.OddShapes*" > $B/racecheck.log 2>&1
 echo "== racecheck rc=$? $(grep -E 'RACECHECK SUMMARY' $B/racecheck.log | tail -1)"

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/zipper_device.cuh"
 #include "cuda/zipper_launch.h"
@@ -112,10 +113,42 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const uint4 q = st[c * 32 + lane];
-        const bool has_res = RES && ((fl >> c) & 1u);
         uint4 rq = make_uint4(0, 0, 0, 0);
         T2 rsA{}, rsB{};
-        if (has_res) {
+        // The chunk's 4 k16 steps compiled with and without the residual: one branch per chunk
+        // instead of predicated residual code in every step (v9b, docs/kernels-notes.md).
+        const auto steps = [&](auto with_res) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int kk = c * 4 + j;  // k16 step within the tile
+            const int gi = L.spt == 1 ? 0 : (kk * 16) / L.group;
+            const T2 sA = O::bcast(sc[gi * 16 + g]), sB = O::bcast(sc[gi * 16 + g + 8]);
+            uint32_t b[4];
+            O::dequant(word(q, j), b);
+            b[0] = O::as_u32(__hmul2(O::as_t2(b[0]), sA));
+            b[1] = O::as_u32(__hmul2(O::as_t2(b[1]), sA));
+            b[2] = O::as_u32(__hmul2(O::as_t2(b[2]), sB));
+            b[3] = O::as_u32(__hmul2(O::as_t2(b[3]), sB));
+            if constexpr (decltype(with_res)::value) {  // the zipper: same B fragments, no extra MMA
+              uint32_t rb[4];
+              O::dequant(word(rq, j), rb);
+              b[0] = O::as_u32(__hfma2(O::as_t2(rb[0]), rsA, O::as_t2(b[0])));
+              b[1] = O::as_u32(__hfma2(O::as_t2(rb[1]), rsA, O::as_t2(b[1])));
+              b[2] = O::as_u32(__hfma2(O::as_t2(rb[2]), rsB, O::as_t2(b[2])));
+              b[3] = O::as_u32(__hfma2(O::as_t2(rb[3]), rsB, O::as_t2(b[3])));
+            }
+#pragma unroll
+            for (int mb = 0; mb < MB; ++mb) {
+              if (mb * 16 >= rows) break;  // warp-uniform: no MMA on all-zero row blocks
+              uint32_t a[4];
+              const int row = min(mb * 16 + (lane & 15), rows);
+              ldmatrix_x4(a, xs + row * xs_stride + i * kTileK + kk * 16 + (lane >> 4) * 8);
+              O::mma(acc[mb][0], a, b[0], b[1]);
+              O::mma(acc[mb][1], a, b[2], b[3]);
+            }
+          }
+        };
+        if (RES && ((fl >> c) & 1u)) {
           const bool in_slot = c == 0 || fl == 2u;  // the tile's first kept block is in the slot
           const T* rs;
           if (in_slot) {
@@ -127,35 +160,9 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
           }
           rsA = O::bcast(rs[g]);
           rsB = O::bcast(rs[g + 8]);
-        }
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int kk = c * 4 + j;  // k16 step within the tile
-          const int gi = L.spt == 1 ? 0 : (kk * 16) / L.group;
-          const T2 sA = O::bcast(sc[gi * 16 + g]), sB = O::bcast(sc[gi * 16 + g + 8]);
-          uint32_t b[4];
-          O::dequant(word(q, j), b);
-          b[0] = O::as_u32(__hmul2(O::as_t2(b[0]), sA));
-          b[1] = O::as_u32(__hmul2(O::as_t2(b[1]), sA));
-          b[2] = O::as_u32(__hmul2(O::as_t2(b[2]), sB));
-          b[3] = O::as_u32(__hmul2(O::as_t2(b[3]), sB));
-          if (has_res) {  // the zipper: residual added into the same B fragments, no extra MMA
-            uint32_t rb[4];
-            O::dequant(word(rq, j), rb);
-            b[0] = O::as_u32(__hfma2(O::as_t2(rb[0]), rsA, O::as_t2(b[0])));
-            b[1] = O::as_u32(__hfma2(O::as_t2(rb[1]), rsA, O::as_t2(b[1])));
-            b[2] = O::as_u32(__hfma2(O::as_t2(rb[2]), rsB, O::as_t2(b[2])));
-            b[3] = O::as_u32(__hfma2(O::as_t2(rb[3]), rsB, O::as_t2(b[3])));
-          }
-#pragma unroll
-          for (int mb = 0; mb < MB; ++mb) {
-            if (mb * 16 >= rows) break;  // warp-uniform: no MMA on all-zero row blocks
-            uint32_t a[4];
-            const int row = min(mb * 16 + (lane & 15), rows);
-            ldmatrix_x4(a, xs + row * xs_stride + i * kTileK + kk * 16 + (lane >> 4) * 8);
-            O::mma(acc[mb][0], a, b[0], b[1]);
-            O::mma(acc[mb][1], a, b[2], b[3]);
-          }
+          steps(std::true_type{});
+        } else {
+          steps(std::false_type{});
         }
       }
       if constexpr (RES) b_cons += __popc(fl);
