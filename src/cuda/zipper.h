@@ -4,7 +4,8 @@
 //
 // Paths (GemmPath::Auto picks by M and layer size, see choose_path):
 //   Fused   - one launch: mma.sync m16n8k16 with base and residual dequantized in registers into
-//             the same B fragments (memory-bound regime, small M);
+//             the same B fragments (memory-bound regime, small M): the stream kernel for M <= 16,
+//             the v8 fused kernel up to M = 64 (docs/kernels.md has the dispatch table);
 //   Dequant - one kernel writes deq(base)+deq(residual) as FP16/BF16 into a workspace, then
 //             cuBLAS (compute-bound regime, large M).
 // Variants (for the benchmark): Zipper (fused residual), DenseOnly (residual ignored),
