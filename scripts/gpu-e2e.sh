@@ -8,7 +8,8 @@
 #   OUT=/tmp/out scripts/gpu-e2e.sh [full|quick|tests|bench|build-only]
 #     full:  tests + llama3-8b and qwen3-8b, batch 1,4,16, prompt 2048, gen 128
 #     quick: tests + llama3-8b batch 1 only
-# Overrides: CONFIGS (space separated), BATCH, PROMPT, GEN, BUDGET; SKIP_HF=1; PPL_MODEL=dir
+# Overrides: CONFIGS (space separated), BATCH, PROMPT, GEN, BUDGET; SKIP_HF=1; PROFILE=1 (decode
+# step breakdown, bench e2e --profile); PPL_MODEL=dir
 # (also runs `mosaic ppl --device cuda` on it with wikitext from PPL_TEXT).
 # Device tool: run(command='OUT=$OUT scripts/gpu-e2e.sh full', carry=[".devdeps"], timeout_s=590)
 set -uo pipefail
@@ -18,8 +19,12 @@ OUT=${OUT:-/tmp/gpu-e2e}
 DEPS=${DEPS:-.devdeps}
 B=${BUILD:-/tmp/mosaic-e2e-build}
 mkdir -p "$OUT" "$B/obj"
+# Objects are kept between calls on a warm machine; any header change rebuilds everything.
+H=$(cat src/*/*.h src/*/*.cuh tests/gpu/*.h 2>/dev/null | md5sum | cut -c1-12)
+[ "$(cat "$B/obj/.headers" 2>/dev/null)" = "$H" ] || { rm -f "$B"/obj/*.o; echo "$H" > "$B/obj/.headers"; }
 exec > >(tee -a "$OUT/e2e.log") 2>&1
 CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
+[ -d "$CUDA_HOME/lib64" ] || CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
 echo "== $(date -u) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader) nvcc $(nvcc --version | tail -1)"
 
 # ---- runtime libraries (OpenBLAS, PCRE2, utf8proc) from the carried .deb files ------------------
@@ -33,8 +38,9 @@ if [ ! -e "$R/.done" ]; then
   touch "$R/.done"
 fi
 LA=$R/usr/lib/x86_64-linux-gnu
-LIBS="-L$LA/openblas-pthread -l:libopenblas.so.0 -L$LA -l:libpcre2-8.so.0 -l:libutf8proc.so.2 \
-  -Wl,-rpath,$LA/openblas-pthread -Wl,-rpath,$LA -Wl,-rpath-link,$LA -lcublas -lpthread"
+LIBS="-L$LA/openblas-pthread -l:libopenblas.so.0 -L$LA -l:libpcre2-8.so.0 -l:libutf8proc.so.2 -Wl,--disable-new-dtags \
+  -Wl,-rpath,$LA/openblas-pthread -Wl,-rpath,$LA -Wl,-rpath-link,$LA -L$CUDA_HOME/lib64 -L$CUDA_HOME/lib -L$CUDA_HOME/targets/x86_64-linux/lib -lcudart -lcublas -lpthread"
+export LD_LIBRARY_PATH=$LA:$LA/openblas-pthread:${LD_LIBRARY_PATH:-}
 export OPENBLAS_CORETYPE=SkylakeX
 
 # ---- build (objects newer than their source are kept: a warm machine rebuilds only what changed) --
@@ -62,14 +68,14 @@ LIBO=""
 for f in $LIB_SRCS src/cuda/*.cu src/gpu/*.cu; do LIBO="$LIBO $(obj $f)"; done
 CLIO=""; for f in src/cli/*.cpp; do CLIO="$CLIO $(obj $f)"; done
 TO=""; for f in tests/gpu/*.cpp; do TO="$TO $(obj $f)"; done
-nvcc -o $B/mosaic $CLIO $LIBO $LIBS || exit 1
-nvcc -o $B/test_gpu $TO $LIBO $(obj $DEPS/googletest/src/gtest-all.cc) $(obj $DEPS/googletest/src/gtest_main.cc) $LIBS || exit 1
+g++ -o $B/mosaic $CLIO $LIBO $LIBS || exit 1
+g++ -o $B/test_gpu $TO $LIBO $(obj $DEPS/googletest/src/gtest-all.cc) $(obj $DEPS/googletest/src/gtest_main.cc) $LIBS || exit 1
 echo "== build ok in $(( $(date +%s) - t0 )) s"
 [ "$MODE" = build-only ] && exit 0
 
 # ---- GPU engine tests ------------------------------------------------------------------------------
 if [ "$MODE" != bench ]; then
-  $B/test_gpu 2>&1 | grep -vE "^\[ RUN|^\[       OK" | tee $OUT/test_gpu.log; tests_rc=${PIPESTATUS[0]}
+  timeout ${TEST_T:-240} $B/test_gpu 2>&1 | grep -vE "^\[ RUN|^\[       OK" | tee $OUT/test_gpu.log; tests_rc=${PIPESTATUS[0]}
   echo "== test_gpu rc=$tests_rc"
   $B/mosaic bench e2e --config nope --random-weights 2>&1 | tail -1  # a clear error
 fi
@@ -86,11 +92,11 @@ if [ "$MODE" = quick ]; then DC=llama3-8b; DB=1; else DC="llama3-8b qwen3-8b"; D
 CONFIGS=${CONFIGS:-$DC}; BATCH=${BATCH:-$DB}; PROMPT=${PROMPT:-2048}; GEN=${GEN:-128}; BUDGET=${BUDGET:-0.1}
 parts=()
 for c in $CONFIGS; do
-  $B/mosaic bench e2e --config $c --random-weights --batch $BATCH --prompt $PROMPT --gen $GEN --budget $BUDGET \
-    --json $B/e2e-$c.json 2>&1 | tee $B/e2e-$c.md
+  timeout ${BENCH_T:-200} $B/mosaic bench e2e --config $c --random-weights --batch $BATCH --prompt $PROMPT --gen $GEN --budget $BUDGET \
+    ${PROFILE:+--profile} --json $B/e2e-$c.json 2>&1 | tee $B/e2e-$c.md
   echo "== bench e2e $c rc=${PIPESTATUS[0]}"; parts+=($B/e2e-$c.json)
   if [ "${SKIP_HF:-0}" != 1 ]; then
-    PYTHONUNBUFFERED=1 timeout ${HF_T:-300} python3 bench/transformers_e2e.py --config $c --batch $BATCH --prompt $PROMPT \
+    PYTHONUNBUFFERED=1 timeout ${HF_T:-200} python3 bench/transformers_e2e.py --config $c --batch $BATCH --prompt $PROMPT \
       --gen $GEN --json $B/hf-$c.json 2>&1 | grep -v Warning | tail -8
     echo "== transformers $c rc=${PIPESTATUS[0]}"; [ -f $B/hf-$c.json ] && parts+=($B/hf-$c.json)
   fi

@@ -42,7 +42,7 @@ struct GemmArgs {
 
 struct E2EArgs {
   std::string model, config, batches = "1,4,16", engines = "fp16,w4a16", json;
-  bool random_weights = false;
+  bool random_weights = false, profile = false;
   double budget = 0.1;
   int64_t prompt = 2048;
   int gen = 128;
@@ -64,6 +64,7 @@ void add_e2e_command(CLI::App* bench) {
   e2e->add_option("--gen", a->gen, "generated tokens per sequence")->capture_default_str();
   e2e->add_option("--engines", a->engines, "with --random-weights: fp16, w4a16 or both")->capture_default_str();
   e2e->add_option("--json", a->json, "write the rows as JSON to this file");
+  e2e->add_flag("--profile", a->profile, "also time a decode step without each group of ops (where the time goes)");
   e2e->callback([a] {
     const auto batches = parse_list<int>(a->batches, "batch");
     if (a->model.empty() == a->config.empty()) fail("bench e2e: give exactly one of --model DIR or --config NAME");
@@ -80,6 +81,7 @@ void add_e2e_command(CLI::App* bench) {
     o.prompt = a->prompt;
     o.gen = a->gen;
     o.json = a->json;
+    o.profile = a->profile;
     o.engines.clear();
     std::stringstream ss(a->engines);
     for (std::string e; std::getline(ss, e, ',');) o.engines.push_back(e);

@@ -148,6 +148,7 @@ void run_e2e_bench(const E2EOptions& o) {
     }
     const double load_s = seconds_since(t_load);
     const GpuLoadReport& rep = m->load_report();
+    for (const auto& n : rep.notes) std::printf("note (%s): %s\n", engine_name.c_str(), n.c_str());
     const int64_t V = m->vocab_size();
     std::mt19937 rng(uint32_t(o.seed));
     for (int B : o.batches) {
@@ -210,6 +211,20 @@ void run_e2e_bench(const E2EOptions& o) {
                             {"dequant_linears", rep.dequant_linears},
                             {"cublas_linears", rep.dense_linears}};
       if (engine_name == "mosaic_w4a16" && o.random_weights) row["budget"] = o.budget;
+      if (o.profile) {
+        // Where a decode step's time goes: the step without each group of ops (graph replays),
+        // and the whole step without the graph.
+        const double full = m->profile_decode(B, 0), eager = m->profile_decode(B, 0, false);
+        const double no_attn = m->profile_decode(B, 1), no_gemm = m->profile_decode(B, 2);
+        const double no_head = m->profile_decode(B, 4), no_small = m->profile_decode(B, 8);
+        const double only_small = m->profile_decode(B, 1 | 2 | 4);
+        std::printf("|   profile B=%d: step %.3f ms (eager %.3f); without attention %.3f, linears %.3f, LM head %.3f, "
+                    "small ops %.3f; small ops alone %.3f |\n",
+                    B, full, eager, no_attn, no_gemm, no_head, no_small, only_small);
+        row["profile_ms"] = {{"step", full},           {"eager", eager},     {"no_attention", no_attn},
+                             {"no_linears", no_gemm},  {"no_lm_head", no_head}, {"no_small_ops", no_small},
+                             {"small_ops_only", only_small}};
+      }
       rows.push_back(row);
     }
   }

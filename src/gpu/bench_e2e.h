@@ -28,6 +28,7 @@ struct E2EOptions {
   int gen = 128;
   std::vector<std::string> engines = {"fp16", "w4a16"};
   std::string json;        // output file (optional)
+  bool profile = false;    // also break a decode step down (GpuModel::profile_decode)
   uint64_t seed = 1;
 };
 

@@ -279,13 +279,16 @@ struct GpuModel::Impl {
 
   DevBuf kv;  // [L][2][slots][Hkv][cap][hd]
   std::vector<int64_t> len;
-  DevBuf x, h, qkv, q, att, o, gu, actb, logits, lm_tmp, S, P, partial, tok, pos, slot, next, targets, nll;
+  DevBuf x, h, qkv, q, att, o, gu, actb, logits, arg_scratch, lm_tmp, S, P, partial, tok, pos, slot, next, targets, nll;
   int32_t* h_stage = nullptr;  // pinned: tok | pos | slot | next (M each)
   size_t peak = 0;
 
   std::map<int, cudaGraphExec_t> graphs;
   std::map<int, int> eager_steps;
   bool graphs_ok = true;
+  // Profiling (GpuModel::profile_decode): leave groups of ops out of the decode step.
+  static constexpr unsigned kSkipAttention = 1, kSkipGemm = 2, kSkipHead = 4, kSkipSmall = 8;
+  unsigned skip = 0;
 
   ~Impl() {
     for (auto& [b, g] : graphs) cudaGraphExecDestroy(g);
@@ -455,6 +458,7 @@ struct GpuModel::Impl {
     gu = DevBuf(size_t(M * 2 * I) * 2, "activations");
     actb = DevBuf(size_t(M * I) * 2, "activations");
     logits = DevBuf(size_t(LR * V) * 4, "logits");
+    arg_scratch = DevBuf(kern::argmax_scratch_bytes(LR), "argmax scratch");
     if (!lm_dense) lm_tmp = DevBuf(size_t(LR * V) * 2, "logits");
     S = DevBuf(S_elems() * 4, "attention scores");
     P = DevBuf(S_elems() * 2, "attention probabilities");
@@ -481,26 +485,33 @@ struct GpuModel::Impl {
   // final-normed hidden in h.
   void run_layers(int64_t n, int decode_B, int s, int64_t pos0) {
     const float eps = cfg.rms_norm_eps;
+    const bool small = !(skip & kSkipSmall), gemm = !(skip & kSkipGemm), attn = !(skip & kSkipAttention);
     for (int l = 0; l < cfg.num_layers; ++l) {
       const Layer& Ly = layers[size_t(l)];
-      kern::add_rms_norm(act, x.as<float>(), l == 0 ? nullptr : this->o.get(), Ly.attn_norm.as<float>(), n, D, eps,
-                         h.get(), stream);
-      Ly.qkv->forward(h.get(), qkv.get(), n, stream);
-      kern::qkv_rope_cache(act, qkv.get(), n, pos.as<int32_t>(), slot.as<int32_t>(), dims,
-                           cfg.qk_norm ? Ly.q_norm.as<float>() : nullptr, cfg.qk_norm ? Ly.k_norm.as<float>() : nullptr,
-                           eps, inv_freq.as<float>(), q.get(), kc(l), vc(l), stream);
-      if (decode_B > 0)
-        kern::attention_decode(act, q.get(), kc(l), vc(l), pos.as<int32_t>(), slot.as<int32_t>(), decode_B, dims,
-                               partial.as<float>(), att.get(), stream);
-      else
-        prefill_attention(l, n, s, pos0);
-      Ly.o->forward(att.get(), this->o.get(), n, stream);
-      kern::add_rms_norm(act, x.as<float>(), this->o.get(), Ly.ffn_norm.as<float>(), n, D, eps, h.get(), stream);
-      Ly.gate_up->forward(h.get(), gu.get(), n, stream);
-      kern::silu_mul(act, gu.get(), n, I, actb.get(), stream);
-      Ly.down->forward(actb.get(), this->o.get(), n, stream);
+      if (small)
+        kern::add_rms_norm(act, x.as<float>(), l == 0 ? nullptr : this->o.get(), Ly.attn_norm.as<float>(), n, D, eps,
+                           h.get(), stream);
+      if (gemm) Ly.qkv->forward(h.get(), qkv.get(), n, stream);
+      if (small)
+        kern::qkv_rope_cache(act, qkv.get(), n, pos.as<int32_t>(), slot.as<int32_t>(), dims,
+                             cfg.qk_norm ? Ly.q_norm.as<float>() : nullptr,
+                             cfg.qk_norm ? Ly.k_norm.as<float>() : nullptr, eps, inv_freq.as<float>(), q.get(), kc(l),
+                             vc(l), stream);
+      if (attn) {
+        if (decode_B > 0)
+          kern::attention_decode(act, q.get(), kc(l), vc(l), pos.as<int32_t>(), slot.as<int32_t>(), decode_B, dims,
+                                 partial.as<float>(), att.get(), stream);
+        else
+          prefill_attention(l, n, s, pos0);
+      }
+      if (gemm) Ly.o->forward(att.get(), this->o.get(), n, stream);
+      if (small)
+        kern::add_rms_norm(act, x.as<float>(), this->o.get(), Ly.ffn_norm.as<float>(), n, D, eps, h.get(), stream);
+      if (gemm) Ly.gate_up->forward(h.get(), gu.get(), n, stream);
+      if (small) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream);
+      if (gemm) Ly.down->forward(actb.get(), this->o.get(), n, stream);
     }
-    kern::add_rms_norm(act, x.as<float>(), this->o.get(), final_norm.as<float>(), n, D, eps, h.get(), stream);
+    if (small) kern::add_rms_norm(act, x.as<float>(), this->o.get(), final_norm.as<float>(), n, D, eps, h.get(), stream);
   }
 
   void prefill_attention(int l, int64_t n, int s, int64_t pos0) {
@@ -555,10 +566,12 @@ struct GpuModel::Impl {
   // One decode step for rows 0..B-1 from tok/pos/slot on the device: layers, LM head, argmax into
   // next, then tok = next, pos += 1 (so the graph can be replayed for the following step).
   void decode_body(int B) {
-    kern::embedding(act, embed.get(), D, tok.as<int32_t>(), B, x.as<float>(), stream);
+    if (!(skip & kSkipSmall)) kern::embedding(act, embed.get(), D, tok.as<int32_t>(), B, x.as<float>(), stream);
     run_layers(B, B, 0, 0);
-    lm_rows(0, B);
-    kern::argmax(logits.as<float>(), B, V, next.as<int32_t>(), stream);
+    if (!(skip & kSkipHead)) {
+      lm_rows(0, B);
+      kern::argmax(logits.as<float>(), B, V, next.as<int32_t>(), arg_scratch.get(), stream);
+    }
     kern::advance(next.as<int32_t>(), tok.as<int32_t>(), pos.as<int32_t>(), B, stream);
   }
 
@@ -749,6 +762,46 @@ void GpuModel::decode(const int32_t* tokens, int B, float* logits, int32_t* next
   if (next) check_cuda(cudaMemcpyAsync(next, m.next.get(), size_t(B) * 4, cudaMemcpyDeviceToHost, m.stream), "download ids");
   synchronize();
   for (int b = 0; b < B; ++b) ++m.len[size_t(b)];
+}
+
+double GpuModel::profile_decode(int B, unsigned skip, bool graphs, int steps) {
+  Impl& m = *impl_;
+  MOSAIC_CHECK(B >= 1 && B <= m.slots && steps >= 1 && m.cap > steps + 1, "profile_decode: bad arguments");
+  // Positions near the end of the cache (attention over ~capacity keys), advanced `steps` times.
+  const std::vector<int64_t> saved = m.len;
+  for (int b = 0; b < B; ++b) m.len[size_t(b)] = m.cap - steps - 1;
+  std::vector<int32_t> toks(size_t(B), 0);
+  for (auto& [b, g] : m.graphs) cudaGraphExecDestroy(g);
+  m.graphs.clear();
+  m.eager_steps.clear();
+  const bool use_graphs = m.opt.cuda_graphs;
+  m.opt.cuda_graphs = graphs;
+  m.skip = skip;
+  double ms = 0;
+  try {
+    m.stage_decode_inputs(toks.data(), B);
+    m.decode_step(B);  // eager (warm-up)
+    m.stage_decode_inputs(toks.data(), B);
+    m.decode_step(B);  // captured
+    m.stage_decode_inputs(toks.data(), B);
+    synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < steps; ++i) m.decode_step(B);
+    synchronize();
+    ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
+  } catch (...) {
+    m.skip = 0;
+    m.opt.cuda_graphs = use_graphs;
+    m.len = saved;
+    throw;
+  }
+  for (auto& [b, g] : m.graphs) cudaGraphExecDestroy(g);
+  m.graphs.clear();
+  m.eager_steps.clear();
+  m.skip = 0;
+  m.opt.cuda_graphs = use_graphs;
+  m.len = saved;
+  return ms;
 }
 
 void GpuModel::generate_greedy(const int32_t* first, int B, int steps, int32_t* out) {

@@ -110,6 +110,11 @@ class GpuModel {
   // step's argmax is fed to the next (no host round trip); out [steps, B] (host) gets the ids.
   void generate_greedy(const int32_t* first, int B, int steps, int32_t* out);
   void synchronize() const;
+  // Profiling: ms per decode step of batch B with groups of ops left out (skip bits: 1 attention,
+  // 2 linear layers, 4 LM head + argmax, 8 norms / RoPE / SiLU / embedding), with or without the
+  // CUDA graph, averaged over `steps` steps at positions near the end of the cache. The model's
+  // state (lengths) is restored; the KV cache contents past them are overwritten.
+  double profile_decode(int B, unsigned skip, bool graphs = true, int steps = 30);
 
   struct Impl;
 

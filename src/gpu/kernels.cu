@@ -312,6 +312,136 @@ __global__ void attention_decode_k(const T* q, const T* kc, const T* vc, const i
   }
 }
 
+// Vectorized variant for hd % 8 == 0 with hd/8 a power of two <= 32 (hd 8..256): thread t owns
+// 8 consecutive dims (vector t % nv, nv = hd/8) of position group t / nv, so K and V rows are read
+// as coalesced 16-byte loads; q slices live in registers (MAXREP >= rep query heads).
+template <typename T, int MAXREP>
+__global__ void __launch_bounds__(kDecChunk) attention_decode_vec_k(const T* q, const T* kc, const T* vc,
+                                                                    const int32_t* pos_a, const int32_t* slot_a,
+                                                                    AttnDims d, float scale, float* partial) {
+  extern __shared__ float sm[];
+  const int g = blockIdx.x, b = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
+  const int rep = d.H / d.Hkv, hd = d.hd, nv = hd / 8, G = kDecChunk / nv;
+  const int vec = threadIdx.x % nv, pg = threadIdx.x / nv;
+  float* ps = sm;                      // [rep][kDecChunk] scores, then probabilities
+  float* red = ps + rep * kDecChunk;   // [G][hd] reduction of the value sums
+  float* ml = red + G * hd;            // [rep][2]
+  const int64_t len = int64_t(pos_a[b]) + 1, slot = slot_a[b];
+  const int64_t start = int64_t(split) * kDecChunk;
+  const int64_t stride_part = hd + 2;
+  auto part = [&](int r) { return partial + ((int64_t(b) * d.H + g * rep + r) * nsplit + split) * stride_part; };
+  if (start >= len) {
+    for (int r = threadIdx.x; r < rep; r += blockDim.x) {
+      part(r)[hd] = -INFINITY;
+      part(r)[hd + 1] = 0.f;
+    }
+    return;
+  }
+  const int n = int(min(int64_t(kDecChunk), len - start));
+  float qr[MAXREP][8];
+  const T* qb = q + (int64_t(b) * d.H + int64_t(g) * rep) * hd + vec * 8;
+#pragma unroll
+  for (int r = 0; r < MAXREP; ++r) {
+    if (r < rep) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(qb + int64_t(r) * hd);
+      const T* qv = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) qr[r][e] = to_f(qv[e]) * scale;
+    }
+  }
+  const int64_t base = ((slot * d.Hkv + g) * d.cap + start) * hd + vec * 8;
+  const T* kb = kc + base;
+  const T* vb = vc + base;
+  // Scores: each position group takes positions pg, pg + G, ...; its nv lanes reduce by shuffles.
+  for (int j0 = 0; j0 < n; j0 += G) {
+    const int j = j0 + pg;
+    const bool ok = j < n;
+    float kf[8];
+    if (ok) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(kb + int64_t(j) * hd);
+      const T* kv = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) kf[e] = to_f(kv[e]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) kf[e] = 0.f;
+    }
+#pragma unroll
+    for (int r = 0; r < MAXREP; ++r) {
+      if (r < rep) {
+        float acc = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc += qr[r][e] * kf[e];
+        for (int off = nv / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        if (ok && vec == 0) ps[r * kDecChunk + j] = acc;
+      }
+    }
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  for (int r = threadIdx.x >> 5; r < rep; r += nw) {
+    float m = -INFINITY;
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[r * kDecChunk + j]);
+    m = warp_max(m);
+    float l = 0.f;
+    for (int j = lane; j < n; j += 32) {
+      const float e = expf(ps[r * kDecChunk + j] - m);
+      ps[r * kDecChunk + j] = e;
+      l += e;
+    }
+    l = warp_sum(l);
+    if (lane == 0) {
+      ml[2 * r] = m;
+      ml[2 * r + 1] = l;
+    }
+  }
+  __syncthreads();
+  float acc[MAXREP][8];
+#pragma unroll
+  for (int r = 0; r < MAXREP; ++r)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[r][e] = 0.f;
+#pragma unroll 2
+  for (int j = pg; j < n; j += G) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(vb + int64_t(j) * hd);
+    const T* vv = reinterpret_cast<const T*>(&raw);
+    float vf[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) vf[e] = to_f(vv[e]);
+#pragma unroll
+    for (int r = 0; r < MAXREP; ++r) {
+      if (r < rep) {
+        const float p = ps[r * kDecChunk + j];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r][e] += p * vf[e];
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < MAXREP; ++r) {
+    if (r < rep) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) red[pg * hd + vec * 8 + e] = acc[r][e];
+      __syncthreads();
+      for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float sum = 0.f;
+        for (int k = 0; k < G; ++k) sum += red[k * hd + i];
+        part(r)[i] = sum;
+      }
+      __syncthreads();
+    }
+  }
+  for (int r = threadIdx.x; r < rep; r += blockDim.x) {
+    part(r)[hd] = ml[2 * r];
+    part(r)[hd + 1] = ml[2 * r + 1];
+  }
+}
+
+bool decode_vec_ok(int hd) {
+  const int nv = hd / 8;
+  return hd % 8 == 0 && nv >= 1 && nv <= 32 && (nv & (nv - 1)) == 0;
+}
+
 // grid (H, B), block 128: out[b, h*hd + i] = sum_s o_s[i] e^(m_s - M) / sum_s l_s e^(m_s - M).
 template <typename T>
 __global__ void attention_combine_k(const float* partial, int nsplit, AttnDims d, T* out) {
@@ -366,13 +496,40 @@ __device__ int block_argmax(float bv, int bi) {
   return si[0];
 }
 
-__global__ void argmax_k(const float* logits, int64_t V, int32_t* out) {
+// Two stages: grid (rows, kArgBlocks) blocks each find the best of a slice (4 independent loads
+// in flight per thread), then one warp per row picks the best slice (ties -> lowest id).
+constexpr int kArgBlocks = 32;
+__global__ void argmax_partial_k(const float* logits, int64_t V, float* pv, int* pi) {
   const float* x = logits + int64_t(blockIdx.x) * V;
+  const int64_t per = (V + gridDim.y - 1) / gridDim.y;
+  const int64_t lo = int64_t(blockIdx.y) * per, hi = min(V, lo + per);
   float bv = -INFINITY;
   int bi = 0x7fffffff;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) better(bv, bi, x[i], int(i));
+  int64_t i = lo + threadIdx.x;
+  for (; i + 3 * int64_t(blockDim.x) < hi; i += 4 * int64_t(blockDim.x)) {
+    const float a0 = x[i], a1 = x[i + blockDim.x], a2 = x[i + 2 * blockDim.x], a3 = x[i + 3 * blockDim.x];
+    better(bv, bi, a0, int(i));
+    better(bv, bi, a1, int(i + blockDim.x));
+    better(bv, bi, a2, int(i + 2 * blockDim.x));
+    better(bv, bi, a3, int(i + 3 * blockDim.x));
+  }
+  for (; i < hi; i += blockDim.x) better(bv, bi, x[i], int(i));
   const int r = block_argmax(bv, bi);
-  if (threadIdx.x == 0) out[blockIdx.x] = r == 0x7fffffff ? 0 : r;
+  if (threadIdx.x == 0) {
+    pv[blockIdx.x * gridDim.y + blockIdx.y] = r == 0x7fffffff ? -INFINITY : x[r];
+    pi[blockIdx.x * gridDim.y + blockIdx.y] = r;
+  }
+}
+__global__ void argmax_final_k(const float* pv, const int* pi, int nb, int32_t* out) {
+  float bv = -INFINITY;
+  int bi = 0x7fffffff;
+  for (int k = threadIdx.x; k < nb; k += 32) better(bv, bi, pv[blockIdx.x * nb + k], pi[blockIdx.x * nb + k]);
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    better(bv, bi, ov, oi);
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
 }
 
 __device__ __forceinline__ uint64_t mix64(uint64_t z) {
@@ -501,9 +658,23 @@ void attention_decode(Act a, const void* q, const void* k_cache, const void* v_c
   const size_t smem = size_t(rep * d.hd + rep * kDecChunk + 2 * rep) * sizeof(float);
   const float scale = 1.0f / sqrtf(float(d.hd));
   const dim3 grid(unsigned(d.Hkv), unsigned(B), unsigned(nsplit));
-  MOSAIC_DISPATCH(a, attention_decode_k<T><<<grid, kDecChunk, smem, s>>>(
-                         static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), pos,
-                         slot, d, scale, partial));
+  if (decode_vec_ok(d.hd)) {
+    const int G = kDecChunk / (d.hd / 8);
+    const size_t vsmem = size_t(rep * kDecChunk + G * d.hd + 2 * rep) * sizeof(float);
+#define MOSAIC_DEC_VEC(R)                                                                                \
+  MOSAIC_DISPATCH(a, attention_decode_vec_k<T, R><<<grid, kDecChunk, vsmem, s>>>(                        \
+                         static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), \
+                         pos, slot, d, scale, partial))
+    if (rep <= 2) MOSAIC_DEC_VEC(2);
+    else if (rep <= 4) MOSAIC_DEC_VEC(4);
+    else if (rep <= 8) MOSAIC_DEC_VEC(8);
+    else MOSAIC_DEC_VEC(16);
+#undef MOSAIC_DEC_VEC
+  } else {
+    MOSAIC_DISPATCH(a, attention_decode_k<T><<<grid, kDecChunk, smem, s>>>(
+                           static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache),
+                           pos, slot, d, scale, partial));
+  }
   MOSAIC_DISPATCH(a, attention_combine_k<T><<<dim3(unsigned(d.H), unsigned(B)), 128, 0, s>>>(partial, nsplit, d,
                                                                                            static_cast<T*>(out)));
 }
@@ -514,8 +685,15 @@ void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStr
   MOSAIC_DISPATCH(a, silu_mul_k<T><<<grid, 256, 0, s>>>(static_cast<const T*>(gu), I, static_cast<T*>(out)));
 }
 
-void argmax(const float* logits, int64_t rows, int64_t V, int32_t* out, cudaStream_t s) {
-  if (rows > 0) argmax_k<<<unsigned(rows), 1024, 0, s>>>(logits, V, out);
+size_t argmax_scratch_bytes(int64_t rows) { return size_t(rows) * kArgBlocks * (sizeof(float) + sizeof(int)); }
+
+void argmax(const float* logits, int64_t rows, int64_t V, int32_t* out, void* scratch, cudaStream_t s) {
+  if (rows <= 0) return;
+  const int nb = int(std::min<int64_t>(kArgBlocks, (V + 2047) / 2048));
+  float* pv = static_cast<float*>(scratch);
+  int* pi = reinterpret_cast<int*>(pv + rows * kArgBlocks);
+  argmax_partial_k<<<dim3(unsigned(rows), unsigned(nb)), 256, 0, s>>>(logits, V, pv, pi);
+  argmax_final_k<<<unsigned(rows), 32, 0, s>>>(pv, pi, nb, out);
 }
 
 void advance(const int32_t* next, int32_t* tok, int32_t* pos, int B, cudaStream_t s) {

@@ -55,7 +55,10 @@ void attention_decode(Act a, const void* q, const void* k_cache, const void* v_c
 void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s);
 
 // out[r] = argmax of logits row r (fp32 [rows, V]); ties -> lowest id (as mosaic::argmax).
-void argmax(const float* logits, int64_t rows, int64_t V, int32_t* out, cudaStream_t s);
+// Two stages (slices of the row in parallel, then one warp per row); scratch: device memory of
+// argmax_scratch_bytes(rows).
+size_t argmax_scratch_bytes(int64_t rows);
+void argmax(const float* logits, int64_t rows, int64_t V, int32_t* out, void* scratch, cudaStream_t s);
 
 // Decode bookkeeping inside the graph: tok[b] = next[b], pos[b] += 1.
 void advance(const int32_t* next, int32_t* tok, int32_t* pos, int B, cudaStream_t s);

@@ -141,7 +141,8 @@ struct AttnCase {
   int H, Hkv, hd;
   int64_t cap;
 };
-const AttnCase kAttnCases[] = {{4, 2, 16, 300}, {9, 3, 64, 130}, {32, 8, 128, 260}, {16, 1, 32, 129}, {2, 2, 8, 17}};
+const AttnCase kAttnCases[] = {{4, 2, 16, 300}, {9, 3, 64, 130}, {32, 8, 128, 260}, {16, 1, 32, 129},
+                                {2, 2, 8, 17},    {4, 2, 24, 70},  {2, 1, 256, 140},  {8, 1, 64, 200}};
 
 // Reference per sequence: ref::attention over the slot's [Hkv][cap][hd] cache.
 std::vector<float> ref_attention(const std::vector<float>& q, const std::vector<float>& kc, const std::vector<float>& vc,
@@ -216,8 +217,9 @@ TEST(GpuOps, ArgmaxMatchesCpuIncludingTies) {
     const int64_t rows = 3;
     auto x = randn(size_t(rows * V), 31);
     if (V > 10) x[size_t(V + 7)] = x[size_t(V + 3)] = 100.f;  // row 1: a tie -> lowest id
-    DevBuf dx = to_dev(x), out(size_t(rows) * 4);
-    kern::argmax(dx.as<float>(), rows, V, out.as<int32_t>(), nullptr);
+    if (V > 5000) x[size_t(2 * V + V - 1)] = x[size_t(2 * V + 100)] = 50.f;  // row 2: a tie across slices
+    DevBuf dx = to_dev(x), out(size_t(rows) * 4), scratch(kern::argmax_scratch_bytes(rows));
+    kern::argmax(dx.as<float>(), rows, V, out.as<int32_t>(), scratch.get(), nullptr);
     const auto got = from_dev<int32_t>(out, size_t(rows));
     for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(got[size_t(r)], mosaic::argmax(x.data() + r * V, V)) << "V=" << V;
   }
