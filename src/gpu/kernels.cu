@@ -312,22 +312,26 @@ __global__ void attention_decode_k(const T* q, const T* kc, const T* vc, const i
   }
 }
 
-// Vectorized variant for hd % 8 == 0 with hd/8 a power of two <= 32 (hd 8..256): thread t owns
-// 8 consecutive dims (vector t % nv, nv = hd/8) of position group t / nv, so K and V rows are read
-// as coalesced 16-byte loads; q slices live in registers (MAXREP >= rep query heads).
+// Vectorized variant for hd % 8 == 0 with hd/8 a power of two <= 32 (hd 8..256), the path of
+// every real model: kVecChunk key positions per block (more blocks than SMs even at batch 1),
+// thread t owns 8 consecutive dims (vector t % nv, nv = hd/8) of position group t / nv, reads K and
+// V rows as coalesced 16-byte loads, all of its positions' loads issued before any use (the step
+// is latency-bound at small batch); q slices live in registers (MAXREP >= rep query heads).
+constexpr int kVecThreads = 128, kVecChunk = 64, kMaxPPT = 16;  // positions per thread <= 16 (hd 256)
+
 template <typename T, int MAXREP>
-__global__ void __launch_bounds__(kDecChunk) attention_decode_vec_k(const T* q, const T* kc, const T* vc,
-                                                                    const int32_t* pos_a, const int32_t* slot_a,
-                                                                    AttnDims d, float scale, float* partial) {
+__global__ void __launch_bounds__(kVecThreads) attention_decode_vec_k(const T* q, const T* kc, const T* vc,
+                                                                      const int32_t* pos_a, const int32_t* slot_a,
+                                                                      AttnDims d, float scale, float* partial) {
   extern __shared__ float sm[];
   const int g = blockIdx.x, b = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
-  const int rep = d.H / d.Hkv, hd = d.hd, nv = hd / 8, G = kDecChunk / nv;
+  const int rep = d.H / d.Hkv, hd = d.hd, nv = hd / 8, G = kVecThreads / nv;
   const int vec = threadIdx.x % nv, pg = threadIdx.x / nv;
-  float* ps = sm;                      // [rep][kDecChunk] scores, then probabilities
-  float* red = ps + rep * kDecChunk;   // [G][hd] reduction of the value sums
+  float* ps = sm;                      // [rep][kVecChunk] scores, then probabilities
+  float* red = ps + rep * kVecChunk;   // [G][hd] reduction of the value sums
   float* ml = red + G * hd;            // [rep][2]
   const int64_t len = int64_t(pos_a[b]) + 1, slot = slot_a[b];
-  const int64_t start = int64_t(split) * kDecChunk;
+  const int64_t start = int64_t(split) * kVecChunk;
   const int64_t stride_part = hd + 2;
   auto part = [&](int r) { return partial + ((int64_t(b) * d.H + g * rep + r) * nsplit + split) * stride_part; };
   if (start >= len) {
@@ -337,7 +341,17 @@ __global__ void __launch_bounds__(kDecChunk) attention_decode_vec_k(const T* q, 
     }
     return;
   }
-  const int n = int(min(int64_t(kDecChunk), len - start));
+  const int n = int(min(int64_t(kVecChunk), len - start));
+  const int64_t base = ((slot * d.Hkv + g) * d.cap + start) * hd + vec * 8;
+  const T* kb = kc + base;
+  const T* vb = vc + base;
+  // Issue every K load of this thread first (V loads go out before the softmax).
+  uint4 kraw[kMaxPPT], vraw[kMaxPPT];
+#pragma unroll
+  for (int p = 0; p < kMaxPPT; ++p) {
+    const int j = pg + p * G;
+    if (p * G < kVecChunk && j < n) kraw[p] = *reinterpret_cast<const uint4*>(kb + int64_t(j) * hd);
+  }
   float qr[MAXREP][8];
   const T* qb = q + (int64_t(b) * d.H + int64_t(g) * rep) * hd + vec * 8;
 #pragma unroll
@@ -349,23 +363,16 @@ __global__ void __launch_bounds__(kDecChunk) attention_decode_vec_k(const T* q, 
       for (int e = 0; e < 8; ++e) qr[r][e] = to_f(qv[e]) * scale;
     }
   }
-  const int64_t base = ((slot * d.Hkv + g) * d.cap + start) * hd + vec * 8;
-  const T* kb = kc + base;
-  const T* vb = vc + base;
-  // Scores: each position group takes positions pg, pg + G, ...; its nv lanes reduce by shuffles.
-  for (int j0 = 0; j0 < n; j0 += G) {
-    const int j = j0 + pg;
+  // Scores: the nv lanes of a position group reduce the dot product by shuffles.
+#pragma unroll
+  for (int p = 0; p < kMaxPPT; ++p) {
+    if (p * G >= kVecChunk) break;
+    const int j = pg + p * G;
     const bool ok = j < n;
     float kf[8];
-    if (ok) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(kb + int64_t(j) * hd);
-      const T* kv = reinterpret_cast<const T*>(&raw);
+    const T* kv = reinterpret_cast<const T*>(&kraw[p]);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) kf[e] = to_f(kv[e]);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) kf[e] = 0.f;
-    }
+    for (int e = 0; e < 8; ++e) kf[e] = ok ? to_f(kv[e]) : 0.f;
 #pragma unroll
     for (int r = 0; r < MAXREP; ++r) {
       if (r < rep) {
@@ -373,20 +380,25 @@ __global__ void __launch_bounds__(kDecChunk) attention_decode_vec_k(const T* q, 
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc += qr[r][e] * kf[e];
         for (int off = nv / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-        if (ok && vec == 0) ps[r * kDecChunk + j] = acc;
+        if (ok && vec == 0) ps[r * kVecChunk + j] = acc;
       }
     }
+  }
+#pragma unroll
+  for (int p = 0; p < kMaxPPT; ++p) {
+    const int j = pg + p * G;
+    if (p * G < kVecChunk && j < n) vraw[p] = *reinterpret_cast<const uint4*>(vb + int64_t(j) * hd);
   }
   __syncthreads();
   const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
   for (int r = threadIdx.x >> 5; r < rep; r += nw) {
     float m = -INFINITY;
-    for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[r * kDecChunk + j]);
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[r * kVecChunk + j]);
     m = warp_max(m);
     float l = 0.f;
     for (int j = lane; j < n; j += 32) {
-      const float e = expf(ps[r * kDecChunk + j] - m);
-      ps[r * kDecChunk + j] = e;
+      const float e = expf(ps[r * kVecChunk + j] - m);
+      ps[r * kVecChunk + j] = e;
       l += e;
     }
     l = warp_sum(l);
@@ -401,19 +413,22 @@ __global__ void __launch_bounds__(kDecChunk) attention_decode_vec_k(const T* q, 
   for (int r = 0; r < MAXREP; ++r)
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[r][e] = 0.f;
-#pragma unroll 2
-  for (int j = pg; j < n; j += G) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(vb + int64_t(j) * hd);
-    const T* vv = reinterpret_cast<const T*>(&raw);
-    float vf[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) vf[e] = to_f(vv[e]);
+  for (int p = 0; p < kMaxPPT; ++p) {
+    if (p * G >= kVecChunk) break;
+    const int j = pg + p * G;
+    if (j < n) {
+      const T* vv = reinterpret_cast<const T*>(&vraw[p]);
+      float vf[8];
 #pragma unroll
-    for (int r = 0; r < MAXREP; ++r) {
-      if (r < rep) {
-        const float p = ps[r * kDecChunk + j];
+      for (int e = 0; e < 8; ++e) vf[e] = to_f(vv[e]);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[r][e] += p * vf[e];
+      for (int r = 0; r < MAXREP; ++r) {
+        if (r < rep) {
+          const float pr = ps[r * kVecChunk + j];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[r][e] += pr * vf[e];
+        }
       }
     }
   }
@@ -442,26 +457,42 @@ bool decode_vec_ok(int hd) {
   return hd % 8 == 0 && nv >= 1 && nv <= 32 && (nv & (nv - 1)) == 0;
 }
 
-// grid (H, B), block 128: out[b, h*hd + i] = sum_s o_s[i] e^(m_s - M) / sum_s l_s e^(m_s - M).
+// grid (H, B), block 512: out[b, h*hd + i] = sum_s o_s[i] e^(m_s - M) / sum_s l_s e^(m_s - M).
+// The split weights go to shared memory; SG = 512 / hd groups of threads sum interleaved splits.
+constexpr int kCombineThreads = 512;
 template <typename T>
 __global__ void attention_combine_k(const float* partial, int nsplit, AttnDims d, T* out) {
+  extern __shared__ float cw[];  // [nsplit] weights, then [SG][hd] sums
   const int h = blockIdx.x, b = blockIdx.y, hd = d.hd;
-  const float* p = partial + (int64_t(b) * d.H + h) * nsplit * (hd + 2);
+  const int64_t st = hd + 2;
+  const float* p = partial + (int64_t(b) * d.H + h) * nsplit * st;
   float M = -INFINITY;
-  for (int s = 0; s < nsplit; ++s) M = fmaxf(M, p[int64_t(s) * (hd + 2) + hd]);
+  for (int s = threadIdx.x; s < nsplit; s += blockDim.x) M = fmaxf(M, p[s * st + hd]);
+  M = block_max(M);
   float L = 0.f;
-  for (int s = 0; s < nsplit; ++s) {
-    const float ms = p[int64_t(s) * (hd + 2) + hd];
-    if (ms != -INFINITY) L += p[int64_t(s) * (hd + 2) + hd + 1] * expf(ms - M);
+  for (int s = threadIdx.x; s < nsplit; s += blockDim.x) {
+    const float ms = p[s * st + hd];
+    const float e = ms == -INFINITY ? 0.f : expf(ms - M);
+    cw[s] = e;
+    L += p[s * st + hd + 1] * e;
   }
-  const float inv = 1.f / L;
-  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+  L = block_sum(L);  // also orders the cw writes before the reads below
+  float* red = cw + nsplit;
+  const int SG = max(1, int(blockDim.x) / hd);
+  const int i = threadIdx.x % hd, sg = threadIdx.x / hd;
+  if (sg < SG) {
     float acc = 0.f;
-    for (int s = 0; s < nsplit; ++s) {
-      const float ms = p[int64_t(s) * (hd + 2) + hd];
-      if (ms != -INFINITY) acc += p[int64_t(s) * (hd + 2) + i] * expf(ms - M);
-    }
-    out[int64_t(b) * d.H * hd + int64_t(h) * hd + i] = from_f<T>(acc * inv);
+#pragma unroll 4
+    for (int s = sg; s < nsplit; s += SG)
+      if (cw[s] != 0.f) acc += p[s * st + i] * cw[s];
+    red[sg * hd + i] = acc;
+  }
+  __syncthreads();
+  const float inv = 1.f / L;
+  for (int k = threadIdx.x; k < hd; k += blockDim.x) {
+    float acc = 0.f;
+    for (int g = 0; g < SG; ++g) acc += red[g * hd + k];
+    out[int64_t(b) * d.H * hd + int64_t(h) * hd + k] = from_f<T>(acc * inv);
   }
 }
 
@@ -647,22 +678,26 @@ void causal_softmax(Act a, const float* S, int64_t heads, int64_t T_, int64_t Tk
   MOSAIC_DISPATCH(a, causal_softmax_k<T><<<unsigned(heads * T_), 256, 0, s>>>(S, T_, Tk, pos0, static_cast<T*>(P)));
 }
 
+// Splits of the KV length: the larger of the two kernels' counts (partials are sized for it).
+int decode_nsplit(const AttnDims& d) {
+  return decode_vec_ok(d.hd) ? int((d.cap + kVecChunk - 1) / kVecChunk) : decode_splits(d);
+}
+
 int64_t attention_decode_partial_floats(int B, const AttnDims& d) {
-  return int64_t(B) * d.H * decode_splits(d) * (d.hd + 2);
+  return int64_t(B) * d.H * decode_nsplit(d) * (d.hd + 2);
 }
 
 void attention_decode(Act a, const void* q, const void* k_cache, const void* v_cache, const int32_t* pos,
                       const int32_t* slot, int B, const AttnDims& d, float* partial, void* out, cudaStream_t s) {
   if (B <= 0) return;
-  const int nsplit = decode_splits(d), rep = d.H / d.Hkv;
-  const size_t smem = size_t(rep * d.hd + rep * kDecChunk + 2 * rep) * sizeof(float);
+  const int nsplit = decode_nsplit(d), rep = d.H / d.Hkv;
   const float scale = 1.0f / sqrtf(float(d.hd));
   const dim3 grid(unsigned(d.Hkv), unsigned(B), unsigned(nsplit));
   if (decode_vec_ok(d.hd)) {
-    const int G = kDecChunk / (d.hd / 8);
-    const size_t vsmem = size_t(rep * kDecChunk + G * d.hd + 2 * rep) * sizeof(float);
-#define MOSAIC_DEC_VEC(R)                                                                                \
-  MOSAIC_DISPATCH(a, attention_decode_vec_k<T, R><<<grid, kDecChunk, vsmem, s>>>(                        \
+    const int G = kVecThreads / (d.hd / 8);
+    const size_t vsmem = size_t(rep * kVecChunk + G * d.hd + 2 * rep) * sizeof(float);
+#define MOSAIC_DEC_VEC(R)                                                                                  \
+  MOSAIC_DISPATCH(a, attention_decode_vec_k<T, R><<<grid, kVecThreads, vsmem, s>>>(                        \
                          static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), \
                          pos, slot, d, scale, partial))
     if (rep <= 2) MOSAIC_DEC_VEC(2);
@@ -671,12 +706,15 @@ void attention_decode(Act a, const void* q, const void* k_cache, const void* v_c
     else MOSAIC_DEC_VEC(16);
 #undef MOSAIC_DEC_VEC
   } else {
+    const size_t smem = size_t(rep * d.hd + rep * kDecChunk + 2 * rep) * sizeof(float);
     MOSAIC_DISPATCH(a, attention_decode_k<T><<<grid, kDecChunk, smem, s>>>(
                            static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache),
                            pos, slot, d, scale, partial));
   }
-  MOSAIC_DISPATCH(a, attention_combine_k<T><<<dim3(unsigned(d.H), unsigned(B)), 128, 0, s>>>(partial, nsplit, d,
-                                                                                           static_cast<T*>(out)));
+  const int SG = std::max(1, kCombineThreads / d.hd);
+  const size_t csmem = size_t(nsplit + SG * d.hd) * sizeof(float);
+  MOSAIC_DISPATCH(a, attention_combine_k<T><<<dim3(unsigned(d.H), unsigned(B)), kCombineThreads, csmem, s>>>(
+                         partial, nsplit, d, static_cast<T*>(out)));
 }
 
 void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s) {
