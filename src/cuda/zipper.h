@@ -30,6 +30,25 @@ enum class Variant { Zipper, DenseOnly, Unfused };
 
 const char* dtype_name(DType d);
 
+// Resources that layers running on ONE stream can share instead of each holding its own: the
+// dequantize path's W_hat buffer (FP16/BF16 [N, K]; sized for the largest layer: 470 MB for
+// LLaMA-3-8B's gate_up instead of 2 bytes per weight of the whole model, which made W4A16 use
+// more GPU memory than FP16) and the cuBLAS handle of that path. Not thread-safe.
+class ZipperShared {
+ public:
+  ZipperShared();
+  ~ZipperShared();
+  ZipperShared(const ZipperShared&) = delete;
+  ZipperShared& operator=(const ZipperShared&) = delete;
+  // Grows the buffer to at least `bytes` now (synchronizes the device when it grows; do it before
+  // any CUDA graph capture, e.g. at load time with the largest layer's N * K * 2).
+  void reserve(size_t bytes);
+  size_t bytes() const;
+
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 class ZipperLinear {
  public:
   // Repacks and uploads to the current CUDA device. Throws mosaic::Error for unsupported layers
@@ -43,6 +62,10 @@ class ZipperLinear {
   // Asynchronous on `stream`. Throws mosaic::Error naming the shapes on bad arguments.
   void gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr,
             Variant v = Variant::Zipper, GemmPath path = GemmPath::Auto) const;
+
+  // From now on the dequantize path uses `shared` (its buffer and cuBLAS handle) and frees this
+  // layer's own buffer, if any. Every layer sharing one ZipperShared must run on the same stream.
+  void share(std::shared_ptr<ZipperShared> shared);
 
   int64_t N() const;
   int64_t K() const;

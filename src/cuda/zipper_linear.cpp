@@ -142,6 +142,33 @@ std::string cuda_device_name() {
   return p.name;
 }
 
+struct ZipperShared::Impl {
+  void* deq = nullptr;
+  size_t bytes = 0;
+  cublasHandle_t cublas = nullptr;
+  ~Impl() {
+    if (deq) cudaFree(deq);
+    if (cublas) cublasDestroy(cublas);
+  }
+};
+
+ZipperShared::ZipperShared() : impl_(std::make_unique<Impl>()) {}
+ZipperShared::~ZipperShared() = default;
+size_t ZipperShared::bytes() const { return impl_->bytes; }
+
+void ZipperShared::reserve(size_t bytes) {
+  if (!impl_->cublas) check_cublas(cublasCreate(&impl_->cublas), "cublasCreate");
+  if (bytes <= impl_->bytes) return;
+  if (impl_->deq) {
+    // The previous buffer may still be read by queued work: cudaFree waits for the device.
+    check_cuda(cudaFree(impl_->deq), "cudaFree (shared dequantize buffer)");
+    impl_->deq = nullptr;
+    impl_->bytes = 0;
+  }
+  check_cuda(cudaMalloc(&impl_->deq, bytes), "cudaMalloc (shared dequantize buffer)");
+  impl_->bytes = bytes;
+}
+
 struct ZipperLinear::Impl {
   detail::DeviceLayer L;   // fp16 scales
   detail::DeviceLayer Lb;  // same codes, bf16 scales
@@ -153,7 +180,8 @@ struct ZipperLinear::Impl {
   size_t ws_elems = 0;
   int* counters = nullptr;
   size_t n_counters = 0;
-  void* deq = nullptr;  // N x K fp16/bf16 for the large-M path
+  void* deq = nullptr;  // N x K fp16/bf16 for the large-M path (unless shared)
+  std::shared_ptr<ZipperShared> shared;
   cublasHandle_t cublas = nullptr;
 
   ~Impl() {
@@ -333,15 +361,26 @@ struct ZipperLinear::Impl {
   }
 
   void run_dequant(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
-    if (!deq) check_cuda(cudaMalloc(&deq, size_t(L.N) * L.K * 2), "cudaMalloc (dequantized weights)");
-    detail::launch_dequant(layer(bf16), deq, bf16, residual ? 1 : 0, s);
+    const size_t deq_bytes = size_t(L.N) * L.K * 2;
+    void* buf;
+    cublasHandle_t handle;
+    if (shared) {
+      shared->reserve(deq_bytes);
+      buf = shared->impl_->deq;
+      handle = shared->impl_->cublas;
+    } else {
+      if (!deq) check_cuda(cudaMalloc(&deq, deq_bytes), "cudaMalloc (dequantized weights)");
+      if (!cublas) check_cublas(cublasCreate(&cublas), "cublasCreate");
+      buf = deq;
+      handle = cublas;
+    }
+    detail::launch_dequant(layer(bf16), buf, bf16, residual ? 1 : 0, s);
     check_cuda(cudaGetLastError(), "zipper dequant kernel launch");
-    if (!cublas) check_cublas(cublasCreate(&cublas), "cublasCreate");
-    check_cublas(cublasSetStream(cublas, s), "cublasSetStream");
+    check_cublas(cublasSetStream(handle, s), "cublasSetStream");
     const float alpha = 1.f, beta = 0.f;
     const cudaDataType t = bf16 ? CUDA_R_16BF : CUDA_R_16F;
     // Row-major Y[M,N] = X[M,K] W[N,K]^T is column-major Y^T (N x M) = W^T' ... i.e. op(A) = T.
-    check_cublas(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, L.N, M, L.K, &alpha, deq, t, L.K, X, t, L.K, &beta,
+    check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, L.N, M, L.K, &alpha, buf, t, L.K, X, t, L.K, &beta,
                               Y, t, L.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                  "cublasGemmEx (dequantized weights)");
   }
@@ -377,6 +416,15 @@ ZipperLinear::ZipperLinear(const PackedLinear& w) : impl_(std::make_unique<Impl>
 }
 
 ZipperLinear::~ZipperLinear() = default;
+
+void ZipperLinear::share(std::shared_ptr<ZipperShared> shared) {
+  MOSAIC_CHECK(shared != nullptr, "ZipperLinear::share: null ZipperShared");
+  if (impl_->deq) {
+    check_cuda(cudaFree(impl_->deq), "cudaFree (dequantized weights)");
+    impl_->deq = nullptr;
+  }
+  impl_->shared = std::move(shared);
+}
 
 int64_t ZipperLinear::N() const { return impl_->L.N; }
 int64_t ZipperLinear::K() const { return impl_->L.K; }

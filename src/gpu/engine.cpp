@@ -12,6 +12,7 @@
 #include <mutex>
 #include <thread>
 
+#include "cuda/zipper.h"
 #include "cuda/zipper_layout.h"
 #include "format/packed_checkpoint.h"
 #include "gpu/attention.h"
@@ -271,6 +272,7 @@ struct GpuModel::Impl {
 
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
+  std::shared_ptr<cuda::ZipperShared> zipper_shared;  // dequantize-path buffer of all ZipperEngine layers
   DevBuf cublas_ws;
   DevBuf embed, final_norm, inv_freq;
   std::vector<Layer> layers;
@@ -355,7 +357,7 @@ struct GpuModel::Impl {
         w_est += e;
         int64_t N = 0;
         for (int64_t n : groups[size_t(g)].second) N += n;
-        if (quantized) zipper_deq += size_t(N * Ks[g]) * 2;
+        if (quantized) zipper_deq = std::max(zipper_deq, size_t(N * Ks[g]) * 2);  // one shared buffer
       }
       w_est += size_t(2 * D + (c.qk_norm ? 2 * c.head_dim : 0)) * 4;
     }
@@ -376,7 +378,11 @@ struct GpuModel::Impl {
     const bool allow_deq = !quantized || need + zipper_deq <= free_b;
     if (quantized && !allow_deq)
       report.notes.push_back("large-M ZipperEngine GEMMs kept on the fused kernel (the dequantize path's " +
-                             gib(zipper_deq) + " of workspaces would not fit)");
+                             gib(zipper_deq) + " workspace would not fit)");
+    if (quantized && allow_deq) {
+      zipper_shared = std::make_shared<cuda::ZipperShared>();
+      zipper_shared->reserve(zipper_deq);  // before any graph capture
+    }
 
     // A blocking stream: ZipperLinear zeroes its lazily grown workspaces with cudaMemset on the
     // legacy stream, which must be ordered before our kernels.
@@ -408,7 +414,10 @@ struct GpuModel::Impl {
       Ly.gate_up = src.linear(cublas, act, {p + "mlp.gate_proj", p + "mlp.up_proj"}, {I, I}, D, report, mu);
       Ly.down = src.linear(cublas, act, {p + "mlp.down_proj"}, {D}, I, report, mu);
       for (GpuLinear* g : {Ly.qkv.get(), Ly.o.get(), Ly.gate_up.get(), Ly.down.get()})
-        if (auto* z = dynamic_cast<ZipperGpuLinear*>(g)) z->allow_dequant_path = allow_deq;
+        if (auto* z = dynamic_cast<ZipperGpuLinear*>(g)) {
+          z->allow_dequant_path = allow_deq;
+          if (zipper_shared) z->share(zipper_shared);
+        }
     };
     // Layers are independent: build them on several threads (host-side repacking and random
     // layer generation dominate for big models).
@@ -472,7 +481,7 @@ struct GpuModel::Impl {
     check_cuda(cudaMallocHost(reinterpret_cast<void**>(&h_stage), size_t(4 * M) * 4), "cudaMallocHost");
     report.scratch_bytes = x.bytes() + h.bytes() + qkv.bytes() + q.bytes() + att.bytes() + this->o.bytes() +
                            gu.bytes() + actb.bytes() + logits.bytes() + lm_tmp.bytes() + S.bytes() + P.bytes() +
-                           partial.bytes() + cublas_ws.bytes();
+                           partial.bytes() + cublas_ws.bytes() + (zipper_shared ? zipper_shared->bytes() : 0);
     report.act = act;
     report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     note_peak();

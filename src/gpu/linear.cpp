@@ -64,6 +64,8 @@ ZipperGpuLinear::ZipperGpuLinear(const PackedLinear& p, Act a)
 
 ZipperGpuLinear::~ZipperGpuLinear() = default;
 
+void ZipperGpuLinear::share(std::shared_ptr<cuda::ZipperShared> s) { z_->share(std::move(s)); }
+
 void ZipperGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s) const {
   const cuda::GemmPath path = allow_dequant_path ? cuda::GemmPath::Auto : cuda::GemmPath::Fused;
   z_->gemm(X, Y, M, a_ == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, s, cuda::Variant::Zipper, path);

@@ -20,6 +20,7 @@
 
 namespace mosaic::cuda {
 class ZipperLinear;
+class ZipperShared;
 }
 
 namespace mosaic::gpu {
@@ -69,6 +70,8 @@ class ZipperGpuLinear : public GpuLinear {
   // layer, for models that would not fit with it).
   bool allow_dequant_path = true;
   const cuda::ZipperLinear& zipper() const { return *z_; }
+  // The dequantize path's buffer and cuBLAS handle shared by all layers of a model (one stream).
+  void share(std::shared_ptr<cuda::ZipperShared> s);
 
  private:
   std::unique_ptr<cuda::ZipperLinear> z_;

@@ -123,6 +123,36 @@ TEST(ZipperGpu, OddShapesGroupSizesAndRepeatedCalls) {
   }
 }
 
+// Layers sharing one ZipperShared (the GPU engine's setup): the dequantize path through the
+// shared buffer, grown by a larger layer after a smaller one used it, and interleaved calls of
+// layers of different shapes on one stream, each still equal to its own reference.
+TEST(ZipperGpu, SharedDequantWorkspace) {
+  REQUIRE_GPU();
+  auto shared = std::make_shared<ZipperShared>();
+  const PackedLinear a = test::random_layer(144, 384, 64, Pattern::Uniform, 11);
+  const PackedLinear b = test::random_layer(400, 1152, 128, Pattern::Clustered, 12);
+  ZipperLinear za(a), zb(b);
+  za.share(shared);
+  zb.share(shared);
+  EXPECT_EQ(shared->bytes(), 0u);  // nothing reserved until used
+  for (int rep = 0; rep < 2; ++rep)
+    for (const ZipperLinear* z : {&za, &zb}) {
+      const PackedLinear& w = z == &za ? a : b;
+      const std::vector<float> W = test::reference_dequant(w);
+      for (DType dt : {DType::F16, DType::BF16}) {
+        const int64_t M = 67;
+        std::vector<uint16_t> xb;
+        std::vector<float> xf;
+        test::random_activations(M, w.K, dt == DType::BF16, uint64_t(M * 13 + w.K + rep), xb, xf);
+        const std::vector<double> yref = test::reference_gemm(xf, W, M, w.N, w.K);
+        EXPECT_LT(run_and_compare(*z, M, dt, xb, yref, Variant::Zipper, GemmPath::Dequant), bound(dt))
+            << "N=" << w.N << " K=" << w.K << " " << dtype_name(dt) << " rep " << rep;
+      }
+    }
+  EXPECT_EQ(shared->bytes(), size_t(400 * 1152 * 2));  // grown once to the largest layer
+  EXPECT_THROW(za.share(nullptr), Error);
+}
+
 // The stream kernel (M <= 16) under forced plans: several rows per warp (the ring flowing across
 // rows, rows interleaved over CTAs), partial row groups (idle warps), split-K with per-row
 // fix-up and without; residual patterns incl. clustered; repeated calls (workspace reset).
