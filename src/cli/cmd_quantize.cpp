@@ -20,6 +20,8 @@ namespace {
 struct QuantizeCliOptions {
   std::string model, out, method = "mosaic", block = "16x64", scorer = "delta_hessian";
   std::string allocation = "global";
+  std::string smooth_alpha;  // "" = auto with quantized activations (not rtn), none otherwise
+  int act_bits = 16;
   std::string calib_file = "data/calib.txt";
   int group = 128;
   bool asym = false, act_order = true, force = false, quiet = false;
@@ -55,6 +57,25 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.scorer = parse_block_scorer(scorer);
   q.force = o.force;
   q.quiet = o.quiet;
+  q.act_bits = o.act_bits;
+  const std::string sa = o.smooth_alpha.empty() ? (o.act_bits < 16 && q.method != QuantMethod::kRtn ? "auto" : "none")
+                                                : o.smooth_alpha;
+  if (sa == "auto") {
+    q.smooth = true;
+    q.smooth_alpha = -1;
+  } else if (sa != "none") {
+    size_t used = 0;
+    double a = -1;
+    try {
+      a = std::stod(sa, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    MOSAIC_CHECK(used == sa.size() && a >= 0 && a <= 1, "--smooth-alpha '", sa,
+                 "' is not auto, none or a number in [0, 1]");
+    q.smooth = true;
+    q.smooth_alpha = a;
+  }
 
   check_quantize_inputs(o.model, o.out, q);  // fail fast, before tokenizing the calibration text
   std::vector<std::vector<int32_t>> calib;
@@ -121,6 +142,13 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--calib-len", o->calib_len, "tokens per calibration window (512 is 4x faster)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "seed of the window sampling")->capture_default_str();
   cmd->add_option("--threads", o->threads, "worker threads (0: MOSAIC_THREADS or all cores)")->capture_default_str();
+  cmd->add_option("--act-bits", o->act_bits,
+                  "activation bits: 8 (W4A8) or 4 (W4A4) quantize every linear's input rows per token at run time "
+                  "(and during calibration); 16 = weights only")
+      ->capture_default_str();
+  cmd->add_option("--smooth-alpha", o->smooth_alpha,
+                  "SmoothQuant migration folded into the norms / v_proj / up_proj: auto (alpha searched per layer and "
+                  "site), none, or a fixed alpha in [0, 1]; default auto when --act-bits < 16 (not rtn), else none");
   cmd->add_flag("--force", o->force, "replace an existing output directory");
   cmd->add_flag("-q,--quiet", o->quiet, "no progress on stderr");
   cmd->callback([o] { run_quantize(*o); });

@@ -3,6 +3,7 @@
 #include "format/packed_checkpoint.h"
 #include "format/packed_linear.h"
 #include "io/safetensors.h"
+#include "model/act_quant_linear.h"
 #include "util/error.h"
 
 namespace mosaic {
@@ -32,11 +33,23 @@ bool is_mosaicquant(const ModelConfig& cfg) {
   MOSAIC_CHECK(version == 1, "quantization_config.format_version ", version,
                " is not supported (this mosaic reads version 1)");
   MOSAIC_CHECK(bits == 4, "quantization_config.bits ", bits, " is not supported (only 4)");
+  activation_bits(cfg);  // a bad act_bits fails here, at load, not at the first forward
   return true;
 }
 
+int activation_bits(const ModelConfig& cfg) {
+  const auto& q = cfg.quantization_config;
+  if (!q.is_object() || !q.contains("act_bits")) return 16;
+  MOSAIC_CHECK(q["act_bits"].is_number_integer(), "quantization_config.act_bits must be an integer, got ",
+               q["act_bits"].dump());
+  const int bits = q["act_bits"].get<int>();
+  MOSAIC_CHECK(bits == 16 || bits == 8 || bits == 4, "quantization_config.act_bits ", bits,
+               " is not supported (16, 8 or 4)");
+  return bits;
+}
+
 std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N,
-                                                   int64_t K) {
+                                                   int64_t K, int act_bits) {
   if (!has_packed_linear(ckpt, prefix)) {
     MOSAIC_CHECK(ckpt.has(prefix + ".weight"), "quantized checkpoint has neither '", prefix, ".qweight' nor '",
                  prefix, ".weight'");
@@ -44,7 +57,8 @@ std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const
     auto w = std::make_shared<const std::vector<float>>(t.to_f32());
     return std::make_unique<DenseLinear>(N, K, std::move(w));
   }
-  return std::make_unique<QuantLinear>(read_packed_linear(ckpt, prefix, N, K), "tensor '" + prefix + "'");
+  return with_act_quant(std::make_unique<QuantLinear>(read_packed_linear(ckpt, prefix, N, K), "tensor '" + prefix + "'"),
+                        act_bits);
 }
 
 }  // namespace mosaic

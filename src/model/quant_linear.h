@@ -33,10 +33,16 @@ class QuantLinear : public Linear {
 // mosaicquant config with an unsupported format_version or bits.
 bool is_mosaicquant(const ModelConfig& cfg);
 
+// quantization_config.act_bits of a mosaicquant config: 8 or 4 (W4A8 / W4A4: every quantized
+// linear's input rows are quantized per token, docs/format.md "Quantized activations"), or 16
+// when absent (W4A16). Throws on any other value.
+int activation_bits(const ModelConfig& cfg);
+
 // The linear factory for mosaicquant checkpoints: `<prefix>.qweight` present -> QuantLinear from
-// the tensors (dtypes and shapes checked, names in errors); otherwise the dense `<prefix>.weight`
-// (e.g. an untied lm_head kept in FP16).
+// the tensors (dtypes and shapes checked, names in errors), wrapped in an ActQuantLinear when
+// act_bits < 16; otherwise the dense `<prefix>.weight` (e.g. an untied lm_head kept in FP16,
+// whose input is never quantized).
 std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N,
-                                                   int64_t K);
+                                                   int64_t K, int act_bits = 16);
 
 }  // namespace mosaic

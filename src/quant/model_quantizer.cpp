@@ -9,12 +9,14 @@
 
 #include "io/hf_config.h"
 #include "io/safetensors.h"
+#include "model/act_quant_linear.h"
 #include "model/model.h"
 #include "model/quant_linear.h"
 #include "quant/calibration.h"
 #include "quant/gptq.h"
 #include "format/packed_checkpoint.h"
 #include "quant/rtn.h"
+#include "quant/smooth.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/half.h"
@@ -145,7 +147,7 @@ void copy_f16(ShardedWriter& w, const Checkpoint& ckpt, const std::string& name)
   w.add(name, DType::F16, t.shape, f16_bytes(t));
 }
 
-nlohmann::json quantization_config(const ModelQuantOptions& opt) {
+nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuantReport& rep) {
   nlohmann::json q = {{"quant_method", "mosaicquant"},
                       {"format_version", 1},
                       {"bits", 4},
@@ -165,6 +167,26 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt) {
   else
     q["residual"] = nullptr;
   q["calibration"] = opt.method == QuantMethod::kRtn ? nlohmann::json(nullptr) : opt.calibration_info;
+  q["act_bits"] = opt.act_bits;
+  if (opt.act_bits < 16)
+    q["act_quant"] = {{"granularity", "per_token"},
+                      {"symmetric", true},
+                      {"dynamic", true},
+                      {"scale", "max|x_row| / (2^(act_bits-1) - 1), fp32"},
+                      {"rounding", "nearest, ties away from zero"}};
+  if (opt.smooth) {
+    nlohmann::json alphas = nlohmann::json::array();
+    for (const auto& a : rep.smooth_alphas) alphas.push_back({a[0], a[1], a[2], a[3]});
+    q["smoothing"] = {{"method", "smoothquant"},
+                      {"alpha", opt.smooth_alpha >= 0 ? nlohmann::json(opt.smooth_alpha) : nlohmann::json("auto")},
+                      {"grid", opt.smooth_alpha >= 0 ? nlohmann::json(nullptr) : nlohmann::json(opt.smooth_grid)},
+                      {"folded_into", {{"qkv", "input_layernorm"}, {"o", "v_proj rows"},
+                                       {"gate_up", "post_attention_layernorm"}, {"down", "up_proj rows"}}},
+                      {"sites", {"qkv", "o", "gate_up", "down"}},
+                      {"alphas", alphas}};
+  } else {
+    q["smoothing"] = nullptr;
+  }
   return q;
 }
 
@@ -176,6 +198,8 @@ class Quantizer {
 
   void run(ShardedWriter& w, ModelQuantReport& rep) {
     const bool calibrate = opt_.method != QuantMethod::kRtn;
+    smooth_.assign(size_t(cfg_.num_layers), {});
+    have_smooth_.assign(size_t(cfg_.num_layers), false);
     std::unique_ptr<Model> model;
     KVCache cache;
     if (calibrate) {
@@ -208,6 +232,8 @@ class Quantizer {
       if (opt_.fail_after_layers == i + 1) fail("injected failure after layer ", i, " (test hook)");
     }
     progress.finish();
+    if (opt_.smooth)
+      for (const LayerSmoothing& l : smooth_) rep.smooth_alphas.push_back(l.alpha);
     copy_f16(w, ckpt_, "model.norm.weight");
     if (ckpt_.has("lm_head.weight")) copy_f16(w, ckpt_, "lm_head.weight");
   }
@@ -250,8 +276,9 @@ class Quantizer {
       const Shape2 s = linear_shape(cfg_, id);
       std::unique_ptr<Linear> dense = std::make_unique<DenseLinear>(s.N, s.K, W[int(id)]);
       const bool capture = id == LinearId::Q || id == LinearId::O || id == LinearId::Gate || id == LinearId::Down;
-      model.set_linear(i, id, capture ? std::make_unique<CaptureLinear>(std::move(dense), acc[int(id)])
-                                      : std::move(dense));
+      // The Hessian is of what the linear will see: the smoothed, per-token quantized inputs.
+      model.set_linear(i, id, site_linear(i, id, capture ? std::make_unique<CaptureLinear>(std::move(dense), acc[int(id)])
+                                                          : std::move(dense)));
     }
     std::vector<float> tmp;
     for (const auto& xs : x) {  // the FP layer on the (already quantized-upstream) inputs
@@ -268,7 +295,7 @@ class Quantizer {
                  KVCache& cache) const {
     const std::string p = layer_prefix(i);
     for (LinearId id : kLinears)
-      model.set_linear(i, id, std::make_unique<QuantLinear>(packed[int(id)], p + linear_name(id)));
+      model.set_linear(i, id, site_linear(i, id, std::make_unique<QuantLinear>(packed[int(id)], p + linear_name(id))));
     for (auto& xs : x) {
       cache.clear();
       model.layer_forward(i, xs.data(), int64_t(calib_[0].size()), cache);
@@ -284,11 +311,12 @@ class Quantizer {
   // are divided by the linear's output energy (relative output-error reduction), and the budget
   // over all blocks of the model goes to the highest (allocate_global). Returns blocks per linear,
   // indexed layer * 7 + LinearId.
-  std::vector<int64_t> global_counts(Model* model, std::vector<std::vector<float>>& x, KVCache& cache) const {
+  std::vector<int64_t> global_counts(Model* model, std::vector<std::vector<float>>& x, KVCache& cache) {
     std::vector<std::vector<double>> scores(size_t(cfg_.num_layers) * 7);
     Progress progress("score (global allocation)", cfg_.num_layers, opt_.quiet);
     for (int i = 0; i < cfg_.num_layers; ++i) {
       Weights W = load_weights(i);
+      smooth_layer(i, W, *model, x, cache);
       const Accumulators acc = capture_hessians(i, W, *model, x, cache);
       std::vector<PackedLinear> base(7);
       std::vector<float> H;
@@ -322,11 +350,10 @@ class Quantizer {
   void quantize_layer(int i, ShardedWriter& w, ModelQuantReport& rep, Model* model,
                       std::vector<std::vector<float>>& x, KVCache& cache) {
     const std::string p = layer_prefix(i);
-    for (const char* n : {"input_layernorm.weight", "post_attention_layernorm.weight"}) copy_f16(w, ckpt_, p + n);
-    if (cfg_.qk_norm)
-      for (const char* n : {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}) copy_f16(w, ckpt_, p + n);
-
     Weights W = load_weights(i);
+    if (model) smooth_layer(i, W, *model, x, cache);
+    write_norms(i, w);
+
     Accumulators acc;
     if (model) acc = capture_hessians(i, W, *model, x, cache);
     std::vector<PackedLinear> packed(7);
@@ -349,6 +376,125 @@ class Quantizer {
       rep.residual_blocks += packed[int(id)].num_blocks_kept();
     }
     if (model) propagate(i, packed, *model, x, cache);
+  }
+
+  // The linear of layer i as calibration runs it: `inner`, its input rows per-token quantized
+  // (act_bits < 16), and for the norm-fed sites (q/k/v, gate/up) the input divided by the
+  // smoothing scale first, which is what the checkpoint's folded norm weights produce. (The o and
+  // down scales are inside the v_proj / up_proj weights already.)
+  std::unique_ptr<Linear> site_linear(int i, LinearId id, std::unique_ptr<Linear> inner) const {
+    inner = with_act_quant(std::move(inner), opt_.act_bits);
+    if (!opt_.smooth || !have_smooth_[size_t(i)]) return inner;
+    const LayerSmoothing& s = smooth_[size_t(i)];
+    const bool attn = id == LinearId::Q || id == LinearId::K || id == LinearId::V;
+    const bool mlp = id == LinearId::Gate || id == LinearId::Up;
+    if (attn && !s.attn.empty()) return std::make_unique<ScaledInputLinear>(std::move(inner), s.attn);
+    if (mlp && !s.mlp.empty()) return std::make_unique<ScaledInputLinear>(std::move(inner), s.mlp);
+    return inner;
+  }
+
+  // The norms of layer i as written: gamma / s for the smoothed sites (FP16).
+  void write_norms(int i, ShardedWriter& w) const {
+    const std::string p = layer_prefix(i);
+    const LayerSmoothing* s = opt_.smooth && have_smooth_[size_t(i)] ? &smooth_[size_t(i)] : nullptr;
+    for (int k = 0; k < 2; ++k) {
+      const std::string name = p + (k == 0 ? "input_layernorm.weight" : "post_attention_layernorm.weight");
+      const std::vector<float>* sc = s ? (k == 0 ? &s->attn : &s->mlp) : nullptr;
+      if (!sc || sc->empty()) {
+        copy_f16(w, ckpt_, name);
+        continue;
+      }
+      std::vector<float> g = ckpt_.get(name, {cfg_.hidden_size}).to_f32();
+      for (size_t j = 0; j < g.size(); ++j) g[j] /= (*sc)[j];
+      std::string bytes(g.size() * 2, '\0');
+      auto* dst = reinterpret_cast<uint16_t*>(bytes.data());
+      for (size_t j = 0; j < g.size(); ++j) {
+        dst[j] = float_to_fp16(g[j]);
+        MOSAIC_CHECK(std::isfinite(fp16_to_float(dst[j])), "smoothed '", name, "' element ", j, " = ", g[j],
+                     " does not fit FP16");
+      }
+      w.add(name, DType::F16, {cfg_.hidden_size}, std::move(bytes));
+    }
+    if (cfg_.qk_norm)
+      for (const char* n : {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}) copy_f16(w, ckpt_, p + n);
+  }
+
+  // SmoothQuant migration of layer i: the first time (global allocation's scoring pass, or the
+  // only pass), runs the FP layer on x to gather each site's input maxima and a row sample and
+  // chooses the scales (o and down first: their folds change v_proj / up_proj rows, which the
+  // q/k/v and gate/up searches then see); every time, replaces W by the smoothed weights.
+  void smooth_layer(int i, Weights& W, Model& model, const std::vector<std::vector<float>>& x, KVCache& cache) {
+    if (!opt_.smooth) return;
+    LayerSmoothing& sm = smooth_[size_t(i)];
+    std::array<std::vector<float>, 7> w;
+    for (LinearId id : kLinears) w[size_t(id)] = *W[size_t(id)];
+    std::array<std::vector<float>*, 7> wp;
+    for (size_t k = 0; k < 7; ++k) wp[k] = &w[k];
+    if (!have_smooth_[size_t(i)]) {
+      const int64_t len = int64_t(calib_[0].size()), total = len * int64_t(x.size());
+      const int64_t rows = std::max(1, opt_.smooth_rows);
+      const int64_t stride = std::max<int64_t>(1, total / rows);
+      const int64_t D = cfg_.hidden_size, qd = int64_t(cfg_.num_heads) * cfg_.head_dim;
+      auto st_attn = std::make_shared<InputStats>(D, stride, rows), st_o = std::make_shared<InputStats>(qd, stride, rows),
+           st_mlp = std::make_shared<InputStats>(D, stride, rows),
+           st_down = std::make_shared<InputStats>(cfg_.intermediate_size, stride, rows);
+      for (LinearId id : kLinears) {
+        const Shape2 s = linear_shape(cfg_, id);
+        std::unique_ptr<Linear> dense = std::make_unique<DenseLinear>(s.N, s.K, W[int(id)]);
+        std::shared_ptr<InputStats> st = id == LinearId::Q ? st_attn : id == LinearId::O ? st_o
+                                         : id == LinearId::Gate ? st_mlp : id == LinearId::Down ? st_down : nullptr;
+        model.set_linear(i, id, st ? std::make_unique<StatsLinear>(std::move(dense), st) : std::move(dense));
+      }
+      std::vector<float> tmp;
+      for (const auto& xs : x) {
+        tmp = xs;
+        cache.clear();
+        model.layer_forward(i, tmp.data(), len, cache);
+      }
+      SmoothSearchOptions so;
+      so.act_bits = opt_.act_bits;
+      so.group = opt_.group;
+      so.symmetric = opt_.symmetric;
+      so.fixed_alpha = opt_.smooth_alpha;
+      so.grid = opt_.smooth_grid;
+      sm = LayerSmoothing{};
+      const auto id = [](LinearId l) { return size_t(l); };
+      {
+        const std::vector<int64_t> map = o_scale_map(cfg_);
+        const std::vector<float>* ws[] = {&w[id(LinearId::O)]};
+        sm.o = search_smoothing(*st_o, ws, map, int64_t(cfg_.num_kv_heads) * cfg_.head_dim, so, &sm.alpha[1]);
+      }
+      {
+        const std::vector<float>* ws[] = {&w[id(LinearId::Down)]};
+        sm.down = search_smoothing(*st_down, ws, {}, cfg_.intermediate_size, so, &sm.alpha[3]);
+      }
+      // The o/down folds first (v_proj / up_proj rows), then search the norm sites on those weights.
+      {
+        LayerSmoothing rows_only;
+        rows_only.o = sm.o;
+        rows_only.down = sm.down;
+        apply_smoothing(cfg_, rows_only, wp, nullptr, nullptr);
+      }
+      {
+        const std::vector<float>* ws[] = {&w[id(LinearId::Q)], &w[id(LinearId::K)], &w[id(LinearId::V)]};
+        sm.attn = search_smoothing(*st_attn, ws, {}, D, so, &sm.alpha[0]);
+      }
+      {
+        const std::vector<float>* ws[] = {&w[id(LinearId::Gate)], &w[id(LinearId::Up)]};
+        sm.mlp = search_smoothing(*st_mlp, ws, {}, D, so, &sm.alpha[2]);
+      }
+      LayerSmoothing cols_only;
+      cols_only.attn = sm.attn;
+      cols_only.mlp = sm.mlp;
+      apply_smoothing(cfg_, cols_only, wp, nullptr, nullptr);
+      have_smooth_[size_t(i)] = true;
+      if (!opt_.quiet)
+        std::fprintf(stderr, "\nlayer %d smoothing alpha: qkv %g, o %g, gate_up %g, down %g\n", i, sm.alpha[0],
+                     sm.alpha[1], sm.alpha[2], sm.alpha[3]);
+    } else {
+      apply_smoothing(cfg_, sm, wp, nullptr, nullptr);
+    }
+    for (LinearId l : kLinears) W[size_t(l)] = std::make_shared<const std::vector<float>>(std::move(w[size_t(l)]));
   }
 
   MosaicOptions mosaic_options() const {
@@ -392,6 +538,8 @@ class Quantizer {
   const ModelQuantOptions& opt_;
   const std::vector<std::vector<int32_t>>& calib_;
   std::vector<int64_t> counts_;  // global allocation: blocks per linear (layer * 7 + id); empty: per layer
+  std::vector<LayerSmoothing> smooth_;  // per layer, once chosen
+  std::vector<bool> have_smooth_;
 };
 
 void check_options(const ModelQuantOptions& o) {
@@ -400,6 +548,13 @@ void check_options(const ModelQuantOptions& o) {
                " is out of range [0, 1] (a fraction of blocks, e.g. 0.1)");
   MOSAIC_CHECK(o.block_rows > 0 && o.block_cols > 0 && o.block_cols % 2 == 0, "residual block ", o.block_rows, "x",
                o.block_cols, " is invalid (both positive, columns even)");
+  check_act_bits(o.act_bits);
+  MOSAIC_CHECK(!o.smooth || o.method != QuantMethod::kRtn,
+               "smoothing needs calibration activations: use --method gptq or mosaic, or --smooth-alpha none");
+  MOSAIC_CHECK(!o.smooth || o.smooth_alpha < 0 || o.smooth_alpha <= 1, "smoothing alpha ", o.smooth_alpha,
+               " is out of range [0, 1]");
+  MOSAIC_CHECK(!o.smooth || o.smooth_alpha >= 0 || !o.smooth_grid.empty(), "smoothing: empty alpha grid");
+  for (double a : o.smooth_grid) MOSAIC_CHECK(a >= 0 && a <= 1, "smoothing grid alpha ", a, " is out of range [0, 1]");
 }
 
 }  // namespace
@@ -450,7 +605,7 @@ ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
       w.finish();
     }
     nlohmann::json config = cfg.raw;
-    config["quantization_config"] = quantization_config(opt);
+    config["quantization_config"] = quantization_config(opt, rep);
     config["torch_dtype"] = "float16";  // the non-linear tensors are written as FP16
     write_file_atomic(partial / "config.json", config.dump(2) + "\n");
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json",

@@ -15,6 +15,7 @@
 // output energy; the budget over all blocks goes to the highest; the second pass quantizes with
 // those counts; about 1.5x the time).
 #pragma once
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -39,11 +40,22 @@ struct ModelQuantOptions {
   QuantMethod method = QuantMethod::kMosaic;
   int group = 128;
   bool symmetric = true;
-  bool act_order = false;
+  bool act_order = true;  // static groups: the checkpoint layout does not change
   int block_rows = 16, block_cols = 64;  // the shape the GPU kernel supports
   double budget = 0.10;                  // fraction of residual blocks kept (mosaic)
   Allocation allocation = Allocation::kGlobal;  // measured better (docs/results.md)
   BlockScorer scorer = BlockScorer::kDeltaHessian;
+  // Quantized activations (docs/format.md "Quantized activations"): 16 = none (W4A16), 8 or 4 =
+  // per-token inputs of every linear, in calibration (each layer sees the upstream activation
+  // error; the Hessians are of the quantized, smoothed inputs) and at run time.
+  int act_bits = 16;
+  // SmoothQuant migration folded into the norms / v_proj / up_proj (quant/smooth.h); needs
+  // calibration (not rtn). smooth_alpha < 0: searched per layer and site on smooth_grid (plus
+  // "none"), else that alpha everywhere.
+  bool smooth = false;
+  double smooth_alpha = -1;
+  std::vector<double> smooth_grid = {0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0};
+  int smooth_rows = 512;                 // calibration rows per site used by the alpha search
   bool force = false;                    // replace an existing output directory
   bool quiet = false;
   nlohmann::json calibration_info;       // written as quantization_config.calibration
@@ -60,6 +72,8 @@ struct ModelQuantReport {
   int64_t linear_bytes = 0;      // their packed bytes (base + residual)
   int64_t residual_blocks = 0;   // kept blocks, all layers
   std::vector<int64_t> global_counts;  // global allocation: blocks per linear (layer * 7 + id)
+  // Smoothing: alpha chosen per layer and site (qkv, o, gate_up, down); -1 = not smoothed.
+  std::vector<std::array<double, 4>> smooth_alphas;
   double bits_per_weight() const { return linear_params ? 8.0 * double(linear_bytes) / double(linear_params) : 0; }
 };
 
