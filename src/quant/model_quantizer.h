@@ -10,6 +10,12 @@
 //     drop the layer's weights
 // Memory: the embedding table (FP32), one layer's FP32 weights and Hessians, the activations x
 // and one KV cache; never the whole model in FP32.
+// Quantized activations (act_bits 8/4): every linear's inputs are per-token fake-quantized in the
+// calibration passes, so H is of the inputs the layer will really see and each layer's inputs carry
+// the upstream W4Ax error. With smoothing (quant/smooth.h), before layer i's Hessians an extra FP
+// pass gathers each site's input maxima and a row sample, alpha is searched per site, W becomes
+// W diag(s) (v_proj / up_proj rows / s), the norm-fed inputs are divided by s while calibrating,
+// and the written norms are gamma / s; the block scores and GPTQ then run on the migrated W and H.
 // Residual budget allocation: per layer (each linear keeps floor(budget x its blocks)), or global
 // (a first pass with the GPTQ base alone scores every block of the model, relative to its linear's
 // output energy; the budget over all blocks goes to the highest; the second pass quantizes with
