@@ -20,7 +20,7 @@ ROWS=("$@")
 if [ ${#ROWS[@]} -eq 0 ]; then
   ROWS=(rtn-a8=rtn:8 sqgptq-a8=gptq:8 mosaic0.1-a8=mosaic:8:0.1 mosaic0.05-a8=mosaic:8:0.05
         rtn-a4=rtn:4 sqgptq-a4=gptq:4 mosaic0.1-a4=mosaic:4:0.1 mosaic0.05-a4=mosaic:4:0.05
-        mosaic0.2-a8=mosaic:8:0.2 mosaic0.2-a4=mosaic:4:0.2)
+        mosaic0.1-a16=mosaic:16:0.1 mosaic0.2-a8=mosaic:8:0.2 mosaic0.2-a4=mosaic:4:0.2)
 fi
 mkdir -p "$WORK/models" "$WORK/json" "$WORK/logs"
 for row in "${ROWS[@]}"; do
@@ -60,12 +60,12 @@ rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(sys.argv[1], "
 if not rows: sys.exit(0)
 base = rows[0]["base_ppl"]
 name = {"rtn": "RTN", "gptq": "SmoothQuant+GPTQ", "mosaic": "SmoothQuant+MosaicQuant"}
-def key(r): return (r["act_bits"] != 8, ["rtn", "gptq", "mosaic"].index(r["method"]), r["budget"] or 0)
+def key(r): return (-r["act_bits"], ["rtn", "gptq", "mosaic"].index(r["method"]), r["budget"] or 0)
 print(f"| weights / activations | method | bits/weight (linears) | ppl | ppl vs FP16 | KL |")
 print("|---|---|---|---|---|---|")
 print(f"| FP16 / FP16 | - | 16.000 | {base:.3f} | +0.00% | 0.0000 |")
 for r in sorted(rows, key=key):
-    m = name[r["method"]] if r["smoothing"] or r["method"] == "rtn" else r["method"]
+    m = name[r["method"]] if r["smoothing"] or r["method"] == "rtn" else {"gptq": "GPTQ", "mosaic": "MosaicQuant"}[r["method"]]
     if r["method"] == "mosaic": m += f" {r['budget']:g}"
     print(f"| W4 / A{r['act_bits']} | {m} | {r['bits_per_weight']:.3f} | {r['ppl']:.3f} | "
           f"{100 * (r['ppl'] / base - 1):+.2f}% | {r['kl_div']:.4f} |")
