@@ -169,6 +169,19 @@ def safetensors_linear_bits(model_dir: Path) -> tuple[float, int, int]:
     return 8.0 * sum(tensor_bytes.values()) / n_w, n_w, file_bytes
 
 
+def weights_digest(model_dir: Path) -> str:
+    """sha256 of the tensor data of the model's safetensors files (headers excluded)."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            fh.seek(8 + n)
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def gguf_linear_bits(path: Path) -> tuple[float, int, dict]:
     """(bits per weight of the attention/MLP weights from their GGUF tensor types, weights, type census)."""
     import gguf
@@ -201,12 +214,15 @@ def run(cmd: list[str], log_file: Path, capture: bool = True) -> tuple[str, floa
 
 
 def last_json(stdout: str) -> dict:
+    """The JSON object a command printed: one line (mosaic ppl --json) or indented (llamacpp_reference)."""
+    try:
+        return json.loads(stdout[stdout.index("{"):])
+    except (ValueError, json.JSONDecodeError):
+        pass
     for line in reversed(stdout.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
+        if line.strip().startswith("{"):
             return json.loads(line)
-    # llamacpp_reference prints an indented object
-    return json.loads(stdout[stdout.index("{"):])
+    raise ValueError("no JSON object in the command's output")
 
 
 def llamacpp_bin(a) -> Path:
@@ -268,9 +284,24 @@ def run_row(row: Row, a, log_file: Path) -> dict:
         for k in ("bits_per_weight_cli", "residual_blocks", "quantize_s_cli", "peak_rss"):
             if k in meta:
                 rec[k] = meta[k]
-        log(f"  {row.name}: {bits:.3f} bits/weight; evaluating {a.windows} windows ...")
-        res, c = eval_mosaic(a, out_dir, log_file, kl=True)
-        cmds.append(c)
+        rec["weights_sha256"] = weights_digest(out_dir)
+        # A model whose tensors are byte-identical to an already evaluated row's (e.g. MosaicQuant at
+        # budget 0 vs GPTQ) has the same ppl and KL: reuse that evaluation, and say so.
+        same = None
+        if a.json_out.is_file():
+            same = next((x for x in json.loads(a.json_out.read_text()) if x.get("weights_sha256") ==
+                         rec["weights_sha256"] and x["windows"] == a.windows and x["method"] != row.name), None)
+        if same is not None:
+            log(f"  {row.name}: tensors identical to '{same['method']}': reusing its evaluation")
+            res = {k: same[k] for k in ("ppl", "tokens")}
+            res["seconds"] = 0.0
+            res["kl_div"], res["base_ppl"] = same["kl"], same.get("base_ppl")
+            rec["eval_reused_from"] = same["method"]
+            cmds.append(f"(evaluation of '{same['method']}': identical tensors, sha256 {rec['weights_sha256']})")
+        else:
+            log(f"  {row.name}: {bits:.3f} bits/weight; evaluating {a.windows} windows ...")
+            res, c = eval_mosaic(a, out_dir, log_file, kl=True)
+            cmds.append(c)
         rec["kl"] = res["kl_div"]
         rec["base_ppl"] = res["base_ppl"]
     else:
@@ -294,7 +325,8 @@ def run_row(row: Row, a, log_file: Path) -> dict:
             cmd += ["--imatrix", str(imf)]
         cmd += [str(a.gguf), str(qf), row.qtype, str(a.threads)]
         if qf.is_file() and meta_f.is_file() and not a.force and \
-                json.loads(meta_f.read_text()).get("command") == shlex.join(cmd):
+                json.loads(meta_f.read_text()).get("command").rsplit(" ", 1)[0] == shlex.join(cmd[:-1]):
+            # (the thread count, last, does not change the file)
             t_q += json.loads(meta_f.read_text())["seconds"]
         else:
             log(f"  {row.name}: llama-quantize {row.qtype} ...")
@@ -338,6 +370,44 @@ def machine() -> str:
     return f"{platform.machine()} {cpu}, {os.cpu_count()} cores (shared with other jobs)"
 
 
+def kl_check(a) -> dict:
+    """Checks that llamacpp_reference.py's KL is mosaic's: the Q4_0 GGUF's weights, dequantized by
+    scripts/convert_gguf_to_hf.py into an HF directory (for mosaic) and an F32 GGUF (for llama.cpp,
+    which then computes in F32 like mosaic), evaluated on the first window by both against the FP16
+    model. Resumable (outputs in <work>/klcheck); the result goes next to the study's JSON."""
+    d = a.work / "klcheck"
+    d.mkdir(parents=True, exist_ok=True)
+    lf = d / "log"
+    q = a.work / "gguf" / "llama.cpp-q4-0.gguf"
+    if not q.is_file():
+        raise RuntimeError("--kl-check needs the 'llama.cpp Q4_0' row first")
+    if not (d / "q40-f32.gguf").is_file():
+        run([sys.executable, str(ROOT / "scripts/convert_gguf_to_hf.py"), str(q), str(d / "q40-hf"), "--f32-gguf",
+             str(d / "q40-f32.gguf")], lf, capture=False)
+    if not (d / "mosaic.json").is_file():
+        out, _ = run([str(a.mosaic), "ppl", "--model", str(d / "q40-hf"), "--text-file", str(a.text),
+                      "--max-windows", "1", "--kl-base", str(a.model), "--json", "-q"], lf)
+        (d / "mosaic.json").write_text(out)
+    if not (d / "llama.json").is_file():
+        run([sys.executable, str(ROOT / "scripts/llamacpp_reference.py"), "--gguf", str(d / "q40-f32.gguf"),
+             "--text-file", str(a.text), "--max-windows", "1", "--kl-base", str(a.gguf), "--kl-base-cache",
+             str(a.work / "kl-base-cache"), "--quiet", "--json-out", str(d / "llama.json")], lf)
+    m, l = last_json((d / "mosaic.json").read_text()), json.loads((d / "llama.json").read_text())
+    res = {"what": "Q4_0 weights dequantized to FP16/F32, first window, KL against the FP16 model",
+           "mosaic": {k: m[k] for k in ("ppl", "kl_div", "base_ppl", "tokens")},
+           "llama.cpp": {k: l[k] for k in ("ppl", "kl_div", "base_ppl", "tokens")}}
+    res["kl_rel_diff"] = abs(m["kl_div"] - l["kl_div"]) / m["kl_div"]
+    res["ppl_rel_diff"] = abs(m["ppl"] - l["ppl"]) / m["ppl"]
+    kl_check_path(a).write_text(json.dumps(res, indent=1) + "\n")
+    log(f"KL check: mosaic KL {m['kl_div']:.8f}, llama.cpp KL {l['kl_div']:.8f} (relative difference "
+        f"{res['kl_rel_diff']:.1e}); ppl {m['ppl']:.6f} vs {l['ppl']:.6f}")
+    return res
+
+
+def kl_check_path(a) -> Path:
+    return a.json_out.with_name(a.json_out.stem + "-klcheck.json")
+
+
 # ---------------------------------------------------------------- report
 
 def fmt_s(s) -> str:
@@ -357,9 +427,12 @@ def table(results: list[dict], a) -> str:
     fp = next((r["ppl"] for r in results if r["method"] == "FP16"), None)
     for r in results:
         rel = f"{(r['ppl'] / fp - 1) * 100:+.2f}%" if fp else "-"
-        lines.append(f"| {r['method']} | {r['bits_per_weight_linears']:.3f} | {r['file_bytes'] / 1e6:.1f} | "
+        mark = " (=)" if r.get("eval_reused_from") else ""
+        lines.append(f"| {r['method']}{mark} | {r['bits_per_weight_linears']:.3f} | {r['file_bytes'] / 1e6:.1f} | "
                      f"{fmt_s(r.get('quantize_s'))} | {r['ppl']:.3f} | {rel} | {r['kl']:.4f} |")
-    return hdr + "\n".join(lines) + "\n"
+    notes = [f"(=) tensors byte-identical to \"{r['eval_reused_from']}\" (same sha256): its evaluation is reused."
+             for r in results if r.get("eval_reused_from")]
+    return hdr + "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 def findings(results: list[dict]) -> str:
@@ -423,7 +496,12 @@ def findings(results: list[dict]) -> str:
                 f"{r['bits_per_weight_linears']:.3f} bpw)" for r in rs) + ".")
     # equal bytes: each peer against the MosaicQuant rows, and against any mosaic-made row, of no more bits
     for p in peers:
+        prev = None
         for pool, what in ((mq, "MosaicQuant row"), (mq + gptq + rtn, "mosaic-made row (any method)")):
+            cands = [r for r in pool if r["bits_per_weight_linears"] <= p["bits_per_weight_linears"] + 1e-9]
+            if cands and min(cands, key=lambda r: r["ppl"]) is prev:
+                continue  # the same row as the line before
+            prev = min(cands, key=lambda r: r["ppl"]) if cands else None
             cheaper = [r for r in pool if r["bits_per_weight_linears"] <= p["bits_per_weight_linears"] + 1e-9]
             if not cheaper:
                 out.append(f"{p['method']} ({d(p)}): no {what} is as small.")
@@ -439,7 +517,14 @@ def findings(results: list[dict]) -> str:
         if ref:
             out.append(f"At about equal bytes, {e['method']} gives {d(e)}, KL {e['kl']:.4f}, against "
                        f"{ref['method']} {d(ref)}, KL {ref['kl']:.4f}.")
-    near = [r for r in mq + gptq + rtn if r["bits_per_weight_linears"] <= 4.6]
+    if "llama.cpp Q4_0" in by:
+        same = [r for r in gptq + rtn if r["bits_per_weight_linears"] == by["llama.cpp Q4_0"]["bits_per_weight_linears"]
+                and (r.get("quantization_config") or {}).get("symmetric")]
+        for r in same:
+            out.append(f"Same storage, different quantizer: llama.cpp Q4_0 (symmetric 4-bit, groups of 32, FP16 scale, "
+                       f"no calibration) {d(by['llama.cpp Q4_0'])}, KL {by['llama.cpp Q4_0']['kl']:.4f}, vs mosaic "
+                       f"{r['method']} {d(r)}, KL {r['kl']:.4f}.")
+    near = [r for r in mq + gptq + rtn + peers if r["bits_per_weight_linears"] <= 4.6]
     if near:
         best = min(near, key=lambda r: r["ppl"])
         gap = (best["ppl"] / f0 - 1) * 100
@@ -464,6 +549,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.axhline(fp["ppl"], color="k", ls="--", lw=1, label=f"FP16 {fp['ppl']:.3f}")
         ax.axhline(fp["ppl"] * 1.01, color="k", ls=":", lw=0.8, label="FP16 + 1%")
     seen = set()
+    labels: dict[tuple, list[str]] = {}  # rows on the same point (identical models) share one label
     for r in results:
         if r["method"] == "FP16":
             continue
@@ -471,8 +557,11 @@ def plot(results: list[dict], path: Path) -> None:
         ax.scatter(r["bits_per_weight_linears"], r["ppl"], color=colors.get(g, "k"),
                    label=g if g not in seen else None, zorder=3)
         seen.add(g)
-        ax.annotate(r["method"].replace("MosaicQuant ", "MQ ").replace("llama.cpp ", ""),
-                    (r["bits_per_weight_linears"], r["ppl"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        short = re.sub(r" \(bytes of .*\)", " (= bytes of MQ 10%)", r["method"])
+        short = short.replace("MosaicQuant ", "MQ ").replace("llama.cpp ", "")
+        labels.setdefault((round(r["bits_per_weight_linears"], 4), round(r["ppl"], 4)), []).append(short)
+    for (x, y), names in labels.items():
+        ax.annotate(" = ".join(names), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("bits per weight of the linear layers (attention + MLP)")
     ax.set_ylabel("WikiText-2 perplexity (ctx 2048)")
     w = sorted({r["windows"] for r in results})
@@ -488,7 +577,7 @@ def plot(results: list[dict], path: Path) -> None:
 def preamble(a, results: list[dict]) -> str:
     t = sum((r.get("quantize_s") or 0) + (r.get("eval_s") or 0) for r in results)
     return f"""Produced by `scripts/accuracy_study.py` ({dt.date.today().isoformat()}; {len(results)} rows,
-{t / 60:.0f} min of quantization + evaluation in all, mosaic built from {results[0].get('mosaic_build', '?') if results else '?'}, on {results[0]['machine'] if results else '?'}). Rerun:
+{t / 60:.0f} min of quantization + evaluation summed over rows, mosaic built from {results[0].get('mosaic_build', '?') if results else '?'}, on {results[0]['machine'] if results else '?'}). Rerun:
 `scripts/accuracy_study.py` (resumes; `--force` redoes, `--only "NAME,..."` picks rows, `--windows W`).
 Raw rows: `{a.json_out.relative_to(ROOT) if a.json_out.is_relative_to(ROOT) else a.json_out}`.
 
@@ -502,10 +591,12 @@ matrix: `data/calib.txt` (Debian fortunes, `scripts/calib-data.sh`), {a.calib_sa
 never WikiText. llama.cpp 0.3.36's vendored tree (`scripts/get-llamacpp-tools.sh`) quantizes; its CPU
 matmuls also quantize activations to 8 bits for these types, as a llama.cpp user gets.
 
-Bits/weight counts everything stored for the attention and MLP linears (packed weights, scales, zero
+{kl_check_text(a)}Bits/weight counts everything stored for the attention and MLP linears (packed weights, scales, zero
 points, residual index/values/scales; for GGUFs the bytes of their tensor types); the embedding
-(tied with the output head) is not counted (mosaic keeps it FP16; Q4_K_M/IQ4_XS quantize it, so
-their file is smaller: see "file MB").
+(tied with the output head) is not counted: mosaic keeps it FP16, llama.cpp stores it at a higher
+type ({emb_types(results)}), so the GGUF files are smaller: see "file MB".
+Times are wall times on a 2-core machine shared with other jobs (load 5-15, up to 5 of the study's
+own jobs at once): read them as rough.
 
 Two things about this model shape the numbers:
 - **The weights already lie on a 4-bit grid.** SmolLM2-135M here is dequantized from the Q4_1 GGUF of
@@ -525,6 +616,24 @@ Two things about this model shape the numbers:
 """
 
 
+def emb_types(results: list[dict]) -> str:
+    t = [f"{r['method'].replace('llama.cpp ', '')}: {r['gguf_types']['other_tensors'].get('token_embd.weight', '?')}"
+         for r in results if "gguf_types" in r]
+    return ", ".join(t) if t else "see the JSON"
+
+
+def kl_check_text(a) -> str:
+    p = kl_check_path(a)
+    if not p.is_file():
+        return ""
+    c = json.loads(p.read_text())
+    m, l = c["mosaic"], c["llama.cpp"]
+    return (f"KL check (`--kl-check`): the Q4_0 file's weights, dequantized (`scripts/convert_gguf_to_hf.py`) and run "
+            f"in mosaic and in llama.cpp (F32), on the first window: KL {m['kl_div']:.6f} vs {l['kl_div']:.6f} "
+            f"(relative difference {c['kl_rel_diff']:.1e}), ppl {m['ppl']:.5f} vs {l['ppl']:.5f}: the two KLs are "
+            f"the same quantity.\n\n")
+
+
 def write_reports(a, results: list[dict]) -> None:
     order = {r.name: i for i, r in enumerate(build_rows(a, results))}
     results = sorted(results, key=lambda r: order.get(r["method"], 999))
@@ -532,6 +641,10 @@ def write_reports(a, results: list[dict]) -> None:
     if not results:
         return
     tab = table(results, a)
+    missing = [r.name for r in build_rows(a, results) if r.name not in {x["method"] for x in results}]
+    if missing:
+        tab += ("\nNot measured yet (the script's remaining rows; rerun it to add them): "
+                + ", ".join(f'"{m}"' for m in missing) + ".\n")
     fnd = findings(results)
     md = a.json_out.with_suffix(".md")
     md.write_text(f"# MosaicQuant accuracy study, SmolLM2-135M\n\n{preamble(a, results)}\n{tab}\nFindings "
@@ -585,6 +698,8 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated row names (see --list)")
     ap.add_argument("--force", action="store_true", help="redo rows (and their quantized models) even if done")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--kl-check", action="store_true",
+                    help="check on one window that llama.cpp's KL (llamacpp_reference.py) is mosaic's, then report")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the table, plot and doc from the JSON")
     a = ap.parse_args()
     a.json_out = a.json_out or ROOT / f"bench/results/accuracy-smollm2-135m-{a.date}.json"
@@ -606,8 +721,13 @@ def main() -> int:
         for r in rows:
             print(f"{r.name:45s} {json.dumps(r.options(a))}")
         return 0
-    if a.report_only:
-        write_reports(a, results)
+    if a.kl_check:
+        kl_check(a)
+    if a.report_only or a.kl_check:
+        with open(a.work / (a.json_out.name + ".lock"), "w") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            results = json.loads(a.json_out.read_text()) if a.json_out.is_file() else []
+            write_reports(a, results)
         return 0
     only = [s.strip() for s in a.only.split(",")] if a.only else None
     if only:
@@ -638,7 +758,7 @@ def main() -> int:
             continue
         # Several invocations may run at once (e.g. with disjoint --only lists): under a lock, re-read
         # the JSON, add this row, rewrite the reports.
-        with open(str(a.json_out) + ".lock", "w") as lk:
+        with open(a.work / (a.json_out.name + ".lock"), "w") as lk:
             fcntl.flock(lk, fcntl.LOCK_EX)
             if a.json_out.is_file():
                 results = json.loads(a.json_out.read_text())

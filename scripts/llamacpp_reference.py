@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -128,8 +129,9 @@ def perplexity(llm, tokens: list[int], ctx: int, max_windows: int | None, progre
                 if base_logits is None:
                     base_logits = eval_logits(base_llm, win)
                     if cf is not None:
-                        np.save(str(cf) + ".tmp.npy", base_logits)
-                        Path(str(cf) + ".tmp.npy").replace(cf)
+                        tmp = Path(f"{cf}.{os.getpid()}.tmp.npy")  # several runs may fill one cache
+                        np.save(tmp, base_logits)
+                        tmp.replace(cf)
                 bs = float(window_nll(base_logits, win).sum())
                 kls = window_kl(base_logits, logits, n)
                 rec.update({"kl_sum": kls, "base_nll_sum": bs, "kl_base": base_name})
