@@ -64,7 +64,7 @@ std::string chat_prompt(const Tokenizer& tok, const std::string& system, const s
 
 void run_generate(const GenerateOptions& o) {
   MOSAIC_CHECK(o.n >= 0, "-n must be >= 0, got ", o.n);
-  const bool cuda = use_cuda(o.device);
+  const bool cuda = use_cuda(o.device, o.model);
   MOSAIC_CHECK(o.act.empty() || cuda, "--act applies to the GPU engine (--device cuda)");
   const Tokenizer tok = Tokenizer::load(o.tokenizer.empty() ? o.model : o.tokenizer);  // fail fast, before the weights
   std::unique_ptr<Model> cpu_model;

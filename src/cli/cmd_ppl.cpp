@@ -47,7 +47,7 @@ struct PplOptions {
 
 void run_ppl(const PplOptions& o) {
   const auto t_start = std::chrono::steady_clock::now();
-  const bool cuda = use_cuda(o.device);
+  const bool cuda = use_cuda(o.device, o.model);
   MOSAIC_CHECK(o.act.empty() || cuda, "--act applies to the GPU engine (--device cuda)");
   const Tokenizer tok = Tokenizer::load(o.tokenizer.empty() ? o.model : o.tokenizer);  // fail fast, before the weights
   LoadOptions lo;

@@ -652,6 +652,8 @@ GpuModel GpuModel::load(const std::filesystem::path& dir, const GpuOptions& o) {
 GpuModel GpuModel::from_checkpoint(const Checkpoint& ckpt, const ModelConfig& cfg, const GpuOptions& o) {
   auto impl = std::make_unique<Impl>();
   const bool quantized = is_mosaicquant(cfg);
+  MOSAIC_CHECK(!quantized || activation_bits(cfg) == 16, ckpt.root().string(), " is a W4A", activation_bits(cfg),
+               " checkpoint (quantized activations): the GPU engine runs W4A16 and FP16/BF16 only; use --device cpu");
   CheckpointSource src(ckpt, quantized);
   impl->build(cfg, o, src, quantized);
   return GpuModel(std::move(impl));
