@@ -147,3 +147,19 @@ TEST_F(QuantizeCli, GoodRunsWriteCompleteOutputs) {
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("ppl "), std::string::npos) << r.out;
 }
+
+// A W4A8 checkpoint runs on the CPU reference engine: --device auto says so and works, --device cuda
+// is refused by name (the GPU engine is W4A16 only), on any machine.
+TEST_F(QuantizeCli, ActivationQuantizedCheckpointsStayOnTheCpu) {
+  Result r = run(base_args("a8") + " --method rtn --act-bits 8");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string ppl = "ppl --model " + (dir_ / "a8").string() + " --text-file " + (dir_ / "calib.txt").string() +
+                          " --ctx 64 --max-windows 1";
+  r = run(ppl + " --device cuda");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("W4A8"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--device cpu"), std::string::npos) << r.out;
+  r = run(ppl + " --device auto");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("ppl "), std::string::npos) << r.out;
+}
