@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The accuracy rows of mosaic's current quantizer pipeline (global residual allocation + GPTQ
+# act-order, the defaults since 2026-11-28) on the default model, next to the full study of
+# scripts/accuracy_study.py (which ran the earlier per-layer / no-act-order pipeline and the
+# llama.cpp peers). Same protocol as the study: calibration data/calib.txt (Debian fortunes)
+# 16 x 512 tokens, WikiText-2 test, first 8 windows of 2048, KL against the FP16 model.
+#   scripts/accuracy_final.sh [WORK=build-final]     # resumes: rows with a result are skipped
+# Writes bench/results/accuracy-final-smollm2-135m-<date>.{json,md}.
+# Flags are spelled out (not left to defaults) so each row says what it ran.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+M=${MOSAIC:-build/mosaic}
+W=${1:-build-final}
+T=${TEXT:-../shared/data/wikitext-2-raw/wiki.test.raw}
+DATE=${DATE:-$(date -u +%F)}
+mkdir -p "$W"
+row() {  # row NAME quantize-options...
+  local name=$1; shift
+  [ -s "$W/$name.ppl.json" ] && return 0
+  echo "[accuracy-final] $name: quantizing ($*)" >&2
+  /usr/bin/time -v "$M" quantize --model models/smollm2-135m --out "$W/$name" --calib-file data/calib.txt \
+    --calib-samples 16 --calib-len 512 --force -q "$@" > "$W/$name.q.txt" 2> "$W/$name.q.err" || { cat "$W/$name.q.err" >&2; return 1; }
+  echo "[accuracy-final] $name: evaluating" >&2
+  "$M" ppl --model "$W/$name" --text-file "$T" --max-windows 8 --kl-base models/smollm2-135m --json \
+    > "$W/$name.ppl.json" 2> "$W/$name.ppl.err"
+}
+G="--allocation global --act-order"
+row gptq64ao --method gptq --group 64 --act-order
+row gptq32ao --method gptq --group 32 --act-order
+row m025 --method mosaic --group 64 --budget 0.025 $G
+row m05  --method mosaic --group 64 --budget 0.05 $G
+row m10  --method mosaic --group 64 --budget 0.1 $G
+row m20  --method mosaic --group 64 --budget 0.2 $G
+row m10res --method mosaic --group 64 --budget 0.1 $G --scorer residual
+row m10layer --method mosaic --group 64 --budget 0.1 --allocation per-layer --no-act-order
+row m10noao --method mosaic --group 64 --budget 0.1 --allocation global --no-act-order
+python3 - "$W" "$DATE" <<'PY'
+import json, re, sys, pathlib, platform
+w, date = pathlib.Path(sys.argv[1]), sys.argv[2]
+names = {"gptq64ao": "GPTQ g64 act-order", "gptq32ao": "GPTQ g32 act-order",
+         "m025": "MosaicQuant 16x64 2.5% global", "m05": "MosaicQuant 16x64 5% global",
+         "m10": "MosaicQuant 16x64 10% global (default)", "m20": "MosaicQuant 16x64 20% global",
+         "m10res": "MosaicQuant 16x64 10% global, scorer=residual magnitude",
+         "m10layer": "MosaicQuant 16x64 10% per-layer allocation, no act-order", "m10noao": "MosaicQuant 16x64 10% global, no act-order"}
+rows = []
+for key, name in names.items():
+    p = w / f"{key}.ppl.json"
+    if not p.is_file() or not p.read_text().strip():
+        continue
+    ppl = json.loads(p.read_text().strip().splitlines()[-1])
+    q = (w / f"{key}.q.txt").read_text()
+    m = re.search(r"([0-9.]+) bits/weight over (\d+) linear weights, (\d+) residual blocks; ([0-9.]+) s", q)
+    qerr = w / f"{key}.q.err"
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", qerr.read_text()) if qerr.is_file() else None
+    cfg = json.loads((w / key / "config.json").read_text())["quantization_config"]
+    rows.append({"method": name, "bits_per_weight_linears": float(m[1]), "residual_blocks": int(m[3]),
+                 "quantize_s": float(m[4]), "peak_rss_kb": int(rss[1]) if rss else None, "ppl": ppl["ppl"],
+                 "kl": ppl["kl_div"], "base_ppl": ppl["base_ppl"], "tokens": ppl["tokens"], "windows": ppl["windows"],
+                 "quantization_config": cfg, "date": date, "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores"})
+out = pathlib.Path(f"bench/results/accuracy-final-smollm2-135m-{date}")
+out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+fp = rows[0]["base_ppl"] if rows else float("nan")
+md = [f"# Current pipeline (global allocation + act-order), SmolLM2-135M, {date}", "",
+      "`scripts/accuracy_final.sh`; calibration 16 x 512 tokens of data/calib.txt; WikiText-2 test, first 8 windows "
+      f"of 2048 ({rows[0]['tokens'] if rows else 0:,} scored tokens); FP16 ppl {fp:.3f}; KL = mean KL(FP16 || quantized), nats. "
+      "Quantize times: 2-core machine shared with other jobs (load 8-15), so only roughly comparable.", "",
+      "| method | bits/weight (linears) | quantize | ppl | ppl vs FP16 | KL |", "|---|---|---|---|---|---|"]
+for r in rows:
+    md.append(f"| {r['method']} | {r['bits_per_weight_linears']:.3f} | {r['quantize_s']:.0f} s | {r['ppl']:.3f} | "
+              f"{(r['ppl'] / fp - 1) * 100:+.2f}% | {r['kl']:.4f} |")
+out.with_suffix(".md").write_text("\n".join(md) + "\n")
+print("\n".join(md))
+PY
