@@ -34,6 +34,10 @@ row m20  --method mosaic --group 64 --budget 0.2 $G
 row m10res --method mosaic --group 64 --budget 0.1 $G --scorer residual
 row m10layer --method mosaic --group 64 --budget 0.1 --allocation per-layer --no-act-order
 row m10noao --method mosaic --group 64 --budget 0.1 --allocation global --no-act-order
+row m10b32x32 --method mosaic --group 64 --budget 0.1 $G --block 32x32
+row m10b64x64 --method mosaic --group 64 --budget 0.1 $G --block 64x64
+row m10b1x64 --method mosaic --group 64 --budget 0.1 $G --block 1x64
+row m05b1x64 --method mosaic --group 64 --budget 0.05 $G --block 1x64
 python3 - "$W" "$DATE" <<'PY'
 import json, re, sys, pathlib, platform
 w, date = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -41,7 +45,10 @@ names = {"gptq64ao": "GPTQ g64 act-order", "gptq32ao": "GPTQ g32 act-order",
          "m025": "MosaicQuant 16x64 2.5% global", "m05": "MosaicQuant 16x64 5% global",
          "m10": "MosaicQuant 16x64 10% global (default)", "m20": "MosaicQuant 16x64 20% global",
          "m10res": "MosaicQuant 16x64 10% global, scorer=residual magnitude",
-         "m10layer": "MosaicQuant 16x64 10% per-layer allocation, no act-order", "m10noao": "MosaicQuant 16x64 10% global, no act-order"}
+         "m10layer": "MosaicQuant 16x64 10% per-layer allocation, no act-order", "m10noao": "MosaicQuant 16x64 10% global, no act-order",
+         "m10b32x32": "MosaicQuant 32x32 10% global", "m10b64x64": "MosaicQuant 64x64 10% global",
+         "m10b1x64": "MosaicQuant 1x64 10% global",
+         "m05b1x64": "MosaicQuant 1x64 5% global"}
 rows = []
 for key, name in names.items():
     p = w / f"{key}.ppl.json"
