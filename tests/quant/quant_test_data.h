@@ -8,6 +8,8 @@
 #include <random>
 #include <vector>
 
+#include "quant/calibration.h"
+
 namespace mosaic::testdata {
 
 inline std::vector<float> weights(int64_t N, int64_t K, uint64_t seed, double outlier_frac = 0.002) {
@@ -44,6 +46,19 @@ inline std::vector<float> activations(int64_t M, int64_t K, uint64_t seed, int r
     }
   }
   return X;
+}
+
+// Calibration token windows with some structure (a random walk over the vocabulary plus
+// repeats), so the tiny golden models' layers see correlated inputs rather than uniform noise.
+inline std::vector<std::vector<int32_t>> token_windows(int n, int len, uint64_t seed, int vocab = 301) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> text;
+  int32_t t = 1;
+  for (int i = 0; i < 4000; ++i) {
+    t = int32_t((t + int(rng() % 23) + (i % 7 == 0 ? 150 : 0)) % vocab);
+    text.push_back(t);
+  }
+  return sample_calibration_windows(text, n, len, seed);
 }
 
 }  // namespace mosaic::testdata

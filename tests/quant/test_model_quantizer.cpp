@@ -19,6 +19,7 @@
 #include "format/packed_checkpoint.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "quant_test_data.h"
 
 namespace fs = std::filesystem;
 using namespace mosaic;
@@ -39,19 +40,6 @@ struct TempDir {
   }
   ~TempDir() { fs::remove_all(path); }
 };
-
-// Token windows with some structure (a random walk over the vocabulary plus repeats), so the
-// layers see correlated inputs rather than uniform noise. Seeded.
-std::vector<std::vector<int32_t>> windows(int n, int len, uint64_t seed, int vocab = 301) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> text;
-  int32_t t = 1;
-  for (int i = 0; i < 4000; ++i) {
-    t = int32_t((t + int(rng() % 23) + (i % 7 == 0 ? 150 : 0)) % vocab);
-    text.push_back(t);
-  }
-  return sample_calibration_windows(text, n, len, seed);
-}
 
 ModelQuantOptions small_options(QuantMethod m) {
   ModelQuantOptions o;
@@ -142,8 +130,8 @@ TEST(Calibration, WindowsAreSeededAndChecked) {
 // the FP model's, and MosaicQuant (GPTQ + 25% residual) is closer than GPTQ alone.
 TEST(ModelQuantizer, EndToEndCloserWithResidual) {
   TempDir tmp;
-  const auto calib = windows(16, 48, 11);
-  const auto eval = windows(1, 96, 99)[0];
+  const auto calib = testdata::token_windows(16, 48, 11);
+  const auto eval = testdata::token_windows(1, 96, 99)[0];
   for (const char* name : {"llama_tied", "qwen3_untied_bf16"}) {
     const Model ref = Model::load(golden(name));
     double kl[3];
@@ -177,7 +165,7 @@ TEST(ModelQuantizer, CheckpointFollowsFormat) {
   ModelQuantOptions o = small_options(QuantMethod::kMosaic);
   o.symmetric = false;
   o.calibration_info = {{"file", "test"}, {"samples", 16}, {"seq_len", 48}};
-  quantize_model(golden("qwen3_untied_bf16"), out, windows(16, 48, 11), o);
+  quantize_model(golden("qwen3_untied_bf16"), out, testdata::token_windows(16, 48, 11), o);
   EXPECT_FALSE(fs::exists(tmp.path / "q.partial"));
   const ModelConfig cfg = ModelConfig::load(out);
   const auto& qc = cfg.quantization_config;
@@ -228,8 +216,8 @@ TEST(ModelQuantizer, CheckpointFollowsFormat) {
 // same number of blocks by more than noise (here it is compared, not required to win).
 TEST(ModelQuantizer, GlobalAllocationKeepsTheModelBudget) {
   TempDir tmp;
-  const auto calib = windows(16, 48, 11);
-  const auto eval = windows(1, 96, 99)[0];
+  const auto calib = testdata::token_windows(16, 48, 11);
+  const auto eval = testdata::token_windows(1, 96, 99)[0];
   const char* name = "llama_tied";
   ModelQuantOptions o = small_options(QuantMethod::kMosaic);
   o.budget = 0.2;
@@ -274,7 +262,7 @@ TEST(ModelQuantizer, AtomicOutput) {
   const fs::path out = tmp.path / "q";
   ModelQuantOptions o = small_options(QuantMethod::kGptq);
   o.fail_after_layers = 1;  // injected failure mid-run
-  EXPECT_THROW(quantize_model(golden("llama_tied"), out, windows(4, 32, 1), o), Error);
+  EXPECT_THROW(quantize_model(golden("llama_tied"), out, testdata::token_windows(4, 32, 1), o), Error);
   EXPECT_FALSE(fs::exists(out));
   EXPECT_FALSE(fs::exists(tmp.path / "q.partial"));
 
@@ -282,13 +270,13 @@ TEST(ModelQuantizer, AtomicOutput) {
   fs::create_directories(tmp.path / "q.partial");
   write_file_atomic(tmp.path / "q.partial/model-00001-of-00002.safetensors", "junk");
   o.fail_after_layers = -1;
-  quantize_model(golden("llama_tied"), out, windows(4, 32, 1), o);
+  quantize_model(golden("llama_tied"), out, testdata::token_windows(4, 32, 1), o);
   EXPECT_TRUE(fs::exists(out / "config.json"));
   EXPECT_FALSE(fs::exists(tmp.path / "q.partial"));
   EXPECT_FALSE(fs::exists(out / "model-00001-of-00002.safetensors"));
 
   // An existing output is kept unless force.
-  EXPECT_THROW(quantize_model(golden("llama_tied"), out, windows(4, 32, 1), o), Error);
+  EXPECT_THROW(quantize_model(golden("llama_tied"), out, testdata::token_windows(4, 32, 1), o), Error);
   EXPECT_TRUE(fs::exists(out / "config.json"));
   o.force = true;
   o.method = QuantMethod::kRtn;
@@ -298,7 +286,7 @@ TEST(ModelQuantizer, AtomicOutput) {
 
 TEST(ModelQuantizer, BadInputsAreErrors) {
   TempDir tmp;
-  const auto calib = windows(4, 32, 1);
+  const auto calib = testdata::token_windows(4, 32, 1);
   auto expect_error = [&](ModelQuantOptions o, const std::string& needle,
                           const std::vector<std::vector<int32_t>>& c, const fs::path& model) {
     const fs::path out = tmp.path / "q";

@@ -23,6 +23,7 @@
 #include "quant/model_quantizer.h"
 #include "quant/smooth.h"
 #include "util/error.h"
+#include "quant_test_data.h"
 
 namespace fs = std::filesystem;
 using namespace mosaic;
@@ -232,17 +233,6 @@ TEST(Smooth, SearchPrefersSmoothingOnOutlierChannels) {
 
 namespace {
 
-std::vector<std::vector<int32_t>> calib_windows(int n, int len, uint64_t seed, int vocab = 301) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> text;
-  int32_t t = 1;
-  for (int i = 0; i < 4000; ++i) {
-    t = int32_t((t + int(rng() % 23) + (i % 7 == 0 ? 150 : 0)) % vocab);
-    text.push_back(t);
-  }
-  return sample_calibration_windows(text, n, len, seed);
-}
-
 ModelQuantOptions act_options(QuantMethod m, int act_bits) {
   ModelQuantOptions o;
   o.method = m;
@@ -307,8 +297,8 @@ class ExplicitActQuant : public Linear {
 // logits equal those of the same tensors with an explicit per-token fake quant around each linear.
 TEST(ActQuantModel, CheckpointRecordsActBitsAndEngineAppliesThem) {
   TempDir tmp;
-  const auto calib = calib_windows(16, 48, 11);
-  const auto eval = calib_windows(1, 64, 99)[0];
+  const auto calib = testdata::token_windows(16, 48, 11);
+  const auto eval = testdata::token_windows(1, 64, 99)[0];
   for (const char* name : {"llama_tied", "qwen3_untied_bf16"}) {
     for (int bits : {8, 4}) {
       const fs::path out = tmp.path / (std::string(name) + "_a" + std::to_string(bits));
@@ -347,8 +337,8 @@ TEST(ActQuantModel, CheckpointRecordsActBitsAndEngineAppliesThem) {
 // fixed alpha stays as close as without (a wrong fold would wreck the logits).
 TEST(ActQuantModel, A8CloserThanA4AndSmoothedCheckpointsStayClose) {
   TempDir tmp;
-  const auto calib = calib_windows(16, 48, 11);
-  const auto eval = calib_windows(1, 96, 99)[0];
+  const auto calib = testdata::token_windows(16, 48, 11);
+  const auto eval = testdata::token_windows(1, 96, 99)[0];
   for (const char* name : {"llama3_untied_scaled", "qwen3_tied"}) {
     const Model ref = Model::load(golden(name));
     for (QuantMethod m : {QuantMethod::kRtn, QuantMethod::kGptq, QuantMethod::kMosaic}) {
@@ -383,12 +373,12 @@ TEST(ActQuantModel, A8CloserThanA4AndSmoothedCheckpointsStayClose) {
 TEST(ActQuantModel, BadOptionsAreErrors) {
   TempDir tmp;
   ModelQuantOptions o = act_options(QuantMethod::kGptq, 5);
-  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "a", calib_windows(2, 16, 1), o), Error);
+  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "a", testdata::token_windows(2, 16, 1), o), Error);
   o = act_options(QuantMethod::kRtn, 8);
   o.smooth = true;  // no calibration activations
   EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "b", {}, o), Error);
   o = act_options(QuantMethod::kGptq, 8);
   o.smooth_alpha = 1.5;
-  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "c", calib_windows(2, 16, 1), o), Error);
+  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "c", testdata::token_windows(2, 16, 1), o), Error);
   EXPECT_FALSE(fs::exists(tmp.path / "a") || fs::exists(tmp.path / "b") || fs::exists(tmp.path / "c"));
 }
