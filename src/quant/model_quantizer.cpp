@@ -497,6 +497,14 @@ class Quantizer {
     for (LinearId l : kLinears) W[size_t(l)] = std::make_shared<const std::vector<float>>(std::move(w[size_t(l)]));
   }
 
+  // The column order of GPTQ (act-order uses static groups, so the layout is unchanged), on top
+  // of `g`'s other settings (the mosaic base keeps its clip search).
+  GptqOptions ordered(GptqOptions g = {}) const {
+    g.act_order = opt_.act_order;
+    g.static_groups = opt_.act_order;
+    return g;
+  }
+
   MosaicOptions mosaic_options() const {
     MosaicOptions m;
     m.base = BaseMethod::kGptq;
@@ -506,8 +514,7 @@ class Quantizer {
     m.block_cols = opt_.block_cols;
     m.budget = opt_.budget;
     m.scorer = opt_.scorer;
-    m.gptq.act_order = opt_.act_order;
-    m.gptq.static_groups = opt_.act_order;
+    m.gptq = ordered(m.gptq);
     return m;
   }
 
@@ -515,12 +522,9 @@ class Quantizer {
   PackedLinear quantize_one(const std::vector<float>& W, Shape2 s, const std::vector<float>& H,
                             const std::string& name, int64_t count) {
     try {
-      GptqOptions g;
-      g.act_order = opt_.act_order;
-      g.static_groups = opt_.act_order;
       switch (opt_.method) {
         case QuantMethod::kRtn: return quantize_rtn(W, s.N, s.K, opt_.group, opt_.symmetric);
-        case QuantMethod::kGptq: return quantize_gptq(W, s.N, s.K, H, opt_.group, opt_.symmetric, g);
+        case QuantMethod::kGptq: return quantize_gptq(W, s.N, s.K, H, opt_.group, opt_.symmetric, ordered());
         case QuantMethod::kMosaic: {
           MosaicOptions m = mosaic_options();
           m.num_blocks = count;
