@@ -6,12 +6,17 @@
 
 #include "cli/commands.h"
 #include "model/parallel.h"
+#include "quant/accelerator.h"
 #include "quant/calibration.h"
 #include "quant/model_quantizer.h"
 #include "tokenizer/tokenizer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/progress.h"
+#ifdef MOSAIC_HAS_QUANT_GPU
+#include "gpu/device.h"
+#include "quant_gpu/calib_cuda.h"
+#endif
 
 namespace mosaic::cli {
 
@@ -29,6 +34,7 @@ struct QuantizeCliOptions {
   int64_t calib_samples = 128, calib_len = 2048;
   uint64_t seed = 0;
   int threads = 0;
+  std::string device = "auto";
 };
 
 void parse_block(const std::string& s, int& r, int& c) {
@@ -39,6 +45,23 @@ void parse_block(const std::string& s, int& r, int& c) {
                "--block '", s, "' is not of the form RxC (e.g. 16x64)");
   r = std::stoi(s.substr(0, x));
   c = std::stoi(s.substr(x + 1));
+}
+
+// --device: where calibration linears, Hessians and GPTQ run (null = the CPU).
+std::shared_ptr<QuantAccelerator> quant_accelerator(const std::string& device) {
+  MOSAIC_CHECK(device == "cpu" || device == "cuda" || device == "auto", "--device must be cpu, cuda or auto, got '",
+               device, "'");
+  if (device == "cpu") return nullptr;
+#ifdef MOSAIC_HAS_QUANT_GPU
+  const std::string why = gpu::gpu_unusable_reason();
+  if (device == "auto" && !why.empty()) return nullptr;
+  MOSAIC_CHECK(why.empty(), "--device cuda: ", why, "; use --device cpu");
+  return quant_gpu::make_cuda_quant_accelerator();
+#else
+  MOSAIC_CHECK(device == "auto", "--device cuda: this mosaic was built without CUDA (configure with -DMOSAIC_CUDA=ON "
+                                 "and nvcc); use --device cpu");
+  return nullptr;
+#endif
 }
 
 void run_quantize(const QuantizeCliOptions& o) {
@@ -78,6 +101,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   }
 
   check_quantize_inputs(o.model, o.out, q);  // fail fast, before tokenizing the calibration text
+  if (q.method != QuantMethod::kRtn) q.accel = quant_accelerator(o.device);
   std::vector<std::vector<int32_t>> calib;
   if (q.method != QuantMethod::kRtn) {
     const Tokenizer tok = Tokenizer::load(o.model);
@@ -98,9 +122,11 @@ void run_quantize(const QuantizeCliOptions& o) {
   }
   const ModelQuantReport r = quantize_model(o.model, o.out, calib, q);
   std::printf("quantized %s -> %s (%s): %.3f bits/weight over %lld linear weights, %lld residual blocks; %.1f s, "
-              "peak RSS %s\n",
+              "peak RSS %s%s%s; on %s\n",
               o.model.c_str(), o.out.c_str(), o.method.c_str(), r.bits_per_weight(), (long long)r.linear_params,
-              (long long)r.residual_blocks, r.seconds, format_bytes(r.peak_rss).c_str());
+              (long long)r.residual_blocks, r.seconds, format_bytes(r.peak_rss).c_str(),
+              q.accel ? ", peak GPU memory " : "", q.accel ? format_bytes(r.peak_device_bytes).c_str() : "",
+              r.device.c_str());
 }
 
 }  // namespace
@@ -149,6 +175,10 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--smooth-alpha", o->smooth_alpha,
                   "SmoothQuant migration folded into the norms / v_proj / up_proj: auto (alpha searched per layer and "
                   "site), none, or a fixed alpha in [0, 1]; default auto when --act-bits < 16 (not rtn), else none");
+  cmd->add_option("--device", o->device,
+                  "where calibration linears, Hessians and GPTQ run: cpu, cuda (cuBLAS/cuSOLVER, an sm_90 GPU), or auto "
+                  "(cuda when a usable GPU is present). Same pipeline and format; results agree to float rounding")
+      ->capture_default_str();
   cmd->add_flag("--force", o->force, "replace an existing output directory");
   cmd->add_flag("-q,--quiet", o->quiet, "no progress on stderr");
   cmd->callback([o] { run_quantize(*o); });

@@ -39,18 +39,8 @@ std::vector<double> inverse_cholesky_upper(const std::vector<double>& H, int64_t
   return A;
 }
 
-// Per-element residual quantizer of quantize_gptq_with_residual: block id of each block-grid
-// cell (-1 = not kept) and the kept blocks' row scales.
-struct ResidualPlan {
-  int Br = 0, Bc = 0;
-  int64_t nbc = 0;
-  std::vector<int32_t> kept;   // [N/Br * K/Bc]
-  std::vector<float> scales;   // [nnzb * Br]
-  std::vector<uint8_t> codes;  // [nnzb, Br, Bc] unpacked output codes 0..15
-};
-
 PackedLinear gptq_core(std::span<const float> W, int64_t N, int64_t K, std::span<const float> H,
-                       int group, bool symmetric, const GptqOptions& opt, ResidualPlan* plan,
+                       int group, bool symmetric, const GptqOptions& opt, GptqResidualPlan* plan,
                        GptqTrace* trace) {
   check_weight_matrix(W, N, K, group, "quantize_gptq");
   MOSAIC_CHECK(int64_t(H.size()) == K * K, "quantize_gptq: Hessian has ", H.size(),
@@ -62,6 +52,30 @@ PackedLinear gptq_core(std::span<const float> W, int64_t N, int64_t K, std::span
   for (size_t i = 0; i < H.size(); ++i)
     MOSAIC_CHECK(std::isfinite(H[i]), "quantize_gptq: Hessian entry [", int64_t(i) / K, ", ",
                  int64_t(i) % K, "] is not finite");
+  for (int64_t k = 0; k < K; ++k)
+    MOSAIC_CHECK(H[k * K + k] >= 0.0f, "quantize_gptq: Hessian diagonal [", k, "] = ", H[k * K + k],
+                 " is negative (not a PSD Hessian)");
+  std::vector<uint8_t> codes;
+  std::vector<GroupParams> params;
+  GptqSolve s{W, N, K, H, group, symmetric, &opt, plan, trace, &codes, &params};
+  if (opt.accel)
+    opt.accel->solve(s);
+  else
+    gptq_solve_cpu(s);
+  return pack_base(N, K, group, symmetric, codes, params);
+}
+
+}  // namespace
+
+// The CPU solve (the reference every accelerator is tested against).
+void gptq_solve_cpu(GptqSolve& s) {
+  const std::span<const float> W = s.W, H = s.H;
+  const int64_t N = s.N, K = s.K;
+  const int group = s.group;
+  const bool symmetric = s.symmetric;
+  const GptqOptions& opt = *s.opt;
+  GptqResidualPlan* plan = s.plan;
+  GptqTrace* trace = s.trace;
   const int64_t G = K / group;
   const bool static_groups = opt.static_groups || opt.act_order;
 
@@ -75,8 +89,6 @@ PackedLinear gptq_core(std::span<const float> W, int64_t N, int64_t K, std::span
   std::vector<float> hdiag(static_cast<size_t>(K));
   for (int64_t k = 0; k < K; ++k) {
     const double d = Hd[k * K + k];
-    MOSAIC_CHECK(d >= 0.0, "quantize_gptq: Hessian diagonal [", k, "] = ", d,
-                 " is negative (not a PSD Hessian)");
     hdiag[k] = float(d);
     if (d == 0.0) {  // dead input: no signal reaches this column, its weight is irrelevant
       Hd[k * K + k] = 1.0;
@@ -85,7 +97,8 @@ PackedLinear gptq_core(std::span<const float> W, int64_t N, int64_t K, std::span
   }
 
   // Static groups are fit on the (dead-zeroed) weights before any permutation or update.
-  std::vector<GroupParams> params(static_cast<size_t>(N * G));
+  std::vector<GroupParams>& params = *s.params;
+  params.assign(static_cast<size_t>(N * G), GroupParams{});
   auto fit_group_at = [&](int64_t n, int64_t g, const float* col0, const float* hcol0) {
     // col0 points at Wt[first column of group][n]; values are N apart.
     params[n * G + g] = fit_group(col0, group, N, symmetric, hcol0, 1, opt.scale);
@@ -128,7 +141,8 @@ PackedLinear gptq_core(std::span<const float> W, int64_t N, int64_t K, std::span
     for (int64_t c = r; c < K; ++c) U[r * K + c] = float(Ud[r * K + c]);
   std::vector<double>().swap(Ud);
 
-  std::vector<uint8_t> codes(static_cast<size_t>(N * K));  // original column order
+  std::vector<uint8_t>& codes = *s.codes;  // original column order
+  codes.assign(static_cast<size_t>(N * K), 0);
   if (trace) {
     trace->err.assign(static_cast<size_t>(N * K), 0.0f);
     trace->hinv_diag.assign(static_cast<size_t>(K), 0.0f);
@@ -186,10 +200,7 @@ PackedLinear gptq_core(std::span<const float> W, int64_t N, int64_t K, std::span
                   Wt.data() + i2 * N, int(N));
     i1 = i2;
   }
-  return pack_base(N, K, group, symmetric, codes, params);
 }
-
-}  // namespace
 
 PackedLinear quantize_gptq(std::span<const float> W, int64_t N, int64_t K,
                            std::span<const float> H, int group, bool symmetric,
@@ -215,7 +226,7 @@ PackedLinear quantize_gptq_with_residual(std::span<const float> W, int64_t N, in
   shell.res_qvalues.assign(static_cast<size_t>(nnzb * layout.block_rows * (layout.block_cols / 2)), 0x88);
   validate(shell, "quantize_gptq_with_residual layout");
 
-  ResidualPlan plan;
+  GptqResidualPlan plan;
   plan.Br = layout.block_rows;
   plan.Bc = layout.block_cols;
   plan.nbc = K / plan.Bc;

@@ -11,6 +11,8 @@
 
 namespace mosaic {
 
+class GptqAccelerator;
+
 struct GptqOptions {
   double damp = 0.01;     // lambda = damp * mean(diag(H)) added to the diagonal
   bool act_order = false; // process columns by descending diag(H); forces static groups
@@ -21,6 +23,9 @@ struct GptqOptions {
   // is reached, as in the reference implementation.
   bool static_groups = false;
   ScaleOptions scale;     // divisor / clip search for the group fit (h = diag(H) weights it)
+  // Where the solve runs: null = here (OpenBLAS/LAPACK), else e.g. the CUDA solver of
+  // quant_gpu/ (cuSOLVER + cuBLAS). Not owned; results agree to float rounding, not bitwise.
+  GptqAccelerator* accel = nullptr;
 };
 
 // What GPTQ saw while quantizing, for residual selection on a GPTQ base (original column order):
@@ -31,6 +36,43 @@ struct GptqTrace {
   std::vector<float> err;
   std::vector<float> hinv_diag;
 };
+
+// The residual of quantize_gptq_with_residual as the solver sees it: block id of each block-grid
+// cell (-1 = not kept) and the kept blocks' row scales; the solver fills `codes`.
+struct GptqResidualPlan {
+  int Br = 0, Bc = 0;
+  int64_t nbc = 0;
+  std::vector<int32_t> kept;   // [N/Br * K/Bc]
+  std::vector<float> scales;   // [nnzb * Br]
+  std::vector<uint8_t> codes;  // [nnzb, Br, Bc] unpacked output codes 0..15
+};
+
+// GPTQ's numerical core after the shared input checks (W and H finite, diag(H) >= 0, sizes):
+// everything from the dead-column handling to the last column, in the original column order.
+struct GptqSolve {
+  std::span<const float> W;  // [N, K]
+  int64_t N = 0, K = 0;
+  std::span<const float> H;  // [K, K]
+  int group = 0;
+  bool symmetric = true;
+  const GptqOptions* opt = nullptr;
+  GptqResidualPlan* plan = nullptr;  // optional
+  GptqTrace* trace = nullptr;        // optional
+  std::vector<uint8_t>* codes = nullptr;      // out: [N, K] codes 0..15
+  std::vector<GroupParams>* params = nullptr;  // out: [N, K / group]
+};
+
+// A GPTQ solver somewhere else than this CPU (quant_gpu/gptq_cuda.h). It must implement the
+// semantics of the CPU solve in gptq.cpp exactly (same damping retries, same errors), differing
+// only by floating-point summation order.
+class GptqAccelerator {
+ public:
+  virtual ~GptqAccelerator() = default;
+  virtual void solve(GptqSolve& s) = 0;
+};
+
+// The CPU solve (OpenBLAS/LAPACK): the reference every accelerator is tested against.
+void gptq_solve_cpu(GptqSolve& s);
 
 // W row-major [N, K], H row-major [K, K] (symmetric PSD, e.g. 2 X^T X / M). Columns with
 // diag(H) == 0 never see any input: their weights are set to 0 (as the reference does).

@@ -8,23 +8,35 @@
 
 namespace mosaic {
 
-HessianAccumulator::HessianAccumulator(int64_t K) : K_(K) {
-  MOSAIC_CHECK(K > 0, "HessianAccumulator: K=", K, " must be positive");
+HessianAccumulator::HessianAccumulator(int64_t K) : HessianAccumulator(K, NoHostStorage{}) {
   H_.assign(static_cast<size_t>(K * K), 0.0f);
+}
+
+HessianAccumulator::HessianAccumulator(int64_t K, NoHostStorage) : K_(K) {
+  MOSAIC_CHECK(K > 0, "HessianAccumulator: K=", K, " must be positive");
+}
+
+void HessianAccumulator::check_finite(const float* X, int64_t M) const {
+  for (int64_t i = 0; i < M * K_; ++i)
+    MOSAIC_CHECK(std::isfinite(X[i]), "calibration activation [", i / K_, ", ", i % K_,
+                 "] is not finite");
+}
+
+std::pair<float, float> HessianAccumulator::next_weights(int64_t M) {
+  // Running mean: H <- H * n/(n+m) + (2/(n+m)) X^T X, so H never needs the total up front.
+  const float keep = float(double(rows_) / double(rows_ + M));
+  const float add = float(2.0 / double(rows_ + M));
+  rows_ += M;
+  return {keep, add};
 }
 
 void HessianAccumulator::add(const float* X, int64_t M) {
   MOSAIC_CHECK(M >= 0, "HessianAccumulator: negative row count ", M);
   if (M == 0) return;
-  for (int64_t i = 0; i < M * K_; ++i)
-    MOSAIC_CHECK(std::isfinite(X[i]), "calibration activation [", i / K_, ", ", i % K_,
-                 "] is not finite");
-  // Running mean: H <- H * n/(n+m) + (2/(n+m)) X^T X, so H never needs the total up front.
-  const float keep = float(double(rows_) / double(rows_ + M));
-  const float add = float(2.0 / double(rows_ + M));
+  check_finite(X, M);
+  const auto [keep, add] = next_weights(M);
   cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, int(K_), int(M), add, X, int(K_), keep,
               H_.data(), int(K_));
-  rows_ += M;
 }
 
 std::vector<float> HessianAccumulator::hessian() const {

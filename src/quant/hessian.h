@@ -4,20 +4,33 @@
 #pragma once
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace mosaic {
 
 // Accumulates H over batches of rows like GPTQ: after all batches H = (2 / M_total) X^T X.
 // Float accumulation through BLAS ssyrk (the same precision as the reference implementation).
+// Virtual so an accelerator can keep H on its device (quant_gpu/calib_cuda.h).
 class HessianAccumulator {
  public:
   explicit HessianAccumulator(int64_t K);
-  void add(const float* X, int64_t M);  // X row-major [M, K]; non-finite rows are an error
+  virtual ~HessianAccumulator() = default;
+  HessianAccumulator(const HessianAccumulator&) = delete;
+  HessianAccumulator& operator=(const HessianAccumulator&) = delete;
+  virtual void add(const float* X, int64_t M);  // X row-major [M, K]; non-finite rows are an error
   int64_t K() const { return K_; }
   int64_t rows() const { return rows_; }
   // Full symmetric H, row-major [K, K].
-  std::vector<float> hessian() const;
+  virtual std::vector<float> hessian() const;
+
+ protected:
+  struct NoHostStorage {};
+  HessianAccumulator(int64_t K, NoHostStorage);  // for subclasses that keep H elsewhere
+  // Running-mean weights for adding M rows: H <- keep * H + add * X^T X.
+  std::pair<float, float> next_weights(int64_t M);
+  // Throws mosaic::Error naming the first non-finite entry of X [M, K].
+  void check_finite(const float* X, int64_t M) const;
 
  private:
   int64_t K_;

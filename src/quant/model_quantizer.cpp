@@ -12,6 +12,7 @@
 #include "model/act_quant_linear.h"
 #include "model/model.h"
 #include "model/quant_linear.h"
+#include "quant/accelerator.h"
 #include "quant/calibration.h"
 #include "quant/gptq.h"
 #include "format/packed_checkpoint.h"
@@ -212,6 +213,8 @@ class Quantizer {
       model = std::make_unique<Model>(Model::from_checkpoint(ckpt_, cfg_, lo));
       cache = model->make_cache(int64_t(calib_[0].size()));
     }
+    if (opt_.accel && !opt_.quiet)
+      std::fprintf(stderr, "calibration linears, Hessians and GPTQ on %s\n", opt_.accel->describe().c_str());
     std::vector<std::vector<float>> x;  // activations per calibration window [len, hidden]
     if (opt_.method == QuantMethod::kMosaic && opt_.allocation == Allocation::kGlobal && opt_.budget > 0) {
       embed(model.get(), x);
@@ -225,8 +228,10 @@ class Quantizer {
       const auto t0 = std::chrono::steady_clock::now();
       quantize_layer(i, w, rep, model.get(), x, cache);
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      char buf[120];
-      std::snprintf(buf, sizeof buf, "layer %d: %.1f s, peak RSS %s", i, dt, format_bytes(peak_rss_bytes()).c_str());
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "layer %d: %.1f s, peak RSS %s%s%s", i, dt, format_bytes(peak_rss_bytes()).c_str(),
+                    opt_.accel ? ", peak GPU " : "",
+                    opt_.accel ? format_bytes(opt_.accel->peak_device_bytes()).c_str() : "");
       progress.update(i + 1, buf);
       if (opt_.on_layer) opt_.on_layer(i, dt);
       if (opt_.fail_after_layers == i + 1) fail("injected failure after layer ", i, " (test hook)");
@@ -267,18 +272,16 @@ class Quantizer {
                                 KVCache& cache) const {
     Accumulators acc;
     const int64_t D = cfg_.hidden_size, qd = int64_t(cfg_.num_heads) * cfg_.head_dim;
-    auto attn_in = std::make_shared<HessianAccumulator>(D), mlp_in = std::make_shared<HessianAccumulator>(D);
+    auto attn_in = new_hessian(D), mlp_in = new_hessian(D);
     acc[int(LinearId::Q)] = acc[int(LinearId::K)] = acc[int(LinearId::V)] = attn_in;
-    acc[int(LinearId::O)] = std::make_shared<HessianAccumulator>(qd);
+    acc[int(LinearId::O)] = new_hessian(qd);
     acc[int(LinearId::Gate)] = acc[int(LinearId::Up)] = mlp_in;
-    acc[int(LinearId::Down)] = std::make_shared<HessianAccumulator>(cfg_.intermediate_size);
+    acc[int(LinearId::Down)] = new_hessian(cfg_.intermediate_size);
     for (LinearId id : kLinears) {
       const Shape2 s = linear_shape(cfg_, id);
-      std::unique_ptr<Linear> dense = std::make_unique<DenseLinear>(s.N, s.K, W[int(id)]);
       const bool capture = id == LinearId::Q || id == LinearId::O || id == LinearId::Gate || id == LinearId::Down;
       // The Hessian is of what the linear will see: the smoothed, per-token quantized inputs.
-      model.set_linear(i, id, site_linear(i, id, capture ? std::make_unique<CaptureLinear>(std::move(dense), acc[int(id)])
-                                                          : std::move(dense)));
+      model.set_linear(i, id, site_linear(i, id, calib_linear(W[int(id)], s, capture ? acc[int(id)] : nullptr)));
     }
     std::vector<float> tmp;
     for (const auto& xs : x) {  // the FP layer on the (already quantized-upstream) inputs
@@ -294,8 +297,15 @@ class Quantizer {
   void propagate(int i, const std::vector<PackedLinear>& packed, Model& model, std::vector<std::vector<float>>& x,
                  KVCache& cache) const {
     const std::string p = layer_prefix(i);
-    for (LinearId id : kLinears)
-      model.set_linear(i, id, site_linear(i, id, std::make_unique<QuantLinear>(packed[int(id)], p + linear_name(id))));
+    for (LinearId id : kLinears) {
+      std::unique_ptr<Linear> q;
+      if (opt_.accel)
+        q = opt_.accel->linear(std::make_shared<const std::vector<float>>(dequantize(packed[int(id)])),
+                               packed[int(id)].N, packed[int(id)].K, nullptr);
+      else
+        q = std::make_unique<QuantLinear>(packed[int(id)], p + linear_name(id));
+      model.set_linear(i, id, site_linear(i, id, std::move(q)));
+    }
     for (auto& xs : x) {
       cache.clear();
       model.layer_forward(i, xs.data(), int64_t(calib_[0].size()), cache);
@@ -378,6 +388,19 @@ class Quantizer {
     if (model) propagate(i, packed, *model, x, cache);
   }
 
+  std::shared_ptr<HessianAccumulator> new_hessian(int64_t K) const {
+    return opt_.accel ? opt_.accel->hessian(K) : std::make_shared<HessianAccumulator>(K);
+  }
+
+  // A dense FP32 linear for the calibration passes, adding its inputs to `capture` if set.
+  std::unique_ptr<Linear> calib_linear(const std::shared_ptr<const std::vector<float>>& W, Shape2 s,
+                                       std::shared_ptr<HessianAccumulator> capture) const {
+    if (opt_.accel) return opt_.accel->linear(W, s.N, s.K, std::move(capture));
+    std::unique_ptr<Linear> dense = std::make_unique<DenseLinear>(s.N, s.K, W);
+    if (!capture) return dense;
+    return std::make_unique<CaptureLinear>(std::move(dense), std::move(capture));
+  }
+
   // The linear of layer i as calibration runs it: `inner`, its input rows per-token quantized
   // (act_bits < 16), and for the norm-fed sites (q/k/v, gate/up) the input divided by the
   // smoothing scale first, which is what the checkpoint's folded norm weights produce. (The o and
@@ -440,7 +463,7 @@ class Quantizer {
            st_down = std::make_shared<InputStats>(cfg_.intermediate_size, stride, rows);
       for (LinearId id : kLinears) {
         const Shape2 s = linear_shape(cfg_, id);
-        std::unique_ptr<Linear> dense = std::make_unique<DenseLinear>(s.N, s.K, W[int(id)]);
+        std::unique_ptr<Linear> dense = calib_linear(W[int(id)], s, nullptr);
         std::shared_ptr<InputStats> st = id == LinearId::Q ? st_attn : id == LinearId::O ? st_o
                                          : id == LinearId::Gate ? st_mlp : id == LinearId::Down ? st_down : nullptr;
         model.set_linear(i, id, st ? std::make_unique<StatsLinear>(std::move(dense), st) : std::move(dense));
@@ -502,6 +525,7 @@ class Quantizer {
   GptqOptions ordered(GptqOptions g = {}) const {
     g.act_order = opt_.act_order;
     g.static_groups = opt_.act_order;
+    g.accel = opt_.accel ? opt_.accel->gptq() : nullptr;
     return g;
   }
 
@@ -626,6 +650,10 @@ ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
   }
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   rep.peak_rss = peak_rss_bytes();
+  if (opt.accel) {
+    rep.device = opt.accel->describe();
+    rep.peak_device_bytes = opt.accel->peak_device_bytes();
+  }
   return rep;
 }
 

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,8 @@
 #include "quant/residual.h"
 
 namespace mosaic {
+
+class QuantAccelerator;  // quant/accelerator.h
 
 enum class QuantMethod { kMosaic, kGptq, kRtn };
 QuantMethod parse_quant_method(const std::string& name);  // mosaic|gptq|rtn
@@ -62,6 +65,9 @@ struct ModelQuantOptions {
   double smooth_alpha = -1;
   std::vector<double> smooth_grid = {0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0};
   int smooth_rows = 512;                 // calibration rows per site used by the alpha search
+  // Where calibration linears, Hessians and GPTQ run: null = the CPU (OpenBLAS); the CUDA one is
+  // quant_gpu::make_cuda_quant_accelerator(). The pipeline and the output format are the same.
+  std::shared_ptr<QuantAccelerator> accel;
   bool force = false;                    // replace an existing output directory
   bool quiet = false;
   nlohmann::json calibration_info;       // written as quantization_config.calibration
@@ -74,6 +80,8 @@ struct ModelQuantOptions {
 struct ModelQuantReport {
   double seconds = 0;
   int64_t peak_rss = 0;
+  std::string device = "cpu";    // where the heavy arithmetic ran (QuantAccelerator::describe)
+  int64_t peak_device_bytes = 0; // accelerator only: peak device memory in use (context included)
   int64_t linear_params = 0;     // weights quantized
   int64_t linear_bytes = 0;      // their packed bytes (base + residual)
   int64_t residual_blocks = 0;   // kept blocks, all layers

@@ -10,68 +10,17 @@
 
 namespace mosaic {
 
-namespace {
-
-// The fp16 scale for a raw float scale; fails loudly instead of storing inf.
-float to_fp16_scale(float s) {
-  const float r = fp16_to_float(float_to_fp16(s));
-  MOSAIC_CHECK(std::isfinite(r), "quantization scale ", s, " overflows fp16 (weights too large)");
-  return r;
-}
-
-// Params for one clipped range [lo, hi] (lo <= 0 <= hi for asymmetric; symmetric uses amax).
-GroupParams params_for(float lo, float hi, float amax, bool symmetric, float divisor) {
-  GroupParams g;
-  if (symmetric) {
-    g.scale = to_fp16_scale(amax / divisor);
-    g.zero = 8;
-  } else {
-    g.scale = to_fp16_scale((hi - lo) / 15.0f);
-    // Zero point from the fp16 scale so that lo maps near code 0 and 0.0 is exactly representable.
-    g.zero = g.scale > 0.0f ? int(std::clamp(std::nearbyint(-lo / g.scale), 0.0f, 15.0f)) : 0;
-  }
-  return g;
-}
-
-double group_error(const float* w, int64_t n, int64_t stride, const float* h, int64_t hstride,
-                   const GroupParams& g) {
-  double e = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const float x = w[i * stride];
-    const double d = double(x) - double(dequantize_code(quantize_code(x, g), g));
-    e += (h ? double(h[i * hstride]) : 1.0) * d * d;
-  }
-  return e;
-}
-
-}  // namespace
-
 GroupParams fit_group(const float* w, int64_t n, int64_t stride, bool symmetric, const float* h,
                       int64_t hstride, const ScaleOptions& opt) {
   MOSAIC_CHECK(opt.sym_divisor > 0.0f && opt.clip_min > 0.0f && opt.clip_min <= 1.0f,
                "bad scale options: divisor ", opt.sym_divisor, ", clip_min ", opt.clip_min);
-  // The range includes 0 (asymmetric) so the zero point stays within 0..15 and 0 stays exact.
-  float lo = 0.0f, hi = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float x = w[i * stride];
-    MOSAIC_CHECK(std::isfinite(x), "non-finite weight ", x, " in a quantization group");
-    lo = std::min(lo, x);
-    hi = std::max(hi, x);
-  }
-  const float amax = std::max(-lo, hi);
-  GroupParams best = params_for(lo, hi, amax, symmetric, opt.sym_divisor);
-  if (opt.clip_grid <= 1 || amax == 0.0f) return best;
-  double best_err = group_error(w, n, stride, h, hstride, best);
-  for (int t = 1; t < opt.clip_grid; ++t) {
-    const float r = 1.0f - (1.0f - opt.clip_min) * float(t) / float(opt.clip_grid - 1);
-    const GroupParams g = params_for(lo * r, hi * r, amax * r, symmetric, opt.sym_divisor);
-    const double e = group_error(w, n, stride, h, hstride, g);
-    if (e < best_err) {
-      best_err = e;
-      best = g;
-    }
-  }
-  return best;
+  for (int64_t i = 0; i < n; ++i)
+    MOSAIC_CHECK(std::isfinite(w[i * stride]), "non-finite weight ", w[i * stride], " in a quantization group");
+  auto wv = [&](int64_t i) { return w[i * stride]; };
+  auto hv = [&](int64_t i) { return h ? h[i * hstride] : 1.0f; };
+  const GroupParams g = fit::fit(wv, hv, n, symmetric, opt.sym_divisor, opt.clip_grid, opt.clip_min);
+  MOSAIC_CHECK(std::isfinite(g.scale), "quantization scale ", g.scale, " overflows fp16 (weights too large)");
+  return g;
 }
 
 void check_weight_matrix(std::span<const float> W, int64_t N, int64_t K, int group,

@@ -7,6 +7,7 @@
 #include <span>
 
 #include "format/packed_linear.h"
+#include "quant/group_fit.h"
 
 namespace mosaic {
 
@@ -25,23 +26,17 @@ struct ScaleOptions {
   float clip_min = 0.75f;
 };
 
-// One group's quantizer: deq = scale * (code - zero); scale is already rounded to fp16.
-struct GroupParams {
-  float scale = 0.0f;
-  int zero = 8;  // 8 when symmetric
-};
+// One group's quantizer: deq = scale * (code - zero); scale is already rounded to fp16. The
+// arithmetic lives in quant/group_fit.h, shared with the CUDA quantizer.
+using GroupParams = fit::Params;
 
 // Fits a group of n values w[i * stride] (weights h[i * hstride] or none). Throws mosaic::Error
 // when a value is not finite or the scale overflows fp16.
 GroupParams fit_group(const float* w, int64_t n, int64_t stride, bool symmetric,
                       const float* h = nullptr, int64_t hstride = 1, const ScaleOptions& opt = {});
 
-inline int quantize_code(float w, const GroupParams& g) {
-  if (g.scale == 0.0f) return g.zero;  // all-zero group (or fp16 underflow): deq = 0
-  float q = std::nearbyint(w / g.scale) + float(g.zero);
-  return int(std::clamp(q, 0.0f, 15.0f));
-}
-inline float dequantize_code(int code, const GroupParams& g) { return g.scale * float(code - g.zero); }
+inline int quantize_code(float w, const GroupParams& g) { return fit::quantize(w, g); }
+inline float dequantize_code(int code, const GroupParams& g) { return fit::dequantize(code, g); }
 
 // RTN: W row-major [N, K] -> PackedLinear (no residual). symmetric: scale = max|w|/7.5, codes in
 // -8..7; asymmetric: range [min(w,0), max(w,0)] over 15 steps with a zero point 0..15.
