@@ -7,9 +7,12 @@
 #   OUT=/tmp/out scripts/gpu-check.sh [quick|full]
 #     quick: LLaMA-3-8B shapes only; full: LLaMA-3-8B, Qwen3-8B and LLaMA-3-70B at budgets 0, 5, 10%.
 # Overrides: SH (shapes), MS (M list), BU (budgets) of the benchmark; SAN_T (seconds per sanitizer);
-# SKIP_TORCH=1, SKIP_SAN=1.
+# SKIP_TORCH=1, SKIP_SAN=1, SAN_FILTER (gtest filter of the sanitizer runs).
 # Same-run comparisons (docs/kernels-notes.md), both on the small-M list MS_SMALL (default 1,4,16,32):
 #   BASELINE_CU=path/to/old/zipper_kernels.cu   also build and time that kernel file (label "base")
+#   BASELINE_SRC=dir   also build and time a whole older src/cuda (dir/cuda/*: kernels, plans, bench),
+#                      e.g. mkdir -p .devdeps/baseline/src && git archive HEAD src/cuda | tar -x -C
+#                      .devdeps/baseline/src --strip-components=1
 #   PLAN_OVERHEADS="4 6"   also time the current build with MOSAIC_ZIPPER_CTA_OVERHEAD=4, =6
 # Needs CLI11 + nlohmann headers and googletest sources in $DEPS (default .devdeps, made by
 # scripts/make-devdeps.sh on a Debian machine with the dev packages; see docs/kernels.md).
@@ -36,6 +39,16 @@ $NVCC -Xptxas -v -c src/cuda/zipper_stream.cu -o $B/zipper_stream.o > $B/ptxas-s
 if [ -n "${BASELINE_CU:-}" ]; then
   $NVCC -c "$BASELINE_CU" -o $B/zipper_kernels_base.o > $B/ptxas-base.log 2>&1 & pids+=($!)
 fi
+if [ -n "${BASELINE_SRC:-}" ]; then  # a whole older src/cuda (kernels, plans, bench) in $BASELINE_SRC/cuda
+  mkdir -p $B/base
+  # its headers first: -I $BASELINE_SRC ahead of -I src
+  for f in zipper_kernels zipper_stream; do
+    ${NVCC/-I src/-I $BASELINE_SRC -I src} -c "$BASELINE_SRC/cuda/$f.cu" -o $B/base/$f.o > $B/base/ptxas-$f.log 2>&1 & pids+=($!)
+  done
+  for f in zipper_layout zipper_linear gemm_bench; do
+    ${CXX/-I src/-I $BASELINE_SRC -I src} -c "$BASELINE_SRC/cuda/$f.cpp" -o $B/base/$f.o & pids+=($!)
+  done
+fi
 for f in src/cuda/zipper_layout.cpp src/cuda/zipper_linear.cpp src/cuda/gemm_bench.cpp src/util/atomic_file.cpp \
          src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
   $CXX -c $f -o $B/$(basename $f .cpp).o & pids+=($!)
@@ -46,14 +59,26 @@ $CXX $GT -c $DEPS/googletest/src/gtest_main.cc -o $B/gtest_main.o & pids+=($!)
 fail=0
 for p in "${pids[@]}"; do wait $p || fail=1; done
 grep -E "registers|spill" $B/ptxas.log | paste - - | sed 's/ptxas info *: //' | head -20
-grep -E "Compiling|registers" $B/ptxas-stream.log | paste - - | sed -E 's/.*stream_kernelI(.*)EEvNS1.*Used ([0-9]+) registers.*/stream<\1>: \2 registers/' | head -8
-[ $fail = 0 ] || { echo "BUILD FAILED"; cat $B/ptxas.log $B/ptxas-stream.log; exit 1; }
+grep -E "Compiling|registers" $B/ptxas-stream.log | paste - - | sed -E 's/.*stream_kernelI(.*)EEvNS1.*Used ([0-9]+) registers.*/stream<\1>: \2 registers/' | head -24
+[ $fail = 0 ] || { echo "BUILD FAILED"; grep -hiE "error" -A3 $B/ptxas.log $B/ptxas-stream.log $B/base/ptxas-*.log 2>/dev/null | head -60; exit 1; }
 LIB="$B/zipper_kernels.o $B/zipper_stream.o $B/zipper_layout.o $B/zipper_linear.o"
 nvcc -o $B/test_cuda $B/t_*.o $LIB $B/gtest-all.o $B/gtest_main.o -lcublas -lpthread || exit 1
 nvcc -o $B/mosaic $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o $LIB -lcublas || exit 1
 if [ -n "${BASELINE_CU:-}" ]; then
   nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o \
     $B/zipper_kernels_base.o $B/zipper_stream.o $B/zipper_layout.o $B/zipper_linear.o -lcublas || exit 1
+elif [ -n "${BASELINE_SRC:-}" ]; then
+  nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $B/cmd_bench.o $B/atomic_file.o $B/base/*.o -lcublas || exit 1
+fi
+# SASS_STATS=1: instruction mix of the stream kernels (new and baseline) into the extras.
+if [ "${SASS_STATS:-0}" = 1 ] && command -v cuobjdump > /dev/null; then
+  for o in $B/zipper_stream.o $B/base/zipper_stream.o; do
+    [ -f $o ] || continue
+    cuobjdump -sass $o > $o.sass 2>/dev/null
+    awk '/Function :/{k=$3} /^ +\/\*[0-9a-f]+\*\//{n[k]++; split($2,a,"."); op[k" "a[1]]++}
+         END{for (k in n) print n[k], k; for (x in op) if (op[x] > 20) print "  ", op[x], x}' $o.sass \
+      | grep -E "stream_kernel" | sort -k2 > $o.sass-stats.txt
+  done
 fi
 echo "== build ok in $(( $(date +%s) - t0 )) s"
 [ "$MODE" = build-only ] && exit 0
@@ -69,9 +94,11 @@ $B/mosaic bench gemm --shapes $SH --m $MS --budget $BU --json $OUT/gemm.json > $
 echo "== bench rc=$?"
 # Extra files go into one archive at the end: the device tool returns at most 8 files from $OUT.
 X=$B/extra; mkdir -p $X; cmp=(new=$OUT/gemm.json)
-if [ -n "${BASELINE_CU:-}" ]; then
+[ -f $B/zipper_stream.o.sass-stats.txt ] && cp $B/zipper_stream.o.sass-stats.txt $X/
+[ -f $B/base/zipper_stream.o.sass-stats.txt ] && cp $B/base/zipper_stream.o.sass-stats.txt $X/base-zipper_stream.o.sass-stats.txt
+if [ -n "${BASELINE_CU:-}${BASELINE_SRC:-}" ]; then
   $B/mosaic_base bench gemm --shapes $SH --m $MS_SMALL --budget $BU --json $X/gemm-base.json > $X/bench-base.md 2>&1
-  echo "== bench (baseline $BASELINE_CU) rc=$?"; cmp+=(base=$X/gemm-base.json)
+  echo "== bench (baseline ${BASELINE_CU:-}${BASELINE_SRC:-}) rc=$?"; cmp+=(base=$X/gemm-base.json)
 fi
 # ENVS="label:VAR=value[,VAR=value] ..." also times the current build with each environment (e.g.
 # v8:MOSAIC_ZIPPER_V8=1 for the previous kernel, same binary, same run).
@@ -94,7 +121,7 @@ cat $OUT/summary.md
 # ---- compute-sanitizer on a reduced set ----------------------------------------------------------
 [ "${SKIP_SAN:-0}" = 1 ] && { tar -C $X -czf $OUT/extra.tar.gz . ; echo "== done (no sanitizers) $(date -u)"; exit 0; }
 export ZIPPER_QUICK=1
-F='ZipperGpu.MatchesCpuReference*:ZipperGpu.DenseOnly*:ZipperGpu.StreamKernel*'
+F=${SAN_FILTER:-'ZipperGpu.MatchesCpuReference*:ZipperGpu.DenseOnly*:ZipperGpu.StreamKernel*'}
 timeout ${SAN_T:-240} compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_cuda --gtest_filter="$F" > $B/memcheck.log 2>&1
 echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY' $B/memcheck.log | tail -1)"
 # racecheck over everything (its kernel filter crashed the sanitizer here); hazards reported

@@ -6,9 +6,9 @@ S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section
 # Bytes moved and instructions (to compare with the bytes counted), and the stall breakdown.
 S="$S --metrics dram__bytes_read.sum,smsp__inst_executed.sum,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct"
 # SPECS: ";"-separated "KxN M kernel-regex" on mangled names: fused.*Li1ELb1E = v8 kernel MB=1 with
-# residual; stream.*Lb0ELb1E = stream kernel (M <= 16) dense-only, group 128; stream.*Lb1ELb1E
+# residual; stream.*Lb0ELi8ELi1E = stream kernel (M <= 8) dense-only, group 128 (v10: <T, RES, GS, NB>); stream.*Lb1ELi8ELi1E
 # with residual.
-IFS=';' read -ra specs <<< "${SPECS:-4096x28672 1 stream.*Lb0ELb1E;4096x28672 1 stream.*Lb1ELb1E;4096x6144 1 stream.*Lb1ELb1E}"
+IFS=';' read -ra specs <<< "${SPECS:-4096x28672 1 stream.*Lb0ELi8ELi1E;4096x28672 1 stream.*Lb1ELi8ELi1E;4096x6144 1 stream.*Lb1ELi8ELi1E}"
 for spec in "${specs[@]}"; do
   set -- $spec
   echo "=== ncu $1 M=$2 $3"

@@ -39,8 +39,10 @@ struct FusedLaunch {
   int num_sms = 132;
   int rows_per_warp = 1;  // stream kernel: 16-output rows each warp streams in turn
   int n_groups = 0;       // stream kernel: grid.x (row groups)
-  int stages = 4;         // stream kernel: ring depth per warp, 4 or 8
+  int stages = 4;         // stream kernel: ring depth per warp (fixed at 4 since v10; unused)
   int row_interleave = 0; // stream kernel: rows of a CTA's warps in different tiles (see kernel)
+  int k_warps = 1;        // stream kernel: warps sharing one row, each on 1/k_warps of the CTA's
+                          // K-range, reduced in shared memory (1, 2, 4 or 8; v10)
 };
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).
@@ -50,9 +52,11 @@ int fused_occupancy(int m_block, int bf16, bool residual, int smem);
 void launch_fused(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
 
 // The stream kernel (zipper_stream.cu, M <= 16): warps stream several rows over one K-range
-// with one ring, a per-row split-K fix-up. Ring depth per warp (stages): 4 or 8.
-int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int stages);
-int stream_occupancy(bool residual, bool spt1, int stages, int smem);
+// with one ring, a per-row split-K fix-up; k_warps > 1 also splits a CTA's K-range over warps
+// (needs k_split % (128 k_warps) == 0 and K % k_split == 0). nb: n8 tiles of X rows (1 for
+// M <= 8, 2 for M = 9..16), which sets the instantiation (registers) the occupancy is taken of.
+int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps);
+int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem);
 void launch_stream(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
 // Reads `bytes` (multiple of 16) from device memory p with many loads in flight: the streaming
 // limit the benchmark reports next to the kernels (variant read_limit).

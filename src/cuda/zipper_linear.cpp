@@ -92,8 +92,7 @@ double inflight_kb_needed() {
   return v;
 }
 
-// Stream-kernel tuning knobs (defaults measured, docs/kernels-notes.md v9): ring depth
-// MOSAIC_ZIPPER_STAGES (4 or 8); MOSAIC_ZIPPER_RED_COST = the split-K reduction of one row of 16
+// Stream-kernel tuning knobs (defaults measured, docs/kernels-notes.md v9): MOSAIC_ZIPPER_RED_COST = the split-K reduction of one row of 16
 // outputs x 16 rows of X, in k-tile units of streamed weights (fp32 atomics at L2 cost more per
 // byte than streaming); MOSAIC_ZIPPER_VERBOSE=1 prints each plan to stderr.
 double env_number(const char* name, double dflt, double lo, double hi) {
@@ -103,12 +102,27 @@ double env_number(const char* name, double dflt, double lo, double hi) {
   const double x = std::strtod(e, &end);
   return end && *end == 0 && x >= lo && x <= hi ? x : dflt;
 }
-int stream_stages() {
-  static const int v = env_number("MOSAIC_ZIPPER_STAGES", 4, 4, 8) >= 8 ? 8 : 4;
-  return v;
-}
+// The ring depth is fixed at 4 since v10 (8 measured slower everywhere in v9; the knob is gone).
+int stream_stages() { return 4; }
 double red_cost() {
   static const double v = env_number("MOSAIC_ZIPPER_RED_COST", 12, 0, 64);
+  return v;
+}
+// In-CTA K split of the stream kernel (v10): MOSAIC_ZIPPER_KWARPS = 1, 2, 4 or 8 forces the warps
+// per row (0: the plan chooses); MOSAIC_ZIPPER_KW_COST = its row-end cost in k-tiles (smem
+// reduction + named barriers); MOSAIC_ZIPPER_SPLIT_FIX = the fixed cost per warp of split-K
+// across CTAs (fence, counter atomic, fix-up), in k-tiles: 2 (v10 run 2, H100: qkv M = 1 zipper
+// 12.98 -> 10.89 us, the plan moving from 11 K-splits to 4 warps per row; other shapes +-2%).
+int kwarps_forced() {
+  static const int v = int(env_number("MOSAIC_ZIPPER_KWARPS", 0, 0, 8));
+  return v == 1 || v == 2 || v == 4 || v == 8 ? v : 0;
+}
+double kw_cost() {
+  static const double v = env_number("MOSAIC_ZIPPER_KW_COST", 0.25, 0, 64);
+  return v;
+}
+double split_fix() {
+  static const double v = env_number("MOSAIC_ZIPPER_SPLIT_FIX", 2, 0, 64);
   return v;
 }
 // MOSAIC_ZIPPER_ROWMAP=1: the stream kernel's interleaved row map (v9a), for comparisons.
@@ -242,67 +256,83 @@ struct ZipperLinear::Impl {
     return plans[key] = best_per * kTileK;
   }
 
-  // Stream-kernel plan (M <= 16): K-range per CTA (k_split), rows per warp (rpw) and row groups,
-  // for exactly one wave. Model (memory-bound, balanced over SMs): time ~ (CTAs on the busiest
-  // SM q) x (k-tiles per warp + 1 tile of fixed cost) / min(1, bytes in flight per SM / needed),
-  // in flight = q x 8 warps x 3 k-tiles of ~1 KB. Ties go to more CTAs per SM, then fewer splits.
+  // Stream-kernel plan (M <= 16): K-range per CTA (k_split), warps per row (kw: the CTA's
+  // K-range split over kw warps, reduced in smem), rows per warp (rpw) and row groups, for exactly
+  // one wave. Model (memory-bound, balanced over SMs): time ~ (CTAs on the busiest SM q) x (k-tiles
+  // per warp + 1 tile of fixed cost) / min(1, bytes in flight per SM / needed), in flight = q x 8
+  // warps x 3 k-tiles of ~1 KB; a row end costs `red` tiles with split-K (fp32 reductions at L2)
+  // and kw_cost with kw > 1 (smem reduction + named barrier). Ties go to more CTAs per SM, then
+  // fewer splits.
   struct StreamPlan {
-    int k_split = 0, rpw = 1, n_groups = 1;
+    int k_split = 0, rpw = 1, n_groups = 1, kw = 1;
   };
   std::map<std::pair<int, bool>, StreamPlan> stream_plans;
   StreamPlan plan_stream(int M, bool res) {
-    const int x_rows = std::min(M, 16) + 1;
+    const int x_rows = std::min(M, 16) + 1, nb = M <= 8 ? 1 : 2;
     const auto key = std::make_pair(x_rows, res);
     if (auto it = stream_plans.find(key); it != stream_plans.end()) return it->second;
     const int R = L.N / 16, k_tiles = L.K / kTileK, m_tiles = (M + 15) / 16;
-    const int stages = stream_stages();
-    const double tile_kb = (res ? 1.1 : 1.0) * (stages - 1) * detail::kWarps;
+    const double tile_kb = (res ? 1.1 : 1.0) * (stream_stages() - 1) * detail::kWarps;
     const double red = red_cost() * std::min(M, 16) / 16.0;  // per row end, split-K only
+    const int kw_only = kwarps_forced();
     StreamPlan best;
     double best_cost = 1e30;
     int best_q = 0, best_splits = 0;
     for (int per = 1; per <= std::min(32, k_tiles); ++per) {
-      const int smem = detail::stream_smem_bytes(x_rows, per * kTileK, L.spt, res, stages);
-      if (smem > 227 * 1024) break;
-      const int occ = detail::stream_occupancy(res, L.spt == 1, stages, smem);
-      if (occ == 0) break;
       const int splits = (k_tiles + per - 1) / per;
-      for (int rpw = 1; rpw <= 32; ++rpw) {
-        const int groups = (R + detail::kWarps * rpw - 1) / (detail::kWarps * rpw);
-        const int64_t ctas = int64_t(groups) * splits * m_tiles;
-        const int q = int((ctas + num_sms - 1) / num_sms);
-        if (q > occ) continue;
-        const double bw = std::min(1.0, q * tile_kb / inflight_kb_needed());
-        const double cost = q * (rpw * (per + (splits > 1 ? red : 0.0)) + 1.0) / bw;
-        const bool better = cost < best_cost * 0.999 ||
-                            (cost <= best_cost * 1.001 && (q > best_q || (q == best_q && splits < best_splits)));
-        if (better) {
-          best_cost = cost;
-          best = {per * kTileK, rpw, groups};
-          best_q = q;
-          best_splits = splits;
+      for (int kw = 1; kw <= detail::kWarps; kw *= 2) {
+        if (kw_only && kw != kw_only) continue;
+        if (kw > 1 && (per % kw != 0 || k_tiles % per != 0 || L.group < 128)) continue;  // equal K slices only
+        const int smem = detail::stream_smem_bytes(x_rows, per * kTileK, L.spt, res, kw);
+        if (smem > 227 * 1024) continue;
+        const int occ = detail::stream_occupancy(res, L.group, nb, kw, smem);
+        if (occ == 0) continue;
+        const int rows_per_cta = detail::kWarps / kw;
+        for (int rpw = 1; rpw <= 32; ++rpw) {
+          const int groups = (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw);
+          const int64_t ctas = int64_t(groups) * splits * m_tiles;
+          const int q = int((ctas + num_sms - 1) / num_sms);
+          if (q > occ) continue;
+          const double bw = std::min(1.0, q * tile_kb / inflight_kb_needed());
+          const double row = double(per) / kw + (splits > 1 ? red : 0.0) + (kw > 1 ? kw_cost() : 0.0);
+          const double cost = q * (rpw * row + 1.0 + (splits > 1 ? split_fix() : 0.0)) / bw;
+          const bool better = cost < best_cost * 0.999 ||
+                              (cost <= best_cost * 1.001 && (q > best_q || (q == best_q && splits < best_splits)));
+          if (better) {
+            best_cost = cost;
+            best = {per * kTileK, rpw, groups, kw};
+            best_q = q;
+            best_splits = splits;
+          }
+          if (groups == 1) break;
         }
-        if (groups == 1) break;
       }
     }
     cudaGetLastError();  // occupancy probes past the smem limit are not errors of this call
-    // Test/tuning hook: MOSAIC_ZIPPER_STREAM_PLAN="KSPLIT,RPW" (K-range in inputs, a multiple of
-    // 128 up to 4096; rows per warp 1..32), read when a layer plans an M for the first time.
+    // Test/tuning hook: MOSAIC_ZIPPER_STREAM_PLAN="KSPLIT,RPW[,KW]" (K-range in inputs, a multiple
+    // of 128 up to 4096; rows per warp 1..32; warps per row 1, 2, 4, 8 with KSPLIT a multiple of
+    // 128 KW dividing K), read when a layer plans an M for the first time.
     if (const char* e = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN"); e && *e) {
-      int ks = 0, rpw = 0;
-      MOSAIC_CHECK(std::sscanf(e, "%d,%d", &ks, &rpw) == 2 && ks > 0 && ks % kTileK == 0 && ks <= 4096 && rpw >= 1 &&
-                       rpw <= 32,
-                   "MOSAIC_ZIPPER_STREAM_PLAN must be KSPLIT,RPW (got '", e, "')");
-      const int smem = detail::stream_smem_bytes(x_rows, ks, L.spt, res, stages);
-      MOSAIC_CHECK(detail::stream_occupancy(res, L.spt == 1, stages, smem) > 0, "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
+      int ks = 0, rpw = 0, kw = 1;
+      const int n = std::sscanf(e, "%d,%d,%d", &ks, &rpw, &kw);
+      MOSAIC_CHECK((n == 2 || n == 3) && ks > 0 && ks % kTileK == 0 && ks <= 4096 && rpw >= 1 && rpw <= 32 &&
+                       (kw == 1 || kw == 2 || kw == 4 || kw == 8),
+                   "MOSAIC_ZIPPER_STREAM_PLAN must be KSPLIT,RPW[,KW] (got '", e, "')");
+      ks = std::min(ks, L.K);
+      MOSAIC_CHECK(kw == 1 || (ks % (kTileK * kw) == 0 && L.K % ks == 0), "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
+                   ": KW > 1 needs KSPLIT to be a multiple of 128 KW and to divide K = ", L.K);
+      const int smem = detail::stream_smem_bytes(x_rows, ks, L.spt, res, kw);
+      MOSAIC_CHECK(kw == 1 || L.group >= 128, "MOSAIC_ZIPPER_STREAM_PLAN: ", e, ": KW > 1 needs group >= 128");
+      MOSAIC_CHECK(detail::stream_occupancy(res, L.group, nb, kw, smem) > 0, "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
                    " needs too much shared memory");
-      best = {std::min(ks, L.K), rpw, (R + detail::kWarps * rpw - 1) / (detail::kWarps * rpw)};
+      const int rows_per_cta = detail::kWarps / kw;
+      best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw};
     }
     MOSAIC_CHECK(best.k_split > 0, "zipper: no stream-kernel plan fits layer [N=", L.N, ", K=", L.K, "]");
     if (verbose())
-      std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d rpw=%d groups=%d splits=%d stages=%d\n",
-                   L.N, L.K, M, int(res), best.k_split, best.rpw, best.n_groups,
-                   (L.K + best.k_split - 1) / best.k_split, stages);
+      std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d\n",
+                   L.N, L.K, M, int(res), best.k_split, best.kw, best.rpw, best.n_groups,
+                   (L.K + best.k_split - 1) / best.k_split);
     return stream_plans[key] = best;
   }
 
@@ -317,6 +347,7 @@ struct ZipperLinear::Impl {
     f.k_split = p.k_split;
     f.rows_per_warp = p.rpw;
     f.n_groups = p.n_groups;
+    f.k_warps = p.kw;
     f.stages = stream_stages();
     f.row_interleave = row_interleave() ? 1 : 0;
     const int splits = (L.K / kTileK + p.k_split / kTileK - 1) / (p.k_split / kTileK);
@@ -329,14 +360,10 @@ struct ZipperLinear::Impl {
     check_cuda(cudaGetLastError(), "zipper stream kernel launch");
   }
 
-  // The stream kernel for M <= 16, except M >= 8 on small layers (N*K < 40 Mi weights: the 8B
-  // models' qkv and o), where the v8 kernel measured 6-12% faster at M = 16 (H100, v9 run).
-  // A forced plan (MOSAIC_ZIPPER_STREAM_PLAN at construction, tests) takes the stream kernel for all M <= 16.
-  bool forced_stream_plan = false;
-  bool use_stream(int M) const {
-    if (force_v8() || M > 16) return false;
-    return forced_stream_plan || M < 8 || int64_t(L.N) * L.K >= (int64_t(40) << 20);
-  }
+  // The stream kernel for M <= 16. (v9 sent M = 8..16 of small layers to the v8 kernel; v10's
+  // in-CTA K split made the stream kernel faster there: H100, v10 run 2, qkv M = 16 dense 17.40
+  // -> 14.75 us, o 15.03 -> 12.11.)
+  bool use_stream(int M) const { return !force_v8() && M <= 16; }
 
   void run_fused(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
     if (use_stream(M)) return run_stream(X, Y, M, bf16, residual, s);
@@ -407,7 +434,6 @@ ZipperLinear::ZipperLinear(const PackedLinear& w) : impl_(std::make_unique<Impl>
   impl_->Lb.scales = upload(to_bf16(z.scales));
   impl_->Lb.res_scales = upload(to_bf16(z.res_scales));
   impl_->nnzb = z.nnzb;
-  impl_->forced_stream_plan = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN") != nullptr;
   impl_->bytes_all = z.weight_bytes(true);
   impl_->bytes_base = z.weight_bytes(false);
   int dev = 0;

@@ -1,21 +1,22 @@
 // ZipperEngine stream kernel for sm_90, the fused W4A16 GEMM for M <= 16 (decode and small
-// batches). Same math and layout as zipper_fused_kernel (zipper_kernels.cu); what differs is how
-// work is laid out over the GPU (docs/kernels.md, v9 in docs/kernels-notes.md):
+// batches). Same layout as zipper_fused_kernel (zipper_kernels.cu); what differs is how work is
+// laid out over the GPU (docs/kernels.md; v9 and v10 in docs/kernels-notes.md):
 //
-//   grid  = (G row groups, K-splits, ceil(M / 16))    block = 8 warps     one wave: G * splits
-//           <= resident CTAs, chosen by the host plan (ZipperLinear, plan_stream)
+//   grid  = (G row groups, K-splits, 1)    block = 8 warps = RW row lanes x KW K-slices
+//           one wave: G * splits <= resident CTAs, chosen by the host plan (ZipperLinear, plan_stream)
 //   CTA (a, s): K-range [s*KR, s*KR + KR), X tile (rows + 1 zero row) x KR in smem, loaded once
-//   warp w streams rows r_j = 8 (j G + a) + w, j = 0 .. RPW-1 (16 outputs each), every row over
-//           the whole K-range, with ONE cp.async ring that flows across rows: no drain, no
-//           prologue, no CTA barrier between rows. Consecutive 128-output tiles go to different
-//           CTAs, so residual blocks clustered in a few output tiles spread over the SMs.
-//   row end: accumulators stored (1 split) or added into the fp32 workspace (RED, no wait);
+//   warp (rw, sw) streams rows r_j = RW (j G + a) + rw, j = 0 .. RPW-1 (16 outputs each), over
+//           its slice sw of the K-range, with ONE cp.async ring that flows across rows: no drain,
+//           no prologue, no CTA barrier between rows.
+//   row end: KW > 1: the KW slices meet in smem (named barrier per row lane); then the row is
+//           stored (1 split) or added into the fp32 workspace (RED, no wait);
 //   kernel end (split-K): one fence, one counter atomic per row (lanes in parallel), the last
 //           arriving warp of a row converts it to FP16/BF16 and re-zeroes workspace and counter.
 //
-// Why: the v8 kernel gave each warp 2-8 k-tiles, so per-warp fixed costs (X tile, metadata, ring
-// ramp, CTA-wide split-K epilogue) were ~3/4 of the instructions issued at M = 1 (ncu v8:
-// ~300 issued instructions per 512-byte chunk on qkv where the loop body needs ~80).
+// Why: v8 gave each warp 2-8 k-tiles, so per-warp fixed costs were ~3/4 of the instructions
+// issued at M = 1 (v9). v10: the weights are the MMA's A operand (one m16n8k16 per k16 step for
+// M <= 8), group scales go onto fp32 sums once per group, and small layers split K over the
+// warps of a CTA instead of over CTAs (no L2 reductions / fix-up for qkv, o at M = 1).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -30,35 +31,91 @@
 namespace mosaic::cuda::detail {
 namespace {
 
-// S1: one scale set per k-tile (group 128 or a multiple, the primary format): the group scales
-// are loaded once per tile instead of once per k16 step.
-// ST: ring depth per warp (k-tiles in flight + 1).
-template <typename T, bool RES, bool S1, int ST>
+// Ring depth per warp (k-tiles in flight + 1). v9 also had 8 (MOSAIC_ZIPPER_STAGES): slower
+// everywhere (v9 run 2); v10 dropped it to halve the instantiations.
+constexpr int kStreamStages = 4;
+
+// MMA roles (v10): the weights are the A operand (16 outputs x 16 inputs) and X is the B operand
+// (16 inputs x 8 rows of X), so one m16n8k16 covers a warp's 16 outputs for 8 rows of X. M <= 8
+// needs ONE MMA per k16 step (v9: two, with X as a 16-row A operand of which M = 1 used one row).
+// The layout's B-fragment registers of the two n8 tiles, {b0, b1 | b2, b3}, are exactly an A
+// fragment in the order {b0, b2, b1, b3}: no layout change. C fragment of lane (g, t): outputs g
+// (c0, c1) and g + 8 (c2, c3) x rows 2t, 2t + 1 of X.
+// The base codes enter the MMA unscaled (q - 8: exact in fp16 and bf16, so every product is exact
+// in fp32) and the group scales are applied to the fp32 partial sums once per scale group: 4 FFMA
+// per k-tile at group 128 instead of 32 HMUL2 (v9). Same for a residual block (its own sums, its
+// scale once per block). Accuracy is as good or better than v9: no fp16 rounding of q * s.
+template <typename T>
+struct Mma;
+#define MOSAIC_MMA_OPS(TYPE, PTX)                                                                                  \
+  template <>                                                                                                      \
+  struct Mma<TYPE> {                                                                                               \
+    /* c += a b */                                                                                                 \
+    __device__ static void acc(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {                \
+      asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "     \
+          "{%0,%1,%2,%3};\n"                                                                                       \
+          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                                         \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                                       \
+    }                                                                                                              \
+    /* d = a b (first step of a scale group: no zeroing) */                                                        \
+    __device__ static void set(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {                \
+      asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "     \
+          "{%10,%10,%10,%10};\n"                                                                                   \
+          : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])                                                         \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));                             \
+    }                                                                                                              \
+  };
+MOSAIC_MMA_OPS(__half, "f16")
+MOSAIC_MMA_OPS(__nv_bfloat16, "bf16")
+#undef MOSAIC_MMA_OPS
+
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// GS: k16 steps per scale group, i.e. how often the fp32 sums are scaled: 8 = once per k-tile
+// (group 128 or a multiple, the primary format; the tile's scales are read once), 4 = group 64,
+// 1 = group 16 or 32 (every step).   NB: n8 tiles of X rows, 1 for M <= 8, 2 for M = 9..16.
+// KW: warps per row (in-CTA K split; 1, 2, 4, 8 = f.k_warps; > 1 only instantiated for GS = 8). A
+// compile-time KW keeps the loop at v9's register count (a runtime KW cost ~18 registers).
+template <typename T, bool RES, int GS, int NB, int KW>
 __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer L, FusedLaunch f) {
-  constexpr int kStages = ST;
+  constexpr int kStages = kStreamStages;
+  constexpr int kChains = NB == 2 ? 2 : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
   using O = Ops<T>;
+  using MM = Mma<T>;
   using T2 = typename O::T2;
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
   const int m0 = blockIdx.z * 16;             // first row of X of this CTA
   const int kb = blockIdx.y * f.k_split;      // first input of this CTA's K-range
-  const int KR = min(L.K - kb, f.k_split);    // multiple of 128, <= 4096
-  const int nkt = KR / kTileK;
+  const int KR = min(L.K - kb, f.k_split);    // multiple of 128 * KW, <= 4096
+  // In-CTA K split (KW warps per row, v10): warp w = (row lane rw, K slice sw); the slices of a
+  // row meet in shared memory at each row end (a named barrier per row lane), so small layers
+  // need no split-K across CTAs (fp32 reductions at L2, fence, counters, fix-up) for parallelism.
+  constexpr int RW = kWarps / KW;
+  const int rw = warp / KW, sw = warp - rw * KW;
+  const int KRw = KR / KW;                    // this warp's inputs, a multiple of 128
+  const int kw0 = kb + sw * KRw;              // this warp's first input
+  const int nkt = KRw / kTileK;
   const int xs_stride = KR + 8;               // halves; +16 B per row: ldmatrix rows hit distinct banks
   const int rows = min(f.M - m0, 16);         // real rows of X; row `rows` is all zeros
-  const int spt = S1 ? 1 : L.spt;
+  const int spt = GS == 8 ? 1 : L.spt;
+  const int gshift = GS == 8 ? 0 : __ffs(L.group >> 4) - 1;  // scale set of k16 step kk: kk >> gshift
   const int su4 = stage_u4(spt, RES);
   const int kResCodes = kBaseScales + 2 * spt, kResScales = kResCodes + 32;
   T* xs = reinterpret_cast<T*>(smem);         // (rows + 1, KR) activation tile
   uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
+  // KW > 1: per warp, its partial sums of a row [NB][8 rows][20 floats] (after all rings).
+  float* parts = reinterpret_cast<float*>(smem + ((rows + 1) * xs_stride) / 8 + kWarps * kStages * su4);
 
-  // This warp's rows, j < nrows (a prefix of 0 .. RPW-1): r_j = 8 (j G + a) + w, so a CTA's 8
-  // warps stream 8 adjacent rows (256 KB of codes at K = 4096: one 2 MB page, DRAM-page and TLB
-  // friendly) and consecutive 128-output tiles go to consecutive CTAs; or, with f.row_interleave,
-  // r_j = (8 j + w) G + a (every warp on another tile: spreads clustered residuals further).
+  // This warp's rows, j < nrows (a prefix of 0 .. RPW-1): r_j = RW (j G + a) + rw, so a CTA's
+  // warps stream RW adjacent rows (256 KB of codes at K = 4096 and KW = 1: one 2 MB page, DRAM-page
+  // and TLB friendly) and consecutive tiles go to consecutive CTAs; or, with f.row_interleave,
+  // r_j = (RW j + rw) G + a (every row lane on another tile: spreads clustered residuals further).
+  // The KW warps of a row lane have the same rows.
   const int R = L.N / 16, G = gridDim.x;
   const auto row_of = [&](int j) {
-    return f.row_interleave ? (j * kWarps + warp) * G + int(blockIdx.x) : (j * G + int(blockIdx.x)) * kWarps + warp;
+    return f.row_interleave ? (j * RW + rw) * G + int(blockIdx.x) : (j * G + int(blockIdx.x)) * RW + rw;
   };
   int nrows = 0;
   while (nrows < f.rows_per_warp && row_of(nrows) < R) ++nrows;
@@ -82,7 +139,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   if (RES && lane < nrows) {
     const int r = row_of(lane);
     const uint64_t* bm = L.res_bitmap + size_t(r) * L.words_per_row;
-    const int c0 = kb / 64, nc = KR / 64, w0 = c0 / 64, sh = c0 % 64;
+    const int c0 = kw0 / 64, nc = KRw / 64, w0 = c0 / 64, sh = c0 % 64;
     int b = L.res_rowptr[r];
     for (int w = 0; w < w0; ++w) b += __popcll(bm[w]);
     uint64_t bits = bm[w0] >> sh;
@@ -98,8 +155,8 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   };
 
   const size_t q_row = size_t(L.K / 64) * 32, s_row = size_t(L.K / kTileK) * spt * 2;  // uint4 per row
-  const uint4* gq0 = reinterpret_cast<const uint4*>(L.qweight) + size_t(kb / 64) * 32 + lane;
-  const uint4* gs0 = reinterpret_cast<const uint4*>(L.scales) + size_t(kb / kTileK) * spt * 2;
+  const uint4* gq0 = reinterpret_cast<const uint4*>(L.qweight) + size_t(kw0 / 64) * 32 + lane;
+  const uint4* gs0 = reinterpret_cast<const uint4*>(L.scales) + size_t(kw0 / kTileK) * spt * 2;
   const uint4* grq = reinterpret_cast<const uint4*>(L.res_qweight);
   const uint4* grs = reinterpret_cast<const uint4*>(L.res_scales);
   const uint64_t policy = evict_first_policy();
@@ -157,37 +214,74 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
 
   T* Y = static_cast<T*>(f.Y);
   const bool split = gridDim.y > 1;
-  // C fragment of n8 tile nt: (row g, cols 2t, 2t+1) in acc[nt][0..1], (row g + 8) in [2..3].
-  const auto flush_row = [&](int r, const float (&acc)[2][4]) {
-    const int t = lane & 3, n0 = r * 16 + 2 * t;
-    if (split) {
-      // One 16-byte reduction per lane and row (result unused: no wait): lanes t, t^1 swap
-      // halves so that even t holds cols 2t..2t+3 of n8 tile 0 and odd t cols 2t-2..2t+1 of tile 1.
-      const bool odd = t & 1;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float s0 = odd ? acc[0][2 * h] : acc[1][2 * h], s1 = odd ? acc[0][2 * h + 1] : acc[1][2 * h + 1];
-        const float r0 = __shfl_xor_sync(~0u, s0, 1), r1 = __shfl_xor_sync(~0u, s1, 1);
-        const int row = m0 + g + 8 * h;
-        if (row >= f.M) continue;
-        const float4 v = odd ? make_float4(r0, r1, acc[1][2 * h], acc[1][2 * h + 1])
-                             : make_float4(acc[0][2 * h], acc[0][2 * h + 1], r0, r1);
-        atomicAdd(reinterpret_cast<float4*>(f.ws + size_t(row) * L.N + r * 16 + (odd ? 8 + 2 * t - 2 : 2 * t)), v);
+  // Row end: the C fragments go through shared memory so that lane (row b = lane / 4, quad
+  // o = lane % 4) holds outputs 4o .. 4o + 3 of X row b: one 16-byte reduction (split-K, no wait)
+  // or one 8-byte store. KW = 1: through `scratch`, the ring slot just consumed (free until the
+  // loop's next __syncwarp), one n8 tile at a time (a dense slot holds 1056 bytes). KW > 1: each
+  // warp writes its partial sums to parts[warp], a named barrier per row lane, the slice-0 warp
+  // adds the KW partials and writes the row, a second barrier frees the buffers.
+  // Row stride 20 floats: the fragment writes hit 32 distinct banks.
+  constexpr int kPart = NB * 8 * 20;  // floats per partial
+  const auto flush_row = [&](int r, const float (&ac)[NB][4], float* scratch) {
+    const int t = lane & 3, br = lane >> 2;
+    const auto put = [&](float* p, int nb) {
+      p[(2 * t) * 20 + g] = ac[nb][0];
+      p[(2 * t + 1) * 20 + g] = ac[nb][1];
+      p[(2 * t) * 20 + g + 8] = ac[nb][2];
+      p[(2 * t + 1) * 20 + g + 8] = ac[nb][3];
+    };
+    const auto out = [&](int nb, const float4& v) {
+      const int row = m0 + 8 * nb + br;
+      if (row >= f.M) return;
+      const size_t o = size_t(row) * L.N + r * 16 + 4 * t;
+      if (split) {
+        atomicAdd(reinterpret_cast<float4*>(f.ws + o), v);
+      } else {
+        const T2 lo = O::pack(v.x, v.y), hi = O::pack(v.z, v.w);
+        *reinterpret_cast<uint2*>(Y + o) = make_uint2(O::as_u32(lo), O::as_u32(hi));
       }
-      return;
+    };
+    if constexpr (KW == 1) {
+      __syncwarp();  // all lanes are done reading the slot (codes, scales)
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        put(scratch, nb);
+        __syncwarp();
+        const float4 v = *reinterpret_cast<const float4*>(scratch + br * 20 + 4 * t);
+        __syncwarp();  // read before the next tile's writes (and the ring's next copy)
+        out(nb, v);
+      }
+    } else {
+      float* mine = parts + warp * kPart;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) put(mine + nb * 8 * 20, nb);
+      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + rw), "r"(32 * KW) : "memory");  // partials visible
+      if (sw == 0) {
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+          float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+          for (int s2 = 0; s2 < KW; ++s2) {
+            const float4 u = *reinterpret_cast<const float4*>(mine + s2 * kPart + nb * 8 * 20 + br * 20 + 4 * t);
+            v.x += u.x, v.y += u.y, v.z += u.z, v.w += u.w;
+          }
+          out(nb, v);
+        }
+      }
+      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + rw), "r"(32 * KW) : "memory");  // partials read
     }
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = m0 + g + 8 * h;
-        if (row < f.M)
-          *reinterpret_cast<T2*>(Y + size_t(row) * L.N + n0 + nt * 8) = O::pack(acc[nt][2 * h], acc[nt][2 * h + 1]);
-      }
   };
 
-  const T* xrow = xs + min(lane & 15, rows) * xs_stride + (lane >> 4) * 8;  // ldmatrix row address
-  float acc[2][4] = {};
+  // ldmatrix.x4 row addresses of X (rows past M read the zero row). NB = 1: the four 8 x 8
+  // matrices are rows 0-7 x inputs [0,8) [8,16) [16,24) [24,32) = the B fragments of two k16
+  // steps; NB = 2: rows 0-7 and 8-15 x inputs [0,8) [8,16) = one step for both n8 tiles.
+  const int xr = NB == 1 ? (lane & 7) : (lane & 7) + ((lane >> 4) << 3);
+  const int xc = NB == 1 ? (lane >> 3) * 8 : ((lane >> 3) & 1) * 8;
+  const T* xrow = xs + min(xr, rows) * xs_stride + xc + sw * KRw;
+  float acc[NB][4] = {};
+  // Unscaled sums of the current scale group, per chain: NB = 1: k16 steps of even / odd parity
+  // (two independent MMA chains); NB = 2: one per n8 tile of X rows.
+  float tmp[2][4] = {};
   int cj = 0, ct = 0, cs = 0;  // consumer: row slot, k-tile, ring slot
   uint64_t cfl = 0;
   int cb = 0;  // CSR index of the first kept block of the tile being consumed
@@ -197,53 +291,79 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     cp_async_wait<kStages - 2>();  // this lane's copies of tile i have landed
     __syncwarp();                  // scales copied by lanes 0..2spt-1 visible; slot of tile i-1 consumed
     issue();
-    const uint4* st = stages + cs * su4;
+    uint4* st = stages + cs * su4;
     cs = cs + 1 == kStages ? 0 : cs + 1;
     const T* sc = reinterpret_cast<const T*>(st + kBaseScales);  // (spt, 16)
     const unsigned fl = RES ? unsigned(cfl >> (2 * ct)) & 3u : 0u;
-    T2 sA1{}, sB1{};
-    if (S1) {
-      sA1 = O::bcast(sc[g]);
-      sB1 = O::bcast(sc[g + 8]);
+    float sA = 0.f, sB = 0.f;  // scales of outputs g and g + 8 (the C fragment's c0, c1 and c2, c3)
+    if (GS == 8) {
+      sA = to_f(sc[g]);
+      sB = to_f(sc[g + 8]);
     }
     const T* xk = xrow + ct * kTileK;
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       const uint4 q = st[c * 32 + lane];
       uint4 rq = make_uint4(0, 0, 0, 0);
-      T2 rsA{}, rsB{};
-      // The 4 k16 steps of chunk c, compiled twice: with the residual (the zipper: added into the
-      // same B fragments, no extra MMA) and without. One branch per chunk instead of predicated
-      // residual code in every step (ncu, v9: the predicated form issued 50% more instructions
-      // than the dense kernel at a 10% budget).
+      float rsA = 0.f, rsB = 0.f;
+      // The 4 k16 steps of chunk c, compiled twice: with the residual (the zipper: its MMAs reuse
+      // the X fragments of the dense path) and without. One branch per chunk instead of predicated
+      // residual code in every step (ncu, v9: the predicated form issued 50% more instructions).
       const auto steps = [&](auto with_res) {
+        uint32_t xb[4];
+        float racc[NB][4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int kk = c * 4 + j;  // k16 step within the tile
-          T2 sA = sA1, sB = sB1;
-          if (!S1) {
-            const int gi = (kk * 16) / L.group;
-            sA = O::bcast(sc[gi * 16 + g]);
-            sB = O::bcast(sc[gi * 16 + g + 8]);
-          }
-          uint32_t b[4];
-          O::dequant(word(q, j), b);
-          b[0] = O::as_u32(__hmul2(O::as_t2(b[0]), sA));
-          b[1] = O::as_u32(__hmul2(O::as_t2(b[1]), sA));
-          b[2] = O::as_u32(__hmul2(O::as_t2(b[2]), sB));
-          b[3] = O::as_u32(__hmul2(O::as_t2(b[3]), sB));
+          if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xk + kk * 16);
+          uint32_t w[4];
+          O::dequant(word(q, j), w);
+          const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
+          uint32_t ra[4] = {};
           if constexpr (decltype(with_res)::value) {
-            uint32_t rb[4];
-            O::dequant(word(rq, j), rb);
-            b[0] = O::as_u32(__hfma2(O::as_t2(rb[0]), rsA, O::as_t2(b[0])));
-            b[1] = O::as_u32(__hfma2(O::as_t2(rb[1]), rsA, O::as_t2(b[1])));
-            b[2] = O::as_u32(__hfma2(O::as_t2(rb[2]), rsB, O::as_t2(b[2])));
-            b[3] = O::as_u32(__hfma2(O::as_t2(rb[3]), rsB, O::as_t2(b[3])));
+            uint32_t rw[4];
+            O::dequant(word(rq, j), rw);
+            ra[0] = rw[0], ra[1] = rw[2], ra[2] = rw[1], ra[3] = rw[3];
           }
-          uint32_t a[4];
-          ldmatrix_x4(a, xk + kk * 16);
-          O::mma(acc[0], a, b[0], b[1]);
-          O::mma(acc[1], a, b[2], b[3]);
+#pragma unroll
+          for (int nb = 0; nb < NB; ++nb) {
+            const int e = NB == 2 ? nb : kChains == 2 ? (j & 1) : 0;  // chain
+            const uint32_t b0 = xb[NB == 2 ? 2 * nb : 2 * (j & 1)], b1 = xb[NB == 2 ? 2 * nb + 1 : 2 * (j & 1) + 1];
+            if (kk % GS < (NB == 1 ? kChains : 1))
+              MM::set(tmp[e], a, b0, b1);
+            else
+              MM::acc(tmp[e], a, b0, b1);
+            if constexpr (decltype(with_res)::value) {
+              if (j == 0)
+                MM::set(racc[nb], ra, b0, b1);
+              else
+                MM::acc(racc[nb], ra, b0, b1);
+            }
+          }
+          if (kk % GS == GS - 1) {  // scale group complete: fp32 scales onto the fp32 sums
+            if (GS < 8) {
+              const int gi = kk >> gshift;
+              sA = to_f(sc[gi * 16 + g]);
+              sB = to_f(sc[gi * 16 + g + 8]);
+            }
+#pragma unroll
+            for (int e = 0; e < kChains; ++e) {
+              float(&o)[4] = acc[NB == 2 ? e : 0];
+              o[0] = fmaf(sA, tmp[e][0], o[0]);
+              o[1] = fmaf(sA, tmp[e][1], o[1]);
+              o[2] = fmaf(sB, tmp[e][2], o[2]);
+              o[3] = fmaf(sB, tmp[e][3], o[3]);
+            }
+          }
+        }
+        if constexpr (decltype(with_res)::value) {
+#pragma unroll
+          for (int nb = 0; nb < NB; ++nb) {
+            acc[nb][0] = fmaf(rsA, racc[nb][0], acc[nb][0]);
+            acc[nb][1] = fmaf(rsA, racc[nb][1], acc[nb][1]);
+            acc[nb][2] = fmaf(rsB, racc[nb][2], acc[nb][2]);
+            acc[nb][3] = fmaf(rsB, racc[nb][3], acc[nb][3]);
+          }
         }
       };
       if (RES && ((fl >> c) & 1u)) {
@@ -256,8 +376,8 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
           rq = __ldg(grq + size_t(cb + 1) * 32 + lane);
           rs = reinterpret_cast<const T*>(grs + size_t(cb + 1) * 2);
         }
-        rsA = O::bcast(rs[g]);
-        rsB = O::bcast(rs[g + 8]);
+        rsA = to_f(rs[g]);
+        rsB = to_f(rs[g + 8]);
         steps(std::true_type{});
       } else {
         steps(std::false_type{});
@@ -265,17 +385,17 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     }
     if constexpr (RES) cb += __popc(fl);
     if (++ct == nkt) {  // row done: hand its sums off without waiting, go on streaming
-      flush_row(row_of(cj), acc);
+      flush_row(row_of(cj), acc, reinterpret_cast<float*>(st));
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
+      for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+        for (int e = 0; e < 4; ++e) acc[nb][e] = 0.f;
       ct = 0;
       if (++cj < nrows && RES) row_meta(cj, cfl, cb);
     }
   }
   cp_async_wait<0>();
-  if (!split) return;
+  if (!split || sw != 0) return;  // (KW > 1: the slice-0 warp of a row lane owns its rows)
 
   // 3. Split-K fix-up, once per warp: fence the reductions, count arrivals per row (lane j for
   //    row j, all in flight together); the last arriving warp of a row finishes it.
@@ -325,63 +445,90 @@ __global__ void __launch_bounds__(512) read_probe_kernel(const uint4* p, size_t 
 
 // Raises (never lowers) the dynamic smem limit of one instantiation: the plan's occupancy probes
 // and the launches share it, so a probe of a smaller layer cannot undercut a later launch.
-template <typename T, bool RES, bool S1, int ST>
+template <typename T, bool RES, int GS, int NB, int KW>
 bool allow_smem(int smem) {
   static int allowed = 48 * 1024;
   if (smem <= allowed) return true;
-  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, S1, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, GS, NB, KW>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
       cudaSuccess)
     return false;
   allowed = smem;
   return true;
 }
 
-template <typename T, bool RES, bool S1, int ST>
+template <typename T, bool RES, int GS, int NB, int KW>
 void launch_stream_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  const int smem = stream_smem_bytes(std::min(f.M, 16) + 1, f.k_split, L.spt, RES, ST);
-  if (!allow_smem<T, RES, S1, ST>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
+  const int smem = stream_smem_bytes(std::min(f.M, 16) + 1, f.k_split, L.spt, RES, KW);
+  if (!allow_smem<T, RES, GS, NB, KW>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
   const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + 15) / 16);
-  zipper_stream_kernel<T, RES, S1, ST><<<grid, kWarps * 32, smem, s>>>(L, f);
+  zipper_stream_kernel<T, RES, GS, NB, KW><<<grid, kWarps * 32, smem, s>>>(L, f);
 }
 
-template <typename T, int ST>
-void launch_stream_st(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  const bool res = f.residual && L.res_qweight != nullptr;
-  if (L.spt == 1)
-    return res ? launch_stream_t<T, true, true, ST>(L, f, s) : launch_stream_t<T, false, true, ST>(L, f, s);
-  return res ? launch_stream_t<T, true, false, ST>(L, f, s) : launch_stream_t<T, false, false, ST>(L, f, s);
+template <typename T, bool RES, int GS, int NB>
+void launch_stream_kw(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
+  if constexpr (GS == 8) {
+    if (f.k_warps == 2) return launch_stream_t<T, RES, GS, NB, 2>(L, f, s);
+    if (f.k_warps == 4) return launch_stream_t<T, RES, GS, NB, 4>(L, f, s);
+    if (f.k_warps == 8) return launch_stream_t<T, RES, GS, NB, 8>(L, f, s);
+  }
+  return launch_stream_t<T, RES, GS, NB, 1>(L, f, s);  // the plan gives k_warps > 1 only for group >= 128
+}
+
+template <typename T, bool RES, int GS>
+void launch_stream_nb(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
+  return f.M <= 8 ? launch_stream_kw<T, RES, GS, 1>(L, f, s) : launch_stream_kw<T, RES, GS, 2>(L, f, s);
+}
+
+// Scale-group steps of a layer: group >= 128 (one scale set per tile) -> 8, 64 -> 4, 16 / 32 -> 1.
+template <typename T, bool RES>
+void launch_stream_gs(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
+  if (L.spt == 1) return launch_stream_nb<T, RES, 8>(L, f, s);
+  return L.group == 64 ? launch_stream_nb<T, RES, 4>(L, f, s) : launch_stream_nb<T, RES, 1>(L, f, s);
 }
 
 template <typename T>
 void launch_stream_dt(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  return f.stages == 8 ? launch_stream_st<T, 8>(L, f, s) : launch_stream_st<T, 4>(L, f, s);
+  const bool res = f.residual && L.res_qweight != nullptr;
+  return res ? launch_stream_gs<T, true>(L, f, s) : launch_stream_gs<T, false>(L, f, s);
 }
 
-template <bool RES, bool S1, int ST>
+template <bool RES, int GS, int NB, int KW>
 int stream_occupancy_t(int smem) {
-  if (!allow_smem<__half, RES, S1, ST>(smem)) return 0;
+  if (!allow_smem<__half, RES, GS, NB, KW>(smem)) return 0;
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_stream_kernel<__half, RES, S1, ST>, kWarps * 32,
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_stream_kernel<__half, RES, GS, NB, KW>, kWarps * 32,
                                                     smem) != cudaSuccess)
     return 0;
   return n;
 }
 
+template <bool RES, int NB>
+int stream_occupancy_nb(int group, int kw, int smem) {
+  if (group >= 128) {
+    switch (kw) {
+      case 2: return stream_occupancy_t<RES, 8, NB, 2>(smem);
+      case 4: return stream_occupancy_t<RES, 8, NB, 4>(smem);
+      case 8: return stream_occupancy_t<RES, 8, NB, 8>(smem);
+      default: return stream_occupancy_t<RES, 8, NB, 1>(smem);
+    }
+  }
+  if (kw != 1) return 0;  // not instantiated: k_warps > 1 needs group >= 128
+  return group == 64 ? stream_occupancy_t<RES, 4, NB, 1>(smem) : stream_occupancy_t<RES, 1, NB, 1>(smem);
+}
+
 }  // namespace
 
-int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int stages) {
-  return x_rows * (k_split + 8) * 2 + kWarps * stages * stage_u4(spt, residual) * 16;
+int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps) {
+  const int nb = x_rows - 1 <= 8 ? 1 : 2;
+  return x_rows * (k_split + 8) * 2 + kWarps * kStreamStages * stage_u4(spt, residual) * 16 +
+         (k_warps > 1 ? kWarps * nb * 8 * 20 * 4 : 0);
 }
 
-template <int ST>
-int stream_occupancy_st(bool residual, bool spt1, int smem) {
-  if (spt1) return residual ? stream_occupancy_t<true, true, ST>(smem) : stream_occupancy_t<false, true, ST>(smem);
-  return residual ? stream_occupancy_t<true, false, ST>(smem) : stream_occupancy_t<false, false, ST>(smem);
-}
-
-int stream_occupancy(bool residual, bool spt1, int stages, int smem) {
+int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem) {
   // The fp16 and bf16 kernels use about the same registers; smem is what varies.
-  return stages == 8 ? stream_occupancy_st<8>(residual, spt1, smem) : stream_occupancy_st<4>(residual, spt1, smem);
+  if (nb == 1)
+    return residual ? stream_occupancy_nb<true, 1>(group, k_warps, smem) : stream_occupancy_nb<false, 1>(group, k_warps, smem);
+  return residual ? stream_occupancy_nb<true, 2>(group, k_warps, smem) : stream_occupancy_nb<false, 2>(group, k_warps, smem);
 }
 
 void launch_stream(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {

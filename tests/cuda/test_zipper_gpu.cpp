@@ -156,19 +156,30 @@ TEST(ZipperGpu, SharedDequantWorkspace) {
 // The stream kernel (M <= 16) under forced plans: several rows per warp (the ring flowing across
 // rows, rows interleaved over CTAs), partial row groups (idle warps), split-K with per-row
 // fix-up and without; residual patterns incl. clustered; repeated calls (workspace reset).
+// Every instantiation: M <= 8 (one n8 tile of X rows) and 9..16 (two), scale groups per tile
+// (128, per channel), per chunk (64) and per k16 step (16, 32), KW = 1, 2, 4, 8 warps per row
+// (PLAN = "KSPLIT,RPW,KW"), fp16 and bf16, zipper and dense.
 TEST(ZipperGpu, StreamKernelForcedPlans) {
   REQUIRE_GPU();
   struct Case { int64_t N, K; int group; Pattern pat; const char* plan; };
   const Case cases[] = {{384, 640, 128, Pattern::Clustered, "128,2"}, {384, 640, 128, Pattern::Uniform, "256,3"},
                         {528, 1152, 128, Pattern::OneTile, "1152,4"}, {272, 8320, 128, Pattern::Uniform, "4096,1"},
-                        {144, 1152, 32, Pattern::Clustered, "384,2"},  {208, 384, 64, Pattern::None, "128,32"}};
+                        {144, 1152, 32, Pattern::Clustered, "384,2"},  {208, 384, 64, Pattern::None, "128,32"},
+                        {208, 384, 64, Pattern::Uniform, "384,1"},     {96, 256, 16, Pattern::Uniform, "128,1"},
+                        {128, 640, 640, Pattern::Clustered, "640,2"},  {400, 1152, 128, Pattern::OneTile, "384,3"},
+                        // in-CTA K split (KW warps per row): alone, with split-K, partial row groups
+                        {384, 1024, 128, Pattern::Uniform, "1024,1,8"}, {384, 2048, 128, Pattern::Clustered, "1024,2,4"},
+                        {272, 768, 128, Pattern::OneTile, "256,3,2"},   {528, 4096, 512, Pattern::Uniform, "4096,1,8"}};
   for (const Case& c : cases) {
     setenv("MOSAIC_ZIPPER_STREAM_PLAN", c.plan, 1);
     const PackedLinear w = test::random_layer(c.N, c.K, c.group, c.pat, uint64_t(c.N * 3 + c.K));
     const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
     const ZipperLinear zl(w);
+    // ZIPPER_QUICK (compute-sanitizer runs): one M of each n8-tile count.
+    const std::vector<int64_t> Ms =
+        std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{1, 9} : std::vector<int64_t>{1, 2, 6, 8, 9, 16};
     for (DType dt : {DType::F16, DType::BF16})
-      for (int64_t M : {1, 6, 16}) {
+      for (int64_t M : Ms) {
         std::vector<uint16_t> xb;
         std::vector<float> xf;
         test::random_activations(M, c.K, dt == DType::BF16, uint64_t(M * 17 + c.K), xb, xf);
