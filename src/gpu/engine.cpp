@@ -306,6 +306,8 @@ struct GpuModel::Impl {
   size_t kv_layer_bytes() const { return size_t(slots) * dims.Hkv * size_t(cap) * dims.hd * 2; }
   size_t S_elems() const { return size_t(cfg.num_heads / cfg.num_kv_heads) * size_t(opt.prefill_chunk) * size_t(cap); }
 
+  size_t decode_scratch_bytes() const { return kern::attention_decode_scratch_bytes(slots, dims); }
+
   void note_peak() {
     size_t f = 0, t = 0;
     if (cudaMemGetInfo(&f, &t) == cudaSuccess) peak = std::max(peak, t - f);
@@ -366,7 +368,7 @@ struct GpuModel::Impl {
     const size_t kv_est = size_t(L) * 2 * kv_layer_bytes();
     const size_t scratch_est =
         size_t(M) * (size_t(D) * (4 + 2 * 2) + size_t(qkvN + 2 * qd) * 2 + size_t(3 * I) * 2) +
-        size_t(LR) * size_t(V) * 4 + S_elems() * 6 + size_t(kern::attention_decode_partial_floats(slots, dims)) * 4 +
+        size_t(LR) * size_t(V) * 4 + S_elems() * 6 + decode_scratch_bytes() +
         (size_t(64) << 20);
     const size_t free_b = device_free_bytes(), margin = size_t(512) << 20;
     const size_t need = w_est + kv_est + scratch_est + margin;
@@ -471,7 +473,8 @@ struct GpuModel::Impl {
     if (!lm_dense) lm_tmp = DevBuf(size_t(LR * V) * 2, "logits");
     S = DevBuf(S_elems() * 4, "attention scores");
     P = DevBuf(S_elems() * 2, "attention probabilities");
-    partial = DevBuf(size_t(kern::attention_decode_partial_floats(slots, dims)) * 4, "attention partials");
+    partial = DevBuf(decode_scratch_bytes(), "attention partials");
+    check_cuda(cudaMemset(partial.get(), 0, partial.bytes()), "cudaMemset (attention counters)");
     tok = DevBuf(size_t(M) * 4, "tokens");
     pos = DevBuf(size_t(M) * 4, "positions");
     slot = DevBuf(size_t(M) * 4, "slots");
@@ -501,17 +504,18 @@ struct GpuModel::Impl {
         kern::add_rms_norm(act, x.as<float>(), l == 0 ? nullptr : this->o.get(), Ly.attn_norm.as<float>(), n, D, eps,
                            h.get(), stream);
       if (gemm) Ly.qkv->forward(h.get(), qkv.get(), n, stream);
-      if (small)
-        kern::qkv_rope_cache(act, qkv.get(), n, pos.as<int32_t>(), slot.as<int32_t>(), dims,
-                             cfg.qk_norm ? Ly.q_norm.as<float>() : nullptr,
-                             cfg.qk_norm ? Ly.k_norm.as<float>() : nullptr, eps, inv_freq.as<float>(), q.get(), kc(l),
-                             vc(l), stream);
-      if (attn) {
-        if (decode_B > 0)
-          kern::attention_decode(act, q.get(), kc(l), vc(l), pos.as<int32_t>(), slot.as<int32_t>(), decode_B, dims,
-                                 partial.as<float>(), att.get(), stream);
-        else
-          prefill_attention(l, n, s, pos0);
+      const float* qn = cfg.qk_norm ? Ly.q_norm.as<float>() : nullptr;
+      const float* kn = cfg.qk_norm ? Ly.k_norm.as<float>() : nullptr;
+      if (decode_B > 0) {
+        // One kernel: q/k norm + RoPE + KV append + attention (counted as attention by the profile).
+        if (attn)
+          kern::attention_decode(act, qkv.get(), pos.as<int32_t>(), slot.as<int32_t>(), decode_B, dims, qn, kn, eps,
+                                 inv_freq.as<float>(), kc(l), vc(l), partial.get(), slots, att.get(), stream);
+      } else {
+        if (small)
+          kern::qkv_rope_cache(act, qkv.get(), n, pos.as<int32_t>(), slot.as<int32_t>(), dims, qn, kn, eps,
+                               inv_freq.as<float>(), q.get(), kc(l), vc(l), stream);
+        if (attn) prefill_attention(l, n, s, pos0);
       }
       if (gemm) Ly.o->forward(att.get(), this->o.get(), n, stream);
       if (small)

@@ -4,7 +4,8 @@
 //   per layer: h = rmsnorm(x); qkv = h Wqkv^T           (q/k/v fused into one GEMM)
 //              q,k = (Qwen3: per-head rmsnorm) + RoPE; k,v -> KV cache (GPU)
 //              x += Wo attention(q, K, V)               (prefill: cuBLAS QK^T, causal softmax,
-//                                                        PV; decode: split-KV kernel)
+//                                                        PV; decode: one split-KV kernel with
+//                                                        the norm/RoPE/KV append fused in)
 //              h = rmsnorm(x); x += Wdown (silu(h Wg^T) * (h Wu^T))   (gate/up fused)
 //   logits = lm_head(rmsnorm(x))                       (FP32 logits; tied to the embedding)
 // Activations between ops are FP16 or BF16 (default: BF16 for bf16 checkpoints, FP16 otherwise),
@@ -110,8 +111,9 @@ class GpuModel {
   // step's argmax is fed to the next (no host round trip); out [steps, B] (host) gets the ids.
   void generate_greedy(const int32_t* first, int B, int steps, int32_t* out);
   void synchronize() const;
-  // Profiling: ms per decode step of batch B with groups of ops left out (skip bits: 1 attention,
-  // 2 linear layers, 4 LM head + argmax, 8 norms / RoPE / SiLU / embedding), with or without the
+  // Profiling: ms per decode step of batch B with groups of ops left out (skip bits: 1 attention
+  // with its fused q/k norm, RoPE and KV append, 2 linear layers, 4 LM head + argmax, 8 RMSNorms /
+  // SiLU / embedding), with or without the
   // CUDA graph, averaged over `steps` steps at positions near the end of the cache. The model's
   // state (lengths) is restored; the KV cache contents past them are overwritten.
   double profile_decode(int B, unsigned skip, bool graphs = true, int steps = 30);

@@ -4,8 +4,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
 
 #include "gpu/kernels.h"
 
@@ -124,69 +126,64 @@ __global__ void silu_mul_k(const T* gu, int64_t I, T* out) {
 }
 
 // ---- q/k norm + RoPE + KV cache append -----------------------------------------------------------
-constexpr int kMaxHalfPerLane = 4;  // head_dim <= 256
+// Block-wide, on the heads of one token staged in shared memory (fp32, hd floats per row): rows
+// [0, nq) are query heads (RMSNorm with q_norm when given), [nq, nq + nk) key heads (k_norm),
+// then RoPE at `pos` on all nq + nk rows (angle = float(pos) * inv_freq[i] in fp32, cos/sin in
+// fp64, rotate-half pairs: as the CPU RopeTable). cs: hd floats of shared scratch. Used by the
+// prefill append (qkv_rope_cache_k) and the decode attention, which applies it on the fly.
+__device__ void norm_rope_rows(float* rows, int nq, int nk, int hd, const float* q_norm, const float* k_norm,
+                               float eps, int64_t pos, const float* inv_freq, float* cs) {
+  const int half = hd / 2;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    double sd, cd;
+    sincos(double(float(pos) * inv_freq[i]), &sd, &cd);
+    cs[i] = float(cd);
+    cs[half + i] = float(sd);
+  }
+  const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  for (int r = threadIdx.x >> 5; r < nq + nk; r += nw) {  // one warp per row
+    const float* w = r < nq ? q_norm : k_norm;
+    if (!w) continue;
+    float* x = rows + r * hd;
+    float ss = 0.f;
+    for (int i = lane; i < hd; i += 32) ss += x[i] * x[i];
+    const float rs = rsqrtf(warp_sum(ss) / float(hd) + eps);
+    for (int i = lane; i < hd; i += 32) x[i] = x[i] * rs * w[i];
+  }
+  __syncthreads();
+  for (int k = threadIdx.x; k < (nq + nk) * half; k += blockDim.x) {
+    float* x = rows + (k / half) * hd;
+    const int i = k % half;
+    const float a = x[i], b = x[i + half], c = cs[i], s = cs[half + i];
+    x[i] = a * c - b * s;
+    x[i + half] = b * c + a * s;
+  }
+  __syncthreads();
+}
+
+// grid (rows, ceil(nh / kRopeHeads)), block kRopeThreads: heads j0 .. j0 + n - 1 of token r's
+// fused qkv row (q heads, then k, then v) -> q_out, or the cache of slot[r] at pos[r].
+constexpr int kRopeHeads = 8, kRopeThreads = 128;
 
 template <typename T>
 __global__ void qkv_rope_cache_k(const T* qkv, const int32_t* pos_a, const int32_t* slot_a, AttnDims d,
                                  const float* q_norm, const float* k_norm, float eps, const float* inv_freq, T* q_out,
                                  T* kc, T* vc) {
-  const int r = blockIdx.x;
-  const int lane = threadIdx.x & 31;
-  const int j = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);  // head index in the fused row
-  const int nh = d.H + 2 * d.Hkv;
-  if (j >= nh) return;
-  const int hd = d.hd, half = hd / 2;
+  extern __shared__ float sm[];  // [kRopeHeads][hd] rows, then [hd] cos/sin
+  const int r = blockIdx.x, hd = d.hd, nh = d.H + 2 * d.Hkv;
+  const int j0 = blockIdx.y * kRopeHeads, n = min(kRopeHeads, nh - j0);
   const int64_t pos = pos_a[r], slot = slot_a[r];
-  const T* src = qkv + int64_t(r) * nh * hd + int64_t(j) * hd;
-  T* dst;
-  const float* nw = nullptr;
-  bool rotate = true;
-  if (j < d.H) {
-    dst = q_out + int64_t(r) * d.H * hd + int64_t(j) * hd;
-    nw = q_norm;
-  } else if (j < d.H + d.Hkv) {
-    dst = kc + ((slot * d.Hkv + (j - d.H)) * d.cap + pos) * hd;
-    nw = k_norm;
-  } else {
-    dst = vc + ((slot * d.Hkv + (j - d.H - d.Hkv)) * d.cap + pos) * hd;
-    rotate = false;
-  }
-  if (!rotate) {
-    for (int i = lane; i < hd; i += 32) dst[i] = src[i];
-    return;
-  }
-  float a[kMaxHalfPerLane], b[kMaxHalfPerLane];
-  float ss = 0.f;
-#pragma unroll
-  for (int m = 0; m < kMaxHalfPerLane; ++m) {
-    const int i = lane + 32 * m;
-    a[m] = i < half ? to_f(src[i]) : 0.f;
-    b[m] = i < half ? to_f(src[i + half]) : 0.f;
-    ss += a[m] * a[m] + b[m] * b[m];
-  }
-  if (nw) {
-    const float rs = rsqrtf(warp_sum(ss) / float(hd) + eps);
-#pragma unroll
-    for (int m = 0; m < kMaxHalfPerLane; ++m) {
-      const int i = lane + 32 * m;
-      if (i < half) {
-        a[m] = a[m] * rs * nw[i];
-        b[m] = b[m] * rs * nw[i + half];
-      }
-    }
-  }
-  const float p = float(pos);
-#pragma unroll
-  for (int m = 0; m < kMaxHalfPerLane; ++m) {
-    const int i = lane + 32 * m;
-    if (i < half) {
-      const float ang = p * inv_freq[i];  // one fp32 product, as the CPU RopeTable
-      double sd, cd;
-      sincos(double(ang), &sd, &cd);
-      const float c = float(cd), sn = float(sd);
-      dst[i] = from_f<T>(a[m] * c - b[m] * sn);
-      dst[i + half] = from_f<T>(b[m] * c + a[m] * sn);
-    }
+  const T* src = qkv + (int64_t(r) * nh + j0) * hd;
+  for (int i = threadIdx.x; i < n * hd; i += blockDim.x) sm[i] = to_f(src[i]);
+  __syncthreads();
+  const int nq = max(0, min(j0 + n, d.H) - j0), nk = max(0, min(j0 + n, d.H + d.Hkv) - max(j0, d.H));
+  norm_rope_rows(sm, nq, nk, hd, q_norm, k_norm, eps, pos, inv_freq, sm + kRopeHeads * hd);
+  for (int i = threadIdx.x; i < n * hd; i += blockDim.x) {
+    const int j = j0 + i / hd, e = i % hd;
+    T* dst = j < d.H            ? q_out + (int64_t(r) * d.H + j) * hd
+             : j < d.H + d.Hkv ? kc + ((slot * d.Hkv + (j - d.H)) * d.cap + pos) * hd
+                               : vc + ((slot * d.Hkv + (j - d.H - d.Hkv)) * d.cap + pos) * hd;
+    dst[e] = from_f<T>(sm[i]);
   }
 }
 
@@ -207,293 +204,310 @@ __global__ void causal_softmax_k(const float* S, int64_t T_, int64_t Tk, int64_t
   for (int64_t j = threadIdx.x; j < Tk; j += blockDim.x) p[j] = from_f<T>(j <= lim ? expf(s[j] - m) * inv : 0.f);
 }
 
-constexpr int kDecChunk = 128;  // key positions per block (= threads per block)
-constexpr int kMaxRep = 16;     // query heads per kv head
+// Decode attention, split over the keys (flash-decoding), with the step's q/k norm, RoPE and KV
+// append fused in. One CTA per (kv head g, chunk c of <= RP of its query heads, sequence b, split
+// s): each cached key/value row is read once for all query heads of its kv head (GQA).
+//  - keys 0 .. pos-1 are split evenly over nsplit x kDecWarps warps by the length read on the
+//    device (one graph serves every length). lpk lanes per key (hd/8 rounded up to a power of
+//    two): lane v holds dims 8v .. 8v+7 of its key and the q slices of those dims. A warp streams
+//    its keys through a lane-private shared-memory ring (cp.async, kDecStages steps of kDecPasses
+//    passes in flight; a lane reads back only what it copied, so no barrier guards the ring):
+//    64 KB per CTA, 3 CTAs and ~150 KB of loads in flight per SM. Scores are reduced over the
+//    lpk lanes by shuffles; online softmax in base 2 (q pre-scaled by log2(e)/sqrt(hd)).
+//  - meanwhile the CTA stages its q heads and the new k/v row in shared memory, normalizes and
+//    rotates them (norm_rope_rows) and rounds them to the activation dtype (as the cache holds
+//    them); CTA (s = 0, c = 0) appends k/v at pos, and key pos starts the state of its warp 0.
+//  - the warps merge in shared memory; with one split the CTA writes the output, else its partial
+//    (o[hd] unnormalized, m, l), and the last CTA of the (b, g, c) group to finish (an atomic
+//    counter, which it resets to 0) merges the splits: no second kernel.
+constexpr int kDecWarps = 4, kDecThreads = 32 * kDecWarps, kMaxSplits = 256;
+constexpr int kDecPasses = 2, kDecStages = 8;
+constexpr size_t kDecRingBytes = size_t(kDecWarps) * kDecStages * kDecPasses * 2 * 32 * 16;
 
-int decode_splits(const AttnDims& d) { return int((d.cap + kDecChunk - 1) / kDecChunk); }
-
-// grid (Hkv, B, splits), block kDecChunk. Partial per (b, h, split): o[hd] (unnormalized), m, l.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 template <typename T>
-__global__ void attention_decode_k(const T* q, const T* kc, const T* vc, const int32_t* pos_a, const int32_t* slot_a,
-                                   AttnDims d, float scale, float* partial) {
-  extern __shared__ float sm[];
-  const int g = blockIdx.x, b = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
-  const int rep = d.H / d.Hkv, hd = d.hd;
-  float* qs = sm;                   // [rep][hd]
-  float* ps = sm + rep * hd;        // [rep][kDecChunk]
-  float* ml = ps + rep * kDecChunk; // [rep][2]
-  const int64_t len = int64_t(pos_a[b]) + 1, slot = slot_a[b];
-  const int64_t start = int64_t(split) * kDecChunk;
-  const int64_t stride_part = hd + 2;
-  auto part = [&](int r) { return partial + ((int64_t(b) * d.H + g * rep + r) * nsplit + split) * stride_part; };
-  if (start >= len) {
-    for (int r = threadIdx.x; r < rep; r += blockDim.x) {
-      part(r)[hd] = -INFINITY;
-      part(r)[hd + 1] = 0.f;
-    }
-    return;
-  }
-  const int64_t n = min(int64_t(kDecChunk), len - start);
-  for (int i = threadIdx.x; i < rep * hd; i += blockDim.x)
-    qs[i] = to_f(q[int64_t(b) * d.H * hd + int64_t(g * rep) * hd + i]) * scale;
-  __syncthreads();
-  const T* kb = kc + ((slot * d.Hkv + g) * d.cap + start) * hd;
-  const T* vb = vc + ((slot * d.Hkv + g) * d.cap + start) * hd;
-  // Scores: thread j owns key position start + j.
-  if (threadIdx.x < n) {
-    float acc[kMaxRep];
-#pragma unroll
-    for (int r = 0; r < kMaxRep; ++r) acc[r] = 0.f;
-    const T* kr = kb + int64_t(threadIdx.x) * hd;
-    if (hd % 8 == 0) {
-      for (int i = 0; i < hd; i += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(kr + i);
-        const T* kv = reinterpret_cast<const T*>(&raw);
-        float kf[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) kf[e] = to_f(kv[e]);
-#pragma unroll
-        for (int r = 0; r < kMaxRep; ++r)
-          if (r < rep) {
-#pragma unroll
-            for (int e = 0; e < 8; ++e) acc[r] += qs[r * hd + i + e] * kf[e];
-          }
-      }
-    } else {
-      for (int i = 0; i < hd; ++i) {
-        const float kf = to_f(kr[i]);
-#pragma unroll
-        for (int r = 0; r < kMaxRep; ++r)
-          if (r < rep) acc[r] += qs[r * hd + i] * kf;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kMaxRep; ++r)
-      if (r < rep) ps[r * kDecChunk + threadIdx.x] = acc[r];
-  }
-  __syncthreads();
-  // Softmax pieces per query head: warp w handles heads w, w + nwarps, ...
-  const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  for (int r = threadIdx.x >> 5; r < rep; r += nw) {
-    float m = -INFINITY;
-    for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[r * kDecChunk + j]);
-    m = warp_max(m);
-    float l = 0.f;
-    for (int j = lane; j < n; j += 32) {
-      const float e = expf(ps[r * kDecChunk + j] - m);
-      ps[r * kDecChunk + j] = e;
-      l += e;
-    }
-    l = warp_sum(l);
-    if (lane == 0) {
-      ml[2 * r] = m;
-      ml[2 * r + 1] = l;
-    }
-  }
-  __syncthreads();
-  // Values: thread owns output dims i = tid, tid + blockDim, ...
-  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-    float acc[kMaxRep];
-#pragma unroll
-    for (int r = 0; r < kMaxRep; ++r) acc[r] = 0.f;
-    for (int j = 0; j < n; ++j) {
-      const float v = to_f(vb[int64_t(j) * hd + i]);
-#pragma unroll
-      for (int r = 0; r < kMaxRep; ++r)
-        if (r < rep) acc[r] += ps[r * kDecChunk + j] * v;
-    }
-#pragma unroll
-    for (int r = 0; r < kMaxRep; ++r)
-      if (r < rep) part(r)[i] = acc[r];
-  }
-  for (int r = threadIdx.x; r < rep; r += blockDim.x) {
-    part(r)[hd] = ml[2 * r];
-    part(r)[hd + 1] = ml[2 * r + 1];
-  }
+__device__ __forceinline__ uint4 load8_unaligned(const T* p, int rem) {  // rem: valid elements from p
+  uint4 r = make_uint4(0, 0, 0, 0);
+  T* t = reinterpret_cast<T*>(&r);
+  for (int e = 0; e < 8; ++e)
+    if (e < rem) t[e] = p[e];
+  return r;
+}
+template <typename T>
+__device__ __forceinline__ void cvt8(const uint4& r, float (&f)[8]) {
+  const T* t = reinterpret_cast<const T*>(&r);
+  for (int e = 0; e < 8; ++e) f[e] = to_f(t[e]);
+}
+template <typename T>
+__device__ __forceinline__ float round_act(float x) {
+  return to_f(from_f<T>(x));
+}
+__device__ __forceinline__ float sum_lanes(float x, int lpk) {  // over the lpk lanes of a key
+  for (int o = lpk >> 1; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
 }
 
-// Vectorized variant for hd % 8 == 0 with hd/8 a power of two <= 32 (hd 8..256), the path of
-// every real model: kVecChunk key positions per block (more blocks than SMs even at batch 1),
-// thread t owns 8 consecutive dims (vector t % nv, nv = hd/8) of position group t / nv, reads K and
-// V rows as coalesced 16-byte loads, all of its positions' loads issued before any use (the step
-// is latency-bound at small batch); q slices live in registers (MAXREP >= rep query heads).
-constexpr int kVecThreads = 128, kVecChunk = 64, kMaxPPT = 16;  // positions per thread <= 16 (hd 256)
+template <typename T, int RP, bool VEC>
+__global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
+    attention_decode_k(const T* qkv, const int32_t* pos_a, const int32_t* slot_a, AttnDims d, const float* q_norm,
+                       const float* k_norm, float eps, const float* inv_freq, float qscale, T* kc, T* vc,
+                       float* partial, int* counters, T* out) {
+  constexpr int U = kDecPasses, S = kDecStages;
+  extern __shared__ __align__(16) float sm[];  // [ring kDecRingBytes][rope rows]; after the keys: merge area
+  const int hd = d.hd, rep = d.H / d.Hkv, nch = (rep + RP - 1) / RP, nh = d.H + 2 * d.Hkv;
+  const int g = blockIdx.x / nch, c = blockIdx.x % nch, b = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
+  const int nq = min(RP, rep - c * RP), hq0 = g * rep + c * RP;  // query heads hq0 .. hq0 + nq - 1
+  const int64_t pos = pos_a[b], slot = slot_a[b];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int nvec = (hd + 7) / 8;
+  int lpk = 1;
+  while (lpk < nvec) lpk <<= 1;
+  const int kpp = 32 / lpk, v = lane & (lpk - 1), ks = lane / lpk, d0 = 8 * v;
+  const bool on = v < nvec;  // lanes past the head (hd not a power of two) hold zeros
 
-template <typename T, int MAXREP>
-__global__ void __launch_bounds__(kVecThreads) attention_decode_vec_k(const T* q, const T* kc, const T* vc,
-                                                                      const int32_t* pos_a, const int32_t* slot_a,
-                                                                      AttnDims d, float scale, float* partial) {
-  extern __shared__ float sm[];
-  const int g = blockIdx.x, b = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
-  const int rep = d.H / d.Hkv, hd = d.hd, nv = hd / 8, G = kVecThreads / nv;
-  const int vec = threadIdx.x % nv, pg = threadIdx.x / nv;
-  float* ps = sm;                      // [rep][kVecChunk] scores, then probabilities
-  float* red = ps + rep * kVecChunk;   // [G][hd] reduction of the value sums
-  float* ml = red + G * hd;            // [rep][2]
-  const int64_t len = int64_t(pos_a[b]) + 1, slot = slot_a[b];
-  const int64_t start = int64_t(split) * kVecChunk;
-  const int64_t stride_part = hd + 2;
-  auto part = [&](int r) { return partial + ((int64_t(b) * d.H + g * rep + r) * nsplit + split) * stride_part; };
-  if (start >= len) {
-    for (int r = threadIdx.x; r < rep; r += blockDim.x) {
-      part(r)[hd] = -INFINITY;
-      part(r)[hd + 1] = 0.f;
-    }
-    return;
-  }
-  const int n = int(min(int64_t(kVecChunk), len - start));
-  const int64_t base = ((slot * d.Hkv + g) * d.cap + start) * hd + vec * 8;
-  const T* kb = kc + base;
-  const T* vb = vc + base;
-  // Issue every K load of this thread first (V loads go out before the softmax).
-  uint4 kraw[kMaxPPT], vraw[kMaxPPT];
-#pragma unroll
-  for (int p = 0; p < kMaxPPT; ++p) {
-    const int j = pg + p * G;
-    if (p * G < kVecChunk && j < n) kraw[p] = *reinterpret_cast<const uint4*>(kb + int64_t(j) * hd);
-  }
-  float qr[MAXREP][8];
-  const T* qb = q + (int64_t(b) * d.H + int64_t(g) * rep) * hd + vec * 8;
-#pragma unroll
-  for (int r = 0; r < MAXREP; ++r) {
-    if (r < rep) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(qb + int64_t(r) * hd);
-      const T* qv = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) qr[r][e] = to_f(qv[e]) * scale;
-    }
-  }
-  // Scores: the nv lanes of a position group reduce the dot product by shuffles.
-#pragma unroll
-  for (int p = 0; p < kMaxPPT; ++p) {
-    if (p * G >= kVecChunk) break;
-    const int j = pg + p * G;
-    const bool ok = j < n;
-    float kf[8];
-    const T* kv = reinterpret_cast<const T*>(&kraw[p]);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) kf[e] = ok ? to_f(kv[e]) : 0.f;
-#pragma unroll
-    for (int r = 0; r < MAXREP; ++r) {
-      if (r < rep) {
-        float acc = 0.f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc += qr[r][e] * kf[e];
-        for (int off = nv / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-        if (ok && vec == 0) ps[r * kVecChunk + j] = acc;
+  // This warp's keys [kw0, kw1) of 0 .. pos-1 (whole passes of kpp keys).
+  const int nkeys = int(pos), nwarps = nsplit * kDecWarps;  // positions < capacity: int
+  const int per = ((nkeys + nwarps - 1) / nwarps + kpp - 1) / kpp * kpp;
+  const int kw0 = min(nkeys, (split * kDecWarps + w) * per), kw1 = min(nkeys, kw0 + per);
+  const int64_t head_off = (slot * d.Hkv + g) * d.cap * hd + d0;
+  const T* kb = kc + head_off;
+  const T* vb = vc + head_off;
+  // Step t covers keys kw0 + t*U*kpp ...: ring slot (stage t % S, pass u, k|v) of this lane.
+  uint4* ring = reinterpret_cast<uint4*>(sm) + w * (S * U * 2 * 32) + lane;
+  const int nsteps = (kw1 - kw0 + U * kpp - 1) / (U * kpp);
+  auto issue = [&](int t) {
+    for (int u = 0; u < U; ++u) {
+      const int j = kw0 + t * U * kpp + u * kpp + ks;
+      uint4* sk = ring + ((t % S) * U + u) * 2 * 32;
+      if (on && j < kw1) {
+        if constexpr (VEC) {
+          cp_async16(sk, kb + j * hd);
+          cp_async16(sk + 32, vb + j * hd);
+        } else {  // hd % 8 != 0: rows not 16-byte aligned, plain loads
+          sk[0] = load8_unaligned(kb + j * hd, hd - d0);
+          sk[32] = load8_unaligned(vb + j * hd, hd - d0);
+        }
+      } else {
+        sk[0] = sk[32] = make_uint4(0, 0, 0, 0);
       }
     }
+  };
+  for (int t = 0; t < S - 1; ++t) {
+    if (t < nsteps) issue(t);
+    cp_async_commit();
   }
-#pragma unroll
-  for (int p = 0; p < kMaxPPT; ++p) {
-    const int j = pg + p * G;
-    if (p * G < kVecChunk && j < n) vraw[p] = *reinterpret_cast<const uint4*>(vb + int64_t(j) * hd);
-  }
-  __syncthreads();
-  const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  for (int r = threadIdx.x >> 5; r < rep; r += nw) {
-    float m = -INFINITY;
-    for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[r * kVecChunk + j]);
-    m = warp_max(m);
-    float l = 0.f;
-    for (int j = lane; j < n; j += 32) {
-      const float e = expf(ps[r * kVecChunk + j] - m);
-      ps[r * kVecChunk + j] = e;
-      l += e;
-    }
-    l = warp_sum(l);
-    if (lane == 0) {
-      ml[2 * r] = m;
-      ml[2 * r + 1] = l;
-    }
+
+  // Prologue: q heads, k and v of this token -> norm + RoPE -> rounded to T.
+  float* rows = sm + kDecRingBytes / sizeof(float);  // [nq + 2][hd]
+  float* cs = rows + (RP + 2) * hd;                   // [hd]
+  const T* src = qkv + int64_t(b) * nh * hd;
+  for (int i = tid; i < (nq + 2) * hd; i += kDecThreads) {
+    const int r = i / hd;
+    const int j = r < nq ? hq0 + r : r == nq ? d.H + g : d.H + d.Hkv + g;
+    rows[i] = to_f(src[int64_t(j) * hd + i % hd]);
   }
   __syncthreads();
-  float acc[MAXREP][8];
-#pragma unroll
-  for (int r = 0; r < MAXREP; ++r)
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[r][e] = 0.f;
-#pragma unroll
-  for (int p = 0; p < kMaxPPT; ++p) {
-    if (p * G >= kVecChunk) break;
-    const int j = pg + p * G;
-    if (j < n) {
-      const T* vv = reinterpret_cast<const T*>(&vraw[p]);
-      float vf[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) vf[e] = to_f(vv[e]);
-#pragma unroll
-      for (int r = 0; r < MAXREP; ++r) {
-        if (r < rep) {
-          const float pr = ps[r * kVecChunk + j];
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc[r][e] += pr * vf[e];
+  norm_rope_rows(rows, nq, 1, hd, q_norm, k_norm, eps, pos, inv_freq, cs);
+  if (split == 0 && c == 0)
+    for (int i = tid; i < 2 * hd; i += kDecThreads)
+      (i < hd ? kc : vc)[(slot * d.Hkv + g) * d.cap * hd + pos * hd + i % hd] = from_f<T>(rows[nq * hd + i]);
+  float q[RP][8], m[RP], l[RP], acc[RP][8];
+  for (int r = 0; r < RP; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+    for (int e = 0; e < 8; ++e) {
+      acc[r][e] = 0.f;
+      q[r][e] = r < nq && on && d0 + e < hd ? round_act<T>(rows[r * hd + d0 + e]) * qscale : 0.f;
+    }
+  }
+  if (split == 0 && w == 0) {  // the new key pos
+    float kf[8], vf[8];
+    for (int e = 0; e < 8; ++e) {
+      const bool ok = on && d0 + e < hd;
+      kf[e] = ok ? round_act<T>(rows[nq * hd + d0 + e]) : 0.f;
+      vf[e] = ok ? round_act<T>(rows[(nq + 1) * hd + d0 + e]) : 0.f;
+    }
+    for (int r = 0; r < RP; ++r) {
+      if (r < nq) {
+        float s = 0.f;
+        for (int e = 0; e < 8; ++e) s += q[r][e] * kf[e];
+        s = sum_lanes(s, lpk);
+        if (ks == 0) {
+          m[r] = s;
+          l[r] = 1.f;
+          for (int e = 0; e < 8; ++e) acc[r][e] = vf[e];
         }
       }
     }
   }
-#pragma unroll
-  for (int r = 0; r < MAXREP; ++r) {
-    if (r < rep) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) red[pg * hd + vec * 8 + e] = acc[r][e];
-      __syncthreads();
-      for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float sum = 0.f;
-        for (int k = 0; k < G; ++k) sum += red[k * hd + i];
-        part(r)[i] = sum;
+
+  // Cached keys: step t's math while steps t+1 .. t+S-1 are in flight.
+  for (int t = 0; t < nsteps; ++t) {
+    if (t + S - 1 < nsteps) issue(t + S - 1);
+    cp_async_commit();
+    cp_async_wait<S - 1>();  // step t has landed (this lane's copies)
+    const int k0 = kw0 + t * U * kpp;
+    uint4 kr[U], vr[U];
+    for (int u = 0; u < U; ++u) {
+      kr[u] = ring[((t % S) * U + u) * 2 * 32];
+      vr[u] = ring[((t % S) * U + u) * 2 * 32 + 32];
+    }
+    float p[U][RP];
+    for (int u = 0; u < U; ++u) {
+      float kf[8];
+      cvt8<T>(kr[u], kf);
+      const bool ok = k0 + u * kpp + ks < kw1;
+      for (int r = 0; r < RP; ++r) {
+        if (r < nq) {
+          float s = 0.f;
+          for (int e = 0; e < 8; ++e) s += q[r][e] * kf[e];
+          s = sum_lanes(s, lpk);
+          p[u][r] = ok ? s : -INFINITY;
+        }
       }
-      __syncthreads();
+    }
+    for (int r = 0; r < RP; ++r) {
+      if (r < nq) {
+        float mx = m[r];
+        for (int u = 0; u < U; ++u) mx = fmaxf(mx, p[u][r]);
+        if (mx == -INFINITY) {  // no key of this lane's slot yet
+          for (int u = 0; u < U; ++u) p[u][r] = 0.f;
+          continue;
+        }
+        const float al = exp2f(m[r] - mx);
+        m[r] = mx;
+        l[r] *= al;
+        for (int e = 0; e < 8; ++e) acc[r][e] *= al;
+        for (int u = 0; u < U; ++u) {
+          p[u][r] = exp2f(p[u][r] - mx);
+          l[r] += p[u][r];
+        }
+      }
+    }
+    for (int u = 0; u < U; ++u) {
+      float vf[8];
+      cvt8<T>(vr[u], vf);
+      for (int r = 0; r < RP; ++r)
+        if (r < nq)
+          for (int e = 0; e < 8; ++e) acc[r][e] += p[u][r] * vf[e];
     }
   }
-  for (int r = threadIdx.x; r < rep; r += blockDim.x) {
-    part(r)[hd] = ml[2 * r];
-    part(r)[hd + 1] = ml[2 * r + 1];
-  }
-}
+  cp_async_wait<0>();
 
-bool decode_vec_ok(int hd) {
-  const int nv = hd / 8;
-  return hd % 8 == 0 && nv >= 1 && nv <= 32 && (nv & (nv - 1)) == 0;
-}
-
-// grid (H, B), block 512: out[b, h*hd + i] = sum_s o_s[i] e^(m_s - M) / sum_s l_s e^(m_s - M).
-// The split weights go to shared memory; SG = 512 / hd groups of threads sum interleaved splits.
-constexpr int kCombineThreads = 512;
-template <typename T>
-__global__ void attention_combine_k(const float* partial, int nsplit, AttnDims d, T* out) {
-  extern __shared__ float cw[];  // [nsplit] weights, then [SG][hd] sums
-  const int h = blockIdx.x, b = blockIdx.y, hd = d.hd;
-  const int64_t st = hd + 2;
-  const float* p = partial + (int64_t(b) * d.H + h) * nsplit * st;
-  float M = -INFINITY;
-  for (int s = threadIdx.x; s < nsplit; s += blockDim.x) M = fmaxf(M, p[s * st + hd]);
-  M = block_max(M);
-  float L = 0.f;
-  for (int s = threadIdx.x; s < nsplit; s += blockDim.x) {
-    const float ms = p[s * st + hd];
-    const float e = ms == -INFINITY ? 0.f : expf(ms - M);
-    cw[s] = e;
-    L += p[s * st + hd + 1] * e;
+  // Merge the key slots of the warp (lanes v, v + lpk, ...), then the warps of the CTA.
+  for (int off = lpk; off < 32; off <<= 1) {
+    for (int r = 0; r < RP; ++r) {
+      if (r < nq) {
+        const float om = __shfl_xor_sync(0xffffffffu, m[r], off), ol = __shfl_xor_sync(0xffffffffu, l[r], off);
+        const float mx = fmaxf(m[r], om);
+        const float a = mx == -INFINITY ? 0.f : exp2f(m[r] - mx), bw = mx == -INFINITY ? 0.f : exp2f(om - mx);
+        l[r] = l[r] * a + ol * bw;
+        for (int e = 0; e < 8; ++e) acc[r][e] = acc[r][e] * a + __shfl_xor_sync(0xffffffffu, acc[r][e], off) * bw;
+        m[r] = mx;
+      }
+    }
   }
-  L = block_sum(L);  // also orders the cw writes before the reads below
-  float* red = cw + nsplit;
-  const int SG = max(1, int(blockDim.x) / hd);
-  const int i = threadIdx.x % hd, sg = threadIdx.x / hd;
-  if (sg < SG) {
-    float acc = 0.f;
-#pragma unroll 4
-    for (int s = sg; s < nsplit; s += SG)
-      if (cw[s] != 0.f) acc += p[s * st + i] * cw[s];
-    red[sg * hd + i] = acc;
+  __syncthreads();  // every warp is done with the ring: the merge area overlaps it
+  float* macc = sm;                            // [kDecWarps][RP][hd]
+  float* mm = macc + kDecWarps * RP * hd;      // [kDecWarps][RP]
+  float* ml = mm + kDecWarps * RP;             // [kDecWarps][RP]
+  if (ks == 0) {
+    for (int r = 0; r < RP; ++r) {
+      if (r < nq) {
+        for (int e = 0; e < 8; ++e)
+          if (on && d0 + e < hd) macc[(w * RP + r) * hd + d0 + e] = acc[r][e];
+        if (v == 0) {
+          mm[w * RP + r] = m[r];
+          ml[w * RP + r] = l[r];
+        }
+      }
+    }
   }
   __syncthreads();
-  const float inv = 1.f / L;
-  for (int k = threadIdx.x; k < hd; k += blockDim.x) {
-    float acc = 0.f;
-    for (int g = 0; g < SG; ++g) acc += red[g * hd + k];
-    out[int64_t(b) * d.H * hd + int64_t(h) * hd + k] = from_f<T>(acc * inv);
+  const int64_t st = hd + 2;
+  for (int k = tid; k < nq * hd; k += kDecThreads) {
+    const int r = k / hd, i = k % hd;
+    float M = -INFINITY;
+    for (int ww = 0; ww < kDecWarps; ++ww) M = fmaxf(M, mm[ww * RP + r]);
+    float O = 0.f, L = 0.f;
+    if (M != -INFINITY) {
+      for (int ww = 0; ww < kDecWarps; ++ww) {
+        const float mw = mm[ww * RP + r];
+        const float e = mw == -INFINITY ? 0.f : exp2f(mw - M);
+        O += macc[(ww * RP + r) * hd + i] * e;
+        L += ml[ww * RP + r] * e;
+      }
+    }
+    if (nsplit == 1) {
+      out[(int64_t(b) * d.H + hq0 + r) * hd + i] = from_f<T>(O / L);
+    } else {
+      float* pr = partial + ((int64_t(b) * d.H + hq0 + r) * nsplit + split) * st;
+      pr[i] = O;
+      if (i == 0) {
+        pr[hd] = M;
+        pr[hd + 1] = L;
+      }
+    }
   }
+  if (nsplit == 1) return;
+
+  // The last CTA of this (b, g, c) to finish merges the nsplit partials.
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  int* counter = counters + int64_t(b) * gridDim.x + blockIdx.x;
+  if (tid == 0) last = atomicAdd(counter, 1) == nsplit - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  float* wts = sm;                    // [RP][nsplit] split weights (the merge area is dead)
+  float* Ls = wts + RP * nsplit;      // [RP]
+  for (int r = w; r < nq; r += kDecWarps) {
+    const float* pr = partial + (int64_t(b) * d.H + hq0 + r) * nsplit * st;
+    float M = -INFINITY;
+    for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, __ldcg(pr + s * st + hd));
+    M = warp_max(M);
+    float L = 0.f;
+    for (int s = lane; s < nsplit; s += 32) {
+      const float ms = __ldcg(pr + s * st + hd);
+      const float e = ms == -INFINITY ? 0.f : exp2f(ms - M);
+      wts[r * nsplit + s] = e;
+      L += __ldcg(pr + s * st + hd + 1) * e;
+    }
+    L = warp_sum(L);
+    if (lane == 0) Ls[r] = L;
+  }
+  __syncthreads();
+  // kOut outputs per thread at once, all splits' loads of a batch in flight together (this tail
+  // is on the critical path of the step at batch 1).
+  constexpr int kOut = 4;
+  for (int k0 = tid; k0 < nq * hd; k0 += kOut * kDecThreads) {
+    const float* pk[kOut];
+    const float* wk[kOut];
+    float O[kOut];
+    for (int o = 0; o < kOut; ++o) {
+      const int k = min(k0 + o * kDecThreads, nq * hd - 1), r = k / hd;
+      pk[o] = partial + (int64_t(b) * d.H + hq0 + r) * nsplit * st + k % hd;
+      wk[o] = wts + r * nsplit;
+      O[o] = 0.f;
+    }
+#pragma unroll 8
+    for (int s = 0; s < nsplit; ++s)
+      for (int o = 0; o < kOut; ++o) O[o] += __ldcg(pk[o] + s * st) * wk[o][s];
+    for (int o = 0; o < kOut; ++o) {
+      const int k = k0 + o * kDecThreads;
+      if (k < nq * hd) out[(int64_t(b) * d.H + hq0) * hd + k] = from_f<T>(O[o] / Ls[k / hd]);
+    }
+  }
+  if (tid == 0) *counter = 0;  // every CTA of the group has counted: ready for the next launch
 }
 
 // ---- sampling, scoring -----------------------------------------------------------------------------
@@ -665,9 +679,10 @@ void qkv_rope_cache(Act a, const void* qkv, int64_t rows, const int32_t* pos, co
                     const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* q_out,
                     void* k_cache, void* v_cache, cudaStream_t s) {
   if (rows <= 0) return;
-  const int nh = d.H + 2 * d.Hkv, warps = 4;
-  const dim3 grid(unsigned(rows), unsigned((nh + warps - 1) / warps));
-  MOSAIC_DISPATCH(a, qkv_rope_cache_k<T><<<grid, 32 * warps, 0, s>>>(
+  const int nh = d.H + 2 * d.Hkv;
+  const dim3 grid(unsigned(rows), unsigned((nh + kRopeHeads - 1) / kRopeHeads));
+  const size_t smem = size_t(kRopeHeads + 1) * d.hd * sizeof(float);
+  MOSAIC_DISPATCH(a, qkv_rope_cache_k<T><<<grid, kRopeThreads, smem, s>>>(
                          static_cast<const T*>(qkv), pos, slot, d, q_norm, k_norm, eps, inv_freq,
                          static_cast<T*>(q_out), static_cast<T*>(k_cache), static_cast<T*>(v_cache)));
 }
@@ -678,43 +693,92 @@ void causal_softmax(Act a, const float* S, int64_t heads, int64_t T_, int64_t Tk
   MOSAIC_DISPATCH(a, causal_softmax_k<T><<<unsigned(heads * T_), 256, 0, s>>>(S, T_, Tk, pos0, static_cast<T*>(P)));
 }
 
-// Splits of the KV length: the larger of the two kernels' counts (partials are sized for it).
-int decode_nsplit(const AttnDims& d) {
-  return decode_vec_ok(d.hd) ? int((d.cap + kVecChunk - 1) / kVecChunk) : decode_splits(d);
+// ---- decode attention: launch plan ---------------------------------------------------------------
+namespace {
+int dec_rp(int rep) { return rep <= 1 ? 1 : rep <= 2 ? 2 : rep <= 4 ? 4 : 8; }
+int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    n = 132;
+  return std::max(1, n);
+}
+struct DecodePlan {
+  int rp, nch, nsplit;
+  size_t smem;
+};
+// Splits: about 2 CTAs per SM in all (B x Hkv x head chunks x splits; MOSAIC_DECODE_CTAS_PER_SM
+// overrides the 2, for tuning), at most kMaxSplits and at most one pass of keys per warp at full
+// capacity.
+int decode_ctas_per_sm() {
+  const char* e = std::getenv("MOSAIC_DECODE_CTAS_PER_SM");
+  const int v = e ? std::atoi(e) : 0;
+  return v >= 1 && v <= 16 ? v : 2;
+}
+DecodePlan decode_plan(int B, const AttnDims& d, int sms) {
+  const int rep = d.H / d.Hkv, rp = dec_rp(rep), nch = (rep + rp - 1) / rp;
+  int lpk = 1;
+  while (lpk < (d.hd + 7) / 8) lpk <<= 1;
+  const int64_t groups = int64_t(B) * d.Hkv * nch, target = int64_t(decode_ctas_per_sm()) * sms;
+  const int64_t by_cap = std::max<int64_t>(1, d.cap / (int64_t(kDecWarps) * (32 / lpk)));
+  const int nsplit = int(std::clamp<int64_t>((target + groups - 1) / groups, 1, std::min<int64_t>(kMaxSplits, by_cap)));
+  // The ring, then the rope rows; the merge and combine areas (<= 33 KB) overlap the ring.
+  return {rp, nch, nsplit, kDecRingBytes + size_t(rp + 3) * d.hd * sizeof(float)};
+}
+size_t decode_counter_bytes(int B, const AttnDims& d) {
+  const int rep = d.H / d.Hkv, rp = dec_rp(rep);
+  return (size_t(B) * d.Hkv * ((rep + rp - 1) / rp) * sizeof(int) + 255) / 256 * 256;
+}
+}  // namespace
+
+// Dynamic shared memory over 48 KB (the ring) and the largest carveout (several CTAs per SM).
+template <typename K>
+bool decode_opt_in(K* kernel, int rp) {
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       int(kDecRingBytes + size_t(rp + 3) * 256 * sizeof(float)));
+  cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
+  return true;
 }
 
-int64_t attention_decode_partial_floats(int B, const AttnDims& d) {
-  return int64_t(B) * d.H * decode_nsplit(d) * (d.hd + 2);
-}
-
-void attention_decode(Act a, const void* q, const void* k_cache, const void* v_cache, const int32_t* pos,
-                      const int32_t* slot, int B, const AttnDims& d, float* partial, void* out, cudaStream_t s) {
-  if (B <= 0) return;
-  const int nsplit = decode_nsplit(d), rep = d.H / d.Hkv;
-  const float scale = 1.0f / sqrtf(float(d.hd));
-  const dim3 grid(unsigned(d.Hkv), unsigned(B), unsigned(nsplit));
-  if (decode_vec_ok(d.hd)) {
-    const int G = kVecThreads / (d.hd / 8);
-    const size_t vsmem = size_t(rep * kVecChunk + G * d.hd + 2 * rep) * sizeof(float);
-#define MOSAIC_DEC_VEC(R)                                                                                  \
-  MOSAIC_DISPATCH(a, attention_decode_vec_k<T, R><<<grid, kVecThreads, vsmem, s>>>(                        \
-                         static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), \
-                         pos, slot, d, scale, partial))
-    if (rep <= 2) MOSAIC_DEC_VEC(2);
-    else if (rep <= 4) MOSAIC_DEC_VEC(4);
-    else if (rep <= 8) MOSAIC_DEC_VEC(8);
-    else MOSAIC_DEC_VEC(16);
-#undef MOSAIC_DEC_VEC
-  } else {
-    const size_t smem = size_t(rep * d.hd + rep * kDecChunk + 2 * rep) * sizeof(float);
-    MOSAIC_DISPATCH(a, attention_decode_k<T><<<grid, kDecChunk, smem, s>>>(
-                           static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache),
-                           pos, slot, d, scale, partial));
+size_t attention_decode_scratch_bytes(int max_B, const AttnDims& d) {
+  const int sms = sm_count();
+  size_t part = 0;
+  for (int B = 1; B <= max_B; ++B) {
+    const DecodePlan p = decode_plan(B, d, sms);
+    if (p.nsplit > 1) part = std::max(part, size_t(B) * d.H * p.nsplit * (d.hd + 2) * sizeof(float));
   }
-  const int SG = std::max(1, kCombineThreads / d.hd);
-  const size_t csmem = size_t(nsplit + SG * d.hd) * sizeof(float);
-  MOSAIC_DISPATCH(a, attention_combine_k<T><<<dim3(unsigned(d.H), unsigned(B)), kCombineThreads, csmem, s>>>(
-                         partial, nsplit, d, static_cast<T*>(out)));
+  return decode_counter_bytes(max_B, d) + part;
+}
+
+void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t* slot, int B, const AttnDims& d,
+                      const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* k_cache,
+                      void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s) {
+  if (B <= 0) return;
+  const DecodePlan p = decode_plan(B, d, sm_count());
+  int* counters = static_cast<int*>(scratch);
+  float* partial = reinterpret_cast<float*>(static_cast<char*>(scratch) + decode_counter_bytes(max_B, d));
+  const float qscale = 1.4426950408889634f / sqrtf(float(d.hd));  // log2(e) / sqrt(hd): base-2 softmax
+  const dim3 grid(unsigned(d.Hkv * p.nch), unsigned(B), unsigned(p.nsplit));
+  // Over 48 KB of dynamic shared memory needs an opt-in per kernel (once, for the largest plan).
+#define MOSAIC_DEC(RP, VEC)                                                                                      \
+  MOSAIC_DISPATCH(a, {                                                                                           \
+    static const bool opt_in = decode_opt_in(attention_decode_k<T, RP, VEC>, RP);                               \
+    (void)opt_in;                                                                                                \
+    attention_decode_k<T, RP, VEC><<<grid, kDecThreads, p.smem, s>>>(                                            \
+        static_cast<const T*>(qkv), pos, slot, d, q_norm, k_norm, eps, inv_freq, qscale, static_cast<T*>(k_cache), \
+        static_cast<T*>(v_cache), partial, counters, static_cast<T*>(out));                                      \
+  })
+#define MOSAIC_DEC_RP(VEC)              \
+  if (p.rp == 1) MOSAIC_DEC(1, VEC);    \
+  else if (p.rp == 2) MOSAIC_DEC(2, VEC); \
+  else if (p.rp == 4) MOSAIC_DEC(4, VEC); \
+  else MOSAIC_DEC(8, VEC)
+  if (d.hd % 8 == 0) {
+    MOSAIC_DEC_RP(true);
+  } else {
+    MOSAIC_DEC_RP(false);
+  }
+#undef MOSAIC_DEC_RP
+#undef MOSAIC_DEC
 }
 
 void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s) {

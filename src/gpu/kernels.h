@@ -43,13 +43,18 @@ void qkv_rope_cache(Act a, const void* qkv, int64_t rows, const int32_t* pos, co
 // P (act dtype, same shape) = softmax over those, 0 beyond.
 void causal_softmax(Act a, const float* S, int64_t heads, int64_t T, int64_t Tk, int64_t pos0, void* P, cudaStream_t s);
 
-// Decode attention (split over the KV length, flash-decoding style): query row b (q [B, H*hd])
-// at position pos[b] attends to keys 0..pos[b] of sequence slot[b]. The grid covers the cache
-// capacity (splits past the length exit), so one launch serves every length: CUDA-graph safe.
-// partial: attention_decode_partial_floats(B, d) floats of scratch. out [B, H*hd].
-int64_t attention_decode_partial_floats(int B, const AttnDims& d);
-void attention_decode(Act a, const void* q, const void* k_cache, const void* v_cache, const int32_t* pos,
-                      const int32_t* slot, int B, const AttnDims& d, float* partial, void* out, cudaStream_t s);
+// Decode step attention of B query rows, q/k norm + RoPE + KV append fused in: from the fused
+// qkv [B, (H+2Hkv)*hd] of row b (sequence slot[b], new token at pos[b]): q and k get q_norm /
+// k_norm (nullptr = none) and RoPE at pos[b] as in qkv_rope_cache, k and v go to the cache at
+// pos[b], and q attends to keys 0..pos[b] of that sequence; out [B, H*hd]. Split over the keys
+// (flash-decoding) by a length read on the device: one launch serves every length (CUDA-graph
+// safe), one kernel (the last CTA of each group merges the splits). scratch: device memory of
+// attention_decode_scratch_bytes(max_B, d) bytes (B <= max_B), zeroed once before its first use
+// (its counters are left at zero by every launch).
+size_t attention_decode_scratch_bytes(int max_B, const AttnDims& d);
+void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t* slot, int B, const AttnDims& d,
+                      const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* k_cache,
+                      void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s);
 
 // gu [rows, 2I] = [gate | up] -> out [rows, I] = act(silu(gate) * up).
 void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s);

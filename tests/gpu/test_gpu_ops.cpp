@@ -7,8 +7,12 @@
 #include <cublas_v2.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
 
 #include "gpu/attention.h"
 #include "gpu/kernels.h"
@@ -153,32 +157,202 @@ std::vector<float> ref_attention(const std::vector<float>& q, const std::vector<
   return out;
 }
 
-// Decode: B rows, each its own slot and length (1, a split boundary, the whole capacity, ...).
-// Bound 4 act_eps (inputs rounded; fp32 softmax; one output rounding).
+// Decode step (q/k norm + RoPE + KV append + attention in one kernel): B rows, each with its own
+// slot (reversed order) and length, from the fused qkv rows, against ref::rms_norm + ref::rope
+// (RopeTable) + ref::attention over the reference cache with the new k/v row appended. The kernel
+// rounds the rotated q and k to the activation dtype (as the cache holds them), the reference
+// rounds them too, so the two may differ by one rounding of q/k elements: bound 8 act_eps on the
+// output (fp32 softmax, one output rounding). The appended k row: 4 act_eps (as the prefill
+// append), v row and every other cache row: exact.
+struct DecCase {
+  int H, Hkv, hd;
+  bool qk_norm;
+  std::vector<int32_t> lens;  // cache lengths after the step (pos + 1), one per row
+};
+const DecCase kDecCases[] = {
+    {32, 8, 128, false, {2049}},                            // LLaMA-3-8B, batch 1
+    {32, 8, 128, true, {1, 2, 17, 127, 128}},               // Qwen3-8B, batch 5
+    {32, 8, 128, false, {129, 2047}},                       // batch 2
+    {16, 8, 128, true, {1, 3, 16, 17, 31, 33, 64, 65, 100, 127, 128, 129, 200, 255, 256, 257}},  // Qwen3-0.6B, B 16
+    {4, 2, 16, false, {1, 300, 37}},                        // batch 3
+    {9, 3, 64, true, {130, 1, 64}},                         // rep 3
+    {16, 1, 32, false, {129, 2}},                           // rep 16: two head chunks
+    {12, 1, 64, true, {77}},                                // rep 12: chunks of 8 + 4
+    {2, 2, 8, false, {17, 1, 9}},                           // rep 1, hd 8
+    {4, 2, 24, true, {70, 5}},                              // hd 24: 3 of 4 lanes per key
+    {6, 2, 96, false, {150, 1, 2, 3, 4}},                   // hd 96: 12 of 16 lanes, batch 5
+    {2, 1, 256, true, {140, 2}},                            // hd 256
+    {8, 1, 64, false, {200}},                               // rep 8
+    {4, 2, 6, true, {33, 1, 2}},                            // hd 6: unaligned (scalar loads)
+};
+
 TEST(GpuOps, DecodeAttentionMatchesReference) {
   REQUIRE_GPU();
   for (Act a : kActs)
-    for (const AttnCase& c : kAttnCases) {
-      const int B = 4;
-      const std::vector<int32_t> pos = {0, int32_t(std::min<int64_t>(127, c.cap - 1)), int32_t(c.cap - 1),
-                                        int32_t(c.cap / 2)};
-      const std::vector<int32_t> slot = {2, 0, 3, 1};
-      const size_t cache_n = size_t(B * c.Hkv * c.cap * c.hd);
-      const auto kc = round_act(a, randn(cache_n, 11)), vc = round_act(a, randn(cache_n, 12));
-      const auto q = round_act(a, randn(size_t(B * c.H * c.hd), 13, 2.0f));
-      kern::AttnDims d{c.H, c.Hkv, c.hd, c.cap};
-      DevBuf dk = to_act(a, kc), dv = to_act(a, vc), dq = to_act(a, q), dp = to_dev(pos), ds = to_dev(slot);
-      DevBuf part(size_t(kern::attention_decode_partial_floats(B, d)) * 4), out(size_t(B * c.H * c.hd) * 2);
-      kern::attention_decode(a, dq.get(), dk.get(), dv.get(), dp.as<int32_t>(), ds.as<int32_t>(), B, d,
-                             part.as<float>(), out.get(), nullptr);
-      const auto got = from_act(a, out, size_t(B * c.H * c.hd));
+    for (const DecCase& c : kDecCases) {
+      const int B = int(c.lens.size()), hd = c.hd, nh = c.H + 2 * c.Hkv;
+      const int64_t cap = *std::max_element(c.lens.begin(), c.lens.end()) + 3;
+      std::vector<int32_t> pos(static_cast<size_t>(B)), slot(static_cast<size_t>(B));
       for (int b = 0; b < B; ++b) {
-        std::vector<float> qb(q.begin() + b * c.H * c.hd, q.begin() + (b + 1) * c.H * c.hd);
-        const auto ref = ref_attention(qb, kc, vc, c, slot[size_t(b)], 1, pos[size_t(b)]);
-        EXPECT_LE(rel_max_err(got.data() + b * c.H * c.hd, ref.data(), ref.size()), 4 * act_eps(a))
-            << act_name(a) << " H=" << c.H << " Hkv=" << c.Hkv << " hd=" << c.hd << " pos=" << pos[size_t(b)];
+        pos[size_t(b)] = c.lens[size_t(b)] - 1;
+        slot[size_t(b)] = B - 1 - b;
       }
+      ModelConfig cfg;
+      cfg.head_dim = hd;
+      cfg.rope_theta = 500000.0f;
+      const RopeTable rope = RopeTable::from_config(cfg);
+      const size_t cache_n = size_t(B) * c.Hkv * size_t(cap) * hd;
+      auto kc = round_act(a, randn(cache_n, 11)), vc = round_act(a, randn(cache_n, 12));
+      const auto qkv = round_act(a, randn(size_t(B) * nh * hd, 13, 2.0f));
+      const auto qn = randn(size_t(hd), 14), kn = randn(size_t(hd), 15);
+      kern::AttnDims d{c.H, c.Hkv, hd, cap};
+      DevBuf dk = to_act(a, kc), dv = to_act(a, vc), dqkv = to_act(a, qkv), dp = to_dev(pos), ds = to_dev(slot);
+      DevBuf dqn = to_dev(qn), dkn = to_dev(kn), inv = to_dev(rope.inv_freq()), out(size_t(B) * c.H * hd * 2);
+      DevBuf scratch(kern::attention_decode_scratch_bytes(B, d));
+      check_cuda(cudaMemset(scratch.get(), 0, scratch.bytes()), "memset");
+      // Twice: the second launch checks that the first left the split counters at zero.
+      for (int rep = 0; rep < 2; ++rep)
+        kern::attention_decode(a, dqkv.get(), dp.as<int32_t>(), ds.as<int32_t>(), B, d,
+                               c.qk_norm ? dqn.as<float>() : nullptr, c.qk_norm ? dkn.as<float>() : nullptr, 1e-6f,
+                               inv.as<float>(), dk.get(), dv.get(), scratch.get(), B, out.get(), nullptr);
+      const auto got = from_act(a, out, size_t(B) * c.H * hd);
+      const auto gk = from_act(a, dk, cache_n), gv = from_act(a, dv, cache_n);
+      double worst = 0, worst_k = 0;
+      for (int b = 0; b < B; ++b) {
+        const float* row = qkv.data() + size_t(b) * nh * hd;
+        std::vector<float> q(row, row + c.H * hd), k(row + c.H * hd, row + (c.H + c.Hkv) * hd),
+            v(row + (c.H + c.Hkv) * hd, row + nh * hd);
+        if (c.qk_norm) {
+          ref::rms_norm(q.data(), qn.data(), c.H, hd, 1e-6f, q.data());
+          ref::rms_norm(k.data(), kn.data(), c.Hkv, hd, 1e-6f, k.data());
+        }
+        std::vector<float> cs(size_t(hd / 2)), sn(size_t(hd / 2));
+        rope.cos_sin(pos[size_t(b)], cs.data(), sn.data());
+        ref::rope(q.data(), 1, c.H, hd, cs.data(), sn.data());
+        ref::rope(k.data(), 1, c.Hkv, hd, cs.data(), sn.data());
+        for (int g = 0; g < c.Hkv; ++g) {
+          const size_t off = ((size_t(slot[size_t(b)]) * c.Hkv + g) * cap + pos[size_t(b)]) * hd;
+          worst_k = std::max(worst_k, rel_max_err(gk.data() + off, k.data() + g * hd, size_t(hd)));
+          for (int i = 0; i < hd; ++i) {
+            ASSERT_EQ(gv[off + size_t(i)], v[size_t(g * hd + i)]) << "v row";
+            kc[off + size_t(i)] = gk[off + size_t(i)];  // the reference attends to the appended rows
+            vc[off + size_t(i)] = v[size_t(g * hd + i)];
+          }
+        }
+        const auto ref = ref_attention(round_act(a, q), kc, vc, AttnCase{c.H, c.Hkv, hd, cap}, slot[size_t(b)], 1,
+                                       pos[size_t(b)]);
+        worst = std::max(worst, rel_max_err(got.data() + size_t(b) * c.H * hd, ref.data(), ref.size()));
+      }
+      EXPECT_EQ(gk, kc) << "cache rows other than the appended ones changed";
+      EXPECT_EQ(gv, vc);
+      EXPECT_LE(worst_k, 4 * act_eps(a)) << act_name(a) << " appended k, H=" << c.H << " hd=" << hd;
+      EXPECT_LE(worst, 8 * act_eps(a)) << act_name(a) << " H=" << c.H << " Hkv=" << c.Hkv << " hd=" << hd
+                                       << " B=" << B << " qk_norm=" << c.qk_norm;
     }
+}
+
+// Timing on LLaMA-3-8B's attention shapes (32 heads, 8 kv heads, hd 128; 32 layers with their own
+// caches, so the KV reads come from HBM, not L2), 2145 cached positions as in `bench e2e
+// --profile`: the decode step's q/k norm + RoPE + KV append + attention, microseconds per layer
+// (32 launches in one CUDA graph, as in the engine), against the KV bytes read at the measured
+// copy bandwidth, and with 1..6 CTAs per SM (MOSAIC_DECODE_CTAS_PER_SM). Checks row 0 of the
+// last layer against the reference (8 act_eps, as above).
+TEST(GpuOps, DecodeAttentionTiming) {
+  REQUIRE_GPU();
+  const Act a = Act::F16;
+  const int H = 32, Hkv = 8, hd = 128, L = 32, maxB = 16, len = 2145;
+  const int64_t cap = 2176;
+  kern::AttnDims d{H, Hkv, hd, cap};
+  const size_t layer_n = size_t(maxB) * Hkv * size_t(cap) * hd;
+  DevBuf kc(layer_n * 2 * L), vc(layer_n * 2 * L), qkv(size_t(maxB) * (H + 2 * Hkv) * hd * 2);
+  kern::fill_random(a, kc.get(), int64_t(layer_n) * L, 1.f, 1, nullptr);
+  kern::fill_random(a, vc.get(), int64_t(layer_n) * L, 1.f, 2, nullptr);
+  kern::fill_random(a, qkv.get(), int64_t(maxB) * (H + 2 * Hkv) * hd, 2.f, 3, nullptr);
+  ModelConfig cfg;
+  cfg.head_dim = hd;
+  cfg.rope_theta = 500000.0f;
+  const RopeTable rope = RopeTable::from_config(cfg);
+  DevBuf inv = to_dev(rope.inv_freq());
+  DevBuf scratch(kern::attention_decode_scratch_bytes(maxB, d));
+  check_cuda(cudaMemset(scratch.get(), 0, scratch.bytes()), "memset");
+  DevBuf out(size_t(maxB) * H * hd * 2);
+  DevBuf c0(size_t(1) << 30), c1(size_t(1) << 30);  // copy bandwidth (read + write), as bench e2e
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  cudaStream_t st = nullptr;
+  check_cuda(cudaStreamCreate(&st), "stream");
+  // f's launches captured into one CUDA graph (as the engine's decode step), replayed reps times.
+  auto time_ms = [&](const std::function<void()>& f, int reps) {
+    f();  // eager first (one-time setup of the launchers)
+    cudaGraph_t g = nullptr;
+    cudaGraphExec_t ex = nullptr;
+    check_cuda(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "capture");
+    f();
+    check_cuda(cudaStreamEndCapture(st, &g), "capture");
+    check_cuda(cudaGraphInstantiate(&ex, g, 0), "instantiate");
+    cudaGraphLaunch(ex, st);
+    cudaEventRecord(e0, st);
+    for (int r = 0; r < reps; ++r) cudaGraphLaunch(ex, st);
+    cudaEventRecord(e1, st);
+    check_cuda(cudaEventSynchronize(e1), "timing");
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    cudaGraphExecDestroy(ex);
+    cudaGraphDestroy(g);
+    return double(ms) / reps;
+  };
+  const double copy_ms =
+      time_ms([&] { cudaMemcpyAsync(c1.get(), c0.get(), c0.bytes(), cudaMemcpyDeviceToDevice, st); }, 5);
+  const double bw = 2.0 * double(c0.bytes()) / (copy_ms * 1e-3);
+  std::printf("[ attn timing ] copy bandwidth %.0f GB/s; us per layer (mean of %d layers x 5 reps)\n", bw / 1e9, L);
+  auto kcl = [&](int l) { return kc.as<char>() + size_t(l) * layer_n * 2; };
+  auto vcl = [&](int l) { return vc.as<char>() + size_t(l) * layer_n * 2; };
+  for (int B : {1, 4, 16}) {
+    std::vector<int32_t> pos(static_cast<size_t>(B), len - 1), slot(static_cast<size_t>(B));
+    for (int b = 0; b < B; ++b) slot[size_t(b)] = b;
+    DevBuf dp = to_dev(pos), ds = to_dev(slot);
+    auto run = [&](DevBuf& sc) {
+      return time_ms([&] {
+        for (int l = 0; l < L; ++l)
+          kern::attention_decode(a, qkv.get(), dp.as<int32_t>(), ds.as<int32_t>(), B, d, nullptr, nullptr, 1e-5f,
+                                 inv.as<float>(), kcl(l), vcl(l), sc.get(), maxB, out.get(), st);
+      }, 5) * 1e3 / L;
+    };
+    std::string per_sm;
+    for (int t : {1, 3, 4, 6}) {
+      setenv("MOSAIC_DECODE_CTAS_PER_SM", std::to_string(t).c_str(), 1);
+      DevBuf sc(kern::attention_decode_scratch_bytes(maxB, d));
+      check_cuda(cudaMemset(sc.get(), 0, sc.bytes()), "memset");
+      char buf[64];
+      std::snprintf(buf, sizeof buf, " %d/SM %.1f us", t, run(sc));
+      per_sm += buf;
+    }
+    unsetenv("MOSAIC_DECODE_CTAS_PER_SM");
+    const double t_us = run(scratch);
+    const double kv_bytes = 2.0 * B * Hkv * double(len) * hd * 2, ideal_us = kv_bytes / bw * 1e6;
+    std::printf("[ attn timing ] B=%2d: %.1f us; KV %.1f MB -> %.1f us at copy bandwidth (%.0f%%); CTAs per SM:%s\n", B,
+                t_us, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str());
+  }
+  // Row 0 of the last layer (sequence slot 0): the reference over its cache (the appended row included).
+  const size_t seq_n = size_t(Hkv) * size_t(cap) * hd;
+  std::vector<uint16_t> kb(seq_n), vb(seq_n);
+  check_cuda(cudaMemcpy(kb.data(), kcl(L - 1), seq_n * 2, cudaMemcpyDeviceToHost), "download");
+  check_cuda(cudaMemcpy(vb.data(), vcl(L - 1), seq_n * 2, cudaMemcpyDeviceToHost), "download");
+  std::vector<float> kf(seq_n), vf(seq_n);
+  for (size_t i = 0; i < seq_n; ++i) {
+    kf[i] = fp16_to_float(kb[i]);
+    vf[i] = fp16_to_float(vb[i]);
+  }
+  auto q = from_act(a, qkv, size_t(H) * hd);
+  std::vector<float> cs(size_t(hd / 2)), sn(size_t(hd / 2));
+  rope.cos_sin(len - 1, cs.data(), sn.data());
+  ref::rope(q.data(), 1, H, hd, cs.data(), sn.data());
+  const auto ref = ref_attention(round_act(a, q), kf, vf, AttnCase{H, Hkv, hd, cap}, 0, 1, len - 1);
+  EXPECT_LE(rel_max_err(from_act(a, out, size_t(H) * hd), ref), 8 * act_eps(a));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaStreamDestroy(st);
 }
 
 // Prefill: n queries at pos0 (0 = fresh prompt, > 0 = a later chunk) through cuBLAS + the causal
