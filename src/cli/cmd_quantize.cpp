@@ -127,6 +127,11 @@ void run_quantize(const QuantizeCliOptions& o) {
               (long long)r.residual_blocks, r.seconds, format_bytes(r.peak_rss).c_str(),
               q.accel ? ", peak GPU memory " : "", q.accel ? format_bytes(r.peak_device_bytes).c_str() : "",
               r.device.c_str());
+  if (!o.quiet) {
+    std::string phases;
+    for (const auto& [name, sec] : r.phase_seconds) phases += " " + name + " " + std::to_string(int64_t(sec + 0.5)) + " s,";
+    if (!phases.empty()) std::fprintf(stderr, "time by phase:%s\n", phases.substr(0, phases.size() - 1).c_str());
+  }
 }
 
 }  // namespace

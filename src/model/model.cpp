@@ -232,7 +232,9 @@ void run_layer(const ModelConfig& c, const std::vector<float>& attn_norm, const 
 void Model::layer_forward(int layer, float* x, int64_t T, KVCache& cache) const {
   MOSAIC_CHECK(layer >= 0 && layer < cfg_.num_layers, "layer ", layer, " out of range [0, ", cfg_.num_layers, ")");
   check_cache(cache, T);
-  Scratch s;
+  // Kept per thread across calls: the quantizer calls this once per calibration window and layer,
+  // and a fresh Scratch of a few hundred MB each time spent much of its time in page faults.
+  thread_local Scratch s;
   s.resize(cfg_, T);
   rope_tables(rope_, cache.length, T, s);
   const Layer& L = layers_[size_t(layer)];

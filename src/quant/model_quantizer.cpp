@@ -241,9 +241,24 @@ class Quantizer {
       for (const LayerSmoothing& l : smooth_) rep.smooth_alphas.push_back(l.alpha);
     copy_f16(w, ckpt_, "model.norm.weight");
     if (ckpt_.has("lm_head.weight")) copy_f16(w, ckpt_, "lm_head.weight");
+    rep.phase_seconds = {{"load", phase_[kLoad]},       {"forward", phase_[kForward]}, {"hessian", phase_[kHessian]},
+                         {"quantize", phase_[kSolve]}, {"write", phase_[kWrite]}};
   }
 
  private:
+  // Where the time goes (the report's phase_seconds): reading + converting a layer's weights,
+  // calibration forward passes (with the Hessian accumulation inside them), fetching Hessians,
+  // GPTQ + residual scoring/selection, packing + writing.
+  enum Phase { kLoad, kForward, kHessian, kSolve, kWrite, kPhases };
+  std::array<double, kPhases> phase_{};
+  template <typename F>
+  auto timed(Phase p, F&& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = f();
+    phase_[p] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+  }
+
   using Weights = std::array<std::shared_ptr<const std::vector<float>>, 7>;
   using Accumulators = std::array<std::shared_ptr<HessianAccumulator>, 7>;
 
@@ -325,9 +340,9 @@ class Quantizer {
     std::vector<std::vector<double>> scores(size_t(cfg_.num_layers) * 7);
     Progress progress("score (global allocation)", cfg_.num_layers, opt_.quiet);
     for (int i = 0; i < cfg_.num_layers; ++i) {
-      Weights W = load_weights(i);
+      Weights W = timed(kLoad, [&] { return load_weights(i); });
       smooth_layer(i, W, *model, x, cache);
-      const Accumulators acc = capture_hessians(i, W, *model, x, cache);
+      const Accumulators acc = timed(kForward, [&] { return capture_hessians(i, W, *model, x, cache); });
       std::vector<PackedLinear> base(7);
       std::vector<float> H;
       const HessianAccumulator* last = nullptr;
@@ -335,13 +350,13 @@ class Quantizer {
         const Shape2 s = linear_shape(cfg_, id);
         const HessianAccumulator* a = acc[int(id)].get();
         if (a != last) {
-          H = a->hessian();
+          H = timed(kHessian, [&] { return a->hessian(); });
           last = a;
         }
         const std::string name = layer_prefix(i) + linear_name(id);
         try {
           std::vector<double>& sc = scores[size_t(i) * 7 + size_t(id)];
-          sc = mosaic_block_scores(*W[int(id)], s.N, s.K, H, mosaic_options(), &base[int(id)]);
+          sc = timed(kSolve, [&] { return mosaic_block_scores(*W[int(id)], s.N, s.K, H, mosaic_options(), &base[int(id)]); });
           const double energy = diagonal_output_energy(*W[int(id)], s.N, s.K, H);
           if (energy > 0)
             for (double& v : sc) v /= energy;
@@ -350,7 +365,7 @@ class Quantizer {
         }
         W[int(id)].reset();
       }
-      propagate(i, base, *model, x, cache);
+      timed(kForward, [&] { propagate(i, base, *model, x, cache); return 0; });
       progress.update(i + 1, "layer " + std::to_string(i));
     }
     progress.finish();
@@ -360,12 +375,12 @@ class Quantizer {
   void quantize_layer(int i, ShardedWriter& w, ModelQuantReport& rep, Model* model,
                       std::vector<std::vector<float>>& x, KVCache& cache) {
     const std::string p = layer_prefix(i);
-    Weights W = load_weights(i);
+    Weights W = timed(kLoad, [&] { return load_weights(i); });
     if (model) smooth_layer(i, W, *model, x, cache);
     write_norms(i, w);
 
     Accumulators acc;
-    if (model) acc = capture_hessians(i, W, *model, x, cache);
+    if (model) acc = timed(kForward, [&] { return capture_hessians(i, W, *model, x, cache); });
     std::vector<PackedLinear> packed(7);
     std::vector<float> H;
     const HessianAccumulator* last = nullptr;
@@ -374,18 +389,18 @@ class Quantizer {
       const std::string name = p + linear_name(id);
       const HessianAccumulator* a = acc[int(id)].get();
       if (a && a != last) {  // q/k/v and gate/up reuse the H just built
-        H = a->hessian();
+        H = timed(kHessian, [&] { return a->hessian(); });
         last = a;
       }
       const int64_t count = counts_.empty() ? -1 : counts_[size_t(i) * 7 + size_t(id)];
-      packed[int(id)] = quantize_one(*W[int(id)], s, H, name, count);
+      packed[int(id)] = timed(kSolve, [&] { return quantize_one(*W[int(id)], s, H, name, count); });
       W[int(id)].reset();
-      add_packed_linear(w, name, packed[int(id)]);
+      timed(kWrite, [&] { add_packed_linear(w, name, packed[int(id)]); return 0; });
       rep.linear_params += s.N * s.K;
       rep.linear_bytes += packed[int(id)].storage_bytes();
       rep.residual_blocks += packed[int(id)].num_blocks_kept();
     }
-    if (model) propagate(i, packed, *model, x, cache);
+    if (model) timed(kForward, [&] { propagate(i, packed, *model, x, cache); return 0; });
   }
 
   std::shared_ptr<HessianAccumulator> new_hessian(int64_t K) const {

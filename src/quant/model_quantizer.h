@@ -27,6 +27,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -82,6 +83,9 @@ struct ModelQuantReport {
   int64_t peak_rss = 0;
   std::string device = "cpu";    // where the heavy arithmetic ran (QuantAccelerator::describe)
   int64_t peak_device_bytes = 0; // accelerator only: peak device memory in use (context included)
+  // Seconds per phase: load, forward (calibration passes incl. Hessian accumulation), hessian
+  // (fetching them), quantize (GPTQ, residual scoring and selection), write.
+  std::vector<std::pair<std::string, double>> phase_seconds;
   int64_t linear_params = 0;     // weights quantized
   int64_t linear_bytes = 0;      // their packed bytes (base + residual)
   int64_t residual_blocks = 0;   // kept blocks, all layers

@@ -46,6 +46,22 @@ __global__ void unpermute_k(const T* __restrict__ src, const int32_t* __restrict
   }
 }
 
+// Row-major: A[i, j] = A[j, i] for j < i (the upper triangle is the valid one), 32 x 32 tiles.
+__global__ void symmetrize_k(float* A, int64_t K) {
+  __shared__ float t[kTile][kTile + 1];
+  const int64_t bi = blockIdx.y, bj = blockIdx.x;  // destination tile (rows bi, columns bj), bj <= bi
+  if (bj > bi) return;
+  for (int r = threadIdx.y; r < kTile; r += blockDim.y) {  // source: rows bj, columns bi (upper part)
+    const int64_t i = bj * kTile + r, j = bi * kTile + threadIdx.x;
+    if (i < K && j < K) t[r][threadIdx.x] = A[i * K + j];
+  }
+  __syncthreads();
+  for (int r = threadIdx.y; r < kTile; r += blockDim.y) {
+    const int64_t i = bi * kTile + r, j = bj * kTile + threadIdx.x;
+    if (i < K && j < K && j < i) A[i * K + j] = t[threadIdx.x][r];
+  }
+}
+
 // Dead inputs (diag(H) == 0): their weights are irrelevant and set to 0, as on the CPU.
 __global__ void zero_rows_k(float* Wt, int64_t N, const int32_t* rows) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -195,6 +211,10 @@ void add_diagonal(double* A, int64_t K, double lambda, cudaStream_t s) {
 void upper_to_float(const double* A, int64_t K, float* U, cudaStream_t s) {
   upper_to_float_k<<<dim3(blocks(K, 256), unsigned(K)), 256, 0, s>>>(A, K, U);
   check("upper_to_float_k");
+}
+void symmetrize(float* A, int64_t K, cudaStream_t s) {
+  symmetrize_k<<<dim3(blocks(K, kTile), blocks(K, kTile)), dim3(kTile, 8), 0, s>>>(A, K);
+  check("symmetrize_k");
 }
 size_t batch_smem(int B, int threads) { return size_t(B) * size_t(B + threads) * sizeof(float); }
 size_t max_batch_smem() {

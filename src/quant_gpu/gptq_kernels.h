@@ -56,6 +56,8 @@ void permuted_double(const float* H, const int32_t* perm, const uint8_t* dead, i
 void add_diagonal(double* A, int64_t K, double lambda, cudaStream_t s);
 // U [K, K] fp32 = the row-major upper triangle of A, zeros below.
 void upper_to_float(const double* A, int64_t K, float* U, cudaStream_t s);
+// A [K, K] with only the column-major lower (= row-major upper) triangle valid -> full symmetric.
+void symmetrize(float* A, int64_t K, cudaStream_t s);
 // Dynamic shared memory one batch kernel needs; max_batch_smem() is what the device allows.
 size_t batch_smem(int B, int threads);
 size_t max_batch_smem();

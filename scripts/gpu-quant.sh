@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The quantizer's GPU path on a GPU machine, in one go: build mosaic with the CUDA quantizer
+# (src/quant_gpu; g++ + nvcc directly, Debian runtime libraries from the carried .devdeps), run
+# its tests against the CPU reference (tests/quant_gpu), then optionally measure `mosaic quantize
+# --device cuda` on a random-weight checkpoint of a real configuration (LLaMA-3-8B by default),
+# written there by scripts/make_random_checkpoint.py: total time, peak host RSS, peak GPU memory.
+#
+#   OUT=/tmp/out scripts/gpu-quant.sh [tests|scale|all]      (default all)
+# scale overrides: CONFIG (llama3-8b), LAYERS (0 = all of the config), SAMPLES (128), LEN (2048),
+#   METHOD (mosaic), GROUP (128), BUDGET (0.1), TOK (dir with tokenizer.json; default
+#   .xfer/llama3-tok, copied from ../shared/tokenizers/llama3 and carried), CPU_TOO=1 also runs
+#   --device cpu on the same checkpoint (slow), QT (timeout of the quantize run, s).
+# Device tool: run(command='OUT=$OUT scripts/gpu-quant.sh all', carry=[".devdeps","data",".xfer/llama3-tok"])
+# Only src/gpu/device.cpp of the GPU engine is built (the quantizer needs nothing else of it), so
+# this script does not depend on the engine's or the kernels' state.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-all}
+OUT=${OUT:-/tmp/gpu-quant}
+DEPS=${DEPS:-.devdeps}
+B=${BUILD:-/tmp/mosaic-quant-build}
+mkdir -p "$OUT" "$B/obj"
+exec > >(tee -a "$OUT/quant.log") 2>&1
+CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
+[ -d "$CUDA_HOME/lib64" ] || CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+echo "== $(date -u) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader) nvcc $(nvcc --version | tail -1)"
+echo "== host: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM"
+
+# ---- runtime libraries (OpenBLAS, PCRE2, utf8proc) from the carried .deb files ----------------
+R=$B/root
+if [ ! -e "$R/.done" ]; then
+  mkdir -p "$R"
+  for d in "$DEPS"/debs/*.deb; do
+    if command -v dpkg-deb > /dev/null; then dpkg-deb -x "$d" "$R"
+    else (t=$(mktemp -d) && cd "$t" && ar x "$OLDPWD/$d" && tar -xf data.tar.* -C "$R" && rm -rf "$t"); fi
+  done
+  touch "$R/.done"
+fi
+LA=$R/usr/lib/x86_64-linux-gnu
+LIBS="-L$LA/openblas-pthread -l:libopenblas.so.0 -L$LA -l:libpcre2-8.so.0 -l:libutf8proc.so.2 -Wl,--disable-new-dtags \
+  -Wl,-rpath,$LA/openblas-pthread -Wl,-rpath,$LA -Wl,-rpath-link,$LA -L$CUDA_HOME/lib64 -L$CUDA_HOME/lib \
+  -L$CUDA_HOME/targets/x86_64-linux/lib -lcudart -lcublas -lcusolver -lpthread"
+export LD_LIBRARY_PATH=$LA:$LA/openblas-pthread:${LD_LIBRARY_PATH:-}
+export OPENBLAS_CORETYPE=SkylakeX
+
+# ---- build ------------------------------------------------------------------------------------
+t0=$(date +%s)
+CXX="g++ -std=c++20 -O2 -I src -I $DEPS/include -I $CUDA_HOME/include -DMOSAIC_HAS_QUANT_GPU=1"
+NVCC="nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -lineinfo -fmad=false -I src"
+GT="-I $DEPS/googletest/include -I $DEPS/googletest -DMOSAIC_SOURCE_DIR=\"$PWD\" -DMOSAIC_BINARY_DIR=\"$B\""
+obj() { echo "$B/obj/$(echo "$1" | tr '/' '_').o"; }
+pids=()
+build() {  # build <compiler...> <source>
+  local src=${@: -1}
+  "${@:1:$#-1}" -c "$src" -o "$(obj "$src")" || { echo "BUILD FAILED: $src"; return 1; }
+}
+LIB_SRCS="$(ls src/{util,io,tokenizer,format,model,quant,quant_gpu}/*.cpp) src/gpu/device.cpp"
+for f in $LIB_SRCS src/cli/*.cpp tests/quant_gpu/*.cpp; do
+  case $f in tests/*) build $CXX $GT $f & ;; *) build $CXX $f & ;; esac; pids+=($!)
+done
+for f in src/quant_gpu/*.cu; do build $NVCC $f & pids+=($!); done
+build $CXX $GT $DEPS/googletest/src/gtest-all.cc & pids+=($!)
+build $CXX $GT $DEPS/googletest/src/gtest_main.cc & pids+=($!)
+fail=0
+for p in "${pids[@]}"; do wait $p || fail=1; done
+[ $fail = 0 ] || { echo "BUILD FAILED"; exit 1; }
+LIBO=""; for f in $LIB_SRCS src/quant_gpu/*.cu; do LIBO="$LIBO $(obj $f)"; done
+CLIO=""; for f in src/cli/*.cpp; do CLIO="$CLIO $(obj $f)"; done
+TO=""; for f in tests/quant_gpu/*.cpp; do TO="$TO $(obj $f)"; done
+g++ -o $B/mosaic $CLIO $LIBO $LIBS || exit 1
+g++ -o $B/test_quant_gpu $TO $LIBO $(obj $DEPS/googletest/src/gtest-all.cc) $(obj $DEPS/googletest/src/gtest_main.cc) $LIBS || exit 1
+echo "== build ok in $(( $(date +%s) - t0 )) s"
+
+# ---- tests: the GPU quantizer against the CPU reference -----------------------------------------
+if [ "$MODE" != scale ]; then
+  timeout ${TEST_T:-300} $B/test_quant_gpu 2>&1 | grep -vE "^\[ RUN|^\[       OK" | tee $OUT/test_quant_gpu.log
+  echo "== test_quant_gpu rc=${PIPESTATUS[0]}"
+fi
+[ "$MODE" = tests ] && exit 0
+
+# ---- scale: a real configuration with random weights, quantized on the GPU -----------------------
+CONFIG=${CONFIG:-llama3-8b}; LAYERS=${LAYERS:-0}; TOK=${TOK:-.xfer/llama3-tok}
+SAMPLES=${SAMPLES:-128}; LEN=${LEN:-2048}; METHOD=${METHOD:-mosaic}; GROUP=${GROUP:-128}; BUDGET=${BUDGET:-0.1}
+M=/tmp/$CONFIG-random-L$LAYERS
+if [ ! -d "$M" ]; then
+  python3 scripts/make_random_checkpoint.py --config $CONFIG --out $M --tokenizer $TOK ${LAYERS:+--layers $LAYERS} \
+    || { echo "== checkpoint writer failed"; exit 1; }
+fi
+du -sh $M
+run_q() {  # run_q DEVICE
+  local q=/tmp/q-$CONFIG-$1
+  /usr/bin/time -v timeout ${QT:-540} $B/mosaic quantize --model $M --out $q --device $1 --method $METHOD --group $GROUP \
+    --budget $BUDGET --calib-file data/calib.txt --calib-samples $SAMPLES --calib-len $LEN --force \
+    > $OUT/quantize-$1.txt 2> $B/quantize-$1.err
+  echo "== quantize --device $1 rc=$?"
+  grep -E "calibration|on cuda|quantize .*100%|layer [0-9]+:" $B/quantize-$1.err | tail -4 | tr '\r' '\n' | tail -4
+  cat $OUT/quantize-$1.txt
+  grep -E "Elapsed|Maximum resident" $B/quantize-$1.err
+  cp $B/quantize-$1.err $OUT/quantize-$1.err.txt
+  [ -d $q ] && du -sh $q && ls $q
+}
+run_q cuda
+[ "${CPU_TOO:-0}" = 1 ] && run_q cpu
+echo "== done $(date -u)"
