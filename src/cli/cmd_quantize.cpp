@@ -101,7 +101,11 @@ void run_quantize(const QuantizeCliOptions& o) {
   }
 
   check_quantize_inputs(o.model, o.out, q);  // fail fast, before tokenizing the calibration text
-  if (q.method != QuantMethod::kRtn) q.accel = quant_accelerator(o.device);
+  // RTN has nothing to accelerate (no calibration); --device is still checked.
+  if (q.method != QuantMethod::kRtn)
+    q.accel = quant_accelerator(o.device);
+  else if (o.device != "auto" && o.device != "cpu")
+    (void)quant_accelerator(o.device);
   std::vector<std::vector<int32_t>> calib;
   if (q.method != QuantMethod::kRtn) {
     const Tokenizer tok = Tokenizer::load(o.model);

@@ -422,6 +422,22 @@ const TensorView& Checkpoint::get(const std::string& name, const std::vector<int
   return v;
 }
 
+void SafetensorsFile::release(const TensorView& t) const {
+  if (!map_ || t.nbytes == 0) return;
+  const auto* base = static_cast<const uint8_t*>(map_);
+  if (t.data < base || t.data + t.nbytes > base + map_size_) return;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = uintptr_t(t.data) & ~(page - 1), e = uintptr_t(t.data + t.nbytes);
+  // Read-only private file mapping: MADV_DONTNEED only unmaps; the data is re-read from the file.
+  ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
+void Checkpoint::release(const std::string& name) const {
+  const TensorView& t = get(name);
+  for (const auto& f : files_)
+    if (f->find(name) == &t) f->release(t);
+}
+
 std::vector<std::string> Checkpoint::names() const {
   std::vector<std::string> out;
   out.reserve(index_.size());

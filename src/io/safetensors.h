@@ -53,6 +53,10 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const TensorView* find(const std::string& name) const;
   size_t header_bytes() const { return header_bytes_; }  // 8 + JSON length
+  // Drops this process's mapping of the pages under `t` (they stay in the page cache and are read
+  // again on the next access). For mapped files only; a no-op for parse()d ones. Used by the
+  // layer-by-layer quantizer, whose resident set would otherwise grow by every layer it has read.
+  void release(const TensorView& t) const;
 
  private:
   SafetensorsFile() = default;
@@ -78,6 +82,8 @@ class Checkpoint {
   // get() plus a shape check: throws naming expected and actual shapes.
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
   std::vector<std::string> names() const;  // sorted
+  // SafetensorsFile::release for the file holding `name` (throws if absent).
+  void release(const std::string& name) const;
   const std::filesystem::path& root() const { return root_; }
   size_t total_bytes() const;
   const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }

@@ -146,6 +146,7 @@ std::string f16_bytes(const TensorView& t) {
 void copy_f16(ShardedWriter& w, const Checkpoint& ckpt, const std::string& name) {
   const TensorView& t = ckpt.get(name);
   w.add(name, DType::F16, t.shape, f16_bytes(t));
+  ckpt.release(name);
 }
 
 nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuantReport& rep) {
@@ -275,8 +276,9 @@ class Quantizer {
     Weights W;
     for (LinearId id : kLinears) {
       const Shape2 s = linear_shape(cfg_, id);
-      W[int(id)] = std::make_shared<const std::vector<float>>(
-          ckpt_.get(layer_prefix(i) + linear_name(id) + ".weight", {s.N, s.K}).to_f32());
+      const std::string name = layer_prefix(i) + linear_name(id) + ".weight";
+      W[int(id)] = std::make_shared<const std::vector<float>>(ckpt_.get(name, {s.N, s.K}).to_f32());
+      ckpt_.release(name);  // the FP32 copy is what we use: don't keep the mapped BF16 pages resident
     }
     return W;
   }

@@ -83,6 +83,7 @@ TEST_F(QuantizeCli, OptionsOutOfRange) {
   expect_error(base_args() + " --scorer random", {"random"});
   expect_error(base_args() + " --allocation everywhere", {"allocation 'everywhere'"});
   expect_error(base_args("q", "32", "16by32"), {"--block '16by32'", "RxC"});
+  expect_error(base_args() + " --device tpu", {"--device must be cpu, cuda or auto", "'tpu'"});
 }
 
 TEST_F(QuantizeCli, ShapesTheFormatCannotTile) {
