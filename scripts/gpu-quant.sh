@@ -6,10 +6,10 @@
 # written there by scripts/make_random_checkpoint.py: total time, peak host RSS, peak GPU memory.
 #
 #   OUT=/tmp/out scripts/gpu-quant.sh [tests|scale|all]      (default all)
-# scale overrides: CONFIG (llama3-8b), LAYERS (0 = all of the config), SAMPLES (128), LEN (2048),
-#   METHOD (mosaic), GROUP (128), BUDGET (0.1), TOK (dir with tokenizer.json; default
-#   .xfer/llama3-tok, copied from ../shared/tokenizers/llama3 and carried), CPU_TOO=1 also runs
-#   --device cpu on the same checkpoint (slow), QT (timeout of the quantize run, s).
+# scale overrides: CONFIG (llama3-8b), RUNS (space-separated METHOD,LAYERS,SAMPLES,LEN[,DEVICE];
+#   default "mosaic,0,128,2048,cuda"; LAYERS 0 = all of the config's), GROUP (128), BUDGET (0.1),
+#   TOK (dir with tokenizer.json; default .xfer/llama3-tok, copied from ../shared/tokenizers/llama3
+#   and carried), QT (timeout of each quantize run, s).
 # Device tool: run(command='OUT=$OUT scripts/gpu-quant.sh all', carry=[".devdeps","data",".xfer/llama3-tok"])
 # Only src/gpu/device.cpp of the GPU engine is built (the quantizer needs nothing else of it), so
 # this script does not depend on the engine's or the kernels' state.
@@ -79,26 +79,27 @@ fi
 [ "$MODE" = tests ] && exit 0
 
 # ---- scale: a real configuration with random weights, quantized on the GPU -----------------------
-CONFIG=${CONFIG:-llama3-8b}; LAYERS=${LAYERS:-0}; TOK=${TOK:-.xfer/llama3-tok}
-SAMPLES=${SAMPLES:-128}; LEN=${LEN:-2048}; METHOD=${METHOD:-mosaic}; GROUP=${GROUP:-128}; BUDGET=${BUDGET:-0.1}
-M=/tmp/$CONFIG-random-L$LAYERS
-if [ ! -d "$M" ]; then
-  python3 scripts/make_random_checkpoint.py --config $CONFIG --out $M --tokenizer $TOK ${LAYERS:+--layers $LAYERS} \
-    || { echo "== checkpoint writer failed"; exit 1; }
-fi
-du -sh $M
-run_q() {  # run_q DEVICE
-  local q=/tmp/q-$CONFIG-$1
-  /usr/bin/time -v timeout ${QT:-540} $B/mosaic quantize --model $M --out $q --device $1 --method $METHOD --group $GROUP \
+# RUNS: space-separated METHOD,LAYERS,SAMPLES,LEN[,DEVICE] (LAYERS 0 = all of the config's layers).
+CONFIG=${CONFIG:-llama3-8b}; TOK=${TOK:-.xfer/llama3-tok}; GROUP=${GROUP:-128}; BUDGET=${BUDGET:-0.1}
+RUNS=${RUNS:-mosaic,0,128,2048,cuda}
+for r in $RUNS; do
+  IFS=, read -r METHOD LAYERS SAMPLES LEN DEV <<< "$r"; DEV=${DEV:-cuda}
+  M=/tmp/$CONFIG-random-L$LAYERS
+  if [ ! -d "$M" ]; then
+    python3 scripts/make_random_checkpoint.py --config $CONFIG --out $M --tokenizer $TOK --layers $LAYERS \
+      || { echo "== checkpoint writer failed"; exit 1; }
+  fi
+  tag=$CONFIG-L$LAYERS-$METHOD-${SAMPLES}x$LEN-$DEV
+  q=/tmp/q-$tag
+  echo "== $tag: $(du -sh $M | cut -f1) checkpoint; quantize --device $DEV --method $METHOD --group $GROUP --budget $BUDGET"
+  /usr/bin/time -v timeout ${QT:-540} $B/mosaic quantize --model $M --out $q --device $DEV --method $METHOD --group $GROUP \
     --budget $BUDGET --calib-file data/calib.txt --calib-samples $SAMPLES --calib-len $LEN --force \
-    > $OUT/quantize-$1.txt 2> $B/quantize-$1.err
-  echo "== quantize --device $1 rc=$?"
-  grep -E "calibration|on cuda|quantize .*100%|layer [0-9]+:" $B/quantize-$1.err | tail -4 | tr '\r' '\n' | tail -4
-  cat $OUT/quantize-$1.txt
-  grep -E "Elapsed|Maximum resident" $B/quantize-$1.err
-  cp $B/quantize-$1.err $OUT/quantize-$1.err.txt
-  [ -d $q ] && du -sh $q && ls $q
-}
-run_q cuda
-[ "${CPU_TOO:-0}" = 1 ] && run_q cpu
+    > $OUT/quantize-$tag.txt 2> $B/quantize-$tag.err
+  echo "== rc=$?"
+  tr '\r' '\n' < $B/quantize-$tag.err | grep -E "^calibration|^\[.*(done|layer)|^time by phase" | tail -4
+  cat $OUT/quantize-$tag.txt
+  grep -E "Elapsed|Maximum resident" $B/quantize-$tag.err
+  tr '\r' '\n' < $B/quantize-$tag.err | grep -v "^$" > $OUT/quantize-$tag.log
+  [ -d $q ] && du -sh $q && rm -rf $q
+done
 echo "== done $(date -u)"
