@@ -23,25 +23,8 @@ mkdir -p "$OUT" "$B/obj"
 H=$(cat src/*/*.h src/*/*.cuh tests/gpu/*.h 2>/dev/null | md5sum | cut -c1-12)
 [ "$(cat "$B/obj/.headers" 2>/dev/null)" = "$H" ] || { rm -f "$B"/obj/*.o; echo "$H" > "$B/obj/.headers"; }
 exec > >(tee -a "$OUT/e2e.log") 2>&1
-CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
-[ -d "$CUDA_HOME/lib64" ] || CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+. scripts/gpu-runtime.sh  # CUDA_HOME, the runtime libraries from $DEPS/debs, LIBS, LD_LIBRARY_PATH
 echo "== $(date -u) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader) nvcc $(nvcc --version | tail -1)"
-
-# ---- runtime libraries (OpenBLAS, PCRE2, utf8proc) from the carried .deb files ------------------
-R=$B/root
-if [ ! -e "$R/.done" ]; then
-  mkdir -p "$R"
-  for d in "$DEPS"/debs/*.deb; do
-    if command -v dpkg-deb > /dev/null; then dpkg-deb -x "$d" "$R"
-    else (t=$(mktemp -d) && cd "$t" && ar x "$OLDPWD/$d" && tar -xf data.tar.* -C "$R" && rm -rf "$t"); fi
-  done
-  touch "$R/.done"
-fi
-LA=$R/usr/lib/x86_64-linux-gnu
-LIBS="-L$LA/openblas-pthread -l:libopenblas.so.0 -L$LA -l:libpcre2-8.so.0 -l:libutf8proc.so.2 -Wl,--disable-new-dtags \
-  -Wl,-rpath,$LA/openblas-pthread -Wl,-rpath,$LA -Wl,-rpath-link,$LA -L$CUDA_HOME/lib64 -L$CUDA_HOME/lib -L$CUDA_HOME/targets/x86_64-linux/lib -lcudart -lcublas -lpthread"
-export LD_LIBRARY_PATH=$LA:$LA/openblas-pthread:${LD_LIBRARY_PATH:-}
-export OPENBLAS_CORETYPE=SkylakeX
 
 # ---- build (objects newer than their source are kept: a warm machine rebuilds only what changed) --
 t0=$(date +%s)

@@ -21,27 +21,9 @@ DEPS=${DEPS:-.devdeps}
 B=${BUILD:-/tmp/mosaic-quant-build}
 mkdir -p "$OUT" "$B/obj"
 exec > >(tee -a "$OUT/quant.log") 2>&1
-CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
-[ -d "$CUDA_HOME/lib64" ] || CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+. scripts/gpu-runtime.sh  # CUDA_HOME, the runtime libraries from $DEPS/debs, LIBS, LD_LIBRARY_PATH
 echo "== $(date -u) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader) nvcc $(nvcc --version | tail -1)"
 echo "== host: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM"
-
-# ---- runtime libraries (OpenBLAS, PCRE2, utf8proc) from the carried .deb files ----------------
-R=$B/root
-if [ ! -e "$R/.done" ]; then
-  mkdir -p "$R"
-  for d in "$DEPS"/debs/*.deb; do
-    if command -v dpkg-deb > /dev/null; then dpkg-deb -x "$d" "$R"
-    else (t=$(mktemp -d) && cd "$t" && ar x "$OLDPWD/$d" && tar -xf data.tar.* -C "$R" && rm -rf "$t"); fi
-  done
-  touch "$R/.done"
-fi
-LA=$R/usr/lib/x86_64-linux-gnu
-LIBS="-L$LA/openblas-pthread -l:libopenblas.so.0 -L$LA -l:libpcre2-8.so.0 -l:libutf8proc.so.2 -Wl,--disable-new-dtags \
-  -Wl,-rpath,$LA/openblas-pthread -Wl,-rpath,$LA -Wl,-rpath-link,$LA -L$CUDA_HOME/lib64 -L$CUDA_HOME/lib \
-  -L$CUDA_HOME/targets/x86_64-linux/lib -lcudart -lcublas -lcusolver -lpthread"
-export LD_LIBRARY_PATH=$LA:$LA/openblas-pthread:${LD_LIBRARY_PATH:-}
-export OPENBLAS_CORETYPE=SkylakeX
 
 # ---- build ------------------------------------------------------------------------------------
 t0=$(date +%s)
