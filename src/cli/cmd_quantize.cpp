@@ -29,7 +29,7 @@ struct QuantizeCliOptions {
   int act_bits = 16;
   std::string calib_file = "data/calib.txt";
   int group = 128;
-  bool asym = false, act_order = true, force = false, quiet = false;
+  bool asym = false, act_order = true, true_sequential = false, force = false, quiet = false;
   double budget = 0.10;
   int64_t calib_samples = 128, calib_len = 2048;
   uint64_t seed = 0;
@@ -71,6 +71,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.group = o.group;
   q.symmetric = !o.asym;
   q.act_order = o.act_order;
+  q.true_sequential = o.true_sequential;
   parse_block(o.block, q.block_rows, q.block_cols);
   q.budget = o.budget;
   q.allocation = parse_allocation(o.allocation);
@@ -159,6 +160,9 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_flag("--act-order,!--no-act-order", o->act_order,
                 "GPTQ in descending diag(H) order with static groups (default on: same format, no runtime cost, "
                 "KL 0.125 -> 0.117 on the default model at 10%)");
+  cmd->add_flag("--true-sequential", o->true_sequential,
+                "within each layer, capture o, gate/up and down's Hessians after the layer's earlier linears are "
+                "quantized (GPTQ's option; 3 more calibration passes per layer)");
   cmd->add_option("--block", o->block, "residual block shape RxC (outputs x inputs); 16x64 is what the GPU kernel runs")
       ->capture_default_str();
   cmd->add_option("--budget", o->budget, "fraction of residual blocks kept, in [0, 1] (mosaic only)")

@@ -158,6 +158,7 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuan
                       {"method", quant_method_name(opt.method)},
                       {"base_method", opt.method == QuantMethod::kRtn ? "rtn" : "gptq"},
                       {"act_order", opt.act_order && opt.method != QuantMethod::kRtn},
+                      {"true_sequential", opt.true_sequential && opt.method != QuantMethod::kRtn},
                       {"mosaic_version", "0.1.0"}};
   if (opt.method == QuantMethod::kMosaic)
     q["residual"] = {{"block_rows", opt.block_rows},
@@ -314,15 +315,7 @@ class Quantizer {
   void propagate(int i, const std::vector<PackedLinear>& packed, Model& model, std::vector<std::vector<float>>& x,
                  KVCache& cache) const {
     const std::string p = layer_prefix(i);
-    for (LinearId id : kLinears) {
-      std::unique_ptr<Linear> q;
-      if (opt_.accel)
-        q = opt_.accel->linear(std::make_shared<const std::vector<float>>(dequantize(packed[int(id)])),
-                               packed[int(id)].N, packed[int(id)].K, nullptr);
-      else
-        q = std::make_unique<QuantLinear>(packed[int(id)], p + linear_name(id));
-      model.set_linear(i, id, site_linear(i, id, std::move(q)));
-    }
+    for (LinearId id : kLinears) model.set_linear(i, id, site_linear(i, id, quant_linear(i, id, packed[int(id)])));
     for (auto& xs : x) {
       cache.clear();
       model.layer_forward(i, xs.data(), int64_t(calib_[0].size()), cache);
@@ -389,6 +382,11 @@ class Quantizer {
     for (LinearId id : kLinears) {
       const Shape2 s = linear_shape(cfg_, id);
       const std::string name = p + linear_name(id);
+      if (model && opt_.true_sequential &&
+          (id == LinearId::O || id == LinearId::Gate || id == LinearId::Down)) {  // a new site
+        acc[int(id)] = timed(kForward, [&] { return capture_after(i, W, packed, id, *model, x, cache); });
+        if (id == LinearId::Gate) acc[int(LinearId::Up)] = acc[int(id)];
+      }
       const HessianAccumulator* a = acc[int(id)].get();
       if (a && a != last) {  // q/k/v and gate/up reuse the H just built
         H = timed(kHessian, [&] { return a->hessian(); });
@@ -403,6 +401,32 @@ class Quantizer {
       rep.residual_blocks += packed[int(id)].num_blocks_kept();
     }
     if (model) timed(kForward, [&] { propagate(i, packed, *model, x, cache); return 0; });
+  }
+
+  // The quantized linear as calibration runs it (dequantized weights, on the accelerator if any).
+  std::unique_ptr<Linear> quant_linear(int i, LinearId id, const PackedLinear& p) const {
+    if (opt_.accel)
+      return opt_.accel->linear(std::make_shared<const std::vector<float>>(dequantize(p)), p.N, p.K, nullptr);
+    return std::make_unique<QuantLinear>(p, layer_prefix(i) + linear_name(id));
+  }
+
+  // True-sequential: the Hessian of `site`'s inputs with the linears of layer i quantized so far
+  // (W[id] reset = done, packed[id] holds it) and the rest still in full precision.
+  std::shared_ptr<HessianAccumulator> capture_after(int i, const Weights& W, const std::vector<PackedLinear>& packed,
+                                                    LinearId site, Model& model,
+                                                    const std::vector<std::vector<float>>& x, KVCache& cache) const {
+    auto acc = new_hessian(linear_shape(cfg_, site).K);
+    for (LinearId id : kLinears)
+      model.set_linear(i, id, site_linear(i, id, W[int(id)] ? calib_linear(W[int(id)], linear_shape(cfg_, id),
+                                                                            id == site ? acc : nullptr)
+                                                            : quant_linear(i, id, packed[int(id)])));
+    std::vector<float> tmp;
+    for (const auto& xs : x) {
+      tmp = xs;
+      cache.clear();
+      model.layer_forward(i, tmp.data(), int64_t(calib_[0].size()), cache);
+    }
+    return acc;
   }
 
   std::shared_ptr<HessianAccumulator> new_hessian(int64_t K) const {

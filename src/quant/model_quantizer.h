@@ -51,6 +51,9 @@ struct ModelQuantOptions {
   int group = 128;
   bool symmetric = true;
   bool act_order = true;  // static groups: the checkpoint layout does not change
+  // GPTQ's true-sequential: within a layer, o / gate+up / down get their Hessians from a pass with
+  // the earlier linears of the layer already quantized (3 more forward passes per layer).
+  bool true_sequential = false;
   int block_rows = 16, block_cols = 64;  // the shape the GPU kernel supports
   double budget = 0.10;                  // fraction of residual blocks kept (mosaic)
   Allocation allocation = Allocation::kGlobal;  // measured better (docs/results.md)

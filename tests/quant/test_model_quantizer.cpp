@@ -257,6 +257,39 @@ TEST(ModelQuantizer, GlobalAllocationKeepsTheModelBudget) {
   EXPECT_LT(kl_global, 2 * kl_layer);
 }
 
+// True-sequential changes exactly what it should: q/k/v see the same Hessian either way (layer 0's
+// attention input; later layers' inputs differ), o / gate / up / down of layer 0 are re-calibrated
+// after the earlier linears are quantized.
+TEST(ModelQuantizer, TrueSequentialRecalibratesLaterSites) {
+  TempDir tmp;
+  const auto calib = testdata::token_windows(8, 48, 11);
+  const auto eval = testdata::token_windows(1, 96, 99)[0];
+  ModelQuantOptions o = small_options(QuantMethod::kGptq);
+  const fs::path a = tmp.path / "plain", b = tmp.path / "seq";
+  quantize_model(golden("llama_tied"), a, calib, o);
+  o.true_sequential = true;
+  quantize_model(golden("llama_tied"), b, calib, o);
+  EXPECT_EQ(ModelConfig::load(b).quantization_config["true_sequential"], true);
+  EXPECT_EQ(ModelConfig::load(a).quantization_config["true_sequential"], false);
+  const Checkpoint ca = Checkpoint::open(a), cb = Checkpoint::open(b);
+  const int64_t shapes[7][2] = {{64, 64}, {32, 64}, {32, 64}, {64, 64}, {96, 64}, {96, 64}, {64, 96}};
+  for (int j = 0; j < 7; ++j) {
+    const std::string p = std::string("model.layers.0.") + linear_name(LinearId(j));
+    const PackedLinear x = read_packed_linear(ca, p, shapes[j][0], shapes[j][1]);
+    const PackedLinear y = read_packed_linear(cb, p, shapes[j][0], shapes[j][1]);
+    const bool same = x.qweight == y.qweight && x.scales == y.scales;
+    if (j <= int(LinearId::V))
+      EXPECT_TRUE(same) << p << ": q/k/v of layer 0 have the same Hessian either way";
+    else
+      EXPECT_FALSE(same) << p << ": should have been re-calibrated";
+  }
+  const Model ref = Model::load(golden("llama_tied"));
+  const double kl_a = logits_distance(ref, Model::load(a), eval).kl, kl_b = logits_distance(ref, Model::load(b), eval).kl;
+  std::printf("GPTQ g32: KL %.5f, true-sequential %.5f\n", kl_a, kl_b);
+  EXPECT_GT(kl_b, 0.0);
+  EXPECT_LT(kl_b, 2 * kl_a);
+}
+
 TEST(ModelQuantizer, AtomicOutput) {
   TempDir tmp;
   const fs::path out = tmp.path / "q";
