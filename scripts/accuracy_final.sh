@@ -14,12 +14,12 @@ W=${1:-build-final}
 T=${TEXT:-../shared/data/wikitext-2-raw/wiki.test.raw}
 DATE=${DATE:-$(date -u +%F)}
 mkdir -p "$W"
-row() {  # row NAME quantize-options...
+row() {  # [S=calibration windows (16)] row NAME quantize-options...
   local name=$1; shift
   [ -s "$W/$name.ppl.json" ] && return 0
   echo "[accuracy-final] $name: quantizing ($*)" >&2
   /usr/bin/time -v "$M" quantize --model models/smollm2-135m --out "$W/$name" --calib-file data/calib.txt \
-    --calib-samples 16 --calib-len 512 --force -q "$@" > "$W/$name.q.txt" 2> "$W/$name.q.err" || { cat "$W/$name.q.err" >&2; return 1; }
+    --calib-samples ${S:-16} --calib-len 512 --force -q "$@" > "$W/$name.q.txt" 2> "$W/$name.q.err" || { cat "$W/$name.q.err" >&2; return 1; }
   echo "[accuracy-final] $name: evaluating" >&2
   "$M" ppl --model "$W/$name" --text-file "$T" --max-windows 8 --kl-base models/smollm2-135m --json \
     > "$W/$name.ppl.json" 2> "$W/$name.ppl.err"
@@ -38,6 +38,9 @@ row m10b32x32 --method mosaic --group 64 --budget 0.1 $G --block 32x32
 row m10b64x64 --method mosaic --group 64 --budget 0.1 $G --block 64x64
 row m10b1x64 --method mosaic --group 64 --budget 0.1 $G --block 1x64
 row m05b1x64 --method mosaic --group 64 --budget 0.05 $G --block 1x64
+row m10ts --method mosaic --group 64 --budget 0.1 $G --true-sequential
+S=64 row m10c64 --method mosaic --group 64 --budget 0.1 $G
+S=128 row m10c128 --method mosaic --group 64 --budget 0.1 $G
 python3 - "$W" "$DATE" <<'PY'
 import json, re, sys, pathlib, platform
 w, date = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -48,7 +51,10 @@ names = {"gptq64ao": "GPTQ g64 act-order", "gptq32ao": "GPTQ g32 act-order",
          "m10layer": "MosaicQuant 16x64 10% per-layer allocation, no act-order", "m10noao": "MosaicQuant 16x64 10% global, no act-order",
          "m10b32x32": "MosaicQuant 32x32 10% global", "m10b64x64": "MosaicQuant 64x64 10% global",
          "m10b1x64": "MosaicQuant 1x64 10% global",
-         "m05b1x64": "MosaicQuant 1x64 5% global"}
+         "m05b1x64": "MosaicQuant 1x64 5% global",
+         "m10ts": "MosaicQuant 16x64 10% global, true-sequential",
+         "m10c64": "MosaicQuant 16x64 10% global, calibration 64 x 512",
+         "m10c128": "MosaicQuant 16x64 10% global, calibration 128 x 512"}
 rows = []
 for key, name in names.items():
     p = w / f"{key}.ppl.json"
@@ -68,7 +74,7 @@ out = pathlib.Path(f"bench/results/accuracy-final-smollm2-135m-{date}")
 out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
 fp = rows[0]["base_ppl"] if rows else float("nan")
 md = [f"# Current pipeline (global allocation + act-order), SmolLM2-135M, {date}", "",
-      "`scripts/accuracy_final.sh`; calibration 16 x 512 tokens of data/calib.txt; WikiText-2 test, first 8 windows "
+      "`scripts/accuracy_final.sh`; calibration 16 x 512 tokens of data/calib.txt unless the row says otherwise; WikiText-2 test, first 8 windows "
       f"of 2048 ({rows[0]['tokens'] if rows else 0:,} scored tokens); FP16 ppl {fp:.3f}; KL = mean KL(FP16 || quantized), nats. "
       "Quantize times: 2-core machine shared with other jobs (load 8-15), so only roughly comparable.", "",
       "| method | bits/weight (linears) | quantize | ppl | ppl vs FP16 | KL |", "|---|---|---|---|---|---|"]
