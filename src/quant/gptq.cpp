@@ -67,6 +67,25 @@ PackedLinear gptq_core(std::span<const float> W, int64_t N, int64_t K, std::span
 
 }  // namespace
 
+std::vector<int32_t> gptq_column_order(std::span<const float> hdiag, bool act_order) {
+  std::vector<int32_t> perm(hdiag.size());
+  std::iota(perm.begin(), perm.end(), 0);
+  if (act_order)
+    std::stable_sort(perm.begin(), perm.end(), [&](int32_t a, int32_t b) { return hdiag[a] > hdiag[b]; });
+  return perm;
+}
+
+int64_t gptq_batch_end(int64_t i1, int64_t K, int group, int block_size, bool static_groups) {
+  int64_t i2 = std::min<int64_t>(i1 + block_size, K);
+  if (!static_groups) {
+    if (group <= block_size)
+      i2 = i1 + std::max<int64_t>((i2 - i1) / group, 1) * group;
+    else
+      i2 = std::min<int64_t>(i2, (i1 / group + 1) * group);
+  }
+  return i2;
+}
+
 // The CPU solve (the reference every accelerator is tested against).
 void gptq_solve_cpu(GptqSolve& s) {
   const std::span<const float> W = s.W, H = s.H;
@@ -109,11 +128,8 @@ void gptq_solve_cpu(GptqSolve& s) {
         fit_group_at(n, g, Wt.data() + g * group * N + n, hdiag.data() + g * group);
 
   // act_order: permute columns (rows of Wt, rows+cols of H) by descending diag(H).
-  std::vector<int64_t> perm(static_cast<size_t>(K));
-  std::iota(perm.begin(), perm.end(), 0);
+  const std::vector<int32_t> perm = gptq_column_order(hdiag, opt.act_order);
   if (opt.act_order) {
-    std::stable_sort(perm.begin(), perm.end(),
-                     [&](int64_t a, int64_t b) { return hdiag[a] > hdiag[b]; });
     std::vector<float> Wp(Wt.size());
     for (int64_t j = 0; j < K; ++j)
       std::copy_n(Wt.begin() + perm[j] * N, N, Wp.begin() + j * N);
@@ -150,15 +166,7 @@ void gptq_solve_cpu(GptqSolve& s) {
   std::vector<float> err;                                  // [batch, N] scaled errors
   int64_t i1 = 0;
   while (i1 < K) {
-    // Batch end: at most block_size columns, and no group may start inside a batch and end past
-    // it (its params are fit when its first column is reached, which must see every update).
-    int64_t i2 = std::min<int64_t>(i1 + opt.block_size, K);
-    if (!static_groups) {
-      if (group <= opt.block_size)
-        i2 = i1 + std::max<int64_t>((i2 - i1) / group, 1) * group;
-      else
-        i2 = std::min<int64_t>(i2, (i1 / group + 1) * group);
-    }
+    const int64_t i2 = gptq_batch_end(i1, K, group, opt.block_size, static_groups);
     const int64_t B = i2 - i1;
     err.assign(static_cast<size_t>(B * N), 0.0f);
     for (int64_t j = i1; j < i2; ++j) {

@@ -74,6 +74,14 @@ class GptqAccelerator {
 // The CPU solve (OpenBLAS/LAPACK): the reference every accelerator is tested against.
 void gptq_solve_cpu(GptqSolve& s);
 
+// Pieces of the solve every implementation must share exactly:
+// the processing order: 0..K-1, or by descending diag(H) (stable) with act_order;
+std::vector<int32_t> gptq_column_order(std::span<const float> hdiag, bool act_order);
+// the end of the lazy batch starting at position i1: at most block_size columns, and with in-loop
+// (non-static) groups no group may start inside a batch and end past it (its params are fit when
+// its first column is reached, which must see every update).
+int64_t gptq_batch_end(int64_t i1, int64_t K, int group, int block_size, bool static_groups);
+
 // W row-major [N, K], H row-major [K, K] (symmetric PSD, e.g. 2 X^T X / M). Columns with
 // diag(H) == 0 never see any input: their weights are set to 0 (as the reference does).
 // Throws mosaic::Error on bad sizes, non-finite values, or when H + damping is not positive

@@ -95,10 +95,8 @@ void CudaGptq::solve(GptqSolve& sv) {
       dead_rows.push_back(int32_t(k));
     }
   }
-  std::vector<int32_t> perm(static_cast<size_t>(K)), iperm(static_cast<size_t>(K));
-  std::iota(perm.begin(), perm.end(), 0);
-  if (opt.act_order)
-    std::stable_sort(perm.begin(), perm.end(), [&](int32_t a, int32_t b) { return hdiag[a] > hdiag[b]; });
+  const std::vector<int32_t> perm = gptq_column_order(hdiag, opt.act_order);
+  std::vector<int32_t> iperm(static_cast<size_t>(K));
   for (int64_t j = 0; j < K; ++j) iperm[size_t(perm[size_t(j)])] = int32_t(j);
   double mean_diag = 0.0;
   for (int64_t j = 0; j < K; ++j) {
@@ -207,14 +205,7 @@ void CudaGptq::solve(GptqSolve& sv) {
   const float minus_one = -1.0f, one = 1.0f;
   int64_t i1 = 0;
   while (i1 < K) {
-    // The same batch boundaries as the CPU solve (no in-loop group may straddle a batch).
-    int64_t i2 = std::min<int64_t>(i1 + bs, K);
-    if (!static_groups) {
-      if (group <= bs)
-        i2 = i1 + std::max<int64_t>((i2 - i1) / group, 1) * group;
-      else
-        i2 = std::min<int64_t>(i2, (i1 / group + 1) * group);
-    }
+    const int64_t i2 = gptq_batch_end(i1, K, int(group), bs, static_groups);  // the CPU solve's batches
     a.i1 = i1;
     a.B = int(i2 - i1);
     k::gptq_batch(a, T, s);

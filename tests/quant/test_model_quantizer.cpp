@@ -19,6 +19,7 @@
 #include "format/packed_checkpoint.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "model_distance.h"
 #include "quant_test_data.h"
 
 namespace fs = std::filesystem;
@@ -53,35 +54,6 @@ ModelQuantOptions small_options(QuantMethod m) {
   return o;
 }
 
-// Mean KL(P_ref || P_q) over positions, and relative RMS logits error.
-struct Distance {
-  double kl = 0, rel_rms = 0;
-};
-Distance logits_distance(const Model& ref, const Model& q, const std::vector<int32_t>& tokens) {
-  const int64_t T = int64_t(tokens.size()), V = ref.vocab_size();
-  std::vector<float> a(size_t(T * V)), b(size_t(T * V));
-  KVCache ca = ref.make_cache(T), cb = q.make_cache(T);
-  ref.forward(tokens.data(), T, ca, a.data());
-  q.forward(tokens.data(), T, cb, b.data());
-  Distance d;
-  double num = 0, den = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    const float* p = a.data() + t * V;
-    const float* r = b.data() + t * V;
-    double mp = -1e30, mq = -1e30, sp = 0, sq = 0;
-    for (int64_t v = 0; v < V; ++v) mp = std::max(mp, double(p[v])), mq = std::max(mq, double(r[v]));
-    for (int64_t v = 0; v < V; ++v) sp += std::exp(p[v] - mp), sq += std::exp(r[v] - mq);
-    for (int64_t v = 0; v < V; ++v) {
-      const double lp = p[v] - mp - std::log(sp), lq = r[v] - mq - std::log(sq);
-      d.kl += std::exp(lp) * (lp - lq);
-      num += (double(p[v]) - r[v]) * (double(p[v]) - r[v]);
-      den += double(p[v]) * p[v];
-    }
-  }
-  d.kl /= double(T);
-  d.rel_rms = std::sqrt(num / den);
-  return d;
-}
 
 }  // namespace
 
@@ -141,7 +113,7 @@ TEST(ModelQuantizer, EndToEndCloserWithResidual) {
       const ModelQuantReport r = quantize_model(golden(name), out, calib, small_options(m));
       const Model q = Model::load(out);
       EXPECT_NE(q.linear(0, LinearId::Q).kind().find("mosaic-w4g32"), std::string::npos) << q.linear(0, LinearId::Q).kind();
-      const Distance d = logits_distance(ref, q, eval);
+      const testdata::Distance d = testdata::logits_distance(ref, q, eval);
       std::printf("%-18s %-6s bits/weight %.3f  KL %.5f  rel RMS logits err %.4f\n", name, quant_method_name(m),
                   r.bits_per_weight(), d.kl, d.rel_rms);
       EXPECT_LT(d.rel_rms, 0.25) << name << " " << quant_method_name(m);
@@ -249,8 +221,8 @@ TEST(ModelQuantizer, GlobalAllocationKeepsTheModelBudget) {
   const ModelQuantReport rp = quantize_model(golden(name), tmp.path / "per_layer", calib, o);
   EXPECT_EQ(rp.residual_blocks, per_layer_total);
   const Model ref = Model::load(golden(name));
-  const double kl_global = logits_distance(ref, Model::load(tmp.path / "global"), eval).kl;
-  const double kl_layer = logits_distance(ref, Model::load(tmp.path / "per_layer"), eval).kl;
+  const double kl_global = testdata::logits_distance(ref, Model::load(tmp.path / "global"), eval).kl;
+  const double kl_layer = testdata::logits_distance(ref, Model::load(tmp.path / "per_layer"), eval).kl;
   std::printf("budget 0.2: global %lld blocks KL %.5f, per-layer %lld blocks KL %.5f\n", (long long)r.residual_blocks,
               kl_global, (long long)rp.residual_blocks, kl_layer);
   EXPECT_GT(kl_global, 0.0);
@@ -284,7 +256,7 @@ TEST(ModelQuantizer, TrueSequentialRecalibratesLaterSites) {
       EXPECT_FALSE(same) << p << ": should have been re-calibrated";
   }
   const Model ref = Model::load(golden("llama_tied"));
-  const double kl_a = logits_distance(ref, Model::load(a), eval).kl, kl_b = logits_distance(ref, Model::load(b), eval).kl;
+  const double kl_a = testdata::logits_distance(ref, Model::load(a), eval).kl, kl_b = testdata::logits_distance(ref, Model::load(b), eval).kl;
   std::printf("GPTQ g32: KL %.5f, true-sequential %.5f\n", kl_a, kl_b);
   EXPECT_GT(kl_b, 0.0);
   EXPECT_LT(kl_b, 2 * kl_a);

@@ -23,6 +23,7 @@
 #include "quant/model_quantizer.h"
 #include "quant/smooth.h"
 #include "util/error.h"
+#include "model_distance.h"
 #include "quant_test_data.h"
 
 namespace fs = std::filesystem;
@@ -246,23 +247,6 @@ ModelQuantOptions act_options(QuantMethod m, int act_bits) {
   return o;
 }
 
-double mean_kl(const Model& ref, const Model& q, const std::vector<int32_t>& t) {
-  const int64_t T = int64_t(t.size()), V = ref.vocab_size();
-  const auto a = logits(ref, t), b = logits(q, t);
-  double kl = 0;
-  for (int64_t i = 0; i < T; ++i) {
-    const float* p = a.data() + i * V;
-    const float* r = b.data() + i * V;
-    double mp = -1e30, mq = -1e30, sp = 0, sq = 0;
-    for (int64_t v = 0; v < V; ++v) mp = std::max(mp, double(p[v])), mq = std::max(mq, double(r[v]));
-    for (int64_t v = 0; v < V; ++v) sp += std::exp(p[v] - mp), sq += std::exp(r[v] - mq);
-    for (int64_t v = 0; v < V; ++v) {
-      const double lp = p[v] - mp - std::log(sp), lq = r[v] - mq - std::log(sq);
-      kl += std::exp(lp) * (lp - lq);
-    }
-  }
-  return kl / double(T);
-}
 
 // Test-local explicit per-token fake quant, independent of fake_quantize_rows.
 class ExplicitActQuant : public Linear {
@@ -346,7 +330,7 @@ TEST(ActQuantModel, A8CloserThanA4AndSmoothedCheckpointsStayClose) {
       for (int bits : {8, 4}) {
         const fs::path out = tmp.path / (std::string(name) + quant_method_name(m) + std::to_string(bits));
         quantize_model(golden(name), out, calib, act_options(m, bits));
-        kl[bits == 4] = mean_kl(ref, Model::load(out), eval);
+        kl[bits == 4] = testdata::logits_distance(ref, Model::load(out), eval).kl;
       }
       std::printf("[ act ] %-22s %-6s KL W4A8 %.5f  W4A4 %.5f\n", name, quant_method_name(m), kl[0], kl[1]);
       EXPECT_LT(kl[0], kl[1]) << name << " " << quant_method_name(m);
@@ -358,7 +342,7 @@ TEST(ActQuantModel, A8CloserThanA4AndSmoothedCheckpointsStayClose) {
       o.smooth_alpha = 0.5;
       const fs::path out = tmp.path / (std::string(name) + "w4a16s" + std::to_string(smooth));
       quantize_model(golden(name), out, calib, o);
-      kl16[smooth] = mean_kl(ref, Model::load(out), eval);
+      kl16[smooth] = testdata::logits_distance(ref, Model::load(out), eval).kl;
       if (smooth) {
         const ModelConfig cfg = ModelConfig::load(out);
         EXPECT_EQ(cfg.quantization_config["smoothing"]["alpha"], 0.5);
