@@ -281,6 +281,12 @@ void Model::forward(const int32_t* tokens, int64_t T, KVCache& cache, float* log
     lm_head(hidden.data() + (T - 1) * cfg_.hidden_size, 1, logits);
 }
 
+Model::LayerNorms Model::layer_norms(int layer) const {
+  MOSAIC_CHECK(layer >= 0 && layer < cfg_.num_layers, "layer ", layer, " out of range [0, ", cfg_.num_layers, ")");
+  const Layer& L = layers_[size_t(layer)];
+  return {L.attn_norm, L.ffn_norm, L.q_norm, L.k_norm};
+}
+
 const Linear& Model::linear(int layer, LinearId id) const {
   MOSAIC_CHECK(layer >= 0 && layer < cfg_.num_layers, "layer ", layer, " out of range [0, ", cfg_.num_layers, ")");
   return *layers_[size_t(layer)].lin[int(id)];

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,14 @@ class Model {
   void embed(const int32_t* tokens, int64_t T, float* x) const;
   void layer_forward(int layer, float* x, int64_t T, KVCache& cache) const;
   void final_norm(float* x, int64_t T) const;
+
+  // The norm weights of a layer, for code that runs whole layers elsewhere (the quantizer's GPU
+  // calibration passes): attention and MLP RMSNorm, and Qwen3's per-head q/k norms (else empty).
+  struct LayerNorms {
+    std::span<const float> attn, ffn, q, k;
+  };
+  LayerNorms layer_norms(int layer) const;
+  const RopeTable& rope() const { return rope_; }
 
   const Linear& linear(int layer, LinearId id) const;
   void set_linear(int layer, LinearId id, std::unique_ptr<Linear> lin);  // shape-checked

@@ -72,6 +72,10 @@ struct ModelQuantOptions {
   // Where calibration linears, Hessians and GPTQ run: null = the CPU (OpenBLAS); the CUDA one is
   // quant_gpu::make_cuda_quant_accelerator(). The pipeline and the output format are the same.
   std::shared_ptr<QuantAccelerator> accel;
+  // With an accelerator that runs whole decoder layers (norms, RoPE, attention too), use that for
+  // the calibration passes; false: only its linears, attention on the host (the reference layout
+  // of the GPU tests: same codes as the CPU).
+  bool device_layers = true;
   bool force = false;                    // replace an existing output directory
   bool quiet = false;
   nlohmann::json calibration_info;       // written as quantization_config.calibration
@@ -87,7 +91,8 @@ struct ModelQuantReport {
   std::string device = "cpu";    // where the heavy arithmetic ran (QuantAccelerator::describe)
   int64_t peak_device_bytes = 0; // accelerator only: peak device memory in use (context included)
   // Seconds per phase: load, forward (calibration passes incl. Hessian accumulation), hessian
-  // (fetching them), quantize (GPTQ, residual scoring and selection), write.
+  // (fetching them), quantize (GPTQ, residual scoring and selection), of which quantize_gptq_solve
+  // (GPTQ's solves alone), write.
   std::vector<std::pair<std::string, double>> phase_seconds;
   int64_t linear_params = 0;     // weights quantized
   int64_t linear_bytes = 0;      // their packed bytes (base + residual)

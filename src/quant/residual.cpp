@@ -8,6 +8,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "model/parallel.h"
 #include "quant/hessian.h"
 #include "util/error.h"
 #include "util/half.h"
@@ -62,24 +63,28 @@ std::vector<double> delta_hessian_scores(std::span<const float> R, int64_t N, in
                                          std::span<const float> h, int Br, int Bc) {
   const int64_t nbr = N / Br, nbc = K / Bc;
   std::vector<double> scores(static_cast<size_t>(nbr * nbc), 0.0);
-  std::vector<uint8_t> packed(static_cast<size_t>(Br * Bc / 2));
-  std::vector<uint16_t> sc(static_cast<size_t>(Br));
-  std::vector<float> dq(static_cast<size_t>(Br * Bc));
-  for (int64_t r = 0; r < nbr; ++r)
-    for (int64_t c = 0; c < nbc; ++c) {
-      const int64_t r0 = r * Br, c0 = c * Bc;
-      quantize_residual_block(R.data() + r0 * K + c0, K, Br, Bc, packed.data(), sc.data(), dq.data());
-      double s = 0.0;
-      for (int64_t i = 0; i < Br; ++i) {
-        const float* ri = R.data() + (r0 + i) * K + c0;
-        const float* qi = dq.data() + i * Bc;
-        for (int64_t j = 0; j < Bc; ++j) {
-          const double e = double(ri[j]) - qi[j];
-          s += double(h[c0 + j]) * (double(ri[j]) * ri[j] - e * e);
+  // Block rows are independent: split them over the threads (each block's arithmetic is the same
+  // as single-threaded, so the scores are too). ~0.3 s per LLaMA-3-8B MLP matrix on one core.
+  parallel_for(nbr, int64_t(Br) * K * 8, [&](int64_t r_begin, int64_t r_end) {
+    std::vector<uint8_t> packed(static_cast<size_t>(Br * Bc / 2));
+    std::vector<uint16_t> sc(static_cast<size_t>(Br));
+    std::vector<float> dq(static_cast<size_t>(Br * Bc));
+    for (int64_t r = r_begin; r < r_end; ++r)
+      for (int64_t c = 0; c < nbc; ++c) {
+        const int64_t r0 = r * Br, c0 = c * Bc;
+        quantize_residual_block(R.data() + r0 * K + c0, K, Br, Bc, packed.data(), sc.data(), dq.data());
+        double s = 0.0;
+        for (int64_t i = 0; i < Br; ++i) {
+          const float* ri = R.data() + (r0 + i) * K + c0;
+          const float* qi = dq.data() + i * Bc;
+          for (int64_t j = 0; j < Bc; ++j) {
+            const double e = double(ri[j]) - qi[j];
+            s += double(h[c0 + j]) * (double(ri[j]) * ri[j] - e * e);
+          }
         }
+        scores[r * nbc + c] = std::max(s, 0.0);
       }
-      scores[r * nbc + c] = std::max(s, 0.0);
-    }
+  });
   return scores;
 }
 

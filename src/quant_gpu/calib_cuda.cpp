@@ -3,61 +3,52 @@
 #include <utility>
 
 #include "quant_gpu/cuda_context.h"
+#include "quant_gpu/hessian_cuda.h"
+#include "quant_gpu/layer_cuda.h"
 #include "quant_gpu/gptq_cuda.h"
 #include "quant_gpu/gptq_kernels.h"
 #include "util/error.h"
 
 namespace mosaic::quant_gpu {
 
-namespace {
-
 using gpu::check_cuda;
 
-// H on the device: column-major lower = row-major upper, exactly the CPU accumulator's layout.
-class CudaHessian : public HessianAccumulator {
- public:
-  CudaHessian(CudaContext& ctx, int64_t K)
-      : HessianAccumulator(K, NoHostStorage{}), ctx_(ctx), H_(ctx.alloc(size_t(K * K) * 4, "Hessian")) {
-    check_cuda(cudaMemsetAsync(H_.get(), 0, H_.bytes(), ctx.stream()), "memset Hessian");
-  }
+CudaHessian::CudaHessian(CudaContext& ctx, int64_t K)
+    : HessianAccumulator(K, NoHostStorage{}), ctx_(ctx), H_(ctx.alloc(size_t(K * K) * 4, "Hessian")) {
+  check_cuda(cudaMemsetAsync(H_.get(), 0, H_.bytes(), ctx.stream()), "memset Hessian");
+}
 
-  void add(const float* X, int64_t M) override {
-    MOSAIC_CHECK(M >= 0, "HessianAccumulator: negative row count ", M);
-    if (M == 0) return;
-    check_finite(X, M);
-    float* dX = static_cast<float*>(ctx_.scratch(0, size_t(M * K()) * 4));
-    check_cuda(cudaMemcpyAsync(dX, X, size_t(M * K()) * 4, cudaMemcpyHostToDevice, ctx_.stream()), "upload rows");
-    add_device(dX, M);
-  }
+void CudaHessian::add(const float* X, int64_t M) {
+  MOSAIC_CHECK(M >= 0, "HessianAccumulator: negative row count ", M);
+  if (M == 0) return;
+  check_finite(X, M);
+  float* dX = static_cast<float*>(ctx_.scratch(0, size_t(M * K()) * 4));
+  check_cuda(cudaMemcpyAsync(dX, X, size_t(M * K()) * 4, cudaMemcpyHostToDevice, ctx_.stream()), "upload rows");
+  add_device(dX, M);
+}
 
-  void check_rows(const float* X, int64_t M) const { check_finite(X, M); }
+void CudaHessian::add_device(const float* dX, int64_t M) {
+  if (M == 0) return;
+  const auto [keep, add] = next_weights(M);
+  // Column-major: X^T is K x M (ld K); C = X^T (X^T)^T = X^T X, lower triangle.
+  check_cublas(cublasSsyrk(ctx_.blas(), CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, int(K()), int(M), &add, dX, int(K()),
+                           &keep, H_.as<float>(), int(K())),
+               "cublasSsyrk (Hessian)");
+}
 
-  // Rows already on the device (finiteness checked by the caller).
-  void add_device(const float* dX, int64_t M) {
-    if (M == 0) return;
-    const auto [keep, add] = next_weights(M);
-    // Column-major: X^T is K x M (ld K); C = X^T (X^T)^T = X^T X, lower triangle.
-    check_cublas(cublasSsyrk(ctx_.blas(), CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, int(K()), int(M), &add, dX, int(K()),
-                             &keep, H_.as<float>(), int(K())),
-                 "cublasSsyrk (Hessian)");
-  }
+std::vector<float> CudaHessian::hessian() const {
+  const int64_t K = this->K();
+  std::vector<float> H(static_cast<size_t>(K * K));
+  float* full = static_cast<float*>(ctx_.scratch(2, H.size() * 4));
+  check_cuda(cudaMemcpyAsync(full, H_.get(), H.size() * 4, cudaMemcpyDeviceToDevice, ctx_.stream()), "copy H");
+  kernels::symmetrize(full, K, ctx_.stream());  // on the device: the strided host loop took seconds at K = 14336
+  check_cuda(cudaMemcpyAsync(H.data(), full, H.size() * 4, cudaMemcpyDeviceToHost, ctx_.stream()),
+             "download Hessian");
+  ctx_.sync("download Hessian");
+  return H;
+}
 
-  std::vector<float> hessian() const override {
-    const int64_t K = this->K();
-    std::vector<float> H(static_cast<size_t>(K * K));
-    float* full = static_cast<float*>(ctx_.scratch(2, H.size() * 4));
-    check_cuda(cudaMemcpyAsync(full, H_.get(), H.size() * 4, cudaMemcpyDeviceToDevice, ctx_.stream()), "copy H");
-    kernels::symmetrize(full, K, ctx_.stream());  // on the device: the strided host loop took seconds at K = 14336
-    check_cuda(cudaMemcpyAsync(H.data(), full, H.size() * 4, cudaMemcpyDeviceToHost, ctx_.stream()),
-               "download Hessian");
-    ctx_.sync("download Hessian");
-    return H;
-  }
-
- private:
-  CudaContext& ctx_;
-  gpu::DevBuf H_;
-};
+namespace {
 
 class CudaLinear : public Linear {
  public:
@@ -102,12 +93,16 @@ class CudaLinear : public Linear {
 
 class CudaQuantAccelerator : public QuantAccelerator {
  public:
-  CudaQuantAccelerator() : gptq_(ctx_) {}
+  CudaQuantAccelerator() : gptq_(ctx_), layers_(ctx_) {}
   std::string describe() const override { return "cuda: " + ctx_.name(); }
   std::shared_ptr<HessianAccumulator> hessian(int64_t K) override { return std::make_shared<CudaHessian>(ctx_, K); }
   std::unique_ptr<Linear> linear(std::shared_ptr<const std::vector<float>> W, int64_t N, int64_t K,
                                  std::shared_ptr<HessianAccumulator> capture) override {
     return std::make_unique<CudaLinear>(ctx_, *W, N, K, std::move(capture));
+  }
+  bool layer_pass(const LayerPass& p, std::vector<std::vector<float>>& x, int64_t len) override {
+    layers_.run(p, x, len);
+    return true;
   }
   GptqAccelerator* gptq() override { return &gptq_; }
   int64_t peak_device_bytes() const override { return ctx_.peak_bytes(); }
@@ -116,6 +111,7 @@ class CudaQuantAccelerator : public QuantAccelerator {
  private:
   CudaContext ctx_;
   CudaGptq gptq_;
+  CudaLayerPass layers_;
 };
 
 }  // namespace

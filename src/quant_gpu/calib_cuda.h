@@ -1,8 +1,9 @@
-// The model quantizer's accelerator on a CUDA GPU (quant/accelerator.h): calibration linears as
-// FP32 cuBLAS SGEMMs (weights uploaded once per layer), Hessians accumulated on the device with
-// SSYRK (the same running mean as the CPU's HessianAccumulator), GPTQ through CudaGptq.
-// Activations stay on the host between linears (attention, norms and RoPE run on the CPU engine),
-// so host memory is the CPU path's: one layer plus the calibration activations.
+// The model quantizer's accelerator on a CUDA GPU (quant/accelerator.h): whole decoder layers of
+// the calibration passes in FP32 (CudaLayerPass: cuBLAS SGEMMs, our norm/RoPE/softmax kernels),
+// Hessians accumulated on the device with SSYRK (the same running mean as the CPU's
+// HessianAccumulator), GPTQ through CudaGptq; single calibration linears (linear()) for the
+// host-attention layout. Activations live on the host between layers, so host memory is the CPU
+// path's: one layer plus the calibration activations.
 #pragma once
 #include <memory>
 

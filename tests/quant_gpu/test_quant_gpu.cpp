@@ -1,7 +1,8 @@
 // The quantizer's CUDA accelerator against the CPU reference: GPTQ's solve (every option:
 // act-order, static and in-loop groups, asymmetric, clip search, block sizes, the residual inside
 // the loop, the trace, dead columns, the damping failure), the device Hessian, the calibration
-// linear, and a whole tiny model quantized both ways. Skips visibly without a usable GPU.
+// linear, the whole-layer calibration pass, and a whole tiny model quantized both ways (linears
+// only on the GPU, and whole layers). Skips visibly without a usable GPU.
 //
 // Bounds (why): static group scales are fit before any update, from identical inputs with the
 // shared arithmetic of quant/group_fit.h, so they must be bit-identical. After that the lazy
@@ -22,11 +23,14 @@
 #include "io/safetensors.h"
 #include "model/linear.h"
 #include "model/model.h"
+#include "model/act_quant_linear.h"
 #include "quant/accelerator.h"
+#include "quant/calibration.h"
 #include "quant/gptq.h"
 #include "quant/hessian.h"
 #include "quant/model_quantizer.h"
 #include "quant/residual.h"
+#include "quant/smooth.h"
 #include "quant_gpu/calib_cuda.h"
 #include "util/error.h"
 
@@ -215,12 +219,14 @@ TEST(QuantGpu, HessianAndLinearMatchCpu) {
 }
 
 // The whole pipeline (global allocation, act-order) on the tiny golden models, CPU vs CUDA: the
-// same tensors, residual counts, and codes that agree to >= 99%.
+// same tensors, residual counts, and codes that agree to >= 99%; once with only the linears on the
+// GPU (attention on the host), once with whole layers on the GPU (the default).
 TEST(QuantGpu, ModelQuantizerOnGpuMatchesCpu) {
   REQUIRE_GPU();
   const fs::path tmp = fs::temp_directory_path() / ("mosaic_qgpu_" + std::to_string(::getpid()));
   fs::remove_all(tmp);
   const auto calib = testdata::token_windows(8, 48, 11);
+  for (const bool device_layers : {false, true})
   for (const char* name : {"llama_tied", "qwen3_untied_bf16"}) {
     const fs::path src = fs::path(MOSAIC_SOURCE_DIR) / "tests/fixtures/golden" / name;
     ModelQuantOptions o;
@@ -229,8 +235,11 @@ TEST(QuantGpu, ModelQuantizerOnGpuMatchesCpu) {
     o.block_cols = 32;
     o.budget = 0.1;
     o.quiet = true;
+    o.force = true;
     const ModelQuantReport rc = quantize_model(src, tmp / (std::string(name) + "_cpu"), calib, o);
     o.accel = quant_gpu::make_cuda_quant_accelerator();
+    o.device_layers = device_layers;
+    o.force = true;
     const ModelQuantReport rg = quantize_model(src, tmp / (std::string(name) + "_gpu"), calib, o);
     EXPECT_EQ(rc.linear_params, rg.linear_params);
     EXPECT_EQ(rc.residual_blocks, rg.residual_blocks);
@@ -250,9 +259,137 @@ TEST(QuantGpu, ModelQuantizerOnGpuMatchesCpu) {
         total += 2;
       }
     }
-    std::printf("%s: %lld of %lld base codes equal (%.4f), %lld residual blocks both\n", name, (long long)same,
-                (long long)total, double(same) / double(total), (long long)rc.residual_blocks);
+    std::printf("%s, %s on the GPU: %lld of %lld base codes equal (%.4f), %lld residual blocks both\n", name,
+                device_layers ? "whole layers" : "linears", (long long)same, (long long)total,
+                double(same) / double(total), (long long)rc.residual_blocks);
     EXPECT_GE(double(same), 0.99 * double(total)) << name;
   }
   fs::remove_all(tmp);
+}
+
+namespace {
+double rel_diff(const std::vector<float>& ref, const std::vector<float>& got) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) num += double(ref[i] - got[i]) * (ref[i] - got[i]), den += double(ref[i]) * ref[i];
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+}  // namespace
+
+// One decoder layer as the quantizer's GPU pass runs it (QuantAccelerator::layer_pass) against the
+// host engine's Model::layer_forward with the same site transforms and captures built from the CPU
+// classes (ScaledInputLinear, ActQuantLinear, CaptureLinear): the layer outputs and the four
+// Hessians. Golden models: LLaMA (tied), LLaMA-3 (rope scaling), Qwen3 (q/k norm); odd window
+// lengths; FP32 activations, and 8-bit activations with smoothing divisors. Bounds: relative
+// Frobenius difference 1e-5 in FP32 (only summation order differs: measured ~1e-7), 2e-3 with
+// 8-bit activations (an input within rounding of a quantization boundary may round the other way:
+// one step is 1/127 of the row's maximum).
+TEST(QuantGpu, LayerPassMatchesHostEngine) {
+  REQUIRE_GPU();
+  for (const char* name : {"llama_tied", "llama3_untied_scaled", "qwen3_untied_bf16"}) {
+    const fs::path dir = fs::path(MOSAIC_SOURCE_DIR) / "tests/fixtures/golden" / name;
+    Model model = Model::load(dir);
+    const ModelConfig& c = model.config();
+    const int64_t D = c.hidden_size, qd = int64_t(c.num_heads) * c.head_dim;
+    for (const int bits : {16, 8})
+      for (const int64_t len : {1, 37}) {
+        const auto tokens = testdata::token_windows(3, int(len), uint64_t(len + bits), int(c.vocab_size));
+        std::vector<std::vector<float>> x0(tokens.size(), std::vector<float>(size_t(len * D)));
+        for (size_t w = 0; w < tokens.size(); ++w) model.embed(tokens[w].data(), len, x0[w].data());
+        const int layer = c.num_layers - 1;
+        std::array<std::shared_ptr<const std::vector<float>>, 7> W;
+        const int64_t shapes[7][2] = {{qd, D}, {c.num_kv_heads * c.head_dim, D}, {c.num_kv_heads * c.head_dim, D},
+                                      {D, qd}, {c.intermediate_size, D}, {c.intermediate_size, D},
+                                      {D, c.intermediate_size}};
+        for (int id = 0; id < 7; ++id)
+          W[size_t(id)] = std::make_shared<const std::vector<float>>(
+              testdata::weights(shapes[id][0], shapes[id][1], uint64_t(100 + id), 0.002));
+        std::vector<float> s_attn, s_mlp;  // smoothing divisors (8-bit case)
+        for (int64_t k = 0; k < D; ++k) {
+          s_attn.push_back(0.5f + 0.01f * float(k % 97));
+          s_mlp.push_back(2.0f - 0.01f * float(k % 89));
+        }
+        const int64_t Ks[4] = {D, qd, D, c.intermediate_size};
+        // CPU reference
+        std::array<std::shared_ptr<HessianAccumulator>, 4> hc;
+        for (int k = 0; k < 4; ++k) hc[size_t(k)] = std::make_shared<HessianAccumulator>(Ks[k]);
+        const int group[7] = {0, -1, -1, 1, 2, -1, 3};
+        const int input_of[7] = {0, 0, 0, 1, 2, 2, 3};
+        for (int id = 0; id < 7; ++id) {
+          std::unique_ptr<Linear> l = std::make_unique<DenseLinear>(shapes[id][0], shapes[id][1], W[size_t(id)]);
+          if (group[id] >= 0) l = std::make_unique<CaptureLinear>(std::move(l), hc[size_t(group[id])]);
+          l = with_act_quant(std::move(l), bits);
+          if (bits < 16 && input_of[id] == 0) l = std::make_unique<ScaledInputLinear>(std::move(l), s_attn);
+          if (bits < 16 && input_of[id] == 2) l = std::make_unique<ScaledInputLinear>(std::move(l), s_mlp);
+          model.set_linear(layer, LinearId(id), std::move(l));
+        }
+        std::vector<std::vector<float>> xc = x0;
+        KVCache cache = model.make_cache(len);
+        for (auto& w : xc) {
+          cache.clear();
+          model.layer_forward(layer, w.data(), len, cache);
+        }
+        // GPU pass
+        LayerPass p;
+        p.cfg = &c;
+        p.rope = &model.rope();
+        const Model::LayerNorms n = model.layer_norms(layer);
+        p.attn_norm = n.attn, p.ffn_norm = n.ffn, p.q_norm = n.q, p.k_norm = n.k;
+        p.W = W;
+        std::array<std::shared_ptr<HessianAccumulator>, 4> hg;
+        for (int k = 0; k < 4; ++k) hg[size_t(k)] = accel().hessian(Ks[k]);
+        p.capture = hg;
+        p.act_bits = bits;
+        std::vector<float> inv_attn, inv_mlp;
+        for (float v : s_attn) inv_attn.push_back(1.0f / v);
+        for (float v : s_mlp) inv_mlp.push_back(1.0f / v);
+        if (bits < 16) p.attn_inv_scale = inv_attn, p.mlp_inv_scale = inv_mlp;
+        std::vector<std::vector<float>> xg = x0;
+        ASSERT_TRUE(accel().layer_pass(p, xg, len));
+        const double bound = bits < 16 ? 2e-3 : 1e-5;
+        double worst_x = 0, worst_h = 0;
+        for (size_t w = 0; w < xc.size(); ++w) worst_x = std::max(worst_x, rel_diff(xc[w], xg[w]));
+        for (int k = 0; k < 4; ++k) {
+          EXPECT_EQ(hc[size_t(k)]->rows(), hg[size_t(k)]->rows());
+          worst_h = std::max(worst_h, rel_diff(hc[size_t(k)]->hessian(), hg[size_t(k)]->hessian()));
+        }
+        std::printf("%s act %d len %lld: layer output rel diff %.2e, Hessians %.2e\n", name, bits, (long long)len,
+                    worst_x, worst_h);
+        EXPECT_LT(worst_x, bound) << name << " act " << bits << " len " << len;
+        EXPECT_LT(worst_h, bound) << name << " act " << bits << " len " << len;
+        // A capture-only pass leaves x unchanged.
+        p.update_x = false;
+        std::vector<std::vector<float>> xs = x0;
+        for (int k = 0; k < 4; ++k) p.capture[size_t(k)] = accel().hessian(Ks[k]);
+        ASSERT_TRUE(accel().layer_pass(p, xs, len));
+        EXPECT_EQ(xs, x0);
+        EXPECT_LT(rel_diff(hc[3]->hessian(), p.capture[3]->hessian()), bound);
+      }
+  }
+}
+
+// A non-finite activation is a clear error, as on the CPU.
+TEST(QuantGpu, LayerPassRejectsNonFinite) {
+  REQUIRE_GPU();
+  const fs::path dir = fs::path(MOSAIC_SOURCE_DIR) / "tests/fixtures/golden/llama_tied";
+  Model model = Model::load(dir);
+  const ModelConfig& c = model.config();
+  const int64_t D = c.hidden_size, qd = int64_t(c.num_heads) * c.head_dim, len = 5;
+  LayerPass p;
+  p.cfg = &c;
+  p.rope = &model.rope();
+  const Model::LayerNorms n = model.layer_norms(0);
+  p.attn_norm = n.attn, p.ffn_norm = n.ffn;
+  const int64_t shapes[7][2] = {{qd, D}, {c.num_kv_heads * c.head_dim, D}, {c.num_kv_heads * c.head_dim, D},
+                                {D, qd}, {c.intermediate_size, D}, {c.intermediate_size, D}, {D, c.intermediate_size}};
+  for (int id = 0; id < 7; ++id)
+    p.W[size_t(id)] = std::make_shared<const std::vector<float>>(testdata::weights(shapes[id][0], shapes[id][1], 7));
+  p.capture[0] = accel().hessian(D);
+  std::vector<std::vector<float>> x(1, testdata::activations(len, D, 3));
+  x[0][7] = INFINITY;
+  try {
+    accel().layer_pass(p, x, len);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+  }
 }
