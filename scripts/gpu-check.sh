@@ -36,6 +36,7 @@ GT="-I $DEPS/googletest/include -I $DEPS/googletest"
 pids=()
 $NVCC -Xptxas -v -c src/cuda/zipper_kernels.cu -o $B/zipper_kernels.o > $B/ptxas.log 2>&1 & pids+=($!)
 $NVCC -Xptxas -v -c src/cuda/zipper_stream.cu -o $B/zipper_stream.o > $B/ptxas-stream.log 2>&1 & pids+=($!)
+$NVCC -Xptxas -v -c src/cuda/w4a8_gemm.cu -o $B/w4a8_gemm.o > $B/ptxas-w4a8.log 2>&1 & pids+=($!)
 if [ -n "${BASELINE_CU:-}" ]; then
   $NVCC -c "$BASELINE_CU" -o $B/zipper_kernels_base.o > $B/ptxas-base.log 2>&1 & pids+=($!)
 fi
@@ -50,7 +51,7 @@ if [ -n "${BASELINE_SRC:-}" ]; then  # a whole older src/cuda (kernels, plans, b
   done
 fi
 for f in src/cuda/zipper_layout.cpp src/cuda/zipper_linear.cpp src/cuda/gemm_bench.cpp src/util/atomic_file.cpp \
-         src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
+         src/cuda/w4a8_layout.cpp src/cuda/w4a8_linear.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
   $CXX -c $f -o $B/$(basename $f .cpp).o & pids+=($!)
 done
 for f in tests/cuda/*.cpp; do $CXX $GT -c $f -o $B/t_$(basename $f .cpp).o & pids+=($!); done
@@ -60,13 +61,14 @@ fail=0
 for p in "${pids[@]}"; do wait $p || fail=1; done
 grep -E "registers|spill" $B/ptxas.log | paste - - | sed 's/ptxas info *: //' | head -20
 grep -E "Compiling|registers" $B/ptxas-stream.log | paste - - | sed -E 's/.*stream_kernelI(.*)EEvNS1.*Used ([0-9]+) registers.*/stream<\1>: \2 registers/' | head -24
-[ $fail = 0 ] || { echo "BUILD FAILED"; grep -hiE "error" -A3 $B/ptxas.log $B/ptxas-stream.log $B/base/ptxas-*.log 2>/dev/null | head -60; exit 1; }
-LIB="$B/zipper_kernels.o $B/zipper_stream.o $B/zipper_layout.o $B/zipper_linear.o"
+grep -E "registers|spill" $B/ptxas-w4a8.log | paste - - | sed 's/ptxas info *: //' | head -10
+[ $fail = 0 ] || { echo "BUILD FAILED"; grep -hiE "error" -A3 $B/ptxas.log $B/ptxas-stream.log $B/ptxas-w4a8.log $B/base/ptxas-*.log 2>/dev/null | head -60; exit 1; }
+LIB="$B/zipper_kernels.o $B/zipper_stream.o $B/zipper_layout.o $B/zipper_linear.o $B/w4a8_gemm.o $B/w4a8_layout.o $B/w4a8_linear.o"
 nvcc -o $B/test_cuda $B/t_*.o $LIB $B/gtest-all.o $B/gtest_main.o -lcublas -lpthread || exit 1
 nvcc -o $B/mosaic $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o $LIB -lcublas || exit 1
 if [ -n "${BASELINE_CU:-}" ]; then
   nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o \
-    $B/zipper_kernels_base.o $B/zipper_stream.o $B/zipper_layout.o $B/zipper_linear.o -lcublas || exit 1
+    $B/zipper_kernels_base.o $B/zipper_stream.o $B/zipper_layout.o $B/zipper_linear.o $B/w4a8_gemm.o $B/w4a8_layout.o $B/w4a8_linear.o -lcublas || exit 1
 elif [ -n "${BASELINE_SRC:-}" ]; then
   nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $B/cmd_bench.o $B/atomic_file.o $B/base/*.o -lcublas || exit 1
 fi

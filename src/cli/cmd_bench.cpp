@@ -1,4 +1,4 @@
-// mosaic bench gemm: ZipperEngine W4A16 GEMM against cuBLAS FP16 (src/cuda/gemm_bench.cpp).
+// mosaic bench gemm: ZipperEngine W4A16 / W4A8 GEMM against cuBLAS FP16 (src/cuda/gemm_bench.cpp).
 // mosaic bench e2e: end-to-end generation with the GPU engine, FP16 and W4A16 (src/gpu/bench_e2e.cpp).
 // Compiles without CUDA too; then the commands say they need a CUDA build.
 #include <memory>
@@ -37,6 +37,7 @@ std::vector<T> parse_list(const std::string& s, const char* what) {
 struct GemmArgs {
   std::string shapes = "llama3-8b", ms = "1,4,16,32,64,128,256,1024,4096", budgets = "0.1", json;
   int reps = 7;
+  int act_bits = 16;
   bool bf16 = false;
 };
 
@@ -99,7 +100,7 @@ void add_bench_command(CLI::App& app) {
   bench->require_subcommand(1);
   auto args = std::make_shared<GemmArgs>();
   auto* gemm = bench->add_subcommand(
-      "gemm", "ZipperEngine W4A16 GEMM vs cuBLAS FP16: dense_w4, unfused and zipper variants");
+      "gemm", "ZipperEngine W4A16 (or --act-bits 8: W4A8) GEMM vs cuBLAS FP16: dense_w4, unfused and zipper variants");
   gemm->add_option("--shapes", args->shapes,
                    "llama3-8b | qwen3-8b | llama3-70b | KxN, comma separated (K = inputs, N = outputs)")
       ->capture_default_str();
@@ -109,6 +110,10 @@ void add_bench_command(CLI::App& app) {
   gemm->add_option("--json", args->json, "write the rows as JSON to this file");
   gemm->add_option("--reps", args->reps, "timed repetitions, median reported")->capture_default_str();
   gemm->add_flag("--bf16", args->bf16, "BF16 activations for the W4 variants (default FP16)");
+  gemm->add_option("--act-bits", args->act_bits,
+                   "16: W4A16 variants (dense_w4, unfused, zipper); 8: W4A8 variants (per-token INT8 activations: "
+                   "w4a8_quant, w4a8_zipper_gemm_only, w4a8_dense, w4a8_zipper)")
+      ->capture_default_str();
   gemm->callback([args] {
     const auto ms = parse_list<int>(args->ms, "M");
     const auto budgets = parse_list<double>(args->budgets, "budget");
@@ -121,6 +126,7 @@ void add_bench_command(CLI::App& app) {
     o.json = args->json;
     o.reps = args->reps;
     o.bf16 = args->bf16;
+    o.act_bits = args->act_bits;
     cuda::run_gemm_bench(o);
 #else
     fail("'bench gemm' needs a CUDA build: configure with -DMOSAIC_CUDA=ON (nvcc) and run on a GPU");

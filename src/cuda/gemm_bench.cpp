@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cuda/w4a8.h"
 #include "cuda/zipper.h"
 #include "cuda/zipper_launch.h"
 #include "util/atomic_file.h"
@@ -194,14 +195,15 @@ std::string today() {
 void run_gemm_bench(const GemmBenchOptions& o) {
   MOSAIC_CHECK(cuda_device_count() > 0, "bench gemm: no CUDA GPU found");
   MOSAIC_CHECK(!o.ms.empty() && !o.budgets.empty(), "bench gemm: empty --m or --budget list");
+  MOSAIC_CHECK(o.act_bits == 16 || o.act_bits == 8, "bench gemm: --act-bits must be 16 or 8, got ", o.act_bits);
   for (int m : o.ms) MOSAIC_CHECK(m >= 1 && m <= 65536, "bench gemm: M = ", m, " outside 1..65536");
   for (double b : o.budgets) MOSAIC_CHECK(b >= 0 && b <= 1, "bench gemm: budget ", b, " outside 0..1");
   const auto shapes = parse_shapes(o.shapes);
   const std::string card = cuda_device_name(), date = today();
   const double copy_gbs = copy_bandwidth_gbs();
   const DType wdt = o.bf16 ? DType::BF16 : DType::F16;
-  std::printf("# mosaic bench gemm — %s, %s, W4 activations %s, copy bandwidth %.0f GB/s (read+write)\n\n", card.c_str(),
-              date.c_str(), dtype_name(wdt), copy_gbs);
+  std::printf("# mosaic bench gemm — %s, %s, W4%s activations %s, copy bandwidth %.0f GB/s (read+write)\n\n",
+              card.c_str(), date.c_str(), o.act_bits == 8 ? "A8" : "", dtype_name(wdt), copy_gbs);
   std::printf("| shape (KxN) | M | budget | variant | us | GB/s | %% copy BW | TFLOP/s | x cuBLAS FP16 |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   nlohmann::json rows = nlohmann::json::array();
@@ -224,6 +226,42 @@ void run_gemm_bench(const GemmBenchOptions& o) {
   };
 
   const int max_m = *std::max_element(o.ms.begin(), o.ms.end());
+  const std::vector<double>& budget_list = o.budgets;
+  // W4A8 (--act-bits 8): per budget, the per-token INT8 quantization alone (w4a8_quant), the GEMM
+  // on already quantized rows (w4a8_zipper_gemm_only), and what a layer call costs: quantize +
+  // GEMM, dense-only (w4a8_dense) and with the residual zipped in (w4a8_zipper). Bytes = weights +
+  // X read + Y written (+ codes written and read for the quantizing rows).
+  auto run_w4a8 = [&](const Shape& s, const std::vector<double>& budgets,
+                      const std::vector<std::unique_ptr<DevMem>>& xs, void* yp, const std::vector<double>& cub) {
+    const int cx = int(xs.size());
+    for (double budget : budgets) {
+      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K));
+      std::vector<std::unique_ptr<W4A8Linear>> wl;
+      wl.push_back(std::make_unique<W4A8Linear>(w));
+      const int cz = copies_for(wl[0]->weight_bytes());
+      while (int(wl.size()) < cz) wl.push_back(std::make_unique<W4A8Linear>(w));
+      for (size_t mi = 0; mi < o.ms.size(); ++mi) {
+        const int M = o.ms[mi];
+        for (int c = 0; c < cz; ++c) wl[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr);  // workspaces
+        ck(cudaDeviceSynchronize(), "w4a8 quantize (bench)");
+        const double xio = 2.0 * M * s.K, yio = 2.0 * M * s.N, qio = 1.0 * M * s.K + 4.0 * M;
+        const double wz = double(wl[0]->weight_bytes()), wd = double(wl[0]->weight_bytes(false));
+        emit(s, M, budget, "w4a8_quant",
+             time_us([&](int c) { wl[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr); }, cz, o.reps),
+             xio + qio, cub[mi]);
+        emit(s, M, budget, "w4a8_zipper_gemm_only",
+             time_us([&](int c) { wl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::Zipper); }, cz,
+                     o.reps),
+             wz + qio + yio, cub[mi]);
+        auto full = [&](W4A8Variant v) {
+          return time_us([&](int c) { wl[size_t(c)]->gemm(xs[size_t(c % cx)]->p, yp, M, wdt, nullptr, v); }, cz,
+                         o.reps);
+        };
+        emit(s, M, budget, "w4a8_dense", full(W4A8Variant::DenseOnly), wd + xio + 2 * qio + yio, cub[mi]);
+        if (budget > 0) emit(s, M, budget, "w4a8_zipper", full(W4A8Variant::Zipper), wz + xio + 2 * qio + yio, cub[mi]);
+      }
+    }
+  };
   for (const Shape& s : shapes) {
     // Inputs and outputs for every M (copies of X rotate with the weights).
     const int64_t w16_bytes = s.N * s.K * 2;
@@ -255,6 +293,10 @@ void run_gemm_bench(const GemmBenchOptions& o) {
       emit(s, M, -1, "cublas_fp16", cublas_us[mi], double(w16_bytes) + 2.0 * M * (s.K + s.N), cublas_us[mi]);
     }
     w16.clear();
+    if (o.act_bits == 8) {
+      run_w4a8(s, budget_list, xs, y.p, cublas_us);
+      continue;
+    }
     for (double budget : o.budgets) {
       const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K));
       std::vector<std::unique_ptr<ZipperLinear>> zl;

@@ -1,5 +1,6 @@
 // `mosaic bench gemm`: times cuBLAS FP16 and the ZipperEngine variants on LLM linear shapes,
 // prints a markdown table and writes JSON rows (see docs/kernels.md, docs/results.md).
+// --act-bits 8: the W4A8 rows (w4a8_quant, w4a8_dense, w4a8_zipper, w4a8_zipper_gemm_only).
 #pragma once
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@ struct GemmBenchOptions {
   std::string json;                            // write rows here when set
   int reps = 7;                                // timed repetitions (median reported)
   bool bf16 = false;                           // activations for the W4 variants (cuBLAS stays FP16)
+  int act_bits = 16;                           // 8: the W4A8 variants instead of the W4A16 ones
 };
 
 void run_gemm_bench(const GemmBenchOptions& o);

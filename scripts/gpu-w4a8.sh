@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The W4A8 GEMM (issue 6) on a GPU machine, in one go: build (scripts/gpu-check.sh build-only),
+# the W4A8 GPU tests, compute-sanitizer memcheck on a reduced W4A8 set, `mosaic bench gemm
+# --act-bits 8` (cuBLAS FP16 timed in the same process), the PyTorch INT8 / FP8 peers
+# (bench/torch_w8.py) in the same call, a merged table, and optionally ncu of the kernel.
+#
+#   OUT=/tmp/out scripts/gpu-w4a8.sh
+# Overrides: SH (shapes, default llama3-8b), MS (default 256,1024,2048,4096,8192), BU (budgets,
+# default 0,0.1), TEST_FILTER (gtest filter, default W4A8*), SKIP_TESTS=1, SKIP_SAN=1,
+# SKIP_TORCH=1, NCU="KxN M" (e.g. "4096x6144 4096": ncu of w4a8_gemm_kernel at that shape).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-w4a8}
+B=${BUILD:-/tmp/mosaic-gpu-build}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/w4a8.log") 2>&1
+SKIP_TORCH=1 OUT=$B/check-out bash scripts/gpu-check.sh build-only || { echo "== BUILD FAILED"; exit 1; }
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  $B/test_cuda --gtest_filter="${TEST_FILTER:-W4A8*}" 2>&1 | grep -vE "^\[ RUN|^\[       OK"; echo "== tests rc=${PIPESTATUS[0]}"
+fi
+if [ "${SKIP_SAN:-0}" != 1 ]; then
+  ZIPPER_QUICK=1 timeout ${SAN_T:-120} compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_cuda \
+    --gtest_filter='W4A8Gpu.MatchesCpu*:W4A8Gpu.BadArguments*' > $B/memcheck-w4a8.log 2>&1
+  echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY' $B/memcheck-w4a8.log | tail -1)"
+fi
+SH=${SH:-llama3-8b}; MS=${MS:-256,1024,2048,4096,8192}; BU=${BU:-0,0.1}
+$B/mosaic bench gemm --act-bits 8 --shapes $SH --m $MS --budget $BU --json $OUT/gemm-w4a8.json > $OUT/bench-w4a8.md 2>&1
+echo "== bench rc=$?"; tail -5 $OUT/bench-w4a8.md
+if [ "${SKIP_TORCH:-0}" != 1 ]; then
+  PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_w8.py --shapes $SH --m $MS --json $OUT/torch-w8.json > $OUT/torch-w8.log 2>&1
+  echo "== torch w8 rc=$?"; grep -iE "fail|refused|error" $OUT/torch-w8.log | head -5
+fi
+python3 bench/merge_w4a8.py $OUT/gemm-w4a8-merged.json $OUT/gemm-w4a8.json $OUT/torch-w8.json > $OUT/summary.md
+cat $OUT/summary.md
+if [ -n "${NCU:-}" ]; then
+  set -- $NCU
+  S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats"
+  S="$S --metrics smsp__inst_executed.sum,sm__pipe_tensor_op_imma_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct"
+  timeout 180 ncu -k regex:w4a8_gemm_kernel -c 2 $S $B/mosaic bench gemm --act-bits 8 --shapes $1 --m $2 --budget 0.1 --reps 1 \
+    > $OUT/ncu.txt 2>&1
+  echo "== ncu rc=$?"
+  grep -vE "^\|" $OUT/ncu.txt | grep -E "w4a8_gemm|Duration|Throughput|Compute|Occupancy|Warp Cycles|Eligible|Issued|No Eligible|Registers|Dynamic Shared|Grid Size|Waves|imma|stalled|inst_executed" | grep -vE "stalled_.* +[0-9]\.[0-9]+$|stalled_.* +0$" | head -70
+fi
+cp $B/ptxas-w4a8.log $OUT/ 2>/dev/null
+echo "== done $(date -u)"

@@ -1,0 +1,66 @@
+// W4A8 ZipperEngine GEMM for prefill on sm_90 (issue 6, speed side): the input rows are quantized
+// per token to INT8 (docs/format.md "Quantized activations", act_bits 8), then
+//   Y[M, N] = sum over 128-input k-tiles and scale groups g of
+//             s_m * (scale[n, g] * <x codes, base codes>_g + res_scale[b, n] * <x codes, res codes>_b)
+// with INT8 x INT8 -> INT32 tensor-core MMAs (mma.sync m16n8k32; the 4-bit codes -8..7 are exact
+// in INT8), INT32 sums per group folded into FP32 with the group's scale. The residual blocks of a
+// tile reuse the same INT8 activation tile in shared memory and the same FP32 accumulators: one
+// launch. Built once from a PackedLinear (repacked: w4a8_layout.h). See docs/kernels.md.
+//
+// Not thread-safe: a W4A8Linear owns the activation-code workspace; one stream at a time.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "cuda/w4a8_layout.h"
+#include "cuda/zipper.h"  // DType
+#include "format/packed_linear.h"
+
+namespace mosaic::cuda {
+
+enum class W4A8Variant { Zipper, DenseOnly };  // DenseOnly ignores the residual (benchmark)
+
+class W4A8Linear {
+ public:
+  // Repacks and uploads to the current CUDA device. Throws mosaic::Error for unsupported layers
+  // (check_w4a8_supported) or when no CUDA device is usable.
+  explicit W4A8Linear(const PackedLinear& w);
+  ~W4A8Linear();
+  W4A8Linear(const W4A8Linear&) = delete;
+  W4A8Linear& operator=(const W4A8Linear&) = delete;
+
+  // X: device [M, K], Y: device [M, N], row-major, both of dtype dt, 16-byte aligned. Quantizes X
+  // into the layer's workspace, then runs the GEMM; asynchronous on `stream`. Throws
+  // mosaic::Error naming the shapes on bad arguments.
+  void gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr,
+            W4A8Variant v = W4A8Variant::Zipper) const;
+
+  // The two halves of gemm (benchmark, tests): per-token INT8 codes + scales of X into the
+  // workspace; then the GEMM from the workspace's first M rows.
+  void quantize(const void* X, int64_t M, DType dt, cudaStream_t stream = nullptr) const;
+  void gemm_quantized(void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr,
+                      W4A8Variant v = W4A8Variant::Zipper) const;
+  const int8_t* act_codes() const;   // device [M, K] after quantize()
+  const float* act_scales() const;   // device [M]
+
+  int64_t N() const;
+  int64_t K() const;
+  int group() const;
+  int64_t blocks_kept() const;
+  int64_t weight_bytes(bool with_residual = true) const;  // bytes of the repacked weights read
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Per-token INT8 quantization on the device, the same rule (codes bit-identical to the CPU's
+// fake_quantize_rows): X [M, K] fp16/bf16 -> codes int8 [M, K] (-127..127), scales fp32 [M]
+// (s_m = max|x| / 127; 0 for a zero row). K % 8 == 0, 16-byte aligned device pointers.
+void quantize_act_int8(const void* X, int64_t M, int64_t K, DType dt, int8_t* codes, float* scales,
+                       cudaStream_t stream = nullptr);
+
+}  // namespace mosaic::cuda

@@ -1,0 +1,338 @@
+// W4A8 ZipperEngine kernels (sm_90, mma.sync INT8): per-token INT8 activation quantization and
+// the fused GEMM Y = (s_m x_codes) (deq(base) + deq(residual))^T. Design: docs/kernels.md
+// "W4A8 GEMM (prefill)"; layout: w4a8_layout.h.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/w4a8_launch.h"
+#include "cuda/zipper_device.cuh"
+#include "util/error.h"
+
+namespace mosaic::cuda::detail {
+namespace {
+
+// ---- activation quantization ------------------------------------------------------------------
+// One warp per row, 16-byte loads; the row is read twice (max, then codes: the second read hits
+// L1/L2). IEEE division and roundf (ties away from zero) as in the CPU rule, so the codes are
+// bit-identical to fake_quantize_rows' (tests/cuda/test_w4a8_gpu.cpp checks it).
+template <typename T>
+__device__ __forceinline__ void to_float8(const uint4& v, float (&f)[8]) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (sizeof(T) == 2 && std::is_same<T, __half>::value) {
+      const float2 p = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      f[2 * i] = p.x;
+      f[2 * i + 1] = p.y;
+    } else {
+      const float2 p = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
+      f[2 * i] = p.x;
+      f[2 * i + 1] = p.y;
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) w4a8_quantize_kernel(const T* __restrict__ X, int64_t M, int K,
+                                                            int8_t* __restrict__ codes, float* __restrict__ scales) {
+  const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= M) return;
+  const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
+  const int chunks = K / 8;
+  float amax = 0.f;
+  for (int c = lane; c < chunks; c += 32) {
+    float f[8];
+    to_float8<T>(x[c], f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(f[i]));
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float s = __fdiv_rn(amax, 127.f);
+  if (lane == 0) scales[row] = s;
+  uint2* out = reinterpret_cast<uint2*>(codes + row * K);
+  for (int c = lane; c < chunks; c += 32) {
+    float f[8];
+    to_float8<T>(x[c], f);
+    uint32_t p[2] = {0, 0};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float q = amax == 0.f ? 0.f : fminf(fmaxf(roundf(__fdiv_rn(f[i], s)), -127.f), 127.f);
+      p[i / 4] |= (uint32_t(int(q)) & 0xffu) << (8 * (i % 4));
+    }
+    out[c] = make_uint2(p[0], p[1]);
+  }
+}
+
+// ---- the GEMM ----------------------------------------------------------------------------------
+constexpr int kBM = 128, kBN = 128, kBK = 128, kStages = 4, kThreads = 256;
+// Stage layout (bytes): X codes 128 x 128 (16-byte chunks XOR-swizzled by row), base codes of the
+// 16 n8 tiles (512 B each), scales (spt x 128 fp32), residual: 16 slots (8 block rows x 2 block
+// columns of the tile) of 512 B codes, 16 fp32 scales each, and one kept flag per slot.
+constexpr int kOffW = kBM * kBK;              // 16384
+constexpr int kOffS = kOffW + kBN / 8 * 512;  // 24576
+constexpr int kOffRC = kOffS + 2 * kBN * 4;   // 25600
+constexpr int kOffRS = kOffRC + 16 * 512;     // 33792
+constexpr int kOffRF = kOffRS + 16 * 64;      // 34816
+template <bool RES>
+constexpr int stage_bytes() {
+  return RES ? kOffRF + 128 : kOffRC;
+}
+constexpr uint32_t kMagic = 0x4B400000u;  // 1.5 * 2^23: int32 0x4B400000 + v is the float 12582912 + v
+constexpr float kMagicF = 12582912.f;     // for |v| < 2^22
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+
+// D = A * B + C, 16x8x32, s8 x s8 -> s32.
+__device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
+                                       const int (&c)[4]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
+}
+
+// acc += scale * v for the 4 sums of an m16n8 tile (v = int32 sum held as magic + v).
+__device__ __forceinline__ void fold(float (&acc)[4], const int (&v)[4], float2 sc) {
+  acc[0] = fmaf(sc.x, __int_as_float(v[0]) - kMagicF, acc[0]);
+  acc[1] = fmaf(sc.y, __int_as_float(v[1]) - kMagicF, acc[1]);
+  acc[2] = fmaf(sc.x, __int_as_float(v[2]) - kMagicF, acc[2]);
+  acc[3] = fmaf(sc.y, __int_as_float(v[3]) - kMagicF, acc[3]);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack_out(float a, float b) {
+  if constexpr (std::is_same<T, __half>::value) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
+// grid (ceil(M/128), ceil(N/128)), 8 warps: warp (wm, wn) = rows 64 wm .. +63, outputs 32 wn .. +31
+// of the CTA tile (4 m16 x 4 n8 MMA tiles). Per k-tile of 128 inputs: INT32 sums per scale group
+// (4 k32 steps for group >= 128, 2 for group 64), folded into fp32 with the group's scale;
+// a kept residual block of the warp's outputs (16 x 64) reuses the same X tile in smem and the
+// same fp32 accumulators with its own INT32 sums and scales. Epilogue: times s_m, to T.
+template <typename T, int SPT, bool RES>
+__global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  constexpr int SB = stage_bytes<RES>();
+  constexpr int GS = 4 / SPT;  // k32 steps per INT32 sum
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 2, wn = warp & 3;
+  const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
+  const int KT = a.K / kBK, nt8 = a.N / 8;
+
+  // Residual loader: thread -> slot tid / 16 (block row (tid / 32) of the tile, column half
+  // (tid / 16) & 1), 2 code chunks + (sub < 4) 1 scale chunk. The block index of the next k-tile
+  // is fetched one k-tile ahead so its latency hides behind a k-tile of MMAs.
+  const int rslot = tid >> 4, rsub = tid & 15;
+  const int rrow = n0 / 16 + (rslot >> 1);
+  const bool rrow_ok = RES && rrow < a.N / 16;
+  const int32_t* ridx = RES ? a.ridx + int64_t(rrow_ok ? rrow : 0) * (a.K / 64) + (rslot & 1) : nullptr;
+  int ridx_next = rrow_ok ? __ldg(ridx) : -1;
+
+  auto load_tile = [&](int kt, int st) {
+    uint8_t* s = smem + st * SB;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // X codes: 1024 chunks of 16 B
+      const int c = tid + kThreads * i, row = c >> 3, ch = c & 7;
+      const int m = m0 + row;
+      const bool ok = m < a.M;
+      const int8_t* src = a.xq + int64_t(ok ? m : 0) * a.K + kt * kBK + ch * 16;
+      cp_async16_zfill(s + row * 128 + ((ch ^ (row & 7)) << 4), src, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {  // base codes: 16 n8 tiles x 32 chunks
+      const int c = tid + kThreads * i, tile = c >> 5, lc = c & 31;
+      const int n8 = n0 / 8 + tile;
+      const bool ok = n8 < nt8;
+      const uint32_t* src = a.qw + ((int64_t(ok ? n8 : 0) * KT + kt) * 32 + lc) * 4;
+      cp_async16_zfill(s + kOffW + tile * 512 + lc * 16, src, ok);
+    }
+    if (tid < SPT * 32) {  // scales: spt x 128 fp32
+      const int h = tid >> 5, j = tid & 31, n = n0 + 4 * j;
+      const bool ok = n < a.N;
+      cp_async16_zfill(s + kOffS + h * 512 + j * 16, a.sc + (int64_t(kt) * SPT + h) * a.N + (ok ? n : 0), ok);
+    }
+    if constexpr (RES) {
+      const int idx = ridx_next;
+      if (rrow_ok && kt + 1 < KT) ridx_next = __ldg(ridx + 2 * (kt + 1));
+      if (idx >= 0) {
+        const uint8_t* src = reinterpret_cast<const uint8_t*>(a.rq) + int64_t(idx) * 512;
+        uint8_t* dst = s + kOffRC + rslot * 512;
+        cp_async16(dst + rsub * 16, src + rsub * 16);
+        cp_async16(dst + (rsub + 16) * 16, src + (rsub + 16) * 16);
+        if (rsub < 4) cp_async16(s + kOffRS + rslot * 64 + rsub * 16, a.rs + int64_t(idx) * 16 + rsub * 4);
+      }
+      if (rsub == 0) reinterpret_cast<int*>(s + kOffRF)[rslot] = idx >= 0;
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < KT) load_tile(s, s);
+    cp_async_commit();
+  }
+
+  float acc[4][4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+  const int magic[4] = {int(kMagic), int(kMagic), int(kMagic), int(kMagic)};
+  const int t4 = lane & 3, asel = lane >> 4, aswz = lane & 7;
+  const int arow = 64 * wm + (lane & 15);
+
+  for (int kt = 0; kt < KT; ++kt) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    {
+      const int nk = kt + kStages - 1;
+      if (nk < KT) load_tile(nk, nk % kStages);
+      cp_async_commit();
+    }
+    const uint8_t* s = smem + (kt % kStages) * SB;
+    uint4 wv[4];
+    float2 sc[SPT][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      wv[j] = *reinterpret_cast<const uint4*>(s + kOffW + (4 * wn + j) * 512 + lane * 16);
+#pragma unroll
+      for (int h = 0; h < SPT; ++h)
+        sc[h][j] = *reinterpret_cast<const float2*>(s + kOffS + h * 512 + (32 * wn + 8 * j + 2 * t4) * 4);
+    }
+    int acc_i[4][4][4];
+#pragma unroll
+    for (int st = 0; st < 4; ++st) {
+      uint32_t af[4][4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        ldmatrix_x4(af[i], s + (arow + 16 * i) * 128 + (((2 * st + asel) ^ aswz) << 4));
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t w = st == 0 ? wv[j].x : st == 1 ? wv[j].y : st == 2 ? wv[j].z : wv[j].w;
+        const uint32_t b0 = w & 0xF0F0F0F0u, b1 = (w << 4) & 0xF0F0F0F0u;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          if (st % GS == 0)
+            mma_s8(acc_i[i][j], af[i], b0, b1, magic);
+          else
+            mma_s8(acc_i[i][j], af[i], b0, b1, acc_i[i][j]);
+        }
+      }
+      if (st % GS == GS - 1) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) fold(acc[i][j], acc_i[i][j], sc[st / GS][j]);
+      }
+    }
+    if constexpr (RES) {
+      // Kept blocks of this warp's 2 block rows x 2 block columns (slots 4 wn + 2 b + half).
+      const int4 fl = *reinterpret_cast<const int4*>(s + kOffRF + 16 * wn);
+      const int flags[4] = {fl.x, fl.y, fl.z, fl.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        if (!flags[q]) continue;  // warp-uniform
+        const int slot = 4 * wn + q, b = q >> 1, hh = q & 1;
+        const uint4 rw = *reinterpret_cast<const uint4*>(s + kOffRC + slot * 512 + lane * 16);
+        const float2 rsa = *reinterpret_cast<const float2*>(s + kOffRS + slot * 64 + 2 * t4 * 4);
+        const float2 rsb = *reinterpret_cast<const float2*>(s + kOffRS + slot * 64 + (8 + 2 * t4) * 4);
+        const uint32_t a0lo = rw.x & 0xF0F0F0F0u, a0hi = (rw.x << 4) & 0xF0F0F0F0u;
+        const uint32_t a1lo = rw.y & 0xF0F0F0F0u, a1hi = (rw.y << 4) & 0xF0F0F0F0u;
+        const uint32_t b0lo = rw.z & 0xF0F0F0F0u, b0hi = (rw.z << 4) & 0xF0F0F0F0u;
+        const uint32_t b1lo = rw.w & 0xF0F0F0F0u, b1hi = (rw.w << 4) & 0xF0F0F0F0u;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          uint32_t f0[4], f1[4];
+          const uint8_t* rowp = s + (arow + 16 * i) * 128;
+          ldmatrix_x4(f0, rowp + (((4 * hh + asel) ^ aswz) << 4));      // k32 step 2 hh
+          ldmatrix_x4(f1, rowp + (((4 * hh + 2 + asel) ^ aswz) << 4));  // k32 step 2 hh + 1
+          int ra[4], rb[4];
+          mma_s8(ra, f0, a0lo, a0hi, magic);
+          mma_s8(rb, f0, b0lo, b0hi, magic);
+          mma_s8(ra, f1, a1lo, a1hi, ra);
+          mma_s8(rb, f1, b1lo, b1hi, rb);
+          fold(acc[i][2 * b], ra, rsa);
+          fold(acc[i][2 * b + 1], rb, rsb);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // Epilogue: Y[m, n] = s_m * acc (fp32) -> T.
+  const int g = lane >> 2;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r0 = m0 + 64 * wm + 16 * i + g, r1 = r0 + 8;
+    const float s0 = r0 < a.M ? a.xs[r0] : 0.f, s1 = r1 < a.M ? a.xs[r1] : 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int col = n0 + 32 * wn + 8 * j + 2 * t4;
+      if (col >= a.N) continue;
+      T* y = static_cast<T*>(a.y);
+      if (r0 < a.M)
+        *reinterpret_cast<uint32_t*>(y + int64_t(r0) * a.N + col) = pack_out<T>(acc[i][j][0] * s0, acc[i][j][1] * s0);
+      if (r1 < a.M)
+        *reinterpret_cast<uint32_t*>(y + int64_t(r1) * a.N + col) = pack_out<T>(acc[i][j][2] * s1, acc[i][j][3] * s1);
+    }
+  }
+}
+
+void check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) fail("CUDA error launching ", what, ": ", cudaGetErrorString(e));
+}
+
+template <typename T, int SPT, bool RES>
+void launch_gemm_t(const W4A8Args& a, cudaStream_t stream) {
+  constexpr int smem = kStages * stage_bytes<RES>();
+  static const bool attr = [] {
+    return cudaFuncSetAttribute(w4a8_gemm_kernel<T, SPT, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) ==
+           cudaSuccess;
+  }();
+  if (!attr) fail("w4a8 gemm: cannot set ", smem, " bytes of dynamic shared memory");
+  const dim3 grid((a.M + kBM - 1) / kBM, (a.N + kBN - 1) / kBN);
+  w4a8_gemm_kernel<T, SPT, RES><<<grid, kThreads, smem, stream>>>(a);
+  check_launch("w4a8_gemm_kernel");
+}
+
+}  // namespace
+
+void launch_w4a8_quantize(const void* X, bool bf16, int64_t M, int64_t K, int8_t* codes, float* scales,
+                          cudaStream_t stream) {
+  const dim3 grid(unsigned((M + 7) / 8));
+  if (bf16)
+    w4a8_quantize_kernel<__nv_bfloat16>
+        <<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(X), M, int(K), codes, scales);
+  else
+    w4a8_quantize_kernel<__half><<<grid, 256, 0, stream>>>(static_cast<const __half*>(X), M, int(K), codes, scales);
+  check_launch("w4a8_quantize_kernel");
+}
+
+void launch_w4a8_gemm(const W4A8Args& a, bool bf16, int spt, bool res, cudaStream_t stream) {
+  if (spt != 1 && spt != 2) fail("w4a8 gemm: scale sets per k-tile must be 1 or 2, got ", spt);
+  if (bf16) {
+    if (spt == 1) res ? launch_gemm_t<__nv_bfloat16, 1, true>(a, stream) : launch_gemm_t<__nv_bfloat16, 1, false>(a, stream);
+    else res ? launch_gemm_t<__nv_bfloat16, 2, true>(a, stream) : launch_gemm_t<__nv_bfloat16, 2, false>(a, stream);
+  } else {
+    if (spt == 1) res ? launch_gemm_t<__half, 1, true>(a, stream) : launch_gemm_t<__half, 1, false>(a, stream);
+    else res ? launch_gemm_t<__half, 2, true>(a, stream) : launch_gemm_t<__half, 2, false>(a, stream);
+  }
+}
+
+}  // namespace mosaic::cuda::detail

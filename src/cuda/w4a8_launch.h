@@ -1,0 +1,28 @@
+// Internal: launchers of the W4A8 kernels (w4a8_gemm.cu), called by w4a8_linear.cpp.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace mosaic::cuda::detail {
+
+// Device pointers of one W4A8 GEMM (layout: w4a8_layout.h).
+struct W4A8Args {
+  const int8_t* xq = nullptr;     // activation codes [M, K]
+  const float* xs = nullptr;      // per-row activation scales [M]
+  const uint32_t* qw = nullptr;   // base codes [N/8][K/128][32][4]
+  const float* sc = nullptr;      // base scales / 16 [K/128][spt][N]
+  const uint32_t* rq = nullptr;   // residual codes [nnzb][32][4] (nullptr: no residual)
+  const float* rs = nullptr;      // residual scales / 16 [nnzb][16]
+  const int32_t* ridx = nullptr;  // residual index [N/16][K/64], -1 = not kept
+  void* y = nullptr;              // output [M, N], fp16 or bf16
+  int M = 0, N = 0, K = 0;
+};
+
+// Per-row INT8 quantization of X [M, K] (fp16 if !bf16): codes and scales (docs/format.md).
+void launch_w4a8_quantize(const void* X, bool bf16, int64_t M, int64_t K, int8_t* codes, float* scales,
+                          cudaStream_t stream);
+// Y = dequant(xq) * W^T; spt = 1 (group >= 128) or 2 (group 64); residual when res.
+void launch_w4a8_gemm(const W4A8Args& a, bool bf16, int spt, bool res, cudaStream_t stream);
+
+}  // namespace mosaic::cuda::detail

@@ -1,0 +1,171 @@
+// Host side of the W4A8 ZipperEngine GEMM (w4a8.h): validate, repack, upload, argument checks,
+// activation workspace, launch.
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "cuda/w4a8.h"
+#include "cuda/w4a8_launch.h"
+#include "util/error.h"
+
+namespace mosaic::cuda {
+namespace {
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA error in ", what, ": ", cudaGetErrorString(e));
+}
+
+template <typename T>
+T* upload(const std::vector<T>& v) {
+  if (v.empty()) return nullptr;
+  void* p = nullptr;
+  check_cuda(cudaMalloc(&p, v.size() * sizeof(T)), "cudaMalloc (w4a8 weights)");
+  check_cuda(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy (w4a8 weights)");
+  return static_cast<T*>(p);
+}
+
+bool is_device_pointer(const void* p) {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
+void check_act_args(const char* who, const void* X, int64_t M, int64_t K, DType dt) {
+  MOSAIC_CHECK(dt == DType::F16 || dt == DType::BF16, who, ": dtype must be fp16 or bf16 (got code ", int(dt),
+               ") for X [M=", M, ", K=", K, "]");
+  MOSAIC_CHECK(M >= 1 && M <= (int64_t(1) << 24), who, ": M must be in 1..16777216, got M=", M, " (K=", K, ")");
+  MOSAIC_CHECK(K >= 8 && K % 8 == 0 && K <= (int64_t(1) << 20), who, ": K must be a multiple of 8 in 8..2^20, got [M=",
+               M, ", K=", K, "]");
+  MOSAIC_CHECK(X != nullptr && reinterpret_cast<uintptr_t>(X) % 16 == 0, who,
+               ": X must be a non-null 16-byte aligned pointer for [M=", M, ", K=", K, "]");
+  MOSAIC_CHECK(is_device_pointer(X), who, ": X must be device memory for [M=", M, ", K=", K, "]");
+}
+
+}  // namespace
+
+void quantize_act_int8(const void* X, int64_t M, int64_t K, DType dt, int8_t* codes, float* scales,
+                       cudaStream_t stream) {
+  check_act_args("quantize_act_int8", X, M, K, dt);
+  MOSAIC_CHECK(codes != nullptr && scales != nullptr && reinterpret_cast<uintptr_t>(codes) % 16 == 0 &&
+                   is_device_pointer(codes) && is_device_pointer(scales),
+               "quantize_act_int8: codes and scales must be device memory (codes 16-byte aligned) for [M=", M,
+               ", K=", K, "]");
+  detail::launch_w4a8_quantize(X, dt == DType::BF16, M, K, codes, scales, stream);
+}
+
+struct W4A8Linear::Impl {
+  int64_t N = 0, K = 0, nnzb = 0, bytes_all = 0, bytes_base = 0;
+  int group = 128, spt = 1;
+  uint32_t* qw = nullptr;
+  float* sc = nullptr;
+  uint32_t* rq = nullptr;
+  float* rs = nullptr;
+  int32_t* ridx = nullptr;
+  // Activation workspace (grown on demand: one stream at a time).
+  int8_t* xq = nullptr;
+  float* xs = nullptr;
+  int64_t ws_rows = 0, last_m = 0;
+
+  ~Impl() {
+    for (void* p : {static_cast<void*>(qw), static_cast<void*>(sc), static_cast<void*>(rq), static_cast<void*>(rs),
+                    static_cast<void*>(ridx), static_cast<void*>(xq), static_cast<void*>(xs)})
+      if (p) cudaFree(p);
+  }
+  std::string shapes(int64_t M) const {
+    return ::mosaic::detail::concat("X [M=", M, ", K=", K, "] x W [N=", N, ", K=", K, "] (group ", group, ")");
+  }
+};
+
+W4A8Linear::W4A8Linear(const PackedLinear& w) : impl_(std::make_unique<Impl>()) {
+  const W4A8Layout z = repack_for_w4a8(w);
+  MOSAIC_CHECK(cuda_device_count() > 0, "w4a8: no CUDA GPU available for layer [N=", w.N, ", K=", w.K, "]");
+  MOSAIC_CHECK(w.N <= (int64_t(1) << 30) && w.K <= (int64_t(1) << 20) && w.N * w.K / 2 < (int64_t(1) << 40),
+               "w4a8: layer too large [N=", w.N, ", K=", w.K, "]");
+  Impl& I = *impl_;
+  I.N = z.N;
+  I.K = z.K;
+  I.group = z.group;
+  I.spt = z.spt;
+  I.nnzb = z.nnzb;
+  I.bytes_all = z.weight_bytes(true);
+  I.bytes_base = z.weight_bytes(false);
+  I.qw = upload(z.qweight);
+  I.sc = upload(z.scales);
+  if (z.nnzb > 0) {
+    I.rq = upload(z.res_qweight);
+    I.rs = upload(z.res_scales);
+    I.ridx = upload(z.res_index);
+  }
+}
+
+W4A8Linear::~W4A8Linear() = default;
+
+void W4A8Linear::quantize(const void* X, int64_t M, DType dt, cudaStream_t stream) const {
+  Impl& I = *impl_;
+  check_act_args("w4a8 quantize", X, M, I.K, dt);
+  if (M > I.ws_rows) {  // grow (synchronizes: do it outside graph capture, e.g. with the largest M first)
+    check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize (w4a8 workspace)");
+    if (I.xq) cudaFree(I.xq);
+    if (I.xs) cudaFree(I.xs);
+    I.xq = nullptr;
+    I.xs = nullptr;
+    I.ws_rows = 0;
+    check_cuda(cudaMalloc(&I.xq, size_t(M * I.K)), "cudaMalloc (w4a8 activation codes)");
+    check_cuda(cudaMalloc(&I.xs, size_t(M) * sizeof(float)), "cudaMalloc (w4a8 activation scales)");
+    I.ws_rows = M;
+  }
+  detail::launch_w4a8_quantize(X, dt == DType::BF16, M, I.K, I.xq, I.xs, stream);
+  I.last_m = M;
+}
+
+void W4A8Linear::gemm_quantized(void* Y, int64_t M, DType dt, cudaStream_t stream, W4A8Variant v) const {
+  const Impl& I = *impl_;
+  MOSAIC_CHECK(dt == DType::F16 || dt == DType::BF16, "w4a8 gemm: dtype must be fp16 or bf16 (got code ", int(dt),
+               ") for ", I.shapes(M));
+  MOSAIC_CHECK(M >= 1 && M <= I.ws_rows, "w4a8 gemm: M=", M, " rows but only ", I.ws_rows,
+               " quantized rows in the workspace (call quantize first) for ", I.shapes(M));
+  MOSAIC_CHECK(Y != nullptr && reinterpret_cast<uintptr_t>(Y) % 16 == 0 && is_device_pointer(Y),
+               "w4a8 gemm: Y must be 16-byte aligned device memory for ", I.shapes(M));
+  detail::W4A8Args a;
+  a.xq = I.xq;
+  a.xs = I.xs;
+  a.qw = I.qw;
+  a.sc = I.sc;
+  const bool res = v == W4A8Variant::Zipper && I.nnzb > 0;
+  if (res) {
+    a.rq = I.rq;
+    a.rs = I.rs;
+    a.ridx = I.ridx;
+  }
+  a.y = Y;
+  a.M = int(M);
+  a.N = int(I.N);
+  a.K = int(I.K);
+  detail::launch_w4a8_gemm(a, dt == DType::BF16, I.spt, res, stream);
+}
+
+void W4A8Linear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream, W4A8Variant v) const {
+  const Impl& I = *impl_;
+  MOSAIC_CHECK(dt == DType::F16 || dt == DType::BF16, "w4a8 gemm: dtype must be fp16 or bf16 (got code ", int(dt),
+               ") for ", I.shapes(M));
+  MOSAIC_CHECK(M >= 1 && M <= (int64_t(1) << 24), "w4a8 gemm: M must be in 1..16777216 for ", I.shapes(M));
+  MOSAIC_CHECK(Y != nullptr && reinterpret_cast<uintptr_t>(Y) % 16 == 0 && is_device_pointer(Y),
+               "w4a8 gemm: Y must be 16-byte aligned device memory for ", I.shapes(M));
+  quantize(X, M, dt, stream);
+  gemm_quantized(Y, M, dt, stream, v);
+}
+
+const int8_t* W4A8Linear::act_codes() const { return impl_->xq; }
+const float* W4A8Linear::act_scales() const { return impl_->xs; }
+int64_t W4A8Linear::N() const { return impl_->N; }
+int64_t W4A8Linear::K() const { return impl_->K; }
+int W4A8Linear::group() const { return impl_->group; }
+int64_t W4A8Linear::blocks_kept() const { return impl_->nnzb; }
+int64_t W4A8Linear::weight_bytes(bool with_residual) const {
+  return with_residual ? impl_->bytes_all : impl_->bytes_base;
+}
+
+}  // namespace mosaic::cuda
