@@ -39,9 +39,10 @@ row m10b64x64 --method mosaic --group 64 --budget 0.1 $G --block 64x64
 row m10b1x64 --method mosaic --group 64 --budget 0.1 $G --block 1x64
 row m05b1x64 --method mosaic --group 64 --budget 0.05 $G --block 1x64
 row m10ts --method mosaic --group 64 --budget 0.1 $G --true-sequential
-S=64 row m10c64 --method mosaic --group 64 --budget 0.1 $G
-S=128 row m10c128 --method mosaic --group 64 --budget 0.1 $G
-S=256 row m10c256 --method mosaic --group 64 --budget 0.1 $G
+S=64 row m10c64 --method mosaic --group 64 --budget 0.1 $G --score-samples 0
+S=128 row m10c128 --method mosaic --group 64 --budget 0.1 $G --score-samples 0
+S=256 row m10c256 --method mosaic --group 64 --budget 0.1 $G --score-samples 0
+S=128 row m10c128s16 --method mosaic --group 64 --budget 0.1 $G --score-samples 16
 python3 - "$W" "$DATE" <<'PY'
 import json, re, sys, pathlib, platform
 w, date = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -56,7 +57,8 @@ names = {"gptq64ao": "GPTQ g64 act-order", "gptq32ao": "GPTQ g32 act-order",
          "m10ts": "MosaicQuant 16x64 10% global, true-sequential",
          "m10c64": "MosaicQuant 16x64 10% global, calibration 64 x 512",
          "m10c128": "MosaicQuant 16x64 10% global, calibration 128 x 512",
-         "m10c256": "MosaicQuant 16x64 10% global, calibration 256 x 512"}
+         "m10c256": "MosaicQuant 16x64 10% global, calibration 256 x 512",
+         "m10c128s16": "MosaicQuant 16x64 10% global, calibration 128 x 512, scoring pass on 16 of them"}
 rows = []
 for key, name in names.items():
     p = w / f"{key}.ppl.json"

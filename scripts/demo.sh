@@ -4,7 +4,7 @@
 #   and convert it to a Hugging Face FP16 directory -> quantize it with MosaicQuant ->
 #   evaluate FP16 and MosaicQuant on WikiText-2 (perplexity + KL divergence) -> generate text.
 #
-#   bash scripts/demo.sh            # first WINDOWS=8 windows of 2048 tokens (about 10 min on 2 cores once built)
+#   bash scripts/demo.sh            # first WINDOWS=8 windows of 2048 tokens (about 7 min on 2 cores once built)
 #   FULL=1 bash scripts/demo.sh     # the whole WikiText-2 test text (147 windows)
 #
 # Knobs (environment): WINDOWS, FULL, CALIB_SAMPLES (default 128), CALIB_LEN (default 512),
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WINDOWS=${WINDOWS:-8}
 [ "${FULL:-0}" = 1 ] && WINDOWS=0
-CALIB_SAMPLES=${CALIB_SAMPLES:-128}  # 16 -> 128 windows: KL 0.117 -> 0.104 for ~20% more time (results.md)
+CALIB_SAMPLES=${CALIB_SAMPLES:-128}  # 16 -> 128 windows: KL 0.117 -> 0.105 (results.md)
 CALIB_LEN=${CALIB_LEN:-512}
 BUDGET=${BUDGET:-0.1}
 GROUP=${GROUP:-64}

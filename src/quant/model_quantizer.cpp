@@ -167,6 +167,8 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuan
                      {"block_cols", opt.block_cols},
                      {"budget", opt.budget},
                      {"allocation", allocation_name(opt.allocation)},
+                     {"score_samples", opt.allocation == Allocation::kGlobal ? nlohmann::json(rep.score_windows)
+                                                                              : nlohmann::json(nullptr)},
                      {"scorer", block_scorer_name(opt.scorer)},
                      {"residual_in_gptq", true}};
   else
@@ -222,11 +224,15 @@ class Quantizer {
       std::fprintf(stderr, "calibration linears, Hessians and GPTQ on %s\n", opt_.accel->describe().c_str());
     std::vector<std::vector<float>> x;  // activations per calibration window [len, hidden]
     if (opt_.method == QuantMethod::kMosaic && opt_.allocation == Allocation::kGlobal && opt_.budget > 0) {
-      embed(model.get(), x);
+      // The scoring pass only ranks blocks for the allocation: it may use the first
+      // score_samples windows (0 = all; the windows are already a random sample).
+      const size_t n = opt_.score_samples > 0 ? std::min(calib_.size(), size_t(opt_.score_samples)) : calib_.size();
+      rep.score_windows = int64_t(n);
+      embed(model.get(), x, n);
       counts_ = global_counts(model.get(), x, cache);
       for (size_t l = 0; l < counts_.size(); ++l) rep.global_counts.push_back(counts_[l]);
     }
-    if (model) embed(model.get(), x);
+    if (model) embed(model.get(), x, calib_.size());
     copy_f16(w, ckpt_, "model.embed_tokens.weight");
     Progress progress("quantize", cfg_.num_layers, opt_.quiet);
     for (int i = 0; i < cfg_.num_layers; ++i) {
@@ -284,10 +290,10 @@ class Quantizer {
   }
   using Accumulators = std::array<std::shared_ptr<HessianAccumulator>, 7>;
 
-  void embed(Model* model, std::vector<std::vector<float>>& x) const {
+  void embed(Model* model, std::vector<std::vector<float>>& x, size_t windows) const {
     const int64_t len = int64_t(calib_[0].size());
-    x.assign(calib_.size(), {});
-    for (size_t s = 0; s < calib_.size(); ++s) {
+    x.assign(windows, {});
+    for (size_t s = 0; s < windows; ++s) {
       x[s].resize(size_t(len * cfg_.hidden_size));
       model->embed(calib_[s].data(), len, x[s].data());
     }
@@ -438,7 +444,8 @@ class Quantizer {
         }
         W[int(id)].reset();
       }
-      timed(kForward, [&] { propagate(i, base, *model, x, cache); return 0; });
+      if (i + 1 < cfg_.num_layers)  // the last layer's outputs feed nothing
+        timed(kForward, [&] { propagate(i, base, *model, x, cache); return 0; });
       progress.update(i + 1, "layer " + std::to_string(i));
     }
     progress.finish();
@@ -478,7 +485,8 @@ class Quantizer {
       rep.linear_bytes += packed[int(id)].storage_bytes();
       rep.residual_blocks += packed[int(id)].num_blocks_kept();
     }
-    if (model) timed(kForward, [&] { propagate(i, packed, *model, x, cache); return 0; });
+    if (model && i + 1 < cfg_.num_layers)  // the last layer's outputs feed nothing
+      timed(kForward, [&] { propagate(i, packed, *model, x, cache); return 0; });
   }
 
   // The quantized linear as calibration runs it (dequantized weights, on the accelerator if any).

@@ -216,6 +216,17 @@ TEST(ModelQuantizer, GlobalAllocationKeepsTheModelBudget) {
     }
   EXPECT_TRUE(uneven) << "global allocation gave every linear its per-layer share";
   EXPECT_EQ(ModelConfig::load(tmp.path / "global").quantization_config["residual"]["allocation"], "global");
+  EXPECT_EQ(r.score_windows, 16);
+  EXPECT_EQ(ModelConfig::load(tmp.path / "global").quantization_config["residual"]["score_samples"], 16);
+
+  // A scoring pass on fewer windows: recorded, the same model budget, counts from its own ranking.
+  o.score_samples = 4;
+  const ModelQuantReport r4 = quantize_model(golden(name), tmp.path / "global4", calib, o);
+  EXPECT_EQ(r4.score_windows, 4);
+  EXPECT_EQ(ModelConfig::load(tmp.path / "global4").quantization_config["residual"]["score_samples"], 4);
+  EXPECT_EQ(r4.residual_blocks, budget_blocks(0.2, total));
+  EXPECT_NE(r4.global_counts, r.global_counts) << "the scoring pass did not use fewer windows";
+  o.score_samples = 16;
 
   o.allocation = Allocation::kPerLayer;
   const ModelQuantReport rp = quantize_model(golden(name), tmp.path / "per_layer", calib, o);
