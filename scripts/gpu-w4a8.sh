@@ -7,7 +7,8 @@
 #   OUT=/tmp/out scripts/gpu-w4a8.sh
 # Overrides: SH (shapes, default llama3-8b), MS (default 256,1024,2048,4096,8192), BU (budgets,
 # default 0,0.1), TEST_FILTER (gtest filter, default W4A8*), SKIP_TESTS=1, SKIP_SAN=1,
-# SKIP_TORCH=1, NCU="KxN M" (e.g. "4096x6144 4096": ncu of w4a8_gemm_kernel at that shape).
+# SKIP_TORCH=1, NCU="KxN M" (e.g. "4096x6144 4096": ncu of w4a8_gemm_kernel at that shape), SASS=1
+# (instruction mix of the W4A8 kernels from cuobjdump).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-w4a8}
@@ -40,6 +41,11 @@ if [ -n "${NCU:-}" ]; then
     > $OUT/ncu.txt 2>&1
   echo "== ncu rc=$?"
   grep -vE "^\|" $OUT/ncu.txt | grep -E "w4a8_gemm|Duration|Throughput|Compute|Occupancy|Warp Cycles|Eligible|Issued|No Eligible|Registers|Dynamic Shared|Grid Size|Waves|imma|stalled|inst_executed" | grep -vE "stalled_.* +[0-9]\.[0-9]+$|stalled_.* +0$" | head -70
+fi
+if [ "${SASS:-0}" = 1 ] && command -v cuobjdump > /dev/null; then  # instruction mix per kernel
+  cuobjdump -sass $B/w4a8_gemm.o | awk '/Function :/{k=$3} /^ +\/\*[0-9a-f]+\*\//{n[k]++; split($2,a,"."); op[k" "a[1]]++}
+    END{for (k in n) print n[k], k; for (x in op) if (op[x] > 8) print "  ", op[x], x}' | grep -E "w4a8_gemm_kernel" | sort -k2 > $OUT/sass-stats.txt
+  grep -E "__half, 1, 1|Li1ELb1E" $OUT/sass-stats.txt | sort -rn | head -30
 fi
 cp $B/ptxas-w4a8.log $OUT/ 2>/dev/null
 echo "== done $(date -u)"

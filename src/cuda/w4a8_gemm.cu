@@ -133,6 +133,30 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a
   const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
   const int KT = a.K / kBK, nt8 = a.N / 8;
 
+  // Loader addresses, computed once (per k-tile only + kt * stride): X chunk (row tid / 8 + 32 i,
+  // 16-byte column tid % 8, XOR-swizzled by row % 8 = (tid / 8) % 8 for every i); base codes of n8
+  // tiles tid / 32 + 8 i (lane's 16 bytes); scales (tid < 32 spt).
+  const int arow_ld = tid >> 3, ach = tid & 7;
+  const int8_t* a_src[4];
+  bool a_ok[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int m = m0 + arow_ld + 32 * i;
+    a_ok[i] = m < a.M;
+    a_src[i] = a.xq + int64_t(a_ok[i] ? m : 0) * a.K + ach * 16;
+  }
+  const uint32_t a_dst = uint32_t(arow_ld * 128 + ((ach ^ (arow_ld & 7)) << 4));
+  const uint32_t* w_src[2];
+  bool w_ok[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int n8 = n0 / 8 + (tid >> 5) + 8 * i;
+    w_ok[i] = n8 < nt8;
+    w_src[i] = a.qw + (int64_t(w_ok[i] ? n8 : 0) * KT * 32 + lane) * 4;
+  }
+  const bool s_ok = tid < SPT * 32 && n0 + 4 * (tid & 31) < a.N;
+  const float* s_src = a.sc + int64_t(tid >> 5 < SPT ? tid >> 5 : 0) * a.N + (s_ok ? n0 + 4 * (tid & 31) : 0);
+
   // Residual loader: thread -> slot tid / 16 (block row (tid / 32) of the tile, column half
   // (tid / 16) & 1), 2 code chunks + (sub < 4) 1 scale chunk. The block index of the next k-tile
   // is fetched one k-tile ahead so its latency hides behind a k-tile of MMAs.
@@ -145,26 +169,10 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a
   auto load_tile = [&](int kt, int st) {
     uint8_t* s = smem + st * SB;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {  // X codes: 1024 chunks of 16 B
-      const int c = tid + kThreads * i, row = c >> 3, ch = c & 7;
-      const int m = m0 + row;
-      const bool ok = m < a.M;
-      const int8_t* src = a.xq + int64_t(ok ? m : 0) * a.K + kt * kBK + ch * 16;
-      cp_async16_zfill(s + row * 128 + ((ch ^ (row & 7)) << 4), src, ok);
-    }
+    for (int i = 0; i < 4; ++i) cp_async16_zfill(s + a_dst + 4096 * i, a_src[i] + kt * kBK, a_ok[i]);
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {  // base codes: 16 n8 tiles x 32 chunks
-      const int c = tid + kThreads * i, tile = c >> 5, lc = c & 31;
-      const int n8 = n0 / 8 + tile;
-      const bool ok = n8 < nt8;
-      const uint32_t* src = a.qw + ((int64_t(ok ? n8 : 0) * KT + kt) * 32 + lc) * 4;
-      cp_async16_zfill(s + kOffW + tile * 512 + lc * 16, src, ok);
-    }
-    if (tid < SPT * 32) {  // scales: spt x 128 fp32
-      const int h = tid >> 5, j = tid & 31, n = n0 + 4 * j;
-      const bool ok = n < a.N;
-      cp_async16_zfill(s + kOffS + h * 512 + j * 16, a.sc + (int64_t(kt) * SPT + h) * a.N + (ok ? n : 0), ok);
-    }
+    for (int i = 0; i < 2; ++i) cp_async16_zfill(s + kOffW + (tid >> 5) * 512 + 4096 * i + lane * 16, w_src[i] + kt * 128, w_ok[i]);
+    if (tid < SPT * 32) cp_async16_zfill(s + kOffS + tid * 16, s_src + int64_t(kt) * SPT * a.N, s_ok);
     if constexpr (RES) {
       const int idx = ridx_next;
       if (rrow_ok && kt + 1 < KT) ridx_next = __ldg(ridx + 2 * (kt + 1));
@@ -205,39 +213,39 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a
       cp_async_commit();
     }
     const uint8_t* s = smem + (kt % kStages) * SB;
-    uint4 wv[4];
-    float2 sc[SPT][4];
+    // The warp's X fragments of the whole k-tile (4 k32 steps x 4 m16 tiles) stay in registers:
+    // the base of every n8 tile and the residual blocks use them without reloading.
+    uint32_t af[4][4][4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      wv[j] = *reinterpret_cast<const uint4*>(s + kOffW + (4 * wn + j) * 512 + lane * 16);
-#pragma unroll
-      for (int h = 0; h < SPT; ++h)
-        sc[h][j] = *reinterpret_cast<const float2*>(s + kOffS + h * 512 + (32 * wn + 8 * j + 2 * t4) * 4);
-    }
-    int acc_i[4][4][4];
-#pragma unroll
-    for (int st = 0; st < 4; ++st) {
-      uint32_t af[4][4];
+    for (int st = 0; st < 4; ++st)
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        ldmatrix_x4(af[i], s + (arow + 16 * i) * 128 + (((2 * st + asel) ^ aswz) << 4));
+        ldmatrix_x4(af[st][i], s + (arow + 16 * i) * 128 + (((2 * st + asel) ^ aswz) << 4));
+    // n8 tile by n8 tile: its INT32 sums live only over one group, so tile j's fold overlaps
+    // tile j+1's MMAs.
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t w = st == 0 ? wv[j].x : st == 1 ? wv[j].y : st == 2 ? wv[j].z : wv[j].w;
+    for (int j = 0; j < 4; ++j) {
+      const uint4 wv = *reinterpret_cast<const uint4*>(s + kOffW + (4 * wn + j) * 512 + lane * 16);
+      float2 sc[SPT];
+#pragma unroll
+      for (int h = 0; h < SPT; ++h)
+        sc[h] = *reinterpret_cast<const float2*>(s + kOffS + h * 512 + (32 * wn + 8 * j + 2 * t4) * 4);
+      int ai[4][4];
+#pragma unroll
+      for (int st = 0; st < 4; ++st) {
+        const uint32_t w = st == 0 ? wv.x : st == 1 ? wv.y : st == 2 ? wv.z : wv.w;
         const uint32_t b0 = w & 0xF0F0F0F0u, b1 = (w << 4) & 0xF0F0F0F0u;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           if (st % GS == 0)
-            mma_s8(acc_i[i][j], af[i], b0, b1, magic);
+            mma_s8(ai[i], af[st][i], b0, b1, magic);
           else
-            mma_s8(acc_i[i][j], af[i], b0, b1, acc_i[i][j]);
+            mma_s8(ai[i], af[st][i], b0, b1, ai[i]);
         }
-      }
-      if (st % GS == GS - 1) {
+        if (st % GS == GS - 1) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) fold(acc[i][j], acc_i[i][j], sc[st / GS][j]);
+          for (int i = 0; i < 4; ++i) fold(acc[i][j], ai[i], sc[st / GS]);
+        }
       }
     }
     if constexpr (RES) {
@@ -257,15 +265,11 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a
         const uint32_t b1lo = rw.w & 0xF0F0F0F0u, b1hi = (rw.w << 4) & 0xF0F0F0F0u;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          uint32_t f0[4], f1[4];
-          const uint8_t* rowp = s + (arow + 16 * i) * 128;
-          ldmatrix_x4(f0, rowp + (((4 * hh + asel) ^ aswz) << 4));      // k32 step 2 hh
-          ldmatrix_x4(f1, rowp + (((4 * hh + 2 + asel) ^ aswz) << 4));  // k32 step 2 hh + 1
           int ra[4], rb[4];
-          mma_s8(ra, f0, a0lo, a0hi, magic);
-          mma_s8(rb, f0, b0lo, b0hi, magic);
-          mma_s8(ra, f1, a1lo, a1hi, ra);
-          mma_s8(rb, f1, b1lo, b1hi, rb);
+          mma_s8(ra, af[2 * hh][i], a0lo, a0hi, magic);  // k32 step 2 hh
+          mma_s8(rb, af[2 * hh][i], b0lo, b0hi, magic);
+          mma_s8(ra, af[2 * hh + 1][i], a1lo, a1hi, ra);  // k32 step 2 hh + 1
+          mma_s8(rb, af[2 * hh + 1][i], b1lo, b1hi, rb);
           fold(acc[i][2 * b], ra, rsa);
           fold(acc[i][2 * b + 1], rb, rsb);
         }
