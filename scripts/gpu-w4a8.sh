@@ -7,7 +7,8 @@
 #   OUT=/tmp/out scripts/gpu-w4a8.sh
 # Overrides: SH (shapes, default llama3-8b), MS (default 256,1024,2048,4096,8192), BU (budgets,
 # default 0,0.1), TEST_FILTER (gtest filter, default W4A8*), SKIP_TESTS=1, SKIP_SAN=1,
-# SKIP_TORCH=1, NCU="KxN M" (e.g. "4096x6144 4096": ncu of w4a8_gemm_kernel at that shape), SASS=1
+# SKIP_TORCH=1, NCU="KxN M" (e.g. "4096x6144 4096": ncu of w4a8_gemm_kernel at that shape, NCU_WARPS=8|16
+# picks the CTA shape profiled), SASS=1
 # (instruction mix of the W4A8 kernels from cuobjdump).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,7 @@ if [ -n "${NCU:-}" ]; then
   set -- $NCU
   S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats"
   S="$S --metrics smsp__inst_executed.sum,sm__pipe_tensor_op_imma_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct"
-  timeout 180 ncu -k regex:w4a8_gemm_kernel -c 2 $S $B/mosaic bench gemm --act-bits 8 --shapes $1 --m $2 --budget 0.1 --reps 1 \
+  MOSAIC_W4A8_WARPS=${NCU_WARPS:-8} timeout 180 ncu -k regex:w4a8_gemm_kernel -c 1 $S $B/mosaic bench gemm --act-bits 8 --shapes $1 --m $2 --budget 0.1 --reps 1 \
     > $OUT/ncu.txt 2>&1
   echo "== ncu rc=$?"
   grep -vE "^\|" $OUT/ncu.txt | grep -E "w4a8_gemm|Duration|Throughput|Compute|Occupancy|Warp Cycles|Eligible|Issued|No Eligible|Registers|Dynamic Shared|Grid Size|Waves|imma|stalled|inst_executed" | grep -vE "stalled_.* +[0-9]\.[0-9]+$|stalled_.* +0$" | head -70
@@ -47,5 +48,10 @@ if [ "${SASS:-0}" = 1 ] && command -v cuobjdump > /dev/null; then  # instruction
     END{for (k in n) print n[k], k; for (x in op) if (op[x] > 8) print "  ", op[x], x}' | grep -E "w4a8_gemm_kernel" | sort -k2 > $OUT/sass-stats.txt
   grep -E "__half, 1, 1|Li1ELb1E" $OUT/sass-stats.txt | sort -rn | head -30
 fi
-cp $B/ptxas-w4a8.log $OUT/ 2>/dev/null
+# At most 8 files come back from $OUT: the extras go into one archive.
+X=$B/w4a8-extra; rm -rf $X; mkdir -p $X
+cp $B/ptxas-w4a8.log $B/memcheck-w4a8.log $X/ 2>/dev/null
+for f in ncu.txt sass-stats.txt torch-w8.log; do [ -f $OUT/$f ] && mv $OUT/$f $X/; done
+tar -C $X -czf $OUT/extra.tar.gz . && echo "== extras in extra.tar.gz: $(ls $X | tr '\n' ' ')"
+echo "== summary of checks:"; grep -E "^== (tests|memcheck|bench|torch)|worst normalized|FAILED|spill stores, [1-9]" $OUT/w4a8.log | head -20
 echo "== done $(date -u)"

@@ -253,6 +253,12 @@ void run_gemm_bench(const GemmBenchOptions& o) {
              time_us([&](int c) { wl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::Zipper); }, cz,
                      o.reps),
              wz + qio + yio, cub[mi]);
+        if (M >= 256 && budget == budgets.back())  // both CTA shapes (warps per 128 x 128 tile)
+          for (int warps : {8, 16})
+            emit(s, M, budget, "w4a8_zipper_gemm_only_w" + std::to_string(warps),
+                 time_us([&](int c) { wl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::Zipper, warps); },
+                         cz, o.reps),
+                 wz + qio + yio, cub[mi]);
         auto full = [&](W4A8Variant v) {
           return time_us([&](int c) { wl[size_t(c)]->gemm(xs[size_t(c % cx)]->p, yp, M, wdt, nullptr, v); }, cz,
                          o.reps);

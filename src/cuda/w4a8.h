@@ -22,6 +22,9 @@ namespace mosaic::cuda {
 
 enum class W4A8Variant { Zipper, DenseOnly };  // DenseOnly ignores the residual (benchmark)
 
+// Warps per 128 x 128 CTA tile: 8 (64 x 32 outputs per warp) or 16 (32 x 32). docs/kernels.md.
+inline constexpr int kW4A8DefaultWarps = 8;
+
 class W4A8Linear {
  public:
   // Repacks and uploads to the current CUDA device. Throws mosaic::Error for unsupported layers
@@ -34,14 +37,16 @@ class W4A8Linear {
   // X: device [M, K], Y: device [M, N], row-major, both of dtype dt, 16-byte aligned. Quantizes X
   // into the layer's workspace, then runs the GEMM; asynchronous on `stream`. Throws
   // mosaic::Error naming the shapes on bad arguments.
+  // warps: 0 = the default (MOSAIC_W4A8_WARPS if set, else kW4A8DefaultWarps); 8 or 16 warps per
+  // 128 x 128 tile (tuning and the benchmark).
   void gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr,
-            W4A8Variant v = W4A8Variant::Zipper) const;
+            W4A8Variant v = W4A8Variant::Zipper, int warps = 0) const;
 
   // The two halves of gemm (benchmark, tests): per-token INT8 codes + scales of X into the
   // workspace; then the GEMM from the workspace's first M rows.
   void quantize(const void* X, int64_t M, DType dt, cudaStream_t stream = nullptr) const;
   void gemm_quantized(void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr,
-                      W4A8Variant v = W4A8Variant::Zipper) const;
+                      W4A8Variant v = W4A8Variant::Zipper, int warps = 0) const;
   const int8_t* act_codes() const;   // device [M, K] after quantize()
   const float* act_scales() const;   // device [M]
 

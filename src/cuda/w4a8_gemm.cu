@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(256) w4a8_quantize_kernel(const T* __restrict_
 }
 
 // ---- the GEMM ----------------------------------------------------------------------------------
-constexpr int kBM = 128, kBN = 128, kBK = 128, kStages = 4, kThreads = 256;
+constexpr int kBM = 128, kBN = 128, kBK = 128, kStages = 4;
 // Stage layout (bytes): X codes 128 x 128 (16-byte chunks XOR-swizzled by row), base codes of the
 // 16 n8 tiles (512 B each), scales (spt x 128 fp32), residual: 16 slots (8 block rows x 2 block
 // columns of the tile) of 512 B codes, 16 fp32 scales each, and one kept flag per slot.
@@ -118,49 +118,54 @@ __device__ __forceinline__ uint32_t pack_out(float a, float b) {
   }
 }
 
-// grid (ceil(M/128), ceil(N/128)), 8 warps: warp (wm, wn) = rows 64 wm .. +63, outputs 32 wn .. +31
-// of the CTA tile (4 m16 x 4 n8 MMA tiles). Per k-tile of 128 inputs: INT32 sums per scale group
-// (4 k32 steps for group >= 128, 2 for group 64), folded into fp32 with the group's scale;
-// a kept residual block of the warp's outputs (16 x 64) reuses the same X tile in smem and the
-// same fp32 accumulators with its own INT32 sums and scales. Epilogue: times s_m, to T.
-template <typename T, int SPT, bool RES>
-__global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a) {
+// grid (ceil(M/128), ceil(N/128)), W = 8 or 16 warps (MT = 4 or 2 m16 tiles per warp): warp
+// (wm, wn) = rows 16 MT wm .. +16 MT - 1, outputs 32 wn .. +31 of the CTA tile (MT m16 x 4 n8 MMA
+// tiles). Per k-tile of 128 inputs: INT32 sums per scale group (4 k32 steps for group >= 128, 2 for
+// group 64), folded into fp32 with the group's scale; a kept residual block of the warp's outputs
+// (16 x 64) reuses the same X fragments (registers) and the same fp32 accumulators with its own
+// INT32 sums and scales. Epilogue: times s_m, to T.
+template <typename T, int SPT, bool RES, int MT>
+__global__ void __launch_bounds__(32 * 8 * 4 / MT, 1) w4a8_gemm_kernel(const W4A8Args a) {
   extern __shared__ __align__(128) uint8_t smem[];
+  constexpr int NT = 32 * 8 * 4 / MT;  // threads
   constexpr int SB = stage_bytes<RES>();
   constexpr int GS = 4 / SPT;  // k32 steps per INT32 sum
+  constexpr int JB = 4 / MT;   // n8 tiles whose INT32 sums are in flight together (4 MMA chains)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp >> 2, wn = warp & 3;
   const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
   const int KT = a.K / kBK, nt8 = a.N / 8;
 
-  // Loader addresses, computed once (per k-tile only + kt * stride): X chunk (row tid / 8 + 32 i,
-  // 16-byte column tid % 8, XOR-swizzled by row % 8 = (tid / 8) % 8 for every i); base codes of n8
-  // tiles tid / 32 + 8 i (lane's 16 bytes); scales (tid < 32 spt).
+  // Loader addresses, computed once (per k-tile only + kt * stride): X chunks (row tid / 8 +
+  // (NT / 8) i, 16-byte column tid % 8, XOR-swizzled by row % 8 = (tid / 8) % 8 for every i); base
+  // codes of n8 tiles tid / 32 + (NT / 32) i (lane's 16 bytes); scales (tid < 32 spt).
+  constexpr int AI = 1024 / NT, WI = 512 / NT;
   const int arow_ld = tid >> 3, ach = tid & 7;
-  const int8_t* a_src[4];
-  bool a_ok[4];
+  const int8_t* a_src[AI];
+  bool a_ok[AI];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int m = m0 + arow_ld + 32 * i;
+  for (int i = 0; i < AI; ++i) {
+    const int m = m0 + arow_ld + (NT / 8) * i;
     a_ok[i] = m < a.M;
     a_src[i] = a.xq + int64_t(a_ok[i] ? m : 0) * a.K + ach * 16;
   }
   const uint32_t a_dst = uint32_t(arow_ld * 128 + ((ach ^ (arow_ld & 7)) << 4));
-  const uint32_t* w_src[2];
-  bool w_ok[2];
+  const uint32_t* w_src[WI];
+  bool w_ok[WI];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int n8 = n0 / 8 + (tid >> 5) + 8 * i;
+  for (int i = 0; i < WI; ++i) {
+    const int n8 = n0 / 8 + (tid >> 5) + (NT / 32) * i;
     w_ok[i] = n8 < nt8;
     w_src[i] = a.qw + (int64_t(w_ok[i] ? n8 : 0) * KT * 32 + lane) * 4;
   }
   const bool s_ok = tid < SPT * 32 && n0 + 4 * (tid & 31) < a.N;
   const float* s_src = a.sc + int64_t(tid >> 5 < SPT ? tid >> 5 : 0) * a.N + (s_ok ? n0 + 4 * (tid & 31) : 0);
 
-  // Residual loader: thread -> slot tid / 16 (block row (tid / 32) of the tile, column half
-  // (tid / 16) & 1), 2 code chunks + (sub < 4) 1 scale chunk. The block index of the next k-tile
-  // is fetched one k-tile ahead so its latency hides behind a k-tile of MMAs.
-  const int rslot = tid >> 4, rsub = tid & 15;
+  // Residual loader: 16 slots (8 block rows x 2 block-column halves of the tile), NT / 16 threads
+  // per slot copying its 32 code chunks (+ 4 scale chunks). The block index of the next k-tile is
+  // fetched one k-tile ahead so its latency hides behind a k-tile of MMAs.
+  constexpr int RPT = NT / 16;  // threads per slot
+  const int rslot = tid / RPT, rsub = tid % RPT;
   const int rrow = n0 / 16 + (rslot >> 1);
   const bool rrow_ok = RES && rrow < a.N / 16;
   const int32_t* ridx = RES ? a.ridx + int64_t(rrow_ok ? rrow : 0) * (a.K / 64) + (rslot & 1) : nullptr;
@@ -169,9 +174,10 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a
   auto load_tile = [&](int kt, int st) {
     uint8_t* s = smem + st * SB;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) cp_async16_zfill(s + a_dst + 4096 * i, a_src[i] + kt * kBK, a_ok[i]);
+    for (int i = 0; i < AI; ++i) cp_async16_zfill(s + a_dst + NT * 16 * i, a_src[i] + kt * kBK, a_ok[i]);
 #pragma unroll
-    for (int i = 0; i < 2; ++i) cp_async16_zfill(s + kOffW + (tid >> 5) * 512 + 4096 * i + lane * 16, w_src[i] + kt * 128, w_ok[i]);
+    for (int i = 0; i < WI; ++i)
+      cp_async16_zfill(s + kOffW + (tid >> 5) * 512 + NT * 16 * i + lane * 16, w_src[i] + kt * 128, w_ok[i]);
     if (tid < SPT * 32) cp_async16_zfill(s + kOffS + tid * 16, s_src + int64_t(kt) * SPT * a.N, s_ok);
     if constexpr (RES) {
       const int idx = ridx_next;
@@ -179,8 +185,8 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a
       if (idx >= 0) {
         const uint8_t* src = reinterpret_cast<const uint8_t*>(a.rq) + int64_t(idx) * 512;
         uint8_t* dst = s + kOffRC + rslot * 512;
-        cp_async16(dst + rsub * 16, src + rsub * 16);
-        cp_async16(dst + (rsub + 16) * 16, src + (rsub + 16) * 16);
+#pragma unroll
+        for (int c = 0; c < 32 / RPT; ++c) cp_async16(dst + (rsub + RPT * c) * 16, src + (rsub + RPT * c) * 16);
         if (rsub < 4) cp_async16(s + kOffRS + rslot * 64 + rsub * 16, a.rs + int64_t(idx) * 16 + rsub * 4);
       }
       if (rsub == 0) reinterpret_cast<int*>(s + kOffRF)[rslot] = idx >= 0;
@@ -193,16 +199,16 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a
     cp_async_commit();
   }
 
-  float acc[4][4][4];
+  float acc[MT][4][4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < MT; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
   const int magic[4] = {int(kMagic), int(kMagic), int(kMagic), int(kMagic)};
   const int t4 = lane & 3, asel = lane >> 4, aswz = lane & 7;
-  const int arow = 64 * wm + (lane & 15);
+  const int arow = 16 * MT * wm + (lane & 15);
 
   for (int kt = 0; kt < KT; ++kt) {
     cp_async_wait<kStages - 2>();
@@ -213,38 +219,47 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a
       cp_async_commit();
     }
     const uint8_t* s = smem + (kt % kStages) * SB;
-    // The warp's X fragments of the whole k-tile (4 k32 steps x 4 m16 tiles) stay in registers:
+    // The warp's X fragments of the whole k-tile (4 k32 steps x MT m16 tiles) stay in registers:
     // the base of every n8 tile and the residual blocks use them without reloading.
-    uint32_t af[4][4][4];
+    uint32_t af[4][MT][4];
 #pragma unroll
     for (int st = 0; st < 4; ++st)
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < MT; ++i)
         ldmatrix_x4(af[st][i], s + (arow + 16 * i) * 128 + (((2 * st + asel) ^ aswz) << 4));
-    // n8 tile by n8 tile: its INT32 sums live only over one group, so tile j's fold overlaps
-    // tile j+1's MMAs.
+    // JB n8 tiles at a time: their INT32 sums live only over one group, so one batch's folds
+    // overlap the next batch's MMAs.
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint4 wv = *reinterpret_cast<const uint4*>(s + kOffW + (4 * wn + j) * 512 + lane * 16);
-      float2 sc[SPT];
+    for (int j0 = 0; j0 < 4; j0 += JB) {
+      uint4 wv[JB];
+      float2 sc[JB][SPT];
 #pragma unroll
-      for (int h = 0; h < SPT; ++h)
-        sc[h] = *reinterpret_cast<const float2*>(s + kOffS + h * 512 + (32 * wn + 8 * j + 2 * t4) * 4);
-      int ai[4][4];
+      for (int jj = 0; jj < JB; ++jj) {
+        wv[jj] = *reinterpret_cast<const uint4*>(s + kOffW + (4 * wn + j0 + jj) * 512 + lane * 16);
+#pragma unroll
+        for (int h = 0; h < SPT; ++h)
+          sc[jj][h] = *reinterpret_cast<const float2*>(s + kOffS + h * 512 + (32 * wn + 8 * (j0 + jj) + 2 * t4) * 4);
+      }
+      int ai[JB][MT][4];
 #pragma unroll
       for (int st = 0; st < 4; ++st) {
-        const uint32_t w = st == 0 ? wv.x : st == 1 ? wv.y : st == 2 ? wv.z : wv.w;
-        const uint32_t b0 = w & 0xF0F0F0F0u, b1 = (w << 4) & 0xF0F0F0F0u;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          if (st % GS == 0)
-            mma_s8(ai[i], af[st][i], b0, b1, magic);
-          else
-            mma_s8(ai[i], af[st][i], b0, b1, ai[i]);
+        for (int jj = 0; jj < JB; ++jj) {
+          const uint32_t w = st == 0 ? wv[jj].x : st == 1 ? wv[jj].y : st == 2 ? wv[jj].z : wv[jj].w;
+          const uint32_t b0 = w & 0xF0F0F0F0u, b1 = (w << 4) & 0xF0F0F0F0u;
+#pragma unroll
+          for (int i = 0; i < MT; ++i) {
+            if (st % GS == 0)
+              mma_s8(ai[jj][i], af[st][i], b0, b1, magic);
+            else
+              mma_s8(ai[jj][i], af[st][i], b0, b1, ai[jj][i]);
+          }
         }
         if (st % GS == GS - 1) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) fold(acc[i][j], ai[i], sc[st / GS]);
+          for (int jj = 0; jj < JB; ++jj)
+#pragma unroll
+            for (int i = 0; i < MT; ++i) fold(acc[i][j0 + jj], ai[jj][i], sc[jj][st / GS]);
         }
       }
     }
@@ -264,7 +279,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a
         const uint32_t b0lo = rw.z & 0xF0F0F0F0u, b0hi = (rw.z << 4) & 0xF0F0F0F0u;
         const uint32_t b1lo = rw.w & 0xF0F0F0F0u, b1hi = (rw.w << 4) & 0xF0F0F0F0u;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < MT; ++i) {
           int ra[4], rb[4];
           mma_s8(ra, af[2 * hh][i], a0lo, a0hi, magic);  // k32 step 2 hh
           mma_s8(rb, af[2 * hh][i], b0lo, b0hi, magic);
@@ -281,8 +296,8 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_gemm_kernel(const W4A8Args a
   // Epilogue: Y[m, n] = s_m * acc (fp32) -> T.
   const int g = lane >> 2;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int r0 = m0 + 64 * wm + 16 * i + g, r1 = r0 + 8;
+  for (int i = 0; i < MT; ++i) {
+    const int r0 = m0 + 16 * MT * wm + 16 * i + g, r1 = r0 + 8;
     const float s0 = r0 < a.M ? a.xs[r0] : 0.f, s1 = r1 < a.M ? a.xs[r1] : 0.f;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -302,17 +317,25 @@ void check_launch(const char* what) {
   if (e != cudaSuccess) fail("CUDA error launching ", what, ": ", cudaGetErrorString(e));
 }
 
-template <typename T, int SPT, bool RES>
+template <typename T, int SPT, bool RES, int MT>
 void launch_gemm_t(const W4A8Args& a, cudaStream_t stream) {
   constexpr int smem = kStages * stage_bytes<RES>();
   static const bool attr = [] {
-    return cudaFuncSetAttribute(w4a8_gemm_kernel<T, SPT, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) ==
-           cudaSuccess;
+    return cudaFuncSetAttribute(w4a8_gemm_kernel<T, SPT, RES, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                smem) == cudaSuccess;
   }();
   if (!attr) fail("w4a8 gemm: cannot set ", smem, " bytes of dynamic shared memory");
   const dim3 grid((a.M + kBM - 1) / kBM, (a.N + kBN - 1) / kBN);
-  w4a8_gemm_kernel<T, SPT, RES><<<grid, kThreads, smem, stream>>>(a);
+  w4a8_gemm_kernel<T, SPT, RES, MT><<<grid, 32 * 8 * 4 / MT, smem, stream>>>(a);
   check_launch("w4a8_gemm_kernel");
+}
+
+template <typename T, int MT>
+void launch_gemm_mt(const W4A8Args& a, int spt, bool res, cudaStream_t stream) {
+  if (spt == 1)
+    res ? launch_gemm_t<T, 1, true, MT>(a, stream) : launch_gemm_t<T, 1, false, MT>(a, stream);
+  else
+    res ? launch_gemm_t<T, 2, true, MT>(a, stream) : launch_gemm_t<T, 2, false, MT>(a, stream);
 }
 
 }  // namespace
@@ -328,15 +351,13 @@ void launch_w4a8_quantize(const void* X, bool bf16, int64_t M, int64_t K, int8_t
   check_launch("w4a8_quantize_kernel");
 }
 
-void launch_w4a8_gemm(const W4A8Args& a, bool bf16, int spt, bool res, cudaStream_t stream) {
+void launch_w4a8_gemm(const W4A8Args& a, bool bf16, int spt, bool res, int warps, cudaStream_t stream) {
   if (spt != 1 && spt != 2) fail("w4a8 gemm: scale sets per k-tile must be 1 or 2, got ", spt);
-  if (bf16) {
-    if (spt == 1) res ? launch_gemm_t<__nv_bfloat16, 1, true>(a, stream) : launch_gemm_t<__nv_bfloat16, 1, false>(a, stream);
-    else res ? launch_gemm_t<__nv_bfloat16, 2, true>(a, stream) : launch_gemm_t<__nv_bfloat16, 2, false>(a, stream);
-  } else {
-    if (spt == 1) res ? launch_gemm_t<__half, 1, true>(a, stream) : launch_gemm_t<__half, 1, false>(a, stream);
-    else res ? launch_gemm_t<__half, 2, true>(a, stream) : launch_gemm_t<__half, 2, false>(a, stream);
-  }
+  if (warps != 8 && warps != 16) fail("w4a8 gemm: 8 or 16 warps per CTA, got ", warps);
+  if (bf16)
+    warps == 8 ? launch_gemm_mt<__nv_bfloat16, 4>(a, spt, res, stream) : launch_gemm_mt<__nv_bfloat16, 2>(a, spt, res, stream);
+  else
+    warps == 8 ? launch_gemm_mt<__half, 4>(a, spt, res, stream) : launch_gemm_mt<__half, 2>(a, spt, res, stream);
 }
 
 }  // namespace mosaic::cuda::detail

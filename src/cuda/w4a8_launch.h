@@ -22,7 +22,8 @@ struct W4A8Args {
 // Per-row INT8 quantization of X [M, K] (fp16 if !bf16): codes and scales (docs/format.md).
 void launch_w4a8_quantize(const void* X, bool bf16, int64_t M, int64_t K, int8_t* codes, float* scales,
                           cudaStream_t stream);
-// Y = dequant(xq) * W^T; spt = 1 (group >= 128) or 2 (group 64); residual when res.
-void launch_w4a8_gemm(const W4A8Args& a, bool bf16, int spt, bool res, cudaStream_t stream);
+// Y = dequant(xq) * W^T; spt = 1 (group >= 128) or 2 (group 64); residual when res; warps = 8
+// (64 x 32 outputs per warp) or 16 (32 x 32) per 128 x 128 CTA tile.
+void launch_w4a8_gemm(const W4A8Args& a, bool bf16, int spt, bool res, int warps, cudaStream_t stream);
 
 }  // namespace mosaic::cuda::detail

@@ -2,6 +2,7 @@
 // activation workspace, launch.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "cuda/w4a8.h"
@@ -42,6 +43,18 @@ void check_act_args(const char* who, const void* X, int64_t M, int64_t K, DType 
   MOSAIC_CHECK(X != nullptr && reinterpret_cast<uintptr_t>(X) % 16 == 0, who,
                ": X must be a non-null 16-byte aligned pointer for [M=", M, ", K=", K, "]");
   MOSAIC_CHECK(is_device_pointer(X), who, ": X must be device memory for [M=", M, ", K=", K, "]");
+}
+
+// MOSAIC_W4A8_WARPS=8|16 overrides the default (tuning runs); read once.
+int default_warps() {
+  static const int w = [] {
+    const char* e = std::getenv("MOSAIC_W4A8_WARPS");
+    if (!e || !*e) return kW4A8DefaultWarps;
+    const int v = std::atoi(e);
+    MOSAIC_CHECK(v == 8 || v == 16, "MOSAIC_W4A8_WARPS must be 8 or 16, got '", e, "'");
+    return v;
+  }();
+  return w;
 }
 
 }  // namespace
@@ -121,7 +134,7 @@ void W4A8Linear::quantize(const void* X, int64_t M, DType dt, cudaStream_t strea
   I.last_m = M;
 }
 
-void W4A8Linear::gemm_quantized(void* Y, int64_t M, DType dt, cudaStream_t stream, W4A8Variant v) const {
+void W4A8Linear::gemm_quantized(void* Y, int64_t M, DType dt, cudaStream_t stream, W4A8Variant v, int warps) const {
   const Impl& I = *impl_;
   MOSAIC_CHECK(dt == DType::F16 || dt == DType::BF16, "w4a8 gemm: dtype must be fp16 or bf16 (got code ", int(dt),
                ") for ", I.shapes(M));
@@ -144,10 +157,13 @@ void W4A8Linear::gemm_quantized(void* Y, int64_t M, DType dt, cudaStream_t strea
   a.M = int(M);
   a.N = int(I.N);
   a.K = int(I.K);
-  detail::launch_w4a8_gemm(a, dt == DType::BF16, I.spt, res, stream);
+  if (warps == 0) warps = default_warps();
+  MOSAIC_CHECK(warps == 8 || warps == 16, "w4a8 gemm: warps per CTA must be 8 or 16, got ", warps, " for ", I.shapes(M));
+  detail::launch_w4a8_gemm(a, dt == DType::BF16, I.spt, res, warps, stream);
 }
 
-void W4A8Linear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream, W4A8Variant v) const {
+void W4A8Linear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream, W4A8Variant v,
+                      int warps) const {
   const Impl& I = *impl_;
   MOSAIC_CHECK(dt == DType::F16 || dt == DType::BF16, "w4a8 gemm: dtype must be fp16 or bf16 (got code ", int(dt),
                ") for ", I.shapes(M));
@@ -155,7 +171,7 @@ void W4A8Linear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t 
   MOSAIC_CHECK(Y != nullptr && reinterpret_cast<uintptr_t>(Y) % 16 == 0 && is_device_pointer(Y),
                "w4a8 gemm: Y must be 16-byte aligned device memory for ", I.shapes(M));
   quantize(X, M, dt, stream);
-  gemm_quantized(Y, M, dt, stream, v);
+  gemm_quantized(Y, M, dt, stream, v, warps);
 }
 
 const int8_t* W4A8Linear::act_codes() const { return impl_->xq; }

@@ -40,12 +40,12 @@ double bound(DType dt) { return dt == DType::F16 ? 1e-3 : 1e-2; }
 // One GEMM (quantize + kernel) with the output poisoned (NaN); returns the normalized error and
 // fails the test on any non-finite output.
 double run_and_compare(const W4A8Linear& L, int64_t M, DType dt, const std::vector<uint16_t>& xbits,
-                       const std::vector<double>& yref, W4A8Variant v) {
+                       const std::vector<double>& yref, W4A8Variant v, int warps = 0) {
   const int64_t N = L.N(), K = L.K();
   DeviceBuf X(size_t(M * K * 2)), Y(size_t(M * N * 2));
   EXPECT_EQ(cudaMemcpy(X.p, xbits.data(), size_t(M * K * 2), cudaMemcpyHostToDevice), cudaSuccess);
   EXPECT_EQ(cudaMemset(Y.p, 0xff, size_t(M * N * 2)), cudaSuccess);
-  L.gemm(X.p, Y.p, M, dt, nullptr, v);
+  L.gemm(X.p, Y.p, M, dt, nullptr, v, warps);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<uint16_t> y(size_t(M * N));
   EXPECT_EQ(cudaMemcpy(y.data(), Y.p, y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
@@ -132,13 +132,17 @@ TEST(W4A8Gpu, MatchesCpuReferenceAcrossMPatternsAndDtypes) {
         std::vector<float> scales;
         test::quantize_rows_int8(xf, M, K, codes, scales);
         const std::vector<double> yref = test::reference_w4a8(codes, scales, W, M, N, K);
-        const double err = run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper);
-        EXPECT_LT(err, bound(dt)) << "pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M;
-        worst[int(dt)] = std::max(worst[int(dt)], err);
-        if (pat != Pattern::None && (M == 1 || M == 33 || M == 255)) {
-          const std::vector<double> ybase = test::reference_w4a8(codes, scales, Wb, M, N, K);
-          EXPECT_LT(run_and_compare(L, M, dt, xb, ybase, W4A8Variant::DenseOnly), bound(dt))
-              << "dense-only pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M;
+        for (int warps : {8, 16}) {  // both CTA shapes
+          const double err = run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper, warps);
+          EXPECT_LT(err, bound(dt)) << "pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M
+                                    << " warps " << warps;
+          worst[int(dt)] = std::max(worst[int(dt)], err);
+          if (pat != Pattern::None && (M == 1 || M == 33 || M == 255)) {
+            const std::vector<double> ybase = test::reference_w4a8(codes, scales, Wb, M, N, K);
+            EXPECT_LT(run_and_compare(L, M, dt, xb, ybase, W4A8Variant::DenseOnly, warps), bound(dt))
+                << "dense-only pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M
+                << " warps " << warps;
+          }
         }
       }
   }
@@ -167,8 +171,8 @@ TEST(W4A8Gpu, OddShapesGroupSizesAndRepeatedCalls) {
         std::vector<float> scales;
         test::quantize_rows_int8(xf, M, c.K, codes, scales);
         const std::vector<double> yref = test::reference_w4a8(codes, scales, W, M, c.N, c.K);
-        for (int rep = 0; rep < 2; ++rep)
-          EXPECT_LT(run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper), bound(dt))
+        for (int rep = 0; rep < 3; ++rep)  // repeated calls, both CTA shapes (8 and 16 warps)
+          EXPECT_LT(run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper, rep == 1 ? 16 : 8), bound(dt))
               << "N=" << c.N << " K=" << c.K << " group=" << c.group << " " << dtype_name(dt) << " M=" << M
               << " rep " << rep;
       }
@@ -192,6 +196,8 @@ TEST(W4A8Gpu, BadArgumentsAreErrorsNamingShapes) {
   EXPECT_NE(bad_dt.find("dtype"), std::string::npos) << bad_dt;
   EXPECT_NE(bad_dt.find("[N=128, K=256]"), std::string::npos) << bad_dt;
   EXPECT_NE(msg([&] { L.gemm(X.p, Y.p, 0, DType::F16); }).find("M must be in"), std::string::npos);
+  EXPECT_NE(msg([&] { L.gemm(X.p, Y.p, 4, DType::F16, nullptr, W4A8Variant::Zipper, 12); }).find("8 or 16"),
+            std::string::npos);
   EXPECT_NE(msg([&] { L.gemm(static_cast<char*>(X.p) + 2, Y.p, 4, DType::F16); }).find("16-byte aligned"),
             std::string::npos);
   EXPECT_NE(msg([&] { L.gemm(X.p, static_cast<char*>(Y.p) + 4, 4, DType::F16); }).find("16-byte aligned"),
