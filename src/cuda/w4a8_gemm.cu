@@ -16,15 +16,17 @@ namespace mosaic::cuda::detail {
 namespace {
 
 // ---- activation quantization ------------------------------------------------------------------
-// One warp per row, 16-byte loads; the row is read twice (max, then codes: the second read hits
-// L1/L2). IEEE division and roundf (ties away from zero) as in the CPU rule, so the codes are
-// bit-identical to fake_quantize_rows' (tests/cuda/test_w4a8_gpu.cpp checks it).
+// One CTA of 256 threads per row, 16-byte loads; the row is read twice (max, then codes: the
+// second read hits L1, a row is at most 2 MB and 28 KB for LLaMA-3-8B's down_proj). A CTA per row
+// (not a warp) so that a few hundred rows still fill the GPU. IEEE division and roundf (ties away
+// from zero) as in the CPU rule, so the codes are bit-identical to fake_quantize_rows' (tests/cuda/
+// test_w4a8_gpu.cpp checks it).
 template <typename T>
 __device__ __forceinline__ void to_float8(const uint4& v, float (&f)[8]) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    if constexpr (sizeof(T) == 2 && std::is_same<T, __half>::value) {
+    if constexpr (std::is_same<T, __half>::value) {
       const float2 p = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
       f[2 * i] = p.x;
       f[2 * i + 1] = p.y;
@@ -36,16 +38,19 @@ __device__ __forceinline__ void to_float8(const uint4& v, float (&f)[8]) {
   }
 }
 
+constexpr int kQuantThreads = 256;
+
 template <typename T>
-__global__ void __launch_bounds__(256) w4a8_quantize_kernel(const T* __restrict__ X, int64_t M, int K,
-                                                            int8_t* __restrict__ codes, float* __restrict__ scales) {
-  const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (row >= M) return;
+__global__ void __launch_bounds__(kQuantThreads) w4a8_quantize_kernel(const T* __restrict__ X, int K,
+                                                                      int8_t* __restrict__ codes,
+                                                                      float* __restrict__ scales) {
+  __shared__ float warp_max[kQuantThreads / 32];
+  const int64_t row = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31;
   const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
   const int chunks = K / 8;
   float amax = 0.f;
-  for (int c = lane; c < chunks; c += 32) {
+  for (int c = tid; c < chunks; c += kQuantThreads) {
     float f[8];
     to_float8<T>(x[c], f);
 #pragma unroll
@@ -53,10 +58,15 @@ __global__ void __launch_bounds__(256) w4a8_quantize_kernel(const T* __restrict_
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if (lane == 0) warp_max[tid >> 5] = amax;
+  __syncthreads();
+  amax = warp_max[0];
+#pragma unroll
+  for (int w = 1; w < kQuantThreads / 32; ++w) amax = fmaxf(amax, warp_max[w]);
   const float s = __fdiv_rn(amax, 127.f);
-  if (lane == 0) scales[row] = s;
+  if (tid == 0) scales[row] = s;
   uint2* out = reinterpret_cast<uint2*>(codes + row * K);
-  for (int c = lane; c < chunks; c += 32) {
+  for (int c = tid; c < chunks; c += kQuantThreads) {
     float f[8];
     to_float8<T>(x[c], f);
     uint32_t p[2] = {0, 0};
@@ -342,12 +352,12 @@ void launch_gemm_mt(const W4A8Args& a, int spt, bool res, cudaStream_t stream) {
 
 void launch_w4a8_quantize(const void* X, bool bf16, int64_t M, int64_t K, int8_t* codes, float* scales,
                           cudaStream_t stream) {
-  const dim3 grid(unsigned((M + 7) / 8));
+  const dim3 grid{unsigned(M)};  // M <= 2^24 (checked by the callers)
   if (bf16)
     w4a8_quantize_kernel<__nv_bfloat16>
-        <<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(X), M, int(K), codes, scales);
+        <<<grid, kQuantThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(X), int(K), codes, scales);
   else
-    w4a8_quantize_kernel<__half><<<grid, 256, 0, stream>>>(static_cast<const __half*>(X), M, int(K), codes, scales);
+    w4a8_quantize_kernel<__half><<<grid, kQuantThreads, 0, stream>>>(static_cast<const __half*>(X), int(K), codes, scales);
   check_launch("w4a8_quantize_kernel");
 }
 
