@@ -2,7 +2,7 @@
 """Merge `mosaic bench gemm --act-bits 8 --json` rows and bench/torch_w8.py rows into one list
 (filling speedup_vs_cublas of the torch rows from the cuBLAS FP16 row of the same shape and M) and
 print the W4A8 table: per shape and M, cuBLAS FP16 and the INT8 / FP8 peers against the W4A8 rows.
-Usage: merge_w4a8.py OUT.json gemm.json [torch.json] [--budget 0.1]"""
+Usage: merge_w4a8.py OUT.json gemm.json [torch.json] [--budget=0.1]"""
 import json, sys
 
 
