@@ -9,7 +9,11 @@
 #include "cuda/w4a8_layout.h"
 #include "util/error.h"
 #include "util/half.h"
+#include "w4a8_test_util.h"
 #include "zipper_test_util.h"
+#ifdef MOSAIC_SOURCE_DIR  // the CMake build links the CPU engine (scripts/gpu-check.sh does not)
+#include "model/act_quant_linear.h"
+#endif
 
 namespace mosaic::cuda {
 namespace {
@@ -95,6 +99,33 @@ TEST(W4A8Layout, RefusesUnsupportedLayersNamingShapes) {
   EXPECT_THROW(check_w4a8_supported(short_scales), Error);
   EXPECT_THROW(repack_for_w4a8(g32), Error);
 }
+
+#ifdef MOSAIC_SOURCE_DIR
+// The GPU tests' oracle (w4a8_test_util.h) is the CPU engine's rule: s * code equals what
+// fake_quantize_rows (src/model/act_quant_linear.cpp, the W4A8 CPU reference path) writes, bit for
+// bit, on outlier rows, a zero row and a row of exact ties.
+TEST(W4A8Layout, TestOracleEqualsTheCpuEnginesActivationQuantizer) {
+  for (const bool bf16 : {false, true}) {
+    const int64_t M = 9, K = 640;
+    std::vector<uint16_t> bits;
+    std::vector<float> x;
+    test::random_activations(M, K, bf16, 77, bits, x);
+    for (int64_t k = 0; k < K; ++k) {
+      x[size_t(K + k)] = 0.f;
+      x[size_t(2 * K + k)] = k == 0 ? 254.f : float(int((k * 37) % 255) - 127);
+    }
+    std::vector<int8_t> codes;
+    std::vector<float> scales;
+    test::quantize_rows_int8(x, M, K, codes, scales);
+    std::vector<float> fq = x;
+    fake_quantize_rows(fq.data(), M, K, 8);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k)
+        ASSERT_EQ(fq[size_t(m * K + k)], scales[size_t(m)] * float(codes[size_t(m * K + k)]))
+            << "m=" << m << " k=" << k << (bf16 ? " bf16" : " fp16");
+  }
+}
+#endif
 
 }  // namespace
 }  // namespace mosaic::cuda
