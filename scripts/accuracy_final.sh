@@ -43,6 +43,8 @@ S=64 row m10c64 --method mosaic --group 64 --budget 0.1 $G --score-samples 0
 S=128 row m10c128 --method mosaic --group 64 --budget 0.1 $G --score-samples 0
 S=256 row m10c256 --method mosaic --group 64 --budget 0.1 $G --score-samples 0
 S=128 row m10c128s16 --method mosaic --group 64 --budget 0.1 $G --score-samples 16
+S=128 row m05c128 --method mosaic --group 64 --budget 0.05 $G --score-samples 16
+S=128 row m05b1x64c128 --method mosaic --group 64 --budget 0.05 $G --block 1x64 --score-samples 16
 python3 - "$W" "$DATE" <<'PY'
 import json, re, sys, pathlib, platform
 w, date = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -58,7 +60,9 @@ names = {"gptq64ao": "GPTQ g64 act-order", "gptq32ao": "GPTQ g32 act-order",
          "m10c64": "MosaicQuant 16x64 10% global, calibration 64 x 512",
          "m10c128": "MosaicQuant 16x64 10% global, calibration 128 x 512",
          "m10c256": "MosaicQuant 16x64 10% global, calibration 256 x 512",
-         "m10c128s16": "MosaicQuant 16x64 10% global, calibration 128 x 512, scoring pass on 16 of them"}
+         "m10c128s16": "MosaicQuant 16x64 10% global, calibration 128 x 512, scoring pass on 16 of them",
+         "m05c128": "MosaicQuant 16x64 5% global, calibration 128 x 512 (scoring on 16)",
+         "m05b1x64c128": "MosaicQuant 1x64 5% global, calibration 128 x 512 (scoring on 16)"}
 rows = []
 for key, name in names.items():
     p = w / f"{key}.ppl.json"
