@@ -7,32 +7,15 @@
 
 #include "cuda/w4a8.h"
 #include "cuda/w4a8_launch.h"
+#include "cuda/host_util.h"
 #include "util/error.h"
 
 namespace mosaic::cuda {
 namespace {
 
-void check_cuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) fail("CUDA error in ", what, ": ", cudaGetErrorString(e));
-}
-
-template <typename T>
-T* upload(const std::vector<T>& v) {
-  if (v.empty()) return nullptr;
-  void* p = nullptr;
-  check_cuda(cudaMalloc(&p, v.size() * sizeof(T)), "cudaMalloc (w4a8 weights)");
-  check_cuda(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy (w4a8 weights)");
-  return static_cast<T*>(p);
-}
-
-bool is_device_pointer(const void* p) {
-  cudaPointerAttributes a{};
-  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
-}
+using host::check_cuda;
+using host::is_device_pointer;
+using host::upload;
 
 void check_act_args(const char* who, const void* X, int64_t M, int64_t K, DType dt) {
   MOSAIC_CHECK(dt == DType::F16 || dt == DType::BF16, who, ": dtype must be fp16 or bf16 (got code ", int(dt),

@@ -11,35 +11,19 @@
 
 #include "cuda/zipper.h"
 #include "cuda/zipper_launch.h"
+#include "cuda/host_util.h"
 #include "util/error.h"
 #include "util/half.h"
 
 namespace mosaic::cuda {
 namespace {
 
-void check_cuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) fail("CUDA error in ", what, ": ", cudaGetErrorString(e));
-}
+using host::check_cuda;
+using host::is_device_pointer;
+using host::upload;
+
 void check_cublas(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS error ", int(s), " in ", what);
-}
-
-template <typename T>
-T* upload(const std::vector<T>& v) {
-  if (v.empty()) return nullptr;
-  void* p = nullptr;
-  check_cuda(cudaMalloc(&p, v.size() * sizeof(T)), "cudaMalloc (weights)");
-  check_cuda(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy (weights)");
-  return static_cast<T*>(p);
-}
-
-bool is_device_pointer(const void* p) {
-  cudaPointerAttributes a{};
-  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
 }
 
 // Scales are fp16 in the checkpoint; the bf16 kernels multiply in bf16, so keep a bf16 copy

@@ -49,19 +49,10 @@ double run_and_compare(const W4A8Linear& L, int64_t M, DType dt, const std::vect
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<uint16_t> y(size_t(M * N));
   EXPECT_EQ(cudaMemcpy(y.data(), Y.p, y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
-  double num = 0, den = 0;
   int64_t bad = 0;
-  for (size_t i = 0; i < y.size(); ++i) {
-    const double got = dt == DType::F16 ? fp16_to_float(y[i]) : bf16_to_float(y[i]);
-    if (!std::isfinite(got)) {
-      ++bad;
-      continue;
-    }
-    num += (got - yref[i]) * (got - yref[i]);
-    den += yref[i] * yref[i];
-  }
+  const double err = test::normalized_error(y, dt == DType::BF16, yref, &bad);
   EXPECT_EQ(bad, 0) << "outputs not written or not finite";
-  return bad ? INFINITY : std::sqrt(num / std::max(den, 1e-300));
+  return bad ? INFINITY : err;
 }
 
 // Activations with 1% outlier channels (x10), plus (when M >= 3) a zero row and a row of even

@@ -2,6 +2,7 @@
 // patterns) and a scalar CPU reference (dequantize from the canonical layout, GEMM in double).
 // Kept inside tests/cuda so the oracle is independent of the kernels' repack.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -118,6 +119,25 @@ inline void random_activations(int64_t M, int64_t K, bool bf16, uint64_t seed, s
     bits[size_t(i)] = bf16 ? float_to_bf16(v) : float_to_fp16(v);
     values[size_t(i)] = bf16 ? bf16_to_float(bits[size_t(i)]) : fp16_to_float(bits[size_t(i)]);
   }
+}
+
+// ||y - yref|| / ||yref|| for FP16 or BF16 outputs y (raw bits) against an fp64 reference. Outputs
+// that are not finite (the GPU tests poison Y with NaN, so also unwritten ones) are counted in
+// *bad and left out of the sums.
+inline double normalized_error(const std::vector<uint16_t>& y, bool bf16, const std::vector<double>& yref,
+                               int64_t* bad) {
+  double num = 0, den = 0;
+  *bad = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    const double got = bf16 ? bf16_to_float(y[i]) : fp16_to_float(y[i]);
+    if (!std::isfinite(got)) {
+      ++*bad;
+      continue;
+    }
+    num += (got - yref[i]) * (got - yref[i]);
+    den += yref[i] * yref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
 }
 
 }  // namespace mosaic::cuda::test
