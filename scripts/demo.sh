@@ -4,7 +4,7 @@
 #   and convert it to a Hugging Face FP16 directory -> quantize it with MosaicQuant ->
 #   evaluate FP16 and MosaicQuant on WikiText-2 (perplexity + KL divergence) -> generate text.
 #
-#   bash scripts/demo.sh            # first WINDOWS=8 windows of 2048 tokens (about 7 min on 2 cores once built)
+#   bash scripts/demo.sh            # first WINDOWS=8 windows of 2048 tokens (about 6 min on 2 cores once built)
 #   FULL=1 bash scripts/demo.sh     # the whole WikiText-2 test text (147 windows)
 #
 # Knobs (environment): WINDOWS, FULL, CALIB_SAMPLES (default 128), CALIB_LEN (default 512),
