@@ -11,6 +11,12 @@
 # Overrides: CONFIGS (space separated), BATCH, PROMPT, GEN, BUDGET; SKIP_HF=1; PROFILE=1 (decode
 # step breakdown, bench e2e --profile); PPL_MODEL=dir
 # (also runs `mosaic ppl --device cuda` on it with wikitext from PPL_TEXT).
+# Same-run comparisons for the first config (compare.md): BASE_KERNELS=file (a src/gpu/kernels.cu
+# of an earlier revision, e.g. `git show REV:src/gpu/kernels.cu > build-x/old/kernels.cu`, carried:
+# links a second mosaic with it and runs the same bench), NOPDL=1 (the bench again with MOSAIC_PDL=0).
+# NCU=1: Nsight Compute at the end (ncu.txt): one decode attention kernel of a W4A16 batch-1 decode
+# step after the prompt (speed of light, warp state, occupancy). (Timing every launch of that bench
+# under ncu did not finish in 60 s on an H100: the prefill's launches; not kept.)
 # Device tool: run(command='OUT=$OUT scripts/gpu-e2e.sh full', carry=[".devdeps"], timeout_s=590)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,11 +53,15 @@ build $CXX $GT $DEPS/googletest/src/gtest_main.cc & pids+=($!)
 fail=0
 for p in "${pids[@]}"; do wait $p || fail=1; done
 [ $fail = 0 ] || { echo "BUILD FAILED"; exit 1; }
+if [ -n "${BASE_KERNELS:-}" ]; then
+  cp "$BASE_KERNELS" $B/base_kernels.cu && $NVCC -c $B/base_kernels.cu -o $B/obj/base_kernels.o || exit 1
+fi
 LIBO=""
 for f in $LIB_SRCS src/cuda/*.cu src/gpu/*.cu; do LIBO="$LIBO $(obj $f)"; done
 CLIO=""; for f in src/cli/*.cpp; do CLIO="$CLIO $(obj $f)"; done
 TO=""; for f in tests/gpu/*.cpp; do TO="$TO $(obj $f)"; done
 g++ -o $B/mosaic $CLIO $LIBO $LIBS || exit 1
+[ -n "${BASE_KERNELS:-}" ] && { g++ -o $B/mosaic_base $CLIO ${LIBO/$(obj src/gpu/kernels.cu)/$B/obj/base_kernels.o} $LIBS || exit 1; }
 g++ -o $B/test_gpu $TO $LIBO $(obj $DEPS/googletest/src/gtest-all.cc) $(obj $DEPS/googletest/src/gtest_main.cc) $LIBS || exit 1
 echo "== build ok in $(( $(date +%s) - t0 )) s"
 [ "$MODE" = build-only ] && exit 0
@@ -78,6 +88,18 @@ for c in $CONFIGS; do
   timeout ${BENCH_T:-200} $B/mosaic bench e2e --config $c --random-weights --batch $BATCH --prompt $PROMPT --gen $GEN --budget $BUDGET \
     ${PROFILE:+--profile} --json $B/e2e-$c.json 2>&1 | tee $B/e2e-$c.md
   echo "== bench e2e $c rc=${PIPESTATUS[0]}"; parts+=($B/e2e-$c.json)
+  if [ "$c" = "${CONFIGS%% *}" ]; then  # same-run comparisons on the first config
+    if [ -n "${BASE_KERNELS:-}" ]; then
+      echo "## $c, base kernels ($BASE_KERNELS)" >> $OUT/compare.md
+      timeout ${BENCH_T:-200} $B/mosaic_base bench e2e --config $c --random-weights --batch $BATCH --prompt $PROMPT --gen $GEN \
+        --budget $BUDGET ${PROFILE:+--profile} 2>&1 | tee -a $OUT/compare.md; echo "== base $c rc=${PIPESTATUS[0]}"
+    fi
+    if [ "${NOPDL:-0}" = 1 ]; then
+      echo "## $c, MOSAIC_PDL=0" >> $OUT/compare.md
+      MOSAIC_PDL=0 timeout ${BENCH_T:-200} $B/mosaic bench e2e --config $c --random-weights --batch $BATCH --prompt $PROMPT \
+        --gen $GEN --budget $BUDGET ${PROFILE:+--profile} 2>&1 | tee -a $OUT/compare.md; echo "== nopdl $c rc=${PIPESTATUS[0]}"
+    fi
+  fi
   if [ "${SKIP_HF:-0}" != 1 ]; then
     PYTHONUNBUFFERED=1 timeout ${HF_T:-200} python3 bench/transformers_e2e.py --config $c --batch $BATCH --prompt $PROMPT \
       --gen $GEN --json $B/hf-$c.json 2>&1 | grep -v Warning | tail -8
@@ -85,4 +107,15 @@ for c in $CONFIGS; do
   fi
 done
 python3 bench/merge_e2e.py --json $OUT/e2e.json --md $OUT/e2e.md "${parts[@]}" && cat $OUT/e2e.md
+
+# ---- Nsight Compute (optional): the decode attention kernel of a W4A16 batch-1 step ----------------------
+if [ "${NCU:-0}" = 1 ]; then
+  c=${CONFIGS%% *}
+  run_ncu() { timeout ${NCU_T:-120} ncu --clock-control none "$@" $B/mosaic bench e2e --config $c --random-weights \
+    --engines w4a16 --batch 1 --prompt $PROMPT --gen 6 --budget $BUDGET; }
+  echo "== ncu attention detail (bench e2e --engines w4a16 --batch 1, 101st decode attention launch)" | tee -a $OUT/ncu.txt
+  run_ncu -k regex:attention_decode_k -s 100 -c 1 --section SpeedOfLight --section WarpStateStats --section Occupancy \
+    --section LaunchStats 2>&1 | grep -vE "^==PROF==|^\|" | grep -E "Duration|Throughput|Registers|Stall|stall|Warp Cycles|Eligible|Issued|Occupancy|Grid|Block|attention" \
+    | head -60 | tee -a $OUT/ncu.txt
+fi
 echo "== done $(date -u)"

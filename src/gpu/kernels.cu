@@ -8,6 +8,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdlib>
+#include <string>
 
 #include "gpu/kernels.h"
 
@@ -91,6 +92,16 @@ __device__ double block_sum_d(double v) {
   return total;
 }
 
+// Programmatic dependent launch (PDL): kernels launched with launch_pdl may start while the
+// previous kernel of the stream is finishing (its CTAs exiting); pdl_wait() blocks until that
+// kernel has completed and its writes are visible. Everything before it must touch only memory
+// no kernel in flight writes. A no-op when the kernel was launched without the attribute.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 // ---- embedding, norms, element-wise ------------------------------------------------------------
 template <typename T>
 __global__ void embedding_k(const T* table, int64_t D, const int32_t* tok, float* x) {
@@ -101,6 +112,7 @@ __global__ void embedding_k(const T* table, int64_t D, const int32_t* tok, float
 
 template <typename T>
 __global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out) {
+  pdl_wait();  // delta (and x) come from the kernels before
   const int64_t r = blockIdx.x;
   float* xr = x + r * D;
   float ss = 0.f;
@@ -118,6 +130,7 @@ __global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t
 
 template <typename T>
 __global__ void silu_mul_k(const T* gu, int64_t I, T* out) {
+  pdl_wait();  // gu comes from the gate/up GEMM
   const int64_t r = blockIdx.y;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < I; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = to_f(gu[r * 2 * I + i]), u = to_f(gu[r * 2 * I + I + i]);
@@ -217,6 +230,8 @@ __global__ void causal_softmax_k(const float* S, int64_t T_, int64_t Tk, int64_t
 //  - meanwhile the CTA stages its q heads and the new k/v row in shared memory, normalizes and
 //    rotates them (norm_rope_rows) and rounds them to the activation dtype (as the cache holds
 //    them); CTA (s = 0, c = 0) appends k/v at pos, and key pos starts the state of its warp 0.
+//  - with programmatic dependent launch the key copies are issued before pdl_wait(), so they
+//    overlap the end of the qkv GEMM; everything that reads this step's qkv comes after it.
 //  - the warps merge in shared memory; with one split the CTA writes the output, else its partial
 //    (o[hd] unnormalized, m, l), and the last CTA of the (b, g, c) group to finish (an atomic
 //    counter, which it resets to 0) merges the splits: no second kernel.
@@ -251,11 +266,19 @@ __device__ __forceinline__ float round_act(float x) {
   return to_f(from_f<T>(x));
 }
 __device__ __forceinline__ float sum_lanes(float x, int lpk) {  // over the lpk lanes of a key
+#pragma unroll
   for (int o = lpk >> 1; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
 }
 
-template <typename T, int RP, bool VEC>
+// LPK: lanes per key known at compile time (16: hd 72 .. 128, LLaMA-3 / Qwen3), or 0 = from hd
+// at run time. The key loop has no per-row branches, so the U x RP dot products and their lane
+// reductions are independent chains the scheduler interleaves; with LPK known the reductions
+// unroll too. (The previous loop reduced one (u, r) at a time inside `if (r < nq)`: about 2 us
+// per step per warp. H100, LLaMA-3-8B shapes, 2145 cached positions, us per layer, previous /
+// this loop with lanes at run time / LPK = 16: B=1 24.7 / 19.2 / 16.9, B=16 110.5 / 71.5 / 69.0;
+// the previous figures from an earlier call, bench/results/e2e-h100-2026-11-28-v3.md.)
+template <typename T, int RP, bool VEC, int LPK>
 __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
     attention_decode_k(const T* qkv, const int32_t* pos_a, const int32_t* slot_a, AttnDims d, const float* q_norm,
                        const float* k_norm, float eps, const float* inv_freq, float qscale, T* kc, T* vc,
@@ -268,8 +291,11 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
   const int64_t pos = pos_a[b], slot = slot_a[b];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int nvec = (hd + 7) / 8;
-  int lpk = 1;
-  while (lpk < nvec) lpk <<= 1;
+  int lpk = LPK;
+  if (LPK == 0) {
+    lpk = 1;
+    while (lpk < nvec) lpk <<= 1;
+  }
   const int kpp = 32 / lpk, v = lane & (lpk - 1), ks = lane / lpk, d0 = 8 * v;
   const bool on = v < nvec;  // lanes past the head (hd not a power of two) hold zeros
 
@@ -304,6 +330,10 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
     if (t < nsteps) issue(t);
     cp_async_commit();
   }
+  // Up to here only pos/slot (written by the previous step's advance) and cached keys 0 .. pos-1
+  // (appended by earlier steps) were read: with PDL this overlaps the qkv GEMM's tail. The fused
+  // qkv row, the partials/counters and the cache row pos come after the wait.
+  pdl_wait();
 
   // Prologue: q heads, k and v of this token -> norm + RoPE -> rounded to T.
   float* rows = sm + kDecRingBytes / sizeof(float);  // [nq + 2][hd]
@@ -360,50 +390,62 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
       kr[u] = ring[((t % S) * U + u) * 2 * 32];
       vr[u] = ring[((t % S) * U + u) * 2 * 32 + 32];
     }
+    // Every row r < RP is computed (rows r >= nq have q = 0 and are never stored): no per-row
+    // branches in the loop.
     float p[U][RP];
+#pragma unroll
     for (int u = 0; u < U; ++u) {
       float kf[8];
       cvt8<T>(kr[u], kf);
       const bool ok = k0 + u * kpp + ks < kw1;
+#pragma unroll
       for (int r = 0; r < RP; ++r) {
-        if (r < nq) {
-          float s = 0.f;
-          for (int e = 0; e < 8; ++e) s += q[r][e] * kf[e];
-          s = sum_lanes(s, lpk);
-          p[u][r] = ok ? s : -INFINITY;
-        }
+        float s = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) s += q[r][e] * kf[e];
+        p[u][r] = s;
       }
+#pragma unroll
+      for (int o = lpk >> 1; o > 0; o >>= 1)
+#pragma unroll
+        for (int r = 0; r < RP; ++r) p[u][r] += __shfl_xor_sync(0xffffffffu, p[u][r], o);
+#pragma unroll
+      for (int r = 0; r < RP; ++r) p[u][r] = ok ? p[u][r] : -INFINITY;
     }
+#pragma unroll
     for (int r = 0; r < RP; ++r) {
-      if (r < nq) {
-        float mx = m[r];
-        for (int u = 0; u < U; ++u) mx = fmaxf(mx, p[u][r]);
-        if (mx == -INFINITY) {  // no key of this lane's slot yet
-          for (int u = 0; u < U; ++u) p[u][r] = 0.f;
-          continue;
-        }
-        const float al = exp2f(m[r] - mx);
-        m[r] = mx;
-        l[r] *= al;
-        for (int e = 0; e < 8; ++e) acc[r][e] *= al;
-        for (int u = 0; u < U; ++u) {
-          p[u][r] = exp2f(p[u][r] - mx);
-          l[r] += p[u][r];
-        }
+      float mx = m[r];
+#pragma unroll
+      for (int u = 0; u < U; ++u) mx = fmaxf(mx, p[u][r]);
+      // No key of this lane's slot yet (mx = -inf): the reference 0 keeps l = acc = 0, p = 0.
+      const float ref = mx == -INFINITY ? 0.f : mx;
+      const float al = exp2f(m[r] - ref);
+      m[r] = mx;
+      l[r] *= al;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[r][e] *= al;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        p[u][r] = exp2f(p[u][r] - ref);
+        l[r] += p[u][r];
       }
     }
+#pragma unroll
     for (int u = 0; u < U; ++u) {
       float vf[8];
       cvt8<T>(vr[u], vf);
+#pragma unroll
       for (int r = 0; r < RP; ++r)
-        if (r < nq)
-          for (int e = 0; e < 8; ++e) acc[r][e] += p[u][r] * vf[e];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r][e] += p[u][r] * vf[e];
     }
   }
   cp_async_wait<0>();
 
   // Merge the key slots of the warp (lanes v, v + lpk, ...), then the warps of the CTA.
+#pragma unroll
   for (int off = lpk; off < 32; off <<= 1) {
+#pragma unroll
     for (int r = 0; r < RP; ++r) {
       if (r < nq) {
         const float om = __shfl_xor_sync(0xffffffffu, m[r], off), ol = __shfl_xor_sync(0xffffffffu, l[r], off);
@@ -650,6 +692,28 @@ __global__ void act_to_f32_k(const T* s, float* d, int64_t n) {
 int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535 * 4)); }
 int norm_threads(int64_t D) { return D >= 4096 ? 1024 : D >= 1024 ? 512 : D >= 256 ? 256 : 128; }
 
+// Launch with programmatic stream serialization (PDL, see pdl_wait) unless MOSAIC_PDL=0; the
+// kernel must call pdl_wait() before it reads what the previous kernel writes. Inside a captured
+// decode step this becomes a programmatic edge of the CUDA graph.
+bool pdl_enabled() {  // read per launch (host side only; tests switch it)
+  const char* e = std::getenv("MOSAIC_PDL");
+  return !(e && e[0] == '0');
+}
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+}
+
 }  // namespace
 
 #define MOSAIC_DISPATCH(a, ...)          \
@@ -671,8 +735,8 @@ void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t 
 void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
                   cudaStream_t s) {
   if (rows <= 0) return;
-  MOSAIC_DISPATCH(a, add_rms_norm_k<T><<<unsigned(rows), norm_threads(D), 0, s>>>(
-                         x, static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out)));
+  MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_k<T>, dim3(unsigned(rows)), dim3(unsigned(norm_threads(D))), 0, s, x,
+                                static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out)));
 }
 
 void qkv_rope_cache(Act a, const void* qkv, int64_t rows, const int32_t* pos, const int32_t* slot, const AttnDims& d,
@@ -703,9 +767,15 @@ int sm_count() {
   return std::max(1, n);
 }
 struct DecodePlan {
-  int rp, nch, nsplit;
+  int rp, nch, nsplit, lpk;
   size_t smem;
 };
+// MOSAIC_DECODE_LANES=runtime selects the run-time lanes-per-key kernel for every head size (for
+// comparisons; the default compiles lanes = 16 in).
+bool decode_fixed_lanes() {
+  const char* e = std::getenv("MOSAIC_DECODE_LANES");
+  return !(e && std::string(e) == "runtime");
+}
 // Splits: about 2 CTAs per SM in all (B x Hkv x head chunks x splits; MOSAIC_DECODE_CTAS_PER_SM
 // overrides the 2, for tuning), at most kMaxSplits and at most one pass of keys per warp at full
 // capacity.
@@ -722,7 +792,7 @@ DecodePlan decode_plan(int B, const AttnDims& d, int sms) {
   const int64_t by_cap = std::max<int64_t>(1, d.cap / (int64_t(kDecWarps) * (32 / lpk)));
   const int nsplit = int(std::clamp<int64_t>((target + groups - 1) / groups, 1, std::min<int64_t>(kMaxSplits, by_cap)));
   // The ring, then the rope rows; the merge and combine areas (<= 33 KB) overlap the ring.
-  return {rp, nch, nsplit, kDecRingBytes + size_t(rp + 3) * d.hd * sizeof(float)};
+  return {rp, nch, nsplit, lpk, kDecRingBytes + size_t(rp + 3) * d.hd * sizeof(float)};
 }
 size_t decode_counter_bytes(int B, const AttnDims& d) {
   const int rep = d.H / d.Hkv, rp = dec_rp(rep);
@@ -761,20 +831,25 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
   // Over 48 KB of dynamic shared memory needs an opt-in per kernel (once, for the largest plan).
 #define MOSAIC_DEC(RP, VEC)                                                                                      \
   MOSAIC_DISPATCH(a, {                                                                                           \
-    static const bool opt_in = decode_opt_in(attention_decode_k<T, RP, VEC>, RP);                               \
+    static const bool opt_in = decode_opt_in(attention_decode_k<T, RP, VEC, LPK>, RP);                          \
     (void)opt_in;                                                                                                \
-    attention_decode_k<T, RP, VEC><<<grid, kDecThreads, p.smem, s>>>(                                            \
-        static_cast<const T*>(qkv), pos, slot, d, q_norm, k_norm, eps, inv_freq, qscale, static_cast<T*>(k_cache), \
-        static_cast<T*>(v_cache), partial, counters, static_cast<T*>(out));                                      \
+    launch_pdl(attention_decode_k<T, RP, VEC, LPK>, grid, dim3(kDecThreads), p.smem, s, static_cast<const T*>(qkv),  \
+               pos, slot, d, q_norm, k_norm, eps, inv_freq, qscale, static_cast<T*>(k_cache),                    \
+               static_cast<T*>(v_cache), partial, counters, static_cast<T*>(out));                               \
   })
 #define MOSAIC_DEC_RP(VEC)              \
   if (p.rp == 1) MOSAIC_DEC(1, VEC);    \
   else if (p.rp == 2) MOSAIC_DEC(2, VEC); \
   else if (p.rp == 4) MOSAIC_DEC(4, VEC); \
   else MOSAIC_DEC(8, VEC)
-  if (d.hd % 8 == 0) {
+  if (d.hd % 8 == 0 && p.lpk == 16 && decode_fixed_lanes()) {
+    constexpr int LPK = 16;
+    MOSAIC_DEC_RP(true);
+  } else if (d.hd % 8 == 0) {
+    constexpr int LPK = 0;
     MOSAIC_DEC_RP(true);
   } else {
+    constexpr int LPK = 0;
     MOSAIC_DEC_RP(false);
   }
 #undef MOSAIC_DEC_RP
@@ -784,7 +859,7 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
 void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s) {
   if (rows <= 0) return;
   const dim3 grid(unsigned(std::min<int64_t>((I + 255) / 256, 64)), unsigned(rows));
-  MOSAIC_DISPATCH(a, silu_mul_k<T><<<grid, 256, 0, s>>>(static_cast<const T*>(gu), I, static_cast<T*>(out)));
+  MOSAIC_DISPATCH(a, launch_pdl(silu_mul_k<T>, grid, dim3(256), 0, s, static_cast<const T*>(gu), I, static_cast<T*>(out)));
 }
 
 size_t argmax_scratch_bytes(int64_t rows) { return size_t(rows) * kArgBlocks * (sizeof(float) + sizeof(int)); }

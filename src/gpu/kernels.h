@@ -2,7 +2,9 @@
 // BF16 activations with FP32 math inside each kernel. Host-callable launchers (asynchronous on
 // `s`), C++17 and free of CUDA device types so the C++20 engine code can include this header.
 // Each op mirrors one op of the CPU engine (src/model/ops_ref.h); tests/gpu/test_gpu_ops.cpp
-// checks them against it.
+// checks them against it. add_rms_norm, silu_mul and attention_decode launch with programmatic
+// dependent launch (their prologue may overlap the previous kernel's last CTAs; they wait for it
+// before reading its output); MOSAIC_PDL=0 launches them plainly.
 //
 // Layouts (row-major): activations [rows, dim]; the residual stream x is FP32 [rows, hidden];
 // the fused QKV projection output is [rows, (H + 2*Hkv) * hd] (q heads, then k heads, then v heads);

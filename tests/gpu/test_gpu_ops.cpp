@@ -255,7 +255,8 @@ TEST(GpuOps, DecodeAttentionMatchesReference) {
 // caches, so the KV reads come from HBM, not L2), 2145 cached positions as in `bench e2e
 // --profile`: the decode step's q/k norm + RoPE + KV append + attention, microseconds per layer
 // (32 launches in one CUDA graph, as in the engine), against the KV bytes read at the measured
-// copy bandwidth, and with 1..6 CTAs per SM (MOSAIC_DECODE_CTAS_PER_SM). Checks row 0 of the
+// copy bandwidth, with 1..6 CTAs per SM (MOSAIC_DECODE_CTAS_PER_SM), with the lanes per key at run
+// time (MOSAIC_DECODE_LANES=runtime) and without programmatic dependent launch (MOSAIC_PDL=0). Checks row 0 of the
 // last layer against the reference (8 act_eps, as above).
 TEST(GpuOps, DecodeAttentionTiming) {
   REQUIRE_GPU();
@@ -329,10 +330,18 @@ TEST(GpuOps, DecodeAttentionTiming) {
       per_sm += buf;
     }
     unsetenv("MOSAIC_DECODE_CTAS_PER_SM");
+    // The same kernel with lanes per key at run time, and without programmatic dependent launch.
+    setenv("MOSAIC_DECODE_LANES", "runtime", 1);
+    const double t_rt = run(scratch);
+    unsetenv("MOSAIC_DECODE_LANES");
+    setenv("MOSAIC_PDL", "0", 1);
+    const double t_nopdl = run(scratch);
+    unsetenv("MOSAIC_PDL");
     const double t_us = run(scratch);
     const double kv_bytes = 2.0 * B * Hkv * double(len) * hd * 2, ideal_us = kv_bytes / bw * 1e6;
-    std::printf("[ attn timing ] B=%2d: %.1f us; KV %.1f MB -> %.1f us at copy bandwidth (%.0f%%); CTAs per SM:%s\n", B,
-                t_us, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str());
+    std::printf("[ attn timing ] B=%2d: %.1f us (lanes at run time %.1f, no PDL %.1f); KV %.1f MB -> %.1f us at copy "
+                "bandwidth (%.0f%%); CTAs per SM:%s\n",
+                B, t_us, t_rt, t_nopdl, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str());
   }
   // Row 0 of the last layer (sequence slot 0): the reference over its cache (the appended row included).
   const size_t seq_n = size_t(Hkv) * size_t(cap) * hd;
