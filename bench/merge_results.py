@@ -2,22 +2,14 @@
 """Merge `mosaic bench gemm --json` rows and bench/torch_int4.py rows into one list, filling
 speedup_vs_cublas of the torch rows from the cuBLAS FP16 row of the same shape and M, and print
 a compact summary (speedups at budget 10%, fused overhead over dense-only)."""
-import json, sys
+import sys
+
+from bench_rows import load_and_merge
 
 
 def main():
     out_path, paths = sys.argv[1], sys.argv[2:]
-    rows = []
-    for p in paths:
-        try:
-            rows += json.load(open(p))
-        except FileNotFoundError:
-            print(f"(missing {p})", file=sys.stderr)
-    cub = {(r["shape"], r["m"]): r["us"] for r in rows if r["variant"] == "cublas_fp16"}
-    for r in rows:
-        if r["variant"] == "torch_int4" and (r["shape"], r["m"]) in cub:
-            r["speedup_vs_cublas"] = cub[(r["shape"], r["m"])] / r["us"]
-    json.dump(rows, open(out_path, "w"), indent=1)
+    rows = load_and_merge(out_path, paths)
     by = {}
     for r in rows:
         by[(r["shape"], r["m"], r["variant"], r.get("budget"))] = r["us"]

@@ -3,7 +3,9 @@
 (filling speedup_vs_cublas of the torch rows from the cuBLAS FP16 row of the same shape and M) and
 print the W4A8 table: per shape and M, cuBLAS FP16 and the INT8 / FP8 peers against the W4A8 rows.
 Usage: merge_w4a8.py OUT.json gemm.json [torch.json] [--budget=0.1]"""
-import json, sys
+import sys
+
+from bench_rows import load_and_merge
 
 
 def main():
@@ -13,17 +15,7 @@ def main():
         if a.startswith("--budget="):
             budget = float(a.split("=", 1)[1])
     out_path, paths = args[0], args[1:]
-    rows = []
-    for p in paths:
-        try:
-            rows += json.load(open(p))
-        except FileNotFoundError:
-            print(f"(missing {p})", file=sys.stderr)
-    cub = {(r["shape"], r["m"]): r["us"] for r in rows if r["variant"] == "cublas_fp16"}
-    for r in rows:
-        if r["variant"].startswith("torch_") and (r["shape"], r["m"]) in cub:
-            r["speedup_vs_cublas"] = cub[(r["shape"], r["m"])] / r["us"]
-    json.dump(rows, open(out_path, "w"), indent=1)
+    rows = load_and_merge(out_path, paths)
     by = {(r["shape"], r["m"], r["variant"], r.get("budget")): r["us"] for r in rows}
     shapes = []
     for r in rows:

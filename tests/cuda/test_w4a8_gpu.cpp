@@ -16,6 +16,7 @@
 #include <string>
 
 #include "cuda/w4a8.h"
+#include "gpu_test_util.h"
 #include "util/error.h"
 #include "w4a8_test_util.h"
 
@@ -24,16 +25,8 @@ namespace {
 
 using test::Pattern;
 
-#define REQUIRE_GPU()                                                                    \
-  do {                                                                                   \
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU: W4A8 GPU test skipped"; \
-  } while (0)
-
-struct DeviceBuf {
-  void* p = nullptr;
-  explicit DeviceBuf(size_t bytes) { EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(bytes, 16)), cudaSuccess); }
-  ~DeviceBuf() { cudaFree(p); }
-};
+#define REQUIRE_GPU() MOSAIC_REQUIRE_CUDA_GPU("W4A8 GPU test")
+using test::DeviceBuf;
 
 double bound(DType dt) { return dt == DType::F16 ? 1e-3 : 1e-2; }
 

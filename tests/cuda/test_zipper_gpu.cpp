@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "cuda/zipper.h"
+#include "gpu_test_util.h"
 #include "util/error.h"
 #include "zipper_test_util.h"
 
@@ -23,16 +24,8 @@ namespace {
 
 using test::Pattern;
 
-#define REQUIRE_GPU()                                                                        \
-  do {                                                                                       \
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU: ZipperEngine GPU test skipped"; \
-  } while (0)
-
-struct DeviceBuf {
-  void* p = nullptr;
-  explicit DeviceBuf(size_t bytes) { EXPECT_EQ(cudaMalloc(&p, bytes), cudaSuccess); }
-  ~DeviceBuf() { cudaFree(p); }
-};
+#define REQUIRE_GPU() MOSAIC_REQUIRE_CUDA_GPU("ZipperEngine GPU test")
+using test::DeviceBuf;
 
 double bound(DType dt) { return dt == DType::F16 ? 1e-3 : 1e-2; }
 
