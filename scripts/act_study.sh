@@ -2,7 +2,8 @@
 # Quantized-activation study (issue 6, accuracy side) on the default model: W4A8 and W4A4 rows for
 # RTN, SmoothQuant+GPTQ and MosaicQuant at several residual budgets, WikiText-2 ppl and KL against
 # the FP16 model, and a markdown table (docs/results.md "Quantized activations (W4A8, W4A4)").
-#   bash scripts/act_study.sh [ROW ...]      rows: NAME=METHOD:ACT_BITS[:BUDGET], default all below
+#   bash scripts/act_study.sh [ROW ...]      rows: NAME=METHOD:ACT_BITS[:BUDGET[:FORMAT]], default all below
+#   (FORMAT: --act-format, int by default; fp8_e4m3 = FP8 e4m3 activations)
 # Resumes: a row whose JSON exists is not redone (delete it, or FORCE=1). Env: MOSAIC (binary),
 # MODEL, WORK (output folder), WINDOWS (ppl windows), CALIB_SAMPLES, CALIB_LEN, GROUP.
 # Calibration is data/calib.txt only (never WikiText).
@@ -20,18 +21,20 @@ ROWS=("$@")
 if [ ${#ROWS[@]} -eq 0 ]; then
   ROWS=(rtn-a8=rtn:8 sqgptq-a8=gptq:8 mosaic0.1-a8=mosaic:8:0.1 mosaic0.05-a8=mosaic:8:0.05
         rtn-a4=rtn:4 sqgptq-a4=gptq:4 mosaic0.1-a4=mosaic:4:0.1 mosaic0.05-a4=mosaic:4:0.05
-        mosaic0.1-a16=mosaic:16:0.1 mosaic0.2-a8=mosaic:8:0.2 mosaic0.2-a4=mosaic:4:0.2)
+        mosaic0.1-a16=mosaic:16:0.1 mosaic0.2-a8=mosaic:8:0.2 mosaic0.2-a4=mosaic:4:0.2
+        rtn-a8fp8=rtn:8::fp8_e4m3 mosaic0.1-a8fp8=mosaic:8:0.1:fp8_e4m3)
 fi
 mkdir -p "$WORK/models" "$WORK/json" "$WORK/logs"
 for row in "${ROWS[@]}"; do
   name=${row%%=*}; spec=${row#*=}
-  IFS=: read -r method abits budget <<<"$spec"
+  IFS=: read -r method abits budget aformat <<<"$spec"
   json=$WORK/json/$name.json
   if [ -s "$json" ] && [ -z "${FORCE:-}" ]; then echo "== $name: done ($json)"; continue; fi
   out=$WORK/models/$name
   args=(--model "$MODEL" --out "$out" --method "$method" --group "$GROUP" --act-bits "$abits" --force)
   [ "$method" != rtn ] && args+=(--calib-samples "$CALIB_SAMPLES" --calib-len "$CALIB_LEN")
   [ -n "${budget:-}" ] && args+=(--budget "$budget")
+  [ -n "${aformat:-}" ] && args+=(--act-format "$aformat")
   echo "== $name: mosaic quantize ${args[*]}"
   start=$(date +%s)
   "$MOSAIC" quantize "${args[@]}" > "$WORK/logs/$name.quantize.log" 2>&1
@@ -45,7 +48,8 @@ r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 q = json.load(open(sys.argv[2]))["quantization_config"]
 log = open(sys.argv[3]).read()
 m = re.search(r"([0-9.]+) bits/weight", log)
-r.update(method=q["method"], act_bits=q["act_bits"], budget=(q.get("residual") or {}).get("budget"),
+r.update(method=q["method"], act_bits=q["act_bits"], act_format=q.get("act_format", "int"),
+         budget=(q.get("residual") or {}).get("budget"),
          smoothing=q.get("smoothing"), bits_per_weight=float(m.group(1)) if m else None,
          quantize_seconds=int(sys.argv[4]))
 print(json.dumps(r))
@@ -60,13 +64,14 @@ rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(sys.argv[1], "
 if not rows: sys.exit(0)
 base = rows[0]["base_ppl"]
 name = {"rtn": "RTN", "gptq": "SmoothQuant+GPTQ", "mosaic": "SmoothQuant+MosaicQuant"}
-def key(r): return (-r["act_bits"], ["rtn", "gptq", "mosaic"].index(r["method"]), r["budget"] or 0)
+def key(r): return (-r["act_bits"], r.get("act_format", "int"), ["rtn", "gptq", "mosaic"].index(r["method"]), r["budget"] or 0)
 print(f"| weights / activations | method | bits/weight (linears) | ppl | ppl vs FP16 | KL |")
 print("|---|---|---|---|---|---|")
 print(f"| FP16 / FP16 | - | 16.000 | {base:.3f} | +0.00% | 0.0000 |")
 for r in sorted(rows, key=key):
     m = name[r["method"]] if r["smoothing"] or r["method"] == "rtn" else {"gptq": "GPTQ", "mosaic": "MosaicQuant"}[r["method"]]
     if r["method"] == "mosaic": m += f" {r['budget']:g}"
-    print(f"| W4 / A{r['act_bits']} | {m} | {r['bits_per_weight']:.3f} | {r['ppl']:.3f} | "
+    fmt = " FP8" if r.get("act_format", "int") == "fp8_e4m3" else ""
+    print(f"| W4 / A{r['act_bits']}{fmt} | {m} | {r['bits_per_weight']:.3f} | {r['ppl']:.3f} | "
           f"{100 * (r['ppl'] / base - 1):+.2f}% | {r['kl_div']:.4f} |")
 PY

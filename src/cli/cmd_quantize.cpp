@@ -27,6 +27,7 @@ struct QuantizeCliOptions {
   std::string allocation = "global";
   std::string smooth_alpha;  // "" = auto with quantized activations (not rtn), none otherwise
   int act_bits = 16;
+  std::string act_format = "int";
   std::string calib_file = "data/calib.txt";
   int group = 128;
   bool asym = false, act_order = true, true_sequential = false, force = false, quiet = false;
@@ -85,6 +86,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.force = o.force;
   q.quiet = o.quiet;
   q.act_bits = o.act_bits;
+  q.act_format = parse_act_format(o.act_format);
   const std::string sa = o.smooth_alpha.empty() ? (o.act_bits < 16 && q.method != QuantMethod::kRtn ? "auto" : "none")
                                                 : o.smooth_alpha;
   if (sa == "auto") {
@@ -191,6 +193,10 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--act-bits", o->act_bits,
                   "activation bits: 8 (W4A8) or 4 (W4A4) quantize every linear's input rows per token at run time "
                   "(and during calibration); 16 = weights only")
+      ->capture_default_str();
+  cmd->add_option("--act-format", o->act_format,
+                  "with --act-bits 8: int (symmetric INT8 codes, the default) or fp8_e4m3 (FP8 e4m3 values, "
+                  "scale max|x| / 448; the format of Hopper's FP8 tensor cores)")
       ->capture_default_str();
   cmd->add_option("--smooth-alpha", o->smooth_alpha,
                   "SmoothQuant migration folded into the norms / v_proj / up_proj: auto (alpha searched per layer and "

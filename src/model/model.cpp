@@ -119,10 +119,10 @@ Model Model::from_checkpoint(const Checkpoint& ckpt, const ModelConfig& cfg, con
   // A MosaicQuant checkpoint (config.json quantization_config) gets the reference QuantLinear.
   // W4A8/W4A4 (quantization_config.act_bits) wrap each quantized linear in an ActQuantLinear.
   const bool quantized = !opts.linear_factory && is_mosaicquant(cfg);
-  const int act_bits = quantized ? activation_bits(cfg) : 16;
+  const ActQuant act = quantized ? activation_quant(cfg) : ActQuant{};
   auto make = [&](const std::string& prefix, int64_t N, int64_t K) {
     std::unique_ptr<Linear> l = opts.linear_factory ? opts.linear_factory(ckpt, prefix, N, K)
-                                : quantized         ? load_quant_or_dense_linear(ckpt, prefix, N, K, act_bits)
+                                : quantized         ? load_quant_or_dense_linear(ckpt, prefix, N, K, act)
                                                     : dense_from(ckpt, prefix, N, K);
     MOSAIC_CHECK(l && l->N == N && l->K == K, "linear '", prefix, "' has shape [", l ? l->N : 0, ", ",
                  l ? l->K : 0, "], expected [", N, ", ", K, "]");

@@ -33,7 +33,7 @@ bool is_mosaicquant(const ModelConfig& cfg) {
   MOSAIC_CHECK(version == 1, "quantization_config.format_version ", version,
                " is not supported (this mosaic reads version 1)");
   MOSAIC_CHECK(bits == 4, "quantization_config.bits ", bits, " is not supported (only 4)");
-  activation_bits(cfg);  // a bad act_bits fails here, at load, not at the first forward
+  activation_quant(cfg);  // a bad act_bits / act_format fails here, at load, not at the first forward
   return true;
 }
 
@@ -48,8 +48,20 @@ int activation_bits(const ModelConfig& cfg) {
   return bits;
 }
 
+ActQuant activation_quant(const ModelConfig& cfg) {
+  ActQuant q{activation_bits(cfg), ActFormat::kInt};
+  const auto& c = cfg.quantization_config;
+  if (q.bits < 16 && c.is_object() && c.contains("act_format")) {
+    MOSAIC_CHECK(c["act_format"].is_string(), "quantization_config.act_format must be a string, got ",
+                 c["act_format"].dump());
+    q.format = parse_act_format(c["act_format"].get<std::string>());
+    check_act_quant(q);
+  }
+  return q;
+}
+
 std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N,
-                                                   int64_t K, int act_bits) {
+                                                   int64_t K, ActQuant act) {
   if (!has_packed_linear(ckpt, prefix)) {
     MOSAIC_CHECK(ckpt.has(prefix + ".weight"), "quantized checkpoint has neither '", prefix, ".qweight' nor '",
                  prefix, ".weight'");
@@ -58,7 +70,7 @@ std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const
     return std::make_unique<DenseLinear>(N, K, std::move(w));
   }
   return with_act_quant(std::make_unique<QuantLinear>(read_packed_linear(ckpt, prefix, N, K), "tensor '" + prefix + "'"),
-                        act_bits);
+                        act);
 }
 
 }  // namespace mosaic

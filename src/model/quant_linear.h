@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "io/hf_config.h"
+#include "model/act_quant_linear.h"
 #include "model/linear.h"
 
 namespace mosaic {
@@ -37,12 +38,14 @@ bool is_mosaicquant(const ModelConfig& cfg);
 // linear's input rows are quantized per token, docs/format.md "Quantized activations"), or 16
 // when absent (W4A16). Throws on any other value.
 int activation_bits(const ModelConfig& cfg);
+// act_bits with quantization_config.act_format ("int" when absent, or "fp8_e4m3"; only with 8 bits).
+ActQuant activation_quant(const ModelConfig& cfg);
 
 // The linear factory for mosaicquant checkpoints: `<prefix>.qweight` present -> QuantLinear from
 // the tensors (dtypes and shapes checked, names in errors), wrapped in an ActQuantLinear when
 // act_bits < 16; otherwise the dense `<prefix>.weight` (e.g. an untied lm_head kept in FP16,
 // whose input is never quantized).
 std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N,
-                                                   int64_t K, int act_bits = 16);
+                                                   int64_t K, ActQuant act = {});
 
 }  // namespace mosaic

@@ -175,12 +175,20 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuan
     q["residual"] = nullptr;
   q["calibration"] = opt.method == QuantMethod::kRtn ? nlohmann::json(nullptr) : opt.calibration_info;
   q["act_bits"] = opt.act_bits;
-  if (opt.act_bits < 16)
+  if (opt.act_bits < 16 && opt.act_format == ActFormat::kFp8E4M3) {
+    q["act_format"] = act_format_name(opt.act_format);
+    q["act_quant"] = {{"granularity", "per_token"},
+                      {"symmetric", true},
+                      {"dynamic", true},
+                      {"scale", "max|x_row| / 448, fp32"},
+                      {"rounding", "to the nearest FP8 e4m3fn value, ties to even"}};
+  } else if (opt.act_bits < 16) {
     q["act_quant"] = {{"granularity", "per_token"},
                       {"symmetric", true},
                       {"dynamic", true},
                       {"scale", "max|x_row| / (2^(act_bits-1) - 1), fp32"},
                       {"rounding", "nearest, ties away from zero"}};
+  }
   if (opt.smooth) {
     nlohmann::json alphas = nlohmann::json::array();
     for (const auto& a : rep.smooth_alphas) alphas.push_back({a[0], a[1], a[2], a[3]});
@@ -339,7 +347,8 @@ class Quantizer {
   void run_pass(int i, const PassSpec& p, Model& model, std::vector<std::vector<float>>& x, bool update_x,
                 KVCache& cache) const {
     const int64_t len = int64_t(calib_[0].size());
-    if (opt_.accel && opt_.device_layers) {
+    // The GPU layer pass rounds activations to integers only; FP8 activations run on the host path.
+    if (opt_.accel && opt_.device_layers && opt_.act_format == ActFormat::kInt) {
       LayerPass lp;
       lp.cfg = &cfg_;
       lp.rope = &model.rope();
@@ -529,7 +538,7 @@ class Quantizer {
   // smoothing scale first, which is what the checkpoint's folded norm weights produce. (The o and
   // down scales are inside the v_proj / up_proj weights already.)
   std::unique_ptr<Linear> site_linear(int i, LinearId id, std::unique_ptr<Linear> inner) const {
-    inner = with_act_quant(std::move(inner), opt_.act_bits);
+    inner = with_act_quant(std::move(inner), ActQuant{opt_.act_bits, opt_.act_format});
     if (!opt_.smooth || !have_smooth_[size_t(i)]) return inner;
     const LayerSmoothing& s = smooth_[size_t(i)];
     const bool attn = id == LinearId::Q || id == LinearId::K || id == LinearId::V;
@@ -599,6 +608,7 @@ class Quantizer {
       }
       SmoothSearchOptions so;
       so.act_bits = opt_.act_bits;
+      so.act_format = opt_.act_format;
       so.group = opt_.group;
       so.symmetric = opt_.symmetric;
       so.fixed_alpha = opt_.smooth_alpha;
@@ -719,7 +729,7 @@ void check_options(const ModelQuantOptions& o) {
                " is out of range [0, 1] (a fraction of blocks, e.g. 0.1)");
   MOSAIC_CHECK(o.block_rows > 0 && o.block_cols > 0 && o.block_cols % 2 == 0, "residual block ", o.block_rows, "x",
                o.block_cols, " is invalid (both positive, columns even)");
-  check_act_bits(o.act_bits);
+  check_act_quant(ActQuant{o.act_bits, o.act_format});
   MOSAIC_CHECK(!o.smooth || o.method != QuantMethod::kRtn,
                "smoothing needs calibration activations: use --method gptq or mosaic, or --smooth-alpha none");
   MOSAIC_CHECK(!o.smooth || o.smooth_alpha < 0 || o.smooth_alpha <= 1, "smoothing alpha ", o.smooth_alpha,

@@ -32,6 +32,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/act_quant_linear.h"
 #include "quant/residual.h"
 
 namespace mosaic {
@@ -66,6 +67,8 @@ struct ModelQuantOptions {
   // per-token inputs of every linear, in calibration (each layer sees the upstream activation
   // error; the Hessians are of the quantized, smoothed inputs) and at run time.
   int act_bits = 16;
+  // The code activations are rounded to (model/act_quant_linear.h): integers, or FP8 e4m3 (8 bits).
+  ActFormat act_format = ActFormat::kInt;
   // SmoothQuant migration folded into the norms / v_proj / up_proj (quant/smooth.h); needs
   // calibration (not rtn). smooth_alpha < 0: searched per layer and site on smooth_grid (plus
   // "none"), else that alpha everywhere.

@@ -143,7 +143,7 @@ double site_error(const InputStats& st, std::span<const std::vector<float>* cons
   if (!s_full.empty())
     for (int64_t r = 0; r < R; ++r)
       for (int64_t k = 0; k < K; ++k) xq[size_t(r * K + k)] /= s_full[size_t(k)];
-  if (opt.act_bits < 16) fake_quantize_rows(xq.data(), R, K, opt.act_bits);
+  if (opt.act_bits < 16) fake_quantize_rows(xq.data(), R, K, ActQuant{opt.act_bits, opt.act_format});
   double err = 0;
   for (size_t l = 0; l < weights.size(); ++l) {
     std::vector<float> w = *weights[l];

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "io/hf_config.h"
+#include "model/act_quant_linear.h"
 #include "model/linear.h"
 
 namespace mosaic {
@@ -97,6 +98,7 @@ class ScaledInputLinear : public Linear {
 
 struct SmoothSearchOptions {
   int act_bits = 8;           // per-token activation bits used in the error
+  ActFormat act_format = ActFormat::kInt;
   int group = 128;            // weight RTN group (the model's)
   bool symmetric = true;
   double fixed_alpha = -1;    // >= 0: use this alpha, no search

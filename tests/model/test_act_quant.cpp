@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
 #include <limits>
+#include <random>
+#include <string>
 #include <set>
 #include <vector>
 
@@ -158,6 +161,77 @@ TEST(ActQuant, ConfigActBits) {
     q["act_bits"] = bad;
     EXPECT_THROW(is_mosaicquant(cfg_with(q)), Error) << bad.dump();
   }
+}
+
+
+// FP8 e4m3fn rounding against the format's own definition: every one of the 126 positive finite
+// codes (exponent field 0..15, mantissa 0..7, minus S.1111.111 = NaN) decodes to a value that
+// round_e4m3 keeps; the midpoint of two neighbours rounds to the one with the even mantissa;
+// beyond 448 saturates; signs are symmetric.
+TEST(ActQuant, Fp8E4M3RoundingMatchesTheFormat) {
+  std::vector<float> codes;
+  for (int e = 0; e < 16; ++e)
+    for (int m = 0; m < 8; ++m) {
+      if (e == 15 && m == 7) continue;  // NaN
+      const float v = e == 0 ? std::ldexp(float(m), -9) : std::ldexp(1.0f + float(m) / 8.0f, e - 7);
+      codes.push_back(v);
+    }
+  ASSERT_EQ(codes.size(), 127u);  // 0 and 126 positive values
+  EXPECT_EQ(codes.back(), 448.0f);
+  for (size_t i = 0; i < codes.size(); ++i) {
+    EXPECT_EQ(round_e4m3(codes[i]), codes[i]) << i;
+    EXPECT_EQ(round_e4m3(-codes[i]), -codes[i]) << i;
+    if (i + 1 < codes.size()) {
+      const float mid = 0.5f * (codes[i] + codes[i + 1]);
+      const float even = (i % 2 == 0) ? codes[i] : codes[i + 1];  // mantissa parity alternates
+      EXPECT_EQ(round_e4m3(mid), even) << "midpoint after code " << i;
+      EXPECT_EQ(round_e4m3(std::nextafter(mid, 0.0f)), codes[i]) << i;
+      EXPECT_EQ(round_e4m3(std::nextafter(mid, 1e9f)), codes[i + 1]) << i;
+    }
+  }
+  EXPECT_EQ(round_e4m3(1000.0f), 448.0f);
+  EXPECT_EQ(round_e4m3(-1e30f), -448.0f);
+  EXPECT_EQ(round_e4m3(std::ldexp(1.0f, -11)), 0.0f);  // below half the smallest subnormal
+}
+
+// Per-token FP8 activations: the row maximum maps to 448 exactly, every value lands on s * (an
+// e4m3 value), relative error within half an e4m3 step (2^-4) for values in the normal range, and
+// the format is checked (FP8 only with 8 bits).
+TEST(ActQuant, Fp8RowsAndFormatChecks) {
+  const int64_t M = 7, K = 257;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(size_t(M * K));
+  for (auto& v : x) v = nd(rng);
+  x[3] = 40.0f;  // an outlier row
+  std::vector<float> q = x;
+  fake_quantize_rows(q.data(), M, K, ActQuant{8, ActFormat::kFp8E4M3});
+  for (int64_t r = 0; r < M; ++r) {
+    float amax = 0;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[size_t(r * K + k)]));
+    const float s = amax / 448.0f;
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = x[size_t(r * K + k)], got = q[size_t(r * K + k)];
+      EXPECT_EQ(got, s * round_e4m3(v / s)) << r << "," << k;
+      if (std::fabs(v / s) >= 1.0f / 64) EXPECT_LE(std::fabs(got - v), std::fabs(v) / 16 * 1.0001f) << r << "," << k;
+    }
+  }
+  EXPECT_THROW(check_act_quant(ActQuant{4, ActFormat::kFp8E4M3}), Error);
+  EXPECT_EQ(parse_act_format("fp8"), ActFormat::kFp8E4M3);
+  EXPECT_EQ(std::string(act_format_name(parse_act_format("int"))), "int");
+  EXPECT_THROW(parse_act_format("fp4"), Error);
+  // The config field: absent = int; fp8_e4m3 read; fp8 with 4 bits or a bad name rejected at load.
+  ModelConfig c;
+  c.quantization_config = {{"quant_method", "mosaicquant"}, {"format_version", 1}, {"bits", 4}, {"act_bits", 8}};
+  EXPECT_EQ(activation_quant(c).format, ActFormat::kInt);
+  c.quantization_config["act_format"] = "fp8_e4m3";
+  EXPECT_EQ(activation_quant(c).format, ActFormat::kFp8E4M3);
+  EXPECT_TRUE(is_mosaicquant(c));
+  c.quantization_config["act_bits"] = 4;
+  EXPECT_THROW(is_mosaicquant(c), Error);
+  c.quantization_config["act_bits"] = 8;
+  c.quantization_config["act_format"] = "e5m2";
+  EXPECT_THROW(is_mosaicquant(c), Error);
 }
 
 }  // namespace
