@@ -17,12 +17,15 @@ void check_act_bits(int bits) {
                " are not supported (8 or 4 quantize the linear inputs, 16 = not quantized)");
 }
 
-void fake_quantize_rows(float* x, int64_t M, int64_t K, int bits) {
-  MOSAIC_CHECK(bits >= 2 && bits <= 8, "fake_quantize_rows: ", bits, " bits (2..8)");
+namespace {
+
+// The per-token rule shared by both formats: per row, s = max|x| / top, x = s * code(x / s), where
+// code rounds to the format's grid (integers up to qmax, or e4m3 values up to 448).
+template <typename Code>
+void quantize_rows_with(float* x, int64_t M, int64_t K, float top, int64_t cost, Code code) {
   MOSAIC_CHECK(M >= 0 && K > 0, "fake_quantize_rows: bad shape [", M, ", ", K, "]");
-  const float qmax = float((1 << (bits - 1)) - 1);
   std::atomic<bool> finite{true};
-  parallel_for(M, K * 4, [&](int64_t r0, int64_t r1) {
+  parallel_for(M, K * cost, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float* row = x + r * K;
       float amax = 0;
@@ -37,11 +40,19 @@ void fake_quantize_rows(float* x, int64_t M, int64_t K, int bits) {
         continue;
       }
       if (amax == 0) continue;  // all zeros: nothing to quantize
-      const float s = amax / qmax;
-      for (int64_t k = 0; k < K; ++k) row[k] = s * std::clamp(std::round(row[k] / s), -qmax, qmax);
+      const float s = amax / top;
+      for (int64_t k = 0; k < K; ++k) row[k] = s * code(row[k] / s);
     }
   });
   MOSAIC_CHECK(finite.load(), "activation quantization: a linear layer's input has a non-finite value");
+}
+
+}  // namespace
+
+void fake_quantize_rows(float* x, int64_t M, int64_t K, int bits) {
+  MOSAIC_CHECK(bits >= 2 && bits <= 8, "fake_quantize_rows: ", bits, " bits (2..8)");
+  const float qmax = float((1 << (bits - 1)) - 1);
+  quantize_rows_with(x, M, K, qmax, 4, [qmax](float v) { return std::clamp(std::round(v), -qmax, qmax); });
 }
 
 ActFormat parse_act_format(const std::string& name) {
@@ -75,28 +86,7 @@ void fake_quantize_rows(float* x, int64_t M, int64_t K, const ActQuant& q) {
   check_act_quant(q);
   if (q.bits == 16) return;
   if (q.format == ActFormat::kInt) return fake_quantize_rows(x, M, K, q.bits);
-  MOSAIC_CHECK(M >= 0 && K > 0, "fake_quantize_rows: bad shape [", M, ", ", K, "]");
-  std::atomic<bool> finite{true};
-  parallel_for(M, K * 8, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float* row = x + r * K;
-      float amax = 0;
-      bool ok = true;
-      for (int64_t k = 0; k < K; ++k) {
-        const float a = std::fabs(row[k]);
-        ok &= a <= std::numeric_limits<float>::max();
-        amax = std::max(amax, a);
-      }
-      if (!ok) {
-        finite = false;
-        continue;
-      }
-      if (amax == 0) continue;
-      const float s = amax / 448.0f;
-      for (int64_t k = 0; k < K; ++k) row[k] = s * round_e4m3(row[k] / s);
-    }
-  });
-  MOSAIC_CHECK(finite.load(), "activation quantization: a linear layer's input has a non-finite value");
+  quantize_rows_with(x, M, K, 448.0f, 8, round_e4m3);
 }
 
 ActQuantLinear::ActQuantLinear(std::unique_ptr<Linear> inner, ActQuant q)

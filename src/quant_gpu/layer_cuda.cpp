@@ -130,7 +130,7 @@ void CudaLayerPass::run(const LayerPass& p, std::vector<std::vector<float>>& x, 
   const float* kn = p.k_norm.empty() ? nullptr : k_norm;
 
   float* dx = buffer(kX, size_t(len * D));
-  float* dh = buffer(kH, size_t(len * std::max(D, qd)));
+  float* dh = buffer(kH, size_t(len * D));
   float* dqkv = buffer(kQkv, size_t(len * qkv));
   float* Q = buffer(kQ, size_t(len * qd));
   float* K = buffer(kK, size_t(len * kd));

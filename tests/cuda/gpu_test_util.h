@@ -1,13 +1,18 @@
 // What every GPU test of src/cuda needs: a skip with a visible message when no CUDA GPU is present,
-// and an owning device buffer (at least 16 bytes, so a zero-sized case still gets a valid pointer).
+// an owning device buffer (at least 16 bytes, so a zero-sized case still gets a valid pointer), the
+// error bounds of FP16/BF16 outputs, and one GEMM call checked against an fp64 reference.
 #pragma once
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <vector>
 
 #include "cuda/zipper.h"
+#include "zipper_test_util.h"
 
 #define MOSAIC_REQUIRE_CUDA_GPU(what)                                                                 \
   do {                                                                                                \
@@ -23,5 +28,27 @@ struct DeviceBuf {
   DeviceBuf(const DeviceBuf&) = delete;
   DeviceBuf& operator=(const DeviceBuf&) = delete;
 };
+
+// Normalized-error bounds of the GEMM tests: FP16 outputs 1e-3, BF16 (8 mantissa bits) 1e-2.
+inline double bound(DType dt) { return dt == DType::F16 ? 1e-3 : 1e-2; }
+
+// Uploads X [M, K] (raw fp16/bf16 bits), fills Y [M, N] with NaN (0xff bytes in fp16 and bf16), runs
+// gemm(X, Y), and returns the normalized error of Y against yref; fails the test if any output is
+// not finite (unwritten or NaN).
+template <typename Gemm>
+double run_poisoned(int64_t M, int64_t K, int64_t N, DType dt, const std::vector<uint16_t>& xbits,
+                    const std::vector<double>& yref, Gemm gemm) {
+  DeviceBuf X(size_t(M * K * 2)), Y(size_t(M * N * 2));
+  EXPECT_EQ(cudaMemcpy(X.p, xbits.data(), size_t(M * K * 2), cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(cudaMemset(Y.p, 0xff, size_t(M * N * 2)), cudaSuccess);
+  gemm(X.p, Y.p);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<uint16_t> y(size_t(M * N));
+  EXPECT_EQ(cudaMemcpy(y.data(), Y.p, y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+  int64_t bad = 0;
+  const double err = normalized_error(y, dt == DType::BF16, yref, &bad);
+  EXPECT_EQ(bad, 0) << "outputs not written or not finite";
+  return bad ? INFINITY : err;
+}
 
 }  // namespace mosaic::cuda::test

@@ -27,25 +27,14 @@ using test::Pattern;
 
 #define REQUIRE_GPU() MOSAIC_REQUIRE_CUDA_GPU("W4A8 GPU test")
 using test::DeviceBuf;
-
-double bound(DType dt) { return dt == DType::F16 ? 1e-3 : 1e-2; }
+using test::bound;
 
 // One GEMM (quantize + kernel) with the output poisoned (NaN); returns the normalized error and
 // fails the test on any non-finite output.
 double run_and_compare(const W4A8Linear& L, int64_t M, DType dt, const std::vector<uint16_t>& xbits,
                        const std::vector<double>& yref, W4A8Variant v, int warps = 0) {
-  const int64_t N = L.N(), K = L.K();
-  DeviceBuf X(size_t(M * K * 2)), Y(size_t(M * N * 2));
-  EXPECT_EQ(cudaMemcpy(X.p, xbits.data(), size_t(M * K * 2), cudaMemcpyHostToDevice), cudaSuccess);
-  EXPECT_EQ(cudaMemset(Y.p, 0xff, size_t(M * N * 2)), cudaSuccess);
-  L.gemm(X.p, Y.p, M, dt, nullptr, v, warps);
-  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  std::vector<uint16_t> y(size_t(M * N));
-  EXPECT_EQ(cudaMemcpy(y.data(), Y.p, y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
-  int64_t bad = 0;
-  const double err = test::normalized_error(y, dt == DType::BF16, yref, &bad);
-  EXPECT_EQ(bad, 0) << "outputs not written or not finite";
-  return bad ? INFINITY : err;
+  return test::run_poisoned(M, L.K(), L.N(), dt, xbits, yref,
+                            [&](const void* X, void* Y) { L.gemm(X, Y, M, dt, nullptr, v, warps); });
 }
 
 // Activations with 1% outlier channels (x10), plus (when M >= 3) a zero row and a row of even

@@ -26,25 +26,14 @@ using test::Pattern;
 
 #define REQUIRE_GPU() MOSAIC_REQUIRE_CUDA_GPU("ZipperEngine GPU test")
 using test::DeviceBuf;
-
-double bound(DType dt) { return dt == DType::F16 ? 1e-3 : 1e-2; }
+using test::bound;
 
 // Runs one GEMM on the GPU with a poisoned (NaN) output and returns the normalized error; fails
 // the test if any output is not finite (unwritten or NaN).
 double run_and_compare(const ZipperLinear& zl, int64_t M, DType dt, const std::vector<uint16_t>& xbits,
                        const std::vector<double>& yref, Variant v, GemmPath path) {
-  const int64_t N = zl.N(), K = zl.K();
-  DeviceBuf X(size_t(M * K * 2)), Y(size_t(M * N * 2));
-  EXPECT_EQ(cudaMemcpy(X.p, xbits.data(), size_t(M * K * 2), cudaMemcpyHostToDevice), cudaSuccess);
-  EXPECT_EQ(cudaMemset(Y.p, 0xff, size_t(M * N * 2)), cudaSuccess);  // NaN in fp16 and bf16
-  zl.gemm(X.p, Y.p, M, dt, nullptr, v, path);
-  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  std::vector<uint16_t> y(size_t(M * N));
-  EXPECT_EQ(cudaMemcpy(y.data(), Y.p, y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
-  int64_t bad = 0;
-  const double err = test::normalized_error(y, dt == DType::BF16, yref, &bad);
-  EXPECT_EQ(bad, 0) << "outputs not written or not finite";
-  return bad ? INFINITY : err;
+  return test::run_poisoned(M, zl.K(), zl.N(), dt, xbits, yref,
+                            [&](const void* X, void* Y) { zl.gemm(X, Y, M, dt, nullptr, v, path); });
 }
 
 const char* path_name(GemmPath p) { return p == GemmPath::Fused ? "fused" : p == GemmPath::Dequant ? "dequant" : "auto"; }
