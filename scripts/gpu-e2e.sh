@@ -8,7 +8,8 @@
 #   OUT=/tmp/out scripts/gpu-e2e.sh [full|quick|tests|bench|build-only]
 #     full:  tests + llama3-8b and qwen3-8b, batch 1,4,16, prompt 2048, gen 128
 #     quick: tests + llama3-8b batch 1 only
-# Overrides: CONFIGS (space separated), BATCH, PROMPT, GEN, BUDGET; SKIP_HF=1; PROFILE=1 (decode
+# Overrides: CONFIGS (space separated), BATCH, PROMPT, GEN, BUDGET, ENGINES (fp16,w4a16[,w4a8]),
+# E2E_ARGS (more bench e2e options, e.g. --w4a8-min-m 0); SKIP_HF=1; PROFILE=1 (decode
 # step breakdown, bench e2e --profile); PPL_MODEL=dir
 # (also runs `mosaic ppl --device cuda` on it with wikitext from PPL_TEXT).
 # Same-run comparisons for the first config (compare.md): BASE_KERNELS=file (a src/gpu/kernels.cu
@@ -86,7 +87,7 @@ CONFIGS=${CONFIGS:-$DC}; BATCH=${BATCH:-$DB}; PROMPT=${PROMPT:-2048}; GEN=${GEN:
 parts=()
 for c in $CONFIGS; do
   timeout ${BENCH_T:-200} $B/mosaic bench e2e --config $c --random-weights --batch $BATCH --prompt $PROMPT --gen $GEN --budget $BUDGET \
-    ${PROFILE:+--profile} --json $B/e2e-$c.json 2>&1 | tee $B/e2e-$c.md
+    --engines ${ENGINES:-fp16,w4a16} ${E2E_ARGS:-} ${PROFILE:+--profile} --json $B/e2e-$c.json 2>&1 | tee $B/e2e-$c.md
   echo "== bench e2e $c rc=${PIPESTATUS[0]}"; parts+=($B/e2e-$c.json)
   if [ "$c" = "${CONFIGS%% *}" ]; then  # same-run comparisons on the first config
     if [ -n "${BASE_KERNELS:-}" ]; then

@@ -45,6 +45,7 @@ struct E2EArgs {
   std::string model, config, batches = "1,4,16", engines = "fp16,w4a16", json;
   bool random_weights = false, profile = false;
   double budget = 0.1;
+  int64_t w4a8_min_m = 256;
   int64_t prompt = 2048;
   int gen = 128;
 };
@@ -63,7 +64,14 @@ void add_e2e_command(CLI::App* bench) {
   e2e->add_option("--batch", a->batches, "batch sizes, comma separated")->capture_default_str();
   e2e->add_option("--prompt", a->prompt, "prompt tokens per sequence")->capture_default_str();
   e2e->add_option("--gen", a->gen, "generated tokens per sequence")->capture_default_str();
-  e2e->add_option("--engines", a->engines, "with --random-weights: fp16, w4a16 or both")->capture_default_str();
+  e2e->add_option("--engines", a->engines,
+                  "with --random-weights, comma separated: fp16 (cuBLAS), w4a16 (ZipperEngine), w4a8 (activations "
+                  "quantized per token to INT8; large GEMMs on the W4A8 INT8 kernel)")
+      ->capture_default_str();
+  e2e->add_option("--w4a8-min-m", a->w4a8_min_m,
+                  "W4A8 models: GEMMs of at least this many rows run on the W4A8 INT8 kernel, smaller ones on the "
+                  "W4A16 kernel with quantized inputs (0: never the INT8 kernel)")
+      ->capture_default_str();
   e2e->add_option("--json", a->json, "write the rows as JSON to this file");
   e2e->add_flag("--profile", a->profile, "also time a decode step without each group of ops (where the time goes)");
   e2e->callback([a] {
@@ -83,6 +91,7 @@ void add_e2e_command(CLI::App* bench) {
     o.gen = a->gen;
     o.json = a->json;
     o.profile = a->profile;
+    o.w4a8_min_m = a->w4a8_min_m;
     o.engines.clear();
     std::stringstream ss(a->engines);
     for (std::string e; std::getline(ss, e, ',');) o.engines.push_back(e);

@@ -117,26 +117,32 @@ void run_e2e_bench(const E2EOptions& o) {
   std::vector<std::string> engines = o.engines;
   if (!o.model_dir.empty()) engines = {"checkpoint"};
   for (const std::string& eng : engines) {
-    MOSAIC_CHECK(eng == "fp16" || eng == "w4a16" || eng == "checkpoint", "bench e2e: unknown engine '", eng, "'");
+    MOSAIC_CHECK(eng == "fp16" || eng == "w4a16" || eng == "w4a8" || eng == "checkpoint", "bench e2e: unknown engine '",
+                 eng, "' (fp16, w4a16, w4a8)");
     GpuOptions go;
     go.act = Act::F16;
     go.max_batch = max_b;
     go.capacity = o.prompt + o.gen;
     go.prefill_chunk = std::min<int64_t>(o.prompt, 2048);
     go.quiet = false;
+    go.w4a8_min_m = o.w4a8_min_m;
     const auto t_load = std::chrono::steady_clock::now();
     std::unique_ptr<GpuModel> m;
     std::string engine_name;
     try {
       if (!o.model_dir.empty()) {
         m = std::make_unique<GpuModel>(GpuModel::load(o.model_dir, go));
-        engine_name = m->load_report().zipper_linears + m->load_report().dequant_linears > 0 ? "mosaic_w4a16" : "mosaic_fp16";
+        const GpuLoadReport& r = m->load_report();
+        engine_name = r.zipper_linears + r.dequant_linears == 0 ? "mosaic_fp16"
+                      : r.act_bits < 16 ? "mosaic_w4a" + std::to_string(r.act_bits) + (r.act_fp8 ? "fp8" : "")
+                                        : "mosaic_w4a16";
       } else {
         RandomWeights rw;
-        rw.quantized = eng == "w4a16";
+        rw.quantized = eng == "w4a16" || eng == "w4a8";
+        rw.act_bits = eng == "w4a8" ? 8 : 16;
         rw.budget = o.budget;
         rw.seed = o.seed;
-        engine_name = rw.quantized ? "mosaic_w4a16" : "mosaic_fp16";
+        engine_name = "mosaic_" + eng;
         m = std::make_unique<GpuModel>(GpuModel::random(builtin_config(o.config), rw, go));
       }
     } catch (const Error& e) {
@@ -210,7 +216,12 @@ void run_e2e_bench(const E2EOptions& o) {
                             {"zipper_linears", rep.zipper_linears},
                             {"dequant_linears", rep.dequant_linears},
                             {"cublas_linears", rep.dense_linears}};
-      if (engine_name == "mosaic_w4a16" && o.random_weights) row["budget"] = o.budget;
+      if (engine_name != "mosaic_fp16" && o.random_weights) row["budget"] = o.budget;
+      if (rep.act_bits < 16) {
+        row["act_bits"] = rep.act_bits;
+        row["w4a8_linears"] = rep.w4a8_linears;
+        row["w4a8_min_m"] = o.w4a8_min_m;
+      }
       if (o.profile) {
         // Where a decode step's time goes: the step without each group of ops (graph replays),
         // and the whole step without the graph.

@@ -26,7 +26,8 @@ struct E2EOptions {
   std::vector<int> batches = {1, 4, 16};
   int64_t prompt = 2048;
   int gen = 128;
-  std::vector<std::string> engines = {"fp16", "w4a16"};
+  std::vector<std::string> engines = {"fp16", "w4a16"};  // random weights: fp16 | w4a16 | w4a8
+  int64_t w4a8_min_m = 256;  // W4A8: GEMMs of at least this many rows on the INT8 kernel (0: never)
   std::string json;        // output file (optional)
   bool profile = false;    // also break a decode step down (GpuModel::profile_decode)
   uint64_t seed = 1;

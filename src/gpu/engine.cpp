@@ -12,6 +12,8 @@
 #include <mutex>
 #include <thread>
 
+#include "cuda/w4a8.h"
+#include "cuda/w4a8_layout.h"
 #include "cuda/zipper.h"
 #include "cuda/zipper_layout.h"
 #include "format/packed_checkpoint.h"
@@ -38,10 +40,20 @@ std::string gib(size_t b) {
   return buf;
 }
 
+// Quantized activations of a W4A8 / W4A4 model: what every quantized linear gets wrapped in.
+struct ActSetup {
+  ActQuant q;                             // bits 16: none
+  const ActQuantScratch* scratch = nullptr;
+  int64_t w4a8_min_m = 0;                 // 0: no W4A8 INT8 kernel
+  bool quantized() const { return q.bits < 16; }
+  bool int8_kernel() const { return q.bits == 8 && q.format == ActFormat::kInt && w4a8_min_m > 0; }
+};
+
 // Where the weights come from: a checkpoint or random numbers (bench e2e --random-weights).
 class Source {
  public:
   virtual ~Source() = default;
+  const ActSetup* act = nullptr;  // set by the engine before it builds; null: W4A16 / dense
   // Upper estimate of the device bytes of one fused linear (before anything is uploaded).
   virtual size_t estimate(const std::vector<std::string>& prefixes, const std::vector<int64_t>& Ns, int64_t K) const = 0;
   virtual DevBuf norm(const std::string& name, int64_t n) const = 0;  // fp32
@@ -55,18 +67,46 @@ class Source {
 
 bool zipper_can_take(int64_t N, int64_t K) { return N % 16 == 0 && K % 128 == 0; }
 
+// kind: 0 ZipperEngine, 1 dequantized + cuBLAS, 2 cuBLAS, 3 with the W4A8 kernel, -1 the note only.
 void count(GpuLoadReport& rep, std::mutex& mu, int kind, const std::string& note = "") {
   std::lock_guard<std::mutex> g(mu);
-  (kind == 0 ? rep.zipper_linears : kind == 1 ? rep.dequant_linears : rep.dense_linears)++;
+  int* counters[] = {&rep.zipper_linears, &rep.dequant_linears, &rep.dense_linears, &rep.w4a8_linears};
+  if (kind >= 0) (*counters[kind])++;
   if (!note.empty() && std::find(rep.notes.begin(), rep.notes.end(), note) == rep.notes.end()) rep.notes.push_back(note);
 }
 
 std::string act_kind(const char* what, Act a) { return std::string(what) + "-" + act_name(a); }
 
+// A quantized layer's input rows quantized per token (W4A8 / W4A4), and for 8-bit integer codes the
+// W4A8 INT8 kernel for large M when it takes the layer (p: the packed weights, null when the layer
+// was dequantized from several parts).
+std::unique_ptr<GpuLinear> with_act_quant(std::unique_ptr<GpuLinear> inner, const ActSetup* aq, Act a,
+                                          const PackedLinear* p, const std::string& what, GpuLoadReport& rep,
+                                          std::mutex& mu) {
+  if (!aq || !aq->quantized()) return inner;
+  std::unique_ptr<cuda::W4A8Linear> w4a8;
+  if (p && aq->int8_kernel()) {
+    std::string why;
+    try {
+      cuda::check_w4a8_supported(*p);  // shape limits only: other failures (memory) are errors
+    } catch (const Error& e) {
+      why = e.what();
+    }
+    if (why.empty()) {
+      w4a8 = std::make_unique<cuda::W4A8Linear>(*p);
+      count(rep, mu, 3);
+    } else {
+      count(rep, mu, -1, "the W4A8 kernel cannot take " + what + " [N=" + std::to_string(p->N) + ", K=" +
+                            std::to_string(p->K) + "] (" + why + "): quantized activations on the 16-bit path");
+    }
+  }
+  return std::make_unique<ActQuantGpuLinear>(std::move(inner), aq->q, a, aq->scratch, std::move(w4a8), aq->w4a8_min_m);
+}
+
 // A MosaicQuant layer (already concatenated): ZipperEngine when it can take it, else
-// dequantized once and run through cuBLAS.
+// dequantized once and run through cuBLAS; wrapped for quantized activations (aq).
 std::unique_ptr<GpuLinear> packed_to_gpu(cublasHandle_t h, Act a, const PackedLinear& p, const std::string& what,
-                                         GpuLoadReport& rep, std::mutex& mu) {
+                                         GpuLoadReport& rep, std::mutex& mu, const ActSetup* aq) {
   std::string why;
   try {
     cuda::check_zipper_supported(p);  // shape limits only: other failures (memory) are errors
@@ -76,14 +116,15 @@ std::unique_ptr<GpuLinear> packed_to_gpu(cublasHandle_t h, Act a, const PackedLi
   if (why.empty()) {
     auto z = std::make_unique<ZipperGpuLinear>(p, a);
     count(rep, mu, 0);
-    return z;
+    return with_act_quant(std::move(z), aq, a, &p, what, rep, mu);
   }
   const std::vector<float> w = dequantize(p);
   count(rep, mu, 1,
         "ZipperEngine cannot take " + what + " [N=" + std::to_string(p.N) + ", K=" + std::to_string(p.K) + "] (" + why +
             "): dequantized to " + act_name(a) + " + cuBLAS");
-  return std::make_unique<DenseGpuLinear>(h, a, upload_weights(a, w.data(), p.N * p.K, nullptr), p.N, p.K,
-                                          act_kind("dequant", a));
+  auto d = std::make_unique<DenseGpuLinear>(h, a, upload_weights(a, w.data(), p.N * p.K, nullptr), p.N, p.K,
+                                            act_kind("dequant", a));
+  return with_act_quant(std::move(d), aq, a, &p, what, rep, mu);
 }
 
 class CheckpointSource : public Source {
@@ -103,9 +144,11 @@ class CheckpointSource : public Source {
         all_packed = false;
       }
     }
-    // Scales are held twice (fp16 and bf16 copies); a layer ZipperEngine cannot take is dense.
-    if (!all_packed || !zipper_can_take(N, K)) return size_t(N * K) * 2;
-    return b + b / 4;
+    // Scales are held twice (fp16 and bf16 copies); a layer ZipperEngine cannot take is dense;
+    // the W4A8 INT8 kernel holds a second, repacked copy of the packed weights.
+    const size_t w4a8 = all_packed && act && act->int8_kernel() ? b : 0;
+    if (!all_packed || !zipper_can_take(N, K)) return size_t(N * K) * 2 + w4a8;
+    return b + b / 4 + w4a8;
   }
 
   DevBuf norm(const std::string& name, int64_t n) const override {
@@ -141,7 +184,7 @@ class CheckpointSource : public Source {
       for (const auto& p : packed) ptrs.push_back(&p);
       try {
         const PackedLinear cat = concat_rows(ptrs);
-        return packed_to_gpu(h, a, cat, what, rep, mu);
+        return packed_to_gpu(h, a, cat, what, rep, mu, act);
       } catch (const Error& e) {
         // fall through: dequantize each part (e.g. parts with different group sizes)
         count(rep, mu, 1, std::string("cannot fuse ") + what + " (" + e.what() + "): dequantized to " + act_name(a) + " + cuBLAS");
@@ -150,8 +193,9 @@ class CheckpointSource : public Source {
           const auto d = dequantize(p);
           w.insert(w.end(), d.begin(), d.end());
         }
-        return std::make_unique<DenseGpuLinear>(h, a, upload_weights(a, w.data(), N * K, nullptr), N, K,
-                                                act_kind("dequant", a));
+        return with_act_quant(std::make_unique<DenseGpuLinear>(h, a, upload_weights(a, w.data(), N * K, nullptr), N,
+                                                               K, act_kind("dequant", a)),
+                              act, a, nullptr, what, rep, mu);
       }
     }
     // Dense (or mixed: dequantize the quantized parts).
@@ -171,6 +215,9 @@ class CheckpointSource : public Source {
       }
       row += Ns[i];
     }
+    // The CPU engine quantizes only the quantized parts' inputs; one fused GEMM cannot do both.
+    MOSAIC_CHECK(!any_q || !act || !act->quantized(), what, ": quantized and dense parts in one fused layer of a W4A",
+                 act ? act->q.bits : 16, " checkpoint: not supported on the GPU; use --device cpu");
     count(rep, mu, any_q ? 1 : 2);
     return std::make_unique<DenseGpuLinear>(h, a, upload_weights(a, w.data(), N * K, nullptr), N, K,
                                             act_kind(any_q ? "dequant" : "cublas", a));
@@ -190,7 +237,8 @@ class RandomSource : public Source {
     for (int64_t n : Ns) N += n;
     if (!rw_.quantized || !zipper_can_take(N, K)) return size_t(N * K) * 2;
     const double res = rw_.budget * double(N * K) / 2 * 1.1;  // residual codes + index
-    return size_t(double(N * K) / 2 + double(N * (K / rw_.group)) * 4 + res);
+    const size_t b = size_t(double(N * K) / 2 + double(N * (K / rw_.group)) * 4 + res);
+    return act && act->int8_kernel() ? 2 * b : b;  // + the W4A8 kernel's repacked copy
   }
 
   DevBuf norm(const std::string& name, int64_t n) const override {
@@ -215,7 +263,7 @@ class RandomSource : public Source {
     const uint64_t seed = seed_of(prefixes[0]);
     if (rw_.quantized && prefixes[0] != "lm_head") {
       const PackedLinear p = random_packed_fast(N, K, rw_.group, rw_.budget, seed);
-      return packed_to_gpu(h, a, p, prefixes[0], rep, mu);
+      return packed_to_gpu(h, a, p, prefixes[0], rep, mu, act);
     }
     DevBuf w(size_t(N * K) * 2, "weights");
     kern::fill_random(a, w.get(), N * K, float(std::sqrt(3.0 / double(K))), seed, nullptr);
@@ -248,6 +296,9 @@ std::string GpuLoadReport::summary() const {
                 seconds, device.c_str(), act_name(act), gib(weight_bytes).c_str(), gib(kv_bytes).c_str(),
                 gib(scratch_bytes).c_str(), zipper_linears, dequant_linears, dense_linears);
   std::string s = buf;
+  if (act_bits < 16)
+    s += "; activations quantized per token to " + std::to_string(act_bits) + (act_fp8 ? "-bit FP8" : "-bit integers") +
+         ", " + std::to_string(w4a8_linears) + " linears with the W4A8 INT8 kernel";
   for (const auto& n : notes) s += "\n  note: " + n;
   return s;
 }
@@ -273,6 +324,9 @@ struct GpuModel::Impl {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   std::shared_ptr<cuda::ZipperShared> zipper_shared;  // dequantize-path buffer of all ZipperEngine layers
+  ActSetup act_setup;                   // quantized activations (W4A8 / W4A4)
+  DevBuf act_scratch;                   // their rows: M x the largest K, activation dtype
+  ActQuantScratch act_scratch_view;
   DevBuf cublas_ws;
   DevBuf embed, final_norm, inv_freq;
   std::vector<Layer> layers;
@@ -307,6 +361,14 @@ struct GpuModel::Impl {
   size_t S_elems() const { return size_t(cfg.num_heads / cfg.num_kv_heads) * size_t(opt.prefill_chunk) * size_t(cap); }
 
   size_t decode_scratch_bytes() const { return kern::attention_decode_scratch_bytes(slots, dims); }
+  size_t act_scratch_bytes(const ActQuant& aq) const {
+    return aq.bits < 16 ? size_t(M) * size_t(std::max({D, qd, I})) * 2 : 0;
+  }
+  // The 16-bit layer inside a quantized-activation wrapper (what a decode step streams).
+  static GpuLinear* unwrap(GpuLinear* g) {
+    auto* w = dynamic_cast<ActQuantGpuLinear*>(g);
+    return w ? &w->inner() : g;
+  }
 
   void note_peak() {
     size_t f = 0, t = 0;
@@ -314,7 +376,7 @@ struct GpuModel::Impl {
   }
 
   // ---- building --------------------------------------------------------------------------------
-  void build(const ModelConfig& c, const GpuOptions& o, const Source& src, bool quantized) {
+  void build(const ModelConfig& c, const GpuOptions& o, Source& src, bool quantized, ActQuant aq = {}) {
     const auto t0 = std::chrono::steady_clock::now();
     require_gpu();
     MOSAIC_CHECK(!c.attention_bias, c.architecture, ": attention_bias = true is not supported");
@@ -342,6 +404,11 @@ struct GpuModel::Impl {
     LR = std::max<int64_t>(std::max<int64_t>(1, o.logits_rows), slots);
     dims = {c.num_heads, c.num_kv_heads, c.head_dim, cap};
     len.assign(size_t(slots), 0);
+    MOSAIC_CHECK(aq.bits == 16 || quantized, "quantized activations without quantized weights");
+    act_setup = ActSetup{aq, &act_scratch_view, aq.bits < 16 ? o.w4a8_min_m : 0};
+    src.act = &act_setup;
+    report.act_bits = aq.bits;
+    report.act_fp8 = aq.bits < 16 && aq.format == ActFormat::kFp8E4M3;
 
     // ---- memory check before anything is uploaded
     const int L = c.num_layers;
@@ -368,7 +435,7 @@ struct GpuModel::Impl {
     const size_t kv_est = size_t(L) * 2 * kv_layer_bytes();
     const size_t scratch_est =
         size_t(M) * (size_t(D) * (4 + 2 * 2) + size_t(qkvN + 2 * qd) * 2 + size_t(3 * I) * 2) +
-        size_t(LR) * size_t(V) * 4 + S_elems() * 6 + decode_scratch_bytes() +
+        size_t(LR) * size_t(V) * 4 + S_elems() * 6 + decode_scratch_bytes() + act_scratch_bytes(aq) +
         (size_t(64) << 20);
     const size_t free_b = device_free_bytes(), margin = size_t(512) << 20;
     const size_t need = w_est + kv_est + scratch_est + margin;
@@ -393,6 +460,12 @@ struct GpuModel::Impl {
     cublas_ws = DevBuf(size_t(32) << 20, "cuBLAS workspace");
     check_cublas(cublasSetWorkspace(cublas, cublas_ws.get(), cublas_ws.bytes()), "cublasSetWorkspace");
 
+    // Quantized activation rows (before the layers, which keep a pointer to it).
+    if (aq.bits < 16) {
+      act_scratch = DevBuf(act_scratch_bytes(aq), "quantized activations");
+      act_scratch_view = {act_scratch.get(), act_scratch.bytes()};
+    }
+
     // ---- weights
     embed = src.embedding(act, V, D);
     final_norm = src.norm("model.norm.weight", D);
@@ -416,7 +489,7 @@ struct GpuModel::Impl {
       Ly.gate_up = src.linear(cublas, act, {p + "mlp.gate_proj", p + "mlp.up_proj"}, {I, I}, D, report, mu);
       Ly.down = src.linear(cublas, act, {p + "mlp.down_proj"}, {D}, I, report, mu);
       for (GpuLinear* g : {Ly.qkv.get(), Ly.o.get(), Ly.gate_up.get(), Ly.down.get()})
-        if (auto* z = dynamic_cast<ZipperGpuLinear*>(g)) {
+        if (auto* z = dynamic_cast<ZipperGpuLinear*>(unwrap(g))) {
           z->allow_dequant_path = allow_deq;
           if (zipper_shared) z->share(zipper_shared);
         }
@@ -452,10 +525,11 @@ struct GpuModel::Impl {
       wb += Ly.attn_norm.bytes() + Ly.ffn_norm.bytes() + Ly.q_norm.bytes() + Ly.k_norm.bytes() +
             Ly.qkv->device_bytes() + Ly.o->device_bytes() + Ly.gate_up->device_bytes() + Ly.down->device_bytes();
     report.weight_bytes = wb;
+    // A decode step (small M) streams the 16-bit path's weights, not the W4A8 kernel's copy.
     report.step_bytes = tied ? embed.bytes() : lm_head->device_bytes();
     for (const Layer& Ly : layers)
-      report.step_bytes += Ly.qkv->device_bytes() + Ly.o->device_bytes() + Ly.gate_up->device_bytes() +
-                           Ly.down->device_bytes();
+      for (GpuLinear* g : {Ly.qkv.get(), Ly.o.get(), Ly.gate_up.get(), Ly.down.get()})
+        report.step_bytes += unwrap(g)->device_bytes();
 
     // ---- KV cache and scratch
     kv = DevBuf(kv_est, "KV cache");
@@ -656,17 +730,17 @@ GpuModel GpuModel::load(const std::filesystem::path& dir, const GpuOptions& o) {
 GpuModel GpuModel::from_checkpoint(const Checkpoint& ckpt, const ModelConfig& cfg, const GpuOptions& o) {
   auto impl = std::make_unique<Impl>();
   const bool quantized = is_mosaicquant(cfg);
-  MOSAIC_CHECK(!quantized || activation_bits(cfg) == 16, ckpt.root().string(), " is a W4A", activation_bits(cfg),
-               " checkpoint (quantized activations): the GPU engine runs W4A16 and FP16/BF16 only; use --device cpu");
   CheckpointSource src(ckpt, quantized);
-  impl->build(cfg, o, src, quantized);
+  impl->build(cfg, o, src, quantized, quantized ? activation_quant(cfg) : ActQuant{});
   return GpuModel(std::move(impl));
 }
 
 GpuModel GpuModel::random(const ModelConfig& cfg, const RandomWeights& rw, const GpuOptions& o) {
   auto impl = std::make_unique<Impl>();
+  MOSAIC_CHECK(rw.act_bits == 16 || (rw.act_bits == 8 && rw.quantized),
+               "random weights: act_bits must be 16, or 8 with quantized weights (got ", rw.act_bits, ")");
   RandomSource src(rw);
-  impl->build(cfg, o, src, rw.quantized);
+  impl->build(cfg, o, src, rw.quantized, ActQuant{rw.act_bits});
   return GpuModel(std::move(impl));
 }
 

@@ -12,7 +12,8 @@
 // every kernel computes in FP32. Linear layers: cuBLAS on FP16/BF16 weights, or ZipperEngine
 // (src/cuda/zipper.h) for MosaicQuant layers it supports; other MosaicQuant layers (e.g. K % 128
 // != 0, SmolLM2's K = 576) are dequantized once to FP16/BF16 and run through cuBLAS; the load
-// report says which. Several sequences decode together (batch B = KV cache slots 0..B-1); each
+// report says which. W4A8 / W4A4 checkpoints quantize every quantized linear's input rows per
+// token as the CPU reference does (gpu/act_quant.h), large-M W4A8 GEMMs on INT8 tensor cores. Several sequences decode together (batch B = KV cache slots 0..B-1); each
 // decode step is one CUDA graph launch (captured per B on its second step).
 #pragma once
 #include <cstdint>
@@ -39,6 +40,10 @@ struct GpuOptions {
   int64_t prefill_chunk = 2048; // tokens per prefill step (bounds scratch memory)
   int64_t logits_rows = 512;    // LM head rows per block for all-row logits (ppl)
   bool cuda_graphs = true;      // capture the decode step
+  // W4A8 checkpoints (act_bits 8, integer codes): GEMMs of at least this many rows run on the W4A8
+  // INT8 kernel (src/cuda/w4a8.h; a second, repacked copy of the weights), smaller ones quantize
+  // their input rows and run the W4A16 path. 0: never the INT8 kernel.
+  int64_t w4a8_min_m = 256;
   bool quiet = true;            // false: one-line load report on stderr
 };
 
@@ -49,6 +54,7 @@ struct RandomWeights {
   double budget = 0.1;
   int group = 128;
   uint64_t seed = 1;
+  int act_bits = 16;  // 8: a W4A8 model (integer activation codes; quantized only)
 };
 
 struct GpuLoadReport {
@@ -60,6 +66,9 @@ struct GpuLoadReport {
   size_t kv_bytes = 0;        // KV cache
   size_t scratch_bytes = 0;   // activations and workspaces
   int zipper_linears = 0, dequant_linears = 0, dense_linears = 0;  // fused linears by kind
+  int act_bits = 16;           // quantized activations (W4A8 / W4A4 checkpoints): 8 or 4
+  bool act_fp8 = false;        // ... as FP8 e4m3 codes
+  int w4a8_linears = 0;        // of the quantized ones, with the W4A8 INT8 kernel for large M
   std::vector<std::string> notes;  // e.g. why layers fell back to dequantize + cuBLAS
   std::string summary() const;
 };

@@ -3,7 +3,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "cuda/w4a8.h"
 #include "cuda/zipper.h"
+#include "gpu/act_quant.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -72,6 +74,47 @@ void ZipperGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s)
 }
 
 size_t ZipperGpuLinear::device_bytes() const { return size_t(z_->weight_bytes(true)); }
+
+ActQuantGpuLinear::ActQuantGpuLinear(std::unique_ptr<GpuLinear> inner, ActQuant q, Act a,
+                                     const ActQuantScratch* scratch, std::unique_ptr<cuda::W4A8Linear> w4a8,
+                                     int64_t w4a8_min_m)
+    : GpuLinear(inner ? inner->N : 0, inner ? inner->K : 0),
+      inner_(std::move(inner)),
+      q_(q),
+      a_(a),
+      scratch_(scratch),
+      w4a8_(std::move(w4a8)),
+      w4a8_min_m_(w4a8_min_m) {
+  MOSAIC_CHECK(inner_ && scratch_, "ActQuantGpuLinear: no inner layer or scratch");
+  MOSAIC_CHECK(q.bits == 8 || q.bits == 4, "ActQuantGpuLinear: ", q.bits, " activation bits (8 or 4)");
+  check_act_quant(q);
+  MOSAIC_CHECK(!w4a8_ || (q.bits == 8 && q.format == ActFormat::kInt && w4a8_->N() == N && w4a8_->K() == K),
+               "ActQuantGpuLinear: the W4A8 kernel runs 8-bit integer activations of the same [N, K] only");
+}
+
+ActQuantGpuLinear::~ActQuantGpuLinear() = default;
+
+void ActQuantGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s) const {
+  if (M <= 0) return;
+  if (w4a8_ && M >= w4a8_min_m_) {  // quantizes X itself (same rule, INT8 codes), INT8 tensor cores
+    w4a8_->gemm(X, Y, M, a_ == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, s);
+    return;
+  }
+  MOSAIC_CHECK(size_t(M * K) * 2 <= scratch_->bytes, "ActQuantGpuLinear: ", M, " x ", K,
+               " rows exceed the quantized-activation scratch (", scratch_->bytes, " bytes)");
+  kern::act_fake_quant(a_, X, scratch_->data, M, K, q_.bits, q_.format == ActFormat::kFp8E4M3, s);
+  inner_->forward(scratch_->data, Y, M, s);
+}
+
+size_t ActQuantGpuLinear::device_bytes() const {
+  return inner_->device_bytes() + (w4a8_ ? size_t(w4a8_->weight_bytes(true)) : 0);
+}
+
+std::string ActQuantGpuLinear::kind() const {
+  std::string k = inner_->kind() + "-a" + std::to_string(q_.bits) + (q_.format == ActFormat::kFp8E4M3 ? "fp8" : "");
+  if (w4a8_) k += " (+w4a8 int8 for M >= " + std::to_string(w4a8_min_m_) + ")";
+  return k;
+}
 
 DevBuf upload_weights(Act a, const float* w, int64_t n, cudaStream_t s) {
   (void)s;

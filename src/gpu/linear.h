@@ -2,7 +2,10 @@
 // activation dtype (FP16/BF16), FP32 accumulation.
 //   DenseGpuLinear  - FP16/BF16 weights [N, K] through cuBLAS (checkpoint FP16/BF16/F32 weights,
 //                     and MosaicQuant layers ZipperEngine cannot take, dequantized once at load);
-//   ZipperGpuLinear - a MosaicQuant layer through mosaic::cuda::ZipperLinear (src/cuda/zipper.h).
+//   ZipperGpuLinear - a MosaicQuant layer through mosaic::cuda::ZipperLinear (src/cuda/zipper.h);
+//   ActQuantGpuLinear - a W4A8 / W4A4 layer: its input rows quantized per token (act_quant.h), then
+//                     an inner layer above, or for M >= a threshold the W4A8 INT8 kernel
+//                     (mosaic::cuda::W4A8Linear, src/cuda/w4a8.h) on the same weights.
 // The engine fuses q/k/v and gate/up into one layer each (rows concatenated), so a decode step
 // is 4 GEMMs per decoder layer.
 #pragma once
@@ -17,10 +20,12 @@
 #include "format/packed_linear.h"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
+#include "model/act_quant_linear.h"  // ActQuant
 
 namespace mosaic::cuda {
 class ZipperLinear;
 class ZipperShared;
+class W4A8Linear;
 }
 
 namespace mosaic::gpu {
@@ -77,6 +82,35 @@ class ZipperGpuLinear : public GpuLinear {
   std::unique_ptr<cuda::ZipperLinear> z_;
   Act a_;
   std::string kind_;
+};
+
+// Where ActQuantGpuLinear writes quantized input rows: one buffer shared by every layer of a model
+// (layers run one after another on one stream), sized rows x the largest K, activation dtype.
+struct ActQuantScratch {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+
+class ActQuantGpuLinear : public GpuLinear {
+ public:
+  // inner: the layer on 16-bit tensor cores (ZipperEngine or dequantized cuBLAS); w4a8: the INT8
+  // kernel for the same weights, or null; used for M >= w4a8_min_m (act bits 8, integer codes).
+  ActQuantGpuLinear(std::unique_ptr<GpuLinear> inner, ActQuant q, Act a, const ActQuantScratch* scratch,
+                    std::unique_ptr<cuda::W4A8Linear> w4a8 = nullptr, int64_t w4a8_min_m = 0);
+  ~ActQuantGpuLinear() override;
+  void forward(const void* X, void* Y, int64_t M, cudaStream_t s) const override;
+  size_t device_bytes() const override;
+  std::string kind() const override;
+  GpuLinear& inner() const { return *inner_; }
+  bool has_w4a8() const { return w4a8_ != nullptr; }
+
+ private:
+  std::unique_ptr<GpuLinear> inner_;
+  ActQuant q_;
+  Act a_;
+  const ActQuantScratch* scratch_;
+  std::unique_ptr<cuda::W4A8Linear> w4a8_;
+  int64_t w4a8_min_m_;
 };
 
 // Host FP32 weights [N, K] -> device act dtype.

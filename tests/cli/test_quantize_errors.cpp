@@ -136,17 +136,20 @@ TEST_F(QuantizeCli, GoodRunsWriteCompleteOutputs) {
   EXPECT_NE(r.out.find("ppl "), std::string::npos) << r.out;
 }
 
-// A W4A8 checkpoint runs on the CPU reference engine: --device auto says so and works, --device cuda
-// is refused by name (the GPU engine is W4A16 only), on any machine.
-TEST_F(QuantizeCli, ActivationQuantizedCheckpointsStayOnTheCpu) {
+// A W4A8 checkpoint runs on either engine: --device auto works on any machine; --device cuda works
+// where a GPU is usable and is otherwise refused with the way out (--device cpu), never run wrong.
+TEST_F(QuantizeCli, ActivationQuantizedCheckpointsRunOnEitherDevice) {
   Result r = run(base_args("a8") + " --method rtn --act-bits 8");
   ASSERT_EQ(r.code, 0) << r.out;
   const std::string ppl = "ppl --model " + (dir_ / "a8").string() + " --text-file " + (dir_ / "calib.txt").string() +
                           " --ctx 64 --max-windows 1";
   r = run(ppl + " --device cuda");
-  EXPECT_EQ(r.code, 1) << r.out;
-  EXPECT_NE(r.out.find("W4A8"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("--device cpu"), std::string::npos) << r.out;
+  if (r.code == 0) {
+    EXPECT_NE(r.out.find("ppl "), std::string::npos) << r.out;
+  } else {
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("--device cpu"), std::string::npos) << r.out;
+  }
   r = run(ppl + " --device auto");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("ppl "), std::string::npos) << r.out;

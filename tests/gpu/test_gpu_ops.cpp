@@ -14,9 +14,11 @@
 #include <cstdlib>
 #include <functional>
 
+#include "gpu/act_quant.h"
 #include "gpu/attention.h"
 #include "gpu/kernels.h"
 #include "gpu_test_util.h"
+#include "model/act_quant_linear.h"
 #include "model/ops_ref.h"
 #include "model/rope.h"
 #include "model/sampler.h"
@@ -80,6 +82,45 @@ TEST(GpuOps, SiluMulMatchesReference) {
         ref::silu_mul(gu.data() + r * 2 * I, gu.data() + r * 2 * I + I, I, ref.data() + r * I);
       EXPECT_LE(rel_max_err(from_act(a, out, ref.size()), ref), 2 * act_eps(a)) << act_name(a) << " I=" << I;
     }
+}
+
+// Per-token activation quantization (W4A8 / W4A4 models) against the CPU reference rule
+// (fake_quantize_rows) on the same act-dtype inputs: 8- and 4-bit integer codes and FP8 e4m3, rows
+// with outliers, a zero row, in place and out of place. The GPU computes in FP32 with IEEE
+// division like the CPU, then rounds s * code once to the act dtype: bit-identical to the CPU
+// result rounded the same way (bound 0).
+TEST(GpuOps, ActFakeQuantMatchesCpuRule) {
+  REQUIRE_GPU();
+  struct Q {
+    int bits;
+    bool fp8;
+  };
+  for (Act a : kActs)
+    for (Q q : {Q{8, false}, Q{4, false}, Q{8, true}})
+      for (int64_t K : {8, 576, 1000, 4096}) {
+        const int64_t rows = 5;
+        std::vector<float> x = randn(size_t(rows * K), uint32_t(K + q.bits), 1.5f);
+        for (int64_t r = 0; r < rows; ++r) x[size_t(r * K + (r * 37) % K)] *= 40.f;  // an outlier per row
+        std::fill(x.begin() + 2 * K, x.begin() + 3 * K, 0.f);                         // a zero row
+        x = round_act(a, x);
+        std::vector<float> ref = x;
+        fake_quantize_rows(ref.data(), rows, K, ActQuant{q.bits, q.fp8 ? ActFormat::kFp8E4M3 : ActFormat::kInt});
+        ref = round_act(a, ref);
+        DevBuf in = to_act(a, x), out(size_t(rows * K) * 2);
+        kern::act_fake_quant(a, in.get(), out.get(), rows, K, q.bits, q.fp8, nullptr);
+        const auto got = from_act(a, out, ref.size());
+        size_t diff = 0;
+        for (size_t i = 0; i < ref.size(); ++i) diff += got[i] != ref[i];
+        EXPECT_EQ(diff, 0u) << act_name(a) << " bits " << q.bits << (q.fp8 ? " fp8" : "") << " K=" << K;
+        kern::act_fake_quant(a, in.get(), in.get(), rows, K, q.bits, q.fp8, nullptr);  // in place
+        EXPECT_EQ(from_act(a, in, ref.size()), got) << "in place";
+        // The codes are really coarse: 4-bit rows take at most 15 distinct values.
+        if (q.bits == 4 && !q.fp8) {
+          std::vector<float> row(got.begin(), got.begin() + K);
+          std::sort(row.begin(), row.end());
+          EXPECT_LE(std::unique(row.begin(), row.end()) - row.begin(), 15);
+        }
+      }
 }
 
 struct QkvCase {
