@@ -267,7 +267,7 @@ TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
 // activation and the CPU's FP32 one fall on either side of a rounding boundary, so the GPU cannot
 // match the CPU as closely as in W4A16. The bound is therefore relative to what quantizing the
 // activations changes at all (E = the CPU's W4A16 vs W4AX logits distance): GPU vs CPU W4AX within
-// max(the W4A16 bound, E / 2), and (FP16) closer to the CPU's W4AX than to its W4A16 logits, which a
+// max(the W4A16 bound, E / 2) for 8 bits, 1.5 E for 4 bits (see below), and (FP16) closer to the CPU's W4AX than to its W4A16 logits, which a
 // GPU path that skipped the quantization would not be. 8-bit integer models also run with every GEMM
 // on the W4A8 INT8 kernel (w4a8_min_m = 1): same bound, and within the W4A16 bound of the
 // quantize-then-16-bit path (both see the same FP16 inputs and the same codes).
@@ -288,7 +288,9 @@ TEST(GpuEngine, ActivationQuantizedModelsMatchCpuEngine) {
       const auto ref = cpu_logits(cpu, toks);
       const double E = rel_max_err(ref16, ref);
       for (Act a : {Act::F16, Act::BF16}) {
-        const double bound = std::max(logits_bound(a), 0.5 * E);
+        // A 4-bit code step is 1/7 of its row's max: one flipped code moves the logits about as much as
+        // the whole activation quantization does (measured on an H200: GPU vs CPU W4A4 up to 1.02 E).
+        const double bound = std::max(logits_bound(a), (bits == 4 ? 1.5 : 0.5) * E);
         std::vector<float> fq;
         for (int64_t min_m : {int64_t(256), int64_t(1)}) {
           if (min_m == 1 && !(int8 && zipper)) continue;
@@ -299,7 +301,8 @@ TEST(GpuEngine, ActivationQuantizedModelsMatchCpuEngine) {
           GpuModel g = GpuModel::load(dir, o);
           const GpuLoadReport& r = g.load_report();
           EXPECT_EQ(r.act_bits, bits) << r.summary();
-          EXPECT_EQ(r.w4a8_linears, int8 && zipper ? 8 : 0) << r.summary();
+          // D = 64: only o_proj and down_proj (K = 128) fit the INT8 kernel, 2 of 4 fused linears per layer.
+          EXPECT_EQ(r.w4a8_linears, int8 ? (zipper ? 8 : 4) : 0) << r.summary();
           std::vector<float> got(ref.size());
           g.forward(0, toks.data(), int64_t(toks.size()), got.data());
           const double err = rel_max_err(got, ref), err16 = rel_max_err(got, ref16);
