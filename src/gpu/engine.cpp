@@ -284,7 +284,24 @@ class RandomSource : public Source {
 struct Layer {
   DevBuf attn_norm, ffn_norm, q_norm, k_norm;  // fp32
   std::unique_ptr<GpuLinear> qkv, o, gate_up, down;
+  // W4A8 / W4A4: the layers whose producer quantizes their input rows in its epilogue (attention
+  // norm -> qkv, MLP norm -> gate_up, SiLU-mul -> down; null: not a quantized-activation layer).
+  // o_proj's input comes from attention and is quantized by its layer.
+  ActQuantGpuLinear *qkv_aq = nullptr, *gate_up_aq = nullptr, *down_aq = nullptr;
 };
+
+// A W4A8 / W4A4 layer whose producer writes quantized rows (when its 16-bit path runs).
+ActQuantGpuLinear* fuse_input_quant(GpuLinear* g) {
+  auto* w = dynamic_cast<ActQuantGpuLinear*>(g);
+  if (w) w->input_quantized = true;
+  return w;
+}
+
+// The producer's epilogue for M rows into layer w: quantize unless w takes M rows on the INT8
+// kernel, which quantizes the raw rows itself (exact codes also with BF16 activations).
+kern::RowQuant producer_quant(const ActQuantGpuLinear* w, int64_t M) {
+  return w && !w->uses_int8_kernel(M) ? w->row_quant() : kern::RowQuant{};
+}
 
 }  // namespace
 
@@ -488,6 +505,9 @@ struct GpuModel::Impl {
       Ly.o = src.linear(cublas, act, {p + "self_attn.o_proj"}, {D}, qd, report, mu);
       Ly.gate_up = src.linear(cublas, act, {p + "mlp.gate_proj", p + "mlp.up_proj"}, {I, I}, D, report, mu);
       Ly.down = src.linear(cublas, act, {p + "mlp.down_proj"}, {D}, I, report, mu);
+      Ly.qkv_aq = fuse_input_quant(Ly.qkv.get());
+      Ly.gate_up_aq = fuse_input_quant(Ly.gate_up.get());
+      Ly.down_aq = fuse_input_quant(Ly.down.get());
       for (GpuLinear* g : {Ly.qkv.get(), Ly.o.get(), Ly.gate_up.get(), Ly.down.get()})
         if (auto* z = dynamic_cast<ZipperGpuLinear*>(unwrap(g))) {
           z->allow_dequant_path = allow_deq;
@@ -576,7 +596,7 @@ struct GpuModel::Impl {
       const Layer& Ly = layers[size_t(l)];
       if (small)
         kern::add_rms_norm(act, x.as<float>(), l == 0 ? nullptr : this->o.get(), Ly.attn_norm.as<float>(), n, D, eps,
-                           h.get(), stream);
+                           h.get(), stream, producer_quant(Ly.qkv_aq, n));
       if (gemm) Ly.qkv->forward(h.get(), qkv.get(), n, stream);
       const float* qn = cfg.qk_norm ? Ly.q_norm.as<float>() : nullptr;
       const float* kn = cfg.qk_norm ? Ly.k_norm.as<float>() : nullptr;
@@ -593,9 +613,10 @@ struct GpuModel::Impl {
       }
       if (gemm) Ly.o->forward(att.get(), this->o.get(), n, stream);
       if (small)
-        kern::add_rms_norm(act, x.as<float>(), this->o.get(), Ly.ffn_norm.as<float>(), n, D, eps, h.get(), stream);
+        kern::add_rms_norm(act, x.as<float>(), this->o.get(), Ly.ffn_norm.as<float>(), n, D, eps, h.get(), stream,
+                           producer_quant(Ly.gate_up_aq, n));
       if (gemm) Ly.gate_up->forward(h.get(), gu.get(), n, stream);
-      if (small) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream);
+      if (small) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream, producer_quant(Ly.down_aq, n));
       if (gemm) Ly.down->forward(actb.get(), this->o.get(), n, stream);
     }
     if (small) kern::add_rms_norm(act, x.as<float>(), this->o.get(), final_norm.as<float>(), n, D, eps, h.get(), stream);

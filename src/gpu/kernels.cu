@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "gpu/act_quant.cuh"
 #include "gpu/kernels.h"
 
 namespace mosaic::gpu {
@@ -110,8 +111,10 @@ __global__ void embedding_k(const T* table, int64_t D, const int32_t* tok, float
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) x[r * D + i] = to_f(src[i]);
 }
 
-template <typename T>
-__global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out) {
+// Q: the output row then quantized per token (RowQuant; top, fp8 unused otherwise).
+template <typename T, bool Q = false>
+__global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out, float top = 0.f,
+                               bool fp8 = false) {
   pdl_wait();  // delta (and x) come from the kernels before
   const int64_t r = blockIdx.x;
   float* xr = x + r * D;
@@ -126,6 +129,10 @@ __global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t
   }
   const float rs = rsqrtf(block_sum(ss) / float(D) + eps);
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) out[r * D + i] = from_f<T>(xr[i] * rs * w[i]);
+  if constexpr (Q) {
+    __syncthreads();  // the row's values, written by every thread, are what gets quantized
+    aq::quantize_row(out + r * D, out + r * D, D, top, fp8);
+  }
 }
 
 template <typename T>
@@ -136,6 +143,19 @@ __global__ void silu_mul_k(const T* gu, int64_t I, T* out) {
     const float g = to_f(gu[r * 2 * I + i]), u = to_f(gu[r * 2 * I + I + i]);
     out[r * I + i] = from_f<T>(g / (1.f + expf(-g)) * u);
   }
+}
+
+// One CTA per row (a row's max is needed before any code): silu_mul_k's math, then the row quantized.
+template <typename T>
+__global__ void silu_mul_quant_k(const T* gu, int64_t I, T* out, float top, bool fp8) {
+  pdl_wait();  // gu comes from the gate/up GEMM
+  const int64_t r = blockIdx.x;
+  for (int64_t i = threadIdx.x; i < I; i += blockDim.x) {
+    const float g = to_f(gu[r * 2 * I + i]), u = to_f(gu[r * 2 * I + I + i]);
+    out[r * I + i] = from_f<T>(g / (1.f + expf(-g)) * u);
+  }
+  __syncthreads();
+  aq::quantize_row(out + r * I, out + r * I, I, top, fp8);
 }
 
 // ---- q/k norm + RoPE + KV cache append -----------------------------------------------------------
@@ -733,10 +753,15 @@ void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t 
 }
 
 void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
-                  cudaStream_t s) {
+                  cudaStream_t s, RowQuant q) {
   if (rows <= 0) return;
+  if (q.on()) {
+    MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_k<T, true>, dim3(unsigned(rows)), dim3(unsigned(norm_threads(D))), 0, s, x,
+                                  static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), q.top(), q.fp8));
+    return;
+  }
   MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_k<T>, dim3(unsigned(rows)), dim3(unsigned(norm_threads(D))), 0, s, x,
-                                static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out)));
+                                static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), 0.f, false));
 }
 
 void qkv_rope_cache(Act a, const void* qkv, int64_t rows, const int32_t* pos, const int32_t* slot, const AttnDims& d,
@@ -856,8 +881,13 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
 #undef MOSAIC_DEC
 }
 
-void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s) {
+void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s, RowQuant q) {
   if (rows <= 0) return;
+  if (q.on()) {
+    MOSAIC_DISPATCH(a, launch_pdl(silu_mul_quant_k<T>, dim3(unsigned(rows)), dim3(512), 0, s, static_cast<const T*>(gu),
+                                  I, static_cast<T*>(out), q.top(), q.fp8));
+    return;
+  }
   const dim3 grid(unsigned(std::min<int64_t>((I + 255) / 256, 64)), unsigned(rows));
   MOSAIC_DISPATCH(a, launch_pdl(silu_mul_k<T>, grid, dim3(256), 0, s, static_cast<const T*>(gu), I, static_cast<T*>(out)));
 }

@@ -25,9 +25,19 @@ namespace kern {
 // x[r, :] = float(table[tok[r], :]) (table [vocab, D] in act dtype). Token ids are checked on the host.
 void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t rows, float* x, cudaStream_t s);
 
-// When delta != nullptr: x += float(delta) (the residual add). Then out = act(x * rsqrt(mean(x^2) + eps) * w).
+// Quantized activations fused into a producer's epilogue (W4A8 / W4A4 models): its output rows
+// go through the per-token rule of act_quant.h, exactly as kern::act_fake_quant would do them.
+struct RowQuant {
+  int bits = 16;     // 16: off
+  bool fp8 = false;  // e4m3 codes (bits 8)
+  bool on() const { return bits < 16; }
+  float top() const { return fp8 ? 448.f : float((1 << (bits - 1)) - 1); }
+};
+
+// When delta != nullptr: x += float(delta) (the residual add). Then out = act(x * rsqrt(mean(x^2) + eps) * w),
+// per-token quantized when q.on().
 void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
-                  cudaStream_t s);
+                  cudaStream_t s, RowQuant q = {});
 
 struct AttnDims {
   int H = 0, Hkv = 0, hd = 0;  // query heads, kv heads, head_dim
@@ -58,8 +68,8 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
                       const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* k_cache,
                       void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s);
 
-// gu [rows, 2I] = [gate | up] -> out [rows, I] = act(silu(gate) * up).
-void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s);
+// gu [rows, 2I] = [gate | up] -> out [rows, I] = act(silu(gate) * up), per-token quantized when q.on().
+void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s, RowQuant q = {});
 
 // out[r] = argmax of logits row r (fp32 [rows, V]); ties -> lowest id (as mosaic::argmax).
 // Two stages (slices of the row in parallel, then one warp per row); scratch: device memory of

@@ -96,8 +96,12 @@ ActQuantGpuLinear::~ActQuantGpuLinear() = default;
 
 void ActQuantGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s) const {
   if (M <= 0) return;
-  if (w4a8_ && M >= w4a8_min_m_) {  // quantizes X itself (same rule, INT8 codes), INT8 tensor cores
+  if (uses_int8_kernel(M)) {  // quantizes the raw X itself (same rule, INT8 codes), INT8 tensor cores
     w4a8_->gemm(X, Y, M, a_ == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, s);
+    return;
+  }
+  if (input_quantized) {
+    inner_->forward(X, Y, M, s);
     return;
   }
   MOSAIC_CHECK(size_t(M * K) * 2 <= scratch_->bytes, "ActQuantGpuLinear: ", M, " x ", K,

@@ -103,6 +103,11 @@ class ActQuantGpuLinear : public GpuLinear {
   std::string kind() const override;
   GpuLinear& inner() const { return *inner_; }
   bool has_w4a8() const { return w4a8_ != nullptr; }
+  kern::RowQuant row_quant() const { return {q_.bits, q_.format == ActFormat::kFp8E4M3}; }
+  bool uses_int8_kernel(int64_t M) const { return w4a8_ && M >= w4a8_min_m_; }
+  // True when the op producing X applies the rule in its epilogue (kern::RowQuant) whenever this
+  // layer takes the 16-bit path (!uses_int8_kernel(M)): that path then skips its quantize step.
+  bool input_quantized = false;
 
  private:
   std::unique_ptr<GpuLinear> inner_;

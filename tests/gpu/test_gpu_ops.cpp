@@ -123,6 +123,36 @@ TEST(GpuOps, ActFakeQuantMatchesCpuRule) {
       }
 }
 
+// The producers' fused quantization (RowQuant in add_rms_norm / silu_mul epilogues, used by W4A8 /
+// W4A4 models) equals the producer followed by the stand-alone act_fake_quant: bit-identical.
+TEST(GpuOps, FusedProducerQuantEqualsSeparateKernel) {
+  REQUIRE_GPU();
+  for (Act a : kActs)
+    for (kern::RowQuant q : {kern::RowQuant{8, false}, kern::RowQuant{4, false}, kern::RowQuant{8, true}})
+      for (int64_t D : {64, 576, 4096, 12288}) {
+        const int64_t rows = 3;
+        auto x0 = randn(size_t(rows * D), uint32_t(D + 3), 2.0f);
+        x0[size_t(D / 3)] = 90.f;  // an outlier
+        const auto delta = round_act(a, randn(size_t(rows * D), uint32_t(D + 4)));
+        const auto w = randn(size_t(D), uint32_t(D + 5), 0.5f);
+        DevBuf dd = to_act(a, delta), wd = to_dev(w), ref(size_t(rows * D) * 2), got(size_t(rows * D) * 2);
+        DevBuf x1 = to_dev(x0), x2 = to_dev(x0);
+        kern::add_rms_norm(a, x1.as<float>(), dd.get(), wd.as<float>(), rows, D, 1e-5f, ref.get(), nullptr);
+        kern::act_fake_quant(a, ref.get(), ref.get(), rows, D, q.bits, q.fp8, nullptr);
+        kern::add_rms_norm(a, x2.as<float>(), dd.get(), wd.as<float>(), rows, D, 1e-5f, got.get(), nullptr, q);
+        EXPECT_EQ(from_act(a, got, size_t(rows * D)), from_act(a, ref, size_t(rows * D)))
+            << "add_rms_norm " << act_name(a) << " bits " << q.bits << " D=" << D;
+        EXPECT_EQ(from_dev<float>(x2, size_t(rows * D)), from_dev<float>(x1, size_t(rows * D))) << "residual stream";
+        const auto gu = round_act(a, randn(size_t(rows * 2 * D), uint32_t(D + 6), 2.0f));
+        DevBuf g = to_act(a, gu);
+        kern::silu_mul(a, g.get(), rows, D, ref.get(), nullptr);
+        kern::act_fake_quant(a, ref.get(), ref.get(), rows, D, q.bits, q.fp8, nullptr);
+        kern::silu_mul(a, g.get(), rows, D, got.get(), nullptr, q);
+        EXPECT_EQ(from_act(a, got, size_t(rows * D)), from_act(a, ref, size_t(rows * D)))
+            << "silu_mul " << act_name(a) << " bits " << q.bits << " D=" << D;
+      }
+}
+
 struct QkvCase {
   int H, Hkv, hd;
   bool qk_norm;
