@@ -221,6 +221,21 @@ std::filesystem::path write_quant_model(int64_t D, int64_t I, const std::string&
   return dir;
 }
 
+// Slot 0 refilled with toks[0, from) by prefill, then toks[from..) decoded one by one (batch 1):
+// the worst relative error of each step's logits against ref's row for that position.
+double decode_err(GpuModel& g, const std::vector<int32_t>& toks, const std::vector<float>& ref, int64_t from) {
+  const int64_t V = g.vocab_size();
+  g.reset(0);
+  g.forward(0, toks.data(), from, nullptr, GpuModel::Logits::None);
+  std::vector<float> step(static_cast<size_t>(V));
+  double worst = 0;
+  for (int64_t t = from; t < int64_t(toks.size()); ++t) {
+    g.decode(&toks[size_t(t)], 1, step.data(), nullptr);
+    worst = std::max(worst, rel_max_err(step.data(), ref.data() + t * V, step.size()));
+  }
+  return worst;
+}
+
 TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
   REQUIRE_GPU();
   for (auto [D, I, zipper] : {std::tuple<int64_t, int64_t, bool>{128, 256, true}, {64, 128, false}}) {
@@ -248,15 +263,7 @@ TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
                   zipper ? "ZipperEngine" : "dequant fallback", act_name(a), err);
       EXPECT_LE(err, logits_bound(a));
       // Decode through ZipperEngine's fused M=1 path equals the prefill logits.
-      g.reset(0);
-      g.forward(0, toks.data(), 20, nullptr, GpuModel::Logits::None);
-      std::vector<float> step(size_t(cpu.vocab_size()));
-      double worst = 0;
-      for (int64_t t = 20; t < 30; ++t) {
-        g.decode(&toks[size_t(t)], 1, step.data(), nullptr);
-        worst = std::max(worst, rel_max_err(step.data(), ref.data() + t * cpu.vocab_size(), step.size()));
-      }
-      EXPECT_LE(worst, logits_bound(a)) << "decode";
+      EXPECT_LE(decode_err(g, toks, ref, 20), logits_bound(a)) << "decode";
     }
     std::filesystem::remove_all(dir);
   }
@@ -321,15 +328,7 @@ TEST(GpuEngine, ActivationQuantizedModelsMatchCpuEngine) {
             EXPECT_LE(d, logits_bound(a));
           }
           // Decode (M = 1: the quantize + 16-bit path, or the INT8 kernel with min_m 1) equals prefill.
-          g.reset(0);
-          g.forward(0, toks.data(), 20, nullptr, GpuModel::Logits::None);
-          std::vector<float> step(size_t(cpu.vocab_size()));
-          double worst = 0;
-          for (int64_t t = 20; t < 30; ++t) {
-            g.decode(&toks[size_t(t)], 1, step.data(), nullptr);
-            worst = std::max(worst, rel_max_err(step.data(), ref.data() + t * cpu.vocab_size(), step.size()));
-          }
-          EXPECT_LE(worst, bound) << "decode";
+          EXPECT_LE(decode_err(g, toks, ref, 20), bound) << "decode";
         }
       }
       std::filesystem::remove_all(dir);
