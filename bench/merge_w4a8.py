@@ -46,6 +46,26 @@ def main():
             print(f"| {s} | {m} | {c:.1f} | {f(i8)} | {f(f8)} | {f(q)} | {f(g)} | {f(d0)} | {f(z)} | {x(z)} | {x(g)} "
                   f"| {tops} | {ovh} |")
 
+    print()
+    print(f"FP8 e4m3 wgmma kernel (w4a8fp8_*) next to cuBLAS FP16, torch FP8 and the INT8 mma.sync kernel, budget {budget:g}; us")
+    print()
+    print("| shape | M | cuBLAS FP16 | torch FP8 mm | INT8 w4a8 zipper | fp8 quant | fp8 GEMM only | fp8 dense (b=0) "
+          "| fp8 zipper | fp8 zipper x cuBLAS | fp8 dense b=0 x cuBLAS | fp8 GEMM-only x cuBLAS | fused overhead |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in shapes:
+        for m in ms:
+            c = by.get((s, m, "cublas_fp16", None))
+            if c is None or by.get((s, m, "w4a8fp8_dense", 0.0)) is None and by.get((s, m, "w4a8fp8_zipper", budget)) is None:
+                continue
+            f8, zi = by.get((s, m, "torch_fp8_scaled_mm", None)), by.get((s, m, "w4a8_zipper", budget))
+            q, g = by.get((s, m, "w4a8fp8_quant", budget)), by.get((s, m, "w4a8fp8_zipper_gemm_only", budget))
+            d0 = by.get((s, m, "w4a8fp8_dense", 0.0))
+            db, z = by.get((s, m, "w4a8fp8_dense", budget)), by.get((s, m, "w4a8fp8_zipper", budget))
+            x = lambda v: "-" if v is None else f"{c / v:.2f}x"
+            ovh = "-" if (z is None or db is None) else f"{100 * (z / db - 1):+.1f}%"
+            print(f"| {s} | {m} | {c:.1f} | {f(f8)} | {f(zi)} | {f(q)} | {f(g)} | {f(d0)} | {f(z)} | {x(z)} | {x(d0)} "
+                  f"| {x(g)} | {ovh} |")
+
 
 if __name__ == "__main__":
     main()

@@ -6,26 +6,50 @@
 #
 #   OUT=/tmp/out scripts/gpu-w4a8.sh
 # Overrides: SH (shapes, default llama3-8b), MS (default 256,1024,2048,4096,8192), BU (budgets,
-# default 0,0.1), TEST_FILTER (gtest filter, default W4A8*), SKIP_TESTS=1, SKIP_SAN=1,
+# default 0,0.1), TEST_FILTER (gtest filter, default W4A8*: INT8 and FP8 kernels), SKIP_TESTS=1,
+# SKIP_SAN=1, SAN_FILTER, SKIP_BENCH=1,
 # SKIP_TORCH=1, NCU="KxN M" (e.g. "4096x6144 4096": ncu of w4a8_gemm_kernel at that shape, NCU_WARPS=8|16
 # picks the CTA shape profiled), SASS=1
 # (instruction mix of the W4A8 kernels from cuobjdump).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-w4a8}
-B=${BUILD:-/tmp/mosaic-gpu-build}
+B=${BUILD:-/tmp/mosaic-w4a8-build}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/w4a8.log") 2>&1
-SKIP_TORCH=1 OUT=$B/check-out bash scripts/gpu-check.sh build-only || { echo "== BUILD FAILED"; exit 1; }
+# ---- build (nvcc + g++ directly, as scripts/gpu-check.sh; every src/cuda kernel file, so new ones come along)
+DEPS=${DEPS:-.devdeps}; mkdir -p $B; t0=$(date +%s)
+CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
+echo "== $(date -u) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader) nvcc $(nvcc --version | tail -1)"
+CXX="g++ -std=c++20 -O2 -I src -I $DEPS/include -I $CUDA_HOME/include -DMOSAIC_HAS_CUDA=1"
+NVCC="nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -lineinfo -I src"
+GT="-I $DEPS/googletest/include -I $DEPS/googletest"
+pids=()
+for f in src/cuda/*.cu; do $NVCC -Xptxas -v -c $f -o $B/$(basename $f .cu).o > $B/ptxas-$(basename $f .cu).log 2>&1 & pids+=($!); done
+for f in src/cuda/*.cpp src/util/atomic_file.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
+  $CXX -c $f -o $B/$(basename $f .cpp).o & pids+=($!)
+done
+for f in tests/cuda/*.cpp; do $CXX $GT -c $f -o $B/t_$(basename $f .cpp).o & pids+=($!); done
+[ -f $B/gtest-all.o ] || { $CXX $GT -c $DEPS/googletest/src/gtest-all.cc -o $B/gtest-all.o & pids+=($!); }
+[ -f $B/gtest_main.o ] || { $CXX $GT -c $DEPS/googletest/src/gtest_main.cc -o $B/gtest_main.o & pids+=($!); }
+fail=0; for p in "${pids[@]}"; do wait $p || fail=1; done
+cat $B/ptxas-w4a8_*.log > $B/ptxas-w4a8.log
+grep -E "registers|spill|Warning|warning" $B/ptxas-w4a8.log | grep -vE "^$" | sed 's/ptxas info *: //' | head -12
+[ $fail = 0 ] || { echo "== BUILD FAILED"; grep -hiE "error" -A3 $B/ptxas-*.log | head -40; exit 1; }
+LIB=$(ls $B/*.o | grep -vE "/(t_|gtest|mosaic_bench_main|cmd_bench|gemm_bench|atomic_file)" | tr '\n' ' ')
+nvcc -o $B/test_cuda $B/t_*.o $LIB $B/gtest-all.o $B/gtest_main.o -lcublas -lpthread || { echo "== LINK FAILED"; exit 1; }
+nvcc -o $B/mosaic $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o $LIB -lcublas || { echo "== LINK FAILED"; exit 1; }
+echo "== build ok in $(( $(date +%s) - t0 )) s"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  $B/test_cuda --gtest_filter="${TEST_FILTER:-W4A8*}" 2>&1 | grep -vE "^\[ RUN|^\[       OK"; echo "== tests rc=${PIPESTATUS[0]}"
+  timeout ${TEST_T:-400} $B/test_cuda --gtest_filter="${TEST_FILTER:-W4A8*}" 2>&1 | grep -vE "^\[ RUN|^\[       OK"; echo "== tests rc=${PIPESTATUS[0]}"
 fi
 if [ "${SKIP_SAN:-0}" != 1 ]; then
   ZIPPER_QUICK=1 timeout ${SAN_T:-120} compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_cuda \
-    --gtest_filter='W4A8Gpu.MatchesCpu*:W4A8Gpu.BadArguments*' > $B/memcheck-w4a8.log 2>&1
+    --gtest_filter="${SAN_FILTER:-W4A8Gpu.MatchesCpu*:W4A8Gpu.BadArguments*:W4A8Fp8Gpu.MatchesCpu*:W4A8Fp8Gpu.BadArguments*}" > $B/memcheck-w4a8.log 2>&1
   echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY' $B/memcheck-w4a8.log | tail -1)"
 fi
 SH=${SH:-llama3-8b}; MS=${MS:-256,1024,2048,4096,8192}; BU=${BU:-0,0.1}
+[ "${SKIP_BENCH:-0}" = 1 ] && { echo "== done (no bench) $(date -u)"; exit 0; }
 $B/mosaic bench gemm --act-bits 8 --shapes $SH --m $MS --budget $BU --json $OUT/gemm-w4a8.json > $OUT/bench-w4a8.md 2>&1
 echo "== bench rc=$?"; tail -5 $OUT/bench-w4a8.md
 if [ "${SKIP_TORCH:-0}" != 1 ]; then

@@ -26,4 +26,23 @@ void launch_w4a8_quantize(const void* X, bool bf16, int64_t M, int64_t K, int8_t
 // (64 x 32 outputs per warp) or 16 (32 x 32) per 128 x 128 CTA tile.
 void launch_w4a8_gemm(const W4A8Args& a, bool bf16, int spt, bool res, int warps, cudaStream_t stream);
 
+// Device pointers of one W4A8 FP8 (wgmma) GEMM (layout: w4a8_fp8_layout.h).
+struct W4A8Fp8Args {
+  const uint8_t* xq = nullptr;    // activation e4m3 codes [M, K]
+  const float* xs = nullptr;      // per-row activation scales [M]
+  const uint32_t* qw = nullptr;   // base codes [Npad/128][K/128][8][2][32][4]
+  const float* sc = nullptr;      // base scales [K/128][spt][Npad]
+  const uint32_t* rq = nullptr;   // residual codes [nnzb][32][4]
+  const float* rs = nullptr;      // residual scales [nnzb][16]
+  const int32_t* ridx = nullptr;  // residual index [N/16][K/64] (nullptr: no residual)
+  void* y = nullptr;              // output [M, N], fp16 or bf16
+  int M = 0, N = 0, K = 0, Npad = 0, spt = 1;
+};
+
+// Per-row FP8 e4m3 quantization of X [M, K] (fp16 if !bf16): codes and scales (s = max|x| / 448).
+void launch_fp8_quantize(const void* X, bool bf16, int64_t M, int64_t K, uint8_t* codes, float* scales,
+                         cudaStream_t stream);
+// Y = dequant(xq) * W^T on wgmma (sm_90a); residual when a.ridx != nullptr.
+void launch_w4a8_fp8_gemm(const W4A8Fp8Args& a, bool bf16, cudaStream_t stream);
+
 }  // namespace mosaic::cuda::detail

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cuda/w4a8.h"
+#include "cuda/w4a8_fp8_layout.h"
 #include "cuda/w4a8_launch.h"
 #include "cuda/host_util.h"
 #include "util/error.h"
@@ -52,8 +53,19 @@ void quantize_act_int8(const void* X, int64_t M, int64_t K, DType dt, int8_t* co
   detail::launch_w4a8_quantize(X, dt == DType::BF16, M, K, codes, scales, stream);
 }
 
+void quantize_act_fp8(const void* X, int64_t M, int64_t K, DType dt, uint8_t* codes, float* scales,
+                      cudaStream_t stream) {
+  check_act_args("quantize_act_fp8", X, M, K, dt);
+  MOSAIC_CHECK(codes != nullptr && scales != nullptr && reinterpret_cast<uintptr_t>(codes) % 16 == 0 &&
+                   is_device_pointer(codes) && is_device_pointer(scales),
+               "quantize_act_fp8: codes and scales must be device memory (codes 16-byte aligned) for [M=", M,
+               ", K=", K, "]");
+  detail::launch_fp8_quantize(X, dt == DType::BF16, M, K, codes, scales, stream);
+}
+
 struct W4A8Linear::Impl {
-  int64_t N = 0, K = 0, nnzb = 0, bytes_all = 0, bytes_base = 0;
+  W4A8Act act = W4A8Act::Int8;
+  int64_t N = 0, K = 0, Npad = 0, nnzb = 0, bytes_all = 0, bytes_base = 0;
   int group = 128, spt = 1;
   uint32_t* qw = nullptr;
   float* sc = nullptr;
@@ -75,12 +87,11 @@ struct W4A8Linear::Impl {
   }
 };
 
-W4A8Linear::W4A8Linear(const PackedLinear& w) : impl_(std::make_unique<Impl>()) {
-  const W4A8Layout z = repack_for_w4a8(w);
-  MOSAIC_CHECK(cuda_device_count() > 0, "w4a8: no CUDA GPU available for layer [N=", w.N, ", K=", w.K, "]");
-  MOSAIC_CHECK(w.N <= (int64_t(1) << 30) && w.K <= (int64_t(1) << 20) && w.N * w.K / 2 < (int64_t(1) << 40),
-               "w4a8: layer too large [N=", w.N, ", K=", w.K, "]");
-  Impl& I = *impl_;
+namespace {
+
+// Fills and uploads the layer's tensors from either layout (same field names).
+template <typename Layout>
+void upload_layout(W4A8Linear::Impl& I, const Layout& z) {
   I.N = z.N;
   I.K = z.K;
   I.group = z.group;
@@ -95,6 +106,27 @@ W4A8Linear::W4A8Linear(const PackedLinear& w) : impl_(std::make_unique<Impl>()) 
     I.rs = upload(z.res_scales);
     I.ridx = upload(z.res_index);
   }
+}
+
+}  // namespace
+
+W4A8Linear::W4A8Linear(const PackedLinear& w, W4A8Act act) : impl_(std::make_unique<Impl>()) {
+  Impl& I = *impl_;
+  I.act = act;
+  if (act == W4A8Act::Fp8E4M3) {
+    const W4A8Fp8Layout z = repack_for_w4a8_fp8(w);
+    MOSAIC_CHECK(cuda_device_count() > 0, "w4a8: no CUDA GPU available for layer [N=", w.N, ", K=", w.K, "]");
+    MOSAIC_CHECK(w.N <= (int64_t(1) << 30) && w.K <= (int64_t(1) << 20) && w.N * w.K / 2 < (int64_t(1) << 40),
+                 "w4a8: layer too large [N=", w.N, ", K=", w.K, "]");
+    I.Npad = z.Npad;
+    upload_layout(I, z);
+    return;
+  }
+  const W4A8Layout z = repack_for_w4a8(w);
+  MOSAIC_CHECK(cuda_device_count() > 0, "w4a8: no CUDA GPU available for layer [N=", w.N, ", K=", w.K, "]");
+  MOSAIC_CHECK(w.N <= (int64_t(1) << 30) && w.K <= (int64_t(1) << 20) && w.N * w.K / 2 < (int64_t(1) << 40),
+               "w4a8: layer too large [N=", w.N, ", K=", w.K, "]");
+  upload_layout(I, z);
 }
 
 W4A8Linear::~W4A8Linear() = default;
@@ -113,7 +145,10 @@ void W4A8Linear::quantize(const void* X, int64_t M, DType dt, cudaStream_t strea
     check_cuda(cudaMalloc(&I.xs, size_t(M) * sizeof(float)), "cudaMalloc (w4a8 activation scales)");
     I.ws_rows = M;
   }
-  detail::launch_w4a8_quantize(X, dt == DType::BF16, M, I.K, I.xq, I.xs, stream);
+  if (I.act == W4A8Act::Fp8E4M3)
+    detail::launch_fp8_quantize(X, dt == DType::BF16, M, I.K, reinterpret_cast<uint8_t*>(I.xq), I.xs, stream);
+  else
+    detail::launch_w4a8_quantize(X, dt == DType::BF16, M, I.K, I.xq, I.xs, stream);
   I.last_m = M;
 }
 
@@ -125,12 +160,34 @@ void W4A8Linear::gemm_quantized(void* Y, int64_t M, DType dt, cudaStream_t strea
                " quantized rows in the workspace (call quantize first) for ", I.shapes(M));
   MOSAIC_CHECK(Y != nullptr && reinterpret_cast<uintptr_t>(Y) % 16 == 0 && is_device_pointer(Y),
                "w4a8 gemm: Y must be 16-byte aligned device memory for ", I.shapes(M));
+  const bool res = v == W4A8Variant::Zipper && I.nnzb > 0;
+  if (I.act == W4A8Act::Fp8E4M3) {
+    MOSAIC_CHECK(warps == 0, "w4a8 gemm: the FP8 (wgmma) kernel has one CTA shape (warps must be 0), got ", warps,
+                 " for ", I.shapes(M));
+    detail::W4A8Fp8Args f;
+    f.xq = reinterpret_cast<const uint8_t*>(I.xq);
+    f.xs = I.xs;
+    f.qw = I.qw;
+    f.sc = I.sc;
+    if (res) {
+      f.rq = I.rq;
+      f.rs = I.rs;
+      f.ridx = I.ridx;
+    }
+    f.y = Y;
+    f.M = int(M);
+    f.N = int(I.N);
+    f.K = int(I.K);
+    f.Npad = int(I.Npad);
+    f.spt = I.spt;
+    detail::launch_w4a8_fp8_gemm(f, dt == DType::BF16, stream);
+    return;
+  }
   detail::W4A8Args a;
   a.xq = I.xq;
   a.xs = I.xs;
   a.qw = I.qw;
   a.sc = I.sc;
-  const bool res = v == W4A8Variant::Zipper && I.nnzb > 0;
   if (res) {
     a.rq = I.rq;
     a.rs = I.rs;
@@ -159,6 +216,7 @@ void W4A8Linear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t 
 
 const int8_t* W4A8Linear::act_codes() const { return impl_->xq; }
 const float* W4A8Linear::act_scales() const { return impl_->xs; }
+W4A8Act W4A8Linear::act() const { return impl_->act; }
 int64_t W4A8Linear::N() const { return impl_->N; }
 int64_t W4A8Linear::K() const { return impl_->K; }
 int W4A8Linear::group() const { return impl_->group; }

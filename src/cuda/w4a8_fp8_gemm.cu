@@ -1,0 +1,439 @@
+// W4A8 FP8 kernels for prefill on Hopper (sm_90a, wgmma): per-token FP8 e4m3 activation
+// quantization, and the fused GEMM Y = (s_m e4m3(x / s_m)) (deq(base) + deq(residual))^T computed
+// as D^T = W . X^T with wgmma m64n128k32 e4m3 (4-bit codes -8..7 are exact in e4m3). Design:
+// docs/kernels.md "W4A8 GEMM", "FP8 wgmma kernel"; layout: w4a8_fp8_layout.h.
+#include <cuda.h>  // CUtensorMap (encoded through the runtime's driver entry point: no -lcuda)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/w4a8_fp8_tables.h"
+#include "cuda/w4a8_launch.h"
+#include "util/error.h"
+
+namespace mosaic::cuda::detail {
+namespace {
+
+void check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) fail("CUDA error launching ", what, ": ", cudaGetErrorString(e));
+}
+
+// ---- activation quantization (FP8 e4m3) -------------------------------------------------------
+// The CPU rule (src/model/act_quant_linear.cpp, round_e4m3): s = max|x| / 448 (fp32), code =
+// e4m3(x / s) rounded to nearest even, saturating at 448; a zero row gives s = 0 and codes 0.
+// cvt.rn.satfinite.e4m3x2.f32 is that rounding, so the codes are bit-identical (tested). One CTA of
+// 256 threads per row, as the INT8 kernel (w4a8_gemm.cu).
+constexpr int kQuantThreads = 256;
+
+template <typename T>
+__device__ __forceinline__ void to_float8(const uint4& v, float (&f)[8]) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 p;
+    if constexpr (std::is_same<T, __half>::value)
+      p = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+    else
+      p = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
+    f[2 * i] = p.x;
+    f[2 * i + 1] = p.y;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kQuantThreads) fp8_quantize_kernel(const T* __restrict__ X, int K,
+                                                                     uint8_t* __restrict__ codes,
+                                                                     float* __restrict__ scales) {
+  __shared__ float warp_max[kQuantThreads / 32];
+  const int64_t row = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
+  const int chunks = K / 8;
+  float amax = 0.f;
+  for (int c = tid; c < chunks; c += kQuantThreads) {
+    float f[8];
+    to_float8<T>(x[c], f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(f[i]));
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if (lane == 0) warp_max[tid >> 5] = amax;
+  __syncthreads();
+  amax = warp_max[0];
+#pragma unroll
+  for (int w = 1; w < kQuantThreads / 32; ++w) amax = fmaxf(amax, warp_max[w]);
+  const float s = __fdiv_rn(amax, 448.f);
+  if (tid == 0) scales[row] = s;
+  uint2* out = reinterpret_cast<uint2*>(codes + row * K);
+  for (int c = tid; c < chunks; c += kQuantThreads) {
+    float f[8];
+    to_float8<T>(x[c], f);
+    uint32_t p[2] = {0, 0};
+    if (amax > 0.f) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const __nv_fp8x2_storage_t v = __nv_cvt_float2_to_fp8x2(
+            make_float2(__fdiv_rn(f[2 * i], s), __fdiv_rn(f[2 * i + 1], s)), __NV_SATFINITE, __NV_E4M3);
+        p[i / 2] |= uint32_t(v) << (16 * (i % 2));
+      }
+    }
+    out[c] = make_uint2(p[0], p[1]);
+  }
+}
+
+// ---- the GEMM ----------------------------------------------------------------------------------
+// CTA: 3 warpgroups. WG 0 = producer (one warp: TMA of the X tile, bulk copies of the weights,
+// scales and kept residual blocks, into a kStages ring of full/empty mbarriers); WG 1, 2 =
+// consumers, 64 outputs x 128 tokens each (CTA tile 128 outputs x 128 tokens, k-tile 128).
+constexpr int kTok = 128, kOut = kFp8TileN, kBK = kFp8TileK, kStages = 5, kThreads = 384;
+// Stage layout (bytes, 1024-aligned): X codes 128 tokens x 128 B (TMA, 128-byte swizzle), base
+// codes 8 KB (w4a8_fp8_layout.h), scales 2 x 128 fp32, residual: 16 slots (8 block rows x 2 block
+// columns) x 512 B codes, 16 slots x 16 fp32 scales.
+constexpr int kOffW = kTok * kBK;        // 16384
+constexpr int kOffS = kOffW + 8192;      // 24576
+constexpr int kOffRC = kOffS + 1024;     // 25600
+constexpr int kOffRS = kOffRC + 16 * 512;  // 33792
+constexpr int kStageBytes = kOffRS + 1024;  // 34816 = 34 KB
+constexpr int kSmemBytes = kStages * kStageBytes + 1024 /* barriers + flags */ + 1024 /* alignment */;
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(b)), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(b)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred ok;\nwait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 ok, [%0], %1;\n"
+      "@!ok bra wait_%=;\n}\n" ::"r"(smem_u32(b)),
+      "r"(parity)
+      : "memory");
+}
+// 1D bulk copy global -> shared completing on an mbarrier (bytes % 16 == 0, 16-byte aligned).
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   smem_u32(dst)),
+               "l"(src), "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
+}
+// 2D TMA tile (x = inner coordinate in elements, y = row) -> shared, completing on an mbarrier.
+__device__ __forceinline__ void tma_2d(void* dst, const CUtensorMap* map, int x, int y, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_u32(bar))
+      : "memory");
+}
+
+// wgmma shared-memory descriptor of a K-major operand tile with 128-byte rows in the 128-byte
+// swizzle TMA writes: start address >> 4, leading byte offset unused (1), stride between 8-row
+// core-matrix groups 1024 B, layout type 1 (128B swizzle). A k32 step inside the row is +32 B.
+__device__ __forceinline__ uint64_t smem_desc_sw128(uint32_t addr) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | uint64_t(1) << 16 | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// D[64 x 128] (+)= A[64 x 32] (registers, e4m3) * B[32 x 128] (shared memory descriptor, e4m3),
+// fp32 accumulators; scale_d = 0 overwrites D. One warpgroup, asynchronous (commit / wait).
+__device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], const uint32_t (&a)[4], uint64_t desc,
+                                                      int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      "{%64,%65,%66,%67}, %68, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+// 8 nibbles (q two's complement) -> 2 registers of 4 e4m3 bytes (lo = nibbles 0..3, hi = 4..7):
+// candidates from the q >= 0 and q < 0 tables indexed by the low 3 bits, then the sign bit moves
+// each byte's selector to the negative candidate (+4). Host emulation: fp8_word_to_e4m3.
+__device__ __forceinline__ void nib8_to_e4m3(uint32_t w, uint32_t& lo, uint32_t& hi) {
+  const uint32_t idx = w & 0x77777777u;
+  const uint32_t sel = ((w >> 1) & 0x44444444u) | 0x32103210u;
+  const uint32_t idx_hi = idx >> 16;
+  lo = prmt(prmt(kE4m3PosLo, kE4m3PosHi, idx), prmt(kE4m3NegLo, kE4m3NegHi, idx), sel);
+  hi = prmt(prmt(kE4m3PosLo, kE4m3PosHi, idx_hi), prmt(kE4m3NegLo, kE4m3NegHi, idx_hi), sel >> 16);
+}
+// One lane's 2 k32 steps (16 bytes: words 0,1 = step 0, words 2,3 = step 1) -> A fragments.
+__device__ __forceinline__ void unpack_2steps(const uint4& v, uint32_t (&s0)[4], uint32_t (&s1)[4]) {
+  nib8_to_e4m3(v.x, s0[0], s0[1]);
+  nib8_to_e4m3(v.y, s0[2], s0[3]);
+  nib8_to_e4m3(v.z, s1[0], s1[1]);
+  nib8_to_e4m3(v.w, s1[2], s1[3]);
+}
+
+// acc += s_row * part over the m64n128 fragment: rows g (elements 0, 1 of each quad) and g + 8
+// (elements 2, 3).
+__device__ __forceinline__ void promote(float (&acc)[64], const float (&part)[64], float s_lo, float s_hi) {
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    acc[4 * j + 0] = fmaf(s_lo, part[4 * j + 0], acc[4 * j + 0]);
+    acc[4 * j + 1] = fmaf(s_lo, part[4 * j + 1], acc[4 * j + 1]);
+    acc[4 * j + 2] = fmaf(s_hi, part[4 * j + 2], acc[4 * j + 2]);
+    acc[4 * j + 3] = fmaf(s_hi, part[4 * j + 3], acc[4 * j + 3]);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack_out(float a, float b) {
+  if constexpr (std::is_same<T, __half>::value) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
+// grid (Npad / 128, ceil(M / 128)): blockIdx.x = output tile (fastest: CTAs running together share
+// the X tile in L2), blockIdx.y = token tile.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid_constant__ CUtensorMap xmap,
+                                                                     const W4A8Fp8Args a) {
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
+  uint64_t* empty = full + kStages;
+  uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // kept residual slots per stage
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+  const int n0 = blockIdx.x * kOut, m0 = blockIdx.y * kTok;
+  const int KT = a.K / kBK;
+
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 8);  // one arrive per consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ---- producer: warp 0 only (lanes 0..15 own the 16 residual slots) ----
+    if (warp != 0) return;
+    const bool res = a.ridx != nullptr;
+    const int slot = lane & 15, brow = n0 / 16 + (slot >> 1);
+    const bool slot_ok = res && lane < 16 && brow < a.N / 16;
+    const int32_t* ridx = a.ridx + (slot_ok ? int64_t(brow) * (a.K / 64) + (slot & 1) : 0);
+    const uint8_t* wsrc = reinterpret_cast<const uint8_t*>(a.qw) + int64_t(blockIdx.x) * KT * 8192;
+    const float* ssrc = a.sc + n0;
+    // The residual block numbers of 4 k-tiles are fetched one chunk (4 k-tiles) ahead.
+    int cur[4], nxt[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) cur[j] = slot_ok && j < KT ? __ldg(ridx + 2 * j) : -1;
+    for (int kc = 0; kc < KT; kc += 4) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) nxt[j] = slot_ok && kc + 4 + j < KT ? __ldg(ridx + 2 * (kc + 4 + j)) : -1;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int kt = kc + j;
+        if (kt >= KT) break;
+        const int s = kt % kStages;
+        if (kt >= kStages) mbar_wait(&empty[s], ((kt / kStages) - 1) & 1);
+        const int idx = cur[j];
+        const uint32_t kept = __ballot_sync(0xffffffffu, idx >= 0) & 0xffffu;
+        uint8_t* st = smem + s * kStageBytes;
+        if (lane == 0) {
+          flags[s] = kept;
+          mbar_expect_tx(&full[s], uint32_t(kOffS) + 512u * a.spt + 576u * __popc(kept));
+          tma_2d(st, &xmap, kt * kBK, m0, &full[s]);
+          bulk_g2s(st + kOffW, wsrc + int64_t(kt) * 8192, 8192, &full[s]);
+          for (int h = 0; h < a.spt; ++h)
+            bulk_g2s(st + kOffS + 512 * h, ssrc + (int64_t(kt) * a.spt + h) * a.Npad, 512, &full[s]);
+        }
+        __syncwarp();
+        if (idx >= 0) {
+          bulk_g2s(st + kOffRC + 512 * slot, a.rq + int64_t(idx) * 128, 512, &full[s]);
+          bulk_g2s(st + kOffRS + 64 * slot, a.rs + int64_t(idx) * 16, 64, &full[s]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) cur[j] = nxt[j];
+    }
+    return;
+  }
+
+  // ---- consumers: warpgroup c = wg - 1 owns outputs 64 c .. 64 c + 63 of the tile; warp w of it
+  // rows 16 w .. 16 w + 15 (= residual block row 4 c + w) ----
+  const int c = wg - 1, w = warp & 3, g = lane >> 2, t4 = lane & 3;
+  const int brow = 4 * c + w;          // block row within the tile (0..7)
+  const int nrow = 64 * c + 16 * w + g;  // this lane's first output row within the tile
+  float acc[64], part[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+  const uint32_t smem_base = smem_u32(smem);
+
+  for (int kt = 0; kt < KT; ++kt) {
+    const int s = kt % kStages;
+    mbar_wait(&full[s], (kt / kStages) & 1);
+    const uint8_t* st = smem + s * kStageBytes;
+    const uint32_t xaddr = smem_base + s * kStageBytes;
+    uint32_t af[4][4];
+    {
+      const uint4 h0 = *reinterpret_cast<const uint4*>(st + kOffW + ((2 * brow + 0) * 32 + lane) * 16);
+      const uint4 h1 = *reinterpret_cast<const uint4*>(st + kOffW + ((2 * brow + 1) * 32 + lane) * 16);
+      unpack_2steps(h0, af[0], af[1]);
+      unpack_2steps(h1, af[2], af[3]);
+    }
+    const float* sc = reinterpret_cast<const float*>(st + kOffS);
+    if (a.spt == 1) {
+      const float s_lo = sc[nrow], s_hi = sc[nrow + 8];
+      wgmma_fence();
+      fence_regs(part);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) wgmma_m64n128k32_e4m3(part, af[k], smem_desc_sw128(xaddr + 32 * k), k > 0);
+      wgmma_commit();
+      wgmma_wait0();
+      fence_regs(part);
+      promote(acc, part, s_lo, s_hi);
+    } else {  // group 64: two scale sets per k-tile
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float s_lo = sc[128 * h + nrow], s_hi = sc[128 * h + nrow + 8];
+        wgmma_fence();
+        fence_regs(part);
+        wgmma_m64n128k32_e4m3(part, af[2 * h], smem_desc_sw128(xaddr + 64 * h), 0);
+        wgmma_m64n128k32_e4m3(part, af[2 * h + 1], smem_desc_sw128(xaddr + 64 * h + 32), 1);
+        wgmma_commit();
+        wgmma_wait0();
+        fence_regs(part);
+        promote(acc, part, s_lo, s_hi);
+      }
+    }
+    // Residual: per block column (64 inputs = 2 k32 steps) that has a kept block in any of the
+    // warpgroup's 4 block rows, two more wgmma on the same X tile with the kept blocks' codes (zero
+    // for a warp whose block is not kept), promoted with the blocks' own row scales.
+    const uint32_t kept = flags[s];
+#pragma unroll
+    for (int bc = 0; bc < 2; ++bc) {
+      const uint32_t wg_slots = (kept >> (8 * c + bc)) & 0x55u;  // slots 2 (4c + i) + bc, i = 0..3
+      if (wg_slots == 0) continue;  // warpgroup-uniform
+      const int slot = 2 * brow + bc;
+      uint32_t r0[4] = {0, 0, 0, 0}, r1[4] = {0, 0, 0, 0};
+      float rs_lo = 0.f, rs_hi = 0.f;
+      if ((kept >> slot) & 1u) {
+        unpack_2steps(*reinterpret_cast<const uint4*>(st + kOffRC + (slot * 32 + lane) * 16), r0, r1);
+        const float* rs = reinterpret_cast<const float*>(st + kOffRS) + 16 * slot;
+        rs_lo = rs[g];
+        rs_hi = rs[g + 8];
+      }
+      wgmma_fence();
+      fence_regs(part);
+      wgmma_m64n128k32_e4m3(part, r0, smem_desc_sw128(xaddr + 64 * bc), 0);
+      wgmma_m64n128k32_e4m3(part, r1, smem_desc_sw128(xaddr + 64 * bc + 32), 1);
+      wgmma_commit();
+      wgmma_wait0();
+      fence_regs(part);
+      promote(acc, part, rs_lo, rs_hi);
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+
+  // ---- epilogue: Y[m, n] = s_m * acc. Lanes g and g ^ 1 swap halves so that each stores two
+  // adjacent outputs of one token (4 bytes): even g token 8j + 2t, odd g token 8j + 2t + 1. ----
+  T* y = static_cast<T*>(a.y);
+  const int odd = g & 1;
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const int m = m0 + 8 * j + 2 * t4 + odd;
+    const float sm = m < a.M ? a.xs[m] : 0.f;
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const float v0 = acc[4 * j + 2 * hr], v1 = acc[4 * j + 2 * hr + 1];
+      const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+      const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
+      const int n = n0 + 64 * c + 16 * w + 8 * hr + (g & ~1);
+      if (m < a.M && n < a.N)
+        *reinterpret_cast<uint32_t*>(y + int64_t(m) * a.N + n) = pack_out<T>(lo * sm, hi * sm);
+    }
+  }
+}
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiled encode_fn() {
+  static const EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      p = nullptr;
+    return reinterpret_cast<EncodeTiled>(p);
+  }();
+  if (!fn) fail("w4a8 fp8 gemm: cuTensorMapEncodeTiled is not available from the CUDA driver");
+  return fn;
+}
+
+template <typename T>
+void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
+  static const bool attr = [] {
+    return cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) ==
+           cudaSuccess;
+  }();
+  if (!attr) fail("w4a8 fp8 gemm: cannot set ", kSmemBytes, " bytes of dynamic shared memory");
+  // X codes [M, K] uint8 as a 2D tensor (K inner), 128 x 128 boxes, 128-byte swizzle; rows past M
+  // read as zeros.
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {cuuint64_t(a.K), cuuint64_t(a.M)};
+  const cuuint64_t strides[1] = {cuuint64_t(a.K)};
+  const cuuint32_t box[2] = {kBK, kTok};
+  const cuuint32_t estr[2] = {1, 1};
+  const CUresult r = encode_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(a.xq), dims, strides,
+                                 box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) fail("w4a8 fp8 gemm: cuTensorMapEncodeTiled failed (", int(r), ") for [M=", a.M, ", K=", a.K, "]");
+  const dim3 grid(unsigned(a.Npad / kOut), unsigned((a.M + kTok - 1) / kTok));
+  w4a8_fp8_gemm_kernel<T><<<grid, kThreads, kSmemBytes, stream>>>(map, a);
+  check_launch("w4a8_fp8_gemm_kernel");
+}
+
+}  // namespace
+
+void launch_fp8_quantize(const void* X, bool bf16, int64_t M, int64_t K, uint8_t* codes, float* scales,
+                         cudaStream_t stream) {
+  const dim3 grid{unsigned(M)};
+  if (bf16)
+    fp8_quantize_kernel<__nv_bfloat16>
+        <<<grid, kQuantThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(X), int(K), codes, scales);
+  else
+    fp8_quantize_kernel<__half><<<grid, kQuantThreads, 0, stream>>>(static_cast<const __half*>(X), int(K), codes, scales);
+  check_launch("fp8_quantize_kernel");
+}
+
+void launch_w4a8_fp8_gemm(const W4A8Fp8Args& a, bool bf16, cudaStream_t stream) {
+  if (a.spt != 1 && a.spt != 2) fail("w4a8 fp8 gemm: scale sets per k-tile must be 1 or 2, got ", a.spt);
+  bf16 ? launch_fp8_t<__nv_bfloat16>(a, stream) : launch_fp8_t<__half>(a, stream);
+}
+
+}  // namespace mosaic::cuda::detail

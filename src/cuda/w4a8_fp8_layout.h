@@ -1,0 +1,62 @@
+// The GPU layout of the W4A8 FP8 (wgmma) GEMM (docs/kernels.md "W4A8 GEMM", "FP8 wgmma kernel"),
+// built once on the host from the canonical PackedLinear. Pure C++ (no CUDA): CI tests it without
+// a GPU, including the device's nibble -> e4m3 conversion, emulated bit for bit.
+//
+// The kernel computes D^T = W . X^T with wgmma m64nNk32 e4m3: the weights are the A operand from
+// registers (64 outputs per warpgroup, 16 per warp), X the B operand in shared memory. A warp's A
+// fragment of one k32 step is 4 registers of 4 e4m3 bytes; lane l (g = l/4, t = l%4) holds
+//   a0 = W[g, 4t..4t+3], a1 = W[g+8, 4t..4t+3], a2 = W[g, 16+4t..16+4t+3], a3 = W[g+8, 16+4t..]
+// (rows relative to the warp's 16 outputs, columns to the k32 step). In the repacked words each
+// register is 4 nibbles, two registers per 32-bit word:
+//   word 0 of a step = a0 (nibbles 0..3, element i in nibble i) | a1 (nibbles 4..7)
+//   word 1 of a step = a2 | a3                      nibble = q = code - 8 in 4-bit two's complement
+// and the device turns 8 nibbles into 8 e4m3 bytes with 6 byte permutes (prmt) from two 8-entry
+// tables (q >= 0 and q < 0; every integer -8..7 is exact in e4m3). fp8_word_to_e4m3 below is the
+// host emulation of exactly those instructions.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "cuda/w4a8_fp8_tables.h"
+#include "format/packed_linear.h"
+
+namespace mosaic::cuda {
+
+struct W4A8Fp8Layout {
+  int64_t N = 0, K = 0;
+  int64_t Npad = 0;  // N rounded up to 128 (padding outputs: q = 0, scale 0)
+  int group = 128;
+  int spt = 1;  // scale sets per (output, k-tile): 2 for group 64, else 1
+  // Base codes: [Npad/128][K/128][8 warps][2 halves][32 lanes][4 words]; half h holds k32 steps
+  // 2h and 2h+1 (words 0,1 = step 2h, words 2,3 = step 2h+1). One CTA tile's k-tile is 8 KB,
+  // contiguous (one bulk copy); a lane's 16 bytes of a half are one 16-byte shared-memory load.
+  std::vector<uint32_t> qweight;
+  // Base scales as fp32 (not divided): [K/128][spt][Npad]; 0 for padding outputs.
+  std::vector<float> scales;
+  // Residual (16 x 64 blocks = one warp's 16 outputs x 2 k32 steps, CSR order kept): codes
+  // [nnzb][32 lanes][4 words] (words 0,1 = step 0, words 2,3 = step 1, same nibble format);
+  // scales fp32 [nnzb][16]; index [N/16][K/64] int32 = block number or -1 when not kept.
+  std::vector<uint32_t> res_qweight;
+  std::vector<float> res_scales;
+  std::vector<int32_t> res_index;
+  int64_t nnzb = 0;
+
+  int64_t weight_bytes(bool with_residual = true) const;  // bytes a GEMM streams for the weights
+};
+
+// Same rules as check_w4a8_supported (w4a8_layout.h): symmetric base, N % 16 == 0, K % 128 == 0,
+// group 64 or a multiple of 128 dividing K, residual blocks 16 x 64.
+W4A8Fp8Layout repack_for_w4a8_fp8(const PackedLinear& w);
+
+// Host decoders (tests): q (-8..7) of the base at (n, k) and of residual block b at (dn, dk).
+int w4a8_fp8_base_q(const W4A8Fp8Layout& z, int64_t n, int64_t k);
+int w4a8_fp8_res_q(const W4A8Fp8Layout& z, int64_t b, int dn, int dk);
+
+// The device's conversion, emulated: 8 nibbles of `word` -> two registers of 4 e4m3 bytes each
+// (lo = nibbles 0..3, hi = nibbles 4..7), with the same prmt selectors and tables as the kernel.
+void fp8_word_to_e4m3(uint32_t word, uint32_t& lo, uint32_t& hi);
+// Emulation of PTX prmt.b32 (default mode): byte i of the result = byte (c >> 4i) & 7 of {b, a}
+// (a = bytes 0..3), or that byte's sign replicated when bit 3 of the selector nibble is set.
+uint32_t prmt_emulated(uint32_t a, uint32_t b, uint32_t c);
+
+}  // namespace mosaic::cuda
