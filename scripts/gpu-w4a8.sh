@@ -9,7 +9,7 @@
 # default 0,0.1), TEST_FILTER (gtest filter, default W4A8*: INT8 and FP8 kernels), SKIP_TESTS=1,
 # SKIP_SAN=1, SAN_FILTER, SKIP_BENCH=1,
 # SKIP_TORCH=1, NCU="KxN M" (e.g. "4096x6144 4096": ncu of w4a8_gemm_kernel at that shape, NCU_WARPS=8|16
-# picks the CTA shape profiled), SASS=1
+# picks the CTA shape profiled, NCU_K=w4a8_fp8_gemm_kernel profiles the FP8 wgmma kernel), SASS=1
 # (instruction mix of the W4A8 kernels from cuobjdump).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,11 +61,11 @@ cat $OUT/summary.md
 if [ -n "${NCU:-}" ]; then
   set -- $NCU
   S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats"
-  S="$S --metrics smsp__inst_executed.sum,sm__pipe_tensor_op_imma_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct"
-  MOSAIC_W4A8_WARPS=${NCU_WARPS:-8} timeout 180 ncu -k regex:w4a8_gemm_kernel -c 1 $S $B/mosaic bench gemm --act-bits 8 --shapes $1 --m $2 --budget 0.1 --reps 1 \
+  S="$S --section MemoryWorkloadAnalysis --metrics smsp__inst_executed.sum,sm__pipe_tensor_op_imma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors.sum,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct"
+  MOSAIC_W4A8_WARPS=${NCU_WARPS:-8} timeout 180 ncu --clock-control none -k regex:${NCU_K:-w4a8_gemm_kernel} -c 1 $S $B/mosaic bench gemm --act-bits 8 --shapes $1 --m $2 --budget 0.1 --reps 1 \
     > $OUT/ncu.txt 2>&1
   echo "== ncu rc=$?"
-  grep -vE "^\|" $OUT/ncu.txt | grep -E "w4a8_gemm|Duration|Throughput|Compute|Occupancy|Warp Cycles|Eligible|Issued|No Eligible|Registers|Dynamic Shared|Grid Size|Waves|imma|stalled|inst_executed" | grep -vE "stalled_.* +[0-9]\.[0-9]+$|stalled_.* +0$" | head -70
+  grep -vE "^\|" $OUT/ncu.txt | grep -E "w4a8_gemm|w4a8_fp8|Duration|Throughput|Compute|Occupancy|Warp Cycles|Eligible|Issued|No Eligible|Registers|Dynamic Shared|Grid Size|Waves|imma|gmma|lts__|L2 Hit|Bandwidth|stalled|inst_executed" | grep -vE "stalled_.* +[0-9]\.[0-9]+$|stalled_.* +0$" | head -70
 fi
 if [ "${SASS:-0}" = 1 ] && command -v cuobjdump > /dev/null; then  # instruction mix per kernel
   cuobjdump -sass $B/w4a8_gemm.o | awk '/Function :/{k=$3} /^ +\/\*[0-9a-f]+\*\//{n[k]++; split($2,a,"."); op[k" "a[1]]++}

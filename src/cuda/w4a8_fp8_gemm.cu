@@ -148,6 +148,16 @@ __device__ __forceinline__ uint64_t smem_desc_sw128(uint32_t addr) {
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// wgmma reads its register A operand asynchronously, but to the compiler an asm input is consumed
+// at issue: without a use after the wait, ptxas reuses those registers for the next k-tile's
+// fragments while the wgmma still reads them (seen: wrong results). keep_live is that use.
+template <int N>
+__device__ __forceinline__ void keep_live(uint32_t (&a)[N][4]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[k][i])::"memory");
+}
 template <int N>
 __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 #pragma unroll
@@ -174,19 +184,30 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t c) {
 // 8 nibbles (q two's complement) -> 2 registers of 4 e4m3 bytes (lo = nibbles 0..3, hi = 4..7):
 // candidates from the q >= 0 and q < 0 tables indexed by the low 3 bits, then the sign bit moves
 // each byte's selector to the negative candidate (+4). Host emulation: fp8_word_to_e4m3.
-__device__ __forceinline__ void nib8_to_e4m3(uint32_t w, uint32_t& lo, uint32_t& hi) {
+// The tables (kE4m3Pos/Neg Lo/Hi) are held in registers (tab, loaded once from shared memory):
+// as immediates ptxas re-materialized them before every prmt (4 extra moves per 8 weights).
+struct E4m3Tables {
+  uint32_t pl, ph, nl, nh;
+};
+__device__ __forceinline__ void nib8_to_e4m3(uint32_t w, const E4m3Tables& t, uint32_t& lo, uint32_t& hi) {
   const uint32_t idx = w & 0x77777777u;
   const uint32_t sel = ((w >> 1) & 0x44444444u) | 0x32103210u;
   const uint32_t idx_hi = idx >> 16;
-  lo = prmt(prmt(kE4m3PosLo, kE4m3PosHi, idx), prmt(kE4m3NegLo, kE4m3NegHi, idx), sel);
-  hi = prmt(prmt(kE4m3PosLo, kE4m3PosHi, idx_hi), prmt(kE4m3NegLo, kE4m3NegHi, idx_hi), sel >> 16);
+  lo = prmt(prmt(t.pl, t.ph, idx), prmt(t.nl, t.nh, idx), sel);
+  hi = prmt(prmt(t.pl, t.ph, idx_hi), prmt(t.nl, t.nh, idx_hi), sel >> 16);
 }
 // One lane's 2 k32 steps (16 bytes: words 0,1 = step 0, words 2,3 = step 1) -> A fragments.
-__device__ __forceinline__ void unpack_2steps(const uint4& v, uint32_t (&s0)[4], uint32_t (&s1)[4]) {
-  nib8_to_e4m3(v.x, s0[0], s0[1]);
-  nib8_to_e4m3(v.y, s0[2], s0[3]);
-  nib8_to_e4m3(v.z, s1[0], s1[1]);
-  nib8_to_e4m3(v.w, s1[2], s1[3]);
+__device__ __forceinline__ void unpack_2steps(const uint4& v, const E4m3Tables& t, uint32_t (&s0)[4],
+                                              uint32_t (&s1)[4]) {
+  nib8_to_e4m3(v.x, t, s0[0], s0[1]);
+  nib8_to_e4m3(v.y, t, s0[2], s0[3]);
+  nib8_to_e4m3(v.z, t, s1[0], s1[1]);
+  nib8_to_e4m3(v.w, t, s1[2], s1[3]);
+}
+__device__ __forceinline__ uint4 lds128(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
 }
 
 // acc += s_row * part over the m64n128 fragment: rows g (elements 0, 1 of each quad) and g + 8
@@ -221,7 +242,8 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
   uint64_t* empty = full + kStages;
-  uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // kept residual slots per stage
+  uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // kept residual slots per stage (16-B aligned)
+  static_assert(kStages <= 8, "flags[8..11] hold the e4m3 tables");
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   const int n0 = blockIdx.x * kOut, m0 = blockIdx.y * kTok;
   const int KT = a.K / kBK;
@@ -231,6 +253,10 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
       mbar_init(&full[s], 1);
       mbar_init(&empty[s], 8);  // one arrive per consumer warp
     }
+    flags[8] = kE4m3PosLo;  // 16-byte aligned (flags[0..kStages) are the stages' residual masks)
+    flags[9] = kE4m3PosHi;
+    flags[10] = kE4m3NegLo;
+    flags[11] = kE4m3NegHi;
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   }
@@ -238,6 +264,8 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
 
   if (wg == 0) {
     // ---- producer: warp 0 only (lanes 0..15 own the 16 residual slots) ----
+    // Registers go to the consumers: 128 x 40 + 256 x 232 <= 64K.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (warp != 0) return;
     const bool res = a.ridx != nullptr;
     const int slot = lane & 15, brow = n0 / 16 + (slot >> 1);
@@ -283,6 +311,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
 
   // ---- consumers: warpgroup c = wg - 1 owns outputs 64 c .. 64 c + 63 of the tile; warp w of it
   // rows 16 w .. 16 w + 15 (= residual block row 4 c + w) ----
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   const int c = wg - 1, w = warp & 3, g = lane >> 2, t4 = lane & 3;
   const int brow = 4 * c + w;          // block row within the tile (0..7)
   const int nrow = 64 * c + 16 * w + g;  // this lane's first output row within the tile
@@ -291,27 +320,37 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   for (int i = 0; i < 64; ++i) acc[i] = 0.f;
   const uint32_t smem_base = smem_u32(smem);
 
-  for (int kt = 0; kt < KT; ++kt) {
+  // The A fragments of k-tile kt + 1 are unpacked while k-tile kt's wgmmas run (nf), so the
+  // conversion stays off the tensor cores' critical path.
+  uint32_t af[4][4], nf[4][4];
+  E4m3Tables tab;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(tab.pl), "=r"(tab.ph), "=r"(tab.nl), "=r"(tab.nh)
+               : "r"(smem_u32(flags + 8)));
+  auto load_a = [&](int kt, uint32_t (&f)[4][4]) {
     const int s = kt % kStages;
     mbar_wait(&full[s], (kt / kStages) & 1);
+    const uint32_t wa = smem_base + s * kStageBytes + kOffW + (2 * brow * 32 + lane) * 16;
+    const uint4 h0 = lds128(wa), h1 = lds128(wa + 512);
+    unpack_2steps(h0, tab, f[0], f[1]);
+    unpack_2steps(h1, tab, f[2], f[3]);
+  };
+  // One k-tile with fragments cur (already unpacked); unpacks k-tile kt + 1 into nxt meanwhile.
+  auto ktile = [&](int kt, uint32_t (&cur)[4][4], uint32_t (&nxt)[4][4]) {
+    const int s = kt % kStages;
     const uint8_t* st = smem + s * kStageBytes;
     const uint32_t xaddr = smem_base + s * kStageBytes;
-    uint32_t af[4][4];
-    {
-      const uint4 h0 = *reinterpret_cast<const uint4*>(st + kOffW + ((2 * brow + 0) * 32 + lane) * 16);
-      const uint4 h1 = *reinterpret_cast<const uint4*>(st + kOffW + ((2 * brow + 1) * 32 + lane) * 16);
-      unpack_2steps(h0, af[0], af[1]);
-      unpack_2steps(h1, af[2], af[3]);
-    }
     const float* sc = reinterpret_cast<const float*>(st + kOffS);
     if (a.spt == 1) {
       const float s_lo = sc[nrow], s_hi = sc[nrow + 8];
       wgmma_fence();
       fence_regs(part);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) wgmma_m64n128k32_e4m3(part, af[k], smem_desc_sw128(xaddr + 32 * k), k > 0);
+      for (int k = 0; k < 4; ++k) wgmma_m64n128k32_e4m3(part, cur[k], smem_desc_sw128(xaddr + 32 * k), k > 0);
       wgmma_commit();
+      if (kt + 1 < KT) load_a(kt + 1, nxt);
       wgmma_wait0();
+      keep_live(cur);
       fence_regs(part);
       promote(acc, part, s_lo, s_hi);
     } else {  // group 64: two scale sets per k-tile
@@ -320,10 +359,12 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
         const float s_lo = sc[128 * h + nrow], s_hi = sc[128 * h + nrow + 8];
         wgmma_fence();
         fence_regs(part);
-        wgmma_m64n128k32_e4m3(part, af[2 * h], smem_desc_sw128(xaddr + 64 * h), 0);
-        wgmma_m64n128k32_e4m3(part, af[2 * h + 1], smem_desc_sw128(xaddr + 64 * h + 32), 1);
+        wgmma_m64n128k32_e4m3(part, cur[2 * h], smem_desc_sw128(xaddr + 64 * h), 0);
+        wgmma_m64n128k32_e4m3(part, cur[2 * h + 1], smem_desc_sw128(xaddr + 64 * h + 32), 1);
         wgmma_commit();
+        if (h == 0 && kt + 1 < KT) load_a(kt + 1, nxt);
         wgmma_wait0();
+        keep_live(cur);
         fence_regs(part);
         promote(acc, part, s_lo, s_hi);
       }
@@ -337,25 +378,32 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
       const uint32_t wg_slots = (kept >> (8 * c + bc)) & 0x55u;  // slots 2 (4c + i) + bc, i = 0..3
       if (wg_slots == 0) continue;  // warpgroup-uniform
       const int slot = 2 * brow + bc;
-      uint32_t r0[4] = {0, 0, 0, 0}, r1[4] = {0, 0, 0, 0};
+      uint32_t r[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
       float rs_lo = 0.f, rs_hi = 0.f;
       if ((kept >> slot) & 1u) {
-        unpack_2steps(*reinterpret_cast<const uint4*>(st + kOffRC + (slot * 32 + lane) * 16), r0, r1);
+        unpack_2steps(lds128(xaddr + kOffRC + (slot * 32 + lane) * 16), tab, r[0], r[1]);
         const float* rs = reinterpret_cast<const float*>(st + kOffRS) + 16 * slot;
         rs_lo = rs[g];
         rs_hi = rs[g + 8];
       }
       wgmma_fence();
       fence_regs(part);
-      wgmma_m64n128k32_e4m3(part, r0, smem_desc_sw128(xaddr + 64 * bc), 0);
-      wgmma_m64n128k32_e4m3(part, r1, smem_desc_sw128(xaddr + 64 * bc + 32), 1);
+      wgmma_m64n128k32_e4m3(part, r[0], smem_desc_sw128(xaddr + 64 * bc), 0);
+      wgmma_m64n128k32_e4m3(part, r[1], smem_desc_sw128(xaddr + 64 * bc + 32), 1);
       wgmma_commit();
       wgmma_wait0();
+      keep_live(r);
       fence_regs(part);
       promote(acc, part, rs_lo, rs_hi);
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);
+  };
+  load_a(0, af);
+  // Two k-tiles per iteration, the fragment buffers swapping roles (no register copies).
+  for (int kt = 0; kt < KT; kt += 2) {
+    ktile(kt, af, nf);
+    if (kt + 1 < KT) ktile(kt + 1, nf, af);
   }
 
   // ---- epilogue: Y[m, n] = s_m * acc. Lanes g and g ^ 1 swap halves so that each stores two
