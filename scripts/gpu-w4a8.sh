@@ -53,7 +53,7 @@ SH=${SH:-llama3-8b}; MS=${MS:-256,1024,2048,4096,8192}; BU=${BU:-0,0.1}
 $B/mosaic bench gemm --act-bits 8 --shapes $SH --m $MS --budget $BU --json $OUT/gemm-w4a8.json > $OUT/bench-w4a8.md 2>&1
 echo "== bench rc=$?"; tail -5 $OUT/bench-w4a8.md
 if [ "${SKIP_TORCH:-0}" != 1 ]; then
-  PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_w8.py --shapes $SH --m $MS --json $OUT/torch-w8.json > $OUT/torch-w8.log 2>&1
+  PYTHONUNBUFFERED=1 timeout ${TORCH_T:-300} python3 bench/torch_w8.py --shapes $SH --m $MS --json $OUT/torch-w8.json > $OUT/torch-w8.log 2>&1
   echo "== torch w8 rc=$?"; grep -iE "fail|refused|error" $OUT/torch-w8.log | head -5
 fi
 python3 bench/merge_w4a8.py $OUT/gemm-w4a8-merged.json $OUT/gemm-w4a8.json $OUT/torch-w8.json > $OUT/summary.md

@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(kQuantThreads) fp8_quantize_kernel(const T* __
 // CTA: 3 warpgroups. WG 0 = producer (one warp: TMA of the X tile, bulk copies of the weights,
 // scales and kept residual blocks, into a kStages ring of full/empty mbarriers); WG 1, 2 =
 // consumers, 64 outputs x 128 tokens each (CTA tile 128 outputs x 128 tokens, k-tile 128).
-constexpr int kTok = 128, kOut = kFp8TileN, kBK = kFp8TileK, kStages = 5, kThreads = 384;
+constexpr int kTok = 128, kOut = kFp8TileN, kBK = kFp8TileK, kStages = 6, kThreads = 384;
 // Stage layout (bytes, 1024-aligned): X codes 128 tokens x 128 B (TMA, 128-byte swizzle), base
 // codes 8 KB (w4a8_fp8_layout.h), scales 2 x 128 fp32, residual: 16 slots (8 block rows x 2 block
 // columns) x 512 B codes, 16 slots x 16 fp32 scales.
