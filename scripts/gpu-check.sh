@@ -36,22 +36,26 @@ GT="-I $DEPS/googletest/include -I $DEPS/googletest"
 pids=()
 $NVCC -Xptxas -v -c src/cuda/zipper_kernels.cu -o $B/zipper_kernels.o > $B/ptxas.log 2>&1 & pids+=($!)
 $NVCC -Xptxas -v -c src/cuda/zipper_stream.cu -o $B/zipper_stream.o > $B/ptxas-stream.log 2>&1 & pids+=($!)
-$NVCC -Xptxas -v -c src/cuda/w4a8_gemm.cu -o $B/w4a8_gemm.o > $B/ptxas-w4a8.log 2>&1 & pids+=($!)
+# every other kernel file (W4A8 INT8 and FP8: the benchmark and the test binary link them)
+for f in src/cuda/*.cu; do
+  case $f in */zipper_kernels.cu|*/zipper_stream.cu) continue;; esac
+  $NVCC -Xptxas -v -c $f -o $B/$(basename $f .cu).o > $B/ptxas-$(basename $f .cu).log 2>&1 & pids+=($!)
+done
 if [ -n "${BASELINE_CU:-}" ]; then
   $NVCC -c "$BASELINE_CU" -o $B/zipper_kernels_base.o > $B/ptxas-base.log 2>&1 & pids+=($!)
 fi
 if [ -n "${BASELINE_SRC:-}" ]; then  # a whole older src/cuda (kernels, plans, bench) in $BASELINE_SRC/cuda
   mkdir -p $B/base
   # its headers first: -I $BASELINE_SRC ahead of -I src
-  for f in zipper_kernels zipper_stream; do
-    ${NVCC/-I src/-I $BASELINE_SRC -I src} -c "$BASELINE_SRC/cuda/$f.cu" -o $B/base/$f.o > $B/base/ptxas-$f.log 2>&1 & pids+=($!)
+  # all of its kernel and host files (its gemm_bench also links its W4A8 code)
+  for f in "$BASELINE_SRC"/cuda/*.cu; do
+    ${NVCC/-I src/-I $BASELINE_SRC -I src} -c "$f" -o $B/base/$(basename $f .cu).o > $B/base/ptxas-$(basename $f .cu).log 2>&1 & pids+=($!)
   done
-  for f in zipper_layout zipper_linear gemm_bench; do
-    ${CXX/-I src/-I $BASELINE_SRC -I src} -c "$BASELINE_SRC/cuda/$f.cpp" -o $B/base/$f.o & pids+=($!)
+  for f in "$BASELINE_SRC"/cuda/*.cpp; do
+    ${CXX/-I src/-I $BASELINE_SRC -I src} -c "$f" -o $B/base/$(basename $f .cpp).o & pids+=($!)
   done
 fi
-for f in src/cuda/zipper_layout.cpp src/cuda/zipper_linear.cpp src/cuda/gemm_bench.cpp src/util/atomic_file.cpp \
-         src/cuda/w4a8_layout.cpp src/cuda/w4a8_linear.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
+for f in src/cuda/*.cpp src/util/atomic_file.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
   $CXX -c $f -o $B/$(basename $f .cpp).o & pids+=($!)
 done
 for f in tests/cuda/*.cpp; do $CXX $GT -c $f -o $B/t_$(basename $f .cpp).o & pids+=($!); done
@@ -61,14 +65,13 @@ fail=0
 for p in "${pids[@]}"; do wait $p || fail=1; done
 grep -E "registers|spill" $B/ptxas.log | paste - - | sed 's/ptxas info *: //' | head -20
 grep -E "Compiling|registers" $B/ptxas-stream.log | paste - - | sed -E 's/.*stream_kernelI(.*)EEvNS1.*Used ([0-9]+) registers.*/stream<\1>: \2 registers/' | head -24
-grep -E "registers|spill" $B/ptxas-w4a8.log | paste - - | sed 's/ptxas info *: //' | head -10
-[ $fail = 0 ] || { echo "BUILD FAILED"; grep -hiE "error" -A3 $B/ptxas.log $B/ptxas-stream.log $B/ptxas-w4a8.log $B/base/ptxas-*.log 2>/dev/null | head -60; exit 1; }
-LIB="$B/zipper_kernels.o $B/zipper_stream.o $B/zipper_layout.o $B/zipper_linear.o $B/w4a8_gemm.o $B/w4a8_layout.o $B/w4a8_linear.o"
+[ $fail = 0 ] || { echo "BUILD FAILED"; grep -hiE "error" -A3 $B/ptxas*.log $B/base/ptxas-*.log 2>/dev/null | head -60; exit 1; }
+LIB=$(ls $B/*.o | grep -vE "/(t_|gtest|mosaic_bench_main|cmd_bench|gemm_bench|atomic_file|zipper_kernels_base)" | tr '\n' ' ')
 nvcc -o $B/test_cuda $B/t_*.o $LIB $B/gtest-all.o $B/gtest_main.o -lcublas -lpthread || exit 1
 nvcc -o $B/mosaic $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o $LIB -lcublas || exit 1
 if [ -n "${BASELINE_CU:-}" ]; then
   nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o \
-    $B/zipper_kernels_base.o $B/zipper_stream.o $B/zipper_layout.o $B/zipper_linear.o $B/w4a8_gemm.o $B/w4a8_layout.o $B/w4a8_linear.o -lcublas || exit 1
+    $B/zipper_kernels_base.o $(echo $LIB | tr ' ' '\n' | grep -v '/zipper_kernels.o' | tr '\n' ' ') -lcublas || exit 1
 elif [ -n "${BASELINE_SRC:-}" ]; then
   nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $B/cmd_bench.o $B/atomic_file.o $B/base/*.o -lcublas || exit 1
 fi
@@ -86,7 +89,8 @@ echo "== build ok in $(( $(date +%s) - t0 )) s"
 [ "$MODE" = build-only ] && exit 0
 
 # ---- correctness -------------------------------------------------------------------------------
-$B/test_cuda --gtest_brief=0 2>&1 | grep -vE "^\[ RUN|^\[       OK" ; tests_rc=${PIPESTATUS[0]}
+# TEST_FILTER: the ZipperEngine tests by default (the W4A8 tests run in scripts/gpu-w4a8.sh)
+$B/test_cuda --gtest_brief=0 --gtest_filter="${TEST_FILTER:-Zipper*}" 2>&1 | grep -vE "^\[ RUN|^\[       OK" ; tests_rc=${PIPESTATUS[0]}
 echo "== test_cuda rc=$tests_rc"
 
 # ---- benchmark (before the sanitizers, which are slow) -----------------------------------------
@@ -102,11 +106,12 @@ if [ -n "${BASELINE_CU:-}${BASELINE_SRC:-}" ]; then
   $B/mosaic_base bench gemm --shapes $SH --m $MS_SMALL --budget $BU --json $X/gemm-base.json > $X/bench-base.md 2>&1
   echo "== bench (baseline ${BASELINE_CU:-}${BASELINE_SRC:-}) rc=$?"; cmp+=(base=$X/gemm-base.json)
 fi
-# ENVS="label:VAR=value[,VAR=value] ..." also times the current build with each environment (e.g.
+# ENVS="label:VAR=value[,VAR=value] ..." also times the current build with each environment, on the
+# M list MS_ENVS (default MS_SMALL) (e.g.
 # v8:MOSAIC_ZIPPER_V8=1 for the previous kernel, same binary, same run).
 for lv in ${ENVS:-}; do
   l=${lv%%:*}; kv=${lv#*:}
-  env ${kv//,/ } $B/mosaic bench gemm --shapes $SH --m $MS_SMALL --budget $BU --json $X/gemm-$l.json > $X/bench-$l.md 2>&1
+  env ${kv//,/ } $B/mosaic bench gemm --shapes $SH --m ${MS_ENVS:-$MS_SMALL} --budget $BU --json $X/gemm-$l.json > $X/bench-$l.md 2>&1
   echo "== bench ($kv) rc=$?"; cmp+=($l=$X/gemm-$l.json)
 done
 for v in ${PLAN_OVERHEADS:-}; do

@@ -114,6 +114,13 @@ bool row_interleave() {
   static const bool v = env_number("MOSAIC_ZIPPER_ROWMAP", 0, 0, 1) > 0;
   return v;
 }
+// Largest M the stream kernel serves. v11 adds 32-row tiles (M = 17..32 in one tile when group >=
+// 128; 33..64 as two tiles, each streaming the weights again, hopefully from L2), but they have
+// not run on a GPU yet (no device time was left in the session that wrote them), so the default
+// stays 16 (M = 17..64 on the v8 kernel / dequant + cuBLAS as before) until a run measures them:
+// MOSAIC_ZIPPER_STREAM_MAX_M = 32 or 64 (16..64) turns them on, for tests and same-run comparisons.
+// Read on every call (only calls with M = 17..64 ask), so a test can change it between calls.
+int stream_max_m() { return int(env_number("MOSAIC_ZIPPER_STREAM_MAX_M", 16, 16, 64)); }
 bool verbose() {
   static const bool v = env_number("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) > 0;
   return v;
@@ -250,14 +257,15 @@ struct ZipperLinear::Impl {
   struct StreamPlan {
     int k_split = 0, rpw = 1, n_groups = 1, kw = 1;
   };
-  std::map<std::pair<int, bool>, StreamPlan> stream_plans;
+  std::map<std::tuple<int, int, bool>, StreamPlan> stream_plans;
   StreamPlan plan_stream(int M, bool res) {
-    const int x_rows = std::min(M, 16) + 1, nb = M <= 8 ? 1 : 2;
-    const auto key = std::make_pair(x_rows, res);
+    const int nb = detail::stream_nb(M, L.spt), mt = detail::stream_m_tile(nb);
+    const int x_rows = std::min(M, mt) + 1, m_tiles = (M + mt - 1) / mt;
+    const auto key = std::make_tuple(x_rows, m_tiles, res);
     if (auto it = stream_plans.find(key); it != stream_plans.end()) return it->second;
-    const int R = L.N / 16, k_tiles = L.K / kTileK, m_tiles = (M + 15) / 16;
+    const int R = L.N / 16, k_tiles = L.K / kTileK;
     const double tile_kb = (res ? 1.1 : 1.0) * (stream_stages() - 1) * detail::kWarps;
-    const double red = red_cost() * std::min(M, 16) / 16.0;  // per row end, split-K only
+    const double red = red_cost() * std::min(M, mt) / 16.0;  // per row end, split-K only
     const int kw_only = kwarps_forced();
     StreamPlan best;
     double best_cost = 1e30;
@@ -296,6 +304,8 @@ struct ZipperLinear::Impl {
     // Test/tuning hook: MOSAIC_ZIPPER_STREAM_PLAN="KSPLIT,RPW[,KW]" (K-range in inputs, a multiple
     // of 128 up to 4096; rows per warp 1..32; warps per row 1, 2, 4, 8 with KSPLIT a multiple of
     // 128 KW dividing K), read when a layer plans an M for the first time.
+    // For M > 16 (32-row tiles) a forced plan whose X tile does not fit is skipped (the plan above
+    // stays), so that one forced plan can serve a test's whole M sweep.
     if (const char* e = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN"); e && *e) {
       int ks = 0, rpw = 0, kw = 1;
       const int n = std::sscanf(e, "%d,%d,%d", &ks, &rpw, &kw);
@@ -307,16 +317,18 @@ struct ZipperLinear::Impl {
                    ": KW > 1 needs KSPLIT to be a multiple of 128 KW and to divide K = ", L.K);
       const int smem = detail::stream_smem_bytes(x_rows, ks, L.spt, res, kw);
       MOSAIC_CHECK(kw == 1 || L.group >= 128, "MOSAIC_ZIPPER_STREAM_PLAN: ", e, ": KW > 1 needs group >= 128");
-      MOSAIC_CHECK(detail::stream_occupancy(res, L.group, nb, kw, smem) > 0, "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
-                   " needs too much shared memory");
+      const bool fits = detail::stream_occupancy(res, L.group, nb, kw, smem) > 0;
+      cudaGetLastError();
+      MOSAIC_CHECK(fits || M > 16, "MOSAIC_ZIPPER_STREAM_PLAN: ", e, " needs too much shared memory");
       const int rows_per_cta = detail::kWarps / kw;
-      best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw};
+      if (fits) best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw};
     }
     MOSAIC_CHECK(best.k_split > 0, "zipper: no stream-kernel plan fits layer [N=", L.N, ", K=", L.K, "]");
     if (verbose())
-      std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d\n",
+      std::fprintf(stderr,
+                   "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d m_tiles=%d\n",
                    L.N, L.K, M, int(res), best.k_split, best.kw, best.rpw, best.n_groups,
-                   (L.K + best.k_split - 1) / best.k_split);
+                   (L.K + best.k_split - 1) / best.k_split, m_tiles);
     return stream_plans[key] = best;
   }
 
@@ -335,7 +347,7 @@ struct ZipperLinear::Impl {
     f.stages = stream_stages();
     f.row_interleave = row_interleave() ? 1 : 0;
     const int splits = (L.K / kTileK + p.k_split / kTileK - 1) / (p.k_split / kTileK);
-    const int m_tiles = (M + 15) / 16;
+    const int m_tiles = (M + 15) / 16;  // counters: one per row and 16-row tile (enough for 32-row tiles)
     if (splits > 1) ensure_ws(size_t(M) * L.N, size_t(L.N / 16) * m_tiles);
     f.ws = ws;
     f.counters = counters;
@@ -344,10 +356,13 @@ struct ZipperLinear::Impl {
     check_cuda(cudaGetLastError(), "zipper stream kernel launch");
   }
 
-  // The stream kernel for M <= 16. (v9 sent M = 8..16 of small layers to the v8 kernel; v10's
-  // in-CTA K split made the stream kernel faster there: H100, v10 run 2, qkv M = 16 dense 17.40
-  // -> 14.75 us, o 15.03 -> 12.11.)
-  bool use_stream(int M) const { return !force_v8() && M <= 16; }
+  // The stream kernel for M <= 16, and up to stream_max_m() with group >= 128 (v11: 32-row
+  // tiles; other groups keep the v8 kernel there). (v9 sent M = 8..16 of small layers to the v8
+  // kernel; v10's in-CTA K split made the stream kernel faster there: H100, v10 run 2, qkv M = 16
+  // dense 17.40 -> 14.75 us, o 15.03 -> 12.11.)
+  bool use_stream(int M) const {
+    return !force_v8() && (M <= 16 || (L.spt == 1 && M <= 64 && M <= stream_max_m()));
+  }
 
   void run_fused(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
     if (use_stream(M)) return run_stream(X, Y, M, bf16, residual, s);
@@ -451,6 +466,7 @@ int64_t ZipperLinear::weight_bytes(bool with_residual) const {
 // and lost on the 4 smaller ones (qkv, o of the 8B models: 16.8M and 25.2M weights).
 GemmPath ZipperLinear::choose_path(int64_t M) const {
   if (M <= 32) return GemmPath::Fused;
+  if (M <= 64 && impl_->L.spt == 1 && M <= stream_max_m()) return GemmPath::Fused;  // stream kernel (override)
   if (M <= 64 && int64_t(impl_->L.N) * impl_->L.K >= (int64_t(40) << 20)) return GemmPath::Fused;
   return GemmPath::Dequant;
 }

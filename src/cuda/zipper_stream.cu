@@ -1,8 +1,9 @@
 // ZipperEngine stream kernel for sm_90, the fused W4A16 GEMM for M <= 16 (decode and small
-// batches). Same layout as zipper_fused_kernel (zipper_kernels.cu); what differs is how work is
-// laid out over the GPU (docs/kernels.md; v9 and v10 in docs/kernels-notes.md):
+// batches); v11 adds 32-row tiles for M = 17..64 (NB = 4, off by default until measured:
+// MOSAIC_ZIPPER_STREAM_MAX_M). Same layout as zipper_fused_kernel (zipper_kernels.cu); what differs
+// is how work is laid out over the GPU (docs/kernels.md; v9 - v11 in docs/kernels-notes.md):
 //
-//   grid  = (G row groups, K-splits, 1)    block = 8 warps = RW row lanes x KW K-slices
+//   grid  = (G row groups, K-splits, m-tiles of 16 or 32 rows)   block = 8 warps = RW row lanes x KW K-slices
 //           one wave: G * splits <= resident CTAs, chosen by the host plan (ZipperLinear, plan_stream)
 //   CTA (a, s): K-range [s*KR, s*KR + KR), X tile (rows + 1 zero row) x KR in smem, loaded once
 //   warp (rw, sw) streams rows r_j = RW (j G + a) + rw, j = 0 .. RPW-1 (16 outputs each), over
@@ -74,19 +75,23 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float
 
 // GS: k16 steps per scale group, i.e. how often the fp32 sums are scaled: 8 = once per k-tile
 // (group 128 or a multiple, the primary format; the tile's scales are read once), 4 = group 64,
-// 1 = group 16 or 32 (every step).   NB: n8 tiles of X rows, 1 for M <= 8, 2 for M = 9..16.
+// 1 = group 16 or 32 (every step).   NB: n8 tiles of X rows, 1 for M <= 8, 2 for M = 9..16,
+// 4 for M = 17..32 (v11; a CTA then holds 32 rows of X, grid.z = ceil(M / 32) tiles of 32 rows;
+// instantiated for GS = 8 only): the dequantized weight fragments of a k16 step feed NB MMAs.
 // KW: warps per row (in-CTA K split; 1, 2, 4, 8 = f.k_warps; > 1 only instantiated for GS = 8). A
 // compile-time KW keeps the loop at v9's register count (a runtime KW cost ~18 registers).
 template <typename T, bool RES, int GS, int NB, int KW>
 __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer L, FusedLaunch f) {
   constexpr int kStages = kStreamStages;
-  constexpr int kChains = NB == 2 ? 2 : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
+  constexpr int kChains = NB >= 2 ? NB : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
+  constexpr int MT = 8 * (NB == 1 ? 2 : NB);                // rows of X per CTA (m-tile): 16 or 32
+  constexpr int NX = NB == 4 ? 2 : 1;                       // ldmatrix.x4 per X load (16 rows each)
   using O = Ops<T>;
   using MM = Mma<T>;
   using T2 = typename O::T2;
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
-  const int m0 = blockIdx.z * 16;             // first row of X of this CTA
+  const int m0 = blockIdx.z * MT;             // first row of X of this CTA
   const int kb = blockIdx.y * f.k_split;      // first input of this CTA's K-range
   const int KR = min(L.K - kb, f.k_split);    // multiple of 128 * KW, <= 4096
   // In-CTA K split (KW warps per row, v10): warp w = (row lane rw, K slice sw); the slices of a
@@ -98,7 +103,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   const int kw0 = kb + sw * KRw;              // this warp's first input
   const int nkt = KRw / kTileK;
   const int xs_stride = KR + 8;               // halves; +16 B per row: ldmatrix rows hit distinct banks
-  const int rows = min(f.M - m0, 16);         // real rows of X; row `rows` is all zeros
+  const int rows = min(f.M - m0, MT);         // real rows of X; row `rows` is all zeros
   const int spt = GS == 8 ? 1 : L.spt;
   const int gshift = GS == 8 ? 0 : __ffs(L.group >> 4) - 1;  // scale set of k16 step kk: kk >> gshift
   const int su4 = stage_u4(spt, RES);
@@ -274,10 +279,13 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
 
   // ldmatrix.x4 row addresses of X (rows past M read the zero row). NB = 1: the four 8 x 8
   // matrices are rows 0-7 x inputs [0,8) [8,16) [16,24) [24,32) = the B fragments of two k16
-  // steps; NB = 2: rows 0-7 and 8-15 x inputs [0,8) [8,16) = one step for both n8 tiles.
+  // steps; NB = 2: rows 0-7 and 8-15 x inputs [0,8) [8,16) = one step for both n8 tiles; NB = 4:
+  // the same twice, rows 0-15 and 16-31.
   const int xr = NB == 1 ? (lane & 7) : (lane & 7) + ((lane >> 4) << 3);
   const int xc = NB == 1 ? (lane >> 3) * 8 : ((lane >> 3) & 1) * 8;
-  const T* xrow = xs + min(xr, rows) * xs_stride + xc + sw * KRw;
+  const T* xrow[NX];
+#pragma unroll
+  for (int p = 0; p < NX; ++p) xrow[p] = xs + min(xr + 16 * p, rows) * xs_stride + xc + sw * KRw;
   float acc[NB][4] = {};
   // Unscaled sums of the current scale group, per chain: NB = 1: k16 steps of even / odd parity
   // (two independent MMA chains); NB = 2: one per n8 tile of X rows.
@@ -300,7 +308,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
       sA = to_f(sc[g]);
       sB = to_f(sc[g + 8]);
     }
-    const T* xk = xrow + ct * kTileK;
+    const int xk = ct * kTileK;
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       const uint4 q = st[c * 32 + lane];
@@ -310,12 +318,14 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
       // the X fragments of the dense path) and without. One branch per chunk instead of predicated
       // residual code in every step (ncu, v9: the predicated form issued 50% more instructions).
       const auto steps = [&](auto with_res) {
-        uint32_t xb[4];
+        uint32_t xb[NX][4];
         float racc[NB][4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int kk = c * 4 + j;  // k16 step within the tile
-          if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xk + kk * 16);
+          if (NB >= 2 || (j & 1) == 0)
+#pragma unroll
+            for (int p = 0; p < NX; ++p) ldmatrix_x4(xb[p], xrow[p] + xk + kk * 16);
           uint32_t w[4];
           O::dequant(word(q, j), w);
           const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
@@ -327,8 +337,9 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
           }
 #pragma unroll
           for (int nb = 0; nb < NB; ++nb) {
-            const int e = NB == 2 ? nb : kChains == 2 ? (j & 1) : 0;  // chain
-            const uint32_t b0 = xb[NB == 2 ? 2 * nb : 2 * (j & 1)], b1 = xb[NB == 2 ? 2 * nb + 1 : 2 * (j & 1) + 1];
+            const int e = NB >= 2 ? nb : kChains == 2 ? (j & 1) : 0;  // chain
+            const int h = NB >= 2 ? 2 * (nb & 1) : 2 * (j & 1);         // register pair of this n8 tile
+            const uint32_t b0 = xb[nb >> 1][h], b1 = xb[nb >> 1][h + 1];
             if (kk % GS < (NB == 1 ? kChains : 1))
               MM::set(tmp[e], a, b0, b1);
             else
@@ -348,7 +359,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
             }
 #pragma unroll
             for (int e = 0; e < kChains; ++e) {
-              float(&o)[4] = acc[NB == 2 ? e : 0];
+              float(&o)[4] = acc[NB >= 2 ? e : 0];
               o[0] = fmaf(sA, tmp[e][0], o[0]);
               o[1] = fmaf(sA, tmp[e][1], o[1]);
               o[2] = fmaf(sB, tmp[e][2], o[2]);
@@ -414,7 +425,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+      for (int h = 0; h < MT / 8; ++h) {
         const int row = m0 + g + 8 * h;
         if (row >= f.M) continue;
         float2* w = reinterpret_cast<float2*>(f.ws + size_t(row) * L.N + n0 + nt * 8);
@@ -458,9 +469,10 @@ bool allow_smem(int smem) {
 
 template <typename T, bool RES, int GS, int NB, int KW>
 void launch_stream_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  const int smem = stream_smem_bytes(std::min(f.M, 16) + 1, f.k_split, L.spt, RES, KW);
+  const int mt = stream_m_tile(NB);
+  const int smem = stream_smem_bytes(std::min(f.M, mt) + 1, f.k_split, L.spt, RES, KW);
   if (!allow_smem<T, RES, GS, NB, KW>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
-  const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + 15) / 16);
+  const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + mt - 1) / mt);
   zipper_stream_kernel<T, RES, GS, NB, KW><<<grid, kWarps * 32, smem, s>>>(L, f);
 }
 
@@ -476,7 +488,10 @@ void launch_stream_kw(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s
 
 template <typename T, bool RES, int GS>
 void launch_stream_nb(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  return f.M <= 8 ? launch_stream_kw<T, RES, GS, 1>(L, f, s) : launch_stream_kw<T, RES, GS, 2>(L, f, s);
+  const int nb = stream_nb(f.M, L.spt);
+  if constexpr (GS == 8)
+    if (nb == 4) return launch_stream_kw<T, RES, GS, 4>(L, f, s);
+  return nb == 1 ? launch_stream_kw<T, RES, GS, 1>(L, f, s) : launch_stream_kw<T, RES, GS, 2>(L, f, s);
 }
 
 // Scale-group steps of a layer: group >= 128 (one scale set per tile) -> 8, 64 -> 4, 16 / 32 -> 1.
@@ -504,6 +519,8 @@ int stream_occupancy_t(int smem) {
 
 template <bool RES, int NB>
 int stream_occupancy_nb(int group, int kw, int smem) {
+  if constexpr (NB == 4)
+    if (group < 128) return 0;  // not instantiated: 32-row tiles need group >= 128
   if (group >= 128) {
     switch (kw) {
       case 2: return stream_occupancy_t<RES, 8, NB, 2>(smem);
@@ -513,13 +530,14 @@ int stream_occupancy_nb(int group, int kw, int smem) {
     }
   }
   if (kw != 1) return 0;  // not instantiated: k_warps > 1 needs group >= 128
-  return group == 64 ? stream_occupancy_t<RES, 4, NB, 1>(smem) : stream_occupancy_t<RES, 1, NB, 1>(smem);
+  if constexpr (NB == 4) return 0;
+  else return group == 64 ? stream_occupancy_t<RES, 4, NB, 1>(smem) : stream_occupancy_t<RES, 1, NB, 1>(smem);
 }
 
 }  // namespace
 
 int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps) {
-  const int nb = x_rows - 1 <= 8 ? 1 : 2;
+  const int nb = x_rows - 1 <= 8 ? 1 : x_rows - 1 <= 16 ? 2 : 4;
   return x_rows * (k_split + 8) * 2 + kWarps * kStreamStages * stage_u4(spt, residual) * 16 +
          (k_warps > 1 ? kWarps * nb * 8 * 20 * 4 : 0);
 }
@@ -528,6 +546,8 @@ int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem) {
   // The fp16 and bf16 kernels use about the same registers; smem is what varies.
   if (nb == 1)
     return residual ? stream_occupancy_nb<true, 1>(group, k_warps, smem) : stream_occupancy_nb<false, 1>(group, k_warps, smem);
+  if (nb == 4)
+    return residual ? stream_occupancy_nb<true, 4>(group, k_warps, smem) : stream_occupancy_nb<false, 4>(group, k_warps, smem);
   return residual ? stream_occupancy_nb<true, 2>(group, k_warps, smem) : stream_occupancy_nb<false, 2>(group, k_warps, smem);
 }
 
