@@ -77,7 +77,9 @@ TEST(W4A8Fp8Gpu, QuantizeMatchesCpuRuleBitForBit) {
         for (size_t i = 0; i < gs.size(); ++i) scale_diff += std::memcmp(&gs[i], &scales[i], 4) != 0;
         EXPECT_EQ(code_diff, 0) << "M=" << M << " K=" << K << " " << dtype_name(dt);
         EXPECT_EQ(scale_diff, 0) << "M=" << M << " K=" << K << " " << dtype_name(dt);
-        if (M >= 3) EXPECT_EQ(scales[2], 1.f);  // the midpoint row has s = 448 / 448
+        if (M >= 3) {
+          EXPECT_EQ(scales[2], 1.f);  // the midpoint row has s = 448 / 448
+        }
       }
 }
 

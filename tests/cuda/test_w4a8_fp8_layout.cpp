@@ -30,7 +30,9 @@ TEST(W4A8Fp8Layout, NibbleToE4m3ConversionIsExactForEveryCode) {
       const int nib = int((word >> (4 * i)) & 0xf), q = nib >= 8 ? nib - 16 : nib;
       const uint8_t b = uint8_t(((i < 4 ? lo : hi) >> (8 * (i % 4))) & 0xff);
       ASSERT_EQ(test::e4m3_to_float(b), float(q)) << "word " << std::hex << word << " nibble " << i;
-      if (q == 0) ASSERT_EQ(b, 0) << "zero must be +0";
+      if (q == 0) {
+        ASSERT_EQ(b, 0) << "zero must be +0";
+      }
     }
   };
   for (int pos = 0; pos < 8; ++pos)
