@@ -284,8 +284,8 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   const int xr = NB == 1 ? (lane & 7) : (lane & 7) + ((lane >> 4) << 3);
   const int xc = NB == 1 ? (lane >> 3) * 8 : ((lane >> 3) & 1) * 8;
   const T* xrow[NX];
-#pragma unroll
-  for (int p = 0; p < NX; ++p) xrow[p] = xs + min(xr + 16 * p, rows) * xs_stride + xc + sw * KRw;
+  xrow[0] = xs + min(xr, rows) * xs_stride + xc + sw * KRw;
+  if constexpr (NX == 2) xrow[1] = xs + min(xr + 16, rows) * xs_stride + xc + sw * KRw;
   float acc[NB][4] = {};
   // Unscaled sums of the current scale group, per chain: NB = 1: k16 steps of even / odd parity
   // (two independent MMA chains); NB = 2: one per n8 tile of X rows.
@@ -308,7 +308,9 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
       sA = to_f(sc[g]);
       sB = to_f(sc[g + 8]);
     }
-    const int xk = ct * kTileK;
+    const T* xk[NX];
+#pragma unroll
+    for (int p = 0; p < NX; ++p) xk[p] = xrow[p] + ct * kTileK;
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       const uint4 q = st[c * 32 + lane];
@@ -325,7 +327,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
           const int kk = c * 4 + j;  // k16 step within the tile
           if (NB >= 2 || (j & 1) == 0)
 #pragma unroll
-            for (int p = 0; p < NX; ++p) ldmatrix_x4(xb[p], xrow[p] + xk + kk * 16);
+            for (int p = 0; p < NX; ++p) ldmatrix_x4(xb[p], xk[p] + kk * 16);
           uint32_t w[4];
           O::dequant(word(q, j), w);
           const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
