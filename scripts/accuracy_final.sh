@@ -45,6 +45,14 @@ S=256 row m10c256 --method mosaic --group 64 --budget 0.1 $G --score-samples 0
 S=128 row m10c128s16 --method mosaic --group 64 --budget 0.1 $G --score-samples 16
 S=128 row m05c128 --method mosaic --group 64 --budget 0.05 $G --score-samples 16
 S=128 row m05b1x64c128 --method mosaic --group 64 --budget 0.05 $G --block 1x64 --score-samples 16
+# The non-uniform base grid (--grid nl4, docs/format.md "qgrid"), same bytes as the uniform rows.
+row rtn64 --method rtn --group 64
+row rtn64nl --method rtn --group 64 --grid nl4
+row gptq64aonl --method gptq --group 64 --act-order --grid nl4
+row m05nl --method mosaic --group 64 --budget 0.05 $G --grid nl4
+row m10nl --method mosaic --group 64 --budget 0.1 $G --grid nl4
+row m05b1x64nl --method mosaic --group 64 --budget 0.05 $G --block 1x64 --grid nl4
+S=128 row m05b1x64c128nl --method mosaic --group 64 --budget 0.05 $G --block 1x64 --score-samples 16 --grid nl4
 python3 - "$W" "$DATE" <<'PY'
 import json, re, sys, pathlib, platform
 w, date = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -62,7 +70,12 @@ names = {"gptq64ao": "GPTQ g64 act-order", "gptq32ao": "GPTQ g32 act-order",
          "m10c256": "MosaicQuant 16x64 10% global, calibration 256 x 512",
          "m10c128s16": "MosaicQuant 16x64 10% global, calibration 128 x 512, scoring pass on 16 of them",
          "m05c128": "MosaicQuant 16x64 5% global, calibration 128 x 512 (scoring on 16)",
-         "m05b1x64c128": "MosaicQuant 1x64 5% global, calibration 128 x 512 (scoring on 16)"}
+         "m05b1x64c128": "MosaicQuant 1x64 5% global, calibration 128 x 512 (scoring on 16)",
+         "rtn64": "RTN g64 (uniform grid)", "rtn64nl": "RTN g64, nl4 grid",
+         "gptq64aonl": "GPTQ g64 act-order, nl4 grid",
+         "m05nl": "MosaicQuant 16x64 5% global, nl4 grid", "m10nl": "MosaicQuant 16x64 10% global, nl4 grid",
+         "m05b1x64nl": "MosaicQuant 1x64 5% global, nl4 grid",
+         "m05b1x64c128nl": "MosaicQuant 1x64 5% global, nl4 grid, calibration 128 x 512 (scoring on 16)"}
 rows = []
 for key, name in names.items():
     p = w / f"{key}.ppl.json"

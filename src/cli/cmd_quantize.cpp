@@ -28,6 +28,7 @@ struct QuantizeCliOptions {
   std::string smooth_alpha;  // "" = auto with quantized activations (not rtn), none otherwise
   int act_bits = 16;
   std::string act_format = "int";
+  std::string grid = "int4";
   std::string calib_file = "data/calib.txt";
   int group = 128;
   bool asym = false, act_order = true, true_sequential = false, force = false, quiet = false;
@@ -87,6 +88,9 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.quiet = o.quiet;
   q.act_bits = o.act_bits;
   q.act_format = parse_act_format(o.act_format);
+  MOSAIC_CHECK(o.grid == "int4" || o.grid == "nl4", "--grid must be int4 or nl4, got '", o.grid, "'");
+  MOSAIC_CHECK(o.grid == "int4" || !o.asym, "--grid nl4 is symmetric; drop --asym");
+  if (o.grid == "nl4") q.grid = grid_nl4();
   const std::string sa = o.smooth_alpha.empty() ? (o.act_bits < 16 && q.method != QuantMethod::kRtn ? "auto" : "none")
                                                 : o.smooth_alpha;
   if (sa == "auto") {
@@ -193,6 +197,10 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--act-bits", o->act_bits,
                   "activation bits: 8 (W4A8) or 4 (W4A4) quantize every linear's input rows per token at run time "
                   "(and during calibration); 16 = weights only")
+      ->capture_default_str();
+  cmd->add_option("--grid", o->grid,
+                  "base codebook: int4 (uniform, w = s * (c - 8); what the GPU kernels run) or nl4 (non-uniform, "
+                  "w = s * grid[c], denser near 0: lower error, CPU engine / dequantized on the GPU for now)")
       ->capture_default_str();
   cmd->add_option("--act-format", o->act_format,
                   "with --act-bits 8: int (symmetric INT8 codes, the default) or fp8_e4m3 (FP8 e4m3 values, "

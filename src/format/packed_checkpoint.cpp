@@ -34,6 +34,7 @@ void add_packed_linear(ShardedWriter& w, const std::string& prefix, const Packed
   w.add(prefix + ".qweight", DType::U8, {N, K / 2}, bytes_of(p.qweight));
   w.add(prefix + ".scales", DType::F16, {N, ng}, bytes_of(p.scales));
   if (!p.symmetric) w.add(prefix + ".qzeros", DType::U8, {N, ng}, bytes_of(p.qzeros));
+  if (!p.grid.empty()) w.add(prefix + ".qgrid", DType::F32, {16}, bytes_of(p.grid));
   if (p.has_residual()) {
     const int64_t nnzb = p.num_blocks_kept(), Br = p.block_rows, Bc = p.block_cols;
     w.add(prefix + ".res_rowptr", DType::I32, {N / Br + 1}, bytes_of(p.res_rowptr));
@@ -61,6 +62,7 @@ PackedLinear read_packed_linear(const Checkpoint& ckpt, const std::string& prefi
     p.symmetric = false;
     p.qzeros = copy_tensor<uint8_t>(ckpt, prefix + ".qzeros", DType::U8, {N, K / p.group});
   }
+  if (ckpt.has(prefix + ".qgrid")) p.grid = copy_tensor<float>(ckpt, prefix + ".qgrid", DType::F32, {16});
   if (ckpt.has(prefix + ".res_colidx")) {
     const TensorView& rp = ckpt.get(prefix + ".res_rowptr");
     const TensorView& qv = ckpt.get(prefix + ".res_qvalues");

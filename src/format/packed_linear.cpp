@@ -13,7 +13,7 @@
 namespace mosaic {
 
 int64_t PackedLinear::storage_bytes() const {
-  return int64_t(qweight.size()) + 2 * int64_t(scales.size()) + int64_t(qzeros.size()) +
+  return int64_t(qweight.size()) + 2 * int64_t(scales.size()) + int64_t(qzeros.size()) + 4 * int64_t(grid.size()) +
          4 * int64_t(res_rowptr.size()) + 4 * int64_t(res_colidx.size()) +
          int64_t(res_qvalues.size()) + 2 * int64_t(res_scales.size());
 }
@@ -70,6 +70,10 @@ void validate(const PackedLinear& p, std::string_view what) {
                " entries, expected N*K/G = ", p.N * G);
   for (size_t i = 0; i < p.scales.size(); ++i)
     MOSAIC_CHECK(std::isfinite(fp16_to_float(p.scales[i])), w, ": scale ", i, " is not finite");
+  MOSAIC_CHECK(p.grid.empty() || (p.grid.size() == 16 && p.symmetric), w, ": a codebook grid has 16 values and ",
+               "needs a symmetric layer (has ", p.grid.size(), " values, ", p.symmetric ? "symmetric)" : "asymmetric)");
+  for (size_t i = 0; i < p.grid.size(); ++i)
+    MOSAIC_CHECK(std::isfinite(p.grid[i]), w, ": grid value ", i, " is not finite");
   if (p.symmetric) {
     MOSAIC_CHECK(p.qzeros.empty(), w, ": symmetric layer must not have qzeros (has ",
                  p.qzeros.size(), ")");
@@ -130,8 +134,13 @@ std::vector<float> dequantize_base(const PackedLinear& p) {
     for (int64_t k = 0; k < K; ++k) {
       const int64_t g = n * G + k / p.group;
       const float s = fp16_to_float(p.scales[g]);
+      const int c = int(nibble_at(row, k));
+      if (!p.grid.empty()) {
+        out[n * K + k] = s * p.grid[size_t(c)];
+        continue;
+      }
       const int zero = p.symmetric ? 8 : p.qzeros[g];
-      out[n * K + k] = s * float(int(nibble_at(row, k)) - zero);
+      out[n * K + k] = s * float(c - zero);
     }
   }
   return out;

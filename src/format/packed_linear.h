@@ -17,6 +17,8 @@ struct PackedLinear {
   std::vector<uint8_t> qweight;   // [N, K/2]   low nibble = even column
   std::vector<uint16_t> scales;   // [N, K/G]   fp16 bits
   std::vector<uint8_t> qzeros;    // [N, K/G]   asymmetric only (0..15), else empty
+  // Base codebook (symmetric only): w = s * grid[c]; empty = the uniform grid w = s * (c - 8).
+  std::vector<float> grid;        // [16] or empty (tensor <prefix>.qgrid)
 
   // Residual blocks (empty when none kept). Br divides N, Bc divides K, Bc even.
   int block_rows = 16;            // Br
@@ -37,6 +39,19 @@ struct PackedLinear {
   int64_t storage_bytes() const;
   double bits_per_weight() const { return 8.0 * double(storage_bytes()) / double(N * K); }
 };
+
+// The non-uniform 4-bit grid "nl4": llama.cpp's IQ4_NL code values (-127..113) / 127, a table fit
+// to the bell-shaped distribution of LLM weights (denser near 0 than the uniform grid). On the
+// default model's linears it cuts RTN g64 weight MSE by 27% against the uniform grid (with a clip search).
+inline const std::vector<float>& grid_nl4() {
+  static const std::vector<float> g = [] {
+    const int v[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+    std::vector<float> out(16);
+    for (int i = 0; i < 16; ++i) out[size_t(i)] = float(v[i]) / 127.0f;
+    return out;
+  }();
+  return g;
+}
 
 // ---- 4-bit nibble packing (docs/format.md "Nibble layout") -------------------------------
 // Code k of a row lives in byte k/2: low nibble when k is even, high nibble when odd.

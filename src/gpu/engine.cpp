@@ -86,9 +86,9 @@ std::unique_ptr<GpuLinear> with_act_quant(std::unique_ptr<GpuLinear> inner, cons
   if (!aq || !aq->quantized()) return inner;
   std::unique_ptr<cuda::W4A8Linear> w4a8;
   if (p && aq->int8_kernel()) {
-    std::string why;
+    std::string why = p->grid.empty() ? "" : "w4a8: a non-uniform grid (qgrid) is not supported";
     try {
-      cuda::check_w4a8_supported(*p);  // shape limits only: other failures (memory) are errors
+      if (why.empty()) cuda::check_w4a8_supported(*p);  // shape limits only: other failures (memory) are errors
     } catch (const Error& e) {
       why = e.what();
     }
@@ -107,9 +107,10 @@ std::unique_ptr<GpuLinear> with_act_quant(std::unique_ptr<GpuLinear> inner, cons
 // dequantized once and run through cuBLAS; wrapped for quantized activations (aq).
 std::unique_ptr<GpuLinear> packed_to_gpu(cublasHandle_t h, Act a, const PackedLinear& p, const std::string& what,
                                          GpuLoadReport& rep, std::mutex& mu, const ActSetup* aq) {
-  std::string why;
+  // The kernels decode uniform integer codes only: a codebook grid (qgrid) runs dequantized.
+  std::string why = p.grid.empty() ? "" : "zipper: a non-uniform grid (qgrid) is not supported yet";
   try {
-    cuda::check_zipper_supported(p);  // shape limits only: other failures (memory) are errors
+    if (why.empty()) cuda::check_zipper_supported(p);  // shape limits only: other failures (memory) are errors
   } catch (const Error& e) {
     why = e.what();
   }

@@ -139,10 +139,11 @@ PackedLinear concat_rows(const std::vector<const PackedLinear*>& parts) {
   out.K = f.K;
   out.group = f.group;
   out.symmetric = f.symmetric;
+  out.grid = f.grid;
   bool any_res = false;
   for (const PackedLinear* p : parts) {
-    MOSAIC_CHECK(p->K == f.K && p->group == f.group && p->symmetric == f.symmetric,
-                 "concat_rows: layers differ in K, group or symmetry");
+    MOSAIC_CHECK(p->K == f.K && p->group == f.group && p->symmetric == f.symmetric && p->grid == f.grid,
+                 "concat_rows: layers differ in K, group, symmetry or grid");
     if (p->has_residual()) {
       if (any_res)
         MOSAIC_CHECK(p->block_rows == out.block_rows && p->block_cols == out.block_cols,

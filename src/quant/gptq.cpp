@@ -58,7 +58,7 @@ PackedLinear gptq_core(std::span<const float> W, int64_t N, int64_t K, std::span
   std::vector<uint8_t> codes;
   std::vector<GroupParams> params;
   GptqSolve s{W, N, K, H, group, symmetric, &opt, plan, trace, &codes, &params};
-  if (opt.accel)
+  if (opt.accel && opt.scale.grid.empty())  // accelerators implement the uniform grid only
     opt.accel->solve(s);
   else
     gptq_solve_cpu(s);

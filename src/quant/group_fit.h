@@ -5,6 +5,9 @@
 //
 // Symmetric: s = fp16(max|w| / divisor), code = clamp(round(w / s) + 8, 0, 15).
 // Asymmetric: s = fp16((hi - lo) / 15) over [min(w, 0), max(w, 0)], zero = clamp(round(-lo / s)).
+// Codebook grid (symmetric only; PackedLinear::grid, e.g. kNonUniform4): deq = s * grid[code],
+// s = fp16(e / t) where e is the group's largest-magnitude value (signed) and t the grid's (so e
+// lands exactly on t; s may be negative), code = the nearest grid value to w / s (lowest code on ties).
 // Clip search: candidates r = 1 - (1 - clip_min) * t / (grid - 1), t = 0..grid-1, each scaling the
 // range; the one with the smallest sum_i h_i (w_i - deq_i)^2 (fp64, in index order) wins, the
 // earliest on ties.
@@ -48,20 +51,49 @@ MOSAIC_HD float fmax0(float a, float b) { return a < b ? b : a; }
 struct Params {
   float scale = 0.0f;
   int zero = 8;
+  const float* grid = nullptr;  // 16 values (code -> value / scale), or null: uniform integer codes
 };
 
 MOSAIC_HD int quantize(float w, Params g) {
   if (g.scale == 0.0f) return g.zero;  // all-zero group (or fp16 underflow): deq = 0
+  if (g.grid) {
+    const float v = w / g.scale;
+    int best = 0;
+    float best_d = fabsf(v - g.grid[0]);
+    for (int c = 1; c < 16; ++c) {
+      const float d = fabsf(v - g.grid[c]);
+      if (d < best_d) {
+        best_d = d;
+        best = c;
+      }
+    }
+    return best;
+  }
   const float q = round_even(w / g.scale) + float(g.zero);
   return int(fmin0(fmax0(q, 0.0f), 15.0f));
 }
-MOSAIC_HD float dequantize(int code, Params g) { return g.scale * float(code - g.zero); }
+MOSAIC_HD float dequantize(int code, Params g) {
+  return g.grid ? g.scale * g.grid[code] : g.scale * float(code - g.zero);
+}
+
+// The grid value of largest magnitude (the first on ties).
+MOSAIC_HD float grid_extreme(const float* grid) {
+  float t = grid[0];
+  for (int c = 1; c < 16; ++c)
+    if (fabsf(grid[c]) > fabsf(t)) t = grid[c];
+  return t;
+}
 
 // Params for the clipped range [lo, hi] (amax = max(-lo, hi)). Overflow leaves an inf scale for
 // the caller to report.
-MOSAIC_HD Params params_for(float lo, float hi, float amax, bool symmetric, float divisor) {
+MOSAIC_HD Params params_for(float lo, float hi, float amax, bool symmetric, float divisor,
+                            const float* grid = nullptr) {
   Params g;
-  if (symmetric) {
+  if (grid) {  // the signed extreme onto the grid's extreme
+    g.grid = grid;
+    g.scale = to_fp16_value((hi >= -lo ? hi : lo) / grid_extreme(grid));
+    g.zero = 8;
+  } else if (symmetric) {
     g.scale = to_fp16_value(amax / divisor);
     g.zero = 8;
   } else {
@@ -87,7 +119,7 @@ MOSAIC_HD double group_error(const W& w, const H& h, int64_t n, Params g) {
 // The whole fit (values assumed finite; the caller checks).
 template <typename W, typename H>
 MOSAIC_HD Params fit(const W& w, const H& h, int64_t n, bool symmetric, float divisor, int clip_grid,
-                     float clip_min) {
+                     float clip_min, const float* grid = nullptr) {
   // The range includes 0 (asymmetric) so the zero point stays within 0..15 and 0 stays exact.
   float lo = 0.0f, hi = 0.0f;
   for (int64_t i = 0; i < n; ++i) {
@@ -96,12 +128,12 @@ MOSAIC_HD Params fit(const W& w, const H& h, int64_t n, bool symmetric, float di
     hi = fmax0(hi, x);
   }
   const float amax = fmax0(-lo, hi);
-  Params best = params_for(lo, hi, amax, symmetric, divisor);
+  Params best = params_for(lo, hi, amax, symmetric, divisor, grid);
   if (clip_grid <= 1 || amax == 0.0f) return best;
   double best_err = group_error(w, h, n, best);
   for (int t = 1; t < clip_grid; ++t) {
     const float r = 1.0f - (1.0f - clip_min) * float(t) / float(clip_grid - 1);
-    const Params g = params_for(lo * r, hi * r, amax * r, symmetric, divisor);
+    const Params g = params_for(lo * r, hi * r, amax * r, symmetric, divisor, grid);
     const double e = group_error(w, h, n, g);
     if (e < best_err) {
       best_err = e;

@@ -181,6 +181,7 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuan
                       {"act_order", opt.act_order && opt.method != QuantMethod::kRtn},
                       {"true_sequential", opt.true_sequential && opt.method != QuantMethod::kRtn},
                       {"mosaic_version", "0.1.0"}};
+  if (!opt.grid.empty()) q["grid"] = opt.grid == grid_nl4() ? "nl4" : "custom";  // the values: <layer>.qgrid
   if (opt.method == QuantMethod::kMosaic)
     q["residual"] = {{"block_rows", opt.block_rows},
                      {"block_cols", opt.block_cols},
@@ -679,6 +680,7 @@ class Quantizer {
   GptqOptions ordered(GptqOptions g = {}) const {
     g.act_order = opt_.act_order;
     g.static_groups = opt_.act_order;
+    g.scale.grid = opt_.grid;
     timed_gptq_.inner = opt_.accel ? opt_.accel->gptq() : nullptr;
     g.accel = &timed_gptq_;
     return g;
@@ -694,6 +696,7 @@ class Quantizer {
     m.budget = opt_.budget;
     m.scorer = opt_.scorer;
     m.gptq = ordered(m.gptq);
+    m.rtn.grid = opt_.grid;
     return m;
   }
 
@@ -702,7 +705,11 @@ class Quantizer {
                             const std::string& name, int64_t count) {
     try {
       switch (opt_.method) {
-        case QuantMethod::kRtn: return quantize_rtn(W, s.N, s.K, opt_.group, opt_.symmetric);
+        case QuantMethod::kRtn: {
+          ScaleOptions so;
+          so.grid = opt_.grid;
+          return quantize_rtn(W, s.N, s.K, opt_.group, opt_.symmetric, so);
+        }
         case QuantMethod::kGptq: return quantize_gptq(W, s.N, s.K, H, opt_.group, opt_.symmetric, ordered());
         case QuantMethod::kMosaic: {
           MosaicOptions m = mosaic_options();

@@ -62,6 +62,9 @@ struct ModelQuantOptions {
   // it only ranks blocks, and 16 of 128 windows gave the same model (default model, 128 x 512:
   // ppl 21.243 vs 21.237, KL 0.1047 vs 0.1043) in 261 s instead of 443 s (docs/results.md).
   int score_samples = 16;
+  // Base codebook (quant/rtn.h ScaleOptions::grid): empty = uniform 4-bit integers, else 16
+  // values, e.g. grid_nl4() (symmetric only; GPTQ then runs on the CPU solver).
+  std::vector<float> grid;
   BlockScorer scorer = BlockScorer::kDeltaHessian;
   // Quantized activations (docs/format.md "Quantized activations"): 16 = none (W4A16), 8 or 4 =
   // per-token inputs of every linear, in calibration (each layer sees the upstream activation

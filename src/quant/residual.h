@@ -103,7 +103,7 @@ struct MosaicOptions {
   // own rounding is compensated too. false = the paper's literal recipe: R = W - deq(GPTQ base),
   // which breaks GPTQ's error cancellation (see the report / tests/quant/test_residual.cpp).
   bool residual_in_gptq = true;
-  ScaleOptions rtn = ScaleOptions{kSymDivisor, 20, 0.75f};  // for BaseMethod::kRtn
+  ScaleOptions rtn = ScaleOptions{kSymDivisor, 20, 0.75f, {}};  // for BaseMethod::kRtn
 };
 
 // The whole layer: base (RTN or GPTQ), residual, scores, per-layer top-k, residual attached.

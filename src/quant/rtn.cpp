@@ -14,11 +14,15 @@ GroupParams fit_group(const float* w, int64_t n, int64_t stride, bool symmetric,
                       int64_t hstride, const ScaleOptions& opt) {
   MOSAIC_CHECK(opt.sym_divisor > 0.0f && opt.clip_min > 0.0f && opt.clip_min <= 1.0f,
                "bad scale options: divisor ", opt.sym_divisor, ", clip_min ", opt.clip_min);
+  MOSAIC_CHECK(opt.grid.empty() || (opt.grid.size() == 16 && symmetric),
+               "a codebook grid has 16 values and is symmetric only (got ", opt.grid.size(), " values, ",
+               symmetric ? "symmetric" : "asymmetric", ")");
   for (int64_t i = 0; i < n; ++i)
     MOSAIC_CHECK(std::isfinite(w[i * stride]), "non-finite weight ", w[i * stride], " in a quantization group");
   auto wv = [&](int64_t i) { return w[i * stride]; };
   auto hv = [&](int64_t i) { return h ? h[i * hstride] : 1.0f; };
-  const GroupParams g = fit::fit(wv, hv, n, symmetric, opt.sym_divisor, opt.clip_grid, opt.clip_min);
+  const GroupParams g = fit::fit(wv, hv, n, symmetric, opt.sym_divisor, opt.clip_grid, opt.clip_min,
+                                 opt.grid.empty() ? nullptr : opt.grid.data());
   MOSAIC_CHECK(std::isfinite(g.scale), "quantization scale ", g.scale, " overflows fp16 (weights too large)");
   return g;
 }
@@ -55,6 +59,7 @@ PackedLinear pack_base(int64_t N, int64_t K, int group, bool symmetric,
     p.qzeros.resize(params.size());
     for (size_t i = 0; i < params.size(); ++i) p.qzeros[i] = uint8_t(params[i].zero);
   }
+  if (!params.empty() && params[0].grid) p.grid.assign(params[0].grid, params[0].grid + 16);
   return p;
 }
 

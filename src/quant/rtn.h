@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "format/packed_linear.h"
 #include "quant/group_fit.h"
@@ -24,6 +25,9 @@ struct ScaleOptions {
   float sym_divisor = kSymDivisor;  // only for the ablation; keep the default
   int clip_grid = 0;
   float clip_min = 0.75f;
+  // Base codebook: empty = uniform integer codes; else 16 values (code -> value / scale, e.g.
+  // kGridNl4), symmetric only (docs/format.md "qgrid"). Not for the residual blocks (uniform).
+  std::vector<float> grid;
 };
 
 // One group's quantizer: deq = scale * (code - zero); scale is already rounded to fp16. The
@@ -50,7 +54,8 @@ PackedLinear quantize_rtn(std::span<const float> W, int64_t N, int64_t K, int gr
 void check_weight_matrix(std::span<const float> W, int64_t N, int64_t K, int group,
                          const char* what);
 
-// Builds a PackedLinear from unpacked codes [N, K] (0..15) and per-(row, group) params.
+// Builds a PackedLinear from unpacked codes [N, K] (0..15) and per-(row, group) params (their
+// grid, when set, becomes the layer's grid).
 PackedLinear pack_base(int64_t N, int64_t K, int group, bool symmetric,
                        std::span<const uint8_t> codes, std::span<const GroupParams> params);
 

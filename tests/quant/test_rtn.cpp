@@ -127,3 +127,45 @@ TEST(Rtn, BadInputThrows) {
   std::vector<float> odd(3 * 5, 0.1f);
   EXPECT_THROW(quantize_rtn(odd, 3, 5, 5, true), Error);    // K odd cannot be nibble-packed
 }
+
+// The non-uniform base grid (nl4, ScaleOptions::grid): every element decodes to s * grid[code] with
+// the nearest grid value, the group's largest-magnitude value lands on the grid's extreme (up to
+// the fp16 rounding of s), and on bell-shaped weights it beats the uniform grid at the same bits.
+TEST(Rtn, NonUniformGridNearestCodesAndLowerError) {
+  const int64_t N = 64, K = 256;
+  const auto W = testdata::weights(N, K, 17);
+  ScaleOptions nl;
+  nl.grid = grid_nl4();
+  for (int group : {32, 64, 256}) {
+    const PackedLinear p = quantize_rtn(W, N, K, group, true, nl);
+    ASSERT_NO_THROW(validate(p));
+    ASSERT_EQ(p.grid, grid_nl4());
+    const auto Wq = dequantize(p);
+    const int64_t G = K / group;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t g = 0; g < G; ++g) {
+        const float s = fp16_to_float(p.scales[n * G + g]);
+        ASSERT_NE(s, 0.0f);
+        int64_t ext = 0;
+        for (int64_t i = 0; i < group; ++i) {
+          const int64_t k = g * group + i;
+          const int c = nibble_at(p.qweight.data() + n * K / 2, k);
+          ASSERT_EQ(Wq[n * K + k], s * p.grid[size_t(c)]);
+          const float v = W[n * K + k] / s;  // no other grid value is nearer
+          for (float t : p.grid) ASSERT_LE(std::fabs(v - p.grid[size_t(c)]), std::fabs(v - t) + 1e-6f);
+          if (std::fabs(W[n * K + k]) > std::fabs(W[n * K + g * group + ext])) ext = i;
+        }
+        const int64_t k = g * group + ext;  // the extreme on -1 (the grid's extreme)
+        EXPECT_NEAR(Wq[n * K + k], W[n * K + k], std::fabs(W[n * K + k]) * 1e-3);
+      }
+    const double e_nl = weighted_err(W, Wq, {}, K), e_u = weighted_err(W, dequantize(quantize_rtn(W, N, K, group, true)), {}, K);
+    std::printf("[ablation] RTN g%d MSE: uniform %.4e  nl4 %.4e  (ratio %.3f)\n", group, e_u / double(N * K),
+                e_nl / double(N * K), e_nl / e_u);
+    EXPECT_LT(e_nl, 0.9 * e_u);
+  }
+  // Asymmetric or wrong-size grids are errors.
+  EXPECT_THROW(quantize_rtn(W, N, K, 64, false, nl), Error);
+  ScaleOptions bad;
+  bad.grid.assign(15, 0.5f);
+  EXPECT_THROW(quantize_rtn(W, N, K, 64, true, bad), Error);
+}
