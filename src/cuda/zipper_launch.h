@@ -43,6 +43,8 @@ struct FusedLaunch {
   int row_interleave = 0; // stream kernel: rows of a CTA's warps in different tiles (see kernel)
   int k_warps = 1;        // stream kernel: warps sharing one row, each on 1/k_warps of the CTA's
                           // K-range, reduced in shared memory (1, 2, 4 or 8; v10)
+  int res_rr = 0;         // stream kernel, k_warps > 1 with the residual: kept blocks dealt to the
+                          // K-slices in turn, off the ring (v11, MOSAIC_ZIPPER_RES_RR)
 };
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).
@@ -62,7 +64,8 @@ int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_war
 // other groups keep 16-row tiles (grid.z = ceil(M / 16)). Rows of X per CTA = stream_m_tile(nb).
 constexpr int stream_nb(int M, int spt) { return M <= 8 ? 1 : (M <= 16 || spt != 1) ? 2 : 4; }
 constexpr int stream_m_tile(int nb) { return nb == 4 ? 32 : 16; }
-int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem);
+// rr: the round-robin residual instantiation (FusedLaunch::res_rr; its smem is the dense ring's).
+int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem, bool rr = false);
 void launch_stream(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
 // Reads `bytes` (multiple of 16) from device memory p with many loads in flight: the streaming
 // limit the benchmark reports next to the kernels (variant read_limit).

@@ -121,6 +121,9 @@ bool row_interleave() {
 // MOSAIC_ZIPPER_STREAM_MAX_M = 32 or 64 (16..64) turns them on, for tests and same-run comparisons.
 // Read on every call (only calls with M = 17..64 ask), so a test can change it between calls.
 int stream_max_m() { return int(env_number("MOSAIC_ZIPPER_STREAM_MAX_M", 16, 16, 64)); }
+// MOSAIC_ZIPPER_RES_RR=1: the stream kernel deals a row's kept residual blocks to its K-slices in
+// turn (k_warps > 1; v11, not yet measured, so off by default). Read when a layer plans an M.
+bool res_round_robin() { return env_number("MOSAIC_ZIPPER_RES_RR", 0, 0, 1) > 0; }
 bool verbose() {
   static const bool v = env_number("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) > 0;
   return v;
@@ -256,6 +259,7 @@ struct ZipperLinear::Impl {
   // fewer splits.
   struct StreamPlan {
     int k_split = 0, rpw = 1, n_groups = 1, kw = 1;
+    bool rr = false;  // round-robin residual (kw > 1 with the residual, MOSAIC_ZIPPER_RES_RR)
   };
   std::map<std::tuple<int, int, bool>, StreamPlan> stream_plans;
   StreamPlan plan_stream(int M, bool res) {
@@ -267,6 +271,7 @@ struct ZipperLinear::Impl {
     const double tile_kb = (res ? 1.1 : 1.0) * (stream_stages() - 1) * detail::kWarps;
     const double red = red_cost() * std::min(M, mt) / 16.0;  // per row end, split-K only
     const int kw_only = kwarps_forced();
+    const bool rr_on = res && res_round_robin() && L.group >= 128 && nb <= 2;
     StreamPlan best;
     double best_cost = 1e30;
     int best_q = 0, best_splits = 0;
@@ -275,9 +280,10 @@ struct ZipperLinear::Impl {
       for (int kw = 1; kw <= detail::kWarps; kw *= 2) {
         if (kw_only && kw != kw_only) continue;
         if (kw > 1 && (per % kw != 0 || k_tiles % per != 0 || L.group < 128)) continue;  // equal K slices only
-        const int smem = detail::stream_smem_bytes(x_rows, per * kTileK, L.spt, res, kw);
+        const bool rr = rr_on && kw > 1;  // the residual off the ring: the dense ring's smem
+        const int smem = detail::stream_smem_bytes(x_rows, per * kTileK, L.spt, res && !rr, kw);
         if (smem > 227 * 1024) continue;
-        const int occ = detail::stream_occupancy(res, L.group, nb, kw, smem);
+        const int occ = detail::stream_occupancy(res, L.group, nb, kw, smem, rr);
         if (occ == 0) continue;
         const int rows_per_cta = detail::kWarps / kw;
         for (int rpw = 1; rpw <= 32; ++rpw) {
@@ -292,7 +298,7 @@ struct ZipperLinear::Impl {
                               (cost <= best_cost * 1.001 && (q > best_q || (q == best_q && splits < best_splits)));
           if (better) {
             best_cost = cost;
-            best = {per * kTileK, rpw, groups, kw};
+            best = {per * kTileK, rpw, groups, kw, rr};
             best_q = q;
             best_splits = splits;
           }
@@ -315,20 +321,22 @@ struct ZipperLinear::Impl {
       ks = std::min(ks, L.K);
       MOSAIC_CHECK(kw == 1 || (ks % (kTileK * kw) == 0 && L.K % ks == 0), "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
                    ": KW > 1 needs KSPLIT to be a multiple of 128 KW and to divide K = ", L.K);
-      const int smem = detail::stream_smem_bytes(x_rows, ks, L.spt, res, kw);
+      const bool rr = rr_on && kw > 1;
+      const int smem = detail::stream_smem_bytes(x_rows, ks, L.spt, res && !rr, kw);
       MOSAIC_CHECK(kw == 1 || L.group >= 128, "MOSAIC_ZIPPER_STREAM_PLAN: ", e, ": KW > 1 needs group >= 128");
-      const bool fits = detail::stream_occupancy(res, L.group, nb, kw, smem) > 0;
+      const bool fits = detail::stream_occupancy(res, L.group, nb, kw, smem, rr) > 0;
       cudaGetLastError();
       MOSAIC_CHECK(fits || M > 16, "MOSAIC_ZIPPER_STREAM_PLAN: ", e, " needs too much shared memory");
       const int rows_per_cta = detail::kWarps / kw;
-      if (fits) best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw};
+      if (fits) best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw, rr};
     }
     MOSAIC_CHECK(best.k_split > 0, "zipper: no stream-kernel plan fits layer [N=", L.N, ", K=", L.K, "]");
     if (verbose())
       std::fprintf(stderr,
-                   "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d m_tiles=%d\n",
+                   "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d m_tiles=%d "
+                   "rr=%d\n",
                    L.N, L.K, M, int(res), best.k_split, best.kw, best.rpw, best.n_groups,
-                   (L.K + best.k_split - 1) / best.k_split, m_tiles);
+                   (L.K + best.k_split - 1) / best.k_split, m_tiles, int(best.rr));
     return stream_plans[key] = best;
   }
 
@@ -344,6 +352,7 @@ struct ZipperLinear::Impl {
     f.rows_per_warp = p.rpw;
     f.n_groups = p.n_groups;
     f.k_warps = p.kw;
+    f.res_rr = p.rr ? 1 : 0;
     f.stages = stream_stages();
     f.row_interleave = row_interleave() ? 1 : 0;
     const int splits = (L.K / kTileK + p.k_split / kTileK - 1) / (p.k_split / kTileK);

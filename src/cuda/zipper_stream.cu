@@ -80,7 +80,14 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float
 // instantiated for GS = 8 only): the dequantized weight fragments of a k16 step feed NB MMAs.
 // KW: warps per row (in-CTA K split; 1, 2, 4, 8 = f.k_warps; > 1 only instantiated for GS = 8). A
 // compile-time KW keeps the loop at v9's register count (a runtime KW cost ~18 registers).
-template <typename T, bool RES, int GS, int NB, int KW>
+// RR (v11, KW > 1, NB <= 2, f.res_rr; off by default until measured): the residual leaves the
+// ring: a row's kept blocks over the CTA's whole K-range are dealt to its KW slices in turn (block
+// i to slice i % KW), each warp prefetches its first two into registers when the row starts and
+// applies them at the row end, on the X tile already in smem. With equal contiguous slices a row
+// waits at its row-end barrier for the slice with the most kept blocks (bench/zipper_straggler_model.py:
+// +26% over dense at KW 8, 4 k-tiles per slice and 10% blocks; dealt in turn: +15%; the bytes: +10%),
+// and the ring slots lose their residual part (smem as the dense kernel's).
+template <typename T, bool RES, int GS, int NB, int KW, bool RR = false>
 __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer L, FusedLaunch f) {
   constexpr int kStages = kStreamStages;
   constexpr int kChains = NB >= 2 ? NB : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
@@ -106,7 +113,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   const int rows = min(f.M - m0, MT);         // real rows of X; row `rows` is all zeros
   const int spt = GS == 8 ? 1 : L.spt;
   const int gshift = GS == 8 ? 0 : __ffs(L.group >> 4) - 1;  // scale set of k16 step kk: kk >> gshift
-  const int su4 = stage_u4(spt, RES);
+  const int su4 = stage_u4(spt, RES && !RR);
   const int kResCodes = kBaseScales + 2 * spt, kResScales = kResCodes + 32;
   T* xs = reinterpret_cast<T*>(smem);         // (rows + 1, KR) activation tile
   uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
@@ -144,7 +151,8 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   if (RES && lane < nrows) {
     const int r = row_of(lane);
     const uint64_t* bm = L.res_bitmap + size_t(r) * L.words_per_row;
-    const int c0 = kw0 / 64, nc = KRw / 64, w0 = c0 / 64, sh = c0 % 64;
+    // RR: the whole K-range of the CTA (the row's blocks are dealt to the slices), else this warp's slice.
+    const int c0 = (RR ? kb : kw0) / 64, nc = (RR ? KR : KRw) / 64, w0 = c0 / 64, sh = c0 % 64;
     int b = L.res_rowptr[r];
     for (int w = 0; w < w0; ++w) b += __popcll(bm[w]);
     uint64_t bits = bm[w0] >> sh;
@@ -186,7 +194,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
       cp_async16_stream(st + lane, gq + (2 * it) * 32, policy);
       cp_async16_stream(st + 32 + lane, gq + (2 * it + 1) * 32, policy);
       if (lane < 2 * spt) cp_async16_stream(st + kBaseScales + lane, gs + it * spt * 2 + lane, policy);
-      if constexpr (RES) {
+      if constexpr (RES && !RR) {
         const unsigned fl = unsigned(ifl >> (2 * it)) & 3u;
         if (fl) {
           cp_async16_stream(st + kResCodes + lane, grq + size_t(ib) * 32 + lane, policy);
@@ -294,6 +302,81 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   uint64_t cfl = 0;
   int cb = 0;  // CSR index of the first kept block of the tile being consumed
   if (RES) row_meta(0, cfl, cb);
+
+  // RR: this warp's kept blocks of the current row are the set bits sw, sw + KW, ... of cfl (chunks
+  // of the CTA's K-range), CSR indices cb + sw, cb + sw + KW, ...; rr_m holds the mask from the
+  // first of them on, the first two are prefetched into registers (raw codes and scales: nothing
+  // waits on the loads until the row end).
+  uint64_t rr_m = 0;
+  int rr_i = 0;
+  uint4 rr_q[2] = {};
+  T rr_s[2][2] = {};
+  const T* xrr = xs + min(xr, rows) * xs_stride + xc;  // X row of this lane, start of the K-range
+  const auto rr_prepare = [&]() {
+    uint64_t m = cfl;
+    for (int d = 0; d < sw; ++d) m &= m - 1;
+    rr_m = m;
+    rr_i = cb + sw;
+    int i = rr_i;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      if (m) {
+        rr_q[k] = __ldg(grq + size_t(i) * 32 + lane);
+        const T* rs = reinterpret_cast<const T*>(grs + size_t(i) * 2);
+        rr_s[k][0] = rs[g];
+        rr_s[k][1] = rs[g + 8];
+      }
+      for (int d = 0; d < KW && m; ++d) m &= m - 1;
+      i += KW;
+    }
+  };
+  // One kept block (chunk c of the K-range): its own MMA chain on the X fragments of chunk c, its
+  // row scales once, into the row's accumulators.
+  const auto rr_block = [&](const uint4& q, float rsA, float rsB, int c) {
+    uint32_t xb[4];
+    float racc[NB][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xrr + c * 64 + j * 16);
+      uint32_t w[4];
+      O::dequant(word(q, j), w);
+      const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        const uint32_t b0 = xb[NB == 2 ? 2 * nb : 2 * (j & 1)], b1 = xb[NB == 2 ? 2 * nb + 1 : 2 * (j & 1) + 1];
+        if (j == 0)
+          MM::set(racc[nb], a, b0, b1);
+        else
+          MM::acc(racc[nb], a, b0, b1);
+      }
+    }
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      acc[nb][0] = fmaf(rsA, racc[nb][0], acc[nb][0]);
+      acc[nb][1] = fmaf(rsA, racc[nb][1], acc[nb][1]);
+      acc[nb][2] = fmaf(rsB, racc[nb][2], acc[nb][2]);
+      acc[nb][3] = fmaf(rsB, racc[nb][3], acc[nb][3]);
+    }
+  };
+  const auto rr_apply = [&]() {
+    uint64_t m = rr_m;
+    int i = rr_i;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {  // the prefetched two (constant k: registers)
+      if (m) rr_block(rr_q[k], to_f(rr_s[k][0]), to_f(rr_s[k][1]), __ffsll(static_cast<long long>(m)) - 1);
+      for (int d = 0; d < KW && m; ++d) m &= m - 1;
+      i += KW;
+    }
+    while (m) {  // rare at 10% (> 2 blocks of one slice in one row): read directly
+      const uint4 q = __ldg(grq + size_t(i) * 32 + lane);
+      const T* rs = reinterpret_cast<const T*>(grs + size_t(i) * 2);
+      rr_block(q, to_f(rs[g]), to_f(rs[g + 8]), __ffsll(static_cast<long long>(m)) - 1);
+      for (int d = 0; d < KW && m; ++d) m &= m - 1;
+      i += KW;
+    }
+  };
+  if constexpr (RR) rr_prepare();
+
   const int total = nrows * nkt;
   for (int i = 0; i < total; ++i) {
     cp_async_wait<kStages - 2>();  // this lane's copies of tile i have landed
@@ -302,7 +385,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     uint4* st = stages + cs * su4;
     cs = cs + 1 == kStages ? 0 : cs + 1;
     const T* sc = reinterpret_cast<const T*>(st + kBaseScales);  // (spt, 16)
-    const unsigned fl = RES ? unsigned(cfl >> (2 * ct)) & 3u : 0u;
+    const unsigned fl = RES && !RR ? unsigned(cfl >> (2 * ct)) & 3u : 0u;
     float sA = 0.f, sB = 0.f;  // scales of outputs g and g + 8 (the C fragment's c0, c1 and c2, c3)
     if (GS == 8) {
       sA = to_f(sc[g]);
@@ -398,13 +481,17 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     }
     if constexpr (RES) cb += __popc(fl);
     if (++ct == nkt) {  // row done: hand its sums off without waiting, go on streaming
+      if constexpr (RR) rr_apply();
       flush_row(row_of(cj), acc, reinterpret_cast<float*>(st));
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[nb][e] = 0.f;
       ct = 0;
-      if (++cj < nrows && RES) row_meta(cj, cfl, cb);
+      if (++cj < nrows && RES) {
+        row_meta(cj, cfl, cb);
+        if constexpr (RR) rr_prepare();
+      }
     }
   }
   cp_async_wait<0>();
@@ -458,28 +545,35 @@ __global__ void __launch_bounds__(512) read_probe_kernel(const uint4* p, size_t 
 
 // Raises (never lowers) the dynamic smem limit of one instantiation: the plan's occupancy probes
 // and the launches share it, so a probe of a smaller layer cannot undercut a later launch.
-template <typename T, bool RES, int GS, int NB, int KW>
+template <typename T, bool RES, int GS, int NB, int KW, bool RR = false>
 bool allow_smem(int smem) {
   static int allowed = 48 * 1024;
   if (smem <= allowed) return true;
-  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, GS, NB, KW>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, GS, NB, KW, RR>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
       cudaSuccess)
     return false;
   allowed = smem;
   return true;
 }
 
-template <typename T, bool RES, int GS, int NB, int KW>
+template <typename T, bool RES, int GS, int NB, int KW, bool RR = false>
 void launch_stream_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
   const int mt = stream_m_tile(NB);
-  const int smem = stream_smem_bytes(std::min(f.M, mt) + 1, f.k_split, L.spt, RES, KW);
-  if (!allow_smem<T, RES, GS, NB, KW>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
+  const int smem = stream_smem_bytes(std::min(f.M, mt) + 1, f.k_split, L.spt, RES && !RR, KW);
+  if (!allow_smem<T, RES, GS, NB, KW, RR>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
   const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + mt - 1) / mt);
-  zipper_stream_kernel<T, RES, GS, NB, KW><<<grid, kWarps * 32, smem, s>>>(L, f);
+  zipper_stream_kernel<T, RES, GS, NB, KW, RR><<<grid, kWarps * 32, smem, s>>>(L, f);
 }
 
 template <typename T, bool RES, int GS, int NB>
 void launch_stream_kw(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
+  if constexpr (GS == 8 && RES && NB <= 2) {
+    if (f.res_rr) {  // round-robin residual (v11; the host sets it only with k_warps > 1)
+      if (f.k_warps == 2) return launch_stream_t<T, RES, GS, NB, 2, true>(L, f, s);
+      if (f.k_warps == 4) return launch_stream_t<T, RES, GS, NB, 4, true>(L, f, s);
+      if (f.k_warps == 8) return launch_stream_t<T, RES, GS, NB, 8, true>(L, f, s);
+    }
+  }
   if constexpr (GS == 8) {
     if (f.k_warps == 2) return launch_stream_t<T, RES, GS, NB, 2>(L, f, s);
     if (f.k_warps == 4) return launch_stream_t<T, RES, GS, NB, 4>(L, f, s);
@@ -509,11 +603,11 @@ void launch_stream_dt(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s
   return res ? launch_stream_gs<T, true>(L, f, s) : launch_stream_gs<T, false>(L, f, s);
 }
 
-template <bool RES, int GS, int NB, int KW>
+template <bool RES, int GS, int NB, int KW, bool RR = false>
 int stream_occupancy_t(int smem) {
-  if (!allow_smem<__half, RES, GS, NB, KW>(smem)) return 0;
+  if (!allow_smem<__half, RES, GS, NB, KW, RR>(smem)) return 0;
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_stream_kernel<__half, RES, GS, NB, KW>, kWarps * 32,
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_stream_kernel<__half, RES, GS, NB, KW, RR>, kWarps * 32,
                                                     smem) != cudaSuccess)
     return 0;
   return n;
@@ -544,8 +638,21 @@ int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_war
          (k_warps > 1 ? kWarps * nb * 8 * 20 * 4 : 0);
 }
 
-int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem) {
+int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem, bool rr) {
   // The fp16 and bf16 kernels use about the same registers; smem is what varies.
+  if (rr) {  // round-robin residual: residual, group >= 128, k_warps > 1, nb <= 2 only
+    if (!residual || group < 128 || nb > 2) return 0;
+    const auto pick = [&](auto nbc) {
+      constexpr int N = decltype(nbc)::value;
+      switch (k_warps) {
+        case 2: return stream_occupancy_t<true, 8, N, 2, true>(smem);
+        case 4: return stream_occupancy_t<true, 8, N, 4, true>(smem);
+        case 8: return stream_occupancy_t<true, 8, N, 8, true>(smem);
+        default: return 0;
+      }
+    };
+    return nb == 1 ? pick(std::integral_constant<int, 1>{}) : pick(std::integral_constant<int, 2>{});
+  }
   if (nb == 1)
     return residual ? stream_occupancy_nb<true, 1>(group, k_warps, smem) : stream_occupancy_nb<false, 1>(group, k_warps, smem);
   if (nb == 4)

@@ -210,6 +210,48 @@ TEST(ZipperGpu, StreamKernel32RowTiles) {
   unsetenv("MOSAIC_ZIPPER_STREAM_MAX_M");
 }
 
+// The round-robin residual (v11, MOSAIC_ZIPPER_RES_RR=1: a row's kept blocks dealt to its K-slices
+// in turn, off the ring, the first two per slice prefetched into registers, the rest read at the row
+// end) under forced plans with KW = 2, 4, 8 warps per row, with and without split-K, partial row
+// groups, several rows per warp; residual patterns incl. clustered (many blocks per slice: the
+// direct-read path) and one tile (every block of a row); M = 1..16 (both NB instantiations); plus
+// the plans the planner picks with it on. fp16 and bf16, zipper and dense-only, twice each.
+TEST(ZipperGpu, StreamKernelRoundRobinResidual) {
+  REQUIRE_GPU();
+  struct Case { int64_t N, K; Pattern pat; const char* plan; };
+  const Case cases[] = {{384, 1024, Pattern::Uniform, "1024,1,8"},  {384, 2048, Pattern::Clustered, "1024,2,4"},
+                        {272, 768, Pattern::OneTile, "256,3,2"},     {528, 4096, Pattern::Uniform, "4096,1,8"},
+                        {400, 1024, Pattern::Clustered, "512,2,2"},  {400, 2048, Pattern::Uniform, nullptr},
+                        {272, 8320, Pattern::Clustered, nullptr}};
+  const std::vector<int64_t> Ms =
+      std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{1, 9} : std::vector<int64_t>{1, 2, 5, 8, 9, 16};
+  setenv("MOSAIC_ZIPPER_RES_RR", "1", 1);
+  for (const Case& c : cases) {
+    if (c.plan) setenv("MOSAIC_ZIPPER_STREAM_PLAN", c.plan, 1);
+    const PackedLinear w = test::random_layer(c.N, c.K, 128, c.pat, uint64_t(c.N * 11 + c.K));
+    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
+    const ZipperLinear zl(w);
+    for (DType dt : {DType::F16, DType::BF16})
+      for (int64_t M : Ms) {
+        std::vector<uint16_t> xb;
+        std::vector<float> xf;
+        test::random_activations(M, c.K, dt == DType::BF16, uint64_t(M * 23 + c.K), xb, xf);
+        const std::vector<double> yref = test::reference_gemm(xf, W, M, c.N, c.K);
+        const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, c.N, c.K);
+        for (int rep = 0; rep < 2; ++rep) {
+          EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, GemmPath::Fused), bound(dt))
+              << "N=" << c.N << " K=" << c.K << " plan " << (c.plan ? c.plan : "auto") << " " << dtype_name(dt)
+              << " M=" << M;
+          EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, GemmPath::Fused), bound(dt))
+              << "dense N=" << c.N << " K=" << c.K << " plan " << (c.plan ? c.plan : "auto") << " " << dtype_name(dt)
+              << " M=" << M;
+        }
+      }
+    unsetenv("MOSAIC_ZIPPER_STREAM_PLAN");
+  }
+  unsetenv("MOSAIC_ZIPPER_RES_RR");
+}
+
 // The benchmark's other variants compute what they claim: dense-only = base alone, unfused =
 // base + residual through two kernels.
 TEST(ZipperGpu, DenseOnlyAndUnfusedVariants) {
