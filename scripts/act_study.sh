@@ -2,8 +2,8 @@
 # Quantized-activation study (issue 6, accuracy side) on the default model: W4A8 and W4A4 rows for
 # RTN, SmoothQuant+GPTQ and MosaicQuant at several residual budgets, WikiText-2 ppl and KL against
 # the FP16 model, and a markdown table (docs/results.md "Quantized activations (W4A8, W4A4)").
-#   bash scripts/act_study.sh [ROW ...]      rows: NAME=METHOD:ACT_BITS[:BUDGET[:FORMAT]], default all below
-#   (FORMAT: --act-format, int by default; fp8_e4m3 = FP8 e4m3 activations)
+#   bash scripts/act_study.sh [ROW ...]      rows: NAME=METHOD:ACT_BITS[:BUDGET[:FORMAT[:GRID]]], default all below
+#   (FORMAT: --act-format, int by default; fp8_e4m3 = FP8 e4m3 activations; GRID: --grid, int4 by default)
 # Resumes: a row whose JSON exists is not redone (delete it, or FORCE=1). Env: MOSAIC (binary),
 # MODEL, WORK (output folder), WINDOWS (ppl windows), CALIB_SAMPLES, CALIB_LEN, GROUP.
 # Calibration is data/calib.txt only (never WikiText).
@@ -22,12 +22,13 @@ if [ ${#ROWS[@]} -eq 0 ]; then
   ROWS=(rtn-a8=rtn:8 sqgptq-a8=gptq:8 mosaic0.1-a8=mosaic:8:0.1 mosaic0.05-a8=mosaic:8:0.05
         rtn-a4=rtn:4 sqgptq-a4=gptq:4 mosaic0.1-a4=mosaic:4:0.1 mosaic0.05-a4=mosaic:4:0.05
         mosaic0.1-a16=mosaic:16:0.1 mosaic0.2-a8=mosaic:8:0.2 mosaic0.2-a4=mosaic:4:0.2
-        rtn-a8fp8=rtn:8::fp8_e4m3 mosaic0.1-a8fp8=mosaic:8:0.1:fp8_e4m3)
+        rtn-a8fp8=rtn:8::fp8_e4m3 mosaic0.1-a8fp8=mosaic:8:0.1:fp8_e4m3
+        mosaic0.1-a8nl=mosaic:8:0.1::nl4 mosaic0.05-a8nl=mosaic:8:0.05::nl4)
 fi
 mkdir -p "$WORK/models" "$WORK/json" "$WORK/logs"
 for row in "${ROWS[@]}"; do
   name=${row%%=*}; spec=${row#*=}
-  IFS=: read -r method abits budget aformat <<<"$spec"
+  IFS=: read -r method abits budget aformat grid <<<"$spec"
   json=$WORK/json/$name.json
   if [ -s "$json" ] && [ -z "${FORCE:-}" ]; then echo "== $name: done ($json)"; continue; fi
   out=$WORK/models/$name
@@ -35,6 +36,7 @@ for row in "${ROWS[@]}"; do
   [ "$method" != rtn ] && args+=(--calib-samples "$CALIB_SAMPLES" --calib-len "$CALIB_LEN")
   [ -n "${budget:-}" ] && args+=(--budget "$budget")
   [ -n "${aformat:-}" ] && args+=(--act-format "$aformat")
+  [ -n "${grid:-}" ] && args+=(--grid "$grid")
   echo "== $name: mosaic quantize ${args[*]}"
   start=$(date +%s)
   "$MOSAIC" quantize "${args[@]}" > "$WORK/logs/$name.quantize.log" 2>&1
@@ -48,7 +50,7 @@ r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 q = json.load(open(sys.argv[2]))["quantization_config"]
 log = open(sys.argv[3]).read()
 m = re.search(r"([0-9.]+) bits/weight", log)
-r.update(method=q["method"], act_bits=q["act_bits"], act_format=q.get("act_format", "int"),
+r.update(method=q["method"], act_bits=q["act_bits"], act_format=q.get("act_format", "int"), grid=q.get("grid", "int4"),
          budget=(q.get("residual") or {}).get("budget"),
          smoothing=q.get("smoothing"), bits_per_weight=float(m.group(1)) if m else None,
          quantize_seconds=int(sys.argv[4]))
@@ -64,7 +66,7 @@ rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(sys.argv[1], "
 if not rows: sys.exit(0)
 base = rows[0]["base_ppl"]
 name = {"rtn": "RTN", "gptq": "SmoothQuant+GPTQ", "mosaic": "SmoothQuant+MosaicQuant"}
-def key(r): return (-r["act_bits"], r.get("act_format", "int"), ["rtn", "gptq", "mosaic"].index(r["method"]), r["budget"] or 0)
+def key(r): return (-r["act_bits"], r.get("act_format", "int"), r.get("grid", "int4"), ["rtn", "gptq", "mosaic"].index(r["method"]), r["budget"] or 0)
 print(f"| weights / activations | method | bits/weight (linears) | ppl | ppl vs FP16 | KL |")
 print("|---|---|---|---|---|---|")
 print(f"| FP16 / FP16 | - | 16.000 | {base:.3f} | +0.00% | 0.0000 |")
@@ -72,6 +74,7 @@ for r in sorted(rows, key=key):
     m = name[r["method"]] if r["smoothing"] or r["method"] == "rtn" else {"gptq": "GPTQ", "mosaic": "MosaicQuant"}[r["method"]]
     if r["method"] == "mosaic": m += f" {r['budget']:g}"
     fmt = " FP8" if r.get("act_format", "int") == "fp8_e4m3" else ""
+    if r.get("grid", "int4") != "int4": m += f", {r['grid']} grid"
     print(f"| W4 / A{r['act_bits']}{fmt} | {m} | {r['bits_per_weight']:.3f} | {r['ppl']:.3f} | "
           f"{100 * (r['ppl'] / base - 1):+.2f}% | {r['kl_div']:.4f} |")
 PY
