@@ -631,6 +631,7 @@ class Quantizer {
       so.act_format = opt_.act_format;
       so.group = opt_.group;
       so.symmetric = opt_.symmetric;
+      so.weight_grid = opt_.grid;
       so.fixed_alpha = opt_.smooth_alpha;
       so.grid = opt_.smooth_grid;
       sm = LayerSmoothing{};

@@ -149,7 +149,9 @@ double site_error(const InputStats& st, std::span<const std::vector<float>* cons
     std::vector<float> w = *weights[l];
     const int64_t N = int64_t(w.size()) / K;
     if (!s_full.empty()) scale_columns(w, s_full);
-    const std::vector<float> wq = dequantize(quantize_rtn(w, N, K, opt.group, opt.symmetric));
+    ScaleOptions so;
+    so.grid = opt.weight_grid;  // score each alpha on the grid the weights will be quantized to
+    const std::vector<float> wq = dequantize(quantize_rtn(w, N, K, opt.group, opt.symmetric, so));
     std::vector<float> y(size_t(R * N));
     ops::matmul_nt(xq.data(), wq.data(), R, N, K, y.data());
     for (size_t i = 0; i < y.size(); ++i) {

@@ -101,6 +101,7 @@ struct SmoothSearchOptions {
   ActFormat act_format = ActFormat::kInt;
   int group = 128;            // weight RTN group (the model's)
   bool symmetric = true;
+  std::vector<float> weight_grid;  // the base codebook the weights will get (empty: uniform; rtn.h ScaleOptions::grid)
   double fixed_alpha = -1;    // >= 0: use this alpha, no search
   std::vector<double> grid = {0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0};
 };
