@@ -52,6 +52,8 @@ void check_zipper_supported(const PackedLinear& w) {
   const auto shape = [&] { return ::mosaic::detail::concat("[N=", w.N, ", K=", w.K, ", group=", w.group, "]"); };
   MOSAIC_CHECK(w.N > 0 && w.K > 0, "zipper: empty linear layer ", shape());
   MOSAIC_CHECK(w.symmetric, "zipper: asymmetric base weights are not supported (layer ", shape(), ")");
+  // The kernels decode uniform codes (c - 8): a codebook layer would run silently wrong.
+  MOSAIC_CHECK(w.grid.empty(), "zipper: a non-uniform base grid (qgrid) is not supported yet (layer ", shape(), ")");
   MOSAIC_CHECK(w.N % kChunkN == 0, "zipper: N must be a multiple of 16, layer ", shape());
   MOSAIC_CHECK(w.K % kTileK == 0, "zipper: K must be a multiple of 128, layer ", shape());
   MOSAIC_CHECK(w.N <= (int64_t(1) << 30) && w.K <= (int64_t(1) << 20), "zipper: layer too large ", shape());

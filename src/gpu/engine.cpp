@@ -77,6 +77,18 @@ void count(GpuLoadReport& rep, std::mutex& mu, int kind, const std::string& note
 
 std::string act_kind(const char* what, Act a) { return std::string(what) + "-" + act_name(a); }
 
+// Why a kernel's support check refuses a layer ("" = it takes it). Only the shape/format checks are
+// caught here: other failures (memory) stay errors.
+template <typename Check>
+std::string refusal(Check&& check) {
+  try {
+    check();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
 // A quantized layer's input rows quantized per token (W4A8 / W4A4), and for 8-bit integer codes the
 // W4A8 INT8 kernel for large M when it takes the layer (p: the packed weights, null when the layer
 // was dequantized from several parts).
@@ -86,12 +98,7 @@ std::unique_ptr<GpuLinear> with_act_quant(std::unique_ptr<GpuLinear> inner, cons
   if (!aq || !aq->quantized()) return inner;
   std::unique_ptr<cuda::W4A8Linear> w4a8;
   if (p && aq->int8_kernel()) {
-    std::string why = p->grid.empty() ? "" : "w4a8: a non-uniform grid (qgrid) is not supported";
-    try {
-      if (why.empty()) cuda::check_w4a8_supported(*p);  // shape limits only: other failures (memory) are errors
-    } catch (const Error& e) {
-      why = e.what();
-    }
+    const std::string why = refusal([&] { cuda::check_w4a8_supported(*p); });
     if (why.empty()) {
       w4a8 = std::make_unique<cuda::W4A8Linear>(*p);
       count(rep, mu, 3);
@@ -107,13 +114,7 @@ std::unique_ptr<GpuLinear> with_act_quant(std::unique_ptr<GpuLinear> inner, cons
 // dequantized once and run through cuBLAS; wrapped for quantized activations (aq).
 std::unique_ptr<GpuLinear> packed_to_gpu(cublasHandle_t h, Act a, const PackedLinear& p, const std::string& what,
                                          GpuLoadReport& rep, std::mutex& mu, const ActSetup* aq) {
-  // The kernels decode uniform integer codes only: a codebook grid (qgrid) runs dequantized.
-  std::string why = p.grid.empty() ? "" : "zipper: a non-uniform grid (qgrid) is not supported yet";
-  try {
-    if (why.empty()) cuda::check_zipper_supported(p);  // shape limits only: other failures (memory) are errors
-  } catch (const Error& e) {
-    why = e.what();
-  }
+  const std::string why = refusal([&] { cuda::check_zipper_supported(p); });  // e.g. K % 128, a qgrid layer
   if (why.empty()) {
     auto z = std::make_unique<ZipperGpuLinear>(p, a);
     count(rep, mu, 0);

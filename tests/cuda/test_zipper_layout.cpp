@@ -72,6 +72,9 @@ TEST(ZipperLayout, RefusesShapesTheKernelCannotTake) {
   PackedLinear a = w;
   a.symmetric = false;
   expect_refused(a, "asymmetric");
+  PackedLinear nl = w;
+  nl.grid = grid_nl4();
+  expect_refused(nl, "non-uniform base grid");
   PackedLinear b = test::random_layer(40, 256, 128, Pattern::None, 2);  // N % 16 != 0 handled below
   b.N = 40;
   expect_refused(b, "N=40");
