@@ -43,8 +43,6 @@ struct FusedLaunch {
   int row_interleave = 0; // stream kernel: rows of a CTA's warps in different tiles (see kernel)
   int k_warps = 1;        // stream kernel: warps sharing one row, each on 1/k_warps of the CTA's
                           // K-range, reduced in shared memory (1, 2, 4 or 8; v10)
-  int res_rr = 0;         // stream kernel, k_warps > 1 with the residual: kept blocks dealt to the
-                          // K-slices in turn, off the ring (v11, MOSAIC_ZIPPER_RES_RR)
 };
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).
@@ -53,19 +51,12 @@ int fused_smem_bytes(int x_rows, int k_split, int spt, bool residual, int m_bloc
 int fused_occupancy(int m_block, int bf16, bool residual, int smem);
 void launch_fused(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
 
-// The stream kernel (zipper_stream.cu; M <= 16, up to 64 with MOSAIC_ZIPPER_STREAM_MAX_M): warps
-// stream several rows over one K-range with one ring, a per-row split-K fix-up; k_warps > 1 also
-// splits a CTA's K-range over warps (needs k_split % (128 k_warps) == 0 and K % k_split == 0).
-// nb: n8 tiles of X rows (stream_nb), which sets the instantiation (registers) the occupancy is
-// taken of.
+// The stream kernel (zipper_stream.cu, M <= 16): warps stream several rows over one K-range
+// with one ring, a per-row split-K fix-up; k_warps > 1 also splits a CTA's K-range over warps
+// (needs k_split % (128 k_warps) == 0 and K % k_split == 0). nb: n8 tiles of X rows (1 for
+// M <= 8, 2 for M = 9..16), which sets the instantiation (registers) the occupancy is taken of.
 int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps);
-// n8 tiles of X rows per CTA of the stream kernel: 1 for M <= 8, 2 for M = 9..16, 4 for M > 16
-// with one scale set per k-tile (spt == 1, group >= 128; v11: 32-row tiles, grid.z = ceil(M / 32));
-// other groups keep 16-row tiles (grid.z = ceil(M / 16)). Rows of X per CTA = stream_m_tile(nb).
-constexpr int stream_nb(int M, int spt) { return M <= 8 ? 1 : (M <= 16 || spt != 1) ? 2 : 4; }
-constexpr int stream_m_tile(int nb) { return nb == 4 ? 32 : 16; }
-// rr: the round-robin residual instantiation (FusedLaunch::res_rr; its smem is the dense ring's).
-int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem, bool rr = false);
+int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem);
 void launch_stream(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
 // Reads `bytes` (multiple of 16) from device memory p with many loads in flight: the streaming
 // limit the benchmark reports next to the kernels (variant read_limit).

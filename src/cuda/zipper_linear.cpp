@@ -114,16 +114,6 @@ bool row_interleave() {
   static const bool v = env_number("MOSAIC_ZIPPER_ROWMAP", 0, 0, 1) > 0;
   return v;
 }
-// Largest M the stream kernel serves. v11 adds 32-row tiles (M = 17..32 in one tile when group >=
-// 128; 33..64 as two tiles, each streaming the weights again, hopefully from L2), but they have
-// not run on a GPU yet (no device time was left in the session that wrote them), so the default
-// stays 16 (M = 17..64 on the v8 kernel / dequant + cuBLAS as before) until a run measures them:
-// MOSAIC_ZIPPER_STREAM_MAX_M = 32 or 64 (16..64) turns them on, for tests and same-run comparisons.
-// Read on every call (only calls with M = 17..64 ask), so a test can change it between calls.
-int stream_max_m() { return int(env_number("MOSAIC_ZIPPER_STREAM_MAX_M", 16, 16, 64)); }
-// MOSAIC_ZIPPER_RES_RR=1: the stream kernel deals a row's kept residual blocks to its K-slices in
-// turn (k_warps > 1; v11, not yet measured, so off by default). Read when a layer plans an M.
-bool res_round_robin() { return env_number("MOSAIC_ZIPPER_RES_RR", 0, 0, 1) > 0; }
 bool verbose() {
   static const bool v = env_number("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) > 0;
   return v;
@@ -259,19 +249,16 @@ struct ZipperLinear::Impl {
   // fewer splits.
   struct StreamPlan {
     int k_split = 0, rpw = 1, n_groups = 1, kw = 1;
-    bool rr = false;  // round-robin residual (kw > 1 with the residual, MOSAIC_ZIPPER_RES_RR)
   };
-  std::map<std::tuple<int, int, bool>, StreamPlan> stream_plans;
+  std::map<std::pair<int, bool>, StreamPlan> stream_plans;
   StreamPlan plan_stream(int M, bool res) {
-    const int nb = detail::stream_nb(M, L.spt), mt = detail::stream_m_tile(nb);
-    const int x_rows = std::min(M, mt) + 1, m_tiles = (M + mt - 1) / mt;
-    const auto key = std::make_tuple(x_rows, m_tiles, res);
+    const int x_rows = std::min(M, 16) + 1, nb = M <= 8 ? 1 : 2;
+    const auto key = std::make_pair(x_rows, res);
     if (auto it = stream_plans.find(key); it != stream_plans.end()) return it->second;
-    const int R = L.N / 16, k_tiles = L.K / kTileK;
+    const int R = L.N / 16, k_tiles = L.K / kTileK, m_tiles = (M + 15) / 16;
     const double tile_kb = (res ? 1.1 : 1.0) * (stream_stages() - 1) * detail::kWarps;
-    const double red = red_cost() * std::min(M, mt) / 16.0;  // per row end, split-K only
+    const double red = red_cost() * std::min(M, 16) / 16.0;  // per row end, split-K only
     const int kw_only = kwarps_forced();
-    const bool rr_on = res && res_round_robin() && L.group >= 128 && nb <= 2;
     StreamPlan best;
     double best_cost = 1e30;
     int best_q = 0, best_splits = 0;
@@ -280,10 +267,9 @@ struct ZipperLinear::Impl {
       for (int kw = 1; kw <= detail::kWarps; kw *= 2) {
         if (kw_only && kw != kw_only) continue;
         if (kw > 1 && (per % kw != 0 || k_tiles % per != 0 || L.group < 128)) continue;  // equal K slices only
-        const bool rr = rr_on && kw > 1;  // the residual off the ring: the dense ring's smem
-        const int smem = detail::stream_smem_bytes(x_rows, per * kTileK, L.spt, res && !rr, kw);
+        const int smem = detail::stream_smem_bytes(x_rows, per * kTileK, L.spt, res, kw);
         if (smem > 227 * 1024) continue;
-        const int occ = detail::stream_occupancy(res, L.group, nb, kw, smem, rr);
+        const int occ = detail::stream_occupancy(res, L.group, nb, kw, smem);
         if (occ == 0) continue;
         const int rows_per_cta = detail::kWarps / kw;
         for (int rpw = 1; rpw <= 32; ++rpw) {
@@ -298,7 +284,7 @@ struct ZipperLinear::Impl {
                               (cost <= best_cost * 1.001 && (q > best_q || (q == best_q && splits < best_splits)));
           if (better) {
             best_cost = cost;
-            best = {per * kTileK, rpw, groups, kw, rr};
+            best = {per * kTileK, rpw, groups, kw};
             best_q = q;
             best_splits = splits;
           }
@@ -310,8 +296,6 @@ struct ZipperLinear::Impl {
     // Test/tuning hook: MOSAIC_ZIPPER_STREAM_PLAN="KSPLIT,RPW[,KW]" (K-range in inputs, a multiple
     // of 128 up to 4096; rows per warp 1..32; warps per row 1, 2, 4, 8 with KSPLIT a multiple of
     // 128 KW dividing K), read when a layer plans an M for the first time.
-    // For M > 16 (32-row tiles) a forced plan whose X tile does not fit is skipped (the plan above
-    // stays), so that one forced plan can serve a test's whole M sweep.
     if (const char* e = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN"); e && *e) {
       int ks = 0, rpw = 0, kw = 1;
       const int n = std::sscanf(e, "%d,%d,%d", &ks, &rpw, &kw);
@@ -321,22 +305,18 @@ struct ZipperLinear::Impl {
       ks = std::min(ks, L.K);
       MOSAIC_CHECK(kw == 1 || (ks % (kTileK * kw) == 0 && L.K % ks == 0), "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
                    ": KW > 1 needs KSPLIT to be a multiple of 128 KW and to divide K = ", L.K);
-      const bool rr = rr_on && kw > 1;
-      const int smem = detail::stream_smem_bytes(x_rows, ks, L.spt, res && !rr, kw);
+      const int smem = detail::stream_smem_bytes(x_rows, ks, L.spt, res, kw);
       MOSAIC_CHECK(kw == 1 || L.group >= 128, "MOSAIC_ZIPPER_STREAM_PLAN: ", e, ": KW > 1 needs group >= 128");
-      const bool fits = detail::stream_occupancy(res, L.group, nb, kw, smem, rr) > 0;
-      cudaGetLastError();
-      MOSAIC_CHECK(fits || M > 16, "MOSAIC_ZIPPER_STREAM_PLAN: ", e, " needs too much shared memory");
+      MOSAIC_CHECK(detail::stream_occupancy(res, L.group, nb, kw, smem) > 0, "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
+                   " needs too much shared memory");
       const int rows_per_cta = detail::kWarps / kw;
-      if (fits) best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw, rr};
+      best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw};
     }
     MOSAIC_CHECK(best.k_split > 0, "zipper: no stream-kernel plan fits layer [N=", L.N, ", K=", L.K, "]");
     if (verbose())
-      std::fprintf(stderr,
-                   "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d m_tiles=%d "
-                   "rr=%d\n",
+      std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d\n",
                    L.N, L.K, M, int(res), best.k_split, best.kw, best.rpw, best.n_groups,
-                   (L.K + best.k_split - 1) / best.k_split, m_tiles, int(best.rr));
+                   (L.K + best.k_split - 1) / best.k_split);
     return stream_plans[key] = best;
   }
 
@@ -352,11 +332,10 @@ struct ZipperLinear::Impl {
     f.rows_per_warp = p.rpw;
     f.n_groups = p.n_groups;
     f.k_warps = p.kw;
-    f.res_rr = p.rr ? 1 : 0;
     f.stages = stream_stages();
     f.row_interleave = row_interleave() ? 1 : 0;
     const int splits = (L.K / kTileK + p.k_split / kTileK - 1) / (p.k_split / kTileK);
-    const int m_tiles = (M + 15) / 16;  // counters: one per row and 16-row tile (enough for 32-row tiles)
+    const int m_tiles = (M + 15) / 16;
     if (splits > 1) ensure_ws(size_t(M) * L.N, size_t(L.N / 16) * m_tiles);
     f.ws = ws;
     f.counters = counters;
@@ -365,13 +344,10 @@ struct ZipperLinear::Impl {
     check_cuda(cudaGetLastError(), "zipper stream kernel launch");
   }
 
-  // The stream kernel for M <= 16, and up to stream_max_m() with group >= 128 (v11: 32-row
-  // tiles; other groups keep the v8 kernel there). (v9 sent M = 8..16 of small layers to the v8
-  // kernel; v10's in-CTA K split made the stream kernel faster there: H100, v10 run 2, qkv M = 16
-  // dense 17.40 -> 14.75 us, o 15.03 -> 12.11.)
-  bool use_stream(int M) const {
-    return !force_v8() && (M <= 16 || (L.spt == 1 && M <= 64 && M <= stream_max_m()));
-  }
+  // The stream kernel for M <= 16. (v9 sent M = 8..16 of small layers to the v8 kernel; v10's
+  // in-CTA K split made the stream kernel faster there: H100, v10 run 2, qkv M = 16 dense 17.40
+  // -> 14.75 us, o 15.03 -> 12.11.)
+  bool use_stream(int M) const { return !force_v8() && M <= 16; }
 
   void run_fused(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
     if (use_stream(M)) return run_stream(X, Y, M, bf16, residual, s);
@@ -475,7 +451,6 @@ int64_t ZipperLinear::weight_bytes(bool with_residual) const {
 // and lost on the 4 smaller ones (qkv, o of the 8B models: 16.8M and 25.2M weights).
 GemmPath ZipperLinear::choose_path(int64_t M) const {
   if (M <= 32) return GemmPath::Fused;
-  if (M <= 64 && impl_->L.spt == 1 && M <= stream_max_m()) return GemmPath::Fused;  // stream kernel (override)
   if (M <= 64 && int64_t(impl_->L.N) * impl_->L.K >= (int64_t(40) << 20)) return GemmPath::Fused;
   return GemmPath::Dequant;
 }

@@ -1,9 +1,8 @@
 // ZipperEngine stream kernel for sm_90, the fused W4A16 GEMM for M <= 16 (decode and small
-// batches); v11 adds 32-row tiles for M = 17..64 (NB = 4, off by default until measured:
-// MOSAIC_ZIPPER_STREAM_MAX_M). Same layout as zipper_fused_kernel (zipper_kernels.cu); what differs
-// is how work is laid out over the GPU (docs/kernels.md; v9 - v11 in docs/kernels-notes.md):
+// batches). Same layout as zipper_fused_kernel (zipper_kernels.cu); what differs is how work is
+// laid out over the GPU (docs/kernels.md; v9 and v10 in docs/kernels-notes.md):
 //
-//   grid  = (G row groups, K-splits, m-tiles of 16 or 32 rows)   block = 8 warps = RW row lanes x KW K-slices
+//   grid  = (G row groups, K-splits, 1)    block = 8 warps = RW row lanes x KW K-slices
 //           one wave: G * splits <= resident CTAs, chosen by the host plan (ZipperLinear, plan_stream)
 //   CTA (a, s): K-range [s*KR, s*KR + KR), X tile (rows + 1 zero row) x KR in smem, loaded once
 //   warp (rw, sw) streams rows r_j = RW (j G + a) + rw, j = 0 .. RPW-1 (16 outputs each), over
@@ -75,30 +74,19 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float
 
 // GS: k16 steps per scale group, i.e. how often the fp32 sums are scaled: 8 = once per k-tile
 // (group 128 or a multiple, the primary format; the tile's scales are read once), 4 = group 64,
-// 1 = group 16 or 32 (every step).   NB: n8 tiles of X rows, 1 for M <= 8, 2 for M = 9..16,
-// 4 for M = 17..32 (v11; a CTA then holds 32 rows of X, grid.z = ceil(M / 32) tiles of 32 rows;
-// instantiated for GS = 8 only): the dequantized weight fragments of a k16 step feed NB MMAs.
+// 1 = group 16 or 32 (every step).   NB: n8 tiles of X rows, 1 for M <= 8, 2 for M = 9..16.
 // KW: warps per row (in-CTA K split; 1, 2, 4, 8 = f.k_warps; > 1 only instantiated for GS = 8). A
 // compile-time KW keeps the loop at v9's register count (a runtime KW cost ~18 registers).
-// RR (v11, KW > 1, NB <= 2, f.res_rr; off by default until measured): the residual leaves the
-// ring: a row's kept blocks over the CTA's whole K-range are dealt to its KW slices in turn (block
-// i to slice i % KW), each warp prefetches its first two into registers when the row starts and
-// applies them at the row end, on the X tile already in smem. With equal contiguous slices a row
-// waits at its row-end barrier for the slice with the most kept blocks (bench/zipper_straggler_model.py:
-// +26% over dense at KW 8, 4 k-tiles per slice and 10% blocks; dealt in turn: +15%; the bytes: +10%),
-// and the ring slots lose their residual part (smem as the dense kernel's).
-template <typename T, bool RES, int GS, int NB, int KW, bool RR = false>
+template <typename T, bool RES, int GS, int NB, int KW>
 __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer L, FusedLaunch f) {
   constexpr int kStages = kStreamStages;
-  constexpr int kChains = NB >= 2 ? NB : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
-  constexpr int MT = 8 * (NB == 1 ? 2 : NB);                // rows of X per CTA (m-tile): 16 or 32
-  constexpr int NX = NB == 4 ? 2 : 1;                       // ldmatrix.x4 per X load (16 rows each)
+  constexpr int kChains = NB == 2 ? 2 : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
   using O = Ops<T>;
   using MM = Mma<T>;
   using T2 = typename O::T2;
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
-  const int m0 = blockIdx.z * MT;             // first row of X of this CTA
+  const int m0 = blockIdx.z * 16;             // first row of X of this CTA
   const int kb = blockIdx.y * f.k_split;      // first input of this CTA's K-range
   const int KR = min(L.K - kb, f.k_split);    // multiple of 128 * KW, <= 4096
   // In-CTA K split (KW warps per row, v10): warp w = (row lane rw, K slice sw); the slices of a
@@ -110,10 +98,10 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   const int kw0 = kb + sw * KRw;              // this warp's first input
   const int nkt = KRw / kTileK;
   const int xs_stride = KR + 8;               // halves; +16 B per row: ldmatrix rows hit distinct banks
-  const int rows = min(f.M - m0, MT);         // real rows of X; row `rows` is all zeros
+  const int rows = min(f.M - m0, 16);         // real rows of X; row `rows` is all zeros
   const int spt = GS == 8 ? 1 : L.spt;
   const int gshift = GS == 8 ? 0 : __ffs(L.group >> 4) - 1;  // scale set of k16 step kk: kk >> gshift
-  const int su4 = stage_u4(spt, RES && !RR);
+  const int su4 = stage_u4(spt, RES);
   const int kResCodes = kBaseScales + 2 * spt, kResScales = kResCodes + 32;
   T* xs = reinterpret_cast<T*>(smem);         // (rows + 1, KR) activation tile
   uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
@@ -151,8 +139,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   if (RES && lane < nrows) {
     const int r = row_of(lane);
     const uint64_t* bm = L.res_bitmap + size_t(r) * L.words_per_row;
-    // RR: the whole K-range of the CTA (the row's blocks are dealt to the slices), else this warp's slice.
-    const int c0 = (RR ? kb : kw0) / 64, nc = (RR ? KR : KRw) / 64, w0 = c0 / 64, sh = c0 % 64;
+    const int c0 = kw0 / 64, nc = KRw / 64, w0 = c0 / 64, sh = c0 % 64;
     int b = L.res_rowptr[r];
     for (int w = 0; w < w0; ++w) b += __popcll(bm[w]);
     uint64_t bits = bm[w0] >> sh;
@@ -194,7 +181,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
       cp_async16_stream(st + lane, gq + (2 * it) * 32, policy);
       cp_async16_stream(st + 32 + lane, gq + (2 * it + 1) * 32, policy);
       if (lane < 2 * spt) cp_async16_stream(st + kBaseScales + lane, gs + it * spt * 2 + lane, policy);
-      if constexpr (RES && !RR) {
+      if constexpr (RES) {
         const unsigned fl = unsigned(ifl >> (2 * it)) & 3u;
         if (fl) {
           cp_async16_stream(st + kResCodes + lane, grq + size_t(ib) * 32 + lane, policy);
@@ -287,13 +274,10 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
 
   // ldmatrix.x4 row addresses of X (rows past M read the zero row). NB = 1: the four 8 x 8
   // matrices are rows 0-7 x inputs [0,8) [8,16) [16,24) [24,32) = the B fragments of two k16
-  // steps; NB = 2: rows 0-7 and 8-15 x inputs [0,8) [8,16) = one step for both n8 tiles; NB = 4:
-  // the same twice, rows 0-15 and 16-31.
+  // steps; NB = 2: rows 0-7 and 8-15 x inputs [0,8) [8,16) = one step for both n8 tiles.
   const int xr = NB == 1 ? (lane & 7) : (lane & 7) + ((lane >> 4) << 3);
   const int xc = NB == 1 ? (lane >> 3) * 8 : ((lane >> 3) & 1) * 8;
-  const T* xrow[NX];
-  xrow[0] = xs + min(xr, rows) * xs_stride + xc + sw * KRw;
-  if constexpr (NX == 2) xrow[1] = xs + min(xr + 16, rows) * xs_stride + xc + sw * KRw;
+  const T* xrow = xs + min(xr, rows) * xs_stride + xc + sw * KRw;
   float acc[NB][4] = {};
   // Unscaled sums of the current scale group, per chain: NB = 1: k16 steps of even / odd parity
   // (two independent MMA chains); NB = 2: one per n8 tile of X rows.
@@ -302,81 +286,6 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   uint64_t cfl = 0;
   int cb = 0;  // CSR index of the first kept block of the tile being consumed
   if (RES) row_meta(0, cfl, cb);
-
-  // RR: this warp's kept blocks of the current row are the set bits sw, sw + KW, ... of cfl (chunks
-  // of the CTA's K-range), CSR indices cb + sw, cb + sw + KW, ...; rr_m holds the mask from the
-  // first of them on, the first two are prefetched into registers (raw codes and scales: nothing
-  // waits on the loads until the row end).
-  uint64_t rr_m = 0;
-  int rr_i = 0;
-  uint4 rr_q[2] = {};
-  T rr_s[2][2] = {};
-  const T* xrr = xs + min(xr, rows) * xs_stride + xc;  // X row of this lane, start of the K-range
-  const auto rr_prepare = [&]() {
-    uint64_t m = cfl;
-    for (int d = 0; d < sw; ++d) m &= m - 1;
-    rr_m = m;
-    rr_i = cb + sw;
-    int i = rr_i;
-#pragma unroll
-    for (int k = 0; k < 2; ++k) {
-      if (m) {
-        rr_q[k] = __ldg(grq + size_t(i) * 32 + lane);
-        const T* rs = reinterpret_cast<const T*>(grs + size_t(i) * 2);
-        rr_s[k][0] = rs[g];
-        rr_s[k][1] = rs[g + 8];
-      }
-      for (int d = 0; d < KW && m; ++d) m &= m - 1;
-      i += KW;
-    }
-  };
-  // One kept block (chunk c of the K-range): its own MMA chain on the X fragments of chunk c, its
-  // row scales once, into the row's accumulators.
-  const auto rr_block = [&](const uint4& q, float rsA, float rsB, int c) {
-    uint32_t xb[4];
-    float racc[NB][4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xrr + c * 64 + j * 16);
-      uint32_t w[4];
-      O::dequant(word(q, j), w);
-      const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        const uint32_t b0 = xb[NB == 2 ? 2 * nb : 2 * (j & 1)], b1 = xb[NB == 2 ? 2 * nb + 1 : 2 * (j & 1) + 1];
-        if (j == 0)
-          MM::set(racc[nb], a, b0, b1);
-        else
-          MM::acc(racc[nb], a, b0, b1);
-      }
-    }
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-      acc[nb][0] = fmaf(rsA, racc[nb][0], acc[nb][0]);
-      acc[nb][1] = fmaf(rsA, racc[nb][1], acc[nb][1]);
-      acc[nb][2] = fmaf(rsB, racc[nb][2], acc[nb][2]);
-      acc[nb][3] = fmaf(rsB, racc[nb][3], acc[nb][3]);
-    }
-  };
-  const auto rr_apply = [&]() {
-    uint64_t m = rr_m;
-    int i = rr_i;
-#pragma unroll
-    for (int k = 0; k < 2; ++k) {  // the prefetched two (constant k: registers)
-      if (m) rr_block(rr_q[k], to_f(rr_s[k][0]), to_f(rr_s[k][1]), __ffsll(static_cast<long long>(m)) - 1);
-      for (int d = 0; d < KW && m; ++d) m &= m - 1;
-      i += KW;
-    }
-    while (m) {  // rare at 10% (> 2 blocks of one slice in one row): read directly
-      const uint4 q = __ldg(grq + size_t(i) * 32 + lane);
-      const T* rs = reinterpret_cast<const T*>(grs + size_t(i) * 2);
-      rr_block(q, to_f(rs[g]), to_f(rs[g + 8]), __ffsll(static_cast<long long>(m)) - 1);
-      for (int d = 0; d < KW && m; ++d) m &= m - 1;
-      i += KW;
-    }
-  };
-  if constexpr (RR) rr_prepare();
-
   const int total = nrows * nkt;
   for (int i = 0; i < total; ++i) {
     cp_async_wait<kStages - 2>();  // this lane's copies of tile i have landed
@@ -385,15 +294,13 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     uint4* st = stages + cs * su4;
     cs = cs + 1 == kStages ? 0 : cs + 1;
     const T* sc = reinterpret_cast<const T*>(st + kBaseScales);  // (spt, 16)
-    const unsigned fl = RES && !RR ? unsigned(cfl >> (2 * ct)) & 3u : 0u;
+    const unsigned fl = RES ? unsigned(cfl >> (2 * ct)) & 3u : 0u;
     float sA = 0.f, sB = 0.f;  // scales of outputs g and g + 8 (the C fragment's c0, c1 and c2, c3)
     if (GS == 8) {
       sA = to_f(sc[g]);
       sB = to_f(sc[g + 8]);
     }
-    const T* xk[NX];
-#pragma unroll
-    for (int p = 0; p < NX; ++p) xk[p] = xrow[p] + ct * kTileK;
+    const T* xk = xrow + ct * kTileK;
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       const uint4 q = st[c * 32 + lane];
@@ -403,14 +310,12 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
       // the X fragments of the dense path) and without. One branch per chunk instead of predicated
       // residual code in every step (ncu, v9: the predicated form issued 50% more instructions).
       const auto steps = [&](auto with_res) {
-        uint32_t xb[NX][4];
+        uint32_t xb[4];
         float racc[NB][4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int kk = c * 4 + j;  // k16 step within the tile
-          if (NB >= 2 || (j & 1) == 0)
-#pragma unroll
-            for (int p = 0; p < NX; ++p) ldmatrix_x4(xb[p], xk[p] + kk * 16);
+          if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xk + kk * 16);
           uint32_t w[4];
           O::dequant(word(q, j), w);
           const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
@@ -422,9 +327,8 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
           }
 #pragma unroll
           for (int nb = 0; nb < NB; ++nb) {
-            const int e = NB >= 2 ? nb : kChains == 2 ? (j & 1) : 0;  // chain
-            const int h = NB >= 2 ? 2 * (nb & 1) : 2 * (j & 1);         // register pair of this n8 tile
-            const uint32_t b0 = xb[nb >> 1][h], b1 = xb[nb >> 1][h + 1];
+            const int e = NB == 2 ? nb : kChains == 2 ? (j & 1) : 0;  // chain
+            const uint32_t b0 = xb[NB == 2 ? 2 * nb : 2 * (j & 1)], b1 = xb[NB == 2 ? 2 * nb + 1 : 2 * (j & 1) + 1];
             if (kk % GS < (NB == 1 ? kChains : 1))
               MM::set(tmp[e], a, b0, b1);
             else
@@ -444,7 +348,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
             }
 #pragma unroll
             for (int e = 0; e < kChains; ++e) {
-              float(&o)[4] = acc[NB >= 2 ? e : 0];
+              float(&o)[4] = acc[NB == 2 ? e : 0];
               o[0] = fmaf(sA, tmp[e][0], o[0]);
               o[1] = fmaf(sA, tmp[e][1], o[1]);
               o[2] = fmaf(sB, tmp[e][2], o[2]);
@@ -481,17 +385,13 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     }
     if constexpr (RES) cb += __popc(fl);
     if (++ct == nkt) {  // row done: hand its sums off without waiting, go on streaming
-      if constexpr (RR) rr_apply();
       flush_row(row_of(cj), acc, reinterpret_cast<float*>(st));
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[nb][e] = 0.f;
       ct = 0;
-      if (++cj < nrows && RES) {
-        row_meta(cj, cfl, cb);
-        if constexpr (RR) rr_prepare();
-      }
+      if (++cj < nrows && RES) row_meta(cj, cfl, cb);
     }
   }
   cp_async_wait<0>();
@@ -514,7 +414,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-      for (int h = 0; h < MT / 8; ++h) {
+      for (int h = 0; h < 2; ++h) {
         const int row = m0 + g + 8 * h;
         if (row >= f.M) continue;
         float2* w = reinterpret_cast<float2*>(f.ws + size_t(row) * L.N + n0 + nt * 8);
@@ -545,35 +445,27 @@ __global__ void __launch_bounds__(512) read_probe_kernel(const uint4* p, size_t 
 
 // Raises (never lowers) the dynamic smem limit of one instantiation: the plan's occupancy probes
 // and the launches share it, so a probe of a smaller layer cannot undercut a later launch.
-template <typename T, bool RES, int GS, int NB, int KW, bool RR = false>
+template <typename T, bool RES, int GS, int NB, int KW>
 bool allow_smem(int smem) {
   static int allowed = 48 * 1024;
   if (smem <= allowed) return true;
-  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, GS, NB, KW, RR>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, GS, NB, KW>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
       cudaSuccess)
     return false;
   allowed = smem;
   return true;
 }
 
-template <typename T, bool RES, int GS, int NB, int KW, bool RR = false>
+template <typename T, bool RES, int GS, int NB, int KW>
 void launch_stream_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  const int mt = stream_m_tile(NB);
-  const int smem = stream_smem_bytes(std::min(f.M, mt) + 1, f.k_split, L.spt, RES && !RR, KW);
-  if (!allow_smem<T, RES, GS, NB, KW, RR>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
-  const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + mt - 1) / mt);
-  zipper_stream_kernel<T, RES, GS, NB, KW, RR><<<grid, kWarps * 32, smem, s>>>(L, f);
+  const int smem = stream_smem_bytes(std::min(f.M, 16) + 1, f.k_split, L.spt, RES, KW);
+  if (!allow_smem<T, RES, GS, NB, KW>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
+  const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + 15) / 16);
+  zipper_stream_kernel<T, RES, GS, NB, KW><<<grid, kWarps * 32, smem, s>>>(L, f);
 }
 
 template <typename T, bool RES, int GS, int NB>
 void launch_stream_kw(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  if constexpr (GS == 8 && RES && NB <= 2) {
-    if (f.res_rr) {  // round-robin residual (v11; the host sets it only with k_warps > 1)
-      if (f.k_warps == 2) return launch_stream_t<T, RES, GS, NB, 2, true>(L, f, s);
-      if (f.k_warps == 4) return launch_stream_t<T, RES, GS, NB, 4, true>(L, f, s);
-      if (f.k_warps == 8) return launch_stream_t<T, RES, GS, NB, 8, true>(L, f, s);
-    }
-  }
   if constexpr (GS == 8) {
     if (f.k_warps == 2) return launch_stream_t<T, RES, GS, NB, 2>(L, f, s);
     if (f.k_warps == 4) return launch_stream_t<T, RES, GS, NB, 4>(L, f, s);
@@ -584,10 +476,7 @@ void launch_stream_kw(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s
 
 template <typename T, bool RES, int GS>
 void launch_stream_nb(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  const int nb = stream_nb(f.M, L.spt);
-  if constexpr (GS == 8)
-    if (nb == 4) return launch_stream_kw<T, RES, GS, 4>(L, f, s);
-  return nb == 1 ? launch_stream_kw<T, RES, GS, 1>(L, f, s) : launch_stream_kw<T, RES, GS, 2>(L, f, s);
+  return f.M <= 8 ? launch_stream_kw<T, RES, GS, 1>(L, f, s) : launch_stream_kw<T, RES, GS, 2>(L, f, s);
 }
 
 // Scale-group steps of a layer: group >= 128 (one scale set per tile) -> 8, 64 -> 4, 16 / 32 -> 1.
@@ -603,11 +492,11 @@ void launch_stream_dt(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s
   return res ? launch_stream_gs<T, true>(L, f, s) : launch_stream_gs<T, false>(L, f, s);
 }
 
-template <bool RES, int GS, int NB, int KW, bool RR = false>
+template <bool RES, int GS, int NB, int KW>
 int stream_occupancy_t(int smem) {
-  if (!allow_smem<__half, RES, GS, NB, KW, RR>(smem)) return 0;
+  if (!allow_smem<__half, RES, GS, NB, KW>(smem)) return 0;
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_stream_kernel<__half, RES, GS, NB, KW, RR>, kWarps * 32,
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_stream_kernel<__half, RES, GS, NB, KW>, kWarps * 32,
                                                     smem) != cudaSuccess)
     return 0;
   return n;
@@ -615,8 +504,6 @@ int stream_occupancy_t(int smem) {
 
 template <bool RES, int NB>
 int stream_occupancy_nb(int group, int kw, int smem) {
-  if constexpr (NB == 4)
-    if (group < 128) return 0;  // not instantiated: 32-row tiles need group >= 128
   if (group >= 128) {
     switch (kw) {
       case 2: return stream_occupancy_t<RES, 8, NB, 2>(smem);
@@ -626,37 +513,21 @@ int stream_occupancy_nb(int group, int kw, int smem) {
     }
   }
   if (kw != 1) return 0;  // not instantiated: k_warps > 1 needs group >= 128
-  if constexpr (NB == 4) return 0;
-  else return group == 64 ? stream_occupancy_t<RES, 4, NB, 1>(smem) : stream_occupancy_t<RES, 1, NB, 1>(smem);
+  return group == 64 ? stream_occupancy_t<RES, 4, NB, 1>(smem) : stream_occupancy_t<RES, 1, NB, 1>(smem);
 }
 
 }  // namespace
 
 int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps) {
-  const int nb = x_rows - 1 <= 8 ? 1 : x_rows - 1 <= 16 ? 2 : 4;
+  const int nb = x_rows - 1 <= 8 ? 1 : 2;
   return x_rows * (k_split + 8) * 2 + kWarps * kStreamStages * stage_u4(spt, residual) * 16 +
          (k_warps > 1 ? kWarps * nb * 8 * 20 * 4 : 0);
 }
 
-int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem, bool rr) {
+int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem) {
   // The fp16 and bf16 kernels use about the same registers; smem is what varies.
-  if (rr) {  // round-robin residual: residual, group >= 128, k_warps > 1, nb <= 2 only
-    if (!residual || group < 128 || nb > 2) return 0;
-    const auto pick = [&](auto nbc) {
-      constexpr int N = decltype(nbc)::value;
-      switch (k_warps) {
-        case 2: return stream_occupancy_t<true, 8, N, 2, true>(smem);
-        case 4: return stream_occupancy_t<true, 8, N, 4, true>(smem);
-        case 8: return stream_occupancy_t<true, 8, N, 8, true>(smem);
-        default: return 0;
-      }
-    };
-    return nb == 1 ? pick(std::integral_constant<int, 1>{}) : pick(std::integral_constant<int, 2>{});
-  }
   if (nb == 1)
     return residual ? stream_occupancy_nb<true, 1>(group, k_warps, smem) : stream_occupancy_nb<false, 1>(group, k_warps, smem);
-  if (nb == 4)
-    return residual ? stream_occupancy_nb<true, 4>(group, k_warps, smem) : stream_occupancy_nb<false, 4>(group, k_warps, smem);
   return residual ? stream_occupancy_nb<true, 2>(group, k_warps, smem) : stream_occupancy_nb<false, 2>(group, k_warps, smem);
 }
 

@@ -143,17 +143,14 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
                         // in-CTA K split (KW warps per row): alone, with split-K, partial row groups
                         {384, 1024, 128, Pattern::Uniform, "1024,1,8"}, {384, 2048, 128, Pattern::Clustered, "1024,2,4"},
                         {272, 768, 128, Pattern::OneTile, "256,3,2"},   {528, 4096, 512, Pattern::Uniform, "4096,1,8"}};
-  setenv("MOSAIC_ZIPPER_STREAM_MAX_M", "64", 1);
   for (const Case& c : cases) {
     setenv("MOSAIC_ZIPPER_STREAM_PLAN", c.plan, 1);
     const PackedLinear w = test::random_layer(c.N, c.K, c.group, c.pat, uint64_t(c.N * 3 + c.K));
     const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
     const ZipperLinear zl(w);
     // ZIPPER_QUICK (compute-sanitizer runs): one M of each n8-tile count.
-    // M = 17..32: 32-row tiles (NB = 4) where group >= 128 (a forced plan whose X tile does not fit
-    // is skipped there); 40: two 32-row tiles (MOSAIC_ZIPPER_STREAM_MAX_M = 64 below).
-    const std::vector<int64_t> Ms = std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{1, 9, 24, 40}
-                                                                : std::vector<int64_t>{1, 2, 6, 8, 9, 16, 17, 32, 40};
+    const std::vector<int64_t> Ms =
+        std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{1, 9} : std::vector<int64_t>{1, 2, 6, 8, 9, 16};
     for (DType dt : {DType::F16, DType::BF16})
       for (int64_t M : Ms) {
         std::vector<uint16_t> xb;
@@ -170,86 +167,6 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
       }
     unsetenv("MOSAIC_ZIPPER_STREAM_PLAN");
   }
-  unsetenv("MOSAIC_ZIPPER_STREAM_MAX_M");
-}
-
-// The stream kernel's 32-row tiles (v11: M = 17..32 in one tile, 33..64 in two; turned on by
-// MOSAIC_ZIPPER_STREAM_MAX_M = 32 / 64, default 16 until measured) under the plan's own choices,
-// every M around the dispatch boundaries (16 | 17, 32 | 33, 64 | 65: the v8 kernel past the stream
-// kernel's limit), layers
-// of the LLaMA shapes' kinds scaled down (N a multiple of 16 but not of 128, long K with split-K),
-// residual patterns, fp16 / bf16, zipper and dense-only, twice (workspace reset), both limits.
-TEST(ZipperGpu, StreamKernel32RowTiles) {
-  REQUIRE_GPU();
-  struct Case { int64_t N, K; Pattern pat; };
-  const Case cases[] = {{400, 1024, Pattern::Uniform}, {272, 8320, Pattern::Clustered}, {528, 2048, Pattern::OneTile}};
-  const std::vector<int64_t> Ms = std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{17, 33, 64}
-                                                              : std::vector<int64_t>{16, 17, 24, 31, 32, 33, 48, 63, 64, 65};
-  for (const char* max_m : {"32", "64"}) {
-    setenv("MOSAIC_ZIPPER_STREAM_MAX_M", max_m, 1);
-    for (const Case& c : cases) {
-      const PackedLinear w = test::random_layer(c.N, c.K, 128, c.pat, uint64_t(c.N * 5 + c.K));
-      const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
-      const ZipperLinear zl(w);
-      for (DType dt : {DType::F16, DType::BF16})
-        for (int64_t M : Ms) {
-          std::vector<uint16_t> xb;
-          std::vector<float> xf;
-          test::random_activations(M, c.K, dt == DType::BF16, uint64_t(M * 19 + c.K), xb, xf);
-          const std::vector<double> yref = test::reference_gemm(xf, W, M, c.N, c.K);
-          const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, c.N, c.K);
-          for (int rep = 0; rep < 2; ++rep) {
-            EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, GemmPath::Fused), bound(dt))
-                << "N=" << c.N << " K=" << c.K << " max_m " << max_m << " " << dtype_name(dt) << " M=" << M;
-            EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, GemmPath::Fused), bound(dt))
-                << "dense N=" << c.N << " K=" << c.K << " max_m " << max_m << " " << dtype_name(dt) << " M=" << M;
-          }
-        }
-    }
-  }
-  unsetenv("MOSAIC_ZIPPER_STREAM_MAX_M");
-}
-
-// The round-robin residual (v11, MOSAIC_ZIPPER_RES_RR=1: a row's kept blocks dealt to its K-slices
-// in turn, off the ring, the first two per slice prefetched into registers, the rest read at the row
-// end) under forced plans with KW = 2, 4, 8 warps per row, with and without split-K, partial row
-// groups, several rows per warp; residual patterns incl. clustered (many blocks per slice: the
-// direct-read path) and one tile (every block of a row); M = 1..16 (both NB instantiations); plus
-// the plans the planner picks with it on. fp16 and bf16, zipper and dense-only, twice each.
-TEST(ZipperGpu, StreamKernelRoundRobinResidual) {
-  REQUIRE_GPU();
-  struct Case { int64_t N, K; Pattern pat; const char* plan; };
-  const Case cases[] = {{384, 1024, Pattern::Uniform, "1024,1,8"},  {384, 2048, Pattern::Clustered, "1024,2,4"},
-                        {272, 768, Pattern::OneTile, "256,3,2"},     {528, 4096, Pattern::Uniform, "4096,1,8"},
-                        {400, 1024, Pattern::Clustered, "512,2,2"},  {400, 2048, Pattern::Uniform, nullptr},
-                        {272, 8320, Pattern::Clustered, nullptr}};
-  const std::vector<int64_t> Ms =
-      std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{1, 9} : std::vector<int64_t>{1, 2, 5, 8, 9, 16};
-  setenv("MOSAIC_ZIPPER_RES_RR", "1", 1);
-  for (const Case& c : cases) {
-    if (c.plan) setenv("MOSAIC_ZIPPER_STREAM_PLAN", c.plan, 1);
-    const PackedLinear w = test::random_layer(c.N, c.K, 128, c.pat, uint64_t(c.N * 11 + c.K));
-    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
-    const ZipperLinear zl(w);
-    for (DType dt : {DType::F16, DType::BF16})
-      for (int64_t M : Ms) {
-        std::vector<uint16_t> xb;
-        std::vector<float> xf;
-        test::random_activations(M, c.K, dt == DType::BF16, uint64_t(M * 23 + c.K), xb, xf);
-        const std::vector<double> yref = test::reference_gemm(xf, W, M, c.N, c.K);
-        const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, c.N, c.K);
-        for (int rep = 0; rep < 2; ++rep) {
-          EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, GemmPath::Fused), bound(dt))
-              << "N=" << c.N << " K=" << c.K << " plan " << (c.plan ? c.plan : "auto") << " " << dtype_name(dt)
-              << " M=" << M;
-          EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, GemmPath::Fused), bound(dt))
-              << "dense N=" << c.N << " K=" << c.K << " plan " << (c.plan ? c.plan : "auto") << " " << dtype_name(dt)
-              << " M=" << M;
-        }
-      }
-    unsetenv("MOSAIC_ZIPPER_STREAM_PLAN");
-  }
-  unsetenv("MOSAIC_ZIPPER_RES_RR");
 }
 
 // The benchmark's other variants compute what they claim: dense-only = base alone, unfused =
