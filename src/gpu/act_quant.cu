@@ -10,12 +10,43 @@ namespace mosaic::gpu::kern {
 
 namespace {
 
-constexpr int kThreads = 256;
-
+// General form (any K): the row read twice from memory.
 template <typename T, bool FP8>
-__global__ void __launch_bounds__(kThreads) act_fake_quant_k(const T* X, T* Y, int64_t K, float top) {
+__global__ void __launch_bounds__(1024) act_fake_quant_k(const T* X, T* Y, int64_t K, float top) {
   const int64_t r = blockIdx.x;
   aq::quantize_row(X + r * K, Y + r * K, K, top, FP8);
+}
+
+// The row held in registers (PER per thread): one read, one write.
+template <typename T, bool FP8, int PER>
+__global__ void __launch_bounds__(1024) act_fake_quant_held_k(const T* X, T* Y, int64_t K, float top) {
+  const int64_t r = blockIdx.x;
+  float v[PER];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t k = threadIdx.x + int64_t(j) * blockDim.x;
+    v[j] = k < K ? aq::load_f(X + r * K, k) : 0.f;
+  }
+  aq::quantize_held(v, K, top, FP8);
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t k = threadIdx.x + int64_t(j) * blockDim.x;
+    if (k < K) aq::store_f(Y + r * K, k, v[j]);
+  }
+}
+
+template <typename T, bool FP8>
+void launch(const void* X, void* Y, int64_t rows, int64_t K, float top, cudaStream_t s) {
+  auto* x = static_cast<const T*>(X);
+  auto* y = static_cast<T*>(Y);
+  // Decode quantizes a few rows: many threads per row keep each pass short.
+  const int threads = K >= 4096 ? 1024 : 256;
+  const dim3 grid(static_cast<unsigned>(rows));
+  switch (aq::held_per_thread(K, threads)) {
+    case 8: act_fake_quant_held_k<T, FP8, 8><<<grid, threads, 0, s>>>(x, y, K, top); break;
+    case 32: act_fake_quant_held_k<T, FP8, 32><<<grid, threads, 0, s>>>(x, y, K, top); break;
+    default: act_fake_quant_k<T, FP8><<<grid, threads, 0, s>>>(x, y, K, top);
+  }
 }
 
 }  // namespace
@@ -25,17 +56,12 @@ void act_fake_quant(Act a, const void* X, void* Y, int64_t rows, int64_t K, int 
   MOSAIC_CHECK(fp8 ? bits == 8 : (bits >= 2 && bits <= 8), "act_fake_quant: ", bits, " bits", fp8 ? " (FP8 needs 8)" : "");
   if (rows == 0) return;
   const float top = fp8 ? 448.f : float((1 << (bits - 1)) - 1);
-  const dim3 grid(static_cast<unsigned>(rows));
   if (a == Act::BF16) {
-    auto* x = static_cast<const __nv_bfloat16*>(X);
-    auto* y = static_cast<__nv_bfloat16*>(Y);
-    if (fp8) act_fake_quant_k<__nv_bfloat16, true><<<grid, kThreads, 0, s>>>(x, y, K, top);
-    else act_fake_quant_k<__nv_bfloat16, false><<<grid, kThreads, 0, s>>>(x, y, K, top);
+    if (fp8) launch<__nv_bfloat16, true>(X, Y, rows, K, top, s);
+    else launch<__nv_bfloat16, false>(X, Y, rows, K, top, s);
   } else {
-    auto* x = static_cast<const __half*>(X);
-    auto* y = static_cast<__half*>(Y);
-    if (fp8) act_fake_quant_k<__half, true><<<grid, kThreads, 0, s>>>(x, y, K, top);
-    else act_fake_quant_k<__half, false><<<grid, kThreads, 0, s>>>(x, y, K, top);
+    if (fp8) launch<__half, true>(X, Y, rows, K, top, s);
+    else launch<__half, false>(X, Y, rows, K, top, s);
   }
 }
 

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "gpu/act_quant.cuh"
+#include "gpu/act_quant.h"
 #include "gpu/kernels.h"
 
 namespace mosaic::gpu {
@@ -111,10 +112,8 @@ __global__ void embedding_k(const T* table, int64_t D, const int32_t* tok, float
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) x[r * D + i] = to_f(src[i]);
 }
 
-// Q: the output row then quantized per token (RowQuant; top, fp8 unused otherwise).
-template <typename T, bool Q = false>
-__global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out, float top = 0.f,
-                               bool fp8 = false) {
+template <typename T>
+__global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out) {
   pdl_wait();  // delta (and x) come from the kernels before
   const int64_t r = blockIdx.x;
   float* xr = x + r * D;
@@ -129,9 +128,43 @@ __global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t
   }
   const float rs = rsqrtf(block_sum(ss) / float(D) + eps);
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) out[r * D + i] = from_f<T>(xr[i] * rs * w[i]);
-  if constexpr (Q) {
-    __syncthreads();  // the row's values, written by every thread, are what gets quantized
-    aq::quantize_row(out + r * D, out + r * D, D, top, fp8);
+}
+
+// add_rms_norm_k's math with the row held in registers (PER values per thread: aq::held_per_thread),
+// then quantized per token (RowQuant) before its only store. Launched with add_rms_norm_k's thread
+// count, so the sum of squares, and so every value, is the same as the unfused kernel's.
+template <typename T, int PER>
+__global__ void add_rms_norm_quant_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out, float top,
+                                     bool fp8) {
+  pdl_wait();  // delta (and x) come from the kernels before
+  const int64_t r = blockIdx.x;
+  float* xr = x + r * D;
+  float v[PER];
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    v[j] = 0.f;
+    if (i < D) {
+      v[j] = xr[i];
+      if (delta) {
+        v[j] += to_f(delta[r * D + i]);
+        xr[i] = v[j];
+      }
+      ss += v[j] * v[j];
+    }
+  }
+  const float rs = rsqrtf(block_sum(ss) / float(D) + eps);
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    if (i < D) v[j] = to_f(from_f<T>(v[j] * rs * w[i]));
+  }
+  aq::quantize_held(v, D, top, fp8);
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    if (i < D) out[r * D + i] = from_f<T>(v[j]);
   }
 }
 
@@ -145,17 +178,28 @@ __global__ void silu_mul_k(const T* gu, int64_t I, T* out) {
   }
 }
 
-// One CTA per row (a row's max is needed before any code): silu_mul_k's math, then the row quantized.
-template <typename T>
+// One CTA per row (a row's max is needed before any code): silu_mul_k's math on a row held in
+// registers (PER values per thread: aq::held_per_thread), then the row quantized before its only store.
+template <typename T, int PER>
 __global__ void silu_mul_quant_k(const T* gu, int64_t I, T* out, float top, bool fp8) {
   pdl_wait();  // gu comes from the gate/up GEMM
   const int64_t r = blockIdx.x;
-  for (int64_t i = threadIdx.x; i < I; i += blockDim.x) {
-    const float g = to_f(gu[r * 2 * I + i]), u = to_f(gu[r * 2 * I + I + i]);
-    out[r * I + i] = from_f<T>(g / (1.f + expf(-g)) * u);
+  float v[PER];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    v[j] = 0.f;
+    if (i < I) {
+      const float g = to_f(gu[r * 2 * I + i]), u = to_f(gu[r * 2 * I + I + i]);
+      v[j] = to_f(from_f<T>(g / (1.f + expf(-g)) * u));
+    }
   }
-  __syncthreads();
-  aq::quantize_row(out + r * I, out + r * I, I, top, fp8);
+  aq::quantize_held(v, I, top, fp8);
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    if (i < I) out[r * I + i] = from_f<T>(v[j]);
+  }
 }
 
 // ---- q/k norm + RoPE + KV cache append -----------------------------------------------------------
@@ -755,13 +799,18 @@ void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t 
 void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
                   cudaStream_t s, RowQuant q) {
   if (rows <= 0) return;
-  if (q.on()) {
-    MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_k<T, true>, dim3(unsigned(rows)), dim3(unsigned(norm_threads(D))), 0, s, x,
-                                  static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), q.top(), q.fp8));
-    return;
-  }
-  MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_k<T>, dim3(unsigned(rows)), dim3(unsigned(norm_threads(D))), 0, s, x,
-                                static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), 0.f, false));
+  const int threads = norm_threads(D);
+  const int per = q.on() ? aq::held_per_thread(D, threads) : 0;
+#define MOSAIC_NORM_Q(PER)                                                                                           \
+  MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_quant_k<T, PER>, dim3(unsigned(rows)), dim3(unsigned(threads)), 0, s, x, \
+                                static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), q.top(), q.fp8))
+  if (per == 8) MOSAIC_NORM_Q(8);
+  else if (per == 32) MOSAIC_NORM_Q(32);
+#undef MOSAIC_NORM_Q
+  if (per) return;
+  MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_k<T>, dim3(unsigned(rows)), dim3(unsigned(threads)), 0, s, x,
+                                static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out)));
+  if (q.on()) act_fake_quant(a, out, out, rows, D, q.bits, q.fp8, s);  // a row too long to hold: two passes
 }
 
 void qkv_rope_cache(Act a, const void* qkv, int64_t rows, const int32_t* pos, const int32_t* slot, const AttnDims& d,
@@ -883,13 +932,18 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
 
 void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s, RowQuant q) {
   if (rows <= 0) return;
-  if (q.on()) {
-    MOSAIC_DISPATCH(a, launch_pdl(silu_mul_quant_k<T>, dim3(unsigned(rows)), dim3(512), 0, s, static_cast<const T*>(gu),
-                                  I, static_cast<T*>(out), q.top(), q.fp8));
-    return;
-  }
+  constexpr int kQuantThreads = 1024;  // decode has a few rows: as many threads per row as a CTA takes
+  const int per = q.on() ? aq::held_per_thread(I, kQuantThreads) : 0;
+#define MOSAIC_SILU_Q(PER)                                                                                    \
+  MOSAIC_DISPATCH(a, launch_pdl(silu_mul_quant_k<T, PER>, dim3(unsigned(rows)), dim3(kQuantThreads), 0, s,     \
+                                static_cast<const T*>(gu), I, static_cast<T*>(out), q.top(), q.fp8))
+  if (per == 8) MOSAIC_SILU_Q(8);
+  else if (per == 32) MOSAIC_SILU_Q(32);
+#undef MOSAIC_SILU_Q
+  if (per) return;
   const dim3 grid(unsigned(std::min<int64_t>((I + 255) / 256, 64)), unsigned(rows));
   MOSAIC_DISPATCH(a, launch_pdl(silu_mul_k<T>, grid, dim3(256), 0, s, static_cast<const T*>(gu), I, static_cast<T*>(out)));
+  if (q.on()) act_fake_quant(a, out, out, rows, I, q.bits, q.fp8, s);  // a row too long to hold: two passes
 }
 
 size_t argmax_scratch_bytes(int64_t rows) { return size_t(rows) * kArgBlocks * (sizeof(float) + sizeof(int)); }
