@@ -44,7 +44,7 @@ void launch(const void* X, void* Y, int64_t rows, int64_t K, float top, cudaStre
   const dim3 grid(static_cast<unsigned>(rows));
   switch (aq::held_per_thread(K, threads)) {
     case 8: act_fake_quant_held_k<T, FP8, 8><<<grid, threads, 0, s>>>(x, y, K, top); break;
-    case 32: act_fake_quant_held_k<T, FP8, 32><<<grid, threads, 0, s>>>(x, y, K, top); break;
+    case 16: act_fake_quant_held_k<T, FP8, 16><<<grid, threads, 0, s>>>(x, y, K, top); break;
     default: act_fake_quant_k<T, FP8><<<grid, threads, 0, s>>>(x, y, K, top);
   }
 }

@@ -90,10 +90,11 @@ __device__ void quantize_held(float (&v)[PER], int64_t K, float top, bool fp8) {
   for (int j = 0; j < PER; ++j) v[j] = quantize_value(v[j], s, top, fp8);
 }
 
-// Elements per thread for a held row of K with `threads` threads: 8 or 32 (two instantiations
-// cover every layer of the supported configs), 0 = too long to hold (use quantize_row).
+// Elements per thread for a held row of K with `threads` threads: 8 or 16 (at 1024 threads 16 fits
+// the 64 registers a thread may have without spilling; 32 spilled), 0 = too long to hold (use
+// quantize_row): with 1024 threads, rows up to 16384 (every norm; the MLP of the 8B configs).
 inline int held_per_thread(int64_t K, int threads) {
-  return K <= 8 * int64_t(threads) ? 8 : K <= 32 * int64_t(threads) ? 32 : 0;
+  return K <= 8 * int64_t(threads) ? 8 : K <= 16 * int64_t(threads) ? 16 : 0;
 }
 
 }  // namespace mosaic::gpu::kern::aq

@@ -134,7 +134,7 @@ __global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t
 // then quantized per token (RowQuant) before its only store. Launched with add_rms_norm_k's thread
 // count, so the sum of squares, and so every value, is the same as the unfused kernel's.
 template <typename T, int PER>
-__global__ void add_rms_norm_quant_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out, float top,
+__global__ void __launch_bounds__(1024) add_rms_norm_quant_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out, float top,
                                      bool fp8) {
   pdl_wait();  // delta (and x) come from the kernels before
   const int64_t r = blockIdx.x;
@@ -181,7 +181,7 @@ __global__ void silu_mul_k(const T* gu, int64_t I, T* out) {
 // One CTA per row (a row's max is needed before any code): silu_mul_k's math on a row held in
 // registers (PER values per thread: aq::held_per_thread), then the row quantized before its only store.
 template <typename T, int PER>
-__global__ void silu_mul_quant_k(const T* gu, int64_t I, T* out, float top, bool fp8) {
+__global__ void __launch_bounds__(1024) silu_mul_quant_k(const T* gu, int64_t I, T* out, float top, bool fp8) {
   pdl_wait();  // gu comes from the gate/up GEMM
   const int64_t r = blockIdx.x;
   float v[PER];
@@ -805,7 +805,7 @@ void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t ro
   MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_quant_k<T, PER>, dim3(unsigned(rows)), dim3(unsigned(threads)), 0, s, x, \
                                 static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), q.top(), q.fp8))
   if (per == 8) MOSAIC_NORM_Q(8);
-  else if (per == 32) MOSAIC_NORM_Q(32);
+  else if (per == 16) MOSAIC_NORM_Q(16);
 #undef MOSAIC_NORM_Q
   if (per) return;
   MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_k<T>, dim3(unsigned(rows)), dim3(unsigned(threads)), 0, s, x,
@@ -938,7 +938,7 @@ void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStr
   MOSAIC_DISPATCH(a, launch_pdl(silu_mul_quant_k<T, PER>, dim3(unsigned(rows)), dim3(kQuantThreads), 0, s,     \
                                 static_cast<const T*>(gu), I, static_cast<T*>(out), q.top(), q.fp8))
   if (per == 8) MOSAIC_SILU_Q(8);
-  else if (per == 32) MOSAIC_SILU_Q(32);
+  else if (per == 16) MOSAIC_SILU_Q(16);
 #undef MOSAIC_SILU_Q
   if (per) return;
   const dim3 grid(unsigned(std::min<int64_t>((I + 255) / 256, 64)), unsigned(rows));

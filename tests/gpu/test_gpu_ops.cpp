@@ -97,7 +97,7 @@ TEST(GpuOps, ActFakeQuantMatchesCpuRule) {
   };
   for (Act a : kActs)
     for (Q q : {Q{8, false}, Q{4, false}, Q{8, true}})
-      for (int64_t K : {8, 576, 1000, 4096, 12288, 40000}) {  // held in registers (8 or 32 per thread), 40000 not
+      for (int64_t K : {8, 576, 1000, 4096, 12288, 40000}) {  // held in registers (8 or 16 per thread), 40000 not
         const int64_t rows = 5;
         std::vector<float> x = randn(size_t(rows * K), uint32_t(K + q.bits), 1.5f);
         for (int64_t r = 0; r < rows; ++r) x[size_t(r * K + (r * 37) % K)] *= 40.f;  // an outlier per row
@@ -129,7 +129,7 @@ TEST(GpuOps, FusedProducerQuantEqualsSeparateKernel) {
   REQUIRE_GPU();
   for (Act a : kActs)
     for (kern::RowQuant q : {kern::RowQuant{8, false}, kern::RowQuant{4, false}, kern::RowQuant{8, true}})
-      for (int64_t D : {64, 576, 4096, 12288, 28672, 40000}) {  // 40000: too long to hold in registers
+      for (int64_t D : {64, 576, 4096, 12288, 28672, 40000}) {  // 28672, 40000: too long to hold in registers
         const int64_t rows = 3;
         auto x0 = randn(size_t(rows * D), uint32_t(D + 3), 2.0f);
         x0[size_t(D / 3)] = 90.f;  // an outlier
