@@ -6,6 +6,9 @@
 //   Fused   - one launch: mma.sync m16n8k16 with base and residual dequantized in registers into
 //             the same B fragments (memory-bound regime, small M): the stream kernel for M <= 16,
 //             the v8 fused kernel up to M = 64 (docs/kernels.md has the dispatch table);
+//   Wgmma   - one launch (sm_90a): wgmma with the weights as the A operand dequantized in
+//             registers (base and residual in the same fragments), X from shared memory (TMA);
+//             for M >= 17 where measured faster (zipper_wgmma.h, docs/kernels.md);
 //   Dequant - one kernel writes deq(base)+deq(residual) as FP16/BF16 into a workspace, then
 //             cuBLAS (compute-bound regime, large M).
 // Variants (for the benchmark): Zipper (fused residual), DenseOnly (residual ignored),
@@ -25,7 +28,7 @@
 namespace mosaic::cuda {
 
 enum class DType { F16 = 0, BF16 = 1 };
-enum class GemmPath { Auto, Fused, Dequant };
+enum class GemmPath { Auto, Fused, Dequant, Wgmma };
 enum class Variant { Zipper, DenseOnly, Unfused };
 
 const char* dtype_name(DType d);
@@ -72,6 +75,7 @@ class ZipperLinear {
   int64_t blocks_kept() const;
   int64_t weight_bytes(bool with_residual = true) const;  // bytes streamed by the fused path
   GemmPath choose_path(int64_t M) const;                  // what Auto does for this M
+  bool wgmma_default(int64_t M) const;                    // Auto's wgmma ranges (MOSAIC_ZIPPER_WGMMA unset)
 
   struct Impl;
 

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -11,6 +12,7 @@
 
 #include "cuda/zipper.h"
 #include "cuda/zipper_launch.h"
+#include "cuda/zipper_wgmma.h"
 #include "cuda/host_util.h"
 #include "util/error.h"
 #include "util/half.h"
@@ -117,6 +119,27 @@ bool row_interleave() {
 bool verbose() {
   static const bool v = env_number("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) > 0;
   return v;
+}
+// The wgmma kernel (zipper_wgmma.cu). MOSAIC_ZIPPER_WGMMA = 0: never in Auto; 1: Auto sends every
+// M >= 17 to it (tests and same-run comparisons); unset: the M ranges where it measured faster
+// (wgmma_default). Tuning: MOSAIC_ZIPPER_WGMMA_TOK (32, 64, 128: tokens per CTA tile),
+// _STAGES (2..8), _KSPLIT (inputs per CTA, a multiple of 128).
+int wgmma_mode() {
+  static const int v = int(env_number("MOSAIC_ZIPPER_WGMMA", -1, 0, 1));
+  return v;
+}
+// Read when a layer plans a token tile for the first time (not cached: tests set them per layer).
+int wgmma_tok_forced() {
+  const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_TOK", 0, 0, 128));
+  return v == 32 || v == 64 || v == 128 ? v : 0;
+}
+int wgmma_stages_forced() {
+  const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_STAGES", 0, 0, detail::kWgMaxStages));
+  return v >= 2 ? v : 0;
+}
+int wgmma_ksplit_forced() {
+  const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_KSPLIT", 0, 0, 1 << 20));
+  return v > 0 && v % kTileK == 0 ? v : 0;
 }
 
 }  // namespace
@@ -371,6 +394,72 @@ struct ZipperLinear::Impl {
     check_cuda(cudaGetLastError(), "zipper fused kernel launch");
   }
 
+  // The wgmma kernel: token tile by M (32 / 64 rows in one tile up to M = 64, 128-row tiles
+  // beyond), ring depth so that the small tiles fit 2 CTAs per SM, and a K split when the tiles
+  // alone would leave SMs idle. Plan model: waves of resident CTAs x (k-tiles per CTA + 2 of
+  // fill/epilogue), +1 for the split-K fix-up; ties go to fewer splits. Cached per token tile.
+  struct WgPlan {
+    int tok = 64, stages = 4, k_split = 0;
+  };
+  std::map<int, WgPlan> wg_plans;
+  WgPlan plan_wgmma(int M) {
+    int tok = M <= 32 ? 32 : M <= 64 ? 64 : 128;
+    if (wgmma_tok_forced()) tok = wgmma_tok_forced();
+    const auto key = tok;
+    if (auto it = wg_plans.find(key); it != wg_plans.end()) return it->second;
+    WgPlan p;
+    p.tok = tok;
+    p.stages = wgmma_stages_forced() ? wgmma_stages_forced() : tok == 64 ? 3 : 4;
+    const int smem = detail::wgmma_smem_bytes(tok, L.spt, p.stages);
+    const int occ = detail::wgmma_occupancy(tok, smem);
+    MOSAIC_CHECK(occ > 0, "zipper wgmma: ", p.stages, " stages of a ", tok, "-token tile (", smem,
+                 " bytes of shared memory) do not fit on this GPU for layer [N=", L.N, ", K=", L.K, "]");
+    const int k_tiles = L.K / kTileK;
+    const int64_t base = int64_t((L.N + detail::kWgOut - 1) / detail::kWgOut) * ((M + tok - 1) / tok);
+    const double slots = double(occ) * num_sms;
+    double best = 1e30;
+    int best_per = k_tiles;
+    for (int per = k_tiles; per >= std::min(k_tiles, 4); --per) {
+      const int splits = (k_tiles + per - 1) / per;
+      const double waves = std::ceil(double(base * splits) / slots);
+      const double cost = waves * (per + 2.0) + (splits > 1 ? 1.0 : 0.0);
+      if (cost < best * 0.999) {
+        best = cost;
+        best_per = per;
+      }
+    }
+    p.k_split = best_per * kTileK;
+    if (wgmma_ksplit_forced()) p.k_split = std::min(wgmma_ksplit_forced(), L.K);
+    if (verbose())
+      std::fprintf(stderr, "zipper wgmma plan N=%d K=%d M=%d: tok=%d stages=%d occ=%d k_split=%d splits=%d\n", L.N, L.K,
+                   M, tok, p.stages, occ, p.k_split, (L.K + p.k_split - 1) / p.k_split);
+    return wg_plans[key] = p;
+  }
+
+  void run_wgmma(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
+    const WgPlan p = plan_wgmma(M);
+    detail::WgmmaLaunch f;
+    f.X = X;
+    f.Y = Y;
+    f.M = M;
+    f.bf16 = bf16;
+    f.residual = residual && L.res_qweight ? 1 : 0;
+    f.tok = p.tok;
+    f.stages = p.stages;
+    f.k_split = p.k_split;
+    const int n_tiles = (L.N + detail::kWgOut - 1) / detail::kWgOut, m_tiles = (M + p.tok - 1) / p.tok;
+    if (p.k_split < L.K) ensure_ws(size_t(n_tiles) * m_tiles * detail::kWgOut * p.tok, size_t(n_tiles) * m_tiles);
+    f.ws = ws;
+    f.counters = counters;
+    // Evict-first only when the weights are read once (one token tile); measurement knobs:
+    // MOSAIC_ZIPPER_WGMMA_EF = 0 / 1 forces the hint, _ABLATE = 1 (no dequantization).
+    const int ef = int(env_number("MOSAIC_ZIPPER_WGMMA_EF", -1, 0, 1));
+    f.evict_first = ef >= 0 ? ef : m_tiles == 1 ? 1 : 0;
+    f.ablate = int(env_number("MOSAIC_ZIPPER_WGMMA_ABLATE", 0, 0, 1));
+    detail::launch_wgmma(layer(bf16), f, s);
+    check_cuda(cudaGetLastError(), "zipper wgmma kernel launch");
+  }
+
   void run_dequant(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
     const size_t deq_bytes = size_t(L.N) * L.K * 2;
     void* buf;
@@ -443,6 +532,13 @@ int64_t ZipperLinear::weight_bytes(bool with_residual) const {
   return with_residual ? impl_->bytes_all : impl_->bytes_base;
 }
 
+// The wgmma kernel by default: the (layer, M) ranges where it measured faster than the path
+// below in the same run (docs/kernels-notes.md "wgmma kernel"). None yet.
+bool ZipperLinear::wgmma_default(int64_t M) const {
+  (void)M;
+  return false;
+}
+
 // Measured on H100 (docs/kernels.md): the fused mma.sync kernel wins while the GEMM is
 // memory-bound; past that, dequantize once + cuBLAS (wgmma) is faster.
 // Fused up to M = 32; up to M = 64 also for large layers (N*K >= 40 Mi weights), where the
@@ -450,6 +546,8 @@ int64_t ZipperLinear::weight_bytes(bool with_residual) const {
 // on H100 (2026-11-27 run) fused beat dequant+cuBLAS at M = 64 on all 8 such shapes (by 5..34%)
 // and lost on the 4 smaller ones (qkv, o of the 8B models: 16.8M and 25.2M weights).
 GemmPath ZipperLinear::choose_path(int64_t M) const {
+  if (M > 16 && M <= (int64_t(65535) * 32) && (wgmma_mode() == 1 || (wgmma_mode() < 0 && wgmma_default(M))))
+    return GemmPath::Wgmma;
   if (M <= 32) return GemmPath::Fused;
   if (M <= 64 && int64_t(impl_->L.N) * impl_->L.K >= (int64_t(40) << 20)) return GemmPath::Fused;
   return GemmPath::Dequant;
@@ -472,8 +570,12 @@ void ZipperLinear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_
   const int bf16 = dt == DType::BF16 ? 1 : 0;
   if (path == GemmPath::Auto) path = choose_path(M);
   const bool fuse_residual = v == Variant::Zipper;
+  // The wgmma kernel's token tiles go in grid.y (<= 65535 tiles of >= 32 rows).
+  if (path == GemmPath::Wgmma && M > int64_t(65535) * 32) path = GemmPath::Dequant;
   if (path == GemmPath::Fused)
     impl_->run_fused(X, Y, int(M), bf16, fuse_residual, stream);
+  else if (path == GemmPath::Wgmma)
+    impl_->run_wgmma(X, Y, int(M), bf16, fuse_residual, stream);
   else
     impl_->run_dequant(X, Y, int(M), bf16, fuse_residual, stream);
   if (v == Variant::Unfused) {

@@ -1,0 +1,487 @@
+// ZipperEngine wgmma kernel for sm_90a (H100/H200): the fused W4A16 GEMM for M >= 17 ("swap AB").
+//
+//   D^T[n, m] = sum_k (deq(base) + deq(residual))[n, k] X[m, k]
+//
+// The WEIGHTS are the A operand of wgmma m64nTOKk16 (A from registers is allowed for f16/bf16) and
+// X is the B operand, read by the tensor cores straight from shared memory. Each warp of a
+// consumer warpgroup owns 16 outputs = one residual block row, and its A fragment has exactly the
+// per-warp layout of an mma.sync m16n8k16 A fragment, which the zipper layout already provides
+// (zipper_layout.h: a lane's 16-byte word j holds its fragment of k16 step j; registers
+// {b0, b2, b1, b3} of the dequantized word = {a0, a1, a2, a3}). No new layout, no new checkpoint.
+//
+//   grid  = (N / 128 output tiles, ceil(M / TOK) token tiles, K-splits)      block = 288 threads
+//   warp 8 (producer): per k-tile (128 inputs) into a ring of `stages` slots, on one mbarrier:
+//       TMA   X[m0 .. m0 + TOK, k .. k + 128] as two 64-input boxes, 128-byte swizzle (OOB rows = 0)
+//       bulk  lanes 0..7: the 1 KB of codes of block row 8 nt + lane (2 chunks, contiguous),
+//             its 32 spt bytes of scales, and its first kept residual block of the tile (512 B +
+//             32 B; a second kept block of the same tile is read from global by the consumer)
+//   warps 0..7 (2 consumer warpgroups, 64 outputs each): per chunk (64 inputs = 4 k16 steps)
+//       LDS.128 codes -> 4 x (lop3 magic-number dequant, x group scale in fp16/bf16) (+ residual
+//       codes x residual scale, HFMA2 into the same registers: the zipper, no extra MMA)
+//       -> 4 wgmma m64nTOKk16 into the fp32 accumulators; commit; wait until <= 1 group in flight,
+//       so the next chunk is dequantized while this one runs on the tensor cores
+//   epilogue: no split: Y[m, n] (lanes g, g ^ 1 swap halves: 4-byte stores of 2 outputs);
+//       split-K: float4 reductions into an fp32 workspace, the last CTA of a tile (counter)
+//       converts it and re-zeroes workspace and counter.
+//
+// Accuracy: the weights are rounded to fp16/bf16 once (q * scale) and once more after the residual
+// is added, as in the v8 kernel (same test bounds); products and sums are fp32.
+#include <cuda.h>  // CUtensorMap (encoded through the runtime's driver entry point: no -lcuda)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda/zipper_device.cuh"
+#include "cuda/zipper_wgmma.h"
+#include "util/error.h"
+
+namespace mosaic::cuda::detail {
+namespace {
+
+// ---- PTX wrappers (mbarrier, bulk copies, TMA, wgmma) -----------------------------------------
+
+__device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(b)), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(b)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred ok;\nwait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 ok, [%0], %1;\n"
+      "@!ok bra wait_%=;\n}\n" ::"r"(smem_addr(b)),
+      "r"(parity)
+      : "memory");
+}
+// 1D bulk copy global -> shared completing on an mbarrier (bytes % 16 == 0, 16-byte aligned), with
+// an L2 cache policy (evict-first for the weights: read once per token tile).
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar, uint64_t pol) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::"r"(
+          smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(smem_addr(bar)), "l"(pol)
+      : "memory");
+}
+// 2D TMA tile (x = inner coordinate in elements, y = row) -> shared, completing on an mbarrier.
+__device__ __forceinline__ void tma_2d(void* dst, const CUtensorMap* map, int x, int y, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_addr(bar))
+      : "memory");
+}
+// wgmma descriptor of a K-major tile with 128-byte rows (64 fp16/bf16 inputs) in the 128-byte
+// swizzle TMA writes: start >> 4, leading offset unused (1), 1024 B between 8-row groups, layout
+// type 1 (128B swizzle). A k16 step inside the row is +32 B.
+__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | uint64_t(1) << 16 | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// wgmma reads its register A operand asynchronously, but to the compiler an asm input is consumed
+// at issue: without a use after the wait, ptxas may reuse those registers while the wgmma still
+// reads them (found with the FP8 kernel, w4a8_fp8_gemm.cu). keep_live is that use.
+__device__ __forceinline__ void keep_live(uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[k][i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_acc(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ uint4 lds128(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
+
+// D[64 x TOK] += A[64 x 16] (registers) * B[16 x TOK] (smem descriptor, K-major), fp32 accumulators.
+template <int TOK, typename T>
+struct Wgmma;
+#define MOSAIC_WGMMA_RS_N32(PTX)                                                                          \
+  __device__ static void mma(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {                              \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32." PTX "." PTX " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, 1, 1, 1, 0;\n" \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                                         \
+  }
+#define MOSAIC_WGMMA_RS_N64(PTX)                                                                          \
+  __device__ static void mma(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {                              \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." PTX "." PTX " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, 1, 1, 1, 0;\n" \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                                         \
+  }
+#define MOSAIC_WGMMA_RS_N128(PTX)                                                                          \
+  __device__ static void mma(float (&d)[64], const uint32_t (&a)[4], uint64_t desc) {                              \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX "." PTX " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, 1, 1, 1, 0;\n" \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                                         \
+  }
+
+#define MOSAIC_WGMMA_SPEC(TOK, TYPE, PTX) \
+  template <>                             \
+  struct Wgmma<TOK, TYPE> {               \
+    MOSAIC_WGMMA_RS_N##TOK(PTX)           \
+  };
+MOSAIC_WGMMA_SPEC(32, __half, "f16")
+MOSAIC_WGMMA_SPEC(64, __half, "f16")
+MOSAIC_WGMMA_SPEC(128, __half, "f16")
+MOSAIC_WGMMA_SPEC(32, __nv_bfloat16, "bf16")
+MOSAIC_WGMMA_SPEC(64, __nv_bfloat16, "bf16")
+MOSAIC_WGMMA_SPEC(128, __nv_bfloat16, "bf16")
+#undef MOSAIC_WGMMA_SPEC
+#undef MOSAIC_WGMMA_RS_N32
+#undef MOSAIC_WGMMA_RS_N64
+#undef MOSAIC_WGMMA_RS_N128
+
+// ---- the kernel -------------------------------------------------------------------------------
+
+template <typename T, int TOK>
+__global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
+    zipper_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, const DeviceLayer L, const WgmmaLaunch f) {
+  using O = Ops<T>;
+  using T2 = typename O::T2;
+  using MM = Wgmma<TOK, T>;
+  constexpr int kAcc = TOK / 2;  // fp32 accumulators per thread (m64 x TOK over 128 threads)
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const int spt = L.spt, S = f.stages;
+  // Stage layout (bytes): X [2 boxes][TOK][128] | codes [8 rows][1024] | scales [8][32 spt] |
+  // residual codes [8][512] | residual scales [8][32].
+  const int SB = wgmma_stage_bytes(TOK, spt);
+  const int offW = TOK * 256, offS = offW + 8192, offRC = offS + 256 * spt, offRS = offRC + 8 * 512;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S * SB);
+  uint64_t* empty = full + kWgMaxStages;
+  uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kWgMaxStages);  // [stage]: bit i chunk 0 kept, bit 8+i chunk 1
+  int* rbase = reinterpret_cast<int*>(flags + kWgMaxStages);            // [stage][8]: CSR index of the slot's block
+  int* s_last = rbase + kWgMaxStages * 8;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int R = L.N / 16, R0 = blockIdx.x * 8;  // block rows (16 outputs) of the layer / of this tile
+  const int m0 = blockIdx.y * TOK;
+  const int kt0 = blockIdx.z * (f.k_split / kTileK);
+  const int nkt = min(L.K - int(blockIdx.z) * f.k_split, f.k_split) / kTileK;
+  const bool res = f.residual && L.res_qweight != nullptr;
+
+  if (tid == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 8);  // one arrive per consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (warp == 8) {
+    // ---- producer: lane i < 8 owns block row R0 + i (its codes, scales, residual blocks) ----
+    const int row = R0 + lane;
+    const bool row_ok = lane < 8 && row < R;
+    uint64_t pol;
+    if (f.evict_first)
+      asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+    else
+      asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(pol));
+    const uint8_t* wsrc = reinterpret_cast<const uint8_t*>(L.qweight) + (size_t(row_ok ? row : 0) * (L.K / 64) + 2 * kt0) * 512;
+    const uint8_t* ssrc = reinterpret_cast<const uint8_t*>(L.scales) + (size_t(row_ok ? row : 0) * (L.K / kTileK) + kt0) * 32 * spt;
+    const uint64_t* bm = res && row_ok ? L.res_bitmap + size_t(row) * L.words_per_row : nullptr;
+    int b = 0;          // CSR index of the next kept block of this row
+    uint64_t word = 0;  // bitmap word of the current chunk
+    if (bm) {
+      const int c0 = 2 * kt0;
+      b = L.res_rowptr[row];
+      for (int w = 0; w < c0 / 64; ++w) b += __popcll(bm[w]);
+      word = bm[c0 / 64];
+      if (c0 % 64) b += __popcll(word & ((uint64_t(1) << (c0 % 64)) - 1));
+    }
+    for (int i = 0; i < nkt; ++i) {
+      const int s = i % S;
+      if (i >= S) mbar_wait(&empty[s], ((i / S) - 1) & 1);
+      const int c = 2 * (kt0 + i);  // first chunk of the k-tile (even: both chunks in one word)
+      unsigned bits = 0;
+      if (bm) {
+        if (c % 64 == 0 && i > 0) word = bm[c / 64];
+        bits = unsigned(word >> (c % 64)) & 3u;
+      }
+      const uint32_t mine = (row_ok ? 1024u + 32u * spt : 0u) + (bits ? 544u : 0u);
+      const uint32_t bytes = __reduce_add_sync(~0u, mine) + 2u * TOK * 128u;
+      const uint32_t kept = (__ballot_sync(~0u, bits & 1u) & 0xffu) | ((__ballot_sync(~0u, bits & 2u) & 0xffu) << 8);
+      uint8_t* st = smem + s * SB;
+      if (lane < 8) rbase[s * 8 + lane] = b;
+      __syncwarp();
+      if (lane == 0) {
+        flags[s] = kept;
+        mbar_expect_tx(&full[s], bytes);  // before any copy of this stage can complete
+        tma_2d(st, &xmap, (kt0 + i) * kTileK, m0, &full[s]);
+        tma_2d(st + TOK * 128, &xmap, (kt0 + i) * kTileK + 64, m0, &full[s]);
+      }
+      __syncwarp();
+      if (row_ok) {
+        bulk_g2s(st + offW + lane * 1024, wsrc + size_t(i) * 1024, 1024, &full[s], pol);
+        bulk_g2s(st + offS + lane * 32 * spt, ssrc + size_t(i) * 32 * spt, 32 * spt, &full[s], pol);
+        if (bits) {
+          bulk_g2s(st + offRC + lane * 512, reinterpret_cast<const uint8_t*>(L.res_qweight) + size_t(b) * 512, 512,
+                   &full[s], pol);
+          bulk_g2s(st + offRS + lane * 32, reinterpret_cast<const uint8_t*>(L.res_scales) + size_t(b) * 32, 32,
+                   &full[s], pol);
+          b += __popc(bits);
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- consumers: warpgroup wg owns outputs 64 wg .. 64 wg + 63 of the tile; warp w of it the
+  // block row ri = 4 wg + w (16 outputs). C fragment of lane (g, t): acc[4j + 0, 1] = output g,
+  // tokens 8j + 2t, + 1; acc[4j + 2, 3] = output g + 8, same tokens. ----
+  const int g = lane >> 2, t4 = lane & 3;
+  const int ri = warp;  // = 4 wg + (warp & 3)
+  const bool active = R0 + ri < R;
+  const uint32_t sbase = smem_addr(smem);
+  float acc[kAcc];
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
+  uint32_t A0[4][4], A1[4][4];  // the A fragments of chunk 0 / 1 of a k-tile (4 k16 steps each)
+
+  // Chunk h of the k-tile in stage s -> A: base codes x group scale (+ residual codes x scale).
+  const auto load_chunk = [&](int s, int h, uint32_t (&A)[4][4]) {
+    if (!active) {  // rows past N: zeros (their outputs are not stored)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) A[j][e] = 0u;
+      return;
+    }
+    const uint8_t* st = smem + s * SB;
+    const uint4 q = lds128(sbase + s * SB + offW + ri * 1024 + h * 512 + lane * 16);
+    if (f.ablate & 1) {  // measurement only: the raw codes as A (no dequantization work)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) A[j][0] = A[j][1] = A[j][2] = A[j][3] = word(q, j) & 0x3bff3bffu;
+      return;
+    }
+    const T* sc = reinterpret_cast<const T*>(st + offS + ri * 32 * spt);
+    uint32_t w[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int set = ((4 * h + j) * spt) >> 3;  // scale set of k16 step 4h + j (spt = 128 / group, 1..8)
+      const T2 sA = O::bcast(sc[set * 16 + g]), sB = O::bcast(sc[set * 16 + g + 8]);
+      O::dequant(word(q, j), w[j]);
+      w[j][0] = O::as_u32(__hmul2(O::as_t2(w[j][0]), sA));  // output g,     inputs 2t, 2t+1
+      w[j][1] = O::as_u32(__hmul2(O::as_t2(w[j][1]), sA));  // output g,     inputs 2t+8, 2t+9
+      w[j][2] = O::as_u32(__hmul2(O::as_t2(w[j][2]), sB));  // output g + 8, inputs 2t, 2t+1
+      w[j][3] = O::as_u32(__hmul2(O::as_t2(w[j][3]), sB));  // output g + 8, inputs 2t+8, 2t+9
+    }
+    const uint32_t fl = flags[s];
+    if (res && ((fl >> (8 * h + ri)) & 1u)) {  // warp-uniform: this chunk has a kept residual block
+      uint4 rq;
+      const T* rs;
+      if (h == 0 || !((fl >> ri) & 1u)) {  // the tile's first kept block of this row: in the slot
+        rq = lds128(sbase + s * SB + offRC + ri * 512 + lane * 16);
+        rs = reinterpret_cast<const T*>(st + offRS + ri * 32);
+      } else {  // both chunks kept (~1% of tiles at 10%): the second block straight from global
+        const int bi = rbase[s * 8 + ri] + 1;
+        rq = __ldg(reinterpret_cast<const uint4*>(L.res_qweight) + size_t(bi) * 32 + lane);
+        rs = reinterpret_cast<const T*>(L.res_scales) + size_t(bi) * 16;
+      }
+      const T2 rA = O::bcast(rs[g]), rB = O::bcast(rs[g + 8]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        uint32_t r[4];
+        O::dequant(word(rq, j), r);
+        w[j][0] = O::as_u32(__hfma2(O::as_t2(r[0]), rA, O::as_t2(w[j][0])));
+        w[j][1] = O::as_u32(__hfma2(O::as_t2(r[1]), rA, O::as_t2(w[j][1])));
+        w[j][2] = O::as_u32(__hfma2(O::as_t2(r[2]), rB, O::as_t2(w[j][2])));
+        w[j][3] = O::as_u32(__hfma2(O::as_t2(r[3]), rB, O::as_t2(w[j][3])));
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      A[j][0] = w[j][0];
+      A[j][1] = w[j][2];
+      A[j][2] = w[j][1];
+      A[j][3] = w[j][3];
+    }
+  };
+  // 4 wgmma of chunk h of stage s (X box h, +32 B per k16 step), one commit group.
+  const auto mma_chunk = [&](int s, int h, uint32_t (&A)[4][4]) {
+    const uint32_t xaddr = sbase + s * SB + h * TOK * 128;
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) MM::mma(acc, A[j], desc_sw128(xaddr + 32 * j));
+    wgmma_commit();
+  };
+
+  for (int i = 0; i < nkt; ++i) {
+    const int s = i % S;
+    mbar_wait(&full[s], (i / S) & 1);
+    load_chunk(s, 0, A0);   // overlaps chunk 1 of k-tile i - 1 on the tensor cores
+    mma_chunk(s, 0, A0);
+    wgmma_wait<1>();        // chunk 1 of k-tile i - 1 done: its A1 registers and its stage are free
+    keep_live(A1);
+    if (i > 0) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[(i - 1) % S]);
+    }
+    load_chunk(s, 1, A1);
+    mma_chunk(s, 1, A1);
+    wgmma_wait<1>();        // chunk 0 of k-tile i done
+    keep_live(A0);
+  }
+  wgmma_wait<0>();
+  keep_live(A1);
+  fence_acc(acc);
+
+  // ---- epilogue ----
+  T* Y = static_cast<T*>(f.Y);
+  const int nbase = (R0 + ri) * 16;  // first output of this warp
+  const bool split = gridDim.z > 1;
+  if (split) {
+    // Partial sums -> workspace in fragment order (thread-private float4s: vector reductions, and
+    // the last CTA reads back exactly the positions it owns).
+    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+    float4* ws = reinterpret_cast<float4*>(f.ws) + (size_t(tile) * 256 + tid) * (kAcc / 4);
+#pragma unroll
+    for (int q = 0; q < kAcc / 4; ++q)
+      atomicAdd(ws + q, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+    __threadfence();
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");  // all 256 consumer threads' reductions issued + fenced
+    if (tid == 0) *s_last = atomicAdd(f.counters + tile, 1) == int(gridDim.z) - 1;
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    if (!*s_last) return;
+    __threadfence();
+#pragma unroll
+    for (int q = 0; q < kAcc / 4; ++q) {
+      const float4 v = __ldcg(ws + q);
+      __stcg(ws + q, make_float4(0.f, 0.f, 0.f, 0.f));
+      acc[4 * q] = v.x, acc[4 * q + 1] = v.y, acc[4 * q + 2] = v.z, acc[4 * q + 3] = v.w;
+    }
+    if (tid == 0) f.counters[tile] = 0;
+  }
+  // Y[m, n]: lanes g and g ^ 1 swap halves so that each stores two adjacent outputs of one token
+  // (4 bytes): even g token 8j + 2t, odd g token 8j + 2t + 1.
+  const int odd = g & 1;
+#pragma unroll
+  for (int j = 0; j < TOK / 8; ++j) {
+    const int m = m0 + 8 * j + 2 * t4 + odd;
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const float v0 = acc[4 * j + 2 * hr], v1 = acc[4 * j + 2 * hr + 1];
+      const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+      const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
+      if (active && m < f.M) {
+        const T2 p = O::pack(lo, hi);
+        *reinterpret_cast<uint32_t*>(Y + size_t(m) * L.N + nbase + 8 * hr + (g & ~1)) = O::as_u32(p);
+      }
+    }
+  }
+}
+
+// ---- host ---------------------------------------------------------------------------------------
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiled encode_fn() {
+  static const EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      p = nullptr;
+    return reinterpret_cast<EncodeTiled>(p);
+  }();
+  if (!fn) fail("zipper wgmma: cuTensorMapEncodeTiled is not available from the CUDA driver");
+  return fn;
+}
+
+// Raises (never lowers) the dynamic smem limit of one instantiation (occupancy probes and
+// launches share it).
+template <typename T, int TOK>
+bool allow_smem(int smem) {
+  static int allowed = 48 * 1024;
+  if (smem <= allowed) return true;
+  if (cudaFuncSetAttribute(zipper_wgmma_kernel<T, TOK>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
+    return false;
+  allowed = smem;
+  return true;
+}
+
+template <typename T, int TOK>
+void launch_t(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
+  const int smem = wgmma_smem_bytes(TOK, L.spt, f.stages);
+  if (!allow_smem<T, TOK>(smem)) fail("zipper wgmma: cannot set ", smem, " bytes of dynamic shared memory");
+  // X [M, K] as a 2D tensor (K inner), boxes of 64 inputs (128 B) x TOK rows, 128-byte swizzle;
+  // rows past M read as zeros.
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {cuuint64_t(L.K), cuuint64_t(f.M)};
+  const cuuint64_t strides[1] = {cuuint64_t(L.K) * 2};
+  const cuuint32_t box[2] = {64, cuuint32_t(TOK)};
+  const cuuint32_t estr[2] = {1, 1};
+  const CUresult r = encode_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, const_cast<void*>(f.X), dims, strides, box,
+                                 estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) fail("zipper wgmma: cuTensorMapEncodeTiled failed (", int(r), ") for [M=", f.M, ", K=", L.K, "]");
+  const dim3 grid(unsigned((L.N + kWgOut - 1) / kWgOut), unsigned((f.M + TOK - 1) / TOK),
+                  unsigned((L.K + f.k_split - 1) / f.k_split));
+  zipper_wgmma_kernel<T, TOK><<<grid, kWgThreads, smem, s>>>(map, L, f);
+}
+
+template <typename T>
+void launch_dt(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
+  switch (f.tok) {
+    case 32: return launch_t<T, 32>(L, f, s);
+    case 64: return launch_t<T, 64>(L, f, s);
+    case 128: return launch_t<T, 128>(L, f, s);
+    default: fail("zipper wgmma: token tile must be 32, 64 or 128, got ", f.tok);
+  }
+}
+
+template <int TOK>
+int occupancy_t(int smem) {
+  if (!allow_smem<__half, TOK>(smem)) return 0;
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_wgmma_kernel<__half, TOK>, kWgThreads, smem) != cudaSuccess)
+    return 0;
+  return n;
+}
+
+}  // namespace
+
+int wgmma_occupancy(int tok, int smem) {
+  static const int max_optin = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+      v = 0;
+    cudaGetLastError();
+    return v;
+  }();
+  if (smem > max_optin) return 0;  // (no failing cudaFuncSetAttribute: compute-sanitizer reports those)
+  const int n = tok == 32 ? occupancy_t<32>(smem) : tok == 64 ? occupancy_t<64>(smem) : occupancy_t<128>(smem);
+  cudaGetLastError();  // a probe past the smem limit is not an error of the caller
+  return n;
+}
+
+void launch_wgmma(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
+  MOSAIC_CHECK(f.stages >= 2 && f.stages <= kWgMaxStages, "zipper wgmma: stages must be 2..", kWgMaxStages);
+  MOSAIC_CHECK(L.spt >= 1 && L.spt <= 8, "zipper wgmma: scale sets per tile must be 1..8, got ", L.spt);
+  if (f.bf16)
+    launch_dt<__nv_bfloat16>(L, f, s);
+  else
+    launch_dt<__half>(L, f, s);
+}
+
+}  // namespace mosaic::cuda::detail
