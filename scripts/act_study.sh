@@ -2,8 +2,9 @@
 # Quantized-activation study (issue 6, accuracy side) on the default model: W4A8 and W4A4 rows for
 # RTN, SmoothQuant+GPTQ and MosaicQuant at several residual budgets, WikiText-2 ppl and KL against
 # the FP16 model, and a markdown table (docs/results.md "Quantized activations (W4A8, W4A4)").
-#   bash scripts/act_study.sh [ROW ...]      rows: NAME=METHOD:ACT_BITS[:BUDGET[:FORMAT[:GRID]]], default all below
-#   (FORMAT: --act-format, int by default; fp8_e4m3 = FP8 e4m3 activations; GRID: --grid, int4 by default)
+#   bash scripts/act_study.sh [ROW ...]      rows: NAME=METHOD:ACT_BITS[:BUDGET[:FORMAT[:GRID[:ROTATE]]]], default all below
+#   (FORMAT: --act-format, int by default; fp8_e4m3 = FP8 e4m3 activations; GRID: --grid, int4 by default;
+#    ROTATE: --rotate none|r1|r1r2, none by default, optionally with the matrix: r1r2/random = --rotate-matrix random)
 # Resumes: a row whose JSON exists is not redone (delete it, or FORCE=1). Env: MOSAIC (binary),
 # MODEL, WORK (output folder), WINDOWS (ppl windows), CALIB_SAMPLES, CALIB_LEN, GROUP.
 # Calibration is data/calib.txt only (never WikiText).
@@ -28,7 +29,7 @@ fi
 mkdir -p "$WORK/models" "$WORK/json" "$WORK/logs"
 for row in "${ROWS[@]}"; do
   name=${row%%=*}; spec=${row#*=}
-  IFS=: read -r method abits budget aformat grid <<<"$spec"
+  IFS=: read -r method abits budget aformat grid rotate <<<"$spec"
   json=$WORK/json/$name.json
   if [ -s "$json" ] && [ -z "${FORCE:-}" ]; then echo "== $name: done ($json)"; continue; fi
   out=$WORK/models/$name
@@ -37,6 +38,10 @@ for row in "${ROWS[@]}"; do
   [ -n "${budget:-}" ] && args+=(--budget "$budget")
   [ -n "${aformat:-}" ] && args+=(--act-format "$aformat")
   [ -n "${grid:-}" ] && args+=(--grid "$grid")
+  if [ -n "${rotate:-}" ]; then
+    args+=(--rotate "${rotate%%/*}")
+    [ "$rotate" != "${rotate%%/*}" ] && args+=(--rotate-matrix "${rotate#*/}")
+  fi
   echo "== $name: mosaic quantize ${args[*]}"
   start=$(date +%s)
   "$MOSAIC" quantize "${args[@]}" > "$WORK/logs/$name.quantize.log" 2>&1
@@ -52,7 +57,7 @@ log = open(sys.argv[3]).read()
 m = re.search(r"([0-9.]+) bits/weight", log)
 r.update(method=q["method"], act_bits=q["act_bits"], act_format=q.get("act_format", "int"), grid=q.get("grid", "int4"),
          budget=(q.get("residual") or {}).get("budget"),
-         smoothing=q.get("smoothing"), bits_per_weight=float(m.group(1)) if m else None,
+         smoothing=q.get("smoothing"), rotation=q.get("rotation"), bits_per_weight=float(m.group(1)) if m else None,
          quantize_seconds=int(sys.argv[4]))
 print(json.dumps(r))
 PY
@@ -66,7 +71,10 @@ rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(sys.argv[1], "
 if not rows: sys.exit(0)
 base = rows[0]["base_ppl"]
 name = {"rtn": "RTN", "gptq": "SmoothQuant+GPTQ", "mosaic": "SmoothQuant+MosaicQuant"}
-def key(r): return (-r["act_bits"], r.get("act_format", "int"), r.get("grid", "int4"), ["rtn", "gptq", "mosaic"].index(r["method"]), r["budget"] or 0)
+def rot(r):
+    q = r.get("rotation")
+    return "" if not q else ("r1r2" if q.get("r2") else "r1") + ("" if q.get("matrix", "hadamard") == "hadamard" else " " + q["matrix"])
+def key(r): return (-r["act_bits"], r.get("act_format", "int"), r.get("grid", "int4"), rot(r), ["rtn", "gptq", "mosaic"].index(r["method"]), r["budget"] or 0)
 print(f"| weights / activations | method | bits/weight (linears) | ppl | ppl vs FP16 | KL |")
 print("|---|---|---|---|---|---|")
 print(f"| FP16 / FP16 | - | 16.000 | {base:.3f} | +0.00% | 0.0000 |")
@@ -75,6 +83,7 @@ for r in sorted(rows, key=key):
     if r["method"] == "mosaic": m += f" {r['budget']:g}"
     fmt = " FP8" if r.get("act_format", "int") == "fp8_e4m3" else ""
     if r.get("grid", "int4") != "int4": m += f", {r['grid']} grid"
+    if rot(r): m += f", rotation {rot(r)}"
     print(f"| W4 / A{r['act_bits']}{fmt} | {m} | {r['bits_per_weight']:.3f} | {r['ppl']:.3f} | "
           f"{100 * (r['ppl'] / base - 1):+.2f}% | {r['kl_div']:.4f} |")
 PY

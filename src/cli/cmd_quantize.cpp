@@ -29,6 +29,8 @@ struct QuantizeCliOptions {
   int act_bits = 16;
   std::string act_format = "int";
   std::string grid = "int4";
+  std::string rotate = "none", rotate_matrix = "hadamard";
+  uint64_t rotate_seed = 0;
   std::string calib_file = "data/calib.txt";
   int group = 128;
   bool asym = false, act_order = true, true_sequential = false, force = false, quiet = false;
@@ -91,6 +93,9 @@ void run_quantize(const QuantizeCliOptions& o) {
   MOSAIC_CHECK(o.grid == "int4" || o.grid == "nl4", "--grid must be int4 or nl4, got '", o.grid, "'");
   MOSAIC_CHECK(o.grid == "int4" || !o.asym, "--grid nl4 is symmetric; drop --asym");
   if (o.grid == "nl4") q.grid = grid_nl4();
+  q.rotation.kind = parse_rotation(o.rotate);
+  q.rotation.matrix = parse_rotation_matrix(o.rotate_matrix);
+  q.rotation.seed = o.rotate_seed;
   const std::string sa = o.smooth_alpha.empty() ? (o.act_bits < 16 && q.method != QuantMethod::kRtn ? "auto" : "none")
                                                 : o.smooth_alpha;
   if (sa == "auto") {
@@ -201,6 +206,17 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--grid", o->grid,
                   "base codebook: int4 (uniform, w = s * (c - 8); what the GPU kernels run) or nl4 (non-uniform, "
                   "w = s * grid[c], denser near 0: lower error, CPU engine / dequantized on the GPU for now)")
+      ->capture_default_str();
+  cmd->add_option("--rotate", o->rotate,
+                  "offline orthogonal rotation folded into the weights before calibration (QuaRot/SpinQuant): none, "
+                  "r1 (residual stream; norms folded, lm_head untied) or r1r2 (r1 plus one per-head rotation of the "
+                  "v_proj outputs / o_proj inputs); an ordinary checkpoint, nothing to do at run time")
+      ->capture_default_str();
+  cmd->add_option("--rotate-matrix", o->rotate_matrix,
+                  "hadamard (randomized Hadamard; a non-power-of-two size n = 2^a * m uses Hadamard(2^a) x random "
+                  "orthogonal(m)) or random (random orthogonal n x n)")
+      ->capture_default_str();
+  cmd->add_option("--rotate-seed", o->rotate_seed, "seed of the rotation's random signs / matrices")
       ->capture_default_str();
   cmd->add_option("--act-format", o->act_format,
                   "with --act-bits 8: int (symmetric INT8 codes, the default) or fp8_e4m3 (FP8 e4m3 values, "

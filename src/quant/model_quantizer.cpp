@@ -222,6 +222,7 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuan
   } else {
     q["smoothing"] = nullptr;
   }
+  q["rotation"] = rep.rotation;
   return q;
 }
 
@@ -782,15 +783,14 @@ ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
                                 const std::vector<std::vector<int32_t>>& calib, const ModelQuantOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   check_quantize_inputs(model_dir, out, opt);
-  const ModelConfig cfg = ModelConfig::load(model_dir);
-  const Checkpoint ckpt = Checkpoint::open(model_dir);
+  const ModelConfig cfg0 = ModelConfig::load(model_dir);
   if (opt.method != QuantMethod::kRtn) {
     MOSAIC_CHECK(!calib.empty(), "method ", quant_method_name(opt.method), " needs calibration windows");
     for (const auto& w : calib) {
       MOSAIC_CHECK(!w.empty() && w.size() == calib[0].size(), "calibration windows must all have the same length > 0");
       for (int32_t t : w)
-        MOSAIC_CHECK(t >= 0 && t < cfg.vocab_size, "calibration token id ", t, " is outside the vocabulary of ",
-                     cfg.vocab_size);
+        MOSAIC_CHECK(t >= 0 && t < cfg0.vocab_size, "calibration token id ", t, " is outside the vocabulary of ",
+                     cfg0.vocab_size);
     }
   }
   const fs::path target = fs::absolute(out).lexically_normal();
@@ -801,10 +801,25 @@ ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
   const fs::path partial = target.string() + ".partial";
   fs::remove_all(partial);  // a previous interrupted run's leftovers
   fs::create_directories(partial);
+  // With a rotation, the quantizer reads the rotated FP32 model from a scratch directory next to
+  // the output (written layer by layer, removed at the end): everything below sees only it.
+  const fs::path rotated = target.string() + ".rotated";
+  fs::remove_all(rotated);
 
   ModelQuantReport rep;
   try {
+    if (opt.rotation.kind != RotationKind::kNone) {
+      const auto tr = std::chrono::steady_clock::now();
+      rep.rotation = rotate_checkpoint(model_dir, rotated, opt.rotation, opt.quiet);
+      if (!opt.quiet)
+        std::fprintf(stderr, "rotation %s (%s): %.1f s\n", rotation_name(opt.rotation.kind),
+                     rep.rotation["r1"].get<std::string>().c_str(),
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - tr).count());
+    }
+    const fs::path source = opt.rotation.kind != RotationKind::kNone ? rotated : fs::path(model_dir);
     {
+      const ModelConfig cfg = ModelConfig::load(source);
+      const Checkpoint ckpt = Checkpoint::open(source);
       // 2 GiB shards: the writer holds one shard in memory (part of the 8B-in-24-GiB budget).
       ShardedWriter w(partial, size_t(2) << 30);
       w.set_metadata("format", "pt");
@@ -812,7 +827,10 @@ ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
       Quantizer(ckpt, cfg, opt, calib).run(w, rep);
       w.finish();
     }
-    nlohmann::json config = cfg.raw;
+    fs::remove_all(rotated);
+    // The rotated model's config: tie_word_embeddings false (lm_head has the final norm folded in).
+    nlohmann::json config = cfg0.raw;
+    if (opt.rotation.kind != RotationKind::kNone) config["tie_word_embeddings"] = false;
     config["quantization_config"] = quantization_config(opt, rep);
     config["torch_dtype"] = "float16";  // the non-linear tensors are written as FP16
     write_file_atomic(partial / "config.json", config.dump(2) + "\n");
@@ -826,6 +844,7 @@ ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
   } catch (...) {
     std::error_code ec;
     fs::remove_all(partial, ec);
+    fs::remove_all(rotated, ec);
     throw;
   }
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -34,6 +34,7 @@
 
 #include "model/act_quant_linear.h"
 #include "quant/residual.h"
+#include "quant/rotate.h"
 
 namespace mosaic {
 
@@ -86,6 +87,10 @@ struct ModelQuantOptions {
   // the calibration passes; false: only its linears, attention on the host (the reference layout
   // of the GPU tests: same codes as the CPU).
   bool device_layers = true;
+  // Offline rotation (quant/rotate.h) applied to the FP model before anything else: the
+  // calibration, smoothing search, Hessians and block scores all see the rotated model, and the
+  // checkpoint stores the rotated weights (untied lm_head, norms folded). kNone: no rotation.
+  RotationOptions rotation;
   bool force = false;                    // replace an existing output directory
   bool quiet = false;
   nlohmann::json calibration_info;       // written as quantization_config.calibration
@@ -111,6 +116,7 @@ struct ModelQuantReport {
   int64_t score_windows = 0;           // global allocation: calibration windows of its scoring pass
   // Smoothing: alpha chosen per layer and site (qkv, o, gate_up, down); -1 = not smoothed.
   std::vector<std::array<double, 4>> smooth_alphas;
+  nlohmann::json rotation;             // quantization_config.rotation (null: not rotated)
   double bits_per_weight() const { return linear_params ? 8.0 * double(linear_bytes) / double(linear_params) : 0; }
 };
 

@@ -84,6 +84,8 @@ TEST_F(QuantizeCli, OptionsOutOfRange) {
   expect_error(base_args() + " --allocation everywhere", {"allocation 'everywhere'"});
   expect_error(base_args("q", "32", "16by32"), {"--block '16by32'", "RxC"});
   expect_error(base_args() + " --device tpu", {"--device must be cpu, cuda or auto", "'tpu'"});
+  expect_error(base_args() + " --rotate r4", {"unknown rotation 'r4'", "none, r1 or r1r2"});
+  expect_error(base_args() + " --rotate r1 --rotate-matrix walsh", {"unknown rotation matrix 'walsh'"});
 }
 
 TEST_F(QuantizeCli, ShapesTheFormatCannotTile) {
@@ -128,6 +130,16 @@ TEST_F(QuantizeCli, GoodRunsWriteCompleteOutputs) {
   EXPECT_EQ(cfg["quantization_config"]["quant_method"], "mosaicquant");
   EXPECT_EQ(cfg["quantization_config"]["residual"]["allocation"], "global");
   EXPECT_EQ(cfg["quantization_config"]["calibration"]["samples"], 4);
+  EXPECT_TRUE(cfg["quantization_config"]["rotation"].is_null());
+
+  // With a rotation: recorded, lm_head untied, no scratch directory left.
+  r = run(base_args("rot") + " --method rtn --rotate r1r2 --rotate-seed 7");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto rcfg = nlohmann::json::parse(std::ifstream(dir_ / "rot/config.json"));
+  EXPECT_EQ(rcfg["quantization_config"]["rotation"]["seed"], 7);
+  EXPECT_TRUE(rcfg["quantization_config"]["rotation"]["r2"].is_string());
+  EXPECT_EQ(rcfg["tie_word_embeddings"], false);
+  EXPECT_FALSE(fs::exists(dir_ / "rot.rotated"));
 
   // The output is usable: perplexity of the quantized model on the calibration text runs.
   r = run("ppl --model " + (dir_ / "mosaic").string() + " --text-file " + (dir_ / "calib.txt").string() +

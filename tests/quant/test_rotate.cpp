@@ -1,0 +1,259 @@
+// Offline rotations (quant/rotate.h):
+// - the matrices are orthogonal to 1e-12 (Hadamard, random orthogonal, their Kronecker product at
+//   SmolLM2's 576 = 64 x 9) and seeded;
+// - the folded rotation is exact: the rotated FP golden models (LLaMA tied / untied with llama3
+//   rope scaling, Qwen3 with q/k norm, tied and untied) give the original logits within 1e-5 of
+//   the largest logit (FP32 rounding; the golden tests' bound), for r1 and r1r2, Hadamard and random;
+// - a rotated + quantized checkpoint (with and without smoothing / quantized activations)
+//   round-trips through the writer, the reader and the CPU engine, untied, with
+//   quantization_config.rotation, and stays close to the FP model;
+// - bad input (unknown rotation or matrix name, a quantized model) is a clear error.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "io/hf_config.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "quant/model_quantizer.h"
+#include "quant/rotate.h"
+#include "util/error.h"
+#include "model_distance.h"
+#include "quant_test_data.h"
+
+namespace fs = std::filesystem;
+using namespace mosaic;
+
+namespace {
+
+const std::vector<std::string> kGolden = {"llama_tied", "llama3_untied_scaled", "qwen3_tied", "qwen3_untied_bf16"};
+
+fs::path golden(const std::string& name) { return fs::path(MOSAIC_SOURCE_DIR) / "tests/fixtures/golden" / name; }
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("mosaic_rotate_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+std::vector<int32_t> tokens(int n, uint64_t seed, int vocab = 301) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = int32_t(rng() % uint64_t(vocab));
+  return t;
+}
+
+std::vector<float> logits(const Model& m, const std::vector<int32_t>& t) {
+  std::vector<float> out(size_t(int64_t(t.size()) * m.vocab_size()));
+  KVCache c = m.make_cache(int64_t(t.size()));
+  m.forward(t.data(), int64_t(t.size()), c, out.data());
+  return out;
+}
+
+double rel_max_err(const std::vector<float>& a, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, std::fabs(double(a[i]) - ref[i]));
+    den = std::max(den, std::fabs(double(ref[i])));
+  }
+  return num / den;
+}
+
+}  // namespace
+
+TEST(Rotate, MatricesAreOrthogonalAndSeeded) {
+  for (int64_t n : {1, 2, 64, 256}) EXPECT_LT(orthogonality_error(random_hadamard(n, 3)), 1e-12) << n;
+  for (int64_t n : {1, 3, 9, 64, 100}) EXPECT_LT(orthogonality_error(random_orthogonal(n, 3)), 1e-12) << n;
+  // SmolLM2's hidden size: Hadamard(64) x orthogonal(9); head_dim 64: pure Hadamard.
+  const Orthogonal q = make_rotation(576, RotationMatrix::kHadamard, 5);
+  EXPECT_EQ(q.n, 576);
+  EXPECT_EQ(q.describe, "hadamard(64) x orthogonal(9)");
+  EXPECT_LT(orthogonality_error(q), 1e-12);
+  EXPECT_LT(orthogonality_error(make_rotation(576, RotationMatrix::kRandom, 5)), 1e-12);
+  EXPECT_LT(orthogonality_error(make_rotation(96, RotationMatrix::kHadamard, 5)), 1e-12);  // 32 x 3
+  EXPECT_LT(orthogonality_error(make_rotation(7, RotationMatrix::kHadamard, 5)), 1e-12);   // odd: random
+  // Dense: a single channel is spread over every output (the point of rotating).
+  for (double v : q.q) EXPECT_NE(v, 0.0);
+  // Seeded: same seed, same matrix; another seed, another one.
+  EXPECT_EQ(make_rotation(576, RotationMatrix::kHadamard, 5).q, q.q);
+  EXPECT_NE(make_rotation(576, RotationMatrix::kHadamard, 6).q, q.q);
+  EXPECT_THROW(random_hadamard(48, 0), Error);
+}
+
+TEST(Rotate, FoldsAreTheMatrixProducts) {
+  // rotate_input_side = W diag(gamma) Q and rotate_output_side = Q^T W, against a naive float64 loop.
+  const int64_t N = 5, K = 8;
+  const Orthogonal q = random_orthogonal(K, 1);
+  const std::vector<float> W0 = testdata::weights(N, K, 2);
+  std::vector<float> gamma(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) gamma[size_t(k)] = 0.5f + 0.25f * float(k);
+  std::vector<float> W = W0;
+  rotate_input_side(W, N, K, gamma, q);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < K; ++j) {
+      double ref = 0;
+      for (int64_t k = 0; k < K; ++k) ref += double(W0[size_t(n * K + k)]) * gamma[size_t(k)] * q.q[size_t(k * K + j)];
+      EXPECT_NEAR(W[size_t(n * K + j)], ref, 1e-7);
+    }
+  const std::vector<float> U0 = testdata::weights(K, N, 3);
+  std::vector<float> U = U0;
+  rotate_output_side(U, K, N, q);
+  for (int64_t i = 0; i < K; ++i)
+    for (int64_t c = 0; c < N; ++c) {
+      double ref = 0;
+      for (int64_t k = 0; k < K; ++k) ref += q.q[size_t(k * K + i)] * double(U0[size_t(k * N + c)]);
+      EXPECT_NEAR(U[size_t(i * N + c)], ref, 1e-7);
+    }
+}
+
+// The folded rotation is exact in real arithmetic; in FP32 the logits agree to rounding.
+TEST(Rotate, RotatedModelKeepsTheLogits) {
+  TempDir tmp;
+  for (const std::string& name : kGolden) {
+    const Model ref = Model::load(golden(name));
+    for (RotationKind kind : {RotationKind::kR1, RotationKind::kR1R2})
+      for (RotationMatrix mat : {RotationMatrix::kHadamard, RotationMatrix::kRandom}) {
+        const std::string tag = name + "_" + rotation_name(kind) + "_" + rotation_matrix_name(mat);
+        const fs::path dir = tmp.path / tag;
+        RotationOptions o;
+        o.kind = kind;
+        o.matrix = mat;
+        o.seed = 11;
+        const nlohmann::json info = rotate_checkpoint(golden(name), dir, o);
+        EXPECT_EQ(info["seed"], 11);
+        EXPECT_EQ(info["r2"].is_null(), kind == RotationKind::kR1);
+        const ModelConfig cfg = ModelConfig::load(dir);
+        EXPECT_FALSE(cfg.tie_word_embeddings) << tag;
+        const Checkpoint ck = Checkpoint::open(dir);
+        EXPECT_TRUE(ck.has("lm_head.weight")) << tag;
+        for (float v : ck.get("model.layers.0.input_layernorm.weight").to_f32()) EXPECT_EQ(v, 1.0f);
+        for (float v : ck.get("model.norm.weight").to_f32()) EXPECT_EQ(v, 1.0f);
+        // The weights really changed (a no-op would pass the logits check too).
+        const Checkpoint orig = Checkpoint::open(golden(name));
+        EXPECT_NE(ck.get("model.layers.1.self_attn.q_proj.weight").to_f32(),
+                  orig.get("model.layers.1.self_attn.q_proj.weight").to_f32());
+        const Model rot = Model::load(dir);
+        double worst = 0;
+        for (uint64_t seed : {1, 2, 3}) {
+          const auto t = tokens(33, seed);
+          worst = std::max(worst, rel_max_err(logits(rot, t), logits(ref, t)));
+        }
+        EXPECT_LT(worst, 1e-5) << tag;
+      }
+  }
+}
+
+// A broken fold is caught by the logits check: rotating with Q but leaving the final norm's gamma
+// out of lm_head (the golden models' norm weights are not 1) changes the logits.
+TEST(Rotate, LogitsCheckCatchesAWrongFold) {
+  TempDir tmp;
+  const fs::path dir = tmp.path / "rot";
+  RotationOptions o;
+  o.kind = RotationKind::kR1R2;
+  rotate_checkpoint(golden("llama3_untied_scaled"), dir, o);
+  // Rewrite the rotated model with lm_head = the original lm_head Q (no gamma fold).
+  const Checkpoint ck = Checkpoint::open(dir);
+  const Checkpoint orig = Checkpoint::open(golden("llama3_untied_scaled"));
+  const ModelConfig cfg = ModelConfig::load(dir);
+  const ModelRotation r = make_model_rotation(cfg, o);
+  SafetensorsWriter w;
+  for (const std::string& n : ck.names()) {
+    std::vector<float> v = ck.get(n).to_f32();
+    if (n == "lm_head.weight") {
+      v = orig.get(n).to_f32();
+      rotate_input_side(v, cfg.vocab_size, cfg.hidden_size, {}, r.r1);
+    }
+    w.add_f32(n, ck.get(n).shape, v.data());
+  }
+  const fs::path bad = tmp.path / "bad";
+  fs::create_directories(bad);
+  fs::copy_file(dir / "config.json", bad / "config.json");
+  w.write(bad / "model.safetensors");
+  const auto t = tokens(33, 1);
+  const Model ref = Model::load(golden("llama3_untied_scaled"));
+  EXPECT_GT(rel_max_err(logits(Model::load(bad), t), logits(ref, t)), 1e-3);
+}
+
+TEST(Rotate, QuantizedRotatedCheckpointRoundTrips) {
+  TempDir tmp;
+  const auto calib = testdata::token_windows(8, 48, 5);
+  const auto eval = tokens(64, 9);
+  for (const std::string& name : {std::string("llama_tied"), std::string("qwen3_untied_bf16")})
+    for (int act_bits : {16, 4}) {
+      const Model ref = Model::load(golden(name));
+      ModelQuantOptions o;
+      o.group = 32;
+      o.block_rows = 16;
+      o.block_cols = 32;  // K = 96 is not a multiple of 64
+      o.budget = 0.25;
+      o.quiet = true;
+      o.act_bits = act_bits;
+      o.smooth = act_bits < 16;  // rotation first, then the smoothing search (norm weights are 1 then)
+      o.rotation.kind = RotationKind::kR1R2;
+      o.rotation.seed = 3;
+      const fs::path out = tmp.path / (name + std::to_string(act_bits));
+      const ModelQuantReport r = quantize_model(golden(name), out, calib, o);
+      EXPECT_FALSE(fs::exists(out.string() + ".rotated")) << "scratch directory left behind";
+      EXPECT_GT(r.residual_blocks, 0);
+      const ModelConfig cfg = ModelConfig::load(out);
+      EXPECT_FALSE(cfg.tie_word_embeddings);
+      const nlohmann::json& rot = cfg.quantization_config["rotation"];
+      ASSERT_TRUE(rot.is_object());
+      EXPECT_EQ(rot["seed"], 3);
+      EXPECT_EQ(rot["matrix"], "hadamard");
+      EXPECT_EQ(rot["r1"], "hadamard(64)");
+      EXPECT_TRUE(rot["r2"].is_string());
+      EXPECT_EQ(cfg.quantization_config["smoothing"].is_null(), act_bits == 16);
+      const Checkpoint ck = Checkpoint::open(out);
+      EXPECT_TRUE(ck.has("lm_head.weight"));
+      EXPECT_TRUE(ck.has("model.layers.0.self_attn.q_proj.qweight"));
+      // The engine runs it (act_bits from the config) and it stays close to the FP model.
+      const testdata::Distance d = testdata::logits_distance(ref, Model::load(out), eval);
+      EXPECT_TRUE(std::isfinite(d.kl));
+      EXPECT_LT(d.kl, act_bits == 16 ? 0.05 : 0.5) << name << " A" << act_bits;
+      EXPECT_LT(d.rel_rms, act_bits == 16 ? 0.2 : 0.6) << name << " A" << act_bits;
+    }
+  // Without a rotation the field is null.
+  ModelQuantOptions o;
+  o.group = 16;
+  o.quiet = true;
+  o.method = QuantMethod::kRtn;
+  quantize_model(golden("llama_tied"), tmp.path / "plain", {}, o);
+  EXPECT_TRUE(ModelConfig::load(tmp.path / "plain").quantization_config["rotation"].is_null());
+}
+
+TEST(Rotate, BadInputsAreErrors) {
+  EXPECT_THROW(parse_rotation("r3"), Error);
+  EXPECT_THROW(parse_rotation("R1"), Error);
+  EXPECT_THROW(parse_rotation_matrix("walsh"), Error);
+  EXPECT_EQ(parse_rotation("r1r2"), RotationKind::kR1R2);
+  try {
+    parse_rotation("spin");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown rotation 'spin'"), std::string::npos) << e.what();
+  }
+  TempDir tmp;
+  RotationOptions o;
+  o.kind = RotationKind::kR1;
+  // A quantized model cannot be rotated (its weights are codes).
+  ModelQuantOptions q;
+  q.group = 16;
+  q.quiet = true;
+  q.method = QuantMethod::kRtn;
+  quantize_model(golden("llama_tied"), tmp.path / "q", {}, q);
+  EXPECT_THROW(rotate_checkpoint(tmp.path / "q", tmp.path / "r", o), Error);
+  o.kind = RotationKind::kNone;
+  EXPECT_THROW(rotate_checkpoint(golden("llama_tied"), tmp.path / "r2", o), Error);
+}
