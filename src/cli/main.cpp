@@ -3,9 +3,11 @@
 #include <exception>
 
 #include "cli/commands.h"
+#include "cli/huge_pages.h"
 #include "util/error.h"
 
 int main(int argc, char** argv) {
+  mosaic::cli::reexec_with_huge_pages(argv);  // first thing: nothing is allocated or printed yet
   CLI::App app{
       "mosaic: 4-bit quantization of LLaMA-3 / Qwen3 models (MosaicQuant) and fast inference "
       "(ZipperEngine).\nRun 'mosaic <command> --help' for the options of each command."};
