@@ -7,7 +7,7 @@
 #   OUT=/tmp/out scripts/gpu-check.sh [quick|full]
 #     quick: LLaMA-3-8B shapes only; full: LLaMA-3-8B, Qwen3-8B and LLaMA-3-70B at budgets 0, 5, 10%.
 # Overrides: SH (shapes), MS (M list), BU (budgets) of the benchmark; SAN_T (seconds per sanitizer);
-# SKIP_TORCH=1, SKIP_SAN=1, SAN_FILTER (gtest filter of the sanitizer runs).
+# SKIP_TORCH=1, SKIP_MARLIN=1 (Marlin runs when .xfer/marlin or MARLIN_SRC holds its source), SKIP_SAN=1, SAN_FILTER (gtest filter of the sanitizer runs).
 # Same-run comparisons (docs/kernels-notes.md), both on the small-M list MS_SMALL (default 1,4,16,32):
 #   BASELINE_CU=path/to/old/zipper_kernels.cu   also build and time that kernel file (label "base")
 #   BASELINE_SRC=dir   also build and time a whole older src/cuda (dir/cuda/*: kernels, plans, bench),
@@ -121,7 +121,14 @@ for v in ${PLAN_OVERHEADS:-}; do
 done
 [ "${SKIP_TORCH:-0}" = 1 ] || PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_int4.py --shapes $SH --m $MS --json $X/torch_int4.json > $B/torch.log 2>&1
 echo "== torch int4 rc=$?"; tail -3 $B/torch.log
-python3 bench/merge_results.py $OUT/gemm-merged.json $OUT/gemm.json $X/torch_int4.json > $OUT/summary.md
+# Marlin as a further peer where its source was carried (MARLIN_SRC, default .xfer/marlin: its
+# marlin_cuda.cpp + marlin_cuda_kernel.cu, not part of mosaic), built here with torch's extension builder.
+MARLIN_SRC=${MARLIN_SRC:-.xfer/marlin}
+if [ -f $MARLIN_SRC/marlin_cuda_kernel.cu ] && [ "${SKIP_MARLIN:-0}" != 1 ]; then
+  PYTHONUNBUFFERED=1 timeout 400 python3 bench/marlin_peer.py --src $MARLIN_SRC --shapes $SH --m $MS --json $X/marlin.json > $B/marlin.log 2>&1
+  echo "== marlin rc=$?"; tail -3 $B/marlin.log; cp $B/marlin.log $X/
+fi
+python3 bench/merge_results.py $OUT/gemm-merged.json $OUT/gemm.json $X/torch_int4.json $X/marlin.json > $OUT/summary.md
 cat $OUT/summary.md
 [ ${#cmp[@]} -gt 1 ] && { python3 bench/compare_variants.py "${cmp[@]}" > $OUT/compare.md; cat $OUT/compare.md; }
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Peer timing: Marlin (IST-DASLab/marlin: the FP16 x INT4 mma.sync kernel that vLLM's GPTQ-Marlin
+grew from), built from source on the GPU machine with PyTorch's extension builder, on the same
+shapes and M as `mosaic bench gemm`, timed as bench/torch_int4.py times (median of CUDA-event-timed
+batches over enough weight copies that L2 cannot serve them). Group 128, symmetric 4-bit, fp16
+activations, random codes and scales. Writes JSON rows with variant "marlin" (speedup_vs_cublas is
+filled in by merge_results.py from the cuBLAS rows of the same run).
+
+Marlin's source is not part of mosaic: --src names a folder holding its marlin_cuda.cpp and
+marlin_cuda_kernel.cu (scripts/gpu-check.sh passes .xfer/marlin, a copy carried to the GPU
+machine; see docs/results.md for the commit it came from)."""
+import argparse, datetime, json, os, sys
+
+import torch
+from torch.utils import cpp_extension
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_int4 import shapes, time_us  # noqa: E402  (same shapes, same timing)
+
+
+def build(src, build_dir):
+    os.makedirs(build_dir, exist_ok=True)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    return cpp_extension.load(name="marlin_cuda", build_directory=build_dir, verbose=False,
+                              sources=[os.path.join(src, "marlin_cuda.cpp"), os.path.join(src, "marlin_cuda_kernel.cu")],
+                              extra_cuda_cflags=["-O3", "-lineinfo"])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--src", required=True, help="folder with marlin_cuda.cpp and marlin_cuda_kernel.cu")
+    ap.add_argument("--build-dir", default="/tmp/marlin-build")
+    ap.add_argument("--shapes", default="llama3-8b")
+    ap.add_argument("--m", default="1,4,16,32,64,128,256,1024,4096")
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args()
+    marlin = build(args.src, args.build_dir)
+    dev = "cuda"
+    card = torch.cuda.get_device_name()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    print(f"marlin built from {args.src}; torch {torch.__version__} on {card}")
+    rows = []
+    for name, k, n in shapes(args.shapes):
+        if k % 128 or n % 256:
+            print(f"{name}: Marlin needs K % 128 == 0 and N % 256 == 0; skipped", file=sys.stderr)
+            continue
+        # B in Marlin's layout: [K / 16, N * 16 / 8] int32 (8 codes per word); any bits are valid codes.
+        copies = int(min(8, max(1, (160 << 20) // (n * k // 2) + 1)))
+        bs = [torch.randint(-2**31, 2**31 - 1, (k // 16, n * 16 // 8), dtype=torch.int32, device=dev)
+              for _ in range(copies)]
+        s = (torch.rand(k // 128, n, device=dev) * 0.01 + 0.001).half()
+        ws = torch.zeros(n // 128 * 16, dtype=torch.int32, device=dev)  # Marlin's lock workspace: zeros
+        for m in [int(x) for x in args.m.split(",")]:
+            xs = [torch.randn(m, k, device=dev, dtype=torch.half) for _ in range(4)]
+            c = torch.empty(m, n, device=dev, dtype=torch.half)
+            try:
+                us = time_us(lambda i: marlin.mul(xs[i % 4], bs[i], c, s, ws, -1, -1, -1, 16), copies)
+            except Exception as e:  # report, do not hide
+                print(f"{name} M={m}: marlin failed: {e}", file=sys.stderr)
+                continue
+            tflops = 2.0 * m * n * k / (us * 1e6)
+            print(f"| {name} ({k}x{n}) | {m} | marlin | {us:.2f} us | {tflops:.1f} TFLOP/s |", flush=True)
+            rows.append({"card": card, "date": date, "shape": name, "m": m, "n": n, "k": k, "budget": None,
+                         "variant": "marlin", "us": us, "tflops": tflops, "act_dtype": "fp16",
+                         "torch": torch.__version__})
+        del bs
+        torch.cuda.empty_cache()
+    with open(args.json, "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
