@@ -8,7 +8,7 @@
 //             the v8 fused kernel up to M = 64 (docs/kernels.md has the dispatch table);
 //   Wgmma   - one launch (sm_90a): wgmma with the weights as the A operand dequantized in
 //             registers (base and residual in the same fragments), X from shared memory (TMA);
-//             for M >= 17 where measured faster (zipper_wgmma.h, docs/kernels.md);
+//             for M >= 17 where measured faster (zipper_wgmma.h, docs/kernels-notes.md);
 //   Dequant - one kernel writes deq(base)+deq(residual) as FP16/BF16 into a workspace, then
 //             cuBLAS (compute-bound regime, large M).
 // Variants (for the benchmark): Zipper (fused residual), DenseOnly (residual ignored),

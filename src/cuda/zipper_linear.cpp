@@ -137,6 +137,10 @@ int wgmma_stages_forced() {
   const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_STAGES", 0, 0, detail::kWgMaxStages));
   return v >= 2 ? v : 0;
 }
+// The weights' codes and scales by one TMA box each per k-tile (default; H200 v4: 10-25% faster
+// than 16 per-row bulk copies at every M) or, with MOSAIC_ZIPPER_WGMMA_WTMA=0, by those copies
+// (read at plan time, like the knobs above).
+int wgmma_wtma() { return int(env_number("MOSAIC_ZIPPER_WGMMA_WTMA", 1, 0, 1)); }
 int wgmma_ksplit_forced() {
   const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_KSPLIT", 0, 0, 1 << 20));
   return v > 0 && v % kTileK == 0 ? v : 0;
@@ -399,17 +403,28 @@ struct ZipperLinear::Impl {
   // alone would leave SMs idle. Plan model: waves of resident CTAs x (k-tiles per CTA + 2 of
   // fill/epilogue), +1 for the split-K fix-up; ties go to fewer splits. Cached per token tile.
   struct WgPlan {
-    int tok = 64, stages = 4, k_split = 0;
+    int tok = 64, stages = 4, k_split = 0, wtma = 0;
   };
-  std::map<int, WgPlan> wg_plans;
+  // Cached per (token tile, token tiles): the K split depends on how many tiles M makes (v1 keyed
+  // by the token tile alone, so M = 4096 reused M = 128's split: qkv 787 us instead of ~470).
+  std::map<std::pair<int, int>, WgPlan> wg_plans;
   WgPlan plan_wgmma(int M) {
     int tok = M <= 32 ? 32 : M <= 64 ? 64 : 128;
     if (wgmma_tok_forced()) tok = wgmma_tok_forced();
-    const auto key = tok;
+    const auto key = std::make_pair(tok, (M + tok - 1) / tok);
     if (auto it = wg_plans.find(key); it != wg_plans.end()) return it->second;
     WgPlan p;
     p.tok = tok;
-    p.stages = wgmma_stages_forced() ? wgmma_stages_forced() : tok == 64 ? 3 : 4;
+    p.wtma = wgmma_wtma();
+    // The deepest ring that keeps 2 CTAs per SM for the small tiles (latency hiding by warps) and
+    // 1 for tok = 128 (v2 ncu: consumers waited for data 35% of the time with 4 stages).
+    const int want = tok <= 64 ? 2 : 1;
+    p.stages = 0;
+    for (int st = detail::kWgMaxStages; st >= 2 && !p.stages; --st)
+      if (detail::wgmma_occupancy(tok, detail::wgmma_smem_bytes(tok, L.spt, st)) >= want) p.stages = st;
+    if (wgmma_stages_forced()) p.stages = wgmma_stages_forced();
+    MOSAIC_CHECK(p.stages > 0, "zipper wgmma: no ring depth of a ", tok, "-token tile fits for layer [N=", L.N,
+                 ", K=", L.K, "]");
     const int smem = detail::wgmma_smem_bytes(tok, L.spt, p.stages);
     const int occ = detail::wgmma_occupancy(tok, smem);
     MOSAIC_CHECK(occ > 0, "zipper wgmma: ", p.stages, " stages of a ", tok, "-token tile (", smem,
@@ -431,8 +446,8 @@ struct ZipperLinear::Impl {
     p.k_split = best_per * kTileK;
     if (wgmma_ksplit_forced()) p.k_split = std::min(wgmma_ksplit_forced(), L.K);
     if (verbose())
-      std::fprintf(stderr, "zipper wgmma plan N=%d K=%d M=%d: tok=%d stages=%d occ=%d k_split=%d splits=%d\n", L.N, L.K,
-                   M, tok, p.stages, occ, p.k_split, (L.K + p.k_split - 1) / p.k_split);
+      std::fprintf(stderr, "zipper wgmma plan N=%d K=%d M=%d: tok=%d stages=%d occ=%d k_split=%d splits=%d wtma=%d\n",
+                   L.N, L.K, M, tok, p.stages, occ, p.k_split, (L.K + p.k_split - 1) / p.k_split, p.wtma);
     return wg_plans[key] = p;
   }
 
@@ -451,11 +466,10 @@ struct ZipperLinear::Impl {
     if (p.k_split < L.K) ensure_ws(size_t(n_tiles) * m_tiles * detail::kWgOut * p.tok, size_t(n_tiles) * m_tiles);
     f.ws = ws;
     f.counters = counters;
-    // Evict-first only when the weights are read once (one token tile); measurement knobs:
-    // MOSAIC_ZIPPER_WGMMA_EF = 0 / 1 forces the hint, _ABLATE = 1 (no dequantization).
-    const int ef = int(env_number("MOSAIC_ZIPPER_WGMMA_EF", -1, 0, 1));
-    f.evict_first = ef >= 0 ? ef : m_tiles == 1 ? 1 : 0;
-    f.ablate = int(env_number("MOSAIC_ZIPPER_WGMMA_ABLATE", 0, 0, 1));
+    // Evict-first only when the weights are read once (one token tile; H200 v2: forcing it on at
+    // M >= 256 measured the same or slower).
+    f.evict_first = m_tiles == 1 ? 1 : 0;
+    f.wtma = p.wtma;
     detail::launch_wgmma(layer(bf16), f, s);
     check_cuda(cudaGetLastError(), "zipper wgmma kernel launch");
   }
@@ -533,10 +547,16 @@ int64_t ZipperLinear::weight_bytes(bool with_residual) const {
 }
 
 // The wgmma kernel by default: the (layer, M) ranges where it measured faster than the path
-// below in the same run (docs/kernels-notes.md "wgmma kernel"). None yet.
+// below at budgets 0 and 10% in the same run (H200, LLaMA-3-8B, docs/kernels-notes.md "wgmma
+// kernel", v4): M = 17..64 on every layer (qkv M = 64: 27.2 vs 35.4 us), up to 128 on layers
+// with N*K >= 40 Mi weights (gate_up M = 128: 70.0 vs 150.8), up to 512 on those that are also
+// long in K (K >= 2N: down M = 512: 115.2 vs 121.4). Elsewhere the old paths won (qkv M = 128:
+// 42.0 vs 36.8; gate_up M = 256: 271 vs 174; M >= 1024: dequantize + cuBLAS, 0.67-0.69x cuBLAS
+// for this kernel).
 bool ZipperLinear::wgmma_default(int64_t M) const {
-  (void)M;
-  return false;
+  const int64_t N = impl_->L.N, K = impl_->L.K;
+  const bool large = N * K >= (int64_t(40) << 20);
+  return M >= 17 && M <= (large ? (K >= 2 * N ? 512 : 128) : 64);
 }
 
 // Measured on H100 (docs/kernels.md): the fused mma.sync kernel wins while the GEMM is

@@ -12,14 +12,17 @@
 //   grid  = (N / 128 output tiles, ceil(M / TOK) token tiles, K-splits)      block = 288 threads
 //   warp 8 (producer): per k-tile (128 inputs) into a ring of `stages` slots, on one mbarrier:
 //       TMA   X[m0 .. m0 + TOK, k .. k + 128] as two 64-input boxes, 128-byte swizzle (OOB rows = 0)
-//       bulk  lanes 0..7: the 1 KB of codes of block row 8 nt + lane (2 chunks, contiguous),
-//             its 32 spt bytes of scales, and its first kept residual block of the tile (512 B +
-//             32 B; a second kept block of the same tile is read from global by the consumer)
+//       TMA   the codes of the tile's 8 block rows (8 x 1 KB: the layout keeps a block row's
+//             chunks contiguous, so [N/16][K x 8 B] is a 2D tensor) and their scales, one box each
+//             (f.wtma; or 16 per-row bulk copies: 10-25% slower, H200 v4)
+//       bulk  lanes 0..7: the first kept residual block of block row 8 nt + lane in the tile
+//             (512 B + 32 B; a second kept block of the same tile is read from global by the consumer)
 //   warps 0..7 (2 consumer warpgroups, 64 outputs each): per chunk (64 inputs = 4 k16 steps)
 //       LDS.128 codes -> 4 x (lop3 magic-number dequant, x group scale in fp16/bf16) (+ residual
 //       codes x residual scale, HFMA2 into the same registers: the zipper, no extra MMA)
-//       -> 4 wgmma m64nTOKk16 into the fp32 accumulators; commit; wait until <= 1 group in flight,
-//       so the next chunk is dequantized while this one runs on the tensor cores
+//       -> 4 wgmma m64nTOKk16 into the fp32 accumulators; one commit group per chunk (TOK <= 64,
+//       96 registers: 2 CTAs per SM) or per k-tile (TOK = 128); wait until <= 1 group is in
+//       flight, so the next group is dequantized while this one runs on the tensor cores
 //   epilogue: no split: Y[m, n] (lanes g, g ^ 1 swap halves: 4-byte stores of 2 outputs);
 //       split-K: float4 reductions into an fp32 workspace, the last CTA of a tile (counter)
 //       converts it and re-zeroes workspace and counter.
@@ -49,9 +52,6 @@ __device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
 __device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
 }
-__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(b)) : "memory");
-}
 __device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
   asm volatile(
       "{\n.reg .pred ok;\nwait_%=:\n"
@@ -75,6 +75,15 @@ __device__ __forceinline__ void tma_2d(void* dst, const CUtensorMap* map, int x,
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
           smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_addr(bar))
+      : "memory");
+}
+// The same with an L2 cache policy (the weights' boxes).
+__device__ __forceinline__ void tma_2d_hint(void* dst, const CUtensorMap* map, int x, int y, uint64_t* bar,
+                                            uint64_t pol) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_addr(bar)), "l"(pol)
       : "memory");
 }
 // wgmma descriptor of a K-major tile with 128-byte rows (64 fp16/bf16 inputs) in the 128-byte
@@ -102,6 +111,27 @@ template <int N>
 __device__ __forceinline__ void fence_acc(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ void mbar_wait_a(uint32_t addr, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred ok;\nwait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 ok, [%0], %1;\n"
+      "@!ok bra wait_%=;\n}\n" ::"r"(addr),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_a(uint32_t addr) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(addr) : "memory");
+}
+__device__ __forceinline__ uint32_t lds16(uint32_t addr) {
+  unsigned short v;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
 }
 __device__ __forceinline__ uint4 lds128(uint32_t addr) {
   uint4 v;
@@ -149,9 +179,11 @@ MOSAIC_WGMMA_SPEC(128, __nv_bfloat16, "bf16")
 
 // ---- the kernel -------------------------------------------------------------------------------
 
-template <typename T, int TOK>
+// G: chunks per wgmma commit group (1 or 2 = a whole k-tile; 2 needs 32 more registers).
+template <typename T, int TOK, int G>
 __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
-    zipper_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, const DeviceLayer L, const WgmmaLaunch f) {
+    zipper_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, const __grid_constant__ CUtensorMap wmap,
+                        const __grid_constant__ CUtensorMap smap, const DeviceLayer L, const WgmmaLaunch f) {
   using O = Ops<T>;
   using T2 = typename O::T2;
   using MM = Wgmma<TOK, T>;
@@ -215,8 +247,10 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
         if (c % 64 == 0 && i > 0) word = bm[c / 64];
         bits = unsigned(word >> (c % 64)) & 3u;
       }
-      const uint32_t mine = (row_ok ? 1024u + 32u * spt : 0u) + (bits ? 544u : 0u);
-      const uint32_t bytes = __reduce_add_sync(~0u, mine) + 2u * TOK * 128u;
+      // f.wtma: the 8 rows' codes and scales as one TMA box each (rows past N read as zeros)
+      // instead of 16 per-row bulk copies.
+      const uint32_t mine = (row_ok && !f.wtma ? 1024u + 32u * spt : 0u) + (bits ? 544u : 0u);
+      const uint32_t bytes = __reduce_add_sync(~0u, mine) + 2u * TOK * 128u + (f.wtma ? 8192u + 256u * spt : 0u);
       const uint32_t kept = (__ballot_sync(~0u, bits & 1u) & 0xffu) | ((__ballot_sync(~0u, bits & 2u) & 0xffu) << 8);
       uint8_t* st = smem + s * SB;
       if (lane < 8) rbase[s * 8 + lane] = b;
@@ -226,11 +260,17 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
         mbar_expect_tx(&full[s], bytes);  // before any copy of this stage can complete
         tma_2d(st, &xmap, (kt0 + i) * kTileK, m0, &full[s]);
         tma_2d(st + TOK * 128, &xmap, (kt0 + i) * kTileK + 64, m0, &full[s]);
+        if (f.wtma) {
+          tma_2d_hint(st + offW, &wmap, (kt0 + i) * 128, R0, &full[s], pol);  // 128 x u64 = 1 KB per row
+          tma_2d_hint(st + offS, &smap, (kt0 + i) * 16 * spt, R0, &full[s], pol);
+        }
       }
       __syncwarp();
       if (row_ok) {
-        bulk_g2s(st + offW + lane * 1024, wsrc + size_t(i) * 1024, 1024, &full[s], pol);
-        bulk_g2s(st + offS + lane * 32 * spt, ssrc + size_t(i) * 32 * spt, 32 * spt, &full[s], pol);
+        if (!f.wtma) {
+          bulk_g2s(st + offW + lane * 1024, wsrc + size_t(i) * 1024, 1024, &full[s], pol);
+          bulk_g2s(st + offS + lane * 32 * spt, ssrc + size_t(i) * 32 * spt, 32 * spt, &full[s], pol);
+        }
         if (bits) {
           bulk_g2s(st + offRC + lane * 512, reinterpret_cast<const uint8_t*>(L.res_qweight) + size_t(b) * 512, 512,
                    &full[s], pol);
@@ -249,14 +289,42 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   const int g = lane >> 2, t4 = lane & 3;
   const int ri = warp;  // = 4 wg + (warp & 3)
   const bool active = R0 + ri < R;
-  const uint32_t sbase = smem_addr(smem);
+  const uint32_t sbase = smem_addr(smem), full0 = smem_addr(full), empty0 = smem_addr(empty);
+  const uint32_t flags0 = smem_addr(flags), rbase0 = smem_addr(rbase);
+  const uint64_t desc0 = desc_sw128(sbase);  // + (byte offset >> 4) addresses any 16-byte offset of the ring
   float acc[kAcc];
 #pragma unroll
   for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
-  uint32_t A0[4][4], A1[4][4];  // the A fragments of chunk 0 / 1 of a k-tile (4 k16 steps each)
+  // A fragments, two buffers of G chunks (4 k16 steps each): one buffer is dequantized while the
+  // wgmma group of the other runs.
+  uint32_t A0[G][4][4], A1[G][4][4];
 
-  // Chunk h of the k-tile in stage s -> A: base codes x group scale (+ residual codes x scale).
-  const auto load_chunk = [&](int s, int h, uint32_t (&A)[4][4]) {
+  // Consumer cursor: k-tile i in stage s (phase ph); sp = the previous k-tile's stage.
+  int i = 0, s = 0, sp = 0;
+  uint32_t ph = 0, st = sbase, tfl = 0, tA = 0, tB = 0;
+  uint64_t dst = desc0;
+  const auto begin_tile = [&]() {
+    st = sbase + s * SB;
+    dst = desc0 + uint32_t((s * SB) >> 4);
+    mbar_wait_a(full0 + 8 * s, ph);
+    tfl = lds32(flags0 + 4 * s);
+    if (spt == 1 && active) {  // group >= 128: one scale per output and k-tile
+      tA = lds16(st + offS + ri * 32 + 2 * g) * 0x10001u;  // (the 16-bit scale in both halves)
+      tB = lds16(st + offS + ri * 32 + 2 * (g + 8)) * 0x10001u;
+    }
+  };
+  const auto end_tile = [&]() {
+    sp = s;
+    if (++s == S) s = 0, ph ^= 1u;
+    ++i;
+  };
+  const auto release_prev = [&]() {  // the previous k-tile's wgmma are complete: its stage is free
+    __syncwarp();
+    if (lane == 0) mbar_arrive_a(empty0 + 8 * sp);
+  };
+
+  // Chunk h of the current k-tile -> A: base codes x group scale (+ residual codes x its scale).
+  const auto load_chunk = [&](int h, uint32_t (&A)[4][4]) {
     if (!active) {  // rows past N: zeros (their outputs are not stored)
 #pragma unroll
       for (int j = 0; j < 4; ++j)
@@ -264,46 +332,52 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
         for (int e = 0; e < 4; ++e) A[j][e] = 0u;
       return;
     }
-    const uint8_t* st = smem + s * SB;
-    const uint4 q = lds128(sbase + s * SB + offW + ri * 1024 + h * 512 + lane * 16);
-    if (f.ablate & 1) {  // measurement only: the raw codes as A (no dequantization work)
+    const uint4 q = lds128(st + offW + ri * 1024 + h * 512 + lane * 16);
+    uint32_t sa[4], sb[4];
+    if (spt == 1) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) A[j][0] = A[j][1] = A[j][2] = A[j][3] = word(q, j) & 0x3bff3bffu;
-      return;
+      for (int j = 0; j < 4; ++j) sa[j] = tA, sb[j] = tB;
+    } else {  // group 64 / 32 / 16: scale set of k16 step 4h + j
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t a = st + offS + ri * 32 * spt + ((((4 * h + j) * spt) >> 3) * 16 + g) * 2;
+        sa[j] = lds16(a) * 0x10001u;
+        sb[j] = lds16(a + 16) * 0x10001u;
+      }
     }
-    const T* sc = reinterpret_cast<const T*>(st + offS + ri * 32 * spt);
     uint32_t w[4][4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int set = ((4 * h + j) * spt) >> 3;  // scale set of k16 step 4h + j (spt = 128 / group, 1..8)
-      const T2 sA = O::bcast(sc[set * 16 + g]), sB = O::bcast(sc[set * 16 + g + 8]);
       O::dequant(word(q, j), w[j]);
+      const T2 sA = O::as_t2(sa[j]), sB = O::as_t2(sb[j]);
       w[j][0] = O::as_u32(__hmul2(O::as_t2(w[j][0]), sA));  // output g,     inputs 2t, 2t+1
       w[j][1] = O::as_u32(__hmul2(O::as_t2(w[j][1]), sA));  // output g,     inputs 2t+8, 2t+9
       w[j][2] = O::as_u32(__hmul2(O::as_t2(w[j][2]), sB));  // output g + 8, inputs 2t, 2t+1
       w[j][3] = O::as_u32(__hmul2(O::as_t2(w[j][3]), sB));  // output g + 8, inputs 2t+8, 2t+9
     }
-    const uint32_t fl = flags[s];
-    if (res && ((fl >> (8 * h + ri)) & 1u)) {  // warp-uniform: this chunk has a kept residual block
+    if (res && ((tfl >> (8 * h + ri)) & 1u)) {  // warp-uniform: this chunk has a kept residual block
       uint4 rq;
-      const T* rs;
-      if (h == 0 || !((fl >> ri) & 1u)) {  // the tile's first kept block of this row: in the slot
-        rq = lds128(sbase + s * SB + offRC + ri * 512 + lane * 16);
-        rs = reinterpret_cast<const T*>(st + offRS + ri * 32);
+      uint32_t rA, rB;
+      if (h == 0 || !((tfl >> ri) & 1u)) {  // the tile's first kept block of this row: in the slot
+        rq = lds128(st + offRC + ri * 512 + lane * 16);
+        rA = lds16(st + offRS + ri * 32 + 2 * g) * 0x10001u;
+        rB = lds16(st + offRS + ri * 32 + 2 * (g + 8)) * 0x10001u;
       } else {  // both chunks kept (~1% of tiles at 10%): the second block straight from global
-        const int bi = rbase[s * 8 + ri] + 1;
+        const int bi = int(lds32(rbase0 + 4 * (s * 8 + ri))) + 1;
         rq = __ldg(reinterpret_cast<const uint4*>(L.res_qweight) + size_t(bi) * 32 + lane);
-        rs = reinterpret_cast<const T*>(L.res_scales) + size_t(bi) * 16;
+        const unsigned short* rs = reinterpret_cast<const unsigned short*>(L.res_scales) + size_t(bi) * 16;
+        rA = uint32_t(__ldg(rs + g)) * 0x10001u;
+        rB = uint32_t(__ldg(rs + g + 8)) * 0x10001u;
       }
-      const T2 rA = O::bcast(rs[g]), rB = O::bcast(rs[g + 8]);
+      const T2 rsA = O::as_t2(rA), rsB = O::as_t2(rB);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         uint32_t r[4];
         O::dequant(word(rq, j), r);
-        w[j][0] = O::as_u32(__hfma2(O::as_t2(r[0]), rA, O::as_t2(w[j][0])));
-        w[j][1] = O::as_u32(__hfma2(O::as_t2(r[1]), rA, O::as_t2(w[j][1])));
-        w[j][2] = O::as_u32(__hfma2(O::as_t2(r[2]), rB, O::as_t2(w[j][2])));
-        w[j][3] = O::as_u32(__hfma2(O::as_t2(r[3]), rB, O::as_t2(w[j][3])));
+        w[j][0] = O::as_u32(__hfma2(O::as_t2(r[0]), rsA, O::as_t2(w[j][0])));
+        w[j][1] = O::as_u32(__hfma2(O::as_t2(r[1]), rsA, O::as_t2(w[j][1])));
+        w[j][2] = O::as_u32(__hfma2(O::as_t2(r[2]), rsB, O::as_t2(w[j][2])));
+        w[j][3] = O::as_u32(__hfma2(O::as_t2(r[3]), rsB, O::as_t2(w[j][3])));
       }
     }
 #pragma unroll
@@ -314,33 +388,60 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
       A[j][3] = w[j][3];
     }
   };
-  // 4 wgmma of chunk h of stage s (X box h, +32 B per k16 step), one commit group.
-  const auto mma_chunk = [&](int s, int h, uint32_t (&A)[4][4]) {
-    const uint32_t xaddr = sbase + s * SB + h * TOK * 128;
-    wgmma_fence();
+  // The 4 wgmma of chunk h of the current k-tile (X box h, +32 B per k16 step).
+  const auto mma_chunk = [&](int h, uint32_t (&A)[4][4]) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) MM::mma(acc, A[j], desc_sw128(xaddr + 32 * j));
-    wgmma_commit();
+    for (int j = 0; j < 4; ++j) MM::mma(acc, A[j], dst + uint32_t((h * TOK * 128 + 32 * j) >> 4));
   };
 
-  for (int i = 0; i < nkt; ++i) {
-    const int s = i % S;
-    mbar_wait(&full[s], (i / S) & 1);
-    load_chunk(s, 0, A0);   // overlaps chunk 1 of k-tile i - 1 on the tensor cores
-    mma_chunk(s, 0, A0);
-    wgmma_wait<1>();        // chunk 1 of k-tile i - 1 done: its A1 registers and its stage are free
-    keep_live(A1);
-    if (i > 0) {
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&empty[(i - 1) % S]);
+  if constexpr (G == 1) {
+    // One commit group per chunk: chunk 1 is dequantized while chunk 0's wgmma run, and chunk 0
+    // of the next k-tile while chunk 1's run (96 registers: 2 CTAs per SM for TOK <= 64).
+    while (i < nkt) {
+      begin_tile();
+      load_chunk(0, A0[0]);
+      wgmma_fence();
+      mma_chunk(0, A0[0]);
+      wgmma_commit();
+      wgmma_wait<1>();  // chunk 1 of the previous k-tile done: A1 and its stage are free
+      keep_live(A1[0]);
+      if (i > 0) release_prev();
+      load_chunk(1, A1[0]);
+      wgmma_fence();
+      mma_chunk(1, A1[0]);
+      wgmma_commit();
+      wgmma_wait<1>();  // chunk 0 done
+      keep_live(A0[0]);
+      end_tile();
     }
-    load_chunk(s, 1, A1);
-    mma_chunk(s, 1, A1);
-    wgmma_wait<1>();        // chunk 0 of k-tile i done
-    keep_live(A0);
+    wgmma_wait<0>();
+    keep_live(A1[0]);
+  } else {
+    // One commit group per k-tile (8 wgmma): the next k-tile is dequantized while it runs.
+    const auto tile = [&](uint32_t (&cur)[G][4][4], uint32_t (&other)[G][4][4]) {
+      begin_tile();
+      load_chunk(0, cur[0]);
+      load_chunk(1, cur[1]);
+      wgmma_fence();
+      mma_chunk(0, cur[0]);
+      mma_chunk(1, cur[1]);
+      wgmma_commit();
+      wgmma_wait<1>();  // the previous k-tile done: `other` and its stage are free
+      keep_live(other[0]);
+      keep_live(other[1]);
+      if (i > 0) release_prev();
+      end_tile();
+    };
+    while (i < nkt) {
+      tile(A0, A1);
+      if (i < nkt) tile(A1, A0);
+    }
+    wgmma_wait<0>();
+    keep_live(A0[0]);
+    keep_live(A0[1]);
+    keep_live(A1[0]);
+    keep_live(A1[1]);
   }
-  wgmma_wait<0>();
-  keep_live(A1);
   fence_acc(acc);
 
   // ---- epilogue ----
@@ -355,12 +456,19 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
 #pragma unroll
     for (int q = 0; q < kAcc / 4; ++q)
       atomicAdd(ws + q, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
-    __threadfence();
-    asm volatile("bar.sync 1, 256;\n" ::: "memory");  // all 256 consumer threads' reductions issued + fenced
-    if (tid == 0) *s_last = atomicAdd(f.counters + tile, 1) == int(gridDim.z) - 1;
+    // One fence per CTA, not per thread (v2: 256 fence.sc per CTA were 15% of the stall samples at
+    // M = 64): the barrier orders every consumer thread's reductions before thread 0's fence, whose
+    // cumulativity then orders them before the counter increment; the last CTA's thread 0 fences
+    // again before the barrier that lets the others read the sums.
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");  // all 256 consumer threads' reductions issued
+    if (tid == 0) {
+      __threadfence();
+      const bool last = atomicAdd(f.counters + tile, 1) == int(gridDim.z) - 1;
+      if (last) __threadfence();
+      *s_last = last;
+    }
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
     if (!*s_last) return;
-    __threadfence();
 #pragma unroll
     for (int q = 0; q < kAcc / 4; ++q) {
       const float4 v = __ldcg(ws + q);
@@ -407,53 +515,78 @@ EncodeTiled encode_fn() {
   return fn;
 }
 
+// A 2D tensor map: `inner` elements per row (contiguous), `rows` rows `stride` bytes apart, boxes
+// of box_x x box_y; out-of-range boxes read as zeros.
+void encode_2d(CUtensorMap* m, CUtensorMapDataType type, const void* p, uint64_t inner, uint64_t rows, uint64_t stride,
+               int box_x, int box_y, CUtensorMapSwizzle swz, const char* what) {
+  const cuuint64_t dims[2] = {cuuint64_t(inner), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(stride)};
+  const cuuint32_t box[2] = {cuuint32_t(box_x), cuuint32_t(box_y)};
+  const cuuint32_t estr[2] = {1, 1};
+  const CUresult r = encode_fn()(m, type, 2, const_cast<void*>(p), dims, strides, box, estr,
+                                 CU_TENSOR_MAP_INTERLEAVE_NONE, swz, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    fail("zipper wgmma: cuTensorMapEncodeTiled failed (", int(r), ") for the ", what, " map [", rows, " x ", inner, "]");
+}
+
 // Raises (never lowers) the dynamic smem limit of one instantiation (occupancy probes and
 // launches share it).
-template <typename T, int TOK>
+template <typename T, int TOK, int G>
 bool allow_smem(int smem) {
   static int allowed = 48 * 1024;
   if (smem <= allowed) return true;
-  if (cudaFuncSetAttribute(zipper_wgmma_kernel<T, TOK>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
+  if (cudaFuncSetAttribute(zipper_wgmma_kernel<T, TOK, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+      cudaSuccess)
     return false;
   allowed = smem;
   return true;
 }
 
-template <typename T, int TOK>
+template <typename T, int TOK, int G>
 void launch_t(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
   const int smem = wgmma_smem_bytes(TOK, L.spt, f.stages);
-  if (!allow_smem<T, TOK>(smem)) fail("zipper wgmma: cannot set ", smem, " bytes of dynamic shared memory");
+  if (!allow_smem<T, TOK, G>(smem)) fail("zipper wgmma: cannot set ", smem, " bytes of dynamic shared memory");
   // X [M, K] as a 2D tensor (K inner), boxes of 64 inputs (128 B) x TOK rows, 128-byte swizzle;
   // rows past M read as zeros.
-  CUtensorMap map;
-  const cuuint64_t dims[2] = {cuuint64_t(L.K), cuuint64_t(f.M)};
-  const cuuint64_t strides[1] = {cuuint64_t(L.K) * 2};
-  const cuuint32_t box[2] = {64, cuuint32_t(TOK)};
-  const cuuint32_t estr[2] = {1, 1};
-  const CUresult r = encode_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, const_cast<void*>(f.X), dims, strides, box,
-                                 estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) fail("zipper wgmma: cuTensorMapEncodeTiled failed (", int(r), ") for [M=", f.M, ", K=", L.K, "]");
+  CUtensorMap map, wmap, smap;
+  encode_2d(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, f.X, uint64_t(L.K), uint64_t(f.M), uint64_t(L.K) * 2, 64, TOK,
+            CU_TENSOR_MAP_SWIZZLE_128B, "X");
+  if (f.wtma) {
+    // Codes [N/16 rows][K x 8 bytes] as u64 (boxes of 128 = one k-tile's 1 KB x 8 rows), scales
+    // [N/16][K/128 x spt x 16] fp16/bf16 (boxes of 16 spt x 8 rows).
+    const uint64_t rows = uint64_t(L.N / 16), sw = uint64_t(L.K / kTileK) * L.spt * 16;
+    encode_2d(&wmap, CU_TENSOR_MAP_DATA_TYPE_UINT64, L.qweight, uint64_t(L.K), rows, uint64_t(L.K) * 8, 128, 8,
+              CU_TENSOR_MAP_SWIZZLE_NONE, "codes");
+    encode_2d(&smap, CU_TENSOR_MAP_DATA_TYPE_UINT16, L.scales, sw, rows, sw * 2, 16 * L.spt, 8,
+              CU_TENSOR_MAP_SWIZZLE_NONE, "scales");
+  } else {
+    wmap = map;
+    smap = map;
+  }
   const dim3 grid(unsigned((L.N + kWgOut - 1) / kWgOut), unsigned((f.M + TOK - 1) / TOK),
                   unsigned((L.K + f.k_split - 1) / f.k_split));
-  zipper_wgmma_kernel<T, TOK><<<grid, kWgThreads, smem, s>>>(map, L, f);
+  zipper_wgmma_kernel<T, TOK, G><<<grid, kWgThreads, smem, s>>>(map, wmap, smap, L, f);
 }
 
+// TOK <= 64 commit one chunk per group (2 CTAs per SM in 96 registers); TOK = 128 a whole k-tile
+// (one chunk per group measured the same on an H200, v2).
 template <typename T>
 void launch_dt(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
   switch (f.tok) {
-    case 32: return launch_t<T, 32>(L, f, s);
-    case 64: return launch_t<T, 64>(L, f, s);
-    case 128: return launch_t<T, 128>(L, f, s);
+    case 32: return launch_t<T, 32, 1>(L, f, s);
+    case 64: return launch_t<T, 64, 1>(L, f, s);
+    case 128: return launch_t<T, 128, 2>(L, f, s);
     default: fail("zipper wgmma: token tile must be 32, 64 or 128, got ", f.tok);
   }
 }
 
-template <int TOK>
+template <int TOK, int G>
 int occupancy_t(int smem) {
-  if (!allow_smem<__half, TOK>(smem)) return 0;
+  if (!allow_smem<__half, TOK, G>(smem)) return 0;
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_wgmma_kernel<__half, TOK>, kWgThreads, smem) != cudaSuccess)
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_wgmma_kernel<__half, TOK, G>, kWgThreads, smem) !=
+      cudaSuccess)
     return 0;
   return n;
 }
@@ -470,7 +603,7 @@ int wgmma_occupancy(int tok, int smem) {
     return v;
   }();
   if (smem > max_optin) return 0;  // (no failing cudaFuncSetAttribute: compute-sanitizer reports those)
-  const int n = tok == 32 ? occupancy_t<32>(smem) : tok == 64 ? occupancy_t<64>(smem) : occupancy_t<128>(smem);
+  const int n = tok == 32 ? occupancy_t<32, 1>(smem) : tok == 64 ? occupancy_t<64, 1>(smem) : occupancy_t<128, 2>(smem);
   cudaGetLastError();  // a probe past the smem limit is not an error of the caller
   return n;
 }

@@ -4,7 +4,7 @@
 // "Swap AB": D^T[n, m] = sum_k W[n, k] X[m, k] with the WEIGHTS as the wgmma A operand (64 outputs
 // per consumer warpgroup, dequantized in registers from the zipper layout, residual added into the
 // same fragments) and X as the B operand from shared memory (TMA, 128-byte swizzle): a CTA tile is
-// 128 outputs x TOK tokens (TOK = 32, 64 or 128 = the wgmma N). docs/kernels.md "wgmma kernel".
+// 128 outputs x TOK tokens (TOK = 32, 64 or 128 = the wgmma N). docs/kernels-notes.md "wgmma kernel".
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -28,13 +28,15 @@ struct WgmmaLaunch {
   float* ws = nullptr;     // split-K partial sums, >= n_tiles * m_tiles * 128 * tok floats, zero between calls
   int* counters = nullptr; // one per (n tile, m tile), zero between calls
   int evict_first = 1;     // L2 evict-first hint on the weights (read once when one token tile covers M)
-  int ablate = 0;          // measurements only: 1 = no dequantization (raw codes as A)
+  int wtma = 0;            // codes and scales of the CTA's 8 block rows as one TMA box each per k-tile
 };
 
 // Bytes of one ring stage (1024-aligned) and of the kernel's dynamic shared memory.
 constexpr int wgmma_stage_bytes(int tok, int spt) {
   return (tok * 256 + 8192 + 256 * spt + 8 * 512 + 8 * 32 + 1023) / 1024 * 1024;
 }
+// + 1 KB of barriers / flags + 1 KB of alignment slack (the ring is 1024-aligned for the 128-byte
+// swizzle). 5 stages of the 128-token tile (group 128) need exactly the 227 KB a CTA may opt in to.
 constexpr int wgmma_smem_bytes(int tok, int spt, int stages) { return stages * wgmma_stage_bytes(tok, spt) + 2048; }
 // CTAs of the wgmma kernel resident per SM with this much dynamic smem (0: does not fit).
 int wgmma_occupancy(int tok, int smem);

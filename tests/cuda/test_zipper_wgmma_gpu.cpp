@@ -38,15 +38,17 @@ double run_wgmma(const ZipperLinear& zl, int64_t M, DType dt, const std::vector<
 // Sets the wgmma tuning variables for the layers constructed while it lives (plans are made at a
 // layer's first call) and clears them afterwards.
 struct WgEnv {
-  WgEnv(int tok, int stages, int ksplit) {
+  WgEnv(int tok, int stages, int ksplit, int wtma = 0) {
     if (tok) setenv("MOSAIC_ZIPPER_WGMMA_TOK", std::to_string(tok).c_str(), 1);
     if (stages) setenv("MOSAIC_ZIPPER_WGMMA_STAGES", std::to_string(stages).c_str(), 1);
     if (ksplit) setenv("MOSAIC_ZIPPER_WGMMA_KSPLIT", std::to_string(ksplit).c_str(), 1);
+    setenv("MOSAIC_ZIPPER_WGMMA_WTMA", wtma ? "1" : "0", 1);
   }
   ~WgEnv() {
     unsetenv("MOSAIC_ZIPPER_WGMMA_TOK");
     unsetenv("MOSAIC_ZIPPER_WGMMA_STAGES");
     unsetenv("MOSAIC_ZIPPER_WGMMA_KSPLIT");
+    unsetenv("MOSAIC_ZIPPER_WGMMA_WTMA");
   }
 };
 
@@ -59,7 +61,9 @@ TEST(ZipperWgmmaGpu, MatchesCpuReferenceAcrossMPatternsAndDtypes) {
                                       ? std::vector<int64_t>{17, 64, 130}
                                       : std::vector<int64_t>{1, 5, 17, 31, 32, 33, 63, 64, 65, 127, 128, 255, 1024, 4097};
   double worst[2] = {0, 0};
+  for (int wtma : {0, 1})  // weights by per-row bulk copies / by TMA boxes
   for (Pattern pat : {Pattern::None, Pattern::Uniform, Pattern::Clustered, Pattern::OneTile}) {
+    const WgEnv env(0, 0, 0, wtma);
     const PackedLinear w = test::random_layer(N, K, 128, pat, 300 + int(pat));
     const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
     const ZipperLinear zl(w);
@@ -70,7 +74,8 @@ TEST(ZipperWgmmaGpu, MatchesCpuReferenceAcrossMPatternsAndDtypes) {
         test::random_activations(M, K, dt == DType::BF16, 2000 + M, xb, xf);
         const std::vector<double> yref = test::reference_gemm(xf, W, M, N, K);
         const double err = run_wgmma(zl, M, dt, xb, yref, Variant::Zipper);
-        EXPECT_LT(err, bound(dt)) << "pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M;
+        EXPECT_LT(err, bound(dt)) << "pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M
+                                  << " wtma " << wtma;
         worst[int(dt)] = std::max(worst[int(dt)], err);
         if (pat != Pattern::None && (M == 33 || M == 255)) {  // dense-only = the base alone
           const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, N, K);
@@ -95,18 +100,20 @@ TEST(ZipperWgmmaGpu, ForcedPlansOddShapesAndGroups) {
     int64_t N, K;
     int group;
     Pattern pat;
-    int tok, stages, ksplit;
+    int tok, stages, ksplit, wtma;
   };
   const Case cases[] = {
-      {384, 640, 128, Pattern::Uniform, 32, 2, 128},     {384, 640, 128, Pattern::Clustered, 64, 6, 256},
-      {208, 8320, 128, Pattern::Uniform, 128, 3, 1024},  {208, 8320, 128, Pattern::OneTile, 64, 4, 0},
-      {144, 1152, 32, Pattern::Clustered, 32, 4, 384},   {208, 384, 64, Pattern::Uniform, 128, 2, 0},
-      {128, 640, 640, Pattern::Uniform, 64, 3, 128},     {96, 256, 16, Pattern::Uniform, 32, 5, 0},
-      {528, 1152, 128, Pattern::None, 128, 4, 384},      {16, 128, 128, Pattern::OneTile, 32, 2, 0},
+      {384, 640, 128, Pattern::Uniform, 32, 2, 128, 0},     {384, 640, 128, Pattern::Clustered, 64, 6, 256, 1},
+      {208, 8320, 128, Pattern::Uniform, 128, 3, 1024, 0},  {208, 8320, 128, Pattern::OneTile, 64, 4, 0, 1},
+      {144, 1152, 32, Pattern::Clustered, 32, 4, 384, 0},   {208, 384, 64, Pattern::Uniform, 128, 2, 0, 1},
+      {128, 640, 640, Pattern::Uniform, 64, 3, 128, 0},     {96, 256, 16, Pattern::Uniform, 32, 5, 0, 1},
+      {528, 1152, 128, Pattern::None, 128, 4, 384, 0},      {16, 128, 128, Pattern::OneTile, 32, 2, 0, 1},
+      {208, 8320, 128, Pattern::Uniform, 128, 5, 1024, 1},  {144, 1152, 32, Pattern::Clustered, 128, 3, 384, 1},
+      {208, 384, 64, Pattern::Uniform, 32, 4, 128, 1},      {528, 1152, 128, Pattern::Clustered, 128, 5, 0, 1},
   };
   double worst[2] = {0, 0};
   for (const Case& c : cases) {
-    const WgEnv env(c.tok, c.stages, c.ksplit);
+    const WgEnv env(c.tok, c.stages, c.ksplit, c.wtma);
     const PackedLinear w = test::random_layer(c.N, c.K, c.group, c.pat, uint64_t(c.N * 5 + c.K + c.tok));
     const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
     const ZipperLinear zl(w);
@@ -122,7 +129,8 @@ TEST(ZipperWgmmaGpu, ForcedPlansOddShapesAndGroups) {
         const std::string what = "N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) + " group=" +
                                  std::to_string(c.group) + " " + test::pattern_name(c.pat) + " tok=" +
                                  std::to_string(c.tok) + " stages=" + std::to_string(c.stages) + " ksplit=" +
-                                 std::to_string(c.ksplit) + " " + dtype_name(dt) + " M=" + std::to_string(M);
+                                 std::to_string(c.ksplit) + " wtma=" + std::to_string(c.wtma) + " " + dtype_name(dt) +
+                                 " M=" + std::to_string(M);
         for (int rep = 0; rep < 2; ++rep) {
           const double err = run_wgmma(zl, M, dt, xb, yref, Variant::Zipper);
           EXPECT_LT(err, bound(dt)) << what << " rep " << rep;
