@@ -18,9 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_int4 import shapes, time_us  # noqa: E402  (same shapes, same timing)
 
 
-def build(src, build_dir):
+def build(src, build_dir, arch):
     os.makedirs(build_dir, exist_ok=True)
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch  # e.g. "9.0", or "8.0+PTX" (sm_80 PTX JIT-compiled for the card)
+    for v in ("CXX", "CC"):  # a caller's compiler line (gpu-check.sh's CXX) is not the one torch was built with
+        os.environ.pop(v, None)
     return cpp_extension.load(name="marlin_cuda", build_directory=build_dir, verbose=False,
                               sources=[os.path.join(src, "marlin_cuda.cpp"), os.path.join(src, "marlin_cuda_kernel.cu")],
                               extra_cuda_cflags=["-O3", "-lineinfo"])
@@ -32,9 +34,13 @@ def main():
     ap.add_argument("--build-dir", default="/tmp/marlin-build")
     ap.add_argument("--shapes", default="llama3-8b")
     ap.add_argument("--m", default="1,4,16,32,64,128,256,1024,4096")
+    ap.add_argument("--arch", default="9.0", help="TORCH_CUDA_ARCH_LIST for the build")
+    ap.add_argument("--fp16-baseline", action="store_true",
+                    help="also time torch.matmul in FP16 (cuBLAS) in this process (variant torch_fp16), for runs "
+                         "without `mosaic bench gemm`")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
-    marlin = build(args.src, args.build_dir)
+    marlin = build(args.src, args.build_dir, args.arch)
     dev = "cuda"
     card = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
@@ -55,11 +61,23 @@ def main():
             c = torch.empty(m, n, device=dev, dtype=torch.half)
             try:
                 us = time_us(lambda i: marlin.mul(xs[i % 4], bs[i], c, s, ws, -1, -1, -1, 16), copies)
-            except Exception as e:  # report, do not hide
+                torch.cuda.synchronize()
+            except Exception as e:  # report, do not hide; a device error poisons the context: stop
                 print(f"{name} M={m}: marlin failed: {e}", file=sys.stderr)
+                if "CUDA error" in str(e):
+                    sys.exit(1)
                 continue
             tflops = 2.0 * m * n * k / (us * 1e6)
-            print(f"| {name} ({k}x{n}) | {m} | marlin | {us:.2f} us | {tflops:.1f} TFLOP/s |", flush=True)
+            ratio = ""
+            if args.fp16_baseline:
+                wf = [torch.randn(n, k, device=dev, dtype=torch.half) * 0.02 for _ in range(4)]  # >= 200 MB: more than L2
+                ref = time_us(lambda i: torch.matmul(xs[i % 4], wf[i % len(wf)].t()), len(wf))
+                del wf
+                ratio = f" | cuBLAS FP16 (torch) {ref:.2f} us | marlin x cuBLAS {ref / us:.2f}x"
+                rows.append({"card": card, "date": date, "shape": name, "m": m, "n": n, "k": k, "budget": None,
+                             "variant": "torch_fp16", "us": ref, "tflops": 2.0 * m * n * k / (ref * 1e6),
+                             "act_dtype": "fp16", "torch": torch.__version__})
+            print(f"| {name} ({k}x{n}) | {m} | marlin | {us:.2f} us | {tflops:.1f} TFLOP/s{ratio} |", flush=True)
             rows.append({"card": card, "date": date, "shape": name, "m": m, "n": n, "k": k, "budget": None,
                          "variant": "marlin", "us": us, "tflops": tflops, "act_dtype": "fp16",
                          "torch": torch.__version__})

@@ -125,7 +125,7 @@ echo "== torch int4 rc=$?"; tail -3 $B/torch.log
 # marlin_cuda.cpp + marlin_cuda_kernel.cu, not part of mosaic), built here with torch's extension builder.
 MARLIN_SRC=${MARLIN_SRC:-.xfer/marlin}
 if [ -f $MARLIN_SRC/marlin_cuda_kernel.cu ] && [ "${SKIP_MARLIN:-0}" != 1 ]; then
-  PYTHONUNBUFFERED=1 timeout 400 python3 bench/marlin_peer.py --src $MARLIN_SRC --shapes $SH --m $MS --json $X/marlin.json > $B/marlin.log 2>&1
+  PYTHONUNBUFFERED=1 timeout 400 python3 bench/marlin_peer.py --src $MARLIN_SRC ${MARLIN_ARCH:+--arch $MARLIN_ARCH} --shapes $SH --m $MS --json $X/marlin.json > $B/marlin.log 2>&1
   echo "== marlin rc=$?"; tail -3 $B/marlin.log; cp $B/marlin.log $X/
 fi
 python3 bench/merge_results.py $OUT/gemm-merged.json $OUT/gemm.json $X/torch_int4.json $X/marlin.json > $OUT/summary.md
