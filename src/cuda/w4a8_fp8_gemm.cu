@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/hopper_ptx.cuh"
 #include "cuda/w4a8_fp8_tables.h"
 #include "cuda/w4a8_launch.h"
 #include "util/error.h"
@@ -102,67 +103,8 @@ constexpr int kOffRS = kOffRC + 16 * 512;  // 33792
 constexpr int kStageBytes = kOffRS + 1024;  // 34816 = 34 KB
 constexpr int kSmemBytes = kStages * kStageBytes + 1024 /* barriers + flags */ + 1024 /* alignment */;
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(b)), "r"(count));
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(b)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred ok;\nwait_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 ok, [%0], %1;\n"
-      "@!ok bra wait_%=;\n}\n" ::"r"(smem_u32(b)),
-      "r"(parity)
-      : "memory");
-}
-// 1D bulk copy global -> shared completing on an mbarrier (bytes % 16 == 0, 16-byte aligned).
-__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                   smem_u32(dst)),
-               "l"(src), "r"(bytes), "r"(smem_u32(bar))
-               : "memory");
-}
-// 2D TMA tile (x = inner coordinate in elements, y = row) -> shared, completing on an mbarrier.
-__device__ __forceinline__ void tma_2d(void* dst, const CUtensorMap* map, int x, int y, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-          smem_u32(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_u32(bar))
-      : "memory");
-}
-
-// wgmma shared-memory descriptor of a K-major operand tile with 128-byte rows in the 128-byte
-// swizzle TMA writes: start address >> 4, leading byte offset unused (1), stride between 8-row
-// core-matrix groups 1024 B, layout type 1 (128B swizzle). A k32 step inside the row is +32 B.
-__device__ __forceinline__ uint64_t smem_desc_sw128(uint32_t addr) {
-  return uint64_t((addr & 0x3FFFF) >> 4) | uint64_t(1) << 16 | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-// wgmma reads its register A operand asynchronously, but to the compiler an asm input is consumed
-// at issue: without a use after the wait, ptxas reuses those registers for the next k-tile's
-// fragments while the wgmma still reads them (seen: wrong results). keep_live is that use.
-template <int N>
-__device__ __forceinline__ void keep_live(uint32_t (&a)[N][4]) {
-#pragma unroll
-  for (int k = 0; k < N; ++k)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[k][i])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
+// PTX wrappers (mbarriers, bulk copies, TMA, wgmma fences, descriptors): cuda/hopper_ptx.cuh.
+using namespace ::mosaic::cuda::hopper;
 
 // D[64 x 128] (+)= A[64 x 32] (registers, e4m3) * B[32 x 128] (shared memory descriptor, e4m3),
 // fp32 accumulators; scale_d = 0 overwrites D. One warpgroup, asynchronous (commit / wait).
@@ -203,11 +145,6 @@ __device__ __forceinline__ void unpack_2steps(const uint4& v, const E4m3Tables& 
   nib8_to_e4m3(v.y, t, s0[2], s0[3]);
   nib8_to_e4m3(v.z, t, s1[0], s1[1]);
   nib8_to_e4m3(v.w, t, s1[2], s1[3]);
-}
-__device__ __forceinline__ uint4 lds128(uint32_t addr) {
-  uint4 v;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
-  return v;
 }
 
 // acc += s_row * part over the m64n128 fragment: rows g (elements 0, 1 of each quad) and g + 8
@@ -346,10 +283,10 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
       wgmma_fence();
       fence_regs(part);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) wgmma_m64n128k32_e4m3(part, cur[k], smem_desc_sw128(xaddr + 32 * k), k > 0);
+      for (int k = 0; k < 4; ++k) wgmma_m64n128k32_e4m3(part, cur[k], desc_sw128(xaddr + 32 * k), k > 0);
       wgmma_commit();
       if (kt + 1 < KT) load_a(kt + 1, nxt);
-      wgmma_wait0();
+      wgmma_wait<0>();
       keep_live(cur);
       fence_regs(part);
       promote(acc, part, s_lo, s_hi);
@@ -359,11 +296,11 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
         const float s_lo = sc[128 * h + nrow], s_hi = sc[128 * h + nrow + 8];
         wgmma_fence();
         fence_regs(part);
-        wgmma_m64n128k32_e4m3(part, cur[2 * h], smem_desc_sw128(xaddr + 64 * h), 0);
-        wgmma_m64n128k32_e4m3(part, cur[2 * h + 1], smem_desc_sw128(xaddr + 64 * h + 32), 1);
+        wgmma_m64n128k32_e4m3(part, cur[2 * h], desc_sw128(xaddr + 64 * h), 0);
+        wgmma_m64n128k32_e4m3(part, cur[2 * h + 1], desc_sw128(xaddr + 64 * h + 32), 1);
         wgmma_commit();
         if (h == 0 && kt + 1 < KT) load_a(kt + 1, nxt);
-        wgmma_wait0();
+        wgmma_wait<0>();
         keep_live(cur);
         fence_regs(part);
         promote(acc, part, s_lo, s_hi);
@@ -388,10 +325,10 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
       }
       wgmma_fence();
       fence_regs(part);
-      wgmma_m64n128k32_e4m3(part, r[0], smem_desc_sw128(xaddr + 64 * bc), 0);
-      wgmma_m64n128k32_e4m3(part, r[1], smem_desc_sw128(xaddr + 64 * bc + 32), 1);
+      wgmma_m64n128k32_e4m3(part, r[0], desc_sw128(xaddr + 64 * bc), 0);
+      wgmma_m64n128k32_e4m3(part, r[1], desc_sw128(xaddr + 64 * bc + 32), 1);
       wgmma_commit();
-      wgmma_wait0();
+      wgmma_wait<0>();
       keep_live(r);
       fence_regs(part);
       promote(acc, part, rs_lo, rs_hi);

@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cuda/hopper_ptx.cuh"
 #include "cuda/zipper_device.cuh"
 #include "cuda/zipper_wgmma.h"
 #include "util/error.h"
@@ -44,85 +45,10 @@
 namespace mosaic::cuda::detail {
 namespace {
 
-// ---- PTX wrappers (mbarrier, bulk copies, TMA, wgmma) -----------------------------------------
+// ---- PTX wrappers: mbarriers, bulk copies, TMA, wgmma in cuda/hopper_ptx.cuh; 16/32-bit shared loads here
 
-__device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(b)), "r"(count));
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred ok;\nwait_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 ok, [%0], %1;\n"
-      "@!ok bra wait_%=;\n}\n" ::"r"(smem_addr(b)),
-      "r"(parity)
-      : "memory");
-}
-// 1D bulk copy global -> shared completing on an mbarrier (bytes % 16 == 0, 16-byte aligned), with
-// an L2 cache policy (evict-first for the weights: read once per token tile).
-__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar, uint64_t pol) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::"r"(
-          smem_addr(dst)),
-      "l"(src), "r"(bytes), "r"(smem_addr(bar)), "l"(pol)
-      : "memory");
-}
-// 2D TMA tile (x = inner coordinate in elements, y = row) -> shared, completing on an mbarrier.
-__device__ __forceinline__ void tma_2d(void* dst, const CUtensorMap* map, int x, int y, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-          smem_addr(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_addr(bar))
-      : "memory");
-}
-// The same with an L2 cache policy (the weights' boxes).
-__device__ __forceinline__ void tma_2d_hint(void* dst, const CUtensorMap* map, int x, int y, uint64_t* bar,
-                                            uint64_t pol) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(
-          smem_addr(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_addr(bar)), "l"(pol)
-      : "memory");
-}
-// wgmma descriptor of a K-major tile with 128-byte rows (64 fp16/bf16 inputs) in the 128-byte
-// swizzle TMA writes: start >> 4, leading offset unused (1), 1024 B between 8-row groups, layout
-// type 1 (128B swizzle). A k16 step inside the row is +32 B.
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
-  return uint64_t((addr & 0x3FFFF) >> 4) | uint64_t(1) << 16 | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// wgmma reads its register A operand asynchronously, but to the compiler an asm input is consumed
-// at issue: without a use after the wait, ptxas may reuse those registers while the wgmma still
-// reads them (found with the FP8 kernel, w4a8_fp8_gemm.cu). keep_live is that use.
-__device__ __forceinline__ void keep_live(uint32_t (&a)[4][4]) {
-#pragma unroll
-  for (int k = 0; k < 4; ++k)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[k][i])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void fence_acc(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-__device__ __forceinline__ void mbar_wait_a(uint32_t addr, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred ok;\nwait_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 ok, [%0], %1;\n"
-      "@!ok bra wait_%=;\n}\n" ::"r"(addr),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_a(uint32_t addr) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(addr) : "memory");
-}
+using namespace ::mosaic::cuda::hopper;
+
 __device__ __forceinline__ uint32_t lds16(uint32_t addr) {
   unsigned short v;
   asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(addr));
@@ -131,11 +57,6 @@ __device__ __forceinline__ uint32_t lds16(uint32_t addr) {
 __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
   uint32_t v;
   asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
-  return v;
-}
-__device__ __forceinline__ uint4 lds128(uint32_t addr) {
-  uint4 v;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
   return v;
 }
 
@@ -261,8 +182,8 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
         tma_2d(st, &xmap, (kt0 + i) * kTileK, m0, &full[s]);
         tma_2d(st + TOK * 128, &xmap, (kt0 + i) * kTileK + 64, m0, &full[s]);
         if (f.wtma) {
-          tma_2d_hint(st + offW, &wmap, (kt0 + i) * 128, R0, &full[s], pol);  // 128 x u64 = 1 KB per row
-          tma_2d_hint(st + offS, &smap, (kt0 + i) * 16 * spt, R0, &full[s], pol);
+          tma_2d(st + offW, &wmap, (kt0 + i) * 128, R0, &full[s], pol);  // 128 x u64 = 1 KB per row
+          tma_2d(st + offS, &smap, (kt0 + i) * 16 * spt, R0, &full[s], pol);
         }
       }
       __syncwarp();
@@ -306,7 +227,7 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   const auto begin_tile = [&]() {
     st = sbase + s * SB;
     dst = desc0 + uint32_t((s * SB) >> 4);
-    mbar_wait_a(full0 + 8 * s, ph);
+    mbar_wait(full0 + 8 * s, ph);
     tfl = lds32(flags0 + 4 * s);
     if (spt == 1 && active) {  // group >= 128: one scale per output and k-tile
       tA = lds16(st + offS + ri * 32 + 2 * g) * 0x10001u;  // (the 16-bit scale in both halves)
@@ -320,7 +241,7 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   };
   const auto release_prev = [&]() {  // the previous k-tile's wgmma are complete: its stage is free
     __syncwarp();
-    if (lane == 0) mbar_arrive_a(empty0 + 8 * sp);
+    if (lane == 0) mbar_arrive(empty0 + 8 * sp);
   };
 
   // Chunk h of the current k-tile -> A: base codes x group scale (+ residual codes x its scale).
@@ -442,7 +363,7 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
     keep_live(A1[0]);
     keep_live(A1[1]);
   }
-  fence_acc(acc);
+  fence_regs(acc);
 
   // ---- epilogue ----
   T* Y = static_cast<T*>(f.Y);
