@@ -2,9 +2,10 @@
 # Quantized-activation study (issue 6, accuracy side) on the default model: W4A8 and W4A4 rows for
 # RTN, SmoothQuant+GPTQ and MosaicQuant at several residual budgets, WikiText-2 ppl and KL against
 # the FP16 model, and a markdown table (docs/results.md "Quantized activations (W4A8, W4A4)").
-#   bash scripts/act_study.sh [ROW ...]      rows: NAME=METHOD:ACT_BITS[:BUDGET[:FORMAT[:GRID[:ROTATE]]]], default all below
+#   bash scripts/act_study.sh [ROW ...]      rows: NAME=METHOD:ACT_BITS[:BUDGET[:FORMAT[:GRID[:ROTATE[:KEEP]]]]], default all below
 #   (FORMAT: --act-format, int by default; fp8_e4m3 = FP8 e4m3 activations; GRID: --grid, int4 by default;
-#    ROTATE: --rotate none|r1|r1r2, none by default, optionally with the matrix: r1r2/random = --rotate-matrix random)
+#    ROTATE: --rotate none|r1|r1r2, none by default, optionally with the matrix: r1r2/random = --rotate-matrix random;
+#    KEEP: --rotate-keep, residual channels left out of the rotation, comma-separated, e.g. 507)
 # Resumes: a row whose JSON exists is not redone (delete it, or FORCE=1). Env: MOSAIC (binary),
 # MODEL, WORK (output folder), WINDOWS (ppl windows), CALIB_SAMPLES, CALIB_LEN, GROUP.
 # Calibration is data/calib.txt only (never WikiText).
@@ -29,7 +30,7 @@ fi
 mkdir -p "$WORK/models" "$WORK/json" "$WORK/logs"
 for row in "${ROWS[@]}"; do
   name=${row%%=*}; spec=${row#*=}
-  IFS=: read -r method abits budget aformat grid rotate <<<"$spec"
+  IFS=: read -r method abits budget aformat grid rotate keep <<<"$spec"
   json=$WORK/json/$name.json
   if [ -s "$json" ] && [ -z "${FORCE:-}" ]; then echo "== $name: done ($json)"; continue; fi
   out=$WORK/models/$name
@@ -41,6 +42,7 @@ for row in "${ROWS[@]}"; do
   if [ -n "${rotate:-}" ]; then
     args+=(--rotate "${rotate%%/*}")
     [ "$rotate" != "${rotate%%/*}" ] && args+=(--rotate-matrix "${rotate#*/}")
+    [ -n "${keep:-}" ] && args+=(--rotate-keep "$keep")
   fi
   echo "== $name: mosaic quantize ${args[*]}"
   start=$(date +%s)
@@ -73,7 +75,8 @@ base = rows[0]["base_ppl"]
 name = {"rtn": "RTN", "gptq": "SmoothQuant+GPTQ", "mosaic": "SmoothQuant+MosaicQuant"}
 def rot(r):
     q = r.get("rotation")
-    return "" if not q else ("r1r2" if q.get("r2") else "r1") + ("" if q.get("matrix", "hadamard") == "hadamard" else " " + q["matrix"])
+    return "" if not q else (("r1r2" if q.get("r2") else "r1") + ("" if q.get("matrix", "hadamard") == "hadamard" else " " + q["matrix"])
+                             + (" keep " + ",".join(map(str, q["kept_channels"])) if q.get("kept_channels") else ""))
 def key(r): return (-r["act_bits"], r.get("act_format", "int"), r.get("grid", "int4"), rot(r), ["rtn", "gptq", "mosaic"].index(r["method"]), r["budget"] or 0)
 print(f"| weights / activations | method | bits/weight (linears) | ppl | ppl vs FP16 | KL |")
 print("|---|---|---|---|---|---|")

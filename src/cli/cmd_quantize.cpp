@@ -1,5 +1,6 @@
 // mosaic quantize: an FP16/BF16 checkpoint -> a MosaicQuant checkpoint (docs/format.md), layer by
 // layer with GPTQ-style calibration (src/quant/model_quantizer.h).
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -31,6 +32,7 @@ struct QuantizeCliOptions {
   std::string grid = "int4";
   std::string rotate = "none", rotate_matrix = "hadamard";
   uint64_t rotate_seed = 0;
+  std::vector<int64_t> rotate_keep;
   std::string calib_file = "data/calib.txt";
   int group = 128;
   bool asym = false, act_order = true, true_sequential = false, force = false, quiet = false;
@@ -96,6 +98,8 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.rotation.kind = parse_rotation(o.rotate);
   q.rotation.matrix = parse_rotation_matrix(o.rotate_matrix);
   q.rotation.seed = o.rotate_seed;
+  q.rotation.keep_channels = o.rotate_keep;
+  std::sort(q.rotation.keep_channels.begin(), q.rotation.keep_channels.end());
   const std::string sa = o.smooth_alpha.empty() ? (o.act_bits < 16 && q.method != QuantMethod::kRtn ? "auto" : "none")
                                                 : o.smooth_alpha;
   if (sa == "auto") {
@@ -218,6 +222,10 @@ void add_quantize_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--rotate-seed", o->rotate_seed, "seed of the rotation's random signs / matrices")
       ->capture_default_str();
+  cmd->add_option("--rotate-keep", o->rotate_keep,
+                  "residual-stream channels left out of R1, comma-separated (massive-activation channels, e.g. 507 "
+                  "on SmolLM2-135M; their norm weights stay in the norms); default none")
+      ->delimiter(',');
   cmd->add_option("--act-format", o->act_format,
                   "with --act-bits 8: int (symmetric INT8 codes, the default) or fp8_e4m3 (FP8 e4m3 values, "
                   "scale max|x| / 448; the format of Hopper's FP8 tensor cores)")

@@ -118,6 +118,29 @@ Orthogonal make_rotation(int64_t n, RotationMatrix matrix, uint64_t seed) {
   return kronecker(random_hadamard(pow2, seed), random_orthogonal(odd, seed ^ 0x9e3779b97f4a7c15ULL));
 }
 
+Orthogonal make_rotation_keeping(int64_t n, const std::vector<int64_t>& keep, RotationMatrix matrix, uint64_t seed) {
+  if (keep.empty()) return make_rotation(n, matrix, seed);
+  std::vector<int64_t> rest;
+  std::vector<bool> kept(static_cast<size_t>(n), false);
+  for (size_t i = 0; i < keep.size(); ++i) {
+    MOSAIC_CHECK(keep[i] >= 0 && keep[i] < n && (i == 0 || keep[i] > keep[i - 1]), "rotation: kept channel ", keep[i],
+                 " out of range [0, ", n, ") or not ascending");
+    kept[size_t(keep[i])] = true;
+  }
+  for (int64_t k = 0; k < n; ++k)
+    if (!kept[size_t(k)]) rest.push_back(k);
+  MOSAIC_CHECK(!rest.empty(), "rotation: every channel is kept, nothing to rotate");
+  const Orthogonal inner = make_rotation(int64_t(rest.size()), matrix, seed);
+  Orthogonal o;
+  o.n = n;
+  o.q.assign(size_t(n * n), 0.0);
+  for (int64_t k : keep) o.q[size_t(k * n + k)] = 1.0;
+  for (size_t i = 0; i < rest.size(); ++i)
+    for (size_t j = 0; j < rest.size(); ++j) o.q[size_t(rest[i] * n + rest[j])] = inner.q[i * rest.size() + j];
+  o.describe = inner.describe + " + identity(" + std::to_string(keep.size()) + ")";
+  return o;
+}
+
 double orthogonality_error(const Orthogonal& q) {
   const int64_t n = q.n;
   std::vector<double> g(size_t(n * n));
@@ -133,7 +156,7 @@ ModelRotation make_model_rotation(const ModelConfig& cfg, const RotationOptions&
   MOSAIC_CHECK(opt.kind != RotationKind::kNone, "make_model_rotation: rotation 'none'");
   ModelRotation r;
   r.opt = opt;
-  r.r1 = make_rotation(cfg.hidden_size, opt.matrix, opt.seed);
+  r.r1 = make_rotation_keeping(cfg.hidden_size, opt.keep_channels, opt.matrix, opt.seed);
   if (opt.kind == RotationKind::kR1R2) r.r2 = make_rotation(cfg.head_dim, opt.matrix, opt.seed + 1);
   for (const Orthogonal* q : {&r.r1, &r.r2})
     if (q->n > 0) {
@@ -148,7 +171,8 @@ nlohmann::json ModelRotation::info() const {
           {"r2", r2.n > 0 ? nlohmann::json(r2.describe) : nlohmann::json(nullptr)},
           {"matrix", rotation_matrix_name(opt.matrix)},
           {"seed", opt.seed},
-          {"norms_folded", true}};
+          {"norms_folded", true},
+          {"kept_channels", opt.keep_channels}};
 }
 
 void rotate_input_side(std::vector<float>& W, int64_t N, int64_t K, const std::vector<float>& gamma,
@@ -218,9 +242,17 @@ nlohmann::json rotate_checkpoint(const fs::path& model_dir, const fs::path& out_
   MOSAIC_CHECK(!cfg.attention_bias, "rotation: attention biases are not supported");
   MOSAIC_CHECK(cfg.num_kv_heads > 0 && cfg.num_heads % cfg.num_kv_heads == 0, "rotation: ", cfg.num_heads,
                " heads are not a multiple of ", cfg.num_kv_heads, " kv heads");
-  const ModelRotation rot = make_model_rotation(cfg, opt);
   const Checkpoint ck = Checkpoint::open(model_dir);
   const int64_t D = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size, hd = cfg.head_dim;
+  const ModelRotation rot = make_model_rotation(cfg, opt);  // checks the kept channels
+  const std::vector<int64_t>& keep = opt.keep_channels;
+  // The norm weights written: 1 on rotated channels (folded into the linears), the original on
+  // kept ones; the linears get gamma / w (1 on kept channels, gamma elsewhere).
+  const auto split = [&](const std::vector<float>& gamma, std::vector<float>& fold, std::vector<float>& norm) {
+    fold = gamma;
+    norm.assign(size_t(D), 1.0f);
+    for (int64_t k : keep) fold[size_t(k)] = 1.0f, norm[size_t(k)] = gamma[size_t(k)];
+  };
   const int64_t qd = int64_t(cfg.num_heads) * hd, kd = int64_t(cfg.num_kv_heads) * hd;
 
   // Every stored tensor must be one we rotate or copy: anything else (a bias) would break the
@@ -241,7 +273,6 @@ nlohmann::json rotate_checkpoint(const fs::path& model_dir, const fs::path& out_
   fs::create_directories(out_dir);
   ShardedWriter w(out_dir, size_t(2) << 30);
   w.set_metadata("format", "pt");
-  const std::vector<float> ones(size_t(D), 1.0f);
   {
     std::vector<float> e = ck.get("model.embed_tokens.weight", {V, D}).to_f32();
     rotate_input_side(e, V, D, {}, rot.r1);
@@ -249,8 +280,9 @@ nlohmann::json rotate_checkpoint(const fs::path& model_dir, const fs::path& out_
   }
   for (int i = 0; i < cfg.num_layers; ++i) {
     const std::string p = lp(i);
-    const std::vector<float> an = ck.get(p + "input_layernorm.weight", {D}).to_f32();
-    const std::vector<float> fn = ck.get(p + "post_attention_layernorm.weight", {D}).to_f32();
+    std::vector<float> an, fn, an_norm, fn_norm;
+    split(ck.get(p + "input_layernorm.weight", {D}).to_f32(), an, an_norm);
+    split(ck.get(p + "post_attention_layernorm.weight", {D}).to_f32(), fn, fn_norm);
     auto get = [&](LinearId id, int64_t N, int64_t K) {
       return ck.get(p + linear_name(id) + ".weight", {N, K}).to_f32();
     };
@@ -275,8 +307,8 @@ nlohmann::json rotate_checkpoint(const fs::path& model_dir, const fs::path& out_
     put(LinearId::Gate, g, I, D);
     put(LinearId::Up, u, I, D);
     put(LinearId::Down, d, D, I);
-    w.add_f32(p + "input_layernorm.weight", {D}, ones.data());
-    w.add_f32(p + "post_attention_layernorm.weight", {D}, ones.data());
+    w.add_f32(p + "input_layernorm.weight", {D}, an_norm.data());
+    w.add_f32(p + "post_attention_layernorm.weight", {D}, fn_norm.data());
     if (cfg.qk_norm)  // act on q / k per head after the projection: R1 does not touch them
       for (const char* n : {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}) {
         const std::vector<float> t = ck.get(p + n, {hd}).to_f32();
@@ -286,13 +318,14 @@ nlohmann::json rotate_checkpoint(const fs::path& model_dir, const fs::path& out_
   }
   if (!quiet) std::fprintf(stderr, "\n");
   {
-    const std::vector<float> fnorm = ck.get("model.norm.weight", {D}).to_f32();
+    std::vector<float> fnorm, fnorm_w;
+    split(ck.get("model.norm.weight", {D}).to_f32(), fnorm, fnorm_w);
     // Tied or not, the head gets the final norm's gamma and the embedding does not: always stored.
     std::vector<float> head = ck.get(ck.has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight", {V, D})
                                   .to_f32();
     rotate_input_side(head, V, D, fnorm, rot.r1);
     w.add_f32("lm_head.weight", {V, D}, head.data());
-    w.add_f32("model.norm.weight", {D}, ones.data());
+    w.add_f32("model.norm.weight", {D}, fnorm_w.data());
   }
   w.finish();
   nlohmann::json config = cfg.raw;

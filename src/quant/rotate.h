@@ -49,6 +49,14 @@ struct RotationOptions {
   RotationKind kind = RotationKind::kNone;
   RotationMatrix matrix = RotationMatrix::kHadamard;
   uint64_t seed = 0;
+  // Residual-stream channels left out of R1 (Q is the identity on them; ascending, distinct).
+  // Why: a model with "massive activations" (SmolLM2-135M: channel 507 holds 95-99% of x / rms
+  // for ~4% of the tokens from layer 2 on) has, once R1 spreads such a token over every channel,
+  // its whole weight quantization error multiplied by the huge normalized input, where the
+  // unrotated model's tiny norm weight on that channel hid it. A kept channel keeps its norm
+  // weight in the norm instead of the linears, which is still exact: diag(w) commutes with a Q
+  // that is the identity wherever w != 1.
+  std::vector<int64_t> keep_channels;
 };
 
 // A dense n x n orthogonal matrix, row-major, float64.
@@ -70,6 +78,10 @@ Orthogonal kronecker(const Orthogonal& a, const Orthogonal& b);
 Orthogonal make_rotation(int64_t n, RotationMatrix matrix, uint64_t seed);
 // max |Q Q^T - I| (tests, and a check before folding anything).
 double orthogonality_error(const Orthogonal& q);
+
+// Q of size n that is the identity on the channels in `keep` (ascending, distinct) and
+// make_rotation(n - |keep|) on the others, in their order.
+Orthogonal make_rotation_keeping(int64_t n, const std::vector<int64_t>& keep, RotationMatrix matrix, uint64_t seed);
 
 // The two matrices of a rotation: R1 (hidden) and, for r1r2, R2 (head_dim). R2 uses seed + 1.
 struct ModelRotation {

@@ -123,13 +123,15 @@ TEST(Rotate, RotatedModelKeepsTheLogits) {
   for (const std::string& name : kGolden) {
     const Model ref = Model::load(golden(name));
     for (RotationKind kind : {RotationKind::kR1, RotationKind::kR1R2})
-      for (RotationMatrix mat : {RotationMatrix::kHadamard, RotationMatrix::kRandom}) {
-        const std::string tag = name + "_" + rotation_name(kind) + "_" + rotation_matrix_name(mat);
+      for (RotationMatrix mat : {RotationMatrix::kHadamard, RotationMatrix::kRandom})
+       for (bool keep : {false, true}) {
+        const std::string tag = name + "_" + rotation_name(kind) + "_" + rotation_matrix_name(mat) + (keep ? "_keep" : "");
         const fs::path dir = tmp.path / tag;
         RotationOptions o;
         o.kind = kind;
         o.matrix = mat;
         o.seed = 11;
+        if (keep) o.keep_channels = {0, 5, 63};  // left out of R1: their norm weights stay in the norms
         const nlohmann::json info = rotate_checkpoint(golden(name), dir, o);
         EXPECT_EQ(info["seed"], 11);
         EXPECT_EQ(info["r2"].is_null(), kind == RotationKind::kR1);
@@ -137,8 +139,14 @@ TEST(Rotate, RotatedModelKeepsTheLogits) {
         EXPECT_FALSE(cfg.tie_word_embeddings) << tag;
         const Checkpoint ck = Checkpoint::open(dir);
         EXPECT_TRUE(ck.has("lm_head.weight")) << tag;
-        for (float v : ck.get("model.layers.0.input_layernorm.weight").to_f32()) EXPECT_EQ(v, 1.0f);
-        for (float v : ck.get("model.norm.weight").to_f32()) EXPECT_EQ(v, 1.0f);
+        const std::vector<float> n0 = ck.get("model.layers.0.input_layernorm.weight").to_f32(),
+                                 n0_orig = Checkpoint::open(golden(name)).get("model.layers.0.input_layernorm.weight").to_f32();
+        for (size_t k = 0; k < n0.size(); ++k)
+          EXPECT_EQ(n0[k], keep && (k == 0 || k == 5 || k == 63) ? n0_orig[k] : 1.0f) << tag << " channel " << k;
+        if (!keep) {
+          for (float v : ck.get("model.norm.weight").to_f32()) EXPECT_EQ(v, 1.0f);
+        }
+        EXPECT_EQ(info["kept_channels"].size(), keep ? 3u : 0u) << tag;
         // The weights really changed (a no-op would pass the logits check too).
         const Checkpoint orig = Checkpoint::open(golden(name));
         EXPECT_NE(ck.get("model.layers.1.self_attn.q_proj.weight").to_f32(),
@@ -254,6 +262,11 @@ TEST(Rotate, BadInputsAreErrors) {
   q.method = QuantMethod::kRtn;
   quantize_model(golden("llama_tied"), tmp.path / "q", {}, q);
   EXPECT_THROW(rotate_checkpoint(tmp.path / "q", tmp.path / "r", o), Error);
+  o.keep_channels = {64};  // hidden 64: out of range
+  EXPECT_THROW(rotate_checkpoint(golden("llama_tied"), tmp.path / "r3", o), Error);
+  o.keep_channels = {5, 3};  // not ascending
+  EXPECT_THROW(rotate_checkpoint(golden("llama_tied"), tmp.path / "r4", o), Error);
+  o.keep_channels = {};
   o.kind = RotationKind::kNone;
   EXPECT_THROW(rotate_checkpoint(golden("llama_tied"), tmp.path / "r2", o), Error);
 }
