@@ -7,7 +7,8 @@
 #    ROTATE: --rotate none|r1|r1r2, none by default, optionally with the matrix: r1r2/random = --rotate-matrix random;
 #    KEEP: --rotate-keep, residual channels left out of the rotation, comma-separated, e.g. 507)
 # Resumes: a row whose JSON exists is not redone (delete it, or FORCE=1). Env: MOSAIC (binary),
-# MODEL, WORK (output folder), WINDOWS (ppl windows), CALIB_SAMPLES, CALIB_LEN, GROUP.
+# MODEL, WORK (output folder), WINDOWS (ppl windows), CALIB_SAMPLES, CALIB_LEN, GROUP, SMOOTH_ALPHA
+# (--smooth-alpha for every row given: auto, none or a number; unset = the quantizer's default).
 # Calibration is data/calib.txt only (never WikiText).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,7 @@ for row in "${ROWS[@]}"; do
   [ -n "${budget:-}" ] && args+=(--budget "$budget")
   [ -n "${aformat:-}" ] && args+=(--act-format "$aformat")
   [ -n "${grid:-}" ] && args+=(--grid "$grid")
+  [ -n "${SMOOTH_ALPHA:-}" ] && args+=(--smooth-alpha "$SMOOTH_ALPHA")
   if [ -n "${rotate:-}" ]; then
     args+=(--rotate "${rotate%%/*}")
     [ "$rotate" != "${rotate%%/*}" ] && args+=(--rotate-matrix "${rotate#*/}")
