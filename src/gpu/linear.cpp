@@ -69,7 +69,10 @@ ZipperGpuLinear::~ZipperGpuLinear() = default;
 void ZipperGpuLinear::share(std::shared_ptr<cuda::ZipperShared> s) { z_->share(std::move(s)); }
 
 void ZipperGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s) const {
-  const cuda::GemmPath path = allow_dequant_path ? cuda::GemmPath::Auto : cuda::GemmPath::Fused;
+  // Without room for the dequantize path's N x K workspace, what Auto would send there runs on the
+  // fused kernels instead; the wgmma kernel needs no such workspace, so it keeps its M ranges.
+  cuda::GemmPath path = z_->choose_path(M);
+  if (path == cuda::GemmPath::Dequant && !allow_dequant_path) path = cuda::GemmPath::Fused;
   z_->gemm(X, Y, M, a_ == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, s, cuda::Variant::Zipper, path);
 }
 

@@ -71,8 +71,9 @@ class ZipperGpuLinear : public GpuLinear {
   void forward(const void* X, void* Y, int64_t M, cudaStream_t s) const override;
   size_t device_bytes() const override;
   std::string kind() const override { return kind_; }
-  // Large-M GEMMs: false keeps the fused kernel for every M (no N*K dequantize workspace per
-  // layer, for models that would not fit with it).
+  // Large-M GEMMs: false sends what would take the dequantize path to the fused kernels instead
+  // (no N*K dequantize workspace, for models that would not fit with it); the wgmma kernel's M
+  // ranges stay on it (it needs no such workspace).
   bool allow_dequant_path = true;
   const cuda::ZipperLinear& zipper() const { return *z_; }
   // The dequantize path's buffer and cuBLAS handle shared by all layers of a model (one stream).
