@@ -20,6 +20,7 @@
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "model_distance.h"
+#include "golden_models.h"
 #include "quant_test_data.h"
 
 namespace fs = std::filesystem;
@@ -27,19 +28,11 @@ using namespace mosaic;
 
 namespace {
 
-fs::path golden(const std::string& name) { return fs::path(MOSAIC_SOURCE_DIR) / "tests/fixtures/golden" / name; }
+using testdata::golden;
 
-// A fresh temp directory per test, removed at the end.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() /
-           ("mosaic_mq_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
+// A temp directory of this test file.
+struct TempDir : testdata::TempDir {
+  TempDir() : testdata::TempDir("mosaic_mq") {}
 };
 
 ModelQuantOptions small_options(QuantMethod m) {

@@ -25,6 +25,7 @@
 #include "quant/rotate.h"
 #include "util/error.h"
 #include "model_distance.h"
+#include "golden_models.h"
 #include "quant_test_data.h"
 
 namespace fs = std::filesystem;
@@ -32,43 +33,16 @@ using namespace mosaic;
 
 namespace {
 
-const std::vector<std::string> kGolden = {"llama_tied", "llama3_untied_scaled", "qwen3_tied", "qwen3_untied_bf16"};
+using testdata::golden;
+using testdata::kGoldenModels;
+using testdata::random_tokens;
+using testdata::forward_logits;
+using testdata::rel_max_err;
 
-fs::path golden(const std::string& name) { return fs::path(MOSAIC_SOURCE_DIR) / "tests/fixtures/golden" / name; }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("mosaic_rotate_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
+// A temp directory of this test file.
+struct TempDir : testdata::TempDir {
+  TempDir() : testdata::TempDir("mosaic_rotate") {}
 };
-
-std::vector<int32_t> tokens(int n, uint64_t seed, int vocab = 301) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = int32_t(rng() % uint64_t(vocab));
-  return t;
-}
-
-std::vector<float> logits(const Model& m, const std::vector<int32_t>& t) {
-  std::vector<float> out(size_t(int64_t(t.size()) * m.vocab_size()));
-  KVCache c = m.make_cache(int64_t(t.size()));
-  m.forward(t.data(), int64_t(t.size()), c, out.data());
-  return out;
-}
-
-double rel_max_err(const std::vector<float>& a, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::fabs(double(a[i]) - ref[i]));
-    den = std::max(den, std::fabs(double(ref[i])));
-  }
-  return num / den;
-}
 
 }  // namespace
 
@@ -120,7 +94,7 @@ TEST(Rotate, FoldsAreTheMatrixProducts) {
 // The folded rotation is exact in real arithmetic; in FP32 the logits agree to rounding.
 TEST(Rotate, RotatedModelKeepsTheLogits) {
   TempDir tmp;
-  for (const std::string& name : kGolden) {
+  for (const std::string& name : kGoldenModels) {
     const Model ref = Model::load(golden(name));
     for (RotationKind kind : {RotationKind::kR1, RotationKind::kR1R2})
       for (RotationMatrix mat : {RotationMatrix::kHadamard, RotationMatrix::kRandom})
@@ -154,8 +128,8 @@ TEST(Rotate, RotatedModelKeepsTheLogits) {
         const Model rot = Model::load(dir);
         double worst = 0;
         for (uint64_t seed : {1, 2, 3}) {
-          const auto t = tokens(33, seed);
-          worst = std::max(worst, rel_max_err(logits(rot, t), logits(ref, t)));
+          const auto t = random_tokens(33, seed);
+          worst = std::max(worst, rel_max_err(forward_logits(rot, t), forward_logits(ref, t)));
         }
         EXPECT_LT(worst, 1e-5) << tag;
       }
@@ -188,15 +162,15 @@ TEST(Rotate, LogitsCheckCatchesAWrongFold) {
   fs::create_directories(bad);
   fs::copy_file(dir / "config.json", bad / "config.json");
   w.write(bad / "model.safetensors");
-  const auto t = tokens(33, 1);
+  const auto t = random_tokens(33, 1);
   const Model ref = Model::load(golden("llama3_untied_scaled"));
-  EXPECT_GT(rel_max_err(logits(Model::load(bad), t), logits(ref, t)), 1e-3);
+  EXPECT_GT(rel_max_err(forward_logits(Model::load(bad), t), forward_logits(ref, t)), 1e-3);
 }
 
 TEST(Rotate, QuantizedRotatedCheckpointRoundTrips) {
   TempDir tmp;
   const auto calib = testdata::token_windows(8, 48, 5);
-  const auto eval = tokens(64, 9);
+  const auto eval = random_tokens(64, 9);
   for (const std::string& name : {std::string("llama_tied"), std::string("qwen3_untied_bf16")})
     for (int act_bits : {16, 4}) {
       const Model ref = Model::load(golden(name));

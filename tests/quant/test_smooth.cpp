@@ -24,6 +24,7 @@
 #include "quant/smooth.h"
 #include "util/error.h"
 #include "model_distance.h"
+#include "golden_models.h"
 #include "quant_test_data.h"
 
 namespace fs = std::filesystem;
@@ -31,43 +32,16 @@ using namespace mosaic;
 
 namespace {
 
-const std::vector<std::string> kGolden = {"llama_tied", "llama3_untied_scaled", "qwen3_tied", "qwen3_untied_bf16"};
+using testdata::golden;
+using testdata::kGoldenModels;
+using testdata::random_tokens;
+using testdata::forward_logits;
+using testdata::rel_max_err;
 
-fs::path golden(const std::string& name) { return fs::path(MOSAIC_SOURCE_DIR) / "tests/fixtures/golden" / name; }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("mosaic_smooth_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
+// A temp directory of this test file.
+struct TempDir : testdata::TempDir {
+  TempDir() : testdata::TempDir("mosaic_smooth") {}
 };
-
-std::vector<int32_t> tokens(int n, uint64_t seed, int vocab = 301) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = int32_t(rng() % uint64_t(vocab));
-  return t;
-}
-
-std::vector<float> logits(const Model& m, const std::vector<int32_t>& t) {
-  std::vector<float> out(size_t(int64_t(t.size()) * m.vocab_size()));
-  KVCache c = m.make_cache(int64_t(t.size()));
-  m.forward(t.data(), int64_t(t.size()), c, out.data());
-  return out;
-}
-
-double rel_max_err(const std::vector<float>& a, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::fabs(double(a[i]) - ref[i]));
-    den = std::max(den, std::fabs(double(ref[i])));
-  }
-  return num / den;
-}
 
 // Log-uniform scales in [1/8, 8]: far from 1, so a wrong fold shows.
 std::vector<float> random_scales(size_t n, std::mt19937& rng) {
@@ -129,22 +103,22 @@ void write_smoothed(const fs::path& src, const fs::path& dst, uint32_t seed, boo
 // largest logit, as the golden tests), on GQA (4 heads, 2 kv heads) and Qwen3's q/k norm.
 TEST(Smooth, FoldedSmoothingKeepsTheLogits) {
   TempDir tmp;
-  for (const std::string& name : kGolden) {
+  for (const std::string& name : kGoldenModels) {
     const Model ref = Model::load(golden(name));
     write_smoothed(golden(name), tmp.path / name, 7);
     const Model sm = Model::load(tmp.path / name);
     double worst = 0;
     for (uint64_t seed : {1, 2, 3}) {
-      const auto t = tokens(33, seed);
-      worst = std::max(worst, rel_max_err(logits(sm, t), logits(ref, t)));
+      const auto t = random_tokens(33, seed);
+      worst = std::max(worst, rel_max_err(forward_logits(sm, t), forward_logits(ref, t)));
     }
     EXPECT_LE(worst, 1e-5) << name;
     std::printf("[ smooth ] %-22s folded smoothing: max |logit diff| / max |logit| = %.2e\n", name.c_str(), worst);
     // The same scales without the norm fold change the logits a lot: the check has teeth.
     write_smoothed(golden(name), tmp.path / (name + "_broken"), 7, true);
     const Model broken = Model::load(tmp.path / (name + "_broken"));
-    const auto t = tokens(33, 1);
-    EXPECT_GT(rel_max_err(logits(broken, t), logits(ref, t)), 1e-2) << name;
+    const auto t = random_tokens(33, 1);
+    EXPECT_GT(rel_max_err(forward_logits(broken, t), forward_logits(ref, t)), 1e-2) << name;
   }
 }
 
@@ -305,14 +279,14 @@ TEST(ActQuantModel, CheckpointRecordsActBitsAndEngineAppliesThem) {
         return l;
       };
       const Model expl = Model::load(out, lo);
-      const double err = rel_max_err(logits(q, eval), logits(expl, eval));
+      const double err = rel_max_err(forward_logits(q, eval), forward_logits(expl, eval));
       EXPECT_LE(err, 1e-5) << name << " A" << bits;
       // Without activation quantization the same weights give different logits (the check bites).
       LoadOptions plain;
       plain.linear_factory = [](const Checkpoint& ck, const std::string& p, int64_t N, int64_t K) {
         return load_quant_or_dense_linear(ck, p, N, K);
       };
-      EXPECT_GT(rel_max_err(logits(Model::load(out, plain), eval), logits(q, eval)), 1e-4) << name << " A" << bits;
+      EXPECT_GT(rel_max_err(forward_logits(Model::load(out, plain), eval), forward_logits(q, eval)), 1e-4) << name << " A" << bits;
     }
   }
 }
