@@ -1,12 +1,15 @@
 // PTX wrappers for sm_90 (Hopper) shared by the wgmma kernels (zipper_wgmma.cu, w4a8_fp8_gemm.cu):
 // mbarriers, bulk copies and TMA tiles completing on them, wgmma fences / commits / waits, the
-// shared-memory descriptor of a 128-byte-swizzled tile, and register fences. Thin on purpose: each
+// shared-memory descriptor of a 128-byte-swizzled tile, and register fences; and, host side, the
+// driver's tensor-map encoder. Thin on purpose: each
 // is one or two PTX instructions; the kernels say what they use them for.
 #pragma once
 #include <cuda.h>  // CUtensorMap
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "util/error.h"
 
 namespace mosaic::cuda::hopper {
 
@@ -105,6 +108,25 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
   return v;
+}
+
+// ---- host: the driver's tensor-map encoder ----------------------------------------------------
+// cuTensorMapEncodeTiled through the runtime's driver entry point, so nothing links -lcuda.
+// `who` names the caller in the error when the driver does not offer it.
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+inline EncodeTiled encode_tiled_fn(const char* who) {
+  static const EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      p = nullptr;
+    return reinterpret_cast<EncodeTiled>(p);
+  }();
+  if (!fn) ::mosaic::fail(who, ": cuTensorMapEncodeTiled is not available from the CUDA driver");
+  return fn;
 }
 
 }  // namespace mosaic::cuda::hopper

@@ -363,23 +363,6 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   }
 }
 
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-EncodeTiled encode_fn() {
-  static const EncodeTiled fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      p = nullptr;
-    return reinterpret_cast<EncodeTiled>(p);
-  }();
-  if (!fn) fail("w4a8 fp8 gemm: cuTensorMapEncodeTiled is not available from the CUDA driver");
-  return fn;
-}
-
 template <typename T>
 void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
   static const bool attr = [] {
@@ -394,9 +377,10 @@ void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
   const cuuint64_t strides[1] = {cuuint64_t(a.K)};
   const cuuint32_t box[2] = {kBK, kTok};
   const cuuint32_t estr[2] = {1, 1};
-  const CUresult r = encode_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(a.xq), dims, strides,
-                                 box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const auto encode = encode_tiled_fn("w4a8 fp8 gemm");
+  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(a.xq), dims, strides, box,
+                            estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) fail("w4a8 fp8 gemm: cuTensorMapEncodeTiled failed (", int(r), ") for [M=", a.M, ", K=", a.K, "]");
   const dim3 grid(unsigned(a.Npad / kOut), unsigned((a.M + kTok - 1) / kTok));
   w4a8_fp8_gemm_kernel<T><<<grid, kThreads, kSmemBytes, stream>>>(map, a);

@@ -419,23 +419,6 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
 
 // ---- host ---------------------------------------------------------------------------------------
 
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-EncodeTiled encode_fn() {
-  static const EncodeTiled fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      p = nullptr;
-    return reinterpret_cast<EncodeTiled>(p);
-  }();
-  if (!fn) fail("zipper wgmma: cuTensorMapEncodeTiled is not available from the CUDA driver");
-  return fn;
-}
-
 // A 2D tensor map: `inner` elements per row (contiguous), `rows` rows `stride` bytes apart, boxes
 // of box_x x box_y; out-of-range boxes read as zeros.
 void encode_2d(CUtensorMap* m, CUtensorMapDataType type, const void* p, uint64_t inner, uint64_t rows, uint64_t stride,
@@ -444,9 +427,9 @@ void encode_2d(CUtensorMap* m, CUtensorMapDataType type, const void* p, uint64_t
   const cuuint64_t strides[1] = {cuuint64_t(stride)};
   const cuuint32_t box[2] = {cuuint32_t(box_x), cuuint32_t(box_y)};
   const cuuint32_t estr[2] = {1, 1};
-  const CUresult r = encode_fn()(m, type, 2, const_cast<void*>(p), dims, strides, box, estr,
-                                 CU_TENSOR_MAP_INTERLEAVE_NONE, swz, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const auto encode = encode_tiled_fn("zipper wgmma");
+  const CUresult r = encode(m, type, 2, const_cast<void*>(p), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            swz, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     fail("zipper wgmma: cuTensorMapEncodeTiled failed (", int(r), ") for the ", what, " map [", rows, " x ", inner, "]");
 }
