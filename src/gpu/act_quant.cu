@@ -28,11 +28,7 @@ __global__ void __launch_bounds__(1024) act_fake_quant_held_k(const T* X, T* Y, 
     v[j] = k < K ? aq::load_f(X + r * K, k) : 0.f;
   }
   aq::quantize_held(v, K, top, FP8);
-#pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int64_t k = threadIdx.x + int64_t(j) * blockDim.x;
-    if (k < K) aq::store_f(Y + r * K, k, v[j]);
-  }
+  aq::store_held(v, Y + r * K, K);
 }
 
 template <typename T, bool FP8>

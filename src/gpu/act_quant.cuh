@@ -90,6 +90,16 @@ __device__ void quantize_held(float (&v)[PER], int64_t K, float top, bool fp8) {
   for (int j = 0; j < PER; ++j) v[j] = quantize_value(v[j], s, top, fp8);
 }
 
+// The held row's only store: element k = t + j blockDim.x to dst[k] (as the activation type).
+template <typename T, int PER>
+__device__ __forceinline__ void store_held(const float (&v)[PER], T* dst, int64_t K) {
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t k = threadIdx.x + int64_t(j) * blockDim.x;
+    if (k < K) store_f(dst, k, v[j]);
+  }
+}
+
 // Elements per thread for a held row of K with `threads` threads: 8 or 16 (at 1024 threads 16 fits
 // the 64 registers a thread may have without spilling; 32 spilled), 0 = too long to hold (use
 // quantize_row): with 1024 threads, rows up to 16384 (every norm; the MLP of the 8B configs).

@@ -161,11 +161,7 @@ __global__ void __launch_bounds__(1024) add_rms_norm_quant_k(float* x, const T* 
     if (i < D) v[j] = to_f(from_f<T>(v[j] * rs * w[i]));
   }
   aq::quantize_held(v, D, top, fp8);
-#pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
-    if (i < D) out[r * D + i] = from_f<T>(v[j]);
-  }
+  aq::store_held(v, out + r * D, D);
 }
 
 template <typename T>
@@ -195,11 +191,7 @@ __global__ void __launch_bounds__(1024) silu_mul_quant_k(const T* gu, int64_t I,
     }
   }
   aq::quantize_held(v, I, top, fp8);
-#pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
-    if (i < I) out[r * I + i] = from_f<T>(v[j]);
-  }
+  aq::store_held(v, out + r * I, I);
 }
 
 // ---- q/k norm + RoPE + KV cache append -----------------------------------------------------------
