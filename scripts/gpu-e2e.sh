@@ -14,7 +14,9 @@
 # (also runs `mosaic ppl --device cuda` on it with wikitext from PPL_TEXT).
 # Same-run comparisons for the first config (compare.md): BASE_KERNELS=file (a src/gpu/kernels.cu
 # of an earlier revision, e.g. `git show REV:src/gpu/kernels.cu > build-x/old/kernels.cu`, carried:
-# links a second mosaic with it and runs the same bench), NOPDL=1 (the bench again with MOSAIC_PDL=0).
+# links a second mosaic with it and runs the same bench), NOPDL=1 (the bench again with MOSAIC_PDL=0),
+# ENV_RUNS="name:VAR=v[,VAR=v] ..." (the bench again per entry with those environment variables;
+# engines ENV_ENGINES, default ENGINES).
 # NCU=1: Nsight Compute at the end (ncu.txt): one decode attention kernel of a W4A16 batch-1 decode
 # step after the prompt (speed of light, warp state, occupancy). (Timing every launch of that bench
 # under ncu did not finish in 60 s on an H100: the prefill's launches; not kept.)
@@ -95,6 +97,12 @@ for c in $CONFIGS; do
       timeout ${BENCH_T:-200} $B/mosaic_base bench e2e --config $c --random-weights --batch $BATCH --prompt $PROMPT --gen $GEN \
         --budget $BUDGET ${PROFILE:+--profile} 2>&1 | tee -a $OUT/compare.md; echo "== base $c rc=${PIPESTATUS[0]}"
     fi
+    for er in ${ENV_RUNS:-}; do  # "name:VAR=v[,VAR=v]": the bench again with those variables
+      echo "## $c, ${er%%:*} (${er#*:})" >> $OUT/compare.md
+      env $(echo "${er#*:}" | tr ',' ' ') timeout ${BENCH_T:-200} $B/mosaic bench e2e --config $c --random-weights --batch $BATCH \
+        --prompt $PROMPT --gen $GEN --budget $BUDGET --engines ${ENV_ENGINES:-${ENGINES:-fp16,w4a16}} ${E2E_ARGS:-} ${PROFILE:+--profile} 2>&1 \
+        | tee -a $OUT/compare.md; echo "== ${er%%:*} $c rc=${PIPESTATUS[0]}"
+    done
     if [ "${NOPDL:-0}" = 1 ]; then
       echo "## $c, MOSAIC_PDL=0" >> $OUT/compare.md
       MOSAIC_PDL=0 timeout ${BENCH_T:-200} $B/mosaic bench e2e --config $c --random-weights --batch $BATCH --prompt $PROMPT \

@@ -66,6 +66,13 @@ class ZipperLinear {
   void gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr,
             Variant v = Variant::Zipper, GemmPath path = GemmPath::Auto) const;
 
+  // Launch the fused kernels (stream and wgmma) with programmatic dependent launch (cuda/pdl.cuh;
+  // off by default): they then read their residual metadata and issue their first weight copies
+  // while the previous kernel of the stream is still running, and wait for that kernel before
+  // they read X or write anything. For a stream of dependent kernels (the GPU engine's decode step); the
+  // benchmark times kernels without it.
+  void set_programmatic_launch(bool on);
+
   // From now on the dequantize path uses `shared` (its buffer and cuBLAS handle) and frees this
   // layer's own buffer, if any. Every layer sharing one ZipperShared must run on the same stream.
   void share(std::shared_ptr<ZipperShared> shared);

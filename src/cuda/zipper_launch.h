@@ -43,6 +43,7 @@ struct FusedLaunch {
   int row_interleave = 0; // stream kernel: rows of a CTA's warps in different tiles (see kernel)
   int k_warps = 1;        // stream kernel: warps sharing one row, each on 1/k_warps of the CTA's
                           // K-range, reduced in shared memory (1, 2, 4 or 8; v10)
+  int pdl = 0;            // stream kernel: launch with programmatic dependent launch (cuda/pdl.cuh)
 };
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).

@@ -200,6 +200,7 @@ struct ZipperLinear::Impl {
   const detail::DeviceLayer& layer(int bf16) const { return bf16 ? Lb : L; }
   int64_t nnzb = 0, bytes_all = 0, bytes_base = 0;
   int num_sms = 132;
+  bool pdl = false;  // set_programmatic_launch
   // Workspaces, grown on demand (mutable state: one stream at a time).
   float* ws = nullptr;
   size_t ws_elems = 0;
@@ -361,6 +362,7 @@ struct ZipperLinear::Impl {
     f.k_warps = p.kw;
     f.stages = stream_stages();
     f.row_interleave = row_interleave() ? 1 : 0;
+    f.pdl = pdl ? 1 : 0;
     const int splits = (L.K / kTileK + p.k_split / kTileK - 1) / (p.k_split / kTileK);
     const int m_tiles = (M + 15) / 16;
     if (splits > 1) ensure_ws(size_t(M) * L.N, size_t(L.N / 16) * m_tiles);
@@ -462,6 +464,7 @@ struct ZipperLinear::Impl {
     f.tok = p.tok;
     f.stages = p.stages;
     f.k_split = p.k_split;
+    f.pdl = pdl ? 1 : 0;
     const int n_tiles = (L.N + detail::kWgOut - 1) / detail::kWgOut, m_tiles = (M + p.tok - 1) / p.tok;
     if (p.k_split < L.K) ensure_ws(size_t(n_tiles) * m_tiles * detail::kWgOut * p.tok, size_t(n_tiles) * m_tiles);
     f.ws = ws;
@@ -529,6 +532,8 @@ ZipperLinear::ZipperLinear(const PackedLinear& w) : impl_(std::make_unique<Impl>
 }
 
 ZipperLinear::~ZipperLinear() = default;
+
+void ZipperLinear::set_programmatic_launch(bool on) { impl_->pdl = on; }
 
 void ZipperLinear::share(std::shared_ptr<ZipperShared> shared) {
   MOSAIC_CHECK(shared != nullptr, "ZipperLinear::share: null ZipperShared");

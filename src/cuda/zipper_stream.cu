@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/pdl.cuh"
 #include "cuda/zipper_device.cuh"
 #include "cuda/zipper_launch.h"
 
@@ -120,18 +121,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   int nrows = 0;
   while (nrows < f.rows_per_warp && row_of(nrows) < R) ++nrows;
 
-  // 1. Activation tile -> shared memory, once per CTA (all rows of all warps use this K-range).
-  const T* X = static_cast<const T*>(f.X);
-  const int cpr = KR / 8;
-  for (int i = threadIdx.x; i < rows * cpr; i += blockDim.x) {
-    const int row = i / cpr, col = (i - row * cpr) * 8;
-    cp_async16_zfill(xs + row * xs_stride + col, X + size_t(m0 + row) * L.K + kb + col, true);
-  }
-  for (int i = threadIdx.x; i < cpr; i += blockDim.x)
-    *reinterpret_cast<uint4*>(xs + rows * xs_stride + i * 8) = make_uint4(0, 0, 0, 0);
-  cp_async_commit();
-
-  // 2. Residual metadata of row j, computed by lane j for all rows at once (one latency, not one
+  // 1. Residual metadata of row j, computed by lane j for all rows at once (one latency, not one
   //    per row): bit c of my_flags = chunk c of the K-range has a kept block; my_b = CSR index of
   //    the first kept block in the K-range. Other lanes fetch them with shuffles.
   uint64_t my_flags = 0;
@@ -203,10 +193,38 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     is = is + 1 == kStages ? 0 : is + 1;
   };
 
+  // 2. The activation tile -> shared memory, once per CTA (all rows of all warps use this
+  //    K-range), and the ring's first k-tiles. With programmatic dependent launch (f.pdl,
+  //    cuda/pdl.cuh) the ring's tiles go first: up to pdl_wait only the layer's constant data is
+  //    read, so the metadata and the first weight copies overlap the previous kernel (which
+  //    writes X); the X group, the newest, is then waited for with everything before it. Without
+  //    PDL X goes first and only its group is waited for (H200: waiting for the ring's first
+  //    tiles too cost ~1 us on qkv / o at M = 1).
+  const T* X = static_cast<const T*>(f.X);
+  const int cpr = KR / 8;
+  const auto load_x = [&]() {
+    for (int i = threadIdx.x; i < rows * cpr; i += blockDim.x) {
+      const int row = i / cpr, col = (i - row * cpr) * 8;
+      cp_async16_zfill(xs + row * xs_stride + col, X + size_t(m0 + row) * L.K + kb + col, true);
+    }
+    for (int i = threadIdx.x; i < cpr; i += blockDim.x)
+      *reinterpret_cast<uint4*>(xs + rows * xs_stride + i * 8) = make_uint4(0, 0, 0, 0);
+    cp_async_commit();
+  };
+  if (f.pdl) {
 #pragma unroll
-  for (int i = 0; i < kStages - 1; ++i) issue();
-  cp_async_wait<kStages - 1>();  // the activation group (oldest) has landed ...
-  __syncthreads();               // ... for every thread's copies: the only CTA barrier
+    for (int i = 0; i < kStages - 1; ++i) issue();
+    pdl_wait();
+    pdl_launch_dependents();
+    load_x();
+    cp_async_wait<0>();
+  } else {
+    load_x();
+#pragma unroll
+    for (int i = 0; i < kStages - 1; ++i) issue();
+    cp_async_wait<kStages - 1>();  // the activation group (oldest) has landed
+  }
+  __syncthreads();  // every thread's copies of X landed: the only CTA barrier
   if (nrows == 0) {
     cp_async_wait<0>();
     return;
@@ -461,7 +479,7 @@ void launch_stream_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s)
   const int smem = stream_smem_bytes(std::min(f.M, 16) + 1, f.k_split, L.spt, RES, KW);
   if (!allow_smem<T, RES, GS, NB, KW>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
   const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + 15) / 16);
-  zipper_stream_kernel<T, RES, GS, NB, KW><<<grid, kWarps * 32, smem, s>>>(L, f);
+  launch_maybe_pdl(f.pdl != 0, zipper_stream_kernel<T, RES, GS, NB, KW>, grid, dim3(kWarps * 32), size_t(smem), s, L, f);
 }
 
 template <typename T, bool RES, int GS, int NB>

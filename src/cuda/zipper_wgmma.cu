@@ -38,6 +38,7 @@
 #include <cstdint>
 
 #include "cuda/hopper_ptx.cuh"
+#include "cuda/pdl.cuh"
 #include "cuda/zipper_device.cuh"
 #include "cuda/zipper_wgmma.h"
 #include "util/error.h"
@@ -159,6 +160,15 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
       word = bm[c0 / 64];
       if (c0 % 64) b += __popcll(word & ((uint64_t(1) << (c0 % 64)) - 1));
     }
+    // With programmatic dependent launch (f.pdl) the first `pre` stages' weights are copied while
+    // the previous kernel still runs; their X boxes follow its completion (pdl_wait). Without it
+    // every stage copies X first, as before (H200: issuing X after the weights cost ~1 us at M = 64).
+    const int pre = f.pdl ? min(S, nkt) : 0;
+    const auto copy_x = [&](int i) {
+      uint8_t* st = smem + (i % S) * SB;
+      tma_2d(st, &xmap, (kt0 + i) * kTileK, m0, &full[i % S]);
+      tma_2d(st + TOK * 128, &xmap, (kt0 + i) * kTileK + 64, m0, &full[i % S]);
+    };
     for (int i = 0; i < nkt; ++i) {
       const int s = i % S;
       if (i >= S) mbar_wait(&empty[s], ((i / S) - 1) & 1);
@@ -178,9 +188,8 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
       __syncwarp();
       if (lane == 0) {
         flags[s] = kept;
-        mbar_expect_tx(&full[s], bytes);  // before any copy of this stage can complete
-        tma_2d(st, &xmap, (kt0 + i) * kTileK, m0, &full[s]);
-        tma_2d(st + TOK * 128, &xmap, (kt0 + i) * kTileK + 64, m0, &full[s]);
+        mbar_expect_tx(&full[s], bytes);  // before any copy of this stage can complete (X's too)
+        if (i >= pre) copy_x(i);
         if (f.wtma) {
           tma_2d(st + offW, &wmap, (kt0 + i) * 128, R0, &full[s], pol);  // 128 x u64 = 1 KB per row
           tma_2d(st + offS, &smap, (kt0 + i) * 16 * spt, R0, &full[s], pol);
@@ -200,9 +209,16 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
           b += __popc(bits);
         }
       }
+      if (i == pre - 1) {  // the first stages' weights are on their way: now X (written by the kernel before)
+        pdl_wait();
+        pdl_launch_dependents();
+        if (lane == 0)
+          for (int j = 0; j < pre; ++j) copy_x(j);
+      }
     }
     return;
   }
+  pdl_wait();  // the consumers write Y / the split-K workspace: not before the previous kernel is done
 
   // ---- consumers: warpgroup wg owns outputs 64 wg .. 64 wg + 63 of the tile; warp w of it the
   // block row ri = 4 wg + w (16 outputs). C fragment of lane (g, t): acc[4j + 0, 1] = output g,
@@ -470,7 +486,7 @@ void launch_t(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
   }
   const dim3 grid(unsigned((L.N + kWgOut - 1) / kWgOut), unsigned((f.M + TOK - 1) / TOK),
                   unsigned((L.K + f.k_split - 1) / f.k_split));
-  zipper_wgmma_kernel<T, TOK, G><<<grid, kWgThreads, smem, s>>>(map, wmap, smap, L, f);
+  launch_maybe_pdl(f.pdl != 0, zipper_wgmma_kernel<T, TOK, G>, grid, dim3(kWgThreads), size_t(smem), s, map, wmap, smap, L, f);
 }
 
 // TOK <= 64 commit one chunk per group (2 CTAs per SM in 96 registers); TOK = 128 a whole k-tile

@@ -29,6 +29,7 @@ struct WgmmaLaunch {
   int* counters = nullptr; // one per (n tile, m tile), zero between calls
   int evict_first = 1;     // L2 evict-first hint on the weights (read once when one token tile covers M)
   int wtma = 0;            // codes and scales of the CTA's 8 block rows as one TMA box each per k-tile
+  int pdl = 0;             // programmatic dependent launch: the first stages' weights before the wait (cuda/pdl.cuh)
 };
 
 // Bytes of one ring stage (1024-aligned) and of the kernel's dynamic shared memory.

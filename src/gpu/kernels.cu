@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "cuda/pdl.cuh"
 #include "gpu/act_quant.cuh"
 #include "gpu/act_quant.h"
 #include "gpu/kernels.h"
@@ -94,15 +95,12 @@ __device__ double block_sum_d(double v) {
   return total;
 }
 
-// Programmatic dependent launch (PDL): kernels launched with launch_pdl may start while the
-// previous kernel of the stream is finishing (its CTAs exiting); pdl_wait() blocks until that
-// kernel has completed and its writes are visible. Everything before it must touch only memory
-// no kernel in flight writes. A no-op when the kernel was launched without the attribute.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
+// Programmatic dependent launch (PDL, cuda/pdl.cuh): kernels launched with launch_pdl may start
+// while the previous kernel of the stream is finishing; pdl_wait() blocks until it has completed
+// and its writes are visible, and right after it each kernel lets the next one start
+// (pdl_launch_dependents: the next GEMM prefetches its weights during this kernel).
+using cuda::pdl_launch_dependents;
+using cuda::pdl_wait;
 
 // ---- embedding, norms, element-wise ------------------------------------------------------------
 template <typename T>
@@ -115,6 +113,7 @@ __global__ void embedding_k(const T* table, int64_t D, const int32_t* tok, float
 template <typename T>
 __global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out) {
   pdl_wait();  // delta (and x) come from the kernels before
+  pdl_launch_dependents();
   const int64_t r = blockIdx.x;
   float* xr = x + r * D;
   float ss = 0.f;
@@ -137,6 +136,7 @@ template <typename T, int PER>
 __global__ void __launch_bounds__(1024) add_rms_norm_quant_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out, float top,
                                      bool fp8) {
   pdl_wait();  // delta (and x) come from the kernels before
+  pdl_launch_dependents();
   const int64_t r = blockIdx.x;
   float* xr = x + r * D;
   float v[PER];
@@ -167,6 +167,7 @@ __global__ void __launch_bounds__(1024) add_rms_norm_quant_k(float* x, const T* 
 template <typename T>
 __global__ void silu_mul_k(const T* gu, int64_t I, T* out) {
   pdl_wait();  // gu comes from the gate/up GEMM
+  pdl_launch_dependents();
   const int64_t r = blockIdx.y;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < I; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = to_f(gu[r * 2 * I + i]), u = to_f(gu[r * 2 * I + I + i]);
@@ -179,6 +180,7 @@ __global__ void silu_mul_k(const T* gu, int64_t I, T* out) {
 template <typename T, int PER>
 __global__ void __launch_bounds__(1024) silu_mul_quant_k(const T* gu, int64_t I, T* out, float top, bool fp8) {
   pdl_wait();  // gu comes from the gate/up GEMM
+  pdl_launch_dependents();
   const int64_t r = blockIdx.x;
   float v[PER];
 #pragma unroll
@@ -390,6 +392,7 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
   // (appended by earlier steps) were read: with PDL this overlaps the qkv GEMM's tail. The fused
   // qkv row, the partials/counters and the cache row pos come after the wait.
   pdl_wait();
+  pdl_launch_dependents();
 
   // Prologue: q heads, k and v of this token -> norm + RoPE -> rounded to T.
   float* rows = sm + kDecRingBytes / sizeof(float);  // [nq + 2][hd]
@@ -566,27 +569,36 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
   __syncthreads();
   if (!last) return;
   __threadfence();
-  float* wts = sm;                    // [RP][nsplit] split weights (the merge area is dead)
-  float* Ls = wts + RP * nsplit;      // [RP]
+  // The merge is on the step's critical path at batch 1 (one CTA, a chain of L2 round trips), so
+  // it is laid out for few of them: (1) every split's (m, l) of every head in one round of loads
+  // into shared memory; (2) per head, the split weights 2^(m_s - M) and L from there; (3) the
+  // outputs, kOut per thread with kUnroll splits' loads in flight together.
+  float* wts = sm;                    // [RP][nsplit]: m_s, then the split weights (merge area dead)
+  float* ls = wts + RP * nsplit;      // [RP][nsplit]: l_s
+  float* Ls = ls + RP * nsplit;       // [RP]
+  for (int k = tid; k < nq * nsplit; k += kDecThreads) {
+    const int r = k / nsplit, sp = k % nsplit;
+    const float* pr = partial + ((int64_t(b) * d.H + hq0 + r) * nsplit + sp) * st;
+    wts[r * nsplit + sp] = __ldcg(pr + hd);
+    ls[r * nsplit + sp] = __ldcg(pr + hd + 1);
+  }
+  __syncthreads();
   for (int r = w; r < nq; r += kDecWarps) {
-    const float* pr = partial + (int64_t(b) * d.H + hq0 + r) * nsplit * st;
     float M = -INFINITY;
-    for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, __ldcg(pr + s * st + hd));
+    for (int sp = lane; sp < nsplit; sp += 32) M = fmaxf(M, wts[r * nsplit + sp]);
     M = warp_max(M);
     float L = 0.f;
-    for (int s = lane; s < nsplit; s += 32) {
-      const float ms = __ldcg(pr + s * st + hd);
+    for (int sp = lane; sp < nsplit; sp += 32) {
+      const float ms = wts[r * nsplit + sp];
       const float e = ms == -INFINITY ? 0.f : exp2f(ms - M);
-      wts[r * nsplit + s] = e;
-      L += __ldcg(pr + s * st + hd + 1) * e;
+      wts[r * nsplit + sp] = e;
+      L += ls[r * nsplit + sp] * e;
     }
     L = warp_sum(L);
     if (lane == 0) Ls[r] = L;
   }
   __syncthreads();
-  // kOut outputs per thread at once, all splits' loads of a batch in flight together (this tail
-  // is on the critical path of the step at batch 1).
-  constexpr int kOut = 4;
+  constexpr int kOut = 4, kUnroll = 16;
   for (int k0 = tid; k0 < nq * hd; k0 += kOut * kDecThreads) {
     const float* pk[kOut];
     const float* wk[kOut];
@@ -597,9 +609,9 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
       wk[o] = wts + r * nsplit;
       O[o] = 0.f;
     }
-#pragma unroll 8
-    for (int s = 0; s < nsplit; ++s)
-      for (int o = 0; o < kOut; ++o) O[o] += __ldcg(pk[o] + s * st) * wk[o][s];
+#pragma unroll kUnroll
+    for (int sp = 0; sp < nsplit; ++sp)
+      for (int o = 0; o < kOut; ++o) O[o] += __ldcg(pk[o] + sp * st) * wk[o][sp];
     for (int o = 0; o < kOut; ++o) {
       const int k = k0 + o * kDecThreads;
       if (k < nq * hd) out[(int64_t(b) * d.H + hq0) * hd + k] = from_f<T>(O[o] / Ls[k / hd]);
@@ -751,23 +763,9 @@ int norm_threads(int64_t D) { return D >= 4096 ? 1024 : D >= 1024 ? 512 : D >= 2
 // Launch with programmatic stream serialization (PDL, see pdl_wait) unless MOSAIC_PDL=0; the
 // kernel must call pdl_wait() before it reads what the previous kernel writes. Inside a captured
 // decode step this becomes a programmatic edge of the CUDA graph.
-bool pdl_enabled() {  // read per launch (host side only; tests switch it)
-  const char* e = std::getenv("MOSAIC_PDL");
-  return !(e && e[0] == '0');
-}
 template <typename... KArgs, typename... Args>
 void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+  cuda::launch_maybe_pdl(cuda::pdl_env_enabled(), kernel, grid, block, smem, s, args...);
 }
 
 }  // namespace
@@ -850,13 +848,22 @@ int decode_ctas_per_sm() {
   const int v = e ? std::atoi(e) : 0;
   return v >= 1 && v <= 16 ? v : 2;
 }
+// MOSAIC_DECODE_SPLITS=N caps the splits per (sequence, kv head) (tuning: at batch 1 the merge of
+// the splits is latency on the step's critical path). A cap only lowers the plan, so the scratch
+// sized without it still fits.
+int decode_max_splits() {
+  const char* e = std::getenv("MOSAIC_DECODE_SPLITS");
+  const int v = e ? std::atoi(e) : 0;
+  return v >= 1 && v <= kMaxSplits ? v : 0;
+}
 DecodePlan decode_plan(int B, const AttnDims& d, int sms) {
   const int rep = d.H / d.Hkv, rp = dec_rp(rep), nch = (rep + rp - 1) / rp;
   int lpk = 1;
   while (lpk < (d.hd + 7) / 8) lpk <<= 1;
   const int64_t groups = int64_t(B) * d.Hkv * nch, target = int64_t(decode_ctas_per_sm()) * sms;
   const int64_t by_cap = std::max<int64_t>(1, d.cap / (int64_t(kDecWarps) * (32 / lpk)));
-  const int nsplit = int(std::clamp<int64_t>((target + groups - 1) / groups, 1, std::min<int64_t>(kMaxSplits, by_cap)));
+  int nsplit = int(std::clamp<int64_t>((target + groups - 1) / groups, 1, std::min<int64_t>(kMaxSplits, by_cap)));
+  if (const int cap = decode_max_splits(); cap > 0) nsplit = std::min(nsplit, cap);
   // The ring, then the rope rows; the merge and combine areas (<= 33 KB) overlap the ring.
   return {rp, nch, nsplit, lpk, kDecRingBytes + size_t(rp + 3) * d.hd * sizeof(float)};
 }

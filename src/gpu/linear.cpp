@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "cuda/pdl.h"
 #include "cuda/w4a8.h"
 #include "cuda/zipper.h"
 #include "gpu/act_quant.h"
@@ -73,6 +74,10 @@ void ZipperGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s)
   // fused kernels instead; the wgmma kernel needs no such workspace, so it keeps its M ranges.
   cuda::GemmPath path = z_->choose_path(M);
   if (path == cuda::GemmPath::Dequant && !allow_dequant_path) path = cuda::GemmPath::Fused;
+  // The decode step's small-M GEMMs prefetch their weights while the kernel before them (norm,
+  // attention, SiLU) runs; MOSAIC_PDL=0 turns it off with the other kernels' PDL, MOSAIC_GEMM_PDL=0
+  // for the GEMMs alone (read per call).
+  z_->set_programmatic_launch(cuda::gemm_pdl_env_enabled());
   z_->gemm(X, Y, M, a_ == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, s, cuda::Variant::Zipper, path);
 }
 

@@ -169,6 +169,45 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
   }
 }
 
+// Programmatic dependent launch: a GEMM launched with it reads its X only after the kernel before
+// it (here another, slow, GEMM that writes that X, poisoned with NaN first) has finished. A read
+// too early would see NaN or a partial X. The stream kernel (M = 1, 3, 16: both instantiations)
+// and the wgmma kernel (M = 33, 64), residual on, fp16 / bf16, five repetitions each.
+TEST(ZipperGpu, ProgrammaticLaunchWaitsForTheKernelBefore) {
+  REQUIRE_GPU();
+  const int64_t K0 = 8192, N0 = 1024, N1 = 528;  // A: [K0 -> N0] writes X of B: [N0 -> N1]
+  const PackedLinear wa = test::random_layer(N0, K0, 128, Pattern::Uniform, 71);
+  const PackedLinear wb = test::random_layer(N1, N0, 128, Pattern::Clustered, 72);
+  const std::vector<float> Wb = test::reference_dequant(wb);
+  ZipperLinear za(wa), zb(wb);
+  zb.set_programmatic_launch(true);
+  for (DType dt : {DType::F16, DType::BF16})
+    for (int64_t M : {1, 3, 16, 33, 64}) {
+      std::vector<uint16_t> xb;
+      std::vector<float> xf;
+      test::random_activations(M, K0, dt == DType::BF16, uint64_t(M * 5 + 1), xb, xf);
+      DeviceBuf X0(size_t(M * K0 * 2)), X1(size_t(M * N0 * 2)), Y(size_t(M * N1 * 2));
+      ASSERT_EQ(cudaMemcpy(X0.p, xb.data(), xb.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+      for (int rep = 0; rep < 5; ++rep) {
+        ASSERT_EQ(cudaMemset(X1.p, 0xff, size_t(M * N0 * 2)), cudaSuccess);  // NaN in fp16 and bf16
+        ASSERT_EQ(cudaMemset(Y.p, 0xff, size_t(M * N1 * 2)), cudaSuccess);
+        za.gemm(X0.p, X1.p, M, dt);  // plain launch
+        zb.gemm(X1.p, Y.p, M, dt);   // programmatic launch: waits for za's kernel before reading X1
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        std::vector<uint16_t> x1(size_t(M * N0)), y(size_t(M * N1));
+        ASSERT_EQ(cudaMemcpy(x1.data(), X1.p, x1.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(y.data(), Y.p, y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+        std::vector<float> x1f(x1.size());
+        for (size_t i = 0; i < x1.size(); ++i) x1f[i] = dt == DType::BF16 ? bf16_to_float(x1[i]) : fp16_to_float(x1[i]);
+        const std::vector<double> yref = test::reference_gemm(x1f, Wb, M, N1, N0);
+        int64_t bad = 0;
+        const double err = test::normalized_error(y, dt == DType::BF16, yref, &bad);
+        EXPECT_EQ(bad, 0) << dtype_name(dt) << " M=" << M << " rep " << rep << ": outputs not finite";
+        EXPECT_LT(err, bound(dt)) << dtype_name(dt) << " M=" << M << " rep " << rep;
+      }
+    }
+}
+
 // The benchmark's other variants compute what they claim: dense-only = base alone, unfused =
 // base + residual through two kernels.
 TEST(ZipperGpu, DenseOnlyAndUnfusedVariants) {

@@ -401,6 +401,14 @@ TEST(GpuOps, DecodeAttentionTiming) {
       per_sm += buf;
     }
     unsetenv("MOSAIC_DECODE_CTAS_PER_SM");
+    std::string caps;  // fewer splits: a shorter merge, fewer CTAs streaming the cache
+    for (int c : {4, 8, 16}) {
+      setenv("MOSAIC_DECODE_SPLITS", std::to_string(c).c_str(), 1);
+      char buf[64];
+      std::snprintf(buf, sizeof buf, " <=%d %.1f us", c, run(scratch));
+      caps += buf;
+    }
+    unsetenv("MOSAIC_DECODE_SPLITS");
     // The same kernel with lanes per key at run time, and without programmatic dependent launch.
     setenv("MOSAIC_DECODE_LANES", "runtime", 1);
     const double t_rt = run(scratch);
@@ -411,8 +419,8 @@ TEST(GpuOps, DecodeAttentionTiming) {
     const double t_us = run(scratch);
     const double kv_bytes = 2.0 * B * Hkv * double(len) * hd * 2, ideal_us = kv_bytes / bw * 1e6;
     std::printf("[ attn timing ] B=%2d: %.1f us (lanes at run time %.1f, no PDL %.1f); KV %.1f MB -> %.1f us at copy "
-                "bandwidth (%.0f%%); CTAs per SM:%s\n",
-                B, t_us, t_rt, t_nopdl, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str());
+                "bandwidth (%.0f%%); CTAs per SM:%s; splits capped at:%s\n",
+                B, t_us, t_rt, t_nopdl, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str(), caps.c_str());
   }
   // Row 0 of the last layer (sequence slot 0): the reference over its cache (the appended row included).
   const size_t seq_n = size_t(Hkv) * size_t(cap) * hd;
