@@ -87,36 +87,6 @@ struct Ops<__half> {
     out[2] = as_u32(__hsub2(as_t2(lo1), k1032));
     out[3] = as_u32(__hfma2(as_t2(hi1), kSixteenth, kMinus72));
   }
-  // Biased codes for the stream kernel (zipper_stream.cu, "bias-corrected dequantization"): the
-  // magic-number halves without the subtraction, 1024 + q (lo nibbles, inputs 0..7 of a k16 step)
-  // and 1024 + 16 q (hi nibbles, inputs 8..15): 5 instructions per 8 codes instead of 9. The
-  // kernel scales X's inputs 8..15 of every k16 step by 1/16 in shared memory, so the MMA sums
-  // (1024 + q) x + (1024 + 16 q) x / 16, and subtracts kBiasLo * sum(x lo) + kBiasHi * sum(x' hi)
-  // per scale group (x' = the scaled x): what is left is sum (q - 8) x exactly.
-  static constexpr bool kPrescaleHi = true;
-  static constexpr float kBiasLo = 1032.f, kBiasHi = 1152.f;
-  __device__ static void dequant_biased(uint32_t q, uint32_t (&out)[4]) {
-    constexpr uint32_t kLo = 0x000f000f, kHi = 0x00f000f0, kExp = 0x64006400;
-    out[0] = lop3_and_or(q, kLo, kExp);
-    out[1] = lop3_and_or(q, kHi, kExp);
-    q >>= 8;
-    out[2] = lop3_and_or(q, kLo, kExp);
-    out[3] = lop3_and_or(q, kHi, kExp);
-  }
-  // Exact codes against that scaled X: q - 8 (lo) and 16 (q - 8) (hi; exact in fp16), for the
-  // residual blocks, which keep their own exact MMA chain.
-  __device__ static void dequant_prescaled(uint32_t q, uint32_t (&out)[4]) {
-    constexpr uint32_t kLo = 0x000f000f, kHi = 0x00f000f0, kExp = 0x64006400;
-    const __half2 k1032 = __halves2half2(__ushort_as_half(0x6408), __ushort_as_half(0x6408));
-    const __half2 k1152 = __halves2half2(__ushort_as_half(0x6480), __ushort_as_half(0x6480));
-    uint32_t lo0 = lop3_and_or(q, kLo, kExp), hi0 = lop3_and_or(q, kHi, kExp);
-    q >>= 8;
-    uint32_t lo1 = lop3_and_or(q, kLo, kExp), hi1 = lop3_and_or(q, kHi, kExp);
-    out[0] = as_u32(__hsub2(as_t2(lo0), k1032));
-    out[1] = as_u32(__hsub2(as_t2(hi0), k1152));
-    out[2] = as_u32(__hsub2(as_t2(lo1), k1032));
-    out[3] = as_u32(__hsub2(as_t2(hi1), k1152));
-  }
   __device__ static T2 as_t2(uint32_t x) { return *reinterpret_cast<T2*>(&x); }
   __device__ static uint32_t as_u32(T2 x) { return *reinterpret_cast<uint32_t*>(&x); }
   __device__ static T2 bcast(__half x) { return __half2half2(x); }
@@ -144,18 +114,6 @@ struct Ops<__nv_bfloat16> {
     out[2] = as_u32(__hsub2(as_t2(lop3_and_or(q >> 8, kLo, kExp)), k136));
     out[3] = as_u32(__hsub2(as_t2(lop3_and_or(q >> 12, kLo, kExp)), k136));
   }
-  // Biased codes (see Ops<__half>): 128 + q for every nibble, 7 instructions per 8 codes instead
-  // of 11; X is not scaled (kPrescaleHi false), the bias is 136 on every input.
-  static constexpr bool kPrescaleHi = false;
-  static constexpr float kBiasLo = 136.f, kBiasHi = 136.f;
-  __device__ static void dequant_biased(uint32_t q, uint32_t (&out)[4]) {
-    constexpr uint32_t kLo = 0x000f000f, kExp = 0x43004300;
-    out[0] = lop3_and_or(q, kLo, kExp);
-    out[1] = lop3_and_or(q >> 4, kLo, kExp);
-    out[2] = lop3_and_or(q >> 8, kLo, kExp);
-    out[3] = lop3_and_or(q >> 12, kLo, kExp);
-  }
-  __device__ static void dequant_prescaled(uint32_t q, uint32_t (&out)[4]) { dequant(q, out); }
   __device__ static T2 as_t2(uint32_t x) { return *reinterpret_cast<T2*>(&x); }
   __device__ static uint32_t as_u32(T2 x) { return *reinterpret_cast<uint32_t*>(&x); }
   __device__ static T2 bcast(__nv_bfloat16 x) { return __bfloat162bfloat162(x); }

@@ -82,13 +82,6 @@ template <typename T, bool RES, int GS, int NB, int KW>
 __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer L, FusedLaunch f) {
   constexpr int kStages = kStreamStages;
   constexpr int kChains = NB == 2 ? 2 : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
-  // Bias-corrected dequantization (v13) for group >= 128 and M <= 8: the base codes enter the MMA
-  // as the magic-number halves without their subtraction (Ops::dequant_biased: 5 instead of 9
-  // instructions per 8 codes in fp16, 7 instead of 11 in bf16), and each k-tile's fp32 sums get
-  // the bias taken off once with the scale: acc += s * (sums - xcorr[tile][token]), xcorr =
-  // kBiasLo * sum(x lo) + kBiasHi * sum(x' hi) over the tile's 128 inputs, computed with the
-  // X tile. M = 9..16 keeps the exact codes (the sums over 16 X rows cost about what they save).
-  constexpr bool kBias = GS == 8 && NB == 1;
   using O = Ops<T>;
   using MM = Mma<T>;
   using T2 = typename O::T2;
@@ -115,9 +108,6 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
   // KW > 1: per warp, its partial sums of a row [NB][8 rows][20 floats] (after all rings).
   float* parts = reinterpret_cast<float*>(smem + ((rows + 1) * xs_stride) / 8 + kWarps * kStages * su4);
-  // kBias: [k-tiles of the K-range][8 X rows] bias corrections (after the partials; see
-  // stream_smem_bytes).
-  float* xcorr = parts + (KW > 1 ? kWarps * NB * 8 * 20 : 0);
 
   // This warp's rows, j < nrows (a prefix of 0 .. RPW-1): r_j = RW (j G + a) + rw, so a CTA's
   // warps stream RW adjacent rows (256 KB of codes at K = 4096 and KW = 1: one 2 MB page, DRAM-page
@@ -234,53 +224,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     for (int i = 0; i < kStages - 1; ++i) issue();
     cp_async_wait<kStages - 1>();  // the activation group (oldest) has landed
   }
-  __syncthreads();  // every thread's copies of X landed
-  // ldmatrix.x4 row addresses of X (rows past M read the zero row). NB = 1: the four 8 x 8
-  // matrices are rows 0-7 x inputs [0,8) [8,16) [16,24) [24,32) = the B fragments of two k16
-  // steps; NB = 2: rows 0-7 and 8-15 x inputs [0,8) [8,16) = one step for both n8 tiles.
-  const int xr = NB == 1 ? (lane & 7) : (lane & 7) + ((lane >> 4) << 3);
-  const int xc = NB == 1 ? (lane >> 3) * 8 : ((lane >> 3) & 1) * 8;
-  const T* xbase = xs + min(xr, rows) * xs_stride + xc;
-  if constexpr (kBias) {
-    // fp16: X's inputs 8..15 of every k16 step scaled by 1/16 (exact unless the result falls
-    // below fp16's normal range, where the absolute error is < 2^-25). Odd 16-byte chunks of a
-    // row are the hi halves of their k16 step.
-    if constexpr (O::kPrescaleHi) {
-      for (int i = threadIdx.x; i < rows * (cpr / 2); i += blockDim.x) {
-        const int row = i / (cpr / 2), ch = 2 * (i - row * (cpr / 2)) + 1;
-        uint4* p = reinterpret_cast<uint4*>(xs + row * xs_stride + ch * 8);
-        uint4 v = *p;
-        T2* e = reinterpret_cast<T2*>(&v);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) e[k] = __hmul2(e[k], __float2half2_rn(0.0625f));
-        *p = v;
-      }
-      __syncthreads();
-    }
-    // Per k-tile and X row, the bias the biased codes add, on the tensor cores: the MMA of a
-    // constant A fragment (kBiasLo on inputs 0..7, kBiasHi on 8..15 of each k16 step; every
-    // output row the same) with the tile's X fragments. Warps take the CTA's k-tiles in turn.
-    const uint32_t blo = O::as_u32(O::bcast(T(O::kBiasLo))), bhi = O::as_u32(O::bcast(T(O::kBiasHi)));
-    const uint32_t abias[4] = {blo, blo, bhi, bhi};
-    for (int ti = warp; ti < KR / kTileK; ti += kWarps) {
-      float t0[4], t1[4];
-#pragma unroll
-      for (int kk = 0; kk < 8; kk += 2) {
-        uint32_t xb[4];
-        ldmatrix_x4(xb, xbase + ti * kTileK + kk * 16);
-        if (kk == 0) {
-          MM::set(t0, abias, xb[0], xb[1]);
-          MM::set(t1, abias, xb[2], xb[3]);
-        } else {
-          MM::acc(t0, abias, xb[0], xb[1]);
-          MM::acc(t1, abias, xb[2], xb[3]);
-        }
-      }
-      if (g == 0)  // C fragment of lane (0, t): X rows 2t, 2t + 1
-        *reinterpret_cast<float2*>(xcorr + ti * 8 + 2 * (lane & 3)) = make_float2(t0[0] + t1[0], t0[1] + t1[1]);
-    }
-    __syncthreads();
-  }
+  __syncthreads();  // every thread's copies of X landed: the only CTA barrier
   if (nrows == 0) {
     cp_async_wait<0>();
     return;
@@ -346,7 +290,12 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     }
   };
 
-  const T* xrow = xbase + sw * KRw;
+  // ldmatrix.x4 row addresses of X (rows past M read the zero row). NB = 1: the four 8 x 8
+  // matrices are rows 0-7 x inputs [0,8) [8,16) [16,24) [24,32) = the B fragments of two k16
+  // steps; NB = 2: rows 0-7 and 8-15 x inputs [0,8) [8,16) = one step for both n8 tiles.
+  const int xr = NB == 1 ? (lane & 7) : (lane & 7) + ((lane >> 4) << 3);
+  const int xc = NB == 1 ? (lane >> 3) * 8 : ((lane >> 3) & 1) * 8;
+  const T* xrow = xs + min(xr, rows) * xs_stride + xc + sw * KRw;
   float acc[NB][4] = {};
   // Unscaled sums of the current scale group, per chain: NB = 1: k16 steps of even / odd parity
   // (two independent MMA chains); NB = 2: one per n8 tile of X rows.
@@ -369,8 +318,6 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
       sA = to_f(sc[g]);
       sB = to_f(sc[g + 8]);
     }
-    float2 bias = make_float2(0.f, 0.f);  // kBias: of X rows 2t, 2t + 1 (the C fragment's c0, c2 and c1, c3)
-    if constexpr (kBias) bias = *reinterpret_cast<const float2*>(xcorr + (sw * nkt + ct) * 8 + 2 * (lane & 3));
     const T* xk = xrow + ct * kTileK;
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
@@ -388,18 +335,12 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
           const int kk = c * 4 + j;  // k16 step within the tile
           if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xk + kk * 16);
           uint32_t w[4];
-          if constexpr (kBias)
-            O::dequant_biased(word(q, j), w);
-          else
-            O::dequant(word(q, j), w);
+          O::dequant(word(q, j), w);
           const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
           uint32_t ra[4] = {};
           if constexpr (decltype(with_res)::value) {
             uint32_t rw[4];
-            if constexpr (kBias)  // exact codes against the scaled X
-              O::dequant_prescaled(word(rq, j), rw);
-            else
-              O::dequant(word(rq, j), rw);
+            O::dequant(word(rq, j), rw);
             ra[0] = rw[0], ra[1] = rw[2], ra[2] = rw[1], ra[3] = rw[3];
           }
 #pragma unroll
@@ -423,21 +364,13 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
               sA = to_f(sc[gi * 16 + g]);
               sB = to_f(sc[gi * 16 + g + 8]);
             }
-            if constexpr (kBias) {  // one chain pair, the tile's bias off, then the scale
-              float(&o)[4] = acc[0];
-              o[0] = fmaf(sA, tmp[0][0] + tmp[1][0] - bias.x, o[0]);
-              o[1] = fmaf(sA, tmp[0][1] + tmp[1][1] - bias.y, o[1]);
-              o[2] = fmaf(sB, tmp[0][2] + tmp[1][2] - bias.x, o[2]);
-              o[3] = fmaf(sB, tmp[0][3] + tmp[1][3] - bias.y, o[3]);
-            } else {
 #pragma unroll
-              for (int e = 0; e < kChains; ++e) {
-                float(&o)[4] = acc[NB == 2 ? e : 0];
-                o[0] = fmaf(sA, tmp[e][0], o[0]);
-                o[1] = fmaf(sA, tmp[e][1], o[1]);
-                o[2] = fmaf(sB, tmp[e][2], o[2]);
-                o[3] = fmaf(sB, tmp[e][3], o[3]);
-              }
+            for (int e = 0; e < kChains; ++e) {
+              float(&o)[4] = acc[NB == 2 ? e : 0];
+              o[0] = fmaf(sA, tmp[e][0], o[0]);
+              o[1] = fmaf(sA, tmp[e][1], o[1]);
+              o[2] = fmaf(sB, tmp[e][2], o[2]);
+              o[3] = fmaf(sB, tmp[e][3], o[3]);
             }
           }
         }
@@ -606,7 +539,7 @@ int stream_occupancy_nb(int group, int kw, int smem) {
 int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps) {
   const int nb = x_rows - 1 <= 8 ? 1 : 2;
   return x_rows * (k_split + 8) * 2 + kWarps * kStreamStages * stage_u4(spt, residual) * 16 +
-         (k_warps > 1 ? kWarps * nb * 8 * 20 * 4 : 0) + (nb == 1 && spt == 1 ? k_split / kTileK * 8 * 4 : 0);
+         (k_warps > 1 ? kWarps * nb * 8 * 20 * 4 : 0);
 }
 
 int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem) {
