@@ -211,17 +211,15 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
       *reinterpret_cast<uint4*>(xs + rows * xs_stride + i * 8) = make_uint4(0, 0, 0, 0);
     cp_async_commit();
   };
-  if (f.pdl) {
+  if (!f.pdl) load_x();
 #pragma unroll
-    for (int i = 0; i < kStages - 1; ++i) issue();
+  for (int i = 0; i < kStages - 1; ++i) issue();  // (once in the code: two copies cost 8 registers)
+  if (f.pdl) {
     pdl_wait();
     pdl_launch_dependents();
     load_x();
     cp_async_wait<0>();
   } else {
-    load_x();
-#pragma unroll
-    for (int i = 0; i < kStages - 1; ++i) issue();
     cp_async_wait<kStages - 1>();  // the activation group (oldest) has landed
   }
   __syncthreads();  // every thread's copies of X landed: the only CTA barrier
