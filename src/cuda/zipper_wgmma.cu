@@ -218,7 +218,9 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
     }
     return;
   }
-  pdl_wait();  // the consumers write Y / the split-K workspace: not before the previous kernel is done
+  // The consumers write Y / the split-K workspace: not before the previous kernel is done (only
+  // when launched with PDL; otherwise the launch itself ordered it).
+  if (f.pdl) pdl_wait();
 
   // ---- consumers: warpgroup wg owns outputs 64 wg .. 64 wg + 63 of the tile; warp w of it the
   // block row ri = 4 wg + w (16 outputs). C fragment of lane (g, t): acc[4j + 0, 1] = output g,
