@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/hopper_ptx.cuh"
 #include "cuda/pdl.cuh"
@@ -164,12 +165,15 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
     // the previous kernel still runs; their X boxes follow its completion (pdl_wait). Without it
     // every stage copies X first, as before (H200: issuing X after the weights cost ~1 us at M = 64).
     const int pre = f.pdl ? min(S, nkt) : 0;
+    // One k-tile into its stage; with_x = false leaves X out (copy_x, after pdl_wait). The main
+    // loop below instantiates it with X only (the code before PDL: putting the PDL branches into
+    // that loop made the residual path at M = 32 4-9% slower on the H200).
     const auto copy_x = [&](int i) {
       uint8_t* st = smem + (i % S) * SB;
       tma_2d(st, &xmap, (kt0 + i) * kTileK, m0, &full[i % S]);
       tma_2d(st + TOK * 128, &xmap, (kt0 + i) * kTileK + 64, m0, &full[i % S]);
     };
-    for (int i = 0; i < nkt; ++i) {
+    const auto produce = [&](int i, auto with_x) {
       const int s = i % S;
       if (i >= S) mbar_wait(&empty[s], ((i / S) - 1) & 1);
       const int c = 2 * (kt0 + i);  // first chunk of the k-tile (even: both chunks in one word)
@@ -189,7 +193,7 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
       if (lane == 0) {
         flags[s] = kept;
         mbar_expect_tx(&full[s], bytes);  // before any copy of this stage can complete (X's too)
-        if (i >= pre) copy_x(i);
+        if constexpr (decltype(with_x)::value) copy_x(i);
         if (f.wtma) {
           tma_2d(st + offW, &wmap, (kt0 + i) * 128, R0, &full[s], pol);  // 128 x u64 = 1 KB per row
           tma_2d(st + offS, &smap, (kt0 + i) * 16 * spt, R0, &full[s], pol);
@@ -209,13 +213,15 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
           b += __popc(bits);
         }
       }
-      if (i == pre - 1) {  // the first stages' weights are on their way: now X (written by the kernel before)
-        pdl_wait();
-        pdl_launch_dependents();
-        if (lane == 0)
-          for (int j = 0; j < pre; ++j) copy_x(j);
-      }
+    };
+    if (pre > 0) {  // PDL: the first stages' weights, then (the previous kernel done) their X
+      for (int i = 0; i < pre; ++i) produce(i, std::false_type{});
+      pdl_wait();
+      pdl_launch_dependents();
+      if (lane == 0)
+        for (int j = 0; j < pre; ++j) copy_x(j);
     }
+    for (int i = pre; i < nkt; ++i) produce(i, std::true_type{});
     return;
   }
   // The consumers write Y / the split-K workspace: not before the previous kernel is done (only
