@@ -35,13 +35,6 @@ namespace {
 // Ring depth per warp (k-tiles in flight + 1). v9 also had 8 (MOSAIC_ZIPPER_STAGES): slower
 // everywhere (v9 run 2); v10 dropped it to halve the instantiations.
 constexpr int kStreamStages = 4;
-// KW > 1: row accumulators per row lane (v14). The KW warps of a row lane add their partial sums
-// of a row into a shared-memory slot (fp32 atomics); the last to arrive writes the row out and
-// frees the slot. kRowSlots rows may be open at once, so a warp may run up to kRowSlots - 1 rows
-// ahead of the slowest slice of its row lane before it waits (v10 met at two named barriers at
-// every row end: each row cost its slowest slice, 13% of the residual kernel's stalls, ncu).
-constexpr int kRowSlots = 4;
-constexpr int kSlotFloats = 8 * 20;  // per n8 tile: [8 X rows][20] (16 outputs, padded: distinct banks)
 
 // MMA roles (v10): the weights are the A operand (16 outputs x 16 inputs) and X is the B operand
 // (16 inputs x 8 rows of X), so one m16n8k16 covers a warp's 16 outputs for 8 rows of X. M <= 8
@@ -113,20 +106,8 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   const int kResCodes = kBaseScales + 2 * spt, kResScales = kResCodes + 32;
   T* xs = reinterpret_cast<T*>(smem);         // (rows + 1, KR) activation tile
   uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
-  // KW > 1 (after all rings): per row lane, kRowSlots row accumulators [NB][kSlotFloats], then per
-  // row lane and slot an arrival counter and the row slot j that owns it.
-  float* slots = reinterpret_cast<float*>(smem + ((rows + 1) * xs_stride) / 8 + kWarps * kStages * su4);
-  float* my_slots = slots + rw * kRowSlots * NB * kSlotFloats;
-  int* slot_cnt = reinterpret_cast<int*>(slots + RW * kRowSlots * NB * kSlotFloats) + rw * kRowSlots;
-  int* slot_owner = slot_cnt + RW * kRowSlots;
-  if constexpr (KW > 1) {  // visible to all warps at the prologue's CTA barrier
-    for (int i = threadIdx.x; i < RW * kRowSlots * NB * kSlotFloats; i += blockDim.x) slots[i] = 0.f;
-    int* cnt0 = reinterpret_cast<int*>(slots + RW * kRowSlots * NB * kSlotFloats);
-    for (int i = threadIdx.x; i < RW * kRowSlots; i += blockDim.x) {
-      cnt0[i] = 0;
-      cnt0[RW * kRowSlots + i] = i % kRowSlots;  // slot s first serves row slot j = s
-    }
-  }
+  // KW > 1: per warp, its partial sums of a row [NB][8 rows][20 floats] (after all rings).
+  float* parts = reinterpret_cast<float*>(smem + ((rows + 1) * xs_stride) / 8 + kWarps * kStages * su4);
 
   // This warp's rows, j < nrows (a prefix of 0 .. RPW-1): r_j = RW (j G + a) + rw, so a CTA's
   // warps stream RW adjacent rows (256 KB of codes at K = 4096 and KW = 1: one 2 MB page, DRAM-page
@@ -252,12 +233,12 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   // Row end: the C fragments go through shared memory so that lane (row b = lane / 4, quad
   // o = lane % 4) holds outputs 4o .. 4o + 3 of X row b: one 16-byte reduction (split-K, no wait)
   // or one 8-byte store. KW = 1: through `scratch`, the ring slot just consumed (free until the
-  // loop's next __syncwarp), one n8 tile at a time (a dense slot holds 1056 bytes). KW > 1: into
-  // the row's accumulator slot (j % kRowSlots, once row j - kRowSlots has left it) by shared
-  // atomics; the last of the KW warps to arrive reads the sums, writes the row, zeroes the slot
-  // and hands it to row j + kRowSlots. No barrier: the other warps stream on.
+  // loop's next __syncwarp), one n8 tile at a time (a dense slot holds 1056 bytes). KW > 1: each
+  // warp writes its partial sums to parts[warp], a named barrier per row lane, the slice-0 warp
+  // adds the KW partials and writes the row, a second barrier frees the buffers.
   // Row stride 20 floats: the fragment writes hit 32 distinct banks.
-  const auto flush_row = [&](int r, int j, const float (&ac)[NB][4], float* scratch) {
+  constexpr int kPart = NB * 8 * 20;  // floats per partial
+  const auto flush_row = [&](int r, const float (&ac)[NB][4], float* scratch) {
     const int t = lane & 3, br = lane >> 2;
     const auto put = [&](float* p, int nb) {
       p[(2 * t) * 20 + g] = ac[nb][0];
@@ -287,43 +268,23 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
         out(nb, v);
       }
     } else {
-      const int sl = j % kRowSlots;
-      float* a = my_slots + sl * NB * kSlotFloats;
-      volatile int* owner = slot_owner + sl;
-      if (lane == 0)
-        while (*owner != j) {
-        }  // rarely spins: only a warp kRowSlots rows ahead of its slowest slice
-      __syncwarp();
-      __threadfence_block();
+      float* mine = parts + warp * kPart;
 #pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        float* p = a + nb * kSlotFloats;
-        atomicAdd(p + (2 * t) * 20 + g, ac[nb][0]);
-        atomicAdd(p + (2 * t + 1) * 20 + g, ac[nb][1]);
-        atomicAdd(p + (2 * t) * 20 + g + 8, ac[nb][2]);
-        atomicAdd(p + (2 * t + 1) * 20 + g + 8, ac[nb][3]);
-      }
-      __threadfence_block();
-      __syncwarp();
-      int last = 0;
-      if (lane == 0) last = atomicAdd(slot_cnt + sl, 1) == KW - 1;
-      if (__shfl_sync(~0u, last, 0)) {  // every slice's sums are in: this warp writes the row
-        __threadfence_block();
+      for (int nb = 0; nb < NB; ++nb) put(mine + nb * 8 * 20, nb);
+      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + rw), "r"(32 * KW) : "memory");  // partials visible
+      if (sw == 0) {
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb) {
-          float4* q = reinterpret_cast<float4*>(a + nb * kSlotFloats + br * 20 + 4 * t);
-          const float4 v = *q;  // after the fence: the other warps' atomics are visible
-          *q = make_float4(0.f, 0.f, 0.f, 0.f);
+          float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+          for (int s2 = 0; s2 < KW; ++s2) {
+            const float4 u = *reinterpret_cast<const float4*>(mine + s2 * kPart + nb * 8 * 20 + br * 20 + 4 * t);
+            v.x += u.x, v.y += u.y, v.z += u.z, v.w += u.w;
+          }
           out(nb, v);
         }
-        __threadfence_block();
-        __syncwarp();
-        if (lane == 0) {
-          slot_cnt[sl] = 0;
-          __threadfence_block();
-          *owner = j + kRowSlots;
-        }
       }
+      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + rw), "r"(32 * KW) : "memory");  // partials read
     }
   };
 
@@ -440,7 +401,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     }
     if constexpr (RES) cb += __popc(fl);
     if (++ct == nkt) {  // row done: hand its sums off without waiting, go on streaming
-      flush_row(row_of(cj), cj, acc, reinterpret_cast<float*>(st));
+      flush_row(row_of(cj), acc, reinterpret_cast<float*>(st));
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
@@ -450,14 +411,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     }
   }
   cp_async_wait<0>();
-  if (!split) return;
-  if constexpr (KW > 1) {
-    // Any of the KW warps may have written a row (the last to arrive): all of them are done with
-    // their reductions after this barrier, and the fence below (cumulative) covers them all. The
-    // slice-0 warp of the row lane then counts its rows.
-    asm volatile("bar.sync %0, %1;\n" ::"r"(1 + rw), "r"(32 * KW) : "memory");
-    if (sw != 0) return;
-  }
+  if (!split || sw != 0) return;  // (KW > 1: the slice-0 warp of a row lane owns its rows)
 
   // 3. Split-K fix-up, once per warp: fence the reductions, count arrivals per row (lane j for
   //    row j, all in flight together); the last arriving warp of a row finishes it.
@@ -583,7 +537,7 @@ int stream_occupancy_nb(int group, int kw, int smem) {
 int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps) {
   const int nb = x_rows - 1 <= 8 ? 1 : 2;
   return x_rows * (k_split + 8) * 2 + kWarps * kStreamStages * stage_u4(spt, residual) * 16 +
-         (k_warps > 1 ? (kWarps / k_warps) * kRowSlots * (nb * kSlotFloats * 4 + 2 * 4) : 0);
+         (k_warps > 1 ? kWarps * nb * 8 * 20 * 4 : 0);
 }
 
 int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem) {
