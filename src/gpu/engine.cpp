@@ -463,10 +463,12 @@ struct GpuModel::Impl {
                  gib(w_est), ", KV cache ", gib(kv_est), " for ", slots, " x ", cap, " positions, scratch ",
                  gib(scratch_est), ") but ", report.device, " has ", gib(free_b),
                  " free; use --device cpu, a smaller --ctx / batch, or a quantized checkpoint");
-    const bool allow_deq = !quantized || need + zipper_deq <= free_b;
+    const bool deq_fits = need + zipper_deq <= free_b;
+    const bool allow_deq = !quantized || (o.dequant_workspace && deq_fits);
     if (quantized && !allow_deq)
       report.notes.push_back("large-M ZipperEngine GEMMs kept on the fused kernel (the dequantize path's " +
-                             gib(zipper_deq) + " workspace would not fit)");
+                             gib(zipper_deq) + " workspace " +
+                             (deq_fits ? "is turned off by GpuOptions::dequant_workspace" : "would not fit") + ")");
     if (quantized && allow_deq) {
       zipper_shared = std::make_shared<cuda::ZipperShared>();
       zipper_shared->reserve(zipper_deq);  // before any graph capture

@@ -45,6 +45,9 @@ struct GpuOptions {
   // their input rows and run the W4A16 path. 0: never the INT8 kernel.
   int64_t w4a8_min_m = 256;
   bool quiet = true;            // false: one-line load report on stderr
+  // MosaicQuant layers: false never uses ZipperEngine's dequantize path (an N x K workspace), as
+  // when that workspace does not fit in GPU memory: large-M GEMMs then run on the fused kernels.
+  bool dequant_workspace = true;
 };
 
 // --random-weights: a model of the given config with random weights, made on the GPU (dense) or

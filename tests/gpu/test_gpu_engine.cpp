@@ -269,6 +269,38 @@ TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
   }
 }
 
+// A model loaded without the dequantize path's workspace (what the engine does when it would not
+// fit in GPU memory): prompts of 100 tokens, whose large-M GEMMs Auto sends to the dequantize path,
+// run on the fused kernels instead (M = 100: the v8 kernel), 30 tokens on the wgmma kernel as before;
+// the same bound against the CPU engine, and decode equals the prefill logits.
+TEST(GpuEngine, QuantizedModelWithoutDequantWorkspaceMatchesCpuEngine) {
+  REQUIRE_GPU();
+  const auto dir = write_quant_model(128, 256, "nodeq");
+  const Model cpu = Model::load(dir);
+  for (int64_t n : {30, 100}) {
+    const auto toks = prompt_tokens(n, cpu.vocab_size(), 19);
+    const auto ref = cpu_logits(cpu, toks);
+    for (Act a : {Act::F16, Act::BF16}) {
+      GpuOptions o;
+      o.act = a;
+      o.capacity = 128;
+      o.dequant_workspace = false;
+      GpuModel g = GpuModel::load(dir, o);
+      const GpuLoadReport& r = g.load_report();
+      EXPECT_EQ(r.zipper_linears, 8) << r.summary();
+      ASSERT_FALSE(r.notes.empty()) << "the load report must say the dequantize path is off";
+      std::vector<float> got(ref.size());
+      g.forward(0, toks.data(), n, got.data());
+      const double err = rel_max_err(got, ref);
+      std::printf("[ gpu quant ] no dequantize workspace, %lld tokens, %s: max|gpu - cpu| / max|cpu| = %.2e\n",
+                  (long long)n, act_name(a), err);
+      EXPECT_LE(err, logits_bound(a)) << n << " tokens";
+      EXPECT_LE(decode_err(g, toks, ref, 20), logits_bound(a)) << "decode, " << n << " tokens";
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // W4A8 / W4A4 models (activations quantized per token: 8-bit integers, FP8 e4m3, 4-bit integers)
 // against the CPU reference engine. A code of the quantized input flips wherever the GPU's FP16/BF16
 // activation and the CPU's FP32 one fall on either side of a rounding boundary, so the GPU cannot
