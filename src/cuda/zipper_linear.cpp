@@ -103,9 +103,14 @@ int kwarps_forced() {
   static const int v = int(env_number("MOSAIC_ZIPPER_KWARPS", 0, 0, 8));
   return v == 1 || v == 2 || v == 4 || v == 8 ? v : 0;
 }
-double kw_cost() {
-  static const double v = env_number("MOSAIC_ZIPPER_KW_COST", 0.25, 0, 64);
-  return v;
+// With the residual a row end also waits for the K-slice with the most kept blocks: 1 k-tile there
+// (H200, sixth session, same binary, MOSAIC_ZIPPER_KW_COST=1 vs 0.25: LLaMA-3-8B / Qwen3-8B gate_up
+// zipper at M = 1 28.58 -> 28.06 / 24.32 -> 22.53 us, at M = 4 32.53 -> 31.35 / 28.10 -> 27.68; qkv, o,
+// down within 1%; bench/results/gemm-h200-2026-11-28-kwcost.md). The dense-only kernel keeps 0.25
+// (its gate_up got 5% slower at 1). The variable, when set, applies to both.
+double kw_cost(bool residual) {
+  static const double v = env_number("MOSAIC_ZIPPER_KW_COST", -1, 0, 64);
+  return v >= 0 ? v : residual ? 1.0 : 0.25;
 }
 double split_fix() {
   static const double v = env_number("MOSAIC_ZIPPER_SPLIT_FIX", 2, 0, 64);
@@ -306,7 +311,7 @@ struct ZipperLinear::Impl {
           const int q = int((ctas + num_sms - 1) / num_sms);
           if (q > occ) continue;
           const double bw = std::min(1.0, q * tile_kb / inflight_kb_needed());
-          const double row = double(per) / kw + (splits > 1 ? red : 0.0) + (kw > 1 ? kw_cost() : 0.0);
+          const double row = double(per) / kw + (splits > 1 ? red : 0.0) + (kw > 1 ? kw_cost(res) : 0.0);
           const double cost = q * (rpw * row + 1.0 + (splits > 1 ? split_fix() : 0.0)) / bw;
           const bool better = cost < best_cost * 0.999 ||
                               (cost <= best_cost * 1.001 && (q > best_q || (q == best_q && splits < best_splits)));
