@@ -1,4 +1,5 @@
-// CUDA kernels of the GPU engine (src/gpu/engine.h): every non-GEMM op of the model, on FP16 or
+// CUDA kernels of the GPU engine (src/gpu/engine.h; kernels.cu, the decode attention in
+// decode_attention.cu, shared device helpers in kernel_util.cuh): every non-GEMM op of the model, on FP16 or
 // BF16 activations with FP32 math inside each kernel. Host-callable launchers (asynchronous on
 // `s`), C++17 and free of CUDA device types so the C++20 engine code can include this header.
 // Each op mirrors one op of the CPU engine (src/model/ops_ref.h); tests/gpu/test_gpu_ops.cpp

@@ -1,0 +1,473 @@
+// Decode attention of the GPU engine (kernels.h: attention_decode): the flash-decoding kernel with the
+// step's q/k norm, RoPE and KV append fused in, and its launch plan. Split out of kernels.cu; shared
+// helpers in kernel_util.cuh.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+#include "gpu/kernel_util.cuh"
+#include "gpu/kernels.h"
+
+namespace mosaic::gpu::kern {
+namespace {
+
+// Decode attention, split over the keys (flash-decoding), with the step's q/k norm, RoPE and KV
+// append fused in. One CTA per (kv head g, chunk c of <= RP of its query heads, sequence b, split
+// s): each cached key/value row is read once for all query heads of its kv head (GQA).
+//  - keys 0 .. pos-1 are split evenly over nsplit x kDecWarps warps by the length read on the
+//    device (one graph serves every length). lpk lanes per key (hd/8 rounded up to a power of
+//    two): lane v holds dims 8v .. 8v+7 of its key and the q slices of those dims. A warp streams
+//    its keys through a lane-private shared-memory ring (cp.async, kDecStages steps of kDecPasses
+//    passes in flight; a lane reads back only what it copied, so no barrier guards the ring):
+//    64 KB per CTA, 3 CTAs and ~150 KB of loads in flight per SM. Scores are reduced over the
+//    lpk lanes by shuffles; online softmax in base 2 (q pre-scaled by log2(e)/sqrt(hd)).
+//  - meanwhile the CTA stages its q heads and the new k/v row in shared memory, normalizes and
+//    rotates them (norm_rope_rows) and rounds them to the activation dtype (as the cache holds
+//    them); CTA (s = 0, c = 0) appends k/v at pos, and key pos starts the state of its warp 0.
+//  - with programmatic dependent launch the key copies are issued before pdl_wait(), so they
+//    overlap the end of the qkv GEMM; everything that reads this step's qkv comes after it.
+//  - the warps merge in shared memory; with one split the CTA writes the output, else its partial
+//    (o[hd] unnormalized, m, l), and the last CTA of the (b, g, c) group to finish (an atomic
+//    counter, which it resets to 0) merges the splits: no second kernel.
+constexpr int kDecWarps = 4, kDecThreads = 32 * kDecWarps, kMaxSplits = 256;
+constexpr int kDecPasses = 2, kDecStages = 8;
+constexpr size_t kDecRingBytes = size_t(kDecWarps) * kDecStages * kDecPasses * 2 * 32 * 16;
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+template <typename T>
+__device__ __forceinline__ uint4 load8_unaligned(const T* p, int rem) {  // rem: valid elements from p
+  uint4 r = make_uint4(0, 0, 0, 0);
+  T* t = reinterpret_cast<T*>(&r);
+  for (int e = 0; e < 8; ++e)
+    if (e < rem) t[e] = p[e];
+  return r;
+}
+template <typename T>
+__device__ __forceinline__ void cvt8(const uint4& r, float (&f)[8]) {
+  const T* t = reinterpret_cast<const T*>(&r);
+  for (int e = 0; e < 8; ++e) f[e] = to_f(t[e]);
+}
+template <typename T>
+__device__ __forceinline__ float round_act(float x) {
+  return to_f(from_f<T>(x));
+}
+__device__ __forceinline__ float sum_lanes(float x, int lpk) {  // over the lpk lanes of a key
+#pragma unroll
+  for (int o = lpk >> 1; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// LPK: lanes per key known at compile time (16: hd 72 .. 128, LLaMA-3 / Qwen3), or 0 = from hd
+// at run time. The key loop has no per-row branches, so the U x RP dot products and their lane
+// reductions are independent chains the scheduler interleaves; with LPK known the reductions
+// unroll too. (The previous loop reduced one (u, r) at a time inside `if (r < nq)`: about 2 us
+// per step per warp. H100, LLaMA-3-8B shapes, 2145 cached positions, us per layer, previous /
+// this loop with lanes at run time / LPK = 16: B=1 24.7 / 19.2 / 16.9, B=16 110.5 / 71.5 / 69.0;
+// the previous figures from an earlier call, bench/results/e2e-h100-2026-11-28-v3.md.)
+template <typename T, int RP, bool VEC, int LPK>
+__global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
+    attention_decode_k(const T* qkv, const int32_t* pos_a, const int32_t* slot_a, AttnDims d, const float* q_norm,
+                       const float* k_norm, float eps, const float* inv_freq, float qscale, T* kc, T* vc,
+                       float* partial, int* counters, T* out) {
+  constexpr int U = kDecPasses, S = kDecStages;
+  extern __shared__ __align__(16) float sm[];  // [ring kDecRingBytes][rope rows]; after the keys: merge area
+  const int hd = d.hd, rep = d.H / d.Hkv, nch = (rep + RP - 1) / RP, nh = d.H + 2 * d.Hkv;
+  const int g = blockIdx.x / nch, c = blockIdx.x % nch, b = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
+  const int nq = min(RP, rep - c * RP), hq0 = g * rep + c * RP;  // query heads hq0 .. hq0 + nq - 1
+  const int64_t pos = pos_a[b], slot = slot_a[b];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int nvec = (hd + 7) / 8;
+  int lpk = LPK;
+  if (LPK == 0) {
+    lpk = 1;
+    while (lpk < nvec) lpk <<= 1;
+  }
+  const int kpp = 32 / lpk, v = lane & (lpk - 1), ks = lane / lpk, d0 = 8 * v;
+  const bool on = v < nvec;  // lanes past the head (hd not a power of two) hold zeros
+
+  // This warp's keys [kw0, kw1) of 0 .. pos-1 (whole passes of kpp keys).
+  const int nkeys = int(pos), nwarps = nsplit * kDecWarps;  // positions < capacity: int
+  const int per = ((nkeys + nwarps - 1) / nwarps + kpp - 1) / kpp * kpp;
+  const int kw0 = min(nkeys, (split * kDecWarps + w) * per), kw1 = min(nkeys, kw0 + per);
+  const int64_t head_off = (slot * d.Hkv + g) * d.cap * hd + d0;
+  const T* kb = kc + head_off;
+  const T* vb = vc + head_off;
+  // Step t covers keys kw0 + t*U*kpp ...: ring slot (stage t % S, pass u, k|v) of this lane.
+  uint4* ring = reinterpret_cast<uint4*>(sm) + w * (S * U * 2 * 32) + lane;
+  const int nsteps = (kw1 - kw0 + U * kpp - 1) / (U * kpp);
+  auto issue = [&](int t) {
+    for (int u = 0; u < U; ++u) {
+      const int j = kw0 + t * U * kpp + u * kpp + ks;
+      uint4* sk = ring + ((t % S) * U + u) * 2 * 32;
+      if (on && j < kw1) {
+        if constexpr (VEC) {
+          cp_async16(sk, kb + j * hd);
+          cp_async16(sk + 32, vb + j * hd);
+        } else {  // hd % 8 != 0: rows not 16-byte aligned, plain loads
+          sk[0] = load8_unaligned(kb + j * hd, hd - d0);
+          sk[32] = load8_unaligned(vb + j * hd, hd - d0);
+        }
+      } else {
+        sk[0] = sk[32] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  for (int t = 0; t < S - 1; ++t) {
+    if (t < nsteps) issue(t);
+    cp_async_commit();
+  }
+  // Up to here only pos/slot (written by the previous step's advance) and cached keys 0 .. pos-1
+  // (appended by earlier steps) were read: with PDL this overlaps the qkv GEMM's tail. The fused
+  // qkv row, the partials/counters and the cache row pos come after the wait.
+  pdl_wait();
+  pdl_launch_dependents();
+
+  // Prologue: q heads, k and v of this token -> norm + RoPE -> rounded to T.
+  float* rows = sm + kDecRingBytes / sizeof(float);  // [nq + 2][hd]
+  float* cs = rows + (RP + 2) * hd;                   // [hd]
+  const T* src = qkv + int64_t(b) * nh * hd;
+  for (int i = tid; i < (nq + 2) * hd; i += kDecThreads) {
+    const int r = i / hd;
+    const int j = r < nq ? hq0 + r : r == nq ? d.H + g : d.H + d.Hkv + g;
+    rows[i] = to_f(src[int64_t(j) * hd + i % hd]);
+  }
+  __syncthreads();
+  norm_rope_rows(rows, nq, 1, hd, q_norm, k_norm, eps, pos, inv_freq, cs);
+  if (split == 0 && c == 0)
+    for (int i = tid; i < 2 * hd; i += kDecThreads)
+      (i < hd ? kc : vc)[(slot * d.Hkv + g) * d.cap * hd + pos * hd + i % hd] = from_f<T>(rows[nq * hd + i]);
+  float q[RP][8], m[RP], l[RP], acc[RP][8];
+  for (int r = 0; r < RP; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+    for (int e = 0; e < 8; ++e) {
+      acc[r][e] = 0.f;
+      q[r][e] = r < nq && on && d0 + e < hd ? round_act<T>(rows[r * hd + d0 + e]) * qscale : 0.f;
+    }
+  }
+  if (split == 0 && w == 0) {  // the new key pos
+    float kf[8], vf[8];
+    for (int e = 0; e < 8; ++e) {
+      const bool ok = on && d0 + e < hd;
+      kf[e] = ok ? round_act<T>(rows[nq * hd + d0 + e]) : 0.f;
+      vf[e] = ok ? round_act<T>(rows[(nq + 1) * hd + d0 + e]) : 0.f;
+    }
+    for (int r = 0; r < RP; ++r) {
+      if (r < nq) {
+        float s = 0.f;
+        for (int e = 0; e < 8; ++e) s += q[r][e] * kf[e];
+        s = sum_lanes(s, lpk);
+        if (ks == 0) {
+          m[r] = s;
+          l[r] = 1.f;
+          for (int e = 0; e < 8; ++e) acc[r][e] = vf[e];
+        }
+      }
+    }
+  }
+
+  // Cached keys: step t's math while steps t+1 .. t+S-1 are in flight.
+  for (int t = 0; t < nsteps; ++t) {
+    if (t + S - 1 < nsteps) issue(t + S - 1);
+    cp_async_commit();
+    cp_async_wait<S - 1>();  // step t has landed (this lane's copies)
+    const int k0 = kw0 + t * U * kpp;
+    uint4 kr[U], vr[U];
+    for (int u = 0; u < U; ++u) {
+      kr[u] = ring[((t % S) * U + u) * 2 * 32];
+      vr[u] = ring[((t % S) * U + u) * 2 * 32 + 32];
+    }
+    // Every row r < RP is computed (rows r >= nq have q = 0 and are never stored): no per-row
+    // branches in the loop.
+    float p[U][RP];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float kf[8];
+      cvt8<T>(kr[u], kf);
+      const bool ok = k0 + u * kpp + ks < kw1;
+#pragma unroll
+      for (int r = 0; r < RP; ++r) {
+        float s = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) s += q[r][e] * kf[e];
+        p[u][r] = s;
+      }
+#pragma unroll
+      for (int o = lpk >> 1; o > 0; o >>= 1)
+#pragma unroll
+        for (int r = 0; r < RP; ++r) p[u][r] += __shfl_xor_sync(0xffffffffu, p[u][r], o);
+#pragma unroll
+      for (int r = 0; r < RP; ++r) p[u][r] = ok ? p[u][r] : -INFINITY;
+    }
+#pragma unroll
+    for (int r = 0; r < RP; ++r) {
+      float mx = m[r];
+#pragma unroll
+      for (int u = 0; u < U; ++u) mx = fmaxf(mx, p[u][r]);
+      // No key of this lane's slot yet (mx = -inf): the reference 0 keeps l = acc = 0, p = 0.
+      const float ref = mx == -INFINITY ? 0.f : mx;
+      const float al = exp2f(m[r] - ref);
+      m[r] = mx;
+      l[r] *= al;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[r][e] *= al;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        p[u][r] = exp2f(p[u][r] - ref);
+        l[r] += p[u][r];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float vf[8];
+      cvt8<T>(vr[u], vf);
+#pragma unroll
+      for (int r = 0; r < RP; ++r)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r][e] += p[u][r] * vf[e];
+    }
+  }
+  cp_async_wait<0>();
+
+  // Merge the key slots of the warp (lanes v, v + lpk, ...), then the warps of the CTA.
+#pragma unroll
+  for (int off = lpk; off < 32; off <<= 1) {
+#pragma unroll
+    for (int r = 0; r < RP; ++r) {
+      if (r < nq) {
+        const float om = __shfl_xor_sync(0xffffffffu, m[r], off), ol = __shfl_xor_sync(0xffffffffu, l[r], off);
+        const float mx = fmaxf(m[r], om);
+        const float a = mx == -INFINITY ? 0.f : exp2f(m[r] - mx), bw = mx == -INFINITY ? 0.f : exp2f(om - mx);
+        l[r] = l[r] * a + ol * bw;
+        for (int e = 0; e < 8; ++e) acc[r][e] = acc[r][e] * a + __shfl_xor_sync(0xffffffffu, acc[r][e], off) * bw;
+        m[r] = mx;
+      }
+    }
+  }
+  __syncthreads();  // every warp is done with the ring: the merge area overlaps it
+  float* macc = sm;                            // [kDecWarps][RP][hd]
+  float* mm = macc + kDecWarps * RP * hd;      // [kDecWarps][RP]
+  float* ml = mm + kDecWarps * RP;             // [kDecWarps][RP]
+  if (ks == 0) {
+    for (int r = 0; r < RP; ++r) {
+      if (r < nq) {
+        for (int e = 0; e < 8; ++e)
+          if (on && d0 + e < hd) macc[(w * RP + r) * hd + d0 + e] = acc[r][e];
+        if (v == 0) {
+          mm[w * RP + r] = m[r];
+          ml[w * RP + r] = l[r];
+        }
+      }
+    }
+  }
+  __syncthreads();
+  const int64_t st = hd + 2;
+  for (int k = tid; k < nq * hd; k += kDecThreads) {
+    const int r = k / hd, i = k % hd;
+    float M = -INFINITY;
+    for (int ww = 0; ww < kDecWarps; ++ww) M = fmaxf(M, mm[ww * RP + r]);
+    float O = 0.f, L = 0.f;
+    if (M != -INFINITY) {
+      for (int ww = 0; ww < kDecWarps; ++ww) {
+        const float mw = mm[ww * RP + r];
+        const float e = mw == -INFINITY ? 0.f : exp2f(mw - M);
+        O += macc[(ww * RP + r) * hd + i] * e;
+        L += ml[ww * RP + r] * e;
+      }
+    }
+    if (nsplit == 1) {
+      out[(int64_t(b) * d.H + hq0 + r) * hd + i] = from_f<T>(O / L);
+    } else {
+      float* pr = partial + ((int64_t(b) * d.H + hq0 + r) * nsplit + split) * st;
+      pr[i] = O;
+      if (i == 0) {
+        pr[hd] = M;
+        pr[hd + 1] = L;
+      }
+    }
+  }
+  if (nsplit == 1) return;
+
+  // The last CTA of this (b, g, c) to finish merges the nsplit partials.
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  int* counter = counters + int64_t(b) * gridDim.x + blockIdx.x;
+  if (tid == 0) last = atomicAdd(counter, 1) == nsplit - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  // The merge is on the step's critical path at batch 1 (one CTA, a chain of L2 round trips), so
+  // it is laid out for few of them: (1) every split's (m, l) of every head in one round of loads
+  // into shared memory; (2) per head, the split weights 2^(m_s - M) and L from there; (3) the
+  // outputs, kOut per thread with kUnroll splits' loads in flight together.
+  float* wts = sm;                    // [RP][nsplit]: m_s, then the split weights (merge area dead)
+  float* ls = wts + RP * nsplit;      // [RP][nsplit]: l_s
+  float* Ls = ls + RP * nsplit;       // [RP]
+  for (int k = tid; k < nq * nsplit; k += kDecThreads) {
+    const int r = k / nsplit, sp = k % nsplit;
+    const float* pr = partial + ((int64_t(b) * d.H + hq0 + r) * nsplit + sp) * st;
+    wts[r * nsplit + sp] = __ldcg(pr + hd);
+    ls[r * nsplit + sp] = __ldcg(pr + hd + 1);
+  }
+  __syncthreads();
+  for (int r = w; r < nq; r += kDecWarps) {
+    float M = -INFINITY;
+    for (int sp = lane; sp < nsplit; sp += 32) M = fmaxf(M, wts[r * nsplit + sp]);
+    M = warp_max(M);
+    float L = 0.f;
+    for (int sp = lane; sp < nsplit; sp += 32) {
+      const float ms = wts[r * nsplit + sp];
+      const float e = ms == -INFINITY ? 0.f : exp2f(ms - M);
+      wts[r * nsplit + sp] = e;
+      L += ls[r * nsplit + sp] * e;
+    }
+    L = warp_sum(L);
+    if (lane == 0) Ls[r] = L;
+  }
+  __syncthreads();
+  constexpr int kOut = 4, kUnroll = 16;
+  for (int k0 = tid; k0 < nq * hd; k0 += kOut * kDecThreads) {
+    const float* pk[kOut];
+    const float* wk[kOut];
+    float O[kOut];
+    for (int o = 0; o < kOut; ++o) {
+      const int k = min(k0 + o * kDecThreads, nq * hd - 1), r = k / hd;
+      pk[o] = partial + (int64_t(b) * d.H + hq0 + r) * nsplit * st + k % hd;
+      wk[o] = wts + r * nsplit;
+      O[o] = 0.f;
+    }
+#pragma unroll kUnroll
+    for (int sp = 0; sp < nsplit; ++sp)
+      for (int o = 0; o < kOut; ++o) O[o] += __ldcg(pk[o] + sp * st) * wk[o][sp];
+    for (int o = 0; o < kOut; ++o) {
+      const int k = k0 + o * kDecThreads;
+      if (k < nq * hd) out[(int64_t(b) * d.H + hq0) * hd + k] = from_f<T>(O[o] / Ls[k / hd]);
+    }
+  }
+  if (tid == 0) *counter = 0;  // every CTA of the group has counted: ready for the next launch
+}
+
+}  // namespace
+
+// ---- decode attention: launch plan ---------------------------------------------------------------
+namespace {
+int dec_rp(int rep) { return rep <= 1 ? 1 : rep <= 2 ? 2 : rep <= 4 ? 4 : 8; }
+int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    n = 132;
+  return std::max(1, n);
+}
+struct DecodePlan {
+  int rp, nch, nsplit, lpk;
+  size_t smem;
+};
+// MOSAIC_DECODE_LANES=runtime selects the run-time lanes-per-key kernel for every head size (for
+// comparisons; the default compiles lanes = 16 in).
+bool decode_fixed_lanes() {
+  const char* e = std::getenv("MOSAIC_DECODE_LANES");
+  return !(e && std::string(e) == "runtime");
+}
+// Splits: about 2 CTAs per SM in all (B x Hkv x head chunks x splits; MOSAIC_DECODE_CTAS_PER_SM
+// overrides the 2, for tuning), at most kMaxSplits and at most one pass of keys per warp at full
+// capacity.
+int decode_ctas_per_sm() {
+  const char* e = std::getenv("MOSAIC_DECODE_CTAS_PER_SM");
+  const int v = e ? std::atoi(e) : 0;
+  return v >= 1 && v <= 16 ? v : 2;
+}
+// MOSAIC_DECODE_SPLITS=N caps the splits per (sequence, kv head) (tuning: at batch 1 the merge of
+// the splits is latency on the step's critical path). A cap only lowers the plan, so the scratch
+// sized without it still fits.
+int decode_max_splits() {
+  const char* e = std::getenv("MOSAIC_DECODE_SPLITS");
+  const int v = e ? std::atoi(e) : 0;
+  return v >= 1 && v <= kMaxSplits ? v : 0;
+}
+DecodePlan decode_plan(int B, const AttnDims& d, int sms) {
+  const int rep = d.H / d.Hkv, rp = dec_rp(rep), nch = (rep + rp - 1) / rp;
+  int lpk = 1;
+  while (lpk < (d.hd + 7) / 8) lpk <<= 1;
+  const int64_t groups = int64_t(B) * d.Hkv * nch, target = int64_t(decode_ctas_per_sm()) * sms;
+  const int64_t by_cap = std::max<int64_t>(1, d.cap / (int64_t(kDecWarps) * (32 / lpk)));
+  int nsplit = int(std::clamp<int64_t>((target + groups - 1) / groups, 1, std::min<int64_t>(kMaxSplits, by_cap)));
+  if (const int cap = decode_max_splits(); cap > 0) nsplit = std::min(nsplit, cap);
+  // The ring, then the rope rows; the merge and combine areas (<= 33 KB) overlap the ring.
+  return {rp, nch, nsplit, lpk, kDecRingBytes + size_t(rp + 3) * d.hd * sizeof(float)};
+}
+size_t decode_counter_bytes(int B, const AttnDims& d) {
+  const int rep = d.H / d.Hkv, rp = dec_rp(rep);
+  return (size_t(B) * d.Hkv * ((rep + rp - 1) / rp) * sizeof(int) + 255) / 256 * 256;
+}
+}  // namespace
+
+// Dynamic shared memory over 48 KB (the ring) and the largest carveout (several CTAs per SM).
+template <typename K>
+bool decode_opt_in(K* kernel, int rp) {
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       int(kDecRingBytes + size_t(rp + 3) * 256 * sizeof(float)));
+  cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
+  return true;
+}
+
+size_t attention_decode_scratch_bytes(int max_B, const AttnDims& d) {
+  const int sms = sm_count();
+  size_t part = 0;
+  for (int B = 1; B <= max_B; ++B) {
+    const DecodePlan p = decode_plan(B, d, sms);
+    if (p.nsplit > 1) part = std::max(part, size_t(B) * d.H * p.nsplit * (d.hd + 2) * sizeof(float));
+  }
+  return decode_counter_bytes(max_B, d) + part;
+}
+
+void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t* slot, int B, const AttnDims& d,
+                      const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* k_cache,
+                      void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s) {
+  if (B <= 0) return;
+  const DecodePlan p = decode_plan(B, d, sm_count());
+  int* counters = static_cast<int*>(scratch);
+  float* partial = reinterpret_cast<float*>(static_cast<char*>(scratch) + decode_counter_bytes(max_B, d));
+  const float qscale = 1.4426950408889634f / sqrtf(float(d.hd));  // log2(e) / sqrt(hd): base-2 softmax
+  const dim3 grid(unsigned(d.Hkv * p.nch), unsigned(B), unsigned(p.nsplit));
+  // Over 48 KB of dynamic shared memory needs an opt-in per kernel (once, for the largest plan).
+#define MOSAIC_DEC(RP, VEC)                                                                                      \
+  MOSAIC_DISPATCH(a, {                                                                                           \
+    static const bool opt_in = decode_opt_in(attention_decode_k<T, RP, VEC, LPK>, RP);                          \
+    (void)opt_in;                                                                                                \
+    launch_pdl(attention_decode_k<T, RP, VEC, LPK>, grid, dim3(kDecThreads), p.smem, s, static_cast<const T*>(qkv),  \
+               pos, slot, d, q_norm, k_norm, eps, inv_freq, qscale, static_cast<T*>(k_cache),                    \
+               static_cast<T*>(v_cache), partial, counters, static_cast<T*>(out));                               \
+  })
+#define MOSAIC_DEC_RP(VEC)              \
+  if (p.rp == 1) MOSAIC_DEC(1, VEC);    \
+  else if (p.rp == 2) MOSAIC_DEC(2, VEC); \
+  else if (p.rp == 4) MOSAIC_DEC(4, VEC); \
+  else MOSAIC_DEC(8, VEC)
+  if (d.hd % 8 == 0 && p.lpk == 16 && decode_fixed_lanes()) {
+    constexpr int LPK = 16;
+    MOSAIC_DEC_RP(true);
+  } else if (d.hd % 8 == 0) {
+    constexpr int LPK = 0;
+    MOSAIC_DEC_RP(true);
+  } else {
+    constexpr int LPK = 0;
+    MOSAIC_DEC_RP(false);
+  }
+#undef MOSAIC_DEC_RP
+#undef MOSAIC_DEC
+}
+
+}  // namespace mosaic::gpu::kern
