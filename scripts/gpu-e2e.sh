@@ -13,7 +13,8 @@
 # step breakdown, bench e2e --profile); PPL_MODEL=dir
 # (also runs `mosaic ppl --device cuda` on it with wikitext from PPL_TEXT).
 # Same-run comparisons for the first config (compare.md): BASE_KERNELS=file (a src/gpu/kernels.cu
-# of an earlier revision, e.g. `git show REV:src/gpu/kernels.cu > build-x/old/kernels.cu`, carried:
+# of an earlier revision; one from before ed2f53e brings its own decode attention, which then replaces
+# decode_attention.cu too; e.g. `git show REV:src/gpu/kernels.cu > build-x/old/kernels.cu`, carried:
 # links a second mosaic with it and runs the same bench), NOPDL=1 (the bench again with MOSAIC_PDL=0),
 # ENV_RUNS="name:VAR=v[,VAR=v] ..." (the bench again per entry with those environment variables;
 # engines ENV_ENGINES, default ENGINES).
@@ -64,7 +65,12 @@ for f in $LIB_SRCS src/cuda/*.cu src/gpu/*.cu; do LIBO="$LIBO $(obj $f)"; done
 CLIO=""; for f in src/cli/*.cpp; do CLIO="$CLIO $(obj $f)"; done
 TO=""; for f in tests/gpu/*.cpp; do TO="$TO $(obj $f)"; done
 g++ -o $B/mosaic $CLIO $LIBO $LIBS || exit 1
-[ -n "${BASE_KERNELS:-}" ] && { g++ -o $B/mosaic_base $CLIO ${LIBO/$(obj src/gpu/kernels.cu)/$B/obj/base_kernels.o} $LIBS || exit 1; }
+if [ -n "${BASE_KERNELS:-}" ]; then
+  BASEO=${LIBO/$(obj src/gpu/kernels.cu)/$B/obj/base_kernels.o}
+  # a kernels.cu from before the split (ed2f53e) also holds the decode attention: leave ours out
+  grep -q attention_decode_k "$BASE_KERNELS" && BASEO=${BASEO/$(obj src/gpu/decode_attention.cu)/}
+  g++ -o $B/mosaic_base $CLIO $BASEO $LIBS || exit 1
+fi
 g++ -o $B/test_gpu $TO $LIBO $(obj $DEPS/googletest/src/gtest-all.cc) $(obj $DEPS/googletest/src/gtest_main.cc) $LIBS || exit 1
 echo "== build ok in $(( $(date +%s) - t0 )) s"
 [ "$MODE" = build-only ] && exit 0

@@ -1,6 +1,6 @@
 // Programmatic dependent launch (PDL, sm_90): a kernel launched with the programmatic-stream-
 // serialization attribute may start while the previous kernel of its stream is still running.
-// Shared by the engine's kernels (gpu/kernels.cu) and ZipperEngine's stream kernel.
+// Shared by the engine's kernels (gpu/kernel_util.cuh) and ZipperEngine's stream and wgmma kernels.
 //
 // The protocol every PDL kernel here follows:
 //  - before pdl_wait() it touches only memory that no kernel in flight writes (the layer's
