@@ -85,6 +85,10 @@ if [ "${SASS_STATS:-0}" = 1 ] && command -v cuobjdump > /dev/null; then
       | grep -E "stream_kernel" | sort -k2 > $o.sass-stats.txt
   done
 fi
+# Compiler output known to fault (an odd descriptor register, scripts/sass_check.py): stop here.
+if command -v cuobjdump > /dev/null || [ -x build-tools/sass/cuobjdump ]; then
+  python3 scripts/sass_check.py $B/*.o | tail -4 || { echo "BUILD FAILED: sass_check"; exit 1; }
+fi
 echo "== build ok in $(( $(date +%s) - t0 )) s"
 [ "$MODE" = build-only ] && exit 0
 

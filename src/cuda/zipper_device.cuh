@@ -27,9 +27,25 @@ __device__ __forceinline__ uint64_t evict_first_policy() {
   return p;
 }
 
+__device__ __forceinline__ void cp_async16_stream(uint32_t dst, const void* src, uint64_t policy) {
+#ifdef MOSAIC_NO_L2HINT
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+#else
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "l"(policy));
+#endif
+}
+// The same, done only where `pred` holds: a predicated copy, not a branch (a branch around a copy
+// costs the branch, its reconvergence and three padding instructions before the copy in SASS).
+__device__ __forceinline__ void cp_async16_stream_if(bool pred, uint32_t dst, const void* src, uint64_t policy) {
+#ifdef MOSAIC_NO_L2HINT
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n @p cp.async.cg.shared.global [%1], [%2], 16;\n}\n" ::"r"(int(pred)), "r"(dst), "l"(src));
+#else
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n @p cp.async.cg.shared.global.L2::cache_hint [%1], [%2], 16, %3;\n}\n" ::"r"(int(pred)),
+               "r"(dst), "l"(src), "l"(policy));
+#endif
+}
 __device__ __forceinline__ void cp_async16_stream(void* dst, const void* src, uint64_t policy) {
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "l"(policy));
+  cp_async16_stream(smem_addr(dst), src, policy);
 }
 
 // 16-byte async copy; when !valid the destination is zero-filled (rows of X past M).
@@ -46,11 +62,12 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // A fragment of m16n8k16 (16 rows x 16 inputs) from a row-major smem tile.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const void* p) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-               : "r"(smem_addr(p)));
+               : "r"(addr));
 }
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const void* p) { ldmatrix_x4(a, smem_addr(p)); }
 
 // (a & b) | c in one instruction.
 __device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {

@@ -79,7 +79,7 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float
 // KW: warps per row (in-CTA K split; 1, 2, 4, 8 = f.k_warps; > 1 only instantiated for GS = 8). A
 // compile-time KW keeps the loop at v9's register count (a runtime KW cost ~18 registers).
 template <typename T, bool RES, int GS, int NB, int KW>
-__global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer L, FusedLaunch f) {
+__global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_kernel(DeviceLayer L, FusedLaunch f) {
   constexpr int kStages = kStreamStages;
   constexpr int kChains = NB == 2 ? 2 : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
   using O = Ops<T>;
@@ -146,38 +146,50 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
 
   const size_t q_row = size_t(L.K / 64) * 32, s_row = size_t(L.K / kTileK) * spt * 2;  // uint4 per row
   const uint4* gq0 = reinterpret_cast<const uint4*>(L.qweight) + size_t(kw0 / 64) * 32 + lane;
-  const uint4* gs0 = reinterpret_cast<const uint4*>(L.scales) + size_t(kw0 / kTileK) * spt * 2;
+  // (+ lane: lanes < 2 spt copy the tile's scales; the others' pointers are never dereferenced)
+  const uint4* gs0 = reinterpret_cast<const uint4*>(L.scales) + size_t(kw0 / kTileK) * spt * 2 + lane;
   const uint4* grq = reinterpret_cast<const uint4*>(L.res_qweight);
   const uint4* grs = reinterpret_cast<const uint4*>(L.res_scales);
   const uint64_t policy = evict_first_policy();
 
-  // Producer cursor: row slot ij, k-tile it, ring slot is. Warp-uniform.
-  int ij = 0, it = 0, is = 0;
+  // Producer cursor: row slot ij, k-tile it, ring slot at byte offset io. Warp-uniform. The copies
+  // use shared-space addresses computed once and running global pointers: per tile three adds
+  // (the SASS before recomputed the generic-to-shared conversion, slot x stage size and the tile's
+  // offsets on every tile, ~20 of the issue path's instructions).
+  // The slot address is one running per-lane value, not lane part + uniform slot offset: in that
+  // form (group < 128, run-time stage size) ptxas 13.0 put the cache-policy operand at an odd
+  // uniform register (desc[UR1]), an illegal instruction on the H200 (scripts/sass_check.py).
+  const int stage_bytes = su4 * 16;
+  const uint32_t ring_lo = smem_addr(stages + lane), ring_hi = ring_lo + kStages * stage_bytes;
+  uint32_t ist = ring_lo;  // this lane's word of the next ring slot
+  int ij = 0, it = 0;
   const uint4 *gq = gq0, *gs = gs0;
-  uint64_t ifl = 0;
-  int ib = 0;
+  uint64_t ifl = 0;  // kept-block flags of the row's tiles from tile it on (2 bits per tile)
+  int ib = 0;  // CSR index of the next kept block of the row
+  const auto res_cursor = [&](int j) { row_meta(j, ifl, ib); };
   if (nrows > 0) {
     const int r = row_of(0);
     gq = gq0 + r * q_row;
     gs = gs0 + r * s_row;
-    if (RES) row_meta(0, ifl, ib);
+    if (RES) res_cursor(0);
   }
   // Fetch the next k-tile of the stream (two chunks of codes, their scales, the first kept
-  // residual block among them) into ring slot `is`. Every lane reads back only what it copied,
-  // except the scales (hence the __syncwarp in the loop).
+  // residual block among them) into the ring. Every lane reads back only what it copied, except
+  // the scales (hence the __syncwarp in the loop).
   const auto issue = [&]() {
     if (ij < nrows) {
-      uint4* st = stages + is * su4;
-      cp_async16_stream(st + lane, gq + (2 * it) * 32, policy);
-      cp_async16_stream(st + 32 + lane, gq + (2 * it + 1) * 32, policy);
-      if (lane < 2 * spt) cp_async16_stream(st + kBaseScales + lane, gs + it * spt * 2 + lane, policy);
+      const uint32_t st = ist;
+      cp_async16_stream(st, gq, policy);
+      cp_async16_stream(st + 32 * 16, gq + 32, policy);
+      cp_async16_stream_if(lane < 2 * spt, st + kBaseScales * 16, gs, policy);
+      gq += 64;
+      gs += 2 * spt;
       if constexpr (RES) {
-        const unsigned fl = unsigned(ifl >> (2 * it)) & 3u;
-        if (fl) {
-          cp_async16_stream(st + kResCodes + lane, grq + size_t(ib) * 32 + lane, policy);
-          if (lane < 2) cp_async16_stream(st + kResScales + lane, grs + size_t(ib) * 2 + lane, policy);
-          ib += __popc(fl);
-        }
+        const unsigned fl = unsigned(ifl) & 3u;
+        ifl >>= 2;
+        cp_async16_stream_if(fl != 0, st + kResCodes * 16, grq + size_t(ib) * 32 + lane, policy);
+        cp_async16_stream_if(fl != 0 && lane < 2, st + kResScales * 16, grs + size_t(ib) * 2 + lane, policy);
+        ib += __popc(fl);
       }
       if (++it == nkt) {  // next row of this warp: the ring flows on without draining
         it = 0;
@@ -185,12 +197,12 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
           const int r = row_of(ij);
           gq = gq0 + r * q_row;
           gs = gs0 + r * s_row;
-          if (RES) row_meta(ij, ifl, ib);
+          if (RES) res_cursor(ij);
         }
       }
     }
     cp_async_commit();  // empty groups keep the group count uniform
-    is = is + 1 == kStages ? 0 : is + 1;
+    ist = ist + stage_bytes == ring_hi ? ring_lo : ist + stage_bytes;
   };
 
   // 2. The activation tile -> shared memory, once per CTA (all rows of all warps use this
@@ -293,13 +305,14 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
   // steps; NB = 2: rows 0-7 and 8-15 x inputs [0,8) [8,16) = one step for both n8 tiles.
   const int xr = NB == 1 ? (lane & 7) : (lane & 7) + ((lane >> 4) << 3);
   const int xc = NB == 1 ? (lane >> 3) * 8 : ((lane >> 3) & 1) * 8;
-  const T* xrow = xs + min(xr, rows) * xs_stride + xc + sw * KRw;
+  const uint32_t xrow_s = smem_addr(xs + min(xr, rows) * xs_stride + xc + sw * KRw);
   float acc[NB][4] = {};
   // Unscaled sums of the current scale group, per chain: NB = 1: k16 steps of even / odd parity
   // (two independent MMA chains); NB = 2: one per n8 tile of X rows.
   float tmp[2][4] = {};
-  int cj = 0, ct = 0, cs = 0;  // consumer: row slot, k-tile, ring slot
-  uint64_t cfl = 0;
+  int cj = 0, ct = 0, cs = 0;  // consumer: row slot, k-tile, ring slot (in uint4 from `stages`)
+  uint32_t xk_s = xrow_s;      // X of k-tile ct (shared-space address)
+  uint64_t cfl = 0;            // kept-block flags of the row's tiles from tile ct on
   int cb = 0;  // CSR index of the first kept block of the tile being consumed
   if (RES) row_meta(0, cfl, cb);
   const int total = nrows * nkt;
@@ -307,16 +320,16 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
     cp_async_wait<kStages - 2>();  // this lane's copies of tile i have landed
     __syncwarp();                  // scales copied by lanes 0..2spt-1 visible; slot of tile i-1 consumed
     issue();
-    uint4* st = stages + cs * su4;
-    cs = cs + 1 == kStages ? 0 : cs + 1;
+    uint4* st = stages + cs;
+    cs = cs + su4 == kStages * su4 ? 0 : cs + su4;
     const T* sc = reinterpret_cast<const T*>(st + kBaseScales);  // (spt, 16)
-    const unsigned fl = RES ? unsigned(cfl >> (2 * ct)) & 3u : 0u;
+    const unsigned fl = RES ? unsigned(cfl) & 3u : 0u;
+    if (RES) cfl >>= 2;
     float sA = 0.f, sB = 0.f;  // scales of outputs g and g + 8 (the C fragment's c0, c1 and c2, c3)
     if (GS == 8) {
       sA = to_f(sc[g]);
       sB = to_f(sc[g + 8]);
     }
-    const T* xk = xrow + ct * kTileK;
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       const uint4 q = st[c * 32 + lane];
@@ -331,7 +344,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int kk = c * 4 + j;  // k16 step within the tile
-          if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xk + kk * 16);
+          if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xk_s + kk * 32);
           uint32_t w[4];
           O::dequant(word(q, j), w);
           const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
@@ -400,6 +413,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
       }
     }
     if constexpr (RES) cb += __popc(fl);
+    xk_s += kTileK * 2;
     if (++ct == nkt) {  // row done: hand its sums off without waiting, go on streaming
       flush_row(row_of(cj), acc, reinterpret_cast<float*>(st));
 #pragma unroll
@@ -407,6 +421,7 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_stream_kernel(DeviceLayer 
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[nb][e] = 0.f;
       ct = 0;
+      xk_s = xrow_s;
       if (++cj < nrows && RES) row_meta(cj, cfl, cb);
     }
   }
