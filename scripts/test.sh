@@ -11,6 +11,17 @@ bash scripts/install-deps.sh
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMOSAIC_BUILD_TESTS=ON
 cmake --build "$BUILD" -j "$JOBS"
 (cd "$BUILD" && ctest --output-on-failure -j "$JOBS" --timeout 600)
+# The compiled kernels' SASS, checked for compiler output known to fault on the GPU (an odd
+# descriptor register: "illegal instruction" on the H200; scripts/sass_check.py). cuobjdump comes
+# from NVIDIA's PyPI wheel when the toolkit lacks it (scripts/get-sass-tools.sh, ~5 MB).
+KOBJ=$(find "$BUILD" -name '*.cu.o' 2> /dev/null | sort)
+if [ -n "$KOBJ" ]; then
+  if command -v cuobjdump > /dev/null || [ -x build-tools/sass/cuobjdump ] || bash scripts/get-sass-tools.sh > /dev/null; then
+    python3 scripts/sass_check.py $KOBJ
+  else
+    echo "SKIPPED: sass_check (no cuobjdump and its PyPI wheel could not be fetched)"
+  fi
+fi
 if [ -x scripts/fuzz.sh ]; then
   FUZZ_SECONDS=${FUZZ_SECONDS:-60} bash scripts/fuzz.sh
 fi

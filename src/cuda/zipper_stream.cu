@@ -103,7 +103,13 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const int spt = GS == 8 ? 1 : L.spt;
   const int gshift = GS == 8 ? 0 : __ffs(L.group >> 4) - 1;  // scale set of k16 step kk: kk >> gshift
   const int su4 = stage_u4(spt, RES);
-  const int kResCodes = kBaseScales + 2 * spt, kResScales = kResCodes + 32;
+  // A ring slot, in uint4 (stage_u4(spt, RES) of them; zipper_device.cuh has the v8 kernel's order):
+  //   RES:   [0, 32) residual codes | [32, 34) residual scales | [34, 98) base codes | [98, +2 spt) base scales
+  //   dense: [0, 64) base codes | [64, 64 + 2 spt) base scales
+  // Every offset a compile-time constant: with a run-time offset (the scales' size for group < 128)
+  // ptxas 13.0 formed [lane address + uniform offset] copies whose cache-policy operand landed at an
+  // odd uniform register (desc[UR1]): an illegal instruction on the H200 (scripts/sass_check.py).
+  constexpr int kResCodes = 0, kResScales = 32, kCodes = RES ? 34 : 0, kScales = kCodes + 64;
   T* xs = reinterpret_cast<T*>(smem);         // (rows + 1, KR) activation tile
   uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
   // KW > 1: per warp, its partial sums of a row [NB][8 rows][20 floats] (after all rings).
@@ -179,9 +185,9 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const auto issue = [&]() {
     if (ij < nrows) {
       const uint32_t st = ist;
-      cp_async16_stream(st, gq, policy);
-      cp_async16_stream(st + 32 * 16, gq + 32, policy);
-      cp_async16_stream_if(lane < 2 * spt, st + kBaseScales * 16, gs, policy);
+      cp_async16_stream(st + kCodes * 16, gq, policy);
+      cp_async16_stream(st + (kCodes + 32) * 16, gq + 32, policy);
+      cp_async16_stream_if(lane < 2 * spt, st + kScales * 16, gs, policy);
       gq += 64;
       gs += 2 * spt;
       if constexpr (RES) {
@@ -322,7 +328,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     issue();
     uint4* st = stages + cs;
     cs = cs + su4 == kStages * su4 ? 0 : cs + su4;
-    const T* sc = reinterpret_cast<const T*>(st + kBaseScales);  // (spt, 16)
+    const T* sc = reinterpret_cast<const T*>(st + kScales);  // (spt, 16)
     const unsigned fl = RES ? unsigned(cfl) & 3u : 0u;
     if (RES) cfl >>= 2;
     float sA = 0.f, sB = 0.f;  // scales of outputs g and g + 8 (the C fragment's c0, c1 and c2, c3)
@@ -332,7 +338,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     }
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
-      const uint4 q = st[c * 32 + lane];
+      const uint4 q = st[kCodes + c * 32 + lane];
       uint4 rq = make_uint4(0, 0, 0, 0);
       float rsA = 0.f, rsB = 0.f;
       // The 4 k16 steps of chunk c, compiled twice: with the residual (the zipper: its MMAs reuse
