@@ -2,6 +2,7 @@
 """Static checks of compiled kernels' SASS that catch compiler output known to fault at run time.
 
     python3 scripts/sass_check.py OBJECT...      (exit 1 when a check fails)
+    python3 scripts/sass_check.py --self-test    (the pattern on known SASS lines)
 
 - A 64-bit memory descriptor (`desc[URn]`, the L2 cache-policy operand of cp.async / loads with a
   cache hint) must sit at an even uniform register. ptxas 13.0 once emitted `desc[UR1]` for the
@@ -24,10 +25,25 @@ def cuobjdump() -> str:
     return found
 
 
+ODD_DESC = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*desc\[UR\d*[13579]\][^;]*);")
+
+
+def self_test() -> int:
+    """The pattern on SASS lines of both kinds (the faulting one is from the H200 run of 2026-11-28)."""
+    bad = "/*13a0*/                   LDGSTS.E.BYPASS.128 [R51+UR0], desc[UR1][R10.64] ;"
+    good = ["/*2070*/                   LDGSTS.E.BYPASS.128 [R42], desc[UR4][R12.64] ;",
+            "/*4310*/               @P0 LDGSTS.E.BYPASS.128 [R8+0x220], desc[UR10][R16.64] ;"]
+    ok = len(ODD_DESC.findall(bad)) == 1 and all(not ODD_DESC.findall(g) for g in good)
+    print(f"sass_check self-test: {'ok' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
 def main() -> int:
     if len(sys.argv) < 2:
         print(__doc__)
         return 2
+    if sys.argv[1] == "--self-test":
+        return self_test()
     tool, bad = cuobjdump(), 0
     for obj in sys.argv[1:]:
         run = subprocess.run([tool, "-sass", obj], capture_output=True, text=True)
@@ -40,7 +56,7 @@ def main() -> int:
         sass = run.stdout
         for func in re.split(r"\n\s*Function : ", sass)[1:]:
             name = func.split("\n", 1)[0]
-            hits = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*desc\[UR\d*[13579]\][^;]*);", func)
+            hits = ODD_DESC.findall(func)
             if hits:
                 bad += 1
                 print(f"sass_check: {obj}: {name}: {len(hits)} instruction(s) with an odd descriptor register, "

@@ -17,6 +17,7 @@ cmake --build "$BUILD" -j "$JOBS"
 KOBJ=$(find "$BUILD" -name '*.cu.o' 2> /dev/null | sort)
 if [ -n "$KOBJ" ]; then
   if command -v cuobjdump > /dev/null || [ -x build-tools/sass/cuobjdump ] || bash scripts/get-sass-tools.sh > /dev/null; then
+    python3 scripts/sass_check.py --self-test
     python3 scripts/sass_check.py $KOBJ
   else
     echo "SKIPPED: sass_check (no cuobjdump and its PyPI wheel could not be fetched)"
