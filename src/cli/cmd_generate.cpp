@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/context_check.h"
 #include "cli/device.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -87,6 +88,7 @@ void run_generate(const GenerateOptions& o) {
   ids.insert(ids.end(), p.begin(), p.end());
   MOSAIC_CHECK(!ids.empty(), "the prompt is empty (it encodes to no tokens)");
   const int64_t ctx = o.ctx > 0 ? o.ctx : cfg.max_position_embeddings;
+  warn_if_untrained_context(ctx, cfg);
   MOSAIC_CHECK(int64_t(ids.size()) <= ctx, "the prompt has ", ids.size(), " tokens, longer than the context of ", ctx,
                " tokens");
   const int64_t capacity = std::min<int64_t>(ctx, int64_t(ids.size()) + o.n);

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/context_check.h"
 #include "cli/device.h"
 #include "io/safetensors.h"
 #include "model/model.h"
@@ -50,6 +51,7 @@ void run_ppl(const PplOptions& o) {
   const bool cuda = use_cuda(o.device, o.model);
   MOSAIC_CHECK(o.act.empty() || cuda, "--act applies to the GPU engine (--device cuda)");
   const Tokenizer tok = Tokenizer::load(o.tokenizer.empty() ? o.model : o.tokenizer);  // fail fast, before the weights
+  warn_if_untrained_context(o.ctx, ModelConfig::load(o.model));
   LoadOptions lo;
   lo.quiet = o.quiet;
   // The model runs on the CPU engine or, with --device cuda, on the GPU engine (same protocol).

@@ -166,3 +166,20 @@ TEST_F(QuantizeCli, ActivationQuantizedCheckpointsRunOnEitherDevice) {
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("ppl "), std::string::npos) << r.out;
 }
+
+// A --ctx past the model's max_position_embeddings (256 for the tiny golden model) runs, with one
+// warning line saying the positions past it were never trained; within it, no warning.
+TEST_F(QuantizeCli, ContextBeyondTrainedPositionsWarns) {
+  const std::string ppl = "ppl --model " + (dir_ / "model").string() + " --text-file " + (dir_ / "calib.txt").string() +
+                          " --max-windows 1 --device cpu";
+  Result r = run(ppl + " --ctx 512");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("warning: --ctx 512 is longer than the 256 positions"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ppl "), std::string::npos) << r.out;
+  r = run(ppl + " --ctx 64");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find("warning:"), std::string::npos) << r.out;
+  r = run("generate --model " + (dir_ / "model").string() + " --prompt ABC -n 2 --device cpu --ctx 300");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("warning: --ctx 300 is longer than the 256 positions"), std::string::npos) << r.out;
+}
