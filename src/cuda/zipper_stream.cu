@@ -174,13 +174,12 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const uint4* grs = reinterpret_cast<const uint4*>(L.res_scales);
   const uint64_t policy = evict_first_policy();
 
-  // Producer cursor: row slot ij, k-tile it, ring slot at byte offset io. Warp-uniform. The copies
-  // use shared-space addresses computed once and running global pointers: per tile three adds
-  // (the SASS before recomputed the generic-to-shared conversion, slot x stage size and the tile's
-  // offsets on every tile, ~20 of the issue path's instructions).
-  // The slot address is one running per-lane value, not lane part + uniform slot offset: in that
-  // form (group < 128, run-time stage size) ptxas 13.0 put the cache-policy operand at an odd
-  // uniform register (desc[UR1]), an illegal instruction on the H200 (scripts/sass_check.py).
+  // Producer cursor: row slot ij and k-tile it (warp-uniform), ring slot address ist (this lane's
+  // word of the slot, shared space). The copies use that address and running global pointers: per
+  // tile a few adds (v15; before, the generic-to-shared conversion, slot x stage size and the tile's
+  // offsets were recomputed on every tile, ~20 of the issue path's instructions). One running
+  // per-lane address rather than lane part + uniform slot offset also keeps ptxas off the
+  // odd-descriptor fault described at the slot layout above.
   const int stage_bytes = su4 * 16;
   const uint32_t ring_lo = smem_addr(stages + lane), ring_hi = ring_lo + kStages * stage_bytes;
   uint32_t ist = ring_lo;  // this lane's word of the next ring slot
@@ -188,12 +187,11 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const uint4 *gq = gq0, *gs = gs0;
   uint64_t ifl = 0;  // kept-block flags of the row's tiles from tile it on (2 bits per tile)
   int ib = 0;  // CSR index of the next kept block of the row
-  const auto res_cursor = [&](int j) { row_meta(j, ifl, ib); };
   if (nrows > 0) {
     const int r = row_of(0);
     gq = row_codes(r);
     gs = gs0 + r * s_row;
-    if (RES) res_cursor(0);
+    if (RES) row_meta(0, ifl, ib);
   }
   // Fetch the next k-tile of the stream (two chunks of codes, their scales, the first kept
   // residual block among them) into the ring. Every lane reads back only what it copied, except
@@ -219,7 +217,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
           const int r = row_of(ij);
           gq = row_codes(r);
           gs = gs0 + r * s_row;
-          if (RES) res_cursor(ij);
+          if (RES) row_meta(ij, ifl, ib);
         }
       }
     }
