@@ -56,6 +56,10 @@ S=128 row m05b1x64c128nl --method mosaic --group 64 --budget 0.05 $G --block 1x6
 row m04nl --method mosaic --group 64 --budget 0.04 $G --grid nl4
 row m20nl --method mosaic --group 64 --budget 0.2 $G --grid nl4
 row m30nl --method mosaic --group 64 --budget 0.3 $G --grid nl4
+# group 32 base (seventh session): GPTQ alone at 4.5 bits/weight, and MosaicQuant at 10% and at Q4_K_M's size
+row gptq32aonl --method gptq --group 32 --act-order --grid nl4
+row m10g32nl --method mosaic --group 32 --budget 0.1 $G --grid nl4
+row m24g32nl --method mosaic --group 32 --budget 0.24 $G --grid nl4
 python3 - "$W" "$DATE" <<'PY'
 import json, re, sys, pathlib, platform
 w, date = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -80,7 +84,10 @@ names = {"gptq64ao": "GPTQ g64 act-order", "gptq32ao": "GPTQ g32 act-order",
          "m05b1x64nl": "MosaicQuant 1x64 5% global, nl4 grid",
          "m05b1x64c128nl": "MosaicQuant 1x64 5% global, nl4 grid, calibration 128 x 512 (scoring on 16)",
          "m04nl": "MosaicQuant 16x64 4% global, nl4 grid", "m20nl": "MosaicQuant 16x64 20% global, nl4 grid",
-         "m30nl": "MosaicQuant 16x64 30% global, nl4 grid"}
+         "m30nl": "MosaicQuant 16x64 30% global, nl4 grid",
+         "gptq32aonl": "GPTQ g32 act-order, nl4 grid",
+         "m10g32nl": "MosaicQuant g32 16x64 10% global, nl4 grid",
+         "m24g32nl": "MosaicQuant g32 16x64 24% global, nl4 grid"}
 rows = []
 for key, name in names.items():
     p = w / f"{key}.ppl.json"
