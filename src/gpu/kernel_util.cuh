@@ -29,65 +29,46 @@ __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+// Warp and block reductions (xor butterfly: every lane / thread gets the result). One template for
+// the three block reductions: the PTX of all 30 kernels of kernels.cu is identical up to the names
+// of their shared scratch (checked with scripts/ptx_compare.py after the change).
+struct SumOp {
+  template <typename V>
+  __device__ V operator()(V a, V b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+template <typename V, typename Op>
+__device__ __forceinline__ V warp_reduce(V v, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ double warp_sum_d(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp{}); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce(v, MaxOp{}); }
+__device__ __forceinline__ double warp_sum_d(double v) { return warp_reduce(v, SumOp{}); }
 
-// Block-wide reductions (blockDim a multiple of 32, <= 1024); every thread gets the result.
-__device__ float block_sum(float v) {
-  __shared__ float sh[32];
-  __shared__ float total;
+// Block-wide: blockDim a multiple of 32, <= 1024; `identity` fills the slots of absent warps.
+// One instantiation (and its shared scratch) per (value type, operation), as before.
+template <typename V, typename Op>
+__device__ V block_reduce(V v, V identity, Op op) {
+  __shared__ V sh[32];
+  __shared__ V total;
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  v = warp_sum(v);
+  v = warp_reduce(v, op);
   if (lane == 0) sh[w] = v;
   __syncthreads();
   if (w == 0) {
-    float x = lane < int(blockDim.x >> 5) ? sh[lane] : 0.f;
-    x = warp_sum(x);
+    V x = lane < int(blockDim.x >> 5) ? sh[lane] : identity;
+    x = warp_reduce(x, op);
     if (lane == 0) total = x;
   }
   __syncthreads();
   return total;
 }
-__device__ float block_max(float v) {
-  __shared__ float sh[32];
-  __shared__ float total;
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  v = warp_max(v);
-  if (lane == 0) sh[w] = v;
-  __syncthreads();
-  if (w == 0) {
-    float x = lane < int(blockDim.x >> 5) ? sh[lane] : -INFINITY;
-    x = warp_max(x);
-    if (lane == 0) total = x;
-  }
-  __syncthreads();
-  return total;
-}
-__device__ double block_sum_d(double v) {
-  __shared__ double sh[32];
-  __shared__ double total;
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  v = warp_sum_d(v);
-  if (lane == 0) sh[w] = v;
-  __syncthreads();
-  if (w == 0) {
-    double x = lane < int(blockDim.x >> 5) ? sh[lane] : 0.0;
-    x = warp_sum_d(x);
-    if (lane == 0) total = x;
-  }
-  __syncthreads();
-  return total;
-}
+__device__ float block_sum(float v) { return block_reduce(v, 0.f, SumOp{}); }
+__device__ float block_max(float v) { return block_reduce(v, -INFINITY, MaxOp{}); }
+__device__ double block_sum_d(double v) { return block_reduce(v, 0.0, SumOp{}); }
 
 // Programmatic dependent launch (PDL, cuda/pdl.cuh): kernels launched with launch_pdl may start
 // while the previous kernel of the stream is finishing; pdl_wait() blocks until it has completed
