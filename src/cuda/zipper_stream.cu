@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   };
 
   const size_t q_row = size_t(L.K / 64) * 32, s_row = size_t(L.K / kTileK) * spt * 2;  // uint4 per row
-  const uint4* gq0 = reinterpret_cast<const uint4*>(RG ? L.qweight_rg : L.qweight) + size_t(kw0 / 64) * 32 + lane;
+  const uint4* gq0 = reinterpret_cast<const uint4*>(L.qweight) + size_t(kw0 / 64) * 32 + lane;  // row-major
   // This warp's codes of row r from its first k-tile on, and (RG) the step between its k-tiles:
   // 64 uint4 (1 KB) row-major; 64 x the rows of r's group (<= 8) row-grouped.
   int gstep = 64;
