@@ -10,6 +10,7 @@
 #include <map>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "cuda/zipper.h"
 #include "cuda/zipper_launch.h"
@@ -176,12 +177,30 @@ std::string cuda_device_name() {
 struct ZipperShared::Impl {
   void* deq = nullptr;
   size_t bytes = 0;
+  float* part = nullptr;  // the wgmma kernel's split-K partial sums (no state between calls)
+  size_t part_elems = 0;
+  std::vector<void*> retired;  // outgrown buffers (see grow_floats)
   cublasHandle_t cublas = nullptr;
   ~Impl() {
     if (deq) cudaFree(deq);
+    if (part) cudaFree(part);
+    for (void* p : retired) cudaFree(p);
     if (cublas) cublasDestroy(cublas);
   }
 };
+
+namespace {
+// Grows a device float buffer to at least `elems`. The old buffer is retired, not freed: a CUDA
+// graph captured at a smaller batch (the GPU engine keeps one per batch size) still points at it.
+void grow_floats(float*& p, size_t& have, size_t elems, std::vector<void*>& retired, const char* what) {
+  if (elems <= have) return;
+  if (p) retired.push_back(p);
+  p = nullptr;
+  have = 0;
+  check_cuda(cudaMalloc(&p, elems * sizeof(float)), what);
+  have = elems;
+}
+}  // namespace
 
 ZipperShared::ZipperShared() : impl_(std::make_unique<Impl>()) {}
 ZipperShared::~ZipperShared() = default;
@@ -210,6 +229,9 @@ struct ZipperLinear::Impl {
   // Workspaces, grown on demand (mutable state: one stream at a time).
   float* ws = nullptr;
   size_t ws_elems = 0;
+  float* part = nullptr;  // the wgmma kernel's split-K slices (unless shared): any content between calls
+  size_t part_elems = 0;
+  std::vector<void*> retired;  // outgrown buffers (see grow_floats)
   int* counters = nullptr;
   size_t n_counters = 0;
   void* deq = nullptr;  // N x K fp16/bf16 for the large-M path (unless shared)
@@ -222,14 +244,17 @@ struct ZipperLinear::Impl {
                           static_cast<const void*>(L.res_qweight), static_cast<const void*>(L.res_scales),
                           static_cast<const void*>(L.res_rowptr), static_cast<const void*>(L.res_bitmap),
                           static_cast<const void*>(Lb.scales), static_cast<const void*>(Lb.res_scales),
-                          static_cast<const void*>(ws), static_cast<const void*>(counters), static_cast<const void*>(deq)})
+                          static_cast<const void*>(ws), static_cast<const void*>(part), static_cast<const void*>(counters),
+                          static_cast<const void*>(deq)})
       if (p) cudaFree(const_cast<void*>(p));
+    for (void* p : retired) cudaFree(p);
     if (cublas) cublasDestroy(cublas);
   }
 
   void ensure_ws(size_t elems, size_t counters_needed) {
+    // Outgrown buffers are retired, not freed (a decode graph captured at a smaller batch uses them).
     if (elems > ws_elems) {
-      if (ws) cudaFree(ws);
+      if (ws) retired.push_back(ws);
       ws = nullptr;
       ws_elems = 0;
       check_cuda(cudaMalloc(&ws, elems * sizeof(float)), "cudaMalloc (split-K workspace)");
@@ -237,7 +262,7 @@ struct ZipperLinear::Impl {
       ws_elems = elems;
     }
     if (counters_needed > n_counters) {
-      if (counters) cudaFree(counters);
+      if (counters) retired.push_back(counters);
       counters = nullptr;
       n_counters = 0;
       check_cuda(cudaMalloc(&counters, counters_needed * sizeof(int)), "cudaMalloc (split-K counters)");
@@ -474,8 +499,21 @@ struct ZipperLinear::Impl {
     f.k_split = p.k_split;
     f.pdl = pdl ? 1 : 0;
     const int n_tiles = (L.N + detail::kWgOut - 1) / detail::kWgOut, m_tiles = (M + p.tok - 1) / p.tok;
-    if (p.k_split < L.K) ensure_ws(size_t(n_tiles) * m_tiles * detail::kWgOut * p.tok, size_t(n_tiles) * m_tiles);
-    f.ws = ws;
+    f.ws = nullptr;
+    if (p.k_split < L.K) {
+      // (splits - 1) slices of partial sums; with a ZipperShared one buffer serves every layer
+      // (nothing is kept between calls, and the layers run in stream order).
+      const int splits = (L.K + p.k_split - 1) / p.k_split;
+      const size_t elems = size_t(splits - 1) * n_tiles * m_tiles * detail::kWgOut * p.tok;
+      if (shared) {
+        grow_floats(shared->impl_->part, shared->impl_->part_elems, elems, shared->impl_->retired, "cudaMalloc (split-K partial sums)");
+        f.ws = shared->impl_->part;
+      } else {
+        grow_floats(part, part_elems, elems, retired, "cudaMalloc (split-K partial sums)");
+        f.ws = part;
+      }
+      ensure_ws(0, 2 * size_t(n_tiles) * m_tiles);
+    }
     f.counters = counters;
     // Evict-first only when the weights are read once (one token tile; H200 v2: forcing it on at
     // M >= 256 measured the same or slower).
@@ -571,10 +609,15 @@ int64_t ZipperLinear::weight_bytes(bool with_residual) const {
 // long in K (K >= 2N: down M = 512: 115.2 vs 121.4). Elsewhere the old paths won (qkv M = 128:
 // 42.0 vs 36.8; gate_up M = 256: 271 vs 174; M >= 1024: dequantize + cuBLAS, 0.67-0.69x cuBLAS
 // for this kernel).
+// Where the wgmma kernel beats dequantize + cuBLAS (H200, eighth session, budgets 0 and 10%,
+// bench/results/gemm-h200-2026-11-28-s8-splitk.md, after the split-K fix-up without atomics):
+// every LLaMA-3-8B layer up to M = 512 except the small wide qkv (N > K, < 40 Mi weights: up to
+// 128; at 256 the two tie, at 512 the dequantize path is 12% faster); from M = 1024 on the
+// dequantize path wins on all four.
 bool ZipperLinear::wgmma_default(int64_t M) const {
   const int64_t N = impl_->L.N, K = impl_->L.K;
-  const bool large = N * K >= (int64_t(40) << 20);
-  return M >= 17 && M <= (large ? (K >= 2 * N ? 512 : 128) : 64);
+  const bool small_wide = N > K && N * K < (int64_t(40) << 20);
+  return M >= 17 && M <= (small_wide ? 128 : 512);
 }
 
 // Measured on H100 (docs/kernels.md): the fused mma.sync kernel wins while the GEMM is

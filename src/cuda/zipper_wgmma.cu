@@ -394,33 +394,51 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   const int nbase = (R0 + ri) * 16;  // first output of this warp
   const bool split = gridDim.z > 1;
   if (split) {
-    // Partial sums -> workspace in fragment order (thread-private float4s: vector reductions, and
-    // the last CTA reads back exactly the positions it owns).
-    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-    float4* ws = reinterpret_cast<float4*>(f.ws) + (size_t(tile) * 256 + tid) * (kAcc / 4);
+    // Split-K fix-up without atomics on the sums. Thread 0 takes a ticket (the arrival order of the
+    // tile's K-splits). Arrivals 0 .. splits-2 store their partial sums into workspace slice
+    // [ticket] with plain coalesced stores ([slice][tile][q][256 threads] float4: a warp writes 512
+    // contiguous bytes) and count themselves done (fence, then the done counter); the last arrival
+    // keeps its sums in registers, waits until the others are done and adds their slices. v4 made
+    // every split do float4 reductions, in thread order (half-used sectors), into a zeroed
+    // workspace that the last CTA re-zeroed: the epilogue was half of the consumer warps' stall
+    // samples at M = 128 (ncu, H200, eighth session).
+    const int tile = blockIdx.y * gridDim.x + blockIdx.x, ntiles = gridDim.x * gridDim.y;
+    int* ticket = f.counters + 2 * tile;  // [0]: arrivals, [1]: partials stored
+    if (tid == 0) *s_last = atomicAdd(ticket, 1);
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    const int arrival = *s_last;
+    const int last = int(gridDim.z) - 1;
+    float4* ws = reinterpret_cast<float4*>(f.ws) + size_t(tile) * (kAcc / 4) * 256 + tid;
+    const size_t slice = size_t(ntiles) * (kAcc / 4) * 256;  // float4s per slice
+    if (arrival < last) {
 #pragma unroll
-    for (int q = 0; q < kAcc / 4; ++q)
-      atomicAdd(ws + q, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
-    // One fence per CTA, not per thread (v2: 256 fence.sc per CTA were 15% of the stall samples at
-    // M = 64): the barrier orders every consumer thread's reductions before thread 0's fence, whose
-    // cumulativity then orders them before the counter increment; the last CTA's thread 0 fences
-    // again before the barrier that lets the others read the sums.
-    asm volatile("bar.sync 1, 256;\n" ::: "memory");  // all 256 consumer threads' reductions issued
-    if (tid == 0) {
-      __threadfence();
-      const bool last = atomicAdd(f.counters + tile, 1) == int(gridDim.z) - 1;
-      if (last) __threadfence();
-      *s_last = last;
+      for (int q = 0; q < kAcc / 4; ++q)
+        __stcg(ws + size_t(arrival) * slice + q * 256, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+      // The barrier orders every consumer thread's stores before thread 0's fence (cumulativity),
+      // which orders them before the done count that the last arrival acquires.
+      asm volatile("bar.sync 1, 256;\n" ::: "memory");
+      if (tid == 0) {
+        asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+        atomicAdd(ticket + 1, 1);
+      }
+      return;
+    }
+    if (tid == 0) {  // the others took their tickets earlier: they are running and only store
+      int done;
+      do {
+        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(done) : "l"(ticket + 1) : "memory");
+      } while (done < last);
+      ticket[0] = 0;  // ready for the next launch (stream order)
+      ticket[1] = 0;
     }
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
-    if (!*s_last) return;
+    for (int z = 0; z < last; ++z) {
 #pragma unroll
-    for (int q = 0; q < kAcc / 4; ++q) {
-      const float4 v = __ldcg(ws + q);
-      __stcg(ws + q, make_float4(0.f, 0.f, 0.f, 0.f));
-      acc[4 * q] = v.x, acc[4 * q + 1] = v.y, acc[4 * q + 2] = v.z, acc[4 * q + 3] = v.w;
+      for (int q = 0; q < kAcc / 4; ++q) {
+        const float4 v = __ldcg(ws + size_t(z) * slice + q * 256);
+        acc[4 * q] += v.x, acc[4 * q + 1] += v.y, acc[4 * q + 2] += v.z, acc[4 * q + 3] += v.w;
+      }
     }
-    if (tid == 0) f.counters[tile] = 0;
   }
   // Y[m, n]: lanes g and g ^ 1 swap halves so that each stores two adjacent outputs of one token
   // (4 bytes): even g token 8j + 2t, odd g token 8j + 2t + 1.

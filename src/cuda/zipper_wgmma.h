@@ -25,8 +25,8 @@ struct WgmmaLaunch {
   int tok = 64;            // tokens per CTA tile: 32, 64 or 128
   int k_split = 0;         // inputs per CTA (multiple of 128); >= K: no split
   int stages = 4;          // ring depth (2 .. kWgMaxStages)
-  float* ws = nullptr;     // split-K partial sums, >= n_tiles * m_tiles * 128 * tok floats, zero between calls
-  int* counters = nullptr; // one per (n tile, m tile), zero between calls
+  float* ws = nullptr;     // split-K partial sums: (splits - 1) * n_tiles * m_tiles * 128 * tok floats, any content
+  int* counters = nullptr; // two per (n tile, m tile), zero between calls
   int evict_first = 1;     // L2 evict-first hint on the weights (read once when one token tile covers M)
   int wtma = 0;            // codes and scales of the CTA's 8 block rows as one TMA box each per k-tile
   int pdl = 0;             // programmatic dependent launch: the first stages' weights before the wait (cuda/pdl.cuh)
