@@ -24,7 +24,6 @@ struct DeviceLayer {
   const uint16_t* res_scales = nullptr;
   const int32_t* res_rowptr = nullptr;
   const uint64_t* res_bitmap = nullptr;
-  const uint32_t* qweight_rg = nullptr;  // the codes row-grouped by 8 (group_rows_for_stream); experiment only
 };
 
 struct FusedLaunch {
@@ -45,7 +44,6 @@ struct FusedLaunch {
   int k_warps = 1;        // stream kernel: warps sharing one row, each on 1/k_warps of the CTA's
                           // K-range, reduced in shared memory (1, 2, 4 or 8; v10)
   int pdl = 0;            // stream kernel: launch with programmatic dependent launch (cuda/pdl.cuh)
-  int row_groups = 0;     // stream kernel: read L.qweight_rg (needs KW = 1, group >= 128, M <= 8); experiment
 };
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).

@@ -1,7 +1,6 @@
 // Host-side repack of PackedLinear into ZipperEngine's fragment-ordered layout (zipper_layout.h).
 #include "cuda/zipper_layout.h"
 
-#include <algorithm>
 
 #include "util/error.h"
 
@@ -85,22 +84,6 @@ void check_zipper_supported(const PackedLinear& w) {
                    "zipper: res_colidx not strictly ascending in block row ", r);
     }
   }
-}
-
-std::vector<uint32_t> group_rows_for_stream(const ZipperLayout& z, int rows) {
-  MOSAIC_CHECK(rows >= 1 && z.N % 16 == 0 && z.K % 128 == 0 && int64_t(z.qweight.size()) == z.N * z.K / 8,
-               "group_rows_for_stream: bad layout [N=", z.N, ", K=", z.K, "] or rows = ", rows);
-  const int64_t R = z.N / 16, tiles = z.K / 128, tile_words = 256, row_words = tiles * tile_words;
-  std::vector<uint32_t> out(z.qweight.size());
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t g = r / rows, gn = std::min<int64_t>(rows, R - g * rows);
-    for (int64_t t = 0; t < tiles; ++t) {
-      const uint32_t* src = z.qweight.data() + r * row_words + t * tile_words;
-      uint32_t* dst = out.data() + g * rows * row_words + t * tile_words * gn + (r % rows) * tile_words;
-      std::copy(src, src + tile_words, dst);
-    }
-  }
-  return out;
 }
 
 ZipperLayout repack_for_zipper(const PackedLinear& w) {

@@ -49,18 +49,6 @@ void check_zipper_supported(const PackedLinear& w);
 // Repack (validates first). Deterministic; O(N*K).
 ZipperLayout repack_for_zipper(const PackedLinear& w);
 
-// The base codes regrouped for the stream kernel's row-group experiment (MOSAIC_ZIPPER_ROWGROUP=1,
-// docs/kernels-notes.md, seventh session): the 1 KB k-tiles (16 outputs x 128 inputs) of `rows`
-// consecutive 16-output rows interleaved, so that the CTA's 8 warps, which stream 8 adjacent rows,
-// read one contiguous piece per k-tile instead of 8 pieces a row (K / 2 bytes) apart:
-//
-//   row-major (qweight):  [row 0: tile 0 | tile 1 | ... ] [row 1: tile 0 | tile 1 | ... ] ...
-//   row-grouped:          [group 0: tile 0 of rows 0..7 | tile 1 of rows 0..7 | ...] [group 1: ...]
-//
-// word offset of (row r, tile t) = (r / rows) * rows * K / 8 + t * 256 * gn + (r % rows) * 256,
-// gn = min(rows, N / 16 - (r / rows) * rows) (the last group may be partial); 256 words per tile.
-std::vector<uint32_t> group_rows_for_stream(const ZipperLayout& z, int rows = 8);
-
 // Host decoders of the repacked layout (for tests and the CPU-side oracle):
 // code 0..15 of the base at (n, k), and the residual code at (n, k) of block b.
 int zipper_base_code(const ZipperLayout& z, int64_t n, int64_t k);

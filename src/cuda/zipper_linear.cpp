@@ -239,8 +239,7 @@ struct ZipperLinear::Impl {
   cublasHandle_t cublas = nullptr;
 
   ~Impl() {
-    for (const void* p : {static_cast<const void*>(L.qweight), static_cast<const void*>(L.qweight_rg),
-                          static_cast<const void*>(L.scales),
+    for (const void* p : {static_cast<const void*>(L.qweight), static_cast<const void*>(L.scales),
                           static_cast<const void*>(L.res_qweight), static_cast<const void*>(L.res_scales),
                           static_cast<const void*>(L.res_rowptr), static_cast<const void*>(L.res_bitmap),
                           static_cast<const void*>(Lb.scales), static_cast<const void*>(Lb.res_scales),
@@ -395,7 +394,6 @@ struct ZipperLinear::Impl {
     f.stages = stream_stages();
     f.row_interleave = row_interleave() ? 1 : 0;
     f.pdl = pdl ? 1 : 0;
-    f.row_groups = L.qweight_rg && p.kw == 1 && M <= 8 && L.spt == 1 ? 1 : 0;
     const int splits = (L.K / kTileK + p.k_split / kTileK - 1) / (p.k_split / kTileK);
     const int m_tiles = (M + 15) / 16;
     if (splits > 1) ensure_ws(size_t(M) * L.N, size_t(L.N / 16) * m_tiles);
@@ -559,11 +557,6 @@ ZipperLinear::ZipperLinear(const PackedLinear& w) : impl_(std::make_unique<Impl>
   L.spt = z.scales_per_tile;
   L.words_per_row = z.words_per_row;
   L.qweight = upload(z.qweight);
-  // MOSAIC_ZIPPER_ROWGROUP=1: an experiment (docs/kernels-notes.md, seventh session): a second copy of
-  // the codes, row-grouped by 8, read by the stream kernel at M <= 8 when its plan has one warp per
-  // row. Read per layer at construction, so a test can switch it.
-  if (const char* e = std::getenv("MOSAIC_ZIPPER_ROWGROUP"); e && std::string(e) == "1")
-    L.qweight_rg = upload(group_rows_for_stream(z));
   L.scales = upload(z.scales);
   if (z.nnzb > 0) {
     L.res_qweight = upload(z.res_qweight);

@@ -78,10 +78,7 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float
 // 1 = group 16 or 32 (every step).   NB: n8 tiles of X rows, 1 for M <= 8, 2 for M = 9..16.
 // KW: warps per row (in-CTA K split; 1, 2, 4, 8 = f.k_warps; > 1 only instantiated for GS = 8). A
 // compile-time KW keeps the loop at v9's register count (a runtime KW cost ~18 registers).
-// RG: the codes are read from L.qweight_rg, row-grouped by 8 (zipper_layout.h group_rows_for_stream;
-// instantiated for GS = 8, NB = 1, KW = 1 only): an experiment on DRAM locality, opt-in by
-// MOSAIC_ZIPPER_ROWGROUP=1 (docs/kernels-notes.md, seventh session).
-template <typename T, bool RES, int GS, int NB, int KW, bool RG = false>
+template <typename T, bool RES, int GS, int NB, int KW>
 __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_kernel(DeviceLayer L, FusedLaunch f) {
   constexpr int kStages = kStreamStages;
   constexpr int kChains = NB == 2 ? 2 : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
@@ -154,20 +151,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   };
 
   const size_t q_row = size_t(L.K / 64) * 32, s_row = size_t(L.K / kTileK) * spt * 2;  // uint4 per row
-  const uint4* gq0 = reinterpret_cast<const uint4*>(L.qweight) + size_t(kw0 / 64) * 32 + lane;  // row-major
-  // This warp's codes of row r from its first k-tile on, and (RG) the step between its k-tiles:
-  // 64 uint4 (1 KB) row-major; 64 x the rows of r's group (<= 8) row-grouped.
-  int gstep = 64;
-  const auto row_codes = [&](int r) -> const uint4* {
-    if constexpr (RG) {
-      const int rg = r >> 3, gn = min(8, R - (rg << 3));
-      gstep = gn * 64;
-      return reinterpret_cast<const uint4*>(L.qweight_rg) + size_t(rg) * 8 * q_row + size_t(kw0 / kTileK) * gstep +
-             (r & 7) * 64 + lane;
-    } else {
-      return gq0 + r * q_row;
-    }
-  };
+  const uint4* gq0 = reinterpret_cast<const uint4*>(L.qweight) + size_t(kw0 / 64) * 32 + lane;
   // (+ lane: lanes < 2 spt copy the tile's scales; the others' pointers are never dereferenced)
   const uint4* gs0 = reinterpret_cast<const uint4*>(L.scales) + size_t(kw0 / kTileK) * spt * 2 + lane;
   const uint4* grq = reinterpret_cast<const uint4*>(L.res_qweight);
@@ -189,7 +173,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   int ib = 0;  // CSR index of the next kept block of the row
   if (nrows > 0) {
     const int r = row_of(0);
-    gq = row_codes(r);
+    gq = gq0 + r * q_row;
     gs = gs0 + r * s_row;
     if (RES) row_meta(0, ifl, ib);
   }
@@ -202,7 +186,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
       cp_async16_stream(st + kCodes * 16, gq, policy);
       cp_async16_stream(st + (kCodes + 32) * 16, gq + 32, policy);
       cp_async16_stream_if(lane < 2 * spt, st + kScales * 16, gs, policy);
-      gq += RG ? gstep : 64;
+      gq += 64;
       gs += 2 * spt;
       if constexpr (RES) {
         const unsigned fl = unsigned(ifl) & 3u;
@@ -215,7 +199,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
         it = 0;
         if (++ij < nrows) {
           const int r = row_of(ij);
-          gq = row_codes(r);
+          gq = gq0 + r * q_row;
           gs = gs0 + r * s_row;
           if (RES) row_meta(ij, ifl, ib);
         }
@@ -496,31 +480,27 @@ __global__ void __launch_bounds__(512) read_probe_kernel(const uint4* p, size_t 
 
 // Raises (never lowers) the dynamic smem limit of one instantiation: the plan's occupancy probes
 // and the launches share it, so a probe of a smaller layer cannot undercut a later launch.
-template <typename T, bool RES, int GS, int NB, int KW, bool RG = false>
+template <typename T, bool RES, int GS, int NB, int KW>
 bool allow_smem(int smem) {
   static int allowed = 48 * 1024;
   if (smem <= allowed) return true;
-  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, GS, NB, KW, RG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           smem) != cudaSuccess)
+  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, GS, NB, KW>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+      cudaSuccess)
     return false;
   allowed = smem;
   return true;
 }
 
-template <typename T, bool RES, int GS, int NB, int KW, bool RG = false>
+template <typename T, bool RES, int GS, int NB, int KW>
 void launch_stream_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
   const int smem = stream_smem_bytes(std::min(f.M, 16) + 1, f.k_split, L.spt, RES, KW);
-  if (!allow_smem<T, RES, GS, NB, KW, RG>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
+  if (!allow_smem<T, RES, GS, NB, KW>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
   const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + 15) / 16);
-  launch_maybe_pdl(f.pdl != 0, zipper_stream_kernel<T, RES, GS, NB, KW, RG>, grid, dim3(kWarps * 32), size_t(smem), s, L,
-                   f);
+  launch_maybe_pdl(f.pdl != 0, zipper_stream_kernel<T, RES, GS, NB, KW>, grid, dim3(kWarps * 32), size_t(smem), s, L, f);
 }
 
 template <typename T, bool RES, int GS, int NB>
 void launch_stream_kw(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  if constexpr (GS == 8 && NB == 1) {
-    if (f.row_groups && f.k_warps == 1 && L.qweight_rg) return launch_stream_t<T, RES, GS, NB, 1, true>(L, f, s);
-  }
   if constexpr (GS == 8) {
     if (f.k_warps == 2) return launch_stream_t<T, RES, GS, NB, 2>(L, f, s);
     if (f.k_warps == 4) return launch_stream_t<T, RES, GS, NB, 4>(L, f, s);

@@ -169,38 +169,6 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
   }
 }
 
-// The row-group experiment (MOSAIC_ZIPPER_ROWGROUP=1: the stream kernel reads a copy of the codes
-// row-grouped by 8, zipper_layout.h): same results as the CPU reference under plans with one warp per
-// row (the only ones that use it), rows per warp 1 and 3, whole and split K, a partial last row group
-// (N = 144, 400), M = 1, 3, 8, fp16 / bf16, with and without the residual.
-TEST(ZipperGpu, RowGroupedCodesMatchTheCpuReference) {
-  REQUIRE_GPU();
-  setenv("MOSAIC_ZIPPER_ROWGROUP", "1", 1);
-  struct Case { int64_t N, K; Pattern pat; const char* plan; };
-  const Case cases[] = {{144, 1152, Pattern::Clustered, "1152,1,1"}, {400, 1152, Pattern::Uniform, "384,3,1"},
-                        {1024, 2048, Pattern::OneTile, "2048,1,1"}};
-  for (const Case& c : cases) {
-    setenv("MOSAIC_ZIPPER_STREAM_PLAN", c.plan, 1);
-    const PackedLinear w = test::random_layer(c.N, c.K, 128, c.pat, uint64_t(c.N * 5 + c.K));
-    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
-    const ZipperLinear zl(w);
-    for (DType dt : {DType::F16, DType::BF16})
-      for (int64_t M : {1, 3, 8}) {
-        std::vector<uint16_t> xb;
-        std::vector<float> xf;
-        test::random_activations(M, c.K, dt == DType::BF16, uint64_t(M * 29 + c.K), xb, xf);
-        const std::vector<double> yref = test::reference_gemm(xf, W, M, c.N, c.K);
-        const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, c.N, c.K);
-        EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, GemmPath::Fused), bound(dt))
-            << "N=" << c.N << " K=" << c.K << " plan " << c.plan << " " << dtype_name(dt) << " M=" << M;
-        EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, GemmPath::Fused), bound(dt))
-            << "dense N=" << c.N << " K=" << c.K << " plan " << c.plan << " " << dtype_name(dt) << " M=" << M;
-      }
-    unsetenv("MOSAIC_ZIPPER_STREAM_PLAN");
-  }
-  unsetenv("MOSAIC_ZIPPER_ROWGROUP");
-}
-
 // Programmatic dependent launch: a GEMM launched with it reads its X only after the kernel before
 // it (here another, slow, GEMM that writes that X, poisoned with NaN first) has finished. A read
 // too early would see NaN or a partial X. The stream kernel (M = 1, 3, 16: both instantiations)

@@ -3,8 +3,6 @@
 // layers the kernel cannot take are refused with a message naming the shapes.
 #include <gtest/gtest.h>
 
-#include <algorithm>
-
 #include "cuda/zipper_layout.h"
 #include "util/error.h"
 #include "zipper_test_util.h"
@@ -49,31 +47,6 @@ TEST(ZipperLayout, RepackIsBitExactForEveryCode) {
         EXPECT_TRUE((z.res_bitmap[size_t(r * z.words_per_row + c / 64)] >> (c % 64)) & 1);
       }
   }
-}
-
-// The row-grouped copy of the codes (the stream kernel's row-group experiment): every 1 KB k-tile of
-// every 16-output row lands at (r / 8) * 8 rows + t * (rows in its group) + r % 8 tiles, the last
-// group partial (N = 144: 9 rows, a group of 1), nothing lost or duplicated.
-TEST(ZipperLayout, RowGroupedCodesHoldEveryTileOnce) {
-  for (const int64_t N : {144, 400, 512}) {
-    const PackedLinear w = test::random_layer(N, 384, 128, Pattern::None, uint64_t(N), 0.0);
-    const ZipperLayout z = repack_for_zipper(w);
-    const std::vector<uint32_t> g = group_rows_for_stream(z);
-    ASSERT_EQ(g.size(), z.qweight.size());
-    const int64_t R = N / 16, tiles = 384 / 128, row_words = tiles * 256;
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t gn = std::min<int64_t>(8, R - r / 8 * 8);
-      for (int64_t t = 0; t < tiles; ++t)
-        for (int64_t i = 0; i < 256; ++i)
-          ASSERT_EQ(g[size_t(r / 8 * 8 * row_words + t * 256 * gn + r % 8 * 256 + i)],
-                    z.qweight[size_t(r * row_words + t * 256 + i)])
-              << "N=" << N << " row " << r << " tile " << t << " word " << i;
-    }
-  }
-  ZipperLayout bad;
-  bad.N = 32;
-  bad.K = 128;
-  EXPECT_THROW(group_rows_for_stream(bad), Error);  // codes missing
 }
 
 TEST(ZipperLayout, WeightBytesCountCodesScalesAndResidual) {
