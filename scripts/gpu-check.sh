@@ -8,6 +8,7 @@
 #     quick: LLaMA-3-8B shapes only; full: LLaMA-3-8B, Qwen3-8B and LLaMA-3-70B at budgets 0, 5, 10%.
 # Overrides: SH (shapes), MS (M list), BU (budgets) of the benchmark; SAN_T (seconds per sanitizer);
 # SKIP_TORCH=1, SKIP_MARLIN=1 (Marlin runs when .xfer/marlin or MARLIN_SRC holds its source), SKIP_SAN=1, SAN_FILTER (gtest filter of the sanitizer runs).
+# TEST_T / BENCH_T: seconds before the tests / each ENVS benchmark are killed (a hung kernel must not eat the call).
 # Same-run comparisons (docs/kernels-notes.md), both on the small-M list MS_SMALL (default 1,4,16,32):
 #   BASELINE_CU=path/to/old/zipper_kernels.cu   also build and time that kernel file (label "base")
 #   BASELINE_SRC=dir   also build and time a whole older src/cuda (dir/cuda/*: kernels, plans, bench),
@@ -94,7 +95,7 @@ echo "== build ok in $(( $(date +%s) - t0 )) s"
 
 # ---- correctness -------------------------------------------------------------------------------
 # TEST_FILTER: the ZipperEngine tests by default (the W4A8 tests run in scripts/gpu-w4a8.sh)
-$B/test_cuda --gtest_brief=0 --gtest_filter="${TEST_FILTER:-Zipper*}" 2>&1 | grep -vE "^\[ RUN|^\[       OK" ; tests_rc=${PIPESTATUS[0]}
+timeout ${TEST_T:-300} $B/test_cuda --gtest_brief=0 --gtest_filter="${TEST_FILTER:-Zipper*}" 2>&1 | grep -vE "^\[ RUN|^\[       OK" ; tests_rc=${PIPESTATUS[0]}
 echo "== test_cuda rc=$tests_rc"
 
 # ---- benchmark (before the sanitizers, which are slow) -----------------------------------------
@@ -115,7 +116,7 @@ fi
 # v8:MOSAIC_ZIPPER_V8=1 for the previous kernel, same binary, same run).
 for lv in ${ENVS:-}; do
   l=${lv%%:*}; kv=${lv#*:}
-  env ${kv//,/ } $B/mosaic bench gemm --shapes $SH --m ${MS_ENVS:-$MS_SMALL} --budget $BU --json $X/gemm-$l.json > $X/bench-$l.md 2>&1
+  timeout ${BENCH_T:-300} env ${kv//,/ } $B/mosaic bench gemm --shapes $SH --m ${MS_ENVS:-$MS_SMALL} --budget $BU --json $X/gemm-$l.json > $X/bench-$l.md 2>&1
   echo "== bench ($kv) rc=$?"; cmp+=($l=$X/gemm-$l.json)
 done
 for v in ${PLAN_OVERHEADS:-}; do
