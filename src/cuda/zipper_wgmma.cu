@@ -66,22 +66,22 @@ __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
 template <int TOK, typename T>
 struct Wgmma;
 #define MOSAIC_WGMMA_RS_N32(PTX)                                                                          \
-  __device__ static void mma(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {                              \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32." PTX "." PTX " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, 1, 1, 1, 0;\n" \
+  __device__ static void mma(float (&d)[16], const uint32_t (&a)[4], uint32_t dlo, uint32_t dhi) {                              \
+    asm volatile("{\n.reg .b64 desc;\nmov.b64 desc, {%20, %21};\nwgmma.mma_async.sync.aligned.m64n32k16.f32." PTX "." PTX " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, desc, 1, 1, 1, 0;\n}\n" \
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]) \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                                         \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(dlo), "r"(dhi));                                         \
   }
 #define MOSAIC_WGMMA_RS_N64(PTX)                                                                          \
-  __device__ static void mma(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {                              \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." PTX "." PTX " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, 1, 1, 1, 0;\n" \
+  __device__ static void mma(float (&d)[32], const uint32_t (&a)[4], uint32_t dlo, uint32_t dhi) {                              \
+    asm volatile("{\n.reg .b64 desc;\nmov.b64 desc, {%36, %37};\nwgmma.mma_async.sync.aligned.m64n64k16.f32." PTX "." PTX " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, desc, 1, 1, 1, 0;\n}\n" \
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                                         \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(dlo), "r"(dhi));                                         \
   }
 #define MOSAIC_WGMMA_RS_N128(PTX)                                                                          \
-  __device__ static void mma(float (&d)[64], const uint32_t (&a)[4], uint64_t desc) {                              \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX "." PTX " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, 1, 1, 1, 0;\n" \
+  __device__ static void mma(float (&d)[64], const uint32_t (&a)[4], uint32_t dlo, uint32_t dhi) {                              \
+    asm volatile("{\n.reg .b64 desc;\nmov.b64 desc, {%68, %69};\nwgmma.mma_async.sync.aligned.m64n128k16.f32." PTX "." PTX " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, desc, 1, 1, 1, 0;\n}\n" \
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                                         \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(dlo), "r"(dhi));                                         \
   }
 
 #define MOSAIC_WGMMA_SPEC(TOK, TYPE, PTX) \
@@ -236,7 +236,11 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   const bool active = R0 + ri < R;
   const uint32_t sbase = smem_addr(smem), full0 = smem_addr(full), empty0 = smem_addr(empty);
   const uint32_t flags0 = smem_addr(flags), rbase0 = smem_addr(rbase);
-  const uint64_t desc0 = desc_sw128(sbase);  // + (byte offset >> 4) addresses any 16-byte offset of the ring
+  // The smem descriptor as two 32-bit halves: + (byte offset >> 4) on the low half addresses any
+  // 16-byte offset of the ring (the address field never carries: smem < 256 KB); the high half is
+  // constant. (A 64-bit descriptor cost 6 instructions per wgmma: 64-bit add, moves, R2UR x 2.)
+  const uint64_t desc0 = desc_sw128(sbase);
+  const uint32_t dlo0 = uint32_t(desc0), dhi = uint32_t(desc0 >> 32);
   float acc[kAcc];
 #pragma unroll
   for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
@@ -247,13 +251,13 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   // Consumer cursor: k-tile i in stage s (phase ph); sp = the previous k-tile's stage.
   int i = 0, s = 0, sp = 0;
   uint32_t ph = 0, st = sbase, tfl = 0, tA = 0, tB = 0;
-  uint64_t dst = desc0;
+  uint32_t dst = dlo0;
   const auto begin_tile = [&]() {
     st = sbase + s * SB;
-    dst = desc0 + uint32_t((s * SB) >> 4);
+    dst = dlo0 + uint32_t((s * SB) >> 4);
     mbar_wait(full0 + 8 * s, ph);
     tfl = lds32(flags0 + 4 * s);
-    if (spt == 1 && active) {  // group >= 128: one scale per output and k-tile
+    if (spt == 1) {  // group >= 128: one scale per output and k-tile
       tA = lds16(st + offS + ri * 32 + 2 * g) * 0x10001u;  // (the 16-bit scale in both halves)
       tB = lds16(st + offS + ri * 32 + 2 * (g + 8)) * 0x10001u;
     }
@@ -269,14 +273,10 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   };
 
   // Chunk h of the current k-tile -> A: base codes x group scale (+ residual codes x its scale).
+  // A warp of rows past N computes on whatever its smem holds (zeros from TMA, or stale data): its
+  // A rows only reach its own accumulator rows, which are never stored. (Zeroing A for it instead
+  // made the compiler zero and copy every fragment of every warp, each chunk: ~25 instructions.)
   const auto load_chunk = [&](int h, uint32_t (&A)[4][4]) {
-    if (!active) {  // rows past N: zeros (their outputs are not stored)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) A[j][e] = 0u;
-      return;
-    }
     const uint4 q = lds128(st + offW + ri * 1024 + h * 512 + lane * 16);
     uint32_t sa[4], sb[4];
     if (spt == 1) {
@@ -336,7 +336,7 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   // The 4 wgmma of chunk h of the current k-tile (X box h, +32 B per k16 step).
   const auto mma_chunk = [&](int h, uint32_t (&A)[4][4]) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) MM::mma(acc, A[j], dst + uint32_t((h * TOK * 128 + 32 * j) >> 4));
+    for (int j = 0; j < 4; ++j) MM::mma(acc, A[j], dst + uint32_t((h * TOK * 128 + 32 * j) >> 4), dhi);
   };
 
   if constexpr (G == 1) {
