@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Per-SASS-instruction stall samples of one kernel launch on the GPU machine (ncu source page),
+# summarized by scripts/ncu_top.py. Everything lands in $OUT.
+#
+#   OUT=/tmp/p scripts/gpu-profile-source.sh gemm KxN M [BUDGET]   # the ZipperEngine GEMM (mosaic bench gemm)
+#   OUT=/tmp/p scripts/gpu-profile-source.sh attention [CONFIG]   # decode attention, batch 1, 2048 cached keys
+# KREGEX picks the kernel (default: any zipper kernel / attention_decode); the environment passes through
+# (e.g. MOSAIC_ZIPPER_WGMMA=1 to profile the wgmma kernel at M = 17..512's neighbours).
+# Device tool: run(command='OUT=$OUT scripts/gpu-profile-source.sh gemm 4096x6144 128', carry=[".devdeps"]).
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-profile-source}
+mkdir -p "$OUT"
+S="--section WarpStateStats --section SourceCounters --section SpeedOfLight --section LaunchStats"
+S="$S --metrics regex:smsp__warp_issue_stalled_.*_per_warp_active.pct,sm__cycles_elapsed.avg,smsp__cycles_active.avg"
+case "${1:-}" in
+  gemm)
+    B=/tmp/mosaic-gpu-build
+    [ -x $B/mosaic ] || SKIP_TORCH=1 OUT=$OUT/build bash scripts/gpu-check.sh build-only > $OUT/build.log 2>&1 || exit 1
+    APP="$B/mosaic bench gemm --shapes $2 --m $3 --budget ${4:-0} --reps 1"; K=${KREGEX:-zipper}; SKIP=0 ;;
+  attention)
+    B=/tmp/mosaic-e2e-build
+    [ -x $B/mosaic ] || OUT=$OUT/build SKIP_HF=1 bash scripts/gpu-e2e.sh build-only > $OUT/build.log 2>&1 || exit 1
+    APP="$B/mosaic bench e2e --config ${2:-llama3-8b} --random-weights --engines w4a16 --batch 1 --prompt 2048 --gen 16"
+    K=${KREGEX:-attention_decode}; SKIP=40 ;;  # (past the eager warm-up step's launches)
+  *) sed -n 2,10p "$0"; exit 2 ;;
+esac
+timeout 240 ncu --kernel-name-base mangled -k regex:"$K" -s $SKIP -c 1 $S $APP > $OUT/ncu.txt 2>&1
+timeout 240 ncu --kernel-name-base mangled -k regex:"$K" -s $SKIP -c 1 $S --page source --print-source sass --csv $APP \
+  > $OUT/source.csv 2> $OUT/source.err
+grep -vE "^\|" $OUT/ncu.txt | grep -E "Duration|Grid Size|Registers Per|Throughput|cycles|stalled_.*pct +[0-9]+\.[0-9]+" |
+  awk '!/stalled/ || $NF+0 > 1'
+python3 scripts/ncu_top.py $OUT/source.csv --min 1.5 | head -80 | tee $OUT/top.txt
