@@ -433,8 +433,14 @@ struct ZipperLinear::Impl {
 
   // The wgmma kernel: token tile by M (32 / 64 rows in one tile up to M = 64, 128-row tiles
   // beyond), ring depth so that the small tiles fit 2 CTAs per SM, and a K split when the tiles
-  // alone would leave SMs idle. Plan model: waves of resident CTAs x (k-tiles per CTA + 2 of
-  // fill/epilogue), +1 for the split-K fix-up; ties go to fewer splits. Cached per token tile.
+  // alone would leave SMs idle. Plan model: waves of resident CTAs x (k-tiles per CTA + a fixed cost of
+  // fill/epilogue; wg_cta_fixed_tiles), +1 for the split-K fix-up; ties go to fewer splits. Cached per token tile.
+  // A CTA's fixed cost in k-tiles: filling its ring and its epilogue. With 128-token tiles (5 stages
+  // of 40 KB, 1 CTA per SM) 2 made the plan split qkv and gate_up at M = 256 into 3 and 7 waves, 15%
+  // and 6% slower than no split (H200, eighth session, MOSAIC_ZIPPER_WGMMA_KSPLIT forced:
+  // bench/results/gemm-h200-2026-11-28-s8-ksplit.md); 6 keeps every other measured 128-token plan.
+  // The smaller tiles (16-24 KB stages, 2 CTAs per SM) keep 2, measured right at M = 17..64.
+  static double wg_cta_fixed_tiles(int tok) { return tok == 128 ? 6.0 : 2.0; }
   struct WgPlan {
     int tok = 64, stages = 4, k_split = 0, wtma = 0;
   };
@@ -470,7 +476,7 @@ struct ZipperLinear::Impl {
     for (int per = k_tiles; per >= std::min(k_tiles, 4); --per) {
       const int splits = (k_tiles + per - 1) / per;
       const double waves = std::ceil(double(base * splits) / slots);
-      const double cost = waves * (per + 2.0) + (splits > 1 ? 1.0 : 0.0);
+      const double cost = waves * (per + wg_cta_fixed_tiles(tok)) + (splits > 1 ? 1.0 : 0.0);
       if (cost < best * 0.999) {
         best = cost;
         best_per = per;
@@ -603,14 +609,16 @@ int64_t ZipperLinear::weight_bytes(bool with_residual) const {
 // 42.0 vs 36.8; gate_up M = 256: 271 vs 174; M >= 1024: dequantize + cuBLAS, 0.67-0.69x cuBLAS
 // for this kernel).
 // Where the wgmma kernel beats dequantize + cuBLAS (H200, eighth session, budgets 0 and 10%,
-// bench/results/gemm-h200-2026-11-28-s8-splitk.md, after the split-K fix-up without atomics):
-// every LLaMA-3-8B layer up to M = 512 except the small wide qkv (N > K, < 40 Mi weights: up to
-// 128; at 256 the two tie, at 512 the dequantize path is 12% faster); from M = 1024 on the
-// dequantize path wins on all four.
+// bench/results/gemm-h200-2026-11-28-s8-splitk.md, ...-s8-diet.md, after the split-K fix-up without
+// atomics): every LLaMA-3-8B layer up to M = 512 except the small wide qkv (N > K, < 40 Mi weights),
+// up to 256 there: with the plan's 4 K-splits it tied the dequantize path at 256 (42.78 vs 42.25 us)
+// and lost at 512 (63.71 vs 56.07); without a split (the plan since wg_cta_fixed_tiles = 6) it took
+// 35.98 us at 256 where the 4-split plan took 42.53 in the same call (...-s8-ksplit.md). From
+// M = 1024 on the dequantize path wins on all four.
 bool ZipperLinear::wgmma_default(int64_t M) const {
   const int64_t N = impl_->L.N, K = impl_->L.K;
   const bool small_wide = N > K && N * K < (int64_t(40) << 20);
-  return M >= 17 && M <= (small_wide ? 128 : 512);
+  return M >= 17 && M <= (small_wide ? 256 : 512);
 }
 
 // Measured on H100 (docs/kernels.md): the fused mma.sync kernel wins while the GEMM is
