@@ -13,6 +13,7 @@
 
 #include "cuda/hopper_ptx.cuh"
 #include "cuda/w4a8_fp8_tables.h"
+#include "cuda/act_rowquant.cuh"
 #include "cuda/w4a8_launch.h"
 #include "util/error.h"
 
@@ -29,22 +30,6 @@ void check_launch(const char* what) {
 // e4m3(x / s) rounded to nearest even, saturating at 448; a zero row gives s = 0 and codes 0.
 // cvt.rn.satfinite.e4m3x2.f32 is that rounding, so the codes are bit-identical (tested). One CTA of
 // 256 threads per row, as the INT8 kernel (w4a8_gemm.cu).
-constexpr int kQuantThreads = 256;
-
-template <typename T>
-__device__ __forceinline__ void to_float8(const uint4& v, float (&f)[8]) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 p;
-    if constexpr (std::is_same<T, __half>::value)
-      p = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
-    else
-      p = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
-    f[2 * i] = p.x;
-    f[2 * i + 1] = p.y;
-  }
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kQuantThreads) fp8_quantize_kernel(const T* __restrict__ X, int K,
@@ -52,23 +37,10 @@ __global__ void __launch_bounds__(kQuantThreads) fp8_quantize_kernel(const T* __
                                                                      float* __restrict__ scales) {
   __shared__ float warp_max[kQuantThreads / 32];
   const int64_t row = blockIdx.x;
-  const int tid = threadIdx.x, lane = tid & 31;
+  const int tid = threadIdx.x;
   const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
   const int chunks = K / 8;
-  float amax = 0.f;
-  for (int c = tid; c < chunks; c += kQuantThreads) {
-    float f[8];
-    to_float8<T>(x[c], f);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(f[i]));
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  if (lane == 0) warp_max[tid >> 5] = amax;
-  __syncthreads();
-  amax = warp_max[0];
-#pragma unroll
-  for (int w = 1; w < kQuantThreads / 32; ++w) amax = fmaxf(amax, warp_max[w]);
+  const float amax = row_absmax<T>(x, chunks, warp_max);
   const float s = __fdiv_rn(amax, 448.f);
   if (tid == 0) scales[row] = s;
   uint2* out = reinterpret_cast<uint2*>(codes + row * K);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/act_rowquant.cuh"
 #include "cuda/w4a8_launch.h"
 #include "cuda/zipper_device.cuh"
 #include "util/error.h"
@@ -20,49 +21,17 @@ namespace {
 // second read hits L1, a row is at most 2 MB and 28 KB for LLaMA-3-8B's down_proj). A CTA per row
 // (not a warp) so that a few hundred rows still fill the GPU. IEEE division and roundf (ties away
 // from zero) as in the CPU rule, so the codes are bit-identical to fake_quantize_rows' (tests/cuda/
-// test_w4a8_gpu.cpp checks it).
-template <typename T>
-__device__ __forceinline__ void to_float8(const uint4& v, float (&f)[8]) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (std::is_same<T, __half>::value) {
-      const float2 p = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
-      f[2 * i] = p.x;
-      f[2 * i + 1] = p.y;
-    } else {
-      const float2 p = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
-      f[2 * i] = p.x;
-      f[2 * i + 1] = p.y;
-    }
-  }
-}
-
-constexpr int kQuantThreads = 256;
-
+// test_w4a8_gpu.cpp checks it). The row's max |x|: row_absmax (act_rowquant.cuh, shared with the FP8 kernel).
 template <typename T>
 __global__ void __launch_bounds__(kQuantThreads) w4a8_quantize_kernel(const T* __restrict__ X, int K,
                                                                       int8_t* __restrict__ codes,
                                                                       float* __restrict__ scales) {
   __shared__ float warp_max[kQuantThreads / 32];
   const int64_t row = blockIdx.x;
-  const int tid = threadIdx.x, lane = tid & 31;
+  const int tid = threadIdx.x;
   const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
   const int chunks = K / 8;
-  float amax = 0.f;
-  for (int c = tid; c < chunks; c += kQuantThreads) {
-    float f[8];
-    to_float8<T>(x[c], f);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(f[i]));
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  if (lane == 0) warp_max[tid >> 5] = amax;
-  __syncthreads();
-  amax = warp_max[0];
-#pragma unroll
-  for (int w = 1; w < kQuantThreads / 32; ++w) amax = fmaxf(amax, warp_max[w]);
+  const float amax = row_absmax<T>(x, chunks, warp_max);
   const float s = __fdiv_rn(amax, 127.f);
   if (tid == 0) scales[row] = s;
   uint2* out = reinterpret_cast<uint2*>(codes + row * K);
