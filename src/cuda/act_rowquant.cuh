@@ -1,7 +1,9 @@
-// Per-token (per-row) activation quantization, the part the W4A8 kernels share (w4a8_gemm.cu: INT8,
-// w4a8_fp8_gemm.cu: FP8 e4m3): one CTA of kQuantThreads per row, 16-byte loads, the row's max |x|
-// reduced over the CTA. Each kernel then maps x / s to its own codes (the CPU rules in
-// src/model/act_quant_linear.cpp; the GPU tests check the codes bit for bit).
+// Per-token (per-row) activation quantization of the W4A8 kernels (w4a8_gemm.cu: INT8,
+// w4a8_fp8_gemm.cu: FP8 e4m3): one CTA of kQuantThreads per row, 16-byte loads; the row is read
+// twice (max, then codes: the second read hits L1; a row is at most 28 KB for LLaMA-3-8B's
+// down_proj). A CTA per row (not a warp) so that a few hundred rows still fill the GPU. Each codec
+// maps x / s to its codes as the CPU rules in src/model/act_quant_linear.cpp do (IEEE division;
+// the GPU tests check the codes bit for bit).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -49,6 +51,28 @@ __device__ __forceinline__ float row_absmax(const uint4* x, int chunks, float* w
 #pragma unroll
   for (int w = 1; w < kQuantThreads / 32; ++w) amax = fmaxf(amax, warp_max[w]);
   return amax;
+}
+
+// s = max|x| / Codec::kMax per row (0 for a zero row, whose codes are 0), 8 codes of one byte per
+// 16-byte load by Codec::encode8(f, s, amax).
+template <typename T, typename Codec>
+__global__ void __launch_bounds__(kQuantThreads) rowquant_kernel(const T* __restrict__ X, int K,
+                                                                 uint8_t* __restrict__ codes,
+                                                                 float* __restrict__ scales) {
+  __shared__ float warp_max[kQuantThreads / 32];
+  const int64_t row = blockIdx.x;
+  const int tid = threadIdx.x;
+  const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
+  const int chunks = K / 8;
+  const float amax = row_absmax<T>(x, chunks, warp_max);
+  const float s = __fdiv_rn(amax, Codec::kMax);
+  if (tid == 0) scales[row] = s;
+  uint2* out = reinterpret_cast<uint2*>(codes + row * K);
+  for (int c = tid; c < chunks; c += kQuantThreads) {
+    float f[8];
+    to_float8<T>(x[c], f);
+    out[c] = Codec::encode8(f, s, amax);
+  }
 }
 
 }  // namespace mosaic::cuda::detail

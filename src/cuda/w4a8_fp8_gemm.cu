@@ -25,28 +25,13 @@ void check_launch(const char* what) {
   if (e != cudaSuccess) fail("CUDA error launching ", what, ": ", cudaGetErrorString(e));
 }
 
-// ---- activation quantization (FP8 e4m3) -------------------------------------------------------
+// ---- activation quantization: rowquant_kernel (act_rowquant.cuh) with the FP8 e4m3 rule -------
 // The CPU rule (src/model/act_quant_linear.cpp, round_e4m3): s = max|x| / 448 (fp32), code =
 // e4m3(x / s) rounded to nearest even, saturating at 448; a zero row gives s = 0 and codes 0.
-// cvt.rn.satfinite.e4m3x2.f32 is that rounding, so the codes are bit-identical (tested). One CTA of
-// 256 threads per row, as the INT8 kernel (w4a8_gemm.cu).
-
-template <typename T>
-__global__ void __launch_bounds__(kQuantThreads) fp8_quantize_kernel(const T* __restrict__ X, int K,
-                                                                     uint8_t* __restrict__ codes,
-                                                                     float* __restrict__ scales) {
-  __shared__ float warp_max[kQuantThreads / 32];
-  const int64_t row = blockIdx.x;
-  const int tid = threadIdx.x;
-  const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
-  const int chunks = K / 8;
-  const float amax = row_absmax<T>(x, chunks, warp_max);
-  const float s = __fdiv_rn(amax, 448.f);
-  if (tid == 0) scales[row] = s;
-  uint2* out = reinterpret_cast<uint2*>(codes + row * K);
-  for (int c = tid; c < chunks; c += kQuantThreads) {
-    float f[8];
-    to_float8<T>(x[c], f);
+// cvt.rn.satfinite.e4m3x2.f32 is that rounding, so the codes are bit-identical (tested).
+struct Fp8Codec {
+  static constexpr float kMax = 448.f;
+  __device__ static uint2 encode8(const float (&f)[8], float s, float amax) {
     uint32_t p[2] = {0, 0};
     if (amax > 0.f) {
 #pragma unroll
@@ -56,9 +41,9 @@ __global__ void __launch_bounds__(kQuantThreads) fp8_quantize_kernel(const T* __
         p[i / 2] |= uint32_t(v) << (16 * (i % 2));
       }
     }
-    out[c] = make_uint2(p[0], p[1]);
+    return make_uint2(p[0], p[1]);
   }
-}
+};
 
 // ---- the GEMM ----------------------------------------------------------------------------------
 // CTA: 3 warpgroups. WG 0 = producer (one warp: TMA of the X tile, bulk copies of the weights,
@@ -365,11 +350,11 @@ void launch_fp8_quantize(const void* X, bool bf16, int64_t M, int64_t K, uint8_t
                          cudaStream_t stream) {
   const dim3 grid{unsigned(M)};
   if (bf16)
-    fp8_quantize_kernel<__nv_bfloat16>
+    rowquant_kernel<__nv_bfloat16, Fp8Codec>
         <<<grid, kQuantThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(X), int(K), codes, scales);
   else
-    fp8_quantize_kernel<__half><<<grid, kQuantThreads, 0, stream>>>(static_cast<const __half*>(X), int(K), codes, scales);
-  check_launch("fp8_quantize_kernel");
+    rowquant_kernel<__half, Fp8Codec><<<grid, kQuantThreads, 0, stream>>>(static_cast<const __half*>(X), int(K), codes, scales);
+  check_launch("FP8 activation quantization (rowquant_kernel)");
 }
 
 void launch_w4a8_fp8_gemm(const W4A8Fp8Args& a, bool bf16, cudaStream_t stream) {

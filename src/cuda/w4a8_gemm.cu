@@ -16,37 +16,22 @@
 namespace mosaic::cuda::detail {
 namespace {
 
-// ---- activation quantization ------------------------------------------------------------------
-// One CTA of 256 threads per row, 16-byte loads; the row is read twice (max, then codes: the
-// second read hits L1, a row is at most 2 MB and 28 KB for LLaMA-3-8B's down_proj). A CTA per row
-// (not a warp) so that a few hundred rows still fill the GPU. IEEE division and roundf (ties away
+// ---- activation quantization: rowquant_kernel (act_rowquant.cuh) with the INT8 rule ----------
+// code = clamp(roundf(x / s), -127, 127) with s = max|x| / 127: IEEE division and roundf (ties away
 // from zero) as in the CPU rule, so the codes are bit-identical to fake_quantize_rows' (tests/cuda/
-// test_w4a8_gpu.cpp checks it). The row's max |x|: row_absmax (act_rowquant.cuh, shared with the FP8 kernel).
-template <typename T>
-__global__ void __launch_bounds__(kQuantThreads) w4a8_quantize_kernel(const T* __restrict__ X, int K,
-                                                                      int8_t* __restrict__ codes,
-                                                                      float* __restrict__ scales) {
-  __shared__ float warp_max[kQuantThreads / 32];
-  const int64_t row = blockIdx.x;
-  const int tid = threadIdx.x;
-  const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
-  const int chunks = K / 8;
-  const float amax = row_absmax<T>(x, chunks, warp_max);
-  const float s = __fdiv_rn(amax, 127.f);
-  if (tid == 0) scales[row] = s;
-  uint2* out = reinterpret_cast<uint2*>(codes + row * K);
-  for (int c = tid; c < chunks; c += kQuantThreads) {
-    float f[8];
-    to_float8<T>(x[c], f);
+// test_w4a8_gpu.cpp checks it).
+struct Int8Codec {
+  static constexpr float kMax = 127.f;
+  __device__ static uint2 encode8(const float (&f)[8], float s, float amax) {
     uint32_t p[2] = {0, 0};
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const float q = amax == 0.f ? 0.f : fminf(fmaxf(roundf(__fdiv_rn(f[i], s)), -127.f), 127.f);
       p[i / 4] |= (uint32_t(int(q)) & 0xffu) << (8 * (i % 4));
     }
-    out[c] = make_uint2(p[0], p[1]);
+    return make_uint2(p[0], p[1]);
   }
-}
+};
 
 // ---- the GEMM ----------------------------------------------------------------------------------
 constexpr int kBM = 128, kBN = 128, kBK = 128, kStages = 4;
@@ -323,11 +308,12 @@ void launch_w4a8_quantize(const void* X, bool bf16, int64_t M, int64_t K, int8_t
                           cudaStream_t stream) {
   const dim3 grid{unsigned(M)};  // M <= 2^24 (checked by the callers)
   if (bf16)
-    w4a8_quantize_kernel<__nv_bfloat16>
-        <<<grid, kQuantThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(X), int(K), codes, scales);
+    rowquant_kernel<__nv_bfloat16, Int8Codec><<<grid, kQuantThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(X), int(K), reinterpret_cast<uint8_t*>(codes), scales);
   else
-    w4a8_quantize_kernel<__half><<<grid, kQuantThreads, 0, stream>>>(static_cast<const __half*>(X), int(K), codes, scales);
-  check_launch("w4a8_quantize_kernel");
+    rowquant_kernel<__half, Int8Codec><<<grid, kQuantThreads, 0, stream>>>(
+        static_cast<const __half*>(X), int(K), reinterpret_cast<uint8_t*>(codes), scales);
+  check_launch("INT8 activation quantization (rowquant_kernel)");
 }
 
 void launch_w4a8_gemm(const W4A8Args& a, bool bf16, int spt, bool res, int warps, cudaStream_t stream) {
