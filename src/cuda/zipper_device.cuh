@@ -138,6 +138,33 @@ struct Ops<__nv_bfloat16> {
   __device__ static float2 unpack(T2 v) { return __bfloat1622float2(v); }
 };
 
+// One k16 step of a lane's weight fragment from its 8 codes q: registers 0, 1 hold output g
+// (x its group scale sA), 2, 3 output g + 8 (x sB), as the mma.sync / wgmma fragment wants them
+// (the fp16 / bf16 product is the rounding every kernel's test bound allows for).
+template <typename T>
+__device__ __forceinline__ void scaled_codes(uint32_t q, typename Ops<T>::T2 sA, typename Ops<T>::T2 sB,
+                                             uint32_t (&w)[4]) {
+  using O = Ops<T>;
+  O::dequant(q, w);
+  w[0] = O::as_u32(__hmul2(O::as_t2(w[0]), sA));
+  w[1] = O::as_u32(__hmul2(O::as_t2(w[1]), sA));
+  w[2] = O::as_u32(__hmul2(O::as_t2(w[2]), sB));
+  w[3] = O::as_u32(__hmul2(O::as_t2(w[3]), sB));
+}
+// The zipper: a kept residual block's codes rq x its scales, added into the same registers (one
+// fragment, no extra MMA).
+template <typename T>
+__device__ __forceinline__ void add_scaled_codes(uint32_t rq, typename Ops<T>::T2 rsA, typename Ops<T>::T2 rsB,
+                                                 uint32_t (&w)[4]) {
+  using O = Ops<T>;
+  uint32_t r[4];
+  O::dequant(rq, r);
+  w[0] = O::as_u32(__hfma2(O::as_t2(r[0]), rsA, O::as_t2(w[0])));
+  w[1] = O::as_u32(__hfma2(O::as_t2(r[1]), rsA, O::as_t2(w[1])));
+  w[2] = O::as_u32(__hfma2(O::as_t2(r[2]), rsB, O::as_t2(w[2])));
+  w[3] = O::as_u32(__hfma2(O::as_t2(r[3]), rsB, O::as_t2(w[3])));
+}
+
 __device__ __forceinline__ uint32_t word(const uint4& v, int j) {
   return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
 }

@@ -124,19 +124,9 @@ __global__ void __launch_bounds__(kWarps * 32) zipper_fused_kernel(DeviceLayer L
             const int gi = L.spt == 1 ? 0 : (kk * 16) / L.group;
             const T2 sA = O::bcast(sc[gi * 16 + g]), sB = O::bcast(sc[gi * 16 + g + 8]);
             uint32_t b[4];
-            O::dequant(word(q, j), b);
-            b[0] = O::as_u32(__hmul2(O::as_t2(b[0]), sA));
-            b[1] = O::as_u32(__hmul2(O::as_t2(b[1]), sA));
-            b[2] = O::as_u32(__hmul2(O::as_t2(b[2]), sB));
-            b[3] = O::as_u32(__hmul2(O::as_t2(b[3]), sB));
-            if constexpr (decltype(with_res)::value) {  // the zipper: same B fragments, no extra MMA
-              uint32_t rb[4];
-              O::dequant(word(rq, j), rb);
-              b[0] = O::as_u32(__hfma2(O::as_t2(rb[0]), rsA, O::as_t2(b[0])));
-              b[1] = O::as_u32(__hfma2(O::as_t2(rb[1]), rsA, O::as_t2(b[1])));
-              b[2] = O::as_u32(__hfma2(O::as_t2(rb[2]), rsB, O::as_t2(b[2])));
-              b[3] = O::as_u32(__hfma2(O::as_t2(rb[3]), rsB, O::as_t2(b[3])));
-            }
+            scaled_codes<T>(word(q, j), sA, sB, b);
+            if constexpr (decltype(with_res)::value)  // the zipper: same B fragments, no extra MMA
+              add_scaled_codes<T>(word(rq, j), rsA, rsB, b);
 #pragma unroll
             for (int mb = 0; mb < MB; ++mb) {
               if (mb * 16 >= rows) break;  // warp-uniform: no MMA on all-zero row blocks
@@ -270,11 +260,7 @@ __global__ void __launch_bounds__(256) residual_only_kernel(DeviceLayer L, const
             a[h] = row < M ? *reinterpret_cast<const uint32_t*>(X + size_t(row) * L.K + k + 8 * (h >> 1)) : 0u;
           }
           uint32_t rb[4];
-          O::dequant(word(q, j), rb);
-          rb[0] = O::as_u32(__hmul2(O::as_t2(rb[0]), rsA));
-          rb[1] = O::as_u32(__hmul2(O::as_t2(rb[1]), rsA));
-          rb[2] = O::as_u32(__hmul2(O::as_t2(rb[2]), rsB));
-          rb[3] = O::as_u32(__hmul2(O::as_t2(rb[3]), rsB));
+          scaled_codes<T>(word(q, j), rsA, rsB, rb);
           O::mma(acc[0], a, rb[0], rb[1]);
           O::mma(acc[1], a, rb[2], rb[3]);
         }
@@ -321,19 +307,8 @@ __global__ void __launch_bounds__(256) dequant_kernel(DeviceLayer L, T* W, bool 
     const int gi = L.spt == 1 ? 0 : (kk * 16) / L.group;
     const T2 sA = O::bcast(sc[gi * 16 + g]), sB = O::bcast(sc[gi * 16 + g + 8]);
     uint32_t v[4];
-    O::dequant(word(q, j), v);
-    v[0] = O::as_u32(__hmul2(O::as_t2(v[0]), sA));
-    v[1] = O::as_u32(__hmul2(O::as_t2(v[1]), sA));
-    v[2] = O::as_u32(__hmul2(O::as_t2(v[2]), sB));
-    v[3] = O::as_u32(__hmul2(O::as_t2(v[3]), sB));
-    if (b >= 0) {
-      uint32_t rv[4];
-      O::dequant(word(rq, j), rv);
-      v[0] = O::as_u32(__hfma2(O::as_t2(rv[0]), rsA, O::as_t2(v[0])));
-      v[1] = O::as_u32(__hfma2(O::as_t2(rv[1]), rsA, O::as_t2(v[1])));
-      v[2] = O::as_u32(__hfma2(O::as_t2(rv[2]), rsB, O::as_t2(v[2])));
-      v[3] = O::as_u32(__hfma2(O::as_t2(rv[3]), rsB, O::as_t2(v[3])));
-    }
+    scaled_codes<T>(word(q, j), sA, sB, v);
+    if (b >= 0) add_scaled_codes<T>(word(rq, j), rsA, rsB, v);
     const int col = (j * 16 + 2 * t) / 2;  // in 4-byte words
     tw[g * 36 + col] = v[0];
     tw[g * 36 + col + 4] = v[1];

@@ -292,14 +292,8 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
     }
     uint32_t w[4][4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      O::dequant(word(q, j), w[j]);
-      const T2 sA = O::as_t2(sa[j]), sB = O::as_t2(sb[j]);
-      w[j][0] = O::as_u32(__hmul2(O::as_t2(w[j][0]), sA));  // output g,     inputs 2t, 2t+1
-      w[j][1] = O::as_u32(__hmul2(O::as_t2(w[j][1]), sA));  // output g,     inputs 2t+8, 2t+9
-      w[j][2] = O::as_u32(__hmul2(O::as_t2(w[j][2]), sB));  // output g + 8, inputs 2t, 2t+1
-      w[j][3] = O::as_u32(__hmul2(O::as_t2(w[j][3]), sB));  // output g + 8, inputs 2t+8, 2t+9
-    }
+    for (int j = 0; j < 4; ++j)  // w[j]: output g inputs 2t, 2t+1 | 2t+8, 2t+9, output g + 8 the same
+      scaled_codes<T>(word(q, j), O::as_t2(sa[j]), O::as_t2(sb[j]), w[j]);
     if (res && ((tfl >> (8 * h + ri)) & 1u)) {  // warp-uniform: this chunk has a kept residual block
       uint4 rq;
       uint32_t rA, rB;
@@ -316,14 +310,7 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
       }
       const T2 rsA = O::as_t2(rA), rsB = O::as_t2(rB);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        uint32_t r[4];
-        O::dequant(word(rq, j), r);
-        w[j][0] = O::as_u32(__hfma2(O::as_t2(r[0]), rsA, O::as_t2(w[j][0])));
-        w[j][1] = O::as_u32(__hfma2(O::as_t2(r[1]), rsA, O::as_t2(w[j][1])));
-        w[j][2] = O::as_u32(__hfma2(O::as_t2(r[2]), rsB, O::as_t2(w[j][2])));
-        w[j][3] = O::as_u32(__hfma2(O::as_t2(r[3]), rsB, O::as_t2(w[j][3])));
-      }
+      for (int j = 0; j < 4; ++j) add_scaled_codes<T>(word(rq, j), rsA, rsB, w[j]);
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
