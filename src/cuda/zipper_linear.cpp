@@ -14,6 +14,7 @@
 
 #include "cuda/zipper.h"
 #include "cuda/zipper_launch.h"
+#include "cuda/zipper_plan.h"
 #include "cuda/zipper_wgmma.h"
 #include "cuda/host_util.h"
 #include "util/error.h"
@@ -433,14 +434,7 @@ struct ZipperLinear::Impl {
 
   // The wgmma kernel: token tile by M (32 / 64 rows in one tile up to M = 64, 128-row tiles
   // beyond), ring depth so that the small tiles fit 2 CTAs per SM, and a K split when the tiles
-  // alone would leave SMs idle. Plan model: waves of resident CTAs x (k-tiles per CTA + a fixed cost of
-  // fill/epilogue; wg_cta_fixed_tiles), +1 for the split-K fix-up; ties go to fewer splits. Cached per token tile.
-  // A CTA's fixed cost in k-tiles: filling its ring and its epilogue. With 128-token tiles (5 stages
-  // of 40 KB, 1 CTA per SM) 2 made the plan split qkv and gate_up at M = 256 into 3 and 7 waves, 15%
-  // and 6% slower than no split (H200, eighth session, MOSAIC_ZIPPER_WGMMA_KSPLIT forced:
-  // bench/results/gemm-h200-2026-11-28-s8-ksplit.md); 6 keeps every other measured 128-token plan.
-  // The smaller tiles (16-24 KB stages, 2 CTAs per SM) keep 2, measured right at M = 17..64.
-  static double wg_cta_fixed_tiles(int tok) { return tok == 128 ? 6.0 : 2.0; }
+  // alone would leave SMs idle (the model: wgmma_k_tiles_per_cta, zipper_plan.h). Cached per token tile.
   struct WgPlan {
     int tok = 64, stages = 4, k_split = 0, wtma = 0;
   };
@@ -471,17 +465,7 @@ struct ZipperLinear::Impl {
     const int k_tiles = L.K / kTileK;
     const int64_t base = int64_t((L.N + detail::kWgOut - 1) / detail::kWgOut) * ((M + tok - 1) / tok);
     const double slots = double(occ) * num_sms;
-    double best = 1e30;
-    int best_per = k_tiles;
-    for (int per = k_tiles; per >= std::min(k_tiles, 4); --per) {
-      const int splits = (k_tiles + per - 1) / per;
-      const double waves = std::ceil(double(base * splits) / slots);
-      const double cost = waves * (per + wg_cta_fixed_tiles(tok)) + (splits > 1 ? 1.0 : 0.0);
-      if (cost < best * 0.999) {
-        best = cost;
-        best_per = per;
-      }
-    }
+    const int best_per = detail::wgmma_k_tiles_per_cta(k_tiles, base, slots, tok);
     p.k_split = best_per * kTileK;
     if (wgmma_ksplit_forced()) p.k_split = std::min(wgmma_ksplit_forced(), L.K);
     if (verbose())
@@ -612,7 +596,7 @@ int64_t ZipperLinear::weight_bytes(bool with_residual) const {
 // bench/results/gemm-h200-2026-11-28-s8-splitk.md, ...-s8-diet.md, after the split-K fix-up without
 // atomics): every LLaMA-3-8B layer up to M = 512 except the small wide qkv (N > K, < 40 Mi weights),
 // up to 256 there: with the plan's 4 K-splits it tied the dequantize path at 256 (42.78 vs 42.25 us)
-// and lost at 512 (63.71 vs 56.07); without a split (the plan since wg_cta_fixed_tiles = 6) it took
+// and lost at 512 (63.71 vs 56.07); without a split (the plan since wgmma_cta_fixed_tiles = 6, zipper_plan.h) it took
 // 35.98 us at 256 where the 4-split plan took 42.53 in the same call (...-s8-ksplit.md). From
 // M = 1024 on the dequantize path wins on all four.
 bool ZipperLinear::wgmma_default(int64_t M) const {

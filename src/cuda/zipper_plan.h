@@ -1,0 +1,37 @@
+// Host-side plan models of the ZipperEngine kernels: pure functions of the layer and the GPU's
+// resident-CTA slots, so a CPU test (tests/cuda/test_zipper_plan.cpp) can pin them to the plans
+// measured fastest on the GPU.
+#pragma once
+#include <cstdint>
+
+namespace mosaic::cuda::detail {
+
+// A wgmma CTA's fixed cost in k-tiles: filling its ring and its epilogue. With 128-token tiles
+// (5 stages of 40 KB, 1 CTA per SM) 2 made the plan split qkv and gate_up at M = 256 into 3 and 7
+// waves, 15% and 6% slower than no split (H200, eighth session, MOSAIC_ZIPPER_WGMMA_KSPLIT forced:
+// bench/results/gemm-h200-2026-11-28-s8-ksplit.md); 6 keeps every other measured 128-token plan.
+// The smaller tiles (16-24 KB stages, 2 CTAs per SM) keep 2, measured right at M = 17..64.
+inline double wgmma_cta_fixed_tiles(int tok) { return tok == 128 ? 6.0 : 2.0; }
+
+// The wgmma kernel's K split: k-tiles per CTA for a layer of k_tiles k-tiles whose output and
+// token tiles make base_ctas CTAs, with `slots` CTAs resident at once. Model: waves of resident CTAs
+// x (k-tiles per CTA + the fixed cost), + 1 for the split-K fix-up; ties go to fewer splits; at
+// least 4 k-tiles per CTA (or all of them).
+inline int wgmma_k_tiles_per_cta(int k_tiles, int64_t base_ctas, double slots, int tok) {
+  double best = 1e30;
+  int best_per = k_tiles;
+  const int lo = k_tiles < 4 ? k_tiles : 4;
+  for (int per = k_tiles; per >= lo; --per) {
+    const int splits = (k_tiles + per - 1) / per;
+    const double waves = static_cast<double>((base_ctas * splits + static_cast<int64_t>(slots) - 1) /
+                                             static_cast<int64_t>(slots));
+    const double cost = waves * (per + wgmma_cta_fixed_tiles(tok)) + (splits > 1 ? 1.0 : 0.0);
+    if (cost < best * 0.999) {
+      best = cost;
+      best_per = per;
+    }
+  }
+  return best_per;
+}
+
+}  // namespace mosaic::cuda::detail

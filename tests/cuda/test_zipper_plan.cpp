@@ -1,0 +1,58 @@
+// CPU tests of the wgmma kernel's K-split model (zipper_plan.h): on an H200's 132 SMs (1 CTA per
+// SM with 128-token tiles, 2 with 32/64-token tiles) it must pick the split that measured fastest
+// for the LLaMA-3-8B layers (bench/results/gemm-h200-2026-11-28-s8-ksplit.md: every split forced,
+// wgmma kernel, budget 10%; M = 64 from the plan logs of gemm-h200-2026-11-28-s8-splitk.md).
+#include <gtest/gtest.h>
+
+#include <cstdint>
+
+#include "cuda/zipper_plan.h"
+
+namespace mosaic::cuda::detail {
+namespace {
+
+constexpr int kSms = 132;
+
+// Splits the model picks for a layer of N outputs (128 per CTA) and K inputs (128 per k-tile) at M tokens.
+int splits(int64_t N, int64_t K, int64_t M) {
+  const int tok = M <= 32 ? 32 : M <= 64 ? 64 : 128;
+  const int occ = tok == 128 ? 1 : 2;
+  const int k_tiles = int(K / 128);
+  const int64_t base = (N + 127) / 128 * ((M + tok - 1) / tok);
+  const int per = wgmma_k_tiles_per_cta(k_tiles, base, double(occ * kSms), tok);
+  return (k_tiles + per - 1) / per;
+}
+
+TEST(ZipperPlan, PicksTheMeasuredFastestSplitsOnLlama3_8B) {
+  // qkv [6144 x 4096]: M = 128 2 splits (24.54 us; none 35.10), M = 256 none (35.98; the old
+  // model's 4 splits 42.53), M = 64 5 splits (one wave of 240 CTAs).
+  EXPECT_EQ(splits(6144, 4096, 64), 5);
+  EXPECT_EQ(splits(6144, 4096, 128), 2);
+  EXPECT_EQ(splits(6144, 4096, 256), 1);
+  // o [4096 x 4096]: M = 128 4 splits (18.22; 2 splits 23.44), M = 256 2 (24.53; none 35.06), M = 512 none.
+  EXPECT_EQ(splits(4096, 4096, 128), 4);
+  EXPECT_EQ(splits(4096, 4096, 256), 2);
+  EXPECT_EQ(splits(4096, 4096, 512), 1);
+  // gate_up [28672 x 4096]: no split at M = 128, 256 (137.23; 2 splits 145.92), 512.
+  EXPECT_EQ(splits(28672, 4096, 128), 1);
+  EXPECT_EQ(splits(28672, 4096, 256), 1);
+  EXPECT_EQ(splits(28672, 4096, 512), 1);
+  // down [4096 x 14336]: M = 128 4 splits of 3584 inputs (37.10; 7 splits 46.27), M = 256 2 (61.84;
+  // 4 splits 72.65), M = 512 none (110.90; 4 splits 127.31).
+  EXPECT_EQ(splits(4096, 14336, 128), 4);
+  EXPECT_EQ(splits(4096, 14336, 256), 2);
+  EXPECT_EQ(splits(4096, 14336, 512), 1);
+}
+
+TEST(ZipperPlan, KeepsAtLeastFourKTilesPerCtaAndCoversK) {
+  for (int k_tiles : {1, 2, 3, 4, 5, 32, 112, 224})
+    for (int64_t base : {1, 7, 48, 132, 1000})
+      for (int tok : {32, 64, 128}) {
+        const int per = wgmma_k_tiles_per_cta(k_tiles, base, 132.0, tok);
+        EXPECT_GE(per, k_tiles < 4 ? k_tiles : 4) << k_tiles << " " << base << " " << tok;
+        EXPECT_LE(per, k_tiles);
+      }
+}
+
+}  // namespace
+}  // namespace mosaic::cuda::detail
