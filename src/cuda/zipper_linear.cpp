@@ -585,24 +585,11 @@ int64_t ZipperLinear::weight_bytes(bool with_residual) const {
   return with_residual ? impl_->bytes_all : impl_->bytes_base;
 }
 
-// The wgmma kernel by default: the (layer, M) ranges where it measured faster than the path
-// below at budgets 0 and 10% in the same run (H200, LLaMA-3-8B, docs/kernels-notes.md "wgmma
-// kernel", v4): M = 17..64 on every layer (qkv M = 64: 27.2 vs 35.4 us), up to 128 on layers
-// with N*K >= 40 Mi weights (gate_up M = 128: 70.0 vs 150.8), up to 512 on those that are also
-// long in K (K >= 2N: down M = 512: 115.2 vs 121.4). Elsewhere the old paths won (qkv M = 128:
-// 42.0 vs 36.8; gate_up M = 256: 271 vs 174; M >= 1024: dequantize + cuBLAS, 0.67-0.69x cuBLAS
-// for this kernel).
-// Where the wgmma kernel beats dequantize + cuBLAS (H200, eighth session, budgets 0 and 10%,
-// bench/results/gemm-h200-2026-11-28-s8-splitk.md, ...-s8-diet.md, after the split-K fix-up without
-// atomics): every LLaMA-3-8B layer up to M = 512 except the small wide qkv (N > K, < 40 Mi weights),
-// up to 256 there: with the plan's 4 K-splits it tied the dequantize path at 256 (42.78 vs 42.25 us)
-// and lost at 512 (63.71 vs 56.07); without a split (the plan since wgmma_cta_fixed_tiles = 6, zipper_plan.h) it took
-// 35.98 us at 256 where the 4-split plan took 42.53 in the same call (...-s8-ksplit.md). From
-// M = 1024 on the dequantize path wins on all four.
+// The wgmma kernel by default where it measured faster than dequantize + cuBLAS: the ranges and
+// their measurements are at wgmma_by_default (zipper_plan.h, CPU-tested); the earlier v4 ranges
+// are in docs/kernels-notes.md ("wgmma kernel").
 bool ZipperLinear::wgmma_default(int64_t M) const {
-  const int64_t N = impl_->L.N, K = impl_->L.K;
-  const bool small_wide = N > K && N * K < (int64_t(40) << 20);
-  return M >= 17 && M <= (small_wide ? 256 : 512);
+  return detail::wgmma_by_default(impl_->L.N, impl_->L.K, M);
 }
 
 // Measured on H100 (docs/kernels.md): the fused mma.sync kernel wins while the GEMM is

@@ -34,4 +34,16 @@ inline int wgmma_k_tiles_per_cta(int k_tiles, int64_t base_ctas, double slots, i
   return best_per;
 }
 
+// Where GemmPath::Auto sends M > 16 to the wgmma kernel rather than dequantize + cuBLAS: where it
+// measured faster (H200, eighth session, budgets 0 and 10%, bench/results/gemm-h200-2026-11-28-
+// s8-splitk.md, ...-s8-diet.md, after the split-K fix-up without atomics): every LLaMA-3-8B layer
+// up to M = 512 except the small wide qkv (N > K, < 40 Mi weights), up to 256 there: with 4 K-splits
+// it tied the dequantize path at 256 (42.78 vs 42.25 us) and lost at 512 (63.71 vs 56.07); without
+// a split (the model since wgmma_cta_fixed_tiles = 6) it took 35.98 us at 256 where 4 splits took
+// 42.53 in the same call (...-s8-ksplit.md). From M = 1024 on the dequantize path wins on all four.
+inline bool wgmma_by_default(int64_t N, int64_t K, int64_t M) {
+  const bool small_wide = N > K && N * K < (int64_t(40) << 20);
+  return M >= 17 && M <= (small_wide ? 256 : 512);
+}
+
 }  // namespace mosaic::cuda::detail

@@ -44,6 +44,22 @@ TEST(ZipperPlan, PicksTheMeasuredFastestSplitsOnLlama3_8B) {
   EXPECT_EQ(splits(4096, 14336, 512), 1);
 }
 
+// The dispatch between the wgmma kernel and dequantize + cuBLAS for M > 16 (the stream kernel
+// takes M <= 16) on the LLaMA-3-8B layers, as measured (wgmma_by_default's comment).
+TEST(ZipperPlan, WgmmaRangesPerLayer) {
+  struct Layer {
+    int64_t N, K, last_wgmma_m;
+  };
+  for (const Layer& l : {Layer{6144, 4096, 256}, Layer{4096, 4096, 512}, Layer{28672, 4096, 512},
+                         Layer{4096, 14336, 512}}) {
+    EXPECT_FALSE(wgmma_by_default(l.N, l.K, 16)) << l.N << " x " << l.K;
+    EXPECT_TRUE(wgmma_by_default(l.N, l.K, 17)) << l.N << " x " << l.K;
+    EXPECT_TRUE(wgmma_by_default(l.N, l.K, l.last_wgmma_m)) << l.N << " x " << l.K;
+    EXPECT_FALSE(wgmma_by_default(l.N, l.K, l.last_wgmma_m + 1)) << l.N << " x " << l.K;
+    EXPECT_FALSE(wgmma_by_default(l.N, l.K, 4096)) << l.N << " x " << l.K;
+  }
+}
+
 TEST(ZipperPlan, KeepsAtLeastFourKTilesPerCtaAndCoversK) {
   for (int k_tiles : {1, 2, 3, 4, 5, 32, 112, 224})
     for (int64_t base : {1, 7, 48, 132, 1000})
