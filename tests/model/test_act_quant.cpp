@@ -213,7 +213,9 @@ TEST(ActQuant, Fp8RowsAndFormatChecks) {
     for (int64_t k = 0; k < K; ++k) {
       const float v = x[size_t(r * K + k)], got = q[size_t(r * K + k)];
       EXPECT_EQ(got, s * round_e4m3(v / s)) << r << "," << k;
-      if (std::fabs(v / s) >= 1.0f / 64) EXPECT_LE(std::fabs(got - v), std::fabs(v) / 16 * 1.0001f) << r << "," << k;
+      if (std::fabs(v / s) >= 1.0f / 64) {
+        EXPECT_LE(std::fabs(got - v), std::fabs(v) / 16 * 1.0001f) << r << "," << k;
+      }
     }
   }
   EXPECT_THROW(check_act_quant(ActQuant{4, ActFormat::kFp8E4M3}), Error);
