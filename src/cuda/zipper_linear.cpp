@@ -180,7 +180,7 @@ struct ZipperShared::Impl {
   size_t bytes = 0;
   float* part = nullptr;  // the wgmma kernel's split-K partial sums (no state between calls)
   size_t part_elems = 0;
-  std::vector<void*> retired;  // outgrown buffers (see grow_floats)
+  std::vector<void*> retired;  // outgrown buffers (see grow_buffer)
   cublasHandle_t cublas = nullptr;
   ~Impl() {
     if (deq) cudaFree(deq);
@@ -191,15 +191,18 @@ struct ZipperShared::Impl {
 };
 
 namespace {
-// Grows a device float buffer to at least `elems`. The old buffer is retired, not freed: a CUDA
-// graph captured at a smaller batch (the GPU engine keeps one per batch size) still points at it.
-void grow_floats(float*& p, size_t& have, size_t elems, std::vector<void*>& retired, const char* what) {
-  if (elems <= have) return;
+// Grows a device buffer to at least `elems` elements; returns whether it grew (the new one's
+// content is undefined). The old buffer is retired, not freed: a CUDA graph captured at a smaller
+// batch (the GPU engine keeps one per batch size) still points at it.
+template <typename E>
+bool grow_buffer(E*& p, size_t& have, size_t elems, std::vector<void*>& retired, const char* what) {
+  if (elems <= have) return false;
   if (p) retired.push_back(p);
   p = nullptr;
   have = 0;
-  check_cuda(cudaMalloc(&p, elems * sizeof(float)), what);
+  check_cuda(cudaMalloc(&p, elems * sizeof(E)), what);
   have = elems;
+  return true;
 }
 }  // namespace
 
@@ -232,7 +235,7 @@ struct ZipperLinear::Impl {
   size_t ws_elems = 0;
   float* part = nullptr;  // the wgmma kernel's split-K slices (unless shared): any content between calls
   size_t part_elems = 0;
-  std::vector<void*> retired;  // outgrown buffers (see grow_floats)
+  std::vector<void*> retired;  // outgrown buffers (see grow_buffer)
   int* counters = nullptr;
   size_t n_counters = 0;
   void* deq = nullptr;  // N x K fp16/bf16 for the large-M path (unless shared)
@@ -251,24 +254,12 @@ struct ZipperLinear::Impl {
     if (cublas) cublasDestroy(cublas);
   }
 
+  // The zeroed split-K workspace and counters (zero between calls), grown on demand.
   void ensure_ws(size_t elems, size_t counters_needed) {
-    // Outgrown buffers are retired, not freed (a decode graph captured at a smaller batch uses them).
-    if (elems > ws_elems) {
-      if (ws) retired.push_back(ws);
-      ws = nullptr;
-      ws_elems = 0;
-      check_cuda(cudaMalloc(&ws, elems * sizeof(float)), "cudaMalloc (split-K workspace)");
+    if (grow_buffer(ws, ws_elems, elems, retired, "cudaMalloc (split-K workspace)"))
       check_cuda(cudaMemset(ws, 0, elems * sizeof(float)), "cudaMemset (split-K workspace)");
-      ws_elems = elems;
-    }
-    if (counters_needed > n_counters) {
-      if (counters) retired.push_back(counters);
-      counters = nullptr;
-      n_counters = 0;
-      check_cuda(cudaMalloc(&counters, counters_needed * sizeof(int)), "cudaMalloc (split-K counters)");
+    if (grow_buffer(counters, n_counters, counters_needed, retired, "cudaMalloc (split-K counters)"))
       check_cuda(cudaMemset(counters, 0, counters_needed * sizeof(int)), "cudaMemset (split-K counters)");
-      n_counters = counters_needed;
-    }
   }
 
   // Split-K plan: K-range per CTA (multiple of 128, <= 4096: a warp's residual mask is 64 bits).
@@ -464,8 +455,7 @@ struct ZipperLinear::Impl {
                  " bytes of shared memory) do not fit on this GPU for layer [N=", L.N, ", K=", L.K, "]");
     const int k_tiles = L.K / kTileK;
     const int64_t base = int64_t((L.N + detail::kWgOut - 1) / detail::kWgOut) * ((M + tok - 1) / tok);
-    const double slots = double(occ) * num_sms;
-    const int best_per = detail::wgmma_k_tiles_per_cta(k_tiles, base, slots, tok);
+    const int best_per = detail::wgmma_k_tiles_per_cta(k_tiles, base, int64_t(occ) * num_sms, tok);
     p.k_split = best_per * kTileK;
     if (wgmma_ksplit_forced()) p.k_split = std::min(wgmma_ksplit_forced(), L.K);
     if (verbose())
@@ -494,10 +484,11 @@ struct ZipperLinear::Impl {
       const int splits = (L.K + p.k_split - 1) / p.k_split;
       const size_t elems = size_t(splits - 1) * n_tiles * m_tiles * detail::kWgOut * p.tok;
       if (shared) {
-        grow_floats(shared->impl_->part, shared->impl_->part_elems, elems, shared->impl_->retired, "cudaMalloc (split-K partial sums)");
+        grow_buffer(shared->impl_->part, shared->impl_->part_elems, elems, shared->impl_->retired,
+                    "cudaMalloc (split-K partial sums)");
         f.ws = shared->impl_->part;
       } else {
-        grow_floats(part, part_elems, elems, retired, "cudaMalloc (split-K partial sums)");
+        grow_buffer(part, part_elems, elems, retired, "cudaMalloc (split-K partial sums)");
         f.ws = part;
       }
       ensure_ws(0, 2 * size_t(n_tiles) * m_tiles);

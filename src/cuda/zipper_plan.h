@@ -17,14 +17,13 @@ inline double wgmma_cta_fixed_tiles(int tok) { return tok == 128 ? 6.0 : 2.0; }
 // token tiles make base_ctas CTAs, with `slots` CTAs resident at once. Model: waves of resident CTAs
 // x (k-tiles per CTA + the fixed cost), + 1 for the split-K fix-up; ties go to fewer splits; at
 // least 4 k-tiles per CTA (or all of them).
-inline int wgmma_k_tiles_per_cta(int k_tiles, int64_t base_ctas, double slots, int tok) {
+inline int wgmma_k_tiles_per_cta(int k_tiles, int64_t base_ctas, int64_t slots, int tok) {
   double best = 1e30;
   int best_per = k_tiles;
   const int lo = k_tiles < 4 ? k_tiles : 4;
   for (int per = k_tiles; per >= lo; --per) {
     const int splits = (k_tiles + per - 1) / per;
-    const double waves = static_cast<double>((base_ctas * splits + static_cast<int64_t>(slots) - 1) /
-                                             static_cast<int64_t>(slots));
+    const double waves = static_cast<double>((base_ctas * splits + slots - 1) / slots);
     const double cost = waves * (per + wgmma_cta_fixed_tiles(tok)) + (splits > 1 ? 1.0 : 0.0);
     if (cost < best * 0.999) {
       best = cost;

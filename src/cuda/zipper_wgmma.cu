@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   uint64_t* empty = full + kWgMaxStages;
   uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kWgMaxStages);  // [stage]: bit i chunk 0 kept, bit 8+i chunk 1
   int* rbase = reinterpret_cast<int*>(flags + kWgMaxStages);            // [stage][8]: CSR index of the slot's block
-  int* s_last = rbase + kWgMaxStages * 8;
+  int* s_arrival = rbase + kWgMaxStages * 8;  // split-K: this CTA's arrival ticket
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int R = L.N / 16, R0 = blockIdx.x * 8;  // block rows (16 outputs) of the layer / of this tile
   const int m0 = blockIdx.y * TOK;
@@ -391,9 +391,9 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
     // samples at M = 128 (ncu, H200, eighth session).
     const int tile = blockIdx.y * gridDim.x + blockIdx.x, ntiles = gridDim.x * gridDim.y;
     int* ticket = f.counters + 2 * tile;  // [0]: arrivals, [1]: partials stored
-    if (tid == 0) *s_last = atomicAdd(ticket, 1);
+    if (tid == 0) *s_arrival = atomicAdd(ticket, 1);
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
-    const int arrival = *s_last;
+    const int arrival = *s_arrival;
     const int last = int(gridDim.z) - 1;
     float4* ws = reinterpret_cast<float4*>(f.ws) + size_t(tile) * (kAcc / 4) * 256 + tid;
     const size_t slice = size_t(ntiles) * (kAcc / 4) * 256;  // float4s per slice

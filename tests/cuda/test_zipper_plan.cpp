@@ -19,29 +19,30 @@ int splits(int64_t N, int64_t K, int64_t M) {
   const int occ = tok == 128 ? 1 : 2;
   const int k_tiles = int(K / 128);
   const int64_t base = (N + 127) / 128 * ((M + tok - 1) / tok);
-  const int per = wgmma_k_tiles_per_cta(k_tiles, base, double(occ * kSms), tok);
+  const int per = wgmma_k_tiles_per_cta(k_tiles, base, int64_t(occ) * kSms, tok);
   return (k_tiles + per - 1) / per;
 }
 
 TEST(ZipperPlan, PicksTheMeasuredFastestSplitsOnLlama3_8B) {
-  // qkv [6144 x 4096]: M = 128 2 splits (24.54 us; none 35.10), M = 256 none (35.98; the old
-  // model's 4 splits 42.53), M = 64 5 splits (one wave of 240 CTAs).
-  EXPECT_EQ(splits(6144, 4096, 64), 5);
-  EXPECT_EQ(splits(6144, 4096, 128), 2);
-  EXPECT_EQ(splits(6144, 4096, 256), 1);
-  // o [4096 x 4096]: M = 128 4 splits (18.22; 2 splits 23.44), M = 256 2 (24.53; none 35.06), M = 512 none.
-  EXPECT_EQ(splits(4096, 4096, 128), 4);
-  EXPECT_EQ(splits(4096, 4096, 256), 2);
-  EXPECT_EQ(splits(4096, 4096, 512), 1);
-  // gate_up [28672 x 4096]: no split at M = 128, 256 (137.23; 2 splits 145.92), 512.
-  EXPECT_EQ(splits(28672, 4096, 128), 1);
-  EXPECT_EQ(splits(28672, 4096, 256), 1);
-  EXPECT_EQ(splits(28672, 4096, 512), 1);
-  // down [4096 x 14336]: M = 128 4 splits of 3584 inputs (37.10; 7 splits 46.27), M = 256 2 (61.84;
-  // 4 splits 72.65), M = 512 none (110.90; 4 splits 127.31).
-  EXPECT_EQ(splits(4096, 14336, 128), 4);
-  EXPECT_EQ(splits(4096, 14336, 256), 2);
-  EXPECT_EQ(splits(4096, 14336, 512), 1);
+  struct Case {
+    int64_t N, K, M;
+    int splits;  // measured fastest (us: this split; the runner-up)
+  };
+  const Case cases[] = {
+      {6144, 4096, 64, 5},     // qkv: one wave of 240 CTAs (plan log)
+      {6144, 4096, 128, 2},    // 24.54; none 35.10
+      {6144, 4096, 256, 1},    // 35.98; the old model's 4 splits 42.53
+      {4096, 4096, 128, 4},    // o: 18.22; 2 splits 23.44
+      {4096, 4096, 256, 2},    // 24.53; none 35.06
+      {4096, 4096, 512, 1},    // 35.50-35.72; 2 splits 42.49
+      {28672, 4096, 128, 1},   // gate_up: 68.46-68.61; 2 splits 81.77
+      {28672, 4096, 256, 1},   // 137.23; 2 splits 145.92
+      {28672, 4096, 512, 1},   // 237.52; 2 splits 285.50
+      {4096, 14336, 128, 4},   // down: 4 x 3584 inputs 37.10; 7 splits 46.27
+      {4096, 14336, 256, 2},   // 61.84; 4 splits 72.65
+      {4096, 14336, 512, 1},   // 110.90; 4 splits 127.31
+  };
+  for (const Case& c : cases) EXPECT_EQ(splits(c.N, c.K, c.M), c.splits) << c.N << " x " << c.K << " M=" << c.M;
 }
 
 // The dispatch between the wgmma kernel and dequantize + cuBLAS for M > 16 (the stream kernel
