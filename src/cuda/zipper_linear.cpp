@@ -149,6 +149,10 @@ int wgmma_stages_forced() {
 // than 16 per-row bulk copies at every M) or, with MOSAIC_ZIPPER_WGMMA_WTMA=0, by those copies
 // (read at plan time, like the knobs above).
 int wgmma_wtma() { return int(env_number("MOSAIC_ZIPPER_WGMMA_WTMA", 1, 0, 1)); }
+// The token-tile remainder (ZipperLinear::gemm): M = 128 q + r with 1 <= r <= this goes to the
+// wgmma kernel for 128 q rows and to the stream kernel for r; MOSAIC_ZIPPER_TAIL=0 turns it off
+// (comparisons), up to 16 (the stream kernel's range).
+int wgmma_tail_rows() { return int(env_number("MOSAIC_ZIPPER_TAIL", 16, 0, 16)); }
 int wgmma_ksplit_forced() {
   const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_KSPLIT", 0, 0, 1 << 20));
   return v > 0 && v % kTileK == 0 ? v : 0;
@@ -428,6 +432,7 @@ struct ZipperLinear::Impl {
   // alone would leave SMs idle (the model: wgmma_k_tiles_per_cta, zipper_plan.h). Cached per token tile.
   struct WgPlan {
     int tok = 64, stages = 4, k_split = 0, wtma = 0;
+    int64_t slots = 0, ctas = 0;  // resident CTAs on the GPU; output x token tiles (before a K split)
   };
   // Cached per (token tile, token tiles): the K split depends on how many tiles M makes (v1 keyed
   // by the token tile alone, so M = 4096 reused M = 128's split: qkv 787 us instead of ~470).
@@ -456,12 +461,27 @@ struct ZipperLinear::Impl {
     const int k_tiles = L.K / kTileK;
     const int64_t base = int64_t((L.N + detail::kWgOut - 1) / detail::kWgOut) * ((M + tok - 1) / tok);
     const int best_per = detail::wgmma_k_tiles_per_cta(k_tiles, base, int64_t(occ) * num_sms, tok);
+    p.slots = int64_t(occ) * num_sms;
+    p.ctas = base;
     p.k_split = best_per * kTileK;
     if (wgmma_ksplit_forced()) p.k_split = std::min(wgmma_ksplit_forced(), L.K);
     if (verbose())
       std::fprintf(stderr, "zipper wgmma plan N=%d K=%d M=%d: tok=%d stages=%d occ=%d k_split=%d splits=%d wtma=%d\n",
                    L.N, L.K, M, tok, p.stages, occ, p.k_split, (L.K + p.k_split - 1) / p.k_split, p.wtma);
     return wg_plans[key] = p;
+  }
+
+  // Whether M rows past a multiple of the 128-token tile should leave their remainder r <= 16 to
+  // the stream kernel (ZipperLinear::gemm): where the whole tiles alone fill the GPU without a K
+  // split, one more tile costs a whole wave more (LLaMA-3-8B gate_up, 224 output tiles: M = 129
+  // 154.2 us vs 69.3 at 128, while the stream kernel takes 24.8 us at M = 1, 38.9 at 16). Layers
+  // with fewer output tiles split K and absorb the extra tile cheaper (o: 25.0 vs 18.2 us; there
+  // the second launch would lose). H200, ninth session.
+  bool split_tail(int M) {
+    const int tail = M % 128;
+    if (M <= 128 || tail < 1 || tail > wgmma_tail_rows() || force_v8()) return false;
+    const WgPlan p = plan_wgmma(M - tail);
+    return p.tok == 128 && p.ctas >= p.slots;
   }
 
   void run_wgmma(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
@@ -597,6 +617,11 @@ GemmPath ZipperLinear::choose_path(int64_t M) const {
   return GemmPath::Dequant;
 }
 
+int64_t ZipperLinear::auto_tail_rows(int64_t M) const {
+  if (choose_path(M) != GemmPath::Wgmma || M > int64_t(65535) * 32) return 0;
+  return impl_->split_tail(int(M)) ? M % 128 : 0;
+}
+
 void ZipperLinear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream, Variant v,
                         GemmPath path) const {
   const auto& L = impl_->L;
@@ -612,11 +637,21 @@ void ZipperLinear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_
   MOSAIC_CHECK(is_device_pointer(X) && is_device_pointer(Y), "zipper gemm: X and Y must be device memory for ",
                shapes());
   const int bf16 = dt == DType::BF16 ? 1 : 0;
-  if (path == GemmPath::Auto) path = choose_path(M);
+  const bool automatic = path == GemmPath::Auto;
+  if (automatic) path = choose_path(M);
   const bool fuse_residual = v == Variant::Zipper;
   // The wgmma kernel's token tiles go in grid.y (<= 65535 tiles of >= 32 rows).
   if (path == GemmPath::Wgmma && M > int64_t(65535) * 32) path = GemmPath::Dequant;
-  if (path == GemmPath::Fused)
+  // A few rows past a multiple of the 128-token tile can cost the wgmma kernel a whole wave more
+  // (split_tail): those r <= 16 rows go to the stream kernel instead, a second launch on the same
+  // stream that writes the last r rows of Y (under PDL its weight prefetch overlaps the first).
+  if (automatic && path == GemmPath::Wgmma && impl_->split_tail(int(M))) {  // (= auto_tail_rows(M) > 0)
+    const int64_t tail = M % 128, head = M - tail;
+    const size_t esz = 2;  // fp16 / bf16
+    impl_->run_wgmma(X, Y, int(head), bf16, fuse_residual, stream);
+    impl_->run_fused(static_cast<const uint8_t*>(X) + size_t(head) * L.K * esz,
+                     static_cast<uint8_t*>(Y) + size_t(head) * L.N * esz, int(tail), bf16, fuse_residual, stream);
+  } else if (path == GemmPath::Fused)
     impl_->run_fused(X, Y, int(M), bf16, fuse_residual, stream);
   else if (path == GemmPath::Wgmma)
     impl_->run_wgmma(X, Y, int(M), bf16, fuse_residual, stream);

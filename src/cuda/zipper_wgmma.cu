@@ -44,6 +44,15 @@
 #include "cuda/zipper_wgmma.h"
 #include "util/error.h"
 
+// MOSAIC_WG_DIAG: diagnostic builds for device experiments only (wrong results; never compiled by
+// CMake or the scripts): 1 = the code words fed to the wgmma undequantized, 3 = no wgmma, 4 = no
+// wgmma and no X tiles, 5 = a k-tile's second kept residual block read from the first one's slot
+// instead of global memory. Timed against 0 they split the kernel's time at large M between the
+// dequantization and the tensor-core pipeline (docs/kernels-notes.md, ninth session).
+#ifndef MOSAIC_WG_DIAG
+#define MOSAIC_WG_DIAG 0
+#endif
+
 namespace mosaic::cuda::detail {
 namespace {
 
@@ -169,6 +178,7 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
     // loop below instantiates it with X only (the code before PDL: putting the PDL branches into
     // that loop made the residual path at M = 32 4-9% slower on the H200).
     const auto copy_x = [&](int i) {
+      if (MOSAIC_WG_DIAG == 4) return;
       uint8_t* st = smem + (i % S) * SB;
       tma_2d(st, &xmap, (kt0 + i) * kTileK, m0, &full[i % S]);
       tma_2d(st + TOK * 128, &xmap, (kt0 + i) * kTileK + 64, m0, &full[i % S]);
@@ -185,7 +195,8 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
       // f.wtma: the 8 rows' codes and scales as one TMA box each (rows past N read as zeros)
       // instead of 16 per-row bulk copies.
       const uint32_t mine = (row_ok && !f.wtma ? 1024u + 32u * spt : 0u) + (bits ? 544u : 0u);
-      const uint32_t bytes = __reduce_add_sync(~0u, mine) + 2u * TOK * 128u + (f.wtma ? 8192u + 256u * spt : 0u);
+      const uint32_t bytes = __reduce_add_sync(~0u, mine) + (MOSAIC_WG_DIAG == 4 ? 0u : 2u * TOK * 128u) +
+                             (f.wtma ? 8192u + 256u * spt : 0u);
       const uint32_t kept = (__ballot_sync(~0u, bits & 1u) & 0xffu) | ((__ballot_sync(~0u, bits & 2u) & 0xffu) << 8);
       uint8_t* st = smem + s * SB;
       if (lane < 8) rbase[s * 8 + lane] = b;
@@ -291,13 +302,20 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
       }
     }
     uint32_t w[4][4];
+#if MOSAIC_WG_DIAG == 1  // diagnostic build only: the code words as A, no dequantization (wrong results)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      for (int e = 0; e < 4; ++e) w[j][e] = word(q, (j + e) & 3) ^ sa[j] ^ sb[e];
+#else
 #pragma unroll
     for (int j = 0; j < 4; ++j)  // w[j]: output g inputs 2t, 2t+1 | 2t+8, 2t+9, output g + 8 the same
       scaled_codes<T>(word(q, j), O::as_t2(sa[j]), O::as_t2(sb[j]), w[j]);
+#endif
     if (res && ((tfl >> (8 * h + ri)) & 1u)) {  // warp-uniform: this chunk has a kept residual block
       uint4 rq;
       uint32_t rA, rB;
-      if (h == 0 || !((tfl >> ri) & 1u)) {  // the tile's first kept block of this row: in the slot
+      // the tile's first kept block of this row: in the slot
+      if (h == 0 || !((tfl >> ri) & 1u) || MOSAIC_WG_DIAG == 5) {
         rq = lds128(st + offRC + ri * 512 + lane * 16);
         rA = lds16(st + offRS + ri * 32 + 2 * g) * 0x10001u;
         rB = lds16(st + offRS + ri * 32 + 2 * (g + 8)) * 0x10001u;
@@ -322,8 +340,13 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   };
   // The 4 wgmma of chunk h of the current k-tile (X box h, +32 B per k16 step).
   const auto mma_chunk = [&](int h, uint32_t (&A)[4][4]) {
+#if MOSAIC_WG_DIAG == 3 || MOSAIC_WG_DIAG == 4  // diagnostic: no wgmma (the dequantization and the ring)
+    (void)dhi;
+    for (int j = 0; j < 4; ++j) acc[(h * 4 + j) % kAcc] += __uint_as_float(A[j][0] ^ A[j][1] ^ A[j][2] ^ A[j][3]);
+#else
 #pragma unroll
     for (int j = 0; j < 4; ++j) MM::mma(acc, A[j], dst + uint32_t((h * TOK * 128 + 32 * j) >> 4), dhi);
+#endif
   };
 
   if constexpr (G == 1) {

@@ -8,7 +8,7 @@
 // patterns none / uniform / clustered / one tile (every chunk of one block row kept: the second
 // block of a k-tile comes from global memory), split-K (auto and forced, fix-up and workspace reset
 // on repeated calls), ring depths 2..8, all scale groups (16, 32, 64, 128, per channel), fp16 and
-// bf16, zipper and dense-only.
+// bf16, zipper and dense-only; Auto's split of a token-tile remainder onto the stream kernel.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -89,6 +89,43 @@ TEST(ZipperWgmmaGpu, MatchesCpuReferenceAcrossMPatternsAndDtypes) {
       }
   }
   std::printf("[ wgmma ] worst normalized error: fp16 %.3g (bound 1e-3), bf16 %.3g (bound 1e-2)\n", worst[0], worst[1]);
+}
+
+// Auto on a layer whose 128-token tiles alone fill the GPU: M = 128 q + r with r <= 16 runs the
+// wgmma kernel on the first 128 q rows and the stream kernel on the last r (auto_tail_rows); both
+// launches must write their rows, the residual included; M = 255 (r = 127) stays one launch.
+TEST(ZipperWgmmaGpu, AutoSendsTheTileRemainderToTheStreamKernel) {
+  REQUIRE_GPU();
+  int dev = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
+  const int64_t N = int64_t(sms + 4) * 128, K = 256;  // one more output tile than SMs (1 CTA per SM)
+  double worst[2] = {0, 0};
+  for (Pattern pat : {Pattern::Uniform, Pattern::OneTile}) {
+    const PackedLinear w = test::random_layer(N, K, 128, pat, 400 + int(pat));
+    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
+    const ZipperLinear zl(w);
+    for (int64_t M : {129, 144, 255, 257}) {
+      if (!zl.wgmma_default(M)) continue;  // (MOSAIC_ZIPPER_WGMMA=0 in the environment)
+      EXPECT_EQ(zl.auto_tail_rows(M), M == 255 ? 0 : M % 128) << "M=" << M;
+      for (DType dt : {DType::F16, DType::BF16}) {
+        std::vector<uint16_t> xb;
+        std::vector<float> xf;
+        test::random_activations(M, K, dt == DType::BF16, 3000 + M, xb, xf);
+        const auto run = [&](const std::vector<double>& yref, Variant v) {
+          return test::run_poisoned(M, K, N, dt, xb, yref,
+                                    [&](const void* X, void* Y) { zl.gemm(X, Y, M, dt, nullptr, v, GemmPath::Auto); });
+        };
+        const double err = run(test::reference_gemm(xf, W, M, N, K), Variant::Zipper);
+        EXPECT_LT(err, bound(dt)) << "pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M;
+        worst[int(dt)] = std::max(worst[int(dt)], err);
+        EXPECT_LT(run(test::reference_gemm(xf, Wb, M, N, K), Variant::DenseOnly), bound(dt))
+            << "dense-only pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M;
+      }
+    }
+  }
+  std::printf("[ wgmma ] tile remainder on the stream kernel, worst normalized error: fp16 %.3g, bf16 %.3g\n",
+              worst[0], worst[1]);
 }
 
 // Forced plans: token tiles, ring depths, K splits (with fix-up), partial output tiles (N % 128),
