@@ -11,9 +11,9 @@
 //             for M >= 17 where measured faster (zipper_wgmma.h, docs/kernels-notes.md);
 //   Dequant - one kernel writes deq(base)+deq(residual) as FP16/BF16 into a workspace, then
 //             cuBLAS (compute-bound regime, large M).
-// Auto may split one call in two launches: on the wgmma path, M = 128 q + r with r <= 16 rows on a
-// layer whose q token tiles already fill the GPU runs the r rows on the stream kernel
-// (auto_tail_rows).
+// Auto may split one call in two launches: on the wgmma path, M = 128 q + r with r <= 64 rows on a
+// layer whose q token tiles already fill the GPU runs the r rows as a second launch (the stream
+// kernel up to 16 rows, the wgmma kernel's 32- / 64-token tile above: auto_tail_rows).
 // Variants (for the benchmark): Zipper (fused residual), DenseOnly (residual ignored),
 // Unfused (dense kernel, then a separate residual kernel).
 //
@@ -86,7 +86,7 @@ class ZipperLinear {
   int64_t weight_bytes(bool with_residual = true) const;  // bytes streamed by the fused path
   GemmPath choose_path(int64_t M) const;                  // what Auto does for this M
   bool wgmma_default(int64_t M) const;                    // Auto's wgmma ranges (MOSAIC_ZIPPER_WGMMA unset)
-  int64_t auto_tail_rows(int64_t M) const;  // rows of M that Auto sends to the stream kernel after the wgmma tiles (0: none)
+  int64_t auto_tail_rows(int64_t M) const;  // rows of M that Auto runs as a second launch after the wgmma tiles (0: none)
 
   struct Impl;
 

@@ -149,10 +149,10 @@ int wgmma_stages_forced() {
 // than 16 per-row bulk copies at every M) or, with MOSAIC_ZIPPER_WGMMA_WTMA=0, by those copies
 // (read at plan time, like the knobs above).
 int wgmma_wtma() { return int(env_number("MOSAIC_ZIPPER_WGMMA_WTMA", 1, 0, 1)); }
-// The token-tile remainder (ZipperLinear::gemm): M = 128 q + r with 1 <= r <= this goes to the
-// wgmma kernel for 128 q rows and to the stream kernel for r; MOSAIC_ZIPPER_TAIL=0 turns it off
-// (comparisons), up to 16 (the stream kernel's range).
-int wgmma_tail_rows() { return int(env_number("MOSAIC_ZIPPER_TAIL", 16, 0, 16)); }
+// The token-tile remainder (ZipperLinear::gemm): M = 128 q + r with 1 <= r <= this runs as the
+// wgmma kernel's 128 q rows, then r rows in a second launch (the stream kernel up to 16, the
+// wgmma kernel's 32- or 64-token tile up to 64); MOSAIC_ZIPPER_TAIL=0 turns it off (comparisons).
+int wgmma_tail_rows() { return int(env_number("MOSAIC_ZIPPER_TAIL", 64, 0, 64)); }
 int wgmma_ksplit_forced() {
   const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_KSPLIT", 0, 0, 1 << 20));
   return v > 0 && v % kTileK == 0 ? v : 0;
@@ -471,12 +471,13 @@ struct ZipperLinear::Impl {
     return wg_plans[key] = p;
   }
 
-  // Whether M rows past a multiple of the 128-token tile should leave their remainder r <= 16 to
-  // the stream kernel (ZipperLinear::gemm): where the whole tiles alone fill the GPU without a K
-  // split, one more tile costs a whole wave more (LLaMA-3-8B gate_up, 224 output tiles: M = 129
-  // 154.2 us vs 69.3 at 128, while the stream kernel takes 24.8 us at M = 1, 38.9 at 16). Layers
-  // with fewer output tiles split K and absorb the extra tile cheaper (o: 25.0 vs 18.2 us; there
-  // the second launch would lose). H200, ninth session.
+  // Whether M rows past a multiple of the 128-token tile should leave their remainder r <= 64 to
+  // a second launch (ZipperLinear::gemm): where the whole tiles alone fill the GPU without a K
+  // split, one more 128-token tile costs a whole wave more (LLaMA-3-8B gate_up, 224 output tiles:
+  // M = 129 154.2 us, M = 192 139.6, vs 69.3 at 128; the stream kernel takes 24.8 us at M = 1,
+  // 38.9 at 16, the 32- / 64-token wgmma tiles 38.2 at M = 32, 44.4 at 64). Layers with fewer
+  // output tiles split K and absorb the extra tile cheaper (o: 25.0 vs 18.2 us; there the second
+  // launch would lose). H200, ninth session.
   bool split_tail(int M) {
     const int tail = M % 128;
     if (M <= 128 || tail < 1 || tail > wgmma_tail_rows() || force_v8()) return false;
@@ -643,14 +644,19 @@ void ZipperLinear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_
   // The wgmma kernel's token tiles go in grid.y (<= 65535 tiles of >= 32 rows).
   if (path == GemmPath::Wgmma && M > int64_t(65535) * 32) path = GemmPath::Dequant;
   // A few rows past a multiple of the 128-token tile can cost the wgmma kernel a whole wave more
-  // (split_tail): those r <= 16 rows go to the stream kernel instead, a second launch on the same
-  // stream that writes the last r rows of Y (under PDL its weight prefetch overlaps the first).
+  // (split_tail): those r <= 64 rows go to a second launch on the same stream that writes the last
+  // r rows of Y: the stream kernel up to 16 rows, the wgmma kernel's small tiles above (under PDL
+  // its weight prefetch overlaps the first launch; its workspace use waits for it).
   if (automatic && path == GemmPath::Wgmma && impl_->split_tail(int(M))) {  // (= auto_tail_rows(M) > 0)
     const int64_t tail = M % 128, head = M - tail;
     const size_t esz = 2;  // fp16 / bf16
+    const void* Xt = static_cast<const uint8_t*>(X) + size_t(head) * L.K * esz;
+    void* Yt = static_cast<uint8_t*>(Y) + size_t(head) * L.N * esz;
     impl_->run_wgmma(X, Y, int(head), bf16, fuse_residual, stream);
-    impl_->run_fused(static_cast<const uint8_t*>(X) + size_t(head) * L.K * esz,
-                     static_cast<uint8_t*>(Y) + size_t(head) * L.N * esz, int(tail), bf16, fuse_residual, stream);
+    if (tail <= 16)
+      impl_->run_fused(Xt, Yt, int(tail), bf16, fuse_residual, stream);
+    else
+      impl_->run_wgmma(Xt, Yt, int(tail), bf16, fuse_residual, stream);
   } else if (path == GemmPath::Fused)
     impl_->run_fused(X, Y, int(M), bf16, fuse_residual, stream);
   else if (path == GemmPath::Wgmma)

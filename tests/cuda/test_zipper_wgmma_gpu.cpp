@@ -8,7 +8,7 @@
 // patterns none / uniform / clustered / one tile (every chunk of one block row kept: the second
 // block of a k-tile comes from global memory), split-K (auto and forced, fix-up and workspace reset
 // on repeated calls), ring depths 2..8, all scale groups (16, 32, 64, 128, per channel), fp16 and
-// bf16, zipper and dense-only; Auto's split of a token-tile remainder onto the stream kernel.
+// bf16, zipper and dense-only; Auto's split of a token-tile remainder into a second launch.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -91,10 +91,11 @@ TEST(ZipperWgmmaGpu, MatchesCpuReferenceAcrossMPatternsAndDtypes) {
   std::printf("[ wgmma ] worst normalized error: fp16 %.3g (bound 1e-3), bf16 %.3g (bound 1e-2)\n", worst[0], worst[1]);
 }
 
-// Auto on a layer whose 128-token tiles alone fill the GPU: M = 128 q + r with r <= 16 runs the
-// wgmma kernel on the first 128 q rows and the stream kernel on the last r (auto_tail_rows); both
-// launches must write their rows, the residual included; M = 255 (r = 127) stays one launch.
-TEST(ZipperWgmmaGpu, AutoSendsTheTileRemainderToTheStreamKernel) {
+// Auto on a layer whose 128-token tiles alone fill the GPU: M = 128 q + r with r <= 64 runs the
+// wgmma kernel on the first 128 q rows and a second launch on the last r (auto_tail_rows): the
+// stream kernel for r <= 16, the wgmma kernel's 32- / 64-token tiles above; both launches must
+// write their rows, the residual included; M = 255 (r = 127) stays one launch.
+TEST(ZipperWgmmaGpu, AutoRunsTheTileRemainderAsASecondLaunch) {
   REQUIRE_GPU();
   int dev = 0, sms = 0;
   ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
@@ -105,7 +106,7 @@ TEST(ZipperWgmmaGpu, AutoSendsTheTileRemainderToTheStreamKernel) {
     const PackedLinear w = test::random_layer(N, K, 128, pat, 400 + int(pat));
     const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
     const ZipperLinear zl(w);
-    for (int64_t M : {129, 144, 255, 257}) {
+    for (int64_t M : {129, 144, 160, 192, 255, 257}) {
       if (!zl.wgmma_default(M)) continue;  // (MOSAIC_ZIPPER_WGMMA=0 in the environment)
       EXPECT_EQ(zl.auto_tail_rows(M), M == 255 ? 0 : M % 128) << "M=" << M;
       for (DType dt : {DType::F16, DType::BF16}) {
@@ -124,7 +125,7 @@ TEST(ZipperWgmmaGpu, AutoSendsTheTileRemainderToTheStreamKernel) {
       }
     }
   }
-  std::printf("[ wgmma ] tile remainder on the stream kernel, worst normalized error: fp16 %.3g, bf16 %.3g\n",
+  std::printf("[ wgmma ] tile remainder as a second launch, worst normalized error: fp16 %.3g, bf16 %.3g\n",
               worst[0], worst[1]);
 }
 
