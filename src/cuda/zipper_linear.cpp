@@ -149,10 +149,10 @@ int wgmma_stages_forced() {
 // than 16 per-row bulk copies at every M) or, with MOSAIC_ZIPPER_WGMMA_WTMA=0, by those copies
 // (read at plan time, like the knobs above).
 int wgmma_wtma() { return int(env_number("MOSAIC_ZIPPER_WGMMA_WTMA", 1, 0, 1)); }
-// The token-tile remainder (ZipperLinear::gemm): M = 128 q + r with 1 <= r <= this runs as the
+// The token-tile remainder (ZipperLinear::gemm): M = 128 q + r with 1 <= r <= this may run as the
 // wgmma kernel's 128 q rows, then r rows in a second launch (the stream kernel up to 16, the
 // wgmma kernel's 32- or 64-token tile up to 64); MOSAIC_ZIPPER_TAIL=0 turns it off (comparisons).
-int wgmma_tail_rows() { return int(env_number("MOSAIC_ZIPPER_TAIL", 64, 0, 64)); }
+int wgmma_tail_max() { return int(env_number("MOSAIC_ZIPPER_TAIL", 64, 0, 64)); }
 int wgmma_ksplit_forced() {
   const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_KSPLIT", 0, 0, 1 << 20));
   return v > 0 && v % kTileK == 0 ? v : 0;
@@ -432,7 +432,7 @@ struct ZipperLinear::Impl {
   // alone would leave SMs idle (the model: wgmma_k_tiles_per_cta, zipper_plan.h). Cached per token tile.
   struct WgPlan {
     int tok = 64, stages = 4, k_split = 0, wtma = 0;
-    int64_t slots = 0, ctas = 0;  // resident CTAs on the GPU; output x token tiles (before a K split)
+    int64_t slots = 0;  // CTAs of this tile resident on the GPU at once
   };
   // Cached per (token tile, token tiles): the K split depends on how many tiles M makes (v1 keyed
   // by the token tile alone, so M = 4096 reused M = 128's split: qkv 787 us instead of ~470).
@@ -462,7 +462,6 @@ struct ZipperLinear::Impl {
     const int64_t base = int64_t((L.N + detail::kWgOut - 1) / detail::kWgOut) * ((M + tok - 1) / tok);
     const int best_per = detail::wgmma_k_tiles_per_cta(k_tiles, base, int64_t(occ) * num_sms, tok);
     p.slots = int64_t(occ) * num_sms;
-    p.ctas = base;
     p.k_split = best_per * kTileK;
     if (wgmma_ksplit_forced()) p.k_split = std::min(wgmma_ksplit_forced(), L.K);
     if (verbose())
@@ -471,18 +470,13 @@ struct ZipperLinear::Impl {
     return wg_plans[key] = p;
   }
 
-  // Whether M rows past a multiple of the 128-token tile should leave their remainder r <= 64 to
-  // a second launch (ZipperLinear::gemm): where the whole tiles alone fill the GPU without a K
-  // split, one more 128-token tile costs a whole wave more (LLaMA-3-8B gate_up, 224 output tiles:
-  // M = 129 154.2 us, M = 192 139.6, vs 69.3 at 128; the stream kernel takes 24.8 us at M = 1,
-  // 38.9 at 16, the 32- / 64-token wgmma tiles 38.2 at M = 32, 44.4 at 64). Layers with fewer
-  // output tiles split K and absorb the extra tile cheaper (o: 25.0 vs 18.2 us; there the second
-  // launch would lose). H200, ninth session.
-  bool split_tail(int M) {
-    const int tail = M % 128;
-    if (M <= 128 || tail < 1 || tail > wgmma_tail_rows() || force_v8()) return false;
-    const WgPlan p = plan_wgmma(M - tail);
-    return p.tok == 128 && p.ctas >= p.slots;
+  // Rows of M that Auto runs as a second launch after the wgmma kernel's 128-token tiles (the rule:
+  // detail::wgmma_tail_rows, zipper_plan.h), with this GPU's resident CTAs for those tiles.
+  int tail_rows(int M) {
+    if (M <= 128 || M % 128 == 0 || force_v8() || wgmma_tail_max() == 0) return 0;
+    const WgPlan p = plan_wgmma(M - M % 128);
+    if (p.tok != 128) return 0;  // (a forced token tile)
+    return int(detail::wgmma_tail_rows(M, (L.N + detail::kWgOut - 1) / detail::kWgOut, p.slots, wgmma_tail_max()));
   }
 
   void run_wgmma(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
@@ -620,7 +614,7 @@ GemmPath ZipperLinear::choose_path(int64_t M) const {
 
 int64_t ZipperLinear::auto_tail_rows(int64_t M) const {
   if (choose_path(M) != GemmPath::Wgmma || M > int64_t(65535) * 32) return 0;
-  return impl_->split_tail(int(M)) ? M % 128 : 0;
+  return impl_->tail_rows(int(M));
 }
 
 void ZipperLinear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream, Variant v,
@@ -644,11 +638,12 @@ void ZipperLinear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_
   // The wgmma kernel's token tiles go in grid.y (<= 65535 tiles of >= 32 rows).
   if (path == GemmPath::Wgmma && M > int64_t(65535) * 32) path = GemmPath::Dequant;
   // A few rows past a multiple of the 128-token tile can cost the wgmma kernel a whole wave more
-  // (split_tail): those r <= 64 rows go to a second launch on the same stream that writes the last
+  // (tail_rows): those r <= 64 rows go to a second launch on the same stream that writes the last
   // r rows of Y: the stream kernel up to 16 rows, the wgmma kernel's small tiles above (under PDL
   // its weight prefetch overlaps the first launch; its workspace use waits for it).
-  if (automatic && path == GemmPath::Wgmma && impl_->split_tail(int(M))) {  // (= auto_tail_rows(M) > 0)
-    const int64_t tail = M % 128, head = M - tail;
+  const int64_t tail = automatic && path == GemmPath::Wgmma ? impl_->tail_rows(int(M)) : 0;  // = auto_tail_rows(M)
+  if (tail > 0) {
+    const int64_t head = M - tail;
     const size_t esz = 2;  // fp16 / bf16
     const void* Xt = static_cast<const uint8_t*>(X) + size_t(head) * L.K * esz;
     void* Yt = static_cast<uint8_t*>(Y) + size_t(head) * L.N * esz;

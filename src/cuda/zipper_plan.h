@@ -45,4 +45,18 @@ inline bool wgmma_by_default(int64_t N, int64_t K, int64_t M) {
   return M >= 17 && M <= (small_wide ? 256 : 512);
 }
 
+// Rows of M = 128 q + r (q >= 1) that Auto runs as a second launch after the wgmma kernel's q
+// 128-token tiles (ZipperLinear::gemm), or 0. Worth it where the q tiles alone fill the GPU
+// (output tiles x q >= the resident CTAs): there one more tile costs a whole wave (LLaMA-3-8B
+// gate_up, 224 output tiles: M = 129 153.9 us against 94.1 split, M = 160 145.1 against 108.0);
+// layers with fewer output tiles split K and absorb the extra tile for less than a second launch
+// costs (o, 32 tiles: M = 129 25.0 us vs 18.2 at 128). r up to max_rows (<= 64: the stream kernel
+// takes r <= 16, the wgmma kernel's 32- / 64-token tiles the rest). H200, ninth session,
+// bench/results/gemm-h200-2026-11-28-s9-tail.md.
+inline int64_t wgmma_tail_rows(int64_t M, int64_t output_tiles, int64_t slots, int64_t max_rows) {
+  const int64_t q = M / 128, r = M % 128;
+  if (q < 1 || r < 1 || r > max_rows) return 0;
+  return output_tiles * q >= slots ? r : 0;
+}
+
 }  // namespace mosaic::cuda::detail

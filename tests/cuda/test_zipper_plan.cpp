@@ -1,4 +1,4 @@
-// CPU tests of the wgmma kernel's K-split model (zipper_plan.h): on an H200's 132 SMs (1 CTA per
+// CPU tests of the wgmma kernel's K-split model and dispatch rules (zipper_plan.h): on an H200's 132 SMs (1 CTA per
 // SM with 128-token tiles, 2 with 32/64-token tiles) it must pick the split that measured fastest
 // for the LLaMA-3-8B layers (bench/results/gemm-h200-2026-11-28-s8-ksplit.md: every split forced,
 // wgmma kernel, budget 10%; M = 64 from the plan logs of gemm-h200-2026-11-28-s8-splitk.md).
@@ -69,6 +69,26 @@ TEST(ZipperPlan, KeepsAtLeastFourKTilesPerCtaAndCoversK) {
         EXPECT_GE(per, k_tiles < 4 ? k_tiles : 4) << k_tiles << " " << base << " " << tok;
         EXPECT_LE(per, k_tiles);
       }
+}
+
+// The token-tile remainder (wgmma_tail_rows) on 132 SMs with one 128-token CTA per SM: split off
+// where the whole tiles fill the GPU (measured faster: gate_up, LLaMA-3-70B qkv from M = 257), not
+// where the layer's K split absorbs the extra tile (o, qkv of the 8B models), and only r <= max.
+TEST(ZipperPlan, TileRemainderGoesToASecondLaunchWhereTheTilesFillTheGpu) {
+  const int64_t gate_up = 28672 / 128, o = 4096 / 128, qkv8b = 6144 / 128, qkv70b = 10240 / 128;
+  struct Case {
+    int64_t M, tiles, max_rows, rows;
+  };
+  const Case cases[] = {
+      {129, gate_up, 64, 1},  {144, gate_up, 64, 16}, {160, gate_up, 64, 32},  {192, gate_up, 64, 64},
+      {193, gate_up, 64, 0},  {255, gate_up, 64, 0},  {256, gate_up, 64, 0},   {257, gate_up, 64, 1},
+      {128, gate_up, 64, 0},  {100, gate_up, 64, 0},  {160, gate_up, 16, 0},   {129, gate_up, 0, 0},
+      {129, o, 64, 0},        {144, o, 64, 0},        {129, qkv8b, 64, 0},     {257, qkv8b, 64, 0},
+      {257, qkv70b, 64, 1},   {129, qkv70b, 64, 0},
+  };
+  for (const Case& c : cases)
+    EXPECT_EQ(wgmma_tail_rows(c.M, c.tiles, kSms, c.max_rows), c.rows)
+        << "M=" << c.M << " output tiles " << c.tiles << " max " << c.max_rows;
 }
 
 }  // namespace
