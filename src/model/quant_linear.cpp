@@ -1,5 +1,9 @@
 #include "model/quant_linear.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
 #include "format/packed_checkpoint.h"
 #include "format/packed_linear.h"
 #include "io/safetensors.h"
@@ -13,6 +17,22 @@ namespace {
 std::shared_ptr<const std::vector<float>> validated_dequantize(const PackedLinear& p, const std::string& what) {
   validate(p, what);
   return std::make_shared<const std::vector<float>>(dequantize(p));
+}
+
+// MOSAIC_ACT_QUANT_SKIP (analysis only, docs/results.md "Where W4A8 loses"): comma-separated
+// substrings of linear names (e.g. "down_proj,o_proj") whose inputs stay 16-bit in a W4A8 / W4A4
+// model. The smoothing folded into their weights is exact either way, so the ppl difference is
+// what those layers' activation quantization costs.
+bool act_quant_skipped(const std::string& prefix) {
+  const char* e = std::getenv("MOSAIC_ACT_QUANT_SKIP");
+  if (!e || !*e) return false;
+  const std::string list = e;
+  for (size_t a = 0; a <= list.size();) {
+    const size_t b = std::min(list.find(',', a), list.size());
+    if (b > a && prefix.find(list.substr(a, b - a)) != std::string::npos) return true;
+    a = b + 1;
+  }
+  return false;
 }
 
 }  // namespace
@@ -69,8 +89,9 @@ std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const
     auto w = std::make_shared<const std::vector<float>>(t.to_f32());
     return std::make_unique<DenseLinear>(N, K, std::move(w));
   }
-  return with_act_quant(std::make_unique<QuantLinear>(read_packed_linear(ckpt, prefix, N, K), "tensor '" + prefix + "'"),
-                        act);
+  auto q = std::make_unique<QuantLinear>(read_packed_linear(ckpt, prefix, N, K), "tensor '" + prefix + "'");
+  if (act.bits < 16 && act_quant_skipped(prefix)) return q;
+  return with_act_quant(std::move(q), act);
 }
 
 }  // namespace mosaic

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -289,6 +290,38 @@ TEST(ActQuantModel, CheckpointRecordsActBitsAndEngineAppliesThem) {
       EXPECT_GT(rel_max_err(forward_logits(Model::load(out, plain), eval), forward_logits(q, eval)), 1e-4) << name << " A" << bits;
     }
   }
+}
+
+// The analysis switch MOSAIC_ACT_QUANT_SKIP (docs/results.md "Where W4A8 loses") leaves the inputs
+// of the named linears at 16 bits: "down_proj" unwraps only those, "proj" every one, and then the
+// model computes exactly what the same tensors give without activation quantization.
+TEST(ActQuantModel, SkipSwitchLeavesTheNamedInputsAt16Bits) {
+  TempDir tmp;
+  const auto calib = testdata::token_windows(16, 48, 11);
+  const auto eval = testdata::token_windows(1, 64, 99)[0];
+  const fs::path out = tmp.path / "llama_tied_a8";
+  quantize_model(golden("llama_tied"), out, calib, act_options(QuantMethod::kMosaic, 8));
+  struct EnvGuard {
+    explicit EnvGuard(const char* v) { setenv("MOSAIC_ACT_QUANT_SKIP", v, 1); }
+    ~EnvGuard() { unsetenv("MOSAIC_ACT_QUANT_SKIP"); }
+  };
+  const auto ends_a8 = [](const Linear& l) { return l.kind().ends_with("-a8"); };
+  {
+    const EnvGuard g("down_proj");
+    const Model m = Model::load(out);
+    EXPECT_FALSE(ends_a8(m.linear(1, LinearId::Down)));
+    EXPECT_TRUE(ends_a8(m.linear(1, LinearId::Q)));
+    EXPECT_TRUE(ends_a8(m.linear(1, LinearId::Up)));
+  }
+  LoadOptions plain;
+  plain.linear_factory = [](const Checkpoint& ck, const std::string& p, int64_t N, int64_t K) {
+    return load_quant_or_dense_linear(ck, p, N, K);  // act_bits 16: no wrapper
+  };
+  const auto ref = forward_logits(Model::load(out, plain), eval);
+  const EnvGuard g("proj");
+  const Model all = Model::load(out);
+  EXPECT_FALSE(ends_a8(all.linear(1, LinearId::Q)));
+  EXPECT_LE(rel_max_err(forward_logits(all, eval), ref), 1e-6);
 }
 
 // W4A8 is closer to the FP model than W4A4 (same method), and smoothing a W4A16 GPTQ model with a
