@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "io/safetensors.h"
 #include "model/ops.h"
@@ -107,6 +111,40 @@ Model Model::load(const std::filesystem::path& dir, const LoadOptions& opts) {
   return m;
 }
 
+// Analysis only (docs/results.md "Where W4 loses"): MOSAIC_DENSE_LINEARS=<comma-separated name
+// substrings> with MOSAIC_DENSE_FROM=<the FP16 model's directory> runs those linears of a
+// MosaicQuant checkpoint with the FP16 model's own weights, so the ppl difference is what their
+// quantization costs. Only for checkpoints in the FP16 model's basis (no smoothing, no rotation).
+namespace {
+struct DenseSubstitution {
+  Checkpoint base;
+  std::vector<std::string> names;
+  bool takes(const std::string& prefix) const {
+    for (const std::string& n : names)
+      if (prefix.find(n) != std::string::npos) return true;
+    return false;
+  }
+  static std::unique_ptr<DenseSubstitution> from_env(const ModelConfig& cfg) {
+    const char* list = std::getenv("MOSAIC_DENSE_LINEARS");
+    if (!list || !*list) return nullptr;
+    const char* dir = std::getenv("MOSAIC_DENSE_FROM");
+    MOSAIC_CHECK(dir && *dir, "MOSAIC_DENSE_LINEARS needs MOSAIC_DENSE_FROM=<the FP16 model's directory>");
+    const auto& q = cfg.quantization_config;
+    for (const char* key : {"smoothing", "rotation"})
+      MOSAIC_CHECK(!q.contains(key) || q[key].is_null(), "MOSAIC_DENSE_LINEARS: this checkpoint's weights carry a ",
+                   key, " (quantization_config.", key, "), so the FP16 model's weights do not fit in its place");
+    auto d = std::make_unique<DenseSubstitution>(DenseSubstitution{Checkpoint::open(dir), {}});
+    const std::string s = list;
+    for (size_t a = 0; a <= s.size();) {
+      const size_t b = std::min(s.find(',', a), s.size());
+      if (b > a) d->names.push_back(s.substr(a, b - a));
+      a = b + 1;
+    }
+    return d;
+  }
+};
+}  // namespace
+
 Model Model::from_checkpoint(const Checkpoint& ckpt, const ModelConfig& cfg, const LoadOptions& opts) {
   MOSAIC_CHECK(!cfg.attention_bias, cfg.architecture, ": attention_bias = true is not supported");
   const int64_t D = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size, hd = cfg.head_dim;
@@ -120,10 +158,12 @@ Model Model::from_checkpoint(const Checkpoint& ckpt, const ModelConfig& cfg, con
   // W4A8/W4A4 (quantization_config.act_bits) wrap each quantized linear in an ActQuantLinear.
   const bool quantized = !opts.linear_factory && is_mosaicquant(cfg);
   const ActQuant act = quantized ? activation_quant(cfg) : ActQuant{};
+  const std::unique_ptr<DenseSubstitution> fp = quantized ? DenseSubstitution::from_env(cfg) : nullptr;
   auto make = [&](const std::string& prefix, int64_t N, int64_t K) {
-    std::unique_ptr<Linear> l = opts.linear_factory ? opts.linear_factory(ckpt, prefix, N, K)
-                                : quantized         ? load_quant_or_dense_linear(ckpt, prefix, N, K, act)
-                                                    : dense_from(ckpt, prefix, N, K);
+    std::unique_ptr<Linear> l = opts.linear_factory   ? opts.linear_factory(ckpt, prefix, N, K)
+                                : fp && fp->takes(prefix) ? dense_from(fp->base, prefix, N, K)
+                                : quantized           ? load_quant_or_dense_linear(ckpt, prefix, N, K, act)
+                                                      : dense_from(ckpt, prefix, N, K);
     MOSAIC_CHECK(l && l->N == N && l->K == K, "linear '", prefix, "' has shape [", l ? l->N : 0, ", ",
                  l ? l->K : 0, "], expected [", N, ", ", K, "]");
     return l;

@@ -324,6 +324,57 @@ TEST(ActQuantModel, SkipSwitchLeavesTheNamedInputsAt16Bits) {
   EXPECT_LE(rel_max_err(forward_logits(all, eval), ref), 1e-6);
 }
 
+// The analysis switch MOSAIC_DENSE_LINEARS + MOSAIC_DENSE_FROM (docs/results.md "Where W4 loses") runs the
+// named linears of a MosaicQuant checkpoint with the FP model's own weights: all of them give the
+// logits of the same substitution done explicitly (the FP model's up to its norms and embeddings,
+// which the checkpoint stores in fp16), "down_proj" only those; a smoothed checkpoint is refused.
+TEST(ActQuantModel, DenseSubstitutionSwitch) {
+  TempDir tmp;
+  const auto calib = testdata::token_windows(16, 48, 11);
+  const auto eval = testdata::token_windows(1, 64, 99)[0];
+  const fs::path w4 = tmp.path / "llama_tied_w4", a8 = tmp.path / "llama_tied_a8";
+  quantize_model(golden("llama_tied"), w4, calib, act_options(QuantMethod::kMosaic, 16));
+  quantize_model(golden("llama_tied"), a8, calib, act_options(QuantMethod::kMosaic, 8));  // smoothed
+  const auto fp = forward_logits(Model::load(golden("llama_tied")), eval);
+  struct EnvGuard {
+    EnvGuard(const char* names, const std::string& from) {
+      setenv("MOSAIC_DENSE_LINEARS", names, 1);
+      setenv("MOSAIC_DENSE_FROM", from.c_str(), 1);
+    }
+    ~EnvGuard() {
+      unsetenv("MOSAIC_DENSE_LINEARS");
+      unsetenv("MOSAIC_DENSE_FROM");
+    }
+  };
+  const double quantized_err = rel_max_err(forward_logits(Model::load(w4), eval), fp);
+  EXPECT_GT(quantized_err, 1e-4);  // (the check bites)
+  {
+    const EnvGuard g("down_proj", golden("llama_tied").string());
+    const Model m = Model::load(w4);
+    EXPECT_EQ(m.linear(1, LinearId::Down).kind(), "dense-f32");
+    EXPECT_NE(m.linear(1, LinearId::Q).kind(), "dense-f32");
+  }
+  const Checkpoint base = Checkpoint::open(golden("llama_tied"));
+  LoadOptions explicit_sub;
+  explicit_sub.linear_factory = [&](const Checkpoint& ck, const std::string& p, int64_t N, int64_t K) {
+    if (!p.starts_with("model.layers.")) return load_quant_or_dense_linear(ck, p, N, K);
+    return std::unique_ptr<Linear>(std::make_unique<DenseLinear>(
+        N, K, std::make_shared<const std::vector<float>>(base.get(p + ".weight", {N, K}).to_f32())));
+  };
+  const auto expected = forward_logits(Model::load(w4, explicit_sub), eval);
+  EXPECT_LT(rel_max_err(expected, fp), quantized_err / 10);
+  {
+    const EnvGuard g("proj", golden("llama_tied").string());
+    EXPECT_LE(rel_max_err(forward_logits(Model::load(w4), eval), expected), 1e-6);
+    try {
+      (void)Model::load(a8);
+      FAIL() << "a smoothed checkpoint must be refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("smoothing"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // W4A8 is closer to the FP model than W4A4 (same method), and smoothing a W4A16 GPTQ model with a
 // fixed alpha stays as close as without (a wrong fold would wreck the logits).
 TEST(ActQuantModel, A8CloserThanA4AndSmoothedCheckpointsStayClose) {
