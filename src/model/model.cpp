@@ -119,27 +119,17 @@ namespace {
 struct DenseSubstitution {
   Checkpoint base;
   std::vector<std::string> names;
-  bool takes(const std::string& prefix) const {
-    for (const std::string& n : names)
-      if (prefix.find(n) != std::string::npos) return true;
-    return false;
-  }
+  bool takes(const std::string& prefix) const { return names_match(names, prefix); }
   static std::unique_ptr<DenseSubstitution> from_env(const ModelConfig& cfg) {
-    const char* list = std::getenv("MOSAIC_DENSE_LINEARS");
-    if (!list || !*list) return nullptr;
+    std::vector<std::string> names = name_list_from_env("MOSAIC_DENSE_LINEARS");
+    if (names.empty()) return nullptr;
     const char* dir = std::getenv("MOSAIC_DENSE_FROM");
     MOSAIC_CHECK(dir && *dir, "MOSAIC_DENSE_LINEARS needs MOSAIC_DENSE_FROM=<the FP16 model's directory>");
     const auto& q = cfg.quantization_config;
     for (const char* key : {"smoothing", "rotation"})
       MOSAIC_CHECK(!q.contains(key) || q[key].is_null(), "MOSAIC_DENSE_LINEARS: this checkpoint's weights carry a ",
                    key, " (quantization_config.", key, "), so the FP16 model's weights do not fit in its place");
-    auto d = std::make_unique<DenseSubstitution>(DenseSubstitution{Checkpoint::open(dir), {}});
-    const std::string s = list;
-    for (size_t a = 0; a <= s.size();) {
-      const size_t b = std::min(s.find(',', a), s.size());
-      if (b > a) d->names.push_back(s.substr(a, b - a));
-      a = b + 1;
-    }
+    auto d = std::make_unique<DenseSubstitution>(DenseSubstitution{Checkpoint::open(dir), std::move(names)});
     return d;
   }
 };

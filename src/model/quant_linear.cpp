@@ -24,15 +24,7 @@ std::shared_ptr<const std::vector<float>> validated_dequantize(const PackedLinea
 // model. The smoothing folded into their weights is exact either way, so the ppl difference is
 // what those layers' activation quantization costs.
 bool act_quant_skipped(const std::string& prefix) {
-  const char* e = std::getenv("MOSAIC_ACT_QUANT_SKIP");
-  if (!e || !*e) return false;
-  const std::string list = e;
-  for (size_t a = 0; a <= list.size();) {
-    const size_t b = std::min(list.find(',', a), list.size());
-    if (b > a && prefix.find(list.substr(a, b - a)) != std::string::npos) return true;
-    a = b + 1;
-  }
-  return false;
+  return names_match(name_list_from_env("MOSAIC_ACT_QUANT_SKIP"), prefix);  // (read per load: tests set it)
 }
 
 }  // namespace
@@ -78,6 +70,24 @@ ActQuant activation_quant(const ModelConfig& cfg) {
     check_act_quant(q);
   }
   return q;
+}
+
+std::vector<std::string> name_list_from_env(const char* var) {
+  std::vector<std::string> names;
+  const char* e = std::getenv(var);
+  const std::string s = e ? e : "";
+  for (size_t a = 0; a < s.size();) {
+    const size_t b = std::min(s.find(',', a), s.size());
+    if (b > a) names.push_back(s.substr(a, b - a));
+    a = b + 1;
+  }
+  return names;
+}
+
+bool names_match(const std::vector<std::string>& names, const std::string& prefix) {
+  for (const std::string& n : names)
+    if (prefix.find(n) != std::string::npos) return true;
+  return false;
 }
 
 std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N,

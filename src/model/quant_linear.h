@@ -48,4 +48,10 @@ ActQuant activation_quant(const ModelConfig& cfg);
 std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N,
                                                    int64_t K, ActQuant act = {});
 
+// The analysis switches of the CPU engine (MOSAIC_ACT_QUANT_SKIP, MOSAIC_DENSE_LINEARS) name linears
+// by comma-separated substrings: the list in environment variable `var` (empty when unset), and
+// whether a linear's prefix contains one of them.
+std::vector<std::string> name_list_from_env(const char* var);
+bool names_match(const std::vector<std::string>& names, const std::string& prefix);
+
 }  // namespace mosaic
