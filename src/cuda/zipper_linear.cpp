@@ -641,7 +641,7 @@ void ZipperLinear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_
   // (tail_rows): those r <= 64 rows go to a second launch on the same stream that writes the last
   // r rows of Y: the stream kernel up to 16 rows, the wgmma kernel's small tiles above (under PDL
   // its weight prefetch overlaps the first launch; its workspace use waits for it).
-  const int64_t tail = automatic && path == GemmPath::Wgmma ? impl_->tail_rows(int(M)) : 0;  // = auto_tail_rows(M)
+  const int64_t tail = automatic ? auto_tail_rows(M) : 0;
   if (tail > 0) {
     const int64_t head = M - tail;
     const size_t esz = 2;  // fp16 / bf16

@@ -129,8 +129,7 @@ struct DenseSubstitution {
     for (const char* key : {"smoothing", "rotation"})
       MOSAIC_CHECK(!q.contains(key) || q[key].is_null(), "MOSAIC_DENSE_LINEARS: this checkpoint's weights carry a ",
                    key, " (quantization_config.", key, "), so the FP16 model's weights do not fit in its place");
-    auto d = std::make_unique<DenseSubstitution>(DenseSubstitution{Checkpoint::open(dir), std::move(names)});
-    return d;
+    return std::make_unique<DenseSubstitution>(DenseSubstitution{Checkpoint::open(dir), std::move(names)});
   }
 };
 }  // namespace
