@@ -34,7 +34,11 @@ namespace {
 //    (o[hd] unnormalized, m, l), and the last CTA of the (b, g, c) group to finish (an atomic
 //    counter, which it resets to 0) merges the splits: no second kernel.
 constexpr int kDecWarps = 4, kDecThreads = 32 * kDecWarps, kMaxSplits = 256;
-constexpr int kDecPasses = 2, kDecStages = 8;
+// MOSAIC_DEC_STAGES: a build-time override of the ring depth, for same-call comparisons only.
+#ifndef MOSAIC_DEC_STAGES
+#define MOSAIC_DEC_STAGES 8
+#endif
+constexpr int kDecPasses = 2, kDecStages = MOSAIC_DEC_STAGES;
 constexpr size_t kDecRingBytes = size_t(kDecWarps) * kDecStages * kDecPasses * 2 * 32 * 16;
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {

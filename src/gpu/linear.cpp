@@ -70,10 +70,12 @@ ZipperGpuLinear::~ZipperGpuLinear() = default;
 void ZipperGpuLinear::share(std::shared_ptr<cuda::ZipperShared> s) { z_->share(std::move(s)); }
 
 void ZipperGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s) const {
-  // Without room for the dequantize path's N x K workspace, what Auto would send there runs on the
-  // fused kernels instead; the wgmma kernel needs no such workspace, so it keeps its M ranges.
-  cuda::GemmPath path = z_->choose_path(M);
-  if (path == cuda::GemmPath::Dequant && !allow_dequant_path) path = cuda::GemmPath::Fused;
+  // Auto, so that ZipperLinear::gemm may also split off a token-tile remainder (auto_tail_rows: an
+  // explicit path turns that off). Without room for the dequantize path's N x K workspace, what Auto
+  // would send there runs on the fused kernels instead; the wgmma kernel needs no such workspace, so
+  // it keeps its M ranges.
+  cuda::GemmPath path = cuda::GemmPath::Auto;
+  if (!allow_dequant_path && z_->choose_path(M) == cuda::GemmPath::Dequant) path = cuda::GemmPath::Fused;
   // The decode step's small-M GEMMs prefetch their weights while the kernel before them (norm,
   // attention, SiLU) runs; MOSAIC_PDL=0 turns it off with the other kernels' PDL, MOSAIC_GEMM_PDL=0
   // for the GEMMs alone (read per call).
