@@ -25,9 +25,10 @@ namespace {
 //    passes in flight; a lane reads back only what it copied, so no barrier guards the ring):
 //    64 KB per CTA, 3 CTAs and ~150 KB of loads in flight per SM. Scores are reduced over the
 //    lpk lanes by shuffles; online softmax in base 2 (q pre-scaled by log2(e)/sqrt(hd)).
-//  - meanwhile the CTA stages its q heads and the new k/v row in shared memory, normalizes and
-//    rotates them (norm_rope_rows) and rounds them to the activation dtype (as the cache holds
-//    them); CTA (s = 0, c = 0) appends k/v at pos, and key pos starts the state of its warp 0.
+//  - meanwhile the CTA normalizes and rotates its q heads and the new k/v row (the RoPE table is
+//    built before pdl_wait, from pos alone; for hd = 16 * 2^n in registers with one barrier, else
+//    staged in shared memory, norm_rope_apply), rounds them to the activation dtype (as the cache
+//    holds them); CTA (s = 0, c = 0) appends k/v at pos, and key pos starts the state of its warp 0.
 //  - with programmatic dependent launch the key copies are issued before pdl_wait(), so they
 //    overlap the end of the qkv GEMM; everything that reads this step's qkv comes after it.
 //  - the warps merge in shared memory; with one split the CTA writes the output, else its partial
@@ -132,26 +133,89 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
     if (t < nsteps) issue(t);
     cp_async_commit();
   }
+  float* rows = sm + kDecRingBytes / sizeof(float);  // [nq + 2][hd]
+  float* cs = rows + (RP + 2) * hd;                   // [hd]
+  rope_table(hd, pos, inv_freq, cs);                  // from pos alone: off the critical path
+  __syncthreads();
   // Up to here only pos/slot (written by the previous step's advance) and cached keys 0 .. pos-1
   // (appended by earlier steps) were read: with PDL this overlaps the qkv GEMM's tail. The fused
   // qkv row, the partials/counters and the cache row pos come after the wait.
   pdl_wait();
   pdl_launch_dependents();
 
-  // Prologue: q heads, k and v of this token -> norm + RoPE -> rounded to T.
-  float* rows = sm + kDecRingBytes / sizeof(float);  // [nq + 2][hd]
-  float* cs = rows + (RP + 2) * hd;                   // [hd]
+  // Prologue: q heads, k and v of this token -> norm + RoPE (-> rows; rounded to T where used).
   const T* src = qkv + int64_t(b) * nh * hd;
-  for (int i = tid; i < (nq + 2) * hd; i += kDecThreads) {
-    const int r = i / hd;
-    const int j = r < nq ? hq0 + r : r == nq ? d.H + g : d.H + d.Hkv + g;
-    rows[i] = to_f(src[int64_t(j) * hd + i % hd]);
+  const int half = hd / 2, cpr = half / 8;  // 8-pair chunks per row
+  const int64_t new_row = (slot * d.Hkv + g) * d.cap * hd + pos * hd;
+  if (VEC && hd % 16 == 0 && (cpr & (cpr - 1)) == 0 && cpr <= 32) {
+    // In registers, one barrier: thread (row r, chunk jc) holds dims 8 jc .. 8 jc + 7 and their
+    // RoPE partners half + 8 jc ..; the row's cpr threads are adjacent lanes, so the norm's sum of
+    // squares is a cpr-lane butterfly (every lane takes part, rows without a norm ignore it).
+    for (int base = 0; base < (nq + 2) * cpr; base += kDecThreads) {
+      const int k = base + tid, r = k / cpr, jc = k % cpr;
+      const bool act = r < nq + 2;
+      const int rr = act ? r : nq + 1;
+      const int j = rr < nq ? hq0 + rr : rr == nq ? d.H + g : d.H + d.Hkv + g;
+      const T* xr = src + int64_t(j) * hd + 8 * jc;
+      float a[8], bb[8];
+      cvt8<T>(*reinterpret_cast<const uint4*>(xr), a);
+      cvt8<T>(*reinterpret_cast<const uint4*>(xr + half), bb);
+      float ss = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ss += a[e] * a[e] + bb[e] * bb[e];
+      for (int o = cpr >> 1; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      const float* wn = rr < nq ? q_norm : rr == nq ? k_norm : nullptr;
+      if (wn != nullptr) {
+        const float rs = rsqrtf(ss / float(hd) + eps);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          a[e] = a[e] * rs * wn[8 * jc + e];
+          bb[e] = bb[e] * rs * wn[half + 8 * jc + e];
+        }
+      }
+      if (rr <= nq) {  // RoPE on the q heads and k, not v
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const float co = cs[8 * jc + e], si = cs[half + 8 * jc + e], x = a[e], y = bb[e];
+          a[e] = x * co - y * si;
+          bb[e] = y * co + x * si;
+        }
+      }
+      if (act) {
+        float* xo = rows + r * hd + 8 * jc;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          xo[e] = a[e];
+          xo[half + e] = bb[e];
+        }
+        if (split == 0 && c == 0 && r >= nq) {  // append this token's k / v (as T) to the cache
+          T* dst = (r == nq ? kc : vc) + new_row + 8 * jc;
+          uint4 pa, pb;
+          T* ta = reinterpret_cast<T*>(&pa);
+          T* tb = reinterpret_cast<T*>(&pb);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            ta[e] = from_f<T>(a[e]);
+            tb[e] = from_f<T>(bb[e]);
+          }
+          *reinterpret_cast<uint4*>(dst) = pa;
+          *reinterpret_cast<uint4*>(dst + half) = pb;
+        }
+      }
+    }
+    __syncthreads();
+  } else {
+    for (int i = tid; i < (nq + 2) * hd; i += kDecThreads) {
+      const int r = i / hd;
+      const int j = r < nq ? hq0 + r : r == nq ? d.H + g : d.H + d.Hkv + g;
+      rows[i] = to_f(src[int64_t(j) * hd + i % hd]);
+    }
+    __syncthreads();
+    norm_rope_apply(rows, nq, 1, hd, q_norm, k_norm, eps, cs);
+    if (split == 0 && c == 0)
+      for (int i = tid; i < 2 * hd; i += kDecThreads)
+        (i < hd ? kc : vc)[new_row + i % hd] = from_f<T>(rows[nq * hd + i]);
   }
-  __syncthreads();
-  norm_rope_rows(rows, nq, 1, hd, q_norm, k_norm, eps, pos, inv_freq, cs);
-  if (split == 0 && c == 0)
-    for (int i = tid; i < 2 * hd; i += kDecThreads)
-      (i < hd ? kc : vc)[(slot * d.Hkv + g) * d.cap * hd + pos * hd + i % hd] = from_f<T>(rows[nq * hd + i]);
   float q[RP][8], m[RP], l[RP], acc[RP][8];
   for (int r = 0; r < RP; ++r) {
     m[r] = -INFINITY;

@@ -83,8 +83,9 @@ using cuda::pdl_wait;
 // then RoPE at `pos` on all nq + nk rows (angle = float(pos) * inv_freq[i] in fp32, cos/sin in
 // fp64, rotate-half pairs: as the CPU RopeTable). cs: hd floats of shared scratch. Used by the
 // prefill append (qkv_rope_cache_k) and the decode attention, which applies it on the fly.
-__device__ void norm_rope_rows(float* rows, int nq, int nk, int hd, const float* q_norm, const float* k_norm,
-                               float eps, int64_t pos, const float* inv_freq, float* cs) {
+// The cos / sin table of `pos` (cs[i] = cos, cs[half + i] = sin): it depends only on pos, so the
+// decode attention builds it before its pdl_wait (the fp64 sincos is a long dependent chain).
+__device__ void rope_table(int hd, int64_t pos, const float* inv_freq, float* cs) {
   const int half = hd / 2;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     double sd, cd;
@@ -92,6 +93,11 @@ __device__ void norm_rope_rows(float* rows, int nq, int nk, int hd, const float*
     cs[i] = float(cd);
     cs[half + i] = float(sd);
   }
+}
+// The norm + RoPE given the table (written by rope_table before a block barrier).
+__device__ void norm_rope_apply(float* rows, int nq, int nk, int hd, const float* q_norm, const float* k_norm,
+                                float eps, const float* cs) {
+  const int half = hd / 2;
   const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
   for (int r = threadIdx.x >> 5; r < nq + nk; r += nw) {  // one warp per row
     const float* w = r < nq ? q_norm : k_norm;
@@ -111,6 +117,11 @@ __device__ void norm_rope_rows(float* rows, int nq, int nk, int hd, const float*
     x[i + half] = b * c + a * s;
   }
   __syncthreads();
+}
+__device__ void norm_rope_rows(float* rows, int nq, int nk, int hd, const float* q_norm, const float* k_norm,
+                               float eps, int64_t pos, const float* inv_freq, float* cs) {
+  rope_table(hd, pos, inv_freq, cs);
+  norm_rope_apply(rows, nq, nk, hd, q_norm, k_norm, eps, cs);
 }
 
 // Launch with programmatic stream serialization (PDL, see pdl_wait) unless MOSAIC_PDL=0; the

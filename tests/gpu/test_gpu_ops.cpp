@@ -240,6 +240,8 @@ struct DecCase {
   bool qk_norm;
   std::vector<int32_t> lens;  // cache lengths after the step (pos + 1), one per row
 };
+// hd = 16, 32, 64, 128, 256 take the kernel's register prologue (norm + RoPE with one barrier),
+// hd = 96, 24, 8, 6 the shared-memory one (norm_rope_apply); both with and without q/k norm.
 const DecCase kDecCases[] = {
     {32, 8, 128, false, {2049}},                            // LLaMA-3-8B, batch 1
     {32, 8, 128, true, {1, 2, 17, 127, 128}},               // Qwen3-8B, batch 5
