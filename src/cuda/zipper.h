@@ -8,7 +8,8 @@
 //             the v8 fused kernel up to M = 64 (docs/kernels.md has the dispatch table);
 //   Wgmma   - one launch (sm_90a): wgmma with the weights as the A operand dequantized in
 //             registers (base and residual in the same fragments), X from shared memory (TMA);
-//             for M >= 17 where measured faster (zipper_wgmma.h, docs/kernels-notes.md);
+//             for M >= 17, and M = 9..16 on mid-size layers, where measured faster
+//             (wgmma_by_default in zipper_plan.h, docs/kernels.md);
 //   Dequant - one kernel writes deq(base)+deq(residual) as FP16/BF16 into a workspace, then
 //             cuBLAS (compute-bound regime, large M).
 // Auto may split one call in two launches: on the wgmma path, M = 128 q + r with r <= 64 rows on a

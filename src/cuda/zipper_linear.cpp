@@ -129,7 +129,7 @@ bool verbose() {
   return v;
 }
 // The wgmma kernel (zipper_wgmma.cu). MOSAIC_ZIPPER_WGMMA = 0: never in Auto; 1: Auto sends every
-// M >= 17 to it (tests and same-run comparisons); unset: the M ranges where it measured faster
+// M to it, M <= 16 too (tests and same-run comparisons); unset: the M ranges where it measured faster
 // (wgmma_default). Tuning: MOSAIC_ZIPPER_WGMMA_TOK (32, 64, 128: tokens per CTA tile),
 // _STAGES (2..8), _KSPLIT (inputs per CTA, a multiple of 128).
 int wgmma_mode() {
@@ -139,7 +139,7 @@ int wgmma_mode() {
 // Read when a layer plans a token tile for the first time (not cached: tests set them per layer).
 int wgmma_tok_forced() {
   const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_TOK", 0, 0, 128));
-  return v == 32 || v == 64 || v == 128 ? v : 0;
+  return v == 16 || v == 32 || v == 64 || v == 128 ? v : 0;
 }
 int wgmma_stages_forced() {
   const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_STAGES", 0, 0, detail::kWgMaxStages));
@@ -438,7 +438,7 @@ struct ZipperLinear::Impl {
   // by the token tile alone, so M = 4096 reused M = 128's split: qkv 787 us instead of ~470).
   std::map<std::pair<int, int>, WgPlan> wg_plans;
   WgPlan plan_wgmma(int M) {
-    int tok = M <= 32 ? 32 : M <= 64 ? 64 : 128;
+    int tok = M <= 16 ? 16 : M <= 32 ? 32 : M <= 64 ? 64 : 128;
     if (wgmma_tok_forced()) tok = wgmma_tok_forced();
     const auto key = std::make_pair(tok, (M + tok - 1) / tok);
     if (auto it = wg_plans.find(key); it != wg_plans.end()) return it->second;
@@ -605,7 +605,7 @@ bool ZipperLinear::wgmma_default(int64_t M) const {
 // on H100 (2026-11-27 run) fused beat dequant+cuBLAS at M = 64 on all 8 such shapes (by 5..34%)
 // and lost on the 4 smaller ones (qkv, o of the 8B models: 16.8M and 25.2M weights).
 GemmPath ZipperLinear::choose_path(int64_t M) const {
-  if (M > 16 && M <= (int64_t(65535) * 32) && (wgmma_mode() == 1 || (wgmma_mode() < 0 && wgmma_default(M))))
+  if (M <= (int64_t(65535) * 32) && (wgmma_mode() == 1 || (wgmma_mode() < 0 && wgmma_default(M))))
     return GemmPath::Wgmma;
   if (M <= 32) return GemmPath::Fused;
   if (M <= 64 && int64_t(impl_->L.N) * impl_->L.K >= (int64_t(40) << 20)) return GemmPath::Fused;

@@ -40,8 +40,18 @@ inline int wgmma_k_tiles_per_cta(int k_tiles, int64_t base_ctas, int64_t slots, 
 // it tied the dequantize path at 256 (42.78 vs 42.25 us) and lost at 512 (63.71 vs 56.07); without
 // a split (the model since wgmma_cta_fixed_tiles = 6) it took 35.98 us at 256 where 4 splits took
 // 42.53 in the same call (...-s8-ksplit.md). From M = 1024 on the dequantize path wins on all four.
+//
+// M = 9..16 (tenth session, H200, bench/results/gemm-h200-2026-11-28-s10-tok16.md: the 16-token
+// tile against the stream kernel in the same calls): the wgmma kernel wins on every layer of at
+// least 16 Mi weights (at M = 16: LLaMA-3-8B qkv 12.9 vs 16.6 us, o 11.0 vs 12.8, down 20.5 vs
+// 25.5; LLaMA-3-70B qkv 27.1 vs 38.5, o 21.9 vs 33.2, gate_up 130.4 vs 171.0, down 61.7 vs 67.9)
+// except the 8B models' gate_up (N > 4 K within one wave of output tiles, < 128 Mi weights):
+// Qwen3-8B's is slower on it (35.2 vs 32.8 us), LLaMA-3-8B's about even; those, M <= 8 and the
+// small layers keep the stream kernel.
 inline bool wgmma_by_default(int64_t N, int64_t K, int64_t M) {
-  const bool small_wide = N > K && N * K < (int64_t(40) << 20);
+  const int64_t weights = N * K;
+  if (M >= 9 && M <= 16) return weights >= (int64_t(16) << 20) && !(N > 4 * K && weights < (int64_t(128) << 20));
+  const bool small_wide = N > K && weights < (int64_t(40) << 20);
   return M >= 17 && M <= (small_wide ? 256 : 512);
 }
 

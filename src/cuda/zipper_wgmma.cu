@@ -74,6 +74,12 @@ __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
 // D[64 x TOK] += A[64 x 16] (registers) * B[16 x TOK] (smem descriptor, K-major), fp32 accumulators.
 template <int TOK, typename T>
 struct Wgmma;
+#define MOSAIC_WGMMA_RS_N16(PTX)                                                                          \
+  __device__ static void mma(float (&d)[8], const uint32_t (&a)[4], uint32_t dlo, uint32_t dhi) {                               \
+    asm volatile("{\n.reg .b64 desc;\nmov.b64 desc, {%12, %13};\nwgmma.mma_async.sync.aligned.m64n16k16.f32." PTX "." PTX " {%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, desc, 1, 1, 1, 0;\n}\n" \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(dlo), "r"(dhi));                                         \
+  }
 #define MOSAIC_WGMMA_RS_N32(PTX)                                                                          \
   __device__ static void mma(float (&d)[16], const uint32_t (&a)[4], uint32_t dlo, uint32_t dhi) {                              \
     asm volatile("{\n.reg .b64 desc;\nmov.b64 desc, {%20, %21};\nwgmma.mma_async.sync.aligned.m64n32k16.f32." PTX "." PTX " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, desc, 1, 1, 1, 0;\n}\n" \
@@ -98,13 +104,16 @@ struct Wgmma;
   struct Wgmma<TOK, TYPE> {               \
     MOSAIC_WGMMA_RS_N##TOK(PTX)           \
   };
+MOSAIC_WGMMA_SPEC(16, __half, "f16")
 MOSAIC_WGMMA_SPEC(32, __half, "f16")
 MOSAIC_WGMMA_SPEC(64, __half, "f16")
 MOSAIC_WGMMA_SPEC(128, __half, "f16")
+MOSAIC_WGMMA_SPEC(16, __nv_bfloat16, "bf16")
 MOSAIC_WGMMA_SPEC(32, __nv_bfloat16, "bf16")
 MOSAIC_WGMMA_SPEC(64, __nv_bfloat16, "bf16")
 MOSAIC_WGMMA_SPEC(128, __nv_bfloat16, "bf16")
 #undef MOSAIC_WGMMA_SPEC
+#undef MOSAIC_WGMMA_RS_N16
 #undef MOSAIC_WGMMA_RS_N32
 #undef MOSAIC_WGMMA_RS_N64
 #undef MOSAIC_WGMMA_RS_N128
@@ -530,10 +539,11 @@ void launch_t(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
 template <typename T>
 void launch_dt(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
   switch (f.tok) {
+    case 16: return launch_t<T, 16, 1>(L, f, s);
     case 32: return launch_t<T, 32, 1>(L, f, s);
     case 64: return launch_t<T, 64, 1>(L, f, s);
     case 128: return launch_t<T, 128, 2>(L, f, s);
-    default: fail("zipper wgmma: token tile must be 32, 64 or 128, got ", f.tok);
+    default: fail("zipper wgmma: token tile must be 16, 32, 64 or 128, got ", f.tok);
   }
 }
 
@@ -559,7 +569,10 @@ int wgmma_occupancy(int tok, int smem) {
     return v;
   }();
   if (smem > max_optin) return 0;  // (no failing cudaFuncSetAttribute: compute-sanitizer reports those)
-  const int n = tok == 32 ? occupancy_t<32, 1>(smem) : tok == 64 ? occupancy_t<64, 1>(smem) : occupancy_t<128, 2>(smem);
+  const int n = tok == 16   ? occupancy_t<16, 1>(smem)
+                : tok == 32 ? occupancy_t<32, 1>(smem)
+                : tok == 64 ? occupancy_t<64, 1>(smem)
+                            : occupancy_t<128, 2>(smem);
   cudaGetLastError();  // a probe past the smem limit is not an error of the caller
   return n;
 }

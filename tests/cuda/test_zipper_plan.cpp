@@ -46,14 +46,15 @@ TEST(ZipperPlan, PicksTheMeasuredFastestSplitsOnLlama3_8B) {
 }
 
 // The dispatch between the wgmma kernel and dequantize + cuBLAS for M > 16 (the stream kernel
-// takes M <= 16) on the LLaMA-3-8B layers, as measured (wgmma_by_default's comment).
+// takes M <= 8) on the LLaMA-3-8B layers, as measured (wgmma_by_default's comment).
 TEST(ZipperPlan, WgmmaRangesPerLayer) {
   struct Layer {
     int64_t N, K, last_wgmma_m;
   };
   for (const Layer& l : {Layer{6144, 4096, 256}, Layer{4096, 4096, 512}, Layer{28672, 4096, 512},
                          Layer{4096, 14336, 512}}) {
-    EXPECT_FALSE(wgmma_by_default(l.N, l.K, 16)) << l.N << " x " << l.K;
+    EXPECT_FALSE(wgmma_by_default(l.N, l.K, 1)) << l.N << " x " << l.K;
+    EXPECT_FALSE(wgmma_by_default(l.N, l.K, 8)) << l.N << " x " << l.K;
     EXPECT_TRUE(wgmma_by_default(l.N, l.K, 17)) << l.N << " x " << l.K;
     EXPECT_TRUE(wgmma_by_default(l.N, l.K, l.last_wgmma_m)) << l.N << " x " << l.K;
     EXPECT_FALSE(wgmma_by_default(l.N, l.K, l.last_wgmma_m + 1)) << l.N << " x " << l.K;
@@ -61,10 +62,26 @@ TEST(ZipperPlan, WgmmaRangesPerLayer) {
   }
 }
 
+// M = 9..16: the 16-token wgmma tile on layers of >= 16 Mi weights (the 8B models' qkv, o, down;
+// every LLaMA-3-70B layer), the stream kernel on the 8B models' gate_up and on small layers.
+TEST(ZipperPlan, SixteenTokenTileForMidSizeLayers) {
+  struct Layer {
+    int64_t N, K;
+    bool wgmma;
+  };
+  for (const Layer& l : {Layer{6144, 4096, true}, Layer{4096, 4096, true}, Layer{4096, 14336, true},
+                         Layer{4096, 12288, true}, Layer{28672, 4096, false}, Layer{24576, 4096, false},
+                         Layer{1024, 1024, false}, Layer{10240, 8192, true}, Layer{8192, 8192, true},
+                         Layer{57344, 8192, true}, Layer{8192, 28672, true}}) {
+    for (int64_t M : {9, 12, 16}) EXPECT_EQ(wgmma_by_default(l.N, l.K, M), l.wgmma) << l.N << " x " << l.K << " M=" << M;
+    EXPECT_FALSE(wgmma_by_default(l.N, l.K, 8)) << l.N << " x " << l.K;
+  }
+}
+
 TEST(ZipperPlan, KeepsAtLeastFourKTilesPerCtaAndCoversK) {
   for (int k_tiles : {1, 2, 3, 4, 5, 32, 112, 224})
     for (int64_t base : {1, 7, 48, 132, 1000})
-      for (int tok : {32, 64, 128}) {
+      for (int tok : {16, 32, 64, 128}) {
         const int per = wgmma_k_tiles_per_cta(k_tiles, base, 132.0, tok);
         EXPECT_GE(per, k_tiles < 4 ? k_tiles : 4) << k_tiles << " " << base << " " << tok;
         EXPECT_LE(per, k_tiles);

@@ -3,7 +3,7 @@
 // ||Y - Yref|| / ||Yref|| < 1e-3 (fp16), 1e-2 (bf16). Each test skips with a visible message when
 // no CUDA GPU is present (CI), so they still compile there.
 //
-// What is covered: every token tile (32, 64, 128) with M at and around the tile edges, N and K odd
+// What is covered: every token tile (16, 32, 64, 128) with M at and around the tile edges, N and K odd
 // multiples of the CTA tile (N = 3 x 128, K = 5 x 128) and N % 128 != 0 (idle warps), residual
 // patterns none / uniform / clustered / one tile (every chunk of one block row kept: the second
 // block of a k-tile comes from global memory), split-K (auto and forced, fix-up and workspace reset
@@ -150,6 +150,7 @@ TEST(ZipperWgmmaGpu, ForcedPlansOddShapesAndGroups) {
       {528, 1152, 128, Pattern::None, 128, 4, 384, 0},      {16, 128, 128, Pattern::OneTile, 32, 2, 0, 1},
       {208, 8320, 128, Pattern::Uniform, 128, 5, 1024, 1},  {144, 1152, 32, Pattern::Clustered, 128, 3, 384, 1},
       {208, 384, 64, Pattern::Uniform, 32, 4, 128, 1},      {528, 1152, 128, Pattern::Clustered, 128, 5, 0, 1},
+      {384, 640, 128, Pattern::Clustered, 16, 4, 256, 1},  {144, 1152, 32, Pattern::Uniform, 16, 3, 0, 0},
   };
   double worst[2] = {0, 0};
   for (const Case& c : cases) {
