@@ -35,6 +35,7 @@ struct QuantizeCliOptions {
   std::vector<int64_t> rotate_keep;
   std::string calib_file = "data/calib.txt";
   int group = 128;
+  std::string group_for;
   bool asym = false, act_order = true, true_sequential = false, force = false, quiet = false;
   double budget = 0.10;
   int64_t calib_samples = 128, calib_len = 2048;
@@ -76,6 +77,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   ModelQuantOptions q;
   q.method = parse_quant_method(o.method);
   q.group = o.group;
+  q.group_for = parse_group_for(o.group_for);
   q.symmetric = !o.asym;
   MOSAIC_CHECK(o.score_samples >= 0, "--score-samples must be >= 0, got ", o.score_samples);
   q.score_samples = o.score_samples;
@@ -174,6 +176,9 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--group", o->group,
                   "inputs per base scale; must divide every linear's in_features (SmolLM2's 576: use 64)")
       ->capture_default_str();
+  cmd->add_option("--group-for", o->group_for,
+                  "per-linear group sizes, NAME=G[,NAME=G...]: the first NAME that is part of a linear's name "
+                  "(self_attn.q_proj .. mlp.down_proj; e.g. 'down_proj=32' or 'mlp=32') sets its group in every layer");
   cmd->add_flag("--asym", o->asym, "asymmetric base (zero point per group); default symmetric");
   cmd->add_flag("--act-order,!--no-act-order", o->act_order,
                 "GPTQ in descending diag(H) order with static groups (default on: same format, no runtime cost, "

@@ -115,6 +115,40 @@ int suggest_group(const ModelConfig& c) {
   return 0;
 }
 
+}  // namespace
+
+int linear_group(const ModelQuantOptions& opt, LinearId id) {
+  const std::string name = linear_name(id);
+  for (const auto& [pattern, g] : opt.group_for)
+    if (name.find(pattern) != std::string::npos) return g;
+  return opt.group;
+}
+
+std::vector<std::pair<std::string, int>> parse_group_for(const std::string& spec) {
+  std::vector<std::pair<std::string, int>> out;
+  size_t start = 0;
+  while (start <= spec.size() && !spec.empty()) {
+    const size_t end = std::min(spec.find(',', start), spec.size());
+    const std::string item = spec.substr(start, end - start);
+    const size_t eq = item.find('=');
+    MOSAIC_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < item.size(), "--group-for entry '", item,
+                 "' is not NAME=GROUP (e.g. down_proj=32)");
+    int g = 0;
+    try {
+      size_t used = 0;
+      g = std::stoi(item.substr(eq + 1), &used);
+      MOSAIC_CHECK(used == item.size() - eq - 1, "trailing characters");
+    } catch (const std::exception&) {
+      fail("--group-for entry '", item, "': group '", item.substr(eq + 1), "' is not an integer");
+    }
+    out.emplace_back(item.substr(0, eq), g);
+    start = end + 1;
+  }
+  return out;
+}
+
+namespace {
+
 // Shape checks for every linear before any work: group | K, K even, and for mosaic Br | N, Bc | K.
 void check_shapes(const Checkpoint& ckpt, const ModelConfig& cfg, const ModelQuantOptions& opt) {
   for (int i = 0; i < cfg.num_layers; ++i)
@@ -124,8 +158,9 @@ void check_shapes(const Checkpoint& ckpt, const ModelConfig& cfg, const ModelQua
       const TensorView& t = ckpt.get(name, {s.N, s.K});
       MOSAIC_CHECK(t.dtype == DType::F32 || t.dtype == DType::F16 || t.dtype == DType::BF16, "tensor '", name,
                    "' has dtype ", dtype_name(t.dtype), "; the quantizer reads F32, F16 or BF16");
-      MOSAIC_CHECK(s.K % 2 == 0 && s.K % opt.group == 0, "tensor '", name, "' ", t.shape_str(), ": group size ",
-                   opt.group, " does not divide K = ", s.K,
+      const int group = linear_group(opt, id);
+      MOSAIC_CHECK(s.K % 2 == 0 && s.K % group == 0, "tensor '", name, "' ", t.shape_str(), ": group size ", group,
+                   " does not divide K = ", s.K,
                    suggest_group(cfg) ? " (--group " + std::to_string(suggest_group(cfg)) + " fits every linear)"
                                      : std::string());
       if (opt.method == QuantMethod::kMosaic && opt.budget > 0)
@@ -181,6 +216,12 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuan
                       {"act_order", opt.act_order && opt.method != QuantMethod::kRtn},
                       {"true_sequential", opt.true_sequential && opt.method != QuantMethod::kRtn},
                       {"mosaic_version", "0.1.0"}};
+  if (!opt.group_for.empty()) {  // linears whose group differs from group_size (same in every layer)
+    nlohmann::json per = nlohmann::json::object();
+    for (LinearId id : kLinears)
+      if (linear_group(opt, id) != opt.group) per[linear_name(id)] = linear_group(opt, id);
+    q["group_size_per_linear"] = per;
+  }
   if (!opt.grid.empty()) q["grid"] = opt.grid == grid_nl4() ? "nl4" : "custom";  // the values: <layer>.qgrid
   if (opt.method == QuantMethod::kMosaic)
     q["residual"] = {{"block_rows", opt.block_rows},
@@ -465,7 +506,7 @@ class Quantizer {
         const std::string name = layer_prefix(i) + linear_name(id);
         try {
           std::vector<double>& sc = scores[size_t(i) * 7 + size_t(id)];
-          sc = timed(kSolve, [&] { return mosaic_block_scores(*W[int(id)], s.N, s.K, H, mosaic_options(), &base[int(id)]); });
+          sc = timed(kSolve, [&] { return mosaic_block_scores(*W[int(id)], s.N, s.K, H, mosaic_options(id), &base[int(id)]); });
           const double energy = diagonal_output_energy(*W[int(id)], s.N, s.K, H);
           if (energy > 0)
             for (double& v : sc) v /= energy;
@@ -508,7 +549,7 @@ class Quantizer {
         last = a;
       }
       const int64_t count = counts_.empty() ? -1 : counts_[size_t(i) * 7 + size_t(id)];
-      packed[int(id)] = timed(kSolve, [&] { return quantize_one(*W[int(id)], s, H, name, count); });
+      packed[int(id)] = timed(kSolve, [&] { return quantize_one(*W[int(id)], s, H, name, count, linear_group(opt_, id)); });
       W[int(id)].reset();
       timed(kWrite, [&] { add_packed_linear(w, name, packed[int(id)]); return 0; });
       rep.linear_params += s.N * s.K;
@@ -688,10 +729,10 @@ class Quantizer {
     return g;
   }
 
-  MosaicOptions mosaic_options() const {
+  MosaicOptions mosaic_options(LinearId id) const {
     MosaicOptions m;
     m.base = BaseMethod::kGptq;
-    m.group = opt_.group;
+    m.group = linear_group(opt_, id);
     m.symmetric = opt_.symmetric;
     m.block_rows = opt_.block_rows;
     m.block_cols = opt_.block_cols;
@@ -704,17 +745,18 @@ class Quantizer {
 
   // count >= 0: keep exactly that many residual blocks (global allocation), else the budget.
   PackedLinear quantize_one(const std::vector<float>& W, Shape2 s, const std::vector<float>& H,
-                            const std::string& name, int64_t count) {
+                            const std::string& name, int64_t count, int group) {
     try {
       switch (opt_.method) {
         case QuantMethod::kRtn: {
           ScaleOptions so;
           so.grid = opt_.grid;
-          return quantize_rtn(W, s.N, s.K, opt_.group, opt_.symmetric, so);
+          return quantize_rtn(W, s.N, s.K, group, opt_.symmetric, so);
         }
-        case QuantMethod::kGptq: return quantize_gptq(W, s.N, s.K, H, opt_.group, opt_.symmetric, ordered());
+        case QuantMethod::kGptq: return quantize_gptq(W, s.N, s.K, H, group, opt_.symmetric, ordered());
         case QuantMethod::kMosaic: {
-          MosaicOptions m = mosaic_options();
+          MosaicOptions m = mosaic_options(LinearId::Q);
+          m.group = group;
           m.num_blocks = count;
           return quantize_mosaic(W, s.N, s.K, H, m);
         }
@@ -753,6 +795,13 @@ class Quantizer {
 
 void check_options(const ModelQuantOptions& o) {
   MOSAIC_CHECK(o.group > 0, "group size must be positive, got ", o.group);
+  for (const auto& [pattern, g] : o.group_for) {
+    MOSAIC_CHECK(g > 0, "--group-for ", pattern, "=", g, ": group size must be positive");
+    bool any = false;
+    for (LinearId id : kLinears) any |= std::string(linear_name(id)).find(pattern) != std::string::npos;
+    MOSAIC_CHECK(!pattern.empty() && any, "--group-for '", pattern, "' matches no linear (names: self_attn.q_proj, ",
+                 "self_attn.k_proj, self_attn.v_proj, self_attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)");
+  }
   MOSAIC_CHECK(std::isfinite(o.budget) && o.budget >= 0 && o.budget <= 1, "residual budget ", o.budget,
                " is out of range [0, 1] (a fraction of blocks, e.g. 0.1)");
   MOSAIC_CHECK(o.block_rows > 0 && o.block_cols > 0 && o.block_cols % 2 == 0, "residual block ", o.block_rows, "x",

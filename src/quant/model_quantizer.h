@@ -33,6 +33,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/act_quant_linear.h"
+#include "model/model.h"
 #include "quant/residual.h"
 #include "quant/rotate.h"
 
@@ -51,6 +52,10 @@ const char* allocation_name(Allocation a);             // "per_layer" | "global"
 struct ModelQuantOptions {
   QuantMethod method = QuantMethod::kMosaic;
   int group = 128;
+  // Per-linear group sizes: (name, group) pairs, the first whose name is a substring of the
+  // linear's (e.g. "down_proj", "mlp", "self_attn.q_proj") sets its group; the others keep
+  // `group`. The same for every layer. Readers take each linear's group from its scales' shape.
+  std::vector<std::pair<std::string, int>> group_for;
   bool symmetric = true;
   bool act_order = true;  // static groups: the checkpoint layout does not change
   // GPTQ's true-sequential: within a layer, o / gate+up / down get their Hessians from a pass with
@@ -122,6 +127,11 @@ struct ModelQuantReport {
 
 // The checks quantize_model starts with (options, config, tensor names, shapes, existing
 // output), for callers that want to fail before expensive calibration work. Throws mosaic::Error.
+// The group size of linear `id` under opt.group / opt.group_for.
+int linear_group(const ModelQuantOptions& opt, LinearId id);
+// "NAME=G[,NAME=G...]" (the CLI's --group-for) -> pairs; throws mosaic::Error on a malformed entry.
+std::vector<std::pair<std::string, int>> parse_group_for(const std::string& spec);
+
 void check_quantize_inputs(const std::filesystem::path& model_dir, const std::filesystem::path& out,
                            const ModelQuantOptions& opt);
 

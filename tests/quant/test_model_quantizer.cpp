@@ -201,6 +201,61 @@ TEST(ModelQuantizer, NonUniformGridCheckpointRoundTrips) {
   EXPECT_FALSE(fs::exists(tmp.path / "nl4a"));
 }
 
+// Per-linear group sizes (--group-for): each linear's scales have its own group's shape, the config
+// lists the linears that differ, the engine loads it (closer to the FP model than all-group-32 is
+// not required: the point is that it runs), and the parser / checks refuse malformed entries.
+TEST(ModelQuantizer, PerLinearGroupSizes) {
+  TempDir tmp;
+  const auto calib = testdata::token_windows(8, 48, 11);
+  const auto eval = testdata::token_windows(1, 96, 99)[0];
+  ModelQuantOptions o = small_options(QuantMethod::kMosaic);
+  o.group_for = parse_group_for("down_proj=16,mlp=64");  // first match wins: down 16, gate / up 64
+  EXPECT_EQ(linear_group(o, LinearId::Down), 16);
+  EXPECT_EQ(linear_group(o, LinearId::Gate), 64);
+  EXPECT_EQ(linear_group(o, LinearId::Up), 64);
+  EXPECT_EQ(linear_group(o, LinearId::Q), 32);
+  o.allocation = Allocation::kGlobal;
+  quantize_model(golden("llama_tied"), tmp.path / "mixed", calib, o);
+  const Checkpoint ck = Checkpoint::open(tmp.path / "mixed");
+  const ModelConfig cfg = ModelConfig::load(tmp.path / "mixed");
+  const Checkpoint fp = Checkpoint::open(golden("llama_tied"));
+  for (int j = 0; j < 7; ++j) {
+    const LinearId id = LinearId(j);
+    const std::string p = std::string("model.layers.1.") + linear_name(id);
+    const std::vector<int64_t> nk = fp.get(p + ".weight").shape;  // [N, K]
+    EXPECT_EQ(ck.get(p + ".scales").shape, (std::vector<int64_t>{nk[0], nk[1] / linear_group(o, id)})) << p;
+  }
+  const auto& per = cfg.quantization_config.at("group_size_per_linear");
+  EXPECT_EQ(per.size(), 3u);
+  EXPECT_EQ(per.at("mlp.down_proj").get<int>(), 16);
+  EXPECT_EQ(per.at("mlp.up_proj").get<int>(), 64);
+  EXPECT_EQ(cfg.quantization_config.at("group_size").get<int>(), 32);
+  const testdata::Distance d =
+      testdata::logits_distance(Model::load(golden("llama_tied")), Model::load(tmp.path / "mixed"), eval);
+  std::printf("llama_tied mosaic, per-linear groups: KL %.5f  rel RMS logits err %.4f\n", d.kl, d.rel_rms);
+  EXPECT_GT(d.kl, 0.0);
+  EXPECT_LT(d.rel_rms, 0.25);
+
+  EXPECT_THROW(parse_group_for("down_proj"), Error);
+  EXPECT_THROW(parse_group_for("down_proj=x"), Error);
+  EXPECT_THROW(parse_group_for("=32"), Error);
+  EXPECT_THROW(parse_group_for("down_proj=32x"), Error);
+  EXPECT_TRUE(parse_group_for("").empty());
+  o.group_for = {{"lm_head", 32}};  // not a decoder linear: refused, nothing written
+  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "bad1", calib, o), Error);
+  EXPECT_FALSE(fs::exists(tmp.path / "bad1"));
+  o.group_for = {{"down_proj", 0}};
+  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "bad2", calib, o), Error);
+  o.group_for = {{"down_proj", 36}};  // does not divide down's K = 96
+  try {
+    quantize_model(golden("llama_tied"), tmp.path / "bad3", calib, o);
+    ADD_FAILURE() << "no error for group 36";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("mlp.down_proj.weight"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(tmp.path / "bad3"));
+}
+
 // Global allocation: exactly budget_blocks(budget, all blocks of the model) kept in total, split
 // unevenly over the linears (the per-layer split would give each linear floor(budget x blocks)),
 // the checkpoint's counts equal the allocation, and the model is no worse than per-layer at the
