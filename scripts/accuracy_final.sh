@@ -60,6 +60,14 @@ row m30nl --method mosaic --group 64 --budget 0.3 $G --grid nl4
 row gptq32aonl --method gptq --group 32 --act-order --grid nl4
 row m10g32nl --method mosaic --group 32 --budget 0.1 $G --grid nl4
 row m24g32nl --method mosaic --group 32 --budget 0.24 $G --grid nl4
+# per-linear group sizes (tenth session): bits moved from the attention to the MLP
+row m10mixA --method mosaic --group 64 --budget 0.1 $G --group-for 'self_attn=192,down_proj=32'
+row m10mixAnl --method mosaic --group 64 --budget 0.1 $G --group-for 'self_attn=192,down_proj=32' --grid nl4
+row m05mixB --method mosaic --group 32 --budget 0.05 $G --group-for 'self_attn=192'
+row m05mixBnl --method mosaic --group 32 --budget 0.05 $G --group-for 'self_attn=192' --grid nl4
+# the LM head quantized too (--lm-head, same method / group / budget)
+row m10head --method mosaic --group 64 --budget 0.1 $G --lm-head
+row m10headnl --method mosaic --group 64 --budget 0.1 $G --lm-head --grid nl4
 python3 - "$W" "$DATE" <<'PY'
 import json, re, sys, pathlib, platform
 w, date = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -70,6 +78,12 @@ names = {"gptq64ao": "GPTQ g64 act-order", "gptq32ao": "GPTQ g32 act-order",
          "m10layer": "MosaicQuant 16x64 10% per-layer allocation, no act-order", "m10noao": "MosaicQuant 16x64 10% global, no act-order",
          "m10b32x32": "MosaicQuant 32x32 10% global", "m10b64x64": "MosaicQuant 64x64 10% global",
          "m10b1x64": "MosaicQuant 1x64 10% global",
+         "m10mixA": "MosaicQuant 16x64 10% global, groups attention 192 / down 32 / rest 64",
+         "m10mixAnl": "MosaicQuant 16x64 10% global, groups attention 192 / down 32 / rest 64, nl4",
+         "m05mixB": "MosaicQuant 16x64 5% global, groups attention 192 / MLP 32",
+         "m05mixBnl": "MosaicQuant 16x64 5% global, groups attention 192 / MLP 32, nl4",
+         "m10head": "MosaicQuant 16x64 10% global, LM head quantized too",
+         "m10headnl": "MosaicQuant 16x64 10% global, LM head quantized too, nl4",
          "m05b1x64": "MosaicQuant 1x64 5% global",
          "m10ts": "MosaicQuant 16x64 10% global, true-sequential",
          "m10c64": "MosaicQuant 16x64 10% global, calibration 64 x 512",

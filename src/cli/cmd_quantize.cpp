@@ -36,6 +36,7 @@ struct QuantizeCliOptions {
   std::string calib_file = "data/calib.txt";
   int group = 128;
   std::string group_for;
+  bool lm_head = false;
   bool asym = false, act_order = true, true_sequential = false, force = false, quiet = false;
   double budget = 0.10;
   int64_t calib_samples = 128, calib_len = 2048;
@@ -78,6 +79,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.method = parse_quant_method(o.method);
   q.group = o.group;
   q.group_for = parse_group_for(o.group_for);
+  q.quantize_lm_head = o.lm_head;
   q.symmetric = !o.asym;
   MOSAIC_CHECK(o.score_samples >= 0, "--score-samples must be >= 0, got ", o.score_samples);
   q.score_samples = o.score_samples;
@@ -152,6 +154,9 @@ void run_quantize(const QuantizeCliOptions& o) {
               (long long)r.residual_blocks, r.seconds, format_bytes(r.peak_rss).c_str(),
               q.accel ? ", peak GPU memory " : "", q.accel ? format_bytes(r.peak_device_bytes).c_str() : "",
               r.device.c_str());
+  if (r.lm_head_params > 0)
+    std::printf("lm_head quantized: %.3f bits/weight over %lld weights\n",
+                8.0 * double(r.lm_head_bytes) / double(r.lm_head_params), (long long)r.lm_head_params);
   if (!o.quiet) {
     std::string phases;
     for (const auto& [name, sec] : r.phase_seconds) phases += " " + name + " " + std::to_string(int64_t(sec + 0.5)) + " s,";
@@ -178,7 +183,11 @@ void add_quantize_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--group-for", o->group_for,
                   "per-linear group sizes, NAME=G[,NAME=G...]: the first NAME that is part of a linear's name "
-                  "(self_attn.q_proj .. mlp.down_proj; e.g. 'down_proj=32' or 'mlp=32') sets its group in every layer");
+                  "(self_attn.q_proj .. mlp.down_proj; e.g. 'down_proj=32' or 'mlp=32') sets its group in every layer; "
+                  "q/k/v and gate/up must share theirs");
+  cmd->add_flag("--lm-head", o->lm_head,
+                "also quantize the LM head (same method, group and budget; the output is untied from the embedding); "
+                "default: the head stays FP16");
   cmd->add_flag("--asym", o->asym, "asymmetric base (zero point per group); default symmetric");
   cmd->add_flag("--act-order,!--no-act-order", o->act_order,
                 "GPTQ in descending diag(H) order with static groups (default on: same format, no runtime cost, "

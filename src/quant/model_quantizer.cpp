@@ -14,6 +14,7 @@
 #include "io/safetensors.h"
 #include "model/act_quant_linear.h"
 #include "model/model.h"
+#include "model/ops.h"
 #include "model/parallel.h"
 #include "model/quant_linear.h"
 #include "quant/accelerator.h"
@@ -168,6 +169,15 @@ void check_shapes(const Checkpoint& ckpt, const ModelConfig& cfg, const ModelQua
                      ": residual block ", opt.block_rows, "x", opt.block_cols, " does not tile it (--block RxC: R must ",
                      "divide ", s.N, ", C must divide ", s.K, ")");
     }
+  if (opt.quantize_lm_head) {
+    const int64_t V = cfg.vocab_size, D = cfg.hidden_size;
+    const std::string name = ckpt.has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
+    ckpt.get(name, {V, D});
+    MOSAIC_CHECK(D % opt.group == 0, "--lm-head: group size ", opt.group, " does not divide hidden_size ", D);
+    if (opt.method == QuantMethod::kMosaic && opt.budget > 0)
+      MOSAIC_CHECK(V % opt.block_rows == 0 && D % opt.block_cols == 0, "--lm-head: residual block ", opt.block_rows,
+                   "x", opt.block_cols, " does not tile the head [", V, ", ", D, "]");
+  }
 }
 
 // F16 bytes of a checkpoint tensor, converted in chunks on the worker threads: the embedding and
@@ -216,6 +226,7 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuan
                       {"act_order", opt.act_order && opt.method != QuantMethod::kRtn},
                       {"true_sequential", opt.true_sequential && opt.method != QuantMethod::kRtn},
                       {"mosaic_version", "0.1.0"}};
+  q["lm_head"] = opt.quantize_lm_head;  // true: lm_head is packed like the decoder linears
   if (!opt.group_for.empty()) {  // linears whose group differs from group_size (same in every layer)
     nlohmann::json per = nlohmann::json::object();
     for (LinearId id : kLinears)
@@ -321,7 +332,10 @@ class Quantizer {
     if (opt_.smooth)
       for (const LayerSmoothing& l : smooth_) rep.smooth_alphas.push_back(l.alpha);
     copy_f16(w, ckpt_, "model.norm.weight");
-    if (ckpt_.has("lm_head.weight")) copy_f16(w, ckpt_, "lm_head.weight");
+    if (opt_.quantize_lm_head)
+      quantize_head(w, rep, model.get(), x);
+    else if (ckpt_.has("lm_head.weight"))
+      copy_f16(w, ckpt_, "lm_head.weight");
     rep.phase_seconds = {{"load", phase_[kLoad]},       {"forward", phase_[kForward]}, {"hessian", phase_[kHessian]},
                          {"quantize", phase_[kSolve]}, {"quantize_gptq_solve", timed_gptq_.seconds},
                        {"write", phase_[kWrite]}};
@@ -556,8 +570,41 @@ class Quantizer {
       rep.linear_bytes += packed[int(id)].storage_bytes();
       rep.residual_blocks += packed[int(id)].num_blocks_kept();
     }
-    if (model && i + 1 < cfg_.num_layers)  // the last layer's outputs feed nothing
+    // The last layer's outputs feed nothing, unless the LM head is quantized (its Hessian).
+    if (model && (i + 1 < cfg_.num_layers || opt_.quantize_lm_head))
       timed(kForward, [&] { propagate(i, packed, *model, x, cache); return 0; });
+  }
+
+  // The LM head [V, D] (lm_head.weight, or the embedding of a tied model) quantized like a decoder
+  // linear (per-linear budget), its Hessian from the final norm of x = the quantized model's last
+  // hidden states over the calibration windows.
+  void quantize_head(ShardedWriter& w, ModelQuantReport& rep, Model* model, const std::vector<std::vector<float>>& x) {
+    const int64_t V = cfg_.vocab_size, D = cfg_.hidden_size;
+    std::vector<float> H;
+    if (model) {
+      const std::shared_ptr<HessianAccumulator> acc = new_hessian(D);
+      const std::vector<float> norm = ckpt_.get("model.norm.weight", {D}).to_f32();
+      std::vector<float> h;
+      timed(kForward, [&] {
+        for (const auto& xs : x) {
+          const int64_t rows = int64_t(xs.size()) / D;
+          h.resize(xs.size());
+          ops::rms_norm(xs.data(), norm.data(), rows, D, cfg_.rms_norm_eps, h.data());
+          acc->add(h.data(), rows);
+        }
+        return 0;
+      });
+      H = timed(kHessian, [&] { return acc->hessian(); });
+    }
+    const std::string src = ckpt_.has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
+    const std::vector<float> W = timed(kLoad, [&] { return ckpt_.get(src, {V, D}).to_f32(); });
+    const PackedLinear p = timed(kSolve, [&] { return quantize_one(W, {V, D}, H, "lm_head", -1, opt_.group); });
+    timed(kWrite, [&] { add_packed_linear(w, "lm_head", p); return 0; });
+    rep.lm_head_params = V * D;
+    rep.lm_head_bytes = p.storage_bytes();
+    if (!opt_.quiet)
+      std::fprintf(stderr, "lm_head [%lld, %lld] quantized from %s: %.3f bits/weight\n", static_cast<long long>(V),
+                   static_cast<long long>(D), src.c_str(), p.bits_per_weight());
   }
 
   // The quantized linear as calibration runs it (dequantized weights, on the accelerator if any).
@@ -795,6 +842,16 @@ class Quantizer {
 
 void check_options(const ModelQuantOptions& o) {
   MOSAIC_CHECK(o.group > 0, "group size must be positive, got ", o.group);
+  MOSAIC_CHECK(!o.quantize_lm_head || o.act_bits == 16, "--lm-head quantizes the head's weights only; it cannot be ",
+               "combined with --act-bits ", o.act_bits);
+  // The engines run q/k/v and gate/up as one fused GEMM each (one group size per fused layer).
+  MOSAIC_CHECK(linear_group(o, LinearId::Q) == linear_group(o, LinearId::K) &&
+                   linear_group(o, LinearId::Q) == linear_group(o, LinearId::V),
+               "--group-for: q_proj, k_proj and v_proj must share a group size (the engines fuse them), got ",
+               linear_group(o, LinearId::Q), ", ", linear_group(o, LinearId::K), ", ", linear_group(o, LinearId::V));
+  MOSAIC_CHECK(linear_group(o, LinearId::Gate) == linear_group(o, LinearId::Up),
+               "--group-for: gate_proj and up_proj must share a group size (the engines fuse them), got ",
+               linear_group(o, LinearId::Gate), ", ", linear_group(o, LinearId::Up));
   for (const auto& [pattern, g] : o.group_for) {
     MOSAIC_CHECK(g > 0, "--group-for ", pattern, "=", g, ": group size must be positive");
     bool any = false;
@@ -877,9 +934,10 @@ ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
       w.finish();
     }
     fs::remove_all(rotated);
-    // The rotated model's config: tie_word_embeddings false (lm_head has the final norm folded in).
+    // The rotated model's config: tie_word_embeddings false (lm_head has the final norm folded in);
+    // so is a quantized LM head's (a packed lm_head of its own).
     nlohmann::json config = cfg0.raw;
-    if (opt.rotation.kind != RotationKind::kNone) config["tie_word_embeddings"] = false;
+    if (opt.rotation.kind != RotationKind::kNone || opt.quantize_lm_head) config["tie_word_embeddings"] = false;
     config["quantization_config"] = quantization_config(opt, rep);
     config["torch_dtype"] = "float16";  // the non-linear tensors are written as FP16
     write_file_atomic(partial / "config.json", config.dump(2) + "\n");

@@ -56,6 +56,10 @@ struct ModelQuantOptions {
   // linear's (e.g. "down_proj", "mlp", "self_attn.q_proj") sets its group; the others keep
   // `group`. The same for every layer. Readers take each linear's group from its scales' shape.
   std::vector<std::pair<std::string, int>> group_for;
+  // Quantize the LM head too (`--lm-head`), with the same method, group and budget, on the
+  // Hessian of the final norm's outputs; the checkpoint then stores a packed `lm_head` and is untied
+  // (tie_word_embeddings false). Weights only: refused with act_bits < 16. Off by default.
+  bool quantize_lm_head = false;
   bool symmetric = true;
   bool act_order = true;  // static groups: the checkpoint layout does not change
   // GPTQ's true-sequential: within a layer, o / gate+up / down get their Hessians from a pass with
@@ -114,8 +118,10 @@ struct ModelQuantReport {
   // (fetching them), quantize (GPTQ, residual scoring and selection), of which quantize_gptq_solve
   // (GPTQ's solves alone), write.
   std::vector<std::pair<std::string, double>> phase_seconds;
-  int64_t linear_params = 0;     // weights quantized
+  int64_t linear_params = 0;     // weights quantized (the decoder layers' linears)
   int64_t linear_bytes = 0;      // their packed bytes (base + residual)
+  int64_t lm_head_params = 0;    // quantize_lm_head: the head's weights and packed bytes (else 0)
+  int64_t lm_head_bytes = 0;
   int64_t residual_blocks = 0;   // kept blocks, all layers
   std::vector<int64_t> global_counts;  // global allocation: blocks per linear (layer * 7 + id)
   int64_t score_windows = 0;           // global allocation: calibration windows of its scoring pass

@@ -246,6 +246,10 @@ TEST(ModelQuantizer, PerLinearGroupSizes) {
   EXPECT_FALSE(fs::exists(tmp.path / "bad1"));
   o.group_for = {{"down_proj", 0}};
   EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "bad2", calib, o), Error);
+  o.group_for = {{"q_proj", 16}};  // q/k/v are one fused GEMM in the engines: must share
+  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "bad4", calib, o), Error);
+  o.group_for = {{"gate_proj", 16}};
+  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "bad5", calib, o), Error);
   o.group_for = {{"down_proj", 36}};  // does not divide down's K = 96
   try {
     quantize_model(golden("llama_tied"), tmp.path / "bad3", calib, o);
@@ -254,6 +258,53 @@ TEST(ModelQuantizer, PerLinearGroupSizes) {
     EXPECT_NE(std::string(e.what()).find("mlp.down_proj.weight"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(fs::exists(tmp.path / "bad3"));
+}
+
+// --lm-head: the head of a tied model is quantized from the embedding (packed lm_head tensors, the
+// config untied, quantization_config.lm_head true), the engine loads and runs it, its logits stay
+// close to the FP model's (a little further than with the FP16 head), and act_bits < 16 is refused.
+TEST(ModelQuantizer, QuantizedLmHead) {
+  TempDir tmp;
+  const auto calib = testdata::token_windows(8, 48, 11);
+  const auto eval = testdata::token_windows(1, 96, 99)[0];
+  const Model fp = Model::load(golden("llama_tied"));
+  ModelQuantOptions o = small_options(QuantMethod::kMosaic);
+  o.block_rows = 1;  // the golden vocabulary (301) has no 16-row blocks
+  quantize_model(golden("llama_tied"), tmp.path / "body", calib, o);
+  o.quantize_lm_head = true;
+  quantize_model(golden("llama_tied"), tmp.path / "head", calib, o);
+  const Checkpoint ck = Checkpoint::open(tmp.path / "head");
+  const ModelConfig cfg = ModelConfig::load(tmp.path / "head");
+  EXPECT_FALSE(cfg.tie_word_embeddings);
+  EXPECT_TRUE(cfg.quantization_config.at("lm_head").get<bool>());
+  EXPECT_FALSE(ck.has("lm_head.weight"));
+  EXPECT_EQ(ck.get("lm_head.scales").shape, (std::vector<int64_t>{cfg.vocab_size, cfg.hidden_size / o.group}));
+  EXPECT_TRUE(ck.has("lm_head.res_colidx"));
+  const Model body = Model::load(tmp.path / "body"), head = Model::load(tmp.path / "head");
+  EXPECT_EQ(head.head().N, cfg.vocab_size);
+  const testdata::Distance d0 = testdata::logits_distance(fp, body, eval), d1 = testdata::logits_distance(fp, head, eval);
+  std::printf("llama_tied mosaic: KL %.5f with the FP16 head, %.5f with the quantized head\n", d0.kl, d1.kl);
+  EXPECT_GT(d1.kl, 0.0);
+  EXPECT_LT(d1.rel_rms, 0.25);
+  EXPECT_LT(d1.kl, 4 * d0.kl + 0.01);
+  // RTN (no calibration: the head without a Hessian) and the refusals.
+  o = small_options(QuantMethod::kRtn);
+  o.quantize_lm_head = true;
+  quantize_model(golden("llama_tied"), tmp.path / "rtn", {}, o);
+  EXPECT_TRUE(Checkpoint::open(tmp.path / "rtn").has("lm_head.qweight"));
+  o = small_options(QuantMethod::kMosaic);
+  o.quantize_lm_head = true;  // 16-row blocks do not tile 301 rows: a clear error before any work
+  try {
+    quantize_model(golden("llama_tied"), tmp.path / "b16", calib, o);
+    ADD_FAILURE() << "no error for 16-row blocks on a 301-row head";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("lm-head"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(tmp.path / "b16"));
+  o.block_rows = 1;
+  o.act_bits = 8;
+  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "a8", calib, o), Error);
+  EXPECT_FALSE(fs::exists(tmp.path / "a8"));
 }
 
 // Global allocation: exactly budget_blocks(budget, all blocks of the model) kept in total, split
