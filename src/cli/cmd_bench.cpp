@@ -45,6 +45,7 @@ struct E2EArgs {
   std::string model, config, batches = "1,4,16", engines = "fp16,w4a16", json;
   bool random_weights = false, profile = false;
   double budget = 0.1;
+  bool lm_head = false;
   int64_t w4a8_min_m = 256;
   int64_t prompt = 2048;
   int gen = 128;
@@ -61,6 +62,9 @@ void add_e2e_command(CLI::App* bench) {
   e2e->add_flag("--random-weights", a->random_weights,
                 "random weights of --config made on the GPU (W4A16: random layers with residual blocks at --budget)");
   e2e->add_option("--budget", a->budget, "residual block fraction of the random W4A16 layers")->capture_default_str();
+  e2e->add_flag("--lm-head", a->lm_head,
+                "with --random-weights: the W4A16 engine's LM head is a random MosaicQuant layer too (as "
+                "`quantize --lm-head` writes; engine name gets _qhead); default FP16");
   e2e->add_option("--batch", a->batches, "batch sizes, comma separated")->capture_default_str();
   e2e->add_option("--prompt", a->prompt, "prompt tokens per sequence")->capture_default_str();
   e2e->add_option("--gen", a->gen, "generated tokens per sequence")->capture_default_str();
@@ -86,6 +90,7 @@ void add_e2e_command(CLI::App* bench) {
     o.config = a->config;
     o.random_weights = a->random_weights;
     o.budget = a->budget;
+    o.lm_head = a->lm_head;
     o.batches = batches;
     o.prompt = a->prompt;
     o.gen = a->gen;

@@ -142,7 +142,8 @@ void run_e2e_bench(const E2EOptions& o) {
         rw.act_bits = eng == "w4a8" ? 8 : 16;
         rw.budget = o.budget;
         rw.seed = o.seed;
-        engine_name = "mosaic_" + eng;
+        rw.lm_head = o.lm_head && eng == "w4a16";  // (quantize --lm-head is weights-only)
+        engine_name = "mosaic_" + eng + (rw.lm_head ? "_qhead" : "");
         m = std::make_unique<GpuModel>(GpuModel::random(builtin_config(o.config), rw, go));
       }
     } catch (const Error& e) {

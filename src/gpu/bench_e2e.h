@@ -23,6 +23,7 @@ struct E2EOptions {
   std::string config;      // a built-in config name, with random_weights
   bool random_weights = false;
   double budget = 0.1;     // residual block fraction of the random W4A16 layers
+  bool lm_head = false;    // random W4A16 / W4A8: the LM head a random MosaicQuant layer too (else FP16)
   std::vector<int> batches = {1, 4, 16};
   int64_t prompt = 2048;
   int gen = 128;

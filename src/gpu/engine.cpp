@@ -263,7 +263,7 @@ class RandomSource : public Source {
     int64_t N = 0;
     for (int64_t n : Ns) N += n;
     const uint64_t seed = seed_of(prefixes[0]);
-    if (rw_.quantized && prefixes[0] != "lm_head") {
+    if (rw_.quantized && (prefixes[0] != "lm_head" || rw_.lm_head)) {
       const PackedLinear p = random_packed_fast(N, K, rw_.group, rw_.budget, seed);
       return packed_to_gpu(h, a, p, prefixes[0], rep, mu, act);
     }

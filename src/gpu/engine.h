@@ -58,6 +58,7 @@ struct RandomWeights {
   int group = 128;
   uint64_t seed = 1;
   int act_bits = 16;  // 8: a W4A8 model (integer activation codes; quantized only)
+  bool lm_head = false;  // quantized: the LM head a random MosaicQuant layer too (`quantize --lm-head`)
 };
 
 struct GpuLoadReport {

@@ -171,12 +171,14 @@ TEST(GpuEngine, BatchedDecodeMatchesSingleSequences) {
 // hidden 128, intermediate 256, 4 heads x 32, 2 kv heads: every fused layer has N % 16 == 0 and
 // K % 128 == 0, so ZipperEngine takes all of them; hidden 64 gives K = 64 (fallback).
 // act: extra quantization_config keys (act_bits / act_format: a W4A8 / W4A4 model of the same weights).
+// packed_head: an untied, packed lm_head of 320 rows (what `mosaic quantize --lm-head` writes; 320
+// so that ZipperEngine takes it and the engine's 16-bit logits path runs).
 std::filesystem::path write_quant_model(int64_t D, int64_t I, const std::string& tag,
-                                        const nlohmann::json& act = nlohmann::json::object()) {
+                                        const nlohmann::json& act = nlohmann::json::object(), bool packed_head = false) {
   const auto dir = std::filesystem::temp_directory_path() / ("mosaic_gpu_quant_" + tag);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
-  const int64_t V = 301, H = 4, Hkv = 2, hd = 32, L = 2;
+  const int64_t V = packed_head ? 320 : 301, H = 4, Hkv = 2, hd = 32, L = 2;
   nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}},
                         {"model_type", "llama"},
                         {"hidden_size", D},
@@ -189,7 +191,7 @@ std::filesystem::path write_quant_model(int64_t D, int64_t I, const std::string&
                         {"max_position_embeddings", 128},
                         {"rms_norm_eps", 1e-5},
                         {"rope_theta", 10000.0},
-                        {"tie_word_embeddings", true},
+                        {"tie_word_embeddings", !packed_head},
                         {"torch_dtype", "float16"},
                         {"quantization_config", {{"quant_method", "mosaicquant"}, {"format_version", 1}, {"bits", 4}}}};
   cfg["quantization_config"].update(act);
@@ -217,6 +219,8 @@ std::filesystem::path write_quant_model(int64_t D, int64_t I, const std::string&
       add_packed_linear(w, p + name, pl);
     }
   }
+  if (packed_head)
+    add_packed_linear(w, "lm_head", random_packed_linear(V, D, 64, 16, 64, 0.1, ResidualPattern::kUniform, seed++));
   w.finish();
   return dir;
 }
@@ -267,6 +271,31 @@ TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
     }
     std::filesystem::remove_all(dir);
   }
+}
+
+// A packed LM head (`mosaic quantize --lm-head`): ZipperEngine runs it too (9 fused linears), its
+// 16-bit logits are converted to fp32 (the engine's path for a head that is not a dense cuBLAS
+// layer); prefill and decode match the CPU engine with the usual bounds.
+TEST(GpuEngine, QuantizedLmHeadMatchesCpuEngine) {
+  REQUIRE_GPU();
+  const auto dir = write_quant_model(128, 256, "head", nlohmann::json::object(), /*packed_head=*/true);
+  const Model cpu = Model::load(dir);
+  const auto toks = prompt_tokens(30, cpu.vocab_size(), 29);
+  const auto ref = cpu_logits(cpu, toks);
+  for (Act a : {Act::F16, Act::BF16}) {
+    GpuOptions o;
+    o.act = a;
+    o.capacity = 32;
+    GpuModel g = GpuModel::load(dir, o);
+    EXPECT_EQ(g.load_report().zipper_linears, 9) << g.load_report().summary();
+    std::vector<float> got(ref.size());
+    g.forward(0, toks.data(), int64_t(toks.size()), got.data());
+    const double err = rel_max_err(got, ref);
+    std::printf("[ gpu quant ] packed lm_head, %s: max|gpu - cpu| / max|cpu| = %.2e\n", act_name(a), err);
+    EXPECT_LE(err, logits_bound(a));
+    EXPECT_LE(decode_err(g, toks, ref, 20), logits_bound(a)) << "decode";
+  }
+  std::filesystem::remove_all(dir);
 }
 
 // A model loaded without the dequantize path's workspace (what the engine does when it would not
