@@ -45,7 +45,6 @@ struct E2EArgs {
   std::string model, config, batches = "1,4,16", engines = "fp16,w4a16", json;
   bool random_weights = false, profile = false;
   double budget = 0.1;
-  bool lm_head = false;
   int64_t w4a8_min_m = 256;
   int64_t prompt = 2048;
   int gen = 128;
@@ -62,14 +61,12 @@ void add_e2e_command(CLI::App* bench) {
   e2e->add_flag("--random-weights", a->random_weights,
                 "random weights of --config made on the GPU (W4A16: random layers with residual blocks at --budget)");
   e2e->add_option("--budget", a->budget, "residual block fraction of the random W4A16 layers")->capture_default_str();
-  e2e->add_flag("--lm-head", a->lm_head,
-                "with --random-weights: the W4A16 engine's LM head is a random MosaicQuant layer too (as "
-                "`quantize --lm-head` writes; engine name gets _qhead); default FP16");
   e2e->add_option("--batch", a->batches, "batch sizes, comma separated")->capture_default_str();
   e2e->add_option("--prompt", a->prompt, "prompt tokens per sequence")->capture_default_str();
   e2e->add_option("--gen", a->gen, "generated tokens per sequence")->capture_default_str();
   e2e->add_option("--engines", a->engines,
-                  "with --random-weights, comma separated: fp16 (cuBLAS), w4a16 (ZipperEngine), w4a8 (activations "
+                  "with --random-weights, comma separated: fp16 (cuBLAS), w4a16 (ZipperEngine), w4a16_qhead (W4A16 "
+                  "with the LM head quantized too, as `quantize --lm-head` writes), w4a8 (activations "
                   "quantized per token to INT8; large GEMMs on the W4A8 INT8 kernel)")
       ->capture_default_str();
   e2e->add_option("--w4a8-min-m", a->w4a8_min_m,
@@ -90,7 +87,6 @@ void add_e2e_command(CLI::App* bench) {
     o.config = a->config;
     o.random_weights = a->random_weights;
     o.budget = a->budget;
-    o.lm_head = a->lm_head;
     o.batches = batches;
     o.prompt = a->prompt;
     o.gen = a->gen;

@@ -23,11 +23,11 @@ struct E2EOptions {
   std::string config;      // a built-in config name, with random_weights
   bool random_weights = false;
   double budget = 0.1;     // residual block fraction of the random W4A16 layers
-  bool lm_head = false;    // random W4A16 / W4A8: the LM head a random MosaicQuant layer too (else FP16)
   std::vector<int> batches = {1, 4, 16};
   int64_t prompt = 2048;
   int gen = 128;
-  std::vector<std::string> engines = {"fp16", "w4a16"};  // random weights: fp16 | w4a16 | w4a8
+  // random weights: fp16 | w4a16 | w4a16_qhead (the LM head quantized too) | w4a8
+  std::vector<std::string> engines = {"fp16", "w4a16"};
   int64_t w4a8_min_m = 256;  // W4A8: GEMMs of at least this many rows on the INT8 kernel (0: never)
   std::string json;        // output file (optional)
   bool profile = false;    // also break a decode step down (GpuModel::profile_decode)
