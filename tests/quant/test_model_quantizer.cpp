@@ -287,6 +287,20 @@ TEST(ModelQuantizer, QuantizedLmHead) {
   EXPECT_GT(d1.kl, 0.0);
   EXPECT_LT(d1.rel_rms, 0.25);
   EXPECT_LT(d1.kl, 4 * d0.kl + 0.01);
+  // With a rotation: the head quantized is the rotated one (final norm folded in, untied).
+  {
+    ModelQuantOptions r = small_options(QuantMethod::kMosaic);
+    r.block_rows = 1;
+    r.quantize_lm_head = true;
+    r.rotation.kind = RotationKind::kR1;
+    quantize_model(golden("llama_tied"), tmp.path / "rot", calib, r);
+    const Checkpoint rc = Checkpoint::open(tmp.path / "rot");
+    EXPECT_TRUE(rc.has("lm_head.qweight"));
+    EXPECT_FALSE(rc.has("lm_head.weight"));
+    const testdata::Distance dr = testdata::logits_distance(fp, Model::load(tmp.path / "rot"), eval);
+    std::printf("llama_tied mosaic, rotated r1, quantized head: KL %.5f\n", dr.kl);
+    EXPECT_LT(dr.kl, 4 * d0.kl + 0.01);
+  }
   // RTN (no calibration: the head without a Hessian) and the refusals.
   o = small_options(QuantMethod::kRtn);
   o.quantize_lm_head = true;
