@@ -65,6 +65,7 @@ row m10mixA --method mosaic --group 64 --budget 0.1 $G --group-for 'self_attn=19
 row m10mixAnl --method mosaic --group 64 --budget 0.1 $G --group-for 'self_attn=192,down_proj=32' --grid nl4
 row m05mixB --method mosaic --group 32 --budget 0.05 $G --group-for 'self_attn=192'
 row m05mixBnl --method mosaic --group 32 --budget 0.05 $G --group-for 'self_attn=192' --grid nl4
+S=128 row m05mixBb1x64c128nl --method mosaic --group 32 --budget 0.05 $G --group-for 'self_attn=192' --block 1x64 --score-samples 16 --grid nl4
 # the LM head quantized too (--lm-head, same method / group / budget)
 row m10head --method mosaic --group 64 --budget 0.1 $G --lm-head
 row m10headnl --method mosaic --group 64 --budget 0.1 $G --lm-head --grid nl4
@@ -82,6 +83,7 @@ names = {"gptq64ao": "GPTQ g64 act-order", "gptq32ao": "GPTQ g32 act-order",
          "m10mixAnl": "MosaicQuant 16x64 10% global, groups attention 192 / down 32 / rest 64, nl4",
          "m05mixB": "MosaicQuant 16x64 5% global, groups attention 192 / MLP 32",
          "m05mixBnl": "MosaicQuant 16x64 5% global, groups attention 192 / MLP 32, nl4",
+         "m05mixBb1x64c128nl": "MosaicQuant 1x64 5% global, groups attention 192 / MLP 32, nl4, calibration 128 x 512 (scoring on 16)",
          "m10head": "MosaicQuant 16x64 10% global, LM head quantized too",
          "m10headnl": "MosaicQuant 16x64 10% global, LM head quantized too, nl4",
          "m05b1x64": "MosaicQuant 1x64 5% global",
