@@ -1,14 +1,19 @@
 // Decode attention of the GPU engine (kernels.h: attention_decode): the flash-decoding kernel with the
 // step's q/k norm, RoPE and KV append fused in, and its launch plan. Split out of kernels.cu; shared
 // helpers in kernel_util.cuh.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
+#include "gpu/device.h"
 #include "gpu/kernel_util.cuh"
 #include "gpu/kernels.h"
 
@@ -85,7 +90,7 @@ template <typename T, int RP, bool VEC, int LPK>
 __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
     attention_decode_k(const T* qkv, const int32_t* pos_a, const int32_t* slot_a, AttnDims d, const float* q_norm,
                        const float* k_norm, float eps, const float* inv_freq, float qscale, T* kc, T* vc,
-                       float* partial, int* counters, T* out) {
+                       float* partial, int* counters, T* out, int cluster_merge) {
   constexpr int U = kDecPasses, S = kDecStages;
   extern __shared__ __align__(16) float sm[];  // [ring kDecRingBytes][rope rows]; after the keys: merge area
   const int hd = d.hd, rep = d.H / d.Hkv, nch = (rep + RP - 1) / RP, nh = d.H + 2 * d.Hkv;
@@ -357,6 +362,13 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
     }
     if (nsplit == 1) {
       out[(int64_t(b) * d.H + hq0 + r) * hd + i] = from_f<T>(O / L);
+    } else if (cluster_merge) {  // this CTA's partial stays in its shared memory (cluster merge below)
+      float* cO = ml + kDecWarps * RP;
+      cO[k] = O;
+      if (i == 0) {
+        cO[RP * hd + r] = M;
+        cO[RP * hd + RP + r] = L;
+      }
     } else {
       float* pr = partial + ((int64_t(b) * d.H + hq0 + r) * nsplit + split) * st;
       pr[i] = O;
@@ -367,6 +379,37 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
     }
   }
   if (nsplit == 1) return;
+
+  if (cluster_merge) {
+    // The splits of this (b, g, c) are one thread-block cluster (launched with cluster dims
+    // (1, 1, nsplit)): after a cluster barrier each CTA merges a slice of the outputs from every
+    // CTA's (O, m, l) in distributed shared memory, then a second barrier keeps each CTA's shared
+    // memory alive until the others have read it. No global partials, fence or arrival counter.
+    // (MOSAIC_DECODE_CLUSTER=1; not the default until measured.)
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync();
+    float* cO = ml + kDecWarps * RP;
+    float* cM = cO + RP * hd;
+    float* cL = cM + RP;
+    const int total = nq * hd, chunk = (total + nsplit - 1) / nsplit;
+    const int k0 = int(cl.block_rank()) * chunk, k1 = min(total, k0 + chunk);
+    for (int k = k0 + tid; k < k1; k += kDecThreads) {
+      const int r = k / hd;
+      float M = -INFINITY;
+      for (int sp = 0; sp < nsplit; ++sp) M = fmaxf(M, *cl.map_shared_rank(cM + r, sp));
+      float O = 0.f, L = 0.f;
+      for (int sp = 0; sp < nsplit; ++sp) {
+        const float ms = *cl.map_shared_rank(cM + r, sp);
+        const float e = ms == -INFINITY ? 0.f : exp2f(ms - M);
+        O += *cl.map_shared_rank(cO + k, sp) * e;
+        L += *cl.map_shared_rank(cL + r, sp) * e;
+      }
+      out[(int64_t(b) * d.H + hq0) * hd + k] = from_f<T>(O / L);
+    }
+    cl.sync();
+    return;
+  }
 
   // The last CTA of this (b, g, c) to finish merges the nsplit partials.
   __shared__ int last;
@@ -465,6 +508,22 @@ int decode_max_splits() {
   const int v = e ? std::atoi(e) : 0;
   return v >= 1 && v <= kMaxSplits ? v : 0;
 }
+// MOSAIC_DECODE_CLUSTER=1: the splits of a (sequence, kv head, head chunk) run as one thread-block
+// cluster and merge through distributed shared memory (at most 16 splits, the non-portable cluster
+// limit) instead of global partials + an arrival counter. Experimental (tenth session), off by
+// default until measured; read per call like the other switches.
+bool decode_cluster() {
+  const char* e = std::getenv("MOSAIC_DECODE_CLUSTER");
+  return e && e[0] == '1';
+}
+constexpr int kMaxClusterSplits = 16;
+// Bytes the kernel's shared memory must cover: the ring, or the merge area laid over it after the
+// keys (per warp: O [RP][hd], m, l; the cluster merge's O [RP][hd], m, l), whichever is larger,
+// then the rope rows (dead by the merge).
+size_t decode_smem_bytes(int rp, int hd) {
+  const size_t merge = (size_t(kDecWarps) * rp * hd + 2 * kDecWarps * rp + size_t(rp) * hd + 2 * rp) * sizeof(float);
+  return std::max(kDecRingBytes, merge) + size_t(rp + 3) * hd * sizeof(float);
+}
 DecodePlan decode_plan(int B, const AttnDims& d, int sms) {
   const int rep = d.H / d.Hkv, rp = dec_rp(rep), nch = (rep + rp - 1) / rp;
   int lpk = 1;
@@ -473,8 +532,8 @@ DecodePlan decode_plan(int B, const AttnDims& d, int sms) {
   const int64_t by_cap = std::max<int64_t>(1, d.cap / (int64_t(kDecWarps) * (32 / lpk)));
   int nsplit = int(std::clamp<int64_t>((target + groups - 1) / groups, 1, std::min<int64_t>(kMaxSplits, by_cap)));
   if (const int cap = decode_max_splits(); cap > 0) nsplit = std::min(nsplit, cap);
-  // The ring, then the rope rows; the merge and combine areas (<= 33 KB) overlap the ring.
-  return {rp, nch, nsplit, lpk, kDecRingBytes + size_t(rp + 3) * d.hd * sizeof(float)};
+  if (decode_cluster()) nsplit = std::min(nsplit, kMaxClusterSplits);
+  return {rp, nch, nsplit, lpk, decode_smem_bytes(rp, d.hd)};
 }
 size_t decode_counter_bytes(int B, const AttnDims& d) {
   const int rep = d.H / d.Hkv, rp = dec_rp(rep);
@@ -485,10 +544,36 @@ size_t decode_counter_bytes(int B, const AttnDims& d) {
 // Dynamic shared memory over 48 KB (the ring) and the largest carveout (several CTAs per SM).
 template <typename K>
 bool decode_opt_in(K* kernel, int rp) {
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       int(kDecRingBytes + size_t(rp + 3) * 256 * sizeof(float)));
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(decode_smem_bytes(rp, 256)));
   cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);  // clusters of up to 16 splits
+  cudaGetLastError();  // (a GPU without clusters: the cluster merge is then never chosen)
   return true;
+}
+
+// Whether `nsplit` CTAs of this kernel fit as one cluster on this GPU (cached per kernel and size).
+template <typename K>
+bool cluster_fits(K* kernel, int nsplit, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, bool> known;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), nsplit);
+  if (auto it = known.find(key); it != known.end()) return it->second;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = unsigned(nsplit);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(1, 1, unsigned(nsplit));
+  cfg.blockDim = dim3(kDecThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  const bool ok = cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) == cudaSuccess && n > 0;
+  cudaGetLastError();
+  return known[key] = ok;
 }
 
 size_t attention_decode_scratch_bytes(int max_B, const AttnDims& d) {
@@ -513,11 +598,15 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
   // Over 48 KB of dynamic shared memory needs an opt-in per kernel (once, for the largest plan).
 #define MOSAIC_DEC(RP, VEC)                                                                                      \
   MOSAIC_DISPATCH(a, {                                                                                           \
-    static const bool opt_in = decode_opt_in(attention_decode_k<T, RP, VEC, LPK>, RP);                          \
+    const auto kernel = attention_decode_k<T, RP, VEC, LPK>;                                                     \
+    static const bool opt_in = decode_opt_in(kernel, RP);                                                        \
     (void)opt_in;                                                                                                \
-    launch_pdl(attention_decode_k<T, RP, VEC, LPK>, grid, dim3(kDecThreads), p.smem, s, static_cast<const T*>(qkv),  \
-               pos, slot, d, q_norm, k_norm, eps, inv_freq, qscale, static_cast<T*>(k_cache),                    \
-               static_cast<T*>(v_cache), partial, counters, static_cast<T*>(out));                               \
+    const int cz = p.nsplit > 1 && decode_cluster() && cluster_fits(kernel, p.nsplit, p.smem) ? p.nsplit : 1;   \
+    check_cuda(cuda::launch_maybe_pdl_cluster(cuda::pdl_env_enabled(), cz, kernel, grid, dim3(kDecThreads), p.smem, s, \
+                                              static_cast<const T*>(qkv), pos, slot, d, q_norm, k_norm, eps,      \
+                                              inv_freq, qscale, static_cast<T*>(k_cache), static_cast<T*>(v_cache), \
+                                              partial, counters, static_cast<T*>(out), cz > 1 ? 1 : 0),           \
+               "attention_decode launch");                                                                      \
   })
 #define MOSAIC_DEC_RP(VEC)              \
   if (p.rp == 1) MOSAIC_DEC(1, VEC);    \

@@ -259,10 +259,14 @@ const DecCase kDecCases[] = {
     {4, 2, 6, true, {33, 1, 2}},                            // hd 6: unaligned (scalar loads)
 };
 
+// Each case with the default merge of the splits (global partials, the last CTA merges) and with the
+// cluster merge (MOSAIC_DECODE_CLUSTER=1: distributed shared memory, <= 16 splits).
 TEST(GpuOps, DecodeAttentionMatchesReference) {
   REQUIRE_GPU();
+  for (const char* cluster : {"0", "1"})
   for (Act a : kActs)
     for (const DecCase& c : kDecCases) {
+      setenv("MOSAIC_DECODE_CLUSTER", cluster, 1);
       const int B = int(c.lens.size()), hd = c.hd, nh = c.H + 2 * c.Hkv;
       const int64_t cap = *std::max_element(c.lens.begin(), c.lens.end()) + 3;
       std::vector<int32_t> pos(static_cast<size_t>(B)), slot(static_cast<size_t>(B));
@@ -320,8 +324,9 @@ TEST(GpuOps, DecodeAttentionMatchesReference) {
       EXPECT_EQ(gv, vc);
       EXPECT_LE(worst_k, 4 * act_eps(a)) << act_name(a) << " appended k, H=" << c.H << " hd=" << hd;
       EXPECT_LE(worst, 8 * act_eps(a)) << act_name(a) << " H=" << c.H << " Hkv=" << c.Hkv << " hd=" << hd
-                                       << " B=" << B << " qk_norm=" << c.qk_norm;
+                                       << " B=" << B << " qk_norm=" << c.qk_norm << " cluster merge " << cluster;
     }
+  unsetenv("MOSAIC_DECODE_CLUSTER");
 }
 
 // Timing on LLaMA-3-8B's attention shapes (32 heads, 8 kv heads, hd 128; 32 layers with their own
@@ -411,6 +416,10 @@ TEST(GpuOps, DecodeAttentionTiming) {
       caps += buf;
     }
     unsetenv("MOSAIC_DECODE_SPLITS");
+    // The splits merged in a thread-block cluster (<= 16 splits; experimental, off by default).
+    setenv("MOSAIC_DECODE_CLUSTER", "1", 1);
+    const double t_cluster = run(scratch);
+    unsetenv("MOSAIC_DECODE_CLUSTER");
     // The same kernel with lanes per key at run time, and without programmatic dependent launch.
     setenv("MOSAIC_DECODE_LANES", "runtime", 1);
     const double t_rt = run(scratch);
@@ -420,9 +429,10 @@ TEST(GpuOps, DecodeAttentionTiming) {
     unsetenv("MOSAIC_PDL");
     const double t_us = run(scratch);
     const double kv_bytes = 2.0 * B * Hkv * double(len) * hd * 2, ideal_us = kv_bytes / bw * 1e6;
-    std::printf("[ attn timing ] B=%2d: %.1f us (lanes at run time %.1f, no PDL %.1f); KV %.1f MB -> %.1f us at copy "
-                "bandwidth (%.0f%%); CTAs per SM:%s; splits capped at:%s\n",
-                B, t_us, t_rt, t_nopdl, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str(), caps.c_str());
+    std::printf("[ attn timing ] B=%2d: %.1f us (lanes at run time %.1f, no PDL %.1f, cluster merge %.1f); KV %.1f MB -> "
+                "%.1f us at copy bandwidth (%.0f%%); CTAs per SM:%s; splits capped at:%s\n",
+                B, t_us, t_rt, t_nopdl, t_cluster, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str(),
+                caps.c_str());
   }
   // Row 0 of the last layer (sequence slot 0): the reference over its cache (the appended row included).
   const size_t seq_n = size_t(Hkv) * size_t(cap) * hd;
