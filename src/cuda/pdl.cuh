@@ -30,25 +30,8 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
-// kernel<<<grid, block, smem, s>>>(args...), with the PDL attribute when `pdl`.
-template <typename... KArgs, typename... Args>
-cudaError_t launch_maybe_pdl(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
-                             Args... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
-}
-
-// The same with a thread-block cluster of (1, 1, cluster_z) CTAs when cluster_z > 1 (grid.z must be
-// a multiple of it).
+// kernel<<<grid, block, smem, s>>>(args...), with the PDL attribute when `pdl` and as thread-block
+// clusters of (1, 1, cluster_z) CTAs when cluster_z > 1 (grid.z must be a multiple of it).
 template <typename... KArgs, typename... Args>
 cudaError_t launch_maybe_pdl_cluster(bool pdl, int cluster_z, void (*kernel)(KArgs...), dim3 grid, dim3 block,
                                      size_t smem, cudaStream_t s, Args... args) {
@@ -72,6 +55,13 @@ cudaError_t launch_maybe_pdl_cluster(bool pdl, int cluster_z, void (*kernel)(KAr
   cfg.attrs = attr;
   cfg.numAttrs = unsigned(n);
   return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+}
+
+// The same without clusters.
+template <typename... KArgs, typename... Args>
+cudaError_t launch_maybe_pdl(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                             Args... args) {
+  return launch_maybe_pdl_cluster(pdl, 1, kernel, grid, block, smem, s, args...);
 }
 
 }  // namespace mosaic::cuda

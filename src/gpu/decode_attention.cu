@@ -333,6 +333,7 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
   float* macc = sm;                            // [kDecWarps][RP][hd]
   float* mm = macc + kDecWarps * RP * hd;      // [kDecWarps][RP]
   float* ml = mm + kDecWarps * RP;             // [kDecWarps][RP]
+  float* cO = ml + kDecWarps * RP;             // cluster merge: this CTA's O [RP][hd], then m [RP], l [RP]
   if (ks == 0) {
     for (int r = 0; r < RP; ++r) {
       if (r < nq) {
@@ -363,7 +364,6 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
     if (nsplit == 1) {
       out[(int64_t(b) * d.H + hq0 + r) * hd + i] = from_f<T>(O / L);
     } else if (cluster_merge) {  // this CTA's partial stays in its shared memory (cluster merge below)
-      float* cO = ml + kDecWarps * RP;
       cO[k] = O;
       if (i == 0) {
         cO[RP * hd + r] = M;
@@ -389,7 +389,6 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
     namespace cg = cooperative_groups;
     cg::cluster_group cl = cg::this_cluster();
     cl.sync();
-    float* cO = ml + kDecWarps * RP;
     float* cM = cO + RP * hd;
     float* cL = cM + RP;
     const int total = nq * hd, chunk = (total + nsplit - 1) / nsplit;

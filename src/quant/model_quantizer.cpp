@@ -520,7 +520,7 @@ class Quantizer {
         const std::string name = layer_prefix(i) + linear_name(id);
         try {
           std::vector<double>& sc = scores[size_t(i) * 7 + size_t(id)];
-          sc = timed(kSolve, [&] { return mosaic_block_scores(*W[int(id)], s.N, s.K, H, mosaic_options(id), &base[int(id)]); });
+          sc = timed(kSolve, [&] { return mosaic_block_scores(*W[int(id)], s.N, s.K, H, mosaic_options(linear_group(opt_, id)), &base[int(id)]); });
           const double energy = diagonal_output_energy(*W[int(id)], s.N, s.K, H);
           if (energy > 0)
             for (double& v : sc) v /= energy;
@@ -776,10 +776,10 @@ class Quantizer {
     return g;
   }
 
-  MosaicOptions mosaic_options(LinearId id) const {
+  MosaicOptions mosaic_options(int group) const {
     MosaicOptions m;
     m.base = BaseMethod::kGptq;
-    m.group = linear_group(opt_, id);
+    m.group = group;
     m.symmetric = opt_.symmetric;
     m.block_rows = opt_.block_rows;
     m.block_cols = opt_.block_cols;
@@ -802,8 +802,7 @@ class Quantizer {
         }
         case QuantMethod::kGptq: return quantize_gptq(W, s.N, s.K, H, group, opt_.symmetric, ordered());
         case QuantMethod::kMosaic: {
-          MosaicOptions m = mosaic_options(LinearId::Q);
-          m.group = group;
+          MosaicOptions m = mosaic_options(group);
           m.num_blocks = count;
           return quantize_mosaic(W, s.N, s.K, H, m);
         }

@@ -240,10 +240,20 @@ double decode_err(GpuModel& g, const std::vector<int32_t>& toks, const std::vect
   return worst;
 }
 
+// Three models: every layer on ZipperEngine (8 fused linears), hidden 64 (K = 64: the dequantize
+// fallback), and a packed LM head (`mosaic quantize --lm-head`: ZipperEngine runs it too, 9 fused
+// linears, its 16-bit logits converted to fp32, the engine's path for a head that is not a dense
+// cuBLAS layer). Prefill and decode match the CPU engine with the usual bounds.
 TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
   REQUIRE_GPU();
-  for (auto [D, I, zipper] : {std::tuple<int64_t, int64_t, bool>{128, 256, true}, {64, 128, false}}) {
-    const auto dir = write_quant_model(D, I, std::to_string(D));
+  struct Case {
+    int64_t D, I;
+    bool packed_head;
+    int zipper_linears;  // 0: the dequantize fallback
+  };
+  for (const Case& c : {Case{128, 256, false, 8}, Case{64, 128, false, 0}, Case{128, 256, true, 9}}) {
+    const std::string tag = std::to_string(c.D) + (c.packed_head ? "head" : "");
+    const auto dir = write_quant_model(c.D, c.I, tag, nlohmann::json::object(), c.packed_head);
     const Model cpu = Model::load(dir);
     const auto toks = prompt_tokens(30, cpu.vocab_size(), 9);
     const auto ref = cpu_logits(cpu, toks);
@@ -253,8 +263,8 @@ TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
       o.capacity = 32;
       GpuModel g = GpuModel::load(dir, o);
       const GpuLoadReport& r = g.load_report();
-      if (zipper) {
-        EXPECT_EQ(r.zipper_linears, 8) << r.summary();
+      if (c.zipper_linears > 0) {
+        EXPECT_EQ(r.zipper_linears, c.zipper_linears) << r.summary();
         EXPECT_EQ(r.dequant_linears, 0) << r.summary();
       } else {
         EXPECT_GT(r.dequant_linears, 0) << r.summary();
@@ -263,39 +273,14 @@ TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
       std::vector<float> got(ref.size());
       g.forward(0, toks.data(), int64_t(toks.size()), got.data());
       const double err = rel_max_err(got, ref);
-      std::printf("[ gpu quant ] D=%lld (%s) %s: max|gpu - cpu| / max|cpu| = %.2e\n", (long long)D,
-                  zipper ? "ZipperEngine" : "dequant fallback", act_name(a), err);
+      std::printf("[ gpu quant ] %s (%s) %s: max|gpu - cpu| / max|cpu| = %.2e\n", tag.c_str(),
+                  c.zipper_linears ? "ZipperEngine" : "dequant fallback", act_name(a), err);
       EXPECT_LE(err, logits_bound(a));
       // Decode through ZipperEngine's fused M=1 path equals the prefill logits.
       EXPECT_LE(decode_err(g, toks, ref, 20), logits_bound(a)) << "decode";
     }
     std::filesystem::remove_all(dir);
   }
-}
-
-// A packed LM head (`mosaic quantize --lm-head`): ZipperEngine runs it too (9 fused linears), its
-// 16-bit logits are converted to fp32 (the engine's path for a head that is not a dense cuBLAS
-// layer); prefill and decode match the CPU engine with the usual bounds.
-TEST(GpuEngine, QuantizedLmHeadMatchesCpuEngine) {
-  REQUIRE_GPU();
-  const auto dir = write_quant_model(128, 256, "head", nlohmann::json::object(), /*packed_head=*/true);
-  const Model cpu = Model::load(dir);
-  const auto toks = prompt_tokens(30, cpu.vocab_size(), 29);
-  const auto ref = cpu_logits(cpu, toks);
-  for (Act a : {Act::F16, Act::BF16}) {
-    GpuOptions o;
-    o.act = a;
-    o.capacity = 32;
-    GpuModel g = GpuModel::load(dir, o);
-    EXPECT_EQ(g.load_report().zipper_linears, 9) << g.load_report().summary();
-    std::vector<float> got(ref.size());
-    g.forward(0, toks.data(), int64_t(toks.size()), got.data());
-    const double err = rel_max_err(got, ref);
-    std::printf("[ gpu quant ] packed lm_head, %s: max|gpu - cpu| / max|cpu| = %.2e\n", act_name(a), err);
-    EXPECT_LE(err, logits_bound(a));
-    EXPECT_LE(decode_err(g, toks, ref, 20), logits_bound(a)) << "decode";
-  }
-  std::filesystem::remove_all(dir);
 }
 
 // A model loaded without the dequantize path's workspace (what the engine does when it would not

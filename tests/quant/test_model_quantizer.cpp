@@ -48,6 +48,20 @@ ModelQuantOptions small_options(QuantMethod m) {
 }
 
 
+// quantize_model must fail with an Error whose message contains `needle`, leaving neither `out`
+// nor `out`.partial behind.
+void expect_quantize_error(const fs::path& model, const fs::path& out, const std::vector<std::vector<int32_t>>& calib,
+                           const ModelQuantOptions& o, const std::string& needle) {
+  try {
+    quantize_model(model, out, calib, o);
+    ADD_FAILURE() << "no error; expected one containing '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_FALSE(fs::exists(out.string() + ".partial"));
+}
+
 }  // namespace
 
 TEST(QuantLinear, MatchesDenseMatmulOnDequantize) {
@@ -241,23 +255,17 @@ TEST(ModelQuantizer, PerLinearGroupSizes) {
   EXPECT_THROW(parse_group_for("=32"), Error);
   EXPECT_THROW(parse_group_for("down_proj=32x"), Error);
   EXPECT_TRUE(parse_group_for("").empty());
+  const fs::path bad = tmp.path / "bad";
   o.group_for = {{"lm_head", 32}};  // not a decoder linear: refused, nothing written
-  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "bad1", calib, o), Error);
-  EXPECT_FALSE(fs::exists(tmp.path / "bad1"));
+  expect_quantize_error(golden("llama_tied"), bad, calib, o, "matches no linear");
   o.group_for = {{"down_proj", 0}};
-  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "bad2", calib, o), Error);
+  expect_quantize_error(golden("llama_tied"), bad, calib, o, "must be positive");
   o.group_for = {{"q_proj", 16}};  // q/k/v are one fused GEMM in the engines: must share
-  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "bad4", calib, o), Error);
+  expect_quantize_error(golden("llama_tied"), bad, calib, o, "q_proj, k_proj and v_proj must share");
   o.group_for = {{"gate_proj", 16}};
-  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "bad5", calib, o), Error);
+  expect_quantize_error(golden("llama_tied"), bad, calib, o, "gate_proj and up_proj must share");
   o.group_for = {{"down_proj", 36}};  // does not divide down's K = 96
-  try {
-    quantize_model(golden("llama_tied"), tmp.path / "bad3", calib, o);
-    ADD_FAILURE() << "no error for group 36";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("mlp.down_proj.weight"), std::string::npos) << e.what();
-  }
-  EXPECT_FALSE(fs::exists(tmp.path / "bad3"));
+  expect_quantize_error(golden("llama_tied"), bad, calib, o, "mlp.down_proj.weight");
 }
 
 // --lm-head: the head of a tied model is quantized from the embedding (packed lm_head tensors, the
@@ -308,17 +316,10 @@ TEST(ModelQuantizer, QuantizedLmHead) {
   EXPECT_TRUE(Checkpoint::open(tmp.path / "rtn").has("lm_head.qweight"));
   o = small_options(QuantMethod::kMosaic);
   o.quantize_lm_head = true;  // 16-row blocks do not tile 301 rows: a clear error before any work
-  try {
-    quantize_model(golden("llama_tied"), tmp.path / "b16", calib, o);
-    ADD_FAILURE() << "no error for 16-row blocks on a 301-row head";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("lm-head"), std::string::npos) << e.what();
-  }
-  EXPECT_FALSE(fs::exists(tmp.path / "b16"));
+  expect_quantize_error(golden("llama_tied"), tmp.path / "b16", calib, o, "--lm-head: residual block");
   o.block_rows = 1;
   o.act_bits = 8;
-  EXPECT_THROW(quantize_model(golden("llama_tied"), tmp.path / "a8", calib, o), Error);
-  EXPECT_FALSE(fs::exists(tmp.path / "a8"));
+  expect_quantize_error(golden("llama_tied"), tmp.path / "a8", calib, o, "--lm-head quantizes the head's weights only");
 }
 
 // Global allocation: exactly budget_blocks(budget, all blocks of the model) kept in total, split
@@ -442,17 +443,9 @@ TEST(ModelQuantizer, AtomicOutput) {
 TEST(ModelQuantizer, BadInputsAreErrors) {
   TempDir tmp;
   const auto calib = testdata::token_windows(4, 32, 1);
-  auto expect_error = [&](ModelQuantOptions o, const std::string& needle,
+  auto expect_error = [&](const ModelQuantOptions& o, const std::string& needle,
                           const std::vector<std::vector<int32_t>>& c, const fs::path& model) {
-    const fs::path out = tmp.path / "q";
-    try {
-      quantize_model(model, out, c, o);
-      ADD_FAILURE() << "no error; expected one containing '" << needle << "'";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-    EXPECT_FALSE(fs::exists(out));
-    EXPECT_FALSE(fs::exists(tmp.path / "q.partial"));
+    expect_quantize_error(model, tmp.path / "q", c, o, needle);
   };
   const fs::path m = golden("llama_tied");
   ModelQuantOptions o = small_options(QuantMethod::kMosaic);
