@@ -13,6 +13,7 @@
 #include <string>
 #include <utility>
 
+#include "gpu/decode_plan.h"
 #include "gpu/device.h"
 #include "gpu/kernel_util.cuh"
 #include "gpu/kernels.h"
@@ -38,8 +39,9 @@ namespace {
 //    overlap the end of the qkv GEMM; everything that reads this step's qkv comes after it.
 //  - the warps merge in shared memory; with one split the CTA writes the output, else its partial
 //    (o[hd] unnormalized, m, l), and the last CTA of the (b, g, c) group to finish (an atomic
-//    counter, which it resets to 0) merges the splits: no second kernel.
-constexpr int kDecWarps = 4, kDecThreads = 32 * kDecWarps, kMaxSplits = 256;
+//    counter, which it resets to 0) merges the splits: no second kernel. Or, where the plan says so
+//    (decode_plan.h), the splits are one thread-block cluster and merge in distributed shared memory.
+constexpr int kDecWarps = 4, kDecThreads = 32 * kDecWarps, kMaxSplits = detail::kMaxDecodeSplits;
 // MOSAIC_DEC_STAGES: a build-time override of the ring depth, for same-call comparisons only.
 #ifndef MOSAIC_DEC_STAGES
 #define MOSAIC_DEC_STAGES 8
@@ -385,7 +387,7 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
     // (1, 1, nsplit)): after a cluster barrier each CTA merges a slice of the outputs from every
     // CTA's (O, m, l) in distributed shared memory, then a second barrier keeps each CTA's shared
     // memory alive until the others have read it. No global partials, fence or arrival counter.
-    // (MOSAIC_DECODE_CLUSTER=1; not the default until measured.)
+    // (Chosen by decode_split_plan in decode_plan.h: short batches with few keys per CTA.)
     namespace cg = cooperative_groups;
     cg::cluster_group cl = cg::this_cluster();
     cl.sync();
@@ -483,6 +485,7 @@ int sm_count() {
 }
 struct DecodePlan {
   int rp, nch, nsplit, lpk;
+  bool cluster;  // merge the splits in a thread-block cluster (else global partials + counter)
   size_t smem;
 };
 // MOSAIC_DECODE_LANES=runtime selects the run-time lanes-per-key kernel for every head size (for
@@ -507,15 +510,13 @@ int decode_max_splits() {
   const int v = e ? std::atoi(e) : 0;
   return v >= 1 && v <= kMaxSplits ? v : 0;
 }
-// MOSAIC_DECODE_CLUSTER=1: the splits of a (sequence, kv head, head chunk) run as one thread-block
-// cluster and merge through distributed shared memory (at most 16 splits, the non-portable cluster
-// limit) instead of global partials + an arrival counter. Experimental (tenth session), off by
-// default until measured; read per call like the other switches.
-bool decode_cluster() {
+// MOSAIC_DECODE_CLUSTER=0 / 1 forces the global / the cluster merge of the splits (tests and tuning);
+// unset, decode_split_plan (decode_plan.h) picks. Read per call like the other switches.
+detail::ClusterMerge decode_cluster_mode() {
   const char* e = std::getenv("MOSAIC_DECODE_CLUSTER");
-  return e && e[0] == '1';
+  if (!e || !*e) return detail::ClusterMerge::Auto;
+  return e[0] == '1' ? detail::ClusterMerge::On : detail::ClusterMerge::Off;
 }
-constexpr int kMaxClusterSplits = 16;
 // Bytes the kernel's shared memory must cover: the ring, or the merge area laid over it after the
 // keys (per warp: O [RP][hd], m, l; the cluster merge's O [RP][hd], m, l), whichever is larger,
 // then the rope rows (dead by the merge).
@@ -523,16 +524,14 @@ size_t decode_smem_bytes(int rp, int hd) {
   const size_t merge = (size_t(kDecWarps) * rp * hd + 2 * kDecWarps * rp + size_t(rp) * hd + 2 * rp) * sizeof(float);
   return std::max(kDecRingBytes, merge) + size_t(rp + 3) * hd * sizeof(float);
 }
-DecodePlan decode_plan(int B, const AttnDims& d, int sms) {
+// keys: the bound on the keys a sequence of this launch attends to (<= d.cap).
+DecodePlan decode_plan(int B, const AttnDims& d, int sms, int64_t keys, detail::ClusterMerge mode) {
   const int rep = d.H / d.Hkv, rp = dec_rp(rep), nch = (rep + rp - 1) / rp;
   int lpk = 1;
   while (lpk < (d.hd + 7) / 8) lpk <<= 1;
-  const int64_t groups = int64_t(B) * d.Hkv * nch, target = int64_t(decode_ctas_per_sm()) * sms;
-  const int64_t by_cap = std::max<int64_t>(1, d.cap / (int64_t(kDecWarps) * (32 / lpk)));
-  int nsplit = int(std::clamp<int64_t>((target + groups - 1) / groups, 1, std::min<int64_t>(kMaxSplits, by_cap)));
-  if (const int cap = decode_max_splits(); cap > 0) nsplit = std::min(nsplit, cap);
-  if (decode_cluster()) nsplit = std::min(nsplit, kMaxClusterSplits);
-  return {rp, nch, nsplit, lpk, decode_smem_bytes(rp, d.hd)};
+  const detail::DecodeSplits sp = detail::decode_split_plan(int64_t(B) * d.Hkv * nch, keys, sms, decode_ctas_per_sm(),
+                                                            kDecWarps * (32 / lpk), decode_max_splits(), mode);
+  return {rp, nch, sp.nsplit, lpk, sp.cluster, decode_smem_bytes(rp, d.hd)};
 }
 size_t decode_counter_bytes(int B, const AttnDims& d) {
   const int rep = d.H / d.Hkv, rp = dec_rp(rep);
@@ -579,7 +578,9 @@ size_t attention_decode_scratch_bytes(int max_B, const AttnDims& d) {
   const int sms = sm_count();
   size_t part = 0;
   for (int B = 1; B <= max_B; ++B) {
-    const DecodePlan p = decode_plan(B, d, sms);
+    // The global merge at the largest key bound has the most splits (a cluster plan never has more, and
+    // a cluster that does not fit falls back to the global merge with its own, fewer splits).
+    const DecodePlan p = decode_plan(B, d, sms, d.cap, detail::ClusterMerge::Off);
     if (p.nsplit > 1) part = std::max(part, size_t(B) * d.H * p.nsplit * (d.hd + 2) * sizeof(float));
   }
   return decode_counter_bytes(max_B, d) + part;
@@ -587,9 +588,10 @@ size_t attention_decode_scratch_bytes(int max_B, const AttnDims& d) {
 
 void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t* slot, int B, const AttnDims& d,
                       const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* k_cache,
-                      void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s) {
+                      void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s, int64_t keys_bound) {
   if (B <= 0) return;
-  const DecodePlan p = decode_plan(B, d, sm_count());
+  const DecodePlan p =
+      decode_plan(B, d, sm_count(), keys_bound > 0 ? std::min(keys_bound, d.cap) : d.cap, decode_cluster_mode());
   int* counters = static_cast<int*>(scratch);
   float* partial = reinterpret_cast<float*>(static_cast<char*>(scratch) + decode_counter_bytes(max_B, d));
   const float qscale = 1.4426950408889634f / sqrtf(float(d.hd));  // log2(e) / sqrt(hd): base-2 softmax
@@ -600,7 +602,7 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
     const auto kernel = attention_decode_k<T, RP, VEC, LPK>;                                                     \
     static const bool opt_in = decode_opt_in(kernel, RP);                                                        \
     (void)opt_in;                                                                                                \
-    const int cz = p.nsplit > 1 && decode_cluster() && cluster_fits(kernel, p.nsplit, p.smem) ? p.nsplit : 1;   \
+    const int cz = p.cluster && cluster_fits(kernel, p.nsplit, p.smem) ? p.nsplit : 1;                          \
     check_cuda(cuda::launch_maybe_pdl_cluster(cuda::pdl_env_enabled(), cz, kernel, grid, dim3(kDecThreads), p.smem, s, \
                                               static_cast<const T*>(qkv), pos, slot, d, q_norm, k_norm, eps,      \
                                               inv_freq, qscale, static_cast<T*>(k_cache), static_cast<T*>(v_cache), \

@@ -18,6 +18,7 @@
 #include "cuda/zipper_layout.h"
 #include "format/packed_checkpoint.h"
 #include "gpu/attention.h"
+#include "gpu/decode_plan.h"
 #include "gpu/device.h"
 #include "gpu/linear.h"
 #include "io/safetensors.h"
@@ -358,8 +359,12 @@ struct GpuModel::Impl {
   int32_t* h_stage = nullptr;  // pinned: tok | pos | slot | next (M each)
   size_t peak = 0;
 
-  std::map<int, cudaGraphExec_t> graphs;
-  std::map<int, int> eager_steps;
+  // Decode step graphs by (batch, key bound): the attention's split plan is made for the bound
+  // (decode_keys_bound: a power of two >= 64, so a generation captures a handful of graphs).
+  using GraphKey = std::pair<int, int64_t>;
+  std::map<GraphKey, cudaGraphExec_t> graphs;
+  std::map<GraphKey, int> eager_steps;
+  int64_t dec_keys = 0;  // the key bound of the decode step being run
   bool graphs_ok = true;
   // Profiling (GpuModel::profile_decode): leave groups of ops out of the decode step.
   static constexpr unsigned kSkipAttention = 1, kSkipGemm = 2, kSkipHead = 4, kSkipSmall = 8;
@@ -608,7 +613,8 @@ struct GpuModel::Impl {
         // One kernel: q/k norm + RoPE + KV append + attention (counted as attention by the profile).
         if (attn)
           kern::attention_decode(act, qkv.get(), pos.as<int32_t>(), slot.as<int32_t>(), decode_B, dims, qn, kn, eps,
-                                 inv_freq.as<float>(), kc(l), vc(l), partial.get(), slots, att.get(), stream);
+                                 inv_freq.as<float>(), kc(l), vc(l), partial.get(), slots, att.get(), stream,
+                                 dec_keys);
       } else {
         if (small)
           kern::qkv_rope_cache(act, qkv.get(), n, pos.as<int32_t>(), slot.as<int32_t>(), dims, qn, kn, eps,
@@ -690,12 +696,16 @@ struct GpuModel::Impl {
   // Runs decode_body(B): eagerly on the first step for this B (workspaces of the GEMM paths are
   // allocated then), captured into a CUDA graph on the second, replayed after.
   void decode_step(int B) {
-    auto it = graphs.find(B);
+    int64_t longest = 0;
+    for (int b = 0; b < B; ++b) longest = std::max(longest, len[size_t(b)]);
+    dec_keys = kern::detail::decode_keys_bound(longest + 1, cap);
+    const GraphKey key{B, dec_keys};
+    auto it = graphs.find(key);
     if (it != graphs.end()) {
       check_cuda(cudaGraphLaunch(it->second, stream), "cudaGraphLaunch (decode step)");
       return;
     }
-    if (!opt.cuda_graphs || !graphs_ok || eager_steps[B]++ == 0) {
+    if (!opt.cuda_graphs || !graphs_ok || eager_steps[key]++ == 0) {
       decode_body(B);
       return;
     }
@@ -711,7 +721,7 @@ struct GpuModel::Impl {
     const cudaError_t ec = cudaStreamEndCapture(stream, &g);
     cudaGraphExec_t exec = nullptr;
     if (err.empty() && ec == cudaSuccess && g && cudaGraphInstantiate(&exec, g, 0) == cudaSuccess) {
-      graphs[B] = exec;
+      graphs[key] = exec;
       cudaGraphDestroy(g);
       check_cuda(cudaGraphLaunch(exec, stream), "cudaGraphLaunch (decode step)");
       return;

@@ -63,11 +63,14 @@ void causal_softmax(Act a, const float* S, int64_t heads, int64_t T, int64_t Tk,
 // (flash-decoding) by a length read on the device: one launch serves every length (CUDA-graph
 // safe), one kernel (the last CTA of each group merges the splits). scratch: device memory of
 // attention_decode_scratch_bytes(max_B, d) bytes (B <= max_B), zeroed once before its first use
-// (its counters are left at zero by every launch).
+// (its counters are left at zero by every launch). keys_bound (0: d.cap): the longest pos[b] + 1
+// expected over this launch and the replays of a graph that captures it; the split plan is made for
+// it (decode_plan.h: fewer splits, merged in a cluster, for short sequences). Any length stays
+// correct (the keys are split by the length read on the device); only the speed depends on it.
 size_t attention_decode_scratch_bytes(int max_B, const AttnDims& d);
 void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t* slot, int B, const AttnDims& d,
                       const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* k_cache,
-                      void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s);
+                      void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s, int64_t keys_bound = 0);
 
 // gu [rows, 2I] = [gate | up] -> out [rows, I] = act(silu(gate) * up), per-token quantized when q.on().
 void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s, RowQuant q = {});
