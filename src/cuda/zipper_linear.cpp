@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -128,6 +129,15 @@ bool verbose() {
   static const bool v = env_number("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) > 0;
   return v;
 }
+// Stream-plan tuning at first use (M <= 16): the model's plan and up to kTuneCandidates - 1 others
+// within kTuneMargin of its cost are timed on the layer's own call, the fastest kept for every layer
+// of that shape. MOSAIC_ZIPPER_TUNE=0: the model's plan alone (read once).
+bool tune_enabled() {
+  static const bool v = env_number("MOSAIC_ZIPPER_TUNE", 1, 0, 1) > 0;
+  return v;
+}
+constexpr int kTuneCandidates = 4;
+constexpr double kTuneMargin = 1.25, kTuneMinGain = 0.03;
 // The wgmma kernel (zipper_wgmma.cu). MOSAIC_ZIPPER_WGMMA = 0: never in Auto; 1: Auto sends every
 // M to it, M <= 16 too (tests and same-run comparisons); unset: the M ranges where it measured faster
 // (wgmma_default). Tuning: MOSAIC_ZIPPER_WGMMA_TOK (32, 64, 128: tokens per CTA tile),
@@ -306,10 +316,10 @@ struct ZipperLinear::Impl {
     int k_split = 0, rpw = 1, n_groups = 1, kw = 1;
   };
   std::map<std::pair<int, bool>, StreamPlan> stream_plans;
-  StreamPlan plan_stream(int M, bool res) {
+  // The model's plan first, then up to kTuneCandidates - 1 others within kTuneMargin of its cost with
+  // a different (K-range, warps per row) (rows-per-warp variants of one of those cost about the same).
+  std::vector<StreamPlan> stream_candidates(int M, bool res) {
     const int x_rows = std::min(M, 16) + 1, nb = M <= 8 ? 1 : 2;
-    const auto key = std::make_pair(x_rows, res);
-    if (auto it = stream_plans.find(key); it != stream_plans.end()) return it->second;
     const int R = L.N / 16, k_tiles = L.K / kTileK, m_tiles = (M + 15) / 16;
     const double tile_kb = (res ? 1.1 : 1.0) * (stream_stages() - 1) * detail::kWarps;
     const double red = red_cost() * std::min(M, 16) / 16.0;  // per row end, split-K only
@@ -317,6 +327,7 @@ struct ZipperLinear::Impl {
     StreamPlan best;
     double best_cost = 1e30;
     int best_q = 0, best_splits = 0;
+    std::map<std::pair<int, int>, std::pair<double, StreamPlan>> others;
     for (int per = 1; per <= std::min(32, k_tiles); ++per) {
       const int splits = (k_tiles + per - 1) / per;
       for (int kw = 1; kw <= detail::kWarps; kw *= 2) {
@@ -337,12 +348,16 @@ struct ZipperLinear::Impl {
           const double cost = q * (rpw * row + 1.0 + (splits > 1 ? split_fix() : 0.0)) / bw;
           const bool better = cost < best_cost * 0.999 ||
                               (cost <= best_cost * 1.001 && (q > best_q || (q == best_q && splits < best_splits)));
+          const StreamPlan here{per * kTileK, rpw, groups, kw};
           if (better) {
             best_cost = cost;
-            best = {per * kTileK, rpw, groups, kw};
+            best = here;
             best_q = q;
             best_splits = splits;
           }
+          // The cheapest rows-per-warp of each (K-range, warps per row), for the tuner.
+          auto& o = others[std::make_pair(here.k_split, kw)];
+          if (o.first == 0 || cost < o.first) o = {cost, here};
           if (groups == 1) break;
         }
       }
@@ -351,7 +366,9 @@ struct ZipperLinear::Impl {
     // Test/tuning hook: MOSAIC_ZIPPER_STREAM_PLAN="KSPLIT,RPW[,KW]" (K-range in inputs, a multiple
     // of 128 up to 4096; rows per warp 1..32; warps per row 1, 2, 4, 8 with KSPLIT a multiple of
     // 128 KW dividing K), read when a layer plans an M for the first time.
+    bool forced_plan = false;
     if (const char* e = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN"); e && *e) {
+      forced_plan = true;
       int ks = 0, rpw = 0, kw = 1;
       const int n = std::sscanf(e, "%d,%d,%d", &ks, &rpw, &kw);
       MOSAIC_CHECK((n == 2 || n == 3) && ks > 0 && ks % kTileK == 0 && ks <= 4096 && rpw >= 1 && rpw <= 32 &&
@@ -368,21 +385,99 @@ struct ZipperLinear::Impl {
       best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw};
     }
     MOSAIC_CHECK(best.k_split > 0, "zipper: no stream-kernel plan fits layer [N=", L.N, ", K=", L.K, "]");
+    std::vector<StreamPlan> out{best};
+    if (forced_plan) return out;
+    std::vector<std::pair<double, StreamPlan>> rest;
+    for (const auto& [k, o] : others)
+      if ((o.second.k_split != best.k_split || o.second.kw != best.kw) && o.first <= best_cost * kTuneMargin)
+        rest.push_back(o);
+    std::sort(rest.begin(), rest.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& [c, p] : rest)
+      if (int(out.size()) < kTuneCandidates) out.push_back(p);
+    return out;
+  }
+
+  // Times each candidate on this call's operands (a warm-up, then the best of 3 rounds of 3 launches)
+  // and returns the fastest. The operands are the caller's: every candidate computes the same Y.
+  StreamPlan tune_stream(const std::vector<StreamPlan>& cands, const void* X, void* Y, int M, int bf16, bool residual,
+                         cudaStream_t s) {
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    check_cuda(cudaEventCreate(&e0), "cudaEventCreate (zipper tuning)");
+    check_cuda(cudaEventCreate(&e1), "cudaEventCreate (zipper tuning)");
+    std::vector<float> best_ms(cands.size(), 1e30f);
+    for (int round = 0; round < 3; ++round)
+      for (size_t i = 0; i < cands.size(); ++i) {
+        launch_stream_plan(cands[i], X, Y, M, bf16, residual, s);
+        check_cuda(cudaEventRecord(e0, s), "cudaEventRecord (zipper tuning)");
+        for (int r = 0; r < 3; ++r) launch_stream_plan(cands[i], X, Y, M, bf16, residual, s);
+        check_cuda(cudaEventRecord(e1, s), "cudaEventRecord (zipper tuning)");
+        check_cuda(cudaEventSynchronize(e1), "zipper tuning");
+        float ms = 0;
+        check_cuda(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime (zipper tuning)");
+        best_ms[i] = std::min(best_ms[i], ms);
+      }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    // The model's plan stays unless another is faster by more than kTuneMinGain: near-ties are
+    // timing noise (H200: 70B gate_up at M = 4 picked 96.7 vs 99.3 us plans either way in two runs).
+    size_t win = size_t(std::min_element(best_ms.begin(), best_ms.end()) - best_ms.begin());
+    if (best_ms[win] > best_ms[0] * (1.0 - kTuneMinGain)) win = 0;
+    if (verbose())
+      for (size_t i = 0; i < cands.size(); ++i)
+        std::fprintf(stderr, "zipper stream tune N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d %.2f us%s\n", L.N,
+                     L.K, M, int(residual), cands[i].k_split, cands[i].kw, cands[i].rpw, best_ms[i] * 1e3f / 3,
+                     i == win ? " (kept)" : i == 0 ? " (model)" : "");
+    return cands[win];
+  }
+
+  // The stream plan of this M: cached per layer; the first call of a layer shape tunes (when on and
+  // the stream is not being captured into a graph) and every layer of that shape reuses the result.
+  StreamPlan plan_stream(int M, bool res, const void* X, void* Y, int bf16, bool residual, cudaStream_t s) {
+    const int x_rows = std::min(M, 16) + 1;
+    const auto key = std::make_pair(x_rows, res);
+    if (auto it = stream_plans.find(key); it != stream_plans.end()) return it->second;
+    const TunedKey tk{L.N, L.K, L.group, x_rows, res};
+    const char* forced = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN");  // a forced plan is never tuned over
+    if (!(forced && *forced)) {
+      const std::lock_guard<std::mutex> lock(tuned_mu());
+      if (auto it = tuned().find(tk); it != tuned().end()) return stream_plans[key] = it->second;
+    }
+    const std::vector<StreamPlan> cands = stream_candidates(M, res);
+    StreamPlan p = cands.front();
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    const bool capturing = cudaStreamIsCapturing(s, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone;
+    cudaGetLastError();
+    if (tune_enabled() && cands.size() > 1 && !capturing) {
+      p = tune_stream(cands, X, Y, M, bf16, residual, s);
+      const std::lock_guard<std::mutex> lock(tuned_mu());
+      tuned()[tk] = p;
+    }
     if (verbose())
       std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d\n",
-                   L.N, L.K, M, int(res), best.k_split, best.kw, best.rpw, best.n_groups,
-                   (L.K + best.k_split - 1) / best.k_split);
-    return stream_plans[key] = best;
+                   L.N, L.K, M, int(res), p.k_split, p.kw, p.rpw, p.n_groups, (L.K + p.k_split - 1) / p.k_split);
+    return stream_plans[key] = p;
+  }
+  // Tuned plans shared by every layer of one shape (process-wide).
+  using TunedKey = std::tuple<int, int, int, int, bool>;  // N, K, group, x rows, residual
+  static std::map<TunedKey, StreamPlan>& tuned() {
+    static std::map<TunedKey, StreamPlan> m;
+    return m;
+  }
+  static std::mutex& tuned_mu() {
+    static std::mutex m;
+    return m;
   }
 
   void run_stream(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
+    launch_stream_plan(plan_stream(M, residual && L.res_qweight, X, Y, bf16, residual, s), X, Y, M, bf16, residual, s);
+  }
+  void launch_stream_plan(const StreamPlan& p, const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
     detail::FusedLaunch f;
     f.X = X;
     f.Y = Y;
     f.M = M;
     f.bf16 = bf16;
     f.residual = residual ? 1 : 0;
-    const StreamPlan p = plan_stream(M, residual && L.res_qweight);
     f.k_split = p.k_split;
     f.rows_per_warp = p.rpw;
     f.n_groups = p.n_groups;
