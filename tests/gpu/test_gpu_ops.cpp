@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
 
 #include "gpu/act_quant.h"
 #include "gpu/attention.h"
@@ -259,14 +260,19 @@ const DecCase kDecCases[] = {
     {4, 2, 6, true, {33, 1, 2}},                            // hd 6: unaligned (scalar loads)
 };
 
-// Each case with the default merge of the splits (global partials, the last CTA merges) and with the
-// cluster merge (MOSAIC_DECODE_CLUSTER=1: distributed shared memory, <= 16 splits).
+// Each case with the global merge of the splits (MOSAIC_DECODE_CLUSTER=0: partials, the last CTA
+// merges), with the cluster merge forced (=1: distributed shared memory, <= 16 splits), and with the
+// plan's own choice for a tight key bound (unset, keys_bound = the longest length: fewer splits).
 TEST(GpuOps, DecodeAttentionMatchesReference) {
   REQUIRE_GPU();
-  for (const char* cluster : {"0", "1"})
+  for (const char* cluster : {"0", "1", "auto"})
   for (Act a : kActs)
     for (const DecCase& c : kDecCases) {
-      setenv("MOSAIC_DECODE_CLUSTER", cluster, 1);
+      const bool automatic = std::string(cluster) == "auto";
+      if (automatic)
+        unsetenv("MOSAIC_DECODE_CLUSTER");
+      else
+        setenv("MOSAIC_DECODE_CLUSTER", cluster, 1);
       const int B = int(c.lens.size()), hd = c.hd, nh = c.H + 2 * c.Hkv;
       const int64_t cap = *std::max_element(c.lens.begin(), c.lens.end()) + 3;
       std::vector<int32_t> pos(static_cast<size_t>(B)), slot(static_cast<size_t>(B));
@@ -291,7 +297,8 @@ TEST(GpuOps, DecodeAttentionMatchesReference) {
       for (int rep = 0; rep < 2; ++rep)
         kern::attention_decode(a, dqkv.get(), dp.as<int32_t>(), ds.as<int32_t>(), B, d,
                                c.qk_norm ? dqn.as<float>() : nullptr, c.qk_norm ? dkn.as<float>() : nullptr, 1e-6f,
-                               inv.as<float>(), dk.get(), dv.get(), scratch.get(), B, out.get(), nullptr);
+                               inv.as<float>(), dk.get(), dv.get(), scratch.get(), B, out.get(), nullptr,
+                               automatic ? *std::max_element(c.lens.begin(), c.lens.end()) : 0);
       const auto got = from_act(a, out, size_t(B) * c.H * hd);
       const auto gk = from_act(a, dk, cache_n), gv = from_act(a, dv, cache_n);
       double worst = 0, worst_k = 0;
