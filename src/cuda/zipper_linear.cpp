@@ -327,7 +327,7 @@ struct ZipperLinear::Impl {
     StreamPlan best;
     double best_cost = 1e30;
     int best_q = 0, best_splits = 0;
-    std::map<std::pair<int, int>, std::pair<double, StreamPlan>> others;
+    std::vector<std::pair<double, StreamPlan>> all;
     for (int per = 1; per <= std::min(32, k_tiles); ++per) {
       const int splits = (k_tiles + per - 1) / per;
       for (int kw = 1; kw <= detail::kWarps; kw *= 2) {
@@ -355,9 +355,8 @@ struct ZipperLinear::Impl {
             best_q = q;
             best_splits = splits;
           }
-          // The cheapest rows-per-warp of each (K-range, warps per row), for the tuner.
-          auto& o = others[std::make_pair(here.k_split, kw)];
-          if (o.first == 0 || cost < o.first) o = {cost, here};
+          // Every candidate's cost, for the tuner (tune_candidates keeps one per (K-range, KW)).
+          all.push_back({cost, here});
           if (groups == 1) break;
         }
       }
@@ -385,15 +384,18 @@ struct ZipperLinear::Impl {
       best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw};
     }
     MOSAIC_CHECK(best.k_split > 0, "zipper: no stream-kernel plan fits layer [N=", L.N, ", K=", L.K, "]");
-    std::vector<StreamPlan> out{best};
-    if (forced_plan) return out;
-    std::vector<std::pair<double, StreamPlan>> rest;
-    for (const auto& [k, o] : others)
-      if ((o.second.k_split != best.k_split || o.second.kw != best.kw) && o.first <= best_cost * kTuneMargin)
-        rest.push_back(o);
-    std::sort(rest.begin(), rest.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (const auto& [c, p] : rest)
-      if (int(out.size()) < kTuneCandidates) out.push_back(p);
+    if (forced_plan) return {best};
+    // The model's best first, then the rest for tune_candidates (zipper_plan.h).
+    std::vector<double> costs{best_cost};
+    std::vector<int64_t> kind{int64_t(best.k_split) * 16 + best.kw};
+    std::vector<StreamPlan> plans{best};
+    for (const auto& [c, p] : all) {
+      costs.push_back(c);
+      kind.push_back(int64_t(p.k_split) * 16 + p.kw);
+      plans.push_back(p);
+    }
+    std::vector<StreamPlan> out;
+    for (int i : detail::tune_candidates(costs, kind, kTuneCandidates, kTuneMargin)) out.push_back(plans[size_t(i)]);
     return out;
   }
 
@@ -418,10 +420,7 @@ struct ZipperLinear::Impl {
       }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
-    // The model's plan stays unless another is faster by more than kTuneMinGain: near-ties are
-    // timing noise (H200: 70B gate_up at M = 4 picked 96.7 vs 99.3 us plans either way in two runs).
-    size_t win = size_t(std::min_element(best_ms.begin(), best_ms.end()) - best_ms.begin());
-    if (best_ms[win] > best_ms[0] * (1.0 - kTuneMinGain)) win = 0;
+    const size_t win = size_t(detail::tune_pick(best_ms, kTuneMinGain));  // the model's plan on a near-tie
     if (verbose())
       for (size_t i = 0; i < cands.size(); ++i)
         std::fprintf(stderr, "zipper stream tune N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d %.2f us%s\n", L.N,

@@ -2,7 +2,9 @@
 // resident-CTA slots, so a CPU test (tests/cuda/test_zipper_plan.cpp) can pin them to the plans
 // measured fastest on the GPU.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace mosaic::cuda::detail {
 
@@ -67,6 +69,36 @@ inline int64_t wgmma_tail_rows(int64_t M, int64_t output_tiles, int64_t slots, i
   const int64_t q = M / 128, r = M % 128;
   if (q < 1 || r < 1 || r > max_rows) return 0;
   return output_tiles * q >= slots ? r : 0;
+}
+
+// Stream-plan tuning at first use (ZipperLinear, eleventh session). Which plans to time: the model's
+// best (index 0 of `costs`) and up to max_cands - 1 others whose modelled cost is within `margin` of
+// it, cheapest first; `kind[i]` names a plan's (K range, warps per row): only one per kind (its
+// rows-per-warp variants cost about the same). Returns indices into costs.
+inline std::vector<int> tune_candidates(const std::vector<double>& costs, const std::vector<int64_t>& kind,
+                                        int max_cands, double margin) {
+  std::vector<int> out;
+  if (costs.empty()) return out;
+  out.push_back(0);
+  std::vector<int> rest;
+  for (int i = 1; i < int(costs.size()); ++i)
+    if (kind[size_t(i)] != kind[0] && costs[size_t(i)] <= costs[0] * margin) rest.push_back(i);
+  std::stable_sort(rest.begin(), rest.end(), [&](int a, int b) { return costs[size_t(a)] < costs[size_t(b)]; });
+  for (int i : rest) {
+    if (int(out.size()) >= max_cands) break;
+    bool seen = false;
+    for (int j : out) seen = seen || kind[size_t(j)] == kind[size_t(i)];
+    if (!seen) out.push_back(i);
+  }
+  return out;
+}
+// Which timed candidate to keep: the fastest, unless it beats the model's plan (index 0) by less
+// than min_gain (a near-tie is timing noise: H200, LLaMA-3-70B gate_up at M = 4 picked its 96.7 or a
+// 99.3 us plan in two runs).
+inline int tune_pick(const std::vector<float>& ms, double min_gain) {
+  if (ms.empty()) return 0;
+  const int win = int(std::min_element(ms.begin(), ms.end()) - ms.begin());
+  return ms[size_t(win)] > ms[0] * (1.0 - min_gain) ? 0 : win;
 }
 
 }  // namespace mosaic::cuda::detail

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "cuda/zipper_plan.h"
 
@@ -106,6 +107,31 @@ TEST(ZipperPlan, TileRemainderGoesToASecondLaunchWhereTheTilesFillTheGpu) {
   for (const Case& c : cases)
     EXPECT_EQ(wgmma_tail_rows(c.M, c.tiles, kSms, c.max_rows), c.rows)
         << "M=" << c.M << " output tiles " << c.tiles << " max " << c.max_rows;
+}
+
+// The stream-plan tuner's choice of plans to time (ZipperLinear, first call of a layer shape and M).
+TEST(ZipperPlan, TuneCandidatesAreTheModelsBestFewOnePerKind) {
+  // index 0 is the model's best; kinds 7 (the best's), 8, 9, 10; costs relative to 100.
+  const std::vector<double> costs{100, 101, 130, 103, 124, 110, 102, 125.5};
+  const std::vector<int64_t> kind{7, 7, 8, 9, 10, 9, 8, 11};
+  // Within 25%: 101 (kind 7: the best's own kind, left out), 103 (9), 124 (10), 110 (9 again), 102 (8);
+  // 130 and 125.5 are out. Cheapest first, one per kind, at most 4 in all.
+  EXPECT_EQ(tune_candidates(costs, kind, 4, 1.25), (std::vector<int>{0, 6, 3, 4}));
+  EXPECT_EQ(tune_candidates(costs, kind, 2, 1.25), (std::vector<int>{0, 6}));
+  EXPECT_EQ(tune_candidates(costs, kind, 4, 1.0), (std::vector<int>{0}));
+  EXPECT_EQ(tune_candidates({100}, {1}, 4, 1.25), (std::vector<int>{0}));
+  EXPECT_TRUE(tune_candidates({}, {}, 4, 1.25).empty());
+}
+
+TEST(ZipperPlan, TunePickKeepsTheModelsPlanOnANearTie) {
+  // LLaMA-3-8B gate_up at M = 8 with the residual (H200, eleventh session): the model's 2-way K split
+  // 40.80 us, 4 warps per row 32.98: kept.
+  EXPECT_EQ(tune_pick({40.80f, 32.98f, 39.99f, 33.54f}, 0.03), 1);
+  // LLaMA-3-70B gate_up at M = 4: 96.65 (model) vs 99.31 .. and a 2% faster one: the model's stays.
+  EXPECT_EQ(tune_pick({96.65f, 106.59f, 105.17f, 99.31f}, 0.03), 0);
+  EXPECT_EQ(tune_pick({100.f, 98.f}, 0.03), 0);
+  EXPECT_EQ(tune_pick({100.f, 96.f}, 0.03), 1);
+  EXPECT_EQ(tune_pick({100.f}, 0.03), 0);
 }
 
 }  // namespace
