@@ -403,9 +403,16 @@ struct ZipperLinear::Impl {
   // and returns the fastest. The operands are the caller's: every candidate computes the same Y.
   StreamPlan tune_stream(const std::vector<StreamPlan>& cands, const void* X, void* Y, int M, int bf16, bool residual,
                          cudaStream_t s) {
-    cudaEvent_t e0 = nullptr, e1 = nullptr;
-    check_cuda(cudaEventCreate(&e0), "cudaEventCreate (zipper tuning)");
-    check_cuda(cudaEventCreate(&e1), "cudaEventCreate (zipper tuning)");
+    struct Events {  // destroyed on every exit, errors included
+      cudaEvent_t e0 = nullptr, e1 = nullptr;
+      ~Events() {
+        if (e0) cudaEventDestroy(e0);
+        if (e1) cudaEventDestroy(e1);
+      }
+    } ev;
+    check_cuda(cudaEventCreate(&ev.e0), "cudaEventCreate (zipper tuning)");
+    check_cuda(cudaEventCreate(&ev.e1), "cudaEventCreate (zipper tuning)");
+    const cudaEvent_t e0 = ev.e0, e1 = ev.e1;
     std::vector<float> best_ms(cands.size(), 1e30f);
     for (int round = 0; round < 3; ++round)
       for (size_t i = 0; i < cands.size(); ++i) {
@@ -418,8 +425,6 @@ struct ZipperLinear::Impl {
         check_cuda(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime (zipper tuning)");
         best_ms[i] = std::min(best_ms[i], ms);
       }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
     const size_t win = size_t(detail::tune_pick(best_ms, kTuneMinGain));  // the model's plan on a near-tie
     if (verbose())
       for (size_t i = 0; i < cands.size(); ++i)
@@ -435,7 +440,9 @@ struct ZipperLinear::Impl {
     const int x_rows = std::min(M, 16) + 1;
     const auto key = std::make_pair(x_rows, res);
     if (auto it = stream_plans.find(key); it != stream_plans.end()) return it->second;
-    const TunedKey tk{L.N, L.K, L.group, x_rows, res};
+    int dev = 0;
+    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+    const TunedKey tk{dev, L.N, L.K, L.group, x_rows, res};
     const char* forced = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN");  // a forced plan is never tuned over
     if (!(forced && *forced)) {
       const std::lock_guard<std::mutex> lock(tuned_mu());
@@ -457,7 +464,7 @@ struct ZipperLinear::Impl {
     return stream_plans[key] = p;
   }
   // Tuned plans shared by every layer of one shape (process-wide).
-  using TunedKey = std::tuple<int, int, int, int, bool>;  // N, K, group, x rows, residual
+  using TunedKey = std::tuple<int, int, int, int, int, bool>;  // device, N, K, group, x rows, residual
   static std::map<TunedKey, StreamPlan>& tuned() {
     static std::map<TunedKey, StreamPlan> m;
     return m;
