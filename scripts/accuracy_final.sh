@@ -69,6 +69,10 @@ S=128 row m05mixBb1x64c128nl --method mosaic --group 32 --budget 0.05 $G --group
 # the LM head quantized too (--lm-head, same method / group / budget)
 row m10head --method mosaic --group 64 --budget 0.1 $G --lm-head
 row m10headnl --method mosaic --group 64 --budget 0.1 $G --lm-head --grid nl4
+# eleventh session: the head at group 32 (everything at 32), and the best combination with rotations
+row m10g32 --method mosaic --group 32 --budget 0.1 $G
+row m10g32head --method mosaic --group 32 --budget 0.1 $G --lm-head
+S=128 row m05mixBb1x64c128nlr1r2 --method mosaic --group 32 --budget 0.05 $G --group-for 'self_attn=192' --block 1x64 --score-samples 16 --grid nl4 --rotate r1r2
 python3 - "$W" "$DATE" <<'PY'
 import json, re, sys, pathlib, platform
 w, date = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -86,6 +90,9 @@ names = {"gptq64ao": "GPTQ g64 act-order", "gptq32ao": "GPTQ g32 act-order",
          "m05mixBb1x64c128nl": "MosaicQuant 1x64 5% global, groups attention 192 / MLP 32, nl4, calibration 128 x 512 (scoring on 16)",
          "m10head": "MosaicQuant 16x64 10% global, LM head quantized too",
          "m10headnl": "MosaicQuant 16x64 10% global, LM head quantized too, nl4",
+         "m10g32": "MosaicQuant g32 16x64 10% global",
+         "m10g32head": "MosaicQuant g32 16x64 10% global, LM head quantized too",
+         "m05mixBb1x64c128nlr1r2": "MosaicQuant 1x64 5% global, groups attention 192 / MLP 32, nl4, calibration 128 x 512 (scoring on 16), rotations r1r2",
          "m05b1x64": "MosaicQuant 1x64 5% global",
          "m10ts": "MosaicQuant 16x64 10% global, true-sequential",
          "m10c64": "MosaicQuant 16x64 10% global, calibration 64 x 512",
