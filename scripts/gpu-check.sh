@@ -22,6 +22,10 @@ cd "$(dirname "$0")/.."
 MODE=${1:-full}
 OUT=${OUT:-/tmp/gpu-check}
 DEPS=${DEPS:-.devdeps}
+[ -d "$DEPS/include/CLI" ] && [ -d "$DEPS/googletest" ] || {
+  echo "$(basename "$0"): $DEPS is missing or incomplete: run scripts/make-devdeps.sh here, then pass carry [\"$DEPS\"] to the device tool" >&2
+  exit 1
+}
 B=${BUILD:-/tmp/mosaic-gpu-build}
 mkdir -p "$OUT" "$B"
 LOG=$OUT/check.log

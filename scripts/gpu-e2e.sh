@@ -27,6 +27,10 @@ cd "$(dirname "$0")/.."
 MODE=${1:-full}
 OUT=${OUT:-/tmp/gpu-e2e}
 DEPS=${DEPS:-.devdeps}
+[ -d "$DEPS/include/CLI" ] && [ -d "$DEPS/googletest" ] || {
+  echo "$(basename "$0"): $DEPS is missing or incomplete: run scripts/make-devdeps.sh here, then pass carry [\"$DEPS\"] to the device tool" >&2
+  exit 1
+}
 B=${BUILD:-/tmp/mosaic-e2e-build}
 mkdir -p "$OUT" "$B/obj"
 # Objects are kept between calls on a warm machine; any header change rebuilds everything.

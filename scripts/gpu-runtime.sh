@@ -6,6 +6,10 @@
 CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
 [ -d "$CUDA_HOME/lib64" ] || CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
 R=$B/root
+if ! ls "$DEPS"/debs/*.deb > /dev/null 2>&1; then
+  echo "gpu-runtime: no Debian packages in $DEPS/debs: run scripts/make-devdeps.sh here and pass carry [\"$DEPS\"]" >&2
+  exit 1
+fi
 if [ ! -e "$R/.done" ]; then
   mkdir -p "$R"
   for d in "$DEPS"/debs/*.deb; do
