@@ -43,9 +43,13 @@ TEST(DecodePlan, SplitCountsStayInRange) {
         EXPECT_LE(p.nsplit, std::max<int64_t>(1, keys / 8)) << "a CTA gets at least one pass of keys";
         if (p.cluster) {
           EXPECT_GE(p.nsplit, 2);
-          if (m == ClusterMerge::Auto) EXPECT_EQ(p.nsplit & (p.nsplit - 1), 0) << "power-of-two clusters";
+          if (m == ClusterMerge::Auto) {
+            EXPECT_EQ(p.nsplit & (p.nsplit - 1), 0) << "power-of-two clusters";
+          }
         }
-        if (m == ClusterMerge::Off) EXPECT_FALSE(p.cluster);
+        if (m == ClusterMerge::Off) {
+          EXPECT_FALSE(p.cluster);
+        }
         // The global plan has the most splits: the scratch sized for it covers every plan.
         EXPECT_LE(p.nsplit, plan(B, keys, ClusterMerge::Off).nsplit);
       }
