@@ -136,6 +136,13 @@ bool tune_enabled() {
   static const bool v = env_number("MOSAIC_ZIPPER_TUNE", 1, 0, 1) > 0;
   return v;
 }
+// The wgmma kernel's K split tuned the same way (wgmma_tune_k_tiles in zipper_plan.h):
+// MOSAIC_ZIPPER_TUNE_WGMMA=1. Off by default: written in the eleventh session after its last device
+// call, not measured yet (docs/kernels-notes.md, next device calls).
+bool tune_wgmma_enabled() {
+  static const bool v = env_number("MOSAIC_ZIPPER_TUNE_WGMMA", 0, 0, 1) > 0;
+  return v;
+}
 constexpr int kTuneCandidates = 4;
 constexpr double kTuneMargin = 1.25, kTuneMinGain = 0.03;
 // The wgmma kernel (zipper_wgmma.cu). MOSAIC_ZIPPER_WGMMA = 0: never in Auto; 1: Auto sends every
@@ -399,10 +406,10 @@ struct ZipperLinear::Impl {
     return out;
   }
 
-  // Times each candidate on this call's operands (a warm-up, then the best of 3 rounds of 3 launches)
-  // and returns the fastest. The operands are the caller's: every candidate computes the same Y.
-  StreamPlan tune_stream(const std::vector<StreamPlan>& cands, const void* X, void* Y, int M, int bf16, bool residual,
-                         cudaStream_t s) {
+  // Milliseconds of 3 launches of each of n candidates (launch(i)): a warm-up launch, then the best of
+  // 3 rounds, candidates interleaved within a round.
+  template <typename Launch>
+  static std::vector<float> time_candidates(size_t n, const Launch& launch, cudaStream_t s) {
     struct Events {  // destroyed on every exit, errors included
       cudaEvent_t e0 = nullptr, e1 = nullptr;
       ~Events() {
@@ -412,19 +419,28 @@ struct ZipperLinear::Impl {
     } ev;
     check_cuda(cudaEventCreate(&ev.e0), "cudaEventCreate (zipper tuning)");
     check_cuda(cudaEventCreate(&ev.e1), "cudaEventCreate (zipper tuning)");
-    const cudaEvent_t e0 = ev.e0, e1 = ev.e1;
-    std::vector<float> best_ms(cands.size(), 1e30f);
+    std::vector<float> best(n, 1e30f);
     for (int round = 0; round < 3; ++round)
-      for (size_t i = 0; i < cands.size(); ++i) {
-        launch_stream_plan(cands[i], X, Y, M, bf16, residual, s);
-        check_cuda(cudaEventRecord(e0, s), "cudaEventRecord (zipper tuning)");
-        for (int r = 0; r < 3; ++r) launch_stream_plan(cands[i], X, Y, M, bf16, residual, s);
-        check_cuda(cudaEventRecord(e1, s), "cudaEventRecord (zipper tuning)");
-        check_cuda(cudaEventSynchronize(e1), "zipper tuning");
+      for (size_t i = 0; i < n; ++i) {
+        launch(i);
+        check_cuda(cudaEventRecord(ev.e0, s), "cudaEventRecord (zipper tuning)");
+        for (int r = 0; r < 3; ++r) launch(i);
+        check_cuda(cudaEventRecord(ev.e1, s), "cudaEventRecord (zipper tuning)");
+        check_cuda(cudaEventSynchronize(ev.e1), "zipper tuning");
         float ms = 0;
-        check_cuda(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime (zipper tuning)");
-        best_ms[i] = std::min(best_ms[i], ms);
+        check_cuda(cudaEventElapsedTime(&ms, ev.e0, ev.e1), "cudaEventElapsedTime (zipper tuning)");
+        best[i] = std::min(best[i], ms);
       }
+    return best;
+  }
+
+  // Times each candidate on this call's operands (a warm-up, then the best of 3 rounds of 3 launches)
+  // and returns the fastest. The operands are the caller's: every candidate computes the same Y.
+  StreamPlan tune_stream(const std::vector<StreamPlan>& cands, const void* X, void* Y, int M, int bf16, bool residual,
+                         cudaStream_t s) {
+    const std::vector<float> best_ms = time_candidates(cands.size(), [&](size_t i) {
+      launch_stream_plan(cands[i], X, Y, M, bf16, residual, s);
+    }, s);
     const size_t win = size_t(detail::tune_pick(best_ms, kTuneMinGain));  // the model's plan on a near-tie
     if (verbose())
       for (size_t i = 0; i < cands.size(); ++i)
@@ -581,7 +597,62 @@ struct ZipperLinear::Impl {
   }
 
   void run_wgmma(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
-    const WgPlan p = plan_wgmma(M);
+    WgPlan p = plan_wgmma(M);
+    if (tune_wgmma_enabled() && !wgmma_ksplit_forced()) p = tuned_wgmma(p, X, Y, M, bf16, residual, s);
+    launch_wgmma_plan(p, X, Y, M, bf16, residual, s);
+  }
+
+  // The K split of this (token tile, token tiles) timed at first use among wgmma_tune_k_tiles'
+  // candidates, as tune_stream does for the stream kernel (the model's split on a near-tie; never
+  // during graph capture; shared by every layer of the shape).
+  std::map<std::pair<int, int>, bool> wg_tuned_here;
+  WgPlan tuned_wgmma(WgPlan p, const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
+    const int m_tiles = (M + p.tok - 1) / p.tok, k_tiles = L.K / kTileK;
+    const auto key = std::make_pair(p.tok, m_tiles);
+    if (wg_tuned_here.count(key)) return wg_plans[key];
+    int dev = 0;
+    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+    const WgTunedKey tk{dev, L.N, L.K, L.group, p.tok, m_tiles, residual && L.res_qweight};
+    {
+      const std::lock_guard<std::mutex> lock(tuned_mu());
+      if (auto it = wg_tuned().find(tk); it != wg_tuned().end()) {
+        wg_tuned_here[key] = true;
+        return wg_plans[key] = it->second;
+      }
+    }
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    const bool capturing = cudaStreamIsCapturing(s, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone;
+    cudaGetLastError();
+    const std::vector<int> pers = detail::wgmma_tune_k_tiles(k_tiles, p.k_split / kTileK);
+    if (capturing || pers.size() < 2) return p;
+    std::vector<WgPlan> cands;
+    for (int per : pers) {
+      WgPlan c = p;
+      c.k_split = per * kTileK;
+      cands.push_back(c);
+    }
+    const std::vector<float> ms = time_candidates(cands.size(), [&](size_t i) {
+      launch_wgmma_plan(cands[i], X, Y, M, bf16, residual, s);
+    }, s);
+    const size_t win = size_t(detail::tune_pick(ms, kTuneMinGain));
+    if (verbose())
+      for (size_t i = 0; i < cands.size(); ++i)
+        std::fprintf(stderr, "zipper wgmma tune N=%d K=%d M=%d: tok=%d k_split=%d %.2f us%s\n", L.N, L.K, M, p.tok,
+                     cands[i].k_split, ms[i] * 1e3f / 3, i == win ? " (kept)" : i == 0 ? " (model)" : "");
+    {
+      const std::lock_guard<std::mutex> lock(tuned_mu());
+      wg_tuned()[tk] = cands[win];
+    }
+    wg_tuned_here[key] = true;
+    return wg_plans[key] = cands[win];
+  }
+  using WgTunedKey = std::tuple<int, int, int, int, int, int, bool>;  // device, N, K, group, tok, token tiles, res
+  static std::map<WgTunedKey, WgPlan>& wg_tuned() {
+    static std::map<WgTunedKey, WgPlan> m;
+    return m;
+  }
+
+  void launch_wgmma_plan(const WgPlan& p, const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
     detail::WgmmaLaunch f;
     f.X = X;
     f.Y = Y;

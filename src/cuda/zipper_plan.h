@@ -71,6 +71,22 @@ inline int64_t wgmma_tail_rows(int64_t M, int64_t output_tiles, int64_t slots, i
   return output_tiles * q >= slots ? r : 0;
 }
 
+// The wgmma kernel's K splits the first-use tuner times (ZipperLinear, MOSAIC_ZIPPER_TUNE_WGMMA=1;
+// prepared in the eleventh session, not measured yet): the model's k-tiles per CTA, then those of
+// twice and half its split count and of no split, each kept to >= 4 k-tiles per CTA (or all of them)
+// and listed once. Returns k-tiles per CTA, the model's first.
+inline std::vector<int> wgmma_tune_k_tiles(int k_tiles, int model_per) {
+  std::vector<int> out{model_per};
+  const int s0 = (k_tiles + model_per - 1) / model_per;
+  const int max_splits = std::max(1, k_tiles / std::min(k_tiles, 4));
+  for (int sp : {2 * s0, s0 / 2, 1}) {
+    if (sp < 1 || sp > max_splits) continue;
+    const int per = (k_tiles + sp - 1) / sp;
+    if (std::find(out.begin(), out.end(), per) == out.end()) out.push_back(per);
+  }
+  return out;
+}
+
 // Stream-plan tuning at first use (ZipperLinear, eleventh session). Which plans to time: the model's
 // best (index 0 of `costs`) and up to max_cands - 1 others whose modelled cost is within `margin` of
 // it, cheapest first; `kind[i]` names a plan's (K range, warps per row): only one per kind (its

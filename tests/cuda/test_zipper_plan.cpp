@@ -4,6 +4,7 @@
 // wgmma kernel, budget 10%; M = 64 from the plan logs of gemm-h200-2026-11-28-s8-splitk.md).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -132,6 +133,26 @@ TEST(ZipperPlan, TunePickKeepsTheModelsPlanOnANearTie) {
   EXPECT_EQ(tune_pick({100.f, 98.f}, 0.03), 0);
   EXPECT_EQ(tune_pick({100.f, 96.f}, 0.03), 1);
   EXPECT_EQ(tune_pick({100.f}, 0.03), 0);
+}
+
+// The wgmma K splits the (opt-in) tuner times: the model's, twice and half its split count, no split.
+TEST(ZipperPlan, WgmmaTuneKTilesAreTheModelsNeighbours) {
+  // K = 4096: 32 k-tiles. Model 8 k-tiles per CTA (4 splits): 8 splits (4), 2 splits (16), no split (32).
+  EXPECT_EQ(wgmma_tune_k_tiles(32, 8), (std::vector<int>{8, 4, 16, 32}));
+  // Model without a split: twice (2 splits = 16 k-tiles) only; half of 1 is 0, no split is the model's.
+  EXPECT_EQ(wgmma_tune_k_tiles(32, 32), (std::vector<int>{32, 16}));
+  // At least 4 k-tiles per CTA: 8 splits of 32 is the most, so 4 k-tiles (8 splits) has no twice.
+  EXPECT_EQ(wgmma_tune_k_tiles(32, 4), (std::vector<int>{4, 8, 32}));
+  // K = 14336 (down): 112 k-tiles; model 28 (4 splits): 14 (8), 56 (2), 112.
+  EXPECT_EQ(wgmma_tune_k_tiles(112, 28), (std::vector<int>{28, 14, 56, 112}));
+  // Fewer than 4 k-tiles: only the whole K.
+  EXPECT_EQ(wgmma_tune_k_tiles(3, 3), (std::vector<int>{3}));
+  for (int k = 1; k <= 224; ++k)
+    for (int per = std::min(k, 4); per <= k; ++per)
+      for (int v : wgmma_tune_k_tiles(k, per)) {
+        EXPECT_GE(v, std::min(k, 4)) << k << " " << per;
+        EXPECT_LE(v, k);
+      }
 }
 
 }  // namespace
