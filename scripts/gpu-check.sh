@@ -14,6 +14,8 @@
 #   BASELINE_SRC=dir   also build and time a whole older src/cuda (dir/cuda/*: kernels, plans, bench),
 #                      e.g. mkdir -p .devdeps/baseline/src && git archive HEAD src/cuda | tar -x -C
 #                      .devdeps/baseline/src --strip-components=1
+#   BASELINE_DEFS="-DX"  extra nvcc flags for the BASELINE_SRC kernels (e.g. -DMOSAIC_NL4_TIMING: the nl4
+#                      table-lookup decode in place of the uniform one, to time its cost; docs/kernels-notes.md)
 #   PLAN_OVERHEADS="4 6"   also time the current build with MOSAIC_ZIPPER_CTA_OVERHEAD=4, =6
 # Needs CLI11 + nlohmann headers and googletest sources in $DEPS (default .devdeps, made by
 # scripts/make-devdeps.sh on a Debian machine with the dev packages; see docs/kernels.md).
@@ -54,7 +56,7 @@ if [ -n "${BASELINE_SRC:-}" ]; then  # a whole older src/cuda (kernels, plans, b
   # its headers first: -I $BASELINE_SRC ahead of -I src
   # all of its kernel and host files (its gemm_bench also links its W4A8 code)
   for f in "$BASELINE_SRC"/cuda/*.cu; do
-    ${NVCC/-I src/-I $BASELINE_SRC -I src} -c "$f" -o $B/base/$(basename $f .cu).o > $B/base/ptxas-$(basename $f .cu).log 2>&1 & pids+=($!)
+    ${NVCC/-I src/-I $BASELINE_SRC -I src} ${BASELINE_DEFS:-} -c "$f" -o $B/base/$(basename $f .cu).o > $B/base/ptxas-$(basename $f .cu).log 2>&1 & pids+=($!)
   done
   for f in "$BASELINE_SRC"/cuda/*.cpp; do
     ${CXX/-I src/-I $BASELINE_SRC -I src} -c "$f" -o $B/base/$(basename $f .cpp).o & pids+=($!)

@@ -50,7 +50,12 @@ MOSAIC_NL4_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t s) {
 struct Nl4Table {
   uint32_t t[4];
 };
-MOSAIC_NL4_HD Nl4Table nl4_table(const int (&grid127)[16]) {
+// IQ4_NL's values (grid_nl4() x 127), the grid `mosaic quantize --grid nl4` writes.
+constexpr int kIq4Nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+constexpr Nl4Table nl4_table(const int (&grid127)[16]) {
   Nl4Table tab{};
   for (int c = 0; c < 16; ++c) tab.t[c / 4] |= uint32_t(uint8_t(grid127[c] + 128)) << (8 * (c % 4));
   return tab;

@@ -2,6 +2,9 @@
 // named PTX wrappers, the FP16/BF16 magic-number dequantizers and the per-warp stage layout.
 // Internal linkage (anonymous namespace): each .cu file gets its own copy.
 #pragma once
+#ifdef MOSAIC_NL4_TIMING
+#include "cuda/nl4_decode.h"  // timing experiments only (Ops<__half>::dequant below)
+#endif
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -89,6 +92,17 @@ struct Ops<__half> {
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
+#ifdef MOSAIC_NL4_TIMING
+  // Timing experiments only (docs/kernels-notes.md, next device calls): the nl4 table lookup
+  // (nl4_decode.h) in place of the uniform decode, so that a build with -DMOSAIC_NL4_TIMING times
+  // its cost on any checkpoint. Its results are wrong for uniform-grid layers: never a product build.
+  __device__ static void dequant(uint32_t q, uint32_t (&out)[4]) {
+    constexpr Nl4Table kTab = nl4_table(kIq4Nl);
+    nl4_decode_words(q, kTab, out);
+    const __half2 k1152 = __halves2half2(__ushort_as_half(0x6480), __ushort_as_half(0x6480));
+    for (int j = 0; j < 4; ++j) out[j] = as_u32(__hsub2(as_t2(out[j]), k1152));
+  }
+#else
   // 8 nibbles -> 4 half2 holding q - 8: nibble pairs (p0,p4) (p1,p5) (p2,p6) (p3,p7).
   // Magic number: 0x6400 | q is the fp16 1024 + q; 0x6400 | (q << 4) is 1024 + 16 q.
   __device__ static void dequant(uint32_t q, uint32_t (&out)[4]) {
@@ -104,6 +118,7 @@ struct Ops<__half> {
     out[2] = as_u32(__hsub2(as_t2(lo1), k1032));
     out[3] = as_u32(__hfma2(as_t2(hi1), kSixteenth, kMinus72));
   }
+#endif
   __device__ static T2 as_t2(uint32_t x) { return *reinterpret_cast<T2*>(&x); }
   __device__ static uint32_t as_u32(T2 x) { return *reinterpret_cast<uint32_t*>(&x); }
   __device__ static T2 bcast(__half x) { return __half2half2(x); }

@@ -45,6 +45,7 @@ TEST(Nl4Decode, EveryCodeAtEveryPositionAndRandomWords) {
   int g[16];
   grid127(g);
   const Nl4Table tab = nl4_table(g);
+  for (int c = 0; c < 16; ++c) EXPECT_EQ(g[c], kIq4Nl[c]) << "the quantizer's grid is IQ4_NL's table";
   for (int pos = 0; pos < 8; ++pos)
     for (uint32_t c = 0; c < 16; ++c)
       for (uint32_t fill : {0x00000000u, 0x88888888u, 0xFFFFFFFFu, 0x76543210u, 0xFEDCBA98u}) {
