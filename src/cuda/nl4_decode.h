@@ -26,23 +26,21 @@
 #define MOSAIC_NL4_HD inline
 #endif
 
+namespace mosaic::cuda {
+// Declared in w4a8_fp8_layout.h (defined in w4a8_fp8_layout.cpp), repeated here so that this header
+// stays free of that one's C++20 includes for nvcc's C++17 kernel builds.
+uint32_t prmt_emulated(uint32_t a, uint32_t b, uint32_t c);
+}  // namespace mosaic::cuda
+
 namespace mosaic::cuda::detail {
 
-// PTX prmt.b32 (default mode): byte k of the result is byte (s >> 4k) & 7 of {b, a} (a = bytes 0..3),
-// or that byte's sign bit replicated when (s >> 4k) & 8. The callers never set bit 3.
+// PTX prmt.b32 (default mode) on the device, its emulation (w4a8_fp8_layout.h, which the FP8 W4A8
+// decode's CPU mirror uses for the same 16-entry lookup) on the host. The callers never set bit 3.
 MOSAIC_NL4_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t s) {
 #if defined(__CUDA_ARCH__)
   return __byte_perm(a, b, s);
 #else
-  const uint64_t ab = (uint64_t(b) << 32) | a;
-  uint32_t r = 0;
-  for (int k = 0; k < 4; ++k) {
-    const uint32_t n = (s >> (4 * k)) & 0xF;
-    uint32_t byte = uint32_t(ab >> (8 * (n & 7))) & 0xFF;
-    if (n & 8) byte = (byte & 0x80) ? 0xFF : 0x00;
-    r |= byte << (8 * k);
-  }
-  return r;
+  return prmt_emulated(a, b, s);
 #endif
 }
 

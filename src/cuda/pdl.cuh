@@ -30,6 +30,16 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
+// The launch attribute of thread-block clusters of (1, 1, z) CTAs.
+inline cudaLaunchAttribute cluster_z_attr(int z) {
+  cudaLaunchAttribute a{};
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = 1;
+  a.val.clusterDim.y = 1;
+  a.val.clusterDim.z = unsigned(z);
+  return a;
+}
+
 // kernel<<<grid, block, smem, s>>>(args...), with the PDL attribute when `pdl` and as thread-block
 // clusters of (1, 1, cluster_z) CTAs when cluster_z > 1 (grid.z must be a multiple of it).
 template <typename... KArgs, typename... Args>
@@ -41,12 +51,7 @@ cudaError_t launch_maybe_pdl_cluster(bool pdl, int cluster_z, void (*kernel)(KAr
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n++].val.programmaticStreamSerializationAllowed = 1;
   }
-  if (cluster_z > 1) {
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = 1;
-    attr[n].val.clusterDim.y = 1;
-    attr[n++].val.clusterDim.z = unsigned(cluster_z);
-  }
+  if (cluster_z > 1) attr[n++] = cluster_z_attr(cluster_z);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;

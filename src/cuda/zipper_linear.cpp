@@ -143,6 +143,18 @@ bool tune_wgmma_enabled() {
   static const bool v = env_number("MOSAIC_ZIPPER_TUNE_WGMMA", 0, 0, 1) > 0;
   return v;
 }
+// Whether work queued on s is being captured into a CUDA graph (the tuners never time then).
+bool stream_capturing(cudaStream_t s) {
+  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  const bool capturing = cudaStreamIsCapturing(s, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone;
+  cudaGetLastError();
+  return capturing;
+}
+int current_device() {
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  return dev;
+}
 constexpr int kTuneCandidates = 4;
 constexpr double kTuneMargin = 1.25, kTuneMinGain = 0.03;
 // The wgmma kernel (zipper_wgmma.cu). MOSAIC_ZIPPER_WGMMA = 0: never in Auto; 1: Auto sends every
@@ -456,9 +468,7 @@ struct ZipperLinear::Impl {
     const int x_rows = std::min(M, 16) + 1;
     const auto key = std::make_pair(x_rows, res);
     if (auto it = stream_plans.find(key); it != stream_plans.end()) return it->second;
-    int dev = 0;
-    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-    const TunedKey tk{dev, L.N, L.K, L.group, x_rows, res};
+    const TunedKey tk{current_device(), L.N, L.K, L.group, x_rows, res};
     const char* forced = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN");  // a forced plan is never tuned over
     if (!(forced && *forced)) {
       const std::lock_guard<std::mutex> lock(tuned_mu());
@@ -466,10 +476,7 @@ struct ZipperLinear::Impl {
     }
     const std::vector<StreamPlan> cands = stream_candidates(M, res);
     StreamPlan p = cands.front();
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    const bool capturing = cudaStreamIsCapturing(s, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone;
-    cudaGetLastError();
-    if (tune_enabled() && cands.size() > 1 && !capturing) {
+    if (tune_enabled() && cands.size() > 1 && !stream_capturing(s)) {
       p = tune_stream(cands, X, Y, M, bf16, residual, s);
       const std::lock_guard<std::mutex> lock(tuned_mu());
       tuned()[tk] = p;
@@ -605,26 +612,18 @@ struct ZipperLinear::Impl {
   // The K split of this (token tile, token tiles) timed at first use among wgmma_tune_k_tiles'
   // candidates, as tune_stream does for the stream kernel (the model's split on a near-tie; never
   // during graph capture; shared by every layer of the shape).
-  std::map<std::pair<int, int>, bool> wg_tuned_here;
-  WgPlan tuned_wgmma(WgPlan p, const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
+  std::map<std::pair<int, int>, WgPlan> wg_tuned_plans;  // this layer's tuned plans, by (tok, token tiles)
+  WgPlan tuned_wgmma(const WgPlan& p, const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
     const int m_tiles = (M + p.tok - 1) / p.tok, k_tiles = L.K / kTileK;
     const auto key = std::make_pair(p.tok, m_tiles);
-    if (wg_tuned_here.count(key)) return wg_plans[key];
-    int dev = 0;
-    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-    const WgTunedKey tk{dev, L.N, L.K, L.group, p.tok, m_tiles, residual && L.res_qweight};
+    if (auto it = wg_tuned_plans.find(key); it != wg_tuned_plans.end()) return it->second;
+    const WgTunedKey tk{current_device(), L.N, L.K, L.group, p.tok, m_tiles, residual && L.res_qweight};
     {
       const std::lock_guard<std::mutex> lock(tuned_mu());
-      if (auto it = wg_tuned().find(tk); it != wg_tuned().end()) {
-        wg_tuned_here[key] = true;
-        return wg_plans[key] = it->second;
-      }
+      if (auto it = wg_tuned().find(tk); it != wg_tuned().end()) return wg_tuned_plans[key] = it->second;
     }
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    const bool capturing = cudaStreamIsCapturing(s, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone;
-    cudaGetLastError();
     const std::vector<int> pers = detail::wgmma_tune_k_tiles(k_tiles, p.k_split / kTileK);
-    if (capturing || pers.size() < 2) return p;
+    if (pers.size() < 2 || stream_capturing(s)) return p;
     std::vector<WgPlan> cands;
     for (int per : pers) {
       WgPlan c = p;
@@ -643,8 +642,7 @@ struct ZipperLinear::Impl {
       const std::lock_guard<std::mutex> lock(tuned_mu());
       wg_tuned()[tk] = cands[win];
     }
-    wg_tuned_here[key] = true;
-    return wg_plans[key] = cands[win];
+    return wg_tuned_plans[key] = cands[win];
   }
   using WgTunedKey = std::tuple<int, int, int, int, int, int, bool>;  // device, N, K, group, tok, token tiles, res
   static std::map<WgTunedKey, WgPlan>& wg_tuned() {

@@ -557,11 +557,7 @@ bool cluster_fits(K* kernel, int nsplit, size_t smem) {
   const std::lock_guard<std::mutex> lock(mu);
   const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), nsplit);
   if (auto it = known.find(key); it != known.end()) return it->second;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = unsigned(nsplit);
+  cudaLaunchAttribute attr[1] = {cuda::cluster_z_attr(nsplit)};
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(1, 1, unsigned(nsplit));
   cfg.blockDim = dim3(kDecThreads);

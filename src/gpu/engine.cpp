@@ -693,8 +693,9 @@ struct GpuModel::Impl {
     kern::advance(next.as<int32_t>(), tok.as<int32_t>(), pos.as<int32_t>(), B, stream);
   }
 
-  // Runs decode_body(B): eagerly on the first step for this B (workspaces of the GEMM paths are
-  // allocated then), captured into a CUDA graph on the second, replayed after.
+  // Runs decode_body(B): eagerly on the first step for this (B, key bound) (workspaces of the GEMM
+  // paths are allocated and their plans tuned then), captured into a CUDA graph on the second,
+  // replayed after.
   void decode_step(int B) {
     int64_t longest = 0;
     for (int b = 0; b < B; ++b) longest = std::max(longest, len[size_t(b)]);

@@ -57,7 +57,8 @@ TEST(Nl4Decode, EveryCodeAtEveryPositionAndRandomWords) {
 }
 
 TEST(Nl4Decode, ByteSelectEmulationFollowsPrmt) {
-  // prmt.b32 default mode: bytes of {b, a} by selector nibble, bit 3 replicates the sign.
+  // prmt.b32 default mode: bytes of {b, a} by selector nibble, bit 3 replicates the sign (the
+  // host side of byte_perm is w4a8_fp8_layout.h's prmt_emulated).
   EXPECT_EQ(byte_perm(0x33221100u, 0x77665544u, 0x3210u), 0x33221100u);
   EXPECT_EQ(byte_perm(0x33221100u, 0x77665544u, 0x7654u), 0x77665544u);
   EXPECT_EQ(byte_perm(0x33221100u, 0x77665544u, 0x0415u), 0x00441155u);
