@@ -26,7 +26,6 @@
 #include <memory>
 #include <string>
 
-#include "cuda/l2_prefetch.h"
 #include "cuda/zipper_layout.h"
 #include "format/packed_linear.h"
 
@@ -77,15 +76,6 @@ class ZipperLinear {
   // they read X or write anything. For a stream of dependent kernels (the GPU engine's decode step); the
   // benchmark times kernels without it.
   void set_programmatic_launch(bool on);
-
-  // The L2 look-ahead (cuda/l2_prefetch.h): every stream-kernel launch (M <= 16) of this layer
-  // from now on also prefetches `ahead` (a later kernel's weights) into L2. Empty: none (default).
-  void set_l2_ahead(const L2Prefetch& ahead);
-  // Appends to pf this layer's weights as the stream kernel reads them, fp16 or bf16 scales: the
-  // k-tiles [k_from, k_to) x K/128 of every 16-output row (codes and scales; the row-parallel
-  // kernel reads all rows' first tiles first), or with 0, 1 the whole layer (residual included).
-  // False when pf has no room left for a span.
-  bool add_l2_spans(L2Prefetch& pf, double k_from, double k_to, DType dt) const;
 
   // From now on the dequantize path uses `shared` (its buffer and cuBLAS handle) and frees this
   // layer's own buffer, if any. Every layer sharing one ZipperShared must run on the same stream.

@@ -5,8 +5,6 @@
 
 #include <cstdint>
 
-#include "cuda/l2_prefetch.h"
-
 namespace mosaic::cuda::detail {
 
 inline constexpr int kWarps = 8;                // warps per CTA, each owns 16 outputs
@@ -46,8 +44,6 @@ struct FusedLaunch {
   int k_warps = 1;        // stream kernel: warps sharing one row, each on 1/k_warps of the CTA's
                           // K-range, reduced in shared memory (1, 2, 4 or 8; v10)
   int pdl = 0;            // stream kernel: launch with programmatic dependent launch (cuda/pdl.cuh)
-  const L2Piece* ahead = nullptr;  // stream kernel: a later kernel's weights to prefetch into L2,
-  int ahead_n = 0;                 // as a piece table of ahead_n entries (cuda/l2_prefetch.h)
 };
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).

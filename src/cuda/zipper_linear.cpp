@@ -263,7 +263,6 @@ struct ZipperLinear::Impl {
   int64_t nnzb = 0, bytes_all = 0, bytes_base = 0;
   int num_sms = 132;
   bool pdl = false;  // set_programmatic_launch
-  L2AheadTable ahead;  // set_l2_ahead: issued by every stream-kernel launch
   // Workspaces, grown on demand (mutable state: one stream at a time).
   float* ws = nullptr;
   size_t ws_elems = 0;
@@ -515,8 +514,6 @@ struct ZipperLinear::Impl {
     f.stages = stream_stages();
     f.row_interleave = row_interleave() ? 1 : 0;
     f.pdl = pdl ? 1 : 0;
-    f.ahead = ahead.data();
-    f.ahead_n = ahead.size();
     const int splits = (L.K / kTileK + p.k_split / kTileK - 1) / (p.k_split / kTileK);
     const int m_tiles = (M + 15) / 16;
     if (splits > 1) ensure_ws(size_t(M) * L.N, size_t(L.N / 16) * m_tiles);
@@ -747,30 +744,6 @@ ZipperLinear::ZipperLinear(const PackedLinear& w) : impl_(std::make_unique<Impl>
 ZipperLinear::~ZipperLinear() = default;
 
 void ZipperLinear::set_programmatic_launch(bool on) { impl_->pdl = on; }
-
-void ZipperLinear::set_l2_ahead(const L2Prefetch& ahead) { impl_->ahead.set(ahead); }
-
-bool ZipperLinear::add_l2_spans(L2Prefetch& pf, double k_from, double k_to, DType dt) const {
-  const auto& L = impl_->layer(dt == DType::BF16 ? 1 : 0);
-  // Whole k-tiles of every 16-output row: codes [N/16][K/64][512 B] (1 KB per k-tile and row),
-  // scales [N/16][K/128][spt][16] x 2 B (docs/format.md "GPU repacked layout").
-  const int64_t tiles = L.K / kTileK, rows = L.N / 16;
-  const int64_t t0 = std::clamp<int64_t>(int64_t(std::llround(k_from * double(tiles))), 0, tiles);
-  const int64_t t1 = std::clamp<int64_t>(int64_t(std::llround(k_to * double(tiles))), t0, tiles);
-  if (t1 == t0) return true;
-  const int64_t code_tile = 1024, scale_tile = int64_t(L.spt) * 32;
-  const char* q = reinterpret_cast<const char*>(L.qweight);
-  const char* sc = reinterpret_cast<const char*>(L.scales);
-  if (t0 == 0 && t1 == tiles) {  // the whole layer: contiguous buffers, the residual too
-    bool ok = pf.add(q, uint64_t(rows * tiles * code_tile)) && pf.add(sc, uint64_t(rows * tiles * scale_tile));
-    if (impl_->nnzb > 0) {
-      ok = ok && pf.add(L.res_qweight, uint64_t(impl_->nnzb) * 512) && pf.add(L.res_scales, uint64_t(impl_->nnzb) * 32);
-    }
-    return ok;
-  }
-  return pf.add(q + t0 * code_tile, uint64_t(rows), uint64_t((t1 - t0) * code_tile), uint64_t(tiles * code_tile)) &&
-         pf.add(sc + t0 * scale_tile, uint64_t(rows), uint64_t((t1 - t0) * scale_tile), uint64_t(tiles * scale_tile));
-}
 
 void ZipperLinear::share(std::shared_ptr<ZipperShared> shared) {
   MOSAIC_CHECK(shared != nullptr, "ZipperLinear::share: null ZipperShared");

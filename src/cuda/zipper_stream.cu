@@ -25,7 +25,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "cuda/l2_prefetch.cuh"
 #include "cuda/pdl.cuh"
 #include "cuda/zipper_device.cuh"
 #include "cuda/zipper_launch.h"
@@ -88,8 +87,6 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   using T2 = typename O::T2;
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
-  // The L2 look-ahead (cuda/l2_prefetch.h): a later kernel's weights, by warp 0.
-  if (warp == 0) issue_l2_pieces(f.ahead, f.ahead_n, lane);
   const int m0 = blockIdx.z * 16;             // first row of X of this CTA
   const int kb = blockIdx.y * f.k_split;      // first input of this CTA's K-range
   const int KR = min(L.K - kb, f.k_split);    // multiple of 128 * KW, <= 4096

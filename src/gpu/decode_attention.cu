@@ -13,7 +13,6 @@
 #include <string>
 #include <utility>
 
-#include "cuda/l2_prefetch.cuh"
 #include "gpu/decode_plan.h"
 #include "gpu/device.h"
 #include "gpu/kernel_util.cuh"
@@ -93,8 +92,7 @@ template <typename T, int RP, bool VEC, int LPK>
 __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
     attention_decode_k(const T* qkv, const int32_t* pos_a, const int32_t* slot_a, AttnDims d, const float* q_norm,
                        const float* k_norm, float eps, const float* inv_freq, float qscale, T* kc, T* vc,
-                       float* partial, int* counters, T* out, int cluster_merge, const cuda::L2Piece* ahead,
-                       int ahead_n) {
+                       float* partial, int* counters, T* out, int cluster_merge) {
   constexpr int U = kDecPasses, S = kDecStages;
   extern __shared__ __align__(16) float sm[];  // [ring kDecRingBytes][rope rows]; after the keys: merge area
   const int hd = d.hd, rep = d.H / d.Hkv, nch = (rep + RP - 1) / RP, nh = d.H + 2 * d.Hkv;
@@ -145,9 +143,6 @@ __global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
   float* rows = sm + kDecRingBytes / sizeof(float);  // [nq + 2][hd]
   float* cs = rows + (RP + 2) * hd;                   // [hd]
   rope_table(hd, pos, inv_freq, cs);                  // from pos alone: off the critical path
-  // The L2 look-ahead: at batch 1 this kernel leaves DRAM mostly idle (a few MB of keys and values
-  // over ~13 us), so it fetches the next GEMMs' weights meanwhile (cuda/l2_prefetch.h).
-  if (w == 0) cuda::issue_l2_pieces(ahead, ahead_n, lane);
   __syncthreads();
   // Up to here only pos/slot (written by the previous step's advance) and cached keys 0 .. pos-1
   // (appended by earlier steps) were read: with PDL this overlaps the qkv GEMM's tail. The fused
@@ -589,8 +584,7 @@ size_t attention_decode_scratch_bytes(int max_B, const AttnDims& d) {
 
 void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t* slot, int B, const AttnDims& d,
                       const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* k_cache,
-                      void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s, int64_t keys_bound,
-                      const cuda::L2AheadTable* ahead) {
+                      void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s, int64_t keys_bound) {
   if (B <= 0) return;
   const DecodePlan p =
       decode_plan(B, d, sm_count(), keys_bound > 0 ? std::min(keys_bound, d.cap) : d.cap, decode_cluster_mode());
@@ -598,8 +592,6 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
   float* partial = reinterpret_cast<float*>(static_cast<char*>(scratch) + decode_counter_bytes(max_B, d));
   const float qscale = 1.4426950408889634f / sqrtf(float(d.hd));  // log2(e) / sqrt(hd): base-2 softmax
   const dim3 grid(unsigned(d.Hkv * p.nch), unsigned(B), unsigned(p.nsplit));
-  const cuda::L2Piece* pf = ahead ? ahead->data() : nullptr;
-  const int pf_n = ahead ? ahead->size() : 0;
   // Over 48 KB of dynamic shared memory needs an opt-in per kernel (once, for the largest plan).
 #define MOSAIC_DEC(RP, VEC)                                                                                      \
   MOSAIC_DISPATCH(a, {                                                                                           \
@@ -610,7 +602,7 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
     check_cuda(cuda::launch_maybe_pdl_cluster(cuda::pdl_env_enabled(), cz, kernel, grid, dim3(kDecThreads), p.smem, s, \
                                               static_cast<const T*>(qkv), pos, slot, d, q_norm, k_norm, eps,      \
                                               inv_freq, qscale, static_cast<T*>(k_cache), static_cast<T*>(v_cache), \
-                                              partial, counters, static_cast<T*>(out), cz > 1 ? 1 : 0, pf, pf_n), \
+                                              partial, counters, static_cast<T*>(out), cz > 1 ? 1 : 0),           \
                "attention_decode launch");                                                                      \
   })
 #define MOSAIC_DEC_RP(VEC)              \

@@ -4,8 +4,6 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 namespace mosaic::gpu::kern::detail {
 
@@ -73,59 +71,6 @@ inline int64_t decode_keys_bound(int64_t max_len_after, int64_t cap) {
   int64_t b = 64;
   while (b < max_len_after) b *= 2;
   return std::min(b, std::max<int64_t>(1, cap));
-}
-
-// The decode step's L2 look-ahead (cuda/l2_prefetch.h, docs/kernels.md "L2 look-ahead"): which
-// later weights the kernels of a decoder layer prefetch into L2 while they run. The spec
-// (MOSAIC_L2_AHEAD) is "off" or a list, separated by ',' or '+' (scripts that split on commas), of
-//   o       the attention kernel prefetches the o projection (whole: codes, scales, residual)
-//   gu=F    the attention kernel also prefetches the first fraction F of every row of gate_up
-//   gu2=F   the o GEMM prefetches gate_up's next fraction F of every row
-//   qkv     the down GEMM prefetches the next layer's qkv (whole)
-// Only ZipperEngine layers take part, and a GEMM prefetches only from its stream kernel (M <= 16).
-struct L2Ahead {
-  bool o = false, qkv = false;
-  double gu = 0, gu2 = 0;
-  bool any() const { return o || qkv || gu > 0 || gu2 > 0; }
-};
-
-// Parses a spec into `out`; false with `err` set on a malformed one (fractions in [0, 1], gu + gu2 <= 1).
-inline bool parse_l2_ahead(const std::string& spec, L2Ahead& out, std::string& err) {
-  L2Ahead a;
-  if (spec.empty() || spec == "off" || spec == "0") {
-    out = a;
-    return true;
-  }
-  size_t i = 0;
-  while (i <= spec.size()) {
-    const size_t j = std::min(spec.find_first_of(",+", i), spec.size());
-    const std::string item = spec.substr(i, j - i);
-    const size_t eq = item.find('=');
-    const std::string key = item.substr(0, eq), val = eq == std::string::npos ? "" : item.substr(eq + 1);
-    const auto fraction = [&](double& f) {
-      char* end = nullptr;
-      f = std::strtod(val.c_str(), &end);
-      return !val.empty() && end && *end == '\0' && f >= 0 && f <= 1;
-    };
-    if ((key == "o" || key == "qkv") && eq == std::string::npos) {
-      (key == "o" ? a.o : a.qkv) = true;
-    } else if ((key == "gu" || key == "gu2") && eq != std::string::npos) {
-      if (!fraction(key == "gu" ? a.gu : a.gu2)) {
-        err = "'" + item + "': the fraction must be a number in [0, 1]";
-        return false;
-      }
-    } else {
-      err = "'" + item + "' is not one of off, o, qkv, gu=F, gu2=F";
-      return false;
-    }
-    i = j + 1;
-  }
-  if (a.gu + a.gu2 > 1) {
-    err = "gu + gu2 exceed 1 (the fractions of gate_up's rows the two kernels prefetch)";
-    return false;
-  }
-  out = a;
-  return true;
 }
 
 }  // namespace mosaic::gpu::kern::detail

@@ -7,9 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -367,7 +365,6 @@ struct GpuModel::Impl {
   std::map<GraphKey, cudaGraphExec_t> graphs;
   std::map<GraphKey, int> eager_steps;
   int64_t dec_keys = 0;  // the key bound of the decode step being run
-  std::vector<cuda::L2AheadTable> attn_ahead;  // per layer: what its decode attention prefetches (may be empty)
   bool graphs_ok = true;
   // Profiling (GpuModel::profile_decode): leave groups of ops out of the decode step.
   static constexpr unsigned kSkipAttention = 1, kSkipGemm = 2, kSkipHead = 4, kSkipSmall = 8;
@@ -397,52 +394,6 @@ struct GpuModel::Impl {
     return w ? &w->inner() : g;
   }
 
-  // The decode step's L2 look-ahead (decode_plan.h L2Ahead; MOSAIC_L2_AHEAD overrides the default):
-  // per layer, the attention kernel prefetches the o projection and the first part of gate_up, the
-  // o GEMM the next part of gate_up, the down GEMM the next layer's qkv. Zipper layers only.
-  static constexpr const char* kDefaultL2Ahead = "off";
-  kern::detail::L2Ahead l2_ahead;  // read at the start of build (a bad spec fails before any upload)
-  void read_l2_ahead() {
-    const char* e = std::getenv("MOSAIC_L2_AHEAD");
-    std::string err;
-    MOSAIC_CHECK(kern::detail::parse_l2_ahead(e ? e : kDefaultL2Ahead, l2_ahead, err), "MOSAIC_L2_AHEAD: ", err);
-  }
-  void plan_l2_ahead(bool quiet) {
-    const kern::detail::L2Ahead& a = l2_ahead;
-    attn_ahead.clear();
-    attn_ahead.resize(layers.size());
-    if (!a.any()) return;
-    const auto zip = [](GpuLinear* g) { return dynamic_cast<ZipperGpuLinear*>(unwrap(g)); };
-    uint64_t attn_bytes = 0, o_bytes = 0, down_bytes = 0;
-    for (size_t l = 0; l < layers.size(); ++l) {
-      Layer& Ly = layers[l];
-      ZipperGpuLinear *zo = zip(Ly.o.get()), *zgu = zip(Ly.gate_up.get()), *zd = zip(Ly.down.get());
-      cuda::L2Prefetch at;
-      if (a.o && zo) zo->add_l2_spans(at, 0, 1);
-      if (a.gu > 0 && zgu) zgu->add_l2_spans(at, 0, a.gu);
-      attn_ahead[l].set(at);
-      attn_bytes += at.total();
-      if (a.gu2 > 0 && zo && zgu) {
-        cuda::L2Prefetch p;
-        zgu->add_l2_spans(p, a.gu, a.gu + a.gu2);
-        zo->set_l2_ahead(p);
-        o_bytes += p.total();
-      }
-      if (a.qkv && zd && l + 1 < layers.size())
-        if (ZipperGpuLinear* zq = zip(layers[l + 1].qkv.get())) {
-          cuda::L2Prefetch p;
-          zq->add_l2_spans(p, 0, 1);
-          zd->set_l2_ahead(p);
-          down_bytes += p.total();
-        }
-    }
-    if (!quiet) {
-      const double n = double(std::max<size_t>(1, layers.size())), mb = 1e6;
-      std::fprintf(stderr, "GPU engine: L2 look-ahead per layer: attention %.1f MB, o %.1f MB, down %.1f MB\n",
-                   double(attn_bytes) / n / mb, double(o_bytes) / n / mb, double(down_bytes) / n / mb);
-    }
-  }
-
   void note_peak() {
     size_t f = 0, t = 0;
     if (cudaMemGetInfo(&f, &t) == cudaSuccess) peak = std::max(peak, t - f);
@@ -450,7 +401,6 @@ struct GpuModel::Impl {
 
   // ---- building --------------------------------------------------------------------------------
   void build(const ModelConfig& c, const GpuOptions& o, Source& src, bool quantized, ActQuant aq = {}) {
-    read_l2_ahead();
     const auto t0 = std::chrono::steady_clock::now();
     require_gpu();
     MOSAIC_CHECK(!c.attention_bias, c.architecture, ": attention_bias = true is not supported");
@@ -598,7 +548,6 @@ struct GpuModel::Impl {
       lm_dense = dynamic_cast<const DenseGpuLinear*>(lm_head.get());
     }
     check_cuda(cudaDeviceSynchronize(), "loading weights");
-    plan_l2_ahead(o.quiet);
 
     size_t wb = embed.bytes() + final_norm.bytes() + (tied ? 0 : lm_head->device_bytes());
     for (const Layer& Ly : layers)
@@ -665,7 +614,7 @@ struct GpuModel::Impl {
         if (attn)
           kern::attention_decode(act, qkv.get(), pos.as<int32_t>(), slot.as<int32_t>(), decode_B, dims, qn, kn, eps,
                                  inv_freq.as<float>(), kc(l), vc(l), partial.get(), slots, att.get(), stream,
-                                 dec_keys, attn_ahead.empty() ? nullptr : &attn_ahead[size_t(l)]);
+                                 dec_keys);
       } else {
         if (small)
           kern::qkv_rope_cache(act, qkv.get(), n, pos.as<int32_t>(), slot.as<int32_t>(), dims, qn, kn, eps,

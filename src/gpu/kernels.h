@@ -16,8 +16,6 @@
 
 #include <cstdint>
 
-#include "cuda/l2_prefetch.h"
-
 namespace mosaic::gpu {
 
 enum class Act { F16 = 0, BF16 = 1 };  // activation (and dense weight) dtype: 2 bytes per value
@@ -72,8 +70,7 @@ void causal_softmax(Act a, const float* S, int64_t heads, int64_t T, int64_t Tk,
 size_t attention_decode_scratch_bytes(int max_B, const AttnDims& d);
 void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t* slot, int B, const AttnDims& d,
                       const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* k_cache,
-                      void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s, int64_t keys_bound = 0,
-                      const cuda::L2AheadTable* ahead = nullptr);
+                      void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s, int64_t keys_bound = 0);
 
 // gu [rows, 2I] = [gate | up] -> out [rows, I] = act(silu(gate) * up), per-token quantized when q.on().
 void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s, RowQuant q = {});

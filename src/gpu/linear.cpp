@@ -85,12 +85,6 @@ void ZipperGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s)
 
 size_t ZipperGpuLinear::device_bytes() const { return size_t(z_->weight_bytes(true)); }
 
-void ZipperGpuLinear::set_l2_ahead(const cuda::L2Prefetch& ahead) { z_->set_l2_ahead(ahead); }
-
-bool ZipperGpuLinear::add_l2_spans(cuda::L2Prefetch& pf, double from, double to) const {
-  return z_->add_l2_spans(pf, from, to, a_ == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16);
-}
-
 ActQuantGpuLinear::ActQuantGpuLinear(std::unique_ptr<GpuLinear> inner, ActQuant q, Act a,
                                      const ActQuantScratch* scratch, std::unique_ptr<cuda::W4A8Linear> w4a8,
                                      int64_t w4a8_min_m)

@@ -17,7 +17,6 @@
 #include <string>
 #include <vector>
 
-#include "cuda/l2_prefetch.h"
 #include "format/packed_linear.h"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
@@ -79,10 +78,6 @@ class ZipperGpuLinear : public GpuLinear {
   const cuda::ZipperLinear& zipper() const { return *z_; }
   // The dequantize path's buffer and cuBLAS handle shared by all layers of a model (one stream).
   void share(std::shared_ptr<cuda::ZipperShared> s);
-  // The decode step's L2 look-ahead (cuda/l2_prefetch.h): what this layer's small-M launches
-  // prefetch, and this layer's weights as spans (k-tiles [from, to) of every row; 0, 1: all).
-  void set_l2_ahead(const cuda::L2Prefetch& ahead);
-  bool add_l2_spans(cuda::L2Prefetch& pf, double from, double to) const;
 
  private:
   std::unique_ptr<cuda::ZipperLinear> z_;

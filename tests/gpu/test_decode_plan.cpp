@@ -71,28 +71,5 @@ TEST(DecodePlan, KeyBoundsArePowersOfTwoCappedAtCapacity) {
   EXPECT_EQ(decode_keys_bound(10, 32), 32);
 }
 
-TEST(DecodePlan, L2AheadSpec) {
-  L2Ahead a;
-  std::string err;
-  ASSERT_TRUE(parse_l2_ahead("off", a, err));
-  EXPECT_FALSE(a.any());
-  ASSERT_TRUE(parse_l2_ahead("", a, err));
-  EXPECT_FALSE(a.any());
-  ASSERT_TRUE(parse_l2_ahead("o,gu=0.25,gu2=0.5,qkv", a, err)) << err;
-  EXPECT_TRUE(a.o);
-  EXPECT_TRUE(a.qkv);
-  EXPECT_DOUBLE_EQ(a.gu, 0.25);
-  EXPECT_DOUBLE_EQ(a.gu2, 0.5);
-  ASSERT_TRUE(parse_l2_ahead("o+gu=0.25+qkv", a, err)) << err;
-  EXPECT_TRUE(a.o && a.qkv && a.gu == 0.25 && a.gu2 == 0);
-  ASSERT_TRUE(parse_l2_ahead("qkv", a, err));
-  EXPECT_TRUE(a.qkv && !a.o && a.gu == 0);
-  for (const char* bad : {"o,", "gu", "gu=", "gu=1.5", "gu=-0.1", "gu=x", "o=1", "down", "gu=0.6,gu2=0.5"}) {
-    L2Ahead b;
-    EXPECT_FALSE(parse_l2_ahead(bad, b, err)) << bad;
-    EXPECT_FALSE(err.empty()) << bad;
-  }
-}
-
 }  // namespace
 }  // namespace mosaic::gpu::kern::detail

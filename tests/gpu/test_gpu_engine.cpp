@@ -283,63 +283,6 @@ TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
   }
 }
 
-// The decode step's L2 look-ahead (MOSAIC_L2_AHEAD; cuda/l2_prefetch.h) only asks for weights
-// early: with every form of it on (the attention prefetching o and half of gate_up's k-tiles, o
-// the other half as a row-strided span, down the next layer's qkv) prefill and decode logits and
-// the greedy ids of a batch of two are bit-identical to the engine without it. hidden 256: gate_up
-// has two k-tiles per row, so the strided spans are real. A malformed spec is a clear error.
-TEST(GpuEngine, L2LookAheadChangesNoLogit) {
-  REQUIRE_GPU();
-  const auto dir = write_quant_model(256, 512, "l2ahead");
-  struct Run {
-    std::vector<float> prefill, decode;
-    std::vector<int32_t> ids;
-  };
-  const auto run = [&](const char* spec) {
-    setenv("MOSAIC_L2_AHEAD", spec, 1);
-    GpuOptions o;
-    o.capacity = 64;
-    o.max_batch = 2;
-    GpuModel g = GpuModel::load(dir, o);
-    unsetenv("MOSAIC_L2_AHEAD");
-    EXPECT_EQ(g.load_report().zipper_linears, 8) << g.load_report().summary();
-    const int64_t V = g.vocab_size();
-    const auto toks = prompt_tokens(24, V, 5);
-    Run r;
-    r.prefill.resize(size_t(16 * V));
-    g.forward(0, toks.data(), 16, r.prefill.data());
-    std::vector<float> step(static_cast<size_t>(V));
-    for (int64_t t = 16; t < 24; ++t) {
-      g.decode(&toks[size_t(t)], 1, step.data(), nullptr);
-      r.decode.insert(r.decode.end(), step.begin(), step.end());
-    }
-    g.reset_all();
-    int32_t first[2];
-    for (int b = 0; b < 2; ++b) {
-      g.forward(b, toks.data() + 3 * b, 10, nullptr, GpuModel::Logits::None);
-      first[b] = toks[size_t(10 + 3 * b)];
-    }
-    r.ids.resize(2 * 12);
-    g.generate_greedy(first, 2, 12, r.ids.data());
-    return r;
-  };
-  const Run off = run("off"), on = run("o,gu=0.5,gu2=0.5,qkv");
-  EXPECT_EQ(on.prefill, off.prefill);
-  EXPECT_EQ(on.decode, off.decode);
-  EXPECT_EQ(on.ids, off.ids);
-  setenv("MOSAIC_L2_AHEAD", "o,gu=2", 1);
-  GpuOptions o;
-  o.capacity = 64;
-  try {
-    GpuModel::load(dir, o);
-    ADD_FAILURE() << "a malformed MOSAIC_L2_AHEAD must be an error";
-  } catch (const mosaic::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("MOSAIC_L2_AHEAD"), std::string::npos) << e.what();
-  }
-  unsetenv("MOSAIC_L2_AHEAD");
-  std::filesystem::remove_all(dir);
-}
-
 // A model loaded without the dequantize path's workspace (what the engine does when it would not
 // fit in GPU memory): prompts of 100 tokens, whose large-M GEMMs Auto sends to the dequantize path,
 // run on the fused kernels instead (M = 100: the v8 kernel), 30 tokens on the wgmma kernel as before;
