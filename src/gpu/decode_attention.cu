@@ -41,8 +41,12 @@ namespace {
 //    (o[hd] unnormalized, m, l), and the last CTA of the (b, g, c) group to finish (an atomic
 //    counter, which it resets to 0) merges the splits: no second kernel. Or, where the plan says so
 //    (decode_plan.h), the splits are one thread-block cluster and merge in distributed shared memory.
-constexpr int kDecWarps = 4, kDecThreads = 32 * kDecWarps, kMaxSplits = detail::kMaxDecodeSplits;
-// MOSAIC_DEC_STAGES: a build-time override of the ring depth, for same-call comparisons only.
+// MOSAIC_DEC_WARPS / MOSAIC_DEC_STAGES: build-time overrides of the warps per CTA and the ring depth,
+// for same-call comparisons only (scripts/gpu-e2e.sh BASE_DEFS).
+#ifndef MOSAIC_DEC_WARPS
+#define MOSAIC_DEC_WARPS 4
+#endif
+constexpr int kDecWarps = MOSAIC_DEC_WARPS, kDecThreads = 32 * kDecWarps, kMaxSplits = detail::kMaxDecodeSplits;
 #ifndef MOSAIC_DEC_STAGES
 #define MOSAIC_DEC_STAGES 8
 #endif
@@ -89,7 +93,7 @@ __device__ __forceinline__ float sum_lanes(float x, int lpk) {  // over the lpk 
 // this loop with lanes at run time / LPK = 16: B=1 24.7 / 19.2 / 16.9, B=16 110.5 / 71.5 / 69.0;
 // the previous figures from an earlier call, bench/results/e2e-h100-2026-11-28-v3.md.)
 template <typename T, int RP, bool VEC, int LPK>
-__global__ void __launch_bounds__(kDecThreads, RP >= 8 ? 2 : 3)
+__global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 0 ? (RP >= 8 ? 8 : 12) / kDecWarps : 1)
     attention_decode_k(const T* qkv, const int32_t* pos_a, const int32_t* slot_a, AttnDims d, const float* q_norm,
                        const float* k_norm, float eps, const float* inv_freq, float qscale, T* kc, T* vc,
                        float* partial, int* counters, T* out, int cluster_merge) {

@@ -50,25 +50,40 @@ __global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t
 }
 
 // add_rms_norm_k's math with the row held in registers (PER values per thread: aq::held_per_thread),
-// then quantized per token (RowQuant) before its only store. Launched with add_rms_norm_k's thread
-// count, so the sum of squares, and so every value, is the same as the unfused kernel's.
-template <typename T, int PER>
-__global__ void __launch_bounds__(1024) add_rms_norm_quant_k(float* x, const T* delta, const float* w, int64_t D, float eps, T* out, float top,
-                                     bool fp8) {
+// per-token quantized before its only store when Q (RowQuant). Same thread count and element
+// order as add_rms_norm_k, so the sum of squares, and so every value, is the same.
+// Why held (twelfth session, ncu on an H200, LLaMA-3-8B batch-1 decode): add_rms_norm_k's loop
+// stores x between its loads, so each of its D / 1024 iterations waited for a round trip to L2, and
+// w was read after the reduction: 5.8 us per norm against ~2.3 us for an empty kernel, 65 norms a
+// step. Here w is loaded before pdl_wait (constant: it overlaps the previous kernel), then every
+// load of x and delta is in flight at once, and the stores come last.
+template <typename T, int PER, bool Q>
+__global__ void __launch_bounds__(1024) add_rms_norm_held_k(float* x, const T* delta, const float* w, int64_t D, float eps,
+                                                            T* out, float top, bool fp8) {
+  const int64_t r = blockIdx.x;
+  float wv[PER];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    wv[j] = i < D ? w[i] : 0.f;
+  }
   pdl_wait();  // delta (and x) come from the kernels before
   pdl_launch_dependents();
-  const int64_t r = blockIdx.x;
   float* xr = x + r * D;
-  float v[PER];
+  float v[PER], dv[PER];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    v[j] = i < D ? xr[i] : 0.f;
+    dv[j] = delta && i < D ? to_f(delta[r * D + i]) : 0.f;
+  }
   float ss = 0.f;
 #pragma unroll
   for (int j = 0; j < PER; ++j) {
     const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
-    v[j] = 0.f;
     if (i < D) {
-      v[j] = xr[i];
       if (delta) {
-        v[j] += to_f(delta[r * D + i]);
+        v[j] += dv[j];
         xr[i] = v[j];
       }
       ss += v[j] * v[j];
@@ -76,11 +91,8 @@ __global__ void __launch_bounds__(1024) add_rms_norm_quant_k(float* x, const T* 
   }
   const float rs = rsqrtf(block_sum(ss) / float(D) + eps);
 #pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
-    if (i < D) v[j] = to_f(from_f<T>(v[j] * rs * w[i]));
-  }
-  aq::quantize_held(v, D, top, fp8);
+  for (int j = 0; j < PER; ++j) v[j] = to_f(from_f<T>(v[j] * rs * wv[j]));
+  if constexpr (Q) aq::quantize_held(v, D, top, fp8);
   aq::store_held(v, out + r * D, D);
 }
 
@@ -311,13 +323,15 @@ void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t ro
                   cudaStream_t s, RowQuant q) {
   if (rows <= 0) return;
   const int threads = norm_threads(D);
-  const int per = q.on() ? aq::held_per_thread(D, threads) : 0;
-#define MOSAIC_NORM_Q(PER)                                                                                           \
-  MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_quant_k<T, PER>, dim3(unsigned(rows)), dim3(unsigned(threads)), 0, s, x, \
-                                static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), q.top(), q.fp8))
-  if (per == 8) MOSAIC_NORM_Q(8);
-  else if (per == 16) MOSAIC_NORM_Q(16);
-#undef MOSAIC_NORM_Q
+  const int per = aq::held_per_thread(D, threads);  // 0: a row too long to hold in registers
+#define MOSAIC_NORM_HELD(PER, Q)                                                                                  \
+  MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_held_k<T, PER, Q>, dim3(unsigned(rows)), dim3(unsigned(threads)), 0, s, \
+                                x, static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), q.top(), q.fp8))
+  if (per == 8 && q.on()) MOSAIC_NORM_HELD(8, true);
+  else if (per == 8) MOSAIC_NORM_HELD(8, false);
+  else if (per == 16 && q.on()) MOSAIC_NORM_HELD(16, true);
+  else if (per == 16) MOSAIC_NORM_HELD(16, false);
+#undef MOSAIC_NORM_HELD
   if (per) return;
   MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_k<T>, dim3(unsigned(rows)), dim3(unsigned(threads)), 0, s, x,
                                 static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out)));
