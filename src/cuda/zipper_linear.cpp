@@ -383,12 +383,15 @@ struct ZipperLinear::Impl {
     cudaGetLastError();  // occupancy probes past the smem limit are not errors of this call
     // Test/tuning hook: MOSAIC_ZIPPER_STREAM_PLAN="KSPLIT,RPW[,KW]" (K-range in inputs, a multiple
     // of 128 up to 4096; rows per warp 1..32; warps per row 1, 2, 4, 8 with KSPLIT a multiple of
-    // 128 KW dividing K), read when a layer plans an M for the first time.
+    // 128 KW dividing K), read when a layer plans an M for the first time. ':' may stand for ','
+    // (scripts/gpu-check.sh ENVS splits its values on commas).
     bool forced_plan = false;
     if (const char* e = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN"); e && *e) {
       forced_plan = true;
       int ks = 0, rpw = 0, kw = 1;
-      const int n = std::sscanf(e, "%d,%d,%d", &ks, &rpw, &kw);
+      std::string spec(e);
+      std::replace(spec.begin(), spec.end(), ':', ',');
+      const int n = std::sscanf(spec.c_str(), "%d,%d,%d", &ks, &rpw, &kw);
       MOSAIC_CHECK((n == 2 || n == 3) && ks > 0 && ks % kTileK == 0 && ks <= 4096 && rpw >= 1 && rpw <= 32 &&
                        (kw == 1 || kw == 2 || kw == 4 || kw == 8),
                    "MOSAIC_ZIPPER_STREAM_PLAN must be KSPLIT,RPW[,KW] (got '", e, "')");
@@ -414,7 +417,12 @@ struct ZipperLinear::Impl {
       plans.push_back(p);
     }
     std::vector<StreamPlan> out;
-    for (int i : detail::tune_candidates(costs, kind, kTuneCandidates, kTuneMargin)) out.push_back(plans[size_t(i)]);
+    // The best plan's neighbours in warps per row (same K range) are always timed too.
+    std::vector<int64_t> also;
+    if (best.kw > 1) also.push_back(int64_t(best.k_split) * 16 + best.kw / 2);
+    if (best.kw < detail::kWarps) also.push_back(int64_t(best.k_split) * 16 + best.kw * 2);
+    for (int i : detail::tune_candidates(costs, kind, kTuneCandidates, kTuneMargin, also))
+      out.push_back(plans[size_t(i)]);
     return out;
   }
 

@@ -91,11 +91,25 @@ inline std::vector<int> wgmma_tune_k_tiles(int k_tiles, int model_per) {
 // best (index 0 of `costs`) and up to max_cands - 1 others whose modelled cost is within `margin` of
 // it, cheapest first; `kind[i]` names a plan's (K range, warps per row): only one per kind (its
 // rows-per-warp variants cost about the same). Returns indices into costs.
+// `also`: kinds timed besides, whatever their modelled cost (the cheapest plan of each, after the
+// margin's candidates): the best plan's neighbours in warps per row at the same K range, which the
+// model prices worst (twelfth session, H200: LLaMA-3-8B o at M = 4, K range 4096 with 4 warps per row
+// 9.26 us against the model's 8 warps per row 10.67, outside the 25% margin).
 inline std::vector<int> tune_candidates(const std::vector<double>& costs, const std::vector<int64_t>& kind,
-                                        int max_cands, double margin) {
+                                        int max_cands, double margin, const std::vector<int64_t>& also = {}) {
   std::vector<int> out;
   if (costs.empty()) return out;
   out.push_back(0);
+  const auto add_also = [&]() {
+    for (int64_t k : also) {
+      int pick = -1;
+      for (int i = 0; i < int(costs.size()); ++i)
+        if (kind[size_t(i)] == k && (pick < 0 || costs[size_t(i)] < costs[size_t(pick)])) pick = i;
+      bool seen = false;
+      for (int j : out) seen = seen || kind[size_t(j)] == k;
+      if (pick >= 0 && !seen) out.push_back(pick);
+    }
+  };
   std::vector<int> rest;
   for (int i = 1; i < int(costs.size()); ++i)
     if (kind[size_t(i)] != kind[0] && costs[size_t(i)] <= costs[0] * margin) rest.push_back(i);
@@ -106,6 +120,7 @@ inline std::vector<int> tune_candidates(const std::vector<double>& costs, const 
     for (int j : out) seen = seen || kind[size_t(j)] == kind[size_t(i)];
     if (!seen) out.push_back(i);
   }
+  add_also();
   return out;
 }
 // Which timed candidate to keep: the fastest, unless it beats the model's plan (index 0) by less

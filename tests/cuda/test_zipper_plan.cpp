@@ -122,6 +122,11 @@ TEST(ZipperPlan, TuneCandidatesAreTheModelsBestFewOnePerKind) {
   EXPECT_EQ(tune_candidates(costs, kind, 4, 1.0), (std::vector<int>{0}));
   EXPECT_EQ(tune_candidates({100}, {1}, 4, 1.25), (std::vector<int>{0}));
   EXPECT_TRUE(tune_candidates({}, {}, 4, 1.25).empty());
+  // `also` kinds come after the margin's, the cheapest plan of each, whatever its cost; a kind already
+  // chosen or absent adds nothing.
+  EXPECT_EQ(tune_candidates(costs, kind, 4, 1.25, {11, 8, 42}), (std::vector<int>{0, 6, 3, 4, 7}));
+  EXPECT_EQ(tune_candidates(costs, kind, 2, 1.25, {10}), (std::vector<int>{0, 6, 4}));
+  EXPECT_EQ(tune_candidates(costs, kind, 4, 1.0, {8}), (std::vector<int>{0, 6}));
 }
 
 TEST(ZipperPlan, TunePickKeepsTheModelsPlanOnANearTie) {
