@@ -70,6 +70,13 @@ class ZipperLinear {
   void gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr,
             Variant v = Variant::Zipper, GemmPath path = GemmPath::Auto) const;
 
+  // The down projection of a SwiGLU MLP with the SiLU-mul folded into its activation load: Y = act(silu(gate) * up)
+  // W^T for GU = [M, 2K] (gate | up, the gate/up GEMM's output), computed as the GPU engine's silu_mul kernel
+  // computes it (the same values), so the decode step needs no SiLU-mul launch. Only where the stream
+  // kernel runs (takes_swiglu_input: M <= 8, group >= 128, Auto's path); throws mosaic::Error otherwise.
+  bool takes_swiglu_input(int64_t M) const;
+  void gemm_swiglu(const void* GU, void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr) const;
+
   // Launch the fused kernels (stream and wgmma) with programmatic dependent launch (cuda/pdl.cuh;
   // off by default): they then read their residual metadata and issue their first weight copies
   // while the previous kernel of the stream is still running, and wait for that kernel before

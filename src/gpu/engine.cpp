@@ -350,6 +350,13 @@ struct GpuModel::Impl {
   DevBuf cublas_ws;
   DevBuf embed, final_norm, inv_freq;
   std::vector<Layer> layers;
+  // MOSAIC_FUSE_SWIGLU=1: the decode step's down GEMMs take the gate/up output and apply the SiLU-mul
+  // in their activation load (ZipperLinear::gemm_swiglu; the same values as the silu_mul kernel).
+  // Off by default until measured on a GPU (written in the twelfth session after its last device call).
+  const bool fuse_swiglu = [] {
+    const char* e = std::getenv("MOSAIC_FUSE_SWIGLU");
+    return e && e[0] == '1';
+  }();
   std::unique_ptr<GpuLinear> lm_head;
   const DenseGpuLinear* lm_dense = nullptr;
 
@@ -626,8 +633,15 @@ struct GpuModel::Impl {
         kern::add_rms_norm(act, x.as<float>(), this->o.get(), Ly.ffn_norm.as<float>(), n, D, eps, h.get(), stream,
                            producer_quant(Ly.gate_up_aq, n));
       if (gemm) Ly.gate_up->forward(h.get(), gu.get(), n, stream);
-      if (small) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream, producer_quant(Ly.down_aq, n));
-      if (gemm) Ly.down->forward(actb.get(), this->o.get(), n, stream);
+      // The decode step's down projection may fold the SiLU-mul into its activation load (one launch
+      // less per layer; MOSAIC_FUSE_SWIGLU=1, see fuse_swiglu): 16-bit activations, ZipperEngine's stream kernel.
+      const auto* zd = fuse_swiglu && small && gemm && decode_B > 0 && !Ly.down_aq
+                           ? dynamic_cast<const ZipperGpuLinear*>(Ly.down.get())
+                           : nullptr;
+      if (!(zd && zd->forward_swiglu(gu.get(), this->o.get(), n, stream))) {
+        if (small) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream, producer_quant(Ly.down_aq, n));
+        if (gemm) Ly.down->forward(actb.get(), this->o.get(), n, stream);
+      }
     }
     if (small) kern::add_rms_norm(act, x.as<float>(), this->o.get(), final_norm.as<float>(), n, D, eps, h.get(), stream);
   }

@@ -78,6 +78,9 @@ class ZipperGpuLinear : public GpuLinear {
   const cuda::ZipperLinear& zipper() const { return *z_; }
   // The dequantize path's buffer and cuBLAS handle shared by all layers of a model (one stream).
   void share(std::shared_ptr<cuda::ZipperShared> s);
+  // Y = act(silu(gate) * up) W^T from GU [M, 2K] in one launch (cuda::ZipperLinear::gemm_swiglu),
+  // where the layer takes such an input at this M; false (nothing launched) where it does not.
+  bool forward_swiglu(const void* GU, void* Y, int64_t M, cudaStream_t s) const;
 
  private:
   std::unique_ptr<cuda::ZipperLinear> z_;

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <string>
 #include <tuple>
 
 #include "cuda/zipper.h"
@@ -231,6 +232,54 @@ TEST(ZipperGpu, DenseOnlyAndUnfusedVariants) {
         EXPECT_GT(run_and_compare(zl, M, dt, xb, yfull, Variant::DenseOnly, path), 5 * full_err) << "M=" << M;
       }
     }
+}
+
+// gemm_swiglu (the decode step's down projection with the SiLU-mul in its activation load): GU =
+// [M, 2K] (gate | up) against the CPU reference on act(silu(gate) * up), the activation rounded to
+// fp16 / bf16 as the engine's silu_mul kernel rounds it; M = 1..8, no residual and uniform blocks,
+// K = 5 x 128; the same bound as the plain GEMM. Where the stream kernel does not take such an input
+// (M = 9, group 64) takes_swiglu_input is false and gemm_swiglu throws a clear error.
+TEST(ZipperGpu, SwigluInputMatchesSiluMulThenGemm) {
+  REQUIRE_GPU();
+  const int64_t N = 384, K = 640;
+  double worst[2] = {0, 0};
+  for (Pattern pat : {Pattern::None, Pattern::Uniform}) {
+    const PackedLinear w = test::random_layer(N, K, 128, pat, 300 + int(pat));
+    const std::vector<float> W = test::reference_dequant(w);
+    const ZipperLinear zl(w);
+    for (DType dt : {DType::F16, DType::BF16})
+      for (int64_t M : {1, 2, 3, 5, 8}) {
+        ASSERT_TRUE(zl.takes_swiglu_input(M)) << M;
+        const bool bf16 = dt == DType::BF16;
+        std::vector<uint16_t> gub;
+        std::vector<float> guf;
+        test::random_activations(M, 2 * K, bf16, 2000 + M, gub, guf);
+        std::vector<float> act(size_t(M * K));
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t k = 0; k < K; ++k) {
+            const float g = guf[size_t(m * 2 * K + k)], u = guf[size_t(m * 2 * K + K + k)];
+            const float v = g / (1.f + std::exp(-g)) * u;
+            act[size_t(m * K + k)] = bf16 ? bf16_to_float(float_to_bf16(v)) : fp16_to_float(float_to_fp16(v));
+          }
+        const std::vector<double> yref = test::reference_gemm(act, W, M, N, K);
+        const double err = test::run_poisoned(M, 2 * K, N, dt, gub, yref,
+                                              [&](const void* GU, void* Y) { zl.gemm_swiglu(GU, Y, M, dt); });
+        EXPECT_LT(err, bound(dt)) << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M;
+        worst[int(bf16)] = std::max(worst[int(bf16)], err);
+      }
+    EXPECT_FALSE(zl.takes_swiglu_input(9));
+    DeviceBuf GU(size_t(9 * 2 * K * 2)), Y(size_t(9 * N * 2));
+    try {
+      zl.gemm_swiglu(GU.p, Y.p, 9, DType::F16);
+      ADD_FAILURE() << "gemm_swiglu at M = 9 must throw";
+    } catch (const mosaic::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("takes_swiglu_input"), std::string::npos) << e.what();
+    }
+  }
+  const ZipperLinear g64(test::random_layer(N, K, 64, Pattern::None, 310));
+  EXPECT_FALSE(g64.takes_swiglu_input(1));
+  std::printf("[ zipper ] gemm_swiglu worst normalized error: fp16 %.3g (bound 1e-3), bf16 %.3g (bound 1e-2)\n",
+              worst[0], worst[1]);
 }
 
 TEST(ZipperGpu, BadArgumentsGiveClearErrors) {

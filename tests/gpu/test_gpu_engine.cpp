@@ -174,7 +174,8 @@ TEST(GpuEngine, BatchedDecodeMatchesSingleSequences) {
 // packed_head: an untied, packed lm_head of 320 rows (what `mosaic quantize --lm-head` writes; 320
 // so that ZipperEngine takes it and the engine's 16-bit logits path runs).
 std::filesystem::path write_quant_model(int64_t D, int64_t I, const std::string& tag,
-                                        const nlohmann::json& act = nlohmann::json::object(), bool packed_head = false) {
+                                        const nlohmann::json& act = nlohmann::json::object(), bool packed_head = false,
+                                        int group = 64) {
   const auto dir = std::filesystem::temp_directory_path() / ("mosaic_gpu_quant_" + tag);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
@@ -214,7 +215,7 @@ std::filesystem::path write_quant_model(int64_t D, int64_t I, const std::string&
         {"self_attn.o_proj", {D, H * hd}}, {"mlp.gate_proj", {I, D}},          {"mlp.up_proj", {I, D}},
         {"mlp.down_proj", {D, I}}};
     for (const auto& [name, nk] : lins) {
-      const PackedLinear pl = random_packed_linear(nk.first, nk.second, 64, 16, 64, 0.1, ResidualPattern::kUniform,
+      const PackedLinear pl = random_packed_linear(nk.first, nk.second, group, 16, 64, 0.1, ResidualPattern::kUniform,
                                                    seed++);
       add_packed_linear(w, p + name, pl);
     }
@@ -281,6 +282,56 @@ TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
     }
     std::filesystem::remove_all(dir);
   }
+}
+
+// MOSAIC_FUSE_SWIGLU=1: the decode step's down GEMMs read the gate/up output and apply the SiLU-mul
+// in their activation load (ZipperLinear::gemm_swiglu) instead of a silu_mul launch. The same fp32
+// expression and rounding, so decode logits and the greedy ids of a batch of 3 are bit-identical to
+// the unfused engine's. Group 128 (the stream kernel's instantiations with that input need it).
+TEST(GpuEngine, FusedSwigluChangesNoLogit) {
+  REQUIRE_GPU();
+  const auto dir = write_quant_model(256, 512, "swiglu", nlohmann::json::object(), false, 128);
+  struct Run {
+    std::vector<float> decode;
+    std::vector<int32_t> ids;
+  };
+  const auto run = [&](bool fuse, Act a) {
+    if (fuse)
+      setenv("MOSAIC_FUSE_SWIGLU", "1", 1);
+    else
+      unsetenv("MOSAIC_FUSE_SWIGLU");
+    GpuOptions o;
+    o.act = a;
+    o.capacity = 64;
+    o.max_batch = 3;
+    GpuModel g = GpuModel::load(dir, o);
+    unsetenv("MOSAIC_FUSE_SWIGLU");
+    EXPECT_EQ(g.load_report().zipper_linears, 8) << g.load_report().summary();
+    const int64_t V = g.vocab_size();
+    const auto toks = prompt_tokens(24, V, 17);
+    Run r;
+    g.forward(0, toks.data(), 12, nullptr, GpuModel::Logits::None);
+    std::vector<float> step(static_cast<size_t>(V));
+    for (int64_t t = 12; t < 24; ++t) {
+      g.decode(&toks[size_t(t)], 1, step.data(), nullptr);
+      r.decode.insert(r.decode.end(), step.begin(), step.end());
+    }
+    g.reset_all();
+    int32_t first[3];
+    for (int b = 0; b < 3; ++b) {
+      g.forward(b, toks.data() + 2 * b, 9, nullptr, GpuModel::Logits::None);
+      first[b] = toks[size_t(9 + 2 * b)];
+    }
+    r.ids.resize(3 * 10);
+    g.generate_greedy(first, 3, 10, r.ids.data());
+    return r;
+  };
+  for (Act a : {Act::F16, Act::BF16}) {
+    const Run off = run(false, a), on = run(true, a);
+    EXPECT_EQ(on.decode, off.decode) << act_name(a);
+    EXPECT_EQ(on.ids, off.ids) << act_name(a);
+  }
+  std::filesystem::remove_all(dir);
 }
 
 // A model loaded without the dequantize path's workspace (what the engine does when it would not
