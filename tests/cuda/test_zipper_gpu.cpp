@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <random>
 #include <string>
 #include <tuple>
 
@@ -280,6 +281,84 @@ TEST(ZipperGpu, SwigluInputMatchesSiluMulThenGemm) {
   EXPECT_FALSE(g64.takes_swiglu_input(1));
   std::printf("[ zipper ] gemm_swiglu worst normalized error: fp16 %.3g (bound 1e-3), bf16 %.3g (bound 1e-2)\n",
               worst[0], worst[1]);
+}
+
+// gemm_norm (the decode step's qkv / gate-up projection with the residual add + RMSNorm folded into
+// its activation load): against the CPU reference on act((x + delta) * rsqrt(mean((x + delta)^2) + eps) * w)
+// (sum in double here, so the bound is the plain GEMM's), x_out == x + delta exactly, for M = 1, 2, the
+// engine's norm thread counts 256 (K = 640) and 1024 (K = 4096), with and without delta; M = 3 is refused.
+TEST(ZipperGpu, NormInputMatchesRmsNormThenGemm) {
+  REQUIRE_GPU();
+  struct Shape {
+    int64_t N, K;
+    int threads;
+  };
+  double worst[2] = {0, 0};
+  for (const Shape sh : {Shape{384, 640, 256}, Shape{128, 4096, 1024}}) {
+    const int64_t N = sh.N, K = sh.K;
+    const PackedLinear w = test::random_layer(N, K, 128, Pattern::Uniform, 400 + K);
+    const std::vector<float> W = test::reference_dequant(w);
+    const ZipperLinear zl(w);
+    for (DType dt : {DType::F16, DType::BF16})
+      for (int64_t M : {1, 2})
+        for (bool with_delta : {true, false}) {
+          ASSERT_TRUE(zl.takes_norm_input(M));
+          const bool bf16 = dt == DType::BF16;
+          std::vector<uint16_t> db;
+          std::vector<float> df, xf, wf(static_cast<size_t>(K));
+          test::random_activations(M, K, bf16, 500 + M, db, df);
+          {
+            std::vector<uint16_t> unused;
+            test::random_activations(M, K, false, 600 + M, unused, xf);  // fp32 x (values of fp16 grid: fine)
+            std::mt19937_64 rng(700);
+            for (auto& v : wf) v = 0.5f + float(rng() % 1000) / 1000.f;
+          }
+          std::vector<float> act(size_t(M * K)), xo(size_t(M * K));
+          const float eps = 1e-5f;
+          for (int64_t m = 0; m < M; ++m) {
+            double ss = 0;
+            for (int64_t k = 0; k < K; ++k) {
+              const float a = with_delta ? xf[size_t(m * K + k)] + df[size_t(m * K + k)] : xf[size_t(m * K + k)];
+              xo[size_t(m * K + k)] = a;
+              ss += double(a) * a;
+            }
+            const float rs = float(1.0 / std::sqrt(ss / double(K) + eps));
+            for (int64_t k = 0; k < K; ++k) {
+              const float v = xo[size_t(m * K + k)] * rs * wf[size_t(k)];
+              act[size_t(m * K + k)] = bf16 ? bf16_to_float(float_to_bf16(v)) : fp16_to_float(float_to_fp16(v));
+            }
+          }
+          const std::vector<double> yref = test::reference_gemm(act, W, M, N, K);
+          DeviceBuf X(size_t(M * K * 4)), D(size_t(M * K * 2)), Wn(size_t(K * 4)), XO(size_t(M * K * 4)),
+              Y(size_t(M * N * 2));
+          ASSERT_EQ(cudaMemcpy(X.p, xf.data(), size_t(M * K * 4), cudaMemcpyHostToDevice), cudaSuccess);
+          ASSERT_EQ(cudaMemcpy(D.p, db.data(), size_t(M * K * 2), cudaMemcpyHostToDevice), cudaSuccess);
+          ASSERT_EQ(cudaMemcpy(Wn.p, wf.data(), size_t(K * 4), cudaMemcpyHostToDevice), cudaSuccess);
+          ASSERT_EQ(cudaMemset(Y.p, 0xff, size_t(M * N * 2)), cudaSuccess);
+          ZipperLinear::NormInput in;
+          in.x = static_cast<const float*>(X.p);
+          in.delta = with_delta ? D.p : nullptr;
+          in.w = static_cast<const float*>(Wn.p);
+          in.eps = eps;
+          in.x_out = static_cast<float*>(XO.p);
+          in.threads = sh.threads;
+          zl.gemm_norm(in, Y.p, M, dt);
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          std::vector<uint16_t> y(size_t(M * N));
+          std::vector<float> xo_got(size_t(M * K));
+          ASSERT_EQ(cudaMemcpy(y.data(), Y.p, y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+          ASSERT_EQ(cudaMemcpy(xo_got.data(), XO.p, xo_got.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+          EXPECT_EQ(xo_got, xo) << "x_out must be x + delta exactly";
+          int64_t bad = 0;
+          const double err = test::normalized_error(y, bf16, yref, &bad);
+          EXPECT_EQ(bad, 0);
+          EXPECT_LT(err, bound(dt)) << dtype_name(dt) << " M=" << M << " K=" << K << " delta " << with_delta;
+          worst[int(bf16)] = std::max(worst[int(bf16)], err);
+        }
+    EXPECT_FALSE(zl.takes_norm_input(3));
+  }
+  std::printf("[ zipper ] gemm_norm worst normalized error: fp16 %.3g (bound 1e-3), bf16 %.3g (bound 1e-2)\n", worst[0],
+              worst[1]);
 }
 
 TEST(ZipperGpu, BadArgumentsGiveClearErrors) {

@@ -334,6 +334,57 @@ TEST(GpuEngine, FusedSwigluChangesNoLogit) {
   std::filesystem::remove_all(dir);
 }
 
+// MOSAIC_FUSE_NORM=1 (and with MOSAIC_FUSE_SWIGLU=1 too): at decode with 1 or 2 rows the qkv and
+// gate/up GEMMs fold the residual add + RMSNorm into their activation load (ZipperLinear::gemm_norm),
+// the residual stream alternating between two buffers. The sum of squares is taken in the norm
+// kernel's order, so decode logits and the greedy ids of a batch of 2 are bit-identical to the unfused
+// engine's, and so is every later step (the residual stream itself is unchanged).
+TEST(GpuEngine, FusedNormChangesNoLogit) {
+  REQUIRE_GPU();
+  const auto dir = write_quant_model(256, 512, "fnorm", nlohmann::json::object(), false, 128);
+  struct Run {
+    std::vector<float> decode;
+    std::vector<int32_t> ids;
+  };
+  const auto run = [&](const char* norm, const char* swiglu, Act a) {
+    setenv("MOSAIC_FUSE_NORM", norm, 1);
+    setenv("MOSAIC_FUSE_SWIGLU", swiglu, 1);
+    GpuOptions o;
+    o.act = a;
+    o.capacity = 64;
+    o.max_batch = 2;
+    GpuModel g = GpuModel::load(dir, o);
+    unsetenv("MOSAIC_FUSE_NORM");
+    unsetenv("MOSAIC_FUSE_SWIGLU");
+    const int64_t V = g.vocab_size();
+    const auto toks = prompt_tokens(24, V, 23);
+    Run r;
+    g.forward(0, toks.data(), 12, nullptr, GpuModel::Logits::None);
+    std::vector<float> step(static_cast<size_t>(V));
+    for (int64_t t = 12; t < 24; ++t) {
+      g.decode(&toks[size_t(t)], 1, step.data(), nullptr);
+      r.decode.insert(r.decode.end(), step.begin(), step.end());
+    }
+    g.reset_all();
+    int32_t first[2];
+    for (int b = 0; b < 2; ++b) {
+      g.forward(b, toks.data() + 3 * b, 9, nullptr, GpuModel::Logits::None);
+      first[b] = toks[size_t(9 + 3 * b)];
+    }
+    r.ids.resize(2 * 12);
+    g.generate_greedy(first, 2, 12, r.ids.data());
+    return r;
+  };
+  for (Act a : {Act::F16, Act::BF16}) {
+    const Run off = run("0", "0", a), on = run("1", "0", a), both = run("1", "1", a);
+    EXPECT_EQ(on.decode, off.decode) << act_name(a);
+    EXPECT_EQ(on.ids, off.ids) << act_name(a);
+    EXPECT_EQ(both.decode, off.decode) << act_name(a);
+    EXPECT_EQ(both.ids, off.ids) << act_name(a);
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // A model loaded without the dequantize path's workspace (what the engine does when it would not
 // fit in GPU memory): prompts of 100 tokens, whose large-M GEMMs Auto sends to the dequantize path,
 // run on the fused kernels instead (M = 100: the v8 kernel), 30 tokens on the wgmma kernel as before;
