@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <initializer_list>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -284,6 +285,43 @@ TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
   }
 }
 
+// What the decode-step fusions must leave unchanged: the logits of 12 single-sequence decode steps
+// after a 12-token prompt, then the greedy ids of `batch` sequences for `steps` steps, with `env` set
+// while the model loads (the fusion switches are read there). Every linear on ZipperEngine.
+struct DecodeTrace {
+  std::vector<float> decode;
+  std::vector<int32_t> ids;
+};
+DecodeTrace decode_trace(const std::filesystem::path& dir, Act a, int batch, int steps, uint32_t seed,
+                         std::initializer_list<std::pair<const char*, const char*>> env) {
+  for (const auto& [k, v] : env) setenv(k, v, 1);
+  GpuOptions o;
+  o.act = a;
+  o.capacity = 64;
+  o.max_batch = batch;
+  GpuModel g = GpuModel::load(dir, o);
+  for (const auto& [k, v] : env) unsetenv(k);
+  EXPECT_EQ(g.load_report().zipper_linears, 8) << g.load_report().summary();
+  const int64_t V = g.vocab_size();
+  const auto toks = prompt_tokens(24, V, seed);
+  DecodeTrace r;
+  g.forward(0, toks.data(), 12, nullptr, GpuModel::Logits::None);
+  std::vector<float> step(static_cast<size_t>(V));
+  for (int64_t t = 12; t < 24; ++t) {
+    g.decode(&toks[size_t(t)], 1, step.data(), nullptr);
+    r.decode.insert(r.decode.end(), step.begin(), step.end());
+  }
+  g.reset_all();
+  std::vector<int32_t> first(static_cast<size_t>(batch));
+  for (int b = 0; b < batch; ++b) {
+    g.forward(b, toks.data() + 3 * b, 9, nullptr, GpuModel::Logits::None);
+    first[size_t(b)] = toks[size_t(9 + 3 * b)];
+  }
+  r.ids.resize(size_t(batch * steps));
+  g.generate_greedy(first.data(), batch, steps, r.ids.data());
+  return r;
+}
+
 // MOSAIC_FUSE_SWIGLU=1: the decode step's down GEMMs read the gate/up output and apply the SiLU-mul
 // in their activation load (ZipperLinear::gemm_swiglu) instead of a silu_mul launch. The same fp32
 // expression and rounding, so decode logits and the greedy ids of a batch of 3 are bit-identical to
@@ -291,43 +329,9 @@ TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
 TEST(GpuEngine, FusedSwigluChangesNoLogit) {
   REQUIRE_GPU();
   const auto dir = write_quant_model(256, 512, "swiglu", nlohmann::json::object(), false, 128);
-  struct Run {
-    std::vector<float> decode;
-    std::vector<int32_t> ids;
-  };
-  const auto run = [&](bool fuse, Act a) {
-    if (fuse)
-      setenv("MOSAIC_FUSE_SWIGLU", "1", 1);
-    else
-      unsetenv("MOSAIC_FUSE_SWIGLU");
-    GpuOptions o;
-    o.act = a;
-    o.capacity = 64;
-    o.max_batch = 3;
-    GpuModel g = GpuModel::load(dir, o);
-    unsetenv("MOSAIC_FUSE_SWIGLU");
-    EXPECT_EQ(g.load_report().zipper_linears, 8) << g.load_report().summary();
-    const int64_t V = g.vocab_size();
-    const auto toks = prompt_tokens(24, V, 17);
-    Run r;
-    g.forward(0, toks.data(), 12, nullptr, GpuModel::Logits::None);
-    std::vector<float> step(static_cast<size_t>(V));
-    for (int64_t t = 12; t < 24; ++t) {
-      g.decode(&toks[size_t(t)], 1, step.data(), nullptr);
-      r.decode.insert(r.decode.end(), step.begin(), step.end());
-    }
-    g.reset_all();
-    int32_t first[3];
-    for (int b = 0; b < 3; ++b) {
-      g.forward(b, toks.data() + 2 * b, 9, nullptr, GpuModel::Logits::None);
-      first[b] = toks[size_t(9 + 2 * b)];
-    }
-    r.ids.resize(3 * 10);
-    g.generate_greedy(first, 3, 10, r.ids.data());
-    return r;
-  };
   for (Act a : {Act::F16, Act::BF16}) {
-    const Run off = run(false, a), on = run(true, a);
+    const DecodeTrace off = decode_trace(dir, a, 3, 10, 17, {{"MOSAIC_FUSE_SWIGLU", "0"}});
+    const DecodeTrace on = decode_trace(dir, a, 3, 10, 17, {{"MOSAIC_FUSE_SWIGLU", "1"}});
     EXPECT_EQ(on.decode, off.decode) << act_name(a);
     EXPECT_EQ(on.ids, off.ids) << act_name(a);
   }
@@ -342,41 +346,10 @@ TEST(GpuEngine, FusedSwigluChangesNoLogit) {
 TEST(GpuEngine, FusedNormChangesNoLogit) {
   REQUIRE_GPU();
   const auto dir = write_quant_model(256, 512, "fnorm", nlohmann::json::object(), false, 128);
-  struct Run {
-    std::vector<float> decode;
-    std::vector<int32_t> ids;
-  };
-  const auto run = [&](const char* norm, const char* swiglu, Act a) {
-    setenv("MOSAIC_FUSE_NORM", norm, 1);
-    setenv("MOSAIC_FUSE_SWIGLU", swiglu, 1);
-    GpuOptions o;
-    o.act = a;
-    o.capacity = 64;
-    o.max_batch = 2;
-    GpuModel g = GpuModel::load(dir, o);
-    unsetenv("MOSAIC_FUSE_NORM");
-    unsetenv("MOSAIC_FUSE_SWIGLU");
-    const int64_t V = g.vocab_size();
-    const auto toks = prompt_tokens(24, V, 23);
-    Run r;
-    g.forward(0, toks.data(), 12, nullptr, GpuModel::Logits::None);
-    std::vector<float> step(static_cast<size_t>(V));
-    for (int64_t t = 12; t < 24; ++t) {
-      g.decode(&toks[size_t(t)], 1, step.data(), nullptr);
-      r.decode.insert(r.decode.end(), step.begin(), step.end());
-    }
-    g.reset_all();
-    int32_t first[2];
-    for (int b = 0; b < 2; ++b) {
-      g.forward(b, toks.data() + 3 * b, 9, nullptr, GpuModel::Logits::None);
-      first[b] = toks[size_t(9 + 3 * b)];
-    }
-    r.ids.resize(2 * 12);
-    g.generate_greedy(first, 2, 12, r.ids.data());
-    return r;
-  };
   for (Act a : {Act::F16, Act::BF16}) {
-    const Run off = run("0", "0", a), on = run("1", "0", a), both = run("1", "1", a);
+    const DecodeTrace off = decode_trace(dir, a, 2, 12, 23, {{"MOSAIC_FUSE_NORM", "0"}, {"MOSAIC_FUSE_SWIGLU", "0"}});
+    const DecodeTrace on = decode_trace(dir, a, 2, 12, 23, {{"MOSAIC_FUSE_NORM", "1"}, {"MOSAIC_FUSE_SWIGLU", "0"}});
+    const DecodeTrace both = decode_trace(dir, a, 2, 12, 23, {{"MOSAIC_FUSE_NORM", "1"}, {"MOSAIC_FUSE_SWIGLU", "1"}});
     EXPECT_EQ(on.decode, off.decode) << act_name(a);
     EXPECT_EQ(on.ids, off.ids) << act_name(a);
     EXPECT_EQ(both.decode, off.decode) << act_name(a);
