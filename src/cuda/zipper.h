@@ -70,29 +70,6 @@ class ZipperLinear {
   void gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr,
             Variant v = Variant::Zipper, GemmPath path = GemmPath::Auto) const;
 
-  // The down projection of a SwiGLU MLP with the SiLU-mul folded into its activation load: Y = act(silu(gate) * up)
-  // W^T for GU = [M, 2K] (gate | up, the gate/up GEMM's output), computed as the GPU engine's silu_mul kernel
-  // computes it (the same values), so the decode step needs no SiLU-mul launch. Only where the stream
-  // kernel runs (takes_swiglu_input: M <= 8, group >= 128, Auto's path); throws mosaic::Error otherwise.
-  bool takes_swiglu_input(int64_t M) const;
-  void gemm_swiglu(const void* GU, void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr) const;
-
-  // The qkv / gate-up projection with the residual add + RMSNorm before it folded into its activation
-  // load: x_out = x + delta (or x), Y = act(x_out * rsqrt(mean(x_out^2) + eps) * w) W^T, with the values
-  // of the GPU engine's add_rms_norm launched with `threads` threads (its sum order); x_out must not
-  // alias x. Only where the stream kernel runs at M <= 2 and group >= 128 (takes_norm_input: every CTA
-  // reads its rows whole); throws mosaic::Error otherwise.
-  struct NormInput {
-    const float* x = nullptr;      // [M, K] fp32
-    const void* delta = nullptr;   // [M, K] of dt, or null
-    const float* w = nullptr;      // [K]
-    float eps = 1e-5f;
-    float* x_out = nullptr;        // [M, K] fp32
-    int threads = 0;               // the norm kernel's threads for K (128, 256, 512 or 1024)
-  };
-  bool takes_norm_input(int64_t M) const;
-  void gemm_norm(const NormInput& in, void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr) const;
-
   // Launch the fused kernels (stream and wgmma) with programmatic dependent launch (cuda/pdl.cuh;
   // off by default): they then read their residual metadata and issue their first weight copies
   // while the previous kernel of the stream is still running, and wait for that kernel before

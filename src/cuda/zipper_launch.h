@@ -26,20 +26,6 @@ struct DeviceLayer {
   const uint64_t* res_bitmap = nullptr;
 };
 
-// The stream kernel's x_norm input (in device memory, pointed to by FusedLaunch::X): the tile is the
-// residual add + RMSNorm of the GPU engine's add_rms_norm (x_out = x + delta, act(x_out * rsqrt(mean(
-// x_out^2) + eps) * w)), summed in the order of that kernel's `threads` threads, so the same values;
-// CTA (0, 0) writes x_out. (A pointer, not fields of FusedLaunch: seven more kernel parameters moved
-// the loop SASS of 31 of the 48 other stream instantiations by a few instructions.)
-struct NormArgs {
-  const float* x;       // [M, K] fp32 residual stream
-  const void* delta;    // [M, K] act dtype, or null (no add)
-  const float* w;       // [K] norm weight
-  float* x_out;         // [M, K] fp32: x + delta (another buffer than x)
-  float eps;
-  int threads;          // threads of the engine's norm kernel for this K
-};
-
 struct FusedLaunch {
   const void* X = nullptr;
   void* Y = nullptr;
@@ -58,9 +44,6 @@ struct FusedLaunch {
   int k_warps = 1;        // stream kernel: warps sharing one row, each on 1/k_warps of the CTA's
                           // K-range, reduced in shared memory (1, 2, 4 or 8; v10)
   int pdl = 0;            // stream kernel: launch with programmatic dependent launch (cuda/pdl.cuh)
-  int x_swiglu = 0;       // stream kernel: X is [M, 2K] (gate | up), the tile act(silu(gate) * up)
-  // stream kernel: X is a NormArgs (device memory) and the tile the residual add + RMSNorm it describes
-  int x_norm = 0;
 };
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).

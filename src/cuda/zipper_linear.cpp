@@ -263,11 +263,6 @@ struct ZipperLinear::Impl {
   int64_t nnzb = 0, bytes_all = 0, bytes_base = 0;
   int num_sms = 132;
   bool pdl = false;  // set_programmatic_launch
-  int swiglu = 0;    // the stream launches of the current gemm_swiglu call read X as [M, 2K] (gate | up)
-  const detail::NormArgs* norm = nullptr;  // the current gemm_norm call's input (device memory)
-  // gemm_norm's inputs in device memory, one per distinct input (the engine's are the same every
-  // step), uploaded on first use: a CUDA graph captures the pointer, never a copy.
-  std::map<std::tuple<const void*, const void*, const void*, const void*, float, int>, detail::NormArgs*> norm_args;
   // Workspaces, grown on demand (mutable state: one stream at a time).
   float* ws = nullptr;
   size_t ws_elems = 0;
@@ -289,7 +284,6 @@ struct ZipperLinear::Impl {
                           static_cast<const void*>(deq)})
       if (p) cudaFree(const_cast<void*>(p));
     for (void* p : retired) cudaFree(p);
-    for (auto& [k, p] : norm_args) cudaFree(p);
     if (cublas) cublasDestroy(cublas);
   }
 
@@ -528,11 +522,6 @@ struct ZipperLinear::Impl {
     f.stages = stream_stages();
     f.row_interleave = row_interleave() ? 1 : 0;
     f.pdl = pdl ? 1 : 0;
-    f.x_swiglu = swiglu;
-    if (norm) {
-      f.x_norm = 1;
-      f.X = norm;
-    }
     const int splits = (L.K / kTileK + p.k_split / kTileK - 1) / (p.k_split / kTileK);
     const int m_tiles = (M + 15) / 16;
     if (splits > 1) ensure_ws(size_t(M) * L.N, size_t(L.N / 16) * m_tiles);
@@ -799,75 +788,6 @@ GemmPath ZipperLinear::choose_path(int64_t M) const {
   if (M <= 32) return GemmPath::Fused;
   if (M <= 64 && int64_t(impl_->L.N) * impl_->L.K >= (int64_t(40) << 20)) return GemmPath::Fused;
   return GemmPath::Dequant;
-}
-
-bool ZipperLinear::takes_swiglu_input(int64_t M) const {
-  // The stream kernel's SW instantiations: group >= 128 (one scale set per k-tile), M <= 8.
-  return M >= 1 && M <= 8 && impl_->L.spt == 1 && choose_path(M) == GemmPath::Fused && impl_->use_stream(int(M));
-}
-
-void ZipperLinear::gemm_swiglu(const void* GU, void* Y, int64_t M, DType dt, cudaStream_t stream) const {
-  const auto& L = impl_->L;
-  const auto shapes = [&] {
-    return ::mosaic::detail::concat("act(silu(GU[:, :", L.K, "]) * GU[:, ", L.K, ":]) with GU [", M, ", ", 2 * int64_t(L.K),
-                                    "] x W [", L.N, ", ", L.K, "]^T -> Y [", M, ", ", L.N, "]");
-  };
-  MOSAIC_CHECK(dt == DType::F16 || dt == DType::BF16, "zipper gemm_swiglu: dtype must be fp16 or bf16 (got code ",
-               int(dt), ") for ", shapes());
-  MOSAIC_CHECK(takes_swiglu_input(M), "zipper gemm_swiglu: only the stream kernel at M <= 8 and group >= 128 takes a "
-               "gate/up input (takes_swiglu_input) for ", shapes(), ", group ", L.group);
-  MOSAIC_CHECK(GU != nullptr && Y != nullptr, "zipper gemm_swiglu: null GU or Y for ", shapes());
-  MOSAIC_CHECK(reinterpret_cast<uintptr_t>(GU) % 16 == 0 && reinterpret_cast<uintptr_t>(Y) % 16 == 0,
-               "zipper gemm_swiglu: GU and Y must be 16-byte aligned for ", shapes());
-  MOSAIC_CHECK(is_device_pointer(GU) && is_device_pointer(Y), "zipper gemm_swiglu: GU and Y must be device memory for ",
-               shapes());
-  struct Reset {  // the flag is per call, whatever happens in it
-    int& f;
-    ~Reset() { f = 0; }
-  } reset{impl_->swiglu};
-  impl_->swiglu = 1;
-  impl_->run_stream(GU, Y, int(M), dt == DType::BF16 ? 1 : 0, true, stream);
-}
-
-bool ZipperLinear::takes_norm_input(int64_t M) const {
-  return M >= 1 && M <= 2 && impl_->L.spt == 1 && choose_path(M) == GemmPath::Fused && impl_->use_stream(int(M));
-}
-
-void ZipperLinear::gemm_norm(const NormInput& in, void* Y, int64_t M, DType dt, cudaStream_t stream) const {
-  const auto& L = impl_->L;
-  const auto shapes = [&] {
-    return ::mosaic::detail::concat("rmsnorm(x [", M, ", ", L.K, "] + delta) x W [", L.N, ", ", L.K, "]^T -> Y [", M,
-                                    ", ", L.N, "]");
-  };
-  MOSAIC_CHECK(dt == DType::F16 || dt == DType::BF16, "zipper gemm_norm: dtype must be fp16 or bf16 (got code ",
-               int(dt), ") for ", shapes());
-  MOSAIC_CHECK(takes_norm_input(M), "zipper gemm_norm: only the stream kernel at M <= 2 and group >= 128 takes a "
-               "norm input (takes_norm_input) for ", shapes(), ", group ", L.group);
-  MOSAIC_CHECK(in.x && in.w && in.x_out && Y, "zipper gemm_norm: null x, w, x_out or Y for ", shapes());
-  MOSAIC_CHECK(in.x_out != in.x, "zipper gemm_norm: x_out must be another buffer than x (the CTAs read x while one "
-               "of them writes x_out) for ", shapes());
-  MOSAIC_CHECK(in.threads == 128 || in.threads == 256 || in.threads == 512 || in.threads == 1024,
-               "zipper gemm_norm: threads must be 128, 256, 512 or 1024 (got ", in.threads, ") for ", shapes());
-  MOSAIC_CHECK(reinterpret_cast<uintptr_t>(Y) % 16 == 0, "zipper gemm_norm: Y must be 16-byte aligned for ", shapes());
-  MOSAIC_CHECK(is_device_pointer(in.x) && is_device_pointer(in.w) && is_device_pointer(in.x_out) &&
-                   is_device_pointer(Y) && (!in.delta || is_device_pointer(in.delta)),
-               "zipper gemm_norm: every operand must be device memory for ", shapes());
-  const auto key = std::make_tuple(static_cast<const void*>(in.x), in.delta, static_cast<const void*>(in.w),
-                                   static_cast<const void*>(in.x_out), in.eps, in.threads);
-  auto it = impl_->norm_args.find(key);
-  if (it == impl_->norm_args.end()) {
-    MOSAIC_CHECK(!stream_capturing(stream), "zipper gemm_norm: first call with these operands while the stream is "
-                 "being captured into a CUDA graph (run it once eagerly first) for ", shapes());
-    const detail::NormArgs a{in.x, in.delta, in.w, in.x_out, in.eps, in.threads};
-    detail::NormArgs* d = upload(std::vector<detail::NormArgs>{a}, "gemm_norm operands");
-    it = impl_->norm_args.emplace(key, d).first;
-  }
-  struct Reset {
-    const detail::NormArgs*& p;
-    ~Reset() { p = nullptr; }
-  } reset{impl_->norm};
-  impl_->norm = it->second;
-  impl_->run_stream(it->second, Y, int(M), dt == DType::BF16 ? 1 : 0, true, stream);
 }
 
 int64_t ZipperLinear::auto_tail_rows(int64_t M) const {

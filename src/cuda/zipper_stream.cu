@@ -72,100 +72,13 @@ MOSAIC_MMA_OPS(__nv_bfloat16, "bf16")
 
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ void from_f(float x, __half& y) { y = __float2half_rn(x); }
-__device__ __forceinline__ void from_f(float x, __nv_bfloat16& y) { y = __float2bfloat16_rn(x); }
-
-// f.x_swiglu (the down projection of the decode step): X is the gate/up GEMM's output [M, 2K]
-// (gate | up) and the activation tile is act(silu(gate) * up), computed here as the GPU engine's
-// silu_mul kernel computes it (the same fp32 expression and rounding, so the same values), which
-// saves that kernel's launch. 8 inputs per thread and step, stored straight into the tile.
-template <typename T>
-__device__ __forceinline__ void swiglu_tile(T* xs, int xs_stride, const T* gu, int K, int m0, int rows, int kb,
-                                            int cpr) {
-  for (int i = threadIdx.x; i < rows * cpr; i += blockDim.x) {
-    const int row = i / cpr, col = (i - row * cpr) * 8;
-    const T* g = gu + size_t(m0 + row) * 2 * K + kb + col;
-    const uint4 gv = *reinterpret_cast<const uint4*>(g), uv = *reinterpret_cast<const uint4*>(g + K);
-    const T* ge = reinterpret_cast<const T*>(&gv);
-    const T* ue = reinterpret_cast<const T*>(&uv);
-    uint4 out;
-    T* oe = reinterpret_cast<T*>(&out);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float a = to_f(ge[e]), b = to_f(ue[e]);
-      from_f(a / (1.f + expf(-a)) * b, oe[e]);
-    }
-    *reinterpret_cast<uint4*>(xs + row * xs_stride + col) = out;
-  }
-}
 
 // GS: k16 steps per scale group, i.e. how often the fp32 sums are scaled: 8 = once per k-tile
 // (group 128 or a multiple, the primary format; the tile's scales are read once), 4 = group 64,
 // 1 = group 16 or 32 (every step).   NB: n8 tiles of X rows, 1 for M <= 8, 2 for M = 9..16.
 // KW: warps per row (in-CTA K split; 1, 2, 4, 8 = f.k_warps; > 1 only instantiated for GS = 8). A
 // compile-time KW keeps the loop at v9's register count (a runtime KW cost ~18 registers).
-// f.x_norm (the qkv and gate/up projections of the decode step at M <= 2): the activation tile is
-// the residual add + RMSNorm the GPU engine's add_rms_norm_held_k computes, with the same values:
-// each real thread stands for threads / 256 of that kernel's threads (virtual thread t' + 256 v holds
-// elements t' + 256 v + threads j, in j order), the per-thread partial sums meet in the same xor
-// butterflies per (virtual) warp and the same final warp over the 32 warp sums. Every CTA reads its
-// rows whole (x fp32, delta, w: ~40 KB per row at K = 4096, from L2) and writes its K-range to the
-// tile; CTA (0, 0) also writes x + delta to x_out.
-template <typename T>
-__device__ __forceinline__ void norm_tile(T* xs, int xs_stride, const NormArgs* na, int K, int m0, int rows, int kb,
-                                          int KR) {
-  __shared__ float wsum[33];
-  const NormArgs a_ = *na;
-  const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
-  const int VT = a_.threads, nv = VT >= 256 ? VT / 256 : 1, per = (K + VT - 1) / VT;
-  const T* delta = static_cast<const T*>(a_.delta);
-  const bool writer = blockIdx.x == 0 && blockIdx.y == 0;
-  for (int r = 0; r < rows; ++r) {
-    const float* xr = a_.x + size_t(m0 + r) * K;
-    const T* dr = delta ? delta + size_t(m0 + r) * K : nullptr;
-    for (int v = 0; v < nv; ++v) {
-      const int t = tid + 256 * v;  // the norm kernel's thread
-      float ss = 0.f;
-      for (int j = 0; j < per; ++j) {
-        const int i = t + VT * j;
-        if (t < VT && i < K) {
-          float a = xr[i];
-          if (dr) a += to_f(dr[i]);
-          ss += a * a;
-        }
-      }
-      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      if (lane == 0 && t < VT) wsum[t >> 5] = ss;
-    }
-    __syncthreads();
-    if (wid == 0) {
-      float s = lane < VT / 32 ? wsum[lane] : 0.f;
-      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if (lane == 0) wsum[32] = s;
-    }
-    __syncthreads();
-    const float rs = rsqrtf(wsum[32] / float(K) + a_.eps);
-    for (int c = tid; c < KR; c += blockDim.x) {
-      const int i = kb + c;
-      float a = xr[i];
-      if (dr) a += to_f(dr[i]);
-      T h;
-      from_f(a * rs * a_.w[i], h);
-      xs[r * xs_stride + c] = h;
-    }
-    if (writer)
-      for (int i = tid; i < K; i += blockDim.x) {
-        float a = xr[i];
-        if (dr) a += to_f(dr[i]);
-        a_.x_out[size_t(m0 + r) * K + i] = a;
-      }
-    __syncthreads();  // wsum is reused by the next row
-  }
-}
-
-// SW: the activation tile is act(silu(gate) * up) of f.X = [M, 2K] (swiglu_tile; instantiated for
-// GS = 8, NB = 1 only: the decode step's down projection at group >= 128, M <= 8).
-template <typename T, bool RES, int GS, int NB, int KW, bool SW = false, bool NRM = false>
+template <typename T, bool RES, int GS, int NB, int KW>
 __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_kernel(DeviceLayer L, FusedLaunch f) {
   constexpr int kStages = kStreamStages;
   constexpr int kChains = NB == 2 ? 2 : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
@@ -306,15 +219,9 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const T* X = static_cast<const T*>(f.X);
   const int cpr = KR / 8;
   const auto load_x = [&]() {
-    if constexpr (SW) {
-      swiglu_tile(xs, xs_stride, X, L.K, m0, rows, kb, cpr);
-    } else if constexpr (NRM) {
-      norm_tile(xs, xs_stride, static_cast<const NormArgs*>(f.X), L.K, m0, rows, kb, KR);
-    } else {
-      for (int i = threadIdx.x; i < rows * cpr; i += blockDim.x) {
-        const int row = i / cpr, col = (i - row * cpr) * 8;
-        cp_async16_zfill(xs + row * xs_stride + col, X + size_t(m0 + row) * L.K + kb + col, true);
-      }
+    for (int i = threadIdx.x; i < rows * cpr; i += blockDim.x) {
+      const int row = i / cpr, col = (i - row * cpr) * 8;
+      cp_async16_zfill(xs + row * xs_stride + col, X + size_t(m0 + row) * L.K + kb + col, true);
     }
     for (int i = threadIdx.x; i < cpr; i += blockDim.x)
       *reinterpret_cast<uint4*>(xs + rows * xs_stride + i * 8) = make_uint4(0, 0, 0, 0);
@@ -573,12 +480,12 @@ __global__ void __launch_bounds__(512) read_probe_kernel(const uint4* p, size_t 
 
 // Raises (never lowers) the dynamic smem limit of one instantiation: the plan's occupancy probes
 // and the launches share it, so a probe of a smaller layer cannot undercut a later launch.
-template <typename T, bool RES, int GS, int NB, int KW, bool SW = false, bool NRM = false>
+template <typename T, bool RES, int GS, int NB, int KW>
 bool allow_smem(int smem) {
   static int allowed = 48 * 1024;
   if (smem <= allowed) return true;
-  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, GS, NB, KW, SW, NRM>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
+  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, GS, NB, KW>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+      cudaSuccess)
     return false;
   allowed = smem;
   return true;
@@ -587,23 +494,8 @@ bool allow_smem(int smem) {
 template <typename T, bool RES, int GS, int NB, int KW>
 void launch_stream_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
   const int smem = stream_smem_bytes(std::min(f.M, 16) + 1, f.k_split, L.spt, RES, KW);
-  const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + 15) / 16);
-  if constexpr (GS == 8 && NB == 1) {
-    if (f.x_swiglu) {
-      if (!allow_smem<T, RES, GS, NB, KW, true>(smem)) return;
-      launch_maybe_pdl(f.pdl != 0, zipper_stream_kernel<T, RES, GS, NB, KW, true>, grid, dim3(kWarps * 32),
-                       size_t(smem), s, L, f);
-      return;
-    }
-    if (f.x_norm) {
-      if (!allow_smem<T, RES, GS, NB, KW, false, true>(smem)) return;
-      launch_maybe_pdl(f.pdl != 0, zipper_stream_kernel<T, RES, GS, NB, KW, false, true>, grid, dim3(kWarps * 32),
-                       size_t(smem), s, L, f);
-      return;
-    }
-  }
-  // (x_swiglu / x_norm elsewhere are refused by the host, ZipperLinear::gemm_swiglu / gemm_norm)
   if (!allow_smem<T, RES, GS, NB, KW>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
+  const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + 15) / 16);
   launch_maybe_pdl(f.pdl != 0, zipper_stream_kernel<T, RES, GS, NB, KW>, grid, dim3(kWarps * 32), size_t(smem), s, L, f);
 }
 

@@ -350,26 +350,12 @@ struct GpuModel::Impl {
   DevBuf cublas_ws;
   DevBuf embed, final_norm, inv_freq;
   std::vector<Layer> layers;
-  // MOSAIC_FUSE_SWIGLU=1: the decode step's down GEMMs take the gate/up output and apply the SiLU-mul
-  // in their activation load (ZipperLinear::gemm_swiglu; the same values as the silu_mul kernel).
-  // Off by default until measured on a GPU (written in the twelfth session after its last device call).
-  const bool fuse_swiglu = [] {
-    const char* e = std::getenv("MOSAIC_FUSE_SWIGLU");
-    return e && e[0] == '1';
-  }();
-  // MOSAIC_FUSE_NORM=1: at decode (M <= 2) the qkv and gate/up GEMMs fold the residual add + RMSNorm
-  // before them into their activation load (ZipperLinear::gemm_norm; the same values as add_rms_norm),
-  // the residual stream alternating between x and x_alt. Off by default until measured on a GPU.
-  const bool fuse_norm = [] {
-    const char* e = std::getenv("MOSAIC_FUSE_NORM");
-    return e && e[0] == '1';
-  }();
   std::unique_ptr<GpuLinear> lm_head;
   const DenseGpuLinear* lm_dense = nullptr;
 
   DevBuf kv;  // [L][2][slots][Hkv][cap][hd]
   std::vector<int64_t> len;
-  DevBuf x, x_alt, h, qkv, q, att, o, gu, actb, logits, arg_scratch, lm_tmp, S, P, partial, tok, pos, slot, next, targets, nll;
+  DevBuf x, h, qkv, q, att, o, gu, actb, logits, arg_scratch, lm_tmp, S, P, partial, tok, pos, slot, next, targets, nll;
   int32_t* h_stage = nullptr;  // pinned: tok | pos | slot | next (M each)
   size_t peak = 0;
 
@@ -578,7 +564,6 @@ struct GpuModel::Impl {
     kv = DevBuf(kv_est, "KV cache");
     report.kv_bytes = kv_est;
     x = DevBuf(size_t(M * D) * 4, "activations");
-    if (fuse_norm) x_alt = DevBuf(size_t(std::min<int64_t>(M, 2) * D) * 4, "activations");
     h = DevBuf(size_t(M * D) * 2, "activations");
     qkv = DevBuf(size_t(M * qkvN) * 2, "activations");
     q = DevBuf(size_t(M * qd) * 2, "activations");
@@ -600,7 +585,7 @@ struct GpuModel::Impl {
     targets = DevBuf(size_t(LR) * 4, "targets");
     nll = DevBuf(size_t(LR) * 8, "nll");
     check_cuda(cudaMallocHost(reinterpret_cast<void**>(&h_stage), size_t(4 * M) * 4), "cudaMallocHost");
-    report.scratch_bytes = x.bytes() + x_alt.bytes() + h.bytes() + qkv.bytes() + q.bytes() + att.bytes() + this->o.bytes() +
+    report.scratch_bytes = x.bytes() + h.bytes() + qkv.bytes() + q.bytes() + att.bytes() + this->o.bytes() +
                            gu.bytes() + actb.bytes() + logits.bytes() + lm_tmp.bytes() + S.bytes() + P.bytes() +
                            partial.bytes() + cublas_ws.bytes() + (zipper_shared ? zipper_shared->bytes() : 0);
     report.act = act;
@@ -616,25 +601,12 @@ struct GpuModel::Impl {
   void run_layers(int64_t n, int decode_B, int s, int64_t pos0) {
     const float eps = cfg.rms_norm_eps;
     const bool small = !(skip & kSkipSmall), gemm = !(skip & kSkipGemm), attn = !(skip & kSkipAttention);
-    // The residual stream: in x, or (MOSAIC_FUSE_NORM=1, decode) alternating between x and x_alt, since a
-    // GEMM that folds the norm in writes x + delta to the other buffer while its CTAs read this one.
-    float* xr = x.as<float>();
-    // add + RMSNorm, then `lin` on the normed rows; or both in lin's launch where it takes them.
-    const auto norm_then = [&](const GpuLinear* lin, const ActQuantGpuLinear* aq, const void* delta, const DevBuf& w,
-                               void* Y) {
-      const auto* z = fuse_norm && small && gemm && decode_B > 0 && !aq ? dynamic_cast<const ZipperGpuLinear*>(lin)
-                                                                           : nullptr;
-      float* other = xr == x.as<float>() ? x_alt.as<float>() : x.as<float>();
-      if (z && z->forward_norm(xr, delta, w.as<float>(), eps, other, Y, n, stream)) {
-        xr = other;
-        return;
-      }
-      if (small) kern::add_rms_norm(act, xr, delta, w.as<float>(), n, D, eps, h.get(), stream, producer_quant(aq, n));
-      if (gemm) lin->forward(h.get(), Y, n, stream);
-    };
     for (int l = 0; l < cfg.num_layers; ++l) {
       const Layer& Ly = layers[size_t(l)];
-      norm_then(Ly.qkv.get(), Ly.qkv_aq, l == 0 ? nullptr : this->o.get(), Ly.attn_norm, qkv.get());
+      if (small)
+        kern::add_rms_norm(act, x.as<float>(), l == 0 ? nullptr : this->o.get(), Ly.attn_norm.as<float>(), n, D, eps,
+                           h.get(), stream, producer_quant(Ly.qkv_aq, n));
+      if (gemm) Ly.qkv->forward(h.get(), qkv.get(), n, stream);
       const float* qn = cfg.qk_norm ? Ly.q_norm.as<float>() : nullptr;
       const float* kn = cfg.qk_norm ? Ly.k_norm.as<float>() : nullptr;
       if (decode_B > 0) {
@@ -650,18 +622,14 @@ struct GpuModel::Impl {
         if (attn) prefill_attention(l, n, s, pos0);
       }
       if (gemm) Ly.o->forward(att.get(), this->o.get(), n, stream);
-      norm_then(Ly.gate_up.get(), Ly.gate_up_aq, this->o.get(), Ly.ffn_norm, gu.get());
-      // The decode step's down projection may fold the SiLU-mul into its activation load (one launch
-      // less per layer; MOSAIC_FUSE_SWIGLU=1, see fuse_swiglu): 16-bit activations, ZipperEngine's stream kernel.
-      const auto* zd = fuse_swiglu && small && gemm && decode_B > 0 && !Ly.down_aq
-                           ? dynamic_cast<const ZipperGpuLinear*>(Ly.down.get())
-                           : nullptr;
-      if (!(zd && zd->forward_swiglu(gu.get(), this->o.get(), n, stream))) {
-        if (small) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream, producer_quant(Ly.down_aq, n));
-        if (gemm) Ly.down->forward(actb.get(), this->o.get(), n, stream);
-      }
+      if (small)
+        kern::add_rms_norm(act, x.as<float>(), this->o.get(), Ly.ffn_norm.as<float>(), n, D, eps, h.get(), stream,
+                           producer_quant(Ly.gate_up_aq, n));
+      if (gemm) Ly.gate_up->forward(h.get(), gu.get(), n, stream);
+      if (small) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream, producer_quant(Ly.down_aq, n));
+      if (gemm) Ly.down->forward(actb.get(), this->o.get(), n, stream);
     }
-    if (small) kern::add_rms_norm(act, xr, this->o.get(), final_norm.as<float>(), n, D, eps, h.get(), stream);
+    if (small) kern::add_rms_norm(act, x.as<float>(), this->o.get(), final_norm.as<float>(), n, D, eps, h.get(), stream);
   }
 
   void prefill_attention(int l, int64_t n, int s, int64_t pos0) {

@@ -314,8 +314,6 @@ int norm_threads(int64_t D) { return D >= 4096 ? 1024 : D >= 1024 ? 512 : D >= 2
 
 }  // namespace
 
-int add_rms_norm_threads(int64_t D) { return norm_threads(D); }
-
 void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t rows, float* x, cudaStream_t s) {
   if (rows <= 0) return;
   MOSAIC_DISPATCH(a, embedding_k<T><<<unsigned(rows), 256, 0, s>>>(static_cast<const T*>(table), D, tok, x));

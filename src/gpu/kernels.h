@@ -39,9 +39,6 @@ struct RowQuant {
 // per-token quantized when q.on().
 void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
                   cudaStream_t s, RowQuant q = {});
-// The threads per row add_rms_norm uses for D: its sum of squares is in their order (a GEMM that folds
-// the norm into its activation load, cuda::ZipperLinear::gemm_norm, repeats it for the same values).
-int add_rms_norm_threads(int64_t D);
 
 struct AttnDims {
   int H = 0, Hkv = 0, hd = 0;  // query heads, kv heads, head_dim

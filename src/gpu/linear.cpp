@@ -85,28 +85,6 @@ void ZipperGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s)
 
 size_t ZipperGpuLinear::device_bytes() const { return size_t(z_->weight_bytes(true)); }
 
-bool ZipperGpuLinear::forward_norm(const float* x, const void* delta, const float* w, float eps, float* x_out,
-                                   void* Y, int64_t M, cudaStream_t s) const {
-  if (!z_->takes_norm_input(M)) return false;
-  cuda::ZipperLinear::NormInput in;
-  in.x = x;
-  in.delta = delta;
-  in.w = w;
-  in.eps = eps;
-  in.x_out = x_out;
-  in.threads = kern::add_rms_norm_threads(K);
-  z_->set_programmatic_launch(cuda::gemm_pdl_env_enabled());
-  z_->gemm_norm(in, Y, M, a_ == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, s);
-  return true;
-}
-
-bool ZipperGpuLinear::forward_swiglu(const void* GU, void* Y, int64_t M, cudaStream_t s) const {
-  if (!z_->takes_swiglu_input(M)) return false;
-  z_->set_programmatic_launch(cuda::gemm_pdl_env_enabled());
-  z_->gemm_swiglu(GU, Y, M, a_ == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, s);
-  return true;
-}
-
 ActQuantGpuLinear::ActQuantGpuLinear(std::unique_ptr<GpuLinear> inner, ActQuant q, Act a,
                                      const ActQuantScratch* scratch, std::unique_ptr<cuda::W4A8Linear> w4a8,
                                      int64_t w4a8_min_m)

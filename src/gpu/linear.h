@@ -78,13 +78,6 @@ class ZipperGpuLinear : public GpuLinear {
   const cuda::ZipperLinear& zipper() const { return *z_; }
   // The dequantize path's buffer and cuBLAS handle shared by all layers of a model (one stream).
   void share(std::shared_ptr<cuda::ZipperShared> s);
-  // Y = act(silu(gate) * up) W^T from GU [M, 2K] in one launch (cuda::ZipperLinear::gemm_swiglu),
-  // where the layer takes such an input at this M; false (nothing launched) where it does not.
-  bool forward_swiglu(const void* GU, void* Y, int64_t M, cudaStream_t s) const;
-  // Y = rmsnorm(x + delta) W^T in one launch, x_out = x + delta (cuda::ZipperLinear::gemm_norm), where the
-  // layer takes such an input at this M; false (nothing launched) where it does not.
-  bool forward_norm(const float* x, const void* delta, const float* w, float eps, float* x_out, void* Y, int64_t M,
-                    cudaStream_t s) const;
 
  private:
   std::unique_ptr<cuda::ZipperLinear> z_;
