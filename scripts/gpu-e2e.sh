@@ -16,7 +16,8 @@
 # of an earlier revision; one from before ed2f53e brings its own decode attention, which then replaces
 # decode_attention.cu too; e.g. `git show REV:src/gpu/kernels.cu > build-x/old/kernels.cu`, carried:
 # links a second mosaic with it and runs the same bench), BASE_DEFS="-DX" (the same, with
-# src/gpu/decode_attention.cu built with those nvcc flags, e.g. -DMOSAIC_DEC_WARPS=8), NOPDL=1 (the bench again with MOSAIC_PDL=0),
+# src/gpu/decode_attention.cu built with those nvcc flags, e.g. -DMOSAIC_DEC_WARPS=8), BASE_ATTN=file (the same with
+# that decode_attention.cu, e.g. `git show REV:src/gpu/decode_attention.cu > .devdeps/old_attn.cu`, carried), NOPDL=1 (the bench again with MOSAIC_PDL=0),
 # ENV_RUNS="name:VAR=v[,VAR=v] ..." (the bench again per entry with those environment variables;
 # engines ENV_ENGINES, default ENGINES).
 # NCU=1: Nsight Compute at the end (ncu.txt): one decode attention kernel of a W4A16 batch-1 decode
@@ -65,8 +66,8 @@ for p in "${pids[@]}"; do wait $p || fail=1; done
 if [ -n "${BASE_KERNELS:-}" ]; then
   cp "$BASE_KERNELS" $B/base_kernels.cu && $NVCC -c $B/base_kernels.cu -o $B/obj/base_kernels.o || exit 1
 fi
-if [ -n "${BASE_DEFS:-}" ]; then  # the decode attention again with extra nvcc flags (e.g. -DMOSAIC_DEC_WARPS=8)
-  $NVCC $BASE_DEFS -c src/gpu/decode_attention.cu -o $B/obj/base_decode_attention.o || exit 1
+if [ -n "${BASE_DEFS:-}${BASE_ATTN:-}" ]; then  # the decode attention again: extra nvcc flags and/or another revision
+  $NVCC ${BASE_DEFS:-} -c ${BASE_ATTN:-src/gpu/decode_attention.cu} -o $B/obj/base_decode_attention.o || exit 1
 fi
 LIBO=""
 for f in $LIB_SRCS src/cuda/*.cu src/gpu/*.cu; do LIBO="$LIBO $(obj $f)"; done
@@ -78,7 +79,7 @@ if [ -n "${BASE_KERNELS:-}" ]; then
   # a kernels.cu from before the split (ed2f53e) also holds the decode attention: leave ours out
   grep -q attention_decode_k "$BASE_KERNELS" && BASEO=${BASEO/$(obj src/gpu/decode_attention.cu)/}
   g++ -o $B/mosaic_base $CLIO $BASEO $LIBS || exit 1
-elif [ -n "${BASE_DEFS:-}" ]; then
+elif [ -n "${BASE_DEFS:-}${BASE_ATTN:-}" ]; then
   g++ -o $B/mosaic_base $CLIO ${LIBO/$(obj src/gpu/decode_attention.cu)/$B/obj/base_decode_attention.o} $LIBS || exit 1
 fi
 g++ -o $B/test_gpu $TO $LIBO $(obj $DEPS/googletest/src/gtest-all.cc) $(obj $DEPS/googletest/src/gtest_main.cc) $LIBS || exit 1
@@ -108,8 +109,8 @@ for c in $CONFIGS; do
     --engines ${ENGINES:-fp16,w4a16} ${E2E_ARGS:-} ${PROFILE:+--profile} --json $B/e2e-$c.json 2>&1 | tee $B/e2e-$c.md
   echo "== bench e2e $c rc=${PIPESTATUS[0]}"; parts+=($B/e2e-$c.json)
   if [ "$c" = "${CONFIGS%% *}" ]; then  # same-run comparisons on the first config
-    if [ -n "${BASE_KERNELS:-}${BASE_DEFS:-}" ]; then
-      echo "## $c, base kernels (${BASE_KERNELS:-decode attention built with $BASE_DEFS})" >> $OUT/compare.md
+    if [ -n "${BASE_KERNELS:-}${BASE_DEFS:-}${BASE_ATTN:-}" ]; then
+      echo "## $c, base kernels (${BASE_KERNELS:-decode attention ${BASE_ATTN:-src/gpu/decode_attention.cu} built with ${BASE_DEFS:-no extra flags}})" >> $OUT/compare.md
       timeout ${BENCH_T:-200} $B/mosaic_base bench e2e --config $c --random-weights --batch $BATCH --prompt $PROMPT --gen $GEN \
         --budget $BUDGET --engines ${ENV_ENGINES:-${ENGINES:-fp16,w4a16}} ${PROFILE:+--profile} 2>&1 | tee -a $OUT/compare.md
       echo "== base $c rc=${PIPESTATUS[0]}"

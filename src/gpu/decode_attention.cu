@@ -47,6 +47,7 @@ namespace {
 #define MOSAIC_DEC_WARPS 4
 #endif
 constexpr int kDecWarps = MOSAIC_DEC_WARPS, kDecThreads = 32 * kDecWarps, kMaxSplits = detail::kMaxDecodeSplits;
+constexpr int kMaxCluster = detail::kMaxClusterSplits;  // splits of a cluster merge (the inbox's rows)
 #ifndef MOSAIC_DEC_STAGES
 #define MOSAIC_DEC_STAGES 8
 #endif
@@ -57,6 +58,33 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
 }
+// Cluster barrier halves (PTX barrier.cluster, sm_90). The cluster merge uses two phases: a relaxed
+// arrival once the CTA is done with its rope rows ("the others may write into them now"), waited
+// for just before the first remote store, then release / acquire around the pushed partials.
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_arrive_release() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait_acquire() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
+// Shared memory of the kernel, in floats: [ring (kDecRingBytes) | merge area laid over it after the
+// keys] [rope rows (RP + 3) x hd, read in the prologue only | cluster merge inbox laid over them].
+// The inbox is not the merge area: other CTAs of the cluster write into it while this one may still
+// be streaming its keys or merging its warps. (The thirteenth session's first form, an inbox
+// sized for kMaxSplits = 256 after the rope rows, +7.7 KB per CTA, left 2 CTAs per SM instead of 3: batch 4
+// decode 7% slower on an H200.)
+//   inbox: O [nsplit][chunk] (nsplit x chunk <= RP hd + kMaxCluster - 1) | m [kMaxCluster][RP] | l [kMaxCluster][RP]
+__host__ __device__ constexpr size_t dec_merge_floats(int rp, int hd) {
+  return size_t(kDecWarps) * rp * hd + 2 * size_t(kDecWarps) * rp;
+}
+__host__ __device__ constexpr size_t dec_inbox_offset(int rp, int hd) {  // = the rope rows' (merge <= ring)
+  return kDecRingBytes / sizeof(float) > dec_merge_floats(rp, hd) ? kDecRingBytes / sizeof(float)
+                                                                  : dec_merge_floats(rp, hd);
+}
+static_assert(dec_merge_floats(8, 256) <= kDecRingBytes / sizeof(float), "the merge area fits in the ring: the rope rows / inbox start at the ring's end");
+__host__ __device__ constexpr size_t dec_inbox_o_floats(int rp, int hd) { return size_t(rp) * hd + kMaxCluster; }
+__host__ __device__ constexpr size_t dec_inbox_floats(int rp, int hd) {
+  return dec_inbox_o_floats(rp, hd) + 2 * size_t(kMaxCluster) * rp;
+}
+static_assert(dec_inbox_floats(4, 128) <= 7 * 128 && dec_inbox_floats(8, 128) <= 11 * 128,
+              "LLaMA-3 / Qwen3 heads: the inbox fits in the rope rows (no shared memory added, 3 CTAs per SM stay)");
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -257,6 +285,9 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
     }
   }
 
+  // Phase 1 of the cluster merge: this thread is done with the rope rows (the inbox's space).
+  if (cluster_merge) cluster_arrive_relaxed();
+
   // Cached keys: step t's math while steps t+1 .. t+S-1 are in flight.
   for (int t = 0; t < nsteps; ++t) {
     if (t + S - 1 < nsteps) issue(t + S - 1);
@@ -339,7 +370,8 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
   float* macc = sm;                            // [kDecWarps][RP][hd]
   float* mm = macc + kDecWarps * RP * hd;      // [kDecWarps][RP]
   float* ml = mm + kDecWarps * RP;             // [kDecWarps][RP]
-  float* cO = ml + kDecWarps * RP;             // cluster merge: this CTA's O [RP][hd], then m [RP], l [RP]
+  float* inbox = sm + dec_inbox_offset(RP, hd);  // cluster merge: the partials pushed to this CTA
+  namespace cg = cooperative_groups;
   if (ks == 0) {
     for (int r = 0; r < RP; ++r) {
       if (r < nq) {
@@ -354,6 +386,16 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
   }
   __syncthreads();
   const int64_t st = hd + 2;
+  // Cluster merge (the splits of this (b, g, c) are one thread-block cluster, launched with cluster
+  // dims (1, 1, nsplit); chosen by decode_split_plan in decode_plan.h: short batches with few keys per
+  // CTA): CTA rank q merges outputs [q chunk, (q + 1) chunk). Every CTA pushes its partial O of those
+  // outputs and the (m, l) of their rows into rank q's inbox (remote stores: nothing waits for a
+  // round trip), one release / acquire barrier, then each CTA merges from its own shared memory and
+  // exits: no CTA reads another's shared memory, so none waits for the others to finish reading.
+  // (The earlier form pulled every partial with remote loads between two cluster barriers: 24% of the
+  // kernel's stall samples under ncu on an H200, mostly the second barrier.)
+  const int chunk = (nq * hd + nsplit - 1) / nsplit;
+  if (cluster_merge) cluster_wait_acquire();  // phase 1 done: every CTA is past its rope rows
   for (int k = tid; k < nq * hd; k += kDecThreads) {
     const int r = k / hd, i = k % hd;
     float M = -INFINITY;
@@ -369,11 +411,13 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
     }
     if (nsplit == 1) {
       out[(int64_t(b) * d.H + hq0 + r) * hd + i] = from_f<T>(O / L);
-    } else if (cluster_merge) {  // this CTA's partial stays in its shared memory (cluster merge below)
-      cO[k] = O;
-      if (i == 0) {
-        cO[RP * hd + r] = M;
-        cO[RP * hd + RP + r] = L;
+    } else if (cluster_merge) {  // pushed to the inbox of the CTA that merges output k
+      const int q = k / chunk, kq = k - q * chunk;
+      float* box = cg::this_cluster().map_shared_rank(inbox, q);
+      box[split * chunk + kq] = O;
+      if (i == 0 || kq == 0) {  // the (m, l) of each row that q's outputs touch
+        box[dec_inbox_o_floats(RP, hd) + split * RP + r] = M;
+        box[dec_inbox_o_floats(RP, hd) + (kMaxCluster + split) * RP + r] = L;
       }
     } else {
       float* pr = partial + ((int64_t(b) * d.H + hq0 + r) * nsplit + split) * st;
@@ -387,32 +431,24 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
   if (nsplit == 1) return;
 
   if (cluster_merge) {
-    // The splits of this (b, g, c) are one thread-block cluster (launched with cluster dims
-    // (1, 1, nsplit)): after a cluster barrier each CTA merges a slice of the outputs from every
-    // CTA's (O, m, l) in distributed shared memory, then a second barrier keeps each CTA's shared
-    // memory alive until the others have read it. No global partials, fence or arrival counter.
-    // (Chosen by decode_split_plan in decode_plan.h: short batches with few keys per CTA.)
-    namespace cg = cooperative_groups;
-    cg::cluster_group cl = cg::this_cluster();
-    cl.sync();
-    float* cM = cO + RP * hd;
-    float* cL = cM + RP;
-    const int total = nq * hd, chunk = (total + nsplit - 1) / nsplit;
-    const int k0 = int(cl.block_rank()) * chunk, k1 = min(total, k0 + chunk);
+    cluster_arrive_release();  // phase 2: this CTA's pushes are visible to the cluster ...
+    cluster_wait_acquire();    // ... and every other CTA's pushes to this one
+    const float* iM = inbox + dec_inbox_o_floats(RP, hd);
+    const float* iL = iM + kMaxCluster * RP;
+    const int k0 = int(cg::this_cluster().block_rank()) * chunk, k1 = min(nq * hd, k0 + chunk);
     for (int k = k0 + tid; k < k1; k += kDecThreads) {
-      const int r = k / hd;
+      const int r = k / hd, kq = k - k0;
       float M = -INFINITY;
-      for (int sp = 0; sp < nsplit; ++sp) M = fmaxf(M, *cl.map_shared_rank(cM + r, sp));
+      for (int sp = 0; sp < nsplit; ++sp) M = fmaxf(M, iM[sp * RP + r]);
       float O = 0.f, L = 0.f;
       for (int sp = 0; sp < nsplit; ++sp) {
-        const float ms = *cl.map_shared_rank(cM + r, sp);
+        const float ms = iM[sp * RP + r];
         const float e = ms == -INFINITY ? 0.f : exp2f(ms - M);
-        O += *cl.map_shared_rank(cO + k, sp) * e;
-        L += *cl.map_shared_rank(cL + r, sp) * e;
+        O += inbox[sp * chunk + kq] * e;
+        L += iL[sp * RP + r] * e;
       }
       out[(int64_t(b) * d.H + hq0) * hd + k] = from_f<T>(O / L);
     }
-    cl.sync();
     return;
   }
 
@@ -521,12 +557,10 @@ detail::ClusterMerge decode_cluster_mode() {
   if (!e || !*e) return detail::ClusterMerge::Auto;
   return e[0] == '1' ? detail::ClusterMerge::On : detail::ClusterMerge::Off;
 }
-// Bytes the kernel's shared memory must cover: the ring, or the merge area laid over it after the
-// keys (per warp: O [RP][hd], m, l; the cluster merge's O [RP][hd], m, l), whichever is larger,
-// then the rope rows (dead by the merge).
+// Bytes the kernel's shared memory must cover (layout at dec_inbox_offset): the ring or the merge
+// area laid over it after the keys, the rope rows, the cluster merge's inbox.
 size_t decode_smem_bytes(int rp, int hd) {
-  const size_t merge = (size_t(kDecWarps) * rp * hd + 2 * kDecWarps * rp + size_t(rp) * hd + 2 * rp) * sizeof(float);
-  return std::max(kDecRingBytes, merge) + size_t(rp + 3) * hd * sizeof(float);
+  return (dec_inbox_offset(rp, hd) + std::max(size_t(rp + 3) * hd, dec_inbox_floats(rp, hd))) * sizeof(float);
 }
 // keys: the bound on the keys a sequence of this launch attends to (<= d.cap).
 DecodePlan decode_plan(int B, const AttnDims& d, int sms, int64_t keys, detail::ClusterMerge mode) {
