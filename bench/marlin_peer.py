@@ -8,14 +8,52 @@ filled in by merge_results.py from the cuBLAS rows of the same run).
 
 Marlin's source is not part of mosaic: --src names a folder holding its marlin_cuda.cpp and
 marlin_cuda_kernel.cu (scripts/gpu-check.sh passes .xfer/marlin, a copy carried to the GPU
-machine; see docs/results.md for the commit it came from)."""
-import argparse, datetime, json, os, sys
+machine; see docs/results.md for the commit it came from).
+
+CUDA 13's ptxas miscompiles Marlin's hinted weight copy (`createpolicy ... evict_first` +
+`cp.async ... L2::cache_hint`): one instantiation (thread_m_blocks 1, the M <= 16 kernel) gets a
+cache-policy operand at an odd uniform register, `desc[UR1]`, which faults with "illegal instruction"
+on an H200 (the 2026-11-28 attempt; the same compiler fault scripts/sass_check.py guards mosaic's
+kernels against, found on Marlin with that script in the thirteenth session). So by default
+(--cache-hint drop) the build uses a copy of the kernel file with that one asm statement replaced by
+the plain `cp.async.cg.shared.global` (no L2 eviction hint; everything else Marlin's own), checks the
+built module with scripts/sass_check.py, and labels its rows accordingly; --cache-hint keep builds the
+source as it is."""
+import argparse, datetime, json, os, shutil, subprocess, sys
 
 import torch
 from torch.utils import cpp_extension
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_int4 import shapes, time_us  # noqa: E402  (same shapes, same timing)
+
+
+HINTED_COPY = ('''    "   createpolicy.fractional.L2::evict_first.b64 p, 1.0;"
+    "   cp.async.cg.shared.global.L2::cache_hint [%0], [%1], %2, p;\\n"''')
+PLAIN_COPY = '    "   cp.async.cg.shared.global [%0], [%1], %2;\\n"'
+
+
+def without_cache_hint(src, build_dir):
+    """A copy of Marlin's sources whose weight copy carries no L2 cache hint (see the module doc)."""
+    out = os.path.join(build_dir, "src-nohint")
+    os.makedirs(out, exist_ok=True)
+    shutil.copy(os.path.join(src, "marlin_cuda.cpp"), out)
+    text = open(os.path.join(src, "marlin_cuda_kernel.cu")).read()
+    if text.count(HINTED_COPY) != 1:
+        sys.exit(f"marlin_peer: {src}/marlin_cuda_kernel.cu does not hold the hinted copy this script patches "
+                 "(another Marlin revision?): use --cache-hint keep, or update HINTED_COPY")
+    open(os.path.join(out, "marlin_cuda_kernel.cu"), "w").write(text.replace(HINTED_COPY, PLAIN_COPY))
+    return out
+
+
+def sass_check(build_dir):
+    """scripts/sass_check.py on the built module: exit before a launch can fault and poison the context."""
+    mods = [os.path.join(build_dir, f) for f in os.listdir(build_dir) if f.endswith(".so")]
+    check = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "sass_check.py")
+    r = subprocess.run([sys.executable, check] + mods, capture_output=True, text=True)
+    print((r.stdout + r.stderr).strip().splitlines()[-1] if (r.stdout + r.stderr).strip() else "sass_check: no output")
+    if r.returncode != 0:
+        sys.exit("marlin_peer: the built Marlin has instructions known to fault (sass_check above); not launching it")
 
 
 def build(src, build_dir, arch):
@@ -38,13 +76,19 @@ def main():
     ap.add_argument("--fp16-baseline", action="store_true",
                     help="also time torch.matmul in FP16 (cuBLAS) in this process (variant torch_fp16), for runs "
                          "without `mosaic bench gemm`")
+    ap.add_argument("--cache-hint", choices=("drop", "keep"), default="drop",
+                    help="drop: build Marlin with its L2 evict-first hint removed (CUDA 13's ptxas miscompiles the "
+                         "hinted copy; module doc); keep: build the source as it is")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
-    marlin = build(args.src, args.build_dir, args.arch)
+    src = without_cache_hint(args.src, args.build_dir) if args.cache_hint == "drop" else args.src
+    marlin = build(src, args.build_dir, args.arch)
+    sass_check(args.build_dir)
+    patch = "L2 evict_first cache hint removed (ptxas 13.0 fault)" if args.cache_hint == "drop" else None
     dev = "cuda"
     card = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    print(f"marlin built from {args.src}; torch {torch.__version__} on {card}")
+    print(f"marlin built from {args.src}{' (cache hint dropped)' if patch else ''}; torch {torch.__version__} on {card}")
     rows = []
     for name, k, n in shapes(args.shapes):
         if k % 128 or n % 256:
@@ -80,7 +124,7 @@ def main():
             print(f"| {name} ({k}x{n}) | {m} | marlin | {us:.2f} us | {tflops:.1f} TFLOP/s{ratio} |", flush=True)
             rows.append({"card": card, "date": date, "shape": name, "m": m, "n": n, "k": k, "budget": None,
                          "variant": "marlin", "us": us, "tflops": tflops, "act_dtype": "fp16",
-                         "torch": torch.__version__})
+                         "torch": torch.__version__, "patch": patch})
         del bs
         torch.cuda.empty_cache()
     with open(args.json, "w") as f:
