@@ -4,7 +4,8 @@
 #
 #   OUT=/tmp/p scripts/gpu-profile-source.sh gemm KxN M [BUDGET]   # the ZipperEngine GEMM (mosaic bench gemm)
 #   OUT=/tmp/p scripts/gpu-profile-source.sh attention [CONFIG]   # decode attention, batch 1, 2048 cached keys
-# KREGEX picks the kernel (default: the first zipper_{stream,wgmma,fused}_kernel launch / attention_decode); the environment passes through
+# KREGEX picks the kernel (default: the first zipper_{stream,wgmma,fused}_kernel launch, the residual stream kernel's at
+# M <= 16 with a budget / attention_decode); the environment passes through
 # (e.g. MOSAIC_ZIPPER_WGMMA=1 to profile the wgmma kernel at M = 17..512's neighbours).
 # Device tool: run(command='OUT=$OUT scripts/gpu-profile-source.sh gemm 4096x6144 128', carry=[".devdeps"]).
 set -uo pipefail
@@ -16,7 +17,12 @@ case "${1:-}" in
   gemm)
     B=/tmp/mosaic-gpu-build
     [ -x $B/mosaic ] || SKIP_TORCH=1 OUT=$OUT/build bash scripts/gpu-check.sh build-only > $OUT/build.log 2>&1 || exit 1
-    APP="$B/mosaic bench gemm --shapes $2 --m $3 --budget ${4:-0} --reps 1"; K=${KREGEX:-zipper_[a-z]*_kernel}; SKIP=0 ;;
+    # Default kernel: with a residual budget at M <= 16 the residual stream kernel (mangled RES = true:
+    # "Lb1"); the bench's first zipper launch would be its dense_w4 variant. MOSAIC_ZIPPER_TUNE=0 (unless
+    # set): the plan model's plan, so the profiled launch is not one of the first-use tuning candidates.
+    if [ "${4:-0}" != 0 ] && [ "$3" -le 16 ]; then DK='zipper_stream_kernelI6__halfLb1'; else DK='zipper_[a-z]*_kernel'; fi
+    export MOSAIC_ZIPPER_TUNE=${MOSAIC_ZIPPER_TUNE:-0}
+    APP="$B/mosaic bench gemm --shapes $2 --m $3 --budget ${4:-0} --reps 1"; K=${KREGEX:-$DK}; SKIP=0 ;;
   attention)
     B=/tmp/mosaic-e2e-build
     [ -x $B/mosaic ] || OUT=$OUT/build SKIP_HF=1 bash scripts/gpu-e2e.sh build-only > $OUT/build.log 2>&1 || exit 1
