@@ -4,6 +4,8 @@
 #
 #   OUT=/tmp/p scripts/gpu-profile-source.sh gemm KxN M [BUDGET]   # the ZipperEngine GEMM (mosaic bench gemm)
 #   OUT=/tmp/p scripts/gpu-profile-source.sh attention [CONFIG]   # decode attention, batch 1, 2048 cached keys
+#   OUT=/tmp/p scripts/gpu-profile-source.sh w4a8 KxN M [BUDGET [ABLATE]]   # the W4A8 FP8 wgmma GEMM; ABLATE = a
+#       MOSAIC_W4A8_FP8_ABLATE mask (w4a8_fp8_gemm.cu: 7 = the load pipeline and epilogue alone)
 # KREGEX picks the kernel (default: the first zipper_{stream,wgmma,fused}_kernel launch, the residual stream kernel's at
 # M <= 16 with a budget / attention_decode); the environment passes through
 # (e.g. MOSAIC_ZIPPER_WGMMA=1 to profile the wgmma kernel at M = 17..512's neighbours).
@@ -28,7 +30,20 @@ case "${1:-}" in
     [ -x $B/mosaic ] || OUT=$OUT/build SKIP_HF=1 bash scripts/gpu-e2e.sh build-only > $OUT/build.log 2>&1 || exit 1
     APP="$B/mosaic bench e2e --config ${2:-llama3-8b} --random-weights --engines w4a16 --batch 1 --prompt 2048 --gen 16"
     K=${KREGEX:-attention_decode}; SKIP=40 ;;  # (past the eager warm-up step's launches)
-  *) sed -n 2,10p "$0"; exit 2 ;;
+  w4a8)
+    B=/tmp/mosaic-w4a8-build
+    [ -x $B/mosaic ] || BUILD=$B SKIP_TESTS=1 SKIP_SAN=1 SKIP_BENCH=1 OUT=$OUT/build bash scripts/gpu-w4a8.sh > $OUT/build.log 2>&1 || exit 1
+    BIN=$B/mosaic
+    if [ "${5:-0}" != 0 ]; then
+      nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -lineinfo -I src \
+        -DMOSAIC_W4A8_FP8_ABLATE=$5 -c src/cuda/w4a8_fp8_gemm.cu -o $B/w4a8_fp8_gemm_abl$5.o || exit 1
+      LIB=$(ls $B/*.o | grep -vE "/(t_|gtest|mosaic_bench_main|cmd_bench|gemm_bench|atomic_file|w4a8_fp8_gemm_abl)" | sed "s#$B/w4a8_fp8_gemm.o#$B/w4a8_fp8_gemm_abl$5.o#")
+      nvcc -o $B/mosaic-abl$5 $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o $LIB -lcublas || exit 1
+      BIN=$B/mosaic-abl$5
+    fi
+    APP="$BIN bench gemm --act-bits 8 --act-format fp8 --shapes $2 --m $3 --budget ${4:-0} --reps 1"
+    K=${KREGEX:-w4a8_fp8_gemm_kernel}; SKIP=0 ;;
+  *) sed -n 2,12p "$0"; exit 2 ;;
 esac
 timeout 240 ncu --kernel-name-base mangled -k regex:"$K" -s $SKIP -c 1 $S $APP > $OUT/ncu.txt 2>&1
 timeout 240 ncu --kernel-name-base mangled -k regex:"$K" -s $SKIP -c 1 $S --page source --print-source sass --csv $APP \

@@ -8,7 +8,10 @@
 # Overrides: SH (shapes, default llama3-8b), MS (default 256,1024,2048,4096,8192), BU (budgets,
 # default 0,0.1), TEST_FILTER (gtest filter, default W4A8*: INT8 and FP8 kernels), SKIP_TESTS=1,
 # SKIP_SAN=1, SAN_FILTER, SKIP_BENCH=1,
-# SKIP_TORCH=1, NCU="KxN M" (e.g. "4096x6144 4096": ncu of w4a8_gemm_kernel at that shape, NCU_WARPS=8|16
+# SKIP_TORCH=1, BENCH_ARGS (extra `bench gemm` options, e.g. "--act-format fp8"),
+# ENV_RUNS="name:VAR=val,VAR2=val ..." (the bench again with those variables set, same binary),
+# ABL="7 1 ..." (w4a8_fp8_gemm.cu rebuilt with -DMOSAIC_W4A8_FP8_ABLATE=mask into mosaic-ablMASK, its
+# bench run too, also under each ENV_RUNS; FP8 rows of all extra runs in extra-runs.md), NCU="KxN M" (e.g. "4096x6144 4096": ncu of w4a8_gemm_kernel at that shape, NCU_WARPS=8|16
 # picks the CTA shape profiled, NCU_K=w4a8_fp8_gemm_kernel profiles the FP8 wgmma kernel), SASS=1
 # (instruction mix of the W4A8 kernels from cuobjdump).
 set -uo pipefail
@@ -50,8 +53,26 @@ if [ "${SKIP_SAN:-0}" != 1 ]; then
 fi
 SH=${SH:-llama3-8b}; MS=${MS:-256,1024,2048,4096,8192}; BU=${BU:-0,0.1}
 [ "${SKIP_BENCH:-0}" = 1 ] && { echo "== done (no bench) $(date -u)"; exit 0; }
-$B/mosaic bench gemm --act-bits 8 --shapes $SH --m $MS --budget $BU --json $OUT/gemm-w4a8.json > $OUT/bench-w4a8.md 2>&1
+$B/mosaic bench gemm --act-bits 8 --shapes $SH --m $MS --budget $BU ${BENCH_ARGS:-} --json $OUT/gemm-w4a8.json > $OUT/bench-w4a8.md 2>&1
 echo "== bench rc=$?"; tail -5 $OUT/bench-w4a8.md
+if [ -n "${ENV_RUNS:-}${ABL:-}" ]; then
+  for m in ${ABL:-}; do
+    $NVCC -DMOSAIC_W4A8_FP8_ABLATE=$m -c src/cuda/w4a8_fp8_gemm.cu -o $B/w4a8_fp8_gemm_abl$m.o || { echo "== ablation $m build failed"; continue; }
+    nvcc -o $B/mosaic-abl$m $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o \
+      $(echo $LIB | sed "s#$B/w4a8_fp8_gemm.o#$B/w4a8_fp8_gemm_abl$m.o#") -lcublas
+  done
+  : > $OUT/extra-runs.md
+  for bin in mosaic $(for m in ${ABL:-}; do echo mosaic-abl$m; done); do
+    for er in "default:" ${ENV_RUNS:-}; do
+      name=${er%%:*}; vars=${er#*:}
+      [ "$bin" = mosaic ] && [ "$name" = default ] && continue
+      env $(echo "$vars" | tr ',' ' ') $B/$bin bench gemm --act-bits 8 --shapes $SH --m $MS --budget $BU ${BENCH_ARGS:-} > $B/run.md 2>&1
+      echo "== extra run $bin $name rc=$?"
+      { echo "### $bin, $name ($vars)"; grep -E "^\| *(shape|---)|w4a8fp8_(dense_gemm_only|zipper_gemm_only) " $B/run.md; echo; } >> $OUT/extra-runs.md
+    done
+  done
+  cat $OUT/extra-runs.md
+fi
 if [ "${SKIP_TORCH:-0}" != 1 ]; then
   PYTHONUNBUFFERED=1 timeout ${TORCH_T:-300} python3 bench/torch_w8.py --shapes $SH --m $MS --json $OUT/torch-w8.json > $OUT/torch-w8.log 2>&1
   echo "== torch w8 rc=$?"; grep -iE "fail|refused|error" $OUT/torch-w8.log | head -5

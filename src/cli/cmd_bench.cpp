@@ -38,6 +38,7 @@ struct GemmArgs {
   std::string shapes = "llama3-8b", ms = "1,4,16,32,64,128,256,1024,4096", budgets = "0.1", json;
   int reps = 7;
   int act_bits = 16;
+  std::string act_format = "both";
   bool bf16 = false;
 };
 
@@ -124,6 +125,11 @@ void add_bench_command(CLI::App& app) {
                    "16: W4A16 variants (dense_w4, unfused, zipper); 8: W4A8 variants (per-token INT8 activations: "
                    "w4a8_quant, w4a8_zipper_gemm_only, w4a8_dense, w4a8_zipper)")
       ->capture_default_str();
+  gemm->add_option("--act-format", args->act_format,
+                   "with --act-bits 8: the W4A8 kernels to time: int8 (mma.sync, w4a8_* rows), fp8 (e4m3 wgmma, "
+                   "w4a8fp8_* rows) or both")
+      ->check(CLI::IsMember({"int8", "fp8", "both"}))
+      ->capture_default_str();
   gemm->callback([args] {
     const auto ms = parse_list<int>(args->ms, "M");
     const auto budgets = parse_list<double>(args->budgets, "budget");
@@ -137,6 +143,8 @@ void add_bench_command(CLI::App& app) {
     o.reps = args->reps;
     o.bf16 = args->bf16;
     o.act_bits = args->act_bits;
+    o.w4a8_int8 = args->act_format != "fp8";
+    o.w4a8_fp8 = args->act_format != "int8";
     cuda::run_gemm_bench(o);
 #else
     fail("'bench gemm' needs a CUDA build: configure with -DMOSAIC_CUDA=ON (nvcc) and run on a GPU");

@@ -245,35 +245,41 @@ void run_gemm_bench(const GemmBenchOptions& o) {
       std::vector<std::unique_ptr<W4A8Linear>> wl;
       wl.push_back(std::make_unique<W4A8Linear>(w));
       const int cz = copies_for(wl[0]->weight_bytes());
-      while (int(wl.size()) < cz) wl.push_back(std::make_unique<W4A8Linear>(w));
+      if (o.w4a8_int8)
+        while (int(wl.size()) < cz) wl.push_back(std::make_unique<W4A8Linear>(w));
       std::vector<std::unique_ptr<W4A8Linear>> fl;  // the same layer with FP8 activations (wgmma kernel)
-      while (int(fl.size()) < cz) fl.push_back(std::make_unique<W4A8Linear>(w, W4A8Act::Fp8E4M3));
+      if (o.w4a8_fp8)
+        while (int(fl.size()) < cz) fl.push_back(std::make_unique<W4A8Linear>(w, W4A8Act::Fp8E4M3));
       for (size_t mi = 0; mi < o.ms.size(); ++mi) {
         const int M = o.ms[mi];
-        for (int c = 0; c < cz; ++c) wl[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr);  // workspaces
-        ck(cudaDeviceSynchronize(), "w4a8 quantize (bench)");
         const double xio = 2.0 * M * s.K, yio = 2.0 * M * s.N, qio = 1.0 * M * s.K + 4.0 * M;
-        const double wz = double(wl[0]->weight_bytes()), wd = double(wl[0]->weight_bytes(false));
-        emit(s, M, budget, "w4a8_quant",
-             time_us([&](int c) { wl[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr); }, cz, o.reps),
-             xio + qio, cub[mi]);
-        emit(s, M, budget, "w4a8_zipper_gemm_only",
-             time_us([&](int c) { wl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::Zipper); }, cz,
-                     o.reps),
-             wz + qio + yio, cub[mi]);
-        if (M >= 256 && budget == budgets.back())  // both CTA shapes (warps per 128 x 128 tile)
-          for (int warps : {8, 16})
-            emit(s, M, budget, "w4a8_zipper_gemm_only_w" + std::to_string(warps),
-                 time_us([&](int c) { wl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::Zipper, warps); },
-                         cz, o.reps),
-                 wz + qio + yio, cub[mi]);
-        auto full = [&](W4A8Variant v) {
-          return time_us([&](int c) { wl[size_t(c)]->gemm(xs[size_t(c % cx)]->p, yp, M, wdt, nullptr, v); }, cz,
-                         o.reps);
-        };
-        emit(s, M, budget, "w4a8_dense", full(W4A8Variant::DenseOnly), wd + xio + 2 * qio + yio, cub[mi]);
-        if (budget > 0) emit(s, M, budget, "w4a8_zipper", full(W4A8Variant::Zipper), wz + xio + 2 * qio + yio, cub[mi]);
-        // The FP8 e4m3 wgmma kernel (W4A8Act::Fp8E4M3), same rows: quantize alone, GEMM alone, layer call.
+        if (o.w4a8_int8) {
+          for (int c = 0; c < cz; ++c) wl[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr);  // workspaces
+          ck(cudaDeviceSynchronize(), "w4a8 quantize (bench)");
+          const double wz = double(wl[0]->weight_bytes()), wd = double(wl[0]->weight_bytes(false));
+          emit(s, M, budget, "w4a8_quant",
+               time_us([&](int c) { wl[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr); }, cz, o.reps),
+               xio + qio, cub[mi]);
+          emit(s, M, budget, "w4a8_zipper_gemm_only",
+               time_us([&](int c) { wl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::Zipper); }, cz,
+                       o.reps),
+               wz + qio + yio, cub[mi]);
+          if (M >= 256 && budget == budgets.back())  // both CTA shapes (warps per 128 x 128 tile)
+            for (int warps : {8, 16})
+              emit(s, M, budget, "w4a8_zipper_gemm_only_w" + std::to_string(warps),
+                   time_us([&](int c) { wl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::Zipper, warps); },
+                           cz, o.reps),
+                   wz + qio + yio, cub[mi]);
+          auto full = [&](W4A8Variant v) {
+            return time_us([&](int c) { wl[size_t(c)]->gemm(xs[size_t(c % cx)]->p, yp, M, wdt, nullptr, v); }, cz,
+                           o.reps);
+          };
+          emit(s, M, budget, "w4a8_dense", full(W4A8Variant::DenseOnly), wd + xio + 2 * qio + yio, cub[mi]);
+          if (budget > 0) emit(s, M, budget, "w4a8_zipper", full(W4A8Variant::Zipper), wz + xio + 2 * qio + yio, cub[mi]);
+        }
+        // The FP8 e4m3 wgmma kernel (W4A8Act::Fp8E4M3), same rows: quantize alone, GEMM alone (dense
+        // and with the residual), layer call.
+        if (!o.w4a8_fp8) continue;
         for (int c = 0; c < cz; ++c) fl[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr);
         ck(cudaDeviceSynchronize(), "w4a8 fp8 quantize (bench)");
         const double fz = double(fl[0]->weight_bytes()), fd = double(fl[0]->weight_bytes(false));
@@ -284,6 +290,11 @@ void run_gemm_bench(const GemmBenchOptions& o) {
              time_us([&](int c) { fl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::Zipper); }, cz,
                      o.reps),
              fz + qio + yio, cub[mi]);
+        if (budget > 0)
+          emit(s, M, budget, "w4a8fp8_dense_gemm_only",
+               time_us([&](int c) { fl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::DenseOnly); },
+                       cz, o.reps),
+               fd + qio + yio, cub[mi]);
         auto full8 = [&](W4A8Variant v) {
           return time_us([&](int c) { fl[size_t(c)]->gemm(xs[size_t(c % cx)]->p, yp, M, wdt, nullptr, v); }, cz,
                          o.reps);

@@ -15,6 +15,7 @@ struct GemmBenchOptions {
   int reps = 7;                                // timed repetitions (median reported)
   bool bf16 = false;                           // activations for the W4 variants (cuBLAS stays FP16)
   int act_bits = 16;                           // 8: the W4A8 variants instead of the W4A16 ones
+  bool w4a8_int8 = true, w4a8_fp8 = true;      // with act_bits 8: which W4A8 kernels (INT8 mma.sync, FP8 wgmma)
 };
 
 void run_gemm_bench(const GemmBenchOptions& o);

@@ -8,7 +8,9 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "cuda/hopper_ptx.cuh"
@@ -75,6 +77,18 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
 }
 
+// Shared-space loads by address (a generic load of a shared pointer is a long-scoreboard LD.E).
+__device__ __forceinline__ float lds_f32(uint32_t addr) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ uint32_t lds_u32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t c) {
   uint32_t d;
   asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
@@ -127,8 +141,20 @@ __device__ __forceinline__ uint32_t pack_out(float a, float b) {
   }
 }
 
-// grid (Npad / 128, ceil(M / 128)): blockIdx.x = output tile (fastest: CTAs running together share
-// the X tile in L2), blockIdx.y = token tile.
+// Same-binary ablations for measuring where the time goes (never set in a normal build; results
+// are wrong with any bit set): 1 = no 4-bit -> e4m3 conversion (raw code words as A), 2 = no
+// group-scale promotion, 4 = no wgmma. 7 leaves the load pipeline and the epilogue alone.
+#ifndef MOSAIC_W4A8_FP8_ABLATE
+#define MOSAIC_W4A8_FP8_ABLATE 0
+#endif
+constexpr int kAblate = MOSAIC_W4A8_FP8_ABLATE;
+
+// Persistent: gridDim.x CTAs (one per SM by default) walk the tiles t = blockIdx.x, + gridDim.x, ...;
+// tile t = (token tile t / nout, output tile t % nout), so the CTAs running together share a few X
+// token tiles in L2. The ring position (stage, phase) runs on across a CTA's tiles, so the producer
+// fills the next tile's first stages while the consumers run the previous tile's epilogue (the
+// non-persistent form paid the ring's fill and the epilogue back to back, once per tile).
+// gridDim.x = number of tiles gives one tile per CTA (MOSAIC_W4A8_FP8_CTAS=0, the earlier launch).
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid_constant__ CUtensorMap xmap,
                                                                      const W4A8Fp8Args a) {
@@ -139,8 +165,8 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // kept residual slots per stage (16-B aligned)
   static_assert(kStages <= 8, "flags[8..11] hold the e4m3 tables");
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
-  const int n0 = blockIdx.x * kOut, m0 = blockIdx.y * kTok;
   const int KT = a.K / kBK;
+  const int nout = a.Npad / kOut, ntiles = nout * ((a.M + kTok - 1) / kTok);
 
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
@@ -162,43 +188,49 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (warp != 0) return;
     const bool res = a.ridx != nullptr;
-    const int slot = lane & 15, brow = n0 / 16 + (slot >> 1);
-    const bool slot_ok = res && lane < 16 && brow < a.N / 16;
-    const int32_t* ridx = a.ridx + (slot_ok ? int64_t(brow) * (a.K / 64) + (slot & 1) : 0);
-    const uint8_t* wsrc = reinterpret_cast<const uint8_t*>(a.qw) + int64_t(blockIdx.x) * KT * 8192;
-    const float* ssrc = a.sc + n0;
-    // The residual block numbers of 4 k-tiles are fetched one chunk (4 k-tiles) ahead.
-    int cur[4], nxt[4];
+    const int slot = lane & 15;
+    uint32_t it = 0;  // this CTA's k-tiles so far, over all its tiles: the ring position
+    for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
+      const int ot = t % nout, n0 = ot * kOut, m0 = (t / nout) * kTok;
+      const int brow = n0 / 16 + (slot >> 1);
+      const bool slot_ok = res && lane < 16 && brow < a.N / 16;
+      const int32_t* ridx = a.ridx + (slot_ok ? int64_t(brow) * (a.K / 64) + (slot & 1) : 0);
+      const uint8_t* wsrc = reinterpret_cast<const uint8_t*>(a.qw) + int64_t(ot) * KT * 8192;
+      const float* ssrc = a.sc + n0;
+      // The residual block numbers of 4 k-tiles are fetched one chunk (4 k-tiles) ahead.
+      int cur[4], nxt[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) cur[j] = slot_ok && j < KT ? __ldg(ridx + 2 * j) : -1;
-    for (int kc = 0; kc < KT; kc += 4) {
+      for (int j = 0; j < 4; ++j) cur[j] = slot_ok && j < KT ? __ldg(ridx + 2 * j) : -1;
+      for (int kc = 0; kc < KT; kc += 4) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) nxt[j] = slot_ok && kc + 4 + j < KT ? __ldg(ridx + 2 * (kc + 4 + j)) : -1;
+        for (int j = 0; j < 4; ++j) nxt[j] = slot_ok && kc + 4 + j < KT ? __ldg(ridx + 2 * (kc + 4 + j)) : -1;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int kt = kc + j;
-        if (kt >= KT) break;
-        const int s = kt % kStages;
-        if (kt >= kStages) mbar_wait(&empty[s], ((kt / kStages) - 1) & 1);
-        const int idx = cur[j];
-        const uint32_t kept = __ballot_sync(0xffffffffu, idx >= 0) & 0xffffu;
-        uint8_t* st = smem + s * kStageBytes;
-        if (lane == 0) {
-          flags[s] = kept;
-          mbar_expect_tx(&full[s], uint32_t(kOffS) + 512u * a.spt + 576u * __popc(kept));
-          tma_2d(st, &xmap, kt * kBK, m0, &full[s]);
-          bulk_g2s(st + kOffW, wsrc + int64_t(kt) * 8192, 8192, &full[s]);
-          for (int h = 0; h < a.spt; ++h)
-            bulk_g2s(st + kOffS + 512 * h, ssrc + (int64_t(kt) * a.spt + h) * a.Npad, 512, &full[s]);
+        for (int j = 0; j < 4; ++j) {
+          const int kt = kc + j;
+          if (kt >= KT) break;
+          const uint32_t s = it % kStages;
+          if (it >= uint32_t(kStages)) mbar_wait(&empty[s], ((it / kStages) - 1) & 1);
+          ++it;
+          const int idx = cur[j];
+          const uint32_t kept = __ballot_sync(0xffffffffu, idx >= 0) & 0xffffu;
+          uint8_t* st = smem + s * kStageBytes;
+          if (lane == 0) {
+            flags[s] = kept;
+            mbar_expect_tx(&full[s], uint32_t(kOffS) + 512u * a.spt + 576u * __popc(kept));
+            tma_2d(st, &xmap, kt * kBK, m0, &full[s]);
+            bulk_g2s(st + kOffW, wsrc + int64_t(kt) * 8192, 8192, &full[s]);
+            for (int h = 0; h < a.spt; ++h)
+              bulk_g2s(st + kOffS + 512 * h, ssrc + (int64_t(kt) * a.spt + h) * a.Npad, 512, &full[s]);
+          }
+          __syncwarp();
+          if (idx >= 0) {
+            bulk_g2s(st + kOffRC + 512 * slot, a.rq + int64_t(idx) * 128, 512, &full[s]);
+            bulk_g2s(st + kOffRS + 64 * slot, a.rs + int64_t(idx) * 16, 64, &full[s]);
+          }
         }
-        __syncwarp();
-        if (idx >= 0) {
-          bulk_g2s(st + kOffRC + 512 * slot, a.rq + int64_t(idx) * 128, 512, &full[s]);
-          bulk_g2s(st + kOffRS + 64 * slot, a.rs + int64_t(idx) * 16, 64, &full[s]);
-        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) cur[j] = nxt[j];
       }
-#pragma unroll
-      for (int j = 0; j < 4; ++j) cur[j] = nxt[j];
     }
     return;
   }
@@ -210,8 +242,6 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   const int brow = 4 * c + w;          // block row within the tile (0..7)
   const int nrow = 64 * c + 16 * w + g;  // this lane's first output row within the tile
   float acc[64], part[64];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) acc[i] = 0.f;
   const uint32_t smem_base = smem_u32(smem);
 
   // The A fragments of k-tile kt + 1 are unpacked while k-tile kt's wgmmas run (nf), so the
@@ -221,52 +251,66 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(tab.pl), "=r"(tab.ph), "=r"(tab.nl), "=r"(tab.nh)
                : "r"(smem_u32(flags + 8)));
-  auto load_a = [&](int kt, uint32_t (&f)[4][4]) {
-    const int s = kt % kStages;
-    mbar_wait(&full[s], (kt / kStages) & 1);
+  auto unpack = [&](const uint4& v, uint32_t (&s0)[4], uint32_t (&s1)[4]) {
+    if constexpr (kAblate & 1) {
+      s0[0] = v.x; s0[1] = v.y; s0[2] = v.z; s0[3] = v.w;
+      s1[0] = v.y; s1[1] = v.z; s1[2] = v.w; s1[3] = v.x;
+    } else {
+      unpack_2steps(v, tab, s0, s1);
+    }
+  };
+  // it = the ring position of the k-tile (its stage and phase).
+  auto load_a = [&](uint32_t it, uint32_t (&f)[4][4]) {
+    const uint32_t s = it % kStages;
+    mbar_wait(&full[s], (it / kStages) & 1);
     const uint32_t wa = smem_base + s * kStageBytes + kOffW + (2 * brow * 32 + lane) * 16;
     const uint4 h0 = lds128(wa), h1 = lds128(wa + 512);
-    unpack_2steps(h0, tab, f[0], f[1]);
-    unpack_2steps(h1, tab, f[2], f[3]);
+    unpack(h0, f[0], f[1]);
+    unpack(h1, f[2], f[3]);
+  };
+  auto mma = [&](const uint32_t (&f)[4], uint64_t desc, int scale_d) {
+    if constexpr (!(kAblate & 4)) wgmma_m64n128k32_e4m3(part, f, desc, scale_d);
+  };
+  auto promote_part = [&](float s_lo, float s_hi) {
+    if constexpr (!(kAblate & 2)) promote(acc, part, s_lo, s_hi);
   };
   // One k-tile with fragments cur (already unpacked); unpacks k-tile kt + 1 into nxt meanwhile.
-  auto ktile = [&](int kt, uint32_t (&cur)[4][4], uint32_t (&nxt)[4][4]) {
-    const int s = kt % kStages;
-    const uint8_t* st = smem + s * kStageBytes;
+  auto ktile = [&](uint32_t it, int kt, uint32_t (&cur)[4][4], uint32_t (&nxt)[4][4]) {
+    const uint32_t s = it % kStages;
     const uint32_t xaddr = smem_base + s * kStageBytes;
-    const float* sc = reinterpret_cast<const float*>(st + kOffS);
+    const uint32_t sca = xaddr + kOffS + 4 * nrow;  // the scales: shared-space loads (not generic LD.E)
     if (a.spt == 1) {
-      const float s_lo = sc[nrow], s_hi = sc[nrow + 8];
+      const float s_lo = lds_f32(sca), s_hi = lds_f32(sca + 32);
       wgmma_fence();
       fence_regs(part);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) wgmma_m64n128k32_e4m3(part, cur[k], desc_sw128(xaddr + 32 * k), k > 0);
+      for (int k = 0; k < 4; ++k) mma(cur[k], desc_sw128(xaddr + 32 * k), k > 0);
       wgmma_commit();
-      if (kt + 1 < KT) load_a(kt + 1, nxt);
+      if (kt + 1 < KT) load_a(it + 1, nxt);
       wgmma_wait<0>();
       keep_live(cur);
       fence_regs(part);
-      promote(acc, part, s_lo, s_hi);
+      promote_part(s_lo, s_hi);
     } else {  // group 64: two scale sets per k-tile
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float s_lo = sc[128 * h + nrow], s_hi = sc[128 * h + nrow + 8];
+        const float s_lo = lds_f32(sca + 512 * h), s_hi = lds_f32(sca + 512 * h + 32);
         wgmma_fence();
         fence_regs(part);
-        wgmma_m64n128k32_e4m3(part, cur[2 * h], desc_sw128(xaddr + 64 * h), 0);
-        wgmma_m64n128k32_e4m3(part, cur[2 * h + 1], desc_sw128(xaddr + 64 * h + 32), 1);
+        mma(cur[2 * h], desc_sw128(xaddr + 64 * h), 0);
+        mma(cur[2 * h + 1], desc_sw128(xaddr + 64 * h + 32), 1);
         wgmma_commit();
-        if (h == 0 && kt + 1 < KT) load_a(kt + 1, nxt);
+        if (h == 0 && kt + 1 < KT) load_a(it + 1, nxt);
         wgmma_wait<0>();
         keep_live(cur);
         fence_regs(part);
-        promote(acc, part, s_lo, s_hi);
+        promote_part(s_lo, s_hi);
       }
     }
     // Residual: per block column (64 inputs = 2 k32 steps) that has a kept block in any of the
     // warpgroup's 4 block rows, two more wgmma on the same X tile with the kept blocks' codes (zero
     // for a warp whose block is not kept), promoted with the blocks' own row scales.
-    const uint32_t kept = flags[s];
+    const uint32_t kept = lds_u32(smem_u32(flags + s));
 #pragma unroll
     for (int bc = 0; bc < 2; ++bc) {
       const uint32_t wg_slots = (kept >> (8 * c + bc)) & 0x55u;  // slots 2 (4c + i) + bc, i = 0..3
@@ -275,49 +319,70 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
       uint32_t r[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
       float rs_lo = 0.f, rs_hi = 0.f;
       if ((kept >> slot) & 1u) {
-        unpack_2steps(lds128(xaddr + kOffRC + (slot * 32 + lane) * 16), tab, r[0], r[1]);
-        const float* rs = reinterpret_cast<const float*>(st + kOffRS) + 16 * slot;
-        rs_lo = rs[g];
-        rs_hi = rs[g + 8];
+        unpack(lds128(xaddr + kOffRC + (slot * 32 + lane) * 16), r[0], r[1]);
+        rs_lo = lds_f32(xaddr + kOffRS + 4 * (16 * slot + g));
+        rs_hi = lds_f32(xaddr + kOffRS + 4 * (16 * slot + g + 8));
       }
       wgmma_fence();
       fence_regs(part);
-      wgmma_m64n128k32_e4m3(part, r[0], desc_sw128(xaddr + 64 * bc), 0);
-      wgmma_m64n128k32_e4m3(part, r[1], desc_sw128(xaddr + 64 * bc + 32), 1);
+      mma(r[0], desc_sw128(xaddr + 64 * bc), 0);
+      mma(r[1], desc_sw128(xaddr + 64 * bc + 32), 1);
       wgmma_commit();
       wgmma_wait<0>();
       keep_live(r);
       fence_regs(part);
-      promote(acc, part, rs_lo, rs_hi);
+      promote_part(rs_lo, rs_hi);
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);
   };
-  load_a(0, af);
-  // Two k-tiles per iteration, the fragment buffers swapping roles (no register copies).
-  for (int kt = 0; kt < KT; kt += 2) {
-    ktile(kt, af, nf);
-    if (kt + 1 < KT) ktile(kt + 1, nf, af);
-  }
 
-  // ---- epilogue: Y[m, n] = s_m * acc. Lanes g and g ^ 1 swap halves so that each stores two
-  // adjacent outputs of one token (4 bytes): even g token 8j + 2t, odd g token 8j + 2t + 1. ----
   T* y = static_cast<T*>(a.y);
   const int odd = g & 1;
+  uint32_t it = 0;
+  for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
+    const int n0 = (t % nout) * kOut, m0 = (t / nout) * kTok;
 #pragma unroll
-  for (int j = 0; j < 16; ++j) {
-    const int m = m0 + 8 * j + 2 * t4 + odd;
-    const float sm = m < a.M ? a.xs[m] : 0.f;
+    for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+    load_a(it, af);
+    // Two k-tiles per iteration, the fragment buffers swapping roles (no register copies).
+    for (int kt = 0; kt < KT; kt += 2) {
+      ktile(it + kt, kt, af, nf);
+      if (kt + 1 < KT) ktile(it + kt + 1, kt + 1, nf, af);
+    }
+    it += KT;
+    if constexpr (kAblate & 2) fence_regs(part);
+
+    // ---- epilogue: Y[m, n] = s_m * acc. Lanes g and g ^ 1 swap halves so that each stores two
+    // adjacent outputs of one token (4 bytes): even g token 8j + 2t, odd g token 8j + 2t + 1. ----
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const float v0 = acc[4 * j + 2 * hr], v1 = acc[4 * j + 2 * hr + 1];
-      const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-      const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
-      const int n = n0 + 64 * c + 16 * w + 8 * hr + (g & ~1);
-      if (m < a.M && n < a.N)
-        *reinterpret_cast<uint32_t*>(y + int64_t(m) * a.N + n) = pack_out<T>(lo * sm, hi * sm);
+    for (int j = 0; j < 16; ++j) {
+      const int m = m0 + 8 * j + 2 * t4 + odd;
+      const float sm = m < a.M ? a.xs[m] : 0.f;
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const float v0 = acc[4 * j + 2 * hr], v1 = acc[4 * j + 2 * hr + 1];
+        const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+        const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
+        const int n = n0 + 64 * c + 16 * w + 8 * hr + (g & ~1);
+        if (m < a.M && n < a.N)
+          *reinterpret_cast<uint32_t*>(y + int64_t(m) * a.N + n) = pack_out<T>(lo * sm, hi * sm);
+      }
     }
   }
+}
+
+// CTAs of the persistent launch: MOSAIC_W4A8_FP8_CTAS (0 = one per tile: the non-persistent
+// launch, kept for same-binary comparisons), else one per SM.
+int fp8_gemm_ctas(int ntiles) {
+  static const int ctas = [] {
+    if (const char* e = std::getenv("MOSAIC_W4A8_FP8_CTAS")) return std::atoi(e);
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      fail("w4a8 fp8 gemm: cannot read the GPU's SM count");
+    return sms;
+  }();
+  return ctas <= 0 ? ntiles : std::min(ctas, ntiles);
 }
 
 template <typename T>
@@ -339,8 +404,9 @@ void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
                             estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) fail("w4a8 fp8 gemm: cuTensorMapEncodeTiled failed (", int(r), ") for [M=", a.M, ", K=", a.K, "]");
-  const dim3 grid(unsigned(a.Npad / kOut), unsigned((a.M + kTok - 1) / kTok));
-  w4a8_fp8_gemm_kernel<T><<<grid, kThreads, kSmemBytes, stream>>>(map, a);
+  const int ntiles = (a.Npad / kOut) * ((a.M + kTok - 1) / kTok);
+  const unsigned ctas = unsigned(fp8_gemm_ctas(ntiles));
+  w4a8_fp8_gemm_kernel<T><<<ctas, kThreads, kSmemBytes, stream>>>(map, a);
   check_launch("w4a8_fp8_gemm_kernel");
 }
 
