@@ -65,8 +65,6 @@ constexpr int kStageBytes = kOffRS + 1024;  // 34816 = 34 KB
 constexpr int kOffA = kStageBytes;          // 34816 (1024-aligned)
 constexpr int kStageBytesX = kOffA + 16384;  // 51200 = 50 KB
 constexpr int kStagesX = 4;
-// kXform CTAs have a fourth warpgroup of transform warps: 7 in all (warps 1-3 and 12-15).
-constexpr int kThreadsX = 512, kXformWarps = 7;
 template <bool kXform>
 constexpr int smem_bytes() {
   return (kXform ? kStagesX * kStageBytesX : kStages * kStageBytes) + 1024 /* barriers + flags */ + 1024 /* align */;
@@ -182,7 +180,7 @@ constexpr int kAblate = MOSAIC_W4A8_FP8_ABLATE;
 // operands in shared memory: their instruction stream loses the unpack (~112 ALU-pipe instructions
 // per k-tile and warp), which ncu showed as the larger half of their time.
 template <typename T, bool kXform>
-__global__ void __launch_bounds__(kXform ? kThreadsX : kThreads, 1) w4a8_fp8_gemm_kernel(const __grid_constant__ CUtensorMap xmap,
+__global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid_constant__ CUtensorMap xmap,
                                                                      const W4A8Fp8Args a) {
   constexpr int kStages = kXform ? kStagesX : ::mosaic::cuda::detail::kStages;
   constexpr int kStageBytes = kXform ? kStageBytesX : ::mosaic::cuda::detail::kStageBytes;
@@ -201,7 +199,7 @@ __global__ void __launch_bounds__(kXform ? kThreadsX : kThreads, 1) w4a8_fp8_gem
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full[s], 1);
       mbar_init(&empty[s], 8);  // one arrive per consumer warp
-      mbar_init(&xready[s], kXformWarps);  // one arrive per transform warp (kXform)
+      mbar_init(&xready[s], 3);  // one arrive per transform warp (kXform)
     }
     flags[8] = kE4m3PosLo;  // 16-byte aligned (flags[0..kStages) are the stages' residual masks)
     flags[9] = kE4m3PosHi;
@@ -212,71 +210,55 @@ __global__ void __launch_bounds__(kXform ? kThreadsX : kThreads, 1) w4a8_fp8_gem
   }
   __syncthreads();
 
-  // ---- kXform transform warps (x = 0..6: warps 1-3 of the producer warpgroup, 12-15): per stage,
-  // the 512 16-byte lane chunks of the base codes (layout: w4a8_fp8_layout.h; chunk q = (warp block
-  // wb, half h, lane l): rows 16 wb + g and + 8, k32 steps 2h, 2h + 1) -> e4m3 bytes at their (row, k)
-  // of the A tile, 128-byte swizzled as the wgmma descriptor reads it: byte (r, k) at
-  // r * 128 + ((k / 16) ^ (r % 8)) * 16 + k % 16. All of a thread's chunk loads first (ILP). ----
-  auto run_xform = [&](int x) {
-    E4m3Tables tab;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(tab.pl), "=r"(tab.ph), "=r"(tab.nl), "=r"(tab.nh)
-                 : "r"(smem_u32(flags + 8)));
-    constexpr int kN = kXformWarps * 32, kPer = (512 + kN - 1) / kN;
-    const int xt = x * 32 + lane;
-    const uint32_t base = smem_u32(smem);
-    uint32_t it = 0;
-    for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
-      for (int kt = 0; kt < KT; ++kt, ++it) {
-        const uint32_t s = it % kStages;
-        mbar_wait(&full[s], (it / kStages) & 1);
-        const uint32_t sb = base + s * kStageBytes;
-        uint4 v[kPer];
-#pragma unroll
-        for (int j = 0; j < kPer; ++j)
-          if (xt + kN * j < 512) v[j] = lds128(sb + kOffW + 16 * (xt + kN * j));
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) {
-          const int q = xt + kN * j;
-          if (q >= 512) break;
-          const int l = q & 31, h = (q >> 5) & 1, r = 16 * (q >> 6) + (l >> 2);
-          const int k0 = 64 * h + 4 * (l & 3);  // step 2h, word 0; word 1 is k0 + 16, step 2h + 1 is k0 + 32
-          const uint32_t row_lo = sb + kOffA + r * 128, row_hi = row_lo + 8 * 128;
-          const uint32_t sw = (r & 7) << 4;  // rows r and r + 8 share the swizzle phase
-          const uint32_t words[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            uint32_t lo, hi;
-            nib8_to_e4m3(words[i], tab, lo, hi);
-            const uint32_t off = uint32_t(k0 + 32 * (i >> 1) + 16 * (i & 1)) ^ sw;
-            asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(row_lo + off), "r"(lo) : "memory");
-            asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(row_hi + off), "r"(hi) : "memory");
-          }
-        }
-        // The wgmma reads the A tile through the async proxy: order these generic stores first.
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        __syncwarp();
-        if (lane == 0) mbar_arrive(&xready[s]);
-      }
-    }
-  };
-
-  if (kXform && wg == 3) {  // the fourth warpgroup: transform warps x = 3..6
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 88;\n" ::: "memory");
-    run_xform(warp - 9);
-    return;
-  }
   if (wg == 0) {
     // ---- producer: warp 0 only (lanes 0..15 own the 16 residual slots) ----
     // Registers go to the consumers: 128 x 40 + 256 x 232 <= 64K.
     if constexpr (kXform) {
-      asm volatile("setmaxnreg.dec.sync.aligned.u32 88;\n" ::: "memory");  // 256 x 88 + 256 x 168 = 64K
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
     } else {
       asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     }
     if (warp != 0) {
       if constexpr (kXform) {
-        run_xform(warp - 1);
+        // ---- transform warps 1..3: per stage, the 512 16-byte lane chunks of the base codes (layout:
+        // w4a8_fp8_layout.h; chunk q = (warp block wb, half h, lane l): rows 16 wb + g and + 8, k32
+        // steps 2h, 2h + 1) -> e4m3 bytes at their (row, k) of the A tile, 128-byte swizzled as the
+        // wgmma descriptor reads it: byte (r, k) at r * 128 + ((k / 16) ^ (r % 8)) * 16 + k % 16. ----
+        E4m3Tables tab;
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(tab.pl), "=r"(tab.ph), "=r"(tab.nl), "=r"(tab.nh)
+                     : "r"(smem_u32(flags + 8)));
+        const int xt = tid - 32;  // 0..95
+        const uint32_t base = smem_u32(smem);
+        uint32_t it = 0;
+        for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
+          for (int kt = 0; kt < KT; ++kt, ++it) {
+            const uint32_t s = it % kStages;
+            mbar_wait(&full[s], (it / kStages) & 1);
+            const uint32_t sb = base + s * kStageBytes;
+            for (int q = xt; q < 512; q += 96) {
+              const uint4 v = lds128(sb + kOffW + 16 * q);
+              const int l = q & 31, h = (q >> 5) & 1, r = 16 * (q >> 6) + (l >> 2);
+              const int k0 = 64 * h + 4 * (l & 3);  // step 2h, word 0; word 1 is k0 + 16, step 2h + 1 is k0 + 32
+              const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+              for (int i = 0; i < 4; ++i) {
+                uint32_t lo, hi;
+                nib8_to_e4m3(words[i], tab, lo, hi);
+                const int k = k0 + 32 * (i >> 1) + 16 * (i & 1);
+                const uint32_t off = ((uint32_t(k) >> 4) << 4) + (k & 15);  // chunk * 16 + byte, before the swizzle
+                const uint32_t a_lo = sb + kOffA + r * 128 + ((off ^ ((r & 7) << 4)));
+                const uint32_t a_hi = sb + kOffA + (r + 8) * 128 + ((off ^ (((r + 8) & 7) << 4)));
+                asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(a_lo), "r"(lo) : "memory");
+                asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(a_hi), "r"(hi) : "memory");
+              }
+            }
+            // The wgmma reads the A tile through the async proxy: order these generic stores first.
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+            __syncwarp();
+            if (lane == 0) mbar_arrive(&xready[s]);
+          }
+        }
       }
       return;
     }
@@ -331,7 +313,7 @@ __global__ void __launch_bounds__(kXform ? kThreadsX : kThreads, 1) w4a8_fp8_gem
   // ---- consumers: warpgroup c = wg - 1 owns outputs 64 c .. 64 c + 63 of the tile; warp w of it
   // rows 16 w .. 16 w + 15 (= residual block row 4 c + w) ----
   if constexpr (kXform) {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 168;\n" ::: "memory");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");  // 128 x 56 + 256 x 224 <= 64K
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   }
@@ -529,7 +511,7 @@ void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
   const int ntiles = (a.Npad / kOut) * ((a.M + kTok - 1) / kTok);
   const unsigned ctas = unsigned(fp8_gemm_ctas(ntiles));
   if (fp8_gemm_xform())
-    w4a8_fp8_gemm_kernel<T, true><<<ctas, kThreadsX, smem_bytes<true>(), stream>>>(map, a);
+    w4a8_fp8_gemm_kernel<T, true><<<ctas, kThreads, smem_bytes<true>(), stream>>>(map, a);
   else
     w4a8_fp8_gemm_kernel<T, false><<<ctas, kThreads, smem_bytes<false>(), stream>>>(map, a);
   check_launch("w4a8_fp8_gemm_kernel");
