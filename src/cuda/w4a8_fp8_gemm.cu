@@ -60,15 +60,7 @@ constexpr int kOffS = kOffW + 8192;      // 24576
 constexpr int kOffRC = kOffS + 1024;     // 25600
 constexpr int kOffRS = kOffRC + 16 * 512;  // 33792
 constexpr int kStageBytes = kOffRS + 1024;  // 34816 = 34 KB
-// The transform-warp variant (kXform) adds the stage's weights as e4m3 (128 outputs x 128 B, 128-byte
-// swizzle, the wgmma A operand in shared memory) and keeps 4 stages.
-constexpr int kOffA = kStageBytes;          // 34816 (1024-aligned)
-constexpr int kStageBytesX = kOffA + 16384;  // 51200 = 50 KB
-constexpr int kStagesX = 4;
-template <bool kXform>
-constexpr int smem_bytes() {
-  return (kXform ? kStagesX * kStageBytesX : kStages * kStageBytes) + 1024 /* barriers + flags */ + 1024 /* align */;
-}
+constexpr int kSmemBytes = kStages * kStageBytes + 1024 /* barriers + flags */ + 1024 /* alignment */;
 
 // PTX wrappers (mbarriers, bulk copies, TMA, wgmma fences, descriptors): cuda/hopper_ptx.cuh.
 using namespace ::mosaic::cuda::hopper;
@@ -83,17 +75,6 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], const uint
       "{%64,%65,%66,%67}, %68, p, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
-}
-
-// The same with A from shared memory too (descriptor, K-major, 128-byte swizzle): the kXform path.
-__device__ __forceinline__ void wgmma_m64n128k32_e4m3_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
-                                                         int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
-      "%64, %65, p, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
 // Shared-space loads by address (a generic load of a shared pointer is a long-scoreboard LD.E).
@@ -174,23 +155,15 @@ constexpr int kAblate = MOSAIC_W4A8_FP8_ABLATE;
 // fills the next tile's first stages while the consumers run the previous tile's epilogue (the
 // non-persistent form paid the ring's fill and the epilogue back to back, once per tile).
 // gridDim.x = number of tiles gives one tile per CTA (MOSAIC_W4A8_FP8_CTAS=0, the earlier launch).
-//
-// kXform: warps 1..3 of the producer warpgroup (idle otherwise) convert each stage's 4-bit weights to
-// e4m3 into a shared-memory A tile (arriving on xready[s]), and the consumers run wgmma with both
-// operands in shared memory: their instruction stream loses the unpack (~112 ALU-pipe instructions
-// per k-tile and warp), which ncu showed as the larger half of their time.
-template <typename T, bool kXform>
+template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid_constant__ CUtensorMap xmap,
                                                                      const W4A8Fp8Args a) {
-  constexpr int kStages = kXform ? kStagesX : ::mosaic::cuda::detail::kStages;
-  constexpr int kStageBytes = kXform ? kStageBytesX : ::mosaic::cuda::detail::kStageBytes;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
   uint64_t* empty = full + kStages;
-  uint64_t* xready = empty + kStages;  // kXform: the stage's e4m3 A tile is written
-  uint32_t* flags = reinterpret_cast<uint32_t*>(xready + kStages);  // kept residual slots per stage (16-B aligned)
-  static_assert(kStages <= 8 && (3 * kStages * 8) % 16 == 0, "flags[8..11] hold the e4m3 tables (16-B aligned)");
+  uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // kept residual slots per stage (16-B aligned)
+  static_assert(kStages <= 8, "flags[8..11] hold the e4m3 tables");
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   const int KT = a.K / kBK;
   const int nout = a.Npad / kOut, ntiles = nout * ((a.M + kTok - 1) / kTok);
@@ -199,7 +172,6 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full[s], 1);
       mbar_init(&empty[s], 8);  // one arrive per consumer warp
-      mbar_init(&xready[s], 3);  // one arrive per transform warp (kXform)
     }
     flags[8] = kE4m3PosLo;  // 16-byte aligned (flags[0..kStages) are the stages' residual masks)
     flags[9] = kE4m3PosHi;
@@ -213,55 +185,8 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   if (wg == 0) {
     // ---- producer: warp 0 only (lanes 0..15 own the 16 residual slots) ----
     // Registers go to the consumers: 128 x 40 + 256 x 232 <= 64K.
-    if constexpr (kXform) {
-      asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
-    } else {
-      asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    }
-    if (warp != 0) {
-      if constexpr (kXform) {
-        // ---- transform warps 1..3: per stage, the 512 16-byte lane chunks of the base codes (layout:
-        // w4a8_fp8_layout.h; chunk q = (warp block wb, half h, lane l): rows 16 wb + g and + 8, k32
-        // steps 2h, 2h + 1) -> e4m3 bytes at their (row, k) of the A tile, 128-byte swizzled as the
-        // wgmma descriptor reads it: byte (r, k) at r * 128 + ((k / 16) ^ (r % 8)) * 16 + k % 16. ----
-        E4m3Tables tab;
-        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                     : "=r"(tab.pl), "=r"(tab.ph), "=r"(tab.nl), "=r"(tab.nh)
-                     : "r"(smem_u32(flags + 8)));
-        const int xt = tid - 32;  // 0..95
-        const uint32_t base = smem_u32(smem);
-        uint32_t it = 0;
-        for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
-          for (int kt = 0; kt < KT; ++kt, ++it) {
-            const uint32_t s = it % kStages;
-            mbar_wait(&full[s], (it / kStages) & 1);
-            const uint32_t sb = base + s * kStageBytes;
-            for (int q = xt; q < 512; q += 96) {
-              const uint4 v = lds128(sb + kOffW + 16 * q);
-              const int l = q & 31, h = (q >> 5) & 1, r = 16 * (q >> 6) + (l >> 2);
-              const int k0 = 64 * h + 4 * (l & 3);  // step 2h, word 0; word 1 is k0 + 16, step 2h + 1 is k0 + 32
-              const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-              for (int i = 0; i < 4; ++i) {
-                uint32_t lo, hi;
-                nib8_to_e4m3(words[i], tab, lo, hi);
-                const int k = k0 + 32 * (i >> 1) + 16 * (i & 1);
-                const uint32_t off = ((uint32_t(k) >> 4) << 4) + (k & 15);  // chunk * 16 + byte, before the swizzle
-                const uint32_t a_lo = sb + kOffA + r * 128 + ((off ^ ((r & 7) << 4)));
-                const uint32_t a_hi = sb + kOffA + (r + 8) * 128 + ((off ^ (((r + 8) & 7) << 4)));
-                asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(a_lo), "r"(lo) : "memory");
-                asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(a_hi), "r"(hi) : "memory");
-              }
-            }
-            // The wgmma reads the A tile through the async proxy: order these generic stores first.
-            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-            __syncwarp();
-            if (lane == 0) mbar_arrive(&xready[s]);
-          }
-        }
-      }
-      return;
-    }
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (warp != 0) return;
     const bool res = a.ridx != nullptr;
     const int slot = lane & 15;
     uint32_t it = 0;  // this CTA's k-tiles so far, over all its tiles: the ring position
@@ -312,11 +237,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
 
   // ---- consumers: warpgroup c = wg - 1 owns outputs 64 c .. 64 c + 63 of the tile; warp w of it
   // rows 16 w .. 16 w + 15 (= residual block row 4 c + w) ----
-  if constexpr (kXform) {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");  // 128 x 56 + 256 x 224 <= 64K
-  } else {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   const int c = wg - 1, w = warp & 3, g = lane >> 2, t4 = lane & 3;
   const int brow = 4 * c + w;          // block row within the tile (0..7)
   const int nrow = 64 * c + 16 * w + g;  // this lane's first output row within the tile
@@ -358,28 +279,16 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     const uint32_t s = it % kStages;
     const uint32_t xaddr = smem_base + s * kStageBytes;
     const uint32_t sca = xaddr + kOffS + 4 * nrow;  // the scales: shared-space loads (not generic LD.E)
-    // kXform: this warpgroup's 64 rows of the stage's e4m3 A tile (k32 step k at + 32 k, as for B).
-    const uint32_t aaddr = xaddr + kOffA + 8192 * c;
-    if constexpr (kXform) mbar_wait(&xready[s], (it / kStages) & 1);
-    auto base_mma = [&](int k, int scale_d) {
-      if constexpr (kXform) {
-        if constexpr (!(kAblate & 4))
-          wgmma_m64n128k32_e4m3_ss(part, desc_sw128(aaddr + 32 * k), desc_sw128(xaddr + 32 * k), scale_d);
-      } else {
-        mma(cur[k], desc_sw128(xaddr + 32 * k), scale_d);
-      }
-    };
     if (a.spt == 1) {
       const float s_lo = lds_f32(sca), s_hi = lds_f32(sca + 32);
       wgmma_fence();
       fence_regs(part);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) base_mma(k, k > 0);
+      for (int k = 0; k < 4; ++k) mma(cur[k], desc_sw128(xaddr + 32 * k), k > 0);
       wgmma_commit();
-      if constexpr (!kXform)
-        if (kt + 1 < KT) load_a(it + 1, nxt);
+      if (kt + 1 < KT) load_a(it + 1, nxt);
       wgmma_wait<0>();
-      if constexpr (!kXform) keep_live(cur);
+      keep_live(cur);
       fence_regs(part);
       promote_part(s_lo, s_hi);
     } else {  // group 64: two scale sets per k-tile
@@ -388,13 +297,12 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
         const float s_lo = lds_f32(sca + 512 * h), s_hi = lds_f32(sca + 512 * h + 32);
         wgmma_fence();
         fence_regs(part);
-        base_mma(2 * h, 0);
-        base_mma(2 * h + 1, 1);
+        mma(cur[2 * h], desc_sw128(xaddr + 64 * h), 0);
+        mma(cur[2 * h + 1], desc_sw128(xaddr + 64 * h + 32), 1);
         wgmma_commit();
-        if constexpr (!kXform)
-          if (h == 0 && kt + 1 < KT) load_a(it + 1, nxt);
+        if (h == 0 && kt + 1 < KT) load_a(it + 1, nxt);
         wgmma_wait<0>();
-        if constexpr (!kXform) keep_live(cur);
+        keep_live(cur);
         fence_regs(part);
         promote_part(s_lo, s_hi);
       }
@@ -436,7 +344,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     const int n0 = (t % nout) * kOut, m0 = (t / nout) * kTok;
 #pragma unroll
     for (int i = 0; i < 64; ++i) acc[i] = 0.f;
-    if constexpr (!kXform) load_a(it, af);
+    load_a(it, af);
     // Two k-tiles per iteration, the fragment buffers swapping roles (no register copies).
     for (int kt = 0; kt < KT; kt += 2) {
       ktile(it + kt, kt, af, nf);
@@ -477,25 +385,13 @@ int fp8_gemm_ctas(int ntiles) {
   return ctas <= 0 ? ntiles : std::min(ctas, ntiles);
 }
 
-// The transform-warp kernel unless MOSAIC_W4A8_FP8_XFORM=0 (the weights unpacked by the consumers,
-// kept for same-binary comparisons).
-bool fp8_gemm_xform() {
-  static const bool x = [] {
-    const char* e = std::getenv("MOSAIC_W4A8_FP8_XFORM");
-    return !(e && std::atoi(e) == 0);
-  }();
-  return x;
-}
-
 template <typename T>
 void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
   static const bool attr = [] {
-    return cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                smem_bytes<true>()) == cudaSuccess &&
-           cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                smem_bytes<false>()) == cudaSuccess;
+    return cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) ==
+           cudaSuccess;
   }();
-  if (!attr) fail("w4a8 fp8 gemm: cannot set ", smem_bytes<true>(), " bytes of dynamic shared memory");
+  if (!attr) fail("w4a8 fp8 gemm: cannot set ", kSmemBytes, " bytes of dynamic shared memory");
   // X codes [M, K] uint8 as a 2D tensor (K inner), 128 x 128 boxes, 128-byte swizzle; rows past M
   // read as zeros.
   CUtensorMap map;
@@ -510,10 +406,7 @@ void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
   if (r != CUDA_SUCCESS) fail("w4a8 fp8 gemm: cuTensorMapEncodeTiled failed (", int(r), ") for [M=", a.M, ", K=", a.K, "]");
   const int ntiles = (a.Npad / kOut) * ((a.M + kTok - 1) / kTok);
   const unsigned ctas = unsigned(fp8_gemm_ctas(ntiles));
-  if (fp8_gemm_xform())
-    w4a8_fp8_gemm_kernel<T, true><<<ctas, kThreads, smem_bytes<true>(), stream>>>(map, a);
-  else
-    w4a8_fp8_gemm_kernel<T, false><<<ctas, kThreads, smem_bytes<false>(), stream>>>(map, a);
+  w4a8_fp8_gemm_kernel<T><<<ctas, kThreads, kSmemBytes, stream>>>(map, a);
   check_launch("w4a8_fp8_gemm_kernel");
 }
 
