@@ -143,7 +143,8 @@ __device__ __forceinline__ uint32_t pack_out(float a, float b) {
 
 // Same-binary ablations for measuring where the time goes (never set in a normal build; results
 // are wrong with any bit set): 1 = no 4-bit -> e4m3 conversion (raw code words as A), 2 = no
-// group-scale promotion, 4 = no wgmma. 7 leaves the load pipeline and the epilogue alone.
+// group-scale promotion, 4 = no wgmma, 8 = promotion without the scale (acc += part), 16 = only 8 of
+// the 64 accumulators promoted. 7 leaves the load pipeline and the epilogue alone.
 #ifndef MOSAIC_W4A8_FP8_ABLATE
 #define MOSAIC_W4A8_FP8_ABLATE 0
 #endif
@@ -272,7 +273,15 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     if constexpr (!(kAblate & 4)) wgmma_m64n128k32_e4m3(part, f, desc, scale_d);
   };
   auto promote_part = [&](float s_lo, float s_hi) {
-    if constexpr (!(kAblate & 2)) promote(acc, part, s_lo, s_hi);
+    if constexpr (kAblate & 8) {  // acc += part: no scale
+#pragma unroll
+      for (int i = 0; i < 64; ++i) acc[i] += part[i];
+    } else if constexpr (kAblate & 16) {  // only 8 of the 64 promoted
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] = fmaf(i & 2 ? s_hi : s_lo, part[i], acc[i]);
+    } else if constexpr (!(kAblate & 2)) {
+      promote(acc, part, s_lo, s_hi);
+    }
   };
   // One k-tile with fragments cur (already unpacked); unpacks k-tile kt + 1 into nxt meanwhile.
   auto ktile = [&](uint32_t it, int kt, uint32_t (&cur)[4][4], uint32_t (&nxt)[4][4]) {
