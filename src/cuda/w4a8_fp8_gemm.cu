@@ -47,14 +47,10 @@ struct Fp8Codec {
   }
 };
 
-#ifndef MOSAIC_W4A8_FP8_PIPE_TOK
-#define MOSAIC_W4A8_FP8_PIPE_TOK 96
-#endif
 // ---- the GEMM ----------------------------------------------------------------------------------
 // CTA: 3 warpgroups. WG 0 = producer (one warp: TMA of the X tile, bulk copies of the weights,
 // scales and kept residual blocks, into a kStages ring of full/empty mbarriers); WG 1, 2 =
 // consumers, 64 outputs x 128 tokens each (CTA tile 128 outputs x 128 tokens, k-tile 128).
-constexpr int kPipeTok = MOSAIC_W4A8_FP8_PIPE_TOK;  // the kPipe kernel's token tile (96; 104 spills)
 constexpr int kTok = 128, kOut = kFp8TileN, kBK = kFp8TileK, kStages = 6, kThreads = 384;
 // Stage layout (bytes, 1024-aligned): X codes 128 tokens x 128 B (TMA, 128-byte swizzle), base
 // codes 8 KB (w4a8_fp8_layout.h), scales 2 x 128 fp32, residual: 16 slots (8 block rows x 2 block
@@ -78,25 +74,6 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], const uint
       "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
       "{%64,%65,%66,%67}, %68, p, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
-}
-
-// The same with N = 96 / 104 (48 / 52 accumulators, chosen by the array size): the kPipe kernel's
-// token tile (kPipeTok).
-__device__ __forceinline__ void wgmma_m64nNk32_e4m3(float (&d)[48], const uint32_t (&a)[4], uint64_t desc, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %53, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n96k32.f32.e4m3.e4m3 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47}, "
-      "{%48,%49,%50,%51}, %52, p, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
-}
-__device__ __forceinline__ void wgmma_m64nNk32_e4m3(float (&d)[52], const uint32_t (&a)[4], uint64_t desc, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %57, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n104k32.f32.e4m3.e4m3 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51}, "
-      "{%52,%53,%54,%55}, %56, p, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
 }
 
@@ -141,12 +118,11 @@ __device__ __forceinline__ void unpack_2steps(const uint4& v, const E4m3Tables& 
   nib8_to_e4m3(v.w, t, s1[2], s1[3]);
 }
 
-// acc += s_row * part over the m64nN fragment: rows g (elements 0, 1 of each quad) and g + 8
+// acc += s_row * part over the m64n128 fragment: rows g (elements 0, 1 of each quad) and g + 8
 // (elements 2, 3).
-template <int NA>
-__device__ __forceinline__ void promote(float (&acc)[NA], const float (&part)[NA], float s_lo, float s_hi) {
+__device__ __forceinline__ void promote(float (&acc)[64], const float (&part)[64], float s_lo, float s_hi) {
 #pragma unroll
-  for (int j = 0; j < NA / 4; ++j) {
+  for (int j = 0; j < 16; ++j) {
     acc[4 * j + 0] = fmaf(s_lo, part[4 * j + 0], acc[4 * j + 0]);
     acc[4 * j + 1] = fmaf(s_lo, part[4 * j + 1], acc[4 * j + 1]);
     acc[4 * j + 2] = fmaf(s_hi, part[4 * j + 2], acc[4 * j + 2]);
@@ -180,21 +156,9 @@ constexpr int kAblate = MOSAIC_W4A8_FP8_ABLATE;
 // fills the next tile's first stages while the consumers run the previous tile's epilogue (the
 // non-persistent form paid the ring's fill and the epilogue back to back, once per tile).
 // gridDim.x = number of tiles gives one tile per CTA (MOSAIC_W4A8_FP8_CTAS=0, the earlier launch).
-// kPipe (group 128 only): kPipeTok-token tiles, so that two m64n96 partials (48 registers each) and two
-// fragment buffers fit: k-tile kt + 1's wgmmas are issued as soon as kt's are done, and kt's
-// promotion and the unpack of kt + 2 run while they do. (Same-binary ablations, qkv M = 4096: without
-// the promotion the unpipelined kernel ran at its load pipeline's speed, 195 vs 334 us, and promoting
-// even 8 of the 64 sums cost 307 — the wait for each k-tile's wgmma chain before the promotion, not
-// the FFMAs, was the cost.) The residual runs between the wait and the next issue, with nothing in
-// flight (a wgmma inside a branch with another in flight across it serializes them all, C7518).
-template <typename T, bool kPipe>
+template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid_constant__ CUtensorMap xmap,
                                                                      const W4A8Fp8Args a) {
-  // The stage layout for this variant's token tile (shadowing the 128-token constants above).
-  constexpr int kTok = kPipe ? kPipeTok : 128;
-  constexpr int kOffW = kTok * kBK, kOffS = kOffW + 8192, kOffRC = kOffS + 1024, kOffRS = kOffRC + 16 * 512;
-  constexpr int kStageBytes = kOffRS + 1024;  // 34 KB (128 tokens), 30 KB (96)
-  static_assert(kStageBytes % 1024 == 0, "stages stay 1024-aligned (128-byte swizzle atoms)");
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
@@ -278,8 +242,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   const int c = wg - 1, w = warp & 3, g = lane >> 2, t4 = lane & 3;
   const int brow = 4 * c + w;          // block row within the tile (0..7)
   const int nrow = 64 * c + 16 * w + g;  // this lane's first output row within the tile
-  constexpr int NA = kTok / 2;  // accumulators per thread (m64 x kTok over 128 threads)
-  float acc[NA], part[64];
+  float acc[64], part[64];
   const uint32_t smem_base = smem_u32(smem);
 
   // The A fragments of k-tile kt + 1 are unpacked while k-tile kt's wgmmas run (nf), so the
@@ -307,11 +270,10 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     unpack(h1, f[2], f[3]);
   };
   auto mma = [&](const uint32_t (&f)[4], uint64_t desc, int scale_d) {
-    if constexpr (!(kAblate & 4) && !kPipe) wgmma_m64n128k32_e4m3(part, f, desc, scale_d);
+    if constexpr (!(kAblate & 4)) wgmma_m64n128k32_e4m3(part, f, desc, scale_d);
   };
   auto promote_part = [&](float s_lo, float s_hi) {
-    if constexpr (kPipe) {
-    } else if constexpr (kAblate & 8) {  // acc += part: no scale
+    if constexpr (kAblate & 8) {  // acc += part: no scale
 #pragma unroll
       for (int i = 0; i < 64; ++i) acc[i] += part[i];
     } else if constexpr (kAblate & 16) {  // only 8 of the 64 promoted
@@ -384,101 +346,18 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     if (lane == 0) mbar_arrive(&empty[s]);
   };
 
-  // ---- kPipe: two partials pp[0], pp[1]; pissue(b) issues a k-tile's 4 base wgmmas into pp[b] (one
-  // commit group); pstep(b, next, next2) finishes k-tile kt whose group runs in pp[b]: wait for it,
-  // its residual (nothing in flight), issue kt + 1 into pp[1 - b] (next), promote pp[b], release the
-  // stage, unpack kt + 2 into the fragment buffer kt's wgmmas have released (next2). ----
-  using Buf0 = std::integral_constant<int, 0>;
-  using Buf1 = std::integral_constant<int, 1>;
-  using Yes = std::true_type;
-  using No = std::false_type;
-  float pp[2][kPipe ? NA : 1];
-  auto pmma = [&](auto B, const uint32_t (&f)[4], uint64_t desc, int scale_d) {
-    if constexpr (kPipe && !(kAblate & 4)) wgmma_m64nNk32_e4m3(pp[decltype(B)::value], f, desc, scale_d);
-  };
-  auto pissue = [&](auto B, uint32_t it, const uint32_t (&f)[4][4]) {
-    const uint32_t xaddr = smem_base + (it % kStages) * kStageBytes;
-    wgmma_fence();
-    fence_regs(pp[decltype(B)::value]);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) pmma(B, f[k], desc_sw128(xaddr + 32 * k), k > 0);
-    wgmma_commit();
-  };
-  auto ppromote = [&](auto B, float s_lo, float s_hi) {
-    if constexpr (kPipe && !(kAblate & 2)) promote(acc, pp[decltype(B)::value], s_lo, s_hi);
-  };
-  auto pstep = [&](auto B, auto NEXT, auto NEXT2, uint32_t it, uint32_t (&fa)[4][4], uint32_t (&fb)[4][4]) {
-    using BO = std::integral_constant<int, 1 - decltype(B)::value>;  // the other partial
-    const uint32_t s = it % kStages;
-    const uint32_t xaddr = smem_base + s * kStageBytes;
-    const float s_lo = lds_f32(xaddr + kOffS + 4 * nrow), s_hi = lds_f32(xaddr + kOffS + 4 * (nrow + 8));
-    wgmma_wait<0>();  // k-tile kt's group (issued one step ago)
-    keep_live(fa);
-    fence_regs(pp[decltype(B)::value]);
-    const uint32_t kept = lds_u32(smem_u32(flags + s));
-#pragma unroll
-    for (int bc = 0; bc < 2; ++bc) {  // residual of kt, as in ktile, in the other partial (idle now)
-      const uint32_t wg_slots = (kept >> (8 * c + bc)) & 0x55u;
-      if (wg_slots == 0) continue;  // warpgroup-uniform
-      const int slot = 2 * brow + bc;
-      uint32_t r[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-      float rs_lo = 0.f, rs_hi = 0.f;
-      if ((kept >> slot) & 1u) {
-        unpack(lds128(xaddr + kOffRC + (slot * 32 + lane) * 16), r[0], r[1]);
-        rs_lo = lds_f32(xaddr + kOffRS + 4 * (16 * slot + g));
-        rs_hi = lds_f32(xaddr + kOffRS + 4 * (16 * slot + g + 8));
-      }
-      wgmma_fence();
-      fence_regs(pp[BO::value]);
-      pmma(BO{}, r[0], desc_sw128(xaddr + 64 * bc), 0);
-      pmma(BO{}, r[1], desc_sw128(xaddr + 64 * bc + 32), 1);
-      wgmma_commit();
-      wgmma_wait<0>();
-      keep_live(r);
-      fence_regs(pp[BO::value]);
-      ppromote(BO{}, rs_lo, rs_hi);
-    }
-    if constexpr (decltype(NEXT)::value) pissue(BO{}, it + 1, fb);
-    ppromote(B, s_lo, s_hi);  // first: pp[b] dies before the unpack's temporaries live
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);
-    if constexpr (decltype(NEXT2)::value) load_a(it + 2, fa);
-  };
-
   T* y = static_cast<T*>(a.y);
   const int odd = g & 1;
   uint32_t it = 0;
   for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
     const int n0 = (t % nout) * kOut, m0 = (t / nout) * kTok;
 #pragma unroll
-    for (int i = 0; i < NA; ++i) acc[i] = 0.f;
-    if constexpr (kPipe) {
-      load_a(it, af);
-      pissue(Buf0{}, it, af);
-      if (KT > 1) load_a(it + 1, nf);
-      int kt = 0;
-      for (; kt + 3 < KT; kt += 2) {  // two k-tiles per iteration: buffers 0 / 1 swap roles
-        pstep(Buf0{}, Yes{}, Yes{}, it + kt, af, nf);
-        pstep(Buf1{}, Yes{}, Yes{}, it + kt + 1, nf, af);
-      }
-      // 1..3 k-tiles left; every path drains what it issues (C7518, see kPipe)
-      if (kt + 3 == KT) {
-        pstep(Buf0{}, Yes{}, Yes{}, it + kt, af, nf);
-        pstep(Buf1{}, Yes{}, No{}, it + kt + 1, nf, af);
-        pstep(Buf0{}, No{}, No{}, it + kt + 2, af, nf);
-      } else if (kt + 2 == KT) {
-        pstep(Buf0{}, Yes{}, No{}, it + kt, af, nf);
-        pstep(Buf1{}, No{}, No{}, it + kt + 1, nf, af);
-      } else {
-        pstep(Buf0{}, No{}, No{}, it + kt, af, nf);
-      }
-    } else {
-      load_a(it, af);
-      // Two k-tiles per iteration, the fragment buffers swapping roles (no register copies).
-      for (int kt = 0; kt < KT; kt += 2) {
-        ktile(it + kt, kt, af, nf);
-        if (kt + 1 < KT) ktile(it + kt + 1, kt + 1, nf, af);
-      }
+    for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+    load_a(it, af);
+    // Two k-tiles per iteration, the fragment buffers swapping roles (no register copies).
+    for (int kt = 0; kt < KT; kt += 2) {
+      ktile(it + kt, kt, af, nf);
+      if (kt + 1 < KT) ktile(it + kt + 1, kt + 1, nf, af);
     }
     it += KT;
     if constexpr (kAblate & 2) fence_regs(part);
@@ -486,7 +365,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     // ---- epilogue: Y[m, n] = s_m * acc. Lanes g and g ^ 1 swap halves so that each stores two
     // adjacent outputs of one token (4 bytes): even g token 8j + 2t, odd g token 8j + 2t + 1. ----
 #pragma unroll
-    for (int j = 0; j < NA / 4; ++j) {
+    for (int j = 0; j < 16; ++j) {
       const int m = m0 + 8 * j + 2 * t4 + odd;
       const float sm = m < a.M ? a.xs[m] : 0.f;
 #pragma unroll
@@ -515,48 +394,28 @@ int fp8_gemm_ctas(int ntiles) {
   return ctas <= 0 ? ntiles : std::min(ctas, ntiles);
 }
 
-// The pipelined kPipeTok-token kernel (kPipe) for group 128 unless MOSAIC_W4A8_FP8_PIPE=0 (the 128-token
-// kernel, kept for same-binary comparisons and groups of 64).
-bool fp8_gemm_pipe() {
-  static const bool x = [] {
-    const char* e = std::getenv("MOSAIC_W4A8_FP8_PIPE");
-    return !(e && std::atoi(e) == 0);
-  }();
-  return x;
-}
-constexpr int fp8_smem_bytes(bool pipe) {
-  return kStages * (pipe ? kPipeTok * kBK + 18432 : kStageBytes) + 1024 /* barriers + flags */ + 1024 /* alignment */;
-}
-
 template <typename T>
 void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
   static const bool attr = [] {
-    return cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                fp8_smem_bytes(true)) == cudaSuccess &&
-           cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                fp8_smem_bytes(false)) == cudaSuccess;
+    return cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) ==
+           cudaSuccess;
   }();
   if (!attr) fail("w4a8 fp8 gemm: cannot set ", kSmemBytes, " bytes of dynamic shared memory");
-  const bool pipe = fp8_gemm_pipe() && a.spt == 1;
-  const int tok = pipe ? kPipeTok : kTok;
   // X codes [M, K] uint8 as a 2D tensor (K inner), 128 x 128 boxes, 128-byte swizzle; rows past M
   // read as zeros.
   CUtensorMap map;
   const cuuint64_t dims[2] = {cuuint64_t(a.K), cuuint64_t(a.M)};
   const cuuint64_t strides[1] = {cuuint64_t(a.K)};
-  const cuuint32_t box[2] = {kBK, cuuint32_t(tok)};
+  const cuuint32_t box[2] = {kBK, kTok};
   const cuuint32_t estr[2] = {1, 1};
   const auto encode = encode_tiled_fn("w4a8 fp8 gemm");
   const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(a.xq), dims, strides, box,
                             estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) fail("w4a8 fp8 gemm: cuTensorMapEncodeTiled failed (", int(r), ") for [M=", a.M, ", K=", a.K, "]");
-  const int ntiles = (a.Npad / kOut) * ((a.M + tok - 1) / tok);
+  const int ntiles = (a.Npad / kOut) * ((a.M + kTok - 1) / kTok);
   const unsigned ctas = unsigned(fp8_gemm_ctas(ntiles));
-  if (pipe)
-    w4a8_fp8_gemm_kernel<T, true><<<ctas, kThreads, fp8_smem_bytes(true), stream>>>(map, a);
-  else
-    w4a8_fp8_gemm_kernel<T, false><<<ctas, kThreads, fp8_smem_bytes(false), stream>>>(map, a);
+  w4a8_fp8_gemm_kernel<T><<<ctas, kThreads, kSmemBytes, stream>>>(map, a);
   check_launch("w4a8_fp8_gemm_kernel");
 }
 
