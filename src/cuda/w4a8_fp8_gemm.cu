@@ -77,18 +77,6 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
 }
 
-// Shared-space loads by address (a generic load of a shared pointer is a long-scoreboard LD.E).
-__device__ __forceinline__ float lds_f32(uint32_t addr) {
-  float v;
-  asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(addr));
-  return v;
-}
-__device__ __forceinline__ uint32_t lds_u32(uint32_t addr) {
-  uint32_t v;
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
-  return v;
-}
-
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t c) {
   uint32_t d;
   asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
@@ -319,7 +307,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     // Residual: per block column (64 inputs = 2 k32 steps) that has a kept block in any of the
     // warpgroup's 4 block rows, two more wgmma on the same X tile with the kept blocks' codes (zero
     // for a warp whose block is not kept), promoted with the blocks' own row scales.
-    const uint32_t kept = lds_u32(smem_u32(flags + s));
+    const uint32_t kept = lds32(smem_u32(flags + s));
 #pragma unroll
     for (int bc = 0; bc < 2; ++bc) {
       const uint32_t wg_slots = (kept >> (8 * c + bc)) & 0x55u;  // slots 2 (4c + i) + bc, i = 0..3
