@@ -32,15 +32,9 @@ case "${1:-}" in
     K=${KREGEX:-attention_decode}; SKIP=40 ;;  # (past the eager warm-up step's launches)
   w4a8)
     B=/tmp/mosaic-w4a8-build
-    [ -x $B/mosaic ] || BUILD=$B SKIP_TESTS=1 SKIP_SAN=1 SKIP_BENCH=1 OUT=$OUT/build bash scripts/gpu-w4a8.sh > $OUT/build.log 2>&1 || exit 1
-    BIN=$B/mosaic
-    if [ "${5:-0}" != 0 ]; then
-      nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -lineinfo -I src \
-        -DMOSAIC_W4A8_FP8_ABLATE=$5 -c src/cuda/w4a8_fp8_gemm.cu -o $B/w4a8_fp8_gemm_abl$5.o || exit 1
-      LIB=$(ls $B/*.o | grep -vE "/(t_|gtest|mosaic_bench_main|cmd_bench|gemm_bench|atomic_file|w4a8_fp8_gemm_abl)" | sed "s#$B/w4a8_fp8_gemm.o#$B/w4a8_fp8_gemm_abl$5.o#")
-      nvcc -o $B/mosaic-abl$5 $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o $LIB -lcublas || exit 1
-      BIN=$B/mosaic-abl$5
-    fi
+    if [ "${5:-0}" != 0 ]; then BIN=$B/mosaic-abl$5; else BIN=$B/mosaic; fi
+    [ -x $BIN ] || ABL=$([ "${5:-0}" != 0 ] && echo "$5") BUILD=$B SKIP_TESTS=1 SKIP_SAN=1 SKIP_BENCH=1 OUT=$OUT/build bash scripts/gpu-w4a8.sh \
+      > $OUT/build.log 2>&1 || exit 1
     APP="$BIN bench gemm --act-bits 8 --act-format fp8 --shapes $2 --m $3 --budget ${4:-0} --reps 1"
     K=${KREGEX:-w4a8_fp8_gemm_kernel}; SKIP=0 ;;
   *) sed -n 2,12p "$0"; exit 2 ;;

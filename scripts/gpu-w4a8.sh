@@ -39,9 +39,14 @@ fail=0; for p in "${pids[@]}"; do wait $p || fail=1; done
 cat $B/ptxas-w4a8_*.log > $B/ptxas-w4a8.log
 grep -E "registers|spill|Warning|warning" $B/ptxas-w4a8.log | grep -vE "^$" | sed 's/ptxas info *: //' | head -12
 [ $fail = 0 ] || { echo "== BUILD FAILED"; grep -hiE "error" -A3 $B/ptxas-*.log | head -40; exit 1; }
-LIB=$(ls $B/*.o | grep -vE "/(t_|gtest|mosaic_bench_main|cmd_bench|gemm_bench|atomic_file)" | tr '\n' ' ')
+LIB=$(ls $B/*.o | grep -vE "/(t_|gtest|mosaic_bench_main|cmd_bench|gemm_bench|atomic_file|w4a8_fp8_gemm_abl)" | tr '\n' ' ')
 nvcc -o $B/test_cuda $B/t_*.o $LIB $B/gtest-all.o $B/gtest_main.o -lcublas -lpthread || { echo "== LINK FAILED"; exit 1; }
 nvcc -o $B/mosaic $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o $LIB -lcublas || { echo "== LINK FAILED"; exit 1; }
+for m in ${ABL:-}; do  # ablation binaries mosaic-ablMASK (also with SKIP_BENCH=1: scripts/gpu-profile-source.sh w4a8)
+  $NVCC -DMOSAIC_W4A8_FP8_ABLATE=$m -c src/cuda/w4a8_fp8_gemm.cu -o $B/w4a8_fp8_gemm_abl$m.o &&
+    nvcc -o $B/mosaic-abl$m $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o \
+      ${LIB/$B\/w4a8_fp8_gemm.o/$B/w4a8_fp8_gemm_abl$m.o} -lcublas || { echo "== ablation $m build FAILED"; exit 1; }
+done
 echo "== build ok in $(( $(date +%s) - t0 )) s"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout ${TEST_T:-400} $B/test_cuda --gtest_filter="${TEST_FILTER:-W4A8*}" 2>&1 | grep -vE "^\[ RUN|^\[       OK"; echo "== tests rc=${PIPESTATUS[0]}"
@@ -56,11 +61,6 @@ SH=${SH:-llama3-8b}; MS=${MS:-256,1024,2048,4096,8192}; BU=${BU:-0,0.1}
 $B/mosaic bench gemm --act-bits 8 --shapes $SH --m $MS --budget $BU ${BENCH_ARGS:-} --json $OUT/gemm-w4a8.json > $OUT/bench-w4a8.md 2>&1
 echo "== bench rc=$?"; tail -5 $OUT/bench-w4a8.md
 if [ -n "${ENV_RUNS:-}${ABL:-}" ]; then
-  for m in ${ABL:-}; do
-    $NVCC -DMOSAIC_W4A8_FP8_ABLATE=$m -c src/cuda/w4a8_fp8_gemm.cu -o $B/w4a8_fp8_gemm_abl$m.o || { echo "== ablation $m build failed"; continue; }
-    nvcc -o $B/mosaic-abl$m $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o \
-      $(echo $LIB | sed "s#$B/w4a8_fp8_gemm.o#$B/w4a8_fp8_gemm_abl$m.o#") -lcublas
-  done
   : > $OUT/extra-runs.md
   for bin in mosaic $(for m in ${ABL:-}; do echo mosaic-abl$m; done); do
     for er in "default:" ${ENV_RUNS:-}; do
