@@ -30,6 +30,12 @@ __device__ __forceinline__ uint64_t evict_first_policy() {
   return p;
 }
 
+// What createpolicy.fractional.L2::evict_first.b64 1.0 yields on sm_90 (ptxas 13.0 folds it to this
+// constant: SASS of the stream kernel). Kernels under register pressure may pass the literal instead;
+// tests/gpu checks that the two agree, so a toolkit that encodes it differently fails a test, not
+// silently a cache hint.
+inline constexpr uint64_t kEvictFirstPolicy = 0x12f0000000000000ull;
+
 __device__ __forceinline__ void cp_async16_stream(uint32_t dst, const void* src, uint64_t policy) {
 #ifdef MOSAIC_NO_L2HINT
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));

@@ -35,6 +35,11 @@ namespace {
 // Ring depth per warp (k-tiles in flight + 1). v9 also had 8 (MOSAIC_ZIPPER_STAGES): slower
 // everywhere (v9 run 2); v10 dropped it to halve the instantiations.
 constexpr int kStreamStages = 4;
+// uint4 per ring slot: a dense tile (64 code words + 2 spt scale words) or, RES, a residual tile
+// (two kept blocks: 64 code words + 4 scale words); layout in the kernel.
+__host__ __device__ constexpr int stream_stage_u4(int spt, bool res) {
+  return res && 2 * spt < 4 ? 68 : 64 + 2 * spt;
+}
 
 // MMA roles (v10): the weights are the A operand (16 outputs x 16 inputs) and X is the B operand
 // (16 inputs x 8 rows of X), so one m16n8k16 covers a warp's 16 outputs for 8 rows of X. M <= 8
@@ -102,14 +107,19 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const int rows = min(f.M - m0, 16);         // real rows of X; row `rows` is all zeros
   const int spt = GS == 8 ? 1 : L.spt;
   const int gshift = GS == 8 ? 0 : __ffs(L.group >> 4) - 1;  // scale set of k16 step kk: kk >> gshift
-  const int su4 = stage_u4(spt, RES);
-  // A ring slot, in uint4 (stage_u4(spt, RES) of them; zipper_device.cuh has the v8 kernel's order):
-  //   RES:   [0, 32) residual codes | [32, 34) residual scales | [34, 98) base codes | [98, +2 spt) base scales
-  //   dense: [0, 64) base codes | [64, 64 + 2 spt) base scales
-  // Every offset a compile-time constant: with a run-time offset (the scales' size for group < 128)
-  // ptxas 13.0 formed [lane address + uniform offset] copies whose cache-policy operand landed at an
-  // odd uniform register (desc[UR1]): an illegal instruction on the H200 (scripts/sass_check.py).
-  constexpr int kResCodes = 0, kResScales = 32, kCodes = RES ? 34 : 0, kScales = kCodes + 64;
+  const int su4 = stream_stage_u4(spt, RES);
+  // A ring slot, in uint4 (stream_stage_u4(spt, RES) of them). A row is streamed as its nkt dense
+  // tiles, then (RES) its kept residual blocks two per tile, in CSR order:
+  //   dense tile:     [0, 64) base codes (chunk c, lane l at c * 32 + l) | [64, 64 + 2 spt) base scales
+  //   residual tile:  [0, 32) codes of kept block 2t | [32, 64) of block 2t + 1 | [64, 66) | [66, 68) their scales
+  // Both kinds are one copy pattern (two 16-byte code words per lane, a few scale words) from two
+  // running pointers, so a dense tile costs the residual kernel nothing (v17; before, every tile
+  // carried the residual's flags, predicated copies and CSR bookkeeping: ~+45 of ~200 issued
+  // instructions per tile at 10%, kernels-notes fourteenth session). Offsets are compile-time
+  // constants: with a run-time offset (the scales' size for group < 128) ptxas 13.0 formed [lane
+  // address + uniform offset] copies whose cache-policy operand landed at an odd uniform register
+  // (desc[UR1]): an illegal instruction on the H200 (scripts/sass_check.py).
+  constexpr int kCodes = 0, kScales = 64;
   T* xs = reinterpret_cast<T*>(smem);         // (rows + 1, KR) activation tile
   uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
   // KW > 1: per warp, its partial sums of a row [NB][8 rows][20 floats] (after all rings).
@@ -154,60 +164,74 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const uint4* gq0 = reinterpret_cast<const uint4*>(L.qweight) + size_t(kw0 / 64) * 32 + lane;
   // (+ lane: lanes < 2 spt copy the tile's scales; the others' pointers are never dereferenced)
   const uint4* gs0 = reinterpret_cast<const uint4*>(L.scales) + size_t(kw0 / kTileK) * spt * 2 + lane;
-  const uint4* grq = reinterpret_cast<const uint4*>(L.res_qweight);
-  const uint4* grs = reinterpret_cast<const uint4*>(L.res_scales);
-  const uint64_t policy = evict_first_policy();
+  const uint4* grq = reinterpret_cast<const uint4*>(L.res_qweight) + lane;
+  const uint4* grs = reinterpret_cast<const uint4*>(L.res_scales) + lane;
+  // RES: the descriptor as a literal (kEvictFirstPolicy, checked against createpolicy by a GPU
+  // test): from createpolicy ptxas rebuilt it with six uniform instructions on every tile (or moved
+  // it with R2UR per copy), from a literal it costs two UMOV.
+  const uint64_t policy = RES ? kEvictFirstPolicy : evict_first_policy();
+  // Tiles of the warp's rows: nkt dense each, plus (RES) ceil(kept / 2) residual tiles.
+  int total = nrows * nkt;
+  if (RES) total += __reduce_add_sync(~0u, lane < nrows ? (__popcll(my_flags) + 1) >> 1 : 0);
 
-  // Producer cursor: row slot ij and k-tile it (warp-uniform), ring slot address ist (this lane's
-  // word of the slot, shared space). The copies use that address and running global pointers: per
-  // tile a few adds (v15; before, the generic-to-shared conversion, slot x stage size and the tile's
-  // offsets were recomputed on every tile, ~20 of the issue path's instructions). One running
-  // per-lane address rather than lane part + uniform slot offset also keeps ptxas off the
-  // odd-descriptor fault described at the slot layout above.
+  // Producer cursor: row slot ij, tile it of the row (dense tiles [0, nkt), then residual tiles up
+  // to iend), ring slot address ist (this lane's word of the slot, shared space). The copies use
+  // that address and running global pointers pq / ps: per tile a few adds (v15; before, the
+  // generic-to-shared conversion, slot x stage size and the tile's offsets were recomputed on
+  // every tile, ~20 of the issue path's instructions). One running per-lane address rather than
+  // lane part + uniform slot offset also keeps ptxas off the odd-descriptor fault above.
   const int stage_bytes = su4 * 16;
   const uint32_t ring_lo = smem_addr(stages + lane), ring_hi = ring_lo + kStages * stage_bytes;
   uint32_t ist = ring_lo;  // this lane's word of the next ring slot
-  int ij = 0, it = 0;
-  const uint4 *gq = gq0, *gs = gs0;
-  uint64_t ifl = 0;  // kept-block flags of the row's tiles from tile it on (2 bits per tile)
-  int ib = 0;  // CSR index of the next kept block of the row
-  if (nrows > 0) {
-    const int r = row_of(0);
-    gq = gq0 + r * q_row;
-    gs = gs0 + r * s_row;
-    if (RES) row_meta(0, ifl, ib);
-  }
-  // Fetch the next k-tile of the stream (two chunks of codes, their scales, the first kept
-  // residual block among them) into the ring. Every lane reads back only what it copied, except
-  // the scales (hence the __syncwarp in the loop).
+  int ij = 0, it = 0, iend = nkt;
+  const uint4 *pq = gq0, *ps = gs0;
+  int nsc = 2 * spt, dsc = 2 * spt;  // scale words per tile, and their stride (residual tiles: 4, 4)
+  int lim2 = nkt;                    // RES: tiles before lim2 have a second half (the row's last odd block has not)
+  int pb = 0, pkept = 0;             // RES: CSR index of the row's first kept block, kept blocks of the row
+  const auto start_row_p = [&](int j) {
+    const int r = row_of(j);
+    pq = gq0 + r * q_row;
+    ps = gs0 + r * s_row;
+    nsc = dsc = 2 * spt;
+    iend = nkt;
+    if (RES) {
+      uint64_t fl;
+      row_meta(j, fl, pb);
+      pkept = __popcll(fl);
+      lim2 = nkt + (pkept >> 1);
+    }
+  };
+  if (nrows > 0) start_row_p(0);
+  // Fetch the next tile of the stream into the ring. Every lane reads back only what it copied,
+  // except the scales (hence the __syncwarp in the loop).
   const auto issue = [&]() {
     if (ij < nrows) {
       const uint32_t st = ist;
-      cp_async16_stream(st + kCodes * 16, gq, policy);
-      cp_async16_stream(st + (kCodes + 32) * 16, gq + 32, policy);
-      cp_async16_stream_if(lane < 2 * spt, st + kScales * 16, gs, policy);
-      gq += 64;
-      gs += 2 * spt;
-      if constexpr (RES) {
-        const unsigned fl = unsigned(ifl) & 3u;
-        ifl >>= 2;
-        cp_async16_stream_if(fl != 0, st + kResCodes * 16, grq + size_t(ib) * 32 + lane, policy);
-        cp_async16_stream_if(fl != 0 && lane < 2, st + kResScales * 16, grs + size_t(ib) * 2 + lane, policy);
-        ib += __popc(fl);
-      }
-      if (++it == nkt) {  // next row of this warp: the ring flows on without draining
-        it = 0;
-        if (++ij < nrows) {
-          const int r = row_of(ij);
-          gq = gq0 + r * q_row;
-          gs = gs0 + r * s_row;
-          if (RES) row_meta(ij, ifl, ib);
+      const bool two = !RES || it < lim2;
+      cp_async16_stream(st + kCodes * 16, pq, policy);
+      if (RES)
+        cp_async16_stream_if(two, st + (kCodes + 32) * 16, pq + 32, policy);
+      else
+        cp_async16_stream(st + (kCodes + 32) * 16, pq + 32, policy);
+      cp_async16_stream_if(lane < (two ? nsc : 2), st + kScales * 16, ps, policy);
+      pq += 64;
+      ps += dsc;
+      if (++it == iend) {
+        if (RES && it == nkt && pkept > 0) {  // the row's kept blocks follow its dense tiles
+          pq = grq + size_t(pb) * 32;
+          ps = grs + size_t(pb) * 2;
+          nsc = dsc = 4;
+          iend = nkt + ((pkept + 1) >> 1);
+        } else {  // next row of this warp: the ring flows on without draining
+          it = 0;
+          if (++ij < nrows) start_row_p(ij);
         }
       }
     }
     cp_async_commit();  // empty groups keep the group count uniform
     ist = ist + stage_bytes == ring_hi ? ring_lo : ist + stage_bytes;
   };
+
 
   // 2. The activation tile -> shared memory, once per CTA (all rows of all warps use this
   //    K-range), and the ring's first k-tiles. With programmatic dependent launch (f.pdl,
@@ -314,37 +338,72 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // Unscaled sums of the current scale group, per chain: NB = 1: k16 steps of even / odd parity
   // (two independent MMA chains); NB = 2: one per n8 tile of X rows.
   float tmp[2][4] = {};
-  int cj = 0, ct = 0, cs = 0;  // consumer: row slot, k-tile, ring slot (in uint4 from `stages`)
-  uint32_t xk_s = xrow_s;      // X of k-tile ct (shared-space address)
-  uint64_t cfl = 0;            // kept-block flags of the row's tiles from tile ct on
-  int cb = 0;  // CSR index of the first kept block of the tile being consumed
-  if (RES) row_meta(0, cfl, cb);
-  const int total = nrows * nkt;
+  int cj = 0, ct = 0, cs = 0;  // consumer: row slot, tile of the row, ring slot (in uint4 from `stages`)
+  int cend = nkt;              // tiles of the row being consumed
+  uint32_t xk_s = xrow_s;      // X of dense tile ct (shared-space address)
+  uint64_t cfl = 0;            // RES: the row's kept blocks not consumed yet (bit c: chunk c of the K-range)
+  const auto start_row_c = [&](int j) {
+    if (RES) {
+      int b;
+      row_meta(j, cfl, b);
+      cend = nkt + ((__popcll(cfl) + 1) >> 1);
+    }
+  };
+  start_row_c(0);
+  // One kept block: 16 outputs x 64 inputs (chunk cc of the K-range), codes word `rq` of this lane,
+  // scales rs[16]. Its MMAs read the X tile already in shared memory (the dense tiles' ldmatrix
+  // rows, at the block's chunk) and its scaled sums go into the row's accumulators.
+  const auto residual_block = [&](const uint4& rq, const T* rs, int cc) {
+    const uint32_t xc_s = xrow_s + cc * 128;
+    const float rsA = to_f(rs[g]), rsB = to_f(rs[g + 8]);
+    uint32_t xb[4];
+    float racc[NB][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xc_s + j * 32);
+      uint32_t w[4];
+      O::dequant(word(rq, j), w);
+      const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        const uint32_t b0 = xb[NB == 2 ? 2 * nb : 2 * (j & 1)], b1 = xb[NB == 2 ? 2 * nb + 1 : 2 * (j & 1) + 1];
+        if (j == 0)
+          MM::set(racc[nb], a, b0, b1);
+        else
+          MM::acc(racc[nb], a, b0, b1);
+      }
+    }
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      acc[nb][0] = fmaf(rsA, racc[nb][0], acc[nb][0]);
+      acc[nb][1] = fmaf(rsA, racc[nb][1], acc[nb][1]);
+      acc[nb][2] = fmaf(rsB, racc[nb][2], acc[nb][2]);
+      acc[nb][3] = fmaf(rsB, racc[nb][3], acc[nb][3]);
+    }
+  };
+  // The lowest remaining kept block of the row: its chunk (blocks come in CSR order = chunk order).
+  const auto pop_chunk = [&]() {
+    const int cc = __ffsll(static_cast<long long>(cfl)) - 1;
+    cfl &= cfl - 1;
+    return cc;
+  };
   for (int i = 0; i < total; ++i) {
     cp_async_wait<kStages - 2>();  // this lane's copies of tile i have landed
     __syncwarp();                  // scales copied by lanes 0..2spt-1 visible; slot of tile i-1 consumed
     issue();
     uint4* st = stages + cs;
     cs = cs + su4 == kStages * su4 ? 0 : cs + su4;
-    const T* sc = reinterpret_cast<const T*>(st + kScales);  // (spt, 16)
-    const unsigned fl = RES ? unsigned(cfl) & 3u : 0u;
-    if (RES) cfl >>= 2;
-    float sA = 0.f, sB = 0.f;  // scales of outputs g and g + 8 (the C fragment's c0, c1 and c2, c3)
-    if (GS == 8) {
-      sA = to_f(sc[g]);
-      sB = to_f(sc[g + 8]);
-    }
+    const T* sc = reinterpret_cast<const T*>(st + kScales);  // (spt, 16) or, residual tile, (2, 16)
+    if (!RES || ct < nkt) {
+      float sA = 0.f, sB = 0.f;  // scales of outputs g and g + 8 (the C fragment's c0, c1 and c2, c3)
+      if (GS == 8) {
+        sA = to_f(sc[g]);
+        sB = to_f(sc[g + 8]);
+      }
 #pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      const uint4 q = st[kCodes + c * 32 + lane];
-      uint4 rq = make_uint4(0, 0, 0, 0);
-      float rsA = 0.f, rsB = 0.f;
-      // The 4 k16 steps of chunk c, compiled twice: with the residual (the zipper: its MMAs reuse
-      // the X fragments of the dense path) and without. One branch per chunk instead of predicated
-      // residual code in every step (ncu, v9: the predicated form issued 50% more instructions).
-      const auto steps = [&](auto with_res) {
+      for (int c = 0; c < 2; ++c) {
+        const uint4 q = st[kCodes + c * 32 + lane];
         uint32_t xb[4];
-        float racc[NB][4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int kk = c * 4 + j;  // k16 step within the tile
@@ -352,12 +411,6 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
           uint32_t w[4];
           O::dequant(word(q, j), w);
           const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
-          uint32_t ra[4] = {};
-          if constexpr (decltype(with_res)::value) {
-            uint32_t rw[4];
-            O::dequant(word(rq, j), rw);
-            ra[0] = rw[0], ra[1] = rw[2], ra[2] = rw[1], ra[3] = rw[3];
-          }
 #pragma unroll
           for (int nb = 0; nb < NB; ++nb) {
             const int e = NB == 2 ? nb : kChains == 2 ? (j & 1) : 0;  // chain
@@ -366,12 +419,6 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
               MM::set(tmp[e], a, b0, b1);
             else
               MM::acc(tmp[e], a, b0, b1);
-            if constexpr (decltype(with_res)::value) {
-              if (j == 0)
-                MM::set(racc[nb], ra, b0, b1);
-              else
-                MM::acc(racc[nb], ra, b0, b1);
-            }
           }
           if (kk % GS == GS - 1) {  // scale group complete: fp32 scales onto the fp32 sums
             if (GS < 8) {
@@ -389,36 +436,13 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
             }
           }
         }
-        if constexpr (decltype(with_res)::value) {
-#pragma unroll
-          for (int nb = 0; nb < NB; ++nb) {
-            acc[nb][0] = fmaf(rsA, racc[nb][0], acc[nb][0]);
-            acc[nb][1] = fmaf(rsA, racc[nb][1], acc[nb][1]);
-            acc[nb][2] = fmaf(rsB, racc[nb][2], acc[nb][2]);
-            acc[nb][3] = fmaf(rsB, racc[nb][3], acc[nb][3]);
-          }
-        }
-      };
-      if (RES && ((fl >> c) & 1u)) {
-        const bool in_slot = c == 0 || fl == 2u;  // the tile's first kept block is in the slot
-        const T* rs;
-        if (in_slot) {
-          rq = st[kResCodes + lane];
-          rs = reinterpret_cast<const T*>(st + kResScales);
-        } else {  // rare (~1% of tiles at 10%): second block of the tile, read directly
-          rq = __ldg(grq + size_t(cb + 1) * 32 + lane);
-          rs = reinterpret_cast<const T*>(grs + size_t(cb + 1) * 2);
-        }
-        rsA = to_f(rs[g]);
-        rsB = to_f(rs[g + 8]);
-        steps(std::true_type{});
-      } else {
-        steps(std::false_type{});
       }
+      xk_s += kTileK * 2;
+    } else if constexpr (RES) {  // a residual tile: one or two kept blocks
+      residual_block(st[kCodes + lane], sc, pop_chunk());
+      if (cfl != 0) residual_block(st[kCodes + 32 + lane], sc + 16, pop_chunk());
     }
-    if constexpr (RES) cb += __popc(fl);
-    xk_s += kTileK * 2;
-    if (++ct == nkt) {  // row done: hand its sums off without waiting, go on streaming
+    if (++ct == cend) {  // row done: hand its sums off without waiting, go on streaming
       flush_row(row_of(cj), acc, reinterpret_cast<float*>(st));
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb)
@@ -426,7 +450,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
         for (int e = 0; e < 4; ++e) acc[nb][e] = 0.f;
       ct = 0;
       xk_s = xrow_s;
-      if (++cj < nrows && RES) row_meta(cj, cfl, cb);
+      if (++cj < nrows) start_row_c(cj);
     }
   }
   cp_async_wait<0>();
@@ -460,6 +484,8 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     if (lane == 0) cnt[r] = 0;
   }
 }
+
+__global__ void policy_probe_kernel(uint64_t* out) { *out = evict_first_policy(); }
 
 // Streaming read of `n` 16-byte words with four loads in flight per thread (read_limit probe).
 __global__ void __launch_bounds__(512) read_probe_kernel(const uint4* p, size_t n, unsigned* sink) {
@@ -553,9 +579,20 @@ int stream_occupancy_nb(int group, int kw, int smem) {
 
 }  // namespace
 
+uint64_t device_evict_first_policy() {
+  uint64_t* d = nullptr;
+  uint64_t h = 0;
+  if (cudaMalloc(&d, sizeof(h)) != cudaSuccess) return 0;
+  policy_probe_kernel<<<1, 1>>>(d);
+  if (cudaMemcpy(&h, d, sizeof(h), cudaMemcpyDeviceToHost) != cudaSuccess) h = 0;
+  cudaFree(d);
+  return h;
+}
+uint64_t evict_first_policy_literal() { return kEvictFirstPolicy; }
+
 int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps) {
   const int nb = x_rows - 1 <= 8 ? 1 : 2;
-  return x_rows * (k_split + 8) * 2 + kWarps * kStreamStages * stage_u4(spt, residual) * 16 +
+  return x_rows * (k_split + 8) * 2 + kWarps * kStreamStages * stream_stage_u4(spt, residual) * 16 +
          (k_warps > 1 ? kWarps * nb * 8 * 20 * 4 : 0);
 }
 

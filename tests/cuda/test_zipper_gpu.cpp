@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "cuda/zipper.h"
+#include "cuda/zipper_launch.h"
 #include "gpu_test_util.h"
 #include "util/error.h"
 #include "zipper_test_util.h"
@@ -231,6 +232,14 @@ TEST(ZipperGpu, DenseOnlyAndUnfusedVariants) {
         EXPECT_GT(run_and_compare(zl, M, dt, xb, yfull, Variant::DenseOnly, path), 5 * full_err) << "M=" << M;
       }
     }
+}
+
+// The residual stream kernel passes the L2 evict-first descriptor as a literal (fewer
+// instructions per tile than createpolicy's result under register pressure): it must be the
+// value the device's createpolicy produces, or the cache hint would be garbage.
+TEST(ZipperGpu, EvictFirstPolicyLiteralIsWhatTheDeviceComputes) {
+  REQUIRE_GPU();
+  EXPECT_EQ(detail::device_evict_first_policy(), detail::evict_first_policy_literal());
 }
 
 TEST(ZipperGpu, BadArgumentsGiveClearErrors) {
