@@ -13,7 +13,10 @@
 # ABL="7 1 ..." (w4a8_fp8_gemm.cu rebuilt with -DMOSAIC_W4A8_FP8_ABLATE=mask into mosaic-ablMASK, its
 # bench run too, also under each ENV_RUNS; FP8 rows of all extra runs in extra-runs.md), NCU="KxN M" (e.g. "4096x6144 4096": ncu of w4a8_gemm_kernel at that shape, NCU_WARPS=8|16
 # picks the CTA shape profiled, NCU_K=w4a8_fp8_gemm_kernel profiles the FP8 wgmma kernel), SASS=1
-# (instruction mix of the W4A8 kernels from cuobjdump).
+# (instruction mix of the W4A8 kernels from cuobjdump), BASE_FP8=dir (an older src tree, dir/cuda/...:
+# its w4a8_fp8_gemm.cu and w4a8_fp8_layout.cpp, kernel and repack together, linked into mosaic-base
+# and benchmarked in the same call as the extra runs), e.g. mkdir -p .devdeps/baseline/src &&
+# git archive HEAD src/cuda | tar -x -C .devdeps/baseline/src --strip-components=1
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-w4a8}
@@ -47,6 +50,14 @@ for m in ${ABL:-}; do  # ablation binaries mosaic-ablMASK (also with SKIP_BENCH=
     nvcc -o $B/mosaic-abl$m $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o \
       ${LIB/$B\/w4a8_fp8_gemm.o/$B/w4a8_fp8_gemm_abl$m.o} -lcublas || { echo "== ablation $m build FAILED"; exit 1; }
 done
+if [ -n "${BASE_FP8:-}" ]; then  # the older FP8 kernel + its repack (same API), everything else current
+  mkdir -p $B/basefp8
+  ${NVCC/-I src/-I $BASE_FP8 -I src} -c $BASE_FP8/cuda/w4a8_fp8_gemm.cu -o $B/basefp8/w4a8_fp8_gemm.o &&
+    ${CXX/-I src/-I $BASE_FP8 -I src} -c $BASE_FP8/cuda/w4a8_fp8_layout.cpp -o $B/basefp8/w4a8_fp8_layout.o &&
+    nvcc -o $B/mosaic-base $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o \
+      $(echo $LIB | tr ' ' '\n' | grep -vE '/w4a8_fp8_(gemm|layout)\.o$' | tr '\n' ' ') $B/basefp8/*.o -lcublas ||
+    { echo "== BASE_FP8 build FAILED"; exit 1; }
+fi
 echo "== build ok in $(( $(date +%s) - t0 )) s"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout ${TEST_T:-400} $B/test_cuda --gtest_filter="${TEST_FILTER:-W4A8*}" 2>&1 | grep -vE "^\[ RUN|^\[       OK"; echo "== tests rc=${PIPESTATUS[0]}"
@@ -60,9 +71,9 @@ SH=${SH:-llama3-8b}; MS=${MS:-256,1024,2048,4096,8192}; BU=${BU:-0,0.1}
 [ "${SKIP_BENCH:-0}" = 1 ] && { echo "== done (no bench) $(date -u)"; exit 0; }
 $B/mosaic bench gemm --act-bits 8 --shapes $SH --m $MS --budget $BU ${BENCH_ARGS:-} --json $OUT/gemm-w4a8.json > $OUT/bench-w4a8.md 2>&1
 echo "== bench rc=$?"; tail -5 $OUT/bench-w4a8.md
-if [ -n "${ENV_RUNS:-}${ABL:-}" ]; then
+if [ -n "${ENV_RUNS:-}${ABL:-}${BASE_FP8:-}" ]; then
   : > $OUT/extra-runs.md
-  for bin in mosaic $(for m in ${ABL:-}; do echo mosaic-abl$m; done); do
+  for bin in mosaic ${BASE_FP8:+mosaic-base} $(for m in ${ABL:-}; do echo mosaic-abl$m; done); do
     for er in "default:" ${ENV_RUNS:-}; do
       name=${er%%:*}; vars=${er#*:}
       [ "$bin" = mosaic ] && [ "$name" = default ] && continue

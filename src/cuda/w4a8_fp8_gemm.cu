@@ -82,20 +82,21 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t c) {
   asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
   return d;
 }
-// 8 nibbles (q two's complement) -> 2 registers of 4 e4m3 bytes (lo = nibbles 0..3, hi = 4..7):
-// candidates from the q >= 0 and q < 0 tables indexed by the low 3 bits, then the sign bit moves
-// each byte's selector to the negative candidate (+4). Host emulation: fp8_word_to_e4m3.
-// The tables (kE4m3Pos/Neg Lo/Hi) are held in registers (tab, loaded once from shared memory):
-// as immediates ptxas re-materialized them before every prmt (4 extra moves per 8 weights).
+// 8 nibbles (fp8_nibble format) -> 2 registers of 4 e4m3 bytes (lo = nibbles 0..3, hi = 4..7):
+// per register a lookup in table A with the nibbles as selectors, one in table B with bit 3 of
+// every nibble flipped, XOR (w4a8_fp8_tables.h has why). prmt reads only the low 16 bits of its
+// selector, so the nibbles 0..3 need no masking. 4 prmt + 5 ALU per 8 weights; the two's
+// complement format took 6 prmt + 5 (masks, the sign moved into each byte's selector), the
+// consumers' largest instruction cost (kernels-notes, fourteenth session). Host emulation:
+// fp8_word_to_e4m3. The tables (kE4m3A/B Lo/Hi) are held in registers (tab, loaded once from
+// shared memory): as immediates ptxas re-materialized them before every prmt.
 struct E4m3Tables {
-  uint32_t pl, ph, nl, nh;
+  uint32_t al, ah, bl, bh;
 };
 __device__ __forceinline__ void nib8_to_e4m3(uint32_t w, const E4m3Tables& t, uint32_t& lo, uint32_t& hi) {
-  const uint32_t idx = w & 0x77777777u;
-  const uint32_t sel = ((w >> 1) & 0x44444444u) | 0x32103210u;
-  const uint32_t idx_hi = idx >> 16;
-  lo = prmt(prmt(t.pl, t.ph, idx), prmt(t.nl, t.nh, idx), sel);
-  hi = prmt(prmt(t.pl, t.ph, idx_hi), prmt(t.nl, t.nh, idx_hi), sel >> 16);
+  const uint32_t wx = w ^ 0x88888888u;
+  lo = prmt(t.al, t.ah, w) ^ prmt(t.bl, t.bh, wx);
+  hi = prmt(t.al, t.ah, w >> 16) ^ prmt(t.bl, t.bh, wx >> 16);
 }
 // One lane's 2 k32 steps (16 bytes: words 0,1 = step 0, words 2,3 = step 1) -> A fragments.
 __device__ __forceinline__ void unpack_2steps(const uint4& v, const E4m3Tables& t, uint32_t (&s0)[4],
@@ -162,10 +163,10 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
       mbar_init(&full[s], 1);
       mbar_init(&empty[s], 8);  // one arrive per consumer warp
     }
-    flags[8] = kE4m3PosLo;  // 16-byte aligned (flags[0..kStages) are the stages' residual masks)
-    flags[9] = kE4m3PosHi;
-    flags[10] = kE4m3NegLo;
-    flags[11] = kE4m3NegHi;
+    flags[8] = kE4m3ALo;  // 16-byte aligned (flags[0..kStages) are the stages' residual masks)
+    flags[9] = kE4m3AHi;
+    flags[10] = kE4m3BLo;
+    flags[11] = kE4m3BHi;
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   }
@@ -238,7 +239,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   uint32_t af[4][4], nf[4][4];
   E4m3Tables tab;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(tab.pl), "=r"(tab.ph), "=r"(tab.nl), "=r"(tab.nh)
+               : "=r"(tab.al), "=r"(tab.ah), "=r"(tab.bl), "=r"(tab.bh)
                : "r"(smem_u32(flags + 8)));
   auto unpack = [&](const uint4& v, uint32_t (&s0)[4], uint32_t (&s1)[4]) {
     if constexpr (kAblate & 1) {

@@ -17,7 +17,7 @@ void pack_step(int lane, QAt q, uint32_t& w0, uint32_t& w1) {
   const int g = lane / 4, t = lane % 4;
   auto reg = [&](int dn, int dk0) {
     uint32_t r = 0;
-    for (int i = 0; i < 4; ++i) r |= (uint32_t(q(dn, dk0 + i)) & 0xf) << (4 * i);
+    for (int i = 0; i < 4; ++i) r |= fp8_nibble(q(dn, dk0 + i)) << (4 * i);
     return r;
   };
   w0 = reg(g, 4 * t) | reg(g + 8, 4 * t) << 16;
@@ -28,8 +28,7 @@ void pack_step(int lane, QAt q, uint32_t& w0, uint32_t& w1) {
 int unpack_step(const uint32_t* words, int stride, int dn, int dk) {
   const int g = dn % 8, hi_row = dn / 8, t = (dk % 16) / 4, i = dk % 4, w = dk / 16;
   const uint32_t word = words[size_t((4 * g + t) * stride + w)];
-  const int nib = int((word >> (16 * hi_row + 4 * i)) & 0xf);
-  return nib >= 8 ? nib - 16 : nib;
+  return fp8_nibble_q(word >> (16 * hi_row + 4 * i));
 }
 
 }  // namespace
@@ -47,15 +46,11 @@ uint32_t prmt_emulated(uint32_t a, uint32_t b, uint32_t c) {
 }
 
 void fp8_word_to_e4m3(uint32_t word, uint32_t& lo, uint32_t& hi) {
-  // Mirrors the device code (w4a8_fp8_gemm.cu, nib8_to_e4m3): index = the low 3 bits of each
-  // nibble, candidates from the q >= 0 and the q < 0 table, then bit 3 (the sign) picks per byte.
-  const uint32_t idx = word & 0x77777777u;
-  const uint32_t sel = ((word >> 1) & 0x44444444u) | 0x32103210u;
-  const uint32_t pl = prmt_emulated(kE4m3PosLo, kE4m3PosHi, idx), nl = prmt_emulated(kE4m3NegLo, kE4m3NegHi, idx);
-  const uint32_t ph = prmt_emulated(kE4m3PosLo, kE4m3PosHi, idx >> 16),
-                 nh = prmt_emulated(kE4m3NegLo, kE4m3NegHi, idx >> 16);
-  lo = prmt_emulated(pl, nl, sel & 0xffff);
-  hi = prmt_emulated(ph, nh, sel >> 16);
+  // Mirrors the device code (w4a8_fp8_gemm.cu, nib8_to_e4m3): table A with the nibbles as
+  // selectors, table B with bit 3 of every nibble flipped, XOR (w4a8_fp8_tables.h).
+  const uint32_t wx = word ^ 0x88888888u;
+  lo = prmt_emulated(kE4m3ALo, kE4m3AHi, word & 0xffff) ^ prmt_emulated(kE4m3BLo, kE4m3BHi, wx & 0xffff);
+  hi = prmt_emulated(kE4m3ALo, kE4m3AHi, word >> 16) ^ prmt_emulated(kE4m3BLo, kE4m3BHi, wx >> 16);
 }
 
 int64_t W4A8Fp8Layout::weight_bytes(bool with_residual) const {

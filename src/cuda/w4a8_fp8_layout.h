@@ -9,10 +9,11 @@
 // (rows relative to the warp's 16 outputs, columns to the k32 step). In the repacked words each
 // register is 4 nibbles, two registers per 32-bit word:
 //   word 0 of a step = a0 (nibbles 0..3, element i in nibble i) | a1 (nibbles 4..7)
-//   word 1 of a step = a2 | a3                      nibble = q = code - 8 in 4-bit two's complement
-// and the device turns 8 nibbles into 8 e4m3 bytes with 6 byte permutes (prmt) from two 8-entry
-// tables (q >= 0 and q < 0; every integer -8..7 is exact in e4m3). fp8_word_to_e4m3 below is the
-// host emulation of exactly those instructions.
+//   word 1 of a step = a2 | a3                      nibble = fp8_nibble(q), q = code - 8 (w4a8_fp8_tables.h:
+//                                                   two's complement with bits 2 and 3 swapped)
+// and the device turns 8 nibbles into 8 e4m3 bytes with 4 byte permutes (prmt) from two 8-entry
+// tables and 2 XOR (every integer -8..7 is exact in e4m3; w4a8_fp8_tables.h has why it works).
+// fp8_word_to_e4m3 below is the host emulation of exactly those instructions.
 #pragma once
 #include <cstdint>
 #include <vector>

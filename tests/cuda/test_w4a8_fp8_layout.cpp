@@ -27,7 +27,7 @@ TEST(W4A8Fp8Layout, NibbleToE4m3ConversionIsExactForEveryCode) {
     uint32_t lo, hi;
     fp8_word_to_e4m3(word, lo, hi);
     for (int i = 0; i < 8; ++i) {
-      const int nib = int((word >> (4 * i)) & 0xf), q = nib >= 8 ? nib - 16 : nib;
+      const int q = fp8_nibble_q(word >> (4 * i));
       const uint8_t b = uint8_t(((i < 4 ? lo : hi) >> (8 * (i % 4))) & 0xff);
       ASSERT_EQ(test::e4m3_to_float(b), float(q)) << "word " << std::hex << word << " nibble " << i;
       if (q == 0) {
