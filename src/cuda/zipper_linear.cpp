@@ -107,14 +107,14 @@ int kwarps_forced() {
   static const int v = int(env_number("MOSAIC_ZIPPER_KWARPS", 0, 0, 8));
   return v == 1 || v == 2 || v == 4 || v == 8 ? v : 0;
 }
-// With the residual a row end also waits for the K-slice with the most kept blocks: 1 k-tile there
-// (H200, sixth session, same binary, MOSAIC_ZIPPER_KW_COST=1 vs 0.25: LLaMA-3-8B / Qwen3-8B gate_up
-// zipper at M = 1 28.58 -> 28.06 / 24.32 -> 22.53 us, at M = 4 32.53 -> 31.35 / 28.10 -> 27.68; qkv, o,
-// down within 1%; bench/results/gemm-h200-2026-11-28-kwcost.md). The dense-only kernel keeps 0.25
-// (its gate_up got 5% slower at 1). The variable, when set, applies to both.
-double kw_cost(bool residual) {
+// 0.25 k-tiles per row end. Until v17 a residual row end also waited for the K-slice with the most
+// kept blocks and was priced at 1 (H200, sixth session: gate_up zipper at M = 1 28.58 -> 28.06 us,
+// bench/results/gemm-h200-2026-11-28-kwcost.md); since v17 the warps of a row split its kept blocks
+// evenly (zipper_stream.cu), so both variants use 0.25 (fifteenth session, same call against 1:
+// bench/results/gemm-h200-2026-11-29-s15-residual-share.md). The variable, when set, applies to both.
+double kw_cost(bool /*residual*/) {
   static const double v = env_number("MOSAIC_ZIPPER_KW_COST", -1, 0, 64);
-  return v >= 0 ? v : residual ? 1.0 : 0.25;
+  return v >= 0 ? v : 0.25;
 }
 double split_fix() {
   static const double v = env_number("MOSAIC_ZIPPER_SPLIT_FIX", 2, 0, 64);

@@ -138,14 +138,17 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   while (nrows < f.rows_per_warp && row_of(nrows) < R) ++nrows;
 
   // 1. Residual metadata of row j, computed by lane j for all rows at once (one latency, not one
-  //    per row): bit c of my_flags = chunk c of the K-range has a kept block; my_b = CSR index of
-  //    the first kept block in the K-range. Other lanes fetch them with shuffles.
+  //    per row): bit c of my_flags = chunk c of the CTA's K-range has a kept block; my_b = CSR
+  //    index of the first kept block in the K-range. Other lanes fetch them with shuffles. The KW
+  //    warps of a row lane split the row's kept blocks evenly (`share`), wherever in the K-range
+  //    they lie: every warp has the whole X tile, so no slice waits at the row end for the one
+  //    with the most kept blocks (v17).
   uint64_t my_flags = 0;
   int my_b = 0;
   if (RES && lane < nrows) {
     const int r = row_of(lane);
     const uint64_t* bm = L.res_bitmap + size_t(r) * L.words_per_row;
-    const int c0 = kw0 / 64, nc = KRw / 64, w0 = c0 / 64, sh = c0 % 64;
+    const int c0 = kb / 64, nc = KR / 64, w0 = c0 / 64, sh = c0 % 64;
     int b = L.res_rowptr[r];
     for (int w = 0; w < w0; ++w) b += __popcll(bm[w]);
     uint64_t bits = bm[w0] >> sh;
@@ -158,6 +161,12 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     const unsigned lo = __shfl_sync(~0u, unsigned(my_flags), j), hi = __shfl_sync(~0u, unsigned(my_flags >> 32), j);
     fl = (uint64_t(hi) << 32) | lo;
     b = __shfl_sync(~0u, my_b, j);
+  };
+  // This warp's share of a row's kept blocks (flags fl): blocks [lo, lo + n) in CSR order.
+  const auto share = [&](uint64_t fl, int& lo, int& n) {
+    const int kept = __popcll(fl);
+    lo = KW == 1 ? 0 : kept * sw / KW;
+    n = KW == 1 ? kept : kept * (sw + 1) / KW - lo;
   };
 
   const size_t q_row = size_t(L.K / 64) * 32, s_row = size_t(L.K / kTileK) * spt * 2;  // uint4 per row
@@ -172,7 +181,11 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const uint64_t policy = RES ? kEvictFirstPolicy : evict_first_policy();
   // Tiles of the warp's rows: nkt dense each, plus (RES) ceil(kept / 2) residual tiles.
   int total = nrows * nkt;
-  if (RES) total += __reduce_add_sync(~0u, lane < nrows ? (__popcll(my_flags) + 1) >> 1 : 0);
+  if (RES) {
+    int lo, n;
+    share(my_flags, lo, n);
+    total += __reduce_add_sync(~0u, lane < nrows ? (n + 1) >> 1 : 0);
+  }
 
   // Producer cursor: row slot ij, tile it of the row (dense tiles [0, nkt), then residual tiles up
   // to iend), ring slot address ist (this lane's word of the slot, shared space). The copies use
@@ -196,8 +209,10 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     iend = nkt;
     if (RES) {
       uint64_t fl;
+      int lo;
       row_meta(j, fl, pb);
-      pkept = __popcll(fl);
+      share(fl, lo, pkept);
+      pb += lo;
       lim2 = nkt + (pkept >> 1);
     }
   };
@@ -333,7 +348,8 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // steps; NB = 2: rows 0-7 and 8-15 x inputs [0,8) [8,16) = one step for both n8 tiles.
   const int xr = NB == 1 ? (lane & 7) : (lane & 7) + ((lane >> 4) << 3);
   const int xc = NB == 1 ? (lane >> 3) * 8 : ((lane >> 3) & 1) * 8;
-  const uint32_t xrow_s = smem_addr(xs + min(xr, rows) * xs_stride + xc + sw * KRw);
+  const uint32_t xres_s = smem_addr(xs + min(xr, rows) * xs_stride + xc);  // (residual: chunk offsets in the CTA's K-range)
+  const uint32_t xrow_s = xres_s + sw * KRw * 2;
   float acc[NB][4] = {};
   // Unscaled sums of the current scale group, per chain: NB = 1: k16 steps of even / odd parity
   // (two independent MMA chains); NB = 2: one per n8 tile of X rows.
@@ -342,11 +358,16 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   int cend = nkt;              // tiles of the row being consumed
   uint32_t xk_s = xrow_s;      // X of dense tile ct (shared-space address)
   uint64_t cfl = 0;            // RES: the row's kept blocks not consumed yet (bit c: chunk c of the K-range)
+  int clim2 = nkt;             // RES: residual tiles before clim2 hold two blocks
   const auto start_row_c = [&](int j) {
     if (RES) {
-      int b;
+      int b, lo, n;
       row_meta(j, cfl, b);
-      cend = nkt + ((__popcll(cfl) + 1) >> 1);
+      share(cfl, lo, n);
+#pragma unroll 1
+      for (int i = 0; i < lo; ++i) cfl &= cfl - 1;  // the other warps' blocks (its bits above lo + n are never read)
+      cend = nkt + ((n + 1) >> 1);
+      clim2 = nkt + (n >> 1);
     }
   };
   start_row_c(0);
@@ -354,7 +375,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // scales rs[16]. Its MMAs read the X tile already in shared memory (the dense tiles' ldmatrix
   // rows, at the block's chunk) and its scaled sums go into the row's accumulators.
   const auto residual_block = [&](const uint4& rq, const T* rs, int cc) {
-    const uint32_t xc_s = xrow_s + cc * 128;
+    const uint32_t xc_s = xres_s + cc * 128;
     const float rsA = to_f(rs[g]), rsB = to_f(rs[g + 8]);
     uint32_t xb[4];
     float racc[NB][4];
@@ -440,7 +461,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
       xk_s += kTileK * 2;
     } else if constexpr (RES) {  // a residual tile: one or two kept blocks
       residual_block(st[kCodes + lane], sc, pop_chunk());
-      if (cfl != 0) residual_block(st[kCodes + 32 + lane], sc + 16, pop_chunk());
+      if (ct < clim2) residual_block(st[kCodes + 32 + lane], sc + 16, pop_chunk());
     }
     if (++ct == cend) {  // row done: hand its sums off without waiting, go on streaming
       flush_row(row_of(cj), acc, reinterpret_cast<float*>(st));
