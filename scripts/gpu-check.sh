@@ -14,6 +14,8 @@
 #   BASELINE_SRC=dir   also build and time a whole older src/cuda (dir/cuda/*: kernels, plans, bench),
 #                      e.g. mkdir -p .devdeps/baseline/src && git archive HEAD src/cuda | tar -x -C
 #                      .devdeps/baseline/src --strip-components=1
+#                      (its kernels and bench are linked with this tree's cmd_bench.o: the GemmBenchOptions
+#                      struct must be the same in both, or the baseline reads wrong options)
 #   BASELINE_DEFS="-DX"  extra nvcc flags for the BASELINE_SRC kernels (e.g. -DMOSAIC_NL4_TIMING: the nl4
 #                      table-lookup decode in place of the uniform one, to time its cost; docs/kernels-notes.md)
 #   PLAN_OVERHEADS="4 6"   also time the current build with MOSAIC_ZIPPER_CTA_OVERHEAD=4, =6
@@ -62,7 +64,7 @@ if [ -n "${BASELINE_SRC:-}" ]; then  # a whole older src/cuda (kernels, plans, b
     ${CXX/-I src/-I $BASELINE_SRC -I src} -c "$f" -o $B/base/$(basename $f .cpp).o & pids+=($!)
   done
 fi
-for f in src/cuda/*.cpp src/util/atomic_file.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
+for f in src/cuda/*.cpp src/format/packed_linear.cpp src/util/atomic_file.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
   $CXX -c $f -o $B/$(basename $f .cpp).o & pids+=($!)
 done
 for f in tests/cuda/*.cpp; do $CXX $GT -c $f -o $B/t_$(basename $f .cpp).o & pids+=($!); done

@@ -32,7 +32,7 @@ NVCC="nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-c
 GT="-I $DEPS/googletest/include -I $DEPS/googletest"
 pids=()
 for f in src/cuda/*.cu; do $NVCC -Xptxas -v -c $f -o $B/$(basename $f .cu).o > $B/ptxas-$(basename $f .cu).log 2>&1 & pids+=($!); done
-for f in src/cuda/*.cpp src/util/atomic_file.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
+for f in src/cuda/*.cpp src/format/packed_linear.cpp src/util/atomic_file.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
   $CXX -c $f -o $B/$(basename $f .cpp).o & pids+=($!)
 done
 for f in tests/cuda/*.cpp; do $CXX $GT -c $f -o $B/t_$(basename $f .cpp).o & pids+=($!); done

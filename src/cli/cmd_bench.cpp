@@ -35,7 +35,7 @@ std::vector<T> parse_list(const std::string& s, const char* what) {
 }
 
 struct GemmArgs {
-  std::string shapes = "llama3-8b", ms = "1,4,16,32,64,128,256,1024,4096", budgets = "0.1", json;
+  std::string shapes = "llama3-8b", ms = "1,4,16,32,64,128,256,1024,4096", budgets = "0.1", json, block = "16x64";
   int reps = 7;
   int act_bits = 16;
   std::string act_format = "both";
@@ -116,7 +116,12 @@ void add_bench_command(CLI::App& app) {
                    "llama3-8b | qwen3-8b | llama3-70b | KxN, comma separated (K = inputs, N = outputs)")
       ->capture_default_str();
   gemm->add_option("--m", args->ms, "rows of X (tokens), comma separated")->capture_default_str();
-  gemm->add_option("--budget", args->budgets, "fraction of 16x64 residual blocks kept, comma separated")
+  gemm->add_option("--budget", args->budgets, "fraction of residual blocks kept, comma separated")
+      ->capture_default_str();
+  gemm->add_option("--block", args->block,
+                   "residual block shape of the random layers: 16x64 (the kernels'), 32x64 or 64x64 (a wgmma "
+                   "warpgroup's 64 outputs; split into 16x64 blocks at load, as for such checkpoints)")
+      ->check(CLI::IsMember({"16x64", "32x64", "64x64"}))
       ->capture_default_str();
   gemm->add_option("--json", args->json, "write the rows as JSON to this file");
   gemm->add_option("--reps", args->reps, "timed repetitions, median reported")->capture_default_str();
@@ -139,6 +144,7 @@ void add_bench_command(CLI::App& app) {
     o.shapes = args->shapes;
     o.ms = ms;
     o.budgets = budgets;
+    o.res_block_rows = std::stoi(args->block);
     o.json = args->json;
     o.reps = args->reps;
     o.bf16 = args->bf16;

@@ -195,7 +195,8 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_flag("--true-sequential", o->true_sequential,
                 "within each layer, capture o, gate/up and down's Hessians after the layer's earlier linears are "
                 "quantized (GPTQ's option; 3 more calibration passes per layer)");
-  cmd->add_option("--block", o->block, "residual block shape RxC (outputs x inputs); 16x64 is what the GPU kernel runs")
+  cmd->add_option("--block", o->block, "residual block shape RxC (outputs x inputs); the GPU kernels run 16x64 and (16n)x64 (split into 16x64 at "
+                  "load); 64x64 matches the W4A8 FP8 kernel's warpgroups (docs/kernels.md)")
       ->capture_default_str();
   cmd->add_option("--budget", o->budget, "fraction of residual blocks kept, in [0, 1] (mosaic only)")
       ->capture_default_str();

@@ -78,8 +78,8 @@ struct Rng {
 };
 
 // Random layer: codes uniform, scales 0.005..0.015, residual blocks kept uniformly at random
-// with probability `budget` (16 x 64 blocks, scales ~1/8 of the base).
-PackedLinear random_layer(int64_t N, int64_t K, double budget, uint64_t seed) {
+// with probability `budget` (Br x 64 blocks, scales ~1/8 of the base).
+PackedLinear random_layer(int64_t N, int64_t K, double budget, uint64_t seed, int Br) {
   Rng rng{seed * 0x9E3779B97F4A7C15ull + 1};
   PackedLinear w;
   w.N = N;
@@ -93,7 +93,8 @@ PackedLinear random_layer(int64_t N, int64_t K, double budget, uint64_t seed) {
   w.scales.resize(size_t(N * K / 128));
   for (auto& s : w.scales) s = float_to_fp16(0.005f + 0.01f * rng.uniform());
   if (budget <= 0) return w;
-  const int64_t nbr = N / 16, nbc = K / 64;
+  w.block_rows = Br;
+  const int64_t nbr = N / Br, nbc = K / 64;
   w.res_rowptr.assign(size_t(nbr + 1), 0);
   for (int64_t r = 0; r < nbr; ++r) {
     for (int64_t c = 0; c < nbc; ++c)
@@ -101,9 +102,9 @@ PackedLinear random_layer(int64_t N, int64_t K, double budget, uint64_t seed) {
     w.res_rowptr[size_t(r + 1)] = int32_t(w.res_colidx.size());
   }
   const size_t nnzb = w.res_colidx.size();
-  w.res_qvalues.resize(nnzb * 512);
+  w.res_qvalues.resize(nnzb * size_t(Br) * 32);
   for (auto& b : w.res_qvalues) b = uint8_t(rng.next() >> 56);
-  w.res_scales.resize(nnzb * 16);
+  w.res_scales.resize(nnzb * size_t(Br));
   for (auto& s : w.res_scales) s = float_to_fp16((0.005f + 0.01f * rng.uniform()) / 8);
   if (nnzb == 0) w.res_rowptr.clear();
   return w;
@@ -204,12 +205,15 @@ void run_gemm_bench(const GemmBenchOptions& o) {
   MOSAIC_CHECK(o.act_bits == 16 || o.act_bits == 8, "bench gemm: --act-bits must be 16 or 8, got ", o.act_bits);
   for (int m : o.ms) MOSAIC_CHECK(m >= 1 && m <= 65536, "bench gemm: M = ", m, " outside 1..65536");
   for (double b : o.budgets) MOSAIC_CHECK(b >= 0 && b <= 1, "bench gemm: budget ", b, " outside 0..1");
+  MOSAIC_CHECK(o.res_block_rows == 16 || o.res_block_rows == 32 || o.res_block_rows == 64,
+               "bench gemm: residual blocks must be 16x64, 32x64 or 64x64, got ", o.res_block_rows, "x64");
   const auto shapes = parse_shapes(o.shapes);
   const std::string card = cuda_device_name(), date = today();
   const double copy_gbs = copy_bandwidth_gbs();
   const DType wdt = o.bf16 ? DType::BF16 : DType::F16;
-  std::printf("# mosaic bench gemm — %s, %s, W4%s activations %s, copy bandwidth %.0f GB/s (read+write)\n\n",
-              card.c_str(), date.c_str(), o.act_bits == 8 ? "A8" : "", dtype_name(wdt), copy_gbs);
+  std::printf("# mosaic bench gemm — %s, %s, W4%s activations %s, residual blocks %dx64, copy bandwidth %.0f GB/s "
+              "(read+write)\n\n",
+              card.c_str(), date.c_str(), o.act_bits == 8 ? "A8" : "", dtype_name(wdt), o.res_block_rows, copy_gbs);
   std::printf("| shape (KxN) | M | budget | variant | us | GB/s | %% copy BW | TFLOP/s | x cuBLAS FP16 |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   nlohmann::json rows = nlohmann::json::array();
@@ -228,6 +232,7 @@ void run_gemm_bench(const GemmBenchOptions& o) {
                           {"variant", variant}, {"us", us}, {"gbps", gbs}, {"tflops", tflops},
                           {"speedup_vs_cublas", speedup}, {"copy_gbps", copy_gbs}, {"act_dtype", variant == "cublas_fp16" ? "fp16" : dtype_name(wdt)}};
     row["budget"] = budget < 0 ? nlohmann::json(nullptr) : nlohmann::json(budget);
+    row["res_block"] = std::to_string(o.res_block_rows) + "x64";
     rows.push_back(row);
   };
 
@@ -241,7 +246,7 @@ void run_gemm_bench(const GemmBenchOptions& o) {
                       const std::vector<std::unique_ptr<DevMem>>& xs, void* yp, const std::vector<double>& cub) {
     const int cx = int(xs.size());
     for (double budget : budgets) {
-      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K));
+      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows);
       std::vector<std::unique_ptr<W4A8Linear>> wl;
       wl.push_back(std::make_unique<W4A8Linear>(w));
       const int cz = copies_for(wl[0]->weight_bytes());
@@ -341,7 +346,7 @@ void run_gemm_bench(const GemmBenchOptions& o) {
       continue;
     }
     for (double budget : o.budgets) {
-      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K));
+      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows);
       std::vector<std::unique_ptr<ZipperLinear>> zl;
       zl.push_back(std::make_unique<ZipperLinear>(w));
       const int cz = copies_for(zl[0]->weight_bytes());

@@ -10,7 +10,8 @@ namespace mosaic::cuda {
 struct GemmBenchOptions {
   std::string shapes = "llama3-8b";            // presets and/or KxN, comma separated
   std::vector<int> ms = {1, 4, 16, 32, 64, 128, 256, 1024, 4096};
-  std::vector<double> budgets = {0.1};         // fraction of 16 x 64 residual blocks kept
+  std::vector<double> budgets = {0.1};         // fraction of residual blocks kept
+  int res_block_rows = 16;                     // residual blocks res_block_rows x 64 (16, 32 or 64: split to 16 x 64 at load)
   std::string json;                            // write rows here when set
   int reps = 7;                                // timed repetitions (median reported)
   bool bf16 = false;                           // activations for the W4 variants (cuBLAS stays FP16)

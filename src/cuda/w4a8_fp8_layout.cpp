@@ -62,6 +62,7 @@ int64_t W4A8Fp8Layout::weight_bytes(bool with_residual) const {
 
 W4A8Fp8Layout repack_for_w4a8_fp8(const PackedLinear& w) {
   check_w4a8_supported(w);
+  if (w.has_residual() && w.block_rows != 16) return repack_for_w4a8_fp8(split_residual_rows(w, 16));  // e.g. 64 x 64 blocks
   W4A8Fp8Layout z;
   z.N = w.N;
   z.K = w.K;

@@ -60,6 +60,7 @@ void check_w4a8_supported(const PackedLinear& w) {
 
 W4A8Layout repack_for_w4a8(const PackedLinear& w) {
   check_w4a8_supported(w);
+  if (w.has_residual() && w.block_rows != 16) return repack_for_w4a8(split_residual_rows(w, 16));  // e.g. 64 x 64 blocks
   W4A8Layout z;
   z.N = w.N;
   z.K = w.K;

@@ -66,13 +66,17 @@ void check_zipper_supported(const PackedLinear& w) {
                " entries, expected N*K/group for ", shape());
   const int64_t nnzb = int64_t(w.res_colidx.size());
   if (nnzb == 0) return;
-  MOSAIC_CHECK(w.block_rows == kChunkN && w.block_cols == kChunkK, "zipper: residual blocks must be 16 x 64, got ",
-               w.block_rows, " x ", w.block_cols, " for layer ", shape());
-  const int64_t nbr = w.N / 16, nbc = w.K / 64;
+  // Taller blocks (Br a multiple of 16, e.g. 64 x 64: one wgmma warpgroup's outputs) are split into
+  // 16 x 64 ones by the repacks (split_residual_rows).
+  MOSAIC_CHECK(w.block_cols == kChunkK && w.block_rows > 0 && w.block_rows % kChunkN == 0 && w.N % w.block_rows == 0,
+               "zipper: residual blocks must be 16 x 64 or (16 n) x 64, got ", w.block_rows, " x ", w.block_cols,
+               " for layer ", shape());
+  const int Br = w.block_rows;
+  const int64_t nbr = w.N / Br, nbc = w.K / 64;
   MOSAIC_CHECK(int64_t(w.res_rowptr.size()) == nbr + 1, "zipper: res_rowptr has ", w.res_rowptr.size(),
-               " entries, expected N/16+1 = ", nbr + 1);
-  MOSAIC_CHECK(int64_t(w.res_qvalues.size()) == nnzb * 16 * 32 && int64_t(w.res_scales.size()) == nnzb * 16,
-               "zipper: residual tensors do not match ", nnzb, " blocks of 16 x 64");
+               " entries, expected N/", Br, "+1 = ", nbr + 1);
+  MOSAIC_CHECK(int64_t(w.res_qvalues.size()) == nnzb * Br * 32 && int64_t(w.res_scales.size()) == nnzb * Br,
+               "zipper: residual tensors do not match ", nnzb, " blocks of ", Br, " x 64");
   MOSAIC_CHECK(w.res_rowptr[0] == 0 && w.res_rowptr[nbr] == nnzb, "zipper: res_rowptr does not span ", nnzb,
                " blocks");
   for (int64_t r = 0; r < nbr; ++r) {
@@ -88,6 +92,7 @@ void check_zipper_supported(const PackedLinear& w) {
 
 ZipperLayout repack_for_zipper(const PackedLinear& w) {
   check_zipper_supported(w);
+  if (w.has_residual() && w.block_rows != kChunkN) return repack_for_zipper(split_residual_rows(w, kChunkN));
   ZipperLayout z;
   z.N = w.N;
   z.K = w.K;

@@ -164,6 +164,39 @@ std::vector<float> dequantize(const PackedLinear& p) {
   return out;
 }
 
+PackedLinear split_residual_rows(const PackedLinear& p, int rows) {
+  MOSAIC_CHECK(rows > 0 && p.block_rows % rows == 0, "split_residual_rows: block rows ", p.block_rows,
+               " are not a multiple of ", rows);
+  PackedLinear q = p;
+  q.block_rows = rows;
+  if (!p.has_residual()) {
+    q.res_rowptr.clear();
+    return q;
+  }
+  const int f = p.block_rows / rows, Bc = p.block_cols;
+  const size_t row_bytes = size_t(Bc / 2);
+  q.res_rowptr.assign(size_t(p.N / rows + 1), 0);
+  q.res_colidx.clear();
+  q.res_qvalues.clear();
+  q.res_scales.clear();
+  q.res_colidx.reserve(p.res_colidx.size() * size_t(f));
+  q.res_qvalues.reserve(p.res_qvalues.size());
+  q.res_scales.reserve(p.res_scales.size());
+  for (int64_t r = 0; r < p.num_block_rows(); ++r)
+    for (int s = 0; s < f; ++s) {  // fine block row r * f + s: rows [s * rows, s * rows + rows) of each block
+      for (int32_t b = p.res_rowptr[size_t(r)]; b < p.res_rowptr[size_t(r + 1)]; ++b) {
+        q.res_colidx.push_back(p.res_colidx[size_t(b)]);
+        const size_t first = size_t(b) * size_t(p.block_rows) + size_t(s * rows);
+        q.res_qvalues.insert(q.res_qvalues.end(), p.res_qvalues.begin() + ptrdiff_t(first * row_bytes),
+                             p.res_qvalues.begin() + ptrdiff_t((first + size_t(rows)) * row_bytes));
+        q.res_scales.insert(q.res_scales.end(), p.res_scales.begin() + ptrdiff_t(first),
+                            p.res_scales.begin() + ptrdiff_t(first + size_t(rows)));
+      }
+      q.res_rowptr[size_t(r * f + s + 1)] = int32_t(q.res_colidx.size());
+    }
+  return q;
+}
+
 void reference_matmul(const PackedLinear& p, const float* X, int64_t M, float* Y) {
   MOSAIC_CHECK(M >= 0, "reference_matmul: negative M=", M);
   const std::vector<float> W = dequantize(p);

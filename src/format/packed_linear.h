@@ -76,6 +76,12 @@ void validate(const PackedLinear& p, std::string_view what = "quantized linear")
 // W_hat as row-major float [N, K]: base + kept residual blocks, each term in float exactly as
 // docs/format.md writes it (scale * (code - 8|zero)), summed in float.
 std::vector<float> dequantize(const PackedLinear& p);
+// The same layer with its residual in blocks of `rows` x Bc: every kept Br x Bc block becomes
+// Br / rows kept blocks (its rows' codes and scales, none dropped even when all-zero), in CSR order
+// over the finer block rows. dequantize() is unchanged bit for bit. The GPU kernels run 16 x 64
+// blocks; a checkpoint quantized with taller blocks (e.g. 64 x 64, aligned to a wgmma warpgroup's
+// 64 outputs) is split this way at load. Requires Br % rows == 0.
+PackedLinear split_residual_rows(const PackedLinear& p, int rows);
 // The base alone (no residual), row-major [N, K].
 std::vector<float> dequantize_base(const PackedLinear& p);
 

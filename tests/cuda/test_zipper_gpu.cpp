@@ -143,7 +143,9 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
                         {128, 640, 640, Pattern::Clustered, "640,2"},  {400, 1152, 128, Pattern::OneTile, "384,3"},
                         // in-CTA K split (KW warps per row): alone, with split-K, partial row groups
                         {384, 1024, 128, Pattern::Uniform, "1024,1,8"}, {384, 2048, 128, Pattern::Clustered, "1024,2,4"},
-                        {272, 768, 128, Pattern::OneTile, "256,3,2"},   {528, 4096, 512, Pattern::Uniform, "4096,1,8"}};
+                        {272, 768, 128, Pattern::OneTile, "256,3,2"},   {528, 4096, 512, Pattern::Uniform, "4096,1,8"},
+                        // one row with all 64 chunks kept, its blocks split 8 ways (v17's even share)
+                        {528, 4096, 128, Pattern::OneTile, "4096,1,8"}, {400, 4096, 128, Pattern::OneTile, "2048,2,4"}};
   for (const Case& c : cases) {
     setenv("MOSAIC_ZIPPER_STREAM_PLAN", c.plan, 1);
     const PackedLinear w = test::random_layer(c.N, c.K, c.group, c.pat, uint64_t(c.N * 3 + c.K));
@@ -232,6 +234,28 @@ TEST(ZipperGpu, DenseOnlyAndUnfusedVariants) {
         EXPECT_GT(run_and_compare(zl, M, dt, xb, yfull, Variant::DenseOnly, path), 5 * full_err) << "M=" << M;
       }
     }
+}
+
+// A checkpoint quantized with taller residual blocks (64 x 64: one wgmma warpgroup's outputs, or
+// 32 x 64) is split into the kernels' 16 x 64 blocks at load (split_residual_rows). Reference: the
+// format library's own dequantize() of the unsplit layer. Every path (stream, wgmma, fused, dequant).
+TEST(ZipperGpu, TallerResidualBlocksAreSplitAtLoad) {
+  REQUIRE_GPU();
+  for (const int Br : {64, 32}) {
+    const PackedLinear w = random_packed_linear(384, 1152, 128, Br, 64, 0.15, ResidualPattern::kUniform, 90 + Br);
+    const std::vector<float> W = dequantize(w);
+    const ZipperLinear zl(w);
+    for (DType dt : {DType::F16, DType::BF16})
+      for (int64_t M : {1, 9, 33, 130})
+        for (GemmPath path : {GemmPath::Auto, GemmPath::Fused, GemmPath::Dequant}) {
+          std::vector<uint16_t> xb;
+          std::vector<float> xf;
+          test::random_activations(M, w.K, dt == DType::BF16, uint64_t(M * 5 + Br), xb, xf);
+          const std::vector<double> yref = test::reference_gemm(xf, W, M, w.N, w.K);
+          EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, path), bound(dt))
+              << Br << "x64 blocks, " << dtype_name(dt) << " M=" << M << " " << path_name(path);
+        }
+  }
 }
 
 // The residual stream kernel passes the L2 evict-first descriptor as a literal (fewer

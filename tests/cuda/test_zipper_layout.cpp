@@ -66,6 +66,22 @@ void expect_refused(const PackedLinear& w, const std::string& needle) {
   }
 }
 
+// 64 x 64 (and 32 x 64) residual blocks are accepted and repacked as their 16 x 64 split.
+TEST(ZipperLayout, TallerResidualBlocksRepackAsTheirSplit) {
+  for (const int Br : {32, 64}) {
+    const PackedLinear w = random_packed_linear(192, 512, 128, Br, 64, 0.2, ResidualPattern::kClustered, uint64_t(Br));
+    ASSERT_TRUE(w.has_residual());
+    check_zipper_supported(w);
+    const ZipperLayout a = repack_for_zipper(w), b = repack_for_zipper(split_residual_rows(w, 16));
+    EXPECT_EQ(a.qweight, b.qweight);
+    EXPECT_EQ(a.res_rowptr, b.res_rowptr);
+    EXPECT_EQ(a.res_qweight, b.res_qweight);
+    EXPECT_EQ(a.res_scales, b.res_scales);
+    EXPECT_EQ(a.res_bitmap, b.res_bitmap);
+    EXPECT_EQ(int64_t(a.res_rowptr.back()), 4 * w.num_blocks_kept() * Br / 64);
+  }
+}
+
 TEST(ZipperLayout, RefusesShapesTheKernelCannotTake) {
   PackedLinear w = test::random_layer(64, 256, 128, Pattern::Uniform, 1, 0.3);
   check_zipper_supported(w);  // the valid layer passes
@@ -86,6 +102,9 @@ TEST(ZipperLayout, RefusesShapesTheKernelCannotTake) {
   PackedLinear e = w;
   e.block_cols = 32;
   expect_refused(e, "16 x 64");
+  PackedLinear e2 = w;
+  e2.block_rows = 24;  // taller blocks must be whole multiples of 16 rows
+  expect_refused(e2, "16 x 64");
   PackedLinear f = w;
   f.res_colidx[0] = 99;
   expect_refused(f, "res_colidx");

@@ -87,6 +87,30 @@ TEST(Dequantize, MatchesDirectLoopAllPatterns) {
   }
 }
 
+TEST(SplitResidualRows, SameWeightsInFinerBlocks) {
+  uint64_t seed = 40;
+  for (auto pat : {ResidualPattern::kNone, ResidualPattern::kUniform, ResidualPattern::kClustered,
+                   ResidualPattern::kOneTile}) {
+    const PackedLinear p = random_packed_linear(192, 512, 128, 64, 64, 0.25, pat, seed++, true);
+    const PackedLinear q = split_residual_rows(p, 16);
+    EXPECT_EQ(q.block_rows, 16);
+    EXPECT_EQ(q.block_cols, 64);
+    EXPECT_EQ(q.num_blocks_kept(), 4 * p.num_blocks_kept());
+    EXPECT_NO_THROW(validate(q));
+    EXPECT_EQ(dequantize(q), dequantize(p));  // bit for bit
+    if (p.has_residual()) {
+      // Fine block row 4r + s lists block row r's columns.
+      for (int64_t r = 0; r < p.num_block_rows(); ++r)
+        for (int s = 0; s < 4; ++s)
+          EXPECT_EQ(q.res_rowptr[size_t(4 * r + s + 1)] - q.res_rowptr[size_t(4 * r + s)],
+                    p.res_rowptr[size_t(r + 1)] - p.res_rowptr[size_t(r)]);
+    }
+  }
+  const PackedLinear p = random_packed_linear(96, 256, 128, 32, 64, 0.3, ResidualPattern::kUniform, 7, true);
+  EXPECT_THROW(split_residual_rows(p, 24), Error);  // 32 is not a multiple of 24
+  EXPECT_EQ(dequantize(split_residual_rows(p, 32)), dequantize(p));
+}
+
 TEST(ReferenceMatmul, MatchesDoubleLoopOnDequantizedWeights) {
   const PackedLinear p = random_packed_linear(32, 128, 32, 16, 64, 0.25,
                                               ResidualPattern::kUniform, 7, true);
