@@ -378,7 +378,9 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     const uint32_t xc_s = xres_s + cc * 128;
     const float rsA = to_f(rs[g]), rsB = to_f(rs[g + 8]);
     uint32_t xb[4];
-    float racc[NB][4];
+    // Two MMA chains (k16 steps of even / odd parity), summed at the end: a chain of 4 dependent
+    // MMAs was exposed where few warps share an SM (M = 4..8 plans run 96-192 CTAs of 8 warps).
+    float racc[2][NB][4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xc_s + j * 32);
@@ -388,18 +390,18 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
         const uint32_t b0 = xb[NB == 2 ? 2 * nb : 2 * (j & 1)], b1 = xb[NB == 2 ? 2 * nb + 1 : 2 * (j & 1) + 1];
-        if (j == 0)
-          MM::set(racc[nb], a, b0, b1);
+        if (j < 2)
+          MM::set(racc[j & 1][nb], a, b0, b1);
         else
-          MM::acc(racc[nb], a, b0, b1);
+          MM::acc(racc[j & 1][nb], a, b0, b1);
       }
     }
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) {
-      acc[nb][0] = fmaf(rsA, racc[nb][0], acc[nb][0]);
-      acc[nb][1] = fmaf(rsA, racc[nb][1], acc[nb][1]);
-      acc[nb][2] = fmaf(rsB, racc[nb][2], acc[nb][2]);
-      acc[nb][3] = fmaf(rsB, racc[nb][3], acc[nb][3]);
+      acc[nb][0] = fmaf(rsA, racc[0][nb][0] + racc[1][nb][0], acc[nb][0]);
+      acc[nb][1] = fmaf(rsA, racc[0][nb][1] + racc[1][nb][1], acc[nb][1]);
+      acc[nb][2] = fmaf(rsB, racc[0][nb][2] + racc[1][nb][2], acc[nb][2]);
+      acc[nb][3] = fmaf(rsB, racc[0][nb][3] + racc[1][nb][3], acc[nb][3]);
     }
   };
   // The lowest remaining kept block of the row: its chunk (blocks come in CSR order = chunk order).
