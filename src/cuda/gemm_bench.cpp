@@ -238,75 +238,56 @@ void run_gemm_bench(const GemmBenchOptions& o) {
 
   const int max_m = *std::max_element(o.ms.begin(), o.ms.end());
   const std::vector<double>& budget_list = o.budgets;
-  // W4A8 (--act-bits 8): per budget, the per-token INT8 quantization alone (w4a8_quant), the GEMM
-  // on already quantized rows (w4a8_zipper_gemm_only), and what a layer call costs: quantize +
-  // GEMM, dense-only (w4a8_dense) and with the residual zipped in (w4a8_zipper). Bytes = weights +
-  // X read + Y written (+ codes written and read for the quantizing rows).
+  // W4A8 (--act-bits 8), per kernel family (prefix w4a8: per-token INT8 on mma.sync; w4a8fp8: FP8
+  // e4m3 on wgmma) and budget: the activation quantization alone (<p>_quant), the GEMM on already
+  // quantized rows with and without the residual (<p>_zipper_gemm_only, <p>_dense_gemm_only), and
+  // what a layer call costs: quantize + GEMM (<p>_dense, <p>_zipper). Bytes = weights + X read + Y
+  // written (+ codes written and read for the quantizing rows).
   auto run_w4a8 = [&](const Shape& s, const std::vector<double>& budgets,
                       const std::vector<std::unique_ptr<DevMem>>& xs, void* yp, const std::vector<double>& cub) {
     const int cx = int(xs.size());
+    // One family at one (M, budget) over its rotating copies `ls`.
+    auto family = [&](const std::string& p, const std::vector<std::unique_ptr<W4A8Linear>>& ls, int M, size_t mi,
+                      double budget, bool cta_shapes) {
+      const int cz = int(ls.size());
+      const double xio = 2.0 * M * s.K, yio = 2.0 * M * s.N, qio = 1.0 * M * s.K + 4.0 * M;
+      const auto quantize = [&](int c) { ls[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr); };
+      for (int c = 0; c < cz; ++c) quantize(c);  // workspaces
+      ck(cudaDeviceSynchronize(), "w4a8 quantize (bench)");
+      const double wz = double(ls[0]->weight_bytes()), wd = double(ls[0]->weight_bytes(false));
+      const auto gemm_only = [&](W4A8Variant v, int warps) {
+        return time_us([&](int c) { ls[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, v, warps); }, cz, o.reps);
+      };
+      const auto layer_call = [&](W4A8Variant v) {
+        return time_us([&](int c) { ls[size_t(c)]->gemm(xs[size_t(c % cx)]->p, yp, M, wdt, nullptr, v); }, cz, o.reps);
+      };
+      emit(s, M, budget, p + "_quant", time_us(quantize, cz, o.reps), xio + qio, cub[mi]);
+      emit(s, M, budget, p + "_zipper_gemm_only", gemm_only(W4A8Variant::Zipper, 0), wz + qio + yio, cub[mi]);
+      if (budget > 0)
+        emit(s, M, budget, p + "_dense_gemm_only", gemm_only(W4A8Variant::DenseOnly, 0), wd + qio + yio, cub[mi]);
+      if (cta_shapes && M >= 256 && budget == budgets.back())  // both CTA shapes (warps per 128 x 128 tile)
+        for (int warps : {8, 16})
+          emit(s, M, budget, p + "_zipper_gemm_only_w" + std::to_string(warps), gemm_only(W4A8Variant::Zipper, warps),
+               wz + qio + yio, cub[mi]);
+      emit(s, M, budget, p + "_dense", layer_call(W4A8Variant::DenseOnly), wd + xio + 2 * qio + yio, cub[mi]);
+      if (budget > 0) emit(s, M, budget, p + "_zipper", layer_call(W4A8Variant::Zipper), wz + xio + 2 * qio + yio, cub[mi]);
+    };
     for (double budget : budgets) {
       const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows);
-      std::vector<std::unique_ptr<W4A8Linear>> wl;
-      wl.push_back(std::make_unique<W4A8Linear>(w));
-      const int cz = copies_for(wl[0]->weight_bytes());
-      if (o.w4a8_int8)
-        while (int(wl.size()) < cz) wl.push_back(std::make_unique<W4A8Linear>(w));
-      std::vector<std::unique_ptr<W4A8Linear>> fl;  // the same layer with FP8 activations (wgmma kernel)
-      if (o.w4a8_fp8)
-        while (int(fl.size()) < cz) fl.push_back(std::make_unique<W4A8Linear>(w, W4A8Act::Fp8E4M3));
+      // Rotating copies of the layer (enough bytes that each timed call streams its weights from DRAM).
+      auto copies = [&](W4A8Act act) {
+        std::vector<std::unique_ptr<W4A8Linear>> v;
+        v.push_back(std::make_unique<W4A8Linear>(w, act));
+        const int cz = copies_for(v[0]->weight_bytes());
+        while (int(v.size()) < cz) v.push_back(std::make_unique<W4A8Linear>(w, act));
+        return v;
+      };
+      std::vector<std::unique_ptr<W4A8Linear>> int8, fp8;
+      if (o.w4a8_int8) int8 = copies(W4A8Act::Int8);
+      if (o.w4a8_fp8) fp8 = copies(W4A8Act::Fp8E4M3);
       for (size_t mi = 0; mi < o.ms.size(); ++mi) {
-        const int M = o.ms[mi];
-        const double xio = 2.0 * M * s.K, yio = 2.0 * M * s.N, qio = 1.0 * M * s.K + 4.0 * M;
-        if (o.w4a8_int8) {
-          for (int c = 0; c < cz; ++c) wl[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr);  // workspaces
-          ck(cudaDeviceSynchronize(), "w4a8 quantize (bench)");
-          const double wz = double(wl[0]->weight_bytes()), wd = double(wl[0]->weight_bytes(false));
-          emit(s, M, budget, "w4a8_quant",
-               time_us([&](int c) { wl[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr); }, cz, o.reps),
-               xio + qio, cub[mi]);
-          emit(s, M, budget, "w4a8_zipper_gemm_only",
-               time_us([&](int c) { wl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::Zipper); }, cz,
-                       o.reps),
-               wz + qio + yio, cub[mi]);
-          if (M >= 256 && budget == budgets.back())  // both CTA shapes (warps per 128 x 128 tile)
-            for (int warps : {8, 16})
-              emit(s, M, budget, "w4a8_zipper_gemm_only_w" + std::to_string(warps),
-                   time_us([&](int c) { wl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::Zipper, warps); },
-                           cz, o.reps),
-                   wz + qio + yio, cub[mi]);
-          auto full = [&](W4A8Variant v) {
-            return time_us([&](int c) { wl[size_t(c)]->gemm(xs[size_t(c % cx)]->p, yp, M, wdt, nullptr, v); }, cz,
-                           o.reps);
-          };
-          emit(s, M, budget, "w4a8_dense", full(W4A8Variant::DenseOnly), wd + xio + 2 * qio + yio, cub[mi]);
-          if (budget > 0) emit(s, M, budget, "w4a8_zipper", full(W4A8Variant::Zipper), wz + xio + 2 * qio + yio, cub[mi]);
-        }
-        // The FP8 e4m3 wgmma kernel (W4A8Act::Fp8E4M3), same rows: quantize alone, GEMM alone (dense
-        // and with the residual), layer call.
-        if (!o.w4a8_fp8) continue;
-        for (int c = 0; c < cz; ++c) fl[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr);
-        ck(cudaDeviceSynchronize(), "w4a8 fp8 quantize (bench)");
-        const double fz = double(fl[0]->weight_bytes()), fd = double(fl[0]->weight_bytes(false));
-        emit(s, M, budget, "w4a8fp8_quant",
-             time_us([&](int c) { fl[size_t(c)]->quantize(xs[size_t(c % cx)]->p, M, wdt, nullptr); }, cz, o.reps),
-             xio + qio, cub[mi]);
-        emit(s, M, budget, "w4a8fp8_zipper_gemm_only",
-             time_us([&](int c) { fl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::Zipper); }, cz,
-                     o.reps),
-             fz + qio + yio, cub[mi]);
-        if (budget > 0)
-          emit(s, M, budget, "w4a8fp8_dense_gemm_only",
-               time_us([&](int c) { fl[size_t(c)]->gemm_quantized(yp, M, wdt, nullptr, W4A8Variant::DenseOnly); },
-                       cz, o.reps),
-               fd + qio + yio, cub[mi]);
-        auto full8 = [&](W4A8Variant v) {
-          return time_us([&](int c) { fl[size_t(c)]->gemm(xs[size_t(c % cx)]->p, yp, M, wdt, nullptr, v); }, cz,
-                         o.reps);
-        };
-        emit(s, M, budget, "w4a8fp8_dense", full8(W4A8Variant::DenseOnly), fd + xio + 2 * qio + yio, cub[mi]);
-        if (budget > 0)
-          emit(s, M, budget, "w4a8fp8_zipper", full8(W4A8Variant::Zipper), fz + xio + 2 * qio + yio, cub[mi]);
+        if (o.w4a8_int8) family("w4a8", int8, o.ms[mi], mi, budget, true);
+        if (o.w4a8_fp8) family("w4a8fp8", fp8, o.ms[mi], mi, budget, false);
       }
     }
   };
