@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   constexpr int kCodes = 0, kScales = 64;
   T* xs = reinterpret_cast<T*>(smem);         // (rows + 1, KR) activation tile
   uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
-  // KW > 1: per warp, its partial sums of a row [NB][8 rows][20 floats] (after all rings).
+  // KW > 1: per warp, its partial sums of a row [NB][8 rows][20 floats], two buffers (after all rings).
   float* parts = reinterpret_cast<float*>(smem + ((rows + 1) * xs_stride) / 8 + kWarps * kStages * su4);
 
   // This warp's rows, j < nrows (a prefix of 0 .. RPW-1): r_j = RW (j G + a) + rw, so a CTA's
@@ -289,10 +289,13 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // o = lane % 4) holds outputs 4o .. 4o + 3 of X row b: one 16-byte reduction (split-K, no wait)
   // or one 8-byte store. KW = 1: through `scratch`, the ring slot just consumed (free until the
   // loop's next __syncwarp), one n8 tile at a time (a dense slot holds 1056 bytes). KW > 1: each
-  // warp writes its partial sums to parts[warp], a named barrier per row lane, the slice-0 warp
-  // adds the KW partials and writes the row, a second barrier frees the buffers.
+  // warp writes its partial sums to parts[parity][warp], a named barrier per row lane, the
+  // slice-0 warp adds the KW partials and writes the row. The partials alternate between two
+  // buffers from row to row, so no second barrier frees them: a slice writes a buffer again two
+  // rows later, past the next row's barrier, which slice 0 reaches only after reading it.
   // Row stride 20 floats: the fragment writes hit 32 distinct banks.
   constexpr int kPart = NB * 8 * 20;  // floats per partial
+  int parity = 0;                     // KW > 1: the partials buffer of the next row end
   const auto flush_row = [&](int r, const float (&ac)[NB][4], float* scratch) {
     const int t = lane & 3, br = lane >> 2;
     const auto put = [&](float* p, int nb) {
@@ -323,7 +326,8 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
         out(nb, v);
       }
     } else {
-      float* mine = parts + warp * kPart;
+      float* mine = parts + (parity * kWarps + warp) * kPart;
+      parity ^= 1;
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) put(mine + nb * 8 * 20, nb);
       asm volatile("bar.sync %0, %1;\n" ::"r"(1 + rw), "r"(32 * KW) : "memory");  // partials visible
@@ -339,7 +343,6 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
           out(nb, v);
         }
       }
-      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + rw), "r"(32 * KW) : "memory");  // partials read
     }
   };
 
@@ -616,7 +619,7 @@ uint64_t evict_first_policy_literal() { return kEvictFirstPolicy; }
 int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps) {
   const int nb = x_rows - 1 <= 8 ? 1 : 2;
   return x_rows * (k_split + 8) * 2 + kWarps * kStreamStages * stream_stage_u4(spt, residual) * 16 +
-         (k_warps > 1 ? kWarps * nb * 8 * 20 * 4 : 0);
+         (k_warps > 1 ? 2 * kWarps * nb * 8 * 20 * 4 : 0);  // two partials buffers
 }
 
 int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem) {
