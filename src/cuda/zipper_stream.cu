@@ -200,7 +200,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const uint4 *pq = gq0, *ps = gs0;
   int nsc = 2 * spt, dsc = 2 * spt;  // scale words per tile, and their stride (residual tiles: 4, 4)
   int lim2 = nkt;                    // RES: tiles before lim2 have a second half (the row's last odd block has not)
-  int pb = 0, pkept = 0;             // RES: CSR index of the row's first kept block, kept blocks of the row
+  int pb = 0, pkept = 0;             // RES: this warp's share of the row's kept blocks: CSR index of its first, count
   const auto start_row_p = [&](int j) {
     const int r = row_of(j);
     pq = gq0 + r * q_row;
@@ -246,7 +246,6 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     cp_async_commit();  // empty groups keep the group count uniform
     ist = ist + stage_bytes == ring_hi ? ring_lo : ist + stage_bytes;
   };
-
 
   // 2. The activation tile -> shared memory, once per CTA (all rows of all warps use this
   //    K-range), and the ring's first k-tiles. With programmatic dependent launch (f.pdl,
