@@ -12,10 +12,11 @@
 # Same-run comparisons (docs/kernels-notes.md), both on the small-M list MS_SMALL (default 1,4,16,32):
 #   BASELINE_CU=path/to/old/zipper_kernels.cu   also build and time that kernel file (label "base")
 #   BASELINE_SRC=dir   also build and time a whole older src/cuda (dir/cuda/*: kernels, plans, bench),
-#                      e.g. mkdir -p .devdeps/baseline/src && git archive HEAD src/cuda | tar -x -C
+#                      e.g. mkdir -p .devdeps/baseline/src && git archive HEAD src/cuda src/cli/cmd_bench.cpp | tar -x -C
 #                      .devdeps/baseline/src --strip-components=1
-#                      (its kernels and bench are linked with this tree's cmd_bench.o: the GemmBenchOptions
-#                      struct must be the same in both, or the baseline reads wrong options)
+#                      (add src/cli/cmd_bench.cpp to the archive when the bench options changed since: it is
+#                      then built against the baseline's headers; otherwise this tree's cmd_bench.o is linked
+#                      and the GemmBenchOptions struct must be the same in both)
 #   BASELINE_DEFS="-DX"  extra nvcc flags for the BASELINE_SRC kernels (e.g. -DMOSAIC_NL4_TIMING: the nl4
 #                      table-lookup decode in place of the uniform one, to time its cost; docs/kernels-notes.md)
 #   PLAN_OVERHEADS="4 6"   also time the current build with MOSAIC_ZIPPER_CTA_OVERHEAD=4, =6
@@ -63,6 +64,12 @@ if [ -n "${BASELINE_SRC:-}" ]; then  # a whole older src/cuda (kernels, plans, b
   for f in "$BASELINE_SRC"/cuda/*.cpp; do
     ${CXX/-I src/-I $BASELINE_SRC -I src} -c "$f" -o $B/base/$(basename $f .cpp).o & pids+=($!)
   done
+  # Its own CLI front end when the tree has one (git archive HEAD src/cuda src/cli/cmd_bench.cpp): the
+  # bench options struct of gemm_bench.h then matches on both sides of the link.
+  if [ -f "$BASELINE_SRC/cli/cmd_bench.cpp" ]; then
+    mkdir -p $B/base-cli
+    ${CXX/-I src/-I $BASELINE_SRC -I src} -c "$BASELINE_SRC/cli/cmd_bench.cpp" -o $B/base-cli/cmd_bench.o & pids+=($!)
+  fi
 fi
 for f in src/cuda/*.cpp src/format/packed_linear.cpp src/util/atomic_file.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
   $CXX -c $f -o $B/$(basename $f .cpp).o & pids+=($!)
@@ -82,7 +89,8 @@ if [ -n "${BASELINE_CU:-}" ]; then
   nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $B/cmd_bench.o $B/gemm_bench.o $B/atomic_file.o \
     $B/zipper_kernels_base.o $(echo $LIB | tr ' ' '\n' | grep -v '/zipper_kernels.o' | tr '\n' ' ') -lcublas || exit 1
 elif [ -n "${BASELINE_SRC:-}" ]; then
-  nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $B/cmd_bench.o $B/atomic_file.o $B/packed_linear.o $B/base/*.o -lcublas || exit 1
+  BASE_CLI=$B/cmd_bench.o; [ -f $B/base-cli/cmd_bench.o ] && BASE_CLI=$B/base-cli/cmd_bench.o
+  nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $BASE_CLI $B/atomic_file.o $B/packed_linear.o $B/base/*.o -lcublas || exit 1
 fi
 # SASS_STATS=1: instruction mix of the stream kernels (new and baseline) into the extras.
 if [ "${SASS_STATS:-0}" = 1 ] && command -v cuobjdump > /dev/null; then
