@@ -59,13 +59,13 @@ void launch_fused(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
 int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps);
 int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem);
 void launch_stream(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
-// Reads `bytes` (multiple of 16) from device memory p with many loads in flight: the streaming
-// limit the benchmark reports next to the kernels (variant read_limit).
 // The stream kernel's residual variant passes the L2 evict-first descriptor as a literal
 // (kEvictFirstPolicy, zipper_device.cuh). These return, as the device computes it with
 // createpolicy, and as the literal: a test checks they agree on the GPU in use.
 uint64_t device_evict_first_policy();
 uint64_t evict_first_policy_literal();
+// Reads `bytes` (multiple of 16) from device memory p with many loads in flight: the streaming
+// limit the benchmark reports next to the kernels (variant read_limit).
 void launch_read_probe(const void* p, size_t bytes, unsigned* sink, int num_sms, cudaStream_t s);
 // Y += X * deq(residual)^T (the unfused variant's second kernel). One warp per block row.
 void launch_residual_only(const DeviceLayer& L, const void* X, void* Y, int M, int bf16, cudaStream_t s);
