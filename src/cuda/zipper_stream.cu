@@ -352,6 +352,18 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const int xc = NB == 1 ? (lane >> 3) * 8 : ((lane >> 3) & 1) * 8;
   const uint32_t xres_s = smem_addr(xs + min(xr, rows) * xs_stride + xc);  // (residual: chunk offsets in the CTA's K-range)
   const uint32_t xrow_s = xres_s + sw * KRw * 2;
+  // The MMA operands of k16 step j of a lane's 16-byte code word (a dense chunk or a kept block):
+  // the A fragment (the layout's registers in the order {0, 2, 1, 3}) and, from the ldmatrix
+  // registers xb, the B fragment of n8 tile nb (NB = 1: one ldmatrix.x4 holds steps j and j + 1).
+  const auto a_fragment = [](uint32_t codes, uint32_t (&a)[4]) {
+    uint32_t w[4];
+    O::dequant(codes, w);
+    a[0] = w[0], a[1] = w[2], a[2] = w[1], a[3] = w[3];
+  };
+  const auto b_fragment = [](const uint32_t (&xb)[4], int j, int nb, uint32_t& b0, uint32_t& b1) {
+    b0 = xb[NB == 2 ? 2 * nb : 2 * (j & 1)];
+    b1 = xb[NB == 2 ? 2 * nb + 1 : 2 * (j & 1) + 1];
+  };
   float acc[NB][4] = {};
   // Unscaled sums of the current scale group, per chain: NB = 1: k16 steps of even / odd parity
   // (two independent MMA chains); NB = 2: one per n8 tile of X rows.
@@ -386,12 +398,12 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xc_s + j * 32);
-      uint32_t w[4];
-      O::dequant(word(rq, j), w);
-      const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
+      uint32_t a[4];
+      a_fragment(word(rq, j), a);
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
-        const uint32_t b0 = xb[NB == 2 ? 2 * nb : 2 * (j & 1)], b1 = xb[NB == 2 ? 2 * nb + 1 : 2 * (j & 1) + 1];
+        uint32_t b0, b1;
+        b_fragment(xb, j, nb, b0, b1);
         if (j < 2)
           MM::set(racc[j & 1][nb], a, b0, b1);
         else
@@ -433,13 +445,13 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
         for (int j = 0; j < 4; ++j) {
           const int kk = c * 4 + j;  // k16 step within the tile
           if (NB == 2 || (j & 1) == 0) ldmatrix_x4(xb, xk_s + kk * 32);
-          uint32_t w[4];
-          O::dequant(word(q, j), w);
-          const uint32_t a[4] = {w[0], w[2], w[1], w[3]};
+          uint32_t a[4];
+          a_fragment(word(q, j), a);
 #pragma unroll
           for (int nb = 0; nb < NB; ++nb) {
             const int e = NB == 2 ? nb : kChains == 2 ? (j & 1) : 0;  // chain
-            const uint32_t b0 = xb[NB == 2 ? 2 * nb : 2 * (j & 1)], b1 = xb[NB == 2 ? 2 * nb + 1 : 2 * (j & 1) + 1];
+            uint32_t b0, b1;
+            b_fragment(xb, j, nb, b0, b1);
             if (kk % GS < (NB == 1 ? kChains : 1))
               MM::set(tmp[e], a, b0, b1);
             else
