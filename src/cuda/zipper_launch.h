@@ -24,6 +24,7 @@ struct DeviceLayer {
   const uint16_t* res_scales = nullptr;
   const int32_t* res_rowptr = nullptr;
   const uint64_t* res_bitmap = nullptr;
+  const uint16_t* res_colidx = nullptr;  // [nnzb + 32] (zipper_layout.h)
 };
 
 struct FusedLaunch {

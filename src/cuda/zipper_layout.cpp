@@ -44,7 +44,7 @@ int64_t ZipperLayout::weight_bytes(bool with_residual) const {
   int64_t b = int64_t(qweight.size()) * 4 + int64_t(scales.size()) * 2;
   if (with_residual && nnzb > 0)
     b += int64_t(res_qweight.size()) * 4 + int64_t(res_scales.size()) * 2 +
-         int64_t(res_bitmap.size()) * 8 + int64_t(res_rowptr.size()) * 4;
+         int64_t(res_bitmap.size()) * 8 + int64_t(res_rowptr.size()) * 4 + nnzb * 2;  // (colidx: 2 per block)
   return b;
 }
 
@@ -124,9 +124,11 @@ ZipperLayout repack_for_zipper(const PackedLinear& w) {
     z.res_scales = w.res_scales;
     z.res_qweight.resize(size_t(z.nnzb * 128));
     z.res_bitmap.assign(size_t(nbr * z.words_per_row), 0);
+    z.res_colidx.assign(size_t(z.nnzb + 32), 0);
     for (int64_t r = 0; r < nbr; ++r)
       for (int64_t b = w.res_rowptr[r]; b < w.res_rowptr[r + 1]; ++b) {
         const int64_t c = w.res_colidx[b];
+        z.res_colidx[size_t(b)] = uint16_t(c);
         z.res_bitmap[size_t(r * z.words_per_row + c / 64)] |= uint64_t(1) << (c % 64);
         pack_chunk(&z.res_qweight[size_t(b * 128)], [&](int dn, int dk) {
           return nibble(&w.res_qvalues[size_t((b * 16 + dn) * 32)], dk);

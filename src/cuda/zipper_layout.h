@@ -29,11 +29,14 @@ struct ZipperLayout {
   std::vector<uint16_t> scales;
   // Residual (16 x 64 blocks), CSR order kept: codes [nnzb][32][4 words] like the base,
   // scales [nnzb][16] fp16 bits, rowptr [N/16 + 1], bitmap [N/16][words_per_row] (bit c of a row
-  // = block column c kept), so a warp finds its blocks with a popcount instead of a search.
+  // = block column c kept), so a warp finds its blocks with a popcount instead of a search, and
+  // colidx [nnzb + 32] (block column c of each kept block, CSR order, then 32 zeros: the stream
+  // kernel loads a warp's next 32 columns at once, wherever its share of a row ends).
   std::vector<uint32_t> res_qweight;
   std::vector<uint16_t> res_scales;
   std::vector<int32_t> res_rowptr;
   std::vector<uint64_t> res_bitmap;
+  std::vector<uint16_t> res_colidx;
   int words_per_row = 0;
   int64_t nnzb = 0;
 

@@ -279,6 +279,7 @@ struct ZipperLinear::Impl {
     for (const void* p : {static_cast<const void*>(L.qweight), static_cast<const void*>(L.scales),
                           static_cast<const void*>(L.res_qweight), static_cast<const void*>(L.res_scales),
                           static_cast<const void*>(L.res_rowptr), static_cast<const void*>(L.res_bitmap),
+                          static_cast<const void*>(L.res_colidx),
                           static_cast<const void*>(Lb.scales), static_cast<const void*>(Lb.res_scales),
                           static_cast<const void*>(ws), static_cast<const void*>(part), static_cast<const void*>(counters),
                           static_cast<const void*>(deq)})
@@ -347,7 +348,7 @@ struct ZipperLinear::Impl {
     double best_cost = 1e30;
     int best_q = 0, best_splits = 0;
     std::vector<std::pair<double, StreamPlan>> all;
-    for (int per = 1; per <= std::min(32, k_tiles); ++per) {
+    for (int per = 1; per <= k_tiles; ++per) {  // any K-range whose X tile fits (v18; was <= 32 tiles)
       const int splits = (k_tiles + per - 1) / per;
       for (int kw = 1; kw <= detail::kWarps; kw *= 2) {
         if (kw_only && kw != kw_only) continue;
@@ -382,7 +383,7 @@ struct ZipperLinear::Impl {
     }
     cudaGetLastError();  // occupancy probes past the smem limit are not errors of this call
     // Test/tuning hook: MOSAIC_ZIPPER_STREAM_PLAN="KSPLIT,RPW[,KW]" (K-range in inputs, a multiple
-    // of 128 up to 4096; rows per warp 1..32; warps per row 1, 2, 4, 8 with KSPLIT a multiple of
+    // of 128; rows per warp 1..32; warps per row 1, 2, 4, 8 with KSPLIT a multiple of
     // 128 KW dividing K), read when a layer plans an M for the first time. ':' may stand for ','
     // (scripts/gpu-check.sh ENVS splits its values on commas).
     bool forced_plan = false;
@@ -392,7 +393,7 @@ struct ZipperLinear::Impl {
       std::string spec(e);
       std::replace(spec.begin(), spec.end(), ':', ',');
       const int n = std::sscanf(spec.c_str(), "%d,%d,%d", &ks, &rpw, &kw);
-      MOSAIC_CHECK((n == 2 || n == 3) && ks > 0 && ks % kTileK == 0 && ks <= 4096 && rpw >= 1 && rpw <= 32 &&
+      MOSAIC_CHECK((n == 2 || n == 3) && ks > 0 && ks % kTileK == 0 && rpw >= 1 && rpw <= 32 &&
                        (kw == 1 || kw == 2 || kw == 4 || kw == 8),
                    "MOSAIC_ZIPPER_STREAM_PLAN must be KSPLIT,RPW[,KW] (got '", e, "')");
       ks = std::min(ks, L.K);
@@ -737,6 +738,7 @@ ZipperLinear::ZipperLinear(const PackedLinear& w) : impl_(std::make_unique<Impl>
     L.res_scales = upload(z.res_scales);
     L.res_rowptr = upload(z.res_rowptr);
     L.res_bitmap = upload(z.res_bitmap);
+    L.res_colidx = upload(z.res_colidx);
   }
   impl_->Lb = L;
   impl_->Lb.scales = upload(to_bf16(z.scales));

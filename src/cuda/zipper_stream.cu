@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
   const int m0 = blockIdx.z * 16;             // first row of X of this CTA
   const int kb = blockIdx.y * f.k_split;      // first input of this CTA's K-range
-  const int KR = min(L.K - kb, f.k_split);    // multiple of 128 * KW, <= 4096
+  const int KR = min(L.K - kb, f.k_split);    // multiple of 128 * KW (any length: v18)
   // In-CTA K split (KW warps per row, v10): warp w = (row lane rw, K slice sw); the slices of a
   // row meet in shared memory at each row end (a named barrier per row lane), so small layers
   // need no split-K across CTAs (fp32 reductions at L2, fence, counters, fix-up) for parallelism.
@@ -138,33 +138,39 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   while (nrows < f.rows_per_warp && row_of(nrows) < R) ++nrows;
 
   // 1. Residual metadata of row j, computed by lane j for all rows at once (one latency, not one
-  //    per row): bit c of my_flags = chunk c of the CTA's K-range has a kept block; my_b = CSR
-  //    index of the first kept block in the K-range. Other lanes fetch them with shuffles. The KW
-  //    warps of a row lane split the row's kept blocks evenly (`share`), wherever in the K-range
-  //    they lie: every warp has the whole X tile, so no slice waits at the row end for the one
-  //    with the most kept blocks (v17).
-  uint64_t my_flags = 0;
-  int my_b = 0;
+  //    per row): my_kept = kept blocks of row j in the CTA's K-range, my_b = CSR index of the first
+  //    (popcounts of the row's bitmap below the range's first and last chunk). Other lanes fetch
+  //    them with shuffles. The KW warps of a row lane split the row's kept blocks evenly (`share`),
+  //    wherever in the K-range they lie: every warp has the whole X tile, so no slice waits at the
+  //    row end for the one with the most kept blocks (v17). Where a block lies (its chunk) the
+  //    consumer reads from colidx (v18; before, from a 64-bit chunk mask of the K-range, which
+  //    held K-ranges to 64 chunks = 4096 inputs and cost a 64-bit find-first + clear per block).
+  int my_kept = 0, my_b = 0;
   if (RES && lane < nrows) {
     const int r = row_of(lane);
     const uint64_t* bm = L.res_bitmap + size_t(r) * L.words_per_row;
-    const int c0 = kb / 64, nc = KR / 64, w0 = c0 / 64, sh = c0 % 64;
-    int b = L.res_rowptr[r];
-    for (int w = 0; w < w0; ++w) b += __popcll(bm[w]);
-    uint64_t bits = bm[w0] >> sh;
-    if (sh) b += __popcll(bm[w0] & ((uint64_t(1) << sh) - 1));
-    if (sh && w0 + 1 < L.words_per_row) bits |= bm[w0 + 1] << (64 - sh);
-    my_flags = nc < 64 ? bits & ((uint64_t(1) << nc) - 1) : bits;
-    my_b = b;
+    const auto below = [&](int c) {  // kept blocks of row r in chunks [0, c)
+      int n = 0;
+      for (int w = 0; w < c / 64; ++w) n += __popcll(bm[w]);
+      if (c % 64) n += __popcll(bm[c / 64] & ((uint64_t(1) << (c % 64)) - 1));
+      return n;
+    };
+    const int r0 = L.res_rowptr[r];
+    if (KR == L.K) {  // the whole row (unsplit plans): no bitmap read
+      my_b = r0;
+      my_kept = L.res_rowptr[r + 1] - r0;
+    } else {
+      const int first = below(kb / 64);
+      my_b = r0 + first;
+      my_kept = below((kb + KR) / 64) - first;
+    }
   }
-  const auto row_meta = [&](int j, uint64_t& fl, int& b) {  // warp-uniform j
-    const unsigned lo = __shfl_sync(~0u, unsigned(my_flags), j), hi = __shfl_sync(~0u, unsigned(my_flags >> 32), j);
-    fl = (uint64_t(hi) << 32) | lo;
+  const auto row_meta = [&](int j, int& kept, int& b) {  // warp-uniform j
+    kept = __shfl_sync(~0u, my_kept, j);
     b = __shfl_sync(~0u, my_b, j);
   };
-  // This warp's share of a row's kept blocks (flags fl): blocks [lo, lo + n) in CSR order.
-  const auto share = [&](uint64_t fl, int& lo, int& n) {
-    const int kept = __popcll(fl);
+  // This warp's share of a row's `kept` blocks: blocks [lo, lo + n) in CSR order.
+  const auto share = [&](int kept, int& lo, int& n) {
     lo = KW == 1 ? 0 : kept * sw / KW;
     n = KW == 1 ? kept : kept * (sw + 1) / KW - lo;
   };
@@ -183,7 +189,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   int total = nrows * nkt;
   if (RES) {
     int lo, n;
-    share(my_flags, lo, n);
+    share(my_kept, lo, n);
     total += __reduce_add_sync(~0u, lane < nrows ? (n + 1) >> 1 : 0);
   }
 
@@ -208,10 +214,9 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     nsc = dsc = 2 * spt;
     iend = nkt;
     if (RES) {
-      uint64_t fl;
-      int lo;
-      row_meta(j, fl, pb);
-      share(fl, lo, pkept);
+      int kept, lo;
+      row_meta(j, kept, pb);
+      share(kept, lo, pkept);
       pb += lo;
       lim2 = nkt + (pkept >> 1);
     }
@@ -371,15 +376,21 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   int cj = 0, ct = 0, cs = 0;  // consumer: row slot, tile of the row, ring slot (in uint4 from `stages`)
   int cend = nkt;              // tiles of the row being consumed
   uint32_t xk_s = xrow_s;      // X of dense tile ct (shared-space address)
-  uint64_t cfl = 0;            // RES: the row's kept blocks not consumed yet (bit c: chunk c of the K-range)
   int clim2 = nkt;             // RES: residual tiles before clim2 hold two blocks
+  // RES: the warp's blocks of the row are CSR indices cb, cb + 1, ...; ck of them consumed; lane i
+  // holds the chunk (block column) of block cb + 32 (ck / 32) + i, loaded at the row's start, long
+  // before its residual tiles (they follow the row's dense tiles); a share of more than 32 blocks
+  // loads the next 32 when it gets there. colidx has 32 entries of padding past the last block.
+  int cb = 0, ck = 0, ccol = 0;
+  const int c0 = kb / 64;  // the K-range's first chunk
   const auto start_row_c = [&](int j) {
     if (RES) {
-      int b, lo, n;
-      row_meta(j, cfl, b);
-      share(cfl, lo, n);
-#pragma unroll 1
-      for (int i = 0; i < lo; ++i) cfl &= cfl - 1;  // the other warps' blocks (its bits above lo + n are never read)
+      int kept, b, lo, n;
+      row_meta(j, kept, b);
+      share(kept, lo, n);
+      cb = b + lo;
+      ck = 0;
+      ccol = __ldg(L.res_colidx + cb + lane);
       cend = nkt + ((n + 1) >> 1);
       clim2 = nkt + (n >> 1);
     }
@@ -418,10 +429,11 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
       acc[nb][3] = fmaf(rsB, racc[0][nb][3] + racc[1][nb][3], acc[nb][3]);
     }
   };
-  // The lowest remaining kept block of the row: its chunk (blocks come in CSR order = chunk order).
+  // The chunk in the K-range of the warp's next kept block of the row.
   const auto pop_chunk = [&]() {
-    const int cc = __ffsll(static_cast<long long>(cfl)) - 1;
-    cfl &= cfl - 1;
+    if (ck != 0 && (ck & 31) == 0) ccol = __ldg(L.res_colidx + cb + ck + lane);  // (shares of > 32 blocks)
+    const int cc = __shfl_sync(~0u, ccol, ck & 31) - c0;
+    ++ck;
     return cc;
   };
   for (int i = 0; i < total; ++i) {

@@ -172,6 +172,43 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
   }
 }
 
+// Stream-kernel K-ranges longer than 64 chunks (v18: the blocks' chunks come from colidx, not from a
+// 64-bit mask of the K-range): unsplit K of 8192 / 14336 (LLaMA-3's down) with 1, 2 and 8 warps per
+// row, a split whose second range starts mid-word of the bitmap (K = 8448 in two ranges of 66
+// chunks), and one row with every chunk kept (one-tile): a warp's share of more than 32 blocks (96
+// with KW = 1 at K = 6144), which reloads its next 32 columns. M = 1, 2, 3, 5 (K = 14336 at M = 5:
+// X tile 172 KB + rings 35 KB of shared memory; M = 6 does not fit); fp16 and bf16, zipper and dense.
+TEST(ZipperGpu, StreamKernelLongKRanges) {
+  REQUIRE_GPU();
+  struct Case { int64_t N, K; Pattern pat; const char* plan; };
+  const Case cases[] = {{272, 8192, Pattern::Uniform, "8192,1,8"},  {400, 8192, Pattern::OneTile, "8192,1,8"},
+                        {144, 6144, Pattern::OneTile, "6144,1,1"},  {208, 8448, Pattern::Clustered, "4224,2,1"},
+                        {208, 8448, Pattern::OneTile, "4224,1,2"},  {256, 14336, Pattern::Uniform, "14336,1,8"},
+                        {144, 14336, Pattern::OneTile, "14336,2,2"}};
+  for (const Case& c : cases) {
+    setenv("MOSAIC_ZIPPER_STREAM_PLAN", c.plan, 1);
+    const PackedLinear w = test::random_layer(c.N, c.K, 128, c.pat, uint64_t(c.N * 5 + c.K));
+    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
+    const ZipperLinear zl(w);
+    for (DType dt : {DType::F16, DType::BF16})
+      for (int64_t M : {1, 2, 3, 5}) {
+        std::vector<uint16_t> xb;
+        std::vector<float> xf;
+        test::random_activations(M, c.K, dt == DType::BF16, uint64_t(M * 19 + c.K), xb, xf);
+        const std::vector<double> yref = test::reference_gemm(xf, W, M, c.N, c.K);
+        const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, c.N, c.K);
+        for (int rep = 0; rep < 2; ++rep) {
+          EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, GemmPath::Fused), bound(dt))
+              << "N=" << c.N << " K=" << c.K << " " << test::pattern_name(c.pat) << " plan " << c.plan << " "
+              << dtype_name(dt) << " M=" << M;
+          EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, GemmPath::Fused), bound(dt))
+              << "dense N=" << c.N << " K=" << c.K << " plan " << c.plan << " " << dtype_name(dt) << " M=" << M;
+        }
+      }
+    unsetenv("MOSAIC_ZIPPER_STREAM_PLAN");
+  }
+}
+
 // Programmatic dependent launch: a GEMM launched with it reads its X only after the kernel before
 // it (here another, slow, GEMM that writes that X, poisoned with NaN first) has finished. A read
 // too early would see NaN or a partial X. The stream kernel (M = 1, 3, 16: both instantiations)

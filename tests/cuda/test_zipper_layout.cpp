@@ -45,7 +45,11 @@ TEST(ZipperLayout, RepackIsBitExactForEveryCode) {
       for (int64_t b = w.res_rowptr[size_t(r)]; b < w.res_rowptr[size_t(r + 1)]; ++b) {
         const int c = w.res_colidx[size_t(b)];
         EXPECT_TRUE((z.res_bitmap[size_t(r * z.words_per_row + c / 64)] >> (c % 64)) & 1);
+        EXPECT_EQ(z.res_colidx[size_t(b)], c);  // the stream kernel's column list: CSR order
       }
+    // ... then 32 zeros (a warp loads 32 columns at once).
+    ASSERT_EQ(int64_t(z.res_colidx.size()), (w.num_blocks_kept() > 0 ? w.num_blocks_kept() + 32 : 0));
+    for (size_t i = size_t(w.num_blocks_kept()); i < z.res_colidx.size(); ++i) EXPECT_EQ(z.res_colidx[i], 0);
   }
 }
 
@@ -54,7 +58,7 @@ TEST(ZipperLayout, WeightBytesCountCodesScalesAndResidual) {
   const ZipperLayout z = repack_for_zipper(w);
   EXPECT_EQ(z.weight_bytes(false), 128 * 1024 / 2 + 128 * 8 * 2);
   EXPECT_EQ(z.weight_bytes(true) - z.weight_bytes(false),
-            w.num_blocks_kept() * (512 + 32) + int64_t(z.res_bitmap.size()) * 8 + int64_t(z.res_rowptr.size()) * 4);
+            w.num_blocks_kept() * (512 + 32 + 2) + int64_t(z.res_bitmap.size()) * 8 + int64_t(z.res_rowptr.size()) * 4);
 }
 
 void expect_refused(const PackedLinear& w, const std::string& needle) {
