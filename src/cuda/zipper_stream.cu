@@ -222,6 +222,29 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     }
   };
   if (nrows > 0) start_row_p(0);
+  // Consumer state of a row (its loop below): tiles of the row being consumed, ...
+  int cend = nkt;
+  int clim2 = nkt;             // RES: residual tiles before clim2 hold two blocks
+  // RES: the warp's blocks of the row are CSR indices cb, cb + 1, ...; ck of them consumed; lane i
+  // holds the chunk (block column) of block cb + 32 (ck / 32) + i, loaded at the row's start, long
+  // before its residual tiles (they follow the row's dense tiles); a share of more than 32 blocks
+  // loads the next 32 when it gets there. colidx has 32 entries of padding past the last block.
+  int cb = 0, ck = 0, ccol = 0;
+  const int c0 = kb / 64;  // the K-range's first chunk
+  const auto start_row_c = [&](int j) {
+    if (RES) {
+      int kept, b, lo, n;
+      row_meta(j, kept, b);
+      share(kept, lo, n);
+      cb = b + lo;
+      ck = 0;
+      ccol = __ldg(L.res_colidx + cb + lane);
+      cend = nkt + ((n + 1) >> 1);
+      clim2 = nkt + (n >> 1);
+    }
+  };
+  start_row_c(0);  // here, before pdl_wait: row 0's column load overlaps the kernel before (after the
+                   // X tile it was a DRAM read on the critical path: qkv / o at M = 1 +9%, H200)
   // Fetch the next tile of the stream into the ring. Every lane reads back only what it copied,
   // except the scales (hence the __syncwarp in the loop).
   const auto issue = [&]() {
@@ -374,28 +397,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // (two independent MMA chains); NB = 2: one per n8 tile of X rows.
   float tmp[2][4] = {};
   int cj = 0, ct = 0, cs = 0;  // consumer: row slot, tile of the row, ring slot (in uint4 from `stages`)
-  int cend = nkt;              // tiles of the row being consumed
   uint32_t xk_s = xrow_s;      // X of dense tile ct (shared-space address)
-  int clim2 = nkt;             // RES: residual tiles before clim2 hold two blocks
-  // RES: the warp's blocks of the row are CSR indices cb, cb + 1, ...; ck of them consumed; lane i
-  // holds the chunk (block column) of block cb + 32 (ck / 32) + i, loaded at the row's start, long
-  // before its residual tiles (they follow the row's dense tiles); a share of more than 32 blocks
-  // loads the next 32 when it gets there. colidx has 32 entries of padding past the last block.
-  int cb = 0, ck = 0, ccol = 0;
-  const int c0 = kb / 64;  // the K-range's first chunk
-  const auto start_row_c = [&](int j) {
-    if (RES) {
-      int kept, b, lo, n;
-      row_meta(j, kept, b);
-      share(kept, lo, n);
-      cb = b + lo;
-      ck = 0;
-      ccol = __ldg(L.res_colidx + cb + lane);
-      cend = nkt + ((n + 1) >> 1);
-      clim2 = nkt + (n >> 1);
-    }
-  };
-  start_row_c(0);
   // One kept block: 16 outputs x 64 inputs (chunk cc of the K-range), codes word `rq` of this lane,
   // scales rs[16]. Its MMAs read the X tile already in shared memory (the dense tiles' ldmatrix
   // rows, at the block's chunk) and its scaled sums go into the row's accumulators.

@@ -147,7 +147,7 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
                         // one row with all 64 chunks kept, its blocks split 8 ways (v17's even share)
                         {528, 4096, 128, Pattern::OneTile, "4096,1,8"}, {400, 4096, 128, Pattern::OneTile, "2048,2,4"}};
   for (const Case& c : cases) {
-    setenv("MOSAIC_ZIPPER_STREAM_PLAN", c.plan, 1);
+    const test::ScopedEnv plan("MOSAIC_ZIPPER_STREAM_PLAN", c.plan);
     const PackedLinear w = test::random_layer(c.N, c.K, c.group, c.pat, uint64_t(c.N * 3 + c.K));
     const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
     const ZipperLinear zl(w);
@@ -168,25 +168,25 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
               << "dense N=" << c.N << " K=" << c.K << " plan " << c.plan << " " << dtype_name(dt) << " M=" << M;
         }
       }
-    unsetenv("MOSAIC_ZIPPER_STREAM_PLAN");
   }
 }
 
 // Stream-kernel K-ranges longer than 64 chunks (v18: the blocks' chunks come from colidx, not from a
 // 64-bit mask of the K-range): unsplit K of 8192 / 14336 (LLaMA-3's down) with 1, 2 and 8 warps per
-// row, a split whose second range starts mid-word of the bitmap (K = 8448 in two ranges of 66
-// chunks), and one row with every chunk kept (one-tile): a warp's share of more than 32 blocks (96
-// with KW = 1 at K = 6144), which reloads its next 32 columns. M = 1, 2, 3, 5 (K = 14336 at M = 5:
-// X tile 172 KB + rings 35 KB of shared memory; M = 6 does not fit); fp16 and bf16, zipper and dense.
+// row, splits whose second range starts inside a word of the row bitmap (K = 8448 in two ranges of
+// 66 chunks, K = 8704 in two of 68 with KW = 2), and one row with every chunk kept (one-tile): a
+// warp's share of more than 32 blocks (96 with KW = 1 at K = 6144), which reloads its next 32
+// columns. M = 1, 2, 3, 5 (K = 14336 at M = 5: X tile 172 KB + rings 35 KB of shared memory; M = 6
+// does not fit); fp16 and bf16, zipper and dense.
 TEST(ZipperGpu, StreamKernelLongKRanges) {
   REQUIRE_GPU();
   struct Case { int64_t N, K; Pattern pat; const char* plan; };
   const Case cases[] = {{272, 8192, Pattern::Uniform, "8192,1,8"},  {400, 8192, Pattern::OneTile, "8192,1,8"},
                         {144, 6144, Pattern::OneTile, "6144,1,1"},  {208, 8448, Pattern::Clustered, "4224,2,1"},
-                        {208, 8448, Pattern::OneTile, "4224,1,2"},  {256, 14336, Pattern::Uniform, "14336,1,8"},
+                        {208, 8704, Pattern::OneTile, "4352,1,2"},  {256, 14336, Pattern::Uniform, "14336,1,8"},
                         {144, 14336, Pattern::OneTile, "14336,2,2"}};
   for (const Case& c : cases) {
-    setenv("MOSAIC_ZIPPER_STREAM_PLAN", c.plan, 1);
+    const test::ScopedEnv plan("MOSAIC_ZIPPER_STREAM_PLAN", c.plan);
     const PackedLinear w = test::random_layer(c.N, c.K, 128, c.pat, uint64_t(c.N * 5 + c.K));
     const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
     const ZipperLinear zl(w);
@@ -205,7 +205,6 @@ TEST(ZipperGpu, StreamKernelLongKRanges) {
               << "dense N=" << c.N << " K=" << c.K << " plan " << c.plan << " " << dtype_name(dt) << " M=" << M;
         }
       }
-    unsetenv("MOSAIC_ZIPPER_STREAM_PLAN");
   }
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <thread>
 #include <vector>
@@ -13,6 +14,16 @@
 #include "util/half.h"
 
 namespace mosaic::cuda::test {
+
+// Sets an environment variable for a scope; unsets it on every exit (a failing check that throws
+// must not leave a forced plan behind for the tests after it).
+struct ScopedEnv {
+  const char* name;
+  ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
+  ~ScopedEnv() { unsetenv(name); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+};
 
 enum class Pattern { None, Uniform, Clustered, OneTile };
 inline const char* pattern_name(Pattern p) {
