@@ -227,15 +227,14 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // Consumer state of a row (its loop below): tiles of the row being consumed, ...
   int cend = nkt;
   int clim2 = nkt;             // RES: residual tiles before clim2 hold two blocks
-  // RES: the warp's blocks of the row are CSR indices cb, cb + 1, ...; ck of them consumed; lane i
-  // holds in ccol the chunk (block column) of block cb + 32 (ck / 32) + i. The columns of row j + 1
-  // are loaded (into ncol) when row j starts: a whole row ahead, as a load at the row's own start
-  // stalled the first residual block of each row where a row is a few tiles (H200: LLaMA-3-8B qkv
-  // at M = 8, 3 rows of 4 tiles per warp, +7%). Row 0's load goes out here, before pdl_wait, with
-  // the metadata (after the X tile it was on the critical path: qkv at M = 1 +8%). A share of more
-  // than 32 blocks loads the next 32 when it gets there. colidx has 32 entries of padding.
-  int cb = 0, ck = 0, ccol = 0, ncol = 0;
-  const int c0 = kb / 64;  // the K-range's first chunk
+  // RES: the warp's blocks of row j are CSR indices first, first + 1, ... (row_blocks); residual
+  // tile t of the row holds its blocks 2t and 2t + 1, and lane i of ccol the chunk (block column)
+  // of block first + 32 (2t / 32) + i. Only ccol and ncol live across the loop (the index of a block
+  // follows from the tile count; with two more live registers at the 80-register cap the residual
+  // kernel ran 5-11% slower on the same plans, H200). The columns of row j + 1 are loaded into ncol
+  // when row j starts, a row ahead; row 0's here, before pdl_wait, with the metadata. A share of
+  // more than 32 blocks reloads ccol at blocks 32, 64, ... (colidx has 32 entries of padding).
+  int ccol = 0, ncol = 0;
   const auto row_blocks = [&](int j, int& first, int& n) {  // the warp's share of row j
     int kept, b, lo;
     row_meta(j, kept, b);
@@ -244,14 +243,13 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   };
   const auto start_row_c = [&](int j) {
     if (RES) {
-      int n;
-      row_blocks(j, cb, n);
-      ck = 0;
-      ccol = j == 0 ? __ldg(L.res_colidx + cb + lane) : ncol;
+      int first, n;
+      row_blocks(j, first, n);
+      ccol = j == 0 ? __ldg(L.res_colidx + first + lane) : ncol;
       if (j + 1 < nrows) {
-        int nb1, n1;
-        row_blocks(j + 1, nb1, n1);
-        ncol = __ldg(L.res_colidx + nb1 + lane);
+        int f1, n1;
+        row_blocks(j + 1, f1, n1);
+        ncol = __ldg(L.res_colidx + f1 + lane);
       }
       cend = nkt + ((n + 1) >> 1);
       clim2 = nkt + (n >> 1);
@@ -444,13 +442,9 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
       acc[nb][3] = fmaf(rsB, racc[0][nb][3] + racc[1][nb][3], acc[nb][3]);
     }
   };
-  // The chunk in the K-range of the warp's next kept block of the row.
-  const auto pop_chunk = [&]() {
-    if (ck != 0 && (ck & 31) == 0) ccol = __ldg(L.res_colidx + cb + ck + lane);  // (shares of > 32 blocks)
-    const int cc = __shfl_sync(~0u, ccol, ck & 31) - c0;
-    ++ck;
-    return cc;
-  };
+  // The chunk in the K-range of the warp's block k of the row (warp-uniform k, ccol holding its
+  // window of 32).
+  const auto chunk_of = [&](int k) { return __shfl_sync(~0u, ccol, k & 31) - int(blockIdx.y) * (f.k_split / 64); };
   for (int i = 0; i < total; ++i) {
     cp_async_wait<kStages - 2>();  // this lane's copies of tile i have landed
     __syncwarp();                  // scales copied by lanes 0..2spt-1 visible; slot of tile i-1 consumed
@@ -503,8 +497,14 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
       }
       xk_s += kTileK * 2;
     } else if constexpr (RES) {  // a residual tile: one or two kept blocks
-      residual_block(st[kCodes + lane], sc, pop_chunk());
-      if (ct < clim2) residual_block(st[kCodes + 32 + lane], sc + 16, pop_chunk());
+      const int k = 2 * (ct - nkt);  // the tile's first block of the warp's share of the row
+      if (k != 0 && (k & 31) == 0) {  // a share of more than 32 blocks: their next 32 columns
+        int first, n;
+        row_blocks(cj, first, n);
+        ccol = __ldg(L.res_colidx + first + k + lane);
+      }
+      residual_block(st[kCodes + lane], sc, chunk_of(k));
+      if (ct < clim2) residual_block(st[kCodes + 32 + lane], sc + 16, chunk_of(k + 1));
     }
     if (++ct == cend) {  // row done: hand its sums off without waiting, go on streaming
       flush_row(row_of(cj), acc, reinterpret_cast<float*>(st));
