@@ -116,6 +116,14 @@ double kw_cost(bool /*residual*/) {
   static const double v = env_number("MOSAIC_ZIPPER_KW_COST", -1, 0, 64);
   return v >= 0 ? v : 0.25;
 }
+// MOSAIC_ZIPPER_STREAM_MAX_K = the longest K-range the stream plans may give a CTA, in inputs (0: no
+// limit, the default since v18). 4096 restores the plans of v17 and before (a 64-bit chunk mask per
+// row held them to 64 chunks) for same-binary comparisons: LLaMA-3-8B's down (K = 14336) at M = 1 then
+// splits K over 8 CTAs again.
+int stream_max_k_tiles(int k_tiles) {
+  static const int v = int(env_number("MOSAIC_ZIPPER_STREAM_MAX_K", 0, 0, 1 << 20));
+  return v >= kTileK ? std::min(k_tiles, v / kTileK) : k_tiles;
+}
 double split_fix() {
   static const double v = env_number("MOSAIC_ZIPPER_SPLIT_FIX", 2, 0, 64);
   return v;
@@ -348,7 +356,7 @@ struct ZipperLinear::Impl {
     double best_cost = 1e30;
     int best_q = 0, best_splits = 0;
     std::vector<std::pair<double, StreamPlan>> all;
-    for (int per = 1; per <= k_tiles; ++per) {  // any K-range whose X tile fits (v18; was <= 32 tiles)
+    for (int per = 1; per <= stream_max_k_tiles(k_tiles); ++per) {  // any K-range whose X tile fits (v18; was <= 32 tiles)
       const int splits = (k_tiles + per - 1) / per;
       for (int kw = 1; kw <= detail::kWarps; kw *= 2) {
         if (kw_only && kw != kw_only) continue;
