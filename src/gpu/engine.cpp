@@ -7,11 +7,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <string>
 #include <thread>
 
 #include "cuda/w4a8.h"
@@ -367,29 +365,6 @@ struct GpuModel::Impl {
   std::map<GraphKey, cudaGraphExec_t> graphs;
   std::map<GraphKey, int> eager_steps;
   int64_t dec_keys = 0;  // the key bound of the decode step being run
-  int64_t l2_bytes = 0;
-  // The decode step's norm before each qkv GEMM prefetches the layer's cached keys and values into L2
-  // (kern::KvPrefetch, up to half the L2 over the batch); MOSAIC_KV_PREFETCH=0 turns it off.
-  static bool kv_prefetch_on() {
-    static const bool on = [] {
-      const char* e = std::getenv("MOSAIC_KV_PREFETCH");
-      return !(e && std::string(e) == "0");
-    }();
-    return on;
-  }
-  kern::KvPrefetch kv_prefetch(int l, int decode_B) const {
-    kern::KvPrefetch pf;
-    if (decode_B <= 0 || !kv_prefetch_on()) return pf;
-    pf.k = kc(l);
-    pf.v = vc(l);
-    pf.pos = pos.as<int32_t>();
-    pf.slot = slot.as<int32_t>();
-    pf.Hkv = dims.Hkv;
-    pf.cap = cap;
-    pf.row_bytes = int64_t(dims.hd) * 2;
-    pf.max_bytes = l2_bytes / 2 / decode_B;
-    return pf;
-  }
   bool graphs_ok = true;
   // Profiling (GpuModel::profile_decode): leave groups of ops out of the decode step.
   static constexpr unsigned kSkipAttention = 1, kSkipGemm = 2, kSkipHead = 4, kSkipSmall = 8;
@@ -507,12 +482,6 @@ struct GpuModel::Impl {
     // A blocking stream: ZipperLinear zeroes its lazily grown workspaces with cudaMemset on the
     // legacy stream, which must be ordered before our kernels.
     check_cuda(cudaStreamCreate(&stream), "cudaStreamCreate");
-    {
-      int dev = 0, l2 = 0;
-      check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-      check_cuda(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev), "cudaDeviceGetAttribute (L2 size)");
-      l2_bytes = l2;
-    }
     check_cublas(cublasCreate(&cublas), "cublasCreate");
     cublas_ws = DevBuf(size_t(32) << 20, "cuBLAS workspace");
     check_cublas(cublasSetWorkspace(cublas, cublas_ws.get(), cublas_ws.bytes()), "cublasSetWorkspace");
@@ -636,7 +605,7 @@ struct GpuModel::Impl {
       const Layer& Ly = layers[size_t(l)];
       if (small)
         kern::add_rms_norm(act, x.as<float>(), l == 0 ? nullptr : this->o.get(), Ly.attn_norm.as<float>(), n, D, eps,
-                           h.get(), stream, producer_quant(Ly.qkv_aq, n), kv_prefetch(l, decode_B));
+                           h.get(), stream, producer_quant(Ly.qkv_aq, n));
       if (gemm) Ly.qkv->forward(h.get(), qkv.get(), n, stream);
       const float* qn = cfg.qk_norm ? Ly.q_norm.as<float>() : nullptr;
       const float* kn = cfg.qk_norm ? Ly.k_norm.as<float>() : nullptr;

@@ -57,31 +57,9 @@ __global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t
 // w was read after the reduction: 5.8 us per norm against ~2.3 us for an empty kernel, 65 norms a
 // step. Here w is loaded before pdl_wait (constant: it overlaps the previous kernel), then every
 // load of x and delta is in flight at once, and the stores come last.
-// Row r's share of a KvPrefetch (kernels.h): its sequence's cached K and V rows, in pieces of up to
-// 64 KB, one bulk L2 prefetch per thread and piece. Fire and forget: nothing waits for them.
-// Why (sixteenth session, H200, LLaMA-3-8B batch-1 decode, bench e2e --profile): the decode attention
-// took 15.9 us per layer inside the step against 11.2 us run back to back; in the step it follows the
-// qkv GEMM, whose CTAs fill the SMs until they exit, so its key copies (issued before its pdl_wait)
-// start late and go to DRAM. The qkv GEMM at M = 1 is latency-bound (~1.6 TB/s), so DRAM has room
-// for the layer's 8.4 MB of keys and values while it runs.
-__device__ void kv_prefetch_row(const KvPrefetch& pf, int r) {
-  constexpr int64_t kPiece = 64 * 1024;
-  const int32_t n = pf.pos[r], sl = pf.slot[r];
-  const int64_t per_head = min(int64_t(n) * pf.row_bytes, pf.max_bytes / (2 * pf.Hkv)) & ~int64_t(15);
-  if (per_head <= 0) return;
-  const int64_t pieces = (per_head + kPiece - 1) / kPiece, total = 2 * pf.Hkv * pieces;
-  for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
-    const int64_t h = i / pieces, off = (i - h * pieces) * kPiece;  // h: K heads then V heads
-    const char* base = static_cast<const char*>(h < pf.Hkv ? pf.k : pf.v) +
-                       ((int64_t(sl) * pf.Hkv + h % pf.Hkv) * pf.cap) * pf.row_bytes + off;
-    const uint32_t bytes = uint32_t(min(kPiece, per_head - off));
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(base), "r"(bytes) : "memory");
-  }
-}
-
 template <typename T, int PER, bool Q>
 __global__ void __launch_bounds__(1024) add_rms_norm_held_k(float* x, const T* delta, const float* w, int64_t D, float eps,
-                                                            T* out, float top, bool fp8, KvPrefetch pf) {
+                                                            T* out, float top, bool fp8) {
   const int64_t r = blockIdx.x;
   float wv[PER];
 #pragma unroll
@@ -91,7 +69,6 @@ __global__ void __launch_bounds__(1024) add_rms_norm_held_k(float* x, const T* d
   }
   pdl_wait();  // delta (and x) come from the kernels before
   pdl_launch_dependents();
-  if (pf.k) kv_prefetch_row(pf, int(r));  // (pos and slot may be written by the kernels before)
   float* xr = x + r * D;
   float v[PER], dv[PER];
 #pragma unroll
@@ -343,13 +320,13 @@ void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t 
 }
 
 void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
-                  cudaStream_t s, RowQuant q, const KvPrefetch& pf) {
+                  cudaStream_t s, RowQuant q) {
   if (rows <= 0) return;
   const int threads = norm_threads(D);
   const int per = aq::held_per_thread(D, threads);  // 0: a row too long to hold in registers
 #define MOSAIC_NORM_HELD(PER, Q)                                                                                  \
   MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_held_k<T, PER, Q>, dim3(unsigned(rows)), dim3(unsigned(threads)), 0, s, \
-                                x, static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), q.top(), q.fp8, pf))
+                                x, static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), q.top(), q.fp8))
   if (per == 8 && q.on()) MOSAIC_NORM_HELD(8, true);
   else if (per == 8) MOSAIC_NORM_HELD(8, false);
   else if (per == 16 && q.on()) MOSAIC_NORM_HELD(16, true);

@@ -35,24 +35,10 @@ struct RowQuant {
   float top() const { return fp8 ? 448.f : float((1 << (bits - 1)) - 1); }
 };
 
-// The cached keys and values of one layer's decode attention, to be pulled into L2 ahead of it
-// (add_rms_norm: the norm before the qkv GEMM). Row r of the norm is sequence r of the decode step:
-// its slot[r] and its cached length pos[r] are read on the device after pdl_wait. k / v: the layer's
-// caches; a (slot, kv head) holds cap rows of row_bytes. Per sequence at most max_bytes (K and V
-// together) are prefetched, the first rows first. k == nullptr: off.
-struct KvPrefetch {
-  const void* k = nullptr;
-  const void* v = nullptr;
-  const int32_t* pos = nullptr;
-  const int32_t* slot = nullptr;
-  int Hkv = 0;
-  int64_t cap = 0, row_bytes = 0, max_bytes = 0;
-};
-
 // When delta != nullptr: x += float(delta) (the residual add). Then out = act(x * rsqrt(mean(x^2) + eps) * w),
-// per-token quantized when q.on(). With pf.k: also pf's L2 prefetch (KvPrefetch).
+// per-token quantized when q.on().
 void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
-                  cudaStream_t s, RowQuant q = {}, const KvPrefetch& pf = {});
+                  cudaStream_t s, RowQuant q = {});
 
 struct AttnDims {
   int H = 0, Hkv = 0, hd = 0;  // query heads, kv heads, head_dim
