@@ -165,6 +165,7 @@ int current_device() {
 }
 constexpr int kTuneCandidates = 4;
 constexpr double kTuneMargin = 1.25, kTuneMinGain = 0.03;
+constexpr int kTuneLaunches = 10;  // per timed round (time_candidates)
 // The wgmma kernel (zipper_wgmma.cu). MOSAIC_ZIPPER_WGMMA = 0: never in Auto; 1: Auto sends every
 // M to it, M <= 16 too (tests and same-run comparisons); unset: the M ranges where it measured faster
 // (wgmma_default). Tuning: MOSAIC_ZIPPER_WGMMA_TOK (32, 64, 128: tokens per CTA tile),
@@ -435,8 +436,11 @@ struct ZipperLinear::Impl {
     return out;
   }
 
-  // Milliseconds of 3 launches of each of n candidates (launch(i)): a warm-up launch, then the best of
-  // 3 rounds, candidates interleaved within a round.
+  // Milliseconds of kTuneLaunches launches of each of n candidates (launch(i)): a warm-up launch, then
+  // the best of 3 rounds, candidates interleaved within a round. 10 launches per round, not 3 (until
+  // the sixteenth session): in windows of 3 the launch ramp hid a 10% steady-state gap between two qkv
+  // plans at M = 4 (KW 2 11.3 us, KW 4 12.5 us in the benchmark; 11.56 vs 11.72 in the tuner, so
+  // the near-tie rule kept the model's KW 4 in one process and not in another, H200).
   template <typename Launch>
   static std::vector<float> time_candidates(size_t n, const Launch& launch, cudaStream_t s) {
     struct Events {  // destroyed on every exit, errors included
@@ -453,7 +457,7 @@ struct ZipperLinear::Impl {
       for (size_t i = 0; i < n; ++i) {
         launch(i);
         check_cuda(cudaEventRecord(ev.e0, s), "cudaEventRecord (zipper tuning)");
-        for (int r = 0; r < 3; ++r) launch(i);
+        for (int r = 0; r < kTuneLaunches; ++r) launch(i);
         check_cuda(cudaEventRecord(ev.e1, s), "cudaEventRecord (zipper tuning)");
         check_cuda(cudaEventSynchronize(ev.e1), "zipper tuning");
         float ms = 0;
@@ -474,7 +478,7 @@ struct ZipperLinear::Impl {
     if (verbose())
       for (size_t i = 0; i < cands.size(); ++i)
         std::fprintf(stderr, "zipper stream tune N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d %.2f us%s\n", L.N,
-                     L.K, M, int(residual), cands[i].k_split, cands[i].kw, cands[i].rpw, best_ms[i] * 1e3f / 3,
+                     L.K, M, int(residual), cands[i].k_split, cands[i].kw, cands[i].rpw, best_ms[i] * 1e3f / kTuneLaunches,
                      i == win ? " (kept)" : i == 0 ? " (model)" : "");
     return cands[win];
   }
@@ -654,7 +658,7 @@ struct ZipperLinear::Impl {
     if (verbose())
       for (size_t i = 0; i < cands.size(); ++i)
         std::fprintf(stderr, "zipper wgmma tune N=%d K=%d M=%d: tok=%d k_split=%d %.2f us%s\n", L.N, L.K, M, p.tok,
-                     cands[i].k_split, ms[i] * 1e3f / 3, i == win ? " (kept)" : i == 0 ? " (model)" : "");
+                     cands[i].k_split, ms[i] * 1e3f / kTuneLaunches, i == win ? " (kept)" : i == 0 ? " (model)" : "");
     {
       const std::lock_guard<std::mutex> lock(tuned_mu());
       wg_tuned()[tk] = cands[win];
