@@ -437,10 +437,13 @@ struct ZipperLinear::Impl {
   }
 
   // Milliseconds of kTuneLaunches launches of each of n candidates (launch(i)): a warm-up launch, then
-  // the best of 3 rounds, candidates interleaved within a round. 10 launches per round, not 3 (until
-  // the sixteenth session): in windows of 3 the launch ramp hid a 10% steady-state gap between two qkv
-  // plans at M = 4 (KW 2 11.3 us, KW 4 12.5 us in the benchmark; 11.56 vs 11.72 in the tuner, so
-  // the near-tie rule kept the model's KW 4 in one process and not in another, H200).
+  // the best of 3 rounds, candidates interleaved within a round. 10 launches per round since the
+  // sixteenth session (3 before): with 3, near-tied plans were picked differently from process to
+  // process (LLaMA-3-8B qkv at M = 4: KW 2 or KW 4); with 10, three processes kept the same plan for
+  // every layer (H200, bench/results/gemm-h200-2026-11-29-s16-tuner.md). The launches reuse one
+  // layer's weights, so they time it L2-hot: there KW 2 and KW 4 still tie for qkv at M = 4 (11.00 /
+  // 11.02 us) where the benchmark, reading from DRAM, has KW 2 ahead; a cold-L2 timing is on branch
+  // wip/s17-cold-tuner, not yet measured.
   template <typename Launch>
   static std::vector<float> time_candidates(size_t n, const Launch& launch, cudaStream_t s) {
     struct Events {  // destroyed on every exit, errors included
