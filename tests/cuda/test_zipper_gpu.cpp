@@ -127,6 +127,33 @@ TEST(ZipperGpu, SharedDequantWorkspace) {
   EXPECT_THROW(za.share(nullptr), Error);
 }
 
+// One layer under a forced stream plan (MOSAIC_ZIPPER_STREAM_PLAN = "KSPLIT,RPW[,KW]"): zipper and dense
+// against the CPU reference at each M, fp16 and bf16, two repetitions (the split-K workspace is reset
+// between calls). Layer seed layer_seed, activation seed act_mul * M + K.
+void check_forced_plan(int64_t N, int64_t K, int group, Pattern pat, const char* plan, const std::vector<int64_t>& Ms,
+                       uint64_t layer_seed, uint64_t act_mul) {
+  const test::ScopedEnv forced("MOSAIC_ZIPPER_STREAM_PLAN", plan);
+  const PackedLinear w = test::random_layer(N, K, group, pat, layer_seed);
+  const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
+  const ZipperLinear zl(w);
+  for (DType dt : {DType::F16, DType::BF16})
+    for (int64_t M : Ms) {
+      std::vector<uint16_t> xb;
+      std::vector<float> xf;
+      test::random_activations(M, K, dt == DType::BF16, uint64_t(M) * act_mul + uint64_t(K), xb, xf);
+      const std::vector<double> yref = test::reference_gemm(xf, W, M, N, K);
+      const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, N, K);
+      for (int rep = 0; rep < 2; ++rep) {
+        EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, GemmPath::Fused), bound(dt))
+            << "N=" << N << " K=" << K << " group=" << group << " " << test::pattern_name(pat) << " plan " << plan
+            << " " << dtype_name(dt) << " M=" << M;
+        EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, GemmPath::Fused), bound(dt))
+            << "dense N=" << N << " K=" << K << " group=" << group << " plan " << plan << " " << dtype_name(dt)
+            << " M=" << M;
+      }
+    }
+}
+
 // The stream kernel (M <= 16) under forced plans: several rows per warp (the ring flowing across
 // rows, rows interleaved over CTAs), partial row groups (idle warps), split-K with per-row
 // fix-up and without; residual patterns incl. clustered; repeated calls (workspace reset).
@@ -146,29 +173,10 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
                         {272, 768, 128, Pattern::OneTile, "256,3,2"},   {528, 4096, 512, Pattern::Uniform, "4096,1,8"},
                         // one row with all 64 chunks kept, its blocks split 8 ways (v17's even share)
                         {528, 4096, 128, Pattern::OneTile, "4096,1,8"}, {400, 4096, 128, Pattern::OneTile, "2048,2,4"}};
-  for (const Case& c : cases) {
-    const test::ScopedEnv plan("MOSAIC_ZIPPER_STREAM_PLAN", c.plan);
-    const PackedLinear w = test::random_layer(c.N, c.K, c.group, c.pat, uint64_t(c.N * 3 + c.K));
-    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
-    const ZipperLinear zl(w);
-    // ZIPPER_QUICK (compute-sanitizer runs): one M of each n8-tile count.
-    const std::vector<int64_t> Ms =
-        std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{1, 9} : std::vector<int64_t>{1, 2, 6, 8, 9, 16};
-    for (DType dt : {DType::F16, DType::BF16})
-      for (int64_t M : Ms) {
-        std::vector<uint16_t> xb;
-        std::vector<float> xf;
-        test::random_activations(M, c.K, dt == DType::BF16, uint64_t(M * 17 + c.K), xb, xf);
-        const std::vector<double> yref = test::reference_gemm(xf, W, M, c.N, c.K);
-        const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, c.N, c.K);
-        for (int rep = 0; rep < 2; ++rep) {
-          EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, GemmPath::Fused), bound(dt))
-              << "N=" << c.N << " K=" << c.K << " plan " << c.plan << " " << dtype_name(dt) << " M=" << M;
-          EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, GemmPath::Fused), bound(dt))
-              << "dense N=" << c.N << " K=" << c.K << " plan " << c.plan << " " << dtype_name(dt) << " M=" << M;
-        }
-      }
-  }
+  // ZIPPER_QUICK (compute-sanitizer runs): one M of each n8-tile count.
+  const std::vector<int64_t> Ms =
+      std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{1, 9} : std::vector<int64_t>{1, 2, 6, 8, 9, 16};
+  for (const Case& c : cases) check_forced_plan(c.N, c.K, c.group, c.pat, c.plan, Ms, uint64_t(c.N * 3 + c.K), 17);
 }
 
 // Stream-kernel K-ranges longer than 64 chunks (v18: the blocks' chunks come from colidx, not from a
@@ -185,27 +193,8 @@ TEST(ZipperGpu, StreamKernelLongKRanges) {
                         {144, 6144, Pattern::OneTile, "6144,1,1"},  {208, 8448, Pattern::Clustered, "4224,2,1"},
                         {208, 8704, Pattern::OneTile, "4352,1,2"},  {256, 14336, Pattern::Uniform, "14336,1,8"},
                         {144, 14336, Pattern::OneTile, "14336,2,2"}};
-  for (const Case& c : cases) {
-    const test::ScopedEnv plan("MOSAIC_ZIPPER_STREAM_PLAN", c.plan);
-    const PackedLinear w = test::random_layer(c.N, c.K, 128, c.pat, uint64_t(c.N * 5 + c.K));
-    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
-    const ZipperLinear zl(w);
-    for (DType dt : {DType::F16, DType::BF16})
-      for (int64_t M : {1, 2, 3, 5}) {
-        std::vector<uint16_t> xb;
-        std::vector<float> xf;
-        test::random_activations(M, c.K, dt == DType::BF16, uint64_t(M * 19 + c.K), xb, xf);
-        const std::vector<double> yref = test::reference_gemm(xf, W, M, c.N, c.K);
-        const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, c.N, c.K);
-        for (int rep = 0; rep < 2; ++rep) {
-          EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, GemmPath::Fused), bound(dt))
-              << "N=" << c.N << " K=" << c.K << " " << test::pattern_name(c.pat) << " plan " << c.plan << " "
-              << dtype_name(dt) << " M=" << M;
-          EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, GemmPath::Fused), bound(dt))
-              << "dense N=" << c.N << " K=" << c.K << " plan " << c.plan << " " << dtype_name(dt) << " M=" << M;
-        }
-      }
-  }
+  for (const Case& c : cases)
+    check_forced_plan(c.N, c.K, 128, c.pat, c.plan, {1, 2, 3, 5}, uint64_t(c.N * 5 + c.K), 19);
 }
 
 // Programmatic dependent launch: a GEMM launched with it reads its X only after the kernel before
