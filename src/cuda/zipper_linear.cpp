@@ -470,7 +470,7 @@ struct ZipperLinear::Impl {
     return best;
   }
 
-  // Times each candidate on this call's operands (a warm-up, then the best of 3 rounds of 3 launches)
+  // Times each candidate on this call's operands (a warm-up, then the best of 3 rounds of kTuneLaunches launches)
   // and returns the fastest. The operands are the caller's: every candidate computes the same Y.
   StreamPlan tune_stream(const std::vector<StreamPlan>& cands, const void* X, void* Y, int M, int bf16, bool residual,
                          cudaStream_t s) {
