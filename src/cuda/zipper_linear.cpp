@@ -165,7 +165,12 @@ int current_device() {
 }
 constexpr int kTuneCandidates = 4;
 constexpr double kTuneMargin = 1.25, kTuneMinGain = 0.03;
-constexpr int kTuneLaunches = 10;  // per timed round (time_candidates)
+constexpr int kTuneLaunches = 10;   // per timed round, hot (time_candidates)
+constexpr int kTuneColdRounds = 5;  // single cold launches per candidate (MOSAIC_ZIPPER_TUNE_COLD=1)
+bool tune_cold() {
+  static const bool v = env_number("MOSAIC_ZIPPER_TUNE_COLD", 0, 0, 1) > 0;
+  return v;
+}
 // The wgmma kernel (zipper_wgmma.cu). MOSAIC_ZIPPER_WGMMA = 0: never in Auto; 1: Auto sends every
 // M to it, M <= 16 too (tests and same-run comparisons); unset: the M ranges where it measured faster
 // (wgmma_default). Tuning: MOSAIC_ZIPPER_WGMMA_TOK (32, 64, 128: tokens per CTA tile),
@@ -436,41 +441,60 @@ struct ZipperLinear::Impl {
     return out;
   }
 
-  // Milliseconds of kTuneLaunches launches of each of n candidates (launch(i)): a warm-up launch, then
-  // the best of 3 rounds, candidates interleaved within a round. 10 launches per round since the
-  // sixteenth session (3 before): with 3, near-tied plans were picked differently from process to
-  // process (LLaMA-3-8B qkv at M = 4: KW 2 or KW 4); with 10, three processes kept the same plan for
-  // every layer (H200, bench/results/gemm-h200-2026-11-29-s16-tuner.md). The launches reuse one
-  // layer's weights, so they time it L2-hot: there KW 2 and KW 4 still tie for qkv at M = 4 (11.00 /
-  // 11.02 us) where the benchmark, reading from DRAM, has KW 2 ahead; a cold-L2 timing is on branch
-  // wip/s17-cold-tuner, not yet measured.
+  // Milliseconds per launch of each of n candidates (launch(i)), candidates interleaved within a round.
+  // Default (hot): a warm-up launch, then the best of 3 rounds of kTuneLaunches back-to-back launches.
+  // 10 launches per round since the sixteenth session (3 before): with 3, near-tied plans were picked
+  // differently from process to process (LLaMA-3-8B qkv at M = 4: KW 2 or KW 4); with 10, three
+  // processes kept the same plan for every layer (H200, bench/results/gemm-h200-2026-11-29-s16-tuner.md).
+  // The launches reuse one layer's weights, so they time it L2-hot: there KW 2 and KW 4 still tie for
+  // qkv at M = 4 (11.00 / 11.02 us) where the benchmark, reading from DRAM, has KW 2 ahead.
+  // MOSAIC_ZIPPER_TUNE_COLD=1 (written in the sixteenth session, not yet measured): single launches,
+  // each after a write of twice the L2 size to a scratch buffer, the best of kTuneColdRounds; the engine
+  // streams every layer's weights from DRAM, which is what this times.
   template <typename Launch>
   static std::vector<float> time_candidates(size_t n, const Launch& launch, cudaStream_t s) {
-    struct Events {  // destroyed on every exit, errors included
+    struct Scratch {  // destroyed on every exit, errors included
       cudaEvent_t e0 = nullptr, e1 = nullptr;
-      ~Events() {
+      void* flush = nullptr;
+      ~Scratch() {
         if (e0) cudaEventDestroy(e0);
         if (e1) cudaEventDestroy(e1);
+        if (flush) cudaFree(flush);
       }
-    } ev;
-    check_cuda(cudaEventCreate(&ev.e0), "cudaEventCreate (zipper tuning)");
-    check_cuda(cudaEventCreate(&ev.e1), "cudaEventCreate (zipper tuning)");
+    } sc;
+    check_cuda(cudaEventCreate(&sc.e0), "cudaEventCreate (zipper tuning)");
+    check_cuda(cudaEventCreate(&sc.e1), "cudaEventCreate (zipper tuning)");
+    const bool cold = tune_cold();
+    size_t flush_bytes = 0;
+    if (cold) {
+      int l2 = 0;
+      check_cuda(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, current_device()),
+                 "cudaDeviceGetAttribute (L2 size)");
+      flush_bytes = 2 * size_t(std::max(l2, 1 << 20));
+      check_cuda(cudaMalloc(&sc.flush, flush_bytes), "cudaMalloc (zipper tuning: L2 flush buffer)");
+    }
+    const int rounds = cold ? kTuneColdRounds : 3, per_round = cold ? 1 : kTuneLaunches;
     std::vector<float> best(n, 1e30f);
-    for (int round = 0; round < 3; ++round)
+    if (cold)
+      for (size_t i = 0; i < n; ++i) launch(i);  // warm-up of every candidate (instruction caches, smem carve-out)
+    for (int round = 0; round < rounds; ++round)
       for (size_t i = 0; i < n; ++i) {
-        launch(i);
-        check_cuda(cudaEventRecord(ev.e0, s), "cudaEventRecord (zipper tuning)");
-        for (int r = 0; r < kTuneLaunches; ++r) launch(i);
-        check_cuda(cudaEventRecord(ev.e1, s), "cudaEventRecord (zipper tuning)");
-        check_cuda(cudaEventSynchronize(ev.e1), "zipper tuning");
+        if (cold)
+          check_cuda(cudaMemsetAsync(sc.flush, round & 0xff, flush_bytes, s), "cudaMemsetAsync (zipper tuning)");
+        else
+          launch(i);
+        check_cuda(cudaEventRecord(sc.e0, s), "cudaEventRecord (zipper tuning)");
+        for (int r = 0; r < per_round; ++r) launch(i);
+        check_cuda(cudaEventRecord(sc.e1, s), "cudaEventRecord (zipper tuning)");
+        check_cuda(cudaEventSynchronize(sc.e1), "zipper tuning");
         float ms = 0;
-        check_cuda(cudaEventElapsedTime(&ms, ev.e0, ev.e1), "cudaEventElapsedTime (zipper tuning)");
-        best[i] = std::min(best[i], ms);
+        check_cuda(cudaEventElapsedTime(&ms, sc.e0, sc.e1), "cudaEventElapsedTime (zipper tuning)");
+        best[i] = std::min(best[i], ms / float(per_round));
       }
     return best;
   }
 
-  // Times each candidate on this call's operands (a warm-up, then the best of 3 rounds of kTuneLaunches launches)
+  // Times each candidate on this call's operands (time_candidates)
   // and returns the fastest. The operands are the caller's: every candidate computes the same Y.
   StreamPlan tune_stream(const std::vector<StreamPlan>& cands, const void* X, void* Y, int M, int bf16, bool residual,
                          cudaStream_t s) {
@@ -481,7 +505,7 @@ struct ZipperLinear::Impl {
     if (verbose())
       for (size_t i = 0; i < cands.size(); ++i)
         std::fprintf(stderr, "zipper stream tune N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d %.2f us%s\n", L.N,
-                     L.K, M, int(residual), cands[i].k_split, cands[i].kw, cands[i].rpw, best_ms[i] * 1e3f / kTuneLaunches,
+                     L.K, M, int(residual), cands[i].k_split, cands[i].kw, cands[i].rpw, best_ms[i] * 1e3f,
                      i == win ? " (kept)" : i == 0 ? " (model)" : "");
     return cands[win];
   }
@@ -661,7 +685,7 @@ struct ZipperLinear::Impl {
     if (verbose())
       for (size_t i = 0; i < cands.size(); ++i)
         std::fprintf(stderr, "zipper wgmma tune N=%d K=%d M=%d: tok=%d k_split=%d %.2f us%s\n", L.N, L.K, M, p.tok,
-                     cands[i].k_split, ms[i] * 1e3f / kTuneLaunches, i == win ? " (kept)" : i == 0 ? " (model)" : "");
+                     cands[i].k_split, ms[i] * 1e3f, i == win ? " (kept)" : i == 0 ? " (model)" : "");
     {
       const std::lock_guard<std::mutex> lock(tuned_mu());
       wg_tuned()[tk] = cands[win];
