@@ -167,9 +167,8 @@ constexpr int kTuneCandidates = 4;
 constexpr double kTuneMargin = 1.25, kTuneMinGain = 0.03;
 constexpr int kTuneLaunches = 10;   // per timed round, hot (time_candidates)
 constexpr int kTuneColdRounds = 5;  // single cold launches per candidate (MOSAIC_ZIPPER_TUNE_COLD=1)
-bool tune_cold() {
-  static const bool v = env_number("MOSAIC_ZIPPER_TUNE_COLD", 0, 0, 1) > 0;
-  return v;
+bool tune_cold() {  // read at every tuning (rare: once per layer shape and M), so a test can switch it
+  return env_number("MOSAIC_ZIPPER_TUNE_COLD", 0, 0, 1) > 0;
 }
 // The wgmma kernel (zipper_wgmma.cu). MOSAIC_ZIPPER_WGMMA = 0: never in Auto; 1: Auto sends every
 // M to it, M <= 16 too (tests and same-run comparisons); unset: the M ranges where it measured faster

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <map>
 #include <tuple>
+#include <utility>
 
 #include "cuda/zipper.h"
 #include "cuda/zipper_launch.h"
@@ -195,6 +196,32 @@ TEST(ZipperGpu, StreamKernelLongKRanges) {
                         {144, 14336, Pattern::OneTile, "14336,2,2"}};
   for (const Case& c : cases)
     check_forced_plan(c.N, c.K, 128, c.pat, c.plan, {1, 2, 3, 5}, uint64_t(c.N * 5 + c.K), 19);
+}
+
+// The first-use tuner with the weights out of L2 (MOSAIC_ZIPPER_TUNE_COLD=1: each candidate timed once after a
+// write of twice the L2 size): layer shapes no other test uses, so this process tunes them here; the plans it
+// keeps compute the reference (residual on and off, M = 1, 4, 9, fp16 / bf16).
+TEST(ZipperGpu, ColdL2TuningKeepsACorrectPlan) {
+  REQUIRE_GPU();
+  const test::ScopedEnv cold("MOSAIC_ZIPPER_TUNE_COLD", "1");
+  for (const auto& [N, K] : {std::pair<int64_t, int64_t>{656, 3072}, {1040, 2304}}) {
+    const PackedLinear w = test::random_layer(N, K, 128, Pattern::Uniform, uint64_t(N + K));
+    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
+    const ZipperLinear zl(w);
+    for (DType dt : {DType::F16, DType::BF16})
+      for (int64_t M : {1, 4, 9}) {
+        std::vector<uint16_t> xb;
+        std::vector<float> xf;
+        test::random_activations(M, K, dt == DType::BF16, uint64_t(M * 23 + K), xb, xf);
+        EXPECT_LT(run_and_compare(zl, M, dt, xb, test::reference_gemm(xf, W, M, N, K), Variant::Zipper, GemmPath::Fused),
+                  bound(dt))
+            << "N=" << N << " K=" << K << " " << dtype_name(dt) << " M=" << M;
+        EXPECT_LT(run_and_compare(zl, M, dt, xb, test::reference_gemm(xf, Wb, M, N, K), Variant::DenseOnly,
+                                  GemmPath::Fused),
+                  bound(dt))
+            << "dense N=" << N << " K=" << K << " " << dtype_name(dt) << " M=" << M;
+      }
+  }
 }
 
 // Programmatic dependent launch: a GEMM launched with it reads its X only after the kernel before
