@@ -176,6 +176,13 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     lo = KW == 1 ? 0 : kept * sw / KW;
     n = KW == 1 ? kept : kept * (sw + 1) / KW - lo;
   };
+  // The warp's share of row j (warp-uniform j): CSR index of its first block and their count.
+  const auto row_blocks = [&](int j, int& first, int& n) {
+    int kept, b, lo;
+    row_meta(j, kept, b);
+    share(kept, lo, n);
+    first = b + lo;
+  };
 
   const size_t q_row = size_t(L.K / 64) * 32, s_row = size_t(L.K / kTileK) * spt * 2;  // uint4 per row
   const uint4* gq0 = reinterpret_cast<const uint4*>(L.qweight) + size_t(kw0 / 64) * 32 + lane;
@@ -216,10 +223,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     nsc = dsc = 2 * spt;
     iend = nkt;
     if (RES) {
-      int kept, lo;
-      row_meta(j, kept, pb);
-      share(kept, lo, pkept);
-      pb += lo;
+      row_blocks(j, pb, pkept);
       lim2 = nkt + (pkept >> 1);
     }
   };
@@ -235,12 +239,6 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // when row j starts, a row ahead; row 0's here, before pdl_wait, with the metadata. A share of
   // more than 32 blocks reloads ccol at blocks 32, 64, ... (colidx has 32 entries of padding).
   int ccol = 0, ncol = 0;
-  const auto row_blocks = [&](int j, int& first, int& n) {  // the warp's share of row j
-    int kept, b, lo;
-    row_meta(j, kept, b);
-    share(kept, lo, n);
-    first = b + lo;
-  };
   const auto start_row_c = [&](int j) {
     if (RES) {
       int first, n;
