@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <string>
 #include <tuple>
 #include <utility>
 
@@ -128,12 +129,11 @@ TEST(ZipperGpu, SharedDequantWorkspace) {
   EXPECT_THROW(za.share(nullptr), Error);
 }
 
-// One layer under a forced stream plan (MOSAIC_ZIPPER_STREAM_PLAN = "KSPLIT,RPW[,KW]"): zipper and dense
-// against the CPU reference at each M, fp16 and bf16, two repetitions (the split-K workspace is reset
-// between calls). Layer seed layer_seed, activation seed act_mul * M + K.
-void check_forced_plan(int64_t N, int64_t K, int group, Pattern pat, const char* plan, const std::vector<int64_t>& Ms,
+// One layer on the fused path: zipper and dense against the CPU reference at each M, fp16 and bf16, two
+// repetitions (the split-K workspace is reset between calls). `what` names the setting (a forced plan, a
+// tuner mode) in the failure messages. Layer seed layer_seed, activation seed act_mul * M + K.
+void check_fused_layer(int64_t N, int64_t K, int group, Pattern pat, const std::string& what, const std::vector<int64_t>& Ms,
                        uint64_t layer_seed, uint64_t act_mul) {
-  const test::ScopedEnv forced("MOSAIC_ZIPPER_STREAM_PLAN", plan);
   const PackedLinear w = test::random_layer(N, K, group, pat, layer_seed);
   const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
   const ZipperLinear zl(w);
@@ -146,10 +146,10 @@ void check_forced_plan(int64_t N, int64_t K, int group, Pattern pat, const char*
       const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, N, K);
       for (int rep = 0; rep < 2; ++rep) {
         EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, GemmPath::Fused), bound(dt))
-            << "N=" << N << " K=" << K << " group=" << group << " " << test::pattern_name(pat) << " plan " << plan
+            << "N=" << N << " K=" << K << " group=" << group << " " << test::pattern_name(pat) << " " << what
             << " " << dtype_name(dt) << " M=" << M;
         EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, GemmPath::Fused), bound(dt))
-            << "dense N=" << N << " K=" << K << " group=" << group << " plan " << plan << " " << dtype_name(dt)
+            << "dense N=" << N << " K=" << K << " group=" << group << " " << what << " " << dtype_name(dt)
             << " M=" << M;
       }
     }
@@ -177,7 +177,10 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
   // ZIPPER_QUICK (compute-sanitizer runs): one M of each n8-tile count.
   const std::vector<int64_t> Ms =
       std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{1, 9} : std::vector<int64_t>{1, 2, 6, 8, 9, 16};
-  for (const Case& c : cases) check_forced_plan(c.N, c.K, c.group, c.pat, c.plan, Ms, uint64_t(c.N * 3 + c.K), 17);
+  for (const Case& c : cases) {
+    const test::ScopedEnv forced("MOSAIC_ZIPPER_STREAM_PLAN", c.plan);
+    check_fused_layer(c.N, c.K, c.group, c.pat, std::string("plan ") + c.plan, Ms, uint64_t(c.N * 3 + c.K), 17);
+  }
 }
 
 // Stream-kernel K-ranges longer than 64 chunks (v18: the blocks' chunks come from colidx, not from a
@@ -194,34 +197,20 @@ TEST(ZipperGpu, StreamKernelLongKRanges) {
                         {144, 6144, Pattern::OneTile, "6144,1,1"},  {208, 8448, Pattern::Clustered, "4224,2,1"},
                         {208, 8704, Pattern::OneTile, "4352,1,2"},  {256, 14336, Pattern::Uniform, "14336,1,8"},
                         {144, 14336, Pattern::OneTile, "14336,2,2"}};
-  for (const Case& c : cases)
-    check_forced_plan(c.N, c.K, 128, c.pat, c.plan, {1, 2, 3, 5}, uint64_t(c.N * 5 + c.K), 19);
+  for (const Case& c : cases) {
+    const test::ScopedEnv forced("MOSAIC_ZIPPER_STREAM_PLAN", c.plan);
+    check_fused_layer(c.N, c.K, 128, c.pat, std::string("plan ") + c.plan, {1, 2, 3, 5}, uint64_t(c.N * 5 + c.K), 19);
+  }
 }
 
 // The first-use tuner with the weights out of L2 (MOSAIC_ZIPPER_TUNE_COLD=1: each candidate timed once after a
 // write of twice the L2 size): layer shapes no other test uses, so this process tunes them here; the plans it
-// keeps compute the reference (residual on and off, M = 1, 4, 9, fp16 / bf16).
+// keeps compute the reference (residual on and off, M = 1, 4, 9, fp16 / bf16, each twice).
 TEST(ZipperGpu, ColdL2TuningKeepsACorrectPlan) {
   REQUIRE_GPU();
   const test::ScopedEnv cold("MOSAIC_ZIPPER_TUNE_COLD", "1");
-  for (const auto& [N, K] : {std::pair<int64_t, int64_t>{656, 3072}, {1040, 2304}}) {
-    const PackedLinear w = test::random_layer(N, K, 128, Pattern::Uniform, uint64_t(N + K));
-    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
-    const ZipperLinear zl(w);
-    for (DType dt : {DType::F16, DType::BF16})
-      for (int64_t M : {1, 4, 9}) {
-        std::vector<uint16_t> xb;
-        std::vector<float> xf;
-        test::random_activations(M, K, dt == DType::BF16, uint64_t(M * 23 + K), xb, xf);
-        EXPECT_LT(run_and_compare(zl, M, dt, xb, test::reference_gemm(xf, W, M, N, K), Variant::Zipper, GemmPath::Fused),
-                  bound(dt))
-            << "N=" << N << " K=" << K << " " << dtype_name(dt) << " M=" << M;
-        EXPECT_LT(run_and_compare(zl, M, dt, xb, test::reference_gemm(xf, Wb, M, N, K), Variant::DenseOnly,
-                                  GemmPath::Fused),
-                  bound(dt))
-            << "dense N=" << N << " K=" << K << " " << dtype_name(dt) << " M=" << M;
-      }
-  }
+  for (const auto& [N, K] : {std::pair<int64_t, int64_t>{656, 3072}, {1040, 2304}})
+    check_fused_layer(N, K, 128, Pattern::Uniform, "cold-L2 tuning", {1, 4, 9}, uint64_t(N + K), 23);
 }
 
 // Programmatic dependent launch: a GEMM launched with it reads its X only after the kernel before
