@@ -113,6 +113,54 @@ __device__ __forceinline__ float sum_lanes(float x, int lpk) {  // over the lpk 
   return x;
 }
 
+// ---- the tensor-core key loop (MMA = true; head_dim 128 only) ------------------------------------------
+// WIP (seventeenth-session branch, written without a GPU): QK^T and P V as m16n8k16 MMAs. The CTA's q
+// heads (<= 8) are the A operand's rows (rows 8..15 and rows >= nq are zeros), 8 keys of K the B operand
+// (16 dims x 8 keys: ldmatrix of K rows, non-transposed), S = 16 x 8 per n-tile; P (the two S tiles of a
+// 16-key tile) is the A operand of P V in the same registers (FlashAttention-2's C -> A reuse), V the B
+// operand through ldmatrix.trans. Per 16 keys: 8 ldmatrix + 16 HMMA for S, 8 ldmatrix + 16 HMMA for O,
+// against ~1700 instructions of the scalar loop (432 per step of 4 keys per warp: sixteenth session's
+// static read). Why: at batch 1 the scalar loop runs one warp per scheduler, so its ~3500 instructions
+// per warp at 2048 keys are ~7 us of latency (docs/kernels-notes.md, sixteenth session).
+template <typename T>
+struct DecMma;
+#define MOSAIC_DEC_MMA(TYPE, PTX)                                                                              \
+  template <>                                                                                                  \
+  struct DecMma<TYPE> {                                                                                        \
+    __device__ static void acc(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {          \
+      /* rows 8..15 of A are zero: a1 = a3 = 0 */                                                             \
+      asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "   \
+                   "{%8,%9}, {%0,%1,%2,%3};\n"                                                                  \
+                   : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                             \
+                   : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));                                     \
+    }                                                                                                          \
+  };
+MOSAIC_DEC_MMA(__half, "f16")
+MOSAIC_DEC_MMA(__nv_bfloat16, "bf16")
+#undef MOSAIC_DEC_MMA
+template <typename T>
+__device__ __forceinline__ uint32_t pack_act(float lo, float hi) {  // two values rounded to T, lo in the low half
+  const T a = from_f<T>(lo), b = from_f<T>(hi);
+  return uint32_t(*reinterpret_cast<const uint16_t*>(&a)) | (uint32_t(*reinterpret_cast<const uint16_t*>(&b)) << 16);
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+// A 16-key tile of K or V in the ring: 16 rows of 128 dims (256 B), 16-byte chunk c of row r stored at
+// chunk c ^ (r & 7): the 8 rows an ldmatrix reads at one chunk column hit 8 different bank groups.
+constexpr int kMmaHd = 128, kMmaStages = 2, kMmaTileBytes = 16 * kMmaHd * 2;
+__host__ __device__ constexpr int mma_chunk_off(int r, int c) { return r * (kMmaHd * 2) + ((c ^ (r & 7)) << 4); }
+static_assert(size_t(kDecWarps) * kMmaStages * 2 * kMmaTileBytes == kDecRingBytes, "the MMA ring takes the scalar ring's bytes");
+
 // LPK: lanes per key known at compile time (16: hd 72 .. 128, LLaMA-3 / Qwen3), or 0 = from hd
 // at run time. The key loop has no per-row branches, so the U x RP dot products and their lane
 // reductions are independent chains the scheduler interleaves; with LPK known the reductions
@@ -120,7 +168,7 @@ __device__ __forceinline__ float sum_lanes(float x, int lpk) {  // over the lpk 
 // per step per warp. H100, LLaMA-3-8B shapes, 2145 cached positions, us per layer, previous /
 // this loop with lanes at run time / LPK = 16: B=1 24.7 / 19.2 / 16.9, B=16 110.5 / 71.5 / 69.0;
 // the previous figures from an earlier call, bench/results/e2e-h100-2026-11-28-v3.md.)
-template <typename T, int RP, bool VEC, int LPK>
+template <typename T, int RP, bool VEC, int LPK, bool MMA = false>
 __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 0 ? (RP >= 8 ? 8 : 12) / kDecWarps : 1)
     attention_decode_k(const T* qkv, const int32_t* pos_a, const int32_t* slot_a, AttnDims d, const float* q_norm,
                        const float* k_norm, float eps, const float* inv_freq, float qscale, T* kc, T* vc,
@@ -143,7 +191,8 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
 
   // This warp's keys [kw0, kw1) of 0 .. pos-1 (whole passes of kpp keys).
   const int nkeys = int(pos), nwarps = nsplit * kDecWarps;  // positions < capacity: int
-  const int per = ((nkeys + nwarps - 1) / nwarps + kpp - 1) / kpp * kpp;
+  const int gran = MMA ? 16 : kpp;  // MMA: whole 16-key tiles per warp
+  const int per = ((nkeys + nwarps - 1) / nwarps + gran - 1) / gran * gran;
   const int kw0 = min(nkeys, (split * kDecWarps + w) * per), kw1 = min(nkeys, kw0 + per);
   const int64_t head_off = (slot * d.Hkv + g) * d.cap * hd + d0;
   const T* kb = kc + head_off;
@@ -168,9 +217,35 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
       }
     }
   };
-  for (int t = 0; t < S - 1; ++t) {
-    if (t < nsteps) issue(t);
-    cp_async_commit();
+  // MMA: this warp's ring of kMmaStages stages of [K tile | V tile] (kMmaTileBytes each, swizzled rows);
+  // tile t = keys kw0 + 16 t .. (keys past kw1 zero-filled). Every lane copies 8 chunks of each.
+  uint8_t* mring = reinterpret_cast<uint8_t*>(sm) + size_t(w) * kMmaStages * 2 * kMmaTileBytes;
+  const int ntiles = MMA ? (kw1 - kw0 + 15) / 16 : 0;
+  const T* kh = kc + (slot * d.Hkv + g) * d.cap * hd;  // this head's rows (MMA: whole rows)
+  const T* vh = vc + (slot * d.Hkv + g) * d.cap * hd;
+  auto missue = [&](int t) {
+    if (t >= ntiles) return;
+    uint8_t* stg = mring + (t % kMmaStages) * 2 * kMmaTileBytes;
+    const int key0 = kw0 + 16 * t;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int i = lane + 32 * j, r = i >> 4, cc = i & 15;
+      const bool ok = key0 + r < kw1;
+      const int64_t off = int64_t(ok ? key0 + r : kw0) * hd + cc * 8;
+      cp_async16_zfill(stg + mma_chunk_off(r, cc), kh + off, ok);
+      cp_async16_zfill(stg + kMmaTileBytes + mma_chunk_off(r, cc), vh + off, ok);
+    }
+  };
+  if constexpr (MMA) {
+    for (int t = 0; t < kMmaStages - 1; ++t) {
+      missue(t);
+      cp_async_commit();
+    }
+  } else {
+    for (int t = 0; t < S - 1; ++t) {
+      if (t < nsteps) issue(t);
+      cp_async_commit();
+    }
   }
   float* rows = sm + kDecRingBytes / sizeof(float);  // [nq + 2][hd]
   float* cs = rows + (RP + 2) * hd;                   // [hd]
@@ -255,6 +330,113 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
       for (int i = tid; i < 2 * hd; i += kDecThreads)
         (i < hd ? kc : vc)[new_row + i % hd] = from_f<T>(rows[nq * hd + i]);
   }
+  float* macc = sm;                            // [kDecWarps][RP][hd]
+  float* mm = macc + kDecWarps * RP * hd;      // [kDecWarps][RP]
+  float* ml = mm + kDecWarps * RP;             // [kDecWarps][RP]
+  float* inbox = sm + dec_inbox_offset(RP, hd);  // cluster merge: the partials pushed to this CTA
+  namespace cg = cooperative_groups;
+  if constexpr (MMA) {
+    // Lane (gq, tq) = (lane / 4, lane % 4): the MMA fragments' row (q head gq) and column pair.
+    const int gq = lane >> 2, tq = lane & 3;
+    const bool real = gq < nq;
+    uint32_t qa[kMmaHd / 16][2];  // A fragments of Q (unscaled, rounded to T as the scalar path's q)
+#pragma unroll
+    for (int kk = 0; kk < kMmaHd / 16; ++kk) {
+      const float* qr = rows + gq * hd + 16 * kk + 2 * tq;
+      qa[kk][0] = real ? pack_act<T>(qr[0], qr[1]) : 0u;
+      qa[kk][1] = real ? pack_act<T>(qr[8], qr[9]) : 0u;
+    }
+    float mrow = -INFINITY, lrow = 0.f;  // lrow: this lane's part of the row's sum (summed over tq at the end)
+    float o[kMmaHd / 8][4];              // O of row gq, dims 8 j + 2 tq, + 1 (o[j][2..3]: the zero rows 8..15)
+#pragma unroll
+    for (int j = 0; j < kMmaHd / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    if (split == 0 && w == 0) {  // the new key pos starts warp 0's state (as in the scalar path)
+      float sdot = 0.f;
+      for (int e = 0; e < 32; ++e) {
+        const int dd = 32 * tq + e;
+        sdot += (real ? round_act<T>(rows[gq * hd + dd]) : 0.f) * round_act<T>(rows[nq * hd + dd]);
+      }
+      sdot += __shfl_xor_sync(0xffffffffu, sdot, 1);
+      sdot += __shfl_xor_sync(0xffffffffu, sdot, 2);
+      if (real) {
+        mrow = sdot * qscale;
+        lrow = tq == 0 ? 1.f : 0.f;
+#pragma unroll
+        for (int j = 0; j < kMmaHd / 8; ++j) {
+          o[j][0] = round_act<T>(rows[(nq + 1) * hd + 8 * j + 2 * tq]);
+          o[j][1] = round_act<T>(rows[(nq + 1) * hd + 8 * j + 2 * tq + 1]);
+        }
+      }
+    }
+    if (cluster_merge) cluster_arrive_relaxed();  // phase 1: done with the rope rows
+    // ldmatrix row addresses: K (non-transposed) lanes 8i..8i+7 -> matrix i = keys (i / 2) * 8 .. + 7 at
+    // chunk 2 kk + i % 2; V (transposed) matrix i = keys (i % 2) * 8 .. + 7 at chunk j + i / 2.
+    const int kr = (lane & 7) + ((lane >> 4) << 3), kc1 = (lane >> 3) & 1;
+    const int vr = (lane & 7) + (((lane >> 3) & 1) << 3), vc1 = lane >> 4;
+    for (int t = 0; t < ntiles; ++t) {
+      cp_async_wait<kMmaStages - 2>();  // tile t has landed (this lane's copies) ...
+      __syncwarp();                     // ... and every lane's; every lane is done with tile t - 1's stage
+      missue(t + kMmaStages - 1);
+      cp_async_commit();
+      const uint32_t kst = static_cast<uint32_t>(__cvta_generic_to_shared(mring + (t % kMmaStages) * 2 * kMmaTileBytes));
+      const uint32_t vst = kst + kMmaTileBytes;
+      float s0[4] = {0.f, 0.f, 0.f, 0.f}, s1[4] = {0.f, 0.f, 0.f, 0.f};  // S: keys 2tq, +1 | 8 + 2tq, +1
+#pragma unroll
+      for (int kk = 0; kk < kMmaHd / 16; ++kk) {
+        uint32_t kb4[4];
+        ldsm_x4(kb4, kst + mma_chunk_off(kr, 2 * kk + kc1));
+        DecMma<T>::acc(s0, qa[kk][0], qa[kk][1], kb4[0], kb4[1]);
+        DecMma<T>::acc(s1, qa[kk][0], qa[kk][1], kb4[2], kb4[3]);
+      }
+      const int key0 = kw0 + 16 * t;
+      float sv[4] = {s0[0] * qscale, s0[1] * qscale, s1[0] * qscale, s1[1] * qscale};
+      sv[0] = key0 + 2 * tq < kw1 ? sv[0] : -INFINITY;
+      sv[1] = key0 + 2 * tq + 1 < kw1 ? sv[1] : -INFINITY;
+      sv[2] = key0 + 8 + 2 * tq < kw1 ? sv[2] : -INFINITY;
+      sv[3] = key0 + 9 + 2 * tq < kw1 ? sv[3] : -INFINITY;
+      float mx = fmaxf(fmaxf(mrow, fmaxf(sv[0], sv[1])), fmaxf(sv[2], sv[3]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float ref = mx == -INFINITY ? 0.f : mx;
+      const float al = exp2f(mrow - ref);
+      mrow = mx;
+      lrow *= al;
+#pragma unroll
+      for (int j = 0; j < kMmaHd / 8; ++j) {
+        o[j][0] *= al;
+        o[j][1] *= al;
+      }
+      float pv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        pv[i] = exp2f(sv[i] - ref);
+        lrow += pv[i];
+      }
+      const uint32_t pa0 = pack_act<T>(pv[0], pv[1]), pa2 = pack_act<T>(pv[2], pv[3]);
+#pragma unroll
+      for (int jj = 0; jj < kMmaHd / 16; ++jj) {
+        uint32_t vb4[4];
+        ldsm_x4_trans(vb4, vst + mma_chunk_off(vr, 2 * jj + vc1));
+        DecMma<T>::acc(o[2 * jj], pa0, pa2, vb4[0], vb4[1]);
+        DecMma<T>::acc(o[2 * jj + 1], pa0, pa2, vb4[2], vb4[3]);
+      }
+    }
+    cp_async_wait<0>();
+    lrow += __shfl_xor_sync(0xffffffffu, lrow, 1);
+    lrow += __shfl_xor_sync(0xffffffffu, lrow, 2);
+    __syncthreads();  // every warp is done with the ring: the merge area overlaps it
+    if (real) {
+#pragma unroll
+      for (int j = 0; j < kMmaHd / 8; ++j) {
+        macc[(w * RP + gq) * hd + 8 * j + 2 * tq] = o[j][0];
+        macc[(w * RP + gq) * hd + 8 * j + 2 * tq + 1] = o[j][1];
+      }
+      if (tq == 0) {
+        mm[w * RP + gq] = mrow;
+        ml[w * RP + gq] = lrow;
+      }
+    }
+  } else {
   float q[RP][8], m[RP], l[RP], acc[RP][8];
   for (int r = 0; r < RP; ++r) {
     m[r] = -INFINITY;
@@ -367,11 +549,6 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
     }
   }
   __syncthreads();  // every warp is done with the ring: the merge area overlaps it
-  float* macc = sm;                            // [kDecWarps][RP][hd]
-  float* mm = macc + kDecWarps * RP * hd;      // [kDecWarps][RP]
-  float* ml = mm + kDecWarps * RP;             // [kDecWarps][RP]
-  float* inbox = sm + dec_inbox_offset(RP, hd);  // cluster merge: the partials pushed to this CTA
-  namespace cg = cooperative_groups;
   if (ks == 0) {
     for (int r = 0; r < RP; ++r) {
       if (r < nq) {
@@ -384,6 +561,7 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
       }
     }
   }
+  }  // (scalar key loop)
   __syncthreads();
   const int64_t st = hd + 2;
   // Cluster merge (the splits of this (b, g, c) are one thread-block cluster, launched with cluster
@@ -530,6 +708,11 @@ struct DecodePlan {
 };
 // MOSAIC_DECODE_LANES=runtime selects the run-time lanes-per-key kernel for every head size (for
 // comparisons; the default compiles lanes = 16 in).
+// MOSAIC_DECODE_MMA=1: the tensor-core key loop for head_dim 128 (WIP, off by default until measured).
+bool decode_mma() {
+  const char* e = std::getenv("MOSAIC_DECODE_MMA");
+  return e && std::string(e) == "1";
+}
 bool decode_fixed_lanes() {
   const char* e = std::getenv("MOSAIC_DECODE_LANES");
   return !(e && std::string(e) == "runtime");
@@ -633,7 +816,7 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
   // Over 48 KB of dynamic shared memory needs an opt-in per kernel (once, for the largest plan).
 #define MOSAIC_DEC(RP, VEC)                                                                                      \
   MOSAIC_DISPATCH(a, {                                                                                           \
-    const auto kernel = attention_decode_k<T, RP, VEC, LPK>;                                                     \
+    const auto kernel = attention_decode_k<T, RP, VEC, LPK, MMA>;                                                \
     static const bool opt_in = decode_opt_in(kernel, RP);                                                        \
     (void)opt_in;                                                                                                \
     const int cz = p.cluster && cluster_fits(kernel, p.nsplit, p.smem) ? p.nsplit : 1;                          \
@@ -648,14 +831,21 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
   else if (p.rp == 2) MOSAIC_DEC(2, VEC); \
   else if (p.rp == 4) MOSAIC_DEC(4, VEC); \
   else MOSAIC_DEC(8, VEC)
-  if (d.hd % 8 == 0 && p.lpk == 16 && decode_fixed_lanes()) {
+  if (d.hd == kMmaHd && decode_mma()) {
     constexpr int LPK = 16;
+    constexpr bool MMA = true;
+    MOSAIC_DEC_RP(true);
+  } else if (d.hd % 8 == 0 && p.lpk == 16 && decode_fixed_lanes()) {
+    constexpr int LPK = 16;
+    constexpr bool MMA = false;
     MOSAIC_DEC_RP(true);
   } else if (d.hd % 8 == 0) {
     constexpr int LPK = 0;
+    constexpr bool MMA = false;
     MOSAIC_DEC_RP(true);
   } else {
     constexpr int LPK = 0;
+    constexpr bool MMA = false;
     MOSAIC_DEC_RP(false);
   }
 #undef MOSAIC_DEC_RP

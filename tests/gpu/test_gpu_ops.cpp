@@ -263,11 +263,15 @@ const DecCase kDecCases[] = {
 // Each case with the global merge of the splits (MOSAIC_DECODE_CLUSTER=0: partials, the last CTA
 // merges), with the cluster merge forced (=1: distributed shared memory, <= 16 splits), and with the
 // plan's own choice for a tight key bound (unset, keys_bound = the longest length: fewer splits).
+// WIP (wip/s17-attn-mma): every case also with the tensor-core key loop (MOSAIC_DECODE_MMA=1; head_dim 128
+// only, the others keep the scalar loop).
 TEST(GpuOps, DecodeAttentionMatchesReference) {
   REQUIRE_GPU();
+  for (const char* mma : {"0", "1"})
   for (const char* cluster : {"0", "1", "auto"})
   for (Act a : kActs)
     for (const DecCase& c : kDecCases) {
+      setenv("MOSAIC_DECODE_MMA", mma, 1);
       const bool automatic = std::string(cluster) == "auto";
       if (automatic)
         unsetenv("MOSAIC_DECODE_CLUSTER");
@@ -331,9 +335,11 @@ TEST(GpuOps, DecodeAttentionMatchesReference) {
       EXPECT_EQ(gv, vc);
       EXPECT_LE(worst_k, 4 * act_eps(a)) << act_name(a) << " appended k, H=" << c.H << " hd=" << hd;
       EXPECT_LE(worst, 8 * act_eps(a)) << act_name(a) << " H=" << c.H << " Hkv=" << c.Hkv << " hd=" << hd
-                                       << " B=" << B << " qk_norm=" << c.qk_norm << " cluster merge " << cluster;
+                                       << " B=" << B << " qk_norm=" << c.qk_norm << " cluster merge " << cluster
+                                       << " mma " << mma;
     }
   unsetenv("MOSAIC_DECODE_CLUSTER");
+  unsetenv("MOSAIC_DECODE_MMA");
 }
 
 // Timing on LLaMA-3-8B's attention shapes (32 heads, 8 kv heads, hd 128; 32 layers with their own
@@ -434,11 +440,14 @@ TEST(GpuOps, DecodeAttentionTiming) {
     setenv("MOSAIC_PDL", "0", 1);
     const double t_nopdl = run(scratch);
     unsetenv("MOSAIC_PDL");
+    setenv("MOSAIC_DECODE_MMA", "1", 1);  // WIP: the tensor-core key loop
+    const double t_mma = run(scratch);
+    unsetenv("MOSAIC_DECODE_MMA");
     const double t_us = run(scratch);
     const double kv_bytes = 2.0 * B * Hkv * double(len) * hd * 2, ideal_us = kv_bytes / bw * 1e6;
-    std::printf("[ attn timing ] B=%2d: %.1f us (lanes at run time %.1f, no PDL %.1f, cluster merge %.1f); KV %.1f MB -> "
+    std::printf("[ attn timing ] B=%2d: %.1f us (tensor-core key loop %.1f, lanes at run time %.1f, no PDL %.1f, cluster merge %.1f); KV %.1f MB -> "
                 "%.1f us at copy bandwidth (%.0f%%); CTAs per SM:%s; splits capped at:%s\n",
-                B, t_us, t_rt, t_nopdl, t_cluster, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str(),
+                B, t_us, t_mma, t_rt, t_nopdl, t_cluster, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str(),
                 caps.c_str());
   }
   // Row 0 of the last layer (sequence slot 0): the reference over its cache (the appended row included).
