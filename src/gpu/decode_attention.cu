@@ -221,17 +221,20 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
   // tile t = keys kw0 + 16 t .. (keys past kw1 zero-filled). Every lane copies 8 chunks of each.
   uint8_t* mring = reinterpret_cast<uint8_t*>(sm) + size_t(w) * kMmaStages * 2 * kMmaTileBytes;
   const int ntiles = MMA ? (kw1 - kw0 + 15) / 16 : 0;
-  const T* kh = kc + (slot * d.Hkv + g) * d.cap * hd;  // this head's rows (MMA: whole rows)
+  const T* kh = kc + (slot * d.Hkv + g) * d.cap * hd;  // this head's rows (MMA: whole rows of kMmaHd)
   const T* vh = vc + (slot * d.Hkv + g) * d.cap * hd;
+  // Lane l copies chunk l % 16 of rows l / 16 + 2 j, j = 0..7 (16 lanes per 256-byte row: coalesced);
+  // head_dim is kMmaHd here, so every offset but the tile's first key is a compile-time multiple.
   auto missue = [&](int t) {
     if (t >= ntiles) return;
     uint8_t* stg = mring + (t % kMmaStages) * 2 * kMmaTileBytes;
-    const int key0 = kw0 + 16 * t;
+    const int r0 = lane >> 4, cc = lane & 15, key0 = kw0 + 16 * t;
+    const int64_t src0 = int64_t(key0 + r0) * kMmaHd + cc * 8;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      const int i = lane + 32 * j, r = i >> 4, cc = i & 15;
+      const int r = r0 + 2 * j;
       const bool ok = key0 + r < kw1;
-      const int64_t off = int64_t(ok ? key0 + r : kw0) * hd + cc * 8;
+      const int64_t off = ok ? src0 + 2 * j * kMmaHd : 0;  // (a zero-filled chunk still needs a valid address)
       cp_async16_zfill(stg + mma_chunk_off(r, cc), kh + off, ok);
       cp_async16_zfill(stg + kMmaTileBytes + mma_chunk_off(r, cc), vh + off, ok);
     }
