@@ -128,8 +128,8 @@ struct DecMma;
   template <>                                                                                                  \
   struct DecMma<TYPE> {                                                                                        \
     __device__ static void acc(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {          \
-      /* rows 8..15 of A are zero: a1 = a3 = 0 */                                                             \
-      asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "   \
+      /* rows 8..15 of A are zero: a1 = a3 = 0; not volatile: a pure function the compiler may schedule */    \
+      asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "   \
                    "{%8,%9}, {%0,%1,%2,%3};\n"                                                                  \
                    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                             \
                    : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));                                     \
