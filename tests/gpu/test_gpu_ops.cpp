@@ -263,8 +263,8 @@ const DecCase kDecCases[] = {
 // Each case with the global merge of the splits (MOSAIC_DECODE_CLUSTER=0: partials, the last CTA
 // merges), with the cluster merge forced (=1: distributed shared memory, <= 16 splits), and with the
 // plan's own choice for a tight key bound (unset, keys_bound = the longest length: fewer splits).
-// WIP (wip/s17-attn-mma): every case also with the tensor-core key loop (MOSAIC_DECODE_MMA=1; head_dim 128
-// only, the others keep the scalar loop).
+// Every case with the scalar key loop (MOSAIC_DECODE_MMA=0) and with the default (the tensor-core key loop for
+// head_dim 128; the other head sizes keep the scalar loop).
 TEST(GpuOps, DecodeAttentionMatchesReference) {
   REQUIRE_GPU();
   for (const char* mma : {"0", "1"})
@@ -440,14 +440,14 @@ TEST(GpuOps, DecodeAttentionTiming) {
     setenv("MOSAIC_PDL", "0", 1);
     const double t_nopdl = run(scratch);
     unsetenv("MOSAIC_PDL");
-    setenv("MOSAIC_DECODE_MMA", "1", 1);  // WIP: the tensor-core key loop
-    const double t_mma = run(scratch);
+    setenv("MOSAIC_DECODE_MMA", "0", 1);  // the scalar key loop (the default before the tensor-core one)
+    const double t_scalar = run(scratch);
     unsetenv("MOSAIC_DECODE_MMA");
     const double t_us = run(scratch);
     const double kv_bytes = 2.0 * B * Hkv * double(len) * hd * 2, ideal_us = kv_bytes / bw * 1e6;
-    std::printf("[ attn timing ] B=%2d: %.1f us (tensor-core key loop %.1f, lanes at run time %.1f, no PDL %.1f, cluster merge %.1f); KV %.1f MB -> "
+    std::printf("[ attn timing ] B=%2d: %.1f us (scalar key loop %.1f, lanes at run time %.1f, no PDL %.1f, cluster merge %.1f); KV %.1f MB -> "
                 "%.1f us at copy bandwidth (%.0f%%); CTAs per SM:%s; splits capped at:%s\n",
-                B, t_us, t_mma, t_rt, t_nopdl, t_cluster, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str(),
+                B, t_us, t_scalar, t_rt, t_nopdl, t_cluster, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str(),
                 caps.c_str());
   }
   // Row 0 of the last layer (sequence slot 0): the reference over its cache (the appended row included).
