@@ -165,10 +165,10 @@ int current_device() {
 }
 constexpr int kTuneCandidates = 4;
 constexpr double kTuneMargin = 1.25, kTuneMinGain = 0.03;
-constexpr int kTuneLaunches = 10;   // per timed round, hot (time_candidates)
-constexpr int kTuneColdRounds = 5;  // single cold launches per candidate (MOSAIC_ZIPPER_TUNE_COLD=1)
+constexpr int kTuneLaunches = 10;   // per timed round, hot (MOSAIC_ZIPPER_TUNE_COLD=0)
+constexpr int kTuneColdRounds = 5;  // single cold launches per candidate (the default)
 bool tune_cold() {  // read at every tuning (rare: once per layer shape and M), so a test can switch it
-  return env_number("MOSAIC_ZIPPER_TUNE_COLD", 0, 0, 1) > 0;
+  return env_number("MOSAIC_ZIPPER_TUNE_COLD", 1, 0, 1) > 0;
 }
 // The wgmma kernel (zipper_wgmma.cu). MOSAIC_ZIPPER_WGMMA = 0: never in Auto; 1: Auto sends every
 // M to it, M <= 16 too (tests and same-run comparisons); unset: the M ranges where it measured faster
@@ -441,15 +441,15 @@ struct ZipperLinear::Impl {
   }
 
   // Milliseconds per launch of each of n candidates (launch(i)), candidates interleaved within a round.
-  // Default (hot): a warm-up launch, then the best of 3 rounds of kTuneLaunches back-to-back launches.
-  // 10 launches per round since the sixteenth session (3 before): with 3, near-tied plans were picked
-  // differently from process to process (LLaMA-3-8B qkv at M = 4: KW 2 or KW 4); with 10, three
-  // processes kept the same plan for every layer (H200, bench/results/gemm-h200-2026-11-29-s16-tuner.md).
-  // The launches reuse one layer's weights, so they time it L2-hot: there KW 2 and KW 4 still tie for
-  // qkv at M = 4 (11.00 / 11.02 us) where the benchmark, reading from DRAM, has KW 2 ahead.
-  // MOSAIC_ZIPPER_TUNE_COLD=1 (written in the sixteenth session, not yet measured): single launches,
-  // each after a write of twice the L2 size to a scratch buffer, the best of kTuneColdRounds; the engine
-  // streams every layer's weights from DRAM, which is what this times.
+  // Default (cold, since the seventeenth session): single launches, each after a write of twice the L2 size
+  // to a scratch buffer, the best of kTuneColdRounds; the engine streams every layer's weights from DRAM,
+  // which is what this times. MOSAIC_ZIPPER_TUNE_COLD=0 (hot): a warm-up launch, then the best of 3 rounds
+  // of kTuneLaunches back-to-back launches of one layer, i.e. its weights from L2. Hot, LLaMA-3-8B qkv at
+  // M = 4 tied KW 2 and KW 4 (11.08 / 11.28 us) and kept KW 4; cold times them 13.28 / 13.79 and keeps KW 2,
+  // which the benchmark (DRAM) has 7% faster: 12.25 -> 11.33 us; over LLaMA-3-8B and Qwen3-8B at M = 1, 4, 8
+  // (24 layers) two cold processes against the hot one: geometric mean -1.5% / -0.7%, no layer slower by
+  // more than 1% (H200, bench/results/gemm-h200-2026-11-29-s17-cold-tuner.md). Cold processes still differ
+  // on near-tied plans (3 of 36 choices, LLaMA-3-8B gate_up, within 1.5% in the benchmark).
   template <typename Launch>
   static std::vector<float> time_candidates(size_t n, const Launch& launch, cudaStream_t s) {
     struct Scratch {  // destroyed on every exit, errors included
