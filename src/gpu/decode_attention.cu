@@ -726,10 +726,10 @@ bool decode_fixed_lanes() {
 // Splits: about 2 CTAs per SM in all (B x Hkv x head chunks x splits; MOSAIC_DECODE_CTAS_PER_SM
 // overrides the 2, for tuning), at most kMaxSplits and at most one pass of keys per warp at full
 // capacity.
-int decode_ctas_per_sm() {
+int decode_ctas_per_sm(int dflt) {
   const char* e = std::getenv("MOSAIC_DECODE_CTAS_PER_SM");
   const int v = e ? std::atoi(e) : 0;
-  return v >= 1 && v <= 16 ? v : 2;
+  return v >= 1 && v <= 16 ? v : dflt;
 }
 // MOSAIC_DECODE_SPLITS=N caps the splits per (sequence, kv head) (tuning: at batch 1 the merge of
 // the splits is latency on the step's critical path). A cap only lowers the plan, so the scratch
@@ -751,13 +751,19 @@ detail::ClusterMerge decode_cluster_mode() {
 size_t decode_smem_bytes(int rp, int hd) {
   return (dec_inbox_offset(rp, hd) + std::max(size_t(rp + 3) * hd, dec_inbox_floats(rp, hd))) * sizeof(float);
 }
-// keys: the bound on the keys a sequence of this launch attends to (<= d.cap).
-DecodePlan decode_plan(int B, const AttnDims& d, int sms, int64_t keys, detail::ClusterMerge mode) {
+// Whether a launch with these dims runs the tensor-core key loop (the dispatch in attention_decode).
+bool decode_uses_mma(const AttnDims& d) { return d.hd == kMmaHd && decode_mma() && decode_fixed_lanes(); }
+// keys: the bound on the keys a sequence of this launch attends to (<= d.cap). mma: the plan of the
+// tensor-core key loop (decode_split_plan_mma) or of the scalar one (decode_split_plan).
+DecodePlan decode_plan(int B, const AttnDims& d, int sms, int64_t keys, detail::ClusterMerge mode, bool mma) {
   const int rep = d.H / d.Hkv, rp = dec_rp(rep), nch = (rep + rp - 1) / rp;
   int lpk = 1;
   while (lpk < (d.hd + 7) / 8) lpk <<= 1;
-  const detail::DecodeSplits sp = detail::decode_split_plan(int64_t(B) * d.Hkv * nch, keys, sms, decode_ctas_per_sm(),
-                                                            kDecWarps * (32 / lpk), decode_max_splits(), mode);
+  const int64_t groups = int64_t(B) * d.Hkv * nch;
+  const detail::DecodeSplits sp =
+      mma ? detail::decode_split_plan_mma(groups, keys, sms, decode_ctas_per_sm(1), decode_max_splits(), mode)
+          : detail::decode_split_plan(groups, keys, sms, decode_ctas_per_sm(2), kDecWarps * (32 / lpk),
+                                      decode_max_splits(), mode);
   return {rp, nch, sp.nsplit, lpk, sp.cluster, decode_smem_bytes(rp, d.hd)};
 }
 size_t decode_counter_bytes(int B, const AttnDims& d) {
@@ -802,9 +808,12 @@ size_t attention_decode_scratch_bytes(int max_B, const AttnDims& d) {
   size_t part = 0;
   for (int B = 1; B <= max_B; ++B) {
     // The global merge at the largest key bound has the most splits (a cluster plan never has more, and
-    // a cluster that does not fit falls back to the global merge with its own, fewer splits).
-    const DecodePlan p = decode_plan(B, d, sms, d.cap, detail::ClusterMerge::Off);
-    if (p.nsplit > 1) part = std::max(part, size_t(B) * d.H * p.nsplit * (d.hd + 2) * sizeof(float));
+    // a cluster that does not fit falls back to the global merge with its own, fewer splits); both key
+    // loops' plans, as MOSAIC_DECODE_MMA may switch between them after the engine sized its scratch.
+    for (bool mma : {false, true}) {
+      const DecodePlan p = decode_plan(B, d, sms, d.cap, detail::ClusterMerge::Off, mma);
+      if (p.nsplit > 1) part = std::max(part, size_t(B) * d.H * p.nsplit * (d.hd + 2) * sizeof(float));
+    }
   }
   return decode_counter_bytes(max_B, d) + part;
 }
@@ -813,8 +822,9 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
                       const float* q_norm, const float* k_norm, float eps, const float* inv_freq, void* k_cache,
                       void* v_cache, void* scratch, int max_B, void* out, cudaStream_t s, int64_t keys_bound) {
   if (B <= 0) return;
-  const DecodePlan p =
-      decode_plan(B, d, sm_count(), keys_bound > 0 ? std::min(keys_bound, d.cap) : d.cap, decode_cluster_mode());
+  const bool mma = decode_uses_mma(d);
+  const DecodePlan p = decode_plan(B, d, sm_count(), keys_bound > 0 ? std::min(keys_bound, d.cap) : d.cap,
+                                   decode_cluster_mode(), mma);
   int* counters = static_cast<int*>(scratch);
   float* partial = reinterpret_cast<float*>(static_cast<char*>(scratch) + decode_counter_bytes(max_B, d));
   const float qscale = 1.4426950408889634f / sqrtf(float(d.hd));  // log2(e) / sqrt(hd): base-2 softmax
@@ -837,7 +847,7 @@ void attention_decode(Act a, const void* qkv, const int32_t* pos, const int32_t*
   else if (p.rp == 2) MOSAIC_DEC(2, VEC); \
   else if (p.rp == 4) MOSAIC_DEC(4, VEC); \
   else MOSAIC_DEC(8, VEC)
-  if (d.hd == kMmaHd && decode_mma() && decode_fixed_lanes()) {
+  if (mma) {
     constexpr int LPK = 16;
     constexpr bool MMA = true;
     MOSAIC_DEC_RP(true);

@@ -64,6 +64,30 @@ inline DecodeSplits decode_split_plan(int64_t groups, int64_t keys, int sms, int
   return p;
 }
 
+// The plan of the tensor-core key loop (head_dim 128, decode_attention.cu's MMA kernel; measured on an H200,
+// LLaMA-3-8B, 2145 cached positions, seventeenth session, bench/results/e2e-h200-2026-11-29-s17-attn-plan.md).
+// Its key loop is ~4x shorter per key than the scalar one, so the splits' merge weighs more and fewer splits
+// win at every batch: the fastest of 1..32 splits (global merge) and 2..16 (cluster) was always the power of
+// two that fills the SMs once, clustered where split (us per layer, the scalar plan's choice in brackets):
+// batch 1 c16 9.6 / c8 9.3 (c16 9.6), 2 c8 11.7 (g17 ~15.4), 4 c4 16.4 (g9 20.0), 8 c2 25.0 (g5 ~34.3),
+// 16 g1 42.1 (g3 47.4). So: n = the largest power of two <= min(SMs x ctas_per_sm / groups, keys / 48, 16 (a
+// cluster) or kMaxDecodeSplits (global merge, Off)), clustered iff n >= 2 and the mode allows. ctas_per_sm:
+// 1 (MOSAIC_DECODE_CTAS_PER_SM overrides it, for tuning).
+inline DecodeSplits decode_split_plan_mma(int64_t groups, int64_t keys, int sms, int ctas_per_sm, int max_splits,
+                                          ClusterMerge mode) {
+  groups = std::max<int64_t>(1, groups);
+  const int64_t fit = std::min<int64_t>({int64_t(std::max(1, ctas_per_sm)) * std::max(1, sms) / groups,
+                                         std::max<int64_t>(1, keys) / kClusterKeysPerCta,
+                                         mode == ClusterMerge::Off ? kMaxDecodeSplits : kMaxClusterSplits});
+  int64_t n = 1;
+  while (2 * n <= fit) n *= 2;
+  if (max_splits > 0) n = std::min<int64_t>(n, max_splits);
+  DecodeSplits p;
+  p.nsplit = int(n);
+  p.cluster = mode != ClusterMerge::Off && n >= 2;
+  return p;
+}
+
 // The key bound a decode step's plan is made for: the longest sequence's keys after this step's
 // append, rounded up to a power of two (>= 64) and capped at the cache capacity, so the engine
 // captures one CUDA graph per bound (a handful over a generation) rather than one per length.

@@ -450,6 +450,39 @@ TEST(GpuOps, DecodeAttentionTiming) {
                 B, t_us, t_scalar, t_rt, t_nopdl, t_cluster, kv_bytes / 1e6, ideal_us, 100 * ideal_us / t_us, per_sm.c_str(),
                 caps.c_str());
   }
+  // MOSAIC_ATTN_SWEEP=1 (plan tuning on a GPU machine, off in normal runs): every split count 1 .. 32 with the
+  // global merge and 2 .. 16 with the cluster merge, batch 1, 2, 4, 8, 16, us per layer, one table.
+  if (const char* sw = std::getenv("MOSAIC_ATTN_SWEEP"); sw && std::string(sw) == "1") {
+    std::printf("[ attn sweep ] us per layer, %d cached positions; columns: splits (g = global merge, c = cluster merge)\n", len);
+    std::printf("[ attn sweep ] B  | g1 | g2 | g4 | g8 | g16 | g32 | c2 | c4 | c8 | c16\n");
+    setenv("MOSAIC_DECODE_CTAS_PER_SM", "16", 1);  // the plan's own count above every cap: the cap is the count
+    for (int B : {1, 2, 4, 8, 16}) {
+      std::vector<int32_t> pos(static_cast<size_t>(B), len - 1), slot(static_cast<size_t>(B));
+      for (int b = 0; b < B; ++b) slot[size_t(b)] = b;
+      DevBuf dp = to_dev(pos), ds = to_dev(slot);
+      std::string row = "[ attn sweep ] " + std::to_string(B) + " ";
+      for (const char* cl : {"0", "1"})
+        for (int n : {1, 2, 4, 8, 16, 32}) {
+          if (cl[0] == '1' && (n < 2 || n > 16)) continue;
+          setenv("MOSAIC_DECODE_CLUSTER", cl, 1);
+          setenv("MOSAIC_DECODE_SPLITS", std::to_string(n).c_str(), 1);
+          DevBuf sc(kern::attention_decode_scratch_bytes(maxB, d));  // sized under this plan
+          check_cuda(cudaMemset(sc.get(), 0, sc.bytes()), "memset");
+          const double us = time_ms([&] {
+            for (int l = 0; l < L; ++l)
+              kern::attention_decode(a, qkv.get(), dp.as<int32_t>(), ds.as<int32_t>(), B, d, nullptr, nullptr, 1e-5f,
+                                     inv.as<float>(), kcl(l), vcl(l), sc.get(), maxB, out.get(), st);
+          }, 5) * 1e3 / L;
+          char buf[32];
+          std::snprintf(buf, sizeof buf, "| %.1f ", us);
+          row += buf;
+        }
+      std::printf("%s\n", row.c_str());
+    }
+    unsetenv("MOSAIC_DECODE_CTAS_PER_SM");
+    unsetenv("MOSAIC_DECODE_CLUSTER");
+    unsetenv("MOSAIC_DECODE_SPLITS");
+  }
   // Row 0 of the last layer (sequence slot 0): the reference over its cache (the appended row included).
   const size_t seq_n = size_t(Hkv) * size_t(cap) * hd;
   std::vector<uint16_t> kb(seq_n), vb(seq_n);
