@@ -726,10 +726,10 @@ bool decode_fixed_lanes() {
 // Splits: about 2 CTAs per SM in all (B x Hkv x head chunks x splits; MOSAIC_DECODE_CTAS_PER_SM
 // overrides the 2, for tuning), at most kMaxSplits and at most one pass of keys per warp at full
 // capacity.
-int decode_ctas_per_sm(int dflt) {
+int decode_ctas_per_sm() {
   const char* e = std::getenv("MOSAIC_DECODE_CTAS_PER_SM");
   const int v = e ? std::atoi(e) : 0;
-  return v >= 1 && v <= 16 ? v : dflt;
+  return v >= 1 && v <= 16 ? v : 2;
 }
 // MOSAIC_DECODE_SPLITS=N caps the splits per (sequence, kv head) (tuning: at batch 1 the merge of
 // the splits is latency on the step's critical path). A cap only lowers the plan, so the scratch
@@ -754,16 +754,15 @@ size_t decode_smem_bytes(int rp, int hd) {
 // Whether a launch with these dims runs the tensor-core key loop (the dispatch in attention_decode).
 bool decode_uses_mma(const AttnDims& d) { return d.hd == kMmaHd && decode_mma() && decode_fixed_lanes(); }
 // keys: the bound on the keys a sequence of this launch attends to (<= d.cap). mma: the plan of the
-// tensor-core key loop (decode_split_plan_mma) or of the scalar one (decode_split_plan).
+// tensor-core key loop (clusters up to kClusterMaxKeysPerCtaMma keys per CTA) or of the scalar one.
 DecodePlan decode_plan(int B, const AttnDims& d, int sms, int64_t keys, detail::ClusterMerge mode, bool mma) {
   const int rep = d.H / d.Hkv, rp = dec_rp(rep), nch = (rep + rp - 1) / rp;
   int lpk = 1;
   while (lpk < (d.hd + 7) / 8) lpk <<= 1;
   const int64_t groups = int64_t(B) * d.Hkv * nch;
   const detail::DecodeSplits sp =
-      mma ? detail::decode_split_plan_mma(groups, keys, sms, decode_ctas_per_sm(1), decode_max_splits(), mode)
-          : detail::decode_split_plan(groups, keys, sms, decode_ctas_per_sm(2), kDecWarps * (32 / lpk),
-                                      decode_max_splits(), mode);
+      detail::decode_split_plan(groups, keys, sms, decode_ctas_per_sm(), kDecWarps * (32 / lpk), decode_max_splits(),
+                                mode, mma ? detail::kClusterMaxKeysPerCtaMma : detail::kClusterMaxKeysPerCta);
   return {rp, nch, sp.nsplit, lpk, sp.cluster, decode_smem_bytes(rp, d.hd)};
 }
 size_t decode_counter_bytes(int B, const AttnDims& d) {

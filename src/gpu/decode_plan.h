@@ -35,10 +35,15 @@ constexpr int kMaxClusterSplits = 16;  // the non-portable cluster size limit on
 // lost wherever a CTA had >= 264 keys (batch 2..4 at 2176 keys: +2..15%). So: a power-of-two split
 // count of ~48 keys per CTA, at most 16 and at most SMs / groups; cluster iff >= 2 splits and
 // <= kClusterMaxKeysPerCta keys per CTA.
-constexpr int64_t kClusterKeysPerCta = 48, kClusterMaxKeysPerCta = 192;
+constexpr int64_t kClusterKeysPerCta = 48, kClusterMaxKeysPerCta = 192, kClusterMaxKeysPerCtaMma = 272;
 
+// max_cluster_keys: kClusterMaxKeysPerCta for the scalar key loop; the tensor-core loop (head_dim 128) takes
+// kClusterMaxKeysPerCtaMma: H200, LLaMA-3-8B W4A16, 2176 keys, batch 2: a cluster of 8 (272 keys per CTA)
+// 731.2 tok/s against the global merge of 17 splits 694.2 (+5.3%); batch 4 kept the global plan (g9 1307.0
+// tok/s against c4, 544 keys per CTA, 1277.9) (bench/results/e2e-h200-2026-11-29-s17-attn-plan.md).
 inline DecodeSplits decode_split_plan(int64_t groups, int64_t keys, int sms, int ctas_per_sm, int keys_per_pass,
-                                      int max_splits, ClusterMerge mode) {
+                                      int max_splits, ClusterMerge mode,
+                                      int64_t max_cluster_keys = kClusterMaxKeysPerCta) {
   groups = std::max<int64_t>(1, groups);
   keys = std::max<int64_t>(1, keys);
   const int64_t target = int64_t(std::max(1, ctas_per_sm)) * std::max(1, sms);
@@ -57,34 +62,10 @@ inline DecodeSplits decode_split_plan(int64_t groups, int64_t keys, int sms, int
   while (n < fit && n * kClusterKeysPerCta < keys) n *= 2;  // power of two: the cluster divides the grid evenly
   if (n > fit) n /= 2;
   if (max_splits > 0) n = std::min<int64_t>(n, max_splits);
-  if (n >= 2 && (keys + n - 1) / n <= kClusterMaxKeysPerCta) {
+  if (n >= 2 && (keys + n - 1) / n <= max_cluster_keys) {
     p.nsplit = int(n);
     p.cluster = true;
   }
-  return p;
-}
-
-// The plan of the tensor-core key loop (head_dim 128, decode_attention.cu's MMA kernel; measured on an H200,
-// LLaMA-3-8B, 2145 cached positions, seventeenth session, bench/results/e2e-h200-2026-11-29-s17-attn-plan.md).
-// Its key loop is ~4x shorter per key than the scalar one, so the splits' merge weighs more and fewer splits
-// win at every batch: the fastest of 1..32 splits (global merge) and 2..16 (cluster) was always the power of
-// two that fills the SMs once, clustered where split (us per layer, the scalar plan's choice in brackets):
-// batch 1 c16 9.6 / c8 9.3 (c16 9.6), 2 c8 11.7 (g17 ~15.4), 4 c4 16.4 (g9 20.0), 8 c2 25.0 (g5 ~34.3),
-// 16 g1 42.1 (g3 47.4). So: n = the largest power of two <= min(SMs x ctas_per_sm / groups, keys / 48, 16 (a
-// cluster) or kMaxDecodeSplits (global merge, Off)), clustered iff n >= 2 and the mode allows. ctas_per_sm:
-// 1 (MOSAIC_DECODE_CTAS_PER_SM overrides it, for tuning).
-inline DecodeSplits decode_split_plan_mma(int64_t groups, int64_t keys, int sms, int ctas_per_sm, int max_splits,
-                                          ClusterMerge mode) {
-  groups = std::max<int64_t>(1, groups);
-  const int64_t fit = std::min<int64_t>({int64_t(std::max(1, ctas_per_sm)) * std::max(1, sms) / groups,
-                                         std::max<int64_t>(1, keys) / kClusterKeysPerCta,
-                                         mode == ClusterMerge::Off ? kMaxDecodeSplits : kMaxClusterSplits});
-  int64_t n = 1;
-  while (2 * n <= fit) n *= 2;
-  if (max_splits > 0) n = std::min<int64_t>(n, max_splits);
-  DecodeSplits p;
-  p.nsplit = int(n);
-  p.cluster = mode != ClusterMerge::Off && n >= 2;
   return p;
 }
 

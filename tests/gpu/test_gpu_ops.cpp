@@ -451,7 +451,11 @@ TEST(GpuOps, DecodeAttentionTiming) {
                 caps.c_str());
   }
   // MOSAIC_ATTN_SWEEP=1 (plan tuning on a GPU machine, off in normal runs): every split count 1 .. 32 with the
-  // global merge and 2 .. 16 with the cluster merge, batch 1, 2, 4, 8, 16, us per layer, one table.
+  // global merge and 2 .. 16 with the cluster merge, batch 1, 2, 4, 8, 16, us per layer, one table. Caveat
+  // (seventeenth session): here attention follows attention, so with programmatic dependent launch the next
+  // layer's CTAs issue their key copies while this one finishes; plans of few CTAs (one per SM) gain from that
+  // here and lose in the engine, where the o GEMM follows (H200, batch 16, 1 split: 42.1 us per layer here,
+  // ~74 in the step). Confirm a plan with `mosaic bench e2e` before adopting it.
   if (const char* sw = std::getenv("MOSAIC_ATTN_SWEEP"); sw && std::string(sw) == "1") {
     std::printf("[ attn sweep ] us per layer, %d cached positions; columns: splits (g = global merge, c = cluster merge)\n", len);
     std::printf("[ attn sweep ] B  | g1 | g2 | g4 | g8 | g16 | g32 | c2 | c4 | c8 | c16\n");
