@@ -176,7 +176,11 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
                        float* partial, int* counters, T* out, int cluster_merge) {
   constexpr int U = kDecPasses, S = kDecStages;
   extern __shared__ __align__(16) float sm[];  // [ring kDecRingBytes][rope rows]; after the keys: merge area
-  const int hd = d.hd, rep = d.H / d.Hkv, nch = (rep + RP - 1) / RP, nh = d.H + 2 * d.Hkv;
+  // The tensor-core loop runs only for head_dim kMmaHd, so its instantiations take hd as a constant: every k / hd,
+  // k % hd becomes a shift, the shared-memory prologue (norm_rope_apply) drops out, 6048 -> 4584 instructions (half,
+  // RP 4); H200, same call: LLaMA-3-8B W4A16 decode +2.0% / +1.9% / +0.5% at batch 1 / 4 / 16
+  // (bench/results/e2e-h200-2026-11-29-s17-attn-hd-const.md).
+  const int hd = MMA ? kMmaHd : d.hd, rep = d.H / d.Hkv, nch = (rep + RP - 1) / RP, nh = d.H + 2 * d.Hkv;
   const int g = blockIdx.x / nch, c = blockIdx.x % nch, b = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
   const int nq = min(RP, rep - c * RP), hq0 = g * rep + c * RP;  // query heads hq0 .. hq0 + nq - 1
   const int64_t pos = pos_a[b], slot = slot_a[b];
