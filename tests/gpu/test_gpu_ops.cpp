@@ -400,17 +400,27 @@ TEST(GpuOps, DecodeAttentionTiming) {
   std::printf("[ attn timing ] copy bandwidth %.0f GB/s; us per layer (mean of %d layers x 5 reps)\n", bw / 1e9, L);
   auto kcl = [&](int l) { return kc.as<char>() + size_t(l) * layer_n * 2; };
   auto vcl = [&](int l) { return vc.as<char>() + size_t(l) * layer_n * 2; };
-  for (int B : {1, 4, 16}) {
+  // Batch B: sequences in slots 0 .. B-1, each at position len - 1 (the device pos and slot arrays).
+  struct Batch {
+    DevBuf pos, slot;
+  };
+  auto batch = [&](int B) {
     std::vector<int32_t> pos(static_cast<size_t>(B), len - 1), slot(static_cast<size_t>(B));
     for (int b = 0; b < B; ++b) slot[size_t(b)] = b;
-    DevBuf dp = to_dev(pos), ds = to_dev(slot);
-    auto run = [&](DevBuf& sc) {
-      return time_ms([&] {
-        for (int l = 0; l < L; ++l)
-          kern::attention_decode(a, qkv.get(), dp.as<int32_t>(), ds.as<int32_t>(), B, d, nullptr, nullptr, 1e-5f,
-                                 inv.as<float>(), kcl(l), vcl(l), sc.get(), maxB, out.get(), st);
-      }, 5) * 1e3 / L;
-    };
+    return Batch{to_dev(pos), to_dev(slot)};
+  };
+  // Microseconds per layer of the L layers' attention launches in one graph, under the plan of the current
+  // environment, with scratch sc (sized under that plan).
+  auto layers_us = [&](int B, const Batch& bt, const DevBuf& sc) {
+    return time_ms([&] {
+      for (int l = 0; l < L; ++l)
+        kern::attention_decode(a, qkv.get(), bt.pos.as<int32_t>(), bt.slot.as<int32_t>(), B, d, nullptr, nullptr, 1e-5f,
+                               inv.as<float>(), kcl(l), vcl(l), sc.get(), maxB, out.get(), st);
+    }, 5) * 1e3 / L;
+  };
+  for (int B : {1, 4, 16}) {
+    const Batch bt = batch(B);
+    auto run = [&](DevBuf& sc) { return layers_us(B, bt, sc); };
     std::string per_sm;
     for (int t : {1, 3, 4, 6}) {
       setenv("MOSAIC_DECODE_CTAS_PER_SM", std::to_string(t).c_str(), 1);
@@ -461,9 +471,7 @@ TEST(GpuOps, DecodeAttentionTiming) {
     std::printf("[ attn sweep ] B  | g1 | g2 | g4 | g8 | g16 | g32 | c2 | c4 | c8 | c16\n");
     setenv("MOSAIC_DECODE_CTAS_PER_SM", "16", 1);  // the plan's own count above every cap: the cap is the count
     for (int B : {1, 2, 4, 8, 16}) {
-      std::vector<int32_t> pos(static_cast<size_t>(B), len - 1), slot(static_cast<size_t>(B));
-      for (int b = 0; b < B; ++b) slot[size_t(b)] = b;
-      DevBuf dp = to_dev(pos), ds = to_dev(slot);
+      const Batch bt = batch(B);
       std::string row = "[ attn sweep ] " + std::to_string(B) + " ";
       for (const char* cl : {"0", "1"})
         for (int n : {1, 2, 4, 8, 16, 32}) {
@@ -472,11 +480,7 @@ TEST(GpuOps, DecodeAttentionTiming) {
           setenv("MOSAIC_DECODE_SPLITS", std::to_string(n).c_str(), 1);
           DevBuf sc(kern::attention_decode_scratch_bytes(maxB, d));  // sized under this plan
           check_cuda(cudaMemset(sc.get(), 0, sc.bytes()), "memset");
-          const double us = time_ms([&] {
-            for (int l = 0; l < L; ++l)
-              kern::attention_decode(a, qkv.get(), dp.as<int32_t>(), ds.as<int32_t>(), B, d, nullptr, nullptr, 1e-5f,
-                                     inv.as<float>(), kcl(l), vcl(l), sc.get(), maxB, out.get(), st);
-          }, 5) * 1e3 / L;
+          const double us = layers_us(B, bt, sc);
           char buf[32];
           std::snprintf(buf, sizeof buf, "| %.1f ", us);
           row += buf;
