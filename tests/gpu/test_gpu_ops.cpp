@@ -248,6 +248,9 @@ const DecCase kDecCases[] = {
     {32, 8, 128, true, {1, 2, 17, 127, 128}},               // Qwen3-8B, batch 5
     {32, 8, 128, false, {129, 2047}},                       // batch 2
     {16, 8, 128, true, {1, 3, 16, 17, 31, 33, 64, 65, 100, 127, 128, 129, 200, 255, 256, 257}},  // Qwen3-0.6B, B 16
+    {40, 8, 128, true, {300, 77}},                          // Qwen3-14B: rep 5 (5 of the MMA's 8 rows real)
+    {64, 8, 128, false, {1000}},                            // LLaMA-3-70B: rep 8 (RP 8)
+    {32, 2, 128, false, {513, 40}},                         // rep 16, hd 128: two head chunks of 8
     {4, 2, 16, false, {1, 300, 37}},                        // batch 3
     {9, 3, 64, true, {130, 1, 64}},                         // rep 3
     {16, 1, 32, false, {129, 2}},                           // rep 16: two head chunks
