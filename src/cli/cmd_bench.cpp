@@ -39,6 +39,7 @@ struct GemmArgs {
   int reps = 7;
   int act_bits = 16;
   std::string act_format = "both";
+  std::string res_pattern = "binomial";
   bool bf16 = false;
 };
 
@@ -67,7 +68,8 @@ void add_e2e_command(CLI::App* bench) {
   e2e->add_option("--gen", a->gen, "generated tokens per sequence")->capture_default_str();
   e2e->add_option("--engines", a->engines,
                   "with --random-weights, comma separated: fp16 (cuBLAS), w4a16 (ZipperEngine), w4a16_qhead (W4A16 "
-                  "with the LM head quantized too, as `quantize --lm-head` writes), w4a8 (activations "
+                  "with the LM head quantized too, as `quantize --lm-head` writes), w4a16_head8 (W4A16 with the 8-bit LM "
+                  "head of `quantize --lm-head-int8`), w4a8 (activations "
                   "quantized per token to INT8; large GEMMs on the W4A8 INT8 kernel)")
       ->capture_default_str();
   e2e->add_option("--w4a8-min-m", a->w4a8_min_m,
@@ -123,6 +125,11 @@ void add_bench_command(CLI::App& app) {
                    "warpgroup's 64 outputs; split into 16x64 blocks at load, as for such checkpoints)")
       ->check(CLI::IsMember({"16x64", "32x64", "64x64"}))
       ->capture_default_str();
+  gemm->add_option("--res-pattern", args->res_pattern,
+                   "where the random layers keep residual blocks: binomial (each block with probability = budget) or "
+                   "balanced (every 16-row block row the same count, as a per-row capped selection gives)")
+      ->check(CLI::IsMember({"binomial", "balanced"}))
+      ->capture_default_str();
   gemm->add_option("--json", args->json, "write the rows as JSON to this file");
   gemm->add_option("--reps", args->reps, "timed repetitions, median reported")->capture_default_str();
   gemm->add_flag("--bf16", args->bf16, "BF16 activations for the W4 variants (default FP16)");
@@ -145,6 +152,7 @@ void add_bench_command(CLI::App& app) {
     o.ms = ms;
     o.budgets = budgets;
     o.res_block_rows = std::stoi(args->block);
+    o.res_balanced = args->res_pattern == "balanced";
     o.json = args->json;
     o.reps = args->reps;
     o.bf16 = args->bf16;

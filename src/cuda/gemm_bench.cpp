@@ -17,6 +17,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <vector>
 
 #include "cuda/w4a8.h"
 #include "cuda/zipper.h"
@@ -77,9 +78,11 @@ struct Rng {
   float uniform() { return float(next() >> 40) / float(1 << 24); }
 };
 
-// Random layer: codes uniform, scales 0.005..0.015, residual blocks kept uniformly at random
-// with probability `budget` (Br x 64 blocks, scales ~1/8 of the base).
-PackedLinear random_layer(int64_t N, int64_t K, double budget, uint64_t seed, int Br) {
+// Random layer: codes uniform, scales 0.005..0.015, residual blocks (Br x 64, scales ~1/8 of the
+// base) kept uniformly at random: each with probability `budget` (binomial counts per block row),
+// or, `balanced`, exactly floor(budget x blocks per row) or one more in every block row (what a
+// selection capped per row would give; the kernels' slowest row sets their time).
+PackedLinear random_layer(int64_t N, int64_t K, double budget, uint64_t seed, int Br, bool balanced) {
   Rng rng{seed * 0x9E3779B97F4A7C15ull + 1};
   PackedLinear w;
   w.N = N;
@@ -96,9 +99,20 @@ PackedLinear random_layer(int64_t N, int64_t K, double budget, uint64_t seed, in
   w.block_rows = Br;
   const int64_t nbr = N / Br, nbc = K / 64;
   w.res_rowptr.assign(size_t(nbr + 1), 0);
+  std::vector<int32_t> cols(size_t(nbc), 0);
   for (int64_t r = 0; r < nbr; ++r) {
-    for (int64_t c = 0; c < nbc; ++c)
-      if (rng.uniform() < budget) w.res_colidx.push_back(int32_t(c));
+    if (balanced) {  // a random subset of fixed size: partial Fisher-Yates, then column order
+      const double want = budget * double(nbc);
+      const int64_t n = std::min<int64_t>(nbc, int64_t(want) + (rng.uniform() < want - std::floor(want) ? 1 : 0));
+      for (int64_t c = 0; c < nbc; ++c) cols[size_t(c)] = int32_t(c);
+      for (int64_t i = 0; i < n; ++i)
+        std::swap(cols[size_t(i)], cols[size_t(i + int64_t(rng.next() % uint64_t(nbc - i)))]);
+      std::sort(cols.begin(), cols.begin() + n);
+      w.res_colidx.insert(w.res_colidx.end(), cols.begin(), cols.begin() + n);
+    } else {
+      for (int64_t c = 0; c < nbc; ++c)
+        if (rng.uniform() < budget) w.res_colidx.push_back(int32_t(c));
+    }
     w.res_rowptr[size_t(r + 1)] = int32_t(w.res_colidx.size());
   }
   const size_t nnzb = w.res_colidx.size();
@@ -273,7 +287,7 @@ void run_gemm_bench(const GemmBenchOptions& o) {
       if (budget > 0) emit(s, M, budget, p + "_zipper", layer_call(W4A8Variant::Zipper), wz + xio + 2 * qio + yio, cub[mi]);
     };
     for (double budget : budgets) {
-      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows);
+      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows, o.res_balanced);
       // Rotating copies of the layer (enough bytes that each timed call streams its weights from DRAM).
       auto copies = [&](W4A8Act act) {
         std::vector<std::unique_ptr<W4A8Linear>> v;
@@ -327,7 +341,7 @@ void run_gemm_bench(const GemmBenchOptions& o) {
       continue;
     }
     for (double budget : o.budgets) {
-      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows);
+      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows, o.res_balanced);
       std::vector<std::unique_ptr<ZipperLinear>> zl;
       zl.push_back(std::make_unique<ZipperLinear>(w));
       const int cz = copies_for(zl[0]->weight_bytes());
