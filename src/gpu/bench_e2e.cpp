@@ -117,8 +117,9 @@ void run_e2e_bench(const E2EOptions& o) {
   std::vector<std::string> engines = o.engines;
   if (!o.model_dir.empty()) engines = {"checkpoint"};
   for (const std::string& eng : engines) {
-    MOSAIC_CHECK(eng == "fp16" || eng == "w4a16" || eng == "w4a16_qhead" || eng == "w4a8" || eng == "checkpoint",
-                 "bench e2e: unknown engine '", eng, "' (fp16, w4a16, w4a16_qhead, w4a8)");
+    MOSAIC_CHECK(eng == "fp16" || eng == "w4a16" || eng == "w4a16_qhead" || eng == "w4a16_head8" || eng == "w4a8" ||
+                     eng == "checkpoint",
+                 "bench e2e: unknown engine '", eng, "' (fp16, w4a16, w4a16_qhead, w4a16_head8, w4a8)");
     GpuOptions go;
     go.act = Act::F16;
     go.max_batch = max_b;
@@ -138,11 +139,12 @@ void run_e2e_bench(const E2EOptions& o) {
                                         : "mosaic_w4a16";
       } else {
         RandomWeights rw;
-        rw.quantized = eng == "w4a16" || eng == "w4a16_qhead" || eng == "w4a8";
+        rw.quantized = eng == "w4a16" || eng == "w4a16_qhead" || eng == "w4a16_head8" || eng == "w4a8";
         rw.act_bits = eng == "w4a8" ? 8 : 16;
         rw.budget = o.budget;
         rw.seed = o.seed;
         rw.lm_head = eng == "w4a16_qhead";  // W4A16 with the LM head quantized too (quantize --lm-head)
+        rw.lm_head_int8 = eng == "w4a16_head8";  // W4A16 with the 8-bit LM head (quantize --lm-head-int8)
         engine_name = "mosaic_" + eng;
         m = std::make_unique<GpuModel>(GpuModel::random(builtin_config(o.config), rw, go));
       }

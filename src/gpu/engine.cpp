@@ -25,6 +25,7 @@
 #include "model/quant_linear.h"
 #include "model/rope.h"
 #include "util/error.h"
+#include "util/half.h"
 #include "util/progress.h"
 
 namespace mosaic::gpu {
@@ -135,6 +136,7 @@ class CheckpointSource : public Source {
   CheckpointSource(const Checkpoint& c, bool quantized) : ckpt_(c), quantized_(quantized) {}
 
   size_t estimate(const std::vector<std::string>& prefixes, const std::vector<int64_t>& Ns, int64_t K) const override {
+    if (prefixes.size() == 1 && ckpt_.has(prefixes[0] + ".weight_int8")) return size_t(Ns[0] * K + Ns[0] * 2);
     size_t b = 0;
     int64_t N = 0;
     bool all_packed = true;
@@ -166,12 +168,14 @@ class CheckpointSource : public Source {
     return upload_weights(a, w.data(), V * D, nullptr);
   }
 
-  // As the CPU engine: a tied config uses the embedding unless lm_head.weight is stored.
-  bool has_lm_head() const override { return ckpt_.has("lm_head.weight"); }
+  // As the CPU engine: a tied config uses the embedding unless lm_head.weight (or the 8-bit
+  // lm_head.weight_int8) is stored.
+  bool has_lm_head() const override { return ckpt_.has("lm_head.weight") || ckpt_.has("lm_head.weight_int8"); }
 
   std::unique_ptr<GpuLinear> linear(cublasHandle_t h, Act a, const std::vector<std::string>& prefixes,
                                     const std::vector<int64_t>& Ns, int64_t K, GpuLoadReport& rep,
                                     std::mutex& mu) const override {
+    if (prefixes.size() == 1 && ckpt_.has(prefixes[0] + ".weight_int8")) return int8_rows(a, prefixes[0], Ns[0], K, rep, mu);
     std::vector<PackedLinear> packed;
     bool all_packed = quantized_;
     for (const auto& p : prefixes) all_packed = all_packed && has_packed_linear(ckpt_, p);
@@ -227,6 +231,19 @@ class CheckpointSource : public Source {
   }
 
  private:
+  // The 8-bit LM head: <prefix>.weight_int8 I8 [N, K] and <prefix>.weight_scale F16 [N].
+  std::unique_ptr<GpuLinear> int8_rows(Act a, const std::string& prefix, int64_t N, int64_t K, GpuLoadReport& rep,
+                                       std::mutex& mu) const {
+    const TensorView& q = ckpt_.get(prefix + ".weight_int8", {N, K});
+    const TensorView& sc = ckpt_.get(prefix + ".weight_scale", {N});
+    MOSAIC_CHECK(q.dtype == DType::I8, "tensor '", prefix, ".weight_int8' has dtype ", dtype_name(q.dtype), ", expected I8");
+    MOSAIC_CHECK(sc.dtype == DType::F16, "tensor '", prefix, ".weight_scale' has dtype ", dtype_name(sc.dtype),
+                 ", expected F16");
+    count(rep, mu, -1, "lm_head: 8-bit codes per row (int8_head.cu)");
+    return std::make_unique<Int8GpuLinear>(a, reinterpret_cast<const int8_t*>(q.data),
+                                           reinterpret_cast<const uint16_t*>(sc.data), N, K);
+  }
+
   const Checkpoint& ckpt_;
   bool quantized_;
 };
@@ -264,6 +281,20 @@ class RandomSource : public Source {
     int64_t N = 0;
     for (int64_t n : Ns) N += n;
     const uint64_t seed = seed_of(prefixes[0]);
+    if (prefixes[0] == "lm_head" && rw_.lm_head_int8) {  // codes uniform in -127..127, scales ~ 1 / (127 sqrt(K))
+      std::vector<int8_t> q(size_t(N * K));
+      uint64_t st = seed;
+      for (size_t i = 0; i < q.size(); i += 8) {
+        uint64_t v = st += 0x9E3779B97F4A7C15ull;
+        v = (v ^ (v >> 30)) * 0xBF58476D1CE4E5B9ull;
+        v = (v ^ (v >> 27)) * 0x94D049BB133111EBull;
+        v ^= v >> 31;
+        for (size_t j = 0; j < 8 && i + j < q.size(); ++j) q[i + j] = int8_t(int(uint8_t(v >> (8 * j)) % 255) - 127);
+      }
+      std::vector<uint16_t> sc(size_t(N), float_to_fp16(float(1.0 / (127.0 * std::sqrt(double(K))))));
+      count(rep, mu, -1, "lm_head: 8-bit codes per row (int8_head.cu)");
+      return std::make_unique<Int8GpuLinear>(a, q.data(), sc.data(), N, K);
+    }
     if (rw_.quantized && (prefixes[0] != "lm_head" || rw_.lm_head)) {
       const PackedLinear p = random_packed_fast(N, K, rw_.group, rw_.budget, seed);
       return packed_to_gpu(h, a, p, prefixes[0], rep, mu, act);
@@ -352,6 +383,7 @@ struct GpuModel::Impl {
   std::vector<Layer> layers;
   std::unique_ptr<GpuLinear> lm_head;
   const DenseGpuLinear* lm_dense = nullptr;
+  const Int8GpuLinear* lm_i8 = nullptr;  // the 8-bit head (writes fp32 logits itself, as lm_dense)
 
   DevBuf kv;  // [L][2][slots][Hkv][cap][hd]
   std::vector<int64_t> len;
@@ -546,6 +578,7 @@ struct GpuModel::Impl {
     } else {
       lm_head = src.linear(cublas, act, {"lm_head"}, {V}, D, report, mu);
       lm_dense = dynamic_cast<const DenseGpuLinear*>(lm_head.get());
+      lm_i8 = dynamic_cast<const Int8GpuLinear*>(lm_head.get());
     }
     check_cuda(cudaDeviceSynchronize(), "loading weights");
 
@@ -573,7 +606,7 @@ struct GpuModel::Impl {
     actb = DevBuf(size_t(M * I) * 2, "activations");
     logits = DevBuf(size_t(LR * V) * 4, "logits");
     arg_scratch = DevBuf(kern::argmax_scratch_bytes(LR), "argmax scratch");
-    if (!lm_dense) lm_tmp = DevBuf(size_t(LR * V) * 2, "logits");
+    if (!lm_dense && !lm_i8) lm_tmp = DevBuf(size_t(LR * V) * 2, "logits");
     S = DevBuf(S_elems() * 4, "attention scores");
     P = DevBuf(S_elems() * 2, "attention probabilities");
     partial = DevBuf(decode_scratch_bytes(), "attention partials");
@@ -643,6 +676,8 @@ struct GpuModel::Impl {
     const void* hr = h.as<char>() + r * D * 2;
     if (lm_dense) {
       lm_dense->forward_f32(hr, logits.as<float>(), rows, stream);
+    } else if (lm_i8) {
+      lm_i8->forward_f32(hr, logits.as<float>(), rows, stream);
     } else {
       lm_head->forward(hr, lm_tmp.get(), rows, stream);
       kern::act_to_f32(act, lm_tmp.get(), logits.as<float>(), rows * V, stream);

@@ -59,6 +59,7 @@ struct RandomWeights {
   uint64_t seed = 1;
   int act_bits = 16;  // 8: a W4A8 model (integer activation codes; quantized only)
   bool lm_head = false;  // quantized: the LM head a random MosaicQuant layer too (`quantize --lm-head`)
+  bool lm_head_int8 = false;  // the LM head in 8 bits per row (`quantize --lm-head-int8`)
 };
 
 struct GpuLoadReport {

@@ -15,6 +15,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace mosaic::gpu {
 
@@ -22,6 +23,14 @@ enum class Act { F16 = 0, BF16 = 1 };  // activation (and dense weight) dtype: 2
 const char* act_name(Act a);          // "fp16" / "bf16"
 
 namespace kern {
+
+// The 8-bit LM head (int8_head.cu): Y[m, v] = scale[v] * sum_k W[v, k] X[m, k] with W int8 [V, D]
+// (D a multiple of 64) in the kernel's order, int8_rows_repack(row-major codes) on the device,
+// scale fp16 [V], X [M, D] in act dtype, Y [M, V] fp32 (y_f32) or act dtype. FP32 accumulation;
+// tensor-core MMA on the exact int8 -> fp16/bf16 codes.
+std::vector<int8_t> int8_rows_repack(const int8_t* codes, int64_t V, int64_t D);  // ceil(V / 16) * 16 * D bytes
+void int8_rows_gemm(Act a, const int8_t* W, const void* scale, int64_t V, int64_t D, const void* X, int64_t M, void* Y,
+                    bool y_f32, cudaStream_t s);
 
 // x[r, :] = float(table[tok[r], :]) (table [vocab, D] in act dtype). Token ids are checked on the host.
 void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t rows, float* x, cudaStream_t s);

@@ -130,6 +130,25 @@ std::string ActQuantGpuLinear::kind() const {
   return k;
 }
 
+Int8GpuLinear::Int8GpuLinear(Act a, const int8_t* codes, const uint16_t* scale_f16, int64_t n, int64_t k)
+    : GpuLinear(n, k), a_(a) {
+  MOSAIC_CHECK(n > 0 && k > 0 && k % 64 == 0, "int8 LM head: shape [", n, ", ", k,
+               "] not supported on the GPU (hidden size must be a multiple of 64)");
+  const std::vector<int8_t> packed = kern::int8_rows_repack(codes, n, k);  // the kernel's order (int8_head.cu)
+  w_ = DevBuf(packed.size(), "int8 LM head");
+  s_ = DevBuf(size_t(n) * 2, "int8 LM head scales");
+  check_cuda(cudaMemcpy(w_.get(), packed.data(), packed.size(), cudaMemcpyHostToDevice), "cudaMemcpy (int8 LM head)");
+  check_cuda(cudaMemcpy(s_.get(), scale_f16, size_t(n) * 2, cudaMemcpyHostToDevice), "cudaMemcpy (int8 LM head)");
+}
+
+void Int8GpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s) const {
+  if (M > 0) kern::int8_rows_gemm(a_, w_.as<int8_t>(), s_.get(), N, K, X, M, Y, false, s);
+}
+
+void Int8GpuLinear::forward_f32(const void* X, float* Y, int64_t M, cudaStream_t s) const {
+  if (M > 0) kern::int8_rows_gemm(a_, w_.as<int8_t>(), s_.get(), N, K, X, M, Y, true, s);
+}
+
 DevBuf upload_weights(Act a, const float* w, int64_t n, cudaStream_t s) {
   (void)s;
   std::vector<uint16_t> bits(static_cast<size_t>(n));

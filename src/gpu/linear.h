@@ -3,6 +3,7 @@
 //   DenseGpuLinear  - FP16/BF16 weights [N, K] through cuBLAS (checkpoint FP16/BF16/F32 weights,
 //                     and MosaicQuant layers ZipperEngine cannot take, dequantized once at load);
 //   ZipperGpuLinear - a MosaicQuant layer through mosaic::cuda::ZipperLinear (src/cuda/zipper.h);
+//   Int8GpuLinear   - the 8-bit LM head (int8 codes, per-row fp16 scales; int8_head.cu);
 //   ActQuantGpuLinear - a W4A8 / W4A4 layer: its input rows quantized per token (act_quant.h), then
 //                     an inner layer above, or for M >= a threshold the W4A8 INT8 kernel
 //                     (mosaic::cuda::W4A8Linear, src/cuda/w4a8.h) on the same weights.
@@ -83,6 +84,24 @@ class ZipperGpuLinear : public GpuLinear {
   std::unique_ptr<cuda::ZipperLinear> z_;
   Act a_;
   std::string kind_;
+};
+
+// The 8-bit LM head (`quantize --lm-head-int8`, docs/format.md): int8 codes [N, K] and fp16
+// per-row scales on the GPU, run by kern::int8_rows_gemm (tensor cores, FP32 accumulation);
+// half the bytes of the FP16 head that a decode step streams.
+class Int8GpuLinear : public GpuLinear {
+ public:
+  // codes [n, k] row-major (-127..127), scale_f16: fp16 bits [n]; k a multiple of 64.
+  Int8GpuLinear(Act a, const int8_t* codes, const uint16_t* scale_f16, int64_t n, int64_t k);
+  void forward(const void* X, void* Y, int64_t M, cudaStream_t s) const override;
+  // Y fp32 [M, N] (the logits).
+  void forward_f32(const void* X, float* Y, int64_t M, cudaStream_t s) const;
+  size_t device_bytes() const override { return w_.bytes() + s_.bytes(); }
+  std::string kind() const override { return "int8-rows"; }
+
+ private:
+  Act a_;
+  DevBuf w_, s_;
 };
 
 // Where ActQuantGpuLinear writes quantized input rows: one buffer shared by every layer of a model

@@ -180,7 +180,8 @@ Model Model::from_checkpoint(const Checkpoint& ckpt, const ModelConfig& cfg, con
     bytes += (L.attn_norm.size() + L.ffn_norm.size() + L.q_norm.size() + L.k_norm.size()) * sizeof(float);
   }
   m.final_norm_ = load_f32(ckpt, "model.norm.weight", {D});
-  if (cfg.tie_word_embeddings && !ckpt.has("lm_head.weight")) {
+  // A checkpoint storing a head of its own (F16, or the int8 head of a quantized one) uses it.
+  if (cfg.tie_word_embeddings && !ckpt.has("lm_head.weight") && !ckpt.has("lm_head.weight_int8")) {
     m.lm_head_ = std::make_unique<DenseLinear>(V, D, m.embed_);  // shares the embedding table
   } else {
     // Untied (or a tied config that still stores lm_head: use what is stored, as HF would load it).

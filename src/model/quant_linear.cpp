@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "format/int8_rows.h"
 #include "format/packed_checkpoint.h"
 #include "format/packed_linear.h"
 #include "io/safetensors.h"
@@ -26,6 +27,19 @@ std::shared_ptr<const std::vector<float>> validated_dequantize(const PackedLinea
 bool act_quant_skipped(const std::string& prefix) {
   return names_match(name_list_from_env("MOSAIC_ACT_QUANT_SKIP"), prefix);  // (read per load: tests set it)
 }
+
+// An 8-bit per-row weight (format/int8_rows.h; the LM head of `--lm-head-int8`), dequantized once
+// at load: the dense FP32 matmul, with its own kind() so reports say what was loaded.
+class Int8RowsLinear : public Linear {
+ public:
+  Int8RowsLinear(int64_t n, int64_t k, std::shared_ptr<const std::vector<float>> w) : Linear(n, k), dense_(n, k, std::move(w)) {}
+  void forward(const float* x, int64_t M, float* y) const override { dense_.forward(x, M, y); }
+  size_t weight_bytes() const override { return dense_.weight_bytes(); }
+  std::string kind() const override { return "int8-row"; }
+
+ private:
+  DenseLinear dense_;
+};
 
 }  // namespace
 
@@ -92,6 +106,13 @@ bool names_match(const std::vector<std::string>& names, const std::string& prefi
 
 std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N,
                                                    int64_t K, ActQuant act) {
+  if (has_int8_rows(ckpt, prefix)) {  // never activation-quantized (docs/format.md: only decoder linears are)
+    for (const std::string& other : {prefix + ".weight", prefix + ".qweight"})
+      MOSAIC_CHECK(!ckpt.has(other), "checkpoint stores both '", int8_rows_name(prefix), "' and '", other,
+                   "': one weight per linear");
+    auto w = std::make_shared<const std::vector<float>>(read_int8_rows(ckpt, prefix, N, K).dequantize());
+    return std::make_unique<Int8RowsLinear>(N, K, std::move(w));
+  }
   if (!has_packed_linear(ckpt, prefix)) {
     MOSAIC_CHECK(ckpt.has(prefix + ".weight"), "quantized checkpoint has neither '", prefix, ".qweight' nor '",
                  prefix, ".weight'");

@@ -43,8 +43,10 @@ ActQuant activation_quant(const ModelConfig& cfg);
 
 // The linear factory for mosaicquant checkpoints: `<prefix>.qweight` present -> QuantLinear from
 // the tensors (dtypes and shapes checked, names in errors), wrapped in an ActQuantLinear when
-// act_bits < 16; otherwise the dense `<prefix>.weight` (e.g. an untied lm_head kept in FP16,
-// whose input is never quantized).
+// act_bits < 16; `<prefix>.weight_int8` present (the 8-bit LM head, format/int8_rows.h) -> a dense
+// FP32 linear from its dequantized weights (dtypes and shapes checked; never activation-quantized);
+// otherwise the dense `<prefix>.weight` (e.g. an untied lm_head kept in FP16, whose input is never
+// quantized).
 std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N,
                                                    int64_t K, ActQuant act = {});
 

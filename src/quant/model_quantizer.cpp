@@ -20,6 +20,7 @@
 #include "quant/accelerator.h"
 #include "quant/calibration.h"
 #include "quant/gptq.h"
+#include "format/int8_rows.h"
 #include "format/packed_checkpoint.h"
 #include "quant/rtn.h"
 #include "quant/smooth.h"
@@ -178,6 +179,12 @@ void check_shapes(const Checkpoint& ckpt, const ModelConfig& cfg, const ModelQua
       MOSAIC_CHECK(V % opt.block_rows == 0 && D % opt.block_cols == 0, "--lm-head: residual block ", opt.block_rows,
                    "x", opt.block_cols, " does not tile the head [", V, ", ", D, "]");
   }
+  if (opt.lm_head_int8) {
+    const std::string name = ckpt.has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
+    const TensorView& t = ckpt.get(name, {cfg.vocab_size, cfg.hidden_size});
+    MOSAIC_CHECK(t.dtype == DType::F32 || t.dtype == DType::F16 || t.dtype == DType::BF16, "--lm-head-int8: tensor '",
+                 name, "' has dtype ", dtype_name(t.dtype), "; the quantizer reads F32, F16 or BF16");
+  }
 }
 
 // F16 bytes of a checkpoint tensor, converted in chunks on the worker threads: the embedding and
@@ -227,6 +234,7 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuan
                       {"true_sequential", opt.true_sequential && opt.method != QuantMethod::kRtn},
                       {"mosaic_version", "0.1.0"}};
   q["lm_head"] = opt.quantize_lm_head;  // true: lm_head is packed like the decoder linears
+  q["lm_head_int8"] = opt.lm_head_int8;  // true: lm_head.weight_int8 + .weight_scale (format/int8_rows.h)
   if (!opt.group_for.empty()) {  // linears whose group differs from group_size (same in every layer)
     nlohmann::json per = nlohmann::json::object();
     for (LinearId id : kLinears)
@@ -334,6 +342,8 @@ class Quantizer {
     copy_f16(w, ckpt_, "model.norm.weight");
     if (opt_.quantize_lm_head)
       quantize_head(w, rep, model.get(), x);
+    else if (opt_.lm_head_int8)
+      quantize_head_int8(w, rep);
     else if (ckpt_.has("lm_head.weight"))
       copy_f16(w, ckpt_, "lm_head.weight");
     rep.phase_seconds = {{"load", phase_[kLoad]},       {"forward", phase_[kForward]}, {"hessian", phase_[kHessian]},
@@ -607,6 +617,45 @@ class Quantizer {
                    static_cast<long long>(D), src.c_str(), p.bits_per_weight());
   }
 
+  // The LM head [V, D] (lm_head.weight, or the embedding of a tied model) in 8 bits per row
+  // (format/int8_rows.h): no calibration; converted and quantized in chunks of rows on the worker
+  // threads, so no FP32 copy of the whole head is made (0.5 G elements at a 128k vocabulary).
+  void quantize_head_int8(ShardedWriter& w, ModelQuantReport& rep) {
+    const int64_t V = cfg_.vocab_size, D = cfg_.hidden_size;
+    const std::string src = ckpt_.has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
+    const TensorView& t = ckpt_.get(src, {V, D});
+    std::string q(size_t(V * D), '\0'), scale(size_t(V) * 2, '\0');
+    timed(kSolve, [&] {
+      const int64_t rows = std::max<int64_t>(1, (int64_t(1) << 20) / D);  // ~1 M elements per chunk
+      const int64_t chunks = (V + rows - 1) / rows;
+      std::vector<std::string> bad(static_cast<size_t>(chunks));  // per chunk: parallel bodies must not throw
+      parallel_for_each(chunks, rows * D, [&](int64_t c) {
+        const int64_t r0 = c * rows, n = std::min(rows, V - r0);
+        try {
+          TensorView part = t;
+          part.shape = {n, D};
+          part.data = t.data + size_t(r0 * D) * dtype_size(t.dtype);
+          part.nbytes = size_t(n * D) * dtype_size(t.dtype);
+          std::vector<float> f(static_cast<size_t>(n * D));
+          part.to_f32(f.data());
+          quantize_int8_rows(f.data(), n, D, reinterpret_cast<int8_t*>(q.data()) + r0 * D,
+                             reinterpret_cast<uint16_t*>(scale.data()) + r0, "tensor '" + src + "'", r0);
+        } catch (const std::exception& e) {
+          bad[size_t(c)] = e.what();
+        }
+      });
+      for (const auto& b : bad) MOSAIC_CHECK(b.empty(), "--lm-head-int8: ", b);
+      return 0;
+    });
+    ckpt_.release(src);
+    rep.lm_head_params = V * D;
+    rep.lm_head_bytes = V * D + 2 * V;
+    timed(kWrite, [&] { add_int8_rows(w, "lm_head", V, D, std::move(q), std::move(scale)); return 0; });
+    if (!opt_.quiet)
+      std::fprintf(stderr, "lm_head [%lld, %lld] int8 per row from %s: %.3f bits/weight\n", static_cast<long long>(V),
+                   static_cast<long long>(D), src.c_str(), 8.0 * double(rep.lm_head_bytes) / double(rep.lm_head_params));
+  }
+
   // The quantized linear as calibration runs it (dequantized weights, on the accelerator if any).
   std::unique_ptr<Linear> quant_linear(int i, LinearId id, const PackedLinear& p) const {
     if (opt_.accel)
@@ -841,6 +890,10 @@ class Quantizer {
 
 void check_options(const ModelQuantOptions& o) {
   MOSAIC_CHECK(o.group > 0, "group size must be positive, got ", o.group);
+  MOSAIC_CHECK(!(o.quantize_lm_head && o.lm_head_int8), "--lm-head and --lm-head-int8 are mutually exclusive: the ",
+               "LM head is either 4-bit MosaicQuant (--lm-head) or 8-bit per row (--lm-head-int8)");
+  // A packed head would be loaded like a decoder linear, whose input act_bits < 16 quantizes. (The int8
+  // head may: it loads as a dense linear, whose input no engine quantizes.)
   MOSAIC_CHECK(!o.quantize_lm_head || o.act_bits == 16, "--lm-head quantizes the head's weights only; it cannot be ",
                "combined with --act-bits ", o.act_bits);
   // The engines run q/k/v and gate/up as one fused GEMM each (one group size per fused layer).
@@ -934,9 +987,10 @@ ModelQuantReport quantize_model(const fs::path& model_dir, const fs::path& out,
     }
     fs::remove_all(rotated);
     // The rotated model's config: tie_word_embeddings false (lm_head has the final norm folded in);
-    // so is a quantized LM head's (a packed lm_head of its own).
+    // so is a quantized LM head's (a packed or int8 lm_head of its own; the embedding stays F16).
     nlohmann::json config = cfg0.raw;
-    if (opt.rotation.kind != RotationKind::kNone || opt.quantize_lm_head) config["tie_word_embeddings"] = false;
+    if (opt.rotation.kind != RotationKind::kNone || opt.quantize_lm_head || opt.lm_head_int8)
+      config["tie_word_embeddings"] = false;
     config["quantization_config"] = quantization_config(opt, rep);
     config["torch_dtype"] = "float16";  // the non-linear tensors are written as FP16
     write_file_atomic(partial / "config.json", config.dump(2) + "\n");

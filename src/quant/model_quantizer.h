@@ -60,6 +60,11 @@ struct ModelQuantOptions {
   // Hessian of the final norm's outputs; the checkpoint then stores a packed `lm_head` and is untied
   // (tie_word_embeddings false). Weights only: refused with act_bits < 16. Off by default.
   bool quantize_lm_head = false;
+  // The LM head in 8 bits instead (`--lm-head-int8`): round to nearest, one fp16 scale per row
+  // (format/int8_rows.h), no calibration; the checkpoint stores lm_head.weight_int8 / .weight_scale
+  // and is untied. Excludes quantize_lm_head; allowed with act_bits < 16 (the head's input is never
+  // quantized).
+  bool lm_head_int8 = false;
   bool symmetric = true;
   bool act_order = true;  // static groups: the checkpoint layout does not change
   // GPTQ's true-sequential: within a layer, o / gate+up / down get their Hessians from a pass with
@@ -120,7 +125,7 @@ struct ModelQuantReport {
   std::vector<std::pair<std::string, double>> phase_seconds;
   int64_t linear_params = 0;     // weights quantized (the decoder layers' linears)
   int64_t linear_bytes = 0;      // their packed bytes (base + residual)
-  int64_t lm_head_params = 0;    // quantize_lm_head: the head's weights and packed bytes (else 0)
+  int64_t lm_head_params = 0;    // quantize_lm_head / lm_head_int8: the head's weights and bytes (else 0)
   int64_t lm_head_bytes = 0;
   int64_t residual_blocks = 0;   // kept blocks, all layers
   std::vector<int64_t> global_counts;  // global allocation: blocks per linear (layer * 7 + id)

@@ -148,6 +148,34 @@ TEST_F(QuantizeCli, GoodRunsWriteCompleteOutputs) {
   EXPECT_NE(r.out.find("ppl "), std::string::npos) << r.out;
 }
 
+// --lm-head-int8: refused together with --lm-head; otherwise the head is written in 8 bits per row
+// (the stderr and stdout lines say so, 8 + 16/64 bits/weight here), inspect shows it, ppl runs it.
+TEST_F(QuantizeCli, LmHeadInt8) {
+  expect_error(base_args() + " --method rtn --lm-head --lm-head-int8",
+               {"--lm-head and --lm-head-int8 are mutually exclusive"});
+  std::string args = base_args("i8") + " --method rtn --lm-head-int8";
+  args.replace(args.find("quantize -q "), 12, "quantize ");  // with the progress lines on stderr
+  Result r = run(args);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("lm_head [301, 64] int8 per row from model.embed_tokens.weight: 8.250 bits/weight"),
+            std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("lm_head quantized (int8 per row): 8.250 bits/weight over 19264 weights"), std::string::npos)
+      << r.out;
+  const auto cfg = nlohmann::json::parse(std::ifstream(dir_ / "i8/config.json"));
+  EXPECT_EQ(cfg["quantization_config"]["lm_head_int8"], true);
+  EXPECT_EQ(cfg["tie_word_embeddings"], false);
+  r = run("inspect " + (dir_ / "i8").string());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("lm_head       int8 per row (lm_head.weight_int8 I8 [301, 64]"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("lm_head.weight_int8"), std::string::npos) << r.out;
+  r = run("ppl --model " + (dir_ / "i8").string() + " --text-file " + (dir_ / "calib.txt").string() +
+          " --ctx 64 --max-windows 1 --device cpu");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("ppl "), std::string::npos) << r.out;
+  r = run("quantize --help");
+  EXPECT_NE(r.out.find("--lm-head-int8"), std::string::npos) << r.out;
+}
+
 // A W4A8 checkpoint runs on either engine: --device auto works on any machine; --device cuda works
 // where a GPU is usable and is otherwise refused with the way out (--device cpu), never run wrong.
 TEST_F(QuantizeCli, ActivationQuantizedCheckpointsRunOnEitherDevice) {

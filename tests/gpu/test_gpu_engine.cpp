@@ -10,10 +10,13 @@
 // (BF16), measured values printed.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -173,8 +176,11 @@ TEST(GpuEngine, BatchedDecodeMatchesSingleSequences) {
 // act: extra quantization_config keys (act_bits / act_format: a W4A8 / W4A4 model of the same weights).
 // packed_head: an untied, packed lm_head of 320 rows (what `mosaic quantize --lm-head` writes; 320
 // so that ZipperEngine takes it and the engine's 16-bit logits path runs).
+// int8_head: an untied 8-bit lm_head instead (`mosaic quantize --lm-head-int8`: codes I8 [V, D],
+// fp16 scale per row; V = 301, not a multiple of the kernel's 16-row tiles).
 std::filesystem::path write_quant_model(int64_t D, int64_t I, const std::string& tag,
-                                        const nlohmann::json& act = nlohmann::json::object(), bool packed_head = false) {
+                                        const nlohmann::json& act = nlohmann::json::object(), bool packed_head = false,
+                                        bool int8_head = false) {
   const auto dir = std::filesystem::temp_directory_path() / ("mosaic_gpu_quant_" + tag);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
@@ -191,7 +197,7 @@ std::filesystem::path write_quant_model(int64_t D, int64_t I, const std::string&
                         {"max_position_embeddings", 128},
                         {"rms_norm_eps", 1e-5},
                         {"rope_theta", 10000.0},
-                        {"tie_word_embeddings", !packed_head},
+                        {"tie_word_embeddings", !packed_head && !int8_head},
                         {"torch_dtype", "float16"},
                         {"quantization_config", {{"quant_method", "mosaicquant"}, {"format_version", 1}, {"bits", 4}}}};
   cfg["quantization_config"].update(act);
@@ -221,6 +227,17 @@ std::filesystem::path write_quant_model(int64_t D, int64_t I, const std::string&
   }
   if (packed_head)
     add_packed_linear(w, "lm_head", random_packed_linear(V, D, 64, 16, 64, 0.1, ResidualPattern::kUniform, seed++));
+  if (int8_head) {  // codes -127..127 (both ends present), scales ~ 1 / (127 sqrt(D)) as fp16
+    std::string q(size_t(V * D), '\0'), sc(size_t(V) * 2, '\0');
+    std::mt19937 rng(uint32_t(seed++));
+    for (size_t i = 0; i < q.size(); ++i) q[i] = char(int8_t(i % 97 == 0 ? 127 : i % 89 == 0 ? -127 : int(rng() % 255) - 127));
+    for (int64_t v = 0; v < V; ++v) {
+      const uint16_t h = float_to_fp16(float(1.0 / (127.0 * std::sqrt(double(D)))) * (0.5f + float(v % 7) / 7.f));
+      std::memcpy(&sc[size_t(v) * 2], &h, 2);
+    }
+    w.add("lm_head.weight_int8", DType::I8, {V, D}, std::move(q));
+    w.add("lm_head.weight_scale", DType::F16, {V}, std::move(sc));
+  }
   w.finish();
   return dir;
 }
@@ -240,20 +257,23 @@ double decode_err(GpuModel& g, const std::vector<int32_t>& toks, const std::vect
   return worst;
 }
 
-// Three models: every layer on ZipperEngine (8 fused linears), hidden 64 (K = 64: the dequantize
-// fallback), and a packed LM head (`mosaic quantize --lm-head`: ZipperEngine runs it too, 9 fused
+// Four models: every layer on ZipperEngine (8 fused linears), hidden 64 (K = 64: the dequantize
+// fallback), a packed LM head (`mosaic quantize --lm-head`: ZipperEngine runs it too, 9 fused
 // linears, its 16-bit logits converted to fp32, the engine's path for a head that is not a dense
-// cuBLAS layer). Prefill and decode match the CPU engine with the usual bounds.
+// cuBLAS layer), and the 8-bit LM head (`--lm-head-int8`, int8_head.cu, fp32 logits; the CPU
+// engine dequantizes it). Prefill and decode match the CPU engine with the usual bounds.
 TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
   REQUIRE_GPU();
   struct Case {
     int64_t D, I;
     bool packed_head;
     int zipper_linears;  // 0: the dequantize fallback
+    bool int8_head = false;
   };
-  for (const Case& c : {Case{128, 256, false, 8}, Case{64, 128, false, 0}, Case{128, 256, true, 9}}) {
-    const std::string tag = std::to_string(c.D) + (c.packed_head ? "head" : "");
-    const auto dir = write_quant_model(c.D, c.I, tag, nlohmann::json::object(), c.packed_head);
+  for (const Case& c : {Case{128, 256, false, 8}, Case{64, 128, false, 0}, Case{128, 256, true, 9},
+                        Case{128, 256, false, 8, true}}) {
+    const std::string tag = std::to_string(c.D) + (c.packed_head ? "head" : "") + (c.int8_head ? "head8" : "");
+    const auto dir = write_quant_model(c.D, c.I, tag, nlohmann::json::object(), c.packed_head, c.int8_head);
     const Model cpu = Model::load(dir);
     const auto toks = prompt_tokens(30, cpu.vocab_size(), 9);
     const auto ref = cpu_logits(cpu, toks);
@@ -263,6 +283,10 @@ TEST(GpuEngine, QuantizedModelMatchesCpuEngine) {
       o.capacity = 32;
       GpuModel g = GpuModel::load(dir, o);
       const GpuLoadReport& r = g.load_report();
+      if (c.int8_head) {
+        EXPECT_NE(std::find(r.notes.begin(), r.notes.end(), "lm_head: 8-bit codes per row (int8_head.cu)"), r.notes.end())
+            << r.summary();
+      }
       if (c.zipper_linears > 0) {
         EXPECT_EQ(r.zipper_linears, c.zipper_linears) << r.summary();
         EXPECT_EQ(r.dequant_linears, 0) << r.summary();

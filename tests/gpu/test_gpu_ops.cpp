@@ -90,6 +90,56 @@ TEST(GpuOps, SiluMulMatchesReference) {
 // with outliers, a zero row, in place and out of place. The GPU computes in FP32 with IEEE
 // division like the CPU, then rounds s * code once to the act dtype: bit-identical to the CPU
 // result rounded the same way (bound 0).
+// The 8-bit LM head: Y[m, v] = scale[v] sum_k W[v, k] X[m, k] against a double-precision
+// reference on the same (act-rounded) X. Codes span -127..127 (both ends in every row), X has
+// outliers. Products are exact in fp32; the bound is the fp32 sum over K: max |gpu - ref| <=
+// 1e-5 max |ref| for fp32 logits, plus one output rounding (act_eps) in the act dtype. Vocab sizes
+// that are not a multiple of 16 (the last tile's rows past V), K with a tail after the 4-chunk
+// unroll (K = 320), M across the n8 tiles and 16-row slices (1 .. 33).
+TEST(GpuOps, Int8HeadMatchesReference) {
+  REQUIRE_GPU();
+  struct Case {
+    int64_t V, D;
+  };
+  const Case cases[] = {{16, 64}, {37, 320}, {1000, 576}, {203, 4096}};
+  const int64_t Ms[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 33};
+  for (Act a : kActs)
+    for (const Case& c : cases) {
+      std::mt19937 rng(uint32_t(c.V * 7 + c.D));
+      std::vector<int8_t> q(size_t(c.V * c.D));
+      for (int64_t v = 0; v < c.V; ++v)
+        for (int64_t k = 0; k < c.D; ++k)
+          q[size_t(v * c.D + k)] = k == v % c.D ? int8_t(127) : k == (v + 1) % c.D ? int8_t(-127)
+                                                                                    : int8_t(int(rng() % 255) - 127);
+      std::vector<uint16_t> sc(size_t(c.V));
+      std::vector<float> scf(size_t(c.V));
+      for (int64_t v = 0; v < c.V; ++v) {
+        sc[size_t(v)] = float_to_fp16(0.0005f + 0.002f * float(rng() % 1000) / 1000.f);
+        scf[size_t(v)] = fp16_to_float(sc[size_t(v)]);
+      }
+      DevBuf qd = to_dev(kern::int8_rows_repack(q.data(), c.V, c.D)), sd = to_dev(sc);
+      for (int64_t M : Ms) {
+        auto x = randn(size_t(M * c.D), uint32_t(M * 31 + c.D), 1.0f);
+        for (size_t i = 0; i < x.size(); i += 97) x[i] *= 20.f;  // outliers
+        x = round_act(a, x);
+        std::vector<float> ref(size_t(M * c.V));
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t v = 0; v < c.V; ++v) {
+            double s = 0;
+            for (int64_t k = 0; k < c.D; ++k) s += double(q[size_t(v * c.D + k)]) * double(x[size_t(m * c.D + k)]);
+            ref[size_t(m * c.V + v)] = float(s * double(scf[size_t(v)]));
+          }
+        DevBuf xd = to_act(a, x), y32(ref.size() * 4), yact(ref.size() * 2);
+        kern::int8_rows_gemm(a, qd.as<int8_t>(), sd.get(), c.V, c.D, xd.get(), M, y32.get(), true, nullptr);
+        kern::int8_rows_gemm(a, qd.as<int8_t>(), sd.get(), c.V, c.D, xd.get(), M, yact.get(), false, nullptr);
+        EXPECT_LE(rel_max_err(from_dev<float>(y32, ref.size()), ref), 1e-5)
+            << act_name(a) << " V=" << c.V << " D=" << c.D << " M=" << M << " (fp32 out)";
+        EXPECT_LE(rel_max_err(from_act(a, yact, ref.size()), ref), act_eps(a) + 1e-5)
+            << act_name(a) << " V=" << c.V << " D=" << c.D << " M=" << M << " (act out)";
+      }
+    }
+}
+
 TEST(GpuOps, ActFakeQuantMatchesCpuRule) {
   REQUIRE_GPU();
   struct Q {

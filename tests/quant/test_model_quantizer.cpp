@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,9 +17,11 @@
 #include "model/quant_linear.h"
 #include "quant/calibration.h"
 #include "quant/model_quantizer.h"
+#include "format/int8_rows.h"
 #include "format/packed_checkpoint.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/half.h"
 #include "model_distance.h"
 #include "golden_models.h"
 #include "quant_test_data.h"
@@ -320,6 +323,171 @@ TEST(ModelQuantizer, QuantizedLmHead) {
   o.block_rows = 1;
   o.act_bits = 8;
   expect_quantize_error(golden("llama_tied"), tmp.path / "a8", calib, o, "--lm-head quantizes the head's weights only");
+}
+
+// --lm-head-int8 (docs/format.md "8-bit LM head"): on a tied and an untied model, the head is
+// lm_head.weight_int8 I8 [V, D] + lm_head.weight_scale F16 [V], exactly quantize_int8_rows of the
+// source (the embedding of the tied model, lm_head.weight of the untied one), no lm_head.weight,
+// the config untied with lm_head_int8 true; the CPU engine loads it as a dense "int8-row" linear
+// whose logits differ from the same quantization with the FP16 head by at most
+// (1/2 + 127 * 2^-11) s_v ||h_t||_1 per logit (half a step of the int8 rounding plus the FP16 head's
+// own rounding, <= 2^-11 |w| <= 127 * 2^-11 s_v), and KL(FP16 head || int8 head) < 1e-4 per token.
+TEST(ModelQuantizer, Int8LmHead) {
+  TempDir tmp;
+  const auto calib = testdata::token_windows(8, 48, 11);
+  const auto eval = testdata::token_windows(1, 96, 99)[0];
+  const int64_t T = int64_t(eval.size());
+  for (const char* name : {"llama_tied", "qwen3_untied_bf16"}) {
+    ModelQuantOptions o = small_options(QuantMethod::kMosaic);
+    const fs::path body = tmp.path / (std::string(name) + "_body"), head = tmp.path / (std::string(name) + "_int8");
+    quantize_model(golden(name), body, calib, o);
+    o.lm_head_int8 = true;
+    const ModelQuantReport r = quantize_model(golden(name), head, calib, o);
+    const ModelConfig cfg = ModelConfig::load(head);
+    const int64_t V = cfg.vocab_size, D = cfg.hidden_size;
+    EXPECT_FALSE(cfg.tie_word_embeddings) << name;
+    EXPECT_TRUE(cfg.quantization_config.at("lm_head_int8").get<bool>()) << name;
+    EXPECT_FALSE(cfg.quantization_config.at("lm_head").get<bool>()) << name;
+    EXPECT_FALSE(ModelConfig::load(body).quantization_config.at("lm_head_int8").get<bool>()) << name;
+    EXPECT_EQ(r.lm_head_params, V * D);
+    EXPECT_EQ(r.lm_head_bytes, V * D + 2 * V);
+    const Checkpoint ck = Checkpoint::open(head);
+    EXPECT_FALSE(ck.has("lm_head.weight")) << name;
+    EXPECT_FALSE(ck.has("lm_head.qweight")) << name;
+    EXPECT_EQ(ck.get("lm_head.weight_int8", {V, D}).dtype, DType::I8) << name;
+    EXPECT_EQ(ck.get("lm_head.weight_scale", {V}).dtype, DType::F16) << name;
+    EXPECT_EQ(ck.get("model.embed_tokens.weight", {V, D}).dtype, DType::F16) << name;  // the embedding stays F16
+    // Exactly the rule of format/int8_rows.h applied to the source.
+    const Checkpoint src = Checkpoint::open(golden(name));
+    const std::vector<float> W = src.get(src.has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight",
+                                         {V, D}).to_f32();
+    std::vector<int8_t> q;
+    std::vector<uint16_t> s;
+    quantize_int8_rows(W.data(), V, D, q, s);
+    const Int8Rows stored = read_int8_rows(ck, "lm_head", V, D);
+    EXPECT_EQ(stored.q, q) << name;
+    EXPECT_EQ(stored.scale, s) << name;
+    // The decoder is the same quantization either way; only the head differs.
+    const Model mb = Model::load(body), mh = Model::load(head);
+    EXPECT_EQ(mh.head().kind(), "int8-row");
+    EXPECT_EQ(mb.head().kind(), "dense-f32");
+    std::vector<float> hb(size_t(T * D)), hh(size_t(T * D));
+    KVCache cb = mb.make_cache(T), ch = mh.make_cache(T);
+    mb.forward_hidden(eval.data(), T, cb, hb.data());
+    mh.forward_hidden(eval.data(), T, ch, hh.data());
+    ASSERT_EQ(hb, hh) << name << ": the decoder layers differ";
+    const std::vector<float> lb = testdata::forward_logits(mb, eval), lh = testdata::forward_logits(mh, eval);
+    double worst = 0;  // largest |logit difference| / its bound
+    for (int64_t t = 0; t < T; ++t) {
+      double l1 = 0;
+      for (int64_t d = 0; d < D; ++d) l1 += std::fabs(hh[size_t(t * D + d)]);
+      for (int64_t v = 0; v < V; ++v) {
+        const double bound = (0.5 + 127 * 0x1p-11) * fp16_to_float(s[size_t(v)]) * l1 + 1e-5;
+        worst = std::max(worst, std::fabs(double(lh[size_t(t * V + v)]) - lb[size_t(t * V + v)]) / bound);
+      }
+    }
+    const testdata::Distance d = testdata::logits_distance(mb, mh, eval);
+    std::printf("%-18s int8 head vs FP16 head: KL %.2e, rel RMS logits %.2e, worst |dlogit| / bound %.3f\n", name,
+                d.kl, d.rel_rms, worst);
+    EXPECT_LE(worst, 1.0) << name;
+    EXPECT_LT(d.kl, 1e-4) << name;
+    EXPECT_GT(d.rel_rms, 0.0) << name;  // the head did change
+  }
+  // Weights only, but the head's input is never activation-quantized: allowed with --act-bits 8,
+  // and the head stays a plain int8-row linear.
+  {
+    ModelQuantOptions o = small_options(QuantMethod::kRtn);
+    o.lm_head_int8 = true;
+    o.act_bits = 8;
+    quantize_model(golden("llama_tied"), tmp.path / "a8", {}, o);
+    const Model m = Model::load(tmp.path / "a8");
+    EXPECT_EQ(m.head().kind(), "int8-row");
+    EXPECT_NE(m.linear(0, LinearId::Q).kind().find("-a8"), std::string::npos) << m.linear(0, LinearId::Q).kind();
+  }
+  // With a rotation the source is the rotated lm_head (final norm folded in); still no lm_head.weight.
+  {
+    ModelQuantOptions o = small_options(QuantMethod::kRtn);
+    o.rotation.kind = RotationKind::kR1;
+    quantize_model(golden("llama_tied"), tmp.path / "rot", {}, o);
+    o.lm_head_int8 = true;
+    quantize_model(golden("llama_tied"), tmp.path / "rot8", {}, o);
+    EXPECT_FALSE(Checkpoint::open(tmp.path / "rot8").has("lm_head.weight"));
+    const testdata::Distance d =
+        testdata::logits_distance(Model::load(tmp.path / "rot"), Model::load(tmp.path / "rot8"), eval);
+    std::printf("llama_tied rtn r1: int8 head vs FP16 head KL %.2e\n", d.kl);
+    EXPECT_LT(d.kl, 1e-4);
+  }
+  // --lm-head and --lm-head-int8 together: refused before any work.
+  ModelQuantOptions o = small_options(QuantMethod::kRtn);
+  o.block_rows = 1;
+  o.quantize_lm_head = true;
+  o.lm_head_int8 = true;
+  expect_quantize_error(golden("llama_tied"), tmp.path / "both", {}, o, "--lm-head and --lm-head-int8 are mutually exclusive");
+}
+
+// A checkpoint whose int8 head is malformed does not load: wrong shape or dtype, a missing scale
+// tensor, or a second head next to it, each named; and a config that still says tied does not make
+// the engine take the embedding over a stored int8 head.
+TEST(ModelQuantizer, Int8LmHeadBadTensorsAreErrors) {
+  TempDir tmp;
+  ModelQuantOptions o = small_options(QuantMethod::kRtn);
+  o.lm_head_int8 = true;
+  const fs::path good = tmp.path / "good";
+  quantize_model(golden("llama_tied"), good, {}, o);
+  const Checkpoint ck = Checkpoint::open(good);
+  // A copy of `good` with its tensors passed through `edit` (rename, reshape, retype, drop) plus `extra`.
+  auto rewritten = [&](const std::string& tag, const std::function<bool(std::string&, DType&, std::vector<int64_t>&)>& edit,
+                       const std::string& extra = "") {
+    const fs::path d = tmp.path / tag;
+    fs::create_directories(d);
+    fs::copy_file(good / "config.json", d / "config.json");
+    SafetensorsWriter w;
+    for (const std::string& n : ck.names()) {
+      const TensorView& t = ck.get(n);
+      std::string name = n;
+      DType dt = t.dtype;
+      std::vector<int64_t> shape = t.shape;
+      if (edit(name, dt, shape)) w.add(name, dt, shape, std::string(reinterpret_cast<const char*>(t.data), t.nbytes));
+    }
+    if (!extra.empty()) {
+      const TensorView& e = ck.get("model.embed_tokens.weight");
+      w.add(extra, e.dtype, e.shape, std::string(reinterpret_cast<const char*>(e.data), e.nbytes));
+    }
+    w.write(d / "model.safetensors");
+    return d;
+  };
+  auto load_error = [](const fs::path& d) -> std::string {
+    try {
+      Model::load(d);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  std::string e = load_error(rewritten("shape", [](std::string& n, DType&, std::vector<int64_t>& s) {
+    if (n == "lm_head.weight_int8") s = {s[1], s[0]};
+    return true;
+  }));
+  EXPECT_NE(e.find("tensor 'lm_head.weight_int8' is I8 [64, 301], expected I8 [301, 64]"), std::string::npos) << e;
+  e = load_error(rewritten("dtype", [](std::string& n, DType& t, std::vector<int64_t>&) {
+    if (n == "lm_head.weight_int8") t = DType::U8;
+    return true;
+  }));
+  EXPECT_NE(e.find("tensor 'lm_head.weight_int8' is U8 [301, 64], expected I8 [301, 64]"), std::string::npos) << e;
+  e = load_error(rewritten("noscale", [](std::string& n, DType&, std::vector<int64_t>&) { return n != "lm_head.weight_scale"; }));
+  EXPECT_NE(e.find("missing tensor 'lm_head.weight_scale'"), std::string::npos) << e;
+  e = load_error(rewritten("scaledtype", [](std::string& n, DType& t, std::vector<int64_t>&) {
+    if (n == "lm_head.weight_scale") t = DType::BF16;
+    return true;
+  }));
+  EXPECT_NE(e.find("tensor 'lm_head.weight_scale' is BF16 [301], expected F16 [301]"), std::string::npos) << e;
+  e = load_error(rewritten("twoheads", [](std::string&, DType&, std::vector<int64_t>&) { return true; }, "lm_head.weight"));
+  EXPECT_NE(e.find("both 'lm_head.weight_int8' and 'lm_head.weight'"), std::string::npos) << e;
+  // tie_word_embeddings true in the config: the stored int8 head still wins over the embedding.
+  auto j = nlohmann::json::parse(read_file(good / "config.json"));
+  j["tie_word_embeddings"] = true;
+  write_file_atomic(good / "config.json", j.dump());
+  EXPECT_EQ(Model::load(good).head().kind(), "int8-row");
 }
 
 // Global allocation: exactly budget_blocks(budget, all blocks of the model) kept in total, split
