@@ -158,7 +158,7 @@ __device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, boo
 }
 // A 16-key tile of K or V in the ring: 16 rows of 128 dims (256 B), 16-byte chunk c of row r stored at
 // chunk c ^ (r & 7): the 8 rows an ldmatrix reads at one chunk column hit 8 different bank groups.
-constexpr int kMmaHd = 128, kMmaStages = 2, kMmaTileBytes = 16 * kMmaHd * 2;
+constexpr int kMmaHd = 128, kMmaStages = kDecStages / 4, kMmaTileBytes = 16 * kMmaHd * 2;  // 2 stages (MOSAIC_DEC_STAGES 8)
 __host__ __device__ constexpr int mma_chunk_off(int r, int c) { return r * (kMmaHd * 2) + ((c ^ (r & 7)) << 4); }
 static_assert(size_t(kDecWarps) * kMmaStages * 2 * kMmaTileBytes == kDecRingBytes, "the MMA ring takes the scalar ring's bytes");
 
