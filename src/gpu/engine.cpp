@@ -16,6 +16,7 @@
 #include "cuda/w4a8_layout.h"
 #include "cuda/zipper.h"
 #include "cuda/zipper_layout.h"
+#include "format/int8_rows.h"
 #include "format/packed_checkpoint.h"
 #include "gpu/attention.h"
 #include "gpu/decode_plan.h"
@@ -175,7 +176,7 @@ class CheckpointSource : public Source {
   std::unique_ptr<GpuLinear> linear(cublasHandle_t h, Act a, const std::vector<std::string>& prefixes,
                                     const std::vector<int64_t>& Ns, int64_t K, GpuLoadReport& rep,
                                     std::mutex& mu) const override {
-    if (prefixes.size() == 1 && ckpt_.has(prefixes[0] + ".weight_int8")) return int8_rows(a, prefixes[0], Ns[0], K, rep, mu);
+    if (prefixes.size() == 1 && ckpt_.has(prefixes[0] + ".weight_int8")) return int8_rows(h, a, prefixes[0], Ns[0], K, rep, mu);
     std::vector<PackedLinear> packed;
     bool all_packed = quantized_;
     for (const auto& p : prefixes) all_packed = all_packed && has_packed_linear(ckpt_, p);
@@ -232,16 +233,24 @@ class CheckpointSource : public Source {
 
  private:
   // The 8-bit LM head: <prefix>.weight_int8 I8 [N, K] and <prefix>.weight_scale F16 [N].
-  std::unique_ptr<GpuLinear> int8_rows(Act a, const std::string& prefix, int64_t N, int64_t K, GpuLoadReport& rep,
-                                       std::mutex& mu) const {
+  std::unique_ptr<GpuLinear> int8_rows(cublasHandle_t h, Act a, const std::string& prefix, int64_t N, int64_t K,
+                                       GpuLoadReport& rep, std::mutex& mu) const {
     const TensorView& q = ckpt_.get(prefix + ".weight_int8", {N, K});
     const TensorView& sc = ckpt_.get(prefix + ".weight_scale", {N});
     MOSAIC_CHECK(q.dtype == DType::I8, "tensor '", prefix, ".weight_int8' has dtype ", dtype_name(q.dtype), ", expected I8");
     MOSAIC_CHECK(sc.dtype == DType::F16, "tensor '", prefix, ".weight_scale' has dtype ", dtype_name(sc.dtype),
                  ", expected F16");
+    const auto* codes = reinterpret_cast<const int8_t*>(q.data);
+    const auto* scale = reinterpret_cast<const uint16_t*>(sc.data);
+    if (K % 64 != 0) {  // the kernel's chunk; no target model has such a hidden size: dequantize + cuBLAS
+      const std::vector<float> w = dequantize_int8_rows(codes, scale, N, K);
+      count(rep, mu, 1, prefix + ": 8-bit head with hidden size " + std::to_string(K) +
+                            " (not a multiple of 64): dequantized to " + act_name(a) + " + cuBLAS");
+      return std::make_unique<DenseGpuLinear>(h, a, upload_weights(a, w.data(), N * K, nullptr), N, K,
+                                              act_kind("dequant", a));
+    }
     count(rep, mu, -1, "lm_head: 8-bit codes per row (int8_head.cu)");
-    return std::make_unique<Int8GpuLinear>(a, reinterpret_cast<const int8_t*>(q.data),
-                                           reinterpret_cast<const uint16_t*>(sc.data), N, K);
+    return std::make_unique<Int8GpuLinear>(a, codes, scale, N, K);
   }
 
   const Checkpoint& ckpt_;
