@@ -137,7 +137,8 @@ class CheckpointSource : public Source {
   CheckpointSource(const Checkpoint& c, bool quantized) : ckpt_(c), quantized_(quantized) {}
 
   size_t estimate(const std::vector<std::string>& prefixes, const std::vector<int64_t>& Ns, int64_t K) const override {
-    if (prefixes.size() == 1 && ckpt_.has(prefixes[0] + ".weight_int8")) return size_t(Ns[0] * K + Ns[0] * 2);
+    if (prefixes.size() == 1 && ckpt_.has(prefixes[0] + ".weight_int8"))  // codes, scales, large-M scratch
+      return size_t(Ns[0] * K + Ns[0] * 2) + std::min<size_t>(size_t(32) << 20, size_t(Ns[0] * K) * 2);
     size_t b = 0;
     int64_t N = 0;
     bool all_packed = true;
@@ -250,7 +251,7 @@ class CheckpointSource : public Source {
                                               act_kind("dequant", a));
     }
     count(rep, mu, -1, "lm_head: 8-bit codes per row (int8_head.cu)");
-    return std::make_unique<Int8GpuLinear>(a, codes, scale, N, K);
+    return std::make_unique<Int8GpuLinear>(h, a, codes, scale, N, K);
   }
 
   const Checkpoint& ckpt_;
@@ -302,7 +303,7 @@ class RandomSource : public Source {
       }
       std::vector<uint16_t> sc(size_t(N), float_to_fp16(float(1.0 / (127.0 * std::sqrt(double(K))))));
       count(rep, mu, -1, "lm_head: 8-bit codes per row (int8_head.cu)");
-      return std::make_unique<Int8GpuLinear>(a, q.data(), sc.data(), N, K);
+      return std::make_unique<Int8GpuLinear>(h, a, q.data(), sc.data(), N, K);
     }
     if (rw_.quantized && (prefixes[0] != "lm_head" || rw_.lm_head)) {
       const PackedLinear p = random_packed_fast(N, K, rw_.group, rw_.budget, seed);

@@ -167,6 +167,32 @@ __global__ void __launch_bounds__(kI8Warps * 32) int8_rows_gemm_k(const int8_t* 
   }
 }
 
+// Large M (Int8GpuLinear, then cuBLAS): rows [row0, row0 + rows) of the repacked codes -> out
+// [rows, D] in T, each weight code x scale rounded once to T. One thread per 16 codes (a lane's
+// 16 bytes of one chunk half: row 16 tile + g + 8 h, inputs 64 c + 16 t ..), row0 a multiple of 16.
+template <typename T>
+__global__ void int8_rows_dequant_k(const int8_t* __restrict__ W, const __half* __restrict__ scale, int D, int row0,
+                                    int rows, T* __restrict__ out) {
+  const int chunks = D / 64;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t((rows + 15) / 16) * chunks * 64) return;
+  const int lane = int(i & 31), h = int((i >> 5) & 1);
+  const int64_t tc = i >> 6;  // (tile, chunk) of the range
+  const int c = int(tc % chunks), tile = row0 / 16 + int(tc / chunks);
+  const int row = tile * 16 + (lane >> 2) + 8 * h;
+  if (row - row0 >= rows) return;
+  const uint4 q = reinterpret_cast<const uint4*>(W)[(size_t(tile) * chunks + c) * 64 + h * 32 + lane];
+  const float sc = __half2float(scale[row]);
+  const int8_t* b = reinterpret_cast<const int8_t*>(&q);
+  uint4 v[2];
+  T* vt = reinterpret_cast<T*>(v);
+#pragma unroll
+  for (int j = 0; j < 16; ++j) vt[j] = from_f<T>(sc * float(b[j]));
+  uint4* dst = reinterpret_cast<uint4*>(out + size_t(row - row0) * D + c * 64 + (lane & 3) * 16);
+  dst[0] = v[0];
+  dst[1] = v[1];
+}
+
 int sm_count() {
   static const int n = [] {
     int dev = 0, v = 0;
@@ -211,6 +237,18 @@ std::vector<int8_t> int8_rows_repack(const int8_t* codes, int64_t V, int64_t D) 
                       16);
         }
   return out;
+}
+
+void int8_rows_dequant(Act a, const int8_t* W, const void* scale, int64_t D, int64_t row0, int64_t rows, void* out,
+                       cudaStream_t s) {
+  const int64_t threads = (rows + 15) / 16 * (D / 64) * 64;
+  const unsigned blocks = unsigned((threads + 255) / 256);
+  if (blocks == 0) return;
+  const auto* sc = static_cast<const __half*>(scale);
+  if (a == Act::BF16)
+    int8_rows_dequant_k<<<blocks, 256, 0, s>>>(W, sc, int(D), int(row0), int(rows), static_cast<__nv_bfloat16*>(out));
+  else
+    int8_rows_dequant_k<<<blocks, 256, 0, s>>>(W, sc, int(D), int(row0), int(rows), static_cast<__half*>(out));
 }
 
 void int8_rows_gemm(Act a, const int8_t* W, const void* scale, int64_t V, int64_t D, const void* X, int64_t M, void* Y,

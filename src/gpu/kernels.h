@@ -31,6 +31,10 @@ namespace kern {
 std::vector<int8_t> int8_rows_repack(const int8_t* codes, int64_t V, int64_t D);  // ceil(V / 16) * 16 * D bytes
 void int8_rows_gemm(Act a, const int8_t* W, const void* scale, int64_t V, int64_t D, const void* X, int64_t M, void* Y,
                     bool y_f32, cudaStream_t s);
+// Rows [row0, row0 + rows) (row0 a multiple of 16) of the repacked codes W -> out [rows, D] in act
+// dtype, code x scale rounded once: the large-M path's weights for cuBLAS (Int8GpuLinear).
+void int8_rows_dequant(Act a, const int8_t* W, const void* scale, int64_t D, int64_t row0, int64_t rows, void* out,
+                       cudaStream_t s);
 
 // x[r, :] = float(table[tok[r], :]) (table [vocab, D] in act dtype). Token ids are checked on the host.
 void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t rows, float* x, cudaStream_t s);

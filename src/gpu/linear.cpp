@@ -1,5 +1,6 @@
 #include "gpu/linear.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -130,8 +131,9 @@ std::string ActQuantGpuLinear::kind() const {
   return k;
 }
 
-Int8GpuLinear::Int8GpuLinear(Act a, const int8_t* codes, const uint16_t* scale_f16, int64_t n, int64_t k)
-    : GpuLinear(n, k), a_(a) {
+Int8GpuLinear::Int8GpuLinear(cublasHandle_t h, Act a, const int8_t* codes, const uint16_t* scale_f16, int64_t n,
+                             int64_t k)
+    : GpuLinear(n, k), h_(h), a_(a) {
   MOSAIC_CHECK(n > 0 && k > 0 && k % 64 == 0, "int8 LM head: shape [", n, ", ", k,
                "] not supported on the GPU (hidden size must be a multiple of 64)");
   const std::vector<int8_t> packed = kern::int8_rows_repack(codes, n, k);  // the kernel's order (int8_head.cu)
@@ -139,15 +141,33 @@ Int8GpuLinear::Int8GpuLinear(Act a, const int8_t* codes, const uint16_t* scale_f
   s_ = DevBuf(size_t(n) * 2, "int8 LM head scales");
   check_cuda(cudaMemcpy(w_.get(), packed.data(), packed.size(), cudaMemcpyHostToDevice), "cudaMemcpy (int8 LM head)");
   check_cuda(cudaMemcpy(s_.get(), scale_f16, size_t(n) * 2, cudaMemcpyHostToDevice), "cudaMemcpy (int8 LM head)");
+  // Large-M scratch, allocated here (never inside a captured decode step): 32 MiB of rows, a multiple of 16.
+  slice_rows_ = std::max<int64_t>(16, std::min<int64_t>((n + 15) / 16 * 16, (int64_t(32) << 20) / (2 * k) / 16 * 16));
+  scratch_ = DevBuf(size_t(slice_rows_ * k) * 2, "int8 LM head scratch");
 }
 
-void Int8GpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s) const {
-  if (M > 0) kern::int8_rows_gemm(a_, w_.as<int8_t>(), s_.get(), N, K, X, M, Y, false, s);
+void Int8GpuLinear::run(const void* X, void* Y, int64_t M, bool y_f32, cudaStream_t s) const {
+  if (M <= 0) return;
+  if (M <= kMaxKernelRows) return kern::int8_rows_gemm(a_, w_.as<int8_t>(), s_.get(), N, K, X, M, Y, y_f32, s);
+  check_cublas(cublasSetStream(h_, s), "cublasSetStream");
+  const float alpha = 1.f, beta = 0.f;
+  const cudaDataType t = cuda_type(a_), ty = y_f32 ? CUDA_R_32F : t;
+  const size_t ysz = y_f32 ? 4 : 2;
+  for (int64_t r0 = 0; r0 < N; r0 += slice_rows_) {
+    const int64_t n = std::min(slice_rows_, N - r0);
+    kern::int8_rows_dequant(a_, w_.as<int8_t>(), s_.get(), K, r0, n, scratch_.get(), s);
+    check_cuda(cudaGetLastError(), "int8 LM head dequantize launch");
+    // Columns [r0, r0 + n) of the row-major Y [M, N]: Y + r0, leading dimension N (DenseGpuLinear's form).
+    check_cublas(cublasGemmEx(h_, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(M), int(K), &alpha, scratch_.get(), t, int(K), X,
+                              t, int(K), &beta, static_cast<uint8_t*>(Y) + size_t(r0) * ysz, ty, int(N),
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx (int8 LM head)");
+  }
 }
 
-void Int8GpuLinear::forward_f32(const void* X, float* Y, int64_t M, cudaStream_t s) const {
-  if (M > 0) kern::int8_rows_gemm(a_, w_.as<int8_t>(), s_.get(), N, K, X, M, Y, true, s);
-}
+void Int8GpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s) const { run(X, Y, M, false, s); }
+
+void Int8GpuLinear::forward_f32(const void* X, float* Y, int64_t M, cudaStream_t s) const { run(X, Y, M, true, s); }
 
 DevBuf upload_weights(Act a, const float* w, int64_t n, cudaStream_t s) {
   (void)s;

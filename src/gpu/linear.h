@@ -87,12 +87,15 @@ class ZipperGpuLinear : public GpuLinear {
 };
 
 // The 8-bit LM head (`quantize --lm-head-int8`, docs/format.md): int8 codes [N, K] and fp16
-// per-row scales on the GPU, run by kern::int8_rows_gemm (tensor cores, FP32 accumulation);
-// half the bytes of the FP16 head that a decode step streams.
+// per-row scales on the GPU. M <= kMaxKernelRows (decode): kern::int8_rows_gemm (tensor cores on the
+// exact codes, FP32 accumulation; half the bytes of the FP16 head that a decode step streams).
+// Larger M (perplexity's all-row logits): slices of rows dequantized to the act dtype into a
+// scratch buffer of at most 32 MiB, each multiplied by cuBLAS (compute-bound there).
 class Int8GpuLinear : public GpuLinear {
  public:
+  static constexpr int64_t kMaxKernelRows = 16;
   // codes [n, k] row-major (-127..127), scale_f16: fp16 bits [n]; k a multiple of 64.
-  Int8GpuLinear(Act a, const int8_t* codes, const uint16_t* scale_f16, int64_t n, int64_t k);
+  Int8GpuLinear(cublasHandle_t h, Act a, const int8_t* codes, const uint16_t* scale_f16, int64_t n, int64_t k);
   void forward(const void* X, void* Y, int64_t M, cudaStream_t s) const override;
   // Y fp32 [M, N] (the logits).
   void forward_f32(const void* X, float* Y, int64_t M, cudaStream_t s) const;
@@ -100,8 +103,11 @@ class Int8GpuLinear : public GpuLinear {
   std::string kind() const override { return "int8-rows"; }
 
  private:
+  void run(const void* X, void* Y, int64_t M, bool y_f32, cudaStream_t s) const;
+  cublasHandle_t h_;
   Act a_;
-  DevBuf w_, s_;
+  DevBuf w_, s_, scratch_;
+  int64_t slice_rows_ = 0;  // rows of W per cuBLAS call on the large-M path (scratch_ holds them)
 };
 
 // Where ActQuantGpuLinear writes quantized input rows: one buffer shared by every layer of a model

@@ -18,6 +18,7 @@
 #include "gpu/act_quant.h"
 #include "gpu/attention.h"
 #include "gpu/kernels.h"
+#include "gpu/linear.h"
 #include "gpu_test_util.h"
 #include "model/act_quant_linear.h"
 #include "model/ops_ref.h"
@@ -138,6 +139,49 @@ TEST(GpuOps, Int8HeadMatchesReference) {
             << act_name(a) << " V=" << c.V << " D=" << c.D << " M=" << M << " (act out)";
       }
     }
+}
+
+// The 8-bit head's large-M path (Int8GpuLinear, M > 16: row slices of at most 32 MiB dequantized to
+// the act dtype, then cuBLAS): against a double reference on the same weights rounded to the act
+// dtype (code x scale, rounded once, as the path does), fp32 and act outputs, bound as above.
+// V = 9000 at D = 2048: two slices (8192 rows, then 808); V = 203 and 37: one slice whose last
+// 16-row tile is partial.
+TEST(GpuOps, Int8HeadLargeMMatchesReference) {
+  REQUIRE_GPU();
+  cublasHandle_t h = nullptr;
+  ASSERT_EQ(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+  struct Case {
+    int64_t V, D, M;
+  };
+  for (Act a : kActs)
+    for (const Case& c : {Case{9000, 2048, 17}, Case{203, 576, 300}, Case{37, 320, 64}}) {
+      std::mt19937 rng(uint32_t(c.V + c.D));
+      std::vector<int8_t> q(size_t(c.V * c.D));
+      for (auto& x : q) x = int8_t(int(rng() % 255) - 127);
+      std::vector<uint16_t> sc(size_t(c.V));
+      for (auto& x : sc) x = float_to_fp16(0.0005f + 0.002f * float(rng() % 1000) / 1000.f);
+      std::vector<float> w(q.size());  // code x scale, rounded once to the act dtype
+      for (int64_t v = 0; v < c.V; ++v)
+        for (int64_t k = 0; k < c.D; ++k)
+          w[size_t(v * c.D + k)] = round_act(a, fp16_to_float(sc[size_t(v)]) * float(q[size_t(v * c.D + k)]));
+      const auto x = round_act(a, randn(size_t(c.M * c.D), uint32_t(c.M + c.D), 1.0f));
+      std::vector<float> ref(size_t(c.M * c.V));
+      for (int64_t m = 0; m < c.M; ++m)
+        for (int64_t v = 0; v < c.V; ++v) {
+          double acc = 0;
+          for (int64_t k = 0; k < c.D; ++k) acc += double(w[size_t(v * c.D + k)]) * double(x[size_t(m * c.D + k)]);
+          ref[size_t(m * c.V + v)] = float(acc);
+        }
+      const Int8GpuLinear lin(h, a, q.data(), sc.data(), c.V, c.D);
+      DevBuf xd = to_act(a, x), y32(ref.size() * 4), yact(ref.size() * 2);
+      lin.forward_f32(xd.get(), y32.as<float>(), c.M, nullptr);
+      lin.forward(xd.get(), yact.get(), c.M, nullptr);
+      EXPECT_LE(rel_max_err(from_dev<float>(y32, ref.size()), ref), 1e-5)
+          << act_name(a) << " V=" << c.V << " D=" << c.D << " M=" << c.M << " (fp32 out)";
+      EXPECT_LE(rel_max_err(from_act(a, yact, ref.size()), ref), act_eps(a) + 1e-5)
+          << act_name(a) << " V=" << c.V << " D=" << c.D << " M=" << c.M << " (act out)";
+    }
+  cublasDestroy(h);
 }
 
 TEST(GpuOps, ActFakeQuantMatchesCpuRule) {
