@@ -40,13 +40,14 @@ struct GemmArgs {
   int act_bits = 16;
   std::string act_format = "both";
   std::string res_pattern = "binomial";
+  double row_cap = 1.0;
   bool bf16 = false;
 };
 
 struct E2EArgs {
   std::string model, config, batches = "1,4,16", engines = "fp16,w4a16", json;
   bool random_weights = false, profile = false;
-  double budget = 0.1;
+  double budget = 0.1, res_rows = 0;
   int64_t w4a8_min_m = 256;
   int64_t prompt = 2048;
   int gen = 128;
@@ -63,6 +64,12 @@ void add_e2e_command(CLI::App* bench) {
   e2e->add_flag("--random-weights", a->random_weights,
                 "random weights of --config made on the GPU (W4A16: random layers with residual blocks at --budget)");
   e2e->add_option("--budget", a->budget, "residual block fraction of the random W4A16 layers")->capture_default_str();
+  e2e->add_option("--res-rows", a->res_rows,
+                  "where the random layers keep their residual blocks: 0 = spread evenly over the 16-row block rows "
+                  "(the kernels' best case); F in (0, 1] = concentrated on random block rows holding ceil(F x blocks "
+                  "per row) each, the worst case of a selection capped at F per row (quantize --row-cap; 1 = whole "
+                  "rows, real checkpoints cluster)")
+      ->capture_default_str();
   e2e->add_option("--batch", a->batches, "batch sizes, comma separated")->capture_default_str();
   e2e->add_option("--prompt", a->prompt, "prompt tokens per sequence")->capture_default_str();
   e2e->add_option("--gen", a->gen, "generated tokens per sequence")->capture_default_str();
@@ -84,12 +91,14 @@ void add_e2e_command(CLI::App* bench) {
     if (!a->config.empty() && !a->random_weights)
       fail("bench e2e: --config builds a model of that shape with random weights; add --random-weights");
     if (a->budget < 0 || a->budget > 1) fail("bench e2e: --budget must be in [0, 1]");
+    if (a->res_rows < 0 || a->res_rows > 1) fail("bench e2e: --res-rows must be 0 or in (0, 1]");
 #ifdef MOSAIC_HAS_GPU_ENGINE
     gpu::E2EOptions o;
     o.model_dir = a->model;
     o.config = a->config;
     o.random_weights = a->random_weights;
     o.budget = a->budget;
+    o.res_rows = a->res_rows;
     o.batches = batches;
     o.prompt = a->prompt;
     o.gen = a->gen;
@@ -126,9 +135,13 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::IsMember({"16x64", "32x64", "64x64"}))
       ->capture_default_str();
   gemm->add_option("--res-pattern", args->res_pattern,
-                   "where the random layers keep residual blocks: binomial (each block with probability = budget) or "
-                   "balanced (every 16-row block row the same count, as a per-row capped selection gives)")
-      ->check(CLI::IsMember({"binomial", "balanced"}))
+                   "where the random layers keep residual blocks: binomial (each block with probability = budget), "
+                   "balanced (every 16-row block row the same count) or rows (random block rows filled to --row-cap "
+                   "of their blocks each: the worst case of a selection capped per row, quantize --row-cap)")
+      ->check(CLI::IsMember({"binomial", "balanced", "rows"}))
+      ->capture_default_str();
+  gemm->add_option("--row-cap", args->row_cap, "with --res-pattern rows: the fraction of a block row's blocks kept")
+      ->check(CLI::Range(0.001, 1.0))
       ->capture_default_str();
   gemm->add_option("--json", args->json, "write the rows as JSON to this file");
   gemm->add_option("--reps", args->reps, "timed repetitions, median reported")->capture_default_str();
@@ -152,7 +165,10 @@ void add_bench_command(CLI::App& app) {
     o.ms = ms;
     o.budgets = budgets;
     o.res_block_rows = std::stoi(args->block);
-    o.res_balanced = args->res_pattern == "balanced";
+    o.res_pattern = args->res_pattern == "balanced" ? cuda::GemmBenchOptions::ResPattern::kBalanced
+                    : args->res_pattern == "rows"   ? cuda::GemmBenchOptions::ResPattern::kRows
+                                                    : cuda::GemmBenchOptions::ResPattern::kBinomial;
+    o.res_row_cap = args->row_cap;
     o.json = args->json;
     o.reps = args->reps;
     o.bf16 = args->bf16;

@@ -79,10 +79,13 @@ struct Rng {
 };
 
 // Random layer: codes uniform, scales 0.005..0.015, residual blocks (Br x 64, scales ~1/8 of the
-// base) kept uniformly at random: each with probability `budget` (binomial counts per block row),
-// or, `balanced`, exactly floor(budget x blocks per row) or one more in every block row (what a
-// selection capped per row would give; the kernels' slowest row sets their time).
-PackedLinear random_layer(int64_t N, int64_t K, double budget, uint64_t seed, int Br, bool balanced) {
+// base) at random columns: each kept with probability `budget` (binomial counts per block row);
+// balanced: exactly floor(budget x blocks per row) or one more in every block row; rows: random
+// block rows filled to ceil(row_cap x blocks per row), floor(budget x blocks) in all (the kernels'
+// slowest row sets their time, so this is the worst case under a per-row cap).
+using ResPattern = GemmBenchOptions::ResPattern;
+PackedLinear random_layer(int64_t N, int64_t K, double budget, uint64_t seed, int Br, ResPattern pattern,
+                          double row_cap) {
   Rng rng{seed * 0x9E3779B97F4A7C15ull + 1};
   PackedLinear w;
   w.N = N;
@@ -100,10 +103,22 @@ PackedLinear random_layer(int64_t N, int64_t K, double budget, uint64_t seed, in
   const int64_t nbr = N / Br, nbc = K / 64;
   w.res_rowptr.assign(size_t(nbr + 1), 0);
   std::vector<int32_t> cols(size_t(nbc), 0);
+  std::vector<int64_t> rows_n;  // ResPattern::kRows: blocks of each block row
+  if (pattern == ResPattern::kRows) {
+    const int64_t cap = std::max<int64_t>(1, int64_t(std::ceil(row_cap * double(nbc) - 1e-9)));
+    int64_t left = int64_t(budget * double(nbr * nbc));
+    rows_n.assign(size_t(nbr), 0);
+    std::vector<int64_t> order(static_cast<size_t>(nbr));
+    for (int64_t r = 0; r < nbr; ++r) order[size_t(r)] = r;
+    for (int64_t i = nbr - 1; i > 0; --i) std::swap(order[size_t(i)], order[size_t(rng.next() % uint64_t(i + 1))]);
+    for (int64_t i = 0; i < nbr && left > 0; ++i) left -= (rows_n[size_t(order[size_t(i)])] = std::min(cap, left));
+  }
   for (int64_t r = 0; r < nbr; ++r) {
-    if (balanced) {  // a random subset of fixed size: partial Fisher-Yates, then column order
+    if (pattern != ResPattern::kBinomial) {  // a random subset of fixed size: partial Fisher-Yates, then column order
       const double want = budget * double(nbc);
-      const int64_t n = std::min<int64_t>(nbc, int64_t(want) + (rng.uniform() < want - std::floor(want) ? 1 : 0));
+      const int64_t n = pattern == ResPattern::kRows
+                            ? rows_n[size_t(r)]
+                            : std::min<int64_t>(nbc, int64_t(want) + (rng.uniform() < want - std::floor(want) ? 1 : 0));
       for (int64_t c = 0; c < nbc; ++c) cols[size_t(c)] = int32_t(c);
       for (int64_t i = 0; i < n; ++i)
         std::swap(cols[size_t(i)], cols[size_t(i + int64_t(rng.next() % uint64_t(nbc - i)))]);
@@ -287,7 +302,7 @@ void run_gemm_bench(const GemmBenchOptions& o) {
       if (budget > 0) emit(s, M, budget, p + "_zipper", layer_call(W4A8Variant::Zipper), wz + xio + 2 * qio + yio, cub[mi]);
     };
     for (double budget : budgets) {
-      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows, o.res_balanced);
+      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows, o.res_pattern, o.res_row_cap);
       // Rotating copies of the layer (enough bytes that each timed call streams its weights from DRAM).
       auto copies = [&](W4A8Act act) {
         std::vector<std::unique_ptr<W4A8Linear>> v;
@@ -341,7 +356,7 @@ void run_gemm_bench(const GemmBenchOptions& o) {
       continue;
     }
     for (double budget : o.budgets) {
-      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows, o.res_balanced);
+      const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows, o.res_pattern, o.res_row_cap);
       std::vector<std::unique_ptr<ZipperLinear>> zl;
       zl.push_back(std::make_unique<ZipperLinear>(w));
       const int cz = copies_for(zl[0]->weight_bytes());

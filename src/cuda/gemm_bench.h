@@ -12,7 +12,12 @@ struct GemmBenchOptions {
   std::vector<int> ms = {1, 4, 16, 32, 64, 128, 256, 1024, 4096};
   std::vector<double> budgets = {0.1};         // fraction of residual blocks kept
   int res_block_rows = 16;                     // residual blocks res_block_rows x 64 (16, 32 or 64: split to 16 x 64 at load)
-  bool res_balanced = false;                   // every block row keeps the same count (else each block kept with p = budget)
+  // Where residual blocks are kept: binomial (each with p = budget), balanced (every block row the
+  // same count), rows (random block rows filled to ceil(res_row_cap x blocks per row) each: the
+  // worst case of a selection capped at res_row_cap per row; 1 = whole rows).
+  enum class ResPattern { kBinomial, kBalanced, kRows };
+  ResPattern res_pattern = ResPattern::kBinomial;
+  double res_row_cap = 1.0;
   std::string json;                            // write rows here when set
   int reps = 7;                                // timed repetitions (median reported)
   bool bf16 = false;                           // activations for the W4 variants (cuBLAS stays FP16)

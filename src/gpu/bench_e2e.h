@@ -23,6 +23,8 @@ struct E2EOptions {
   std::string config;      // a built-in config name, with random_weights
   bool random_weights = false;
   double budget = 0.1;     // residual block fraction of the random W4A16 layers
+  double res_rows = 0;     // their residual blocks: 0 spread evenly over block rows, F in (0, 1] concentrated
+                           // on random rows of ceil(F x blocks per row) each (random_packed_fast)
   std::vector<int> batches = {1, 4, 16};
   int64_t prompt = 2048;
   int gen = 128;

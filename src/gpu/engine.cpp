@@ -306,7 +306,7 @@ class RandomSource : public Source {
       return std::make_unique<Int8GpuLinear>(h, a, q.data(), sc.data(), N, K);
     }
     if (rw_.quantized && (prefixes[0] != "lm_head" || rw_.lm_head)) {
-      const PackedLinear p = random_packed_fast(N, K, rw_.group, rw_.budget, seed);
+      const PackedLinear p = random_packed_fast(N, K, rw_.group, rw_.budget, seed, rw_.res_rows);
       return packed_to_gpu(h, a, p, prefixes[0], rep, mu, act);
     }
     DevBuf w(size_t(N * K) * 2, "weights");

@@ -60,6 +60,7 @@ struct RandomWeights {
   int act_bits = 16;  // 8: a W4A8 model (integer activation codes; quantized only)
   bool lm_head = false;  // quantized: the LM head a random MosaicQuant layer too (`quantize --lm-head`)
   bool lm_head_int8 = false;  // the LM head in 8 bits per row (`quantize --lm-head-int8`)
+  double res_rows = 0;  // residual blocks: 0 spread evenly, else concentrated (random_packed_fast's rows_cap)
 };
 
 struct GpuLoadReport {

@@ -223,7 +223,7 @@ PackedLinear concat_rows(const std::vector<const PackedLinear*>& parts) {
   return out;
 }
 
-PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, uint64_t seed) {
+PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, uint64_t seed, double rows_cap) {
   PackedLinear p;
   p.N = N;
   p.K = K;
@@ -241,11 +241,24 @@ PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, 
   const int64_t brs = N / p.block_rows, bcs = K / p.block_cols;
   const int64_t keep = budget_blocks(budget, brs * bcs);
   if (keep == 0) return p;
-  // Spread evenly: block row r keeps about keep / brs blocks at random distinct columns.
+  // Blocks per block row: evenly (about keep / brs each), or concentrated on random rows.
+  std::vector<int64_t> per_row(static_cast<size_t>(brs), 0);
+  if (rows_cap > 0) {
+    MOSAIC_CHECK(rows_cap <= 1, "random layer: rows cap ", rows_cap, " outside (0, 1]");
+    const int64_t cap = std::max<int64_t>(1, int64_t(std::ceil(rows_cap * double(bcs) - 1e-9)));
+    std::vector<int64_t> order(static_cast<size_t>(brs));
+    for (int64_t r = 0; r < brs; ++r) order[size_t(r)] = r;
+    for (int64_t i = brs - 1; i > 0; --i) std::swap(order[size_t(i)], order[size_t(splitmix(s) % uint64_t(i + 1))]);
+    int64_t left = keep;
+    for (int64_t i = 0; i < brs && left > 0; ++i) left -= (per_row[size_t(order[size_t(i)])] = std::min(cap, left));
+    MOSAIC_CHECK(left == 0, "random layer: ", keep, " blocks do not fit ", brs, " block rows of at most ", cap);
+  } else {
+    for (int64_t r = 0; r < brs; ++r) per_row[size_t(r)] = keep * (r + 1) / brs - keep * r / brs;
+  }
   p.res_rowptr.assign(size_t(brs + 1), 0);
   std::vector<char> used(static_cast<size_t>(bcs));
   for (int64_t r = 0; r < brs; ++r) {
-    const int64_t n_r = keep * (r + 1) / brs - keep * r / brs;
+    const int64_t n_r = per_row[size_t(r)];
     std::fill(used.begin(), used.end(), 0);
     for (int64_t c = 0, placed = 0; placed < n_r; ++c) {
       const int64_t col = int64_t(splitmix(s) % uint64_t(bcs));

@@ -152,8 +152,11 @@ DevBuf upload_weights(Act a, const float* w, int64_t n, cudaStream_t s);
 PackedLinear concat_rows(const std::vector<const PackedLinear*>& parts);
 
 // A fast random symmetric MosaicQuant layer for `--random-weights` (bench e2e): codes uniform
-// 0..15, fp16 scales ~ 1/(8 sqrt(K)), floor(budget * blocks) residual 16x64 blocks spread
-// uniformly over the block rows. Not for accuracy, only for timing.
-PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, uint64_t seed);
+// 0..15, fp16 scales ~ 1/(8 sqrt(K)), floor(budget * blocks) residual 16x64 blocks at random
+// columns. rows_cap = 0: spread evenly over the block rows (every row floor or ceil of the mean:
+// the kernels' best case); rows_cap in (0, 1]: concentrated, random block rows each keeping
+// ceil(rows_cap x blocks per row) (the last one fewer): the worst case a selection capped at that
+// fraction per row allows (1: whole rows; real checkpoints cluster, docs/results.md). Timing only.
+PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, uint64_t seed, double rows_cap = 0);
 
 }  // namespace mosaic::gpu

@@ -19,6 +19,8 @@
 #include "gpu/attention.h"
 #include "gpu/kernels.h"
 #include "gpu/linear.h"
+#include "format/packed_linear.h"
+#include "util/error.h"
 #include "gpu_test_util.h"
 #include "model/act_quant_linear.h"
 #include "model/ops_ref.h"
@@ -31,6 +33,34 @@ namespace {
 using namespace test;
 
 const Act kActs[] = {Act::F16, Act::BF16};
+
+// Host code, no GPU needed: the random layers of `bench e2e --random-weights`, residual blocks spread
+// evenly (every block row within one of the mean) or concentrated (`--res-rows F`: full rows of
+// ceil(F x blocks per row), one partial), always exactly budget_blocks kept, valid layers.
+TEST(GpuLinearHost, RandomPackedFastResidualPatterns) {
+  const int64_t N = 256, K = 1024, nbr = N / 16, nbc = K / 64;
+  for (double rows : {0.0, 0.25, 1.0}) {
+    const PackedLinear p = random_packed_fast(N, K, 128, 0.1, 7, rows);
+    validate(p, "random layer");
+    ASSERT_EQ(int64_t(p.res_rowptr.size()), nbr + 1);
+    EXPECT_EQ(p.num_blocks_kept(), budget_blocks(0.1, nbr * nbc)) << rows;
+    int64_t lo = nbc, hi = 0, partial = 0;
+    const int64_t cap = rows > 0 ? int64_t(std::ceil(rows * double(nbc) - 1e-9)) : 0;
+    for (int64_t r = 0; r < nbr; ++r) {
+      const int64_t n = p.res_rowptr[size_t(r + 1)] - p.res_rowptr[size_t(r)];
+      lo = std::min(lo, n);
+      hi = std::max(hi, n);
+      if (rows > 0 && n != 0 && n != cap) ++partial;
+    }
+    if (rows == 0) {
+      EXPECT_LE(hi - lo, 1);
+    } else {
+      EXPECT_EQ(hi, cap) << rows;
+      EXPECT_LE(partial, 1) << rows;
+    }
+  }
+  EXPECT_THROW(random_packed_fast(N, K, 128, 0.5, 7, 0.25), Error);  // 0.5 of the blocks do not fit rows of 0.25
+}
 
 TEST(GpuOps, EmbeddingCopiesRows) {
   REQUIRE_GPU();
