@@ -8,6 +8,7 @@
 #include <exception>
 #include <memory>
 #include <numeric>
+#include <sstream>
 #include <string>
 
 #include "io/hf_config.h"
@@ -151,8 +152,23 @@ std::vector<std::pair<std::string, int>> parse_group_for(const std::string& spec
 
 namespace {
 
-// Shape checks for every linear before any work: group | K, K even, and for mosaic Br | N, Bc | K.
+// --row-cap: the residual blocks of an [N, K] linear that the cap lets it keep.
+int64_t row_cap_capacity(const ModelQuantOptions& opt, int64_t N, int64_t K) {
+  return (N / opt.block_rows) * row_cap_blocks(opt.row_cap, K / opt.block_cols);
+}
+
+std::string row_cap_text(const ModelQuantOptions& opt) {
+  std::ostringstream s;
+  s << "--row-cap " << opt.row_cap << " (at most ceil(" << opt.row_cap << " x block columns) residual blocks per "
+    << opt.block_rows << "-row block row)";
+  return s.str();
+}
+
+// Shape checks for every linear before any work: group | K, K even, and for mosaic Br | N, Bc | K;
+// with --row-cap, that the caps can hold the budget (global: over the model; per layer: each linear).
 void check_shapes(const Checkpoint& ckpt, const ModelConfig& cfg, const ModelQuantOptions& opt) {
+  const bool capped = opt.method == QuantMethod::kMosaic && opt.budget > 0 && opt.row_cap < 1.0;
+  int64_t all_blocks = 0, all_capacity = 0;  // global allocation under --row-cap
   for (int i = 0; i < cfg.num_layers; ++i)
     for (LinearId id : kLinears) {
       const Shape2 s = linear_shape(cfg, id);
@@ -169,7 +185,21 @@ void check_shapes(const Checkpoint& ckpt, const ModelConfig& cfg, const ModelQua
         MOSAIC_CHECK(s.N % opt.block_rows == 0 && s.K % opt.block_cols == 0, "tensor '", name, "' ", t.shape_str(),
                      ": residual block ", opt.block_rows, "x", opt.block_cols, " does not tile it (--block RxC: R must ",
                      "divide ", s.N, ", C must divide ", s.K, ")");
+      if (capped) {
+        const int64_t blocks = (s.N / opt.block_rows) * (s.K / opt.block_cols), cap = row_cap_capacity(opt, s.N, s.K);
+        all_blocks += blocks;
+        all_capacity += cap;
+        MOSAIC_CHECK(opt.allocation == Allocation::kGlobal || budget_blocks(opt.budget, blocks) <= cap, row_cap_text(opt),
+                     " lets '", name, "' keep at most ", cap, " of its ", blocks, " blocks, fewer than --budget ",
+                     opt.budget, " keeps per layer (", budget_blocks(opt.budget, blocks),
+                     "); raise --row-cap or lower --budget");
+      }
     }
+  if (capped && opt.allocation == Allocation::kGlobal)
+    MOSAIC_CHECK(budget_blocks(opt.budget, all_blocks) <= all_capacity, row_cap_text(opt), " lets the model keep at most ",
+                 all_capacity, " of its ", all_blocks, " residual blocks, fewer than --budget ", opt.budget,
+                 " keeps with global allocation (", budget_blocks(opt.budget, all_blocks),
+                 "); raise --row-cap or lower --budget");
   if (opt.quantize_lm_head) {
     const int64_t V = cfg.vocab_size, D = cfg.hidden_size;
     const std::string name = ckpt.has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
@@ -178,6 +208,12 @@ void check_shapes(const Checkpoint& ckpt, const ModelConfig& cfg, const ModelQua
     if (opt.method == QuantMethod::kMosaic && opt.budget > 0)
       MOSAIC_CHECK(V % opt.block_rows == 0 && D % opt.block_cols == 0, "--lm-head: residual block ", opt.block_rows,
                    "x", opt.block_cols, " does not tile the head [", V, ", ", D, "]");
+    if (capped) {  // the head keeps its own budget share (per layer)
+      const int64_t blocks = (V / opt.block_rows) * (D / opt.block_cols), cap = row_cap_capacity(opt, V, D);
+      MOSAIC_CHECK(budget_blocks(opt.budget, blocks) <= cap, row_cap_text(opt), " lets the LM head keep at most ", cap,
+                   " of its ", blocks, " blocks, fewer than --budget ", opt.budget, " keeps (",
+                   budget_blocks(opt.budget, blocks), "); raise --row-cap or lower --budget");
+    }
   }
   if (opt.lm_head_int8) {
     const std::string name = ckpt.has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
@@ -249,6 +285,7 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuan
                      {"allocation", allocation_name(opt.allocation)},
                      {"score_samples", opt.allocation == Allocation::kGlobal ? nlohmann::json(rep.score_windows)
                                                                               : nlohmann::json(nullptr)},
+                     {"row_cap", opt.row_cap},
                      {"scorer", block_scorer_name(opt.scorer)},
                      {"residual_in_gptq", true}};
   else
@@ -544,7 +581,14 @@ class Quantizer {
       progress.update(i + 1, "layer " + std::to_string(i));
     }
     progress.finish();
-    return allocate_global(scores, opt_.budget);
+    if (opt_.row_cap >= 1.0) return allocate_global(scores, opt_.budget);
+    std::vector<BlockRowCap> caps;  // layer * 7 + id, like the scores
+    for (int i = 0; i < cfg_.num_layers; ++i)
+      for (LinearId id : kLinears) {
+        const int64_t nbc = linear_shape(cfg_, id).K / opt_.block_cols;
+        caps.push_back({nbc, row_cap_blocks(opt_.row_cap, nbc)});
+      }
+    return allocate_global(scores, opt_.budget, caps);
   }
 
   void quantize_layer(int i, ShardedWriter& w, ModelQuantReport& rep, Model* model,
@@ -853,6 +897,7 @@ class Quantizer {
         case QuantMethod::kMosaic: {
           MosaicOptions m = mosaic_options(group);
           m.num_blocks = count;
+          if (opt_.row_cap < 1.0) m.row_cap = row_cap_blocks(opt_.row_cap, s.K / opt_.block_cols);
           return quantize_mosaic(W, s.N, s.K, H, m);
         }
       }
@@ -915,6 +960,9 @@ void check_options(const ModelQuantOptions& o) {
                " is out of range [0, 1] (a fraction of blocks, e.g. 0.1)");
   MOSAIC_CHECK(o.block_rows > 0 && o.block_cols > 0 && o.block_cols % 2 == 0, "residual block ", o.block_rows, "x",
                o.block_cols, " is invalid (both positive, columns even)");
+  MOSAIC_CHECK(std::isfinite(o.row_cap) && o.row_cap > 0 && o.row_cap <= 1, "--row-cap ", o.row_cap,
+               " is out of range (0, 1] (the most residual blocks a block row keeps, as a fraction of its block "
+               "columns; 1 = no cap)");
   check_act_quant(ActQuant{o.act_bits, o.act_format});
   MOSAIC_CHECK(!o.smooth || o.method != QuantMethod::kRtn,
                "smoothing needs calibration activations: use --method gptq or mosaic, or --smooth-alpha none");

@@ -73,6 +73,10 @@ struct ModelQuantOptions {
   int block_rows = 16, block_cols = 64;  // the shape the GPU kernel supports
   double budget = 0.10;                  // fraction of residual blocks kept (mosaic)
   Allocation allocation = Allocation::kGlobal;  // measured better (docs/results.md)
+  // Per-block-row cap (`--row-cap F`, in (0, 1]; 1 = none): no block row of a linear with K inputs
+  // keeps more than row_cap_blocks(F, K / block_cols) residual blocks, under either allocation (and
+  // for a packed LM head). The fused GPU kernel's time is set by the fullest block row of a layer.
+  double row_cap = 1.0;
   // Global allocation's scoring pass runs on the first score_samples calibration windows (0 = all):
   // it only ranks blocks, and 16 of 128 windows gave the same model (default model, 128 x 512:
   // ppl 21.243 vs 21.237, KL 0.1047 vs 0.1043) in 261 s instead of 443 s (docs/results.md).

@@ -216,26 +216,67 @@ std::vector<int64_t> select_top_blocks_balanced(std::span<const double> scores, 
   return out;
 }
 
+int64_t row_cap_blocks(double fraction, int64_t nbc) {
+  MOSAIC_CHECK(std::isfinite(fraction) && fraction > 0.0 && fraction <= 1.0, "row cap ", fraction,
+               " is outside (0, 1]");
+  MOSAIC_CHECK(nbc > 0, "row_cap_blocks: ", nbc, " block columns");
+  const int64_t cap = int64_t(std::ceil(fraction * double(nbc) - 1e-9));
+  return std::clamp<int64_t>(cap, 1, nbc);
+}
+
 std::vector<int64_t> allocate_global(std::span<const std::vector<double>> layer_scores,
-                                     double fraction) {
+                                     double fraction, std::span<const BlockRowCap> caps) {
   struct Entry {
     double score;
     int64_t layer, id;
   };
+  MOSAIC_CHECK(caps.empty() || caps.size() == layer_scores.size(), "allocate_global: ", caps.size(),
+               " row caps for ", layer_scores.size(), " layers");
   std::vector<Entry> all;
-  for (size_t l = 0; l < layer_scores.size(); ++l)
+  int64_t capacity = 0;  // with caps: the most blocks they let the model keep
+  for (size_t l = 0; l < layer_scores.size(); ++l) {
     for (size_t i = 0; i < layer_scores[l].size(); ++i) {
       MOSAIC_CHECK(!std::isnan(layer_scores[l][i]), "allocate_global: layer ", l, " score ", i,
                    " is NaN");
       all.push_back({layer_scores[l][i], int64_t(l), int64_t(i)});
     }
+    if (!caps.empty()) {
+      const int64_t n = int64_t(layer_scores[l].size()), nbc = caps[l].nbc;
+      MOSAIC_CHECK(nbc > 0 && n % nbc == 0 && caps[l].cap >= 0, "allocate_global: layer ", l, "'s ",
+                   n, " scores are not a grid of ", nbc, " block columns, or its cap ", caps[l].cap,
+                   " is negative");
+      capacity += (n / nbc) * std::min(caps[l].cap, nbc);
+    }
+  }
   const int64_t budget = budget_blocks(fraction, int64_t(all.size()));
-  std::partial_sort(all.begin(), all.begin() + budget, all.end(), [](const Entry& a, const Entry& b) {
+  const auto before = [](const Entry& a, const Entry& b) {
     if (a.score != b.score) return a.score > b.score;
     return a.layer != b.layer ? a.layer < b.layer : a.id < b.id;
-  });
+  };
   std::vector<int64_t> counts(layer_scores.size(), 0);
-  for (int64_t i = 0; i < budget; ++i) ++counts[all[i].layer];
+  if (caps.empty()) {
+    std::partial_sort(all.begin(), all.begin() + budget, all.end(), before);
+    for (int64_t i = 0; i < budget; ++i) ++counts[all[i].layer];
+    return counts;
+  }
+  MOSAIC_CHECK(budget <= capacity, "allocate_global: the per-block-row caps let the layers keep at most ",
+               capacity, " blocks, fewer than the budget's ", budget, " (", fraction, " of ", all.size(), ")");
+  // The same order; a block whose block row is full is passed over. Enough rows have room
+  // (budget <= capacity), so the walk ends with exactly `budget` blocks.
+  std::sort(all.begin(), all.end(), before);
+  std::vector<std::vector<int64_t>> used(layer_scores.size());
+  for (size_t l = 0; l < layer_scores.size(); ++l)
+    used[l].assign(layer_scores[l].size() / size_t(caps[l].nbc), 0);
+  int64_t taken = 0;
+  for (const Entry& e : all) {
+    if (taken == budget) break;
+    int64_t& u = used[size_t(e.layer)][size_t(e.id / caps[size_t(e.layer)].nbc)];
+    if (u < caps[size_t(e.layer)].cap) {
+      ++u;
+      ++counts[size_t(e.layer)];
+      ++taken;
+    }
+  }
   return counts;
 }
 
@@ -362,7 +403,15 @@ PackedLinear quantize_mosaic(std::span<const float> W, int64_t N, int64_t K,
   MosaicStart st = mosaic_start(W, N, K, H, opt);
   if (st.keep == 0) return std::move(st.base);
   PackedLinear p = std::move(st.base);
+  MOSAIC_CHECK(opt.row_cap >= 0, "quantize_mosaic: row cap ", opt.row_cap, " is negative");
+  MOSAIC_CHECK(opt.row_cap == 0 || opt.tile_rows <= 0,
+               "quantize_mosaic: a row cap and tile balancing cannot be combined");
+  MOSAIC_CHECK(opt.row_cap == 0 || st.keep <= opt.row_cap * (N / opt.block_rows), "quantize_mosaic: ",
+               st.keep, " blocks cannot be kept with at most ", opt.row_cap, " in each of ",
+               N / opt.block_rows, " block rows");
   auto select = [&](const std::vector<double>& scores) {
+    if (opt.row_cap > 0)
+      return select_top_blocks_balanced(scores, K / opt.block_cols, st.keep, 1, opt.row_cap);
     if (opt.tile_rows <= 0) return select_top_blocks(scores, st.keep);
     MOSAIC_CHECK(opt.tile_rows % opt.block_rows == 0, "quantize_mosaic: tile rows ", opt.tile_rows,
                  " are not a multiple of block rows ", opt.block_rows);

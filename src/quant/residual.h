@@ -53,13 +53,29 @@ std::vector<int64_t> select_top_blocks_balanced(std::span<const double> scores, 
                                                 int64_t count, int64_t tile_block_rows,
                                                 int64_t cap);
 
+// The per-block-row cap of a row-cap fraction F in (0, 1] on a grid of `nbc` block columns:
+// ceil(F x nbc) (at least 1; nbc when F = 1). mosaic quantize --row-cap.
+int64_t row_cap_blocks(double fraction, int64_t nbc);
+
+// A cap on the blocks one block row of a layer may keep (the fused GPU kernel's time is set by its
+// fullest block row): the layer's scores are a grid of `nbc` block columns (block b is in block
+// row b / nbc), and no block row keeps more than `cap` of them.
+struct BlockRowCap {
+  int64_t nbc = 0;
+  int64_t cap = 0;
+};
+
 // Global allocation: the budget is budget_blocks(fraction, total blocks of all layers); the
 // blocks with the highest scores over all layers win (ties: lower layer, then lower id).
 // Returns each layer's count; select_top_blocks(layer_scores[l], counts[l]) then gives exactly
 // that layer's share of the global choice. Scores must be comparable across layers (Delta-
 // Hessian scores are output-distortion units of each layer; downstream sensitivity is ignored).
+// With `caps` (empty = none, else one per layer) the same greedy over all blocks skips a block
+// whose (layer, block row) already holds its cap, so the counts stay exactly the budget and
+// select_top_blocks_balanced(layer_scores[l], caps[l].nbc, counts[l], 1, caps[l].cap) gives that
+// layer's share. Throws mosaic::Error when the caps hold fewer blocks than the budget.
 std::vector<int64_t> allocate_global(std::span<const std::vector<double>> layer_scores,
-                                     double fraction);
+                                     double fraction, std::span<const BlockRowCap> caps = {});
 
 // Fills p.res_* (CSR sorted) with the given blocks of R quantized by quantize_residual_block.
 // Replaces any residual p had. `blocks` need not be sorted; duplicates are an error.
@@ -95,6 +111,11 @@ struct MosaicOptions {
   // most ceil(tile_cap_factor * kept / tiles) blocks each (see select_top_blocks_balanced).
   int tile_rows = 0;
   double tile_cap_factor = 1.5;
+  // Absolute per-block-row cap (0 = none): no block row keeps more than row_cap blocks
+  // (select_top_blocks_balanced with one block row per tile); the kept count must fit,
+  // count <= row_cap x block rows. Excludes tile_rows. mosaic quantize --row-cap F sets
+  // row_cap_blocks(F, K / block_cols).
+  int64_t row_cap = 0;
   // Clip search on by default for both bases: it lowered held-out layer error on every real
   // SmolLM2 layer tried (e.g. GPTQ-loop 10%: 0.78-0.93 -> 0.53-0.73 of GPTQ g64) and on synthetic data.
   GptqOptions gptq = with_clip_search<GptqOptions>();

@@ -86,6 +86,23 @@ TEST_F(QuantizeCli, OptionsOutOfRange) {
   expect_error(base_args() + " --device tpu", {"--device must be cpu, cuda or auto", "'tpu'"});
   expect_error(base_args() + " --rotate r4", {"unknown rotation 'r4'", "none, r1 or r1r2"});
   expect_error(base_args() + " --rotate r1 --rotate-matrix walsh", {"unknown rotation matrix 'walsh'"});
+  expect_error(base_args() + " --row-cap 0", {"--row-cap 0", "(0, 1]"});
+  expect_error(base_args() + " --row-cap -0.25", {"--row-cap -0.25", "(0, 1]"});
+  expect_error(base_args() + " --row-cap 1.5", {"--row-cap 1.5", "(0, 1]"});
+}
+
+// --row-cap F whose caps cannot hold the budget (F = 0.5 lets 1 of 2 and 2 of 3 blocks per block
+// row through: 96 of the model's 180 16x32 blocks; 60% is 108) fails before calibration, naming F
+// and the budget, under either allocation; a feasible F writes it into quantization_config.
+TEST_F(QuantizeCli, RowCapThatCannotHoldTheBudget) {
+  expect_error(base_args() + " --budget 0.6 --row-cap 0.5", {"--row-cap 0.5", "--budget 0.6", "at most 96 of its 180"});
+  expect_error(base_args() + " --budget 0.6 --row-cap 0.5 --allocation per-layer",
+               {"--row-cap 0.5", "--budget 0.6", "mlp.gate_proj"});
+  const Result r = run(base_args("capped") + " --budget 0.4 --row-cap 0.5");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find(" 72 residual blocks"), std::string::npos) << r.out;  // floor(0.4 x 180)
+  const auto cfg = nlohmann::json::parse(std::ifstream(dir_ / "capped/config.json"));
+  EXPECT_EQ(cfg["quantization_config"]["residual"]["row_cap"], 0.5);
 }
 
 TEST_F(QuantizeCli, ShapesTheFormatCannotTile) {

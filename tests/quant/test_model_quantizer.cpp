@@ -4,11 +4,14 @@
 // engine's QuantLinear against quant's dequantize(); atomic output; bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/hf_config.h"
@@ -546,6 +549,85 @@ TEST(ModelQuantizer, GlobalAllocationKeepsTheModelBudget) {
               kl_global, (long long)rp.residual_blocks, kl_layer);
   EXPECT_GT(kl_global, 0.0);
   EXPECT_LT(kl_global, 2 * kl_layer);
+}
+
+// --row-cap F: under global and per-layer allocation no block row of any linear keeps more than
+// ceil(F x block columns) blocks (here 1 of 2, 2 of 3), the model still keeps exactly its budget,
+// the config records F; F = 0.999 (the capped code path with caps equal to the block columns, so
+// never binding) writes the uncapped checkpoint byte for byte; caps that cannot hold the budget
+// fail before any work, naming F and the budget.
+TEST(ModelQuantizer, RowCapBoundsEveryBlockRow) {
+  TempDir tmp;
+  const auto calib = testdata::token_windows(16, 48, 11);
+  const char* name = "llama_tied";
+  const int64_t shapes[7][2] = {{64, 64}, {32, 64}, {32, 64}, {64, 64}, {96, 64}, {96, 64}, {64, 96}};
+  // Kept blocks in total and the most any block row keeps beyond ceil(F x block columns).
+  auto census = [&](const fs::path& dir, double F) {
+    const Checkpoint ck = Checkpoint::open(dir);
+    int64_t kept = 0, over = std::numeric_limits<int64_t>::min();
+    for (int l = 0; l < 3; ++l)
+      for (int j = 0; j < 7; ++j) {
+        const std::string p = "model.layers." + std::to_string(l) + "." + linear_name(LinearId(j));
+        const int64_t N = shapes[j][0], K = shapes[j][1];
+        const PackedLinear q = read_packed_linear(ck, p, N, K);
+        kept += q.num_blocks_kept();
+        if (q.res_rowptr.empty()) continue;
+        const int64_t cap = int64_t(std::ceil(F * double(K / 32) - 1e-9));
+        for (int64_t r = 0; r < N / 16; ++r) over = std::max<int64_t>(over, q.res_rowptr[r + 1] - q.res_rowptr[r] - cap);
+      }
+    return std::pair<int64_t, int64_t>(kept, over);
+  };
+  int64_t total = 0;
+  for (int j = 0; j < 7; ++j) total += 3 * (shapes[j][0] / 16) * (shapes[j][1] / 32);
+  ModelQuantOptions o = small_options(QuantMethod::kMosaic);
+  o.budget = 0.4;
+  o.allocation = Allocation::kGlobal;
+  const ModelQuantReport free = quantize_model(golden(name), tmp.path / "free", calib, o);
+  EXPECT_GT(census(tmp.path / "free", 0.5).second, 0) << "uncapped, no block row is above F = 0.5: the test is moot";
+  EXPECT_EQ(ModelConfig::load(tmp.path / "free").quantization_config["residual"]["row_cap"], 1.0);
+
+  o.row_cap = 0.5;
+  const ModelQuantReport capped = quantize_model(golden(name), tmp.path / "capped", calib, o);
+  const auto [kept, over] = census(tmp.path / "capped", 0.5);
+  EXPECT_EQ(kept, budget_blocks(0.4, total));
+  EXPECT_EQ(capped.residual_blocks, kept);
+  EXPECT_LE(over, 0);
+  EXPECT_NE(capped.global_counts, free.global_counts);
+  EXPECT_EQ(ModelConfig::load(tmp.path / "capped").quantization_config["residual"]["row_cap"], 0.5);
+
+  o.row_cap = 0.999;  // caps = block columns: the capped path, never binding
+  const ModelQuantReport same = quantize_model(golden(name), tmp.path / "same", calib, o);
+  EXPECT_EQ(same.global_counts, free.global_counts);
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(tmp.path / "free")) {
+    if (e.path().extension() != ".safetensors") continue;
+    ++files;
+    EXPECT_TRUE(read_file(e.path()) == read_file(tmp.path / "same" / e.path().filename())) << e.path().filename();
+  }
+  EXPECT_GT(files, 0);
+
+  o.allocation = Allocation::kPerLayer;
+  o.budget = 0.25;
+  o.row_cap = 0.5;
+  quantize_model(golden(name), tmp.path / "per_layer", calib, o);
+  const auto [kept_pl, over_pl] = census(tmp.path / "per_layer", 0.5);
+  int64_t per_layer_total = 0;
+  for (int j = 0; j < 7; ++j) per_layer_total += 3 * budget_blocks(0.25, (shapes[j][0] / 16) * (shapes[j][1] / 32));
+  EXPECT_EQ(kept_pl, per_layer_total);
+  EXPECT_LE(over_pl, 0);
+
+  // Infeasible: F = 0.5 holds 96 of the 180 blocks; 60% is 108 (global). Per layer, gate_proj's
+  // 60% (7 of 12) does not fit 6 block rows of 1.
+  o.budget = 0.6;
+  expect_quantize_error(golden(name), tmp.path / "bad", calib, o, "--row-cap 0.5");
+  expect_quantize_error(golden(name), tmp.path / "bad", calib, o, "mlp.gate_proj");
+  o.allocation = Allocation::kGlobal;
+  expect_quantize_error(golden(name), tmp.path / "bad", calib, o, "at most 96 of its 180");
+  expect_quantize_error(golden(name), tmp.path / "bad", calib, o, "--budget 0.6");
+  for (double F : {0.0, -0.5, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
+    o.row_cap = F;
+    expect_quantize_error(golden(name), tmp.path / "bad", calib, o, "out of range (0, 1]");
+  }
 }
 
 // True-sequential changes exactly what it should: q/k/v see the same Hessian either way (layer 0's

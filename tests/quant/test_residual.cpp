@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -226,6 +227,118 @@ TEST(Selection, GlobalAllocationIsExactAndMatchesGlobalTopK) {
   EXPECT_THROW(allocate_global(layers, -0.1), Error);
 }
 
+TEST(Selection, RowCapBlocks) {
+  EXPECT_EQ(row_cap_blocks(1.0, 9), 9);
+  EXPECT_EQ(row_cap_blocks(0.5, 9), 5);
+  EXPECT_EQ(row_cap_blocks(0.25, 9), 3);   // ceil(2.25)
+  EXPECT_EQ(row_cap_blocks(0.34, 9), 4);   // ceil(3.06)
+  EXPECT_EQ(row_cap_blocks(1.0 / 3.0, 9), 3);  // float rounding does not push it to 4
+  EXPECT_EQ(row_cap_blocks(0.25, 24), 6);
+  EXPECT_EQ(row_cap_blocks(0.01, 9), 1);   // never 0
+  EXPECT_THROW(row_cap_blocks(0.0, 9), Error);
+  EXPECT_THROW(row_cap_blocks(1.5, 9), Error);
+  EXPECT_THROW(row_cap_blocks(std::numeric_limits<double>::quiet_NaN(), 9), Error);
+  EXPECT_THROW(row_cap_blocks(0.5, 0), Error);
+}
+
+// Global allocation under per-block-row caps: exactly the budget, no (layer, block row) above its
+// cap, each layer's balanced selection with its count gives the capped global greedy's choice (a
+// brute-force reference), caps that never bind give the uncapped counts, infeasible caps throw.
+TEST(Selection, GlobalAllocationRespectsRowCaps) {
+  std::mt19937_64 rng(143);
+  std::lognormal_distribution<double> ln(0.0, 2.0);
+  struct Grid {
+    int64_t nbr, nbc;
+  };
+  const Grid grids[5] = {{4, 9}, {2, 9}, {8, 9}, {6, 24}, {3, 24}};
+  std::vector<std::vector<double>> layers(5);
+  int64_t total = 0;
+  for (int l = 0; l < 5; ++l) {
+    const double layer_scale = ln(rng);
+    for (int64_t b = 0; b < grids[l].nbr * grids[l].nbc; ++b)  // block row 0 of every layer is hot
+      layers[l].push_back(layer_scale * ln(rng) * (b / grids[l].nbc == 0 ? 50.0 : 1.0));
+    total += grids[l].nbr * grids[l].nbc;
+  }
+  auto caps_for = [&](double F) {
+    std::vector<BlockRowCap> caps;
+    for (const Grid& g : grids) caps.push_back({g.nbc, row_cap_blocks(F, g.nbc)});
+    return caps;
+  };
+  for (double F : {0.1, 0.25, 0.34, 0.5}) {
+    const auto caps = caps_for(F);
+    for (double f : {0.0, 0.05, 0.1, 0.2}) {
+      if (F < 0.2 && f > 0.1) continue;  // 20% does not fit F = 0.1's caps (below)
+      const int64_t budget = budget_blocks(f, total);
+      const auto counts = allocate_global(layers, f, caps);
+      ASSERT_EQ(counts.size(), size_t(5));
+      EXPECT_EQ(std::accumulate(counts.begin(), counts.end(), int64_t(0)), budget) << F << " " << f;
+      // Reference: all blocks by score (ties: lower layer, then lower id), a full block row skipped.
+      std::vector<std::array<int64_t, 3>> order;  // layer, id (score looked up)
+      for (int l = 0; l < 5; ++l)
+        for (int64_t i = 0; i < int64_t(layers[l].size()); ++i) order.push_back({l, i, 0});
+      std::sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
+        const double sa = layers[a[0]][a[1]], sb = layers[b[0]][b[1]];
+        return sa != sb ? sa > sb : (a[0] != b[0] ? a[0] < b[0] : a[1] < b[1]);
+      });
+      std::vector<std::vector<int64_t>> ref(5), used(5);
+      for (int l = 0; l < 5; ++l) used[l].assign(size_t(grids[l].nbr), 0);
+      int64_t taken = 0;
+      for (const auto& e : order) {
+        if (taken == budget) break;
+        int64_t& u = used[e[0]][e[1] / grids[e[0]].nbc];
+        if (u < caps[e[0]].cap) {
+          ++u;
+          ++taken;
+          ref[e[0]].push_back(e[1]);
+        }
+      }
+      for (int l = 0; l < 5; ++l) {
+        std::sort(ref[l].begin(), ref[l].end());
+        const auto sel = select_top_blocks_balanced(layers[l], grids[l].nbc, counts[l], 1, caps[l].cap);
+        EXPECT_EQ(sel, ref[l]) << "layer " << l << " F " << F << " budget " << f;
+        std::vector<int64_t> per_row(size_t(grids[l].nbr), 0);
+        for (int64_t id : sel) per_row[id / grids[l].nbc]++;
+        EXPECT_LE(*std::max_element(per_row.begin(), per_row.end()), caps[l].cap);
+      }
+    }
+  }
+  // The caps bind here: uncapped, block row 0 of some layer holds more than F = 0.25 allows.
+  {
+    const auto caps = caps_for(0.25);
+    const auto free = allocate_global(layers, 0.1);
+    bool over = false;
+    for (int l = 0; l < 5; ++l) {
+      std::vector<int64_t> per_row(size_t(grids[l].nbr), 0);
+      for (int64_t id : select_top_blocks(layers[l], free[l])) per_row[id / grids[l].nbc]++;
+      over |= *std::max_element(per_row.begin(), per_row.end()) > caps[l].cap;
+    }
+    EXPECT_TRUE(over) << "the test's scores do not cluster enough to exercise the caps";
+    EXPECT_NE(allocate_global(layers, 0.1, caps), free);
+  }
+  // Caps that never bind (F = 1, or caps beyond the block columns) give the uncapped counts.
+  for (double f : {0.0, 0.05, 0.1, 0.25, 1.0}) {
+    const auto free = allocate_global(layers, f);
+    EXPECT_EQ(allocate_global(layers, f, caps_for(1.0)), free) << f;
+    std::vector<BlockRowCap> huge;
+    for (const Grid& g : grids) huge.push_back({g.nbc, 1000});
+    EXPECT_EQ(allocate_global(layers, f, huge), free) << f;
+  }
+  // Infeasible: F = 0.1 lets 1 of 9 (or 3 of 24) blocks per block row through, 41 of the 342
+  // blocks; a 13% budget is 44. 12% is 41: it fits, with every block row full.
+  const auto tight = caps_for(0.1);
+  EXPECT_THROW(allocate_global(layers, 0.13, tight), Error);
+  const auto c12 = allocate_global(layers, 0.12, tight);
+  EXPECT_EQ(c12, (std::vector<int64_t>{4, 2, 8, 18, 9}));
+  // Bad caps: wrong count, a grid the scores do not fill, a negative cap.
+  EXPECT_THROW(allocate_global(layers, 0.1, std::vector<BlockRowCap>(4, {9, 1})), Error);
+  std::vector<BlockRowCap> bad = tight;
+  bad[3].nbc = 7;
+  EXPECT_THROW(allocate_global(layers, 0.1, bad), Error);
+  bad = tight;
+  bad[0].cap = -1;
+  EXPECT_THROW(allocate_global(layers, 0.1, bad), Error);
+}
+
 // The paper's claim: selecting by Delta-Hessian (output distortion) beats selecting by residual
 // magnitude or weight magnitude when activations vary across input columns. Reported for an RTN
 // base, a GPTQ base with the literal residual W - W_hat, and GPTQ with the residual in its loop
@@ -439,6 +552,64 @@ TEST(Mosaic, TileBalancingAblation) {
       EXPECT_LE(mx, int64_t(std::ceil(f * 25 / 4.0 - 1e-9)));
     }
     EXPECT_GT(rec, 0.2);
+  }
+}
+
+// MosaicOptions::row_cap: no block row above the cap, exactly the budget (or num_blocks), on the
+// GPTQ-loop and the RTN paths; a cap that never binds gives the uncapped layer bit for bit; a
+// budget the caps cannot hold, and a cap combined with tile balancing, throw.
+TEST(Mosaic, RowCapBoundsEveryBlockRow) {
+  const int64_t N = 256, K = 576, M = 1024;  // 16 block rows of 9 16x64 blocks (SmolLM2's K)
+  const auto W = testdata::weights(N, K, 241);
+  const auto X = testdata::activations(M, K, 242, 8, 8, 1.0f);
+  const auto H = hessian_from_inputs(X.data(), M, K);
+  for (BaseMethod base : {BaseMethod::kGptq, BaseMethod::kRtn}) {
+    MosaicOptions o;
+    o.base = base;
+    o.group = 64;
+    o.block_rows = 16;
+    o.block_cols = 64;
+    o.budget = 0.2;  // floor(0.2 * 144) = 28
+    const PackedLinear free = quantize_mosaic(W, N, K, H, o);
+    ASSERT_EQ(free.num_blocks_kept(), 28);
+    auto max_row = [](const PackedLinear& p) {
+      int64_t mx = 0;
+      for (int64_t r = 0; r < p.num_block_rows(); ++r) mx = std::max<int64_t>(mx, p.res_rowptr[r + 1] - p.res_rowptr[r]);
+      return mx;
+    };
+    const int64_t free_max = max_row(free);
+    for (int64_t cap : {int64_t(2), int64_t(3)}) {
+      MosaicOptions c = o;
+      c.row_cap = cap;
+      const PackedLinear p = quantize_mosaic(W, N, K, H, c);
+      ASSERT_NO_THROW(validate(p));
+      EXPECT_EQ(p.num_blocks_kept(), 28);
+      EXPECT_LE(max_row(p), cap);
+      c.num_blocks = 31;  // global allocation's count
+      const PackedLinear q = quantize_mosaic(W, N, K, H, c);
+      EXPECT_EQ(q.num_blocks_kept(), 31);
+      EXPECT_LE(max_row(q), cap);
+    }
+    std::printf("[mosaic] row cap (%s base): uncapped max %lld blocks per block row (mean 1.75)\n",
+                base == BaseMethod::kGptq ? "gptq" : "rtn", (long long)free_max);
+    EXPECT_GT(free_max, 2) << "the test layer does not cluster enough to exercise the cap";
+    // Never binding (cap >= the block columns): the uncapped layer exactly.
+    MosaicOptions c = o;
+    c.row_cap = 9;
+    const PackedLinear same = quantize_mosaic(W, N, K, H, c);
+    EXPECT_EQ(same.res_rowptr, free.res_rowptr);
+    EXPECT_EQ(same.res_colidx, free.res_colidx);
+    EXPECT_EQ(same.res_qvalues, free.res_qvalues);
+    EXPECT_EQ(same.res_scales, free.res_scales);
+    EXPECT_EQ(same.qweight, free.qweight);
+    // 28 blocks do not fit 1 per block row (16); a negative cap; with tile balancing.
+    c.row_cap = 1;
+    EXPECT_THROW(quantize_mosaic(W, N, K, H, c), Error);
+    c.row_cap = -1;
+    EXPECT_THROW(quantize_mosaic(W, N, K, H, c), Error);
+    c.row_cap = 2;
+    c.tile_rows = 64;
+    EXPECT_THROW(quantize_mosaic(W, N, K, H, c), Error);
   }
 }
 
