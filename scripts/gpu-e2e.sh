@@ -19,7 +19,8 @@
 # src/gpu/decode_attention.cu built with those nvcc flags, e.g. -DMOSAIC_DEC_WARPS=8), BASE_ATTN=file (the same with
 # that decode_attention.cu, e.g. `git show REV:src/gpu/decode_attention.cu > .devdeps/old_attn.cu`, carried), NOPDL=1 (the bench again with MOSAIC_PDL=0),
 # ENV_RUNS="name:VAR=v[,VAR=v] ..." (the bench again per entry with those environment variables;
-# engines ENV_ENGINES, default ENGINES).
+# engines ENV_ENGINES, default ENGINES), ARG_RUNS="name:--opt,value[,...] ..." (the same with extra bench e2e
+# options, e.g. ARG_RUNS="rows1:--res-rows,1 rows025:--res-rows,0.25": the residual concentrated on block rows).
 # NCU=1: Nsight Compute at the end (ncu.txt): one decode attention kernel of a W4A16 batch-1 decode
 # step after the prompt (speed of light, warp state, occupancy). (Timing every launch of that bench
 # under ncu did not finish in 60 s on an H100: the prefill's launches; not kept.)
@@ -115,6 +116,12 @@ for c in $CONFIGS; do
         --budget $BUDGET --engines ${ENV_ENGINES:-${ENGINES:-fp16,w4a16}} ${PROFILE:+--profile} 2>&1 | tee -a $OUT/compare.md
       echo "== base $c rc=${PIPESTATUS[0]}"
     fi
+    for ar in ${ARG_RUNS:-}; do  # "name:--opt,value[,--opt,value]": the bench again with those extra options
+      echo "## $c, ${ar%%:*} (${ar#*:})" >> $OUT/compare.md
+      timeout ${BENCH_T:-200} $B/mosaic bench e2e --config $c --random-weights --batch $BATCH --prompt $PROMPT --gen $GEN \
+        --budget $BUDGET --engines ${ENV_ENGINES:-${ENGINES:-fp16,w4a16}} ${E2E_ARGS:-} $(echo "${ar#*:}" | tr ',' ' ') \
+        ${PROFILE:+--profile} 2>&1 | tee -a $OUT/compare.md; echo "== ${ar%%:*} $c rc=${PIPESTATUS[0]}"
+    done
     for er in ${ENV_RUNS:-}; do  # "name:VAR=v[,VAR=v]": the bench again with those variables
       echo "## $c, ${er%%:*} (${er#*:})" >> $OUT/compare.md
       env $(echo "${er#*:}" | tr ',' ' ') timeout ${BENCH_T:-200} $B/mosaic bench e2e --config $c --random-weights --batch $BATCH \
