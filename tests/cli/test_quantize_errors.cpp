@@ -103,6 +103,22 @@ TEST_F(QuantizeCli, RowCapThatCannotHoldTheBudget) {
   EXPECT_NE(r.out.find(" 72 residual blocks"), std::string::npos) << r.out;  // floor(0.4 x 180)
   const auto cfg = nlohmann::json::parse(std::ifstream(dir_ / "capped/config.json"));
   EXPECT_EQ(cfg["quantization_config"]["residual"]["row_cap"], 0.5);
+  // inspect's residual summary: kept blocks per kind of linear add up to the budget, and no kind's
+  // fullest block row is above the cap (ceil(0.5 x block columns)).
+  const Result t = run("inspect " + (dir_ / "capped").string());
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_NE(t.out.find("fullest block row"), std::string::npos) << t.out;
+  const Result j = run("inspect --json " + (dir_ / "capped").string());
+  ASSERT_EQ(j.code, 0) << j.out;
+  const auto res = nlohmann::json::parse(j.out)["residual"];
+  ASSERT_TRUE(res.is_object() && !res.empty()) << j.out;
+  int64_t kept = 0;
+  for (const auto& [kind, r] : res.items()) {
+    kept += r["kept"].get<int64_t>();
+    const int64_t of = r["fullest_block_row_of"].get<int64_t>();
+    EXPECT_LE(r["fullest_block_row"].get<int64_t>(), (of + 1) / 2) << kind;
+  }
+  EXPECT_EQ(kept, 72);
 }
 
 TEST_F(QuantizeCli, ShapesTheFormatCannotTile) {
