@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cuda/w4a8.h"
+#include "format/packed_linear.h"
 #include "cuda/zipper.h"
 #include "cuda/zipper_launch.h"
 #include "util/atomic_file.h"
@@ -104,15 +105,9 @@ PackedLinear random_layer(int64_t N, int64_t K, double budget, uint64_t seed, in
   w.res_rowptr.assign(size_t(nbr + 1), 0);
   std::vector<int32_t> cols(size_t(nbc), 0);
   std::vector<int64_t> rows_n;  // ResPattern::kRows: blocks of each block row
-  if (pattern == ResPattern::kRows) {
-    const int64_t cap = std::max<int64_t>(1, int64_t(std::ceil(row_cap * double(nbc) - 1e-9)));
-    int64_t left = int64_t(budget * double(nbr * nbc));
-    rows_n.assign(size_t(nbr), 0);
-    std::vector<int64_t> order(static_cast<size_t>(nbr));
-    for (int64_t r = 0; r < nbr; ++r) order[size_t(r)] = r;
-    for (int64_t i = nbr - 1; i > 0; --i) std::swap(order[size_t(i)], order[size_t(rng.next() % uint64_t(i + 1))]);
-    for (int64_t i = 0; i < nbr && left > 0; ++i) left -= (rows_n[size_t(order[size_t(i)])] = std::min(cap, left));
-  }
+  if (pattern == ResPattern::kRows)
+    rows_n = concentrated_row_counts(nbr, budget_blocks(budget, nbr * nbc), row_cap_blocks(row_cap, nbc),
+                                     [&] { return rng.next(); });
   for (int64_t r = 0; r < nbr; ++r) {
     if (pattern != ResPattern::kBinomial) {  // a random subset of fixed size: partial Fisher-Yates, then column order
       const double want = budget * double(nbc);

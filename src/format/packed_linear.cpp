@@ -230,6 +230,25 @@ int64_t budget_blocks(double fraction, int64_t total_blocks) {
   return std::min(k, total_blocks);
 }
 
+int64_t row_cap_blocks(double fraction, int64_t nbc) {
+  MOSAIC_CHECK(std::isfinite(fraction) && fraction > 0.0 && fraction <= 1.0, "row cap ", fraction,
+               " is outside (0, 1]");
+  MOSAIC_CHECK(nbc > 0, "row_cap_blocks: ", nbc, " block columns");
+  const int64_t cap = int64_t(std::ceil(fraction * double(nbc) - 1e-9));
+  return std::clamp<int64_t>(cap, 1, nbc);
+}
+
+std::vector<int64_t> concentrated_row_counts(int64_t rows, int64_t keep, int64_t cap,
+                                             const std::function<uint64_t()>& next) {
+  MOSAIC_CHECK(rows >= 0 && keep >= 0 && cap > 0 && keep <= rows * cap, keep, " blocks do not fit ", rows,
+               " block rows of at most ", cap);
+  std::vector<int64_t> order(static_cast<size_t>(rows)), n(static_cast<size_t>(rows), 0);
+  std::iota(order.begin(), order.end(), int64_t(0));
+  for (int64_t i = rows - 1; i > 0; --i) std::swap(order[size_t(i)], order[size_t(next() % uint64_t(i + 1))]);
+  for (int64_t i = 0; keep > 0; ++i) keep -= (n[size_t(order[size_t(i)])] = std::min(cap, keep));
+  return n;
+}
+
 PackedLinear random_packed_linear(int64_t N, int64_t K, int group, int Br, int Bc,
                                   double fraction_of_blocks, ResidualPattern pattern,
                                   uint64_t seed, bool symmetric) {

@@ -3,6 +3,7 @@
 // Exactly the tensors of docs/format.md ("Quantized linear layer"); GPU kernels repack from this.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -101,6 +102,17 @@ ResidualPattern parse_residual_pattern(std::string_view name);  // uniform|clust
 // Number of blocks a budget keeps: floor(fraction * total) (floor so the memory budget is never
 // exceeded; a 1e-9 slack makes 0.1 * 100 exactly 10 despite binary rounding). fraction in [0, 1].
 int64_t budget_blocks(double fraction, int64_t total_blocks);
+
+// The per-block-row cap of a row-cap fraction F in (0, 1] on a grid of `nbc` block columns:
+// ceil(F x nbc) (at least 1; nbc when F = 1). mosaic quantize --row-cap.
+int64_t row_cap_blocks(double fraction, int64_t nbc);
+
+// Blocks per block row for random layers whose residual is concentrated (the worst case of a
+// per-row cap, bench gemm --res-pattern rows, bench e2e --res-rows): `keep` blocks on block rows in
+// a random order (a Fisher-Yates shuffle drawing from next()), each filled to `cap` (the last one
+// fewer). Throws when rows x cap < keep.
+std::vector<int64_t> concentrated_row_counts(int64_t rows, int64_t keep, int64_t cap,
+                                             const std::function<uint64_t()>& next);
 
 // A valid random layer: random base codes, fp16 scales in [0.004, 0.02] (residual scales 8x
 // smaller), random zeros when asymmetric, and exactly budget_blocks(fraction, total) residual

@@ -244,14 +244,7 @@ PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, 
   // Blocks per block row: evenly (about keep / brs each), or concentrated on random rows.
   std::vector<int64_t> per_row(static_cast<size_t>(brs), 0);
   if (rows_cap > 0) {
-    MOSAIC_CHECK(rows_cap <= 1, "random layer: rows cap ", rows_cap, " outside (0, 1]");
-    const int64_t cap = std::max<int64_t>(1, int64_t(std::ceil(rows_cap * double(bcs) - 1e-9)));
-    std::vector<int64_t> order(static_cast<size_t>(brs));
-    for (int64_t r = 0; r < brs; ++r) order[size_t(r)] = r;
-    for (int64_t i = brs - 1; i > 0; --i) std::swap(order[size_t(i)], order[size_t(splitmix(s) % uint64_t(i + 1))]);
-    int64_t left = keep;
-    for (int64_t i = 0; i < brs && left > 0; ++i) left -= (per_row[size_t(order[size_t(i)])] = std::min(cap, left));
-    MOSAIC_CHECK(left == 0, "random layer: ", keep, " blocks do not fit ", brs, " block rows of at most ", cap);
+    per_row = concentrated_row_counts(brs, keep, row_cap_blocks(rows_cap, bcs), [&] { return splitmix(s); });
   } else {
     for (int64_t r = 0; r < brs; ++r) per_row[size_t(r)] = keep * (r + 1) / brs - keep * r / brs;
   }

@@ -216,14 +216,6 @@ std::vector<int64_t> select_top_blocks_balanced(std::span<const double> scores, 
   return out;
 }
 
-int64_t row_cap_blocks(double fraction, int64_t nbc) {
-  MOSAIC_CHECK(std::isfinite(fraction) && fraction > 0.0 && fraction <= 1.0, "row cap ", fraction,
-               " is outside (0, 1]");
-  MOSAIC_CHECK(nbc > 0, "row_cap_blocks: ", nbc, " block columns");
-  const int64_t cap = int64_t(std::ceil(fraction * double(nbc) - 1e-9));
-  return std::clamp<int64_t>(cap, 1, nbc);
-}
-
 std::vector<int64_t> allocate_global(std::span<const std::vector<double>> layer_scores,
                                      double fraction, std::span<const BlockRowCap> caps) {
   struct Entry {

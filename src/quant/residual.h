@@ -53,9 +53,7 @@ std::vector<int64_t> select_top_blocks_balanced(std::span<const double> scores, 
                                                 int64_t count, int64_t tile_block_rows,
                                                 int64_t cap);
 
-// The per-block-row cap of a row-cap fraction F in (0, 1] on a grid of `nbc` block columns:
-// ceil(F x nbc) (at least 1; nbc when F = 1). mosaic quantize --row-cap.
-int64_t row_cap_blocks(double fraction, int64_t nbc);
+// (row_cap_blocks, the cap of a --row-cap fraction: format/packed_linear.h, beside budget_blocks.)
 
 // A cap on the blocks one block row of a layer may keep (the fused GPU kernel's time is set by its
 // fullest block row): the layer's scores are a grid of `nbc` block columns (block b is in block

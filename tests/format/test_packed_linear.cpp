@@ -129,6 +129,31 @@ TEST(ReferenceMatmul, MatchesDoubleLoopOnDequantizedWeights) {
     }
 }
 
+// The random benches' concentrated residual: exactly `keep` blocks, every row 0 or `cap` except at
+// most one partial row, a different row order per seed, and a keep that cannot fit is an error.
+TEST(RandomPackedLinear, ConcentratedRowCounts) {
+  std::mt19937_64 rng(3);
+  const auto next = [&] { return uint64_t(rng()); };
+  for (int64_t keep : {0, 1, 7, 8, 23, 64}) {
+    const std::vector<int64_t> n = concentrated_row_counts(8, keep, 8, next);
+    ASSERT_EQ(n.size(), 8u);
+    int64_t sum = 0, partial = 0;
+    for (int64_t x : n) {
+      sum += x;
+      EXPECT_LE(x, 8);
+      if (x != 0 && x != 8) ++partial;
+    }
+    EXPECT_EQ(sum, keep);
+    EXPECT_LE(partial, 1) << keep;
+  }
+  std::mt19937_64 r1(1), r2(2);
+  EXPECT_NE(concentrated_row_counts(64, 8, 1, [&] { return uint64_t(r1()); }),
+            concentrated_row_counts(64, 8, 1, [&] { return uint64_t(r2()); }));
+  EXPECT_THROW(concentrated_row_counts(4, 9, 2, next), Error);
+  EXPECT_EQ(row_cap_blocks(0.25, 64), 16);
+  EXPECT_EQ(row_cap_blocks(1.0, 9), 9);
+}
+
 TEST(RandomPackedLinear, ExactBlockCountsAndPatterns) {
   // 64 x 512 with 16 x 64 blocks: 4 x 8 = 32 blocks; 10% -> floor(3.2) = 3.
   for (auto pat : {ResidualPattern::kUniform, ResidualPattern::kClustered, ResidualPattern::kOneTile}) {
