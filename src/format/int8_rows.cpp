@@ -73,6 +73,8 @@ bool has_int8_rows(const Checkpoint& ckpt, const std::string& prefix) { return c
 
 Int8Rows read_int8_rows(const Checkpoint& ckpt, const std::string& prefix, int64_t rows, int64_t cols) {
   const std::string qn = int8_rows_name(prefix), sn = int8_rows_scale_name(prefix);
+  for (const std::string& other : {prefix + ".weight", prefix + ".qweight"})
+    MOSAIC_CHECK(!ckpt.has(other), "checkpoint stores both '", qn, "' and '", other, "': one weight per linear");
   const std::vector<int64_t> qshape = {rows, cols}, sshape = {rows};
   const TensorView& qt = ckpt.get(qn);
   MOSAIC_CHECK(qt.dtype == DType::I8 && qt.shape == qshape, "tensor '", qn, "' is ",

@@ -58,7 +58,9 @@ void add_int8_rows(ShardedWriter& w, const std::string& prefix, int64_t rows, in
 bool has_int8_rows(const Checkpoint& ckpt, const std::string& prefix);
 
 // Reads <prefix>.weight_int8 and .weight_scale, checking dtypes (I8, F16) and shapes ([rows, cols],
-// [rows]) and that every scale is finite; each error names the tensor with expected and actual.
+// [rows]), that every scale is finite, and that the checkpoint holds no other weight for the prefix
+// (.weight or .qweight); each error names the tensor with expected and actual. Both engines load
+// the 8-bit head through it.
 Int8Rows read_int8_rows(const Checkpoint& ckpt, const std::string& prefix, int64_t rows, int64_t cols);
 
 }  // namespace mosaic

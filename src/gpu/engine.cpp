@@ -26,7 +26,6 @@
 #include "model/quant_linear.h"
 #include "model/rope.h"
 #include "util/error.h"
-#include "util/half.h"
 #include "util/progress.h"
 
 namespace mosaic::gpu {
@@ -137,7 +136,7 @@ class CheckpointSource : public Source {
   CheckpointSource(const Checkpoint& c, bool quantized) : ckpt_(c), quantized_(quantized) {}
 
   size_t estimate(const std::vector<std::string>& prefixes, const std::vector<int64_t>& Ns, int64_t K) const override {
-    if (prefixes.size() == 1 && ckpt_.has(prefixes[0] + ".weight_int8"))  // codes, scales, large-M scratch
+    if (prefixes.size() == 1 && has_int8_rows(ckpt_, prefixes[0]))  // codes, scales, large-M scratch
       return size_t(Ns[0] * K + Ns[0] * 2) + std::min<size_t>(size_t(32) << 20, size_t(Ns[0] * K) * 2);
     size_t b = 0;
     int64_t N = 0;
@@ -172,12 +171,12 @@ class CheckpointSource : public Source {
 
   // As the CPU engine: a tied config uses the embedding unless lm_head.weight (or the 8-bit
   // lm_head.weight_int8) is stored.
-  bool has_lm_head() const override { return ckpt_.has("lm_head.weight") || ckpt_.has("lm_head.weight_int8"); }
+  bool has_lm_head() const override { return ckpt_.has("lm_head.weight") || has_int8_rows(ckpt_, "lm_head"); }
 
   std::unique_ptr<GpuLinear> linear(cublasHandle_t h, Act a, const std::vector<std::string>& prefixes,
                                     const std::vector<int64_t>& Ns, int64_t K, GpuLoadReport& rep,
                                     std::mutex& mu) const override {
-    if (prefixes.size() == 1 && ckpt_.has(prefixes[0] + ".weight_int8")) return int8_rows(h, a, prefixes[0], Ns[0], K, rep, mu);
+    if (prefixes.size() == 1 && has_int8_rows(ckpt_, prefixes[0])) return int8_rows(h, a, prefixes[0], Ns[0], K, rep, mu);
     std::vector<PackedLinear> packed;
     bool all_packed = quantized_;
     for (const auto& p : prefixes) all_packed = all_packed && has_packed_linear(ckpt_, p);
@@ -233,25 +232,19 @@ class CheckpointSource : public Source {
   }
 
  private:
-  // The 8-bit LM head: <prefix>.weight_int8 I8 [N, K] and <prefix>.weight_scale F16 [N].
+  // The 8-bit LM head (format/int8_rows.h: the CPU engine's reader and checks).
   std::unique_ptr<GpuLinear> int8_rows(cublasHandle_t h, Act a, const std::string& prefix, int64_t N, int64_t K,
                                        GpuLoadReport& rep, std::mutex& mu) const {
-    const TensorView& q = ckpt_.get(prefix + ".weight_int8", {N, K});
-    const TensorView& sc = ckpt_.get(prefix + ".weight_scale", {N});
-    MOSAIC_CHECK(q.dtype == DType::I8, "tensor '", prefix, ".weight_int8' has dtype ", dtype_name(q.dtype), ", expected I8");
-    MOSAIC_CHECK(sc.dtype == DType::F16, "tensor '", prefix, ".weight_scale' has dtype ", dtype_name(sc.dtype),
-                 ", expected F16");
-    const auto* codes = reinterpret_cast<const int8_t*>(q.data);
-    const auto* scale = reinterpret_cast<const uint16_t*>(sc.data);
+    const Int8Rows head = read_int8_rows(ckpt_, prefix, N, K);
     if (K % 64 != 0) {  // the kernel's chunk; no target model has such a hidden size: dequantize + cuBLAS
-      const std::vector<float> w = dequantize_int8_rows(codes, scale, N, K);
+      const std::vector<float> w = head.dequantize();
       count(rep, mu, 1, prefix + ": 8-bit head with hidden size " + std::to_string(K) +
                             " (not a multiple of 64): dequantized to " + act_name(a) + " + cuBLAS");
       return std::make_unique<DenseGpuLinear>(h, a, upload_weights(a, w.data(), N * K, nullptr), N, K,
                                               act_kind("dequant", a));
     }
     count(rep, mu, -1, "lm_head: 8-bit codes per row (int8_head.cu)");
-    return std::make_unique<Int8GpuLinear>(h, a, codes, scale, N, K);
+    return std::make_unique<Int8GpuLinear>(h, a, head.q.data(), head.scale.data(), N, K);
   }
 
   const Checkpoint& ckpt_;
@@ -291,19 +284,9 @@ class RandomSource : public Source {
     int64_t N = 0;
     for (int64_t n : Ns) N += n;
     const uint64_t seed = seed_of(prefixes[0]);
-    if (prefixes[0] == "lm_head" && rw_.lm_head_int8) {  // codes uniform in -127..127, scales ~ 1 / (127 sqrt(K))
-      std::vector<int8_t> q(size_t(N * K));
-      uint64_t st = seed;
-      for (size_t i = 0; i < q.size(); i += 8) {
-        uint64_t v = st += 0x9E3779B97F4A7C15ull;
-        v = (v ^ (v >> 30)) * 0xBF58476D1CE4E5B9ull;
-        v = (v ^ (v >> 27)) * 0x94D049BB133111EBull;
-        v ^= v >> 31;
-        for (size_t j = 0; j < 8 && i + j < q.size(); ++j) q[i + j] = int8_t(int(uint8_t(v >> (8 * j)) % 255) - 127);
-      }
-      std::vector<uint16_t> sc(size_t(N), float_to_fp16(float(1.0 / (127.0 * std::sqrt(double(K))))));
+    if (prefixes[0] == "lm_head" && rw_.lm_head_int8) {
       count(rep, mu, -1, "lm_head: 8-bit codes per row (int8_head.cu)");
-      return std::make_unique<Int8GpuLinear>(h, a, q.data(), sc.data(), N, K);
+      return random_int8_linear(h, a, N, K, seed);
     }
     if (rw_.quantized && (prefixes[0] != "lm_head" || rw_.lm_head)) {
       const PackedLinear p = random_packed_fast(N, K, rw_.group, rw_.budget, seed, rw_.res_rows);

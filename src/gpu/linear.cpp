@@ -169,6 +169,17 @@ void Int8GpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t s) c
 
 void Int8GpuLinear::forward_f32(const void* X, float* Y, int64_t M, cudaStream_t s) const { run(X, Y, M, true, s); }
 
+std::unique_ptr<Int8GpuLinear> random_int8_linear(cublasHandle_t h, Act a, int64_t N, int64_t K, uint64_t seed) {
+  std::vector<int8_t> q(size_t(N * K));
+  uint64_t s = seed;
+  for (size_t i = 0; i < q.size(); i += 8) {
+    const uint64_t v = splitmix(s);
+    for (size_t j = 0; j < 8 && i + j < q.size(); ++j) q[i + j] = int8_t(int(uint8_t(v >> (8 * j)) % 255) - 127);
+  }
+  const std::vector<uint16_t> sc(size_t(N), float_to_fp16(float(1.0 / (127.0 * std::sqrt(double(K))))));
+  return std::make_unique<Int8GpuLinear>(h, a, q.data(), sc.data(), N, K);
+}
+
 DevBuf upload_weights(Act a, const float* w, int64_t n, cudaStream_t s) {
   (void)s;
   std::vector<uint16_t> bits(static_cast<size_t>(n));

@@ -159,4 +159,8 @@ PackedLinear concat_rows(const std::vector<const PackedLinear*>& parts);
 // fraction per row allows (1: whole rows; real checkpoints cluster, docs/results.md). Timing only.
 PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, uint64_t seed, double rows_cap = 0);
 
+// A random 8-bit head for `--random-weights` (bench e2e w4a16_head8): codes uniform in -127..127,
+// scales ~ 1 / (127 sqrt(K)). Timing only.
+std::unique_ptr<Int8GpuLinear> random_int8_linear(cublasHandle_t h, Act a, int64_t N, int64_t K, uint64_t seed);
+
 }  // namespace mosaic::gpu

@@ -107,9 +107,6 @@ bool names_match(const std::vector<std::string>& names, const std::string& prefi
 std::unique_ptr<Linear> load_quant_or_dense_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t N,
                                                    int64_t K, ActQuant act) {
   if (has_int8_rows(ckpt, prefix)) {  // never activation-quantized (docs/format.md: only decoder linears are)
-    for (const std::string& other : {prefix + ".weight", prefix + ".qweight"})
-      MOSAIC_CHECK(!ckpt.has(other), "checkpoint stores both '", int8_rows_name(prefix), "' and '", other,
-                   "': one weight per linear");
     auto w = std::make_shared<const std::vector<float>>(read_int8_rows(ckpt, prefix, N, K).dequantize());
     return std::make_unique<Int8RowsLinear>(N, K, std::move(w));
   }
