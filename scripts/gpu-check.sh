@@ -6,7 +6,8 @@
 #
 #   OUT=/tmp/out scripts/gpu-check.sh [quick|full]
 #     quick: LLaMA-3-8B shapes only; full: LLaMA-3-8B, Qwen3-8B and LLaMA-3-70B at budgets 0, 5, 10%.
-# Overrides: SH (shapes), MS (M list), BU (budgets) of the benchmark; SAN_T (seconds per sanitizer);
+# Overrides: SH (shapes), MS (M list), BU (budgets) of the benchmark; GEMM_ARGS (more bench gemm options for every
+# benchmark run, e.g. "--res-pattern rows --row-cap 0.5"); SAN_T (seconds per sanitizer);
 # SKIP_TORCH=1, SKIP_MARLIN=1 (Marlin runs when .xfer/marlin or MARLIN_SRC holds its source), SKIP_SAN=1, SAN_FILTER (gtest filter of the sanitizer runs).
 # TEST_T / BENCH_T: seconds before the tests / each ENVS benchmark are killed (a hung kernel must not eat the call).
 # Same-run comparisons (docs/kernels-notes.md), both on the small-M list MS_SMALL (default 1,4,16,32):
@@ -117,7 +118,7 @@ echo "== test_cuda rc=$tests_rc"
 # ---- benchmark (before the sanitizers, which are slow) -----------------------------------------
 if [ "$MODE" = quick ]; then DSH=llama3-8b; DBU=0,0.1; else DSH=llama3-8b,qwen3-8b,llama3-70b; DBU=0,0.05,0.1; fi
 SH=${SH:-$DSH}; BU=${BU:-$DBU}; MS=${MS:-1,4,16,32,64,128,256,1024,4096}; MS_SMALL=${MS_SMALL:-1,4,16,32}
-$B/mosaic bench gemm --shapes $SH --m $MS --budget $BU --json $OUT/gemm.json > $OUT/bench.md 2>&1
+$B/mosaic bench gemm --shapes $SH --m $MS --budget $BU ${GEMM_ARGS:-} --json $OUT/gemm.json > $OUT/bench.md 2>&1
 echo "== bench rc=$?"
 # Extra files go into one archive at the end: the device tool returns at most 8 files from $OUT.
 X=$B/extra; mkdir -p $X; cmp=(new=$OUT/gemm.json)
@@ -132,7 +133,8 @@ fi
 # v8:MOSAIC_ZIPPER_V8=1 for the previous kernel, same binary, same run).
 for lv in ${ENVS:-}; do
   l=${lv%%:*}; kv=${lv#*:}
-  timeout ${BENCH_T:-300} env ${kv//,/ } $B/mosaic bench gemm --shapes $SH --m ${MS_ENVS:-$MS_SMALL} --budget $BU --json $X/gemm-$l.json > $X/bench-$l.md 2>&1
+  timeout ${BENCH_T:-300} env ${kv//,/ } $B/mosaic bench gemm --shapes $SH --m ${MS_ENVS:-$MS_SMALL} --budget $BU ${GEMM_ARGS:-} \
+    --json $X/gemm-$l.json > $X/bench-$l.md 2>&1
   echo "== bench ($kv) rc=$?"; cmp+=($l=$X/gemm-$l.json)
 done
 for v in ${PLAN_OVERHEADS:-}; do

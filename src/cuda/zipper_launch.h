@@ -25,7 +25,27 @@ struct DeviceLayer {
   const int32_t* res_rowptr = nullptr;
   const uint64_t* res_bitmap = nullptr;
   const uint16_t* res_colidx = nullptr;  // [nnzb + 32] (zipper_layout.h)
+  // [N/16] or null: the stream kernel's block rows by residual tiles, most first (residual_row_order
+  // in zipper_plan.h), set where the residual clusters in a few rows; the kernel then deals them
+  // out by stream_slot's snake map so that no CTA or warp gets several heavy rows.
+  const int32_t* res_row_order = nullptr;
 };
+
+// The stream kernel's row slots (zipper_stream.cu). Row lane rw of CTA a (of G) streams slots
+// s_j, j = 0, 1, ... while s_j < N/16; slot s is block row s, or order[s] with a row order.
+//   map 0 (default): (j G + a) RW + rw   a CTA's RW row lanes on adjacent rows (one DRAM page)
+//   map 1 (MOSAIC_ZIPPER_ROWMAP=1): (j RW + rw) G + a
+//   map 2 (a row order): band b = j RW + rw, slot b G + a for even b, b G + G - 1 - a for odd b:
+//     the rows of a band go one per CTA, the next band back the other way (boustrophedon), so
+//     with the rows sorted heaviest first every CTA's and every warp's load is within one row of
+//     the mean, and the pairs of bands cancel most of that.
+// In every map s_j grows with j, so a warp's valid slots are a prefix j < nrows.
+constexpr int stream_slot(int map, int j, int rw, int a, int RW, int G) {
+  if (map == 0) return (j * G + a) * RW + rw;
+  const int b = j * RW + rw;
+  if (map == 1) return b * G + a;
+  return b * G + ((b & 1) ? G - 1 - a : a);
+}
 
 struct FusedLaunch {
   const void* X = nullptr;

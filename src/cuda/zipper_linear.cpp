@@ -133,6 +133,10 @@ bool row_interleave() {
   static const bool v = env_number("MOSAIC_ZIPPER_ROWMAP", 0, 0, 1) > 0;
   return v;
 }
+// MOSAIC_ZIPPER_ROW_ORDER = 0 / 1: never / always deal a residual layer's rows by weight (the
+// stream kernel's row order, residual_rows_uneven in zipper_plan.h); unset: where the rows are uneven.
+// Read when a layer is loaded (a test sets it per layer).
+int row_order_mode() { return int(env_number("MOSAIC_ZIPPER_ROW_ORDER", -1, 0, 1)); }
 bool verbose() {
   static const bool v = env_number("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) > 0;
   return v;
@@ -274,6 +278,9 @@ struct ZipperLinear::Impl {
   detail::DeviceLayer Lb;  // same codes, bf16 scales
   const detail::DeviceLayer& layer(int bf16) const { return bf16 ? Lb : L; }
   int64_t nnzb = 0, bytes_all = 0, bytes_base = 0;
+  // Residual blocks per block row, and the stream kernel's row order (empty: none; L.res_row_order).
+  std::vector<int> row_kept;
+  std::vector<int32_t> row_order;
   int num_sms = 132;
   bool pdl = false;  // set_programmatic_launch
   // Workspaces, grown on demand (mutable state: one stream at a time).
@@ -292,7 +299,7 @@ struct ZipperLinear::Impl {
     for (const void* p : {static_cast<const void*>(L.qweight), static_cast<const void*>(L.scales),
                           static_cast<const void*>(L.res_qweight), static_cast<const void*>(L.res_scales),
                           static_cast<const void*>(L.res_rowptr), static_cast<const void*>(L.res_bitmap),
-                          static_cast<const void*>(L.res_colidx),
+                          static_cast<const void*>(L.res_colidx), static_cast<const void*>(L.res_row_order),
                           static_cast<const void*>(Lb.scales), static_cast<const void*>(Lb.res_scales),
                           static_cast<const void*>(ws), static_cast<const void*>(part), static_cast<const void*>(counters),
                           static_cast<const void*>(deq)})
@@ -378,7 +385,11 @@ struct ZipperLinear::Impl {
           if (q > occ) continue;
           const double bw = std::min(1.0, q * tile_kb / inflight_kb_needed());
           const double row = double(per) / kw + (splits > 1 ? red : 0.0) + (kw > 1 ? kw_cost(res) : 0.0);
-          const double cost = q * (rpw * row + 1.0 + (splits > 1 ? split_fix() : 0.0)) / bw;
+          double cost = q * (rpw * row + 1.0 + (splits > 1 ? split_fix() : 0.0)) / bw;
+          // Uneven residual rows (dealt by weight): the busiest warp's extra ring tiles run after
+          // the others are done, at about one tile-time each.
+          if (res && !row_order.empty())
+            cost += detail::stream_residual_imbalance(row_kept, row_order, 2, groups, kw, rpw, splits);
           const bool better = cost < best_cost * 0.999 ||
                               (cost <= best_cost * 1.001 && (q > best_q || (q == best_q && splits < best_splits)));
           const StreamPlan here{per * kTileK, rpw, groups, kw};
@@ -515,7 +526,7 @@ struct ZipperLinear::Impl {
     const int x_rows = std::min(M, 16) + 1;
     const auto key = std::make_pair(x_rows, res);
     if (auto it = stream_plans.find(key); it != stream_plans.end()) return it->second;
-    const TunedKey tk{current_device(), L.N, L.K, L.group, x_rows, res};
+    const TunedKey tk{current_device(), L.N, L.K, L.group, x_rows, res, res && !row_order.empty()};
     const char* forced = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN");  // a forced plan is never tuned over
     if (!(forced && *forced)) {
       const std::lock_guard<std::mutex> lock(tuned_mu());
@@ -529,12 +540,15 @@ struct ZipperLinear::Impl {
       tuned()[tk] = p;
     }
     if (verbose())
-      std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d\n",
-                   L.N, L.K, M, int(res), p.k_split, p.kw, p.rpw, p.n_groups, (L.K + p.k_split - 1) / p.k_split);
+      std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d%s\n",
+                   L.N, L.K, M, int(res), p.k_split, p.kw, p.rpw, p.n_groups, (L.K + p.k_split - 1) / p.k_split,
+                   res && !row_order.empty() ? " (rows dealt by weight)" : "");
     return stream_plans[key] = p;
   }
   // Tuned plans shared by every layer of one shape (process-wide).
-  using TunedKey = std::tuple<int, int, int, int, int, bool>;  // device, N, K, group, x rows, residual
+  // device, N, K, group, x rows, residual, rows dealt by weight (a clustered layer does not share a plan
+  // with an even one)
+  using TunedKey = std::tuple<int, int, int, int, int, bool, bool>;
   static std::map<TunedKey, StreamPlan>& tuned() {
     static std::map<TunedKey, StreamPlan> m;
     return m;
@@ -777,6 +791,12 @@ ZipperLinear::ZipperLinear(const PackedLinear& w) : impl_(std::make_unique<Impl>
     L.res_rowptr = upload(z.res_rowptr);
     L.res_bitmap = upload(z.res_bitmap);
     L.res_colidx = upload(z.res_colidx);
+    impl_->row_kept = detail::residual_row_counts(z.res_rowptr);
+    const int mode = row_order_mode();
+    if (mode == 1 || (mode < 0 && detail::residual_rows_uneven(impl_->row_kept, L.K / kTileK))) {
+      impl_->row_order = detail::residual_row_order(impl_->row_kept);
+      L.res_row_order = upload(impl_->row_order);
+    }
   }
   impl_->Lb = L;
   impl_->Lb.scales = upload(to_bf16(z.scales));

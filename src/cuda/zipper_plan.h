@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "cuda/zipper_launch.h"
+
 namespace mosaic::cuda::detail {
 
 // A wgmma CTA's fixed cost in k-tiles: filling its ring and its epilogue. With 128-token tiles
@@ -130,6 +132,68 @@ inline int tune_pick(const std::vector<float>& ms, double min_gain) {
   if (ms.empty()) return 0;
   const int win = int(std::min_element(ms.begin(), ms.end()) - ms.begin());
   return ms[size_t(win)] > ms[0] * (1.0 - min_gain) ? 0 : win;
+}
+
+// Residual blocks of each block row, from the CSR row pointers (N/16 + 1 entries).
+inline std::vector<int> residual_row_counts(const std::vector<int32_t>& rowptr) {
+  std::vector<int> kept(rowptr.empty() ? 0 : rowptr.size() - 1);
+  for (size_t r = 0; r < kept.size(); ++r) kept[r] = rowptr[r + 1] - rowptr[r];
+  return kept;
+}
+
+// Where the residual clusters in a few block rows (real checkpoints: whole rows of v_proj, k_proj,
+// kernels-notes eighteenth session), the stream kernel deals the rows out by weight
+// (DeviceLayer::res_row_order). Uneven: the fullest row carries at least max(2, k_tiles / 4) ring
+// tiles (two blocks each) more than the mean row, i.e. >= 1/4 of a row's dense tiles. A binomial
+// 10% residual of a K = 4096 layer (mean 6.4, fullest ~16 of 64 blocks: 5 tiles over the mean) is
+// not: with k_tiles / 8 it was, and the order plus the plan model's imbalance term made LLaMA-3-8B
+// qkv at M = 4 10% slower (H200, nineteenth session); rows half full or more are.
+// MOSAIC_ZIPPER_ROW_ORDER = 0 / 1 forces it off / on.
+inline bool residual_rows_uneven(const std::vector<int>& kept, int k_tiles) {
+  if (kept.empty()) return false;
+  double sum = 0;
+  int most = 0;
+  for (int k : kept) {
+    sum += (k + 1) / 2;
+    most = std::max(most, (k + 1) / 2);
+  }
+  return most - sum / double(kept.size()) >= std::max(2.0, k_tiles / 4.0);
+}
+
+// The row order: block rows by ring tiles, most first, ties by index (light rows keep their order).
+inline std::vector<int32_t> residual_row_order(const std::vector<int>& kept) {
+  std::vector<int32_t> order(kept.size());
+  for (size_t r = 0; r < kept.size(); ++r) order[r] = int32_t(r);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return (kept[size_t(a)] + 1) / 2 > (kept[size_t(b)] + 1) / 2; });
+  return order;
+}
+
+// A stream plan's residual imbalance in ring tiles: the busiest warp's residual tiles minus the mean
+// warp's, with the rows dealt as the kernel deals them (stream_slot's map; slot s holds row
+// order[s], or row s with an empty order). Plan: G CTAs of RW = 8 / kw row lanes, rpw rows each, K
+// split over `splits` CTAs (a row's blocks counted evenly over the splits: the kernel's K-ranges
+// hold whatever falls in them) and over the kw warps of a row lane. The stream plan model adds it
+// to a residual plan's cost where the rows are uneven (the slowest warp sets the kernel's time).
+inline double stream_residual_imbalance(const std::vector<int>& kept, const std::vector<int32_t>& order, int map,
+                                        int G, int kw, int rpw, int splits) {
+  const int R = int(kept.size()), RW = kWarps / kw;
+  if (R == 0 || G <= 0) return 0.0;
+  double total = 0, most = 0;
+  for (int a = 0; a < G; ++a)
+    for (int rw = 0; rw < RW; ++rw) {
+      int load = 0;
+      for (int j = 0; j < rpw; ++j) {
+        const int s = stream_slot(map, j, rw, a, RW, G);
+        if (s >= R) break;
+        const int k = kept[size_t(order.empty() ? s : order[size_t(s)])];
+        const int per_split = (k + splits - 1) / splits, per_warp = (per_split + kw - 1) / kw;
+        load += (per_warp + 1) / 2;
+      }
+      total += load;
+      most = std::max(most, double(load));
+    }
+  return most - total / (double(G) * RW);
 }
 
 }  // namespace mosaic::cuda::detail

@@ -125,17 +125,28 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // KW > 1: per warp, its partial sums of a row [NB][8 rows][20 floats], two buffers (after all rings).
   float* parts = reinterpret_cast<float*>(smem + ((rows + 1) * xs_stride) / 8 + kWarps * kStages * su4);
 
-  // This warp's rows, j < nrows (a prefix of 0 .. RPW-1): r_j = RW (j G + a) + rw, so a CTA's
+  // This warp's rows, j < nrows (a prefix of 0 .. RPW-1): by default r_j = RW (j G + a) + rw, so a CTA's
   // warps stream RW adjacent rows (256 KB of codes at K = 4096 and KW = 1: one 2 MB page, DRAM-page
   // and TLB friendly) and consecutive tiles go to consecutive CTAs; or, with f.row_interleave,
   // r_j = (RW j + rw) G + a (every row lane on another tile: spreads clustered residuals further).
   // The KW warps of a row lane have the same rows.
+  // With a row order (RES, L.res_row_order: the layer's residual clusters in a few rows) the slots
+  // are dealt by the snake map and hold order[slot] (stream_slot in zipper_launch.h). A residual
+  // warp's rows are then a table lookup: lane j holds row j's (lane_row, read with the layer's
+  // constant data before pdl_wait) and the warp reads it by a shuffle.
   const int R = L.N / 16, G = gridDim.x;
-  const auto row_of = [&](int j) {
-    return f.row_interleave ? (j * RW + rw) * G + int(blockIdx.x) : (j * G + int(blockIdx.x)) * RW + rw;
-  };
+  const int map = RES && L.res_row_order ? 2 : f.row_interleave ? 1 : 0;
+  const auto slot_of = [&](int j) { return stream_slot(map, j, rw, int(blockIdx.x), RW, G); };
   int nrows = 0;
-  while (nrows < f.rows_per_warp && row_of(nrows) < R) ++nrows;
+  while (nrows < f.rows_per_warp && slot_of(nrows) < R) ++nrows;
+  int lane_row = lane < nrows ? slot_of(lane) : 0;  // row j of this warp, in lane j
+  if (RES && L.res_row_order && lane < nrows) lane_row = __ldg(L.res_row_order + lane_row);
+  const auto row_of = [&](int j) {  // warp-uniform j
+    if constexpr (RES)
+      return __shfl_sync(~0u, lane_row, j);
+    else
+      return slot_of(j);
+  };
 
   // 1. Residual metadata of row j, computed by lane j for all rows at once (one latency, not one
   //    per row): my_kept = kept blocks of row j in the CTA's K-range, my_b = CSR index of the first
@@ -147,7 +158,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   //    held K-ranges to 64 chunks = 4096 inputs and cost a 64-bit find-first + clear per block).
   int my_kept = 0, my_b = 0;
   if (RES && lane < nrows) {
-    const int r = row_of(lane);
+    const int r = lane_row;
     const int r0 = L.res_rowptr[r];
     if (KR == L.K) {  // the whole row (unsplit plans): no bitmap read
       my_b = r0;
@@ -524,7 +535,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   __syncwarp();
   bool last = false;
   int* cnt = f.counters + size_t(blockIdx.z) * R;
-  if (lane < nrows) last = atomicAdd(cnt + row_of(lane), 1) == int(gridDim.y) - 1;
+  if (lane < nrows) last = atomicAdd(cnt + (RES ? lane_row : slot_of(lane)), 1) == int(gridDim.y) - 1;
   unsigned mask = __ballot_sync(~0u, last);
   if (!mask) return;
   __threadfence();

@@ -183,6 +183,24 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
   }
 }
 
+// Rows dealt by weight (DeviceLayer::res_row_order, the snake map of stream_slot): forced on and off
+// (MOSAIC_ZIPPER_ROW_ORDER, read when a layer loads) under forced plans with several rows per warp,
+// split-K, partial row groups and 1 / 2 / 4 / 8 warps per row, clustered, one-tile and uniform residuals.
+TEST(ZipperGpu, StreamKernelRowsDealtByWeight) {
+  REQUIRE_GPU();
+  struct Case { int64_t N, K; int group; Pattern pat; const char* plan; };
+  const Case cases[] = {{384, 640, 128, Pattern::Clustered, "128,2"},  {400, 1152, 128, Pattern::OneTile, "384,3"},
+                        {208, 384, 64, Pattern::Uniform, "128,32"},    {384, 2048, 128, Pattern::Clustered, "1024,2,4"},
+                        {272, 768, 128, Pattern::OneTile, "256,3,2"},  {528, 4096, 128, Pattern::OneTile, "4096,1,8"},
+                        {144, 1152, 32, Pattern::Clustered, "384,2"}};
+  for (const char* order : {"1", "0"})
+    for (const Case& c : cases) {
+      const test::ScopedEnv forced("MOSAIC_ZIPPER_STREAM_PLAN", c.plan), by_weight("MOSAIC_ZIPPER_ROW_ORDER", order);
+      check_fused_layer(c.N, c.K, c.group, c.pat, std::string("plan ") + c.plan + " row order " + order, {1, 3, 9, 16},
+                        uint64_t(c.N * 7 + c.K), 29);
+    }
+}
+
 // Stream-kernel K-ranges longer than 64 chunks (v18: the blocks' chunks come from colidx, not from a
 // 64-bit mask of the K-range): unsplit K of 8192 / 14336 (LLaMA-3's down) with 1, 2 and 8 warps per
 // row, splits whose second range starts inside a word of the row bitmap (K = 8448 in two ranges of

@@ -160,5 +160,75 @@ TEST(ZipperPlan, WgmmaTuneKTilesAreTheModelsNeighbours) {
       }
 }
 
+// The stream kernel's row maps (stream_slot): every block row exactly once over the plan's warps,
+// each warp's slots increasing in j (the kernel takes a prefix j < nrows), for partial last rounds too.
+TEST(ZipperPlan, StreamSlotsCoverEveryRowOnce) {
+  for (int map = 0; map <= 2; ++map)
+    for (int R : {1, 7, 64, 256, 384, 1792})
+      for (int kw : {1, 2, 8})
+        for (int rpw : {1, 2, 3, 7, 32}) {
+          const int RW = kWarps / kw, G = (R + RW * rpw - 1) / (RW * rpw);
+          std::vector<int> seen(size_t(R), 0);
+          for (int a = 0; a < G; ++a)
+            for (int rw = 0; rw < RW; ++rw)
+              for (int j = 0; j < rpw; ++j) {
+                const int s = stream_slot(map, j, rw, a, RW, G);
+                if (j > 0) {
+                  ASSERT_GT(s, stream_slot(map, j - 1, rw, a, RW, G));
+                }
+                if (s >= R) break;
+                ++seen[size_t(s)];
+              }
+          for (int r = 0; r < R; ++r) ASSERT_EQ(seen[size_t(r)], 1) << map << " R=" << R << " kw=" << kw << " rpw=" << rpw;
+        }
+}
+
+// Rows dealt by weight: the order is by ring tiles, heaviest first, stable; only clustered residuals
+// count as uneven; dealt by the snake map, the busiest warp of a plan carries at most one row's
+// residual more than the mean, where the default map gives one warp several full rows.
+TEST(ZipperPlan, ClusteredResidualRowsAreDealtByWeight) {
+  // A K = 4096 layer (32 k-tiles, 64 blocks per row), 1792 rows (LLaMA-3-8B gate_up).
+  const int R = 1792, k_tiles = 32;
+  std::vector<int> even(static_cast<size_t>(R), 0), clustered(static_cast<size_t>(R), 0);
+  uint32_t y = 777;  // a binomial residual: each of a row's 64 blocks kept with probability 0.1 (bench gemm's default)
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 64; ++c) {
+      y = y * 1664525u + 1013904223u;
+      even[size_t(r)] += (y >> 8) % 10 == 0;
+    }
+  // A tenth of the rows full, at pseudo-random places (bench e2e --res-rows 1): some warps of the default
+  // map get two or more of them.
+  uint32_t x = 12345;
+  std::vector<int32_t> full;
+  for (int r = 0; r < R; ++r) {
+    x = x * 1664525u + 1013904223u;
+    if ((x >> 8) % 10 == 0) {
+      clustered[size_t(r)] = 64;
+      full.push_back(r);
+    }
+  }
+  EXPECT_FALSE(residual_rows_uneven(even, k_tiles));
+  EXPECT_TRUE(residual_rows_uneven(clustered, k_tiles));
+  EXPECT_FALSE(residual_rows_uneven(std::vector<int>(size_t(R), 64), k_tiles));  // all rows full: even
+  const std::vector<int32_t> order = residual_row_order(clustered);
+  ASSERT_EQ(order.size(), size_t(R));
+  ASSERT_GT(full.size(), size_t(100));
+  for (size_t i = 0; i < full.size(); ++i) EXPECT_EQ(order[i], full[i]);  // the full rows first, in index order
+  EXPECT_LT(order[full.size()], order[full.size() + 1]);                 // then the rest, in index order
+  EXPECT_EQ(order.back(), full.back() == R - 1 ? R - 2 : R - 1);
+  // Plans of one CTA row lane per 8 warps (kw 8) with 7 rows per warp, and of kw 1 with 2 rows per warp.
+  for (auto [kw, rpw] : {std::pair{8, 7}, std::pair{1, 2}, std::pair{2, 4}}) {
+    const int RW = kWarps / kw, G = (R + RW * rpw - 1) / (RW * rpw);
+    const double dealt = stream_residual_imbalance(clustered, order, 2, G, kw, rpw, 1);
+    const double plain = stream_residual_imbalance(clustered, {}, 0, G, kw, rpw, 1);
+    const double row = (64 / kw + 1) / 2;  // one full row's ring tiles per warp
+    EXPECT_LE(dealt, row) << kw << " " << rpw;
+    EXPECT_GT(plain, dealt) << kw << " " << rpw;
+  }
+  // With a residual spread evenly over the rows the imbalance stays below a row's share.
+  EXPECT_LE(stream_residual_imbalance(even, {}, 0, 256, 8, 7, 1), 6.0);
+  EXPECT_GE(*std::max_element(even.begin(), even.end()), 14);  // the fullest binomial row, still not uneven
+}
+
 }  // namespace
 }  // namespace mosaic::cuda::detail
