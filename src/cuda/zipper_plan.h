@@ -196,4 +196,61 @@ inline double stream_residual_imbalance(const std::vector<int>& kept, const std:
   return most - total / (double(G) * RW);
 }
 
+// The CTAs of a one-row-per-CTA stream plan (kw warps per row, no K split) where the heaviest rows
+// run as parts (DeviceLayer::res_parts). Such a plan's time is set by its slowest CTA, and a full row
+// (as many ring tiles of residual as of base) doubles its CTA's work; a row of t = ceil(kept / 2)
+// residual tiles over k_tiles dense ones runs as P parts of K / P inputs (with the kept blocks in
+// them), P the fewest with (k_tiles + t) / P <= 9/8 k_tiles among those for which K / P is a whole
+// number of 128 kw inputs (each warp's K slice whole k-tiles); heaviest rows first while the extra
+// CTAs fit in free_slots (the wave's resident CTAs the plan leaves free: LLaMA-3-8B o and down at
+// M = 1 run 256 CTAs in 396 slots; qkv's 384 leave too few). Entries in row order, a row's parts
+// adjacent: row | part << 20 | parts << 26. Empty where no row is split.
+inline std::vector<int32_t> residual_row_parts(const std::vector<int>& kept, int k_tiles, int kw, int64_t free_slots) {
+  const int R = int(kept.size());
+  std::vector<int> parts(kept.size(), 1);
+  bool any = false;
+  if (R >= (1 << 20) || kw < 1) return {};
+  for (int32_t r : residual_row_order(kept)) {
+    const int t = (kept[size_t(r)] + 1) / 2;
+    if ((k_tiles + t) * 8 <= 9 * k_tiles) break;  // this row and every lighter one fit as they are
+    int P = 0;
+    for (int q = 2; q <= std::min(63, k_tiles / kw); ++q)
+      if (k_tiles % q == 0 && (k_tiles / q) % kw == 0 && (k_tiles + t) * 8 <= 9 * k_tiles * q) {
+        P = q;
+        break;
+      }
+    if (P == 0) {  // no part count meets the bound: the most parts there are
+      for (int q = std::min(63, k_tiles / kw); q >= 2 && P == 0; --q)
+        if (k_tiles % q == 0 && (k_tiles / q) % kw == 0) P = q;
+      if (P == 0) continue;
+    }
+    if (P - 1 > free_slots) break;
+    free_slots -= P - 1;
+    parts[size_t(r)] = P;
+    any = true;
+  }
+  std::vector<int32_t> out;
+  if (!any) return out;
+  for (int r = 0; r < R; ++r)
+    for (int p = 0; p < parts[size_t(r)]; ++p) out.push_back(int32_t(r | (p << 20) | (parts[size_t(r)] << 26)));
+  return out;
+}
+
+// The busiest CTA's warp load (dense + residual ring tiles) over a light row's dense share
+// (k_tiles / kw) plus the mean row's residual share, for a parts plan: what the plan model adds
+// (as stream_residual_imbalance does for the other plans). Kept blocks of a part counted as
+// ceil(kept / parts).
+inline double residual_parts_imbalance(const std::vector<int>& kept, const std::vector<int32_t>& parts, int k_tiles,
+                                       int kw) {
+  if (kept.empty() || parts.empty()) return 0.0;
+  double mean_res = 0, most = 0;
+  for (int k : kept) mean_res += ((k + kw - 1) / kw + 1) / 2;
+  mean_res /= double(kept.size());
+  for (int32_t e : parts) {
+    const int r = e & 0xfffff, P = e >> 26, k = (kept[size_t(r)] + P - 1) / P;
+    most = std::max(most, double(k_tiles / P / kw + ((k + kw - 1) / kw + 1) / 2));
+  }
+  return std::max(0.0, most - k_tiles / kw - mean_res);
+}
+
 }  // namespace mosaic::cuda::detail
