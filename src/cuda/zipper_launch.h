@@ -29,10 +29,6 @@ struct DeviceLayer {
   // in zipper_plan.h), set where the residual clusters in a few rows; the kernel then deals them
   // out by stream_slot's snake map so that no CTA or warp gets several heavy rows.
   const int32_t* res_row_order = nullptr;
-  // [n_parts] or null: the stream kernel's CTAs of a one-row-per-CTA plan where full rows run as
-  // parts: entry = row | part << 20 | parts << 26 (residual_row_parts in zipper_plan.h).
-  const int32_t* res_parts = nullptr;
-  int n_parts = 0;
 };
 
 // The stream kernel's row slots (zipper_stream.cu). Row lane rw of CTA a (of G) streams slots
@@ -69,8 +65,6 @@ struct FusedLaunch {
   int k_warps = 1;        // stream kernel: warps sharing one row, each on 1/k_warps of the CTA's
                           // K-range, reduced in shared memory (1, 2, 4 or 8; v10)
   int pdl = 0;            // stream kernel: launch with programmatic dependent launch (cuda/pdl.cuh)
-  int row_parts = 0;      // stream kernel: grid.x = L.n_parts CTAs, one row part each (KW = 8, 1 row
-                          // per CTA, no K split; needs ws and counters like a split)
 };
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).

@@ -137,9 +137,6 @@ bool row_interleave() {
 // stream kernel's row order, residual_rows_uneven in zipper_plan.h); unset: where the rows are uneven.
 // Read when a layer is loaded (a test sets it per layer).
 int row_order_mode() { return int(env_number("MOSAIC_ZIPPER_ROW_ORDER", -1, 0, 1)); }
-// MOSAIC_ZIPPER_ROW_PARTS=0: no row parts for a layer with a row order (residual_row_parts in
-// zipper_plan.h); read when a layer is loaded.
-bool row_parts_enabled() { return env_number("MOSAIC_ZIPPER_ROW_PARTS", 1, 0, 1) > 0; }
 bool verbose() {
   static const bool v = env_number("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) > 0;
   return v;
@@ -284,7 +281,6 @@ struct ZipperLinear::Impl {
   // Residual blocks per block row, and the stream kernel's row order (empty: none; L.res_row_order).
   std::vector<int> row_kept;
   std::vector<int32_t> row_order;
-  std::vector<int32_t> row_parts;  // the parts plan's CTAs (L.res_parts; empty: none)
   int num_sms = 132;
   bool pdl = false;  // set_programmatic_launch
   // Workspaces, grown on demand (mutable state: one stream at a time).
@@ -304,7 +300,6 @@ struct ZipperLinear::Impl {
                           static_cast<const void*>(L.res_qweight), static_cast<const void*>(L.res_scales),
                           static_cast<const void*>(L.res_rowptr), static_cast<const void*>(L.res_bitmap),
                           static_cast<const void*>(L.res_colidx), static_cast<const void*>(L.res_row_order),
-                          static_cast<const void*>(L.res_parts),
                           static_cast<const void*>(Lb.scales), static_cast<const void*>(Lb.res_scales),
                           static_cast<const void*>(ws), static_cast<const void*>(part), static_cast<const void*>(counters),
                           static_cast<const void*>(deq)})
@@ -359,15 +354,7 @@ struct ZipperLinear::Impl {
   // fewer splits.
   struct StreamPlan {
     int k_split = 0, rpw = 1, n_groups = 1, kw = 1;
-    bool parts = false;  // one row part per CTA (L.res_parts), see parts_fit
-    int parts_slots = 0;  // with parts: the resident CTAs of the plan (a layer of the same shape with
-                          // more parts than that runs the plan without them)
   };
-  // Whether a plan runs the layer's row parts: one row per CTA of 8 warps, no K split, and every part's
-  // CTA resident at once (occ CTAs per SM).
-  bool parts_fit(int kw, int rpw, int splits, int occ) const {
-    return L.n_parts > 0 && kw == detail::kWarps && rpw == 1 && splits == 1 && L.n_parts <= int64_t(occ) * num_sms;
-  }
   std::map<std::pair<int, bool>, StreamPlan> stream_plans;
   // The model's plan first, then up to kTuneCandidates - 1 others within kTuneMargin of its cost with
   // a different (K-range, warps per row) (rows-per-warp variants of one of those cost about the same).
@@ -401,14 +388,11 @@ struct ZipperLinear::Impl {
           double cost = q * (rpw * row + 1.0 + (splits > 1 ? split_fix() : 0.0)) / bw;
           // Uneven residual rows (dealt by weight): the busiest warp's extra ring tiles run after
           // the others are done, at about one tile-time each.
-          const bool parts = res && parts_fit(kw, rpw, splits, occ);
-          if (parts)
-            cost += detail::residual_parts_imbalance(row_kept, row_parts, k_tiles, kw);
-          else if (res && !row_order.empty())
+          if (res && !row_order.empty())
             cost += detail::stream_residual_imbalance(row_kept, row_order, 2, groups, kw, rpw, splits);
           const bool better = cost < best_cost * 0.999 ||
                               (cost <= best_cost * 1.001 && (q > best_q || (q == best_q && splits < best_splits)));
-          const StreamPlan here{per * kTileK, rpw, groups, kw, parts, occ * num_sms};
+          const StreamPlan here{per * kTileK, rpw, groups, kw};
           if (better) {
             best_cost = cost;
             best = here;
@@ -444,9 +428,7 @@ struct ZipperLinear::Impl {
       MOSAIC_CHECK(detail::stream_occupancy(res, L.group, nb, kw, smem) > 0, "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
                    " needs too much shared memory");
       const int rows_per_cta = detail::kWarps / kw;
-      const int occ = detail::stream_occupancy(res, L.group, nb, kw, smem);
-      best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw, false, occ * num_sms};
-      best.parts = res && parts_fit(kw, rpw, (L.K + ks - 1) / ks, occ);
+      best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw};
     }
     MOSAIC_CHECK(best.k_split > 0, "zipper: no stream-kernel plan fits layer [N=", L.N, ", K=", L.K, "]");
     if (forced_plan) return {best};
@@ -526,28 +508,15 @@ struct ZipperLinear::Impl {
   // and returns the fastest. The operands are the caller's: every candidate computes the same Y.
   StreamPlan tune_stream(const std::vector<StreamPlan>& cands, const void* X, void* Y, int M, int bf16, bool residual,
                          cudaStream_t s) {
-    std::vector<float> best_ms = time_candidates(cands.size(), [&](size_t i) {
+    const std::vector<float> best_ms = time_candidates(cands.size(), [&](size_t i) {
       launch_stream_plan(cands[i], X, Y, M, bf16, residual, s);
     }, s);
-    size_t win = size_t(detail::tune_pick(best_ms, kTuneMinGain));  // the model's plan on a near-tie
-    // A plan other than the model's is kept only if it wins again: the model's plan and the winner
-    // timed once more, each keeping its best of both rounds. One slow round of the model's plan had
-    // made a process keep LLaMA-3-8B qkv's KW = 4 at M = 1 (9.86 vs 10.18 us while tuning; the
-    // benchmark then 7.96 us against KW = 8's 7.35 in the other processes; H200, nineteenth session).
-    if (win != 0) {
-      const size_t pair[2] = {0, win};
-      const std::vector<float> again = time_candidates(2, [&](size_t i) {
-        launch_stream_plan(cands[pair[i]], X, Y, M, bf16, residual, s);
-      }, s);
-      best_ms[0] = std::min(best_ms[0], again[0]);
-      best_ms[win] = std::min(best_ms[win], again[1]);
-      win = detail::tune_pick({best_ms[0], best_ms[win]}, kTuneMinGain) == 0 ? 0 : win;
-    }
+    const size_t win = size_t(detail::tune_pick(best_ms, kTuneMinGain));  // the model's plan on a near-tie
     if (verbose())
       for (size_t i = 0; i < cands.size(); ++i)
-        std::fprintf(stderr, "zipper stream tune N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d%s %.2f us%s\n", L.N,
-                     L.K, M, int(residual), cands[i].k_split, cands[i].kw, cands[i].rpw,
-                     cands[i].parts ? " parts" : "", best_ms[i] * 1e3f, i == win ? " (kept)" : i == 0 ? " (model)" : "");
+        std::fprintf(stderr, "zipper stream tune N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d %.2f us%s\n", L.N,
+                     L.K, M, int(residual), cands[i].k_split, cands[i].kw, cands[i].rpw, best_ms[i] * 1e3f,
+                     i == win ? " (kept)" : i == 0 ? " (model)" : "");
     return cands[win];
   }
 
@@ -572,9 +541,8 @@ struct ZipperLinear::Impl {
     }
     if (verbose())
       std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d%s\n",
-                   L.N, L.K, M, int(res), p.k_split, p.kw, p.rpw, p.parts ? L.n_parts : p.n_groups,
-                   (L.K + p.k_split - 1) / p.k_split,
-                   p.parts ? " (full rows as parts)" : res && !row_order.empty() ? " (rows dealt by weight)" : "");
+                   L.N, L.K, M, int(res), p.k_split, p.kw, p.rpw, p.n_groups, (L.K + p.k_split - 1) / p.k_split,
+                   res && !row_order.empty() ? " (rows dealt by weight)" : "");
     return stream_plans[key] = p;
   }
   // Tuned plans shared by every layer of one shape (process-wide).
@@ -609,13 +577,7 @@ struct ZipperLinear::Impl {
     f.pdl = pdl ? 1 : 0;
     const int splits = (L.K / kTileK + p.k_split / kTileK - 1) / (p.k_split / kTileK);
     const int m_tiles = (M + 15) / 16;
-    // Row parts: grid.x = the parts' CTAs, each adding into the split-K workspace where its row has
-    // more than one part.
-    if (p.parts && residual && L.n_parts > 0 && L.n_parts <= p.parts_slots && splits == 1) {
-      f.row_parts = 1;
-      f.n_groups = L.n_parts;
-    }
-    if (splits > 1 || f.row_parts) ensure_ws(size_t(M) * L.N, size_t(L.N / 16) * m_tiles);
+    if (splits > 1) ensure_ws(size_t(M) * L.N, size_t(L.N / 16) * m_tiles);
     f.ws = ws;
     f.counters = counters;
     f.num_sms = num_sms;
@@ -829,25 +791,11 @@ ZipperLinear::ZipperLinear(const PackedLinear& w) : impl_(std::make_unique<Impl>
     L.res_rowptr = upload(z.res_rowptr);
     L.res_bitmap = upload(z.res_bitmap);
     L.res_colidx = upload(z.res_colidx);
-  }
-  int dev = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&impl_->num_sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  if (z.nnzb > 0) {  // clustered residual rows: dealt by weight, full rows as parts (zipper_plan.h)
     impl_->row_kept = detail::residual_row_counts(z.res_rowptr);
     const int mode = row_order_mode();
     if (mode == 1 || (mode < 0 && detail::residual_rows_uneven(impl_->row_kept, L.K / kTileK))) {
       impl_->row_order = detail::residual_row_order(impl_->row_kept);
       L.res_row_order = upload(impl_->row_order);
-      // Free slots of a one-row-per-CTA plan at 3 CTAs per SM (the M <= 8 stream kernel's
-      // occupancy); parts_fit checks each plan's own.
-      const int64_t free_slots = 3 * int64_t(impl_->num_sms) - L.N / 16;
-      if (row_parts_enabled() && free_slots > 0)
-        impl_->row_parts = detail::residual_row_parts(impl_->row_kept, L.K / kTileK, detail::kWarps, free_slots);
-      if (!impl_->row_parts.empty()) {
-        L.res_parts = upload(impl_->row_parts);
-        L.n_parts = int(impl_->row_parts.size());
-      }
     }
   }
   impl_->Lb = L;
@@ -856,6 +804,9 @@ ZipperLinear::ZipperLinear(const PackedLinear& w) : impl_(std::make_unique<Impl>
   impl_->nnzb = z.nnzb;
   impl_->bytes_all = z.weight_bytes(true);
   impl_->bytes_base = z.weight_bytes(false);
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&impl_->num_sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
 }
 
 ZipperLinear::~ZipperLinear() = default;

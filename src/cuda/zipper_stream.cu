@@ -93,22 +93,8 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
   const int m0 = blockIdx.z * 16;             // first row of X of this CTA
-  int kb = blockIdx.y * f.k_split;            // first input of this CTA's K-range
-  int KR = min(L.K - kb, f.k_split);          // multiple of 128 * KW (any length: v18)
-  int nsplit = gridDim.y;                     // CTAs adding into this CTA's rows (split-K)
-  // Row parts (RES, f.row_parts: plans of one row per CTA, KW = 8, where the residual clusters):
-  // CTA a computes part p of P of block row r, entry a of L.res_parts = r | p << 20 | P << 26:
-  // inputs [p K / P, (p + 1) K / P) with the row's kept blocks there, so a full row's two halves run
-  // on two CTAs of the wave's free slots instead of doubling one CTA's work; P > 1 adds through the
-  // split-K workspace like a K split of that row alone.
-  int part_row = 0;
-  if (RES && f.row_parts) {
-    const int e = __ldg(L.res_parts + blockIdx.x);
-    part_row = e & 0xfffff;
-    nsplit = e >> 26;
-    KR = L.K / nsplit;
-    kb = ((e >> 20) & 63) * KR;
-  }
+  const int kb = blockIdx.y * f.k_split;      // first input of this CTA's K-range
+  const int KR = min(L.K - kb, f.k_split);    // multiple of 128 * KW (any length: v18)
   // In-CTA K split (KW warps per row, v10): warp w = (row lane rw, K slice sw); the slices of a
   // row meet in shared memory at each row end (a named barrier per row lane), so small layers
   // need no split-K across CTAs (fp32 reductions at L2, fence, counters, fix-up) for parallelism.
@@ -155,10 +141,6 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   while (nrows < f.rows_per_warp && slot_of(nrows) < R) ++nrows;
   int lane_row = lane < nrows ? slot_of(lane) : 0;  // row j of this warp, in lane j
   if (RES && L.res_row_order && lane < nrows) lane_row = __ldg(L.res_row_order + lane_row);
-  if (RES && f.row_parts) {  // one row (part) per CTA
-    nrows = 1;
-    lane_row = part_row;
-  }
   const auto row_of = [&](int j) {  // warp-uniform j
     if constexpr (RES)
       return __shfl_sync(~0u, lane_row, j);
@@ -349,7 +331,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   }
 
   T* Y = static_cast<T*>(f.Y);
-  const bool split = nsplit > 1;
+  const bool split = gridDim.y > 1;
   // Row end: the C fragments go through shared memory so that lane (row b = lane / 4, quad
   // o = lane % 4) holds outputs 4o .. 4o + 3 of X row b: one 16-byte reduction (split-K, no wait)
   // or one 8-byte store. KW = 1: through `scratch`, the ring slot just consumed (free until the
@@ -416,11 +398,8 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // steps; NB = 2: rows 0-7 and 8-15 x inputs [0,8) [8,16) = one step for both n8 tiles.
   const int xr = NB == 1 ? (lane & 7) : (lane & 7) + ((lane >> 4) << 3);
   const int xc = NB == 1 ? (lane >> 3) * 8 : ((lane >> 3) & 1) * 8;
-  const uint32_t xres_s = smem_addr(xs + min(xr, rows) * xs_stride + xc);
+  const uint32_t xres_s = smem_addr(xs + min(xr, rows) * xs_stride + xc);  // (residual: chunk offsets in the CTA's K-range)
   const uint32_t xrow_s = xres_s + sw * KRw * 2;
-  // Residual blocks address X by their chunk c in the row: xres0_s + 128 c, i.e. the K-range's
-  // first chunk kb / 64 taken off once here (uint32 wrap-around cancels in the sum).
-  const uint32_t xres0_s = xres_s - uint32_t(kb / 64) * 128u;
   // The MMA operands of k16 step j of a lane's 16-byte code word (a dense chunk or a kept block):
   // the A fragment (the layout's registers in the order {0, 2, 1, 3}) and, from the ldmatrix
   // registers xb, the B fragment of n8 tile nb (NB = 1: one ldmatrix.x4 holds steps j and j + 1).
@@ -439,11 +418,11 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   float tmp[2][4] = {};
   int cj = 0, ct = 0, cs = 0;  // consumer: row slot, tile of the row, ring slot (in uint4 from `stages`)
   uint32_t xk_s = xrow_s;      // X of dense tile ct (shared-space address)
-  // One kept block: 16 outputs x 64 inputs (chunk cc of the row), codes word `rq` of this lane,
+  // One kept block: 16 outputs x 64 inputs (chunk cc of the K-range), codes word `rq` of this lane,
   // scales rs[16]. Its MMAs read the X tile already in shared memory (the dense tiles' ldmatrix
   // rows, at the block's chunk) and its scaled sums go into the row's accumulators.
   const auto residual_block = [&](const uint4& rq, const T* rs, int cc) {
-    const uint32_t xc_s = xres0_s + cc * 128;
+    const uint32_t xc_s = xres_s + cc * 128;
     const float rsA = to_f(rs[g]), rsB = to_f(rs[g + 8]);
     uint32_t xb[4];
     // Two MMA chains (k16 steps of even / odd parity), summed at the end: a chain of 4 dependent
@@ -472,9 +451,9 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
       acc[nb][3] = fmaf(rsB, racc[0][nb][3] + racc[1][nb][3], acc[nb][3]);
     }
   };
-  // The chunk (block column) of the warp's block k of the row (warp-uniform k, ccol holding its
+  // The chunk in the K-range of the warp's block k of the row (warp-uniform k, ccol holding its
   // window of 32).
-  const auto chunk_of = [&](int k) { return __shfl_sync(~0u, ccol, k & 31); };
+  const auto chunk_of = [&](int k) { return __shfl_sync(~0u, ccol, k & 31) - int(blockIdx.y) * (f.k_split / 64); };
   for (int i = 0; i < total; ++i) {
     cp_async_wait<kStages - 2>();  // this lane's copies of tile i have landed
     __syncwarp();                  // scales copied by lanes 0..2spt-1 visible; slot of tile i-1 consumed
@@ -556,7 +535,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   __syncwarp();
   bool last = false;
   int* cnt = f.counters + size_t(blockIdx.z) * R;
-  if (lane < nrows) last = atomicAdd(cnt + (RES ? lane_row : slot_of(lane)), 1) == nsplit - 1;
+  if (lane < nrows) last = atomicAdd(cnt + (RES ? lane_row : slot_of(lane)), 1) == int(gridDim.y) - 1;
   unsigned mask = __ballot_sync(~0u, last);
   if (!mask) return;
   __threadfence();

@@ -183,8 +183,7 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
   }
 }
 
-// Rows dealt by weight (DeviceLayer::res_row_order, the snake map of stream_slot) and, in plans of one
-// row per CTA of 8 warps, full rows as parts (DeviceLayer::res_parts): forced on and off
+// Rows dealt by weight (DeviceLayer::res_row_order, the snake map of stream_slot): forced on and off
 // (MOSAIC_ZIPPER_ROW_ORDER, read when a layer loads) under forced plans with several rows per warp,
 // split-K, partial row groups and 1 / 2 / 4 / 8 warps per row, clustered, one-tile and uniform residuals.
 TEST(ZipperGpu, StreamKernelRowsDealtByWeight) {
@@ -193,9 +192,7 @@ TEST(ZipperGpu, StreamKernelRowsDealtByWeight) {
   const Case cases[] = {{384, 640, 128, Pattern::Clustered, "128,2"},  {400, 1152, 128, Pattern::OneTile, "384,3"},
                         {208, 384, 64, Pattern::Uniform, "128,32"},    {384, 2048, 128, Pattern::Clustered, "1024,2,4"},
                         {272, 768, 128, Pattern::OneTile, "256,3,2"},  {528, 4096, 128, Pattern::OneTile, "4096,1,8"},
-                        {144, 1152, 32, Pattern::Clustered, "384,2"},
-                        // one row per CTA of 8 warps: full rows run as parts (residual_row_parts) with order on
-                        {144, 14336, 128, Pattern::OneTile, "14336,1,8"}, {400, 8192, 128, Pattern::Clustered, "8192,1,8"}};
+                        {144, 1152, 32, Pattern::Clustered, "384,2"}};
   for (const char* order : {"1", "0"})
     for (const Case& c : cases) {
       const test::ScopedEnv forced("MOSAIC_ZIPPER_STREAM_PLAN", c.plan), by_weight("MOSAIC_ZIPPER_ROW_ORDER", order);

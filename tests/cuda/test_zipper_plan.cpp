@@ -230,39 +230,5 @@ TEST(ZipperPlan, ClusteredResidualRowsAreDealtByWeight) {
   EXPECT_GE(*std::max_element(even.begin(), even.end()), 14);  // the fullest binomial row, still not uneven
 }
 
-// Full rows of a one-row-per-CTA plan as parts (residual_row_parts): the heaviest rows first, the
-// fewest parts that bring a row within 9/8 of a light row's work with whole k-tiles per warp, only
-// as many extra CTAs as there are free slots; entries in row order, every part of a row once.
-TEST(ZipperPlan, FullRowsRunAsPartsInFreeSlots) {
-  // LLaMA-3-8B down: 256 rows, K = 14336 (112 k-tiles, 224 blocks per row), rows 5 and 9 full, row 7 half.
-  std::vector<int> kept(256, 2);
-  kept[5] = kept[9] = 224;
-  kept[7] = 112;
-  const std::vector<int32_t> e = residual_row_parts(kept, 112, 8, 140);
-  ASSERT_EQ(e.size(), size_t(256 + 3));  // rows 5, 9 and 7 in two parts each (7168 inputs = 7 k-tiles per warp)
-  int next_row = 0, next_part = 0;
-  for (int32_t x : e) {
-    const int r = x & 0xfffff, p = (x >> 20) & 63, P = x >> 26;
-    EXPECT_EQ(r, next_row);
-    EXPECT_EQ(p, next_part);
-    EXPECT_EQ(P, (r == 5 || r == 9 || r == 7) ? 2 : 1) << r;
-    if (++next_part == P) next_part = 0, ++next_row;
-  }
-  EXPECT_EQ(next_row, 256);
-  // One free slot: only the heaviest row (5, the first of the two full ones) is split.
-  const std::vector<int32_t> one = residual_row_parts(kept, 112, 8, 1);
-  ASSERT_EQ(one.size(), size_t(257));
-  EXPECT_EQ(one[5] >> 26, 2);
-  EXPECT_EQ(one[7] >> 26, 1);
-  // A binomial-like residual (2 blocks per row) needs no parts; K = 4096 rows full need 2 (K / 2 = 4 k-tiles per warp).
-  EXPECT_TRUE(residual_row_parts(std::vector<int>(256, 6), 32, 8, 140).empty());
-  std::vector<int> o(256, 0);
-  o[0] = 64;
-  EXPECT_EQ(residual_row_parts(o, 32, 8, 140)[0] >> 26, 2);
-  // The busiest CTA of the parts plan is within a tile of a light row; without parts a full row doubles it.
-  EXPECT_LE(residual_parts_imbalance(kept, e, 112, 8), 1.0);
-  EXPECT_GE(stream_residual_imbalance(kept, residual_row_order(kept), 2, 256, 8, 1, 1), 12.0);  // 14 tiles per warp over ~1
-}
-
 }  // namespace
 }  // namespace mosaic::cuda::detail
