@@ -65,8 +65,6 @@ struct FusedLaunch {
   int k_warps = 1;        // stream kernel: warps sharing one row, each on 1/k_warps of the CTA's
                           // K-range, reduced in shared memory (1, 2, 4 or 8; v10)
   int pdl = 0;            // stream kernel: launch with programmatic dependent launch (cuda/pdl.cuh)
-  int attach = 0;         // stream kernel, residual, group >= 128: a warp's kept blocks of a row (up to
-                          // its dense tiles' count) ride on those tiles' ring slots (larger slots)
 };
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).
@@ -79,7 +77,7 @@ void launch_fused(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
 // with one ring, a per-row split-K fix-up; k_warps > 1 also splits a CTA's K-range over warps
 // (needs k_split % (128 k_warps) == 0 and K % k_split == 0). nb: n8 tiles of X rows (1 for
 // M <= 8, 2 for M = 9..16), which sets the instantiation (registers) the occupancy is taken of.
-int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps, bool attach = false);
+int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps);
 int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem);
 void launch_stream(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
 // The stream kernel's residual variant passes the L2 evict-first descriptor as a literal

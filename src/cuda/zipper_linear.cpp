@@ -137,9 +137,6 @@ bool row_interleave() {
 // stream kernel's row order, residual_rows_uneven in zipper_plan.h); unset: where the rows are uneven.
 // Read when a layer is loaded (a test sets it per layer).
 int row_order_mode() { return int(env_number("MOSAIC_ZIPPER_ROW_ORDER", -1, 0, 1)); }
-// MOSAIC_ZIPPER_ATTACH=0: no kept blocks riding on dense tiles (FusedLaunch::attach), for same-binary
-// comparisons. Read when a layer plans an M for the first time.
-bool attach_enabled() { return env_number("MOSAIC_ZIPPER_ATTACH", 1, 0, 1) > 0; }
 bool verbose() {
   static const bool v = env_number("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) > 0;
   return v;
@@ -357,7 +354,6 @@ struct ZipperLinear::Impl {
   // fewer splits.
   struct StreamPlan {
     int k_split = 0, rpw = 1, n_groups = 1, kw = 1;
-    bool attach = false;  // kept blocks ride on dense tiles (FusedLaunch::attach)
   };
   std::map<std::pair<int, bool>, StreamPlan> stream_plans;
   // The model's plan first, then up to kTuneCandidates - 1 others within kTuneMargin of its cost with
@@ -381,10 +377,6 @@ struct ZipperLinear::Impl {
         if (smem > 227 * 1024) continue;
         const int occ = detail::stream_occupancy(res, L.group, nb, kw, smem);
         if (occ == 0) continue;
-        // Attached blocks take larger ring slots: used where the plan's CTAs per SM still fit.
-        const bool can_attach = res && L.spt == 1 && attach_enabled();
-        const int smem_a = can_attach ? detail::stream_smem_bytes(x_rows, per * kTileK, L.spt, res, kw, true) : 0;
-        const int occ_a = can_attach && smem_a <= 227 * 1024 ? detail::stream_occupancy(res, L.group, nb, kw, smem_a) : 0;
         const int rows_per_cta = detail::kWarps / kw;
         for (int rpw = 1; rpw <= 32; ++rpw) {
           const int groups = (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw);
@@ -400,7 +392,7 @@ struct ZipperLinear::Impl {
             cost += detail::stream_residual_imbalance(row_kept, row_order, 2, groups, kw, rpw, splits);
           const bool better = cost < best_cost * 0.999 ||
                               (cost <= best_cost * 1.001 && (q > best_q || (q == best_q && splits < best_splits)));
-          const StreamPlan here{per * kTileK, rpw, groups, kw, occ_a >= q};
+          const StreamPlan here{per * kTileK, rpw, groups, kw};
           if (better) {
             best_cost = cost;
             best = here;
@@ -436,13 +428,7 @@ struct ZipperLinear::Impl {
       MOSAIC_CHECK(detail::stream_occupancy(res, L.group, nb, kw, smem) > 0, "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
                    " needs too much shared memory");
       const int rows_per_cta = detail::kWarps / kw;
-      best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw, false};
-      if (res && L.spt == 1 && attach_enabled()) {
-        const int smem_a = detail::stream_smem_bytes(x_rows, ks, L.spt, res, kw, true);
-        const int64_t ctas = int64_t(best.n_groups) * ((L.K + ks - 1) / ks) * ((M + 15) / 16);
-        best.attach = smem_a <= 227 * 1024 &&
-                      int64_t(detail::stream_occupancy(res, L.group, nb, kw, smem_a)) * num_sms >= ctas;
-      }
+      best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw};
     }
     MOSAIC_CHECK(best.k_split > 0, "zipper: no stream-kernel plan fits layer [N=", L.N, ", K=", L.K, "]");
     if (forced_plan) return {best};
@@ -541,9 +527,9 @@ struct ZipperLinear::Impl {
     }
     if (verbose())
       for (size_t i = 0; i < cands.size(); ++i)
-        std::fprintf(stderr, "zipper stream tune N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d%s %.2f us%s\n", L.N,
-                     L.K, M, int(residual), cands[i].k_split, cands[i].kw, cands[i].rpw,
-                     cands[i].attach ? " attach" : "", best_ms[i] * 1e3f, i == win ? " (kept)" : i == 0 ? " (model)" : "");
+        std::fprintf(stderr, "zipper stream tune N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d %.2f us%s\n", L.N,
+                     L.K, M, int(residual), cands[i].k_split, cands[i].kw, cands[i].rpw, best_ms[i] * 1e3f,
+                     i == win ? " (kept)" : i == 0 ? " (model)" : "");
     return cands[win];
   }
 
@@ -553,7 +539,7 @@ struct ZipperLinear::Impl {
     const int x_rows = std::min(M, 16) + 1;
     const auto key = std::make_pair(x_rows, res);
     if (auto it = stream_plans.find(key); it != stream_plans.end()) return it->second;
-    const TunedKey tk{current_device(), L.N, L.K, L.group, x_rows, res, res && !row_order.empty(), attach_enabled()};
+    const TunedKey tk{current_device(), L.N, L.K, L.group, x_rows, res, res && !row_order.empty()};
     const char* forced = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN");  // a forced plan is never tuned over
     if (!(forced && *forced)) {
       const std::lock_guard<std::mutex> lock(tuned_mu());
@@ -567,15 +553,15 @@ struct ZipperLinear::Impl {
       tuned()[tk] = p;
     }
     if (verbose())
-      std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d%s%s\n",
+      std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d%s\n",
                    L.N, L.K, M, int(res), p.k_split, p.kw, p.rpw, p.n_groups, (L.K + p.k_split - 1) / p.k_split,
-                   p.attach ? " attach" : "", res && !row_order.empty() ? " (rows dealt by weight)" : "");
+                   res && !row_order.empty() ? " (rows dealt by weight)" : "");
     return stream_plans[key] = p;
   }
   // Tuned plans shared by every layer of one shape (process-wide).
   // device, N, K, group, x rows, residual, rows dealt by weight (a clustered layer does not share a plan
   // with an even one)
-  using TunedKey = std::tuple<int, int, int, int, int, bool, bool, bool>;  // ..., attached blocks allowed
+  using TunedKey = std::tuple<int, int, int, int, int, bool, bool>;
   static std::map<TunedKey, StreamPlan>& tuned() {
     static std::map<TunedKey, StreamPlan> m;
     return m;
@@ -602,7 +588,6 @@ struct ZipperLinear::Impl {
     f.stages = stream_stages();
     f.row_interleave = row_interleave() ? 1 : 0;
     f.pdl = pdl ? 1 : 0;
-    f.attach = p.attach && residual ? 1 : 0;
     const int splits = (L.K / kTileK + p.k_split / kTileK - 1) / (p.k_split / kTileK);
     const int m_tiles = (M + 15) / 16;
     if (splits > 1) ensure_ws(size_t(M) * L.N, size_t(L.N / 16) * m_tiles);

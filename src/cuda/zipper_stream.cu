@@ -36,10 +36,9 @@ namespace {
 // everywhere (v9 run 2); v10 dropped it to halve the instantiations.
 constexpr int kStreamStages = 4;
 // uint4 per ring slot: a dense tile (64 code words + 2 spt scale words) or, RES, a residual tile
-// (two kept blocks: 64 code words + 4 scale words); with `attach` (RES, group >= 128) room for one
-// more kept block riding on a dense tile (32 code words + 2 scale words); layout in the kernel.
-__host__ __device__ constexpr int stream_stage_u4(int spt, bool res, bool attach = false) {
-  return res && attach && spt == 1 ? 102 : res && 2 * spt < 4 ? 68 : 64 + 2 * spt;
+// (two kept blocks: 64 code words + 4 scale words); layout in the kernel.
+__host__ __device__ constexpr int stream_stage_u4(int spt, bool res) {
+  return res && 2 * spt < 4 ? 68 : 64 + 2 * spt;
 }
 
 // MMA roles (v10): the weights are the A operand (16 outputs x 16 inputs) and X is the B operand
@@ -108,20 +107,11 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const int rows = min(f.M - m0, 16);         // real rows of X; row `rows` is all zeros
   const int spt = GS == 8 ? 1 : L.spt;
   const int gshift = GS == 8 ? 0 : __ffs(L.group >> 4) - 1;  // scale set of k16 step kk: kk >> gshift
-  // Attached blocks (f.attach, group >= 128 only: the slot offsets stay compile-time constants): a
-  // warp's share of a row's kept blocks, when it is at most 32, rides one block per dense tile on
-  // the row's first tiles instead of adding ring steps of its own, so a warp with 1..nkt blocks
-  // streams no more ring steps than a dense one (the residual's M = 1 floor, kernels-notes
-  // eighteenth session, was that extra step per warp); only the blocks past nkt go to residual tiles.
-  const bool att = RES && GS == 8 && f.attach;
-  const auto attached = [&](int n) { return att && n <= 32 ? min(n, nkt) : 0; };  // blocks of a share of n
-  const int su4 = stream_stage_u4(spt, RES, att);
-  // A ring slot, in uint4 (stream_stage_u4(spt, RES, att) of them). A row is streamed as its nkt dense
+  const int su4 = stream_stage_u4(spt, RES);
+  // A ring slot, in uint4 (stream_stage_u4(spt, RES) of them). A row is streamed as its nkt dense
   // tiles, then (RES) its kept residual blocks two per tile, in CSR order:
   //   dense tile:     [0, 64) base codes (chunk c, lane l at c * 32 + l) | [64, 64 + 2 spt) base scales
-  //                   | att: [68, 100) codes of attached block `it` of the share | [100, 102) its scales
   //   residual tile:  [0, 32) codes of kept block 2t | [32, 64) of block 2t + 1 | [64, 66) | [66, 68) their scales
-  //                   (att: blocks A + 2t, A + 2t + 1 of the share, A = the attached count)
   // Both kinds are one copy pattern (two 16-byte code words per lane, a few scale words) from two
   // running pointers, so a dense tile costs the residual kernel nothing (v17; before, every tile
   // carried the residual's flags, predicated copies and CSR bookkeeping: ~+45 of ~200 issued
@@ -129,7 +119,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // constants: with a run-time offset (the scales' size for group < 128) ptxas 13.0 formed [lane
   // address + uniform offset] copies whose cache-policy operand landed at an odd uniform register
   // (desc[UR1]): an illegal instruction on the H200 (scripts/sass_check.py).
-  constexpr int kCodes = 0, kScales = 64, kAttCodes = 68, kAttScales = 100;
+  constexpr int kCodes = 0, kScales = 64;
   T* xs = reinterpret_cast<T*>(smem);         // (rows + 1, KR) activation tile
   uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
   // KW > 1: per warp, its partial sums of a row [NB][8 rows][20 floats], two buffers (after all rings).
@@ -220,7 +210,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   if (RES) {
     int lo, n;
     share(my_kept, lo, n);
-    total += __reduce_add_sync(~0u, lane < nrows ? (n - attached(n) + 1) >> 1 : 0);
+    total += __reduce_add_sync(~0u, lane < nrows ? (n + 1) >> 1 : 0);
   }
 
   // Producer cursor: row slot ij, tile it of the row (dense tiles [0, nkt), then residual tiles up
@@ -245,17 +235,13 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     iend = nkt;
     if (RES) {
       row_blocks(j, pb, pkept);
-      lim2 = nkt + ((pkept - attached(pkept)) >> 1);
+      lim2 = nkt + (pkept >> 1);
     }
   };
   if (nrows > 0) start_row_p(0);
   // Consumer state of a row (its loop below): tiles of the row being consumed, ...
-  // RES: the warp's share of the row's kept blocks (cn). Its first attached(cn) ride on the first dense
-  // tiles (att), the rest fill residual tiles two by two; the row ends after nkt + ceil((cn - attached) / 2)
-  // tiles. Only cn lives across the loop (v19: cend and clim2 before; with attached blocks the kernel
-  // needs one register fewer than it had, not two more: at the 80 cap those spilled).
-  int cn = 0;
-  const auto row_tiles = [&](int n) { return nkt + (RES ? (n - attached(n) + 1) >> 1 : 0); };
+  int cend = nkt;
+  int clim2 = nkt;             // RES: residual tiles before clim2 hold two blocks
   // RES: the warp's blocks of row j are CSR indices first, first + 1, ... (row_blocks); residual
   // tile t of the row holds its blocks 2t and 2t + 1, and lane i of ccol the chunk (block column)
   // of block first + 32 (2t / 32) + i. Only ccol and ncol live across the loop (the index of a block
@@ -274,7 +260,8 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
         row_blocks(j + 1, f1, n1);
         ncol = __ldg(L.res_colidx + f1 + lane);
       }
-      cn = n;
+      cend = nkt + ((n + 1) >> 1);
+      clim2 = nkt + (n >> 1);
     }
   };
   start_row_c(0);
@@ -290,19 +277,14 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
       else
         cp_async16_stream(st + (kCodes + 32) * 16, pq + 32, policy);
       cp_async16_stream_if(lane < (two ? nsc : 2), st + kScales * 16, ps, policy);
-      if (RES && it < attached(pkept)) {  // (att) block `it` of the share rides on this dense tile
-        cp_async16_stream(st + kAttCodes * 16, grq + size_t(pb + it) * 32, policy);
-        cp_async16_stream_if(lane < 2, st + kAttScales * 16, grs + size_t(pb + it) * 2, policy);
-      }
       pq += 64;
       ps += dsc;
       if (++it == iend) {
-        const int patt = RES ? attached(pkept) : 0;  // (recomputed: a live register more spilled at the 80 cap)
-        if (RES && it == nkt && pkept > patt) {  // the row's other kept blocks follow its dense tiles
-          pq = grq + size_t(pb + patt) * 32;
-          ps = grs + size_t(pb + patt) * 2;
+        if (RES && it == nkt && pkept > 0) {  // the row's kept blocks follow its dense tiles
+          pq = grq + size_t(pb) * 32;
+          ps = grs + size_t(pb) * 2;
           nsc = dsc = 4;
-          iend = nkt + ((pkept - patt + 1) >> 1);
+          iend = nkt + ((pkept + 1) >> 1);
         } else {  // next row of this warp: the ring flows on without draining
           it = 0;
           if (++ij < nrows) start_row_p(ij);
@@ -522,23 +504,18 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
           }
         }
       }
-      if (RES && ct < attached(cn))  // (att) block ct of the share, attached to this tile
-        residual_block(st[kAttCodes + lane], reinterpret_cast<const T*>(st + kAttScales), chunk_of(ct));
       xk_s += kTileK * 2;
     } else if constexpr (RES) {  // a residual tile: one or two kept blocks
-      // The tile's first block of the warp's share of the row (after the catt attached ones; a share
-      // with attached blocks has at most 32, all in ccol's first window, so the reload below only
-      // ever runs without attachment, at even k).
-      const int k = attached(cn) + 2 * (ct - nkt);
+      const int k = 2 * (ct - nkt);  // the tile's first block of the warp's share of the row
       if (k != 0 && (k & 31) == 0) {  // a share of more than 32 blocks: their next 32 columns
         int first, n;
         row_blocks(cj, first, n);
         ccol = __ldg(L.res_colidx + first + k + lane);
       }
       residual_block(st[kCodes + lane], sc, chunk_of(k));
-      if (k + 1 < cn) residual_block(st[kCodes + 32 + lane], sc + 16, chunk_of(k + 1));
+      if (ct < clim2) residual_block(st[kCodes + 32 + lane], sc + 16, chunk_of(k + 1));
     }
-    if (++ct == row_tiles(cn)) {  // row done: hand its sums off without waiting, go on streaming
+    if (++ct == cend) {  // row done: hand its sums off without waiting, go on streaming
       flush_row(row_of(cj), acc, reinterpret_cast<float*>(st));
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb)
@@ -615,7 +592,7 @@ bool allow_smem(int smem) {
 
 template <typename T, bool RES, int GS, int NB, int KW>
 void launch_stream_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  const int smem = stream_smem_bytes(std::min(f.M, 16) + 1, f.k_split, L.spt, RES, KW, RES && f.attach);
+  const int smem = stream_smem_bytes(std::min(f.M, 16) + 1, f.k_split, L.spt, RES, KW);
   if (!allow_smem<T, RES, GS, NB, KW>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
   const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + 15) / 16);
   launch_maybe_pdl(f.pdl != 0, zipper_stream_kernel<T, RES, GS, NB, KW>, grid, dim3(kWarps * 32), size_t(smem), s, L, f);
@@ -686,9 +663,9 @@ uint64_t device_evict_first_policy() {
 }
 uint64_t evict_first_policy_literal() { return kEvictFirstPolicy; }
 
-int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps, bool attach) {
+int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps) {
   const int nb = x_rows - 1 <= 8 ? 1 : 2;
-  return x_rows * (k_split + 8) * 2 + kWarps * kStreamStages * stream_stage_u4(spt, residual, attach) * 16 +
+  return x_rows * (k_split + 8) * 2 + kWarps * kStreamStages * stream_stage_u4(spt, residual) * 16 +
          (k_warps > 1 ? 2 * kWarps * nb * 8 * 20 * 4 : 0);  // two partials buffers
 }
 

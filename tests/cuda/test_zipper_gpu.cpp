@@ -201,25 +201,6 @@ TEST(ZipperGpu, StreamKernelRowsDealtByWeight) {
     }
 }
 
-// Kept blocks riding on dense tiles (FusedLaunch::attach, group >= 128): on and off (MOSAIC_ZIPPER_ATTACH,
-// read when a layer plans an M) under forced plans: shares of 1..nkt blocks (all attached), more than nkt
-// (the rest in residual tiles, odd counts), more than 32 (no attachment for that row: a whole row of
-// K = 4608, 72 blocks, on one warp), 1 / 2 / 4 / 8 warps per row, split-K, several rows per warp.
-TEST(ZipperGpu, StreamKernelAttachedBlocks) {
-  REQUIRE_GPU();
-  struct Case { int64_t N, K; Pattern pat; const char* plan; };
-  const Case cases[] = {{384, 640, Pattern::Clustered, "640,2"},     {384, 640, Pattern::Uniform, "256,3"},
-                        {528, 1152, Pattern::OneTile, "1152,4"},     {144, 4608, Pattern::OneTile, "4608,1,1"},
-                        {384, 2048, Pattern::Clustered, "1024,2,4"}, {272, 768, Pattern::OneTile, "256,3,2"},
-                        {528, 4096, Pattern::OneTile, "4096,1,8"},   {384, 1024, Pattern::Uniform, "1024,1,8"}};
-  for (const char* attach : {"1", "0"})
-    for (const Case& c : cases) {
-      const test::ScopedEnv forced("MOSAIC_ZIPPER_STREAM_PLAN", c.plan), a("MOSAIC_ZIPPER_ATTACH", attach);
-      check_fused_layer(c.N, c.K, 128, c.pat, std::string("plan ") + c.plan + " attach " + attach, {1, 3, 9, 16},
-                        uint64_t(c.N * 11 + c.K), 31);
-    }
-}
-
 // Stream-kernel K-ranges longer than 64 chunks (v18: the blocks' chunks come from colidx, not from a
 // 64-bit mask of the K-range): unsplit K of 8192 / 14336 (LLaMA-3's down) with 1, 2 and 8 warps per
 // row, splits whose second range starts inside a word of the row bitmap (K = 8448 in two ranges of
