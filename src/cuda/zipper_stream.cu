@@ -205,6 +205,13 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // test): from createpolicy ptxas rebuilt it with six uniform instructions on every tile (or moved
   // it with R2UR per copy), from a literal it costs two UMOV.
   const uint64_t policy = RES ? kEvictFirstPolicy : evict_first_policy();
+  // Tiles of the warp's rows: nkt dense each, plus (RES) ceil(kept / 2) residual tiles.
+  int total = nrows * nkt;
+  if (RES) {
+    int lo, n;
+    share(my_kept, lo, n);
+    total += __reduce_add_sync(~0u, lane < nrows ? (n + 1) >> 1 : 0);
+  }
 
   // Producer cursor: row slot ij, tile it of the row (dense tiles [0, nkt), then residual tiles up
   // to iend), ring slot address ist (this lane's word of the slot, shared space). The copies use
@@ -219,17 +226,17 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   const uint4 *pq = gq0, *ps = gs0;
   int nsc = 2 * spt, dsc = 2 * spt;  // scale words per tile, and their stride (residual tiles: 4, 4)
   int lim2 = nkt;                    // RES: tiles before lim2 have a second half (the row's last odd block has not)
-  // A row's dense tiles need none of its residual metadata: the warp reads its share of the row's
-  // kept blocks (row_blocks: a shuffle of lane j's loads of step 1) only when the dense tiles are all
-  // issued, so the ring's first copies go out at once instead of after the metadata's DRAM round
-  // trip (v19; before, start_row_p(0) waited for it ahead of the first copy).
+  int pb = 0, pkept = 0;             // RES: this warp's share of the row's kept blocks: CSR index of its first, count
   const auto start_row_p = [&](int j) {
     const int r = row_of(j);
     pq = gq0 + r * q_row;
     ps = gs0 + r * s_row;
     nsc = dsc = 2 * spt;
     iend = nkt;
-    lim2 = nkt;
+    if (RES) {
+      row_blocks(j, pb, pkept);
+      lim2 = nkt + (pkept >> 1);
+    }
   };
   if (nrows > 0) start_row_p(0);
   // Consumer state of a row (its loop below): tiles of the row being consumed, ...
@@ -257,6 +264,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
       clim2 = nkt + (n >> 1);
     }
   };
+  start_row_c(0);
   // Fetch the next tile of the stream into the ring. Every lane reads back only what it copied,
   // except the scales (hence the __syncwarp in the loop).
   const auto issue = [&]() {
@@ -272,14 +280,11 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
       pq += 64;
       ps += dsc;
       if (++it == iend) {
-        int pb = 0, pkept = 0;  // RES: this warp's share of the row's kept blocks: CSR index of its first, count
-        if (RES && it == nkt) row_blocks(ij, pb, pkept);
         if (RES && it == nkt && pkept > 0) {  // the row's kept blocks follow its dense tiles
           pq = grq + size_t(pb) * 32;
           ps = grs + size_t(pb) * 2;
           nsc = dsc = 4;
           iend = nkt + ((pkept + 1) >> 1);
-          lim2 = nkt + (pkept >> 1);
         } else {  // next row of this warp: the ring flows on without draining
           it = 0;
           if (++ij < nrows) start_row_p(ij);
@@ -311,8 +316,6 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   if (!f.pdl) load_x();
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) issue();  // (once in the code: two copies cost 8 registers)
-  // The consumer's first row (its residual metadata and block columns) after the first copies.
-  start_row_c(0);
   if (f.pdl) {
     pdl_wait();
     pdl_launch_dependents();
@@ -327,13 +330,6 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
     return;
   }
 
-  // Tiles of the warp's rows: nkt dense each, plus (RES) ceil(kept / 2) residual tiles.
-  int total = nrows * nkt;
-  if (RES) {
-    int lo, n;
-    share(my_kept, lo, n);
-    total += __reduce_add_sync(~0u, lane < nrows ? (n + 1) >> 1 : 0);
-  }
   T* Y = static_cast<T*>(f.Y);
   const bool split = gridDim.y > 1;
   // Row end: the C fragments go through shared memory so that lane (row b = lane / 4, quad
