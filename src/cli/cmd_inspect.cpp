@@ -356,8 +356,9 @@ void run_inspect(const InspectOptions& o) {
   bool any = false;
   for (const auto& [kind, r] : res) any = any || r.with_residual > 0;
   if (!any) return;
-  std::printf("\nresidual      kept blocks per kind of linear, and the fullest block row (the fused GPU kernel's slowest\n"
-              "              CTA at decode follows it; quantize --row-cap bounds it)\n");
+  std::printf("\nresidual      kept blocks per kind of linear, and the fullest block row (the fused GPU kernel deals\n"
+              "              clustered rows out evenly over its CTAs, but at batch 1 a CTA with a full row still does\n"
+              "              up to twice the work; quantize --row-cap bounds it)\n");
   for (const auto& [kind, r] : res) {
     if (r.with_residual == 0) {
       std::printf("  %-24s none in %lld linears\n", kind.c_str(), (long long)r.linears);
