@@ -1,12 +1,14 @@
 // mosaic bench gemm: ZipperEngine W4A16 / W4A8 GEMM against cuBLAS FP16 (src/cuda/gemm_bench.cpp).
 // mosaic bench e2e: end-to-end generation with the GPU engine, FP16 and W4A16 (src/gpu/bench_e2e.cpp).
 // Compiles without CUDA too; then the commands say they need a CUDA build.
+#include <filesystem>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
+#include "format/residual_profile.h"
 #include "util/error.h"
 #ifdef MOSAIC_HAS_CUDA
 #include "cuda/gemm_bench.h"
@@ -48,6 +50,7 @@ struct E2EArgs {
   std::string model, config, batches = "1,4,16", engines = "fp16,w4a16", json;
   bool random_weights = false, profile = false;
   double budget = 0.1, res_rows = 0;
+  std::string res_profile;
   int64_t w4a8_min_m = 256;
   int64_t prompt = 2048;
   int gen = 128;
@@ -70,6 +73,11 @@ void add_e2e_command(CLI::App* bench) {
                   "per row) each, the worst case of a selection capped at F per row (quantize --row-cap; 1 = whole "
                   "rows, real checkpoints cluster)")
       ->capture_default_str();
+  e2e->add_option("--res-profile", a->res_profile,
+                  "instead, each kind of random linear keeps residual blocks per block row as PATH's rows of that "
+                  "kind do (PATH: a MosaicQuant checkpoint, or the JSON of `mosaic inspect --json` on one; e.g. "
+                  "bench/profiles/smollm2-135m-mosaic-g64-b0.1.json): the clustering of a real checkpoint at another model's "
+                  "shapes (--budget and --res-rows unused)");
   e2e->add_option("--batch", a->batches, "batch sizes, comma separated")->capture_default_str();
   e2e->add_option("--prompt", a->prompt, "prompt tokens per sequence")->capture_default_str();
   e2e->add_option("--gen", a->gen, "generated tokens per sequence")->capture_default_str();
@@ -92,6 +100,8 @@ void add_e2e_command(CLI::App* bench) {
       fail("bench e2e: --config builds a model of that shape with random weights; add --random-weights");
     if (a->budget < 0 || a->budget > 1) fail("bench e2e: --budget must be in [0, 1]");
     if (a->res_rows < 0 || a->res_rows > 1) fail("bench e2e: --res-rows must be 0 or in (0, 1]");
+    if (!a->res_profile.empty() && (!a->random_weights || a->res_rows > 0))
+      fail("bench e2e: --res-profile shapes the residual of --random-weights layers, instead of --res-rows");
 #ifdef MOSAIC_HAS_GPU_ENGINE
     gpu::E2EOptions o;
     o.model_dir = a->model;
@@ -99,6 +109,10 @@ void add_e2e_command(CLI::App* bench) {
     o.random_weights = a->random_weights;
     o.budget = a->budget;
     o.res_rows = a->res_rows;
+    if (!a->res_profile.empty()) {
+      o.res_profile = std::make_shared<const ResidualProfile>(load_residual_profile(a->res_profile));
+      o.res_profile_from = std::filesystem::path(a->res_profile).filename().string();
+    }
     o.batches = batches;
     o.prompt = a->prompt;
     o.gen = a->gen;

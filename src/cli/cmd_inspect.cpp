@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "format/residual_profile.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 #include "util/error.h"
@@ -209,49 +210,8 @@ void print_config(const ModelConfig& c, const fs::path& path) {
     std::printf("quantization  %s\n", c.quantization_config.dump().c_str());
 }
 
-// The residual of a MosaicQuant checkpoint per kind of linear (the name after "model.layers.N.",
-// e.g. "self_attn.v_proj"): blocks kept, and the fullest block row, from each linear's
-// `res_rowptr` (CSR over block rows) and its `qweight` / `res_qvalues` shapes. The fused GPU
-// kernel runs one block row per CTA at decode, so the fullest row, not the mean, sets its time
-// (docs/results.md "A per-block-row cap for the fused kernel"; `quantize --row-cap` bounds it).
-struct ResidualKind {
-  int64_t linears = 0, with_residual = 0, blocks = 0, kept = 0;
-  int64_t fullest = 0, fullest_of = 0;  // blocks in the fullest block row of any layer, and that row's blocks
-};
-std::map<std::string, ResidualKind> residual_summary(const Checkpoint& ck) {
-  std::map<std::string, ResidualKind> out;
-  std::map<std::string, std::vector<std::pair<int64_t, int64_t>>> shapes;  // kind -> [N, K] of its linears
-  int64_t br = 0, bc = 0;  // the checkpoint's residual block shape (the same for every linear)
-  for (const auto& name : ck.names()) {
-    if (!name.ends_with(".qweight") || name.rfind("model.layers.", 0) != 0) continue;
-    const std::string prefix = name.substr(0, name.size() - 8);
-    const size_t dot = prefix.find('.', 13);  // after "model.layers.N"
-    const std::string kind = dot == std::string::npos ? prefix : prefix.substr(dot + 1);
-    const TensorView& qw = ck.get(name);
-    if (qw.shape.size() != 2) continue;
-    const int64_t N = qw.shape[0], K = qw.shape[1] * 2;
-    ResidualKind& r = out[kind];
-    ++r.linears;
-    shapes[kind].push_back({N, K});
-    if (!ck.has(prefix + ".res_rowptr") || !ck.has(prefix + ".res_qvalues")) continue;
-    const TensorView& rp = ck.get(prefix + ".res_rowptr");
-    const TensorView& rq = ck.get(prefix + ".res_qvalues");
-    if (rp.dtype != DType::I32 || rp.shape.size() != 1 || rq.shape.size() != 3) continue;
-    const int64_t lbr = rq.shape[1], lbc = rq.shape[2] * 2;
-    if (lbr <= 0 || lbc <= 0 || N % lbr != 0 || K % lbc != 0 || rp.shape[0] != N / lbr + 1) continue;
-    br = lbr, bc = lbc;
-    const auto* ptr = reinterpret_cast<const int32_t*>(rp.data);
-    ++r.with_residual;
-    r.kept += ptr[N / lbr] - ptr[0];
-    for (int64_t i = 0; i < N / lbr; ++i)
-      if (ptr[i + 1] - ptr[i] > r.fullest) r.fullest = ptr[i + 1] - ptr[i], r.fullest_of = K / lbc;
-  }
-  if (br == 0) return {};
-  for (auto& [kind, r] : out)  // every linear of the kind counts, with a residual or without
-    for (const auto& [N, K] : shapes[kind]) r.blocks += (N / br) * (K / bc);
-  return out;
-}
-
+// The residual of a MosaicQuant checkpoint per kind of linear comes from format/residual_profile.h
+// (blocks kept, the fullest block row, rows by kept blocks: what `bench e2e --res-profile` reads).
 void run_inspect(const InspectOptions& o) {
   const fs::path path = o.path;
   MOSAIC_CHECK(fs::exists(path), path.string(), " does not exist");
@@ -310,12 +270,7 @@ void run_inspect(const InspectOptions& o) {
       for (const auto& f : ck->files())
         for (const auto& [k, v] : f->metadata()) meta[k] = v;
       out["metadata"] = std::move(meta);
-      json res = json::object();
-      for (const auto& [kind, r] : residual_summary(*ck))
-        if (r.with_residual > 0)
-          res[kind] = {{"linears", r.linears},        {"with_residual", r.with_residual},
-                       {"blocks", r.blocks},          {"kept", r.kept},
-                       {"fullest_block_row", r.fullest}, {"fullest_block_row_of", r.fullest_of}};
+      json res = residual_profile_json(residual_profile(*ck));
       if (!res.empty()) out["residual"] = std::move(res);
     }
     std::printf("%s\n", out.dump(2).c_str());
@@ -352,7 +307,7 @@ void run_inspect(const InspectOptions& o) {
   std::printf("%s\n", bytes_by_dtype.size() > 1 ? ("; " + by).c_str() : "");
   if (!o.all && rows.size() < tensors.size())
     std::printf("(names differing only in layer number are folded; --all lists every tensor)\n");
-  const auto res = residual_summary(*ck);
+  const auto res = residual_profile(*ck);
   bool any = false;
   for (const auto& [kind, r] : res) any = any || r.with_residual > 0;
   if (!any) return;

@@ -108,9 +108,12 @@ void run_e2e_bench(const E2EOptions& o) {
   std::printf("## mosaic bench e2e: %s, %s weights, prompt %lld, gen %d, FP16 activations\n", cfg_name.c_str(),
               o.random_weights ? "random" : "checkpoint", (long long)o.prompt, o.gen);
   std::printf("%s, %s; device-to-device copy bandwidth %.0f GB/s (bytes read + written)%s\n\n", card.c_str(),
-              date.c_str(), bw / 1e9, o.random_weights ? (o.res_rows > 0 ? "; random weights (timing only, outputs meaningless), residual blocks concentrated on block rows"
-                                                   : "; random weights (timing only, outputs meaningless), residual blocks spread evenly over block rows")
-                                 : "");
+              date.c_str(), bw / 1e9,
+              !o.random_weights ? ""
+              : o.res_profile   ? ("; random weights (timing only, outputs meaningless), residual blocks per block row drawn "
+                                   "from " + o.res_profile_from + "'s rows of each kind of linear").c_str()
+              : o.res_rows > 0  ? "; random weights (timing only, outputs meaningless), residual blocks concentrated on block rows"
+                                : "; random weights (timing only, outputs meaningless), residual blocks spread evenly over block rows");
   std::printf("| engine | batch | prefill tok/s | decode tok/s | ms / token | peak GPU mem | weights streamed / step | BW limit tok/s | of limit |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   std::fflush(stdout);
@@ -145,6 +148,7 @@ void run_e2e_bench(const E2EOptions& o) {
         rw.act_bits = eng == "w4a8" ? 8 : 16;
         rw.budget = o.budget;
         rw.res_rows = o.res_rows;
+        rw.res_profile = o.res_profile;
         rw.seed = o.seed;
         rw.lm_head = eng == "w4a16_qhead";  // W4A16 with the LM head quantized too (quantize --lm-head)
         rw.lm_head_int8 = eng == "w4a16_head8";  // W4A16 with the 8-bit LM head (quantize --lm-head-int8)
@@ -224,7 +228,8 @@ void run_e2e_bench(const E2EOptions& o) {
                             {"cublas_linears", rep.dense_linears}};
       if (engine_name != "mosaic_fp16" && o.random_weights) {
         row["budget"] = o.budget;
-        row["res_pattern"] = o.res_rows > 0 ? "rows:" + std::to_string(o.res_rows) : "even";
+        row["res_pattern"] = o.res_profile ? "profile:" + o.res_profile_from
+                             : o.res_rows > 0 ? "rows:" + std::to_string(o.res_rows) : "even";
       }
       if (rep.act_bits < 16) {
         row["act_bits"] = rep.act_bits;

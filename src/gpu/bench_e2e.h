@@ -5,9 +5,11 @@
 // decode_tok_s, ...) that bench/merge_e2e.py merges with bench/transformers_e2e.py's rows.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "format/residual_profile.h"
 #include "io/hf_config.h"
 
 namespace mosaic::gpu {
@@ -25,6 +27,8 @@ struct E2EOptions {
   double budget = 0.1;     // residual block fraction of the random W4A16 layers
   double res_rows = 0;     // their residual blocks: 0 spread evenly over block rows, F in (0, 1] concentrated
                            // on random rows of ceil(F x blocks per row) each (random_packed_fast)
+  std::shared_ptr<const ResidualProfile> res_profile;  // or as a checkpoint's rows per kind (RandomWeights)
+  std::string res_profile_from;                        // where it came from (the table's note)
   std::vector<int> batches = {1, 4, 16};
   int64_t prompt = 2048;
   int gen = 128;

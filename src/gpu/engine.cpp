@@ -289,6 +289,18 @@ class RandomSource : public Source {
       return random_int8_linear(h, a, N, K, seed);
     }
     if (rw_.quantized && (prefixes[0] != "lm_head" || rw_.lm_head)) {
+      if (rw_.res_profile) {  // each fused part (q / k / v, gate / up) with its kind's rows
+        std::vector<PackedLinear> parts;
+        for (size_t i = 0; i < prefixes.size(); ++i) {
+          const auto it = rw_.res_profile->find(linear_kind(prefixes[i]));
+          parts.push_back(random_packed_fast(Ns[i], K, rw_.group, 0, seed + i, 0,
+                                             it == rw_.res_profile->end() ? nullptr : &it->second));
+        }
+        if (parts.size() == 1) return packed_to_gpu(h, a, parts[0], prefixes[0], rep, mu, act);
+        std::vector<const PackedLinear*> ptrs;
+        for (const auto& p : parts) ptrs.push_back(&p);
+        return packed_to_gpu(h, a, concat_rows(ptrs), prefixes[0], rep, mu, act);
+      }
       const PackedLinear p = random_packed_fast(N, K, rw_.group, rw_.budget, seed, rw_.res_rows);
       return packed_to_gpu(h, a, p, prefixes[0], rep, mu, act);
     }

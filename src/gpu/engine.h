@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "format/residual_profile.h"
 #include "gpu/kernels.h"
 #include "io/hf_config.h"
 
@@ -61,6 +62,9 @@ struct RandomWeights {
   bool lm_head = false;  // quantized: the LM head a random MosaicQuant layer too (`quantize --lm-head`)
   bool lm_head_int8 = false;  // the LM head in 8 bits per row (`quantize --lm-head-int8`)
   double res_rows = 0;  // residual blocks: 0 spread evenly, else concentrated (random_packed_fast's rows_cap)
+  // Or, when set, each kind of linear keeps blocks per block row as a real checkpoint's rows of that
+  // kind do (format/residual_profile.h; `budget` and `res_rows` then unused; kinds it lacks keep none).
+  std::shared_ptr<const ResidualProfile> res_profile;
 };
 
 struct GpuLoadReport {

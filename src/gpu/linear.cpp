@@ -234,7 +234,8 @@ PackedLinear concat_rows(const std::vector<const PackedLinear*>& parts) {
   return out;
 }
 
-PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, uint64_t seed, double rows_cap) {
+PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, uint64_t seed, double rows_cap,
+                                const ResidualKind* profile) {
   PackedLinear p;
   p.N = N;
   p.K = K;
@@ -250,11 +251,17 @@ PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, 
   p.scales.resize(size_t(N * (K / group)));
   for (auto& x : p.scales) x = float_to_fp16(sc * (0.5f + float(splitmix(s) >> 40) / float(1 << 24)));
   const int64_t brs = N / p.block_rows, bcs = K / p.block_cols;
-  const int64_t keep = budget_blocks(budget, brs * bcs);
+  const int64_t keep = profile ? 1 : budget_blocks(budget, brs * bcs);
   if (keep == 0) return p;
-  // Blocks per block row: evenly (about keep / brs each), or concentrated on random rows.
+  // Blocks per block row: evenly (about keep / brs each), concentrated on random rows, or drawn from a
+  // checkpoint's rows of that kind of linear (the budget then follows the profile).
   std::vector<int64_t> per_row(static_cast<size_t>(brs), 0);
-  if (rows_cap > 0) {
+  if (profile) {
+    per_row = profile_row_counts(*profile, brs, bcs, [&] { return splitmix(s); });
+    int64_t any = 0;
+    for (int64_t n : per_row) any += n;
+    if (any == 0) return p;
+  } else if (rows_cap > 0) {
     per_row = concentrated_row_counts(brs, keep, row_cap_blocks(rows_cap, bcs), [&] { return splitmix(s); });
   } else {
     for (int64_t r = 0; r < brs; ++r) per_row[size_t(r)] = keep * (r + 1) / brs - keep * r / brs;

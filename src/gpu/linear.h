@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "format/packed_linear.h"
+#include "format/residual_profile.h"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "model/act_quant_linear.h"  // ActQuant
@@ -156,8 +157,11 @@ PackedLinear concat_rows(const std::vector<const PackedLinear*>& parts);
 // columns. rows_cap = 0: spread evenly over the block rows (every row floor or ceil of the mean:
 // the kernels' best case); rows_cap in (0, 1]: concentrated, random block rows each keeping
 // ceil(rows_cap x blocks per row) (the last one fewer): the worst case a selection capped at that
-// fraction per row allows (1: whole rows; real checkpoints cluster, docs/results.md). Timing only.
-PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, uint64_t seed, double rows_cap = 0);
+// fraction per row allows (1: whole rows; real checkpoints cluster, docs/results.md). With `profile`
+// (a kind of a real checkpoint's residual, format/residual_profile.h) each block row keeps what a
+// random row of that kind keeps, scaled to K / 64 blocks (budget and rows_cap unused). Timing only.
+PackedLinear random_packed_fast(int64_t N, int64_t K, int group, double budget, uint64_t seed, double rows_cap = 0,
+                                const ResidualKind* profile = nullptr);
 
 // A random 8-bit head for `--random-weights` (bench e2e w4a16_head8): codes uniform in -127..127,
 // scales ~ 1 / (127 sqrt(K)). Timing only.

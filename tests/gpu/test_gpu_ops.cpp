@@ -60,6 +60,25 @@ TEST(GpuLinearHost, RandomPackedFastResidualPatterns) {
     }
   }
   EXPECT_THROW(random_packed_fast(N, K, 128, 0.5, 7, 0.25), Error);  // 0.5 of the blocks do not fit rows of 0.25
+  // From a checkpoint's profile (bench e2e --res-profile): a kind with 2 of 9 rows full and the rest
+  // empty gives rows of all 16 blocks or none, about 2 in 9 full; a kind keeping nothing, no residual.
+  ResidualKind kind;
+  kind.blocks_per_row = 9;
+  kind.rows_by_kept.assign(10, 0);
+  kind.rows_by_kept[0] = 7;
+  kind.rows_by_kept[9] = 2;
+  const PackedLinear q = random_packed_fast(N * 8, K, 128, 0.1, 9, 0, &kind);
+  validate(q, "profiled random layer");
+  int64_t full = 0;
+  for (int64_t r = 0; r < nbr * 8; ++r) {
+    const int64_t n = q.res_rowptr[size_t(r + 1)] - q.res_rowptr[size_t(r)];
+    EXPECT_TRUE(n == 0 || n == nbc) << n;
+    full += n == nbc;
+  }
+  EXPECT_NEAR(double(full) / double(nbr * 8), 2.0 / 9.0, 0.08);
+  ResidualKind empty = kind;
+  empty.rows_by_kept = {9, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  EXPECT_FALSE(random_packed_fast(N, K, 128, 0.1, 9, 0, &empty).has_residual());
 }
 
 TEST(GpuOps, EmbeddingCopiesRows) {
