@@ -95,7 +95,7 @@ double measure_copy_bandwidth() {
 }
 
 void run_e2e_bench(const E2EOptions& o) {
-  require_gpu();
+  require_gpu("bench e2e times the GPU engine and needs that GPU (on the CPU: mosaic ppl / generate --device cpu)");
   MOSAIC_CHECK(!o.model_dir.empty() != (!o.config.empty() && o.random_weights),
                "bench e2e: give either --model DIR or --config NAME --random-weights");
   MOSAIC_CHECK(o.prompt >= 1 && o.gen >= 1, "bench e2e: --prompt and --gen must be >= 1");

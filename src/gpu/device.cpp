@@ -27,9 +27,9 @@ std::string gpu_unusable_reason() {
   return "";
 }
 
-void require_gpu() {
+void require_gpu(const char* hint) {
   const std::string why = gpu_unusable_reason();
-  MOSAIC_CHECK(why.empty(), why, "; use --device cpu");
+  MOSAIC_CHECK(why.empty(), why, "; ", hint);
 }
 
 std::string device_name() {

@@ -15,8 +15,8 @@ void check_cuda(cudaError_t e, const char* what);
 // Why the GPU engine cannot run here ("" when it can): no driver / no GPU, or a GPU older than
 // sm_90 (the kernels are built for Hopper). Never throws.
 std::string gpu_unusable_reason();
-// Throws mosaic::Error with that reason and a hint to use --device cpu.
-void require_gpu();
+// Throws mosaic::Error with that reason and a hint (by default: use --device cpu).
+void require_gpu(const char* hint = "use --device cpu");
 std::string device_name();       // "NVIDIA H100 80GB HBM3"
 size_t device_free_bytes();
 size_t device_total_bytes();

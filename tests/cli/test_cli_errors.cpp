@@ -134,3 +134,19 @@ TEST_F(InspectErrors, FoldsLayersUnlessAll) {
   EXPECT_EQ(j["total_bytes"], 40);
   EXPECT_TRUE(j["config"].is_null());
 }
+
+// `bench e2e --res-profile` on bad input fails before any GPU work, with one line naming the problem
+// (a build without the GPU engine says so instead: the profile is read by the GPU benchmark).
+TEST_F(InspectErrors, BenchE2eResidualProfileErrors) {
+  const std::string base = "bench e2e --config llama3-8b --random-weights --batch 1 --res-profile ";
+  Result r = run(base + (dir_ / "none.json").string());
+  if (r.out.find("needs the GPU engine") != std::string::npos) GTEST_SKIP() << "no GPU engine in this build";
+  expect_error(base + (dir_ / "none.json").string(), {"residual profile", "none.json", "does not exist"});
+  expect_error(base + write("bad.json", "{not json").string(), {"residual profile", "bad.json", "not valid JSON"});
+  expect_error(base + write("empty.json", "{\"residual\": {}}").string(), {"residual profile", "expected an object"});
+  expect_error(base + write("old.json", "{\"residual\": {\"mlp.up_proj\": {\"kept\": 3}}}").string(),
+               {"mlp.up_proj", "rows_by_kept"});
+  expect_error("bench e2e --config llama3-8b --random-weights --res-rows 1 --res-profile " +
+                   (fs::path(MOSAIC_SOURCE_DIR) / "bench/profiles/smollm2-135m-mosaic-g64-b0.1.json").string(),
+               {"--res-profile", "instead of --res-rows"});
+}
