@@ -323,6 +323,12 @@ void run_inspect(const InspectOptions& o) {
                 kind.c_str(), 100.0 * double(r.kept) / double(r.blocks), (long long)r.blocks, (long long)r.fullest,
                 (long long)r.fullest_of, r.fullest_of ? 100.0 * double(r.fullest) / double(r.fullest_of) : 0.0,
                 (long long)r.with_residual, (long long)r.linears);
+    if (r.blocks_per_row > 0) {  // the shape of the clustering: how many block rows keep n of their blocks
+      std::string hist;
+      for (size_t n = 0; n < r.rows_by_kept.size(); ++n)
+        if (r.rows_by_kept[n] > 0) hist += (hist.empty() ? "" : ", ") + std::to_string(n) + ": " + std::to_string(r.rows_by_kept[n]);
+      std::printf("  %-24s block rows by kept blocks (of %lld): %s\n", "", (long long)r.blocks_per_row, hist.c_str());
+    }
   }
 }
 
