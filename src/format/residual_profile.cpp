@@ -49,9 +49,10 @@ ResidualProfile residual_profile(const Checkpoint& ck) {
   }
   if (br == 0) return {};
   for (auto& [kind, r] : out) {  // every linear of the kind counts, with a residual or without
-    int64_t per_row = -1;
+    int64_t per_row = -1, all_rows = 0;  // blocks per block row (0 if the kind's K differ), block rows
     for (const auto& [N, K] : shapes[kind]) {
       r.blocks += (N / br) * (K / bc);
+      all_rows += N / br;
       per_row = per_row == -1 || per_row == K / bc ? K / bc : 0;
     }
     if (per_row <= 0) continue;
@@ -63,8 +64,6 @@ ResidualProfile residual_profile(const Checkpoint& ck) {
         const int64_t k = ptr[i + 1] - ptr[i];
         if (k >= 0 && k <= per_row) ++r.rows_by_kept[size_t(k)], ++rows_kept;
       }
-    int64_t all_rows = 0;
-    for (const auto& [N, K] : shapes[kind]) all_rows += N / br;
     r.rows_by_kept[0] += all_rows - rows_kept;  // the rows of linears without a residual
   }
   return out;

@@ -183,8 +183,8 @@ class CheckpointSource : public Source {
     int64_t N = 0;
     for (int64_t n : Ns) N += n;
     // Named without the layer index, so the load report says once per kind of layer.
-    std::string what = prefixes[0];
-    if (what.rfind("model.layers.", 0) == 0) what = what.substr(what.find('.', 13) + 1);
+    const std::string kind = linear_kind(prefixes[0]);
+    std::string what = kind.empty() ? prefixes[0] : kind;
     if (prefixes.size() > 1) what += " (+" + std::to_string(prefixes.size() - 1) + " fused)";
     if (all_packed) {
       for (size_t i = 0; i < prefixes.size(); ++i) packed.push_back(read_packed_linear(ckpt_, prefixes[i], Ns[i], K));

@@ -7,7 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
-#include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -51,13 +51,6 @@ PackedLinear layer_with_rows(int64_t N, int64_t K, const std::vector<int>& kept,
   p.res_qvalues.assign(nb * 16 * 64 / 2, 0x98);
   p.res_scales.assign(nb * 16, 0x2000);
   return p;
-}
-
-uint64_t splitmix(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
 }
 
 }  // namespace
@@ -151,8 +144,8 @@ TEST(ResidualProfile, RowCountsScaleToOtherShapes) {
   full.blocks_per_row = 9;
   full.rows_by_kept.assign(10, 0);
   full.rows_by_kept[9] = 5;
-  uint64_t s = 7;
-  const auto next = [&] { return splitmix(s); };
+  std::mt19937_64 rng(7);
+  const auto next = [&] { return uint64_t(rng()); };
   for (int64_t n : profile_row_counts(full, 100, 64, next)) EXPECT_EQ(n, 64);
   ResidualKind mixed;
   mixed.blocks_per_row = 4;
