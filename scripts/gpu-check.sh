@@ -125,7 +125,7 @@ X=$B/extra; mkdir -p $X; cmp=(new=$OUT/gemm.json)
 [ -f $B/zipper_stream.o.sass-stats.txt ] && cp $B/zipper_stream.o.sass-stats.txt $X/
 [ -f $B/base/zipper_stream.o.sass-stats.txt ] && cp $B/base/zipper_stream.o.sass-stats.txt $X/base-zipper_stream.o.sass-stats.txt
 if [ -n "${BASELINE_CU:-}${BASELINE_SRC:-}" ]; then
-  $B/mosaic_base bench gemm --shapes $SH --m $MS_SMALL --budget $BU --json $X/gemm-base.json > $X/bench-base.md 2>&1
+  $B/mosaic_base bench gemm --shapes $SH --m $MS_SMALL --budget $BU ${GEMM_ARGS:-} --json $X/gemm-base.json > $X/bench-base.md 2>&1
   echo "== bench (baseline ${BASELINE_CU:-}${BASELINE_SRC:-}) rc=$?"; cmp+=(base=$X/gemm-base.json)
 fi
 # ENVS="label:VAR=value[,VAR=value] ..." also times the current build with each environment, on the
