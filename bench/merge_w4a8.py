@@ -68,6 +68,29 @@ def main():
             print(f"| {s} | {m} | {c:.1f} | {f(f8)} | {f(zi)} | {f(q)} | {f(g)} | {f(d0)} | {f(z)} | {x(z)} | {x(d0)} "
                   f"| {x(g)} | {f(dg)} | {x(dg)} | {ovh} |")
 
+    print()
+    print(f"INT8 wgmma kernel (w4a8i8wg_*: the same layers with their scales on the integer scale grid) next to "
+          f"cuBLAS FP16, torch INT8 / FP8 and the FP8 wgmma kernel, budget {budget:g}; us")
+    print()
+    print("| shape | M | cuBLAS FP16 | torch INT8 mm | torch FP8 mm | fp8 GEMM only | i8wg GEMM only | its x cuBLAS "
+          "| i8wg dense GEMM only (b=0) | its x cuBLAS | i8wg quant + GEMM | its x cuBLAS | fused overhead (GEMM only) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in shapes:
+        for m in ms:
+            c = by.get((s, m, "cublas_fp16", None))
+            g = by.get((s, m, "w4a8i8wg_zipper_gemm_only", budget))
+            if c is None or g is None:
+                continue
+            i8, f8 = by.get((s, m, "torch_int8_mm", None)), by.get((s, m, "torch_fp8_scaled_mm", None))
+            g8 = by.get((s, m, "w4a8fp8_zipper_gemm_only", budget))
+            d0 = by.get((s, m, "w4a8i8wg_zipper_gemm_only", 0.0))
+            db = by.get((s, m, "w4a8i8wg_dense_gemm_only", budget))
+            z = by.get((s, m, "w4a8i8wg_zipper", budget))
+            x = lambda v: "-" if v is None else f"{c / v:.2f}x"
+            ovh = "-" if db is None else f"{100 * (g / db - 1):+.1f}%"
+            print(f"| {s} | {m} | {c:.1f} | {f(i8)} | {f(f8)} | {f(g8)} | {f(g)} | {x(g)} | {f(d0)} | {x(d0)} | {f(z)} "
+                  f"| {x(z)} | {ovh} |")
+
 
 if __name__ == "__main__":
     main()

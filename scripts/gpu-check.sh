@@ -72,7 +72,7 @@ if [ -n "${BASELINE_SRC:-}" ]; then  # a whole older src/cuda (kernels, plans, b
     ${CXX/-I src/-I $BASELINE_SRC -I src} -c "$BASELINE_SRC/cli/cmd_bench.cpp" -o $B/base-cli/cmd_bench.o & pids+=($!)
   fi
 fi
-for f in src/cuda/*.cpp src/format/packed_linear.cpp src/util/atomic_file.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
+for f in src/cuda/*.cpp src/format/packed_linear.cpp src/format/int_scale_grid.cpp src/util/atomic_file.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
   $CXX -c $f -o $B/$(basename $f .cpp).o & pids+=($!)
 done
 for f in tests/cuda/*.cpp; do $CXX $GT -c $f -o $B/t_$(basename $f .cpp).o & pids+=($!); done

@@ -32,7 +32,7 @@ NVCC="nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-c
 GT="-I $DEPS/googletest/include -I $DEPS/googletest"
 pids=()
 for f in src/cuda/*.cu; do $NVCC -Xptxas -v -c $f -o $B/$(basename $f .cu).o > $B/ptxas-$(basename $f .cu).log 2>&1 & pids+=($!); done
-for f in src/cuda/*.cpp src/format/packed_linear.cpp src/util/atomic_file.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
+for f in src/cuda/*.cpp src/format/packed_linear.cpp src/format/int_scale_grid.cpp src/util/atomic_file.cpp src/cli/cmd_bench.cpp bench/mosaic_bench_main.cpp; do
   $CXX -c $f -o $B/$(basename $f .cpp).o & pids+=($!)
 done
 for f in tests/cuda/*.cpp; do $CXX $GT -c $f -o $B/t_$(basename $f .cpp).o & pids+=($!); done
@@ -64,7 +64,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 if [ "${SKIP_SAN:-0}" != 1 ]; then
   ZIPPER_QUICK=1 timeout ${SAN_T:-120} compute-sanitizer --tool memcheck --error-exitcode 9 $B/test_cuda \
-    --gtest_filter="${SAN_FILTER:-W4A8Gpu.MatchesCpu*:W4A8Gpu.BadArguments*:W4A8Fp8Gpu.MatchesCpu*:W4A8Fp8Gpu.BadArguments*}" > $B/memcheck-w4a8.log 2>&1
+    --gtest_filter="${SAN_FILTER:-W4A8Gpu.MatchesCpu*:W4A8Gpu.BadArguments*:W4A8Fp8Gpu.MatchesCpu*:W4A8Fp8Gpu.BadArguments*:W4A8Int8WgmmaGpu.MatchesCpu*}" > $B/memcheck-w4a8.log 2>&1
   echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY' $B/memcheck-w4a8.log | tail -1)"
 fi
 SH=${SH:-llama3-8b}; MS=${MS:-256,1024,2048,4096,8192}; BU=${BU:-0,0.1}

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cuda/w4a8.h"
+#include "format/int_scale_grid.h"
 #include "format/packed_linear.h"
 #include "cuda/zipper.h"
 #include "cuda/zipper_launch.h"
@@ -262,8 +263,9 @@ void run_gemm_bench(const GemmBenchOptions& o) {
 
   const int max_m = *std::max_element(o.ms.begin(), o.ms.end());
   const std::vector<double>& budget_list = o.budgets;
-  // W4A8 (--act-bits 8), per kernel family (prefix w4a8: per-token INT8 on mma.sync; w4a8fp8: FP8
-  // e4m3 on wgmma) and budget: the activation quantization alone (<p>_quant), the GEMM on already
+  // W4A8 (--act-bits 8), per kernel family (prefix w4a8: per-token INT8 on mma.sync; w4a8i8wg: INT8
+  // on wgmma, the layer's scales snapped to the integer scale grid; w4a8fp8: FP8 e4m3 on wgmma) and
+  // budget: the activation quantization alone (<p>_quant), the GEMM on already
   // quantized rows with and without the residual (<p>_zipper_gemm_only, <p>_dense_gemm_only), and
   // what a layer call costs: quantize + GEMM (<p>_dense, <p>_zipper). Bytes = weights + X read + Y
   // written (+ codes written and read for the quantizing rows).
@@ -299,18 +301,27 @@ void run_gemm_bench(const GemmBenchOptions& o) {
     for (double budget : budgets) {
       const PackedLinear w = random_layer(s.N, s.K, budget, uint64_t(s.N * 31 + s.K), o.res_block_rows, o.res_pattern, o.res_row_cap);
       // Rotating copies of the layer (enough bytes that each timed call streams its weights from DRAM).
-      auto copies = [&](W4A8Act act) {
+      auto copies = [&](const PackedLinear& layer, W4A8Act act) {
         std::vector<std::unique_ptr<W4A8Linear>> v;
-        v.push_back(std::make_unique<W4A8Linear>(w, act));
+        v.push_back(std::make_unique<W4A8Linear>(layer, act));
         const int cz = copies_for(v[0]->weight_bytes());
-        while (int(v.size()) < cz) v.push_back(std::make_unique<W4A8Linear>(w, act));
+        while (int(v.size()) < cz) v.push_back(std::make_unique<W4A8Linear>(layer, act));
         return v;
       };
-      std::vector<std::unique_ptr<W4A8Linear>> int8, fp8;
-      if (o.w4a8_int8) int8 = copies(W4A8Act::Int8);
-      if (o.w4a8_fp8) fp8 = copies(W4A8Act::Fp8E4M3);
+      std::vector<std::unique_ptr<W4A8Linear>> int8, fp8, int8wg;
+      if (o.w4a8_int8) {
+        int8 = copies(w, W4A8Act::Int8);  // free FP16 scales: the mma.sync kernel
+        // The same layer with its scales snapped to the integer scale grid (format/int_scale_grid.h):
+        // the INT8 wgmma kernel (prefix w4a8i8wg).
+        PackedLinear snapped = w;
+        snap_to_int_scale_grid(snapped);
+        int8wg = copies(snapped, W4A8Act::Int8);
+        if (!int8wg[0]->int8_wgmma()) int8wg.clear();  // MOSAIC_W4A8_INT8_WGMMA=0
+      }
+      if (o.w4a8_fp8) fp8 = copies(w, W4A8Act::Fp8E4M3);
       for (size_t mi = 0; mi < o.ms.size(); ++mi) {
         if (o.w4a8_int8) family("w4a8", int8, o.ms[mi], mi, budget, true);
+        if (!int8wg.empty()) family("w4a8i8wg", int8wg, o.ms[mi], mi, budget, false);
         if (o.w4a8_fp8) family("w4a8fp8", fp8, o.ms[mi], mi, budget, false);
       }
     }

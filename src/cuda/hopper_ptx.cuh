@@ -102,6 +102,11 @@ __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
+template <int N>  // INT32 accumulators (wgmma s8)
+__device__ __forceinline__ void fence_regs(int32_t (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(d[i])::"memory");
+}
 
 // ---- shared-space loads ------------------------------------------------------------------------
 // By shared-space address: a generic load of a shared pointer is a long-scoreboard LD.E.

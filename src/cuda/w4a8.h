@@ -58,6 +58,10 @@ class W4A8Linear {
   const float* act_scales() const;   // device [M]
 
   W4A8Act act() const;
+  // Int8 layers whose scales lie on the integer scale grid (format/int_scale_grid.h) run on the INT8
+  // wgmma kernel (sm_90a: INT32 sums over the whole K, the residual added into the INT8 weights);
+  // other Int8 layers on the mma.sync kernel. MOSAIC_W4A8_INT8_WGMMA=0 turns the first off.
+  bool int8_wgmma() const;
   int64_t N() const;
   int64_t K() const;
   int group() const;

@@ -77,6 +77,46 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
 }
 
+// The same shape on INT8 (layers on the integer scale grid): s32 accumulators, exact over any K.
+__device__ __forceinline__ void wgmma_m64n128k32_s8(int32_t (&d)[64], const uint32_t (&a)[4], uint64_t desc) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      "{%64,%65,%66,%67}, %68, 1;\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+
+// INT8 variant: a group multiplier m (1..16) and its byte offset 0x80 - 8 m in every byte.
+struct I8Mult {
+  uint32_t m, off;
+};
+__device__ __forceinline__ I8Mult i8_mult(float m) {
+  const uint32_t u = __float2uint_rz(m);
+  return {u, 0x80808080u - u * 0x08080808u};
+}
+// 8 codes c (byte-interleaved pairs, w4a8_fp8_layout.h) -> 2 registers of 4 INT8 weights m (c - 8):
+// per register one IMAD c * m + (0x80 - 8 m) per byte (0..240: no carry between bytes) and an XOR
+// that turns the offset-0x80 bytes into two's complement. 7 instructions per 8 weights (the e4m3
+// path: 9 plus its promotion). Host emulation: i8_word_to_s8.
+__device__ __forceinline__ void nib8_to_s8(uint32_t w, I8Mult lo_m, I8Mult hi_m, uint32_t& lo, uint32_t& hi) {
+  lo = ((w & 0x0F0F0F0Fu) * lo_m.m + lo_m.off) ^ 0x80808080u;
+  hi = (((w >> 4) & 0x0F0F0F0Fu) * hi_m.m + hi_m.off) ^ 0x80808080u;
+}
+// One lane's 2 k32 steps (words 0,1 = step 0, words 2,3 = step 1) -> A fragments; rows g: lo_m,
+// rows g + 8: hi_m.
+__device__ __forceinline__ void unpack_2steps_s8(const uint4& v, I8Mult lo_m, I8Mult hi_m, uint32_t (&s0)[4],
+                                                 uint32_t (&s1)[4]) {
+  nib8_to_s8(v.x, lo_m, hi_m, s0[0], s0[1]);
+  nib8_to_s8(v.y, lo_m, hi_m, s0[2], s0[3]);
+  nib8_to_s8(v.z, lo_m, hi_m, s1[0], s1[1]);
+  nib8_to_s8(v.w, lo_m, hi_m, s1[2], s1[3]);
+}
+// a + b per signed byte when no byte's sum leaves -128..127 (the integer scale grid guarantees it):
+// the low 7 bits add without crossing bytes, the top bits by XOR.
+__device__ __forceinline__ uint32_t add_s8x4(uint32_t a, uint32_t b) {
+  return ((a & 0x7F7F7F7Fu) + (b & 0x7F7F7F7Fu)) ^ ((a ^ b) & 0x80808080u);
+}
+
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t c) {
   uint32_t d;
   asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
@@ -130,6 +170,30 @@ __device__ __forceinline__ uint32_t pack_out(float a, float b) {
   }
 }
 
+// Epilogue of one consumer warp's m64n128 fragment: Y[m, n] = s_m * v(i), element i of the
+// fragment being output row g (i & 2: g + 8) and token 8 (i / 4) + 2 t4 + (i & 1). Lanes g and g ^ 1
+// swap halves so that each stores two adjacent outputs of one token (4 bytes): even g token
+// 8j + 2t, odd g token 8j + 2t + 1. n_w: the warp's first output, m0: the tile's first token.
+template <typename T, typename V>
+__device__ __forceinline__ void store_fragment(const W4A8Fp8Args& a, int n_w, int m0, int g, int t4, V v) {
+  T* y = static_cast<T*>(a.y);
+  const int odd = g & 1;
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const int m = m0 + 8 * j + 2 * t4 + odd;
+    const float sm = m < a.M ? a.xs[m] : 0.f;
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const float v0 = v(4 * j + 2 * hr), v1 = v(4 * j + 2 * hr + 1);
+      const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+      const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
+      const int n = n_w + 8 * hr + (g & ~1);
+      if (m < a.M && n < a.N)
+        *reinterpret_cast<uint32_t*>(y + int64_t(m) * a.N + n) = pack_out<T>(lo * sm, hi * sm);
+    }
+  }
+}
+
 // Same-binary ablations for measuring where the time goes (never set in a normal build; results
 // are wrong with any bit set): 1 = no 4-bit -> e4m3 conversion (raw code words as A), 2 = no
 // group-scale promotion, 4 = no wgmma, 8 = promotion without the scale (acc += part), 16 = only 8 of
@@ -139,13 +203,93 @@ __device__ __forceinline__ uint32_t pack_out(float a, float b) {
 #endif
 constexpr int kAblate = MOSAIC_W4A8_FP8_ABLATE;
 
+// ---- INT8 consumer (layers on the integer scale grid) -------------------------------------------
+// Warpgroup c, warp w (block row 4 c + w), as in the e4m3 consumer. Each k-tile's A fragments are
+// INT8 weights m (c - 8), plus m_r (r - 8) where this warp's block row keeps the block (added into
+// the fragment: no extra MMA, and warps without a kept block do nothing more); the 4 wgmma of a
+// k-tile accumulate into the same INT32 sums as the k-tile before, so nothing waits on them but the
+// reuse of a fragment buffer two k-tiles later (wait_group 1) and the epilogue. Y = s_m u_n acc.
+template <typename T>
+__device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem_base, uint64_t* full, uint64_t* empty,
+                                             uint32_t* flags, int KT, int nout, int ntiles, int c, int w, int lane) {
+  const int g = lane >> 2, t4 = lane & 3, brow = 4 * c + w, nrow = 64 * c + 16 * w + g;
+  int32_t acc[64];
+  uint32_t af[4][4], nf[4][4];
+  // The A fragments of ring position `it` (waits for its stage).
+  auto load_a = [&](uint32_t it, uint32_t (&f)[4][4]) {
+    const uint32_t s = it % kStages, st = smem_base + s * kStageBytes;
+    mbar_wait(&full[s], (it / kStages) & 1);
+    const uint32_t wa = st + kOffW + (2 * brow * 32 + lane) * 16, sca = st + kOffS + 4 * nrow;
+    const uint4 h0 = lds128(wa), h1 = lds128(wa + 512);
+    const I8Mult lo0 = i8_mult(lds_f32(sca)), hi0 = i8_mult(lds_f32(sca + 32));
+    if (a.spt == 1) {
+      unpack_2steps_s8(h0, lo0, hi0, f[0], f[1]);
+      unpack_2steps_s8(h1, lo0, hi0, f[2], f[3]);
+    } else {  // group 64: the second half of the k-tile has its own multipliers
+      unpack_2steps_s8(h0, lo0, hi0, f[0], f[1]);
+      unpack_2steps_s8(h1, i8_mult(lds_f32(sca + 512)), i8_mult(lds_f32(sca + 512 + 32)), f[2], f[3]);
+    }
+    const uint32_t kept = lds32(smem_u32(flags + s));
+#pragma unroll
+    for (int bc = 0; bc < 2; ++bc) {
+      const int slot = 2 * brow + bc;
+      if (!((kept >> slot) & 1u)) continue;  // warp-uniform
+      uint32_t r0[4], r1[4];
+      unpack_2steps_s8(lds128(st + kOffRC + (slot * 32 + lane) * 16), i8_mult(lds_f32(st + kOffRS + 4 * (16 * slot + g))),
+                       i8_mult(lds_f32(st + kOffRS + 4 * (16 * slot + g + 8))), r0, r1);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        f[2 * bc][i] = add_s8x4(f[2 * bc][i], r0[i]);
+        f[2 * bc + 1][i] = add_s8x4(f[2 * bc + 1][i], r1[i]);
+      }
+    }
+  };
+  auto release = [&](uint32_t it) {  // the stage of ring position `it` is read by every wgmma
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[it % kStages]);
+  };
+  // One k-tile on fragments cur; then, once the previous k-tile's wgmmas are done, its stage is
+  // released and nxt (which they read) refilled with k-tile kt + 1.
+  auto ktile = [&](uint32_t it, int kt, uint32_t (&cur)[4][4], uint32_t (&nxt)[4][4]) {
+    const uint32_t xaddr = smem_base + (it % kStages) * kStageBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < 4; ++k) wgmma_m64n128k32_s8(acc, cur[k], desc_sw128(xaddr + 32 * k));
+    wgmma_commit();
+    wgmma_wait<1>();
+    keep_live(nxt);
+    if (kt > 0) release(it - 1);
+    if (kt + 1 < KT) load_a(it + 1, nxt);
+  };
+  uint32_t it = 0;
+  for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
+    const int n0 = (t % nout) * kOut, m0 = (t / nout) * kTok;
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = 0;
+    load_a(it, af);
+    for (int kt = 0; kt < KT; kt += 2) {  // the fragment buffers swap roles (no register copies)
+      ktile(it + kt, kt, af, nf);
+      if (kt + 1 < KT) ktile(it + kt + 1, kt + 1, nf, af);
+    }
+    wgmma_wait<0>();
+    keep_live(af);
+    keep_live(nf);
+    fence_regs(acc);
+    release(it + KT - 1);
+    it += KT;
+    const int n_w = n0 + 64 * c + 16 * w;
+    const float u_lo = a.cs[n_w + g], u_hi = a.cs[n_w + g + 8];  // Npad entries: padding rows read 0
+    store_fragment<T>(a, n_w, m0, g, t4, [&](int i) { return float(acc[i]) * (i & 2 ? u_hi : u_lo); });
+  }
+}
+
 // Persistent: gridDim.x CTAs (one per SM by default) walk the tiles t = blockIdx.x, + gridDim.x, ...;
 // tile t = (token tile t / nout, output tile t % nout), so the CTAs running together share a few X
 // token tiles in L2. The ring position (stage, phase) runs on across a CTA's tiles, so the producer
 // fills the next tile's first stages while the consumers run the previous tile's epilogue (the
 // non-persistent form paid the ring's fill and the epilogue back to back, once per tile).
 // gridDim.x = number of tiles gives one tile per CTA (MOSAIC_W4A8_FP8_CTAS=0, the earlier launch).
-template <typename T>
+template <typename T, bool kI8>
 __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid_constant__ CUtensorMap xmap,
                                                                      const W4A8Fp8Args a) {
   extern __shared__ uint8_t smem_raw[];
@@ -231,8 +375,12 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   const int c = wg - 1, w = warp & 3, g = lane >> 2, t4 = lane & 3;
   const int brow = 4 * c + w;          // block row within the tile (0..7)
   const int nrow = 64 * c + 16 * w + g;  // this lane's first output row within the tile
-  float acc[64], part[64];
   const uint32_t smem_base = smem_u32(smem);
+  if constexpr (kI8) {
+    consume_int8<T>(a, smem_base, full, empty, flags, KT, nout, ntiles, c, w, lane);
+    return;
+  }
+  float acc[64], part[64];
 
   // The A fragments of k-tile kt + 1 are unpacked while k-tile kt's wgmmas run (nf), so the
   // conversion stays off the tensor cores' critical path.
@@ -335,8 +483,6 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     if (lane == 0) mbar_arrive(&empty[s]);
   };
 
-  T* y = static_cast<T*>(a.y);
-  const int odd = g & 1;
   uint32_t it = 0;
   for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
     const int n0 = (t % nout) * kOut, m0 = (t / nout) * kTok;
@@ -351,22 +497,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     it += KT;
     if constexpr (kAblate & 2) fence_regs(part);
 
-    // ---- epilogue: Y[m, n] = s_m * acc. Lanes g and g ^ 1 swap halves so that each stores two
-    // adjacent outputs of one token (4 bytes): even g token 8j + 2t, odd g token 8j + 2t + 1. ----
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const int m = m0 + 8 * j + 2 * t4 + odd;
-      const float sm = m < a.M ? a.xs[m] : 0.f;
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const float v0 = acc[4 * j + 2 * hr], v1 = acc[4 * j + 2 * hr + 1];
-        const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-        const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
-        const int n = n0 + 64 * c + 16 * w + 8 * hr + (g & ~1);
-        if (m < a.M && n < a.N)
-          *reinterpret_cast<uint32_t*>(y + int64_t(m) * a.N + n) = pack_out<T>(lo * sm, hi * sm);
-      }
-    }
+    store_fragment<T>(a, n0 + 64 * c + 16 * w, m0, g, t4, [&](int i) { return acc[i]; });  // Y = s_m * acc
   }
 }
 
@@ -383,11 +514,11 @@ int fp8_gemm_ctas(int ntiles) {
   return ctas <= 0 ? ntiles : std::min(ctas, ntiles);
 }
 
-template <typename T>
+template <typename T, bool kI8>
 void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
   static const bool attr = [] {
-    return cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) ==
-           cudaSuccess;
+    return cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T, kI8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                kSmemBytes) == cudaSuccess;
   }();
   if (!attr) fail("w4a8 fp8 gemm: cannot set ", kSmemBytes, " bytes of dynamic shared memory");
   // X codes [M, K] uint8 as a 2D tensor (K inner), 128 x 128 boxes, 128-byte swizzle; rows past M
@@ -404,7 +535,7 @@ void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
   if (r != CUDA_SUCCESS) fail("w4a8 fp8 gemm: cuTensorMapEncodeTiled failed (", int(r), ") for [M=", a.M, ", K=", a.K, "]");
   const int ntiles = (a.Npad / kOut) * ((a.M + kTok - 1) / kTok);
   const unsigned ctas = unsigned(fp8_gemm_ctas(ntiles));
-  w4a8_fp8_gemm_kernel<T><<<ctas, kThreads, kSmemBytes, stream>>>(map, a);
+  w4a8_fp8_gemm_kernel<T, kI8><<<ctas, kThreads, kSmemBytes, stream>>>(map, a);
   check_launch("w4a8_fp8_gemm_kernel");
 }
 
@@ -423,7 +554,10 @@ void launch_fp8_quantize(const void* X, bool bf16, int64_t M, int64_t K, uint8_t
 
 void launch_w4a8_fp8_gemm(const W4A8Fp8Args& a, bool bf16, cudaStream_t stream) {
   if (a.spt != 1 && a.spt != 2) fail("w4a8 fp8 gemm: scale sets per k-tile must be 1 or 2, got ", a.spt);
-  bf16 ? launch_fp8_t<__nv_bfloat16>(a, stream) : launch_fp8_t<__half>(a, stream);
+  if (a.cs)
+    bf16 ? launch_fp8_t<__nv_bfloat16, true>(a, stream) : launch_fp8_t<__half, true>(a, stream);
+  else
+    bf16 ? launch_fp8_t<__nv_bfloat16, false>(a, stream) : launch_fp8_t<__half, false>(a, stream);
 }
 
 }  // namespace mosaic::cuda::detail

@@ -2,6 +2,7 @@
 #include "cuda/w4a8_fp8_layout.h"
 
 #include "cuda/w4a8_layout.h"  // check_w4a8_supported
+#include "format/int_scale_grid.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -11,23 +12,35 @@ namespace {
 inline int q_at(const uint8_t* row, int64_t k) { return int((row[k >> 1] >> ((k & 1) * 4)) & 0xf) - 8; }
 
 // The two words of one lane's k32 step; q(dn, dk) = code of row dn (0..15 of the warp) and column
-// dk (0..31 of the step). Word 0 = a0 | a1 << 16, word 1 = a2 | a3 << 16 (w4a8_fp8_layout.h).
+// dk (0..31 of the step). e4m3 variant: word 0 = a0 | a1 << 16, word 1 = a2 | a3 << 16; INT8
+// variant: a0 and a1 (a2 and a3) interleaved by byte, codes q + 8 (w4a8_fp8_layout.h).
 template <typename QAt>
-void pack_step(int lane, QAt q, uint32_t& w0, uint32_t& w1) {
+void pack_step(int lane, QAt q, uint32_t& w0, uint32_t& w1, bool int8) {
   const int g = lane / 4, t = lane % 4;
   auto reg = [&](int dn, int dk0) {
     uint32_t r = 0;
     for (int i = 0; i < 4; ++i) r |= fp8_nibble(q(dn, dk0 + i)) << (4 * i);
     return r;
   };
-  w0 = reg(g, 4 * t) | reg(g + 8, 4 * t) << 16;
-  w1 = reg(g, 16 + 4 * t) | reg(g + 8, 16 + 4 * t) << 16;
+  auto pair = [&](int dk0) {  // INT8: byte i = c(g, dk0 + i) | c(g + 8, dk0 + i) << 4
+    uint32_t r = 0;
+    for (int i = 0; i < 4; ++i) r |= uint32_t(q(g, dk0 + i) + 8) << (8 * i) | uint32_t(q(g + 8, dk0 + i) + 8) << (8 * i + 4);
+    return r;
+  };
+  if (int8) {
+    w0 = pair(4 * t);
+    w1 = pair(16 + 4 * t);
+  } else {
+    w0 = reg(g, 4 * t) | reg(g + 8, 4 * t) << 16;
+    w1 = reg(g, 16 + 4 * t) | reg(g + 8, 16 + 4 * t) << 16;
+  }
 }
 
 // q of (dn, dk) back from one lane set of a step's words: [32 lanes][2 words].
-int unpack_step(const uint32_t* words, int stride, int dn, int dk) {
+int unpack_step(const uint32_t* words, int stride, int dn, int dk, bool int8) {
   const int g = dn % 8, hi_row = dn / 8, t = (dk % 16) / 4, i = dk % 4, w = dk / 16;
   const uint32_t word = words[size_t((4 * g + t) * stride + w)];
+  if (int8) return int((word >> (8 * i + 4 * hi_row)) & 0xf) - 8;
   return fp8_nibble_q(word >> (16 * hi_row + 4 * i));
 }
 
@@ -53,17 +66,27 @@ void fp8_word_to_e4m3(uint32_t word, uint32_t& lo, uint32_t& hi) {
   hi = prmt_emulated(kE4m3ALo, kE4m3AHi, word >> 16) ^ prmt_emulated(kE4m3BLo, kE4m3BHi, wx >> 16);
 }
 
+void i8_word_to_s8(uint32_t word, uint32_t m_lo, uint32_t m_hi, uint32_t& lo, uint32_t& hi) {
+  // Mirrors the device code (w4a8_fp8_gemm.cu, nib8_to_s8): 32-bit arithmetic on 4 bytes at once.
+  const uint32_t clo = word & 0x0F0F0F0Fu, chi = (word >> 4) & 0x0F0F0F0Fu;
+  lo = (clo * m_lo + (0x80808080u - m_lo * 0x08080808u)) ^ 0x80808080u;
+  hi = (chi * m_hi + (0x80808080u - m_hi * 0x08080808u)) ^ 0x80808080u;
+}
+
 int64_t W4A8Fp8Layout::weight_bytes(bool with_residual) const {
-  int64_t b = int64_t(qweight.size()) * 4 + int64_t(scales.size()) * 4;
+  int64_t b = int64_t(qweight.size()) * 4 + int64_t(scales.size()) * 4 + int64_t(chan_scale.size()) * 4;
   if (with_residual && nnzb > 0)
     b += int64_t(res_qweight.size()) * 4 + int64_t(res_scales.size()) * 4 + int64_t(res_index.size()) * 4;
   return b;
 }
 
-W4A8Fp8Layout repack_for_w4a8_fp8(const PackedLinear& w) {
-  check_w4a8_supported(w);
-  if (w.has_residual() && w.block_rows != 16) return repack_for_w4a8_fp8(split_residual_rows(w, 16));  // e.g. 64 x 64 blocks
+namespace {
+
+// Both variants; grid != nullptr: the INT8 one.
+W4A8Fp8Layout repack(const PackedLinear& w, const IntScaleGrid* grid) {
+  const bool int8 = grid != nullptr;
   W4A8Fp8Layout z;
+  z.int8 = int8;
   z.N = w.N;
   z.K = w.K;
   z.Npad = (w.N + kFp8TileN - 1) / kFp8TileN * kFp8TileN;
@@ -83,7 +106,7 @@ W4A8Fp8Layout repack_for_w4a8_fp8(const PackedLinear& w) {
               pack_step(lane, [&](int dn, int dk) {
                 const int64_t n = n_base + dn;
                 return n < w.N ? q_at(&w.qweight[size_t(n * half)], k_base + dk) : 0;
-              }, w0, w1);
+              }, w0, w1, int8);
               const size_t o = size_t(((((nt * KT + kt) * 8 + wp) * 2 + h) * 32 + lane) * 4 + 2 * st);
               z.qweight[o] = w0;
               z.qweight[o + 1] = w1;
@@ -94,8 +117,13 @@ W4A8Fp8Layout repack_for_w4a8_fp8(const PackedLinear& w) {
     for (int h = 0; h < z.spt; ++h)
       for (int64_t n = 0; n < w.N; ++n) {
         const int64_t g = (kt * kFp8TileK + h * 64) / w.group;
-        z.scales[size_t((kt * z.spt + h) * z.Npad + n)] = fp16_to_float(w.scales[size_t(n * ngroups + g)]);
+        z.scales[size_t((kt * z.spt + h) * z.Npad + n)] =
+            int8 ? float(grid->base_m[size_t(n * ngroups + g)]) : fp16_to_float(w.scales[size_t(n * ngroups + g)]);
       }
+  if (int8) {
+    z.chan_scale.assign(size_t(z.Npad), 0.f);
+    for (int64_t n = 0; n < w.N; ++n) z.chan_scale[size_t(n)] = grid->unit[size_t(n)];
+  }
 
   z.nnzb = w.num_blocks_kept();
   if (z.nnzb > 0) {
@@ -111,25 +139,45 @@ W4A8Fp8Layout repack_for_w4a8_fp8(const PackedLinear& w) {
             uint32_t w0, w1;
             pack_step(lane, [&](int dn, int dk) {
               return q_at(&w.res_qvalues[size_t((b * 16 + dn) * 32)], 32 * st + dk);
-            }, w0, w1);
+            }, w0, w1, int8);
             z.res_qweight[size_t((b * 32 + lane) * 4 + 2 * st)] = w0;
             z.res_qweight[size_t((b * 32 + lane) * 4 + 2 * st + 1)] = w1;
           }
-        for (int i = 0; i < 16; ++i) z.res_scales[size_t(b * 16 + i)] = fp16_to_float(w.res_scales[size_t(b * 16 + i)]);
+        for (int i = 0; i < 16; ++i)
+          z.res_scales[size_t(b * 16 + i)] =
+              int8 ? float(grid->res_m[size_t(b * 16 + i)]) : fp16_to_float(w.res_scales[size_t(b * 16 + i)]);
       }
   }
   return z;
+}
+
+}  // namespace
+
+W4A8Fp8Layout repack_for_w4a8_fp8(const PackedLinear& w) {
+  check_w4a8_supported(w);
+  if (w.has_residual() && w.block_rows != 16) return repack_for_w4a8_fp8(split_residual_rows(w, 16));  // e.g. 64 x 64 blocks
+  return repack(w, nullptr);
+}
+
+W4A8Fp8Layout repack_for_w4a8_int8_wgmma(const PackedLinear& w) {
+  check_w4a8_supported(w);
+  if (w.has_residual() && w.block_rows != 16) return repack_for_w4a8_int8_wgmma(split_residual_rows(w, 16));
+  std::string why;
+  const std::optional<IntScaleGrid> grid = find_int_scale_grid(w, &why);
+  MOSAIC_CHECK(grid.has_value(), "w4a8 int8 wgmma: layer [N=", w.N, ", K=", w.K, ", group=", w.group,
+               "] is not on the integer scale grid: ", why);
+  return repack(w, &*grid);
 }
 
 int w4a8_fp8_base_q(const W4A8Fp8Layout& z, int64_t n, int64_t k) {
   const int64_t KT = z.K / kFp8TileK, nt = n / 128, kt = k / kFp8TileK;
   const int wp = int(n % 128) / 16, step = int(k % 128) / 32, h = step / 2, st = step % 2;
   const uint32_t* words = &z.qweight[size_t((((nt * KT + kt) * 8 + wp) * 2 + h) * 32 * 4 + 2 * st)];
-  return unpack_step(words, 4, int(n % 16), int(k % 32));
+  return unpack_step(words, 4, int(n % 16), int(k % 32), z.int8);
 }
 
 int w4a8_fp8_res_q(const W4A8Fp8Layout& z, int64_t b, int dn, int dk) {
-  return unpack_step(&z.res_qweight[size_t(b * 128 + 2 * (dk / 32))], 4, dn, dk % 32);
+  return unpack_step(&z.res_qweight[size_t(b * 128 + 2 * (dk / 32))], 4, dn, dk % 32, z.int8);
 }
 
 }  // namespace mosaic::cuda

@@ -42,6 +42,10 @@ struct W4A8Fp8Layout {
   std::vector<int32_t> res_index;
   int64_t nnzb = 0;
 
+  // INT8 variant (repack_for_w4a8_int8_wgmma; false: the e4m3 one above).
+  bool int8 = false;
+  std::vector<float> chan_scale;  // INT8 variant: [Npad] u_n (0 for padding outputs)
+
   int64_t weight_bytes(bool with_residual = true) const;  // bytes a GEMM streams for the weights
 };
 
@@ -49,7 +53,25 @@ struct W4A8Fp8Layout {
 // group 64 or a multiple of 128 dividing K, residual blocks 16 x 64.
 W4A8Fp8Layout repack_for_w4a8_fp8(const PackedLinear& w);
 
-// Host decoders (tests): q (-8..7) of the base at (n, k) and of residual block b at (dn, dk).
+// The INT8 variant for layers on the integer scale grid (format/int_scale_grid.h), run by the same
+// kernel with wgmma s8 x s8 -> s32 over the whole K (no per-group promotion) and the residual added
+// into the weights' INT8 registers (no extra MMA). Same tiles, sizes and offsets; what differs:
+//   - nibbles are the stored codes c = q + 8, interleaved by byte: byte i of word 0 of a step is
+//     c(a0 element i) | c(a1 element i) << 4 (word 1: a2, a3), so that the device's
+//     w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F are the codes of a0 and a1, one per byte;
+//   - `scales` holds the group multipliers m (1..16, as floats), `res_scales` the residual rows' m_r,
+//     chan_scale[n] = u_n. The device makes each INT8 weight m (c - 8) [+ m_r (r - 8)] with one
+//     32-bit multiply-add per 4 weights (i8_word_to_s8) and scales row n's INT32 sum by u_n s_t.
+// Throws mosaic::Error naming the layer and the reason when it is not on the grid.
+W4A8Fp8Layout repack_for_w4a8_int8_wgmma(const PackedLinear& w);
+
+// The device's INT8 conversion, emulated: the codes of `word` (a0 | a1 interleaved as above) times
+// m_lo (row g: a0) and m_hi (row g + 8: a1) minus 8 m, as 4 signed bytes each: per register one
+// IMAD c * m + (0x80 - 8 m) per byte (no byte carries: 0..240) and an XOR 0x80808080.
+void i8_word_to_s8(uint32_t word, uint32_t m_lo, uint32_t m_hi, uint32_t& lo, uint32_t& hi);
+
+// Host decoders (tests): q (-8..7) of the base at (n, k) and of residual block b at (dn, dk); both
+// variants.
 int w4a8_fp8_base_q(const W4A8Fp8Layout& z, int64_t n, int64_t k);
 int w4a8_fp8_res_q(const W4A8Fp8Layout& z, int64_t b, int dn, int dk);
 

@@ -35,6 +35,9 @@ struct W4A8Fp8Args {
   const uint32_t* rq = nullptr;   // residual codes [nnzb][32][4]
   const float* rs = nullptr;      // residual scales [nnzb][16]
   const int32_t* ridx = nullptr;  // residual index [N/16][K/64] (nullptr: no residual)
+  // INT8 variant (layers on the integer scale grid): xq holds INT8 codes, sc / rs the multipliers m
+  // (as floats), cs [Npad] the rows' units u_n; nullptr = the e4m3 kernel.
+  const float* cs = nullptr;
   void* y = nullptr;              // output [M, N], fp16 or bf16
   int M = 0, N = 0, K = 0, Npad = 0, spt = 1;
 };
@@ -42,7 +45,8 @@ struct W4A8Fp8Args {
 // Per-row FP8 e4m3 quantization of X [M, K] (fp16 if !bf16): codes and scales (s = max|x| / 448).
 void launch_fp8_quantize(const void* X, bool bf16, int64_t M, int64_t K, uint8_t* codes, float* scales,
                          cudaStream_t stream);
-// Y = dequant(xq) * W^T on wgmma (sm_90a); residual when a.ridx != nullptr.
+// Y = dequant(xq) * W^T on wgmma (sm_90a): e4m3 x e4m3 with per-group promotion, or (a.cs set)
+// INT8 x INT8 over the whole K; residual when a.ridx != nullptr.
 void launch_w4a8_fp8_gemm(const W4A8Fp8Args& a, bool bf16, cudaStream_t stream);
 
 }  // namespace mosaic::cuda::detail

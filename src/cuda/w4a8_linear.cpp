@@ -9,6 +9,7 @@
 #include "cuda/w4a8_fp8_layout.h"
 #include "cuda/w4a8_launch.h"
 #include "cuda/host_util.h"
+#include "format/int_scale_grid.h"
 #include "util/error.h"
 
 namespace mosaic::cuda {
@@ -72,6 +73,8 @@ struct W4A8Linear::Impl {
   uint32_t* rq = nullptr;
   float* rs = nullptr;
   int32_t* ridx = nullptr;
+  float* cs = nullptr;      // INT8 wgmma variant: the rows' units u_n [Npad]
+  bool int8_wgmma = false;  // Int8 layer on the integer scale grid: the wgmma kernel
   // Activation workspace (grown on demand: one stream at a time).
   int8_t* xq = nullptr;
   float* xs = nullptr;
@@ -79,7 +82,7 @@ struct W4A8Linear::Impl {
 
   ~Impl() {
     for (void* p : {static_cast<void*>(qw), static_cast<void*>(sc), static_cast<void*>(rq), static_cast<void*>(rs),
-                    static_cast<void*>(ridx), static_cast<void*>(xq), static_cast<void*>(xs)})
+                    static_cast<void*>(ridx), static_cast<void*>(xq), static_cast<void*>(xs), static_cast<void*>(cs)})
       if (p) cudaFree(p);
   }
   std::string shapes(int64_t M) const {
@@ -122,6 +125,20 @@ W4A8Linear::W4A8Linear(const PackedLinear& w, W4A8Act act) : impl_(std::make_uni
     upload_layout(I, z);
     return;
   }
+  // An INT8 layer whose scales lie on the integer scale grid runs on the INT8 wgmma kernel
+  // (MOSAIC_W4A8_INT8_WGMMA=0: the mma.sync kernel, for same-binary comparisons).
+  const char* wg = std::getenv("MOSAIC_W4A8_INT8_WGMMA");
+  if (!(wg && std::string(wg) == "0") && find_int_scale_grid(w).has_value()) {
+    const W4A8Fp8Layout z = repack_for_w4a8_int8_wgmma(w);
+    MOSAIC_CHECK(cuda_device_count() > 0, "w4a8: no CUDA GPU available for layer [N=", w.N, ", K=", w.K, "]");
+    MOSAIC_CHECK(w.N <= (int64_t(1) << 30) && w.K <= (int64_t(1) << 20) && w.N * w.K / 2 < (int64_t(1) << 40),
+                 "w4a8: layer too large [N=", w.N, ", K=", w.K, "]");
+    I.Npad = z.Npad;
+    I.int8_wgmma = true;
+    upload_layout(I, z);
+    I.cs = upload(z.chan_scale);
+    return;
+  }
   const W4A8Layout z = repack_for_w4a8(w);
   MOSAIC_CHECK(cuda_device_count() > 0, "w4a8: no CUDA GPU available for layer [N=", w.N, ", K=", w.K, "]");
   MOSAIC_CHECK(w.N <= (int64_t(1) << 30) && w.K <= (int64_t(1) << 20) && w.N * w.K / 2 < (int64_t(1) << 40),
@@ -161,8 +178,8 @@ void W4A8Linear::gemm_quantized(void* Y, int64_t M, DType dt, cudaStream_t strea
   MOSAIC_CHECK(Y != nullptr && reinterpret_cast<uintptr_t>(Y) % 16 == 0 && is_device_pointer(Y),
                "w4a8 gemm: Y must be 16-byte aligned device memory for ", I.shapes(M));
   const bool res = v == W4A8Variant::Zipper && I.nnzb > 0;
-  if (I.act == W4A8Act::Fp8E4M3) {
-    MOSAIC_CHECK(warps == 0, "w4a8 gemm: the FP8 (wgmma) kernel has one CTA shape (warps must be 0), got ", warps,
+  if (I.act == W4A8Act::Fp8E4M3 || I.int8_wgmma) {
+    MOSAIC_CHECK(warps == 0, "w4a8 gemm: the wgmma kernel has one CTA shape (warps must be 0), got ", warps,
                  " for ", I.shapes(M));
     detail::W4A8Fp8Args f;
     f.xq = reinterpret_cast<const uint8_t*>(I.xq);
@@ -174,6 +191,7 @@ void W4A8Linear::gemm_quantized(void* Y, int64_t M, DType dt, cudaStream_t strea
       f.rs = I.rs;
       f.ridx = I.ridx;
     }
+    f.cs = I.cs;  // nullptr for e4m3 layers
     f.y = Y;
     f.M = int(M);
     f.N = int(I.N);
@@ -217,6 +235,7 @@ void W4A8Linear::gemm(const void* X, void* Y, int64_t M, DType dt, cudaStream_t 
 const int8_t* W4A8Linear::act_codes() const { return impl_->xq; }
 const float* W4A8Linear::act_scales() const { return impl_->xs; }
 W4A8Act W4A8Linear::act() const { return impl_->act; }
+bool W4A8Linear::int8_wgmma() const { return impl_->int8_wgmma; }
 int64_t W4A8Linear::N() const { return impl_->N; }
 int64_t W4A8Linear::K() const { return impl_->K; }
 int W4A8Linear::group() const { return impl_->group; }

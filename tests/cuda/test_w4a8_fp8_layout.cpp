@@ -7,6 +7,7 @@
 #include <random>
 
 #include "cuda/w4a8_fp8_layout.h"
+#include "format/int_scale_grid.h"
 #include "util/error.h"
 #include "util/half.h"
 #include "w4a8_test_util.h"
@@ -80,6 +81,57 @@ TEST(W4A8Fp8Layout, CodesScalesPaddingAndResidualRoundTrip) {
   }
   const PackedLinear g32 = test::random_layer(32, 256, 32, Pattern::None, 2);
   EXPECT_THROW(repack_for_w4a8_fp8(g32), Error);
+}
+
+// The INT8 variant's conversion: every code 0..15 in every nibble position (others random) and
+// every multiplier 0..16 gives the signed byte m (c - 8), in each register's own byte.
+TEST(W4A8Int8Layout, ConversionIsExactForEveryCodeAndMultiplier) {
+  std::mt19937_64 rng(6);
+  for (uint32_t m_lo = 0; m_lo <= 16; ++m_lo)
+    for (int pos = 0; pos < 8; ++pos)
+      for (uint32_t c = 0; c < 16; ++c) {
+        const uint32_t m_hi = uint32_t(rng() % 17);
+        const uint32_t word = (uint32_t(rng()) & ~(0xfu << (4 * pos))) | c << (4 * pos);
+        uint32_t lo, hi;
+        i8_word_to_s8(word, m_lo, m_hi, lo, hi);
+        for (int i = 0; i < 4; ++i) {
+          const int clo = int((word >> (8 * i)) & 0xf), chi = int((word >> (8 * i + 4)) & 0xf);
+          ASSERT_EQ(int(int8_t(lo >> (8 * i))), (clo - 8) * int(m_lo)) << std::hex << word << " byte " << i;
+          ASSERT_EQ(int(int8_t(hi >> (8 * i))), (chi - 8) * int(m_hi)) << std::hex << word << " byte " << i;
+        }
+      }
+}
+
+// Snapped layers: codes read back, multipliers and units at their places, and u_n (m q + m_r r)
+// is the checkpoint's weight exactly; layers off the grid are refused with the reason.
+TEST(W4A8Int8Layout, CodesMultipliersUnitsAndResidualRoundTrip) {
+  struct Case { int64_t N, K; int group; Pattern pat; };
+  for (const Case c : {Case{48, 256, 128, Pattern::Uniform}, Case{16, 384, 64, Pattern::OneTile},
+                       Case{160, 512, 512, Pattern::Clustered}}) {
+    PackedLinear w = test::random_layer(c.N, c.K, c.group, c.pat, uint64_t(c.N + c.K), 0.3);
+    EXPECT_THROW(repack_for_w4a8_int8_wgmma(w), Error);
+    snap_to_int_scale_grid(w);
+    const W4A8Fp8Layout z = repack_for_w4a8_int8_wgmma(w);
+    ASSERT_TRUE(z.int8);
+    ASSERT_EQ(z.chan_scale.size(), size_t(z.Npad));
+    const std::vector<float> W = dequantize(w);
+    for (int64_t n = 0; n < z.Npad; ++n)
+      for (int64_t k = 0; k < c.K; ++k) {
+        const int q = w4a8_fp8_base_q(z, n, k);
+        if (n >= c.N) {
+          ASSERT_EQ(q, 0);
+          continue;
+        }
+        ASSERT_EQ(q, int((w.qweight[size_t(n * (c.K / 2) + k / 2)] >> ((k & 1) * 4)) & 0xf) - 8) << n << " " << k;
+        const int64_t kt = k / 128, h = z.spt == 2 ? (k % 128) / 64 : 0;
+        int v = int(z.scales[size_t((kt * z.spt + h) * z.Npad + n)]) * q;
+        const int32_t b = w.has_residual() ? z.res_index[size_t((n / 16) * (c.K / 64) + k / 64)] : -1;
+        if (b >= 0) v += int(z.res_scales[size_t(b * 16 + n % 16)]) * w4a8_fp8_res_q(z, b, int(n % 16), int(k % 64));
+        ASSERT_GE(v, -128);
+        ASSERT_LE(v, 127);
+        ASSERT_EQ(z.chan_scale[size_t(n)] * float(v), W[size_t(n * c.K + k)]) << n << " " << k;
+      }
+  }
 }
 
 #ifdef MOSAIC_SOURCE_DIR

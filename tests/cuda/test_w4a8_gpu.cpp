@@ -16,6 +16,7 @@
 #include <string>
 
 #include "cuda/w4a8.h"
+#include "format/int_scale_grid.h"
 #include "gpu_test_util.h"
 #include "util/error.h"
 #include "w4a8_test_util.h"
@@ -146,6 +147,75 @@ TEST(W4A8Gpu, OddShapesGroupSizesAndRepeatedCalls) {
         const std::vector<double> yref = test::reference_w4a8(codes, scales, W, M, c.N, c.K);
         for (int rep = 0; rep < 3; ++rep)  // repeated calls, both CTA shapes (8 and 16 warps)
           EXPECT_LT(run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper, rep == 1 ? 16 : 8), bound(dt))
+              << "N=" << c.N << " K=" << c.K << " group=" << c.group << " " << dtype_name(dt) << " M=" << M
+              << " rep " << rep;
+      }
+  }
+}
+
+// The INT8 wgmma kernel (layers on the integer scale grid): the M sweep x residual patterns x
+// dtypes, zipper and dense-only, N = 3 x 128, K = 5 x 128; then odd shapes (partial output tiles,
+// group 64 and per channel, long K, repeated calls). Same reference and bounds as the mma.sync kernel:
+// its INT32 sums are exact over the whole K, so only the fp32 epilogue and the output rounding remain.
+TEST(W4A8Int8WgmmaGpu, MatchesCpuReferenceAcrossMPatternsAndDtypes) {
+  REQUIRE_GPU();
+  const int64_t N = 384, K = 640;
+  const std::vector<int64_t> Ms = std::getenv("ZIPPER_QUICK")
+                                      ? std::vector<int64_t>{1, 17, 130}
+                                      : std::vector<int64_t>{1, 2, 3, 15, 16, 17, 31, 33, 64, 127, 255, 1024, 4097};
+  double worst[2] = {0, 0};
+  for (Pattern pat : {Pattern::None, Pattern::Uniform, Pattern::Clustered, Pattern::OneTile}) {
+    PackedLinear w = test::random_layer(N, K, 128, pat, 300 + int(pat));
+    snap_to_int_scale_grid(w);
+    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
+    const W4A8Linear L(w);
+    ASSERT_TRUE(L.int8_wgmma());
+    for (DType dt : {DType::F16, DType::BF16})
+      for (int64_t M : Ms) {
+        std::vector<uint16_t> xb;
+        std::vector<float> xf;
+        activations(M, K, dt, uint64_t(3000 + M), xb, xf);
+        std::vector<int8_t> codes;
+        std::vector<float> scales;
+        test::quantize_rows_int8(xf, M, K, codes, scales);
+        const std::vector<double> yref = test::reference_w4a8(codes, scales, W, M, N, K);
+        const double err = run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper);
+        EXPECT_LT(err, bound(dt)) << "pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M;
+        worst[int(dt)] = std::max(worst[int(dt)], err);
+        if (pat != Pattern::None && (M == 1 || M == 33 || M == 255)) {
+          const std::vector<double> ybase = test::reference_w4a8(codes, scales, Wb, M, N, K);
+          EXPECT_LT(run_and_compare(L, M, dt, xb, ybase, W4A8Variant::DenseOnly), bound(dt))
+              << "dense-only pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M;
+        }
+      }
+  }
+  std::printf("[ w4a8 int8 wgmma ] worst normalized error: fp16 %.3g (bound 1e-3), bf16 %.3g (bound 1e-2)\n", worst[0],
+              worst[1]);
+}
+
+TEST(W4A8Int8WgmmaGpu, OddShapesGroupSizesAndRepeatedCalls) {
+  REQUIRE_GPU();
+  struct Case { int64_t N, K; int group; Pattern pat; };
+  const Case cases[] = {{16, 128, 128, Pattern::OneTile},  {144, 1152, 64, Pattern::Clustered},
+                        {208, 384, 64, Pattern::Uniform},  {272, 8320, 128, Pattern::Uniform},
+                        {128, 640, 640, Pattern::Uniform}, {528, 4096, 4096, Pattern::Clustered}};
+  for (const Case& c : cases) {
+    PackedLinear w = test::random_layer(c.N, c.K, c.group, c.pat, uint64_t(c.N * 7 + c.K));
+    snap_to_int_scale_grid(w);
+    const std::vector<float> W = test::reference_dequant(w);
+    const W4A8Linear L(w);
+    ASSERT_TRUE(L.int8_wgmma());
+    for (DType dt : {DType::F16, DType::BF16})
+      for (int64_t M : {257, 1, 5, 33, 130}) {
+        std::vector<uint16_t> xb;
+        std::vector<float> xf;
+        activations(M, c.K, dt, uint64_t(M * 37 + c.K), xb, xf);
+        std::vector<int8_t> codes;
+        std::vector<float> scales;
+        test::quantize_rows_int8(xf, M, c.K, codes, scales);
+        const std::vector<double> yref = test::reference_w4a8(codes, scales, W, M, c.N, c.K);
+        for (int rep = 0; rep < 2; ++rep)
+          EXPECT_LT(run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper), bound(dt))
               << "N=" << c.N << " K=" << c.K << " group=" << c.group << " " << dtype_name(dt) << " M=" << M
               << " rep " << rep;
       }
