@@ -79,7 +79,7 @@ if [ -n "${ENV_RUNS:-}${ABL:-}${BASE_FP8:-}" ]; then
       [ "$bin" = mosaic ] && [ "$name" = default ] && continue
       env $(echo "$vars" | tr ',' ' ') $B/$bin bench gemm --act-bits 8 --shapes $SH --m $MS --budget $BU ${BENCH_ARGS:-} > $B/run.md 2>&1
       echo "== extra run $bin $name rc=$?"
-      { echo "### $bin, $name ($vars)"; grep -E "^\| *(shape|---)|w4a8fp8_(dense_gemm_only|zipper_gemm_only) " $B/run.md; echo; } >> $OUT/extra-runs.md
+      { echo "### $bin, $name ($vars)"; grep -E "^\| *(shape|---)|w4a8(fp8|i8wg)_(dense_gemm_only|zipper_gemm_only) " $B/run.md; echo; } >> $OUT/extra-runs.md
     done
   done
   cat $OUT/extra-runs.md

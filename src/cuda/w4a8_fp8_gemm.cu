@@ -49,18 +49,27 @@ struct Fp8Codec {
 
 // ---- the GEMM ----------------------------------------------------------------------------------
 // CTA: 3 warpgroups. WG 0 = producer (one warp: TMA of the X tile, bulk copies of the weights,
-// scales and kept residual blocks, into a kStages ring of full/empty mbarriers); WG 1, 2 =
-// consumers, 64 outputs x 128 tokens each (CTA tile 128 outputs x 128 tokens, k-tile 128).
-constexpr int kTok = 128, kOut = kFp8TileN, kBK = kFp8TileK, kStages = 6, kThreads = 384;
-// Stage layout (bytes, 1024-aligned): X codes 128 tokens x 128 B (TMA, 128-byte swizzle), base
-// codes 8 KB (w4a8_fp8_layout.h), scales 2 x 128 fp32, residual: 16 slots (8 block rows x 2 block
-// columns) x 512 B codes, 16 slots x 16 fp32 scales.
-constexpr int kOffW = kTok * kBK;        // 16384
-constexpr int kOffS = kOffW + 8192;      // 24576
-constexpr int kOffRC = kOffS + 1024;     // 25600
-constexpr int kOffRS = kOffRC + 16 * 512;  // 33792
-constexpr int kStageBytes = kOffRS + 1024;  // 34816 = 34 KB
-constexpr int kSmemBytes = kStages * kStageBytes + 1024 /* barriers + flags */ + 1024 /* alignment */;
+// scales and kept residual blocks, into a ring of full/empty mbarriers); WG 1, 2 = consumers, each
+// 64 x kH outputs x 128 tokens (CTA tile 128 kH outputs x 128 tokens, k-tile 128). kH = 1: the e4m3
+// kernel, and the INT8 one at 128 outputs; kH = 2: the INT8 one at 256 outputs, which halves the X
+// tiles read from L2 per output (the load pipeline alone ran at ~6 TB/s of L2 traffic at kH = 1:
+// kernels-notes, fourteenth and twentieth sessions); the e4m3 consumer has no registers for it.
+constexpr int kTok = 128, kBK = kFp8TileK, kThreads = 384;
+// Stage layout (bytes, 1024-aligned): X codes 128 tokens x 128 B (TMA, 128-byte swizzle), base codes
+// kH x 8 KB (w4a8_fp8_layout.h: one 8 KB k-tile per 128 outputs), scales 2 sets x 128 kH fp32,
+// residual: 16 kH slots (8 kH block rows x 2 block columns) x 512 B codes, as many x 16 fp32 scales.
+template <int kH>
+struct Stage {
+  static constexpr int kOutT = 128 * kH, kSlots = 16 * kH;
+  static constexpr int kOffW = kTok * kBK;                  // 16384
+  static constexpr int kOffS = kOffW + 8192 * kH;           // 24576 | 32768
+  static constexpr int kOffRC = kOffS + 1024 * kH;          // 25600 | 34816
+  static constexpr int kOffRS = kOffRC + kSlots * 512;      // 33792 | 51200
+  static constexpr int kBytes = kOffRS + kSlots * 64;       // 34816 (34 KB) | 53248 (52 KB)
+  static constexpr int kStages = kH == 1 ? 6 : 4;
+  static constexpr int kSmem = kStages * kBytes + 1024 /* barriers + flags */ + 1024 /* alignment */;
+  static_assert(kStages <= 8, "flags[8..11] hold the e4m3 tables");
+};
 
 // PTX wrappers (mbarriers, bulk copies, TMA, wgmma fences, descriptors): cuda/hopper_ptx.cuh.
 using namespace ::mosaic::cuda::hopper;
@@ -204,82 +213,105 @@ __device__ __forceinline__ void store_fragment(const W4A8Fp8Args& a, int n_w, in
 constexpr int kAblate = MOSAIC_W4A8_FP8_ABLATE;
 
 // ---- INT8 consumer (layers on the integer scale grid) -------------------------------------------
-// Warpgroup c, warp w (block row 4 c + w), as in the e4m3 consumer. Each k-tile's A fragments are
-// INT8 weights m (c - 8), plus m_r (r - 8) where this warp's block row keeps the block (added into
-// the fragment: no extra MMA, and warps without a kept block do nothing more); the 4 wgmma of a
-// k-tile accumulate into the same INT32 sums as the k-tile before, so nothing waits on them but the
-// reuse of a fragment buffer two k-tiles later (wait_group 1) and the epilogue. Y = s_m u_n acc.
-template <typename T>
+// Warpgroup c owns outputs 64 kH c .. 64 kH (c + 1) - 1 of the tile as kH row blocks of 64 (one
+// m64 wgmma each, the same X descriptor); warp w of it rows 16 w .. 16 w + 15 of each block. Each
+// k-tile's A fragments are INT8 weights m (c - 8), plus m_r (r - 8) where the warp's block row keeps
+// the block (added into the fragment: no extra MMA, and warps without a kept block do nothing
+// more); the wgmma of a k-tile accumulate into the same INT32 sums as the k-tile before, so nothing
+// waits on them but the reuse of a fragment buffer two k-tiles later (wait_group 1) and the
+// epilogue. Y = s_m u_n acc.
+template <typename T, int kH>
 __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem_base, uint64_t* full, uint64_t* empty,
                                              uint32_t* flags, int KT, int nout, int ntiles, int c, int w, int lane) {
-  const int g = lane >> 2, t4 = lane & 3, brow = 4 * c + w, nrow = 64 * c + 16 * w + g;
-  int32_t acc[64];
-  uint32_t af[4][4], nf[4][4];
+  using S = Stage<kH>;
+  const int g = lane >> 2, t4 = lane & 3;
+  int32_t acc[kH][64];
+  uint32_t af[kH][4][4], nf[kH][4][4];
   // The A fragments of ring position `it` (waits for its stage).
-  auto load_a = [&](uint32_t it, uint32_t (&f)[4][4]) {
-    const uint32_t s = it % kStages, st = smem_base + s * kStageBytes;
-    mbar_wait(&full[s], (it / kStages) & 1);
-    const uint32_t wa = st + kOffW + (2 * brow * 32 + lane) * 16, sca = st + kOffS + 4 * nrow;
-    const uint4 h0 = lds128(wa), h1 = lds128(wa + 512);
-    const I8Mult lo0 = i8_mult(lds_f32(sca)), hi0 = i8_mult(lds_f32(sca + 32));
-    if (a.spt == 1) {
-      unpack_2steps_s8(h0, lo0, hi0, f[0], f[1]);
-      unpack_2steps_s8(h1, lo0, hi0, f[2], f[3]);
-    } else {  // group 64: the second half of the k-tile has its own multipliers
-      unpack_2steps_s8(h0, lo0, hi0, f[0], f[1]);
-      unpack_2steps_s8(h1, i8_mult(lds_f32(sca + 512)), i8_mult(lds_f32(sca + 512 + 32)), f[2], f[3]);
-    }
+  auto load_a = [&](uint32_t it, uint32_t (&f)[kH][4][4]) {
+    const uint32_t s = it % S::kStages, st = smem_base + s * S::kBytes;
+    mbar_wait(&full[s], (it / S::kStages) & 1);
     const uint32_t kept = lds32(smem_u32(flags + s));
 #pragma unroll
-    for (int bc = 0; bc < 2; ++bc) {
-      const int slot = 2 * brow + bc;
-      if (!((kept >> slot) & 1u)) continue;  // warp-uniform
-      uint32_t r0[4], r1[4];
-      unpack_2steps_s8(lds128(st + kOffRC + (slot * 32 + lane) * 16), i8_mult(lds_f32(st + kOffRS + 4 * (16 * slot + g))),
-                       i8_mult(lds_f32(st + kOffRS + 4 * (16 * slot + g + 8))), r0, r1);
+    for (int hh = 0; hh < kH; ++hh) {
+      const int row0 = 64 * (kH * c + hh) + 16 * w;  // the warp's first output in the tile
+      const int brow = row0 / 16;                     // its block row in the tile
+      // Base codes: 128-output chunk row0 / 128, warp (row0 % 128) / 16 of it (w4a8_fp8_layout.h).
+      const uint32_t wa = st + S::kOffW + (row0 / 128) * 8192 + (2 * ((row0 % 128) / 16) * 32 + lane) * 16;
+      const uint32_t sca = st + S::kOffS + 4 * (row0 + g);
+      const uint4 h0 = lds128(wa), h1 = lds128(wa + 512);
+      const I8Mult lo0 = i8_mult(lds_f32(sca)), hi0 = i8_mult(lds_f32(sca + 32));
+      unpack_2steps_s8(h0, lo0, hi0, f[hh][0], f[hh][1]);
+      if (a.spt == 1) {
+        unpack_2steps_s8(h1, lo0, hi0, f[hh][2], f[hh][3]);
+      } else {  // group 64: the second half of the k-tile has its own multipliers
+        const uint32_t sc2 = sca + 4 * S::kOutT;
+        unpack_2steps_s8(h1, i8_mult(lds_f32(sc2)), i8_mult(lds_f32(sc2 + 32)), f[hh][2], f[hh][3]);
+      }
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        f[2 * bc][i] = add_s8x4(f[2 * bc][i], r0[i]);
-        f[2 * bc + 1][i] = add_s8x4(f[2 * bc + 1][i], r1[i]);
+      for (int bc = 0; bc < 2; ++bc) {
+        const int slot = 2 * brow + bc;
+        if (!((kept >> slot) & 1u)) continue;  // warp-uniform
+        uint32_t r0[4], r1[4];
+        unpack_2steps_s8(lds128(st + S::kOffRC + (slot * 32 + lane) * 16),
+                         i8_mult(lds_f32(st + S::kOffRS + 4 * (16 * slot + g))),
+                         i8_mult(lds_f32(st + S::kOffRS + 4 * (16 * slot + g + 8))), r0, r1);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          f[hh][2 * bc][i] = add_s8x4(f[hh][2 * bc][i], r0[i]);
+          f[hh][2 * bc + 1][i] = add_s8x4(f[hh][2 * bc + 1][i], r1[i]);
+        }
       }
     }
   };
   auto release = [&](uint32_t it) {  // the stage of ring position `it` is read by every wgmma
     __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[it % kStages]);
+    if (lane == 0) mbar_arrive(&empty[it % S::kStages]);
+  };
+  auto keep = [&](uint32_t (&f)[kH][4][4]) {
+#pragma unroll
+    for (int hh = 0; hh < kH; ++hh) keep_live(f[hh]);
   };
   // One k-tile on fragments cur; then, once the previous k-tile's wgmmas are done, its stage is
   // released and nxt (which they read) refilled with k-tile kt + 1.
-  auto ktile = [&](uint32_t it, int kt, uint32_t (&cur)[4][4], uint32_t (&nxt)[4][4]) {
-    const uint32_t xaddr = smem_base + (it % kStages) * kStageBytes;
+  auto ktile = [&](uint32_t it, int kt, uint32_t (&cur)[kH][4][4], uint32_t (&nxt)[kH][4][4]) {
+    const uint32_t xaddr = smem_base + (it % S::kStages) * S::kBytes;
     wgmma_fence();
 #pragma unroll
-    for (int k = 0; k < 4; ++k) wgmma_m64n128k32_s8(acc, cur[k], desc_sw128(xaddr + 32 * k));
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+      for (int hh = 0; hh < kH; ++hh) wgmma_m64n128k32_s8(acc[hh], cur[hh][k], desc_sw128(xaddr + 32 * k));
     wgmma_commit();
     wgmma_wait<1>();
-    keep_live(nxt);
+    keep(nxt);
     if (kt > 0) release(it - 1);
     if (kt + 1 < KT) load_a(it + 1, nxt);
   };
   uint32_t it = 0;
   for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
-    const int n0 = (t % nout) * kOut, m0 = (t / nout) * kTok;
+    const int n0 = (t % nout) * S::kOutT, m0 = (t / nout) * kTok;
 #pragma unroll
-    for (int i = 0; i < 64; ++i) acc[i] = 0;
+    for (int hh = 0; hh < kH; ++hh)
+#pragma unroll
+      for (int i = 0; i < 64; ++i) acc[hh][i] = 0;
     load_a(it, af);
     for (int kt = 0; kt < KT; kt += 2) {  // the fragment buffers swap roles (no register copies)
       ktile(it + kt, kt, af, nf);
       if (kt + 1 < KT) ktile(it + kt + 1, kt + 1, nf, af);
     }
     wgmma_wait<0>();
-    keep_live(af);
-    keep_live(nf);
-    fence_regs(acc);
+    keep(af);
+    keep(nf);
+#pragma unroll
+    for (int hh = 0; hh < kH; ++hh) fence_regs(acc[hh]);
     release(it + KT - 1);
     it += KT;
-    const int n_w = n0 + 64 * c + 16 * w;
-    const float u_lo = a.cs[n_w + g], u_hi = a.cs[n_w + g + 8];  // Npad entries: padding rows read 0
-    store_fragment<T>(a, n_w, m0, g, t4, [&](int i) { return float(acc[i]) * (i & 2 ? u_hi : u_lo); });
+#pragma unroll
+    for (int hh = 0; hh < kH; ++hh) {
+      const int n_w = n0 + 64 * (kH * c + hh) + 16 * w;
+      const float u_lo = a.cs[n_w + g], u_hi = a.cs[n_w + g + 8];  // Npad entries: padding rows read 0
+      store_fragment<T>(a, n_w, m0, g, t4, [&](int i) { return float(acc[hh][i]) * (i & 2 ? u_hi : u_lo); });
+    }
   }
 }
 
@@ -289,25 +321,26 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem
 // fills the next tile's first stages while the consumers run the previous tile's epilogue (the
 // non-persistent form paid the ring's fill and the epilogue back to back, once per tile).
 // gridDim.x = number of tiles gives one tile per CTA (MOSAIC_W4A8_FP8_CTAS=0, the earlier launch).
-template <typename T, bool kI8>
+template <typename T, bool kI8, int kH>
 __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid_constant__ CUtensorMap xmap,
                                                                      const W4A8Fp8Args a) {
+  static_assert(kI8 || kH == 1, "the e4m3 consumer runs 128-output tiles only");
+  using S = Stage<kH>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
-  uint64_t* empty = full + kStages;
-  uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // kept residual slots per stage (16-B aligned)
-  static_assert(kStages <= 8, "flags[8..11] hold the e4m3 tables");
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kStages * S::kBytes);
+  uint64_t* empty = full + S::kStages;
+  uint32_t* flags = reinterpret_cast<uint32_t*>(empty + S::kStages);  // kept residual slots per stage (16-B aligned)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   const int KT = a.K / kBK;
-  const int nout = a.Npad / kOut, ntiles = nout * ((a.M + kTok - 1) / kTok);
+  const int nout = a.Npad / S::kOutT, ntiles = nout * ((a.M + kTok - 1) / kTok);
 
   if (tid == 0) {
-    for (int s = 0; s < kStages; ++s) {
+    for (int s = 0; s < S::kStages; ++s) {
       mbar_init(&full[s], 1);
       mbar_init(&empty[s], 8);  // one arrive per consumer warp
     }
-    flags[8] = kE4m3ALo;  // 16-byte aligned (flags[0..kStages) are the stages' residual masks)
+    flags[8] = kE4m3ALo;  // 16-byte aligned (flags[0..S::kStages) are the stages' residual masks)
     flags[9] = kE4m3AHi;
     flags[10] = kE4m3BLo;
     flags[11] = kE4m3BHi;
@@ -317,19 +350,19 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   __syncthreads();
 
   if (wg == 0) {
-    // ---- producer: warp 0 only (lanes 0..15 own the 16 residual slots) ----
+    // ---- producer: warp 0 only (lanes 0 .. 16 kH - 1 own the residual slots) ----
     // Registers go to the consumers: 128 x 40 + 256 x 232 <= 64K.
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (warp != 0) return;
     const bool res = a.ridx != nullptr;
-    const int slot = lane & 15;
+    const int slot = lane & (S::kSlots - 1);
     uint32_t it = 0;  // this CTA's k-tiles so far, over all its tiles: the ring position
     for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
-      const int ot = t % nout, n0 = ot * kOut, m0 = (t / nout) * kTok;
+      const int ot = t % nout, n0 = ot * S::kOutT, m0 = (t / nout) * kTok;
       const int brow = n0 / 16 + (slot >> 1);
-      const bool slot_ok = res && lane < 16 && brow < a.N / 16;
+      const bool slot_ok = res && lane < S::kSlots && brow < a.N / 16;
       const int32_t* ridx = a.ridx + (slot_ok ? int64_t(brow) * (a.K / 64) + (slot & 1) : 0);
-      const uint8_t* wsrc = reinterpret_cast<const uint8_t*>(a.qw) + int64_t(ot) * KT * 8192;
+      const uint8_t* wsrc = reinterpret_cast<const uint8_t*>(a.qw) + int64_t(ot) * kH * KT * 8192;
       const float* ssrc = a.sc + n0;
       // The residual block numbers of 4 k-tiles are fetched one chunk (4 k-tiles) ahead.
       int cur[4], nxt[4];
@@ -342,24 +375,25 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
         for (int j = 0; j < 4; ++j) {
           const int kt = kc + j;
           if (kt >= KT) break;
-          const uint32_t s = it % kStages;
-          if (it >= uint32_t(kStages)) mbar_wait(&empty[s], ((it / kStages) - 1) & 1);
+          const uint32_t s = it % S::kStages;
+          if (it >= uint32_t(S::kStages)) mbar_wait(&empty[s], ((it / S::kStages) - 1) & 1);
           ++it;
           const int idx = cur[j];
-          const uint32_t kept = __ballot_sync(0xffffffffu, idx >= 0) & 0xffffu;
-          uint8_t* st = smem + s * kStageBytes;
+          const uint32_t kept = __ballot_sync(0xffffffffu, idx >= 0) & (S::kSlots == 32 ? 0xffffffffu : 0xffffu);
+          uint8_t* st = smem + s * S::kBytes;
           if (lane == 0) {
             flags[s] = kept;
-            mbar_expect_tx(&full[s], uint32_t(kOffS) + 512u * a.spt + 576u * __popc(kept));
+            mbar_expect_tx(&full[s], uint32_t(S::kOffS) + 4u * S::kOutT * a.spt + 576u * __popc(kept));
             tma_2d(st, &xmap, kt * kBK, m0, &full[s]);
-            bulk_g2s(st + kOffW, wsrc + int64_t(kt) * 8192, 8192, &full[s]);
+            for (int h = 0; h < kH; ++h)  // one 8 KB k-tile per 128 outputs
+              bulk_g2s(st + S::kOffW + 8192 * h, wsrc + (int64_t(h) * KT + kt) * 8192, 8192, &full[s]);
             for (int h = 0; h < a.spt; ++h)
-              bulk_g2s(st + kOffS + 512 * h, ssrc + (int64_t(kt) * a.spt + h) * a.Npad, 512, &full[s]);
+              bulk_g2s(st + S::kOffS + 4 * S::kOutT * h, ssrc + (int64_t(kt) * a.spt + h) * a.Npad, 4 * S::kOutT, &full[s]);
           }
           __syncwarp();
           if (idx >= 0) {
-            bulk_g2s(st + kOffRC + 512 * slot, a.rq + int64_t(idx) * 128, 512, &full[s]);
-            bulk_g2s(st + kOffRS + 64 * slot, a.rs + int64_t(idx) * 16, 64, &full[s]);
+            bulk_g2s(st + S::kOffRC + 512 * slot, a.rq + int64_t(idx) * 128, 512, &full[s]);
+            bulk_g2s(st + S::kOffRS + 64 * slot, a.rs + int64_t(idx) * 16, 64, &full[s]);
           }
         }
 #pragma unroll
@@ -377,7 +411,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   const int nrow = 64 * c + 16 * w + g;  // this lane's first output row within the tile
   const uint32_t smem_base = smem_u32(smem);
   if constexpr (kI8) {
-    consume_int8<T>(a, smem_base, full, empty, flags, KT, nout, ntiles, c, w, lane);
+    consume_int8<T, kH>(a, smem_base, full, empty, flags, KT, nout, ntiles, c, w, lane);
     return;
   }
   float acc[64], part[64];
@@ -399,9 +433,9 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   };
   // it = the ring position of the k-tile (its stage and phase).
   auto load_a = [&](uint32_t it, uint32_t (&f)[4][4]) {
-    const uint32_t s = it % kStages;
-    mbar_wait(&full[s], (it / kStages) & 1);
-    const uint32_t wa = smem_base + s * kStageBytes + kOffW + (2 * brow * 32 + lane) * 16;
+    const uint32_t s = it % S::kStages;
+    mbar_wait(&full[s], (it / S::kStages) & 1);
+    const uint32_t wa = smem_base + s * S::kBytes + S::kOffW + (2 * brow * 32 + lane) * 16;
     const uint4 h0 = lds128(wa), h1 = lds128(wa + 512);
     unpack(h0, f[0], f[1]);
     unpack(h1, f[2], f[3]);
@@ -422,9 +456,9 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   };
   // One k-tile with fragments cur (already unpacked); unpacks k-tile kt + 1 into nxt meanwhile.
   auto ktile = [&](uint32_t it, int kt, uint32_t (&cur)[4][4], uint32_t (&nxt)[4][4]) {
-    const uint32_t s = it % kStages;
-    const uint32_t xaddr = smem_base + s * kStageBytes;
-    const uint32_t sca = xaddr + kOffS + 4 * nrow;  // the scales: shared-space loads (not generic LD.E)
+    const uint32_t s = it % S::kStages;
+    const uint32_t xaddr = smem_base + s * S::kBytes;
+    const uint32_t sca = xaddr + S::kOffS + 4 * nrow;  // the scales: shared-space loads (not generic LD.E)
     if (a.spt == 1) {
       const float s_lo = lds_f32(sca), s_hi = lds_f32(sca + 32);
       wgmma_fence();
@@ -465,9 +499,9 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
       uint32_t r[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
       float rs_lo = 0.f, rs_hi = 0.f;
       if ((kept >> slot) & 1u) {
-        unpack(lds128(xaddr + kOffRC + (slot * 32 + lane) * 16), r[0], r[1]);
-        rs_lo = lds_f32(xaddr + kOffRS + 4 * (16 * slot + g));
-        rs_hi = lds_f32(xaddr + kOffRS + 4 * (16 * slot + g + 8));
+        unpack(lds128(xaddr + S::kOffRC + (slot * 32 + lane) * 16), r[0], r[1]);
+        rs_lo = lds_f32(xaddr + S::kOffRS + 4 * (16 * slot + g));
+        rs_hi = lds_f32(xaddr + S::kOffRS + 4 * (16 * slot + g + 8));
       }
       wgmma_fence();
       fence_regs(part);
@@ -485,7 +519,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
 
   uint32_t it = 0;
   for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
-    const int n0 = (t % nout) * kOut, m0 = (t / nout) * kTok;
+    const int n0 = (t % nout) * S::kOutT, m0 = (t / nout) * kTok;
 #pragma unroll
     for (int i = 0; i < 64; ++i) acc[i] = 0.f;
     load_a(it, af);
@@ -514,13 +548,28 @@ int fp8_gemm_ctas(int ntiles) {
   return ctas <= 0 ? ntiles : std::min(ctas, ntiles);
 }
 
-template <typename T, bool kI8>
-void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
-  static const bool attr = [] {
-    return cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T, kI8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                kSmemBytes) == cudaSuccess;
+// Outputs per CTA tile of the INT8 kernel: 256 (default) or MOSAIC_W4A8_I8_OUT=128 (same-binary
+// comparisons).
+int int8_wgmma_outputs() {
+  static const int v = [] {
+    const char* e = std::getenv("MOSAIC_W4A8_I8_OUT");
+    if (!e || !*e) return 256;
+    const int o = std::atoi(e);
+    if (o != 128 && o != 256) fail("MOSAIC_W4A8_I8_OUT must be 128 or 256, got '", e, "'");
+    return o;
   }();
-  if (!attr) fail("w4a8 fp8 gemm: cannot set ", kSmemBytes, " bytes of dynamic shared memory");
+  return v;
+}
+
+template <typename T, bool kI8, int kH>
+void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
+  using S = Stage<kH>;
+  static const bool attr = [] {
+    return cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T, kI8, kH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                S::kSmem) == cudaSuccess;
+  }();
+  if (!attr) fail("w4a8 wgmma gemm: cannot set ", S::kSmem, " bytes of dynamic shared memory");
+  if (a.Npad % S::kOutT != 0) fail("w4a8 wgmma gemm: Npad=", a.Npad, " is not a multiple of the ", S::kOutT, "-output tile");
   // X codes [M, K] uint8 as a 2D tensor (K inner), 128 x 128 boxes, 128-byte swizzle; rows past M
   // read as zeros.
   CUtensorMap map;
@@ -533,9 +582,9 @@ void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
                             estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) fail("w4a8 fp8 gemm: cuTensorMapEncodeTiled failed (", int(r), ") for [M=", a.M, ", K=", a.K, "]");
-  const int ntiles = (a.Npad / kOut) * ((a.M + kTok - 1) / kTok);
+  const int ntiles = (a.Npad / S::kOutT) * ((a.M + kTok - 1) / kTok);
   const unsigned ctas = unsigned(fp8_gemm_ctas(ntiles));
-  w4a8_fp8_gemm_kernel<T, kI8><<<ctas, kThreads, kSmemBytes, stream>>>(map, a);
+  w4a8_fp8_gemm_kernel<T, kI8, kH><<<ctas, kThreads, S::kSmem, stream>>>(map, a);
   check_launch("w4a8_fp8_gemm_kernel");
 }
 
@@ -554,10 +603,12 @@ void launch_fp8_quantize(const void* X, bool bf16, int64_t M, int64_t K, uint8_t
 
 void launch_w4a8_fp8_gemm(const W4A8Fp8Args& a, bool bf16, cudaStream_t stream) {
   if (a.spt != 1 && a.spt != 2) fail("w4a8 fp8 gemm: scale sets per k-tile must be 1 or 2, got ", a.spt);
-  if (a.cs)
-    bf16 ? launch_fp8_t<__nv_bfloat16, true>(a, stream) : launch_fp8_t<__half, true>(a, stream);
+  if (!a.cs)
+    bf16 ? launch_fp8_t<__nv_bfloat16, false, 1>(a, stream) : launch_fp8_t<__half, false, 1>(a, stream);
+  else if (int8_wgmma_outputs() == 128)
+    bf16 ? launch_fp8_t<__nv_bfloat16, true, 1>(a, stream) : launch_fp8_t<__half, true, 1>(a, stream);
   else
-    bf16 ? launch_fp8_t<__nv_bfloat16, false>(a, stream) : launch_fp8_t<__half, false>(a, stream);
+    bf16 ? launch_fp8_t<__nv_bfloat16, true, 2>(a, stream) : launch_fp8_t<__half, true, 2>(a, stream);
 }
 
 }  // namespace mosaic::cuda::detail

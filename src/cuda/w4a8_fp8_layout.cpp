@@ -89,7 +89,8 @@ W4A8Fp8Layout repack(const PackedLinear& w, const IntScaleGrid* grid) {
   z.int8 = int8;
   z.N = w.N;
   z.K = w.K;
-  z.Npad = (w.N + kFp8TileN - 1) / kFp8TileN * kFp8TileN;
+  const int64_t tile = int8 ? 2 * kFp8TileN : kFp8TileN;  // the INT8 kernel's CTA tile may be 256 outputs
+  z.Npad = (w.N + tile - 1) / tile * tile;
   z.group = w.group;
   z.spt = w.group == 64 ? 2 : 1;
   const int64_t KT = w.K / kFp8TileK, ngroups = w.K / w.group, half = w.K / 2;

@@ -25,7 +25,7 @@ namespace mosaic::cuda {
 
 struct W4A8Fp8Layout {
   int64_t N = 0, K = 0;
-  int64_t Npad = 0;  // N rounded up to 128 (padding outputs: q = 0, scale 0)
+  int64_t Npad = 0;  // N rounded up to 128 (INT8 variant: 256) (padding outputs: q = 0, scale 0)
   int group = 128;
   int spt = 1;  // scale sets per (output, k-tile): 2 for group 64, else 1
   // Base codes: [Npad/128][K/128][8 warps][2 halves][32 lanes][4 words]; half h holds k32 steps
