@@ -179,9 +179,14 @@ TEST(W4A8Int8WgmmaGpu, MatchesCpuReferenceAcrossMPatternsAndDtypes) {
         std::vector<float> scales;
         test::quantize_rows_int8(xf, M, K, codes, scales);
         const std::vector<double> yref = test::reference_w4a8(codes, scales, W, M, N, K);
-        const double err = run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper);
-        EXPECT_LT(err, bound(dt)) << "pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M;
-        worst[int(dt)] = std::max(worst[int(dt)], err);
+        for (const char* tile : {"128", "256"}) {  // both CTA tiles (the dispatch picks by the wave's fill)
+          setenv("MOSAIC_W4A8_I8_OUT", tile, 1);
+          const double err = run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper);
+          EXPECT_LT(err, bound(dt)) << "pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M
+                                    << " tile " << tile;
+          worst[int(dt)] = std::max(worst[int(dt)], err);
+        }
+        unsetenv("MOSAIC_W4A8_I8_OUT");
         if (pat != Pattern::None && (M == 1 || M == 33 || M == 255)) {
           const std::vector<double> ybase = test::reference_w4a8(codes, scales, Wb, M, N, K);
           EXPECT_LT(run_and_compare(L, M, dt, xb, ybase, W4A8Variant::DenseOnly), bound(dt))
@@ -214,10 +219,13 @@ TEST(W4A8Int8WgmmaGpu, OddShapesGroupSizesAndRepeatedCalls) {
         std::vector<float> scales;
         test::quantize_rows_int8(xf, M, c.K, codes, scales);
         const std::vector<double> yref = test::reference_w4a8(codes, scales, W, M, c.N, c.K);
-        for (int rep = 0; rep < 2; ++rep)
+        for (int rep = 0; rep < 3; ++rep) {  // repeated calls: the dispatch's tile, then 128 and 256 forced
+          if (rep > 0) setenv("MOSAIC_W4A8_I8_OUT", rep == 1 ? "128" : "256", 1);
           EXPECT_LT(run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper), bound(dt))
               << "N=" << c.N << " K=" << c.K << " group=" << c.group << " " << dtype_name(dt) << " M=" << M
               << " rep " << rep;
+        }
+        unsetenv("MOSAIC_W4A8_I8_OUT");
       }
   }
 }
