@@ -8,7 +8,8 @@
 #    KEEP: --rotate-keep, residual channels left out of the rotation, comma-separated, e.g. 507)
 # Resumes: a row whose JSON exists is not redone (delete it, or FORCE=1). Env: MOSAIC (binary),
 # MODEL, WORK (output folder), WINDOWS (ppl windows), CALIB_SAMPLES, CALIB_LEN, GROUP, SMOOTH_ALPHA
-# (--smooth-alpha for every row given: auto, none or a number; unset = the quantizer's default).
+# (--smooth-alpha for every row given: auto, none or a number; unset = the quantizer's default), and a
+# row name ending in "-grid" adds --int-scales (scales on the integer scale grid: the INT8 wgmma kernel).
 # Calibration is data/calib.txt only (never WikiText).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,7 @@ for row in "${ROWS[@]}"; do
   [ -n "${aformat:-}" ] && args+=(--act-format "$aformat")
   [ -n "${grid:-}" ] && args+=(--grid "$grid")
   [ -n "${SMOOTH_ALPHA:-}" ] && args+=(--smooth-alpha "$SMOOTH_ALPHA")
+  [ "${name%-grid}" != "$name" ] && args+=(--int-scales)
   if [ -n "${rotate:-}" ]; then
     args+=(--rotate "${rotate%%/*}")
     [ "$rotate" != "${rotate%%/*}" ] && args+=(--rotate-matrix "${rotate#*/}")
@@ -60,6 +62,7 @@ q = json.load(open(sys.argv[2]))["quantization_config"]
 log = open(sys.argv[3]).read()
 m = re.search(r"([0-9.]+) bits/weight", log)
 r.update(method=q["method"], act_bits=q["act_bits"], act_format=q.get("act_format", "int"), grid=q.get("grid", "int4"),
+         scale_grid=q.get("scale_grid", "fp16"),
          budget=(q.get("residual") or {}).get("budget"),
          smoothing=q.get("smoothing"), rotation=q.get("rotation"), bits_per_weight=float(m.group(1)) if m else None,
          quantize_seconds=int(sys.argv[4]))

@@ -85,7 +85,8 @@ void add_e2e_command(CLI::App* bench) {
                   "with --random-weights, comma separated: fp16 (cuBLAS), w4a16 (ZipperEngine), w4a16_qhead (W4A16 "
                   "with the LM head quantized too, as `quantize --lm-head` writes), w4a16_head8 (W4A16 with the 8-bit LM "
                   "head of `quantize --lm-head-int8`), w4a8 (activations "
-                  "quantized per token to INT8; large GEMMs on the W4A8 INT8 kernel)")
+                  "quantized per token to INT8; large GEMMs on the W4A8 INT8 mma.sync kernel), w4a8_grid (w4a8 with "
+                  "every scale on the integer scale grid: large GEMMs on the INT8 wgmma kernel)")
       ->capture_default_str();
   e2e->add_option("--w4a8-min-m", a->w4a8_min_m,
                   "W4A8 models: GEMMs of at least this many rows run on the W4A8 INT8 kernel, smaller ones on the "
@@ -165,8 +166,9 @@ void add_bench_command(CLI::App& app) {
                    "w4a8_quant, w4a8_zipper_gemm_only, w4a8_dense, w4a8_zipper)")
       ->capture_default_str();
   gemm->add_option("--act-format", args->act_format,
-                   "with --act-bits 8: the W4A8 kernels to time: int8 (mma.sync, w4a8_* rows), fp8 (e4m3 wgmma, "
-                   "w4a8fp8_* rows) or both")
+                   "with --act-bits 8: the W4A8 kernels to time: int8 (mma.sync, w4a8_* rows, and INT8 wgmma on the "
+                   "same layers with their scales on the integer grid, w4a8i8wg_* rows), fp8 (e4m3 wgmma, w4a8fp8_* "
+                   "rows) or both")
       ->check(CLI::IsMember({"int8", "fp8", "both"}))
       ->capture_default_str();
   gemm->callback([args] {

@@ -40,6 +40,7 @@ struct QuantizeCliOptions {
   bool asym = false, act_order = true, true_sequential = false, force = false, quiet = false;
   double budget = 0.10;
   double row_cap = 1.0;
+  bool int_scales = false;
   int64_t calib_samples = 128, calib_len = 2048;
   int score_samples = 16;
   uint64_t seed = 0;
@@ -91,6 +92,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.budget = o.budget;
   q.allocation = parse_allocation(o.allocation);
   q.row_cap = o.row_cap;
+  q.int_scales = o.int_scales;
   std::string scorer = o.scorer;
   for (char& ch : scorer)
     if (ch == '-') ch = '_';
@@ -222,6 +224,11 @@ void add_quantize_command(CLI::App& app) {
                   "+1.6%, +1.2%); gain on an H200 (LLaMA-3-8B, random rows filled to F, batch-1 decode): 0.5 is 9% "
                   "faster than whole rows")
       ->capture_default_str();
+  cmd->add_flag("--int-scales", o->int_scales,
+                "put every scale on the integer scale grid (per row a power of two u, group scales u x 1..16), so "
+                "that W4A8 layers (--act-bits 8) run on the INT8 tensor-core kernel on Hopper (INT32 sums over the "
+                "whole row, the residual inside the INT8 weights); scales are rounded onto the grid after each "
+                "linear is quantized (codes kept)");
   cmd->add_option("--scorer", o->scorer, "block score: delta-hessian | residual | weight (ablations)")
       ->capture_default_str();
   cmd->add_option("--calib-file", o->calib_file,

@@ -123,8 +123,8 @@ void run_e2e_bench(const E2EOptions& o) {
   if (!o.model_dir.empty()) engines = {"checkpoint"};
   for (const std::string& eng : engines) {
     MOSAIC_CHECK(eng == "fp16" || eng == "w4a16" || eng == "w4a16_qhead" || eng == "w4a16_head8" || eng == "w4a8" ||
-                     eng == "checkpoint",
-                 "bench e2e: unknown engine '", eng, "' (fp16, w4a16, w4a16_qhead, w4a16_head8, w4a8)");
+                     eng == "w4a8_grid" || eng == "checkpoint",
+                 "bench e2e: unknown engine '", eng, "' (fp16, w4a16, w4a16_qhead, w4a16_head8, w4a8, w4a8_grid)");
     GpuOptions go;
     go.act = Act::F16;
     go.max_batch = max_b;
@@ -144,8 +144,9 @@ void run_e2e_bench(const E2EOptions& o) {
                                         : "mosaic_w4a16";
       } else {
         RandomWeights rw;
-        rw.quantized = eng == "w4a16" || eng == "w4a16_qhead" || eng == "w4a16_head8" || eng == "w4a8";
-        rw.act_bits = eng == "w4a8" ? 8 : 16;
+        rw.quantized = eng == "w4a16" || eng == "w4a16_qhead" || eng == "w4a16_head8" || eng == "w4a8" || eng == "w4a8_grid";
+        rw.act_bits = eng == "w4a8" || eng == "w4a8_grid" ? 8 : 16;
+        rw.int_scales = eng == "w4a8_grid";  // scales on the integer grid: the INT8 wgmma kernel for large M
         rw.budget = o.budget;
         rw.res_rows = o.res_rows;
         rw.res_profile = o.res_profile;

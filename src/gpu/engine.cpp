@@ -14,6 +14,7 @@
 
 #include "cuda/w4a8.h"
 #include "cuda/w4a8_layout.h"
+#include "format/int_scale_grid.h"
 #include "cuda/zipper.h"
 #include "cuda/zipper_layout.h"
 #include "format/int8_rows.h"
@@ -295,13 +296,15 @@ class RandomSource : public Source {
           const auto it = rw_.res_profile->find(linear_kind(prefixes[i]));
           parts.push_back(random_packed_fast(Ns[i], K, rw_.group, 0, seed + i, 0,
                                              it == rw_.res_profile->end() ? nullptr : &it->second));
+          if (rw_.int_scales) snap_to_int_scale_grid(parts.back());
         }
         if (parts.size() == 1) return packed_to_gpu(h, a, parts[0], prefixes[0], rep, mu, act);
         std::vector<const PackedLinear*> ptrs;
         for (const auto& p : parts) ptrs.push_back(&p);
         return packed_to_gpu(h, a, concat_rows(ptrs), prefixes[0], rep, mu, act);
       }
-      const PackedLinear p = random_packed_fast(N, K, rw_.group, rw_.budget, seed, rw_.res_rows);
+      PackedLinear p = random_packed_fast(N, K, rw_.group, rw_.budget, seed, rw_.res_rows);
+      if (rw_.int_scales) snap_to_int_scale_grid(p);
       return packed_to_gpu(h, a, p, prefixes[0], rep, mu, act);
     }
     DevBuf w(size_t(N * K) * 2, "weights");
@@ -815,6 +818,7 @@ GpuModel GpuModel::random(const ModelConfig& cfg, const RandomWeights& rw, const
   auto impl = std::make_unique<Impl>();
   MOSAIC_CHECK(rw.act_bits == 16 || (rw.act_bits == 8 && rw.quantized),
                "random weights: act_bits must be 16, or 8 with quantized weights (got ", rw.act_bits, ")");
+  MOSAIC_CHECK(!rw.int_scales || rw.act_bits == 8, "random weights: integer scales are for W4A8 models (act_bits 8)");
   RandomSource src(rw);
   impl->build(cfg, o, src, rw.quantized, ActQuant{rw.act_bits});
   return GpuModel(std::move(impl));

@@ -59,6 +59,9 @@ struct RandomWeights {
   int group = 128;
   uint64_t seed = 1;
   int act_bits = 16;  // 8: a W4A8 model (integer activation codes; quantized only)
+  // act_bits 8: every layer's scales snapped to the integer scale grid (format/int_scale_grid.h), so
+  // large-M GEMMs run on the INT8 wgmma kernel instead of the mma.sync one.
+  bool int_scales = false;
   bool lm_head = false;  // quantized: the LM head a random MosaicQuant layer too (`quantize --lm-head`)
   bool lm_head_int8 = false;  // the LM head in 8 bits per row (`quantize --lm-head-int8`)
   double res_rows = 0;  // residual blocks: 0 spread evenly, else concentrated (random_packed_fast's rows_cap)

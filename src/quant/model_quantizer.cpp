@@ -1,5 +1,7 @@
 #include "quant/model_quantizer.h"
 
+#include "format/int_scale_grid.h"
+
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -11,6 +13,7 @@
 #include <sstream>
 #include <string>
 
+#include "format/int_scale_grid.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 #include "model/act_quant_linear.h"
@@ -278,6 +281,7 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuan
     q["group_size_per_linear"] = per;
   }
   if (!opt.grid.empty()) q["grid"] = opt.grid == grid_nl4() ? "nl4" : "custom";  // the values: <layer>.qgrid
+  if (opt.int_scales) q["scale_grid"] = "int8";  // every scale u_n x 1..16 (docs/format.md)
   if (opt.method == QuantMethod::kMosaic)
     q["residual"] = {{"block_rows", opt.block_rows},
                      {"block_cols", opt.block_cols},
@@ -886,6 +890,12 @@ class Quantizer {
   // count >= 0: keep exactly that many residual blocks (global allocation), else the budget.
   PackedLinear quantize_one(const std::vector<float>& W, Shape2 s, const std::vector<float>& H,
                             const std::string& name, int64_t count, int group) {
+    PackedLinear p = quantize_free(W, s, H, name, count, group);
+    if (opt_.int_scales) snap_to_int_scale_grid(p);
+    return p;
+  }
+  PackedLinear quantize_free(const std::vector<float>& W, Shape2 s, const std::vector<float>& H,
+                             const std::string& name, int64_t count, int group) {
     try {
       switch (opt_.method) {
         case QuantMethod::kRtn: {
@@ -960,6 +970,8 @@ void check_options(const ModelQuantOptions& o) {
                " is out of range [0, 1] (a fraction of blocks, e.g. 0.1)");
   MOSAIC_CHECK(o.block_rows > 0 && o.block_cols > 0 && o.block_cols % 2 == 0, "residual block ", o.block_rows, "x",
                o.block_cols, " is invalid (both positive, columns even)");
+  MOSAIC_CHECK(!o.int_scales || (o.symmetric && o.grid.empty()), "--int-scales needs the symmetric uniform base ",
+               "(no --asymmetric, no --grid): the INT8 weights are m (q - 8)");
   MOSAIC_CHECK(std::isfinite(o.row_cap) && o.row_cap > 0 && o.row_cap <= 1, "--row-cap ", o.row_cap,
                " is out of range (0, 1] (the most residual blocks a block row keeps, as a fraction of its block "
                "columns; 1 = no cap)");
