@@ -206,7 +206,9 @@ __device__ __forceinline__ void store_fragment(const W4A8Fp8Args& a, int n_w, in
 // Same-binary ablations for measuring where the time goes (never set in a normal build; results
 // are wrong with any bit set): 1 = no 4-bit -> e4m3 conversion (raw code words as A), 2 = no
 // group-scale promotion, 4 = no wgmma, 8 = promotion without the scale (acc += part), 16 = only 8 of
-// the 64 accumulators promoted. 7 leaves the load pipeline and the epilogue alone.
+// the 64 accumulators promoted. 7 leaves the load pipeline and the epilogue alone. INT8 kernel: 32 =
+// kept blocks not added into the fragments (their copies still made), 64 = kept blocks not copied
+// (the consumers add whatever the slots hold).
 #ifndef MOSAIC_W4A8_FP8_ABLATE
 #define MOSAIC_W4A8_FP8_ABLATE 0
 #endif
@@ -251,7 +253,7 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem
 #pragma unroll
       for (int bc = 0; bc < 2; ++bc) {
         const int slot = 2 * brow + bc;
-        if (!((kept >> slot) & 1u)) continue;  // warp-uniform
+        if (!((kept >> slot) & 1u) || (kAblate & 32)) continue;  // warp-uniform
         uint32_t r0[4], r1[4];
         unpack_2steps_s8(lds128(st + S::kOffRC + (slot * 32 + lane) * 16),
                          i8_mult(lds_f32(st + S::kOffRS + 4 * (16 * slot + g))),
@@ -383,7 +385,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
           uint8_t* st = smem + s * S::kBytes;
           if (lane == 0) {
             flags[s] = kept;
-            mbar_expect_tx(&full[s], uint32_t(S::kOffS) + 4u * S::kOutT * a.spt + 576u * __popc(kept));
+            mbar_expect_tx(&full[s], uint32_t(S::kOffS) + 4u * S::kOutT * a.spt + (kAblate & 64 ? 0u : 576u) * __popc(kept));
             tma_2d(st, &xmap, kt * kBK, m0, &full[s]);
             for (int h = 0; h < kH; ++h)  // one 8 KB k-tile per 128 outputs
               bulk_g2s(st + S::kOffW + 8192 * h, wsrc + (int64_t(h) * KT + kt) * 8192, 8192, &full[s]);
@@ -391,7 +393,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
               bulk_g2s(st + S::kOffS + 4 * S::kOutT * h, ssrc + (int64_t(kt) * a.spt + h) * a.Npad, 4 * S::kOutT, &full[s]);
           }
           __syncwarp();
-          if (idx >= 0) {
+          if (idx >= 0 && !(kAblate & 64)) {
             bulk_g2s(st + S::kOffRC + 512 * slot, a.rq + int64_t(idx) * 128, 512, &full[s]);
             bulk_g2s(st + S::kOffRS + 64 * slot, a.rs + int64_t(idx) * 16, 64, &full[s]);
           }
