@@ -58,14 +58,17 @@ constexpr int kTok = 128, kBK = kFp8TileK, kThreads = 384;
 // Stage layout (bytes, 1024-aligned): X codes 128 tokens x 128 B (TMA, 128-byte swizzle), base codes
 // kH x 8 KB (w4a8_fp8_layout.h: one 8 KB k-tile per 128 outputs), scales 2 sets x 128 kH fp32,
 // residual: 16 kH slots (8 kH block rows x 2 block columns) x 512 B codes, as many x 16 fp32 scales.
-template <int kH>
+template <int kH, bool kI8>
 struct Stage {
   static constexpr int kOutT = 128 * kH, kSlots = 16 * kH;
+  // A kept block: e4m3 512 B codes + 64 B fp32 row scales (two copies); INT8 512 B codes + 16 B row
+  // multipliers, one copy (w4a8_fp8_layout.h, kI8ResWords).
+  static constexpr int kSlotBytes = kI8 ? 528 : 512, kSlotScaleBytes = kI8 ? 0 : 64;
   static constexpr int kOffW = kTok * kBK;                  // 16384
   static constexpr int kOffS = kOffW + 8192 * kH;           // 24576 | 32768
   static constexpr int kOffRC = kOffS + 1024 * kH;          // 25600 | 34816
-  static constexpr int kOffRS = kOffRC + kSlots * 512;      // 33792 | 51200
-  static constexpr int kBytes = kOffRS + kSlots * 64;       // 34816 (34 KB) | 53248 (52 KB)
+  static constexpr int kOffRS = kOffRC + kSlots * kSlotBytes;  // e4m3: 33792
+  static constexpr int kBytes = (kOffRS + kSlots * kSlotScaleBytes + 1023) / 1024 * 1024;  // 34 KB | 51 / 52 KB
   static constexpr int kStages = kH == 1 ? 6 : 4;
   static constexpr int kSmem = kStages * kBytes + 1024 /* barriers + flags */ + 1024 /* alignment */;
   static_assert(kStages <= 8, "flags[8..11] hold the e4m3 tables");
@@ -99,9 +102,12 @@ __device__ __forceinline__ void wgmma_m64n128k32_s8(int32_t (&d)[64], const uint
 struct I8Mult {
   uint32_t m, off;
 };
-__device__ __forceinline__ I8Mult i8_mult(float m) {
-  const uint32_t u = __float2uint_rz(m);
-  return {u, 0x80808080u - u * 0x08080808u};
+__device__ __forceinline__ I8Mult i8_mult_u(uint32_t u) { return {u, 0x80808080u - u * 0x08080808u}; }
+__device__ __forceinline__ I8Mult i8_mult(float m) { return i8_mult_u(__float2uint_rz(m)); }
+__device__ __forceinline__ uint32_t lds_u8(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u8 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
 }
 // 8 codes c (byte-interleaved pairs, w4a8_fp8_layout.h) -> 2 registers of 4 INT8 weights m (c - 8):
 // per register one IMAD c * m + (0x80 - 8 m) per byte (0..240: no carry between bytes) and an XOR
@@ -225,7 +231,7 @@ constexpr int kAblate = MOSAIC_W4A8_FP8_ABLATE;
 template <typename T, int kH>
 __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem_base, uint64_t* full, uint64_t* empty,
                                              uint32_t* flags, int KT, int nout, int ntiles, int c, int w, int lane) {
-  using S = Stage<kH>;
+  using S = Stage<kH, true>;
   const int g = lane >> 2, t4 = lane & 3;
   int32_t acc[kH][64];
   uint32_t af[kH][4][4], nf[kH][4][4];
@@ -255,9 +261,9 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem
         const int slot = 2 * brow + bc;
         if (!((kept >> slot) & 1u) || (kAblate & 32)) continue;  // warp-uniform
         uint32_t r0[4], r1[4];
-        unpack_2steps_s8(lds128(st + S::kOffRC + (slot * 32 + lane) * 16),
-                         i8_mult(lds_f32(st + S::kOffRS + 4 * (16 * slot + g))),
-                         i8_mult(lds_f32(st + S::kOffRS + 4 * (16 * slot + g + 8))), r0, r1);
+        const uint32_t blk = st + S::kOffRC + slot * S::kSlotBytes;  // codes, then 16 multiplier bytes
+        unpack_2steps_s8(lds128(blk + lane * 16), i8_mult_u(lds_u8(blk + 512 + g)), i8_mult_u(lds_u8(blk + 512 + g + 8)),
+                         r0, r1);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           f[hh][2 * bc][i] = add_s8x4(f[hh][2 * bc][i], r0[i]);
@@ -327,7 +333,7 @@ template <typename T, bool kI8, int kH>
 __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid_constant__ CUtensorMap xmap,
                                                                      const W4A8Fp8Args a) {
   static_assert(kI8 || kH == 1, "the e4m3 consumer runs 128-output tiles only");
-  using S = Stage<kH>;
+  using S = Stage<kH, kI8>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kStages * S::kBytes);
@@ -385,7 +391,8 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
           uint8_t* st = smem + s * S::kBytes;
           if (lane == 0) {
             flags[s] = kept;
-            mbar_expect_tx(&full[s], uint32_t(S::kOffS) + 4u * S::kOutT * a.spt + (kAblate & 64 ? 0u : 576u) * __popc(kept));
+            mbar_expect_tx(&full[s], uint32_t(S::kOffS) + 4u * S::kOutT * a.spt +
+                                         (kAblate & 64 ? 0u : uint32_t(S::kSlotBytes + S::kSlotScaleBytes)) * __popc(kept));
             tma_2d(st, &xmap, kt * kBK, m0, &full[s]);
             for (int h = 0; h < kH; ++h)  // one 8 KB k-tile per 128 outputs
               bulk_g2s(st + S::kOffW + 8192 * h, wsrc + (int64_t(h) * KT + kt) * 8192, 8192, &full[s]);
@@ -394,8 +401,13 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
           }
           __syncwarp();
           if (idx >= 0 && !(kAblate & 64)) {
-            bulk_g2s(st + S::kOffRC + 512 * slot, a.rq + int64_t(idx) * 128, 512, &full[s]);
-            bulk_g2s(st + S::kOffRS + 64 * slot, a.rs + int64_t(idx) * 16, 64, &full[s]);
+            if constexpr (kI8) {
+              bulk_g2s(st + S::kOffRC + S::kSlotBytes * slot, a.rq + int64_t(idx) * (S::kSlotBytes / 4), S::kSlotBytes,
+                       &full[s]);
+            } else {
+              bulk_g2s(st + S::kOffRC + 512 * slot, a.rq + int64_t(idx) * 128, 512, &full[s]);
+              bulk_g2s(st + S::kOffRS + 64 * slot, a.rs + int64_t(idx) * 16, 64, &full[s]);
+            }
           }
         }
 #pragma unroll
@@ -573,7 +585,7 @@ int int8_wgmma_outputs(const W4A8Fp8Args& a) {
 
 template <typename T, bool kI8, int kH>
 void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
-  using S = Stage<kH>;
+  using S = Stage<kH, kI8>;
   static const bool attr = [] {
     return cudaFuncSetAttribute(w4a8_fp8_gemm_kernel<T, kI8, kH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 S::kSmem) == cudaSuccess;

@@ -130,8 +130,9 @@ W4A8Fp8Layout repack(const PackedLinear& w, const IntScaleGrid* grid) {
   if (z.nnzb > 0) {
     const int64_t nbr = w.N / 16, nbc = w.K / 64;
     z.res_index.assign(size_t(nbr * nbc), -1);
-    z.res_qweight.resize(size_t(z.nnzb * 128));
-    z.res_scales.resize(size_t(z.nnzb * 16));
+    const int64_t words = int8 ? kI8ResWords : 128;  // per block
+    z.res_qweight.assign(size_t(z.nnzb * words), 0u);
+    if (!int8) z.res_scales.resize(size_t(z.nnzb * 16));
     for (int64_t r = 0; r < nbr; ++r)
       for (int64_t b = w.res_rowptr[size_t(r)]; b < w.res_rowptr[size_t(r + 1)]; ++b) {
         z.res_index[size_t(r * nbc + w.res_colidx[size_t(b)])] = int32_t(b);
@@ -141,12 +142,15 @@ W4A8Fp8Layout repack(const PackedLinear& w, const IntScaleGrid* grid) {
             pack_step(lane, [&](int dn, int dk) {
               return q_at(&w.res_qvalues[size_t((b * 16 + dn) * 32)], 32 * st + dk);
             }, w0, w1, int8);
-            z.res_qweight[size_t((b * 32 + lane) * 4 + 2 * st)] = w0;
-            z.res_qweight[size_t((b * 32 + lane) * 4 + 2 * st + 1)] = w1;
+            z.res_qweight[size_t(b * words + lane * 4 + 2 * st)] = w0;
+            z.res_qweight[size_t(b * words + lane * 4 + 2 * st + 1)] = w1;
           }
-        for (int i = 0; i < 16; ++i)
-          z.res_scales[size_t(b * 16 + i)] =
-              int8 ? float(grid->res_m[size_t(b * 16 + i)]) : fp16_to_float(w.res_scales[size_t(b * 16 + i)]);
+        for (int i = 0; i < 16; ++i) {
+          if (int8)  // byte i of the block's words 128..131
+            z.res_qweight[size_t(b * words + 128 + i / 4)] |= uint32_t(grid->res_m[size_t(b * 16 + i)]) << (8 * (i % 4));
+          else
+            z.res_scales[size_t(b * 16 + i)] = fp16_to_float(w.res_scales[size_t(b * 16 + i)]);
+        }
       }
   }
   return z;
@@ -178,7 +182,12 @@ int w4a8_fp8_base_q(const W4A8Fp8Layout& z, int64_t n, int64_t k) {
 }
 
 int w4a8_fp8_res_q(const W4A8Fp8Layout& z, int64_t b, int dn, int dk) {
-  return unpack_step(&z.res_qweight[size_t(b * 128 + 2 * (dk / 32))], 4, dn, dk % 32, z.int8);
+  const int64_t words = z.int8 ? kI8ResWords : 128;
+  return unpack_step(&z.res_qweight[size_t(b * words + 2 * (dk / 32))], 4, dn, dk % 32, z.int8);
+}
+
+int w4a8_i8_res_mult(const W4A8Fp8Layout& z, int64_t b, int dn) {
+  return int((z.res_qweight[size_t(b * kI8ResWords + 128 + dn / 4)] >> (8 * (dn % 4))) & 0xff);
 }
 
 }  // namespace mosaic::cuda

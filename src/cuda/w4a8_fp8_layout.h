@@ -42,7 +42,9 @@ struct W4A8Fp8Layout {
   std::vector<int32_t> res_index;
   int64_t nnzb = 0;
 
-  // INT8 variant (repack_for_w4a8_int8_wgmma; false: the e4m3 one above).
+  // INT8 variant (repack_for_w4a8_int8_wgmma; false: the e4m3 one above). Its residual blocks are
+  // kI8ResWords words each: the 128 code words, then the 16 rows' multipliers m_r as bytes (one bulk
+  // copy per kept block; res_scales stays empty).
   bool int8 = false;
   std::vector<float> chan_scale;  // INT8 variant: [Npad] u_n (0 for padding outputs)
 
@@ -59,8 +61,8 @@ W4A8Fp8Layout repack_for_w4a8_fp8(const PackedLinear& w);
 //   - nibbles are the stored codes c = q + 8, interleaved by byte: byte i of word 0 of a step is
 //     c(a0 element i) | c(a1 element i) << 4 (word 1: a2, a3), so that the device's
 //     w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F are the codes of a0 and a1, one per byte;
-//   - `scales` holds the group multipliers m (1..16, as floats), `res_scales` the residual rows' m_r,
-//     chan_scale[n] = u_n. The device makes each INT8 weight m (c - 8) [+ m_r (r - 8)] with one
+//   - `scales` holds the group multipliers m (1..16, as floats), each kept block's words end with its
+//     rows' m_r (bytes), chan_scale[n] = u_n. The device makes each INT8 weight m (c - 8) [+ m_r (r - 8)] with one
 //     32-bit multiply-add per 4 weights (i8_word_to_s8) and scales row n's INT32 sum by u_n s_t.
 // Throws mosaic::Error naming the layer and the reason when it is not on the grid.
 W4A8Fp8Layout repack_for_w4a8_int8_wgmma(const PackedLinear& w);
@@ -70,10 +72,13 @@ W4A8Fp8Layout repack_for_w4a8_int8_wgmma(const PackedLinear& w);
 // IMAD c * m + (0x80 - 8 m) per byte (no byte carries: 0..240) and an XOR 0x80808080.
 void i8_word_to_s8(uint32_t word, uint32_t m_lo, uint32_t m_hi, uint32_t& lo, uint32_t& hi);
 
+inline constexpr int kI8ResWords = 132;  // 512 B of codes + 16 B of m_r per kept block
+
 // Host decoders (tests): q (-8..7) of the base at (n, k) and of residual block b at (dn, dk); both
-// variants.
+// variants. w4a8_i8_res_mult: m_r of row dn of residual block b (INT8 variant).
 int w4a8_fp8_base_q(const W4A8Fp8Layout& z, int64_t n, int64_t k);
 int w4a8_fp8_res_q(const W4A8Fp8Layout& z, int64_t b, int dn, int dk);
+int w4a8_i8_res_mult(const W4A8Fp8Layout& z, int64_t b, int dn);
 
 // The device's conversion, emulated: 8 nibbles of `word` -> two registers of 4 e4m3 bytes each
 // (lo = nibbles 0..3, hi = nibbles 4..7), with the same prmt selectors and tables as the kernel.

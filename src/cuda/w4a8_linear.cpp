@@ -106,7 +106,7 @@ void upload_layout(W4A8Linear::Impl& I, const Layout& z) {
   I.sc = upload(z.scales);
   if (z.nnzb > 0) {
     I.rq = upload(z.res_qweight);
-    I.rs = upload(z.res_scales);
+    if (!z.res_scales.empty()) I.rs = upload(z.res_scales);  // the INT8 variant keeps m_r in rq
     I.ridx = upload(z.res_index);
   }
 }

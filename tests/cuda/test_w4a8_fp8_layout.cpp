@@ -126,7 +126,7 @@ TEST(W4A8Int8Layout, CodesMultipliersUnitsAndResidualRoundTrip) {
         const int64_t kt = k / 128, h = z.spt == 2 ? (k % 128) / 64 : 0;
         int v = int(z.scales[size_t((kt * z.spt + h) * z.Npad + n)]) * q;
         const int32_t b = w.has_residual() ? z.res_index[size_t((n / 16) * (c.K / 64) + k / 64)] : -1;
-        if (b >= 0) v += int(z.res_scales[size_t(b * 16 + n % 16)]) * w4a8_fp8_res_q(z, b, int(n % 16), int(k % 64));
+        if (b >= 0) v += w4a8_i8_res_mult(z, b, int(n % 16)) * w4a8_fp8_res_q(z, b, int(n % 16), int(k % 64));
         ASSERT_GE(v, -128);
         ASSERT_LE(v, 127);
         ASSERT_EQ(z.chan_scale[size_t(n)] * float(v), W[size_t(n * c.K + k)]) << n << " " << k;
