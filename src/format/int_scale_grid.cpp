@@ -138,19 +138,45 @@ void snap_to_int_scale_grid(PackedLinear& w) {
                ", K=", w.K, "]");
   const int64_t ng = w.num_groups();
   const std::vector<float> smax = row_max_scales(w);
+  // s -> u clamp(round(s / u), 1, 16); 0 stays 0. Returns the old scale.
   const auto snap = [](uint16_t& bits, float u) {
     const float s = std::fabs(fp16_to_float(bits));
-    if (s == 0.f) return;
-    bits = float_to_fp16(u * std::clamp(std::nearbyint(s / u), 1.f, 16.f));
+    if (s > 0.f) bits = float_to_fp16(u * std::clamp(std::nearbyint(s / u), 1.f, 16.f));
+    return s;
+  };
+  // A code re-rounded for its new scale: the value s q kept as nearly as the new grid allows. A
+  // group far below the row's largest (s < u / 2) gets scale u, where its old codes would have
+  // grown by u / s; re-rounded, it keeps its values to within u / 2 (per-row INT8 precision).
+  const auto reround = [](int q, float s_old, float s_new) {
+    if (s_new == 0.f || s_new == s_old) return q;
+    return int(std::clamp(std::nearbyint(float(q) * s_old / s_new), -8.f, 7.f));
+  };
+  const auto set_nibble = [](uint8_t& byte, int64_t k, int code) {
+    const int shift = int(k & 1) * 4;
+    byte = uint8_t((byte & ~(0xF << shift)) | (code << shift));
   };
   for (int64_t n = 0; n < w.N; ++n) {
     const float u = unit_for(smax[size_t(n)], kSnapLimit);
-    for (int64_t g = 0; g < ng; ++g) snap(w.scales[size_t(n * ng + g)], u);
+    uint8_t* row = &w.qweight[size_t(n * (w.K / 2))];
+    for (int64_t g = 0; g < ng; ++g) {
+      uint16_t& bits = w.scales[size_t(n * ng + g)];
+      const float s_old = snap(bits, u), s_new = fp16_to_float(bits);
+      if (s_new == s_old) continue;
+      for (int64_t k = g * w.group; k < (g + 1) * w.group; ++k)
+        set_nibble(row[k >> 1], k, reround(int(nibble_at(row, k)) - 8, s_old, s_new) + 8);
+    }
   }
   for (int64_t br = 0; br + 1 < int64_t(w.res_rowptr.size()); ++br)
     for (int64_t b = w.res_rowptr[size_t(br)]; b < w.res_rowptr[size_t(br + 1)]; ++b)
-      for (int dn = 0; dn < w.block_rows; ++dn)
-        snap(w.res_scales[size_t(b * w.block_rows + dn)], unit_for(smax[size_t(br * w.block_rows + dn)], kSnapLimit));
+      for (int dn = 0; dn < w.block_rows; ++dn) {
+        uint16_t& bits = w.res_scales[size_t(b * w.block_rows + dn)];
+        const float s_old = snap(bits, unit_for(smax[size_t(br * w.block_rows + dn)], kSnapLimit)),
+                    s_new = fp16_to_float(bits);
+        if (s_new == s_old) continue;
+        uint8_t* codes = &w.res_qvalues[size_t((b * w.block_rows + dn) * (w.block_cols / 2))];
+        for (int dk = 0; dk < w.block_cols; ++dk)
+          set_nibble(codes[dk >> 1], dk, reround(int(nibble_at(codes, dk)) - 8, s_old, s_new) + 8);
+      }
   // Residual codes that would overflow INT8 move toward 0 (code 8): |m q| <= 128 alone always fits.
   // In the units find_int_scale_grid will use (the coarsest), so that snapping twice changes nothing.
   const std::vector<float> unit = coarsest_units(w);
@@ -162,9 +188,7 @@ void snap_to_int_scale_grid(PackedLinear& w) {
     int r = res_code(w, b, dn, dk) - 8;
     while (m * q + mr * r > 127) --r;
     while (m * q + mr * r < -128) ++r;
-    uint8_t& byte = w.res_qvalues[size_t((b * w.block_rows + dn) * (w.block_cols / 2) + dk / 2)];
-    const int shift = (dk & 1) * 4;
-    byte = uint8_t((byte & ~(0xF << shift)) | ((r + 8) << shift));
+    set_nibble(w.res_qvalues[size_t((b * w.block_rows + dn) * (w.block_cols / 2) + dk / 2)], dk, r + 8);
   });
 }
 

@@ -11,8 +11,8 @@
 //
 // The checkpoint format does not change: scales stay FP16 (u_n * m is exact in FP16 for the
 // powers of two used here); a layer either lies on such a grid or not (find_int_scale_grid), and
-// snap_to_int_scale_grid moves a layer's scales onto one (random layers of the benchmark; the
-// quantizer's option does it before rounding the codes).
+// snap_to_int_scale_grid moves a layer's scales onto one (random layers of the benchmark, and
+// `mosaic quantize --int-scales` after each linear is quantized).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -36,9 +36,11 @@ struct IntScaleGrid {
 std::optional<IntScaleGrid> find_int_scale_grid(const PackedLinear& w, std::string* why = nullptr);
 
 // Moves w's scales onto the grid in place: per row u_n = the smallest power of two >= (largest base
-// or residual row scale) / 16.5 (the largest may round down to 16 units rather than double the unit), every scale s -> u_n * clamp(round(s / u_n), 1, 16) (0 stays 0),
-// then each kept residual code pulled toward 8 until base + residual fits INT8. Codes of the base
-// are unchanged. Symmetric uniform-grid layers only (throws otherwise). Afterwards
+// or residual row scale) / 16.5 (the largest may round down to 16 units rather than double the
+// unit), every scale s -> s' = u_n * clamp(round(s / u_n), 1, 16) (0 stays 0) with its group's codes
+// re-rounded to round(q s / s') (a group far below the row's largest keeps its values to within
+// u_n / 2 instead of growing by s' / s), then each kept residual code pulled toward 8 until base +
+// residual fits INT8. Symmetric uniform-grid layers only (throws otherwise). Afterwards
 // find_int_scale_grid(w) succeeds.
 void snap_to_int_scale_grid(PackedLinear& w);
 

@@ -43,7 +43,17 @@ TEST(IntScaleGrid, FreeScalesHaveNoGridSnappedOnesDo) {
       validate(w);
       const auto g = find_int_scale_grid(w, &why);
       ASSERT_TRUE(g.has_value()) << why;
-      EXPECT_EQ(w.qweight, w0.qweight);  // base codes unchanged
+      {  // every base weight moves by at most half a new step where the scale rounded by <= u / 2
+        const std::vector<float> W0 = dequantize_base(w0), W1 = dequantize_base(w);
+        int64_t far = 0;
+        for (int64_t n = 0; n < w.N; ++n) {
+          float smax = 0;
+          for (int64_t i = 0; i < w.num_groups(); ++i) smax = std::max(smax, fp16_to_float(w0.scales[size_t(n * w.num_groups() + i)]));
+          const float us = std::exp2(std::ceil(std::log2(smax / 16.5f)));
+          for (int64_t k = 0; k < w.K; ++k) far += std::fabs(W1[size_t(n * w.K + k)] - W0[size_t(n * w.K + k)]) > 4.5f * us;
+        }
+        EXPECT_EQ(far, 0);
+      }
       const int64_t ng = w.num_groups();
       for (int64_t n = 0; n < w.N; ++n) {
         const float u = g->unit[size_t(n)];
@@ -89,6 +99,22 @@ TEST(IntScaleGrid, ResidualCodesThatWouldOverflowInt8ArePulledIn) {
   EXPECT_EQ(g->unit[0], 1.f / 1024.f);
   EXPECT_EQ(nibble_at(w.res_qvalues.data(), 0), 8);  // r = 0: -128 + 0 is the nearest that fits
   expect_int8_weights(w, *g);
+}
+
+// A row whose groups span more than 16x: the small groups get the row's unit and their codes are
+// re-rounded, so their values stay within u / 2 (kept as-is they would grow by u / s).
+TEST(IntScaleGrid, SmallGroupsOfAWideRowKeepTheirValues) {
+  PackedLinear w = random_packed_linear(16, 256, 64, 16, 64, 0.0, ResidualPattern::kNone, 11);
+  for (int64_t n = 0; n < 16; ++n) {
+    w.scales[size_t(n * 4 + 0)] = float_to_fp16(1.0f);    // the row's largest: u = 1/16
+    w.scales[size_t(n * 4 + 1)] = float_to_fp16(0.001f);  // 62x below the unit
+  }
+  const std::vector<float> W0 = dequantize(w);
+  snap_to_int_scale_grid(w);
+  ASSERT_TRUE(find_int_scale_grid(w).has_value());
+  const std::vector<float> W1 = dequantize(w);
+  for (int64_t n = 0; n < 16; ++n)
+    for (int64_t k = 64; k < 128; ++k) EXPECT_LE(std::fabs(W1[size_t(n * 256 + k)] - W0[size_t(n * 256 + k)]), 0.5f / 16 + 1e-6f);
 }
 
 TEST(IntScaleGrid, RefusesAsymmetricAndNonUniformBases) {
