@@ -133,6 +133,11 @@ std::optional<IntScaleGrid> find_int_scale_grid(const PackedLinear& w, std::stri
   return grid;
 }
 
+float int_grid_unit(float largest) { return unit_for(std::fabs(largest), kSnapLimit); }
+float int_grid_scale(float s, float unit) {
+  return s == 0.f ? 0.f : unit * std::clamp(std::nearbyint(std::fabs(s) / unit), 1.f, 16.f);
+}
+
 void snap_to_int_scale_grid(PackedLinear& w) {
   MOSAIC_CHECK(w.symmetric && w.grid.empty(), "snap_to_int_scale_grid: symmetric uniform-grid layers only [N=", w.N,
                ", K=", w.K, "]");
@@ -141,7 +146,7 @@ void snap_to_int_scale_grid(PackedLinear& w) {
   // s -> u clamp(round(s / u), 1, 16); 0 stays 0. Returns the old scale.
   const auto snap = [](uint16_t& bits, float u) {
     const float s = std::fabs(fp16_to_float(bits));
-    if (s > 0.f) bits = float_to_fp16(u * std::clamp(std::nearbyint(s / u), 1.f, 16.f));
+    if (s > 0.f) bits = float_to_fp16(int_grid_scale(s, u));
     return s;
   };
   // A code re-rounded for its new scale: the value s q kept as nearly as the new grid allows. A

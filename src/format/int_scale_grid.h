@@ -44,4 +44,10 @@ std::optional<IntScaleGrid> find_int_scale_grid(const PackedLinear& w, std::stri
 // find_int_scale_grid(w) succeeds.
 void snap_to_int_scale_grid(PackedLinear& w);
 
+// The snapping rule for one row, for quantizers that put scales on the grid before rounding codes:
+// the unit of a row whose largest scale is `largest` (smallest power of two >= largest / 16.5), and
+// a scale s on it (u clamp(round(s / u), 1, 16); 0 stays 0), exact in FP16.
+float int_grid_unit(float largest);
+float int_grid_scale(float s, float unit);
+
 }  // namespace mosaic

@@ -96,7 +96,9 @@ void gptq_solve_cpu(GptqSolve& s) {
   GptqResidualPlan* plan = s.plan;
   GptqTrace* trace = s.trace;
   const int64_t G = K / group;
-  const bool static_groups = opt.static_groups || opt.act_order;
+  // The integer scale grid needs every group's scale before the first code (a row's unit follows
+  // from its largest): static groups.
+  const bool static_groups = opt.static_groups || opt.act_order || opt.scale.int_scale_grid;
 
   // Work in the transposed layout Wt [K, N]: a column of W is a contiguous row of Wt, so every
   // update below is an axpy over N or one GEMM.
@@ -126,6 +128,7 @@ void gptq_solve_cpu(GptqSolve& s) {
     for (int64_t g = 0; g < G; ++g)
       for (int64_t n = 0; n < N; ++n)
         fit_group_at(n, g, Wt.data() + g * group * N + n, hdiag.data() + g * group);
+  if (opt.scale.int_scale_grid) snap_params_to_int_grid(params, N, G);
 
   // act_order: permute columns (rows of Wt, rows+cols of H) by descending diag(H).
   const std::vector<int32_t> perm = gptq_column_order(hdiag, opt.act_order);

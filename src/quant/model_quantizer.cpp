@@ -868,7 +868,9 @@ class Quantizer {
     g.act_order = opt_.act_order;
     g.static_groups = opt_.act_order;
     g.scale.grid = opt_.grid;
-    timed_gptq_.inner = opt_.accel ? opt_.accel->gptq() : nullptr;
+    g.scale.int_scale_grid = opt_.int_scales;
+    // The integer scale grid is in the CPU solver only (gptq.cpp); the GPU one refuses it.
+    timed_gptq_.inner = opt_.accel && !opt_.int_scales ? opt_.accel->gptq() : nullptr;
     g.accel = &timed_gptq_;
     return g;
   }
@@ -884,6 +886,7 @@ class Quantizer {
     m.scorer = opt_.scorer;
     m.gptq = ordered(m.gptq);
     m.rtn.grid = opt_.grid;
+    m.rtn.int_scale_grid = opt_.int_scales;
     return m;
   }
 
@@ -901,6 +904,7 @@ class Quantizer {
         case QuantMethod::kRtn: {
           ScaleOptions so;
           so.grid = opt_.grid;
+          so.int_scale_grid = opt_.int_scales;
           return quantize_rtn(W, s.N, s.K, group, opt_.symmetric, so);
         }
         case QuantMethod::kGptq: return quantize_gptq(W, s.N, s.K, H, group, opt_.symmetric, ordered());

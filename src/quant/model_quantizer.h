@@ -78,9 +78,10 @@ struct ModelQuantOptions {
   // for a packed LM head). The fused GPU kernel's time is set by the fullest block row of a layer.
   double row_cap = 1.0;
   // Every linear's scales on the integer scale grid (format/int_scale_grid.h: group scales u_n x 1..16,
-  // u_n a power of two per row), so that W4A8 layers run on the INT8 wgmma kernel. Applied to each
-  // quantized linear as it is packed (scales rounded onto the grid, codes kept, residual codes that
-  // would leave INT8 pulled in); GPTQ's compensation does not see the rounding yet.
+  // u_n a power of two per row), so that W4A8 layers run on the INT8 wgmma kernel. The base's scales
+  // move onto the grid once fit, before RTN or GPTQ rounds any code (GPTQ with static groups, on the
+  // CPU solver); the residual blocks' row scales afterwards, with their codes re-rounded and those
+  // that would leave INT8 pulled in (snap_to_int_scale_grid).
   bool int_scales = false;
   // Global allocation's scoring pass runs on the first score_samples calibration windows (0 = all):
   // it only ranks blocks, and 16 of 128 windows gave the same model (default model, 128 x 512:

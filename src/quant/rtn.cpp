@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "format/int_scale_grid.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -71,17 +72,29 @@ PackedLinear quantize_rtn(std::span<const float> W, int64_t N, int64_t K, int gr
   const int64_t G = K / group;
   std::vector<uint8_t> codes(static_cast<size_t>(N * K));
   std::vector<GroupParams> params(static_cast<size_t>(N * G));
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t g = 0; g < G; ++g) {
-      const float* w = W.data() + n * K + g * group;
-      const float* hg = h.empty() ? nullptr : h.data() + g * group;
-      const GroupParams gp = fit_group(w, group, 1, symmetric, hg, 1, opt);
-      params[n * G + g] = gp;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g)
+      params[n * G + g] = fit_group(W.data() + n * K + g * group, group, 1, symmetric,
+                                    h.empty() ? nullptr : h.data() + g * group, 1, opt);
+  if (opt.int_scale_grid) snap_params_to_int_grid(params, N, G);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g)
       for (int64_t i = 0; i < group; ++i)
-        codes[n * K + g * group + i] = uint8_t(quantize_code(w[i], gp));
-    }
-  }
+        codes[n * K + g * group + i] = uint8_t(quantize_code(W[size_t(n * K + g * group + i)], params[n * G + g]));
   return pack_base(N, K, group, symmetric, codes, params);
+}
+
+void snap_params_to_int_grid(std::span<GroupParams> params, int64_t N, int64_t G) {
+  for (int64_t n = 0; n < N; ++n) {
+    float largest = 0.f;
+    for (int64_t g = 0; g < G; ++g) {
+      MOSAIC_CHECK(params[size_t(n * G + g)].grid == nullptr && params[size_t(n * G + g)].zero == 8,
+                   "integer scale grid: symmetric uniform groups only");
+      largest = std::max(largest, std::fabs(params[size_t(n * G + g)].scale));
+    }
+    const float u = int_grid_unit(largest);
+    for (int64_t g = 0; g < G; ++g) params[size_t(n * G + g)].scale = int_grid_scale(params[size_t(n * G + g)].scale, u);
+  }
 }
 
 }  // namespace mosaic

@@ -28,6 +28,9 @@ struct ScaleOptions {
   // Base codebook: empty = uniform integer codes; else 16 values (code -> value / scale, e.g.
   // kGridNl4), symmetric only (docs/format.md "qgrid"). Not for the residual blocks (uniform).
   std::vector<float> grid;
+  // Scales on the integer scale grid (format/int_scale_grid.h, `quantize --int-scales`): each row's
+  // group scales, once fit, move to u_n x 1..16 (snap_params_to_int_grid) before any code is rounded.
+  bool int_scale_grid = false;
 };
 
 // One group's quantizer: deq = scale * (code - zero); scale is already rounded to fp16. The
@@ -38,6 +41,9 @@ using GroupParams = fit::Params;
 // when a value is not finite or the scale overflows fp16.
 GroupParams fit_group(const float* w, int64_t n, int64_t stride, bool symmetric,
                       const float* h = nullptr, int64_t hstride = 1, const ScaleOptions& opt = {});
+
+// Per row of params [N, G]: u_n from the row's largest scale, every scale onto u_n x 1..16.
+void snap_params_to_int_grid(std::span<GroupParams> params, int64_t N, int64_t G);
 
 inline int quantize_code(float w, const GroupParams& g) { return fit::quantize(w, g); }
 inline float dequantize_code(int code, const GroupParams& g) { return fit::dequantize(code, g); }

@@ -81,6 +81,8 @@ void CudaGptq::solve(GptqSolve& sv) {
   const cudaStream_t s = ctx_.stream();
   MOSAIC_CHECK(opt.scale.sym_divisor > 0.0f && opt.scale.clip_min > 0.0f && opt.scale.clip_min <= 1.0f,
                "bad scale options: divisor ", opt.scale.sym_divisor, ", clip_min ", opt.scale.clip_min);
+  MOSAIC_CHECK(!opt.scale.int_scale_grid, "quantize_gptq (CUDA): the integer scale grid (--int-scales) runs on the CPU "
+               "solver only");
   MOSAIC_CHECK(N <= int64_t(65535) * 65535 && K <= 65535, "quantize_gptq (CUDA): shape [", N, ", ", K,
                "] is too large for the GPU solver's grid");
 

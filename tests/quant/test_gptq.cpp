@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <limits>
 
+#include "format/int_scale_grid.h"
 #include "quant/gptq.h"
 #include "quant/hessian.h"
 #include "quant/rtn.h"
@@ -279,5 +280,38 @@ TEST(Gptq, NonUniformGridBeatsRtnOnThatGrid) {
     std::printf("[gptq] nl4 g%-3d output error GPTQ/RTN = %.3f, GPTQ nl4 / GPTQ uniform = %.3f\n", group, eg / er,
                 eg / eu);
     EXPECT_LT(eg, 0.75 * er);
+  }
+}
+
+// The integer scale grid (quantize --int-scales, format/int_scale_grid.h): RTN and GPTQ (with and
+// without act-order) put their scales on the grid before rounding, so every layer lies on it; the
+// grid costs output error against the free scales (stated per case), and GPTQ still beats RTN.
+TEST(Gptq, IntegerScaleGridBeforeRounding) {
+  const Problem P = make_problem(96, 256, 2048, 23);
+  for (int group : {64, 128}) {
+    ScaleOptions so;
+    so.int_scale_grid = true;
+    const PackedLinear r = quantize_rtn(P.W, P.N, P.K, group, true, so);
+    std::string why;
+    ASSERT_TRUE(find_int_scale_grid(r, &why).has_value()) << why;
+    const double er_free = output_error(P.W, dequantize(quantize_rtn(P.W, P.N, P.K, group, true)), P.N, P.K, P.X.data(), P.M);
+    const double er = output_error(P.W, dequantize(r), P.N, P.K, P.X.data(), P.M);
+    for (bool act_order : {false, true}) {
+      GptqOptions go;
+      go.act_order = act_order;
+      go.scale.int_scale_grid = true;
+      const PackedLinear g = quantize_gptq(P.W, P.N, P.K, P.H, group, true, go);
+      ASSERT_TRUE(find_int_scale_grid(g, &why).has_value()) << why;
+      GptqOptions free_opt;
+      free_opt.act_order = act_order;
+      const double eg_free =
+          output_error(P.W, dequantize(quantize_gptq(P.W, P.N, P.K, P.H, group, true, free_opt)), P.N, P.K, P.X.data(), P.M);
+      const double eg = output_error(P.W, dequantize(g), P.N, P.K, P.X.data(), P.M);
+      std::printf("[gptq] g%d act_order %d: output error on the grid / free: RTN %.3f, GPTQ %.3f; GPTQ/RTN on the grid %.3f\n",
+                  group, int(act_order), er / er_free, eg / eg_free, eg / er);
+      EXPECT_LT(eg, 0.8 * er) << "group " << group << " act_order " << act_order;
+      EXPECT_LT(eg, 1.25 * eg_free) << "group " << group << " act_order " << act_order;
+    }
+    EXPECT_LT(er, 1.25 * er_free) << "group " << group;
   }
 }
