@@ -9,10 +9,12 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 
 #include "cuda/w4a8.h"
@@ -85,41 +87,64 @@ TEST(W4A8Gpu, QuantizeMatchesCpuRuleBitForBit) {
 }
 
 // The sweep: M values x residual patterns x fp16/bf16, zipper and dense-only, N and K odd
-// multiples of the CTA tile (N = 3 x 128 outputs, K = 5 x 128 inputs).
-TEST(W4A8Gpu, MatchesCpuReferenceAcrossMPatternsAndDtypes) {
-  REQUIRE_GPU();
+// multiples of the CTA tile (N = 3 x 128 outputs, K = 5 x 128 inputs), once per kernel configuration
+// (`configs`: a label and a call that runs the layer with that configuration). on_grid: every layer's
+// scales snapped to the integer scale grid (the INT8 wgmma kernel's layers). Returns the worst error
+// per dtype.
+struct KernelConfig {
+  const char* label;
+  std::function<double(const W4A8Linear&, int64_t, DType, const std::vector<uint16_t>&, const std::vector<double>&,
+                       W4A8Variant)>
+      run;
+};
+std::array<double, 2> sweep(bool on_grid, uint64_t seed, const std::vector<KernelConfig>& configs) {
   const int64_t N = 384, K = 640;
   const std::vector<int64_t> Ms = std::getenv("ZIPPER_QUICK")
                                       ? std::vector<int64_t>{1, 17, 130}
                                       : std::vector<int64_t>{1, 2, 3, 15, 16, 17, 31, 33, 64, 127, 255, 1024, 4097};
-  double worst[2] = {0, 0};
+  std::array<double, 2> worst = {0, 0};
   for (Pattern pat : {Pattern::None, Pattern::Uniform, Pattern::Clustered, Pattern::OneTile}) {
-    const PackedLinear w = test::random_layer(N, K, 128, pat, 200 + int(pat));
+    PackedLinear w = test::random_layer(N, K, 128, pat, seed + int(pat));
+    if (on_grid) snap_to_int_scale_grid(w);
     const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
     const W4A8Linear L(w);
+    EXPECT_EQ(L.int8_wgmma(), on_grid);
     for (DType dt : {DType::F16, DType::BF16})
       for (int64_t M : Ms) {
         std::vector<uint16_t> xb;
         std::vector<float> xf;
-        activations(M, K, dt, uint64_t(2000 + M), xb, xf);
+        activations(M, K, dt, seed * 10 + uint64_t(M), xb, xf);
         std::vector<int8_t> codes;
         std::vector<float> scales;
         test::quantize_rows_int8(xf, M, K, codes, scales);
         const std::vector<double> yref = test::reference_w4a8(codes, scales, W, M, N, K);
-        for (int warps : {8, 16}) {  // both CTA shapes
-          const double err = run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper, warps);
+        for (const KernelConfig& kc : configs) {
+          const double err = kc.run(L, M, dt, xb, yref, W4A8Variant::Zipper);
           EXPECT_LT(err, bound(dt)) << "pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M
-                                    << " warps " << warps;
-          worst[int(dt)] = std::max(worst[int(dt)], err);
+                                    << " " << kc.label;
+          worst[size_t(dt)] = std::max(worst[size_t(dt)], err);
           if (pat != Pattern::None && (M == 1 || M == 33 || M == 255)) {
             const std::vector<double> ybase = test::reference_w4a8(codes, scales, Wb, M, N, K);
-            EXPECT_LT(run_and_compare(L, M, dt, xb, ybase, W4A8Variant::DenseOnly, warps), bound(dt))
-                << "dense-only pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M
-                << " warps " << warps;
+            EXPECT_LT(kc.run(L, M, dt, xb, ybase, W4A8Variant::DenseOnly), bound(dt))
+                << "dense-only pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M << " "
+                << kc.label;
           }
         }
       }
   }
+  return worst;
+}
+
+TEST(W4A8Gpu, MatchesCpuReferenceAcrossMPatternsAndDtypes) {
+  REQUIRE_GPU();
+  std::vector<KernelConfig> configs;
+  for (int warps : {8, 16})  // both CTA shapes
+    configs.push_back({warps == 8 ? "warps 8" : "warps 16",
+                       [warps](const W4A8Linear& L, int64_t M, DType dt, const std::vector<uint16_t>& xb,
+                               const std::vector<double>& yref, W4A8Variant v) {
+                         return run_and_compare(L, M, dt, xb, yref, v, warps);
+                       }});
+  const auto worst = sweep(false, 200, configs);
   std::printf("[ w4a8 ] worst normalized error: fp16 %.3g (bound 1e-3), bf16 %.3g (bound 1e-2)\n", worst[0], worst[1]);
 }
 
@@ -153,47 +178,23 @@ TEST(W4A8Gpu, OddShapesGroupSizesAndRepeatedCalls) {
   }
 }
 
-// The INT8 wgmma kernel (layers on the integer scale grid): the M sweep x residual patterns x
-// dtypes, zipper and dense-only, N = 3 x 128, K = 5 x 128; then odd shapes (partial output tiles,
-// group 64 and per channel, long K, repeated calls). Same reference and bounds as the mma.sync kernel:
-// its INT32 sums are exact over the whole K, so only the fp32 epilogue and the output rounding remain.
+// The INT8 wgmma kernel (layers on the integer scale grid): the same sweep with both CTA tiles forced
+// in turn (the dispatch picks by the wave's fill); then odd shapes (partial output tiles, group 64 and
+// per channel, long K, repeated calls). Same reference and bounds as the mma.sync kernel: its INT32
+// sums are exact over the whole K, so only the fp32 epilogue and the output rounding remain.
 TEST(W4A8Int8WgmmaGpu, MatchesCpuReferenceAcrossMPatternsAndDtypes) {
   REQUIRE_GPU();
-  const int64_t N = 384, K = 640;
-  const std::vector<int64_t> Ms = std::getenv("ZIPPER_QUICK")
-                                      ? std::vector<int64_t>{1, 17, 130}
-                                      : std::vector<int64_t>{1, 2, 3, 15, 16, 17, 31, 33, 64, 127, 255, 1024, 4097};
-  double worst[2] = {0, 0};
-  for (Pattern pat : {Pattern::None, Pattern::Uniform, Pattern::Clustered, Pattern::OneTile}) {
-    PackedLinear w = test::random_layer(N, K, 128, pat, 300 + int(pat));
-    snap_to_int_scale_grid(w);
-    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
-    const W4A8Linear L(w);
-    ASSERT_TRUE(L.int8_wgmma());
-    for (DType dt : {DType::F16, DType::BF16})
-      for (int64_t M : Ms) {
-        std::vector<uint16_t> xb;
-        std::vector<float> xf;
-        activations(M, K, dt, uint64_t(3000 + M), xb, xf);
-        std::vector<int8_t> codes;
-        std::vector<float> scales;
-        test::quantize_rows_int8(xf, M, K, codes, scales);
-        const std::vector<double> yref = test::reference_w4a8(codes, scales, W, M, N, K);
-        for (const char* tile : {"128", "256"}) {  // both CTA tiles (the dispatch picks by the wave's fill)
-          setenv("MOSAIC_W4A8_I8_OUT", tile, 1);
-          const double err = run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper);
-          EXPECT_LT(err, bound(dt)) << "pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M
-                                    << " tile " << tile;
-          worst[int(dt)] = std::max(worst[int(dt)], err);
-        }
-        unsetenv("MOSAIC_W4A8_I8_OUT");
-        if (pat != Pattern::None && (M == 1 || M == 33 || M == 255)) {
-          const std::vector<double> ybase = test::reference_w4a8(codes, scales, Wb, M, N, K);
-          EXPECT_LT(run_and_compare(L, M, dt, xb, ybase, W4A8Variant::DenseOnly), bound(dt))
-              << "dense-only pattern " << test::pattern_name(pat) << " " << dtype_name(dt) << " M=" << M;
-        }
-      }
-  }
+  std::vector<KernelConfig> configs;
+  for (const char* tile : {"128", "256"})
+    configs.push_back({tile[0] == '1' ? "tile 128" : "tile 256",
+                       [tile](const W4A8Linear& L, int64_t M, DType dt, const std::vector<uint16_t>& xb,
+                              const std::vector<double>& yref, W4A8Variant v) {
+                         setenv("MOSAIC_W4A8_I8_OUT", tile, 1);
+                         const double e = run_and_compare(L, M, dt, xb, yref, v);
+                         unsetenv("MOSAIC_W4A8_I8_OUT");
+                         return e;
+                       }});
+  const auto worst = sweep(true, 300, configs);
   std::printf("[ w4a8 int8 wgmma ] worst normalized error: fp16 %.3g (bound 1e-3), bf16 %.3g (bound 1e-2)\n", worst[0],
               worst[1]);
 }
