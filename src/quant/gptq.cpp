@@ -1,5 +1,7 @@
 #include "quant/gptq.h"
 
+#include "format/int_scale_grid.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -7,6 +9,7 @@
 #include <numeric>
 #include <vector>
 
+#include "format/int_scale_grid.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -128,7 +131,20 @@ void gptq_solve_cpu(GptqSolve& s) {
     for (int64_t g = 0; g < G; ++g)
       for (int64_t n = 0; n < N; ++n)
         fit_group_at(n, g, Wt.data() + g * group * N + n, hdiag.data() + g * group);
-  if (opt.scale.int_scale_grid) snap_params_to_int_grid(params, N, G);
+  if (opt.scale.int_scale_grid) {
+    const std::vector<float> units = snap_params_to_int_grid(params, N, G);
+    // The residual's row scales onto the same rows' units before any residual code is rounded, so
+    // GPTQ propagates the error of the values that will be stored.
+    for (int64_t br = 0; plan && br < N / plan->Br; ++br)
+      for (int64_t bc = 0; bc < plan->nbc; ++bc) {
+        const int32_t b = plan->kept[size_t(br * plan->nbc + bc)];
+        if (b < 0) continue;
+        for (int dn = 0; dn < plan->Br; ++dn) {
+          float& rs = plan->scales[size_t(int64_t(b) * plan->Br + dn)];
+          rs = int_grid_scale(rs, units[size_t(br * plan->Br + dn)]);
+        }
+      }
+  }
 
   // act_order: permute columns (rows of Wt, rows+cols of H) by descending diag(H).
   const std::vector<int32_t> perm = gptq_column_order(hdiag, opt.act_order);
@@ -254,7 +270,9 @@ PackedLinear quantize_gptq_with_residual(std::span<const float> W, int64_t N, in
   p.block_cols = layout.block_cols;
   p.res_rowptr = layout.res_rowptr;
   p.res_colidx = layout.res_colidx;
-  p.res_scales = layout.res_scales;
+  // The solver's row scales (the layout's, or those moved onto the integer scale grid; fp16-exact).
+  p.res_scales.resize(plan.scales.size());
+  for (size_t i = 0; i < plan.scales.size(); ++i) p.res_scales[i] = float_to_fp16(plan.scales[i]);
   p.res_qvalues.resize(static_cast<size_t>(nnzb * plan.Br * (plan.Bc / 2)));
   for (int64_t row = 0; row < nnzb * plan.Br; ++row)
     pack_nibbles(std::span<const uint8_t>(plan.codes).subspan(size_t(row * plan.Bc), size_t(plan.Bc)),

@@ -84,7 +84,8 @@ PackedLinear quantize_rtn(std::span<const float> W, int64_t N, int64_t K, int gr
   return pack_base(N, K, group, symmetric, codes, params);
 }
 
-void snap_params_to_int_grid(std::span<GroupParams> params, int64_t N, int64_t G) {
+std::vector<float> snap_params_to_int_grid(std::span<GroupParams> params, int64_t N, int64_t G) {
+  std::vector<float> units(static_cast<size_t>(N));
   for (int64_t n = 0; n < N; ++n) {
     float largest = 0.f;
     for (int64_t g = 0; g < G; ++g) {
@@ -93,8 +94,10 @@ void snap_params_to_int_grid(std::span<GroupParams> params, int64_t N, int64_t G
       largest = std::max(largest, std::fabs(params[size_t(n * G + g)].scale));
     }
     const float u = int_grid_unit(largest);
+    units[size_t(n)] = u;
     for (int64_t g = 0; g < G; ++g) params[size_t(n * G + g)].scale = int_grid_scale(params[size_t(n * G + g)].scale, u);
   }
+  return units;
 }
 
 }  // namespace mosaic

@@ -315,3 +315,26 @@ TEST(Gptq, IntegerScaleGridBeforeRounding) {
     EXPECT_LT(er, 1.25 * er_free) << "group " << group;
   }
 }
+
+// With the residual inside GPTQ, the kept blocks' row scales go onto the same rows' units before any
+// residual code is rounded: the layer is on the grid but for INT8 overflow, which the final snap (as
+// `quantize --int-scales` runs it) resolves without moving any scale.
+TEST(Gptq, IntegerScaleGridWithTheResidualInside) {
+  const Problem P = make_problem(64, 256, 1024, 29);
+  PackedLinear layout = random_packed_linear(P.N, P.K, 64, 16, 64, 0.2, ResidualPattern::kUniform, 5);
+  GptqOptions go;
+  go.act_order = true;
+  go.scale.int_scale_grid = true;
+  PackedLinear g = quantize_gptq_with_residual(P.W, P.N, P.K, P.H, 64, true, go, layout);
+  const std::vector<uint16_t> scales = g.scales, res_scales = g.res_scales;
+  snap_to_int_scale_grid(g);
+  EXPECT_EQ(g.scales, scales);
+  EXPECT_EQ(g.res_scales, res_scales);
+  std::string why;
+  EXPECT_TRUE(find_int_scale_grid(g, &why).has_value()) << why;
+  // And the residual still helps: lower output error than the base alone.
+  GptqOptions base_only = go;
+  const double eb = output_error(P.W, dequantize(quantize_gptq(P.W, P.N, P.K, P.H, 64, true, base_only)), P.N, P.K,
+                                 P.X.data(), P.M);
+  EXPECT_LT(output_error(P.W, dequantize(g), P.N, P.K, P.X.data(), P.M), 0.9 * eb);
+}
