@@ -227,8 +227,9 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_flag("--int-scales", o->int_scales,
                 "put every scale on the integer scale grid (per row a power of two u, group scales u x 1..16), so "
                 "that W4A8 layers (--act-bits 8) run on the INT8 tensor-core kernel on Hopper (INT32 sums over the "
-                "whole row, the residual inside the INT8 weights); the base scales move onto the grid before GPTQ / "
-                "RTN round the codes (GPTQ on the CPU solver), the residual's after");
+                "whole row, the residual inside the INT8 weights); the base and residual scales move onto the grid "
+                "before GPTQ / RTN round the codes (GPTQ on the CPU solver: slower on a GPU machine); symmetric uniform "
+                "base only; costs accuracy, see docs/results.md 'Quantized activations'");
   cmd->add_option("--scorer", o->scorer, "block score: delta-hessian | residual | weight (ablations)")
       ->capture_default_str();
   cmd->add_option("--calib-file", o->calib_file,

@@ -975,7 +975,7 @@ void check_options(const ModelQuantOptions& o) {
   MOSAIC_CHECK(o.block_rows > 0 && o.block_cols > 0 && o.block_cols % 2 == 0, "residual block ", o.block_rows, "x",
                o.block_cols, " is invalid (both positive, columns even)");
   MOSAIC_CHECK(!o.int_scales || (o.symmetric && o.grid.empty()), "--int-scales needs the symmetric uniform base ",
-               "(no --asymmetric, no --grid): the INT8 weights are m (q - 8)");
+               "(no --asym, no --grid nl4): the INT8 weights are m (q - 8)");
   MOSAIC_CHECK(std::isfinite(o.row_cap) && o.row_cap > 0 && o.row_cap <= 1, "--row-cap ", o.row_cap,
                " is out of range (0, 1] (the most residual blocks a block row keeps, as a fraction of its block "
                "columns; 1 = no cap)");

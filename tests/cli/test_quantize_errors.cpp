@@ -89,6 +89,8 @@ TEST_F(QuantizeCli, OptionsOutOfRange) {
   expect_error(base_args() + " --row-cap 0", {"--row-cap 0", "(0, 1]"});
   expect_error(base_args() + " --row-cap -0.25", {"--row-cap -0.25", "(0, 1]"});
   expect_error(base_args() + " --row-cap 1.5", {"--row-cap 1.5", "(0, 1]"});
+  expect_error(base_args() + " --int-scales --asym", {"--int-scales", "symmetric uniform base"});
+  expect_error(base_args() + " --int-scales --grid nl4", {"--int-scales", "symmetric uniform base"});
 }
 
 // --row-cap F whose caps cannot hold the budget (F = 0.5 lets 1 of 2 and 2 of 3 blocks per block
