@@ -1,7 +1,10 @@
-// W4A8 FP8 kernels for prefill on Hopper (sm_90a, wgmma): per-token FP8 e4m3 activation
-// quantization, and the fused GEMM Y = (s_m e4m3(x / s_m)) (deq(base) + deq(residual))^T computed
-// as D^T = W . X^T with wgmma m64n128k32 e4m3 (4-bit codes -8..7 are exact in e4m3). Design:
-// docs/kernels.md "W4A8 GEMM", "FP8 wgmma kernel"; layout: w4a8_fp8_layout.h.
+// The W4A8 wgmma kernels for prefill on Hopper (sm_90a), one producer and stage layout, two consumers:
+//  - e4m3 (kI8 = false): per-token FP8 e4m3 activation quantization, and the fused GEMM
+//    Y = (s_m e4m3(x / s_m)) (deq(base) + deq(residual))^T as D^T = W . X^T with wgmma m64n128k32 e4m3
+//    (4-bit codes -8..7 are exact in e4m3), promoted to fp32 per scale group;
+//  - INT8 (kI8 = true, layers on the integer scale grid, format/int_scale_grid.h): wgmma s8 x s8 -> s32
+//    over the whole K, the residual added into the INT8 weights, Y = s_m u_n acc (consume_int8).
+// Design: docs/kernels.md "FP8 wgmma kernel", "INT8 wgmma kernel"; layout: w4a8_fp8_layout.h (both).
 #include <cuda.h>  // CUtensorMap (encoded through the runtime's driver entry point: no -lcuda)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

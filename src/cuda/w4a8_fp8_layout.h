@@ -1,5 +1,5 @@
-// The GPU layout of the W4A8 FP8 (wgmma) GEMM (docs/kernels.md "W4A8 GEMM", "FP8 wgmma kernel"),
-// built once on the host from the canonical PackedLinear. Pure C++ (no CUDA): CI tests it without
+// The GPU layout of the W4A8 wgmma GEMMs, e4m3 and (below) INT8 (docs/kernels.md "FP8 wgmma kernel",
+// "INT8 wgmma kernel"), built once on the host from the canonical PackedLinear. Pure C++ (no CUDA): CI tests it without
 // a GPU, including the device's nibble -> e4m3 conversion, emulated bit for bit.
 //
 // The kernel computes D^T = W . X^T with wgmma m64nNk32 e4m3: the weights are the A operand from
