@@ -229,7 +229,7 @@ void add_quantize_command(CLI::App& app) {
                 "that W4A8 layers (--act-bits 8) run on the INT8 tensor-core kernel on Hopper (INT32 sums over the "
                 "whole row, the residual inside the INT8 weights); the base and residual scales move onto the grid "
                 "before GPTQ / RTN round the codes (GPTQ on the CPU solver: slower on a GPU machine); symmetric uniform "
-                "base only; costs accuracy, see docs/results.md 'Quantized activations'");
+                "base only; accuracy on the default model: docs/results.md 'Quantized activations'");
   cmd->add_option("--scorer", o->scorer, "block score: delta-hessian | residual | weight (ablations)")
       ->capture_default_str();
   cmd->add_option("--calib-file", o->calib_file,

@@ -132,7 +132,14 @@ void gptq_solve_cpu(GptqSolve& s) {
       for (int64_t n = 0; n < N; ++n)
         fit_group_at(n, g, Wt.data() + g * group * N + n, hdiag.data() + g * group);
   if (opt.scale.int_scale_grid) {
-    const std::vector<float> units = snap_params_to_int_grid(params, N, G);
+    // Each scale to the grid neighbour with the smaller diag(H)-weighted error on the weights as fit
+    // (Wt is still the original, dead-zeroed W here).
+    const std::vector<float> units =
+        snap_params_to_int_grid(params, N, G, [&](int64_t n, int64_t g, const GroupParams& p) {
+          const float* col0 = Wt.data() + g * group * N + n;
+          const float* h0 = hdiag.data() + g * group;
+          return fit::group_error([&](int64_t i) { return col0[i * N]; }, [&](int64_t i) { return h0[i]; }, group, p);
+        });
     // The residual's row scales onto the same rows' units before any residual code is rounded, so
     // GPTQ propagates the error of the values that will be stored.
     for (int64_t br = 0; plan && br < N / plan->Br; ++br)

@@ -79,9 +79,10 @@ struct ModelQuantOptions {
   double row_cap = 1.0;
   // Every linear's scales on the integer scale grid (format/int_scale_grid.h: group scales u_n x 1..16,
   // u_n a power of two per row), so that W4A8 layers run on the INT8 wgmma kernel. The base's scales
-  // move onto the grid once fit, before RTN or GPTQ rounds any code (GPTQ with static groups, on the
-  // CPU solver); the residual blocks' row scales afterwards, with their codes re-rounded and those
-  // that would leave INT8 pulled in (snap_to_int_scale_grid).
+  // move onto the grid once fit (to the neighbour with the smaller weighted error), before RTN or GPTQ
+  // rounds any code (GPTQ with static groups, on the CPU solver); the residual blocks' row scales
+  // before GPTQ rounds the residual; residual codes that would leave INT8 are pulled in at the end
+  // (snap_to_int_scale_grid).
   bool int_scales = false;
   // Global allocation's scoring pass runs on the first score_samples calibration windows (0 = all):
   // it only ranks blocks, and 16 of 128 windows gave the same model (default model, 128 x 512:

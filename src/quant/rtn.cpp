@@ -76,7 +76,12 @@ PackedLinear quantize_rtn(std::span<const float> W, int64_t N, int64_t K, int gr
     for (int64_t g = 0; g < G; ++g)
       params[n * G + g] = fit_group(W.data() + n * K + g * group, group, 1, symmetric,
                                     h.empty() ? nullptr : h.data() + g * group, 1, opt);
-  if (opt.int_scale_grid) snap_params_to_int_grid(params, N, G);
+  if (opt.int_scale_grid)
+    snap_params_to_int_grid(params, N, G, [&](int64_t n, int64_t g, const GroupParams& p) {
+      const float* w = W.data() + n * K + g * group;
+      const float* hg = h.empty() ? nullptr : h.data() + g * group;
+      return fit::group_error([&](int64_t i) { return w[i]; }, [&](int64_t i) { return hg ? hg[i] : 1.0f; }, group, p);
+    });
   for (int64_t n = 0; n < N; ++n)
     for (int64_t g = 0; g < G; ++g)
       for (int64_t i = 0; i < group; ++i)
@@ -84,7 +89,9 @@ PackedLinear quantize_rtn(std::span<const float> W, int64_t N, int64_t K, int gr
   return pack_base(N, K, group, symmetric, codes, params);
 }
 
-std::vector<float> snap_params_to_int_grid(std::span<GroupParams> params, int64_t N, int64_t G) {
+std::vector<float> snap_params_to_int_grid(
+    std::span<GroupParams> params, int64_t N, int64_t G,
+    const std::function<double(int64_t n, int64_t g, const GroupParams& p)>& error) {
   std::vector<float> units(static_cast<size_t>(N));
   for (int64_t n = 0; n < N; ++n) {
     float largest = 0.f;
@@ -95,7 +102,21 @@ std::vector<float> snap_params_to_int_grid(std::span<GroupParams> params, int64_
     }
     const float u = int_grid_unit(largest);
     units[size_t(n)] = u;
-    for (int64_t g = 0; g < G; ++g) params[size_t(n * G + g)].scale = int_grid_scale(params[size_t(n * G + g)].scale, u);
+    for (int64_t g = 0; g < G; ++g) {
+      GroupParams& p = params[size_t(n * G + g)];
+      const float nearest = int_grid_scale(p.scale, u);
+      if (!error || p.scale == 0.f) {
+        p.scale = nearest;
+        continue;
+      }
+      // The other neighbour on the grid (below or above the fitted scale), if any.
+      const float m = std::fabs(p.scale) / u;
+      const float other = u * std::clamp(nearest / u <= m ? std::ceil(m) : std::floor(m), 1.f, 16.f);
+      GroupParams a = p, b = p;
+      a.scale = nearest;
+      b.scale = other;
+      p.scale = other != nearest && error(n, g, b) < error(n, g, a) ? other : nearest;
+    }
   }
   return units;
 }
