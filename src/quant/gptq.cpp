@@ -141,14 +141,36 @@ void gptq_solve_cpu(GptqSolve& s) {
           return fit::group_error([&](int64_t i) { return col0[i * N]; }, [&](int64_t i) { return h0[i]; }, group, p);
         });
     // The residual's row scales onto the same rows' units before any residual code is rounded, so
-    // GPTQ propagates the error of the values that will be stored.
+    // GPTQ propagates the error of the values that will be stored: each to the grid neighbour with the
+    // smaller weighted error on the block row's RTN residual w - base(w) (a proxy: GPTQ's own residual
+    // is only known column by column).
+    std::vector<float> r0(static_cast<size_t>(plan ? plan->Bc : 0));
     for (int64_t br = 0; plan && br < N / plan->Br; ++br)
       for (int64_t bc = 0; bc < plan->nbc; ++bc) {
         const int32_t b = plan->kept[size_t(br * plan->nbc + bc)];
         if (b < 0) continue;
         for (int dn = 0; dn < plan->Br; ++dn) {
+          const int64_t n = br * plan->Br + dn;
+          const float u = units[size_t(n)];
           float& rs = plan->scales[size_t(int64_t(b) * plan->Br + dn)];
-          rs = int_grid_scale(rs, units[size_t(br * plan->Br + dn)]);
+          const float nearest = int_grid_scale(rs, u), m = std::fabs(rs) / u;
+          const float other = rs == 0.f ? 0.f : u * std::clamp(nearest / u <= m ? std::ceil(m) : std::floor(m), 1.f, 16.f);
+          if (other == nearest) {
+            rs = nearest;
+            continue;
+          }
+          for (int64_t i = 0; i < plan->Bc; ++i) {
+            const int64_t k = bc * plan->Bc + i;
+            const float w = Wt[size_t(k * N + n)];
+            const GroupParams& gp = params[size_t(n * G + k / group)];
+            r0[size_t(i)] = w - dequantize_code(quantize_code(w, gp), gp);
+          }
+          const float* h0 = hdiag.data() + bc * plan->Bc;
+          const auto err = [&](float sc) {
+            return fit::group_error([&](int64_t i) { return r0[size_t(i)]; }, [&](int64_t i) { return h0[i]; }, plan->Bc,
+                                    GroupParams{sc, 8});
+          };
+          rs = err(other) < err(nearest) ? other : nearest;
         }
       }
   }

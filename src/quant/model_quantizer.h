@@ -81,7 +81,7 @@ struct ModelQuantOptions {
   // u_n a power of two per row), so that W4A8 layers run on the INT8 wgmma kernel. The base's scales
   // move onto the grid once fit (to the neighbour with the smaller weighted error), before RTN or GPTQ
   // rounds any code (GPTQ with static groups, on the CPU solver); the residual blocks' row scales
-  // before GPTQ rounds the residual; residual codes that would leave INT8 are pulled in at the end
+  // likewise before GPTQ rounds the residual; residual codes that would leave INT8 are pulled in at the end
   // (snap_to_int_scale_grid).
   bool int_scales = false;
   // Global allocation's scoring pass runs on the first score_samples calibration windows (0 = all):
