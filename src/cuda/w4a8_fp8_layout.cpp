@@ -164,14 +164,20 @@ W4A8Fp8Layout repack_for_w4a8_fp8(const PackedLinear& w) {
   return repack(w, nullptr);
 }
 
-W4A8Fp8Layout repack_for_w4a8_int8_wgmma(const PackedLinear& w) {
+std::optional<W4A8Fp8Layout> try_repack_for_w4a8_int8_wgmma(const PackedLinear& w, std::string* why) {
   check_w4a8_supported(w);
-  if (w.has_residual() && w.block_rows != 16) return repack_for_w4a8_int8_wgmma(split_residual_rows(w, 16));
-  std::string why;
-  const std::optional<IntScaleGrid> grid = find_int_scale_grid(w, &why);
-  MOSAIC_CHECK(grid.has_value(), "w4a8 int8 wgmma: layer [N=", w.N, ", K=", w.K, ", group=", w.group,
-               "] is not on the integer scale grid: ", why);
+  if (w.has_residual() && w.block_rows != 16) return try_repack_for_w4a8_int8_wgmma(split_residual_rows(w, 16), why);
+  const std::optional<IntScaleGrid> grid = find_int_scale_grid(w, why);
+  if (!grid) return std::nullopt;
   return repack(w, &*grid);
+}
+
+W4A8Fp8Layout repack_for_w4a8_int8_wgmma(const PackedLinear& w) {
+  std::string why;
+  std::optional<W4A8Fp8Layout> z = try_repack_for_w4a8_int8_wgmma(w, &why);
+  MOSAIC_CHECK(z.has_value(), "w4a8 int8 wgmma: layer [N=", w.N, ", K=", w.K, ", group=", w.group,
+               "] is not on the integer scale grid: ", why);
+  return std::move(*z);
 }
 
 int w4a8_fp8_base_q(const W4A8Fp8Layout& z, int64_t n, int64_t k) {

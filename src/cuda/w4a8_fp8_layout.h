@@ -16,6 +16,8 @@
 // fp8_word_to_e4m3 below is the host emulation of exactly those instructions.
 #pragma once
 #include <cstdint>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "cuda/w4a8_fp8_tables.h"
@@ -66,6 +68,9 @@ W4A8Fp8Layout repack_for_w4a8_fp8(const PackedLinear& w);
 //     32-bit multiply-add per 4 weights (i8_word_to_s8) and scales row n's INT32 sum by u_n s_t.
 // Throws mosaic::Error naming the layer and the reason when it is not on the grid.
 W4A8Fp8Layout repack_for_w4a8_int8_wgmma(const PackedLinear& w);
+// The same, or nullopt (the reason in *why) when the layer is not on the grid; unsupported layers
+// still throw (check_w4a8_supported).
+std::optional<W4A8Fp8Layout> try_repack_for_w4a8_int8_wgmma(const PackedLinear& w, std::string* why = nullptr);
 
 // The device's INT8 conversion, emulated: the codes of `word` (a0 | a1 interleaved as above) times
 // m_lo (row g: a0) and m_hi (row g + 8: a1) minus 8 m, as 4 signed bytes each: per register one

@@ -9,7 +9,6 @@
 #include "cuda/w4a8_fp8_layout.h"
 #include "cuda/w4a8_launch.h"
 #include "cuda/host_util.h"
-#include "format/int_scale_grid.h"
 #include "util/error.h"
 
 namespace mosaic::cuda {
@@ -116,11 +115,15 @@ void upload_layout(W4A8Linear::Impl& I, const Layout& z) {
 W4A8Linear::W4A8Linear(const PackedLinear& w, W4A8Act act) : impl_(std::make_unique<Impl>()) {
   Impl& I = *impl_;
   I.act = act;
-  if (act == W4A8Act::Fp8E4M3) {
-    const W4A8Fp8Layout z = repack_for_w4a8_fp8(w);
+  // After the repack (its refusals name the layer first), before any upload.
+  const auto check_device = [&] {
     MOSAIC_CHECK(cuda_device_count() > 0, "w4a8: no CUDA GPU available for layer [N=", w.N, ", K=", w.K, "]");
     MOSAIC_CHECK(w.N <= (int64_t(1) << 30) && w.K <= (int64_t(1) << 20) && w.N * w.K / 2 < (int64_t(1) << 40),
                  "w4a8: layer too large [N=", w.N, ", K=", w.K, "]");
+  };
+  if (act == W4A8Act::Fp8E4M3) {
+    const W4A8Fp8Layout z = repack_for_w4a8_fp8(w);
+    check_device();
     I.Npad = z.Npad;
     upload_layout(I, z);
     return;
@@ -128,21 +131,17 @@ W4A8Linear::W4A8Linear(const PackedLinear& w, W4A8Act act) : impl_(std::make_uni
   // An INT8 layer whose scales lie on the integer scale grid runs on the INT8 wgmma kernel
   // (MOSAIC_W4A8_INT8_WGMMA=0: the mma.sync kernel, for same-binary comparisons).
   const char* wg = std::getenv("MOSAIC_W4A8_INT8_WGMMA");
-  if (!(wg && std::string(wg) == "0") && find_int_scale_grid(w).has_value()) {
-    const W4A8Fp8Layout z = repack_for_w4a8_int8_wgmma(w);
-    MOSAIC_CHECK(cuda_device_count() > 0, "w4a8: no CUDA GPU available for layer [N=", w.N, ", K=", w.K, "]");
-    MOSAIC_CHECK(w.N <= (int64_t(1) << 30) && w.K <= (int64_t(1) << 20) && w.N * w.K / 2 < (int64_t(1) << 40),
-                 "w4a8: layer too large [N=", w.N, ", K=", w.K, "]");
-    I.Npad = z.Npad;
-    I.int8_wgmma = true;
-    upload_layout(I, z);
-    I.cs = upload(z.chan_scale);
-    return;
-  }
+  if (!(wg && std::string(wg) == "0"))
+    if (const std::optional<W4A8Fp8Layout> z = try_repack_for_w4a8_int8_wgmma(w)) {
+      check_device();
+      I.Npad = z->Npad;
+      I.int8_wgmma = true;
+      upload_layout(I, *z);
+      I.cs = upload(z->chan_scale);
+      return;
+    }
   const W4A8Layout z = repack_for_w4a8(w);
-  MOSAIC_CHECK(cuda_device_count() > 0, "w4a8: no CUDA GPU available for layer [N=", w.N, ", K=", w.K, "]");
-  MOSAIC_CHECK(w.N <= (int64_t(1) << 30) && w.K <= (int64_t(1) << 20) && w.N * w.K / 2 < (int64_t(1) << 40),
-               "w4a8: layer too large [N=", w.N, ", K=", w.K, "]");
+  check_device();
   upload_layout(I, z);
 }
 

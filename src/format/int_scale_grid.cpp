@@ -138,6 +138,14 @@ float int_grid_scale(float s, float unit) {
   return s == 0.f ? 0.f : unit * std::clamp(std::nearbyint(std::fabs(s) / unit), 1.f, 16.f);
 }
 
+float int_grid_scale_by_error(float s, float unit, const std::function<double(float)>& error) {
+  const float nearest = int_grid_scale(s, unit);
+  if (s == 0.f) return nearest;
+  const float m = std::fabs(s) / unit;
+  const float other = unit * std::clamp(nearest / unit <= m ? std::ceil(m) : std::floor(m), 1.f, 16.f);
+  return other != nearest && error(other) < error(nearest) ? other : nearest;
+}
+
 void snap_to_int_scale_grid(PackedLinear& w) {
   MOSAIC_CHECK(w.symmetric && w.grid.empty(), "snap_to_int_scale_grid: symmetric uniform-grid layers only [N=", w.N,
                ", K=", w.K, "]");

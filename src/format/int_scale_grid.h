@@ -15,6 +15,7 @@
 // `mosaic quantize --int-scales` after each linear is quantized).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -49,5 +50,8 @@ void snap_to_int_scale_grid(PackedLinear& w);
 // a scale s on it (u clamp(round(s / u), 1, 16); 0 stays 0), exact in FP16.
 float int_grid_unit(float largest);
 float int_grid_scale(float s, float unit);
+// Of the two grid multiples around s (floor and ceil of s / unit, each clamped to 1..16), the one with
+// the smaller error(candidate scale); the nearest on ties, and when both are the same multiple.
+float int_grid_scale_by_error(float s, float unit, const std::function<double(float)>& error);
 
 }  // namespace mosaic

@@ -1,7 +1,5 @@
 #include "quant/gptq.h"
 
-#include "format/int_scale_grid.h"
-
 #include <cblas.h>
 
 #include <algorithm>
@@ -153,24 +151,19 @@ void gptq_solve_cpu(GptqSolve& s) {
           const int64_t n = br * plan->Br + dn;
           const float u = units[size_t(n)];
           float& rs = plan->scales[size_t(int64_t(b) * plan->Br + dn)];
-          const float nearest = int_grid_scale(rs, u), m = std::fabs(rs) / u;
-          const float other = rs == 0.f ? 0.f : u * std::clamp(nearest / u <= m ? std::ceil(m) : std::floor(m), 1.f, 16.f);
-          if (other == nearest) {
-            rs = nearest;
-            continue;
-          }
-          for (int64_t i = 0; i < plan->Bc; ++i) {
-            const int64_t k = bc * plan->Bc + i;
-            const float w = Wt[size_t(k * N + n)];
-            const GroupParams& gp = params[size_t(n * G + k / group)];
-            r0[size_t(i)] = w - dequantize_code(quantize_code(w, gp), gp);
-          }
+          bool have_r0 = false;  // the RTN residual, computed only when two neighbours compete
           const float* h0 = hdiag.data() + bc * plan->Bc;
-          const auto err = [&](float sc) {
+          rs = int_grid_scale_by_error(rs, u, [&](float sc) {
+            for (int64_t i = 0; i < plan->Bc && !have_r0; ++i) {
+              const int64_t k = bc * plan->Bc + i;
+              const float w = Wt[size_t(k * N + n)];
+              const GroupParams& gp = params[size_t(n * G + k / group)];
+              r0[size_t(i)] = w - dequantize_code(quantize_code(w, gp), gp);
+            }
+            have_r0 = true;
             return fit::group_error([&](int64_t i) { return r0[size_t(i)]; }, [&](int64_t i) { return h0[i]; }, plan->Bc,
                                     GroupParams{sc, 8});
-          };
-          rs = err(other) < err(nearest) ? other : nearest;
+          });
         }
       }
   }

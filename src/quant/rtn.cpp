@@ -104,18 +104,11 @@ std::vector<float> snap_params_to_int_grid(
     units[size_t(n)] = u;
     for (int64_t g = 0; g < G; ++g) {
       GroupParams& p = params[size_t(n * G + g)];
-      const float nearest = int_grid_scale(p.scale, u);
-      if (!error || p.scale == 0.f) {
-        p.scale = nearest;
-        continue;
-      }
-      // The other neighbour on the grid (below or above the fitted scale), if any.
-      const float m = std::fabs(p.scale) / u;
-      const float other = u * std::clamp(nearest / u <= m ? std::ceil(m) : std::floor(m), 1.f, 16.f);
-      GroupParams a = p, b = p;
-      a.scale = nearest;
-      b.scale = other;
-      p.scale = other != nearest && error(n, g, b) < error(n, g, a) ? other : nearest;
+      p.scale = int_grid_scale_by_error(p.scale, u, [&](float sc) {
+        GroupParams c = p;
+        c.scale = sc;
+        return error(n, g, c);
+      });
     }
   }
   return units;

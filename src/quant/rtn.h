@@ -44,12 +44,11 @@ GroupParams fit_group(const float* w, int64_t n, int64_t stride, bool symmetric,
                       const float* h = nullptr, int64_t hstride = 1, const ScaleOptions& opt = {});
 
 // Per row of params [N, G]: u_n from the row's largest scale, every scale onto u_n x 1..16: of the
-// two multiples around it (floor, ceil) the one with the smaller `error(n, g, candidate)` (the group's
-// h-weighted rounding error on the weights being quantized; ties and no `error`: the nearest).
-// Returns the units [N].
+// two multiples around it the one with the smaller `error(n, g, candidate)` (the group's h-weighted
+// rounding error on the weights being quantized; int_grid_scale_by_error). Returns the units [N].
 std::vector<float> snap_params_to_int_grid(
     std::span<GroupParams> params, int64_t N, int64_t G,
-    const std::function<double(int64_t n, int64_t g, const GroupParams& p)>& error = {});
+    const std::function<double(int64_t n, int64_t g, const GroupParams& p)>& error);
 
 inline int quantize_code(float w, const GroupParams& g) { return fit::quantize(w, g); }
 inline float dequantize_code(int code, const GroupParams& g) { return fit::dequantize(code, g); }
