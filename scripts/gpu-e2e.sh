@@ -146,10 +146,14 @@ python3 bench/merge_e2e.py --json $OUT/e2e.json --md $OUT/e2e.md "${parts[@]}" &
 if [ "${NCU:-0}" = 1 ]; then
   c=${CONFIGS%% *}
   run_ncu() { timeout ${NCU_T:-120} ncu --clock-control none "$@" $B/mosaic bench e2e --config $c --random-weights \
-    --engines w4a16 --batch 1 --prompt $PROMPT --gen 6 --budget $BUDGET; }
-  echo "== ncu attention detail (bench e2e --engines w4a16 --batch 1, 101st decode attention launch)" | tee -a $OUT/ncu.txt
-  run_ncu -k regex:attention_decode_k -s 100 -c 1 --section SpeedOfLight --section WarpStateStats --section Occupancy \
-    --section LaunchStats 2>&1 | grep -vE "^==PROF==|^\|" | grep -E "Duration|Throughput|Registers|Stall|stall|Warp Cycles|Eligible|Issued|Occupancy|Grid|Block|attention" \
-    | head -60 | tee -a $OUT/ncu.txt
+    --engines ${NCU_ENGINE:-w4a16} --batch ${NCU_BATCH:-1} --prompt $PROMPT --gen 6 --budget $BUDGET; }
+  # NCU_K="regex" profiles those kernels instead (NCU_SKIP launches skipped, NCU_C profiled; NCU_ENGINE,
+  # NCU_BATCH), e.g. NCU_K="silu_mul_quant|add_rms_norm_held" NCU_ENGINE=w4a8_grid NCU_BATCH=4 PROMPT=16
+  echo "== ncu ${NCU_K:-attention_decode_k} (bench e2e --engines ${NCU_ENGINE:-w4a16} --batch ${NCU_BATCH:-1}, launches" \
+    "${NCU_SKIP:-100} + 1 .. ${NCU_C:-1})" | tee -a $OUT/ncu.txt
+  run_ncu -k "regex:${NCU_K:-attention_decode_k}" -s ${NCU_SKIP:-100} -c ${NCU_C:-1} --section SpeedOfLight \
+    --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats 2>&1 | grep -vE "^==PROF==|^\|" \
+    | grep -E "Duration|Throughput|Registers|Stall|stall|Warp Cycles|Eligible|Issued|Occupancy|Grid|Block|Cluster|_k|attention" \
+    | head -${NCU_LINES:-60} | tee -a $OUT/ncu.txt
 fi
 echo "== done $(date -u)"

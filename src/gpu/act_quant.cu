@@ -1,5 +1,5 @@
-// Per-token activation quantization of the GPU engine (contract in act_quant.h). One CTA per row:
-// a max|x| reduction, then every element through the code (act_quant.cuh). Divisions and products
+// Per-token activation quantization of the GPU engine (contract in act_quant.h). One CTA (or cluster,
+// act_quant.cuh) per row: a max|x| reduction, then every element through the code (act_quant.cuh). Divisions and products
 // are IEEE round-to-nearest (__fdiv_rn / __fmul_rn) so the codes are those of the CPU reference,
 // whatever the compile flags.
 #include "gpu/act_quant.cuh"
@@ -17,17 +17,23 @@ __global__ void __launch_bounds__(1024) act_fake_quant_k(const T* X, T* Y, int64
   aq::quantize_row(X + r * K, Y + r * K, K, top, FP8);
 }
 
-// The row held in registers (PER per thread): one read, one write.
+// The row held in registers (PER per row thread): one read, one write. One CTA per row, or at decode
+// a cluster (aq::row_reduce: the same codes). Launched with PDL: the next GEMM (o_proj's, at decode)
+// starts fetching its weights while this runs.
 template <typename T, bool FP8, int PER>
 __global__ void __launch_bounds__(1024) act_fake_quant_held_k(const T* X, T* Y, int64_t K, float top) {
+  __shared__ aq::RowInbox box[1];
+  aq::row_setup(box);
+  cuda::pdl_wait();  // X comes from the kernel before
+  cuda::pdl_launch_dependents();
   const int64_t r = blockIdx.x;
   float v[PER];
 #pragma unroll
   for (int j = 0; j < PER; ++j) {
-    const int64_t k = threadIdx.x + int64_t(j) * blockDim.x;
+    const int64_t k = aq::row_thread() + int64_t(j) * aq::row_threads();
     v[j] = k < K ? aq::load_f(X + r * K, k) : 0.f;
   }
-  aq::quantize_held(v, K, top, FP8);
+  aq::quantize_held(v, K, top, FP8, box[0]);
   aq::store_held(v, Y + r * K, K);
 }
 
@@ -37,11 +43,10 @@ void launch(const void* X, void* Y, int64_t rows, int64_t K, float top, cudaStre
   auto* y = static_cast<T*>(Y);
   // Decode quantizes a few rows: many threads per row keep each pass short.
   const int threads = K >= 4096 ? 1024 : 256;
-  const dim3 grid(static_cast<unsigned>(rows));
   switch (aq::held_per_thread(K, threads)) {
-    case 8: act_fake_quant_held_k<T, FP8, 8><<<grid, threads, 0, s>>>(x, y, K, top); break;
-    case 16: act_fake_quant_held_k<T, FP8, 16><<<grid, threads, 0, s>>>(x, y, K, top); break;
-    default: act_fake_quant_k<T, FP8><<<grid, threads, 0, s>>>(x, y, K, top);
+    case 8: aq::launch_rows(act_fake_quant_held_k<T, FP8, 8>, rows, threads, s, x, y, K, top); break;
+    case 16: aq::launch_rows(act_fake_quant_held_k<T, FP8, 16>, rows, threads, s, x, y, K, top); break;
+    default: act_fake_quant_k<T, FP8><<<dim3(static_cast<unsigned>(rows)), threads, 0, s>>>(x, y, K, top);
   }
 }
 

@@ -49,9 +49,10 @@ __global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) out[r * D + i] = from_f<T>(xr[i] * rs * w[i]);
 }
 
-// add_rms_norm_k's math with the row held in registers (PER values per thread: aq::held_per_thread),
-// per-token quantized before its only store when Q (RowQuant). Same thread count and element
-// order as add_rms_norm_k, so the sum of squares, and so every value, is the same.
+// add_rms_norm_k's math with the row held in registers (PER values per row thread: aq::held_per_thread),
+// per-token quantized before its only store when Q (RowQuant). Same row thread count (one CTA, or at
+// decode a cluster acting as one: aq::row_reduce) and element order as add_rms_norm_k, so the sum of
+// squares, and so every value, is the same.
 // Why held (twelfth session, ncu on an H200, LLaMA-3-8B batch-1 decode): add_rms_norm_k's loop
 // stores x between its loads, so each of its D / 1024 iterations waited for a round trip to L2, and
 // w was read after the reduction: 5.8 us per norm against ~2.3 us for an empty kernel, 65 norms a
@@ -60,11 +61,14 @@ __global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t
 template <typename T, int PER, bool Q>
 __global__ void __launch_bounds__(1024) add_rms_norm_held_k(float* x, const T* delta, const float* w, int64_t D, float eps,
                                                             T* out, float top, bool fp8) {
+  __shared__ aq::RowInbox box[2];  // the row's two reductions (aq::row_reduce: one CTA or a cluster)
+  aq::row_setup(box);
   const int64_t r = blockIdx.x;
+  const int v0 = aq::row_thread(), nv = aq::row_threads();
   float wv[PER];
 #pragma unroll
   for (int j = 0; j < PER; ++j) {
-    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    const int64_t i = v0 + int64_t(j) * nv;
     wv[j] = i < D ? w[i] : 0.f;
   }
   pdl_wait();  // delta (and x) come from the kernels before
@@ -73,14 +77,14 @@ __global__ void __launch_bounds__(1024) add_rms_norm_held_k(float* x, const T* d
   float v[PER], dv[PER];
 #pragma unroll
   for (int j = 0; j < PER; ++j) {
-    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    const int64_t i = v0 + int64_t(j) * nv;
     v[j] = i < D ? xr[i] : 0.f;
     dv[j] = delta && i < D ? to_f(delta[r * D + i]) : 0.f;
   }
   float ss = 0.f;
 #pragma unroll
   for (int j = 0; j < PER; ++j) {
-    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    const int64_t i = v0 + int64_t(j) * nv;
     if (i < D) {
       if (delta) {
         v[j] += dv[j];
@@ -89,10 +93,10 @@ __global__ void __launch_bounds__(1024) add_rms_norm_held_k(float* x, const T* d
       ss += v[j] * v[j];
     }
   }
-  const float rs = rsqrtf(block_sum(ss) / float(D) + eps);
+  const float rs = rsqrtf(aq::row_reduce<false>(ss, box[0]) / float(D) + eps);
 #pragma unroll
   for (int j = 0; j < PER; ++j) v[j] = to_f(from_f<T>(v[j] * rs * wv[j]));
-  if constexpr (Q) aq::quantize_held(v, D, top, fp8);
+  if constexpr (Q) aq::quantize_held(v, D, top, fp8, box[1]);
   aq::store_held(v, out + r * D, D);
 }
 
@@ -107,24 +111,33 @@ __global__ void silu_mul_k(const T* gu, int64_t I, T* out) {
   }
 }
 
-// One CTA per row (a row's max is needed before any code): silu_mul_k's math on a row held in
-// registers (PER values per thread: aq::held_per_thread), then the row quantized before its only store.
+// One CTA (or cluster: aq::row_reduce) per row, as a row's max is needed before any code: silu_mul_k's
+// math on a row held in registers (PER values per row thread: aq::held_per_thread), then the row
+// quantized before its only store.
 template <typename T, int PER>
 __global__ void __launch_bounds__(1024) silu_mul_quant_k(const T* gu, int64_t I, T* out, float top, bool fp8) {
+  __shared__ aq::RowInbox box[1];
+  aq::row_setup(box);
   pdl_wait();  // gu comes from the gate/up GEMM
   pdl_launch_dependents();
   const int64_t r = blockIdx.x;
+  // Every load first, then the math: with the loads inside the math's loop, each element's division
+  // (a branch to its slow path) kept the next element's loads behind it, one L2 round trip per element
+  // (ncu, H200, 16 rows: 13.5 us per call; twenty-first session).
+  T g[PER], u[PER];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t i = aq::row_thread() + int64_t(j) * aq::row_threads();
+    g[j] = i < I ? gu[r * 2 * I + i] : from_f<T>(0.f);
+    u[j] = i < I ? gu[r * 2 * I + I + i] : from_f<T>(0.f);
+  }
   float v[PER];
 #pragma unroll
   for (int j = 0; j < PER; ++j) {
-    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
-    v[j] = 0.f;
-    if (i < I) {
-      const float g = to_f(gu[r * 2 * I + i]), u = to_f(gu[r * 2 * I + I + i]);
-      v[j] = to_f(from_f<T>(g / (1.f + expf(-g)) * u));
-    }
+    const float gf = to_f(g[j]);
+    v[j] = to_f(from_f<T>(gf / (1.f + expf(-gf)) * to_f(u[j])));  // 0 past I
   }
-  aq::quantize_held(v, I, top, fp8);
+  aq::quantize_held(v, I, top, fp8, box[0]);
   aq::store_held(v, out + r * I, I);
 }
 
@@ -319,14 +332,18 @@ void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t 
   MOSAIC_DISPATCH(a, embedding_k<T><<<unsigned(rows), 256, 0, s>>>(static_cast<const T*>(table), D, tok, x));
 }
 
+int held_row_ctas(int64_t rows, int64_t D) {
+  return aq::held_per_thread(D, norm_threads(D)) ? aq::row_cluster(rows, norm_threads(D)) : 1;
+}
+
 void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
                   cudaStream_t s, RowQuant q) {
   if (rows <= 0) return;
   const int threads = norm_threads(D);
   const int per = aq::held_per_thread(D, threads);  // 0: a row too long to hold in registers
-#define MOSAIC_NORM_HELD(PER, Q)                                                                                  \
-  MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_held_k<T, PER, Q>, dim3(unsigned(rows)), dim3(unsigned(threads)), 0, s, \
-                                x, static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), q.top(), q.fp8))
+#define MOSAIC_NORM_HELD(PER, Q)                                                                              \
+  MOSAIC_DISPATCH(a, aq::launch_rows(add_rms_norm_held_k<T, PER, Q>, rows, threads, s, x, static_cast<const T*>(delta), \
+                                     w, D, eps, static_cast<T*>(out), q.top(), q.fp8))
   if (per == 8 && q.on()) MOSAIC_NORM_HELD(8, true);
   else if (per == 8) MOSAIC_NORM_HELD(8, false);
   else if (per == 16 && q.on()) MOSAIC_NORM_HELD(16, true);
@@ -361,8 +378,8 @@ void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStr
   constexpr int kQuantThreads = 1024;  // decode has a few rows: as many threads per row as a CTA takes
   const int per = q.on() ? aq::held_per_thread(I, kQuantThreads) : 0;
 #define MOSAIC_SILU_Q(PER)                                                                                    \
-  MOSAIC_DISPATCH(a, launch_pdl(silu_mul_quant_k<T, PER>, dim3(unsigned(rows)), dim3(kQuantThreads), 0, s,     \
-                                static_cast<const T*>(gu), I, static_cast<T*>(out), q.top(), q.fp8))
+  MOSAIC_DISPATCH(a, aq::launch_rows(silu_mul_quant_k<T, PER>, rows, kQuantThreads, s, static_cast<const T*>(gu), I, \
+                                     static_cast<T*>(out), q.top(), q.fp8))
   if (per == 8) MOSAIC_SILU_Q(8);
   else if (per == 16) MOSAIC_SILU_Q(16);
 #undef MOSAIC_SILU_Q

@@ -52,6 +52,9 @@ struct RowQuant {
 // per-token quantized when q.on().
 void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
                   cudaStream_t s, RowQuant q = {});
+// CTAs per row that add_rms_norm (and the quantizing silu_mul / act_fake_quant of rows that long) runs
+// `rows` rows of D on: a cluster of several at decode on sm_90 (act_quant.cuh), else 1 (tests).
+int held_row_ctas(int64_t rows, int64_t D);
 
 struct AttnDims {
   int H = 0, Hkv = 0, hd = 0;  // query heads, kv heads, head_dim

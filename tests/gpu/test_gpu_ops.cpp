@@ -297,6 +297,43 @@ TEST(GpuOps, FusedProducerQuantEqualsSeparateKernel) {
       }
 }
 
+// At decode (<= 64 rows, 1024 threads per row) the held-row kernels run each row on a cluster of CTAs
+// (act_quant.cuh, row_reduce); with more rows, one CTA per row. Both forms must give bit-identical rows:
+// the first rows of a 70-row call (one CTA each) against the same rows alone (a cluster each).
+TEST(GpuOps, RowClusterEqualsOneCtaPerRow) {
+  REQUIRE_GPU();
+  const int64_t big = 70;
+  for (Act a : kActs)
+    for (kern::RowQuant q : {kern::RowQuant{}, kern::RowQuant{8, false}, kern::RowQuant{8, true}})
+      for (int64_t D : {4096, 5000, 12288}) {
+        auto x0 = randn(size_t(big * D), uint32_t(D + 7), 2.0f);
+        x0[size_t(D / 5)] = -70.f;  // an outlier in row 0
+        const auto delta = round_act(a, randn(size_t(big * D), uint32_t(D + 8)));
+        const auto w = randn(size_t(D), uint32_t(D + 9), 0.5f);
+        const auto gu = round_act(a, randn(size_t(big * 2 * D), uint32_t(D + 10), 2.0f));
+        DevBuf dd = to_act(a, delta), wd = to_dev(w), g = to_act(a, gu), many(size_t(big * D) * 2),
+               few(size_t(big * D) * 2);
+        ASSERT_EQ(kern::held_row_ctas(big, D), 1);
+        for (int64_t rows : {int64_t(1), int64_t(3)}) {
+          ASSERT_GT(kern::held_row_ctas(rows, D), 1) << "no cluster form at " << rows << " rows of " << D;
+          const std::string what = std::string(act_name(a)) + " bits " + std::to_string(q.bits) +
+                                   (q.fp8 ? " fp8" : "") + " D=" + std::to_string(D) + " rows " + std::to_string(rows);
+          DevBuf x1 = to_dev(x0), x2 = to_dev(x0);
+          kern::add_rms_norm(a, x1.as<float>(), dd.get(), wd.as<float>(), big, D, 1e-5f, many.get(), nullptr, q);
+          kern::add_rms_norm(a, x2.as<float>(), dd.get(), wd.as<float>(), rows, D, 1e-5f, few.get(), nullptr, q);
+          EXPECT_EQ(from_act(a, few, size_t(rows * D)), from_act(a, many, size_t(rows * D))) << "add_rms_norm " << what;
+          EXPECT_EQ(from_dev<float>(x2, size_t(rows * D)), from_dev<float>(x1, size_t(rows * D))) << "stream " << what;
+          if (!q.on()) continue;  // silu_mul without quantization is a different, element-wise kernel
+          kern::silu_mul(a, g.get(), big, D, many.get(), nullptr, q);
+          kern::silu_mul(a, g.get(), rows, D, few.get(), nullptr, q);
+          EXPECT_EQ(from_act(a, few, size_t(rows * D)), from_act(a, many, size_t(rows * D))) << "silu_mul " << what;
+          kern::act_fake_quant(a, dd.get(), many.get(), big, D, q.bits, q.fp8, nullptr);
+          kern::act_fake_quant(a, dd.get(), few.get(), rows, D, q.bits, q.fp8, nullptr);
+          EXPECT_EQ(from_act(a, few, size_t(rows * D)), from_act(a, many, size_t(rows * D))) << "act_fake_quant " << what;
+        }
+      }
+}
+
 struct QkvCase {
   int H, Hkv, hd;
   bool qk_norm;
