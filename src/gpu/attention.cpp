@@ -12,6 +12,8 @@ size_t attention_prefill_scratch(int64_t n, int64_t Tk, const kern::AttnDims& d)
 
 void attention_prefill(cublasHandle_t h, Act a, const void* q, const void* k_seq, const void* v_seq, int64_t n,
                        int64_t pos0, const kern::AttnDims& d, float* S, void* P, void* out, cudaStream_t s) {
+  if (flash_prefill(a, q, k_seq, v_seq, n, pos0, d, out, s)) return;
+  MOSAIC_CHECK(S && P, "attention_prefill: no score scratch for head_dim ", d.hd);
   const int rep = d.H / d.Hkv, hd = d.hd;
   const int64_t Tk = pos0 + n, H = d.H;
   const cudaDataType t = a == Act::BF16 ? CUDA_R_16BF : CUDA_R_16F;

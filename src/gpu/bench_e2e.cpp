@@ -237,6 +237,15 @@ void run_e2e_bench(const E2EOptions& o) {
         row["w4a8_linears"] = rep.w4a8_linears;
         row["w4a8_min_m"] = o.w4a8_min_m;
       }
+      if (o.profile && B == o.batches.front()) {
+        // Where a prefill's time goes (once per engine): one prompt without each group of ops.
+        const double full = m->profile_prefill(o.prompt, 0), no_attn = m->profile_prefill(o.prompt, 1);
+        const double no_gemm = m->profile_prefill(o.prompt, 2), no_small = m->profile_prefill(o.prompt, 8);
+        std::printf("|   profile prefill %lld tokens: %.2f ms; without attention %.2f, linears %.2f, small ops %.2f |\n",
+                    static_cast<long long>(o.prompt), full, no_attn, no_gemm, no_small);
+        row["profile_prefill_ms"] = {{"prefill", full}, {"no_attention", no_attn}, {"no_linears", no_gemm},
+                                     {"no_small_ops", no_small}};
+      }
       if (o.profile) {
         // Where a decode step's time goes: the step without each group of ops (graph replays),
         // and the whole step without the graph.

@@ -17,6 +17,7 @@
 #include "gpu/device.h"
 #include "gpu/kernel_util.cuh"
 #include "gpu/kernels.h"
+#include "gpu/mma_util.cuh"
 
 namespace mosaic::gpu::kern {
 namespace {
@@ -85,11 +86,6 @@ __host__ __device__ constexpr size_t dec_inbox_floats(int rp, int hd) {
 }
 static_assert(dec_inbox_floats(4, 128) <= 7 * 128 && dec_inbox_floats(8, 128) <= 11 * 128,
               "LLaMA-3 / Qwen3 heads: the inbox fits in the rope rows (no shared memory added, 3 CTAs per SM stay)");
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 template <typename T>
 __device__ __forceinline__ uint4 load8_unaligned(const T* p, int rem) {  // rem: valid elements from p
   uint4 r = make_uint4(0, 0, 0, 0);
@@ -139,23 +135,6 @@ struct DecMma;
 MOSAIC_DEC_MMA(__half, "f16")
 MOSAIC_DEC_MMA(__nv_bfloat16, "bf16")
 #undef MOSAIC_DEC_MMA
-template <typename T>
-__device__ __forceinline__ uint32_t pack_act(float lo, float hi) {  // two values rounded to T, lo in the low half
-  const T a = from_f<T>(lo), b = from_f<T>(hi);
-  return uint32_t(*reinterpret_cast<const uint16_t*>(&a)) | (uint32_t(*reinterpret_cast<const uint16_t*>(&b)) << 16);
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, bool valid) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
 // A 16-key tile of K or V in the ring: 16 rows of 128 dims (256 B), 16-byte chunk c of row r stored at
 // chunk c ^ (r & 7): the 8 rows an ldmatrix reads at one chunk column hit 8 different bank groups.
 constexpr int kMmaHd = 128, kMmaStages = kDecStages / 4, kMmaTileBytes = 16 * kMmaHd * 2;  // 2 stages (MOSAIC_DEC_STAGES 8)

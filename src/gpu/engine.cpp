@@ -422,7 +422,11 @@ struct GpuModel::Impl {
   void* kc(int l) const { return kv.as<char>() + size_t(l) * 2 * kv_layer_bytes(); }
   void* vc(int l) const { return kv.as<char>() + (size_t(l) * 2 + 1) * kv_layer_bytes(); }
   size_t kv_layer_bytes() const { return size_t(slots) * dims.Hkv * size_t(cap) * dims.hd * 2; }
-  size_t S_elems() const { return size_t(cfg.num_heads / cfg.num_kv_heads) * size_t(opt.prefill_chunk) * size_t(cap); }
+  // The cuBLAS prefill attention's score scratch (none when the tensor-core kernel takes the heads).
+  size_t S_elems() const {
+    if (flash_prefill_enabled(dims)) return 0;
+    return size_t(cfg.num_heads / cfg.num_kv_heads) * size_t(opt.prefill_chunk) * size_t(cap);
+  }
 
   size_t decode_scratch_bytes() const { return kern::attention_decode_scratch_bytes(slots, dims); }
   size_t act_scratch_bytes(const ActQuant& aq) const {
@@ -615,8 +619,10 @@ struct GpuModel::Impl {
     logits = DevBuf(size_t(LR * V) * 4, "logits");
     arg_scratch = DevBuf(kern::argmax_scratch_bytes(LR), "argmax scratch");
     if (!lm_dense && !lm_i8) lm_tmp = DevBuf(size_t(LR * V) * 2, "logits");
-    S = DevBuf(S_elems() * 4, "attention scores");
-    P = DevBuf(S_elems() * 2, "attention probabilities");
+    if (S_elems() > 0) {
+      S = DevBuf(S_elems() * 4, "attention scores");
+      P = DevBuf(S_elems() * 2, "attention probabilities");
+    }
     partial = DevBuf(decode_scratch_bytes(), "attention partials");
     check_cuda(cudaMemset(partial.get(), 0, partial.bytes()), "cudaMemset (attention counters)");
     tok = DevBuf(size_t(M) * 4, "tokens");
@@ -969,6 +975,33 @@ double GpuModel::profile_decode(int B, unsigned skip, bool graphs, int steps) {
   m.eager_steps.clear();
   m.skip = 0;
   m.opt.cuda_graphs = use_graphs;
+  m.len = saved;
+  return ms;
+}
+
+double GpuModel::profile_prefill(int64_t T, unsigned skip, int reps) {
+  Impl& m = *impl_;
+  MOSAIC_CHECK(T >= 1 && T <= m.cap && reps >= 1, "profile_prefill: bad arguments");
+  const std::vector<int64_t> saved = m.len;
+  std::vector<int32_t> toks(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) toks[size_t(t)] = int32_t((t * 7919 + 13) % m.V);
+  m.skip = skip;
+  double ms = 0;
+  try {
+    m.len[0] = 0;
+    forward(0, toks.data(), T, nullptr, Logits::None);  // warm-up
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) {
+      m.len[0] = 0;
+      forward(0, toks.data(), T, nullptr, Logits::None);
+    }
+    ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+  } catch (...) {
+    m.skip = 0;
+    m.len = saved;
+    throw;
+  }
+  m.skip = 0;
   m.len = saved;
   return ms;
 }

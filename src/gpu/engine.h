@@ -139,6 +139,10 @@ class GpuModel {
   // CUDA graph, averaged over `steps` steps at positions near the end of the cache. The model's
   // state (lengths) is restored; the KV cache contents past them are overwritten.
   double profile_decode(int B, unsigned skip, bool graphs = true, int steps = 30);
+  // The same for prefill: ms per prefill of T tokens of random ids into slot 0 with those groups left
+  // out (bits 1, 2, 8 as above), averaged over `reps` runs after one warm-up. Lengths restored; slot
+  // 0's cache contents overwritten.
+  double profile_prefill(int64_t T, unsigned skip, int reps = 2);
 
   struct Impl;
 

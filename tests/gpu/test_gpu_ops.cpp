@@ -695,9 +695,10 @@ TEST(GpuOps, DecodeAttentionTiming) {
   cudaStreamDestroy(st);
 }
 
-// Prefill: n queries at pos0 (0 = fresh prompt, > 0 = a later chunk) through cuBLAS + the causal
-// softmax. P is rounded to the activation dtype before P V (as HF's eager attention does): bound
-// 8 act_eps.
+// Prefill: n queries at pos0 (0 = fresh prompt, > 0 = a later chunk): head_dim 64 / 128 on the
+// tensor-core kernel (several 64-query and 64-key tiles, partial last tiles, the causal diagonal
+// inside a tile), the other head dims through cuBLAS + the causal softmax. P is rounded to the
+// activation dtype before P V (as HF's eager attention does): bound 8 act_eps.
 TEST(GpuOps, PrefillAttentionMatchesReference) {
   REQUIRE_GPU();
   cublasHandle_t h = nullptr;
@@ -705,14 +706,15 @@ TEST(GpuOps, PrefillAttentionMatchesReference) {
   for (Act a : kActs)
     for (const AttnCase& c : kAttnCases)
       for (auto [n, pos0] : {std::pair<int64_t, int64_t>{1, 0}, {17, 0}, {std::min<int64_t>(c.cap, 100), 0},
-                             {5, c.cap - 5}, {33, c.cap / 3}}) {
-        if (pos0 + n > c.cap) continue;
+                             {5, c.cap - 5}, {33, c.cap / 3}, {c.cap - 3, 3}, {c.cap - 70, 70}}) {
+        if (n < 1 || pos0 + n > c.cap) continue;
         const int64_t slots = 2, s = 1;
         const size_t cache_n = size_t(slots * c.Hkv * c.cap * c.hd);
         const auto kc = round_act(a, randn(cache_n, 21)), vc = round_act(a, randn(cache_n, 22));
         const auto q = round_act(a, randn(size_t(n * c.H * c.hd), 23, 2.0f));
         kern::AttnDims d{c.H, c.Hkv, c.hd, c.cap};
         DevBuf dk = to_act(a, kc), dv = to_act(a, vc), dq = to_act(a, q), out(size_t(n * c.H * c.hd) * 2);
+        EXPECT_EQ(flash_prefill_enabled(d), c.hd == 64 || c.hd == 128);
         const size_t sc = attention_prefill_scratch(n, pos0 + n, d);
         DevBuf S(sc * 4), P(sc * 2);
         const size_t seq = size_t(s * c.Hkv * c.cap * c.hd) * 2;
