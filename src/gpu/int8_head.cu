@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "gpu/kernel_util.cuh"
+#include "gpu/mma_util.cuh"
 
 namespace mosaic::gpu::kern {
 namespace {
@@ -75,18 +76,6 @@ struct I8Ops<__nv_bfloat16> {
     hi = *reinterpret_cast<const uint32_t*>(&b);
   }
 };
-
-// c += a b, m16n8k16, fp32 accumulators (PTX: the operand type's name).
-#define MOSAIC_I8_MMA(TYPE, PTX)                                                                                  \
-  __device__ __forceinline__ void mma16816(TYPE, float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { \
-    asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "        \
-        "{%0,%1,%2,%3};\n"                                                                                         \
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                                           \
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                                         \
-  }
-MOSAIC_I8_MMA(__half, "f16")
-MOSAIC_I8_MMA(__nv_bfloat16, "bf16")
-#undef MOSAIC_I8_MMA
 
 __device__ __forceinline__ void store_out(float* y, float v) { *y = v; }
 template <typename T>
@@ -136,7 +125,7 @@ __global__ void __launch_bounds__(kI8Warps * 32) int8_rows_gemm_k(const int8_t* 
         for (int n = 0; n < NT; ++n) {
           const uint4& x = xv[n][j >> 1];  // inputs 4j .. 4j + 3 of this lane's 16: halves 4(j & 1) ..
           const uint32_t b0 = (j & 1) ? x.z : x.x, b1 = (j & 1) ? x.w : x.y;
-          mma16816(T{}, acc[n], a, b0, b1);
+          Mma16816<T>::acc(acc[n], a, b0, b1);
         }
       }
     };
