@@ -209,10 +209,16 @@ inline int held_per_thread(int64_t K, int threads) {
 // CTAs per row of a held-row kernel with `threads` row threads: a cluster of kRowCluster CTAs (each
 // threads / kRowCluster threads) for the few rows of a decode step on a GPU with clusters (sm_90) when the
 // row has 1024 threads, else 1. MOSAIC_ROW_CLUSTER=1|2|4|8 sets the cluster size (1: one CTA per row;
-// same-binary comparisons).
+// same-binary comparisons), MOSAIC_ROW_CLUSTER_ROWS the most rows that take the cluster form (default
+// 64; prefill chunks have more: there a 1024-thread CTA per row leaves one CTA per SM, untested so far).
 inline constexpr int kRowCluster = 4;
 inline constexpr int64_t kRowClusterMaxRows = 64;
 inline int row_cluster(int64_t rows, int threads) {
+  static const int64_t max_rows = [] {
+    const char* e = std::getenv("MOSAIC_ROW_CLUSTER_ROWS");
+    const long long v = e && *e ? std::atoll(e) : 0;
+    return v > 0 ? int64_t(v) : kRowClusterMaxRows;
+  }();
   static const int c = [] {
     int dev = 0, major = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -225,7 +231,7 @@ inline int row_cluster(int64_t rows, int threads) {
     const int v = e && *e ? std::atoi(e) : kRowCluster;
     return v == 1 || v == 2 || v == 4 || v == 8 ? v : kRowCluster;
   }();
-  return threads == 1024 && rows <= kRowClusterMaxRows ? c : 1;
+  return threads == 1024 && rows <= max_rows ? c : 1;
 }
 
 // kernel over `rows` rows (blockIdx.x) of `threads` row threads, with PDL (MOSAIC_PDL): one CTA per row
