@@ -88,6 +88,45 @@ int64_t gptq_batch_end(int64_t i1, int64_t K, int group, int block_size, bool st
 }
 
 // The CPU solve (the reference every accelerator is tested against).
+void gptq_snap_to_int_grid(std::span<GroupParams> params, int64_t N, int64_t K, int group,
+                           const std::function<float(int64_t n, int64_t k)>& w, std::span<const float> hdiag,
+                           GptqResidualPlan* plan) {
+  const int64_t G = K / group;
+  // Each scale to the grid neighbour with the smaller diag(H)-weighted error on the weights as fit.
+  const std::vector<float> units = snap_params_to_int_grid(params, N, G, [&](int64_t n, int64_t g, const GroupParams& p) {
+    return fit::group_error([&](int64_t i) { return w(n, g * group + i); }, [&](int64_t i) { return hdiag[size_t(g * group + i)]; },
+                            group, p);
+  });
+  // The residual's row scales onto the same rows' units before any residual code is rounded, so
+  // GPTQ propagates the error of the values that will be stored: each to the grid neighbour with the
+  // smaller weighted error on the block row's RTN residual w - base(w) (a proxy: GPTQ's own residual
+  // is only known column by column).
+  std::vector<float> r0(static_cast<size_t>(plan ? plan->Bc : 0));
+  for (int64_t br = 0; plan && br < N / plan->Br; ++br)
+    for (int64_t bc = 0; bc < plan->nbc; ++bc) {
+      const int32_t b = plan->kept[size_t(br * plan->nbc + bc)];
+      if (b < 0) continue;
+      for (int dn = 0; dn < plan->Br; ++dn) {
+        const int64_t n = br * plan->Br + dn;
+        const float u = units[size_t(n)];
+        float& rs = plan->scales[size_t(int64_t(b) * plan->Br + dn)];
+        bool have_r0 = false;  // the RTN residual, computed only when two neighbours compete
+        const int64_t k0 = bc * plan->Bc;
+        rs = int_grid_scale_by_error(rs, u, [&](float sc) {
+          for (int64_t i = 0; i < plan->Bc && !have_r0; ++i) {
+            const int64_t k = k0 + i;
+            const float x = w(n, k);
+            const GroupParams& gp = params[size_t(n * G + k / group)];
+            r0[size_t(i)] = x - dequantize_code(quantize_code(x, gp), gp);
+          }
+          have_r0 = true;
+          return fit::group_error([&](int64_t i) { return r0[size_t(i)]; }, [&](int64_t i) { return hdiag[size_t(k0 + i)]; },
+                                  plan->Bc, GroupParams{sc, 8});
+        });
+      }
+    }
+}
+
 void gptq_solve_cpu(GptqSolve& s) {
   const std::span<const float> W = s.W, H = s.H;
   const int64_t N = s.N, K = s.K;
@@ -129,44 +168,9 @@ void gptq_solve_cpu(GptqSolve& s) {
     for (int64_t g = 0; g < G; ++g)
       for (int64_t n = 0; n < N; ++n)
         fit_group_at(n, g, Wt.data() + g * group * N + n, hdiag.data() + g * group);
-  if (opt.scale.int_scale_grid) {
-    // Each scale to the grid neighbour with the smaller diag(H)-weighted error on the weights as fit
-    // (Wt is still the original, dead-zeroed W here).
-    const std::vector<float> units =
-        snap_params_to_int_grid(params, N, G, [&](int64_t n, int64_t g, const GroupParams& p) {
-          const float* col0 = Wt.data() + g * group * N + n;
-          const float* h0 = hdiag.data() + g * group;
-          return fit::group_error([&](int64_t i) { return col0[i * N]; }, [&](int64_t i) { return h0[i]; }, group, p);
-        });
-    // The residual's row scales onto the same rows' units before any residual code is rounded, so
-    // GPTQ propagates the error of the values that will be stored: each to the grid neighbour with the
-    // smaller weighted error on the block row's RTN residual w - base(w) (a proxy: GPTQ's own residual
-    // is only known column by column).
-    std::vector<float> r0(static_cast<size_t>(plan ? plan->Bc : 0));
-    for (int64_t br = 0; plan && br < N / plan->Br; ++br)
-      for (int64_t bc = 0; bc < plan->nbc; ++bc) {
-        const int32_t b = plan->kept[size_t(br * plan->nbc + bc)];
-        if (b < 0) continue;
-        for (int dn = 0; dn < plan->Br; ++dn) {
-          const int64_t n = br * plan->Br + dn;
-          const float u = units[size_t(n)];
-          float& rs = plan->scales[size_t(int64_t(b) * plan->Br + dn)];
-          bool have_r0 = false;  // the RTN residual, computed only when two neighbours compete
-          const float* h0 = hdiag.data() + bc * plan->Bc;
-          rs = int_grid_scale_by_error(rs, u, [&](float sc) {
-            for (int64_t i = 0; i < plan->Bc && !have_r0; ++i) {
-              const int64_t k = bc * plan->Bc + i;
-              const float w = Wt[size_t(k * N + n)];
-              const GroupParams& gp = params[size_t(n * G + k / group)];
-              r0[size_t(i)] = w - dequantize_code(quantize_code(w, gp), gp);
-            }
-            have_r0 = true;
-            return fit::group_error([&](int64_t i) { return r0[size_t(i)]; }, [&](int64_t i) { return h0[i]; }, plan->Bc,
-                                    GroupParams{sc, 8});
-          });
-        }
-      }
-  }
+  if (opt.scale.int_scale_grid)  // Wt is still the original, dead-zeroed W here
+    gptq_snap_to_int_grid(params, N, K, int(group), [&](int64_t n, int64_t k) { return Wt[size_t(k * N + n)]; }, hdiag,
+                          plan);
 
   // act_order: permute columns (rows of Wt, rows+cols of H) by descending diag(H).
   const std::vector<int32_t> perm = gptq_column_order(hdiag, opt.act_order);

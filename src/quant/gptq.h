@@ -3,6 +3,7 @@
 // Hessian, with lazy batch updates (block_size columns at a time, the rest by one GEMM).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -81,6 +82,13 @@ std::vector<int32_t> gptq_column_order(std::span<const float> hdiag, bool act_or
 // (non-static) groups no group may start inside a batch and end past it (its params are fit when
 // its first column is reached, which must see every update).
 int64_t gptq_batch_end(int64_t i1, int64_t K, int group, int block_size, bool static_groups);
+// and with the integer scale grid (ScaleOptions::int_scale_grid): the static groups' params [N, G],
+// fit on the dead-zeroed weights w(n, k), each moved to the grid neighbour with the smaller
+// diag(H)-weighted error, and the residual plan's row scales likewise on the block row's RTN residual
+// (before any code is rounded). hdiag [K].
+void gptq_snap_to_int_grid(std::span<GroupParams> params, int64_t N, int64_t K, int group,
+                           const std::function<float(int64_t n, int64_t k)>& w, std::span<const float> hdiag,
+                           GptqResidualPlan* plan);
 
 // W row-major [N, K], H row-major [K, K] (symmetric PSD, e.g. 2 X^T X / M). Columns with
 // diag(H) == 0 never see any input: their weights are set to 0 (as the reference does).

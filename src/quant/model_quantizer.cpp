@@ -869,8 +869,7 @@ class Quantizer {
     g.static_groups = opt_.act_order;
     g.scale.grid = opt_.grid;
     g.scale.int_scale_grid = opt_.int_scales;
-    // The integer scale grid is in the CPU solver only (gptq.cpp); the GPU one refuses it.
-    timed_gptq_.inner = opt_.accel && !opt_.int_scales ? opt_.accel->gptq() : nullptr;
+    timed_gptq_.inner = opt_.accel ? opt_.accel->gptq() : nullptr;
     g.accel = &timed_gptq_;
     return g;
   }

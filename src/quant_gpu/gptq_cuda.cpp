@@ -77,12 +77,11 @@ DevBuf inverse_cholesky_upper(CudaContext& ctx, DevBuf& Hd, int64_t K, double me
 void CudaGptq::solve(GptqSolve& sv) {
   const int64_t N = sv.N, K = sv.K, group = sv.group, G = K / group;
   const GptqOptions& opt = *sv.opt;
-  const bool static_groups = opt.static_groups || opt.act_order;
+  // The integer scale grid needs every group's scale before the first code (as the CPU solve).
+  const bool static_groups = opt.static_groups || opt.act_order || opt.scale.int_scale_grid;
   const cudaStream_t s = ctx_.stream();
   MOSAIC_CHECK(opt.scale.sym_divisor > 0.0f && opt.scale.clip_min > 0.0f && opt.scale.clip_min <= 1.0f,
                "bad scale options: divisor ", opt.scale.sym_divisor, ", clip_min ", opt.scale.clip_min);
-  MOSAIC_CHECK(!opt.scale.int_scale_grid, "quantize_gptq (CUDA): the integer scale grid (--int-scales) runs on the CPU "
-               "solver only");
   MOSAIC_CHECK(N <= int64_t(65535) * 65535 && K <= 65535, "quantize_gptq (CUDA): shape [", N, ", ", K,
                "] is too large for the GPU solver's grid");
 
@@ -145,6 +144,23 @@ void CudaGptq::solve(GptqSolve& sv) {
   if (static_groups) {
     k::fit_static(Wt.as<float>(), N, G, int(group), d_hdiag.as<float>(), fa, d_scale.as<float>(), d_zero.as<int>(),
                   d_overflow.as<int>(), s);
+  }
+  if (opt.scale.int_scale_grid) {
+    // The fits onto the grid on the host, with the CPU solve's code (gptq_snap_to_int_grid): the GPU fits
+    // equal the CPU's, and so then do the snapped scales and the residual plan's row scales (the plan is
+    // uploaded below, after this).
+    std::vector<float> sc(static_cast<size_t>(N * G));
+    std::vector<int> zr(static_cast<size_t>(N * G));
+    download(sc.data(), d_scale, sc.size(), s);
+    download(zr.data(), d_zero, zr.size(), s);
+    ctx_.sync("static fits");
+    std::vector<GroupParams> gp(sc.size());
+    for (size_t i = 0; i < sc.size(); ++i) gp[i] = GroupParams{sc[i], zr[i]};
+    gptq_snap_to_int_grid(
+        gp, N, K, int(group),
+        [&](int64_t n, int64_t k) { return dead[size_t(k)] ? 0.0f : sv.W[size_t(n * K + k)]; }, hdiag, sv.plan);
+    for (size_t i = 0; i < sc.size(); ++i) sc[i] = gp[i].scale;
+    upload(d_scale, sc.data(), sc.size(), s);
   }
   if (opt.act_order) {
     DevBuf P = ctx_.alloc(size_t(N * K) * 4, "permuted weights");

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../quant/quant_test_data.h"
+#include "format/int_scale_grid.h"
 #include "format/packed_checkpoint.h"
 #include "gpu/device.h"
 #include "io/safetensors.h"
@@ -149,6 +150,56 @@ TEST(QuantGpu, MosaicWithResidualInLoopMatchesCpu) {
                 act_order, eg / ec, (long long)same_blocks, (long long)cpu.num_blocks_kept());
     EXPECT_LE(std::abs(eg / ec - 1.0), 0.01);
     EXPECT_GE(double(same_blocks), 0.95 * double(cpu.num_blocks_kept()));
+  }
+}
+
+// The integer scale grid (--int-scales) in the GPU solver: the static fits go onto the grid on the host
+// with the CPU solve's code, so the base scales must be bit-identical to the CPU's and on the grid; the
+// codes follow the usual bounds. With the residual inside GPTQ (a fixed block layout): the residual row
+// scales bit-identical too, the layer on the grid after the final snap (which moves no scale).
+TEST(QuantGpu, IntScaleGridMatchesCpu) {
+  REQUIRE_GPU();
+  int idx = 0;
+  for (bool act_order : {false, true}) {
+    SCOPED_TRACE("act_order " + std::to_string(act_order));
+    const Problem p = make_problem(96, 256, 300 + idx++, act_order ? 2 : 0);
+    GptqOptions o;
+    o.act_order = act_order;
+    o.scale.int_scale_grid = true;
+    const PackedLinear cpu = quantize_gptq(p.W, p.N, p.K, p.H, 64, true, o);
+    o.accel = accel().gptq();
+    const PackedLinear gpu = quantize_gptq(p.W, p.N, p.K, p.H, 64, true, o);
+    std::string why;
+    ASSERT_TRUE(find_int_scale_grid(gpu, &why).has_value()) << why;
+    EXPECT_EQ(cpu.scales, gpu.scales) << "grid scales must be bit-identical";
+    const double agree = codes_agreement(cpu, gpu);
+    const double ec = hessian_error(p.W, dequantize(cpu), p.N, p.K, p.H);
+    const double eg = hessian_error(p.W, dequantize(gpu), p.N, p.K, p.H);
+    std::printf("int grid gptq act_order %d: codes %.5f equal, objective GPU/CPU %.6f\n", int(act_order), agree, eg / ec);
+    EXPECT_GE(agree, 0.99);
+    EXPECT_LE(std::abs(eg / ec - 1.0), 0.01);
+
+    // The residual inside GPTQ, on one fixed block layout for both: the residual row scales are snapped
+    // on the host from identical inputs, so they too must be bit-identical.
+    const PackedLinear layout = random_packed_linear(p.N, p.K, 64, 16, 64, 0.2, ResidualPattern::kUniform, 5);
+    o.accel = nullptr;
+    PackedLinear rc = quantize_gptq_with_residual(p.W, p.N, p.K, p.H, 64, true, o, layout);
+    o.accel = accel().gptq();
+    PackedLinear rg = quantize_gptq_with_residual(p.W, p.N, p.K, p.H, 64, true, o, layout);
+    ASSERT_GT(rg.num_blocks_kept(), 0);
+    EXPECT_EQ(rc.scales, rg.scales);
+    EXPECT_EQ(rc.res_scales, rg.res_scales);
+    const std::vector<uint16_t> scales = rg.scales, res_scales = rg.res_scales;
+    snap_to_int_scale_grid(rg);  // as `quantize --int-scales` ends: INT8 overflow only, no scale moves
+    EXPECT_EQ(rg.scales, scales);
+    EXPECT_EQ(rg.res_scales, res_scales);
+    ASSERT_TRUE(find_int_scale_grid(rg, &why).has_value()) << why;
+    const double rec = hessian_error(p.W, dequantize(rc), p.N, p.K, p.H);
+    const double reg = hessian_error(p.W, dequantize(rg), p.N, p.K, p.H);
+    std::printf("int grid gptq + residual act_order %d: codes %.5f equal, objective GPU/CPU %.6f\n", int(act_order),
+                codes_agreement(rc, rg), reg / rec);
+    EXPECT_GE(codes_agreement(rc, rg), 0.99);
+    EXPECT_LE(std::abs(reg / rec - 1.0), 0.01);
   }
 }
 
