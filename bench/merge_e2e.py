@@ -3,7 +3,7 @@
 one markdown table per config (ours FP16, ours W4A16, transformers FP16 side by side), then check
 the issue's goals on the LLaMA-3-8B rows (batch 1): W4A16 decode >= 2.8x our FP16 decode and
 >= 75% of the bandwidth limit, W4A16 prefill >= our FP16 prefill, our FP16 faster than
-transformers FP16.
+transformers FP16; then every quantized engine's prompt + gen time against our FP16 (issue 6's measure).
 
   python3 bench/merge_e2e.py --json out.json --md out.md e2e-llama3-8b.json hf-llama3-8b.json ...
 """
@@ -65,7 +65,35 @@ def main():
             d, p = f16["decode_tok_s"] / hf["decode_tok_s"], f16["prefill_tok_s"] / hf["prefill_tok_s"]
             out.append(f"- our FP16 vs transformers FP16: decode {d:.2f}x, prefill {p:.2f}x (goal > 1): "
                        f"{'met' if d > 1 and p > 1 else 'NOT met'}")
+    out += whole_run_table(ok)
     open(a.md, "w").write("\n".join(out) + "\n")
+
+
+def whole_run_table(ok):
+    """Issue 6's measure: prompt + gen tokens of `batch` sequences end to end against our FP16 engine in the
+    same run, s = batch x prompt / prefill tok/s + batch x gen / decode tok/s (Qwen3-8B is the goal's config;
+    every config with an FP16 row is listed). The W4A8 goal: >= 1.3x at batch 4, 8, 16."""
+    lines = []
+    for cfg in dict.fromkeys(r["config"] for r in ok):
+        rs = [r for r in ok if r["config"] == cfg and r["engine"].startswith("mosaic_")]
+        fp16 = {r["batch"]: r for r in rs if r["engine"] == "mosaic_fp16"}
+        if not fp16 or len({r["engine"] for r in rs}) < 2:
+            continue
+        lines.append(f"\n### {cfg}: prompt + gen end to end against our FP16 (same run)\n")
+        lines.append("| batch | engine | prefill x FP16 | decode x FP16 | prompt + gen, s | x FP16 |")
+        lines.append("|---:|---|---:|---:|---:|---:|")
+
+        def secs(r):
+            b = r["batch"]
+            return b * r["prompt"] / r["prefill_tok_s"] + b * r["gen"] / r["decode_tok_s"]
+
+        for r in sorted(rs, key=lambda r: (r["batch"], r["engine"])):
+            f = fp16.get(r["batch"])
+            if f is None or r is f:
+                continue
+            lines.append(f"| {r['batch']} | {r['engine']} | {r['prefill_tok_s'] / f['prefill_tok_s']:.2f}x | "
+                         f"{r['decode_tok_s'] / f['decode_tok_s']:.2f}x | {secs(r):.3f} | {secs(f) / secs(r):.2f}x |")
+    return lines
 
 
 if __name__ == "__main__":
