@@ -1,5 +1,5 @@
-// Device side of the per-token activation quantization (rule: act_quant.h): one CTA quantizes one
-// row. Shared by the stand-alone kernel (act_quant.cu) and the producers that fuse it into their
+// Device side of the per-token activation quantization (rule: act_quant.h): one CTA, or at decode a
+// thread-block cluster acting as one, quantizes one row. Shared by the stand-alone kernel (act_quant.cu) and the producers that fuse it into their
 // epilogue (RMSNorm, SiLU-mul in kernels.cu), so every path makes the same codes.
 #pragma once
 #include <cooperative_groups.h>
