@@ -100,14 +100,20 @@ __global__ void __launch_bounds__(1024) add_rms_norm_held_k(float* x, const T* d
   aq::store_held(v, out + r * D, D);
 }
 
+// silu(g) * u rounded to T: the one formula of the three SiLU-mul kernels below, so the fused quantizing
+// form and the plain forms make the same values (GpuOps.FusedProducerQuantEqualsSeparateKernel).
+template <typename T>
+__device__ __forceinline__ T silu_mul_value(float g, float u) {
+  return from_f<T>(g / (1.f + expf(-g)) * u);
+}
+
 template <typename T>
 __global__ void silu_mul_k(const T* gu, int64_t I, T* out) {
   pdl_wait();  // gu comes from the gate/up GEMM
   pdl_launch_dependents();
   const int64_t r = blockIdx.y;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < I; i += int64_t(gridDim.x) * blockDim.x) {
-    const float g = to_f(gu[r * 2 * I + i]), u = to_f(gu[r * 2 * I + I + i]);
-    out[r * I + i] = from_f<T>(g / (1.f + expf(-g)) * u);
+    out[r * I + i] = silu_mul_value<T>(to_f(gu[r * 2 * I + i]), to_f(gu[r * 2 * I + I + i]));
   }
 }
 
@@ -127,10 +133,7 @@ __global__ void silu_mul_vec8_k(const T* gu, int64_t I, T* out) {
     uint4 o4;
     T* o = reinterpret_cast<T*>(&o4);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float gf = to_f(g[e]);
-      o[e] = from_f<T>(gf / (1.f + expf(-gf)) * to_f(u[e]));
-    }
+    for (int e = 0; e < 8; ++e) o[e] = silu_mul_value<T>(to_f(g[e]), to_f(u[e]));
     *reinterpret_cast<uint4*>(out + r * I + 8 * c) = o4;
   }
 }
@@ -157,10 +160,7 @@ __global__ void __launch_bounds__(1024) silu_mul_quant_k(const T* gu, int64_t I,
   }
   float v[PER];
 #pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const float gf = to_f(g[j]);
-    v[j] = to_f(from_f<T>(gf / (1.f + expf(-gf)) * to_f(u[j])));  // 0 past I
-  }
+  for (int j = 0; j < PER; ++j) v[j] = to_f(silu_mul_value<T>(to_f(g[j]), to_f(u[j])));  // 0 past I
   aq::quantize_held(v, I, top, fp8, box[0]);
   aq::store_held(v, out + r * I, I);
 }
