@@ -1,5 +1,5 @@
-// PTX wrappers for sm_90 (Hopper) shared by the wgmma kernels (zipper_wgmma.cu, w4a8_fp8_gemm.cu):
-// mbarriers, bulk copies and TMA tiles completing on them, wgmma fences / commits / waits, the
+// PTX wrappers for sm_90 (Hopper) shared by the wgmma kernels (zipper_wgmma.cu, w4a8_fp8_gemm.cu) and
+// the engine's row-cluster reductions (gpu/act_quant.cuh): mbarriers, distributed shared memory, bulk copies and TMA tiles completing on them, wgmma fences / commits / waits, the
 // shared-memory descriptor of a 128-byte-swizzled tile, and register fences; and, host side, the
 // driver's tensor-map encoder. Thin on purpose: each
 // is one or two PTX instructions; the kernels say what they use them for.
@@ -38,6 +38,21 @@ __device__ __forceinline__ void mbar_wait(uint32_t addr, uint32_t parity) {
       : "memory");
 }
 __device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) { mbar_wait(smem_u32(b), parity); }
+
+// ---- distributed shared memory (thread-block clusters) -------------------------------------------
+// The shared-space address `addr` of this CTA mapped to the same offset in CTA `rank` of the cluster.
+__device__ __forceinline__ uint32_t mapa(uint32_t addr, uint32_t rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+}
+// 4 bytes into (possibly another CTA's) shared memory, counted as transaction bytes on that CTA's mbarrier
+// (both cluster-mapped addresses, mapa).
+__device__ __forceinline__ void st_async_b32(uint32_t dst, uint32_t v, uint32_t bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(dst), "r"(v),
+               "r"(bar)
+               : "memory");
+}
 
 // ---- bulk copies and TMA, global -> shared, completing on an mbarrier ---------------------------
 // 1D bulk copy (bytes % 16 == 0, both ends 16-byte aligned).

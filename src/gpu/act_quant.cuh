@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cuda/hopper_ptx.cuh"
 #include "cuda/pdl.cuh"
 
 namespace mosaic::gpu::kern::aq {
@@ -107,16 +108,9 @@ __device__ __forceinline__ int row_threads() { return int(gridDim.z * blockDim.x
 // mbarrier completes one phase). A CTA exits only after its own inbox has received every push, so no
 // push lands in a CTA that has exited.
 struct RowInbox {
-  alignas(8) unsigned long long bar;
+  alignas(8) uint64_t bar;
   float part[32];  // [rank x warps per CTA + warp]
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ uint32_t cluster_addr(uint32_t a, uint32_t rank) {
-  uint32_t r;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
-  return r;
-}
 
 // Before a cluster form's first row_reduce (best before pdl_wait: it then overlaps the previous kernel):
 // initializes the inboxes and waits until every CTA of the cluster has, so no push finds an uninitialized
@@ -126,7 +120,7 @@ __device__ __forceinline__ void row_setup(RowInbox (&box)[N]) {
   if (gridDim.z == 1) return;
   if (threadIdx.x == 0) {
 #pragma unroll
-    for (int i = 0; i < N; ++i) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_addr(&box[i].bar)));
+    for (int i = 0; i < N; ++i) cuda::hopper::mbar_init(&box[i].bar, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   asm volatile("barrier.cluster.arrive.relaxed;\n" ::: "memory");
@@ -144,24 +138,15 @@ __device__ float row_reduce(float v, RowInbox& box) {
     if (lane == 0) box.part[threadIdx.x >> 5] = v;
     __syncthreads();
   } else {
-    const uint32_t bar = smem_addr(&box.bar);
-    if (threadIdx.x == 0)  // this CTA's one arrival, expecting every CTA's partials
-      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(C * wpc * 4) : "memory");
-    if (lane == 0) {
-      const uint32_t slot = smem_addr(&box.part[int(blockIdx.z) * wpc + int(threadIdx.x >> 5)]);
+    namespace h = cuda::hopper;
+    const uint32_t bar = h::smem_u32(&box.bar);
+    if (threadIdx.x == 0) h::mbar_expect_tx(&box.bar, uint32_t(C * wpc * 4));  // this CTA's one arrival
+    if (lane == 0) {  // this warp's partial into every CTA's inbox (this one's included)
+      const uint32_t slot = h::smem_u32(&box.part[int(blockIdx.z) * wpc + int(threadIdx.x >> 5)]);
       for (int p = 0; p < C; ++p)
-        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(
-                         cluster_addr(slot, uint32_t(p))),
-                     "r"(__float_as_uint(v)), "r"(cluster_addr(bar, uint32_t(p)))
-                     : "memory");
+        h::st_async_b32(h::mapa(slot, uint32_t(p)), __float_as_uint(v), h::mapa(bar, uint32_t(p)));
     }
-    uint32_t done = 0;
-    while (!done)
-      asm volatile(
-          "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n selp.u32 %0, 1, 0, p;\n}\n"
-          : "=r"(done)
-          : "r"(bar)
-          : "memory");
+    h::mbar_wait(bar, 0);
   }
   // As block_reduce's last warp: lane l takes row warp l's partial (absent warps: the identity).
   float x = lane < C * wpc ? box.part[lane] : (kMax ? -INFINITY : 0.f);
