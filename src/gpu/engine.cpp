@@ -939,71 +939,65 @@ void GpuModel::decode(const int32_t* tokens, int B, float* logits, int32_t* next
   for (int b = 0; b < B; ++b) ++m.len[size_t(b)];
 }
 
+namespace {
+// A profile's changes to the model, undone when it ends, normally or by an exception: the skip mask,
+// the sequences' lengths and the CUDA-graph setting.
+struct ProfileScope {
+  GpuModel::Impl& m;
+  const std::vector<int64_t> len;
+  const bool graphs;
+  ProfileScope(GpuModel::Impl& model, unsigned skip) : m(model), len(model.len), graphs(model.opt.cuda_graphs) {
+    m.skip = skip;
+  }
+  ~ProfileScope() {
+    m.skip = 0;
+    m.opt.cuda_graphs = graphs;
+    m.len = len;
+  }
+};
+}  // namespace
+
 double GpuModel::profile_decode(int B, unsigned skip, bool graphs, int steps) {
   Impl& m = *impl_;
   MOSAIC_CHECK(B >= 1 && B <= m.slots && steps >= 1 && m.cap > steps + 1, "profile_decode: bad arguments");
+  const ProfileScope scope(m, skip);
   // Positions near the end of the cache (attention over ~capacity keys), advanced `steps` times.
-  const std::vector<int64_t> saved = m.len;
   for (int b = 0; b < B; ++b) m.len[size_t(b)] = m.cap - steps - 1;
   std::vector<int32_t> toks(size_t(B), 0);
   for (auto& [b, g] : m.graphs) cudaGraphExecDestroy(g);
   m.graphs.clear();
   m.eager_steps.clear();
-  const bool use_graphs = m.opt.cuda_graphs;
   m.opt.cuda_graphs = graphs;
-  m.skip = skip;
-  double ms = 0;
-  try {
-    m.stage_decode_inputs(toks.data(), B);
-    m.decode_step(B);  // eager (warm-up)
-    m.stage_decode_inputs(toks.data(), B);
-    m.decode_step(B);  // captured
-    m.stage_decode_inputs(toks.data(), B);
-    synchronize();
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < steps; ++i) m.decode_step(B);
-    synchronize();
-    ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
-  } catch (...) {
-    m.skip = 0;
-    m.opt.cuda_graphs = use_graphs;
-    m.len = saved;
-    throw;
-  }
+  m.stage_decode_inputs(toks.data(), B);
+  m.decode_step(B);  // eager (warm-up)
+  m.stage_decode_inputs(toks.data(), B);
+  m.decode_step(B);  // captured
+  m.stage_decode_inputs(toks.data(), B);
+  synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < steps; ++i) m.decode_step(B);
+  synchronize();
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
   for (auto& [b, g] : m.graphs) cudaGraphExecDestroy(g);
   m.graphs.clear();
   m.eager_steps.clear();
-  m.skip = 0;
-  m.opt.cuda_graphs = use_graphs;
-  m.len = saved;
   return ms;
 }
 
 double GpuModel::profile_prefill(int64_t T, unsigned skip, int reps) {
   Impl& m = *impl_;
   MOSAIC_CHECK(T >= 1 && T <= m.cap && reps >= 1, "profile_prefill: bad arguments");
-  const std::vector<int64_t> saved = m.len;
+  const ProfileScope scope(m, skip);
   std::vector<int32_t> toks(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t) toks[size_t(t)] = int32_t((t * 7919 + 13) % m.V);
-  m.skip = skip;
-  double ms = 0;
-  try {
+  m.len[0] = 0;
+  forward(0, toks.data(), T, nullptr, Logits::None);  // warm-up
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) {
     m.len[0] = 0;
-    forward(0, toks.data(), T, nullptr, Logits::None);  // warm-up
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) {
-      m.len[0] = 0;
-      forward(0, toks.data(), T, nullptr, Logits::None);
-    }
-    ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
-  } catch (...) {
-    m.skip = 0;
-    m.len = saved;
-    throw;
+    forward(0, toks.data(), T, nullptr, Logits::None);
   }
-  m.skip = 0;
-  m.len = saved;
-  return ms;
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
 void GpuModel::generate_greedy(const int32_t* first, int B, int steps, int32_t* out) {
