@@ -37,10 +37,34 @@ __global__ void __launch_bounds__(1024) act_fake_quant_held_k(const T* X, T* Y, 
   aq::store_held(v, Y + r * K, K);
 }
 
+// The same rule in 16-byte chunks on up to 8 CTAs per row (aq::vec8_rows: the decode rows; the same codes).
+template <typename T, bool FP8>
+__global__ void __launch_bounds__(aq::kVec8Threads) act_fake_quant_vec8_k(const T* X, T* Y, int64_t K, float top) {
+  __shared__ aq::RowInbox box[1];
+  aq::row_setup(box);
+  cuda::pdl_wait();  // X comes from the kernel before
+  cuda::pdl_launch_dependents();
+  const int64_t r = blockIdx.x, i = 8 * aq::vec8_chunk();
+  float v[8] = {}, amax = 0.f;
+  if (i < K) {
+    aq::load8(X + r * K + i, v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[e]));
+  }
+  amax = aq::vec8_row_max(amax, box[0]);
+  if (i >= K) return;
+  aq::quantize_held_given(v, K, top, FP8, amax);
+  aq::store8(Y + r * K + i, v);
+}
+
 template <typename T, bool FP8>
 void launch(const void* X, void* Y, int64_t rows, int64_t K, float top, cudaStream_t s) {
   auto* x = static_cast<const T*>(X);
   auto* y = static_cast<T*>(Y);
+  if (aq::vec8_rows(rows, K, X, Y)) {
+    aq::launch_vec8_rows(act_fake_quant_vec8_k<T, FP8>, rows, K, s, x, y, K, top);
+    return;
+  }
   // Decode quantizes a few rows: many threads per row keep each pass short.
   const int threads = K >= 4096 ? 1024 : 256;
   switch (aq::held_per_thread(K, threads)) {

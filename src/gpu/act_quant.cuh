@@ -97,8 +97,24 @@ __device__ void quantize_row(const T* src, T* dst, int64_t K, float top, bool fp
 // CTA of C x blockDim.x threads: row thread v = rank x blockDim.x + threadIdx.x holds the elements
 // k = v + j x (C x blockDim.x), and row_reduce combines the same per-warp partials in the same order as the
 // one-CTA block reduction (kernel_util.cuh's block_reduce), so a row's values are bit-identical for every C.
-__device__ __forceinline__ int row_thread() { return int(blockIdx.z * blockDim.x + threadIdx.x); }
-__device__ __forceinline__ int row_threads() { return int(gridDim.z * blockDim.x); }
+// At prefill the rows are many and a 1024-thread CTA per row left one CTA per SM, each waiting through its
+// row's load, reduction and store in turn (add_rms_norm_held_k 52 us per 2048 rows, 30% of the DRAM bandwidth:
+// ncu, H200, twenty-first session). There a CTA of 1024 / V threads holds the row instead, each thread acting
+// as V row threads (q < V): row thread v = threadIdx.x + blockDim.x x (rank + C x q) in general (C = gridDim.z
+// CTAs per row), the same element order and partials, so again the same values.
+// V > 1 is always one CTA of 1024 / V threads per row, so its indices are compile-time strides (fewer
+// registers: the form held 48 values a thread and spilled with run-time ones).
+inline constexpr int kHeldRowThreads = 1024;
+template <int V = 1>
+__device__ __forceinline__ int row_thread(int q = 0) {
+  if constexpr (V > 1) return int(threadIdx.x) + (kHeldRowThreads / V) * q;
+  return int(threadIdx.x + blockDim.x * (blockIdx.z + gridDim.z * unsigned(q)));
+}
+template <int V = 1>
+__device__ __forceinline__ int row_threads() {
+  if constexpr (V > 1) return kHeldRowThreads;
+  return int(gridDim.z * blockDim.x);
+}
 
 // The cluster form's exchange: every CTA pushes its warps' partials into every CTA's inbox with st.async,
 // counted by the inbox's mbarrier (transaction bytes). So no cluster-wide barrier sits on the row's
@@ -109,7 +125,7 @@ __device__ __forceinline__ int row_threads() { return int(gridDim.z * blockDim.x
 // push lands in a CTA that has exited.
 struct RowInbox {
   alignas(8) uint64_t bar;
-  float part[32];  // [rank x warps per CTA + warp]
+  float part[2][32];  // [channel][row warp = (rank + C x q) x warps per CTA + warp]
 };
 
 // Before a cluster form's first row_reduce (best before pdl_wait: it then overlaps the previous kernel):
@@ -127,31 +143,67 @@ __device__ __forceinline__ void row_setup(RowInbox (&box)[N]) {
   asm volatile("barrier.cluster.wait;\n" ::: "memory");
 }
 
-// Sum (kMax false) or max (kMax true) over the row's threads; every thread must call it and gets the
-// result. box: this reduction's own inbox (row_setup before, for a cluster).
-template <bool kMax>
-__device__ float row_reduce(float v, RowInbox& box) {
-  const auto op = [](float a, float b) { return kMax ? fmaxf(a, b) : a + b; };
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int lane = int(threadIdx.x & 31), wpc = int(blockDim.x >> 5), C = int(gridDim.z);
+// N reductions over the row's threads at once, from each row thread's partials (v[q][c]: row thread
+// row_thread(q)'s for channel c): channel 0 sums (kMax0 false) or takes the max, channel 1 takes the max.
+// Every thread must call it and gets the results. box: this reduction's own inbox (row_setup before, for a
+// cluster). At most 32 row warps (1024 row threads).
+template <bool kMax0, int V, int N>
+__device__ void row_reduce_n(const float (&v)[V][N], RowInbox& box, float (&out)[N]) {
+  static_assert(N == 1 || N == 2, "an inbox has two channels");
+  const auto op = [](int c, float a, float b) { return c > 0 || kMax0 ? fmaxf(a, b) : a + b; };
+  float p[V][N];
+#pragma unroll
+  for (int q = 0; q < V; ++q)
+#pragma unroll
+    for (int c = 0; c < N; ++c) {
+      p[q][c] = v[q][c];
+      for (int o = 16; o > 0; o >>= 1) p[q][c] = op(c, p[q][c], __shfl_xor_sync(0xffffffffu, p[q][c], o));
+    }
+  const int lane = int(threadIdx.x & 31), w = int(threadIdx.x >> 5), wpc = int(blockDim.x >> 5), C = int(gridDim.z);
+  const auto slot_of = [&](int q) { return w + wpc * (int(blockIdx.z) + C * q); };  // row warp of row_thread(q)
   if (C == 1) {
-    if (lane == 0) box.part[threadIdx.x >> 5] = v;
+    if (lane == 0)
+#pragma unroll
+      for (int q = 0; q < V; ++q)
+#pragma unroll
+        for (int c = 0; c < N; ++c) box.part[c][slot_of(q)] = p[q][c];
     __syncthreads();
   } else {
     namespace h = cuda::hopper;
     const uint32_t bar = h::smem_u32(&box.bar);
-    if (threadIdx.x == 0) h::mbar_expect_tx(&box.bar, uint32_t(C * wpc * 4));  // this CTA's one arrival
-    if (lane == 0) {  // this warp's partial into every CTA's inbox (this one's included)
-      const uint32_t slot = h::smem_u32(&box.part[int(blockIdx.z) * wpc + int(threadIdx.x >> 5)]);
-      for (int p = 0; p < C; ++p)
-        h::st_async_b32(h::mapa(slot, uint32_t(p)), __float_as_uint(v), h::mapa(bar, uint32_t(p)));
-    }
+    if (threadIdx.x == 0) h::mbar_expect_tx(&box.bar, uint32_t(C * V * wpc * N * 4));  // this CTA's one arrival
+    if (lane == 0)  // this warp's partials into every CTA's inbox (this one's included)
+#pragma unroll
+      for (int q = 0; q < V; ++q)
+#pragma unroll
+        for (int c = 0; c < N; ++c) {
+          const uint32_t slot = h::smem_u32(&box.part[c][slot_of(q)]);
+          for (int r = 0; r < C; ++r)
+            h::st_async_b32(h::mapa(slot, uint32_t(r)), __float_as_uint(p[q][c]), h::mapa(bar, uint32_t(r)));
+        }
     h::mbar_wait(bar, 0);
   }
   // As block_reduce's last warp: lane l takes row warp l's partial (absent warps: the identity).
-  float x = lane < C * wpc ? box.part[lane] : (kMax ? -INFINITY : 0.f);
-  for (int o = 16; o > 0; o >>= 1) x = op(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
+#pragma unroll
+  for (int c = 0; c < N; ++c) {
+    float x = lane < C * V * wpc ? box.part[c][lane] : (c > 0 || kMax0 ? -INFINITY : 0.f);
+    for (int o = 16; o > 0; o >>= 1) x = op(c, x, __shfl_xor_sync(0xffffffffu, x, o));
+    out[c] = x;
+  }
+}
+// Sum (kMax false) or max (kMax true) of one value per row thread (v[q]: row_thread(q)'s).
+template <bool kMax, int V>
+__device__ float row_reduce(const float (&v)[V], RowInbox& box) {
+  float p[V][1], out[1];
+#pragma unroll
+  for (int q = 0; q < V; ++q) p[q][0] = v[q];
+  row_reduce_n<kMax, V, 1>(p, box, out);
+  return out[0];
+}
+template <bool kMax>
+__device__ float row_reduce(float v, RowInbox& box) {
+  const float p[1] = {v};
+  return row_reduce<kMax, 1>(p, box);
 }
 
 // The same rule on a row held in registers: row thread v holds elements k = v + j row_threads() (j < PER,
@@ -159,19 +211,24 @@ __device__ float row_reduce(float v, RowInbox& box) {
 // the stored row). Replaces each held value by s * code. One pass over memory instead of three: the
 // producers' rows at decode are a few CTAs, latency-bound on every pass. box: as row_reduce's.
 template <int PER>
+__device__ void quantize_held_given(float (&v)[PER], int64_t K, float top, bool fp8, float amax);
+template <int PER>
 __device__ void quantize_held(float (&v)[PER], int64_t K, float top, bool fp8, RowInbox& box) {
   float amax = 0.f;
 #pragma unroll
   for (int j = 0; j < PER; ++j)
     if (row_thread() + int64_t(j) * row_threads() < K) amax = fmaxf(amax, fabsf(v[j]));
-  amax = row_reduce<true>(amax, box);
+  quantize_held_given(v, K, top, fp8, row_reduce<true>(amax, box));
+}
+// Every v[j] through the rule given the row's max|value| (a producer that had it from its own reduction).
+// Values a producer holds past the row's end are never stored.
+template <int PER>
+__device__ void quantize_held_given(float (&v)[PER], int64_t /*K*/, float top, bool fp8, float amax) {
   if (row_passes_through(amax)) return;
   const float s = __fdiv_rn(amax, top), inv = 1.f / s;
   const bool fast = !fp8 && inv <= FLT_MAX;  // the same for the whole row
 #pragma unroll
-  for (int j = 0; j < PER; ++j)
-    if (row_thread() + int64_t(j) * row_threads() < K)  // (past K: never stored)
-      v[j] = fast ? quantize_int_value(v[j], s, inv, top) : quantize_value(v[j], s, top, fp8);
+  for (int j = 0; j < PER; ++j) v[j] = fast ? quantize_int_value(v[j], s, inv, top) : quantize_value(v[j], s, top, fp8);
 }
 
 // The held row's only store: element k = v + j row_threads() to dst[k] (as the activation type).
@@ -182,6 +239,78 @@ __device__ __forceinline__ void store_held(const float (&v)[PER], T* dst, int64_
     const int64_t k = row_thread() + int64_t(j) * row_threads();
     if (k < K) store_f(dst, k, v[j]);
   }
+}
+// The same for a thread acting as V row threads: v[q][j] is element row_thread(q) + j row_threads<V>().
+template <typename T, int V, int PER>
+__device__ __forceinline__ void store_held(const float (&v)[V][PER], T* dst, int64_t K) {
+#pragma unroll
+  for (int q = 0; q < V; ++q)
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t k = row_thread<V>(q) + int64_t(j) * row_threads<V>();
+      if (k < K) store_f(dst, k, v[q][j]);
+    }
+}
+
+// ---- A row as 16-byte chunks, for producers whose only reduction is the max ------------------------------
+// The max is exact in any order, so these may hold the row in any layout and still make the codes of the
+// forms above: CTA thread t of cluster rank c holds chunk c x blockDim.x + t, elements [8 chunk, 8 chunk + 8).
+// Why (twenty-second session): at decode the quantizing SiLU-mul on 1024 row threads took 12 two-byte loads
+// per operand and per thread and 12 elements of serial math (Qwen3-8B, I = 12288); here a thread loads one
+// 16-byte chunk per operand and the row spreads over up to 8 CTAs of a cluster.
+inline constexpr int kVec8Threads = 256;
+// CTAs of the chunked form for a row of K (0: K not a multiple of 8, or more than a portable cluster of 8).
+inline int vec8_row_ctas(int64_t K) {
+  const int64_t c = (K / 8 + kVec8Threads - 1) / kVec8Threads;
+  return K % 8 == 0 && c <= 8 ? int(c) : 0;
+}
+__device__ __forceinline__ int64_t vec8_chunk() { return int64_t(blockIdx.z) * blockDim.x + threadIdx.x; }
+
+// The row's max over every thread's amax (>= 0; a cluster when gridDim.z > 1: row_setup(box) before). Every
+// thread must call it and gets the result.
+__device__ __forceinline__ float vec8_row_max(float amax, RowInbox& box) {
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if ((threadIdx.x & 31) == 0) box.part[0][threadIdx.x >> 5] = amax;
+  __syncthreads();
+  float m = 0.f;
+  for (int w = 0; w < int(blockDim.x >> 5); ++w) m = fmaxf(m, box.part[0][w]);
+  const int C = int(gridDim.z);
+  if (C == 1) return m;
+  namespace h = cuda::hopper;
+  const uint32_t bar = h::smem_u32(&box.bar);
+  if (threadIdx.x == 0) {  // this CTA's max into every CTA's inbox (this one's included)
+    h::mbar_expect_tx(&box.bar, uint32_t(C * 4));
+    const uint32_t slot = h::smem_u32(&box.part[1][blockIdx.z]);
+    for (int r = 0; r < C; ++r) h::st_async_b32(h::mapa(slot, uint32_t(r)), __float_as_uint(m), h::mapa(bar, uint32_t(r)));
+  }
+  h::mbar_wait(bar, 0);
+  m = 0.f;
+  for (int r = 0; r < C; ++r) m = fmaxf(m, box.part[1][r]);
+  return m;
+}
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&v)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const T* t = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) v[e] = load_f(t, e);
+}
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
+  uint4 u;
+  T* t = reinterpret_cast<T*>(&u);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) store_f(t, e, v[e]);
+  *reinterpret_cast<uint4*>(p) = u;
+}
+
+// kernel over `rows` rows of K in the chunked form (vec8_row_ctas(K) CTAs per row, a cluster if > 1), PDL.
+template <typename... KArgs, typename... Args>
+void launch_vec8_rows(void (*kernel)(KArgs...), int64_t rows, int64_t K, cudaStream_t s, Args... args) {
+  const int c = vec8_row_ctas(K);
+  cuda::launch_maybe_pdl_cluster(cuda::pdl_env_enabled(), c, kernel, dim3(unsigned(rows), 1, unsigned(c)),
+                                 dim3(kVec8Threads), 0, s, args...);
 }
 
 // Elements per thread for a held row of K with `threads` threads: 8 or 16 (at 1024 threads 16 fits
@@ -198,6 +327,18 @@ inline int held_per_thread(int64_t K, int threads) {
 // 64; prefill chunks have more: there a 1024-thread CTA per row leaves one CTA per SM, untested so far).
 inline constexpr int kRowCluster = 4;
 inline constexpr int64_t kRowClusterMaxRows = 64;
+inline int row_cluster(int64_t rows, int threads);
+// Whether a quantizing producer of `rows` rows of K takes the chunked form: the decode rows (those of the
+// cluster form, row_cluster), K a multiple of 8 within 8 CTAs, 16-byte aligned rows. MOSAIC_QUANT_VEC8=0: never
+// (same-binary comparisons).
+inline bool vec8_rows(int64_t rows, int64_t K, const void* src, const void* dst) {
+  static const bool on = [] {
+    const char* e = std::getenv("MOSAIC_QUANT_VEC8");
+    return !(e && *e == '0');
+  }();
+  const bool aligned = (reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst)) % 16 == 0;
+  return on && aligned && vec8_row_ctas(K) > 0 && row_cluster(rows, 1024) > 1;
+}
 inline int row_cluster(int64_t rows, int threads) {
   static const int64_t max_rows = [] {
     const char* e = std::getenv("MOSAIC_ROW_CLUSTER_ROWS");

@@ -46,58 +46,76 @@ __global__ void add_rms_norm_k(float* x, const T* delta, const float* w, int64_t
     ss += v * v;
   }
   const float rs = rsqrtf(block_sum(ss) / float(D) + eps);
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) out[r * D + i] = from_f<T>(xr[i] * rs * w[i]);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) out[r * D + i] = from_f<T>(xr[i] * w[i] * rs);  // as held
 }
 
 // add_rms_norm_k's math with the row held in registers (PER values per row thread: aq::held_per_thread),
-// per-token quantized before its only store when Q (RowQuant). Same row thread count (one CTA, or at
-// decode a cluster acting as one: aq::row_reduce) and element order as add_rms_norm_k, so the sum of
-// squares, and so every value, is the same.
+// per-token quantized before its only store when Q (RowQuant). Same row thread count (one CTA, at decode a
+// cluster acting as one: aq::row_reduce, at prefill a CTA whose threads act as V row threads each) and
+// element order as add_rms_norm_k, so the sum of squares, and so every value, is the same.
 // Why held (twelfth session, ncu on an H200, LLaMA-3-8B batch-1 decode): add_rms_norm_k's loop
 // stores x between its loads, so each of its D / 1024 iterations waited for a round trip to L2, and
 // w was read after the reduction: 5.8 us per norm against ~2.3 us for an empty kernel, 65 norms a
 // step. Here w is loaded before pdl_wait (constant: it overlaps the previous kernel), then every
 // load of x and delta is in flight at once, and the stores come last.
-template <typename T, int PER, bool Q>
-__global__ void __launch_bounds__(1024) add_rms_norm_held_k(float* x, const T* delta, const float* w, int64_t D, float eps,
-                                                            T* out, float top, bool fp8) {
-  __shared__ aq::RowInbox box[2];  // the row's two reductions (aq::row_reduce: one CTA or a cluster)
+template <typename T, int PER, int V, bool Q>
+__global__ void __launch_bounds__(1024 / V, V) add_rms_norm_held_k(float* x, const T* delta, const float* w, int64_t D,
+                                                                   float eps, T* out, float top, bool fp8) {
+  static_assert(V == 1 || !Q, "the quantizing form is held by one CTA or a cluster per row");
+  __shared__ aq::RowInbox box[1];  // the row's one reduction (aq::row_reduce_n)
   aq::row_setup(box);
   const int64_t r = blockIdx.x;
-  const int v0 = aq::row_thread(), nv = aq::row_threads();
-  float wv[PER];
+  const int nv = aq::row_threads<V>();
+  const auto at = [&](int q, int j) { return aq::row_thread<V>(q) + int64_t(j) * nv; };  // held (q, j)'s element
+  float wv[V][PER];
 #pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int64_t i = v0 + int64_t(j) * nv;
-    wv[j] = i < D ? w[i] : 0.f;
-  }
+  for (int q = 0; q < V; ++q)
+#pragma unroll
+    for (int j = 0; j < PER; ++j) wv[q][j] = at(q, j) < D ? w[at(q, j)] : 0.f;
   pdl_wait();  // delta (and x) come from the kernels before
   pdl_launch_dependents();
   float* xr = x + r * D;
-  float v[PER], dv[PER];
+  float v[V][PER], dv[V][PER];
 #pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int64_t i = v0 + int64_t(j) * nv;
-    v[j] = i < D ? xr[i] : 0.f;
-    dv[j] = delta && i < D ? to_f(delta[r * D + i]) : 0.f;
-  }
-  float ss = 0.f;
+  for (int q = 0; q < V; ++q)
 #pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int64_t i = v0 + int64_t(j) * nv;
-    if (i < D) {
-      if (delta) {
-        v[j] += dv[j];
-        xr[i] = v[j];
+    for (int j = 0; j < PER; ++j) {
+      const int64_t i = at(q, j);
+      v[q][j] = i < D ? xr[i] : 0.f;
+      dv[q][j] = delta && i < D ? to_f(delta[r * D + i]) : 0.f;
+    }
+  // Per row thread: the sum of squares and (for Q) max |x w|, reduced together: the output is (x w) rs, and
+  // |(x w) rs| rounded to T grows with |x w| (rs > 0, rounding is monotone), so the row's max|output| is
+  // max|x w| times rs rounded the same way: the quantization needs no second reduction (the decode step's
+  // critical path had two rounds through the cluster per norm).
+  float part[V][Q ? 2 : 1];
+#pragma unroll
+  for (int q = 0; q < V; ++q) {
+    part[q][0] = 0.f;
+    if constexpr (Q) part[q][1] = 0.f;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t i = at(q, j);
+      if (i < D) {
+        if (delta) {
+          v[q][j] += dv[q][j];
+          xr[i] = v[q][j];
+        }
+        part[q][0] += v[q][j] * v[q][j];
+        v[q][j] *= wv[q][j];
+        if constexpr (Q) part[q][1] = fmaxf(part[q][1], fabsf(v[q][j]));
       }
-      ss += v[j] * v[j];
     }
   }
-  const float rs = rsqrtf(aq::row_reduce<false>(ss, box[0]) / float(D) + eps);
+  float total[Q ? 2 : 1];
+  aq::row_reduce_n<false>(part, box[0], total);
+  const float rs = rsqrtf(total[0] / float(D) + eps);
 #pragma unroll
-  for (int j = 0; j < PER; ++j) v[j] = to_f(from_f<T>(v[j] * rs * wv[j]));
-  if constexpr (Q) aq::quantize_held(v, D, top, fp8, box[1]);
-  aq::store_held(v, out + r * D, D);
+  for (int q = 0; q < V; ++q)
+#pragma unroll
+    for (int j = 0; j < PER; ++j) v[q][j] = to_f(from_f<T>(v[q][j] * rs));
+  if constexpr (Q) aq::quantize_held_given(v[0], D, top, fp8, to_f(from_f<T>(total[1] * rs)));
+  aq::store_held<T, V, PER>(v, out + r * D, D);
 }
 
 // silu(g) * u rounded to T: the one formula of the three SiLU-mul kernels below, so the fused quantizing
@@ -165,6 +183,33 @@ __global__ void __launch_bounds__(1024) silu_mul_quant_k(const T* gu, int64_t I,
   aq::store_held(v, out + r * I, I);
 }
 
+// silu_mul_quant_k in 16-byte chunks on up to 8 CTAs per row (aq::vec8_rows: the decode rows): the same
+// values and, the row's max being order-free, the same codes.
+template <typename T>
+__global__ void __launch_bounds__(aq::kVec8Threads) silu_mul_quant_vec8_k(const T* gu, int64_t I, T* out, float top,
+                                                                          bool fp8) {
+  __shared__ aq::RowInbox box[1];
+  aq::row_setup(box);
+  pdl_wait();  // gu comes from the gate/up GEMM
+  pdl_launch_dependents();
+  const int64_t r = blockIdx.x, i = 8 * aq::vec8_chunk();
+  float v[8] = {}, amax = 0.f;
+  if (i < I) {
+    float g[8], u[8];
+    aq::load8(gu + r * 2 * I + i, g);
+    aq::load8(gu + r * 2 * I + I + i, u);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      v[e] = to_f(silu_mul_value<T>(g[e], u[e]));
+      amax = fmaxf(amax, fabsf(v[e]));
+    }
+  }
+  amax = aq::vec8_row_max(amax, box[0]);
+  if (i >= I) return;
+  aq::quantize_held_given(v, I, top, fp8, amax);
+  aq::store8(out + r * I + i, v);
+}
+
 // ---- RoPE + KV cache append (prefill; norm_rope_rows: kernel_util.cuh) ----------------------------
 // grid (rows, ceil(nh / kRopeHeads)), block kRopeThreads: heads j0 .. j0 + n - 1 of token r's
 // fused qkv row (q heads, then k, then v) -> q_out, or the cache of slot[r] at pos[r].
@@ -190,6 +235,58 @@ __global__ void qkv_rope_cache_k(const T* qkv, const int32_t* pos_a, const int32
                                : vc + ((slot * d.Hkv + (j - d.H - d.Hkv)) * d.cap + pos) * hd;
     dst[e] = from_f<T>(sm[i]);
   }
+}
+
+// qkv_rope_cache_k for head_dim HD = 64 or 128 (every target model), one warp per head: lane l holds the
+// head's elements l + 32 e (e < HD / 32) in registers, the order in which norm_rope_apply sums a head's
+// squares (so the same values), and each rotate-half pair (i, i + HD / 2) lies in one lane. Why: ncu on an
+// H200 (Qwen3-8B, 2048-row prefill, twenty-first session) put qkv_rope_cache_k at 71 us per layer, 72% SM
+// and 9% DRAM throughput: every value went through shared memory three times with a run-time division
+// by hd per value and per pair; this form has no division and no shared memory but the cos / sin table.
+template <typename T, int HD>
+__global__ void __launch_bounds__(kRopeHeads * 32) qkv_rope_cache_warp_k(const T* qkv, const int32_t* pos_a,
+                                                                         const int32_t* slot_a, AttnDims d,
+                                                                         const float* q_norm, const float* k_norm,
+                                                                         float eps, const float* inv_freq, T* q_out,
+                                                                         T* kc, T* vc) {
+  constexpr int E = HD / 32, HALF = HD / 2;
+  __shared__ float cs[HD];  // cos [0, HALF), sin [HALF, HD) at this token's position
+  const int r = blockIdx.x, lane = threadIdx.x & 31, nh = d.H + 2 * d.Hkv;
+  const int j = blockIdx.y * kRopeHeads + int(threadIdx.x >> 5);  // this warp's head
+  const int64_t pos = pos_a[r], slot = slot_a[r];
+  float x[E];
+  if (j < nh) {
+    const T* src = qkv + (int64_t(r) * nh + j) * HD;
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = to_f(src[lane + 32 * e]);
+  }
+  rope_table(HD, pos, inv_freq, cs);  // the loads above are in flight meanwhile
+  __syncthreads();
+  if (j >= nh) return;
+  const bool is_q = j < d.H, is_k = !is_q && j < d.H + d.Hkv;
+  const float* w = is_q ? q_norm : is_k ? k_norm : nullptr;
+  if (w) {
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) ss += x[e] * x[e];
+    const float rs = rsqrtf(warp_sum(ss) / float(HD) + eps);
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = x[e] * rs * w[lane + 32 * e];
+  }
+  if (is_q || is_k) {
+#pragma unroll
+    for (int e = 0; e < E / 2; ++e) {
+      const int i = lane + 32 * e;
+      const float a = x[e], b = x[e + E / 2], c = cs[i], s = cs[HALF + i];
+      x[e] = a * c - b * s;
+      x[e + E / 2] = b * c + a * s;
+    }
+  }
+  T* dst = is_q   ? q_out + (int64_t(r) * d.H + j) * HD
+           : is_k ? kc + ((slot * d.Hkv + (j - d.H)) * d.cap + pos) * HD
+                  : vc + ((slot * d.Hkv + (j - d.H - d.Hkv)) * d.cap + pos) * HD;
+#pragma unroll
+  for (int e = 0; e < E; ++e) dst[lane + 32 * e] = from_f<T>(x[e]);
 }
 
 // ---- attention ------------------------------------------------------------------------------------
@@ -365,9 +462,20 @@ void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t ro
   if (rows <= 0) return;
   const int threads = norm_threads(D);
   const int per = aq::held_per_thread(D, threads);  // 0: a row too long to hold in registers
+  // Prefill (rows past the cluster form's) of a 4096-wide row, not quantized (the INT8 kernel quantizes its
+  // own rows there): CTAs of 256 threads acting as 4 row threads each (add_rms_norm_held_k). Same values.
+  static const bool prefill_form = [] {  // MOSAIC_NORM_V=0: one 1024-thread CTA per row (comparisons)
+    const char* e = std::getenv("MOSAIC_NORM_V");
+    return !(e && *e == '0');
+  }();
+  if (prefill_form && threads == 1024 && D <= 4 * 1024 && !q.on() && aq::row_cluster(rows, threads) == 1) {
+    MOSAIC_DISPATCH(a, launch_pdl(add_rms_norm_held_k<T, 4, 4, false>, dim3(unsigned(rows)), dim3(256), 0, s, x,
+                                  static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), 0.f, false));
+    return;
+  }
 #define MOSAIC_NORM_HELD(PER, Q)                                                                              \
-  MOSAIC_DISPATCH(a, aq::launch_rows(add_rms_norm_held_k<T, PER, Q>, rows, threads, s, x, static_cast<const T*>(delta), \
-                                     w, D, eps, static_cast<T*>(out), q.top(), q.fp8))
+  MOSAIC_DISPATCH(a, aq::launch_rows(add_rms_norm_held_k<T, PER, 1, Q>, rows, threads, s, x,                  \
+                                     static_cast<const T*>(delta), w, D, eps, static_cast<T*>(out), q.top(), q.fp8))
   if (per == 8 && q.on()) MOSAIC_NORM_HELD(8, true);
   else if (per == 8) MOSAIC_NORM_HELD(8, false);
   else if (per == 16 && q.on()) MOSAIC_NORM_HELD(16, true);
@@ -385,6 +493,23 @@ void qkv_rope_cache(Act a, const void* qkv, int64_t rows, const int32_t* pos, co
   if (rows <= 0) return;
   const int nh = d.H + 2 * d.Hkv;
   const dim3 grid(unsigned(rows), unsigned((nh + kRopeHeads - 1) / kRopeHeads));
+#define MOSAIC_ROPE_WARP(HD)                                                                                   \
+  MOSAIC_DISPATCH(a, qkv_rope_cache_warp_k<T, HD><<<grid, kRopeHeads * 32, 0, s>>>(                            \
+                         static_cast<const T*>(qkv), pos, slot, d, q_norm, k_norm, eps, inv_freq,            \
+                         static_cast<T*>(q_out), static_cast<T*>(k_cache), static_cast<T*>(v_cache)))
+  static const bool warp_form = [] {  // MOSAIC_ROPE_WARP=0: the shared-memory form (same-binary comparisons)
+    const char* e = std::getenv("MOSAIC_ROPE_WARP");
+    return !(e && *e == '0');
+  }();
+  if (warp_form && d.hd == 128) {
+    MOSAIC_ROPE_WARP(128);
+    return;
+  }
+  if (warp_form && d.hd == 64) {
+    MOSAIC_ROPE_WARP(64);
+    return;
+  }
+#undef MOSAIC_ROPE_WARP
   const size_t smem = size_t(kRopeHeads + 1) * d.hd * sizeof(float);
   MOSAIC_DISPATCH(a, qkv_rope_cache_k<T><<<grid, kRopeThreads, smem, s>>>(
                          static_cast<const T*>(qkv), pos, slot, d, q_norm, k_norm, eps, inv_freq,
@@ -399,6 +524,11 @@ void causal_softmax(Act a, const float* S, int64_t heads, int64_t T_, int64_t Tk
 
 void silu_mul(Act a, const void* gu, int64_t rows, int64_t I, void* out, cudaStream_t s, RowQuant q) {
   if (rows <= 0) return;
+  if (q.on() && aq::vec8_rows(rows, I, gu, out)) {
+    MOSAIC_DISPATCH(a, aq::launch_vec8_rows(silu_mul_quant_vec8_k<T>, rows, I, s, static_cast<const T*>(gu), I,
+                                            static_cast<T*>(out), q.top(), q.fp8));
+    return;
+  }
   constexpr int kQuantThreads = 1024;  // decode has a few rows: as many threads per row as a CTA takes
   const int per = q.on() ? aq::held_per_thread(I, kQuantThreads) : 0;
 #define MOSAIC_SILU_Q(PER)                                                                                    \

@@ -298,8 +298,9 @@ TEST(GpuOps, FusedProducerQuantEqualsSeparateKernel) {
 }
 
 // At decode (<= 64 rows, 1024 threads per row) the held-row kernels run each row on a cluster of CTAs
-// (act_quant.cuh, row_reduce); with more rows, one CTA per row. Both forms must give bit-identical rows:
-// the first rows of a 70-row call (one CTA each) against the same rows alone (a cluster each).
+// (act_quant.cuh, row_reduce); with more rows, one CTA per row (for the unquantized norm of a 4096-wide row,
+// a 256-thread CTA acting as 1024 row threads). Every form must give bit-identical rows: the first rows of a
+// 70-row call (one CTA each) against the same rows alone (a cluster each).
 TEST(GpuOps, RowClusterEqualsOneCtaPerRow) {
   REQUIRE_GPU();
   const int64_t big = 70;
