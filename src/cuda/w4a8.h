@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "cuda/w4a8_layout.h"
 #include "cuda/zipper.h"  // DType
@@ -54,6 +55,10 @@ class W4A8Linear {
   void quantize(const void* X, int64_t M, DType dt, cudaStream_t stream = nullptr) const;
   void gemm_quantized(void* Y, int64_t M, DType dt, cudaStream_t stream = nullptr,
                       W4A8Variant v = W4A8Variant::Zipper, int warps = 0) const;
+  // The workspace for M rows, grown if needed (synchronizes then: not inside graph capture), for a
+  // producer that writes the codes and scales itself (the engine's norms and SiLU-mul at prefill)
+  // before gemm_quantized. Int8 layers only.
+  std::pair<int8_t*, float*> input_workspace(int64_t M, cudaStream_t stream) const;
   const int8_t* act_codes() const;   // device [M, K] after quantize() (e4m3 bytes for Fp8E4M3)
   const float* act_scales() const;   // device [M]
 
@@ -71,6 +76,7 @@ class W4A8Linear {
   struct Impl;
 
  private:
+  void grow_workspace(int64_t M, cudaStream_t stream) const;
   std::unique_ptr<Impl> impl_;
 };
 

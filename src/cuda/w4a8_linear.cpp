@@ -147,9 +147,17 @@ W4A8Linear::W4A8Linear(const PackedLinear& w, W4A8Act act) : impl_(std::make_uni
 
 W4A8Linear::~W4A8Linear() = default;
 
-void W4A8Linear::quantize(const void* X, int64_t M, DType dt, cudaStream_t stream) const {
+std::pair<int8_t*, float*> W4A8Linear::input_workspace(int64_t M, cudaStream_t stream) const {
   Impl& I = *impl_;
-  check_act_args("w4a8 quantize", X, M, I.K, dt);
+  MOSAIC_CHECK(I.act == W4A8Act::Int8, "w4a8 input_workspace: INT8 layers only, for ", I.shapes(M));
+  MOSAIC_CHECK(M >= 1, "w4a8 input_workspace: M=", M, " for ", I.shapes(M));
+  grow_workspace(M, stream);
+  I.last_m = M;
+  return {I.xq, I.xs};
+}
+
+void W4A8Linear::grow_workspace(int64_t M, cudaStream_t stream) const {
+  Impl& I = *impl_;
   if (M > I.ws_rows) {  // grow (synchronizes: do it outside graph capture, e.g. with the largest M first)
     check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize (w4a8 workspace)");
     if (I.xq) cudaFree(I.xq);
@@ -161,6 +169,12 @@ void W4A8Linear::quantize(const void* X, int64_t M, DType dt, cudaStream_t strea
     check_cuda(cudaMalloc(&I.xs, size_t(M) * sizeof(float)), "cudaMalloc (w4a8 activation scales)");
     I.ws_rows = M;
   }
+}
+
+void W4A8Linear::quantize(const void* X, int64_t M, DType dt, cudaStream_t stream) const {
+  Impl& I = *impl_;
+  check_act_args("w4a8 quantize", X, M, I.K, dt);
+  grow_workspace(M, stream);
   if (I.act == W4A8Act::Fp8E4M3)
     detail::launch_fp8_quantize(X, dt == DType::BF16, M, I.K, reinterpret_cast<uint8_t*>(I.xq), I.xs, stream);
   else

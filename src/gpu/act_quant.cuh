@@ -67,6 +67,16 @@ __device__ __forceinline__ float quantize_int_value(float x, float s, float inv,
   return __fmul_rn(s, fminf(fmaxf(rintf(v), -top), top));
 }
 
+// The INT8 code of x in a row of scale s = max|x| / 127 as the W4A8 kernel's own quantize pass makes it
+// (w4a8_gemm.cu's Int8Codec: clamp(roundf(x / s)), 0 for a zero row), with quantize_int_value's product
+// in place of the division where that cannot change the code.
+__device__ __forceinline__ int8_t int8_code(float x, float s, float inv, float amax) {
+  if (amax == 0.f) return 0;
+  const float v = x * inv, a = fabsf(v);
+  const float r = fabsf(a - floorf(a) - 0.5f) > 0x1p-14f ? rintf(v) : roundf(__fdiv_rn(x, s));  // NaN: exact form
+  return int8_t(int(fminf(fmaxf(r, -127.f), 127.f)));
+}
+
 // A zero row, and a row whose max is inf, are left as they are (the CPU stops with an error there).
 __device__ __forceinline__ bool row_passes_through(float amax) { return amax == 0.f || !(amax <= FLT_MAX); }
 

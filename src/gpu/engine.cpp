@@ -345,6 +345,25 @@ kern::RowQuant producer_quant(const ActQuantGpuLinear* w, int64_t M) {
   return w && !w->uses_int8_kernel(M) ? w->row_quant() : kern::RowQuant{};
 }
 
+// The same, where the producer can write the INT8 kernel's input itself (codes_ok): for M rows on that kernel
+// its codes and scales, so the rows never go through memory in 16 bits and the layer runs no quantize pass of
+// its own (forward_codes). MOSAIC_PRODUCER_CODES=0: the layer quantizes (same codes; comparisons).
+kern::RowQuant producer_rows(const ActQuantGpuLinear* w, int64_t M, bool codes_ok, cudaStream_t s) {
+  static const bool on = [] {
+    const char* e = std::getenv("MOSAIC_PRODUCER_CODES");
+    return !(e && *e == '0');
+  }();
+  if (w && on && codes_ok && w->uses_int8_kernel(M)) return w->producer_codes(M, s);
+  return producer_quant(w, M);
+}
+
+// layer->forward(X, Y) unless the producer wrote its INT8 input (q.codes).
+void run_linear(const GpuLinear& layer, const ActQuantGpuLinear* aq, const kern::RowQuant& q, const void* X, void* Y,
+                int64_t M, cudaStream_t s) {
+  if (q.codes) aq->forward_codes(Y, M, s);
+  else layer.forward(X, Y, M, s);
+}
+
 }  // namespace
 
 std::string GpuLoadReport::summary() const {
@@ -650,10 +669,11 @@ struct GpuModel::Impl {
     const bool small = !(skip & kSkipSmall), gemm = !(skip & kSkipGemm), attn = !(skip & kSkipAttention);
     for (int l = 0; l < cfg.num_layers; ++l) {
       const Layer& Ly = layers[size_t(l)];
+      const kern::RowQuant qkv_in = producer_rows(Ly.qkv_aq, n, kern::norm_codes_ok(D), stream);
       if (small)
         kern::add_rms_norm(act, x.as<float>(), l == 0 ? nullptr : this->o.get(), Ly.attn_norm.as<float>(), n, D, eps,
-                           h.get(), stream, producer_quant(Ly.qkv_aq, n));
-      if (gemm) Ly.qkv->forward(h.get(), qkv.get(), n, stream);
+                           h.get(), stream, qkv_in);
+      if (gemm) run_linear(*Ly.qkv, Ly.qkv_aq, qkv_in, h.get(), qkv.get(), n, stream);
       const float* qn = cfg.qk_norm ? Ly.q_norm.as<float>() : nullptr;
       const float* kn = cfg.qk_norm ? Ly.k_norm.as<float>() : nullptr;
       if (decode_B > 0) {
@@ -669,12 +689,14 @@ struct GpuModel::Impl {
         if (attn) prefill_attention(l, n, s, pos0);
       }
       if (gemm) Ly.o->forward(att.get(), this->o.get(), n, stream);
+      const kern::RowQuant gate_up_in = producer_rows(Ly.gate_up_aq, n, kern::norm_codes_ok(D), stream);
       if (small)
         kern::add_rms_norm(act, x.as<float>(), this->o.get(), Ly.ffn_norm.as<float>(), n, D, eps, h.get(), stream,
-                           producer_quant(Ly.gate_up_aq, n));
-      if (gemm) Ly.gate_up->forward(h.get(), gu.get(), n, stream);
-      if (small) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream, producer_quant(Ly.down_aq, n));
-      if (gemm) Ly.down->forward(actb.get(), this->o.get(), n, stream);
+                           gate_up_in);
+      if (gemm) run_linear(*Ly.gate_up, Ly.gate_up_aq, gate_up_in, h.get(), gu.get(), n, stream);
+      const kern::RowQuant down_in = producer_rows(Ly.down_aq, n, kern::silu_codes_ok(I), stream);
+      if (small) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream, down_in);
+      if (gemm) run_linear(*Ly.down, Ly.down_aq, down_in, actb.get(), this->o.get(), n, stream);
     }
     if (small) kern::add_rms_norm(act, x.as<float>(), this->o.get(), final_norm.as<float>(), n, D, eps, h.get(), stream);
   }

@@ -41,17 +41,25 @@ void embedding(Act a, const void* table, int64_t D, const int32_t* tok, int64_t 
 
 // Quantized activations fused into a producer's epilogue (W4A8 / W4A4 models): its output rows
 // go through the per-token rule of act_quant.h, exactly as kern::act_fake_quant would do them.
+// With codes set (8-bit integer rule only), the producer writes the rows' INT8 codes [rows, K] and their
+// scales [rows] (s = max|x| / 127) instead of the rows: the input of the W4A8 INT8 kernel
+// (cuda::W4A8Linear::gemm_quantized), bit for bit what its own quantize pass makes of the rows.
 struct RowQuant {
   int bits = 16;     // 16: off
   bool fp8 = false;  // e4m3 codes (bits 8)
+  int8_t* codes = nullptr;
+  float* scales = nullptr;
   bool on() const { return bits < 16; }
   float top() const { return fp8 ? 448.f : float((1 << (bits - 1)) - 1); }
 };
 
-// When delta != nullptr: x += float(delta) (the residual add). Then out = act(x * rsqrt(mean(x^2) + eps) * w),
-// per-token quantized when q.on().
+// When delta != nullptr: x += float(delta) (the residual add). Then out = act((x * w) * rsqrt(mean(x^2) + eps)),
+// per-token quantized when q.on() (or only its codes written, q.codes: out unused).
 void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t rows, int64_t D, float eps, void* out,
                   cudaStream_t s, RowQuant q = {});
+// Whether add_rms_norm / silu_mul can write INT8 codes (RowQuant::codes) for rows of D / I.
+bool norm_codes_ok(int64_t D);
+bool silu_codes_ok(int64_t I);
 // CTAs per row that add_rms_norm (and the quantizing silu_mul / act_fake_quant of rows that long) runs
 // `rows` rows of D on: a cluster of several at decode on sm_90 (act_quant.cuh), else 1 (tests).
 int held_row_ctas(int64_t rows, int64_t D);

@@ -121,6 +121,17 @@ void ActQuantGpuLinear::forward(const void* X, void* Y, int64_t M, cudaStream_t 
   inner_->forward(scratch_->data, Y, M, s);
 }
 
+kern::RowQuant ActQuantGpuLinear::producer_codes(int64_t M, cudaStream_t s) const {
+  if (M <= 0 || !uses_int8_kernel(M)) return {};
+  const auto [codes, scales] = w4a8_->input_workspace(M, s);
+  return kern::RowQuant{8, false, codes, scales};
+}
+
+void ActQuantGpuLinear::forward_codes(void* Y, int64_t M, cudaStream_t s) const {
+  MOSAIC_CHECK(uses_int8_kernel(M), "ActQuantGpuLinear: forward_codes at M=", M, " but the layer takes M rows on its 16-bit path");
+  w4a8_->gemm_quantized(Y, M, a_ == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, s);
+}
+
 size_t ActQuantGpuLinear::device_bytes() const {
   return inner_->device_bytes() + (w4a8_ ? size_t(w4a8_->weight_bytes(true)) : 0);
 }

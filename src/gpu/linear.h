@@ -132,6 +132,11 @@ class ActQuantGpuLinear : public GpuLinear {
   bool has_w4a8() const { return w4a8_ != nullptr; }
   kern::RowQuant row_quant() const { return {q_.bits, q_.format == ActFormat::kFp8E4M3}; }
   bool uses_int8_kernel(int64_t M) const { return w4a8_ && M >= w4a8_min_m_; }
+  // For M rows on the INT8 kernel: where the producer may write the rows' INT8 codes and scales itself
+  // (RowQuant with codes, the workspace grown for M rows: not inside graph capture), after which
+  // forward_codes runs the GEMM; RowQuant{} (off) when this layer takes M rows another way.
+  kern::RowQuant producer_codes(int64_t M, cudaStream_t s) const;
+  void forward_codes(void* Y, int64_t M, cudaStream_t s) const;
   // True when the op producing X applies the rule in its epilogue (kern::RowQuant) whenever this
   // layer takes the 16-bit path (!uses_int8_kernel(M)): that path then skips its quantize step.
   bool input_quantized = false;

@@ -335,6 +335,60 @@ TEST(GpuOps, RowClusterEqualsOneCtaPerRow) {
       }
 }
 
+// The W4A8 INT8 kernel's input written by its producer (RowQuant::codes: prefill norms and SiLU-mul): the
+// codes and scales equal the rule applied on the host to the producer's own 16-bit output (s = max|x| / 127,
+// code = clamp(round half away(x / s)), w4a8_gemm.cu's Int8Codec), bit for bit, at decode row counts (cluster
+// forms) and prefill ones (D = 4096: the 256-thread form), with an outlier and a zero row.
+TEST(GpuOps, ProducerInt8CodesEqualTheRule) {
+  REQUIRE_GPU();
+  const auto host_codes = [](const std::vector<float>& y, int64_t rows, int64_t K, std::vector<int8_t>& c,
+                             std::vector<float>& sc) {
+    c.assign(size_t(rows * K), 0);
+    sc.assign(size_t(rows), 0.f);
+    for (int64_t r = 0; r < rows; ++r) {
+      float amax = 0.f;
+      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(y[size_t(r * K + k)]));
+      const float s = amax / 127.f;
+      sc[size_t(r)] = s;
+      for (int64_t k = 0; k < K; ++k)
+        c[size_t(r * K + k)] =
+            amax == 0.f ? 0 : int8_t(std::fmin(std::fmax(std::round(y[size_t(r * K + k)] / s), -127.f), 127.f));
+    }
+  };
+  for (Act a : kActs)
+    for (int64_t D : {128, 4096, 12288})
+      for (int64_t rows : {int64_t(3), int64_t(70)}) {
+        const std::string what = std::string(act_name(a)) + " D=" + std::to_string(D) + " rows " + std::to_string(rows);
+        auto x0 = randn(size_t(rows * D), uint32_t(D + 11), 2.0f);
+        x0[size_t(D / 7)] = 60.f;  // an outlier in row 0
+        const auto delta = round_act(a, randn(size_t(rows * D), uint32_t(D + 12)));
+        const auto w = randn(size_t(D), uint32_t(D + 13), 0.5f);
+        auto gu = round_act(a, randn(size_t(rows * 2 * D), uint32_t(D + 14), 2.0f));
+        std::fill(gu.begin() + 2 * D, gu.begin() + 4 * D, 0.f);  // row 1 of the SiLU-mul: zero
+        DevBuf dd = to_act(a, delta), wd = to_dev(w), g = to_act(a, gu), y(size_t(rows * D) * 2),
+               codes(size_t(rows * D)), scales(size_t(rows) * 4);
+        const kern::RowQuant q{8, false, codes.as<int8_t>(), scales.as<float>()};
+        std::vector<int8_t> want;
+        std::vector<float> want_s;
+        if (kern::norm_codes_ok(D)) {
+          DevBuf x1 = to_dev(x0), x2 = to_dev(x0);
+          kern::add_rms_norm(a, x1.as<float>(), dd.get(), wd.as<float>(), rows, D, 1e-5f, y.get(), nullptr);
+          kern::add_rms_norm(a, x2.as<float>(), dd.get(), wd.as<float>(), rows, D, 1e-5f, nullptr, nullptr, q);
+          host_codes(from_act(a, y, size_t(rows * D)), rows, D, want, want_s);
+          EXPECT_EQ(from_dev<int8_t>(codes, want.size()), want) << "add_rms_norm codes " << what;
+          EXPECT_EQ(from_dev<float>(scales, want_s.size()), want_s) << "add_rms_norm scales " << what;
+          EXPECT_EQ(from_dev<float>(x2, size_t(rows * D)), from_dev<float>(x1, size_t(rows * D))) << "stream " << what;
+        }
+        if (kern::silu_codes_ok(D)) {
+          kern::silu_mul(a, g.get(), rows, D, y.get(), nullptr);
+          kern::silu_mul(a, g.get(), rows, D, nullptr, nullptr, q);
+          host_codes(from_act(a, y, size_t(rows * D)), rows, D, want, want_s);
+          EXPECT_EQ(from_dev<int8_t>(codes, want.size()), want) << "silu_mul codes " << what;
+          EXPECT_EQ(from_dev<float>(scales, want_s.size()), want_s) << "silu_mul scales " << what;
+        }
+      }
+}
+
 struct QkvCase {
   int H, Hkv, hd;
   bool qk_norm;
