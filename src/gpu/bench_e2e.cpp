@@ -253,12 +253,18 @@ void run_e2e_bench(const E2EOptions& o) {
         const double no_attn = m->profile_decode(B, 1), no_gemm = m->profile_decode(B, 2);
         const double no_head = m->profile_decode(B, 4), no_small = m->profile_decode(B, 8);
         const double only_small = m->profile_decode(B, 1 | 2 | 4);
+        // The small ops split (which of them a W4A8 step pays for): the SiLU-mul left out, o_proj's input
+        // quantization left out, and the norms alone.
+        const double no_silu = m->profile_decode(B, 16), no_oquant = m->profile_decode(B, 32);
+        const double only_norms = m->profile_decode(B, 1 | 2 | 4 | 16);
         std::printf("|   profile B=%d: step %.3f ms (eager %.3f); without attention %.3f, linears %.3f, LM head %.3f, "
-                    "small ops %.3f; small ops alone %.3f |\n",
-                    B, full, eager, no_attn, no_gemm, no_head, no_small, only_small);
-        row["profile_ms"] = {{"step", full},           {"eager", eager},     {"no_attention", no_attn},
+                    "small ops %.3f, SiLU-mul %.3f, o_proj input quantization %.3f; small ops alone %.3f, norms alone "
+                    "%.3f |\n",
+                    B, full, eager, no_attn, no_gemm, no_head, no_small, no_silu, no_oquant, only_small, only_norms);
+        row["profile_ms"] = {{"step", full},           {"eager", eager},       {"no_attention", no_attn},
                              {"no_linears", no_gemm},  {"no_lm_head", no_head}, {"no_small_ops", no_small},
-                             {"small_ops_only", only_small}};
+                             {"no_silu_mul", no_silu}, {"no_o_input_quant", no_oquant},
+                             {"small_ops_only", only_small}, {"norms_only", only_norms}};
       }
       rows.push_back(row);
     }

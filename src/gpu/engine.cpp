@@ -426,7 +426,8 @@ struct GpuModel::Impl {
   int64_t dec_keys = 0;  // the key bound of the decode step being run
   bool graphs_ok = true;
   // Profiling (GpuModel::profile_decode): leave groups of ops out of the decode step.
-  static constexpr unsigned kSkipAttention = 1, kSkipGemm = 2, kSkipHead = 4, kSkipSmall = 8;
+  static constexpr unsigned kSkipAttention = 1, kSkipGemm = 2, kSkipHead = 4, kSkipSmall = 8, kSkipSilu = 16,
+                            kSkipOInputQuant = 32;
   unsigned skip = 0;
 
   ~Impl() {
@@ -688,14 +689,17 @@ struct GpuModel::Impl {
                                inv_freq.as<float>(), q.get(), kc(l), vc(l), stream);
         if (attn) prefill_attention(l, n, s, pos0);
       }
-      if (gemm) Ly.o->forward(att.get(), this->o.get(), n, stream);
+      if (gemm) {
+        const auto* oq = (skip & kSkipOInputQuant) ? dynamic_cast<const ActQuantGpuLinear*>(Ly.o.get()) : nullptr;
+        (oq ? oq->inner() : *Ly.o).forward(att.get(), this->o.get(), n, stream);  // (profile: without its quantize)
+      }
       const kern::RowQuant gate_up_in = producer_rows(Ly.gate_up_aq, n, kern::norm_codes_ok(D), stream);
       if (small)
         kern::add_rms_norm(act, x.as<float>(), this->o.get(), Ly.ffn_norm.as<float>(), n, D, eps, h.get(), stream,
                            gate_up_in);
       if (gemm) run_linear(*Ly.gate_up, Ly.gate_up_aq, gate_up_in, h.get(), gu.get(), n, stream);
       const kern::RowQuant down_in = producer_rows(Ly.down_aq, n, kern::silu_codes_ok(I), stream);
-      if (small) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream, down_in);
+      if (small && !(skip & kSkipSilu)) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream, down_in);
       if (gemm) run_linear(*Ly.down, Ly.down_aq, down_in, actb.get(), this->o.get(), n, stream);
     }
     if (small) kern::add_rms_norm(act, x.as<float>(), this->o.get(), final_norm.as<float>(), n, D, eps, h.get(), stream);

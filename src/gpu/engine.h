@@ -135,7 +135,8 @@ class GpuModel {
   void synchronize() const;
   // Profiling: ms per decode step of batch B with groups of ops left out (skip bits: 1 attention
   // with its fused q/k norm, RoPE and KV append, 2 linear layers, 4 LM head + argmax, 8 RMSNorms /
-  // SiLU / embedding), with or without the
+  // SiLU / embedding, 16 the SiLU-mul only, 32 o_proj's stand-alone input quantization of W4A8 / W4A4
+  // models), with or without the
   // CUDA graph, averaged over `steps` steps at positions near the end of the cache. The model's
   // state (lengths) is restored; the KV cache contents past them are overwritten.
   double profile_decode(int B, unsigned skip, bool graphs = true, int steps = 30);
