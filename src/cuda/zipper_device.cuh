@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "cuda/mma_ptx.cuh"
+
 namespace mosaic::cuda::detail {
 namespace {
 
@@ -92,11 +94,7 @@ template <>
 struct Ops<__half> {
   using T2 = __half2;
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    Mma16816<__half>::acc(c, a, b0, b1);  // cuda/mma_ptx.cuh
   }
 #ifdef MOSAIC_NL4_TIMING
   // Timing experiments only (docs/kernels-notes.md, next device calls): the nl4 table lookup
@@ -136,11 +134,7 @@ template <>
 struct Ops<__nv_bfloat16> {
   using T2 = __nv_bfloat162;
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    Mma16816<__nv_bfloat16>::acc(c, a, b0, b1);  // cuda/mma_ptx.cuh
   }
   // bf16 has 7 mantissa bits, so 128 + 16 q would carry into the exponent: shift each nibble
   // down to bits 0..3 instead and use 0x4300 | q = 128 + q, then subtract 136.

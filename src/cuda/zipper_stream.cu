@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/mma_ptx.cuh"
 #include "cuda/pdl.cuh"
 #include "cuda/zipper_device.cuh"
 #include "cuda/zipper_launch.h"
@@ -51,29 +52,6 @@ __host__ __device__ constexpr int stream_stage_u4(int spt, bool res) {
 // in fp32) and the group scales are applied to the fp32 partial sums once per scale group: 4 FFMA
 // per k-tile at group 128 instead of 32 HMUL2 (v9). Same for a residual block (its own sums, its
 // scale once per block). Accuracy is as good or better than v9: no fp16 rounding of q * s.
-template <typename T>
-struct Mma;
-#define MOSAIC_MMA_OPS(TYPE, PTX)                                                                                  \
-  template <>                                                                                                      \
-  struct Mma<TYPE> {                                                                                               \
-    /* c += a b */                                                                                                 \
-    __device__ static void acc(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {                \
-      asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "     \
-          "{%0,%1,%2,%3};\n"                                                                                       \
-          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                                         \
-          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                                       \
-    }                                                                                                              \
-    /* d = a b (first step of a scale group: no zeroing) */                                                        \
-    __device__ static void set(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {                \
-      asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "     \
-          "{%10,%10,%10,%10};\n"                                                                                   \
-          : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])                                                         \
-          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));                             \
-    }                                                                                                              \
-  };
-MOSAIC_MMA_OPS(__half, "f16")
-MOSAIC_MMA_OPS(__nv_bfloat16, "bf16")
-#undef MOSAIC_MMA_OPS
 
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -88,7 +66,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   constexpr int kStages = kStreamStages;
   constexpr int kChains = NB == 2 ? 2 : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
   using O = Ops<T>;
-  using MM = Mma<T>;
+  using MM = Mma16816<T>;  // cuda/mma_ptx.cuh
   using T2 = typename O::T2;
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;

@@ -119,22 +119,12 @@ __device__ __forceinline__ float sum_lanes(float x, int lpk) {  // over the lpk 
 // against ~1700 instructions of the scalar loop (432 per step of 4 keys per warp: sixteenth session's
 // static read). Why: at batch 1 the scalar loop runs one warp per scheduler, so its ~3500 instructions
 // per warp at 2048 keys are ~7 us of latency (docs/kernels-notes.md, sixteenth session).
+// Rows 8..15 of A are zero (a1 = a3 = 0): c += A B with A's rows 0..7 in a0 (k 0..7) and a2 (k 8..15).
 template <typename T>
-struct DecMma;
-#define MOSAIC_DEC_MMA(TYPE, PTX)                                                                              \
-  template <>                                                                                                  \
-  struct DecMma<TYPE> {                                                                                        \
-    __device__ static void acc(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {          \
-      /* rows 8..15 of A are zero: a1 = a3 = 0; not volatile: a pure function the compiler may schedule */    \
-      asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "   \
-                   "{%8,%9}, {%0,%1,%2,%3};\n"                                                                  \
-                   : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                             \
-                   : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));                                     \
-    }                                                                                                          \
-  };
-MOSAIC_DEC_MMA(__half, "f16")
-MOSAIC_DEC_MMA(__nv_bfloat16, "bf16")
-#undef MOSAIC_DEC_MMA
+__device__ __forceinline__ void mma_rows8(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+  const uint32_t a[4] = {a0, 0u, a2, 0u};
+  cuda::Mma16816<T>::acc(c, a, b0, b1);
+}
 // A 16-key tile of K or V in the ring: 16 rows of 128 dims (256 B), 16-byte chunk c of row r stored at
 // chunk c ^ (r & 7): the 8 rows an ldmatrix reads at one chunk column hit 8 different bank groups.
 constexpr int kMmaHd = 128, kMmaStages = kDecStages / 4, kMmaTileBytes = 16 * kMmaHd * 2;  // 2 stages (MOSAIC_DEC_STAGES 8)
@@ -372,8 +362,8 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
       for (int kk = 0; kk < kMmaHd / 16; ++kk) {
         uint32_t kb4[4];
         ldsm_x4(kb4, kst + mma_chunk_off(kr, 2 * kk + kc1));
-        DecMma<T>::acc(s0, qa[kk][0], qa[kk][1], kb4[0], kb4[1]);
-        DecMma<T>::acc(s1, qa[kk][0], qa[kk][1], kb4[2], kb4[3]);
+        mma_rows8<T>(s0, qa[kk][0], qa[kk][1], kb4[0], kb4[1]);
+        mma_rows8<T>(s1, qa[kk][0], qa[kk][1], kb4[2], kb4[3]);
       }
       const int key0 = kw0 + 16 * t;
       float sv[4] = {s0[0] * qscale, s0[1] * qscale, s1[0] * qscale, s1[1] * qscale};
@@ -404,8 +394,8 @@ __global__ void __launch_bounds__(kDecThreads, (RP >= 8 ? 8 : 12) / kDecWarps > 
       for (int jj = 0; jj < kMmaHd / 16; ++jj) {
         uint32_t vb4[4];
         ldsm_x4_trans(vb4, vst + mma_chunk_off(vr, 2 * jj + vc1));
-        DecMma<T>::acc(o[2 * jj], pa0, pa2, vb4[0], vb4[1]);
-        DecMma<T>::acc(o[2 * jj + 1], pa0, pa2, vb4[2], vb4[3]);
+        mma_rows8<T>(o[2 * jj], pa0, pa2, vb4[0], vb4[1]);
+        mma_rows8<T>(o[2 * jj + 1], pa0, pa2, vb4[2], vb4[3]);
       }
     }
     cp_async_wait<0>();

@@ -1,6 +1,5 @@
 // Tensor-core helpers shared by the engine's attention kernels (decode_attention.cu, flash_prefill.cu):
-// cp.async copies into shared memory, ldmatrix of 8 x 8 tiles, the m16n8k16 MMA with FP32 accumulators
-// on FP16 / BF16 operands, and the packing of two FP32 values into one operand register.
+// cp.async copies into shared memory, ldmatrix of 8 x 8 tiles, the m16n8k16 MMA (cuda/mma_ptx.cuh), and the packing of two FP32 values into one operand register.
 // Internal linkage, as kernel_util.cuh.
 #pragma once
 #include <cuda_bf16.h>
@@ -8,6 +7,7 @@
 
 #include <cstdint>
 
+#include "cuda/mma_ptx.cuh"
 #include "gpu/kernel_util.cuh"
 
 namespace mosaic::gpu::kern {
@@ -39,22 +39,8 @@ __device__ __forceinline__ uint32_t pack_act(float lo, float hi) {  // two value
   return uint32_t(*reinterpret_cast<const uint16_t*>(&a)) | (uint32_t(*reinterpret_cast<const uint16_t*>(&b)) << 16);
 }
 
-// c += A (16 x 16, row) B (16 x 8, col), FP32 accumulators; a0..a3 / b0, b1 in the PTX fragment order.
-template <typename T>
-struct Mma16816;
-#define MOSAIC_MMA16816(TYPE, PTX)                                                                                 \
-  template <>                                                                                                      \
-  struct Mma16816<TYPE> {                                                                                          \
-    __device__ static void acc(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {                \
-      asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "  \
-          "{%0,%1,%2,%3};\n"                                                                                       \
-          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                                         \
-          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                                         \
-    }                                                                                                              \
-  };
-MOSAIC_MMA16816(__half, "f16")
-MOSAIC_MMA16816(__nv_bfloat16, "bf16")
-#undef MOSAIC_MMA16816
+// c += A (16 x 16, row) B (16 x 8, col), FP32 accumulators: cuda/mma_ptx.cuh.
+using cuda::Mma16816;
 
 }  // namespace
 }  // namespace mosaic::gpu::kern
