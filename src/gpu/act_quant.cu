@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(aq::kVec8Threads) act_fake_quant_vec8_k(const 
   }
   amax = aq::vec8_row_max(amax, box[0]);
   if (i >= K) return;
-  aq::quantize_held_given(v, K, top, FP8, amax);
+  aq::quantize_held_given(v, top, FP8, amax);
   aq::store8(Y + r * K + i, v);
 }
 

@@ -57,23 +57,28 @@ __device__ __forceinline__ float quantize_value(float x, float s, float top, boo
   return __fmul_rn(s, q);
 }
 
-// The integer rule's value (fp8 false) with a product instead of the IEEE division where that cannot change
-// the code: v' = x * inv (inv = 1 / s rounded) lies within |x / s| 1.5 2^-23 <= 2^-15.9 of __fdiv_rn(x, s)
-// for |x| <= max|x| (so |x / s| <= top <= 127), so both round to the same integer unless v' is within
-// 2^-14 of a half-integer, where the exact form decides. inv must be finite.
+// The integer codes with a product instead of the IEEE division where that cannot change the code:
+// v' = x * inv (inv = 1 / s rounded) lies within |x / s| 1.5 2^-23 <= 2^-15.9 of __fdiv_rn(x, s) for
+// |x| <= max|x| (so |x / s| <= top <= 127), so both round to the same integer unless v' is within 2^-14 of
+// a half-integer, where the exact form decides. False there, and for a NaN v'.
+__device__ __forceinline__ bool product_decides(float v) {
+  const float a = fabsf(v);
+  return fabsf(a - floorf(a) - 0.5f) > 0x1p-14f;
+}
+
+// The integer rule's value (fp8 false), by the product where it decides (product_decides). inv must be finite.
 __device__ __forceinline__ float quantize_int_value(float x, float s, float inv, float top) {
-  const float v = x * inv, a = fabsf(v);
-  if (!(fabsf(a - floorf(a) - 0.5f) > 0x1p-14f)) return quantize_value(x, s, top, false);  // NaN lands here too
+  const float v = x * inv;
+  if (!product_decides(v)) return quantize_value(x, s, top, false);  // NaN lands here too
   return __fmul_rn(s, fminf(fmaxf(rintf(v), -top), top));
 }
 
 // The INT8 code of x in a row of scale s = max|x| / 127 as the W4A8 kernel's own quantize pass makes it
-// (w4a8_gemm.cu's Int8Codec: clamp(roundf(x / s)), 0 for a zero row), with quantize_int_value's product
-// in place of the division where that cannot change the code.
+// (w4a8_gemm.cu's Int8Codec: clamp(roundf(x / s)), 0 for a zero row), by the product where it decides.
 __device__ __forceinline__ int8_t int8_code(float x, float s, float inv, float amax) {
   if (amax == 0.f) return 0;
-  const float v = x * inv, a = fabsf(v);
-  const float r = fabsf(a - floorf(a) - 0.5f) > 0x1p-14f ? rintf(v) : roundf(__fdiv_rn(x, s));  // NaN: exact form
+  const float v = x * inv;
+  const float r = product_decides(v) ? rintf(v) : roundf(__fdiv_rn(x, s));  // NaN: exact form
   return int8_t(int(fminf(fmaxf(r, -127.f), 127.f)));
 }
 
@@ -220,25 +225,23 @@ __device__ float row_reduce(float v, RowInbox& box) {
 // valid while k < K), already rounded to the activation type (so the codes are those of quantize_row on
 // the stored row). Replaces each held value by s * code. One pass over memory instead of three: the
 // producers' rows at decode are a few CTAs, latency-bound on every pass. box: as row_reduce's.
+// Every v[j] through the rule given the row's max|value| (a producer that had it from its own reduction).
+// Values a producer holds past the row's end are never stored.
 template <int PER>
-__device__ void quantize_held_given(float (&v)[PER], int64_t K, float top, bool fp8, float amax);
+__device__ void quantize_held_given(float (&v)[PER], float top, bool fp8, float amax) {
+  if (row_passes_through(amax)) return;
+  const float s = __fdiv_rn(amax, top), inv = 1.f / s;
+  const bool fast = !fp8 && inv <= FLT_MAX;  // the same for the whole row
+#pragma unroll
+  for (int j = 0; j < PER; ++j) v[j] = fast ? quantize_int_value(v[j], s, inv, top) : quantize_value(v[j], s, top, fp8);
+}
 template <int PER>
 __device__ void quantize_held(float (&v)[PER], int64_t K, float top, bool fp8, RowInbox& box) {
   float amax = 0.f;
 #pragma unroll
   for (int j = 0; j < PER; ++j)
     if (row_thread() + int64_t(j) * row_threads() < K) amax = fmaxf(amax, fabsf(v[j]));
-  quantize_held_given(v, K, top, fp8, row_reduce<true>(amax, box));
-}
-// Every v[j] through the rule given the row's max|value| (a producer that had it from its own reduction).
-// Values a producer holds past the row's end are never stored.
-template <int PER>
-__device__ void quantize_held_given(float (&v)[PER], int64_t /*K*/, float top, bool fp8, float amax) {
-  if (row_passes_through(amax)) return;
-  const float s = __fdiv_rn(amax, top), inv = 1.f / s;
-  const bool fast = !fp8 && inv <= FLT_MAX;  // the same for the whole row
-#pragma unroll
-  for (int j = 0; j < PER; ++j) v[j] = fast ? quantize_int_value(v[j], s, inv, top) : quantize_value(v[j], s, top, fp8);
+  quantize_held_given(v, top, fp8, row_reduce<true>(amax, box));
 }
 
 // The held row's only store: element k = v + j row_threads() to dst[k] (as the activation type).

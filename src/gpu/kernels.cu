@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(1024 / V, V) add_rms_norm_held_k(float* x, con
       return;
     }
 #pragma unroll
-    for (int q = 0; q < V; ++q) aq::quantize_held_given(v[q], D, top, fp8, amax);
+    for (int q = 0; q < V; ++q) aq::quantize_held_given(v[q], top, fp8, amax);
   }
   aq::store_held<T, V, PER>(v, out + r * D, D);
 }
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(CH == 1 ? aq::kVec8Threads : 896, CH == 1 ? 1 
       for (int e = 0; e < 8; ++e) p[e / 4] |= uint32_t(uint8_t(aq::int8_code(v[j][e], s, inv, amax))) << (8 * (e % 4));
       *reinterpret_cast<uint2*>(codes + r * I + i) = make_uint2(p[0], p[1]);
     } else {
-      aq::quantize_held_given(v[j], I, top, fp8, amax);
+      aq::quantize_held_given(v[j], top, fp8, amax);
       aq::store8(out + r * I + i, v[j]);
     }
   }
