@@ -94,7 +94,7 @@ if [ -n "${NCU:-}" ]; then
   set -- $NCU
   S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats"
   S="$S --section MemoryWorkloadAnalysis --metrics smsp__inst_executed.sum,sm__pipe_tensor_op_imma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors.sum,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct"
-  MOSAIC_W4A8_WARPS=${NCU_WARPS:-8} timeout 180 ncu --clock-control none -k regex:${NCU_K:-w4a8_gemm_kernel} -c 1 $S $B/mosaic bench gemm --act-bits 8 --shapes $1 --m $2 --budget 0.1 --reps 1 \
+  MOSAIC_W4A8_WARPS=${NCU_WARPS:-8} timeout 180 ncu --clock-control none -k regex:${NCU_K:-w4a8_gemm_kernel} -c 1 $S $B/mosaic bench gemm --act-bits 8 --shapes $1 --m $2 --budget 0.1 --reps 1 ${BENCH_ARGS:-} \
     > $OUT/ncu.txt 2>&1
   echo "== ncu rc=$?"
   grep -vE "^\|" $OUT/ncu.txt | grep -E "w4a8_gemm|w4a8_fp8|Duration|Throughput|Compute|Occupancy|Warp Cycles|Eligible|Issued|No Eligible|Registers|Dynamic Shared|Grid Size|Waves|imma|gmma|lts__|L2 Hit|Bandwidth|stalled|inst_executed" | grep -vE "stalled_.* +[0-9]\.[0-9]+$|stalled_.* +0$" | head -70
