@@ -1,5 +1,5 @@
 // PTX wrappers for sm_90 (Hopper) shared by the wgmma kernels (zipper_wgmma.cu, w4a8_fp8_gemm.cu) and
-// the engine's row-cluster reductions (gpu/act_quant.cuh): mbarriers, distributed shared memory, bulk copies and TMA tiles completing on them, wgmma fences / commits / waits, the
+// the engine's row-cluster reductions (gpu/act_quant.cuh): mbarriers, distributed shared memory, bulk copies and TMA tiles completing on them, TMA stores, named barriers, wgmma fences / commits / waits, the
 // shared-memory descriptor of a 128-byte-swizzled tile, and register fences; and, host side, the
 // driver's tensor-map encoder. Thin on purpose: each
 // is one or two PTX instructions; the kernels say what they use them for.
@@ -87,6 +87,33 @@ __device__ __forceinline__ void tma_2d(void* dst, const CUtensorMap* map, int x,
       : "memory");
 }
 
+// ---- TMA stores, shared -> global (bulk async groups) -------------------------------------------
+// A 2D tile of shared memory (in the map's swizzle) to global at (x = inner element, y = row); rows
+// and columns past the tensor's extent are not written. Completes in this thread's bulk group.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int x, int y) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(x), "r"(y)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N>  // until at most N of this thread's bulk groups still read their shared memory
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+template <int N>  // until at most N of this thread's bulk groups are incomplete (writes done)
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// Generic-proxy writes to shared memory made visible to the async proxy (a TMA store reading them).
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a multiple of 32).
+__device__ __forceinline__ void named_bar_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // ---- wgmma -------------------------------------------------------------------------------------
 // Shared-memory descriptor of a K-major operand tile with 128-byte rows in the 128-byte swizzle TMA
 // writes: start address >> 4, leading byte offset unused (1), 1024 B between 8-row core-matrix
@@ -131,6 +158,9 @@ __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
   return v;
 }
 __device__ __forceinline__ float lds_f32(uint32_t addr) { return __uint_as_float(lds32(addr)); }
+__device__ __forceinline__ void sts32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
 __device__ __forceinline__ uint4 lds128(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));

@@ -240,9 +240,19 @@ constexpr int kAblate = MOSAIC_W4A8_FP8_ABLATE;
 // more); the wgmma of a k-tile accumulate into the same INT32 sums as the k-tile before, so nothing
 // waits on them but the reuse of a fragment buffer two k-tiles later (wait_group 1) and the
 // epilogue. Y = s_m u_n acc.
+//
+// Epilogue (tma_store, K of at least 2 k-tiles): through shared memory and TMA stores, in the ring's last
+// two stages of the tile, which are released only once the stores have read them. The lanes' own 4-byte
+// stores (8 tokens x 16 bytes per instruction, every CTA's tile at once) left the tensor pipe idle for
+// ~20% of a K = 4096 layer (ablation 128, twenty-third session); a separate 64 KB staging buffer cost the
+// ring a stage, which lost as much (refuted/s23-int8-tma-store). Warpgroup 0 stages in the tile's last
+// stage, warpgroup 1 in the one before: kH boxes of [128 tokens][64 outputs] (16 KB, 128-byte swizzle: the
+// 16-byte chunk q of token row m at q ^ (m & 7), so a warp's store of 8 tokens x 16 bytes hits 32 banks),
+// then 512 B of the tile's token scales s_m.
 template <typename T, int kH>
-__device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem_base, uint64_t* full, uint64_t* empty,
-                                             uint32_t* flags, int KT, int nout, int ntiles, int c, int w, int lane) {
+__device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, const CUtensorMap* ymap, bool tma_store,
+                                             uint32_t smem_base, uint64_t* full, uint64_t* empty, uint32_t* flags,
+                                             int KT, int nout, int ntiles, int c, int w, int lane) {
   using S = Stage<kH, true>;
   const int g = lane >> 2, t4 = lane & 3;
   int32_t acc[kH][64];
@@ -294,6 +304,7 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem
   };
   // One k-tile on fragments cur; then, once the previous k-tile's wgmmas are done, its stage is
   // released and nxt (which they read) refilled with k-tile kt + 1.
+  const bool hold = tma_store && KT >= 2;  // the tile's last two stages are the epilogue's staging
   auto ktile = [&](uint32_t it, int kt, uint32_t (&cur)[kH][4][4], uint32_t (&nxt)[kH][4][4]) {
     const uint32_t xaddr = smem_base + (it % S::kStages) * S::kBytes;
     wgmma_fence();
@@ -304,12 +315,23 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem
     wgmma_commit();
     wgmma_wait<1>();
     keep(nxt);
-    if (kt > 0) release(it - 1);
+    if (kt > 0 && !(hold && kt == KT - 1)) release(it - 1);
     if (kt + 1 < KT) load_a(it + 1, nxt);
   };
+  const int wtid = 32 * w + lane;  // thread within the warpgroup
   uint32_t it = 0;
   for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
     const int n0 = (t % nout) * S::kOutT, m0 = (t / nout) * kTok;
+    // The epilogue's scales, loaded before the main loop hides their latency: u_n of the lane's two rows
+    // per row block, and (TMA store) token m0 + wtid's s_m.
+    float u[kH][2];
+#pragma unroll
+    for (int hh = 0; hh < kH; ++hh) {
+      const int n_w = n0 + 64 * (kH * c + hh) + 16 * w;
+      u[hh][0] = a.cs[n_w + g];  // Npad entries: padding rows read 0
+      u[hh][1] = a.cs[n_w + g + 8];
+    }
+    const float xs_mine = hold && m0 + wtid < a.M ? a.xs[m0 + wtid] : 0.f;
 #pragma unroll
     for (int hh = 0; hh < kH; ++hh)
 #pragma unroll
@@ -324,7 +346,7 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem
     keep(nf);
 #pragma unroll
     for (int hh = 0; hh < kH; ++hh) fence_regs(acc[hh]);
-    release(it + KT - 1);
+    if (!hold) release(it + KT - 1);
     it += KT;
     if constexpr (kAblate & 128) {  // a real use of every accumulator (XOR, a store that never runs)
       int32_t x = 0;
@@ -333,15 +355,56 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem
 #pragma unroll
         for (int i = 0; i < 64; ++i) x ^= acc[hh][i];
       if (a.M < 0) *static_cast<int32_t*>(a.y) = x;
+      if (hold) {  // the held stages go back to the ring
+        release(it - 2);
+        release(it - 1);
+      }
       continue;
     }
+    if (!hold) {  // every lane stores its outputs (Y rows not 16-byte aligned, or a single k-tile)
 #pragma unroll
-    for (int hh = 0; hh < kH; ++hh) {
-      const int n_w = n0 + 64 * (kH * c + hh) + 16 * w;
-      const float u_lo = a.cs[n_w + g], u_hi = a.cs[n_w + g + 8];  // Npad entries: padding rows read 0
-      store_fragment<T>(a, n_w, m0, g, t4, [&](int i) { return float(acc[hh][i]) * (i & 2 ? u_hi : u_lo); });
+      for (int hh = 0; hh < kH; ++hh) {
+        const int n_w = n0 + 64 * (kH * c + hh) + 16 * w;
+        store_fragment<T>(a, n_w, m0, g, t4, [&](int i) { return float(acc[hh][i]) * u[hh][(i >> 1) & 1]; });
+      }
+      continue;
     }
+    // Both warpgroups' wgmmas have read the two stages before either is overwritten.
+    named_bar_sync(1, 256);
+    const uint32_t ybuf = smem_base + ((it - 1 - c) % S::kStages) * S::kBytes, xs_s = ybuf + kH * 16384;
+    sts32(xs_s + 4 * wtid, __float_as_uint(xs_mine));
+    named_bar_sync(2 + c, 128);
+    const int odd = g & 1;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const int m = 8 * j + 2 * t4 + odd;  // token within the tile
+      const float sm = lds_f32(xs_s + 4 * m);
+#pragma unroll
+      for (int hh = 0; hh < kH; ++hh)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          // Lanes g and g ^ 1 swap halves: each then holds two adjacent outputs of one token (as store_fragment).
+          const float v0 = float(acc[hh][4 * j + 2 * hr]) * u[hh][hr];
+          const float v1 = float(acc[hh][4 * j + 2 * hr + 1]) * u[hh][hr];
+          const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+          const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
+          const int n = 16 * w + 8 * hr + (g & ~1);  // output within the box
+          sts32(ybuf + hh * 16384 + m * 128 + ((2 * n) ^ ((m & 7) << 4)), pack_out<T>(lo * sm, hi * sm));
+        }
+    }
+    fence_proxy_async_smem();
+    named_bar_sync(2 + c, 128);
+    if (wtid == 0) {
+#pragma unroll
+      for (int hh = 0; hh < kH; ++hh) tma_store_2d(ymap, ybuf + hh * 16384, n0 + 64 * (kH * c + hh), m0);
+      bulk_commit();
+      bulk_wait_read<0>();
+    }
+    named_bar_sync(1, 256);  // both warpgroups' stores have read their stages: the ring gets them back
+    release(it - 2);
+    release(it - 1);
   }
+  if (tma_store && wtid == 0) bulk_wait<0>();  // the last tile's stores are done before the CTA exits
 }
 
 // Persistent: gridDim.x CTAs (one per SM by default) walk the tiles t = blockIdx.x, + gridDim.x, ...;
@@ -353,7 +416,8 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, uint32_t smem
 // gridDim.x = number of tiles gives one tile per CTA (MOSAIC_W4A8_FP8_CTAS=0, the earlier launch).
 template <typename T, bool kI8, int kH>
 __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid_constant__ CUtensorMap xmap,
-                                                                     const W4A8Fp8Args a) {
+                                                                     const __grid_constant__ CUtensorMap ymap,
+                                                                     const W4A8Fp8Args a, int tma_store) {
   static_assert(kI8 || kH == 1, "the e4m3 consumer runs 128-output tiles only");
   using S = Stage<kH, kI8>;
   extern __shared__ uint8_t smem_raw[];
@@ -447,7 +511,7 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
   const int nrow = 64 * c + 16 * w + g;  // this lane's first output row within the tile
   const uint32_t smem_base = smem_u32(smem);
   if constexpr (kI8) {
-    consume_int8<T, kH>(a, smem_base, full, empty, flags, KT, nout, ntiles, c, w, lane);
+    consume_int8<T, kH>(a, &ymap, tma_store != 0, smem_base, full, empty, flags, KT, nout, ntiles, c, w, lane);
     return;
   }
   float acc[64], part[64];
@@ -605,6 +669,14 @@ int int8_wgmma_outputs(const W4A8Fp8Args& a) {
   return 2 * tiles256 >= sm_count() ? 256 : 128;
 }
 
+// The INT8 kernel's epilogue through shared memory and TMA stores (default), or MOSAIC_W4A8_TMA_STORE=0:
+// every lane stores its outputs (same values; the fallback for rows not 16-byte aligned). Read per
+// launch: the tests run both.
+bool int8_tma_store_enabled() {
+  const char* e = std::getenv("MOSAIC_W4A8_TMA_STORE");
+  return !(e && *e == '0');
+}
+
 template <typename T, bool kI8, int kH>
 void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
   using S = Stage<kH, kI8>;
@@ -626,9 +698,22 @@ void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {
                             estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) fail("w4a8 fp8 gemm: cuTensorMapEncodeTiled failed (", int(r), ") for [M=", a.M, ", K=", a.K, "]");
+  // Y [M, N] as the INT8 epilogue's TMA store target: 64 x 128 boxes (outputs x tokens), 128-byte swizzle.
+  // Needs 16-byte aligned rows (N % 8 == 0) and base; else (or MOSAIC_W4A8_TMA_STORE=0) the lanes store.
+  CUtensorMap ymap{};
+  const bool tma_store = kI8 && int8_tma_store_enabled() && a.N % 8 == 0 && reinterpret_cast<uintptr_t>(a.y) % 16 == 0;
+  if (tma_store) {
+    const cuuint64_t ydims[2] = {cuuint64_t(a.N), cuuint64_t(a.M)};
+    const cuuint64_t ystrides[1] = {cuuint64_t(a.N) * 2};
+    const cuuint32_t ybox[2] = {64, kTok};
+    const CUresult ry = encode(&ymap, std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                               2, a.y, ydims, ystrides, ybox, estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                               CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (ry != CUDA_SUCCESS) fail("w4a8 int8 gemm: cuTensorMapEncodeTiled failed (", int(ry), ") for Y [M=", a.M, ", N=", a.N, "]");
+  }
   const int ntiles = (a.Npad / S::kOutT) * ((a.M + kTok - 1) / kTok);
   const unsigned ctas = unsigned(fp8_gemm_ctas(ntiles));
-  w4a8_fp8_gemm_kernel<T, kI8, kH><<<ctas, kThreads, S::kSmem, stream>>>(map, a);
+  w4a8_fp8_gemm_kernel<T, kI8, kH><<<ctas, kThreads, S::kSmem, stream>>>(map, ymap, a, tma_store ? 1 : 0);
   check_launch("w4a8_fp8_gemm_kernel");
 }
 

@@ -179,21 +179,27 @@ TEST(W4A8Gpu, OddShapesGroupSizesAndRepeatedCalls) {
 }
 
 // The INT8 wgmma kernel (layers on the integer scale grid): the same sweep with both CTA tiles forced
-// in turn (the dispatch picks by the wave's fill); then odd shapes (partial output tiles, group 64 and
-// per channel, long K, repeated calls). Same reference and bounds as the mma.sync kernel: its INT32
-// sums are exact over the whole K, so only the fp32 epilogue and the output rounding remain.
+// in turn (the dispatch picks by the wave's fill), each with both epilogues (TMA stores from shared
+// memory, the default; every lane's own stores, the fallback); then odd shapes (partial output tiles,
+// group 64 and per channel, long K, repeated calls). Same reference and bounds as the mma.sync kernel:
+// its INT32 sums are exact over the whole K, so only the fp32 epilogue and the output rounding remain.
 TEST(W4A8Int8WgmmaGpu, MatchesCpuReferenceAcrossMPatternsAndDtypes) {
   REQUIRE_GPU();
   std::vector<KernelConfig> configs;
+  static const char* const labels[2][2] = {{"tile 128, TMA store", "tile 128, lane stores"},
+                                           {"tile 256, TMA store", "tile 256, lane stores"}};
   for (const char* tile : {"128", "256"})
-    configs.push_back({tile[0] == '1' ? "tile 128" : "tile 256",
-                       [tile](const W4A8Linear& L, int64_t M, DType dt, const std::vector<uint16_t>& xb,
-                              const std::vector<double>& yref, W4A8Variant v) {
-                         setenv("MOSAIC_W4A8_I8_OUT", tile, 1);
-                         const double e = run_and_compare(L, M, dt, xb, yref, v);
-                         unsetenv("MOSAIC_W4A8_I8_OUT");
-                         return e;
-                       }});
+    for (const char* tma : {"1", "0"})
+      configs.push_back({labels[tile[0] == '2'][tma[0] == '0'],
+                         [tile, tma](const W4A8Linear& L, int64_t M, DType dt, const std::vector<uint16_t>& xb,
+                                     const std::vector<double>& yref, W4A8Variant v) {
+                           setenv("MOSAIC_W4A8_I8_OUT", tile, 1);
+                           setenv("MOSAIC_W4A8_TMA_STORE", tma, 1);
+                           const double e = run_and_compare(L, M, dt, xb, yref, v);
+                           unsetenv("MOSAIC_W4A8_I8_OUT");
+                           unsetenv("MOSAIC_W4A8_TMA_STORE");
+                           return e;
+                         }});
   const auto worst = sweep(true, 300, configs);
   std::printf("[ w4a8 int8 wgmma ] worst normalized error: fp16 %.3g (bound 1e-3), bf16 %.3g (bound 1e-2)\n", worst[0],
               worst[1]);
@@ -220,13 +226,16 @@ TEST(W4A8Int8WgmmaGpu, OddShapesGroupSizesAndRepeatedCalls) {
         std::vector<float> scales;
         test::quantize_rows_int8(xf, M, c.K, codes, scales);
         const std::vector<double> yref = test::reference_w4a8(codes, scales, W, M, c.N, c.K);
-        for (int rep = 0; rep < 3; ++rep) {  // repeated calls: the dispatch's tile, then 128 and 256 forced
+        // Repeated calls: the dispatch's tile, then 128 and 256 forced, then 256 with the lanes' stores.
+        for (int rep = 0; rep < 4; ++rep) {
           if (rep > 0) setenv("MOSAIC_W4A8_I8_OUT", rep == 1 ? "128" : "256", 1);
+          if (rep == 3) setenv("MOSAIC_W4A8_TMA_STORE", "0", 1);
           EXPECT_LT(run_and_compare(L, M, dt, xb, yref, W4A8Variant::Zipper), bound(dt))
               << "N=" << c.N << " K=" << c.K << " group=" << c.group << " " << dtype_name(dt) << " M=" << M
               << " rep " << rep;
         }
         unsetenv("MOSAIC_W4A8_I8_OUT");
+        unsetenv("MOSAIC_W4A8_TMA_STORE");
       }
   }
 }
