@@ -254,6 +254,8 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, const CUtenso
                                              uint32_t smem_base, uint64_t* full, uint64_t* empty, uint32_t* flags,
                                              int KT, int nout, int ntiles, int c, int w, int lane) {
   using S = Stage<kH, true>;
+  constexpr uint32_t kYBox = kTok * 64 * 2;  // one staged box: [128 tokens][64 outputs] of T
+  static_assert(kH * kYBox + 4 * kTok <= uint32_t(S::kBytes), "a ring stage holds a warpgroup's boxes and s_m");
   const int g = lane >> 2, t4 = lane & 3;
   int32_t acc[kH][64];
   uint32_t af[kH][4][4], nf[kH][4][4];
@@ -371,7 +373,7 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, const CUtenso
     }
     // Both warpgroups' wgmmas have read the two stages before either is overwritten.
     named_bar_sync(1, 256);
-    const uint32_t ybuf = smem_base + ((it - 1 - c) % S::kStages) * S::kBytes, xs_s = ybuf + kH * 16384;
+    const uint32_t ybuf = smem_base + ((it - 1 - c) % S::kStages) * S::kBytes, xs_s = ybuf + kH * kYBox;
     sts32(xs_s + 4 * wtid, __float_as_uint(xs_mine));
     named_bar_sync(2 + c, 128);
     const int odd = g & 1;
@@ -389,14 +391,14 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, const CUtenso
           const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
           const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
           const int n = 16 * w + 8 * hr + (g & ~1);  // output within the box
-          sts32(ybuf + hh * 16384 + m * 128 + ((2 * n) ^ ((m & 7) << 4)), pack_out<T>(lo * sm, hi * sm));
+          sts32(ybuf + hh * kYBox + m * 128 + ((2 * n) ^ ((m & 7) << 4)), pack_out<T>(lo * sm, hi * sm));
         }
     }
     fence_proxy_async_smem();
     named_bar_sync(2 + c, 128);
     if (wtid == 0) {
 #pragma unroll
-      for (int hh = 0; hh < kH; ++hh) tma_store_2d(ymap, ybuf + hh * 16384, n0 + 64 * (kH * c + hh), m0);
+      for (int hh = 0; hh < kH; ++hh) tma_store_2d(ymap, ybuf + hh * kYBox, n0 + 64 * (kH * c + hh), m0);
       bulk_commit();
       bulk_wait_read<0>();
     }
