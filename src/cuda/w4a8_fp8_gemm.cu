@@ -16,19 +16,20 @@
 #include <cstdlib>
 #include <type_traits>
 
+#include "cuda/act_rowquant.cuh"
 #include "cuda/hopper_ptx.cuh"
 #include "cuda/w4a8_fp8_tables.h"
-#include "cuda/act_rowquant.cuh"
+#include "cuda/w4a8_int8_consumer.cuh"
 #include "cuda/w4a8_launch.h"
+#include "cuda/w4a8_wgmma_common.cuh"
 #include "util/error.h"
-
-// Same-binary ablation mask (0 in every normal build; the bits: kAblate below).
-#ifndef MOSAIC_W4A8_FP8_ABLATE
-#define MOSAIC_W4A8_FP8_ABLATE 0
-#endif
 
 namespace mosaic::cuda::detail {
 namespace {
+
+// Stage, kAblate, store_fragment, consume_int8, ...: w4a8_wgmma_common.cuh, w4a8_int8_consumer.cuh.
+using namespace w4a8wg;
+using namespace ::mosaic::cuda::hopper;
 
 void check_launch(const char* what) {
   const cudaError_t e = cudaGetLastError();
@@ -55,36 +56,6 @@ struct Fp8Codec {
   }
 };
 
-// ---- the GEMM ----------------------------------------------------------------------------------
-// CTA: 3 warpgroups. WG 0 = producer (one warp: TMA of the X tile, bulk copies of the weights,
-// scales and kept residual blocks, into a ring of full/empty mbarriers); WG 1, 2 = consumers, each
-// 64 x kH outputs x 128 tokens (CTA tile 128 kH outputs x 128 tokens, k-tile 128). kH = 1: the e4m3
-// kernel, and the INT8 one at 128 outputs; kH = 2: the INT8 one at 256 outputs, which halves the X
-// tiles read from L2 per output (the load pipeline alone ran at ~6 TB/s of L2 traffic at kH = 1:
-// kernels-notes, fourteenth and twentieth sessions); the e4m3 consumer has no registers for it.
-constexpr int kTok = 128, kBK = kFp8TileK, kThreads = 384;
-// Stage layout (bytes, 1024-aligned): X codes 128 tokens x 128 B (TMA, 128-byte swizzle), base codes
-// kH x 8 KB (w4a8_fp8_layout.h: one 8 KB k-tile per 128 outputs), scales 2 sets x 128 kH fp32,
-// residual: 16 kH slots (8 kH block rows x 2 block columns) x 512 B codes, as many x 16 fp32 scales.
-template <int kH, bool kI8>
-struct Stage {
-  static constexpr int kOutT = 128 * kH, kSlots = 16 * kH;
-  // A kept block: e4m3 512 B codes + 64 B fp32 row scales (two copies); INT8 512 B codes + 16 B row
-  // multipliers, one copy (w4a8_fp8_layout.h, kI8ResWords).
-  static constexpr int kSlotBytes = kI8 ? 528 : 512, kSlotScaleBytes = kI8 ? 0 : 64;
-  static constexpr int kOffW = kTok * kBK;                  // 16384
-  static constexpr int kOffS = kOffW + 8192 * kH;           // 24576 | 32768
-  static constexpr int kOffRC = kOffS + 1024 * kH;          // 25600 | 34816
-  static constexpr int kOffRS = kOffRC + kSlots * kSlotBytes;  // e4m3: 33792
-  static constexpr int kBytes = (kOffRS + kSlots * kSlotScaleBytes + 1023) / 1024 * 1024;  // 34 KB | 51 / 52 KB
-  static constexpr int kStages = kH == 1 ? 6 : 4;
-  static constexpr int kSmem = kStages * kBytes + 1024 /* barriers + flags */ + 1024 /* alignment */;
-  static_assert(kStages <= 8, "flags[8..11] hold the e4m3 tables");
-};
-
-// PTX wrappers (mbarriers, bulk copies, TMA, wgmma fences, descriptors): cuda/hopper_ptx.cuh.
-using namespace ::mosaic::cuda::hopper;
-
 // D[64 x 128] (+)= A[64 x 32] (registers, e4m3) * B[32 x 128] (shared memory descriptor, e4m3),
 // fp32 accumulators; scale_d = 0 overwrites D. One warpgroup, asynchronous (commit / wait).
 __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], const uint32_t (&a)[4], uint64_t desc,
@@ -95,54 +66,6 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], const uint
       "{%64,%65,%66,%67}, %68, p, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
-}
-
-// The same shape on INT8 (layers on the integer scale grid): s32 accumulators, exact over any K.
-__device__ __forceinline__ void wgmma_m64n128k32_s8(int32_t (&d)[64], const uint32_t (&a)[4], uint64_t desc) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
-      "{%64,%65,%66,%67}, %68, 1;\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-}
-
-// INT8 variant: a group multiplier m (1..16) and its byte offset 0x80 - 8 m in every byte.
-struct I8Mult {
-  uint32_t m, off;
-};
-__device__ __forceinline__ I8Mult i8_mult_u(uint32_t u) { return {u, 0x80808080u - u * 0x08080808u}; }
-__device__ __forceinline__ I8Mult i8_mult(float m) { return i8_mult_u(__float2uint_rz(m)); }
-__device__ __forceinline__ uint32_t lds_u8(uint32_t addr) {
-  uint32_t v;
-  asm volatile("ld.shared.u8 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
-  return v;
-}
-// 8 codes c (byte-interleaved pairs, w4a8_fp8_layout.h) -> 2 registers of 4 INT8 weights m (c - 8):
-// per register one IMAD c * m + (0x80 - 8 m) per byte (0..240: no carry between bytes) and an XOR
-// that turns the offset-0x80 bytes into two's complement. 7 instructions per 8 weights (the e4m3
-// path: 9 plus its promotion). Host emulation: i8_word_to_s8.
-__device__ __forceinline__ void nib8_to_s8(uint32_t w, I8Mult lo_m, I8Mult hi_m, uint32_t& lo, uint32_t& hi) {
-  lo = ((w & 0x0F0F0F0Fu) * lo_m.m + lo_m.off) ^ 0x80808080u;
-  hi = (((w >> 4) & 0x0F0F0F0Fu) * hi_m.m + hi_m.off) ^ 0x80808080u;
-}
-// One lane's 2 k32 steps (words 0,1 = step 0, words 2,3 = step 1) -> A fragments; rows g: lo_m,
-// rows g + 8: hi_m.
-__device__ __forceinline__ void unpack_2steps_s8(const uint4& v, I8Mult lo_m, I8Mult hi_m, uint32_t (&s0)[4],
-                                                 uint32_t (&s1)[4]) {
-#if MOSAIC_W4A8_FP8_ABLATE & 256
-  s0[0] = v.x; s0[1] = v.y; s0[2] = v.z; s0[3] = v.w;
-  s1[0] = v.y ^ lo_m.m; s1[1] = v.z; s1[2] = v.w ^ hi_m.m; s1[3] = v.x;
-  return;
-#endif
-  nib8_to_s8(v.x, lo_m, hi_m, s0[0], s0[1]);
-  nib8_to_s8(v.y, lo_m, hi_m, s0[2], s0[3]);
-  nib8_to_s8(v.z, lo_m, hi_m, s1[0], s1[1]);
-  nib8_to_s8(v.w, lo_m, hi_m, s1[2], s1[3]);
-}
-// a + b per signed byte when no byte's sum leaves -128..127 (the integer scale grid guarantees it):
-// the low 7 bits add without crossing bytes, the top bits by XOR.
-__device__ __forceinline__ uint32_t add_s8x4(uint32_t a, uint32_t b) {
-  return ((a & 0x7F7F7F7Fu) + (b & 0x7F7F7F7Fu)) ^ ((a ^ b) & 0x80808080u);
 }
 
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t c) {
@@ -185,234 +108,6 @@ __device__ __forceinline__ void promote(float (&acc)[64], const float (&part)[64
     acc[4 * j + 2] = fmaf(s_hi, part[4 * j + 2], acc[4 * j + 2]);
     acc[4 * j + 3] = fmaf(s_hi, part[4 * j + 3], acc[4 * j + 3]);
   }
-}
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack_out(float a, float b) {
-  if constexpr (std::is_same<T, __half>::value) {
-    const __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-}
-
-// Epilogue of one consumer warp's m64n128 fragment: Y[m, n] = s_m * v(i), element i of the
-// fragment being output row g (i & 2: g + 8) and token 8 (i / 4) + 2 t4 + (i & 1). Lanes g and g ^ 1
-// swap halves so that each stores two adjacent outputs of one token (4 bytes): even g token
-// 8j + 2t, odd g token 8j + 2t + 1. n_w: the warp's first output, m0: the tile's first token.
-template <typename T, typename V>
-__device__ __forceinline__ void store_fragment(const W4A8Fp8Args& a, int n_w, int m0, int g, int t4, V v) {
-  T* y = static_cast<T*>(a.y);
-  const int odd = g & 1;
-#pragma unroll
-  for (int j = 0; j < 16; ++j) {
-    const int m = m0 + 8 * j + 2 * t4 + odd;
-    const float sm = m < a.M ? a.xs[m] : 0.f;
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const float v0 = v(4 * j + 2 * hr), v1 = v(4 * j + 2 * hr + 1);
-      const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-      const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
-      const int n = n_w + 8 * hr + (g & ~1);
-      if (m < a.M && n < a.N)
-        *reinterpret_cast<uint32_t*>(y + int64_t(m) * a.N + n) = pack_out<T>(lo * sm, hi * sm);
-    }
-  }
-}
-
-// Same-binary ablations for measuring where the time goes (never set in a normal build; results
-// are wrong with any bit set): 1 = no 4-bit -> e4m3 conversion (raw code words as A), 2 = no
-// group-scale promotion, 4 = no wgmma, 8 = promotion without the scale (acc += part), 16 = only 8 of
-// the 64 accumulators promoted. 7 leaves the load pipeline and the epilogue alone. INT8 kernel: 32 =
-// kept blocks not added into the fragments (their copies still made), 64 = kept blocks not copied
-// (the consumers add whatever the slots hold), 128 = no epilogue (the accumulators XORed into a store
-// that never runs: ptxas drops wgmma whose results are dead), 256 = no 4-bit -> INT8 conversion (the
-// raw code words as the A fragments), 1024 = the TMA-store epilogue without waiting for the stores'
-// shared-memory reads before the stages go back (a race: timing only), 2048 = its int32 -> float by the
-// 2^23 + 2^22 magic number instead of I2F (exact only for |acc| < 2^22: timing only).
-constexpr int kAblate = MOSAIC_W4A8_FP8_ABLATE;
-__device__ __forceinline__ float i2f(int32_t v) {
-  if constexpr (kAblate & 2048) return __int_as_float(v + 0x4B400000) - 12582912.f;
-  return float(v);
-}
-
-// ---- INT8 consumer (layers on the integer scale grid) -------------------------------------------
-// Warpgroup c owns outputs 64 kH c .. 64 kH (c + 1) - 1 of the tile as kH row blocks of 64 (one
-// m64 wgmma each, the same X descriptor); warp w of it rows 16 w .. 16 w + 15 of each block. Each
-// k-tile's A fragments are INT8 weights m (c - 8), plus m_r (r - 8) where the warp's block row keeps
-// the block (added into the fragment: no extra MMA, and warps without a kept block do nothing
-// more); the wgmma of a k-tile accumulate into the same INT32 sums as the k-tile before, so nothing
-// waits on them but the reuse of a fragment buffer two k-tiles later (wait_group 1) and the
-// epilogue. Y = s_m u_n acc.
-//
-// Epilogue (tma_store, K of at least 2 k-tiles): through shared memory and TMA stores, in the ring's last
-// two stages of the tile, which are released only once the stores have read them. The lanes' own 4-byte
-// stores (8 tokens x 16 bytes per instruction, every CTA's tile at once) left the tensor pipe idle for
-// ~20% of a K = 4096 layer (ablation 128, twenty-third session); a separate 64 KB staging buffer cost the
-// ring a stage, which lost as much (refuted/s23-int8-tma-store). Warpgroup 0 stages in the tile's last
-// stage, warpgroup 1 in the one before: kH boxes of [128 tokens][64 outputs] (16 KB, 128-byte swizzle: the
-// 16-byte chunk q of token row m at q ^ (m & 7), so a warp's store of 8 tokens x 16 bytes hits 32 banks),
-// then 512 B of the tile's token scales s_m.
-template <typename T, int kH>
-__device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, const CUtensorMap* ymap, bool tma_store,
-                                             uint32_t smem_base, uint64_t* full, uint64_t* empty, uint32_t* flags,
-                                             int KT, int nout, int ntiles, int c, int w, int lane) {
-  using S = Stage<kH, true>;
-  constexpr uint32_t kYBox = kTok * 64 * 2;  // one staged box: [128 tokens][64 outputs] of T
-  static_assert(kH * kYBox + 4 * kTok <= uint32_t(S::kBytes), "a ring stage holds a warpgroup's boxes and s_m");
-  const int g = lane >> 2, t4 = lane & 3;
-  int32_t acc[kH][64];
-  uint32_t af[kH][4][4], nf[kH][4][4];
-  // The A fragments of ring position `it` (waits for its stage).
-  auto load_a = [&](uint32_t it, uint32_t (&f)[kH][4][4]) {
-    const uint32_t s = it % S::kStages, st = smem_base + s * S::kBytes;
-    mbar_wait(&full[s], (it / S::kStages) & 1);
-    const uint32_t kept = lds32(smem_u32(flags + s));
-#pragma unroll
-    for (int hh = 0; hh < kH; ++hh) {
-      const int row0 = 64 * (kH * c + hh) + 16 * w;  // the warp's first output in the tile
-      const int brow = row0 / 16;                     // its block row in the tile
-      // Base codes: 128-output chunk row0 / 128, warp (row0 % 128) / 16 of it (w4a8_fp8_layout.h).
-      const uint32_t wa = st + S::kOffW + (row0 / 128) * 8192 + (2 * ((row0 % 128) / 16) * 32 + lane) * 16;
-      const uint32_t sca = st + S::kOffS + 4 * (row0 + g);
-      const uint4 h0 = lds128(wa), h1 = lds128(wa + 512);
-      const I8Mult lo0 = i8_mult(lds_f32(sca)), hi0 = i8_mult(lds_f32(sca + 32));
-      unpack_2steps_s8(h0, lo0, hi0, f[hh][0], f[hh][1]);
-      if (a.spt == 1) {
-        unpack_2steps_s8(h1, lo0, hi0, f[hh][2], f[hh][3]);
-      } else {  // group 64: the second half of the k-tile has its own multipliers
-        const uint32_t sc2 = sca + 4 * S::kOutT;
-        unpack_2steps_s8(h1, i8_mult(lds_f32(sc2)), i8_mult(lds_f32(sc2 + 32)), f[hh][2], f[hh][3]);
-      }
-#pragma unroll
-      for (int bc = 0; bc < 2; ++bc) {
-        const int slot = 2 * brow + bc;
-        if (!((kept >> slot) & 1u) || (kAblate & 32)) continue;  // warp-uniform
-        uint32_t r0[4], r1[4];
-        const uint32_t blk = st + S::kOffRC + slot * S::kSlotBytes;  // codes, then 16 multiplier bytes
-        unpack_2steps_s8(lds128(blk + lane * 16), i8_mult_u(lds_u8(blk + 512 + g)), i8_mult_u(lds_u8(blk + 512 + g + 8)),
-                         r0, r1);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          f[hh][2 * bc][i] = add_s8x4(f[hh][2 * bc][i], r0[i]);
-          f[hh][2 * bc + 1][i] = add_s8x4(f[hh][2 * bc + 1][i], r1[i]);
-        }
-      }
-    }
-  };
-  auto release = [&](uint32_t it) {  // the stage of ring position `it` is read by every wgmma
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[it % S::kStages]);
-  };
-  auto keep = [&](uint32_t (&f)[kH][4][4]) {
-#pragma unroll
-    for (int hh = 0; hh < kH; ++hh) keep_live(f[hh]);
-  };
-  // One k-tile on fragments cur; then, once the previous k-tile's wgmmas are done, its stage is
-  // released and nxt (which they read) refilled with k-tile kt + 1.
-  const bool hold = tma_store && KT >= 2;  // the tile's last two stages are the epilogue's staging
-  auto ktile = [&](uint32_t it, int kt, uint32_t (&cur)[kH][4][4], uint32_t (&nxt)[kH][4][4]) {
-    const uint32_t xaddr = smem_base + (it % S::kStages) * S::kBytes;
-    wgmma_fence();
-#pragma unroll
-    for (int k = 0; k < 4; ++k)
-#pragma unroll
-      for (int hh = 0; hh < kH; ++hh) wgmma_m64n128k32_s8(acc[hh], cur[hh][k], desc_sw128(xaddr + 32 * k));
-    wgmma_commit();
-    wgmma_wait<1>();
-    keep(nxt);
-    if (kt > 0 && !(hold && kt == KT - 1)) release(it - 1);
-    if (kt + 1 < KT) load_a(it + 1, nxt);
-  };
-  const int wtid = 32 * w + lane;  // thread within the warpgroup
-  uint32_t it = 0;
-  for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
-    const int n0 = (t % nout) * S::kOutT, m0 = (t / nout) * kTok;
-    // The epilogue's scales, loaded before the main loop hides their latency: u_n of the lane's two rows
-    // per row block, and (TMA store) token m0 + wtid's s_m.
-    float u[kH][2];
-#pragma unroll
-    for (int hh = 0; hh < kH; ++hh) {
-      const int n_w = n0 + 64 * (kH * c + hh) + 16 * w;
-      u[hh][0] = a.cs[n_w + g];  // Npad entries: padding rows read 0
-      u[hh][1] = a.cs[n_w + g + 8];
-    }
-    const float xs_mine = hold && m0 + wtid < a.M ? a.xs[m0 + wtid] : 0.f;
-#pragma unroll
-    for (int hh = 0; hh < kH; ++hh)
-#pragma unroll
-      for (int i = 0; i < 64; ++i) acc[hh][i] = 0;
-    load_a(it, af);
-    for (int kt = 0; kt < KT; kt += 2) {  // the fragment buffers swap roles (no register copies)
-      ktile(it + kt, kt, af, nf);
-      if (kt + 1 < KT) ktile(it + kt + 1, kt + 1, nf, af);
-    }
-    wgmma_wait<0>();
-    keep(af);
-    keep(nf);
-#pragma unroll
-    for (int hh = 0; hh < kH; ++hh) fence_regs(acc[hh]);
-    if (!hold) release(it + KT - 1);
-    it += KT;
-    if constexpr (kAblate & 128) {  // a real use of every accumulator (XOR, a store that never runs)
-      int32_t x = 0;
-#pragma unroll
-      for (int hh = 0; hh < kH; ++hh)
-#pragma unroll
-        for (int i = 0; i < 64; ++i) x ^= acc[hh][i];
-      if (a.M < 0) *static_cast<int32_t*>(a.y) = x;
-      if (hold) {  // the held stages go back to the ring
-        release(it - 2);
-        release(it - 1);
-      }
-      continue;
-    }
-    if (!hold) {  // every lane stores its outputs (Y rows not 16-byte aligned, or a single k-tile)
-#pragma unroll
-      for (int hh = 0; hh < kH; ++hh) {
-        const int n_w = n0 + 64 * (kH * c + hh) + 16 * w;
-        store_fragment<T>(a, n_w, m0, g, t4, [&](int i) { return float(acc[hh][i]) * u[hh][(i >> 1) & 1]; });
-      }
-      continue;
-    }
-    // Both warpgroups' wgmmas have read the two stages before either is overwritten.
-    named_bar_sync(1, 256);
-    const uint32_t ybuf = smem_base + ((it - 1 - c) % S::kStages) * S::kBytes, xs_s = ybuf + kH * kYBox;
-    sts32(xs_s + 4 * wtid, __float_as_uint(xs_mine));
-    named_bar_sync(2 + c, 128);
-    const int odd = g & 1;
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const int m = 8 * j + 2 * t4 + odd;  // token within the tile
-      const float sm = lds_f32(xs_s + 4 * m);
-#pragma unroll
-      for (int hh = 0; hh < kH; ++hh)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-          // Lanes g and g ^ 1 swap halves: each then holds two adjacent outputs of one token (as store_fragment).
-          const float v0 = i2f(acc[hh][4 * j + 2 * hr]) * u[hh][hr];
-          const float v1 = i2f(acc[hh][4 * j + 2 * hr + 1]) * u[hh][hr];
-          const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-          const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
-          const int n = 16 * w + 8 * hr + (g & ~1);  // output within the box
-          sts32(ybuf + hh * kYBox + m * 128 + ((2 * n) ^ ((m & 7) << 4)), pack_out<T>(lo * sm, hi * sm));
-        }
-    }
-    fence_proxy_async_smem();
-    named_bar_sync(2 + c, 128);
-    if (wtid == 0) {
-#pragma unroll
-      for (int hh = 0; hh < kH; ++hh) tma_store_2d(ymap, ybuf + hh * kYBox, n0 + 64 * (kH * c + hh), m0);
-      bulk_commit();
-      if constexpr (!(kAblate & 1024)) bulk_wait_read<0>();
-    }
-    named_bar_sync(1, 256);  // both warpgroups' stores have read their stages: the ring gets them back
-    release(it - 2);
-    release(it - 1);
-  }
-  if (tma_store && wtid == 0) bulk_wait<0>();  // the last tile's stores are done before the CTA exits
 }
 
 // Persistent: gridDim.x CTAs (one per SM by default) walk the tiles t = blockIdx.x, + gridDim.x, ...;
