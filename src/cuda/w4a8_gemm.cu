@@ -71,17 +71,6 @@ __device__ __forceinline__ void fold(float (&acc)[4], const int (&v)[4], float2 
   acc[3] = fmaf(sc.y, __int_as_float(v[3]) - kMagicF, acc[3]);
 }
 
-template <typename T>
-__device__ __forceinline__ uint32_t pack_out(float a, float b) {
-  if constexpr (std::is_same<T, __half>::value) {
-    const __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-}
-
 // grid (ceil(M/128), ceil(N/128)), W = 8 or 16 warps (MT = 4 or 2 m16 tiles per warp): warp
 // (wm, wn) = rows 16 MT wm .. +16 MT - 1, outputs 32 wn .. +31 of the CTA tile (MT m16 x 4 n8 MMA
 // tiles). Per k-tile of 128 inputs: INT32 sums per scale group (4 k32 steps for group >= 128, 2 for

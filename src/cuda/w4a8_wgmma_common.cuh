@@ -12,6 +12,7 @@
 #include "cuda/hopper_ptx.cuh"
 #include "cuda/w4a8_fp8_tables.h"
 #include "cuda/w4a8_launch.h"
+#include "cuda/zipper_device.cuh"  // pack_out
 
 #ifndef MOSAIC_W4A8_FP8_ABLATE
 #define MOSAIC_W4A8_FP8_ABLATE 0
@@ -60,17 +61,6 @@ struct Stage {
 
 // PTX wrappers (mbarriers, bulk copies, TMA, wgmma fences, descriptors): cuda/hopper_ptx.cuh.
 using namespace ::mosaic::cuda::hopper;
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack_out(float a, float b) {
-  if constexpr (std::is_same<T, __half>::value) {
-    const __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-}
 
 // Epilogue of one consumer warp's m64n128 fragment: Y[m, n] = s_m * v(i), element i of the
 // fragment being output row g (i & 2: g + 8) and token 8 (i / 4) + 2 t4 + (i & 1). Lanes g and g ^ 1

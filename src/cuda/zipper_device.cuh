@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/mma_ptx.cuh"
 
@@ -152,6 +153,18 @@ struct Ops<__nv_bfloat16> {
   __device__ static T2 pack(float a, float b) { return __floats2bfloat162_rn(a, b); }
   __device__ static float2 unpack(T2 v) { return __bfloat1622float2(v); }
 };
+
+// Two floats rounded to T and packed into one 32-bit word (a in the low half): the epilogues' 4-byte stores.
+template <typename T>
+__device__ __forceinline__ uint32_t pack_out(float a, float b) {
+  if constexpr (std::is_same<T, __half>::value) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
 
 // One k16 step of a lane's weight fragment from its 8 codes q: registers 0, 1 hold output g
 // (x its group scale sA), 2, 3 output g + 8 (x sB), as the mma.sync / wgmma fragment wants them
