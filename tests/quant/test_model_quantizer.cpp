@@ -10,6 +10,7 @@
 #include <functional>
 #include <limits>
 #include <random>
+#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
@@ -549,6 +550,30 @@ TEST(ModelQuantizer, GlobalAllocationKeepsTheModelBudget) {
               kl_global, (long long)rp.residual_blocks, kl_layer);
   EXPECT_GT(kl_global, 0.0);
   EXPECT_LT(kl_global, 2 * kl_layer);
+}
+
+// The analysis switch MOSAIC_ALLOC_ENERGY_EXP (the power of each linear's output energy dividing its block
+// scores in the global allocation): 0 ranks by absolute scores, which shares the same model budget
+// differently; a value that is not a number in [0, 2] is an error naming the variable.
+TEST(ModelQuantizer, GlobalAllocationEnergyExponentSwitch) {
+  TempDir tmp;
+  const auto calib = testdata::token_windows(8, 48, 11);
+  ModelQuantOptions o = small_options(QuantMethod::kMosaic);
+  o.budget = 0.2;
+  o.allocation = Allocation::kGlobal;
+  const ModelQuantReport r1 = quantize_model(golden("llama_tied"), tmp.path / "e1", calib, o);
+  setenv("MOSAIC_ALLOC_ENERGY_EXP", "0", 1);
+  const ModelQuantReport r0 = quantize_model(golden("llama_tied"), tmp.path / "e0", calib, o);
+  setenv("MOSAIC_ALLOC_ENERGY_EXP", "fast", 1);
+  try {
+    quantize_model(golden("llama_tied"), tmp.path / "bad", calib, o);
+    ADD_FAILURE() << "no error for MOSAIC_ALLOC_ENERGY_EXP=fast";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("MOSAIC_ALLOC_ENERGY_EXP"), std::string::npos) << e.what();
+  }
+  unsetenv("MOSAIC_ALLOC_ENERGY_EXP");
+  EXPECT_EQ(r0.residual_blocks, r1.residual_blocks);
+  EXPECT_NE(r0.global_counts, r1.global_counts) << "the exponent did not change how the budget is shared";
 }
 
 // --row-cap F: under global and per-layer allocation no block row of any linear keeps more than
