@@ -141,8 +141,8 @@ __global__ void __launch_bounds__(kThreads, 1) w4a8_fp8_gemm_kernel(const __grid
     flags[9] = kE4m3AHi;
     flags[10] = kE4m3BLo;
     flags[11] = kE4m3BHi;
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    fence_mbarrier_init();
+    fence_proxy_async_smem();
   }
   __syncthreads();
 

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/hopper_ptx.cuh"
 #include "cuda/mma_ptx.cuh"
 #include "cuda/pdl.cuh"
 #include "cuda/zipper_device.cuh"
@@ -355,7 +356,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
       parity ^= 1;
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) put(mine + nb * 8 * 20, nb);
-      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + rw), "r"(32 * KW) : "memory");  // partials visible
+      hopper::named_bar_sync(1 + rw, 32 * KW);  // partials visible
       if (sw == 0) {
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb) {

@@ -148,8 +148,8 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
       mbar_init(&full[s], 1);
       mbar_init(&empty[s], 8);  // one arrive per consumer warp
     }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    fence_mbarrier_init();
+    fence_proxy_async_smem();
   }
   __syncthreads();
 
@@ -419,7 +419,7 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
     const int tile = blockIdx.y * gridDim.x + blockIdx.x, ntiles = gridDim.x * gridDim.y;
     int* ticket = f.counters + 2 * tile;  // [0]: arrivals, [1]: partials stored
     if (tid == 0) *s_arrival = atomicAdd(ticket, 1);
-    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    named_bar_sync(1, 256);
     const int arrival = *s_arrival;
     const int last = int(gridDim.z) - 1;
     float4* ws = reinterpret_cast<float4*>(f.ws) + size_t(tile) * (kAcc / 4) * 256 + tid;
@@ -430,7 +430,7 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
         __stcg(ws + size_t(arrival) * slice + q * 256, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
       // The barrier orders every consumer thread's stores before thread 0's fence (cumulativity),
       // which orders them before the done count that the last arrival acquires.
-      asm volatile("bar.sync 1, 256;\n" ::: "memory");
+      named_bar_sync(1, 256);
       if (tid == 0) {
         asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
         atomicAdd(ticket + 1, 1);
@@ -445,7 +445,7 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
       ticket[0] = 0;  // ready for the next launch (stream order)
       ticket[1] = 0;
     }
-    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    named_bar_sync(1, 256);
     for (int z = 0; z < last; ++z) {
 #pragma unroll
       for (int q = 0; q < kAcc / 4; ++q) {

@@ -152,7 +152,7 @@ __device__ __forceinline__ void row_setup(RowInbox (&box)[N]) {
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int i = 0; i < N; ++i) cuda::hopper::mbar_init(&box[i].bar, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    cuda::hopper::fence_mbarrier_init();
   }
   asm volatile("barrier.cluster.arrive.relaxed;\n" ::: "memory");
   asm volatile("barrier.cluster.wait;\n" ::: "memory");
