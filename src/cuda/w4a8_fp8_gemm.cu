@@ -23,6 +23,7 @@
 #include "cuda/w4a8_launch.h"
 #include "cuda/w4a8_wgmma_common.cuh"
 #include "util/error.h"
+#include "util/env.h"
 
 namespace mosaic::cuda::detail {
 namespace {
@@ -375,10 +376,7 @@ int int8_wgmma_outputs(const W4A8Fp8Args& a) {
 // The INT8 kernel's epilogue through shared memory and TMA stores (default), or MOSAIC_W4A8_TMA_STORE=0:
 // every lane stores its outputs (same values; the fallback for rows not 16-byte aligned). Read per
 // launch: the tests run both.
-bool int8_tma_store_enabled() {
-  const char* e = std::getenv("MOSAIC_W4A8_TMA_STORE");
-  return !(e && *e == '0');
-}
+bool int8_tma_store_enabled() { return env_switch_on("MOSAIC_W4A8_TMA_STORE"); }
 
 template <typename T, bool kI8, int kH>
 void launch_fp8_t(const W4A8Fp8Args& a, cudaStream_t stream) {

@@ -13,6 +13,7 @@
 
 #include "cuda/hopper_ptx.cuh"
 #include "cuda/pdl.cuh"
+#include "util/env.h"
 
 namespace mosaic::gpu::kern::aq {
 
@@ -345,10 +346,7 @@ inline int row_cluster(int64_t rows, int threads);
 // cluster form, row_cluster), K a multiple of 8 within 8 CTAs, 16-byte aligned rows. MOSAIC_QUANT_VEC8=0: never
 // (same-binary comparisons).
 inline bool vec8_rows(int64_t rows, int64_t K, const void* src, const void* dst) {
-  static const bool on = [] {
-    const char* e = std::getenv("MOSAIC_QUANT_VEC8");
-    return !(e && *e == '0');
-  }();
+  static const bool on = env_switch_on("MOSAIC_QUANT_VEC8");
   const bool aligned = (reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst)) % 16 == 0;
   return on && aligned && vec8_row_ctas(K) > 0 && row_cluster(rows, 1024) > 1;
 }

@@ -28,6 +28,7 @@
 #include "model/rope.h"
 #include "util/error.h"
 #include "util/progress.h"
+#include "util/env.h"
 
 namespace mosaic::gpu {
 
@@ -349,10 +350,7 @@ kern::RowQuant producer_quant(const ActQuantGpuLinear* w, int64_t M) {
 // its codes and scales, so the rows never go through memory in 16 bits and the layer runs no quantize pass of
 // its own (forward_codes). MOSAIC_PRODUCER_CODES=0: the layer quantizes (same codes; comparisons).
 kern::RowQuant producer_rows(const ActQuantGpuLinear* w, int64_t M, bool codes_ok, cudaStream_t s) {
-  static const bool on = [] {
-    const char* e = std::getenv("MOSAIC_PRODUCER_CODES");
-    return !(e && *e == '0');
-  }();
+  static const bool on = env_switch_on("MOSAIC_PRODUCER_CODES");
   if (w && on && codes_ok && w->uses_int8_kernel(M)) return w->producer_codes(M, s);
   return producer_quant(w, M);
 }

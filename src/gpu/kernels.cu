@@ -15,6 +15,7 @@
 #include "gpu/kernel_util.cuh"
 #include "gpu/kernels.h"
 #include "util/error.h"
+#include "util/env.h"
 
 namespace mosaic::gpu {
 
@@ -506,10 +507,7 @@ void add_rms_norm(Act a, float* x, const void* delta, const float* w, int64_t ro
   const int per = aq::held_per_thread(D, threads);  // 0: a row too long to hold in registers
   // Prefill (rows past the cluster form's) of a 4096-wide row, not quantized (the INT8 kernel quantizes its
   // own rows there): CTAs of 256 threads acting as 4 row threads each (add_rms_norm_held_k). Same values.
-  static const bool prefill_form = [] {  // MOSAIC_NORM_V=0: one 1024-thread CTA per row (comparisons)
-    const char* e = std::getenv("MOSAIC_NORM_V");
-    return !(e && *e == '0');
-  }();
+  static const bool prefill_form = env_switch_on("MOSAIC_NORM_V");  // =0: one 1024-thread CTA per row (comparisons)
   MOSAIC_CHECK(!q.codes || (q.bits == 8 && !q.fp8 && per), "add_rms_norm: INT8 codes need the 8-bit integer rule and a row of ",
                D, " held in registers");
   if (prefill_form && threads == 1024 && D <= 4 * 1024 && (!q.on() || q.codes) && aq::row_cluster(rows, threads) == 1) {
@@ -547,10 +545,7 @@ void qkv_rope_cache(Act a, const void* qkv, int64_t rows, const int32_t* pos, co
   MOSAIC_DISPATCH(a, qkv_rope_cache_warp_k<T, HD><<<grid, kRopeHeads * 32, 0, s>>>(                            \
                          static_cast<const T*>(qkv), pos, slot, d, q_norm, k_norm, eps, inv_freq,            \
                          static_cast<T*>(q_out), static_cast<T*>(k_cache), static_cast<T*>(v_cache)))
-  static const bool warp_form = [] {  // MOSAIC_ROPE_WARP=0: the shared-memory form (same-binary comparisons)
-    const char* e = std::getenv("MOSAIC_ROPE_WARP");
-    return !(e && *e == '0');
-  }();
+  static const bool warp_form = env_switch_on("MOSAIC_ROPE_WARP");  // =0: the shared-memory form (comparisons)
   if (warp_form && d.hd == 128) {
     MOSAIC_ROPE_WARP(128);
     return;
