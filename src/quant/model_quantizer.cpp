@@ -69,7 +69,7 @@ namespace {
 // absolute Delta-Hessian scores). For studies of how the budget is shared between linears.
 // Measured on the default model (bench/results/accuracy-s23-alloc-exponent-*): 0.75 lowers KL by 3.5% at a 10%
 // budget, 0.5% at 5% and 1.8% with 128 calibration windows; 0.5 helps at 10% and hurts at 5%; lower is worse. The
-// default stays 1 for now. Read per call.
+// default stays 1 for now. Read once per quantization (the tests switch it).
 double alloc_energy_exponent() {
   const char* e = std::getenv("MOSAIC_ALLOC_ENERGY_EXP");
   if (!e || !*e) return 1.0;
@@ -569,6 +569,7 @@ class Quantizer {
   // indexed layer * 7 + LinearId.
   std::vector<int64_t> global_counts(Model* model, std::vector<std::vector<float>>& x, KVCache& cache) {
     std::vector<std::vector<double>> scores(size_t(cfg_.num_layers) * 7);
+    const double energy_exp = alloc_energy_exponent();  // before any work: a bad value fails at once
     Progress progress("score (global allocation)", cfg_.num_layers, opt_.quiet);
     for (int i = 0; i < cfg_.num_layers; ++i) {
       Weights W = timed(kLoad, [&] { return load_weights(i); });
@@ -590,8 +591,7 @@ class Quantizer {
           sc = timed(kSolve, [&] { return mosaic_block_scores(*W[int(id)], s.N, s.K, H, mosaic_options(linear_group(opt_, id)), &base[int(id)]); });
           const double energy = diagonal_output_energy(*W[int(id)], s.N, s.K, H);
           if (energy > 0) {
-            const double a = alloc_energy_exponent();
-            const double norm = a == 1.0 ? energy : std::pow(energy, a);  // the default divides exactly as before
+            const double norm = energy_exp == 1.0 ? energy : std::pow(energy, energy_exp);  // 1: exactly as before
             for (double& v : sc) v /= norm;
           }
         } catch (const Error& e) {
