@@ -220,11 +220,10 @@ __device__ __forceinline__ void consume_int8(const W4A8Fp8Args& a, const CUtenso
       for (int hh = 0; hh < kH; ++hh)
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
-          // Lanes g and g ^ 1 swap halves: each then holds two adjacent outputs of one token (as store_fragment).
           const float v0 = i2f(acc[hh][4 * j + 2 * hr]) * u[hh][hr];
           const float v1 = i2f(acc[hh][4 * j + 2 * hr + 1]) * u[hh][hr];
-          const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-          const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
+          float lo, hi;
+          swap_halves(v0, v1, odd, lo, hi);
           const int n = 16 * w + 8 * hr + (g & ~1);  // output within the box
           sts32(ybuf + hh * kYBox + m * 128 + ((2 * n) ^ ((m & 7) << 4)), pack_out<T>(lo * sm, hi * sm));
         }

@@ -62,6 +62,15 @@ struct Stage {
 // PTX wrappers (mbarriers, bulk copies, TMA, wgmma fences, descriptors): cuda/hopper_ptx.cuh.
 using namespace ::mosaic::cuda::hopper;
 
+// The epilogues' pair exchange: v0, v1 = one output row's values of tokens 2 t4, 2 t4 + 1 (fragment elements
+// 2 hr, 2 hr + 1); lanes g and g ^ 1 (odd = g & 1) swap halves, so that each then holds two adjacent outputs
+// (rows g & ~1, (g & ~1) + 1) of one token (2 t4 + odd): one 4-byte store.
+__device__ __forceinline__ void swap_halves(float v0, float v1, int odd, float& lo, float& hi) {
+  const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+  lo = odd ? recv : v0;
+  hi = odd ? v1 : recv;
+}
+
 // Epilogue of one consumer warp's m64n128 fragment: Y[m, n] = s_m * v(i), element i of the
 // fragment being output row g (i & 2: g + 8) and token 8 (i / 4) + 2 t4 + (i & 1). Lanes g and g ^ 1
 // swap halves so that each stores two adjacent outputs of one token (4 bytes): even g token
@@ -76,9 +85,8 @@ __device__ __forceinline__ void store_fragment(const W4A8Fp8Args& a, int n_w, in
     const float sm = m < a.M ? a.xs[m] : 0.f;
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      const float v0 = v(4 * j + 2 * hr), v1 = v(4 * j + 2 * hr + 1);
-      const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-      const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
+      float lo, hi;
+      swap_halves(v(4 * j + 2 * hr), v(4 * j + 2 * hr + 1), odd, lo, hi);
       const int n = n_w + 8 * hr + (g & ~1);
       if (m < a.M && n < a.N)
         *reinterpret_cast<uint32_t*>(y + int64_t(m) * a.N + n) = pack_out<T>(lo * sm, hi * sm);
