@@ -64,21 +64,6 @@ const char* quant_method_name(QuantMethod m) {
 
 namespace {
 
-// Analysis switch MOSAIC_ALLOC_ENERGY_EXP=a (default 1): global allocation divides each linear's block
-// scores by its output energy to the power a (1: relative output-error reduction, the default; 0: the
-// absolute Delta-Hessian scores). For studies of how the budget is shared between linears.
-// Measured on the default model (bench/results/accuracy-s23-alloc-exponent-*): 0.75 lowers KL by 3.5% at a 10%
-// budget, 0.5% at 5% and 1.8% with 128 calibration windows; 0.5 helps at 10% and hurts at 5%; lower is worse. The
-// default stays 1 for now. Read once per quantization (the tests switch it).
-double alloc_energy_exponent() {
-  const char* e = std::getenv("MOSAIC_ALLOC_ENERGY_EXP");
-  if (!e || !*e) return 1.0;
-  char* end = nullptr;
-  const double v = std::strtod(e, &end);
-  if (end == e || *end || !(v >= 0.0 && v <= 2.0)) fail("MOSAIC_ALLOC_ENERGY_EXP must be a number in [0, 2], got '", e, "'");
-  return v;
-}
-
 constexpr LinearId kLinears[] = {LinearId::Q, LinearId::K, LinearId::V, LinearId::O,
                                  LinearId::Gate, LinearId::Up, LinearId::Down};
 
@@ -306,6 +291,8 @@ nlohmann::json quantization_config(const ModelQuantOptions& opt, const ModelQuan
                      {"score_samples", opt.allocation == Allocation::kGlobal ? nlohmann::json(rep.score_windows)
                                                                               : nlohmann::json(nullptr)},
                      {"row_cap", opt.row_cap},
+                     {"alloc_exponent", opt.allocation == Allocation::kGlobal ? nlohmann::json(opt.alloc_exponent)
+                                                                                : nlohmann::json(nullptr)},
                      {"scorer", block_scorer_name(opt.scorer)},
                      {"residual_in_gptq", true}};
   else
@@ -569,7 +556,7 @@ class Quantizer {
   // indexed layer * 7 + LinearId.
   std::vector<int64_t> global_counts(Model* model, std::vector<std::vector<float>>& x, KVCache& cache) {
     std::vector<std::vector<double>> scores(size_t(cfg_.num_layers) * 7);
-    const double energy_exp = alloc_energy_exponent();  // before any work: a bad value fails at once
+    const double energy_exp = opt_.alloc_exponent;
     Progress progress("score (global allocation)", cfg_.num_layers, opt_.quiet);
     for (int i = 0; i < cfg_.num_layers; ++i) {
       Weights W = timed(kLoad, [&] { return load_weights(i); });
@@ -994,6 +981,9 @@ void check_options(const ModelQuantOptions& o) {
                o.block_cols, " is invalid (both positive, columns even)");
   MOSAIC_CHECK(!o.int_scales || (o.symmetric && o.grid.empty()), "--int-scales needs the symmetric uniform base ",
                "(no --asym, no --grid nl4): the INT8 weights are m (q - 8)");
+  MOSAIC_CHECK(std::isfinite(o.alloc_exponent) && o.alloc_exponent >= 0 && o.alloc_exponent <= 2, "--alloc-exponent ",
+               o.alloc_exponent, " is out of range [0, 2] (the power of each linear's output energy dividing its "
+               "block scores under global allocation)");
   MOSAIC_CHECK(std::isfinite(o.row_cap) && o.row_cap > 0 && o.row_cap <= 1, "--row-cap ", o.row_cap,
                " is out of range (0, 1] (the most residual blocks a block row keeps, as a fraction of its block "
                "columns; 1 = no cap)");

@@ -73,6 +73,12 @@ struct ModelQuantOptions {
   int block_rows = 16, block_cols = 64;  // the shape the GPU kernel supports
   double budget = 0.10;                  // fraction of residual blocks kept (mosaic)
   Allocation allocation = Allocation::kGlobal;  // measured better (docs/results.md)
+  // Global allocation divides each linear's block scores by its output energy to this power
+  // (`--alloc-exponent`, in [0, 2]): 1 ranks by relative output-error reduction (which sends the budget
+  // to v / k / q), 0 by absolute Delta-Hessian scores (to down_proj). 0.75 lowered KL in every setting
+  // measured on the default model (W4A16 10% / 5% / 1x64 5% / 128 windows, W4A8 on the integer grid:
+  // -0.5..-3.5%; 0.5 and below were mixed or worse: docs/results.md "Sharing the budget between linears").
+  double alloc_exponent = 0.75;
   // Per-block-row cap (`--row-cap F`, in (0, 1]; 1 = none): no block row of a linear with K inputs
   // keeps more than row_cap_blocks(F, K / block_cols) residual blocks, under either allocation (and
   // for a packed LM head). The fused GPU kernel's time is set by the fullest block row of a layer.

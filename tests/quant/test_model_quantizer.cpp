@@ -552,28 +552,40 @@ TEST(ModelQuantizer, GlobalAllocationKeepsTheModelBudget) {
   EXPECT_LT(kl_global, 2 * kl_layer);
 }
 
-// The analysis switch MOSAIC_ALLOC_ENERGY_EXP (the power of each linear's output energy dividing its block
-// scores in the global allocation): 0 ranks by absolute scores, which shares the same model budget
-// differently; a value that is not a number in [0, 2] is an error naming the variable.
-TEST(ModelQuantizer, GlobalAllocationEnergyExponentSwitch) {
+// --alloc-exponent A (the power of each linear's output energy dividing its block scores in the global
+// allocation): 0 ranks by absolute scores, which shares the same model budget differently from 0.75 (the
+// default) and 1; the config records A under global allocation (null per layer); a value outside [0, 2]
+// fails before any work, naming the option.
+TEST(ModelQuantizer, GlobalAllocationExponent) {
   TempDir tmp;
   const auto calib = testdata::token_windows(8, 48, 11);
   ModelQuantOptions o = small_options(QuantMethod::kMosaic);
   o.budget = 0.2;
   o.allocation = Allocation::kGlobal;
+  EXPECT_EQ(o.alloc_exponent, 0.75);
+  const ModelQuantReport rd = quantize_model(golden("llama_tied"), tmp.path / "ed", calib, o);
+  EXPECT_EQ(ModelConfig::load(tmp.path / "ed").quantization_config["residual"]["alloc_exponent"], 0.75);
+  o.alloc_exponent = 1.0;
   const ModelQuantReport r1 = quantize_model(golden("llama_tied"), tmp.path / "e1", calib, o);
-  setenv("MOSAIC_ALLOC_ENERGY_EXP", "0", 1);
+  o.alloc_exponent = 0.0;
   const ModelQuantReport r0 = quantize_model(golden("llama_tied"), tmp.path / "e0", calib, o);
-  setenv("MOSAIC_ALLOC_ENERGY_EXP", "fast", 1);
-  try {
-    quantize_model(golden("llama_tied"), tmp.path / "bad", calib, o);
-    ADD_FAILURE() << "no error for MOSAIC_ALLOC_ENERGY_EXP=fast";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("MOSAIC_ALLOC_ENERGY_EXP"), std::string::npos) << e.what();
-  }
-  unsetenv("MOSAIC_ALLOC_ENERGY_EXP");
   EXPECT_EQ(r0.residual_blocks, r1.residual_blocks);
+  EXPECT_EQ(rd.residual_blocks, r1.residual_blocks);
   EXPECT_NE(r0.global_counts, r1.global_counts) << "the exponent did not change how the budget is shared";
+  for (double bad : {-0.1, 2.5, std::nan("")}) {
+    o.alloc_exponent = bad;
+    try {
+      quantize_model(golden("llama_tied"), tmp.path / "bad", calib, o);
+      ADD_FAILURE() << "no error for --alloc-exponent " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--alloc-exponent"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(tmp.path / "bad")) << "a refused run left an output directory";
+  }
+  o.alloc_exponent = 0.75;
+  o.allocation = Allocation::kPerLayer;
+  quantize_model(golden("llama_tied"), tmp.path / "pl", calib, o);
+  EXPECT_TRUE(ModelConfig::load(tmp.path / "pl").quantization_config["residual"]["alloc_exponent"].is_null());
 }
 
 // --row-cap F: under global and per-layer allocation no block row of any linear keeps more than
