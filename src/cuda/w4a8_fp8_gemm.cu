@@ -352,10 +352,7 @@ int sm_count() {
 // CTAs of the persistent launch: MOSAIC_W4A8_FP8_CTAS (0 = one per tile: the non-persistent
 // launch, kept for same-binary comparisons), else one per SM.
 int fp8_gemm_ctas(int ntiles) {
-  static const int ctas = [] {
-    if (const char* e = std::getenv("MOSAIC_W4A8_FP8_CTAS")) return std::atoi(e);
-    return sm_count();
-  }();
+  static const int ctas = env_int("MOSAIC_W4A8_FP8_CTAS", sm_count(), 0, 1 << 20);
   return ctas <= 0 ? ntiles : std::min(ctas, ntiles);
 }
 

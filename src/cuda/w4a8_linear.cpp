@@ -9,6 +9,7 @@
 #include "cuda/w4a8_fp8_layout.h"
 #include "cuda/w4a8_launch.h"
 #include "cuda/host_util.h"
+#include "util/env.h"
 #include "util/error.h"
 
 namespace mosaic::cuda {
@@ -130,8 +131,7 @@ W4A8Linear::W4A8Linear(const PackedLinear& w, W4A8Act act) : impl_(std::make_uni
   }
   // An INT8 layer whose scales lie on the integer scale grid runs on the INT8 wgmma kernel
   // (MOSAIC_W4A8_INT8_WGMMA=0: the mma.sync kernel, for same-binary comparisons).
-  const char* wg = std::getenv("MOSAIC_W4A8_INT8_WGMMA");
-  if (!(wg && std::string(wg) == "0"))
+  if (env_switch_on("MOSAIC_W4A8_INT8_WGMMA"))
     if (const std::optional<W4A8Fp8Layout> z = try_repack_for_w4a8_int8_wgmma(w)) {
       check_device();
       I.Npad = z->Npad;

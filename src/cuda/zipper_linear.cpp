@@ -18,6 +18,7 @@
 #include "cuda/zipper_plan.h"
 #include "cuda/zipper_wgmma.h"
 #include "cuda/host_util.h"
+#include "util/env.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -84,14 +85,8 @@ double inflight_kb_needed() {
 
 // Stream-kernel tuning knobs (defaults measured, docs/kernels-notes.md v9): MOSAIC_ZIPPER_RED_COST = the split-K reduction of one row of 16
 // outputs x 16 rows of X, in k-tile units of streamed weights (fp32 atomics at L2 cost more per
-// byte than streaming); MOSAIC_ZIPPER_VERBOSE=1 prints each plan to stderr.
-double env_number(const char* name, double dflt, double lo, double hi) {
-  const char* e = std::getenv(name);
-  if (!e || !*e) return dflt;
-  char* end = nullptr;
-  const double x = std::strtod(e, &end);
-  return end && *end == 0 && x >= lo && x <= hi ? x : dflt;
-}
+// byte than streaming); MOSAIC_ZIPPER_VERBOSE=1 prints each plan to stderr. Every knob is read by
+// util/env.h: a value outside its range is an error naming the variable.
 // The ring depth is fixed at 4 since v10 (8 measured slower everywhere in v9; the knob is gone).
 int stream_stages() { return 4; }
 double red_cost() {
@@ -104,8 +99,9 @@ double red_cost() {
 // across CTAs (fence, counter atomic, fix-up), in k-tiles: 2 (v10 run 2, H100: qkv M = 1 zipper
 // 12.98 -> 10.89 us, the plan moving from 11 K-splits to 4 warps per row; other shapes +-2%).
 int kwarps_forced() {
-  static const int v = int(env_number("MOSAIC_ZIPPER_KWARPS", 0, 0, 8));
-  return v == 1 || v == 2 || v == 4 || v == 8 ? v : 0;
+  static const int v = env_int("MOSAIC_ZIPPER_KWARPS", 0, 0, 8);
+  MOSAIC_CHECK(v == 0 || v == 1 || v == 2 || v == 4 || v == 8, "MOSAIC_ZIPPER_KWARPS must be 1, 2, 4 or 8 (0: the plan), got ", v);
+  return v;
 }
 // 0.25 k-tiles per row end. Until v17 a residual row end also waited for the K-slice with the most
 // kept blocks and was priced at 1 (H200, sixth session: gate_up zipper at M = 1 28.58 -> 28.06 us,
@@ -121,7 +117,7 @@ double kw_cost(bool /*residual*/) {
 // row held them to 64 chunks) for same-binary comparisons: LLaMA-3-8B's down (K = 14336) at M = 1 then
 // splits K over 8 CTAs again.
 int stream_max_k_tiles(int k_tiles) {
-  static const int v = int(env_number("MOSAIC_ZIPPER_STREAM_MAX_K", 0, 0, 1 << 20));
+  static const int v = env_int("MOSAIC_ZIPPER_STREAM_MAX_K", 0, 0, 1 << 20);
   return v >= kTileK ? std::min(k_tiles, v / kTileK) : k_tiles;
 }
 double split_fix() {
@@ -136,7 +132,7 @@ bool row_interleave() {
 // MOSAIC_ZIPPER_ROW_ORDER = 0 / 1: never / always deal a residual layer's rows by weight (the
 // stream kernel's row order, residual_rows_uneven in zipper_plan.h); unset: where the rows are uneven.
 // Read when a layer is loaded (a test sets it per layer).
-int row_order_mode() { return int(env_number("MOSAIC_ZIPPER_ROW_ORDER", -1, 0, 1)); }
+int row_order_mode() { return env_int("MOSAIC_ZIPPER_ROW_ORDER", -1, 0, 1); }
 bool verbose() {
   static const bool v = env_number("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) > 0;
   return v;
@@ -179,29 +175,32 @@ bool tune_cold() {  // read at every tuning (rare: once per layer shape and M), 
 // (wgmma_default). Tuning: MOSAIC_ZIPPER_WGMMA_TOK (32, 64, 128: tokens per CTA tile),
 // _STAGES (2..8), _KSPLIT (inputs per CTA, a multiple of 128).
 int wgmma_mode() {
-  static const int v = int(env_number("MOSAIC_ZIPPER_WGMMA", -1, 0, 1));
+  static const int v = env_int("MOSAIC_ZIPPER_WGMMA", -1, 0, 1);
   return v;
 }
 // Read when a layer plans a token tile for the first time (not cached: tests set them per layer).
 int wgmma_tok_forced() {
-  const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_TOK", 0, 0, 128));
-  return v == 16 || v == 32 || v == 64 || v == 128 ? v : 0;
+  const int v = env_int("MOSAIC_ZIPPER_WGMMA_TOK", 0, 0, 128);
+  MOSAIC_CHECK(v == 0 || v == 16 || v == 32 || v == 64 || v == 128, "MOSAIC_ZIPPER_WGMMA_TOK must be 16, 32, 64 or 128, got ", v);
+  return v;
 }
 int wgmma_stages_forced() {
-  const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_STAGES", 0, 0, detail::kWgMaxStages));
-  return v >= 2 ? v : 0;
+  const int v = env_int("MOSAIC_ZIPPER_WGMMA_STAGES", 0, 0, detail::kWgMaxStages);
+  MOSAIC_CHECK(v != 1, "MOSAIC_ZIPPER_WGMMA_STAGES must be 2..", detail::kWgMaxStages, " (0: the plan), got 1");
+  return v;
 }
 // The weights' codes and scales by one TMA box each per k-tile (default; H200 v4: 10-25% faster
 // than 16 per-row bulk copies at every M) or, with MOSAIC_ZIPPER_WGMMA_WTMA=0, by those copies
 // (read at plan time, like the knobs above).
-int wgmma_wtma() { return int(env_number("MOSAIC_ZIPPER_WGMMA_WTMA", 1, 0, 1)); }
+int wgmma_wtma() { return env_int("MOSAIC_ZIPPER_WGMMA_WTMA", 1, 0, 1); }
 // The token-tile remainder (ZipperLinear::gemm): M = 128 q + r with 1 <= r <= this may run as the
 // wgmma kernel's 128 q rows, then r rows in a second launch (the stream kernel up to 16, the
 // wgmma kernel's 32- or 64-token tile up to 64); MOSAIC_ZIPPER_TAIL=0 turns it off (comparisons).
-int wgmma_tail_max() { return int(env_number("MOSAIC_ZIPPER_TAIL", 64, 0, 64)); }
+int wgmma_tail_max() { return env_int("MOSAIC_ZIPPER_TAIL", 64, 0, 64); }
 int wgmma_ksplit_forced() {
-  const int v = int(env_number("MOSAIC_ZIPPER_WGMMA_KSPLIT", 0, 0, 1 << 20));
-  return v > 0 && v % kTileK == 0 ? v : 0;
+  const int v = env_int("MOSAIC_ZIPPER_WGMMA_KSPLIT", 0, 0, 1 << 20);
+  MOSAIC_CHECK(v % kTileK == 0, "MOSAIC_ZIPPER_WGMMA_KSPLIT must be a multiple of ", kTileK, " inputs, got ", v);
+  return v;
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "gpu/kernel_util.cuh"
 #include "gpu/kernels.h"
 #include "gpu/mma_util.cuh"
+#include "util/env.h"
 
 namespace mosaic::gpu::kern {
 namespace {
@@ -688,10 +689,7 @@ struct DecodePlan {
 // The tensor-core key loop for head_dim 128 unless MOSAIC_DECODE_MMA=0 (the scalar loop, for comparisons).
 // H200, LLaMA-3-8B W4A16 at batch 1, prompt 2048: 402.0 -> 426.3 tok/s end to end, the attention's share of the
 // step 0.51 -> 0.35 ms (bench/results/e2e-h200-2026-11-29-s17-attn-mma.md).
-bool decode_mma() {
-  const char* e = std::getenv("MOSAIC_DECODE_MMA");
-  return !(e && std::string(e) == "0");
-}
+bool decode_mma() { return env_switch_on("MOSAIC_DECODE_MMA"); }
 bool decode_fixed_lanes() {
   const char* e = std::getenv("MOSAIC_DECODE_LANES");
   return !(e && std::string(e) == "runtime");
@@ -699,25 +697,16 @@ bool decode_fixed_lanes() {
 // Splits: about 2 CTAs per SM in all (B x Hkv x head chunks x splits; MOSAIC_DECODE_CTAS_PER_SM
 // overrides the 2, for tuning), at most kMaxSplits and at most one pass of keys per warp at full
 // capacity.
-int decode_ctas_per_sm() {
-  const char* e = std::getenv("MOSAIC_DECODE_CTAS_PER_SM");
-  const int v = e ? std::atoi(e) : 0;
-  return v >= 1 && v <= 16 ? v : 2;
-}
+int decode_ctas_per_sm() { return env_int("MOSAIC_DECODE_CTAS_PER_SM", 2, 1, 16); }
 // MOSAIC_DECODE_SPLITS=N caps the splits per (sequence, kv head) (tuning: at batch 1 the merge of
 // the splits is latency on the step's critical path). A cap only lowers the plan, so the scratch
 // sized without it still fits.
-int decode_max_splits() {
-  const char* e = std::getenv("MOSAIC_DECODE_SPLITS");
-  const int v = e ? std::atoi(e) : 0;
-  return v >= 1 && v <= kMaxSplits ? v : 0;
-}
+int decode_max_splits() { return env_int("MOSAIC_DECODE_SPLITS", 0, 1, kMaxSplits); }
 // MOSAIC_DECODE_CLUSTER=0 / 1 forces the global / the cluster merge of the splits (tests and tuning);
 // unset, decode_split_plan (decode_plan.h) picks. Read per call like the other switches.
 detail::ClusterMerge decode_cluster_mode() {
-  const char* e = std::getenv("MOSAIC_DECODE_CLUSTER");
-  if (!e || !*e) return detail::ClusterMerge::Auto;
-  return e[0] == '1' ? detail::ClusterMerge::On : detail::ClusterMerge::Off;
+  const int v = env_int("MOSAIC_DECODE_CLUSTER", -1, 0, 1);
+  return v < 0 ? detail::ClusterMerge::Auto : v == 1 ? detail::ClusterMerge::On : detail::ClusterMerge::Off;
 }
 // Bytes the kernel's shared memory must cover (layout at dec_inbox_offset): the ring or the merge
 // area laid over it after the keys, the rope rows, the cluster merge's inbox.

@@ -28,6 +28,7 @@
 #include "gpu/kernel_util.cuh"
 #include "gpu/mma_util.cuh"
 #include "util/error.h"
+#include "util/env.h"
 
 namespace mosaic::gpu {
 namespace kern {
@@ -212,10 +213,7 @@ void launch_flash(const void* q, const void* k_seq, const void* v_seq, int64_t n
 }  // namespace kern
 
 bool flash_prefill_enabled(const kern::AttnDims& d) {
-  static const bool on = [] {
-    const char* e = std::getenv("MOSAIC_PREFILL_FLASH");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
+  static const bool on = env_switch_on("MOSAIC_PREFILL_FLASH");
   return on && (d.hd == 64 || d.hd == 128) && d.H % d.Hkv == 0;
 }
 

@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include "util/env.h"
+
 #include <cblas.h>
 
 namespace mosaic {
@@ -91,11 +93,7 @@ class Pool {
 };
 
 int default_threads() {
-  if (const char* s = std::getenv("MOSAIC_THREADS")) {
-    int n = std::atoi(s);
-    if (n > 0) return n;
-  }
-  return std::max(1u, std::thread::hardware_concurrency());
+  return env_int("MOSAIC_THREADS", int(std::max(1u, std::thread::hardware_concurrency())), 1, 4096);
 }
 
 std::mutex g_pool_mu;

@@ -1,6 +1,11 @@
-// Environment switches of the same-binary comparisons (MOSAIC_PDL, MOSAIC_NORM_V, ...). Plain C++.
+// Environment variables of the same-binary comparisons and tuning knobs (MOSAIC_PDL, MOSAIC_ZIPPER_*,
+// MOSAIC_DECODE_*, ...). One reading of each kind, so that a knob set to a value it cannot take is an
+// error naming the variable and what it takes, never silently the default. Plain C++.
 #pragma once
 #include <cstdlib>
+#include <optional>
+
+#include "util/error.h"
 
 namespace mosaic {
 
@@ -9,6 +14,29 @@ namespace mosaic {
 inline bool env_switch_on(const char* name) {
   const char* e = std::getenv(name);
   return !(e && *e == '0');
+}
+
+// The variable as a number in [lo, hi], or nullopt when it is unset or empty. Anything else (not a
+// number, trailing characters, out of range) throws mosaic::Error naming the variable and the range.
+inline std::optional<double> env_number(const char* name, double lo, double hi) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return std::nullopt;
+  char* end = nullptr;
+  const double x = std::strtod(e, &end);
+  if (end == e || *end != 0 || !(x >= lo && x <= hi))
+    fail("environment variable ", name, "='", e, "' must be a number in [", lo, ", ", hi, "]");
+  return x;
+}
+inline double env_number(const char* name, double dflt, double lo, double hi) {
+  return env_number(name, lo, hi).value_or(dflt);
+}
+
+// The same for integers: an integer in [lo, hi] (no fraction), else dflt when unset or empty.
+inline int env_int(const char* name, int dflt, int lo, int hi) {
+  const std::optional<double> x = env_number(name, lo, hi);
+  if (!x) return dflt;
+  if (*x != double(int(*x))) fail("environment variable ", name, "='", std::getenv(name), "' must be an integer in [", lo, ", ", hi, "]");
+  return int(*x);
 }
 
 }  // namespace mosaic
