@@ -91,7 +91,7 @@ if [ -n "${BASELINE_CU:-}" ]; then
     $B/zipper_kernels_base.o $(echo $LIB | tr ' ' '\n' | grep -v '/zipper_kernels.o' | tr '\n' ' ') -lcublas || exit 1
 elif [ -n "${BASELINE_SRC:-}" ]; then
   BASE_CLI=$B/cmd_bench.o; [ -f $B/base-cli/cmd_bench.o ] && BASE_CLI=$B/base-cli/cmd_bench.o
-  nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $BASE_CLI $B/atomic_file.o $B/packed_linear.o $B/base/*.o -lcublas || exit 1
+  nvcc -o $B/mosaic_base $B/mosaic_bench_main.o $BASE_CLI $B/atomic_file.o $B/packed_linear.o $B/int_scale_grid.o $B/base/*.o -lcublas || exit 1
 fi
 # SASS_STATS=1: instruction mix of the stream kernels (new and baseline) into the extras.
 if [ "${SASS_STATS:-0}" = 1 ] && command -v cuobjdump > /dev/null; then
