@@ -551,7 +551,8 @@ class Quantizer {
 
   // Global allocation, pass 1: the same layer-by-layer walk with the base alone (inputs of layer i
   // come from the base-quantized layers before it), scoring every block of every linear. Scores
-  // are divided by the linear's output energy (relative output-error reduction), and the budget
+  // are divided by the linear's output energy to the power alloc_exponent (1: relative output-error
+  // reduction; 0.75, the default, leans toward the absolute reduction), and the budget
   // over all blocks of the model goes to the highest (allocate_global). Returns blocks per linear,
   // indexed layer * 7 + LinearId.
   std::vector<int64_t> global_counts(Model* model, std::vector<std::vector<float>>& x, KVCache& cache) {
