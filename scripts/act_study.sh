@@ -7,7 +7,7 @@
 #    ROTATE: --rotate none|r1|r1r2, none by default, optionally with the matrix: r1r2/random = --rotate-matrix random;
 #    KEEP: --rotate-keep, residual channels left out of the rotation, comma-separated, e.g. 507)
 # Resumes: a row whose JSON exists is not redone (delete it, or FORCE=1). Env: MOSAIC (binary),
-# MODEL, WORK (output folder), WINDOWS (ppl windows), CALIB_SAMPLES, CALIB_LEN, GROUP, SMOOTH_ALPHA
+# MODEL, WORK (output folder), WINDOWS (ppl windows), CALIB_SAMPLES, CALIB_LEN, GROUP, ALLOC_EXP (1), SMOOTH_ALPHA
 # (--smooth-alpha for every row given: auto, none or a number; unset = the quantizer's default), and a
 # row name ending in "-grid" adds --int-scales (scales on the integer scale grid: the INT8 wgmma kernel).
 # Calibration is data/calib.txt only (never WikiText).
@@ -39,6 +39,9 @@ for row in "${ROWS[@]}"; do
   args=(--model "$MODEL" --out "$out" --method "$method" --group "$GROUP" --act-bits "$abits" --force)
   [ "$method" != rtn ] && args+=(--calib-samples "$CALIB_SAMPLES" --calib-len "$CALIB_LEN")
   [ -n "${budget:-}" ] && args+=(--budget "$budget")
+  # Global allocation's exponent: 1 made the committed rows (before --alloc-exponent existed); ALLOC_EXP=0.75
+  # is the current default.
+  [ "$method" = mosaic ] && args+=(--alloc-exponent "${ALLOC_EXP:-1}")
   [ -n "${aformat:-}" ] && args+=(--act-format "$aformat")
   [ -n "${grid:-}" ] && args+=(--grid "$grid")
   [ -n "${SMOOTH_ALPHA:-}" ] && args+=(--smooth-alpha "$SMOOTH_ALPHA")
