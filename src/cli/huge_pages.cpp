@@ -4,6 +4,8 @@
 #include <fstream>
 #include <string>
 
+#include "util/env.h"
+
 #if defined(__linux__)
 #include <unistd.h>
 #endif
@@ -12,7 +14,7 @@ namespace mosaic::cli {
 
 void reexec_with_huge_pages(char** argv) {
 #if defined(__linux__)
-  if (const char* e = std::getenv("MOSAIC_HUGEPAGES"); e && std::string(e) == "0") return;
+  if (!env_switch_on("MOSAIC_HUGEPAGES")) return;
   const char* cur = std::getenv("GLIBC_TUNABLES");
   const std::string before = cur ? cur : "";
   if (before.find("glibc.malloc.hugetlb") != std::string::npos) return;  // already set: no loop

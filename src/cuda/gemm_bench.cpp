@@ -25,6 +25,7 @@
 #include "cuda/zipper.h"
 #include "cuda/zipper_launch.h"
 #include "util/atomic_file.h"
+#include "util/env.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -210,8 +211,7 @@ void read_probe(const void* p, size_t bytes, void* sink) {
 // fit stay in L2 between launches (a diagnosis: how fast a kernel runs when its weights need no
 // DRAM, e.g. whether the batch-1 GEMMs are bound by DRAM or by their own latency; never a result).
 int copies_for(int64_t bytes) {
-  const char* hot = std::getenv("MOSAIC_BENCH_L2_HOT");
-  if (hot && hot[0] == '1') return 1;
+  if (env_int("MOSAIC_BENCH_L2_HOT", 0, 0, 1) == 1) return 1;
   return int(std::clamp<int64_t>((int64_t(160) << 20) / std::max<int64_t>(bytes, 1) + 1, 1, 8));
 }
 

@@ -361,9 +361,8 @@ int fp8_gemm_ctas(int ntiles) {
 // M = 256; 128 faster where 256 leaves most SMs idle, e.g. qkv / o / down at M = 256: 24.5 vs 34.5 us);
 // MOSAIC_W4A8_I8_OUT=128|256 forces one (same-binary comparisons).
 int int8_wgmma_outputs(const W4A8Fp8Args& a) {
-  if (const char* e = std::getenv("MOSAIC_W4A8_I8_OUT"); e && *e) {  // read per launch: tests switch it
-    const int o = std::atoi(e);
-    if (o != 128 && o != 256) fail("MOSAIC_W4A8_I8_OUT must be 128 or 256, got '", e, "'");
+  if (const int o = env_int("MOSAIC_W4A8_I8_OUT", 0, 128, 256); o) {  // read per launch: tests switch it
+    if (o != 128 && o != 256) fail("MOSAIC_W4A8_I8_OUT must be 128 or 256, got ", o);
     return o;
   }
   const int64_t tiles256 = int64_t(a.Npad / 256) * ((a.M + kTok - 1) / kTok);

@@ -48,13 +48,7 @@ std::vector<uint16_t> to_bf16(const std::vector<uint16_t>& h) {
 // MOSAIC_ZIPPER_CTA_OVERHEAD (a number in 0..64) overrides it for every M, for tuning runs only
 // (scripts/gpu-check.sh PLAN_OVERHEADS).
 double cta_overhead_tiles(int M) {
-  static const double env = [] {
-    const char* e = std::getenv("MOSAIC_ZIPPER_CTA_OVERHEAD");
-    if (!e || !*e) return -1.0;
-    char* end = nullptr;
-    const double x = std::strtod(e, &end);
-    return end && *end == 0 && x >= 0 && x <= 64 ? x : -1.0;
-  }();
+  static const double env = env_number("MOSAIC_ZIPPER_CTA_OVERHEAD", -1.0, 0, 64);
   if (env >= 0) return env;
   return M >= 16 ? 8.0 : 2.0;
 }
@@ -62,10 +56,7 @@ double cta_overhead_tiles(int M) {
 // MOSAIC_ZIPPER_V8=1 runs the v8 kernel (zipper_fused_kernel) for every M, for same-run
 // comparisons only (scripts/gpu-check.sh ENVS).
 bool force_v8() {
-  static const bool v = [] {
-    const char* e = std::getenv("MOSAIC_ZIPPER_V8");
-    return e && *e == '1';
-  }();
+  static const bool v = env_int("MOSAIC_ZIPPER_V8", 0, 0, 1) == 1;
   return v;
 }
 
@@ -73,13 +64,7 @@ bool force_v8() {
 // latency / 132 SMs ~ 34 KB); the stream plan charges configurations with fewer. Tuning
 // override: MOSAIC_ZIPPER_INFLIGHT_KB (1..1024).
 double inflight_kb_needed() {
-  static const double v = [] {
-    const char* e = std::getenv("MOSAIC_ZIPPER_INFLIGHT_KB");
-    if (!e || !*e) return 40.0;
-    char* end = nullptr;
-    const double x = std::strtod(e, &end);
-    return end && *end == 0 && x >= 1 && x <= 1024 ? x : 40.0;
-  }();
+  static const double v = env_number("MOSAIC_ZIPPER_INFLIGHT_KB", 40.0, 1, 1024);
   return v;
 }
 
@@ -126,7 +111,7 @@ double split_fix() {
 }
 // MOSAIC_ZIPPER_ROWMAP=1: the stream kernel's interleaved row map (v9a), for comparisons.
 bool row_interleave() {
-  static const bool v = env_number("MOSAIC_ZIPPER_ROWMAP", 0, 0, 1) > 0;
+  static const bool v = env_int("MOSAIC_ZIPPER_ROWMAP", 0, 0, 1) == 1;
   return v;
 }
 // MOSAIC_ZIPPER_ROW_ORDER = 0 / 1: never / always deal a residual layer's rows by weight (the
@@ -134,21 +119,21 @@ bool row_interleave() {
 // Read when a layer is loaded (a test sets it per layer).
 int row_order_mode() { return env_int("MOSAIC_ZIPPER_ROW_ORDER", -1, 0, 1); }
 bool verbose() {
-  static const bool v = env_number("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) > 0;
+  static const bool v = env_int("MOSAIC_ZIPPER_VERBOSE", 0, 0, 1) == 1;
   return v;
 }
 // Stream-plan tuning at first use (M <= 16): the model's plan and up to kTuneCandidates - 1 others
 // within kTuneMargin of its cost are timed on the layer's own call, the fastest kept for every layer
 // of that shape. MOSAIC_ZIPPER_TUNE=0: the model's plan alone (read once).
 bool tune_enabled() {
-  static const bool v = env_number("MOSAIC_ZIPPER_TUNE", 1, 0, 1) > 0;
+  static const bool v = env_int("MOSAIC_ZIPPER_TUNE", 1, 0, 1) == 1;
   return v;
 }
 // The wgmma kernel's K split tuned the same way (wgmma_tune_k_tiles in zipper_plan.h):
 // MOSAIC_ZIPPER_TUNE_WGMMA=1. Off by default: measured in the twelfth session at +-5% either way and
 // -10% at one point (bench/results/gemm-h200-2026-11-29-s12-wgmma-tune.md).
 bool tune_wgmma_enabled() {
-  static const bool v = env_number("MOSAIC_ZIPPER_TUNE_WGMMA", 0, 0, 1) > 0;
+  static const bool v = env_int("MOSAIC_ZIPPER_TUNE_WGMMA", 0, 0, 1) == 1;
   return v;
 }
 // Whether work queued on s is being captured into a CUDA graph (the tuners never time then).
@@ -168,7 +153,7 @@ constexpr double kTuneMargin = 1.25, kTuneMinGain = 0.03;
 constexpr int kTuneLaunches = 10;   // per timed round, hot (MOSAIC_ZIPPER_TUNE_COLD=0)
 constexpr int kTuneColdRounds = 5;  // single cold launches per candidate (the default)
 bool tune_cold() {  // read at every tuning (rare: once per layer shape and M), so a test can switch it
-  return env_number("MOSAIC_ZIPPER_TUNE_COLD", 1, 0, 1) > 0;
+  return env_int("MOSAIC_ZIPPER_TUNE_COLD", 1, 0, 1) == 1;
 }
 // The wgmma kernel (zipper_wgmma.cu). MOSAIC_ZIPPER_WGMMA = 0: never in Auto; 1: Auto sends every
 // M to it, M <= 16 too (tests and same-run comparisons); unset: the M ranges where it measured faster

@@ -351,11 +351,7 @@ inline bool vec8_rows(int64_t rows, int64_t K, const void* src, const void* dst)
   return on && aligned && vec8_row_ctas(K) > 0 && row_cluster(rows, 1024) > 1;
 }
 inline int row_cluster(int64_t rows, int threads) {
-  static const int64_t max_rows = [] {
-    const char* e = std::getenv("MOSAIC_ROW_CLUSTER_ROWS");
-    const long long v = e && *e ? std::atoll(e) : 0;
-    return v > 0 ? int64_t(v) : kRowClusterMaxRows;
-  }();
+  static const int64_t max_rows = env_int("MOSAIC_ROW_CLUSTER_ROWS", int(kRowClusterMaxRows), 1, 1 << 30);
   static const int c = [] {
     int dev = 0, major = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -364,9 +360,9 @@ inline int row_cluster(int64_t rows, int threads) {
       return 1;
     }
     if (major < 9) return 1;
-    const char* e = std::getenv("MOSAIC_ROW_CLUSTER");
-    const int v = e && *e ? std::atoi(e) : kRowCluster;
-    return v == 1 || v == 2 || v == 4 || v == 8 ? v : kRowCluster;
+    const int v = env_int("MOSAIC_ROW_CLUSTER", kRowCluster, 1, 8);
+    MOSAIC_CHECK(v == 1 || v == 2 || v == 4 || v == 8, "MOSAIC_ROW_CLUSTER must be 1, 2, 4 or 8, got ", v);
+    return v;
   }();
   return threads == 1024 && rows <= max_rows ? c : 1;
 }
