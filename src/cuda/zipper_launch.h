@@ -7,7 +7,7 @@
 
 namespace mosaic::cuda::detail {
 
-inline constexpr int kWarps = 8;                // warps per CTA, each owns 16 outputs
+inline constexpr int kWarps = 8;                // warps per CTA, each owns 16 outputs (the stream kernel: 8 or 16)
 inline constexpr int kCtaN = 16 * kWarps;       // outputs per CTA
 // cp.async pipeline depth (k-tiles per warp in flight + 1). 4 beat 6 on H100 (same bytes in
 // flight, more warps per SM). The residual kernel with 32-64 rows keeps 3: its X tile is large,
@@ -65,7 +65,17 @@ struct FusedLaunch {
   int k_warps = 1;        // stream kernel: warps sharing one row, each on 1/k_warps of the CTA's
                           // K-range, reduced in shared memory (1, 2, 4 or 8; v10)
   int pdl = 0;            // stream kernel: launch with programmatic dependent launch (cuda/pdl.cuh)
+  int warps = 8;          // stream kernel: warps per CTA, 8 or 16 (stream_width_instantiated)
 };
+
+// Stream-kernel widths built: 8 warps per CTA for every scale group and warps per row; 16 for
+// group >= 128 (one scale set per tile) with 1, 2 or 4 warps per row (twenty-fifth session: 16
+// warps hide the latency of the one-CTA-per-SM plans at M = 9..16; 8 warps per row of 16 would
+// leave 2 row lanes).
+constexpr bool stream_width_instantiated(int group, int k_warps, int warps) {
+  if (warps == 8) return group >= 128 ? (k_warps == 1 || k_warps == 2 || k_warps == 4 || k_warps == 8) : k_warps == 1;
+  return warps == 16 && group >= 128 && (k_warps == 1 || k_warps == 2 || k_warps == 4);
+}
 
 // Shared memory bytes the fused kernel needs: x_rows = min(M, 16 * m_block) + 1 (one zero row).
 int fused_smem_bytes(int x_rows, int k_split, int spt, bool residual, int m_block);
@@ -77,8 +87,9 @@ void launch_fused(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
 // with one ring, a per-row split-K fix-up; k_warps > 1 also splits a CTA's K-range over warps
 // (needs k_split % (128 k_warps) == 0 and K % k_split == 0). nb: n8 tiles of X rows (1 for
 // M <= 8, 2 for M = 9..16), which sets the instantiation (registers) the occupancy is taken of.
-int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps);
-int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem);
+// warps: per CTA, 8 or 16; occupancy 0 for a width not built (stream_width_instantiated).
+int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps, int warps);
+int stream_occupancy(bool residual, int group, int nb, int k_warps, int warps, int smem);
 void launch_stream(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s);
 // The stream kernel's residual variant passes the L2 evict-first descriptor as a literal
 // (kEvictFirstPolicy, zipper_device.cuh). These return, as the device computes it with

@@ -88,6 +88,13 @@ int kwarps_forced() {
   MOSAIC_CHECK(v == 0 || v == 1 || v == 2 || v == 4 || v == 8, "MOSAIC_ZIPPER_KWARPS must be 1, 2, 4 or 8 (0: the plan), got ", v);
   return v;
 }
+// MOSAIC_ZIPPER_WARPS = 8 or 16 forces the stream kernel's warps per CTA (0: the plan chooses, where
+// 16 are built: stream_width_instantiated in zipper_launch.h), for same-binary comparisons.
+int warps_forced() {
+  static const int v = env_int("MOSAIC_ZIPPER_WARPS", 0, 0, 16);
+  MOSAIC_CHECK(v == 0 || v == 8 || v == 16, "MOSAIC_ZIPPER_WARPS must be 8 or 16 (0: the plan), got ", v);
+  return v;
+}
 // 0.25 k-tiles per row end. Until v17 a residual row end also waited for the K-slice with the most
 // kept blocks and was priced at 1 (H200, sixth session: gate_up zipper at M = 1 28.58 -> 28.06 us,
 // bench/results/gemm-h200-2026-11-28-kwcost.md); since v17 the warps of a row split its kept blocks
@@ -329,15 +336,17 @@ struct ZipperLinear::Impl {
     return plans[key] = best_per * kTileK;
   }
 
-  // Stream-kernel plan (M <= 16): K-range per CTA (k_split), warps per row (kw: the CTA's
-  // K-range split over kw warps, reduced in smem), rows per warp (rpw) and row groups, for exactly
-  // one wave. Model (memory-bound, balanced over SMs): time ~ (CTAs on the busiest SM q) x (k-tiles
-  // per warp + 1 tile of fixed cost) / min(1, bytes in flight per SM / needed), in flight = q x 8
-  // warps x 3 k-tiles of ~1 KB; a row end costs `red` tiles with split-K (fp32 reductions at L2)
-  // and kw_cost with kw > 1 (smem reduction + named barrier). Ties go to more CTAs per SM, then
-  // fewer splits.
+  // Stream-kernel plan (M <= 16): K-range per CTA (k_split), warps per CTA (w: 8 or 16), warps per
+  // row (kw: the CTA's K-range split over kw warps, reduced in smem), rows per warp (rpw) and row
+  // groups, for exactly one wave. Model (memory-bound, balanced over SMs): time ~ (CTAs on the
+  // busiest SM q) x (w / 8) x (k-tiles per warp + 1 tile of fixed cost) / min(1, bytes in flight per
+  // SM / needed), in flight = q x w warps x 3 k-tiles of ~1 KB; a row end costs `red` tiles with
+  // split-K (fp32 reductions at L2) and kw_cost with kw > 1 (smem reduction + named barrier). Ties
+  // go to more warps per SM, then fewer splits. The w / 8 factor makes the two widths the same work
+  // per SM: what 16 warps gain is the in-flight term (one CTA of 8 warps per SM holds ~24 KB of the
+  // ~40 needed), which the model prices and the tuner checks (both widths are timed).
   struct StreamPlan {
-    int k_split = 0, rpw = 1, n_groups = 1, kw = 1;
+    int k_split = 0, rpw = 1, n_groups = 1, kw = 1, warps = 8;
   };
   std::map<std::pair<int, bool>, StreamPlan> stream_plans;
   // The model's plan first, then up to kTuneCandidates - 1 others within kTuneMargin of its cost with
@@ -345,91 +354,112 @@ struct ZipperLinear::Impl {
   std::vector<StreamPlan> stream_candidates(int M, bool res) {
     const int x_rows = std::min(M, 16) + 1, nb = M <= 8 ? 1 : 2;
     const int R = L.N / 16, k_tiles = L.K / kTileK, m_tiles = (M + 15) / 16;
-    const double tile_kb = (res ? 1.1 : 1.0) * (stream_stages() - 1) * detail::kWarps;
     const double red = red_cost() * std::min(M, 16) / 16.0;  // per row end, split-K only
-    const int kw_only = kwarps_forced();
+    const int kw_only = kwarps_forced(), w_only = warps_forced();
     StreamPlan best;
     double best_cost = 1e30;
     int best_q = 0, best_splits = 0;
     std::vector<std::pair<double, StreamPlan>> all;
     for (int per = 1; per <= stream_max_k_tiles(k_tiles); ++per) {  // any K-range whose X tile fits (v18; was <= 32 tiles)
       const int splits = (k_tiles + per - 1) / per;
-      for (int kw = 1; kw <= detail::kWarps; kw *= 2) {
-        if (kw_only && kw != kw_only) continue;
-        if (kw > 1 && (per % kw != 0 || k_tiles % per != 0 || L.group < 128)) continue;  // equal K slices only
-        const int smem = detail::stream_smem_bytes(x_rows, per * kTileK, L.spt, res, kw);
-        if (smem > 227 * 1024) continue;
-        const int occ = detail::stream_occupancy(res, L.group, nb, kw, smem);
-        if (occ == 0) continue;
-        const int rows_per_cta = detail::kWarps / kw;
-        for (int rpw = 1; rpw <= 32; ++rpw) {
-          const int groups = (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw);
-          const int64_t ctas = int64_t(groups) * splits * m_tiles;
-          const int q = int((ctas + num_sms - 1) / num_sms);
-          if (q > occ) continue;
-          const double bw = std::min(1.0, q * tile_kb / inflight_kb_needed());
-          const double row = double(per) / kw + (splits > 1 ? red : 0.0) + (kw > 1 ? kw_cost(res) : 0.0);
-          double cost = q * (rpw * row + 1.0 + (splits > 1 ? split_fix() : 0.0)) / bw;
-          // Uneven residual rows (dealt by weight): the busiest warp's extra ring tiles run after
-          // the others are done, at about one tile-time each.
-          if (res && !row_order.empty())
-            cost += detail::stream_residual_imbalance(row_kept, row_order, 2, groups, kw, rpw, splits);
-          const bool better = cost < best_cost * 0.999 ||
-                              (cost <= best_cost * 1.001 && (q > best_q || (q == best_q && splits < best_splits)));
-          const StreamPlan here{per * kTileK, rpw, groups, kw};
-          if (better) {
-            best_cost = cost;
-            best = here;
-            best_q = q;
-            best_splits = splits;
+      for (int w : {8, 16})
+        for (int kw = 1; kw <= 8; kw *= 2) {
+          if ((kw_only && kw != kw_only) || (w_only && w != w_only)) continue;
+          if (!detail::stream_width_instantiated(L.group, kw, w)) continue;
+          if (kw > 1 && (per % kw != 0 || k_tiles % per != 0)) continue;  // equal K slices only
+          const int smem = detail::stream_smem_bytes(x_rows, per * kTileK, L.spt, res, kw, w);
+          if (smem > 227 * 1024) continue;
+          const int occ = detail::stream_occupancy(res, L.group, nb, kw, w, smem);
+          if (occ == 0) continue;
+          const int rows_per_cta = w / kw;
+          const double tile_kb = (res ? 1.1 : 1.0) * (stream_stages() - 1) * w;  // in flight per CTA
+          for (int rpw = 1; rpw <= 32; ++rpw) {
+            const int groups = (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw);
+            const int64_t ctas = int64_t(groups) * splits * m_tiles;
+            const int q = int((ctas + num_sms - 1) / num_sms);
+            if (q > occ) continue;
+            const double bw = std::min(1.0, q * tile_kb / inflight_kb_needed());
+            const double row = double(per) / kw + (splits > 1 ? red : 0.0) + (kw > 1 ? kw_cost(res) : 0.0);
+            double cost = q * (w / 8.0) * (rpw * row + 1.0 + (splits > 1 ? split_fix() : 0.0)) / bw;
+            // Uneven residual rows (dealt by weight): the busiest warp's extra ring tiles run after
+            // the others are done, at about one tile-time each.
+            if (res && !row_order.empty())
+              cost += detail::stream_residual_imbalance(row_kept, row_order, 2, groups, kw, rpw, splits, w);
+            const bool better = cost < best_cost * 0.999 ||
+                                (cost <= best_cost * 1.001 &&
+                                 (q * w > best_q || (q * w == best_q && splits < best_splits)));
+            const StreamPlan here{per * kTileK, rpw, groups, kw, w};
+            if (better) {
+              best_cost = cost;
+              best = here;
+              best_q = q * w;  // warps per SM
+              best_splits = splits;
+            }
+            // Every candidate's cost, for the tuner (tune_candidates keeps one per (K-range, KW, width)).
+            all.push_back({cost, here});
+            if (groups == 1) break;
           }
-          // Every candidate's cost, for the tuner (tune_candidates keeps one per (K-range, KW)).
-          all.push_back({cost, here});
-          if (groups == 1) break;
         }
-      }
     }
     cudaGetLastError();  // occupancy probes past the smem limit are not errors of this call
-    // Test/tuning hook: MOSAIC_ZIPPER_STREAM_PLAN="KSPLIT,RPW[,KW]" (K-range in inputs, a multiple
-    // of 128; rows per warp 1..32; warps per row 1, 2, 4, 8 with KSPLIT a multiple of
-    // 128 KW dividing K), read when a layer plans an M for the first time. ':' may stand for ','
-    // (scripts/gpu-check.sh ENVS splits its values on commas).
+    // Test/tuning hook: MOSAIC_ZIPPER_STREAM_PLAN="KSPLIT,RPW[,KW[,WARPS]]" (K-range in inputs, a
+    // multiple of 128; rows per warp 1..32; warps per row 1, 2, 4, 8 with KSPLIT a multiple of
+    // 128 KW dividing K; warps per CTA 8 or 16), read when a layer plans an M for the first time.
+    // ':' may stand for ',' (scripts/gpu-check.sh ENVS splits its values on commas).
     bool forced_plan = false;
     if (const char* e = std::getenv("MOSAIC_ZIPPER_STREAM_PLAN"); e && *e) {
       forced_plan = true;
-      int ks = 0, rpw = 0, kw = 1;
+      int ks = 0, rpw = 0, kw = 1, w = 8;
       std::string spec(e);
       std::replace(spec.begin(), spec.end(), ':', ',');
-      const int n = std::sscanf(spec.c_str(), "%d,%d,%d", &ks, &rpw, &kw);
-      MOSAIC_CHECK((n == 2 || n == 3) && ks > 0 && ks % kTileK == 0 && rpw >= 1 && rpw <= 32 &&
-                       (kw == 1 || kw == 2 || kw == 4 || kw == 8),
-                   "MOSAIC_ZIPPER_STREAM_PLAN must be KSPLIT,RPW[,KW] (got '", e, "')");
+      const int n = std::sscanf(spec.c_str(), "%d,%d,%d,%d", &ks, &rpw, &kw, &w);
+      MOSAIC_CHECK(n >= 2 && n <= 4 && ks > 0 && ks % kTileK == 0 && rpw >= 1 && rpw <= 32 &&
+                       (kw == 1 || kw == 2 || kw == 4 || kw == 8) && (w == 8 || w == 16),
+                   "MOSAIC_ZIPPER_STREAM_PLAN must be KSPLIT,RPW[,KW[,WARPS]] (got '", e, "')");
       ks = std::min(ks, L.K);
       MOSAIC_CHECK(kw == 1 || (ks % (kTileK * kw) == 0 && L.K % ks == 0), "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
                    ": KW > 1 needs KSPLIT to be a multiple of 128 KW and to divide K = ", L.K);
-      const int smem = detail::stream_smem_bytes(x_rows, ks, L.spt, res, kw);
-      MOSAIC_CHECK(kw == 1 || L.group >= 128, "MOSAIC_ZIPPER_STREAM_PLAN: ", e, ": KW > 1 needs group >= 128");
-      MOSAIC_CHECK(detail::stream_occupancy(res, L.group, nb, kw, smem) > 0, "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
+      MOSAIC_CHECK(detail::stream_width_instantiated(L.group, kw, w), "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
+                   ": KW > 1 and 16 warps need group >= 128, and 16 warps KW <= 4 (group ", L.group, ")");
+      const int smem = detail::stream_smem_bytes(x_rows, ks, L.spt, res, kw, w);
+      MOSAIC_CHECK(detail::stream_occupancy(res, L.group, nb, kw, w, smem) > 0, "MOSAIC_ZIPPER_STREAM_PLAN: ", e,
                    " needs too much shared memory");
-      const int rows_per_cta = detail::kWarps / kw;
-      best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw};
+      const int rows_per_cta = w / kw;
+      best = {ks, rpw, (R + rows_per_cta * rpw - 1) / (rows_per_cta * rpw), kw, w};
     }
     MOSAIC_CHECK(best.k_split > 0, "zipper: no stream-kernel plan fits layer [N=", L.N, ", K=", L.K, "]");
     if (forced_plan) return {best};
-    // The model's best first, then the rest for tune_candidates (zipper_plan.h).
+    // The model's best first, then the rest for tune_candidates (zipper_plan.h). A kind is a
+    // (K range, warps per row, width).
+    const auto kind_of = [](const StreamPlan& p) { return int64_t(p.k_split) * 64 + p.kw * 2 + (p.warps == 16 ? 1 : 0); };
     std::vector<double> costs{best_cost};
-    std::vector<int64_t> kind{int64_t(best.k_split) * 16 + best.kw};
+    std::vector<int64_t> kind{kind_of(best)};
     std::vector<StreamPlan> plans{best};
     for (const auto& [c, p] : all) {
       costs.push_back(c);
-      kind.push_back(int64_t(p.k_split) * 16 + p.kw);
+      kind.push_back(kind_of(p));
       plans.push_back(p);
     }
     std::vector<StreamPlan> out;
-    // The best plan's neighbours in warps per row (same K range) are always timed too.
+    // Timed besides, whatever their modelled cost: the best plan's neighbours in warps per row (same K
+    // range and width), and the cheapest plan of the other width at the best's K range (the model
+    // prices the widths by bytes in flight alone; H200, twenty-fourth session: 16 warps 14% faster on
+    // LLaMA-3-8B gate_up at M = 16, 24-36% slower on qkv / o there).
     std::vector<int64_t> also;
-    if (best.kw > 1) also.push_back(int64_t(best.k_split) * 16 + best.kw / 2);
-    if (best.kw < detail::kWarps) also.push_back(int64_t(best.k_split) * 16 + best.kw * 2);
+    const auto neighbour = [&](int kw, int w) {
+      if (detail::stream_width_instantiated(L.group, kw, w)) also.push_back(kind_of({best.k_split, 1, 1, kw, w}));
+    };
+    if (best.kw > 1) neighbour(best.kw / 2, best.warps);
+    neighbour(best.kw * 2, best.warps);
+    const int other = best.warps == 8 ? 16 : 8;
+    double twin_cost = 1e30;
+    int64_t twin = -1;
+    for (size_t i = 0; i < all.size(); ++i)
+      if (all[i].second.warps == other && all[i].second.k_split == best.k_split && all[i].first < twin_cost) {
+        twin_cost = all[i].first;
+        twin = kind_of(all[i].second);
+      }
+    if (twin >= 0) also.push_back(twin);
     for (int i : detail::tune_candidates(costs, kind, kTuneCandidates, kTuneMargin, also))
       out.push_back(plans[size_t(i)]);
     return out;
@@ -511,8 +541,9 @@ struct ZipperLinear::Impl {
     }
     if (verbose())
       for (size_t i = 0; i < cands.size(); ++i)
-        std::fprintf(stderr, "zipper stream tune N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d %.2f us%s\n", L.N,
-                     L.K, M, int(residual), cands[i].k_split, cands[i].kw, cands[i].rpw, best_ms[i] * 1e3f,
+        std::fprintf(stderr, "zipper stream tune N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d warps=%d %.2f us%s\n",
+                     L.N, L.K, M, int(residual), cands[i].k_split, cands[i].kw, cands[i].rpw, cands[i].warps,
+                     best_ms[i] * 1e3f,
                      i == win ? " (kept)" : i == 0 ? " (model)" : "");
     return cands[win];
   }
@@ -537,8 +568,8 @@ struct ZipperLinear::Impl {
       tuned()[tk] = p;
     }
     if (verbose())
-      std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d groups=%d splits=%d%s\n",
-                   L.N, L.K, M, int(res), p.k_split, p.kw, p.rpw, p.n_groups, (L.K + p.k_split - 1) / p.k_split,
+      std::fprintf(stderr, "zipper stream plan N=%d K=%d M=%d res=%d: k_split=%d kw=%d rpw=%d warps=%d groups=%d splits=%d%s\n",
+                   L.N, L.K, M, int(res), p.k_split, p.kw, p.rpw, p.warps, p.n_groups, (L.K + p.k_split - 1) / p.k_split,
                    res && !row_order.empty() ? " (rows dealt by weight)" : "");
     return stream_plans[key] = p;
   }
@@ -569,6 +600,7 @@ struct ZipperLinear::Impl {
     f.rows_per_warp = p.rpw;
     f.n_groups = p.n_groups;
     f.k_warps = p.kw;
+    f.warps = p.warps;
     f.stages = stream_stages();
     f.row_interleave = row_interleave() ? 1 : 0;
     f.pdl = pdl ? 1 : 0;

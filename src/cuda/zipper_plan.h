@@ -171,13 +171,13 @@ inline std::vector<int32_t> residual_row_order(const std::vector<int>& kept) {
 
 // A stream plan's residual imbalance in ring tiles: the busiest warp's residual tiles minus the mean
 // warp's, with the rows dealt as the kernel deals them (stream_slot's map; slot s holds row
-// order[s], or row s with an empty order). Plan: G CTAs of RW = 8 / kw row lanes, rpw rows each, K
+// order[s], or row s with an empty order). Plan: G CTAs of RW = warps / kw row lanes, rpw rows each, K
 // split over `splits` CTAs (a row's blocks counted evenly over the splits: the kernel's K-ranges
 // hold whatever falls in them) and over the kw warps of a row lane. The stream plan model adds it
 // to a residual plan's cost where the rows are uneven (the slowest warp sets the kernel's time).
 inline double stream_residual_imbalance(const std::vector<int>& kept, const std::vector<int32_t>& order, int map,
-                                        int G, int kw, int rpw, int splits) {
-  const int R = int(kept.size()), RW = kWarps / kw;
+                                        int G, int kw, int rpw, int splits, int warps = kWarps) {
+  const int R = int(kept.size()), RW = warps / kw;
   if (R == 0 || G <= 0) return 0.0;
   double total = 0, most = 0;
   for (int a = 0; a < G; ++a)

@@ -2,7 +2,7 @@
 // batches). Same layout as zipper_fused_kernel (zipper_kernels.cu); what differs is how work is
 // laid out over the GPU (docs/kernels.md; v9 and v10 in docs/kernels-notes.md):
 //
-//   grid  = (G row groups, K-splits, 1)    block = 8 warps = RW row lanes x KW K-slices
+//   grid  = (G row groups, K-splits, 1)    block = W warps (8 or 16) = RW row lanes x KW K-slices
 //           one wave: G * splits <= resident CTAs, chosen by the host plan (ZipperLinear, plan_stream)
 //   CTA (a, s): K-range [s*KR, s*KR + KR), X tile (rows + 1 zero row) x KR in smem, loaded once
 //   warp (rw, sw) streams rows r_j = RW (j G + a) + rw, j = 0 .. RPW-1 (16 outputs each), over
@@ -62,8 +62,13 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float
 // 1 = group 16 or 32 (every step).   NB: n8 tiles of X rows, 1 for M <= 8, 2 for M = 9..16.
 // KW: warps per row (in-CTA K split; 1, 2, 4, 8 = f.k_warps; > 1 only instantiated for GS = 8). A
 // compile-time KW keeps the loop at v9's register count (a runtime KW cost ~18 registers).
-template <typename T, bool RES, int GS, int NB, int KW>
-__global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_kernel(DeviceLayer L, FusedLaunch f) {
+// W: warps per CTA (f.warps), 8 or 16 (twenty-fifth session). The kernel is latency-bound where one
+// CTA fills an SM (M = 9..16: a 16-row X tile of K = 4096 is 139 KB, so 8 warps = 2 per scheduler;
+// ncu, kernels-notes twenty-fourth session); 16 warps share that tile and double the warps that hide
+// the MMA and dequantize chains. They leave no room for the in-CTA K split's partials beside a long
+// X tile, so the plan picks the width per layer and M (16 only for GS = 8 and KW <= 4).
+template <typename T, bool RES, int GS, int NB, int KW, int W>
+__global__ void __launch_bounds__(W * 32, W == 8 && NB == 1 ? 3 : 0) zipper_stream_kernel(DeviceLayer L, FusedLaunch f) {
   constexpr int kStages = kStreamStages;
   constexpr int kChains = NB == 2 ? 2 : GS >= 2 ? 2 : 1;  // independent MMA chains of partial sums
   using O = Ops<T>;
@@ -77,7 +82,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   // In-CTA K split (KW warps per row, v10): warp w = (row lane rw, K slice sw); the slices of a
   // row meet in shared memory at each row end (a named barrier per row lane), so small layers
   // need no split-K across CTAs (fp32 reductions at L2, fence, counters, fix-up) for parallelism.
-  constexpr int RW = kWarps / KW;
+  constexpr int RW = W / KW;
   const int rw = warp / KW, sw = warp - rw * KW;
   const int KRw = KR / KW;                    // this warp's inputs, a multiple of 128
   const int kw0 = kb + sw * KRw;              // this warp's first input
@@ -102,7 +107,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
   T* xs = reinterpret_cast<T*>(smem);         // (rows + 1, KR) activation tile
   uint4* stages = smem + ((rows + 1) * xs_stride) / 8 + warp * kStages * su4;
   // KW > 1: per warp, its partial sums of a row [NB][8 rows][20 floats], two buffers (after all rings).
-  float* parts = reinterpret_cast<float*>(smem + ((rows + 1) * xs_stride) / 8 + kWarps * kStages * su4);
+  float* parts = reinterpret_cast<float*>(smem + ((rows + 1) * xs_stride) / 8 + W * kStages * su4);
 
   // This warp's rows, j < nrows (a prefix of 0 .. RPW-1): by default r_j = RW (j G + a) + rw, so a CTA's
   // warps stream RW adjacent rows (256 KB of codes at K = 4096 and KW = 1: one 2 MB page, DRAM-page
@@ -352,7 +357,7 @@ __global__ void __launch_bounds__(kWarps * 32, NB == 1 ? 3 : 0) zipper_stream_ke
         out(nb, v);
       }
     } else {
-      float* mine = parts + (parity * kWarps + warp) * kPart;
+      float* mine = parts + (parity * W + warp) * kPart;
       parity ^= 1;
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) put(mine + nb * 8 * 20, nb);
@@ -558,33 +563,40 @@ __global__ void __launch_bounds__(512) read_probe_kernel(const uint4* p, size_t 
 
 // Raises (never lowers) the dynamic smem limit of one instantiation: the plan's occupancy probes
 // and the launches share it, so a probe of a smaller layer cannot undercut a later launch.
-template <typename T, bool RES, int GS, int NB, int KW>
+template <typename T, bool RES, int GS, int NB, int KW, int W>
 bool allow_smem(int smem) {
   static int allowed = 48 * 1024;
   if (smem <= allowed) return true;
-  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, GS, NB, KW>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+  if (cudaFuncSetAttribute(zipper_stream_kernel<T, RES, GS, NB, KW, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
       cudaSuccess)
     return false;
   allowed = smem;
   return true;
 }
 
-template <typename T, bool RES, int GS, int NB, int KW>
+template <typename T, bool RES, int GS, int NB, int KW, int W>
 void launch_stream_t(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
-  const int smem = stream_smem_bytes(std::min(f.M, 16) + 1, f.k_split, L.spt, RES, KW);
-  if (!allow_smem<T, RES, GS, NB, KW>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
+  const int smem = stream_smem_bytes(std::min(f.M, 16) + 1, f.k_split, L.spt, RES, KW, W);
+  if (!allow_smem<T, RES, GS, NB, KW, W>(smem)) return;  // the launch error is reported by the caller's cudaGetLastError
   const dim3 grid(f.n_groups, (L.K + f.k_split - 1) / f.k_split, (f.M + 15) / 16);
-  launch_maybe_pdl(f.pdl != 0, zipper_stream_kernel<T, RES, GS, NB, KW>, grid, dim3(kWarps * 32), size_t(smem), s, L, f);
+  launch_maybe_pdl(f.pdl != 0, zipper_stream_kernel<T, RES, GS, NB, KW, W>, grid, dim3(W * 32), size_t(smem), s, L, f);
 }
 
+// The instantiations: 8 warps per CTA for every (GS, KW) of the plans; 16 only for GS = 8 with
+// KW = 1, 2, 4 (stream_width_instantiated), where the plans can use them.
 template <typename T, bool RES, int GS, int NB>
 void launch_stream_kw(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {
   if constexpr (GS == 8) {
-    if (f.k_warps == 2) return launch_stream_t<T, RES, GS, NB, 2>(L, f, s);
-    if (f.k_warps == 4) return launch_stream_t<T, RES, GS, NB, 4>(L, f, s);
-    if (f.k_warps == 8) return launch_stream_t<T, RES, GS, NB, 8>(L, f, s);
+    if (f.warps == 16) {
+      if (f.k_warps == 2) return launch_stream_t<T, RES, GS, NB, 2, 16>(L, f, s);
+      if (f.k_warps == 4) return launch_stream_t<T, RES, GS, NB, 4, 16>(L, f, s);
+      return launch_stream_t<T, RES, GS, NB, 1, 16>(L, f, s);
+    }
+    if (f.k_warps == 2) return launch_stream_t<T, RES, GS, NB, 2, 8>(L, f, s);
+    if (f.k_warps == 4) return launch_stream_t<T, RES, GS, NB, 4, 8>(L, f, s);
+    if (f.k_warps == 8) return launch_stream_t<T, RES, GS, NB, 8, 8>(L, f, s);
   }
-  return launch_stream_t<T, RES, GS, NB, 1>(L, f, s);  // the plan gives k_warps > 1 only for group >= 128
+  return launch_stream_t<T, RES, GS, NB, 1, 8>(L, f, s);  // the plan gives k_warps > 1 or 16 warps only for group >= 128
 }
 
 template <typename T, bool RES, int GS>
@@ -605,28 +617,35 @@ void launch_stream_dt(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s
   return res ? launch_stream_gs<T, true>(L, f, s) : launch_stream_gs<T, false>(L, f, s);
 }
 
-template <bool RES, int GS, int NB, int KW>
+template <bool RES, int GS, int NB, int KW, int W>
 int stream_occupancy_t(int smem) {
-  if (!allow_smem<__half, RES, GS, NB, KW>(smem)) return 0;
+  if (!allow_smem<__half, RES, GS, NB, KW, W>(smem)) return 0;
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_stream_kernel<__half, RES, GS, NB, KW>, kWarps * 32,
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_stream_kernel<__half, RES, GS, NB, KW, W>, W * 32,
                                                     smem) != cudaSuccess)
     return 0;
   return n;
 }
 
 template <bool RES, int NB>
-int stream_occupancy_nb(int group, int kw, int smem) {
-  if (group >= 128) {
+int stream_occupancy_nb(int group, int kw, int warps, int smem) {
+  if (!stream_width_instantiated(group, kw, warps)) return 0;
+  if (group >= 128 && warps == 16) {
     switch (kw) {
-      case 2: return stream_occupancy_t<RES, 8, NB, 2>(smem);
-      case 4: return stream_occupancy_t<RES, 8, NB, 4>(smem);
-      case 8: return stream_occupancy_t<RES, 8, NB, 8>(smem);
-      default: return stream_occupancy_t<RES, 8, NB, 1>(smem);
+      case 2: return stream_occupancy_t<RES, 8, NB, 2, 16>(smem);
+      case 4: return stream_occupancy_t<RES, 8, NB, 4, 16>(smem);
+      default: return stream_occupancy_t<RES, 8, NB, 1, 16>(smem);
     }
   }
-  if (kw != 1) return 0;  // not instantiated: k_warps > 1 needs group >= 128
-  return group == 64 ? stream_occupancy_t<RES, 4, NB, 1>(smem) : stream_occupancy_t<RES, 1, NB, 1>(smem);
+  if (group >= 128) {
+    switch (kw) {
+      case 2: return stream_occupancy_t<RES, 8, NB, 2, 8>(smem);
+      case 4: return stream_occupancy_t<RES, 8, NB, 4, 8>(smem);
+      case 8: return stream_occupancy_t<RES, 8, NB, 8, 8>(smem);
+      default: return stream_occupancy_t<RES, 8, NB, 1, 8>(smem);
+    }
+  }
+  return group == 64 ? stream_occupancy_t<RES, 4, NB, 1, 8>(smem) : stream_occupancy_t<RES, 1, NB, 1, 8>(smem);
 }
 
 }  // namespace
@@ -642,17 +661,19 @@ uint64_t device_evict_first_policy() {
 }
 uint64_t evict_first_policy_literal() { return kEvictFirstPolicy; }
 
-int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps) {
+int stream_smem_bytes(int x_rows, int k_split, int spt, bool residual, int k_warps, int warps) {
   const int nb = x_rows - 1 <= 8 ? 1 : 2;
-  return x_rows * (k_split + 8) * 2 + kWarps * kStreamStages * stream_stage_u4(spt, residual) * 16 +
-         (k_warps > 1 ? 2 * kWarps * nb * 8 * 20 * 4 : 0);  // two partials buffers
+  return x_rows * (k_split + 8) * 2 + warps * kStreamStages * stream_stage_u4(spt, residual) * 16 +
+         (k_warps > 1 ? 2 * warps * nb * 8 * 20 * 4 : 0);  // two partials buffers
 }
 
-int stream_occupancy(bool residual, int group, int nb, int k_warps, int smem) {
+int stream_occupancy(bool residual, int group, int nb, int k_warps, int warps, int smem) {
   // The fp16 and bf16 kernels use about the same registers; smem is what varies.
   if (nb == 1)
-    return residual ? stream_occupancy_nb<true, 1>(group, k_warps, smem) : stream_occupancy_nb<false, 1>(group, k_warps, smem);
-  return residual ? stream_occupancy_nb<true, 2>(group, k_warps, smem) : stream_occupancy_nb<false, 2>(group, k_warps, smem);
+    return residual ? stream_occupancy_nb<true, 1>(group, k_warps, warps, smem)
+                    : stream_occupancy_nb<false, 1>(group, k_warps, warps, smem);
+  return residual ? stream_occupancy_nb<true, 2>(group, k_warps, warps, smem)
+                  : stream_occupancy_nb<false, 2>(group, k_warps, warps, smem);
 }
 
 void launch_stream(const DeviceLayer& L, const FusedLaunch& f, cudaStream_t s) {

@@ -160,7 +160,8 @@ void check_fused_layer(int64_t N, int64_t K, int group, Pattern pat, const std::
 // fix-up and without; residual patterns incl. clustered; repeated calls (workspace reset).
 // Every instantiation: M <= 8 (one n8 tile of X rows) and 9..16 (two), scale groups per tile
 // (128, per channel), per chunk (64) and per k16 step (16, 32), KW = 1, 2, 4, 8 warps per row
-// (PLAN = "KSPLIT,RPW,KW"), fp16 and bf16, zipper and dense.
+// (PLAN = "KSPLIT,RPW,KW"), 16 warps per CTA with KW = 1, 2, 4 ("KSPLIT,RPW,KW,16"), fp16 and bf16,
+// zipper and dense.
 TEST(ZipperGpu, StreamKernelForcedPlans) {
   REQUIRE_GPU();
   struct Case { int64_t N, K; int group; Pattern pat; const char* plan; };
@@ -173,7 +174,11 @@ TEST(ZipperGpu, StreamKernelForcedPlans) {
                         {384, 1024, 128, Pattern::Uniform, "1024,1,8"}, {384, 2048, 128, Pattern::Clustered, "1024,2,4"},
                         {272, 768, 128, Pattern::OneTile, "256,3,2"},   {528, 4096, 512, Pattern::Uniform, "4096,1,8"},
                         // one row with all 64 chunks kept, its blocks split 8 ways (v17's even share)
-                        {528, 4096, 128, Pattern::OneTile, "4096,1,8"}, {400, 4096, 128, Pattern::OneTile, "2048,2,4"}};
+                        {528, 4096, 128, Pattern::OneTile, "4096,1,8"}, {400, 4096, 128, Pattern::OneTile, "2048,2,4"},
+                        // 16 warps per CTA: partial row groups, split-K with KW > 1, a K-range shorter than the rest
+                        {384, 640, 128, Pattern::Uniform, "128,2,1,16"},   {528, 4096, 128, Pattern::OneTile, "2048,1,4,16"},
+                        {384, 2048, 128, Pattern::Clustered, "1024,2,2,16"}, {272, 8320, 128, Pattern::Uniform, "4096,1,1,16"},
+                        {528, 4096, 512, Pattern::Uniform, "2048,3,2,16"}};
   // ZIPPER_QUICK (compute-sanitizer runs): one M of each n8-tile count.
   const std::vector<int64_t> Ms =
       std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{1, 9} : std::vector<int64_t>{1, 2, 6, 8, 9, 16};
@@ -192,7 +197,8 @@ TEST(ZipperGpu, StreamKernelRowsDealtByWeight) {
   const Case cases[] = {{384, 640, 128, Pattern::Clustered, "128,2"},  {400, 1152, 128, Pattern::OneTile, "384,3"},
                         {208, 384, 64, Pattern::Uniform, "128,32"},    {384, 2048, 128, Pattern::Clustered, "1024,2,4"},
                         {272, 768, 128, Pattern::OneTile, "256,3,2"},  {528, 4096, 128, Pattern::OneTile, "4096,1,8"},
-                        {144, 1152, 32, Pattern::Clustered, "384,2"}};
+                        {144, 1152, 32, Pattern::Clustered, "384,2"},  {384, 2048, 128, Pattern::Clustered, "1024,2,4,16"},
+                        {528, 4096, 128, Pattern::OneTile, "4096,1,1,16"}};
   for (const char* order : {"1", "0"})
     for (const Case& c : cases) {
       const test::ScopedEnv forced("MOSAIC_ZIPPER_STREAM_PLAN", c.plan), by_weight("MOSAIC_ZIPPER_ROW_ORDER", order);
@@ -214,7 +220,7 @@ TEST(ZipperGpu, StreamKernelLongKRanges) {
   const Case cases[] = {{272, 8192, Pattern::Uniform, "8192,1,8"},  {400, 8192, Pattern::OneTile, "8192,1,8"},
                         {144, 6144, Pattern::OneTile, "6144,1,1"},  {208, 8448, Pattern::Clustered, "4224,2,1"},
                         {208, 8704, Pattern::OneTile, "4352,1,2"},  {256, 14336, Pattern::Uniform, "14336,1,8"},
-                        {144, 14336, Pattern::OneTile, "14336,2,2"}};
+                        {144, 14336, Pattern::OneTile, "14336,2,2"},  {272, 8192, Pattern::OneTile, "8192,1,2,16"}};
   for (const Case& c : cases) {
     const test::ScopedEnv forced("MOSAIC_ZIPPER_STREAM_PLAN", c.plan);
     check_fused_layer(c.N, c.K, 128, c.pat, std::string("plan ") + c.plan, {1, 2, 3, 5}, uint64_t(c.N * 5 + c.K), 19);

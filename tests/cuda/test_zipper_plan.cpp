@@ -165,9 +165,9 @@ TEST(ZipperPlan, WgmmaTuneKTilesAreTheModelsNeighbours) {
 TEST(ZipperPlan, StreamSlotsCoverEveryRowOnce) {
   for (int map = 0; map <= 2; ++map)
     for (int R : {1, 7, 64, 256, 384, 1792})
-      for (int kw : {1, 2, 8})
+      for (int RW : {8, 4, 1, 16})  // row lanes per CTA: 8 warps with KW = 1, 2, 8; 16 warps with KW = 1
         for (int rpw : {1, 2, 3, 7, 32}) {
-          const int RW = kWarps / kw, G = (R + RW * rpw - 1) / (RW * rpw);
+          const int G = (R + RW * rpw - 1) / (RW * rpw);
           std::vector<int> seen(size_t(R), 0);
           for (int a = 0; a < G; ++a)
             for (int rw = 0; rw < RW; ++rw)
@@ -179,7 +179,7 @@ TEST(ZipperPlan, StreamSlotsCoverEveryRowOnce) {
                 if (s >= R) break;
                 ++seen[size_t(s)];
               }
-          for (int r = 0; r < R; ++r) ASSERT_EQ(seen[size_t(r)], 1) << map << " R=" << R << " kw=" << kw << " rpw=" << rpw;
+          for (int r = 0; r < R; ++r) ASSERT_EQ(seen[size_t(r)], 1) << map << " R=" << R << " RW=" << RW << " rpw=" << rpw;
         }
 }
 
@@ -224,6 +224,13 @@ TEST(ZipperPlan, ClusteredResidualRowsAreDealtByWeight) {
     const double row = (64 / kw + 1) / 2;  // one full row's ring tiles per warp
     EXPECT_LE(dealt, row) << kw << " " << rpw;
     EXPECT_GT(plain, dealt) << kw << " " << rpw;
+  }
+  // 16 warps per CTA (twice the row lanes): the same bound.
+  for (auto [kw, rpw] : {std::pair{4, 7}, std::pair{1, 3}}) {
+    const int RW = 16 / kw, G = (R + RW * rpw - 1) / (RW * rpw);
+    const double dealt = stream_residual_imbalance(clustered, order, 2, G, kw, rpw, 1, 16);
+    EXPECT_LE(dealt, (64 / kw + 1) / 2) << kw << " " << rpw;
+    EXPECT_GT(stream_residual_imbalance(clustered, {}, 0, G, kw, rpw, 1, 16), dealt) << kw << " " << rpw;
   }
   // With a residual spread evenly over the rows the imbalance stays below a row's share.
   EXPECT_LE(stream_residual_imbalance(even, {}, 0, 256, 8, 7, 1), 6.0);
