@@ -136,9 +136,11 @@ bool tune_enabled() {
   static const bool v = env_int("MOSAIC_ZIPPER_TUNE", 1, 0, 1) == 1;
   return v;
 }
-// The wgmma kernel's K split tuned the same way (wgmma_tune_k_tiles in zipper_plan.h):
+// The wgmma kernel's K split tuned the same way (wgmma_tune_k_tiles in zipper_plan.h), and since the
+// twenty-fifth session also one ring stage deeper at the occupancy that leaves (tuned_wgmma):
 // MOSAIC_ZIPPER_TUNE_WGMMA=1. Off by default: measured in the twelfth session at +-5% either way and
-// -10% at one point (bench/results/gemm-h200-2026-11-29-s12-wgmma-tune.md).
+// -10% at one point (bench/results/gemm-h200-2026-11-29-s12-wgmma-tune.md); the deeper-ring candidate
+// is not measured through the tuner yet (its forced form: ...-2026-11-30-s25-wgmma-stages-ksplit.md).
 bool tune_wgmma_enabled() {
   static const bool v = env_int("MOSAIC_ZIPPER_TUNE_WGMMA", 0, 0, 1) == 1;
   return v;
@@ -713,21 +715,39 @@ struct ZipperLinear::Impl {
       if (auto it = wg_tuned().find(tk); it != wg_tuned().end()) return wg_tuned_plans[key] = it->second;
     }
     const std::vector<int> pers = detail::wgmma_tune_k_tiles(k_tiles, p.k_split / kTileK);
-    if (pers.size() < 2 || stream_capturing(s)) return p;
-    std::vector<WgPlan> cands;
+    if (stream_capturing(s)) return p;
+    std::vector<WgPlan> cands;  // the model's plan first
     for (int per : pers) {
       WgPlan c = p;
       c.k_split = per * kTileK;
       cands.push_back(c);
     }
+    // One ring stage deeper than the plan's at the occupancy that leaves, with the model's K split for
+    // those slots: LLaMA-3-8B o at M = 17..64 ran 3-10% faster with 4 stages at 1 CTA per SM and 4 splits
+    // than with 3 stages at 2 CTAs per SM and 8 splits of 4 k-tiles, where qkv, gate_up and down lost
+    // (H200, twenty-fifth session, bench/results/gemm-h200-2026-11-30-s25-wgmma-stages-ksplit.md).
+    if (!wgmma_stages_forced() && p.stages < detail::kWgMaxStages) {
+      const int deep = p.stages + 1;
+      const int occ = detail::wgmma_occupancy(p.tok, detail::wgmma_smem_bytes(p.tok, L.spt, deep));
+      if (occ > 0) {
+        WgPlan c = p;
+        c.stages = deep;
+        c.slots = int64_t(occ) * num_sms;
+        const int64_t base = int64_t((L.N + detail::kWgOut - 1) / detail::kWgOut) * m_tiles;
+        c.k_split = detail::wgmma_k_tiles_per_cta(k_tiles, base, c.slots, p.tok) * kTileK;
+        cands.push_back(c);
+      }
+    }
+    if (cands.size() < 2) return p;
     const std::vector<float> ms = time_candidates(cands.size(), [&](size_t i) {
       launch_wgmma_plan(cands[i], X, Y, M, bf16, residual, s);
     }, s);
     const size_t win = size_t(detail::tune_pick(ms, kTuneMinGain));
     if (verbose())
       for (size_t i = 0; i < cands.size(); ++i)
-        std::fprintf(stderr, "zipper wgmma tune N=%d K=%d M=%d: tok=%d k_split=%d %.2f us%s\n", L.N, L.K, M, p.tok,
-                     cands[i].k_split, ms[i] * 1e3f, i == win ? " (kept)" : i == 0 ? " (model)" : "");
+        std::fprintf(stderr, "zipper wgmma tune N=%d K=%d M=%d: tok=%d stages=%d k_split=%d %.2f us%s\n", L.N, L.K, M,
+                     p.tok, cands[i].stages, cands[i].k_split, ms[i] * 1e3f,
+                     i == win ? " (kept)" : i == 0 ? " (model)" : "");
     {
       const std::lock_guard<std::mutex> lock(tuned_mu());
       wg_tuned()[tk] = cands[win];
