@@ -32,11 +32,7 @@ void check_act_args(const char* who, const void* X, int64_t M, int64_t K, DType 
 
 // MOSAIC_W4A8_WARPS=8|16 overrides the default (tuning runs); read once.
 int default_warps() {
-  static const int w = [] {
-    const int v = env_int("MOSAIC_W4A8_WARPS", kW4A8DefaultWarps, 8, 16);
-    MOSAIC_CHECK(v == 8 || v == 16, "MOSAIC_W4A8_WARPS must be 8 or 16, got ", v);
-    return v;
-  }();
+  static const int w = env_choice("MOSAIC_W4A8_WARPS", kW4A8DefaultWarps, {8, 16});
   return w;
 }
 

@@ -84,15 +84,13 @@ double red_cost() {
 // across CTAs (fence, counter atomic, fix-up), in k-tiles: 2 (v10 run 2, H100: qkv M = 1 zipper
 // 12.98 -> 10.89 us, the plan moving from 11 K-splits to 4 warps per row; other shapes +-2%).
 int kwarps_forced() {
-  static const int v = env_int("MOSAIC_ZIPPER_KWARPS", 0, 0, 8);
-  MOSAIC_CHECK(v == 0 || v == 1 || v == 2 || v == 4 || v == 8, "MOSAIC_ZIPPER_KWARPS must be 1, 2, 4 or 8 (0: the plan), got ", v);
+  static const int v = env_choice("MOSAIC_ZIPPER_KWARPS", 0, {0, 1, 2, 4, 8});  // 0: the plan
   return v;
 }
 // MOSAIC_ZIPPER_WARPS = 8 or 16 forces the stream kernel's warps per CTA (0: the plan chooses, where
 // 16 are built: stream_width_instantiated in zipper_launch.h), for same-binary comparisons.
 int warps_forced() {
-  static const int v = env_int("MOSAIC_ZIPPER_WARPS", 0, 0, 16);
-  MOSAIC_CHECK(v == 0 || v == 8 || v == 16, "MOSAIC_ZIPPER_WARPS must be 8 or 16 (0: the plan), got ", v);
+  static const int v = env_choice("MOSAIC_ZIPPER_WARPS", 0, {0, 8, 16});  // 0: the plan
   return v;
 }
 // 0.25 k-tiles per row end. Until v17 a residual row end also waited for the K-slice with the most
@@ -174,9 +172,7 @@ int wgmma_mode() {
 }
 // Read when a layer plans a token tile for the first time (not cached: tests set them per layer).
 int wgmma_tok_forced() {
-  const int v = env_int("MOSAIC_ZIPPER_WGMMA_TOK", 0, 0, 128);
-  MOSAIC_CHECK(v == 0 || v == 16 || v == 32 || v == 64 || v == 128, "MOSAIC_ZIPPER_WGMMA_TOK must be 16, 32, 64 or 128, got ", v);
-  return v;
+  return env_choice("MOSAIC_ZIPPER_WGMMA_TOK", 0, {0, 16, 32, 64, 128});  // 0: by M
 }
 int wgmma_stages_forced() {
   const int v = env_int("MOSAIC_ZIPPER_WGMMA_STAGES", 0, 0, detail::kWgMaxStages);

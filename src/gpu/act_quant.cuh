@@ -360,9 +360,7 @@ inline int row_cluster(int64_t rows, int threads) {
       return 1;
     }
     if (major < 9) return 1;
-    const int v = env_int("MOSAIC_ROW_CLUSTER", kRowCluster, 1, 8);
-    MOSAIC_CHECK(v == 1 || v == 2 || v == 4 || v == 8, "MOSAIC_ROW_CLUSTER must be 1, 2, 4 or 8, got ", v);
-    return v;
+    return env_choice("MOSAIC_ROW_CLUSTER", kRowCluster, {1, 2, 4, 8});
   }();
   return threads == 1024 && rows <= max_rows ? c : 1;
 }

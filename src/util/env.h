@@ -2,8 +2,11 @@
 // MOSAIC_DECODE_*, ...). One reading of each kind, so that a knob set to a value it cannot take is an
 // error naming the variable and what it takes, never silently the default. Plain C++.
 #pragma once
+#include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
 #include <optional>
+#include <string>
 
 #include "util/error.h"
 
@@ -37,6 +40,20 @@ inline int env_int(const char* name, int dflt, int lo, int hi) {
   if (!x) return dflt;
   if (*x != double(int(*x))) fail("environment variable ", name, "='", std::getenv(name), "' must be an integer in [", lo, ", ", hi, "]");
   return int(*x);
+}
+
+// The same for a knob that takes a few values (warps 8 | 16, a cluster of 1, 2, 4 or 8, ...): one of
+// `allowed`, else dflt when unset or empty; any other value throws naming the variable and the values.
+inline int env_choice(const char* name, int dflt, std::initializer_list<int> allowed) {
+  std::string list;
+  for (int a : allowed) list += (list.empty() ? "" : ", ") + std::to_string(a);
+  const char* e = std::getenv(name);
+  if (!e || !*e) return dflt;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  if (end == e || *end != 0 || std::find(allowed.begin(), allowed.end(), v) == allowed.end())
+    fail("environment variable ", name, "='", e, "' must be one of ", list);
+  return int(v);
 }
 
 }  // namespace mosaic

@@ -65,5 +65,19 @@ TEST(Env, BadValuesAreErrorsNamingTheVariable) {
   unsetenv(kVar);
 }
 
+TEST(Env, ChoicesTakeOnlyTheirValues) {
+  unsetenv(kVar);
+  EXPECT_EQ(env_choice(kVar, 0, {0, 8, 16}), 0);
+  setenv(kVar, "16", 1);
+  EXPECT_EQ(env_choice(kVar, 0, {0, 8, 16}), 16);
+  for (const char* bad : {"12", "8.0", "fast", "-8"}) {
+    setenv(kVar, bad, 1);
+    const std::string m = error_of([] { env_choice(kVar, 0, {0, 8, 16}); });
+    EXPECT_NE(m.find(kVar), std::string::npos) << bad << ": " << m;
+    EXPECT_NE(m.find("0, 8, 16"), std::string::npos) << bad << ": " << m;
+  }
+  unsetenv(kVar);
+}
+
 }  // namespace
 }  // namespace mosaic
