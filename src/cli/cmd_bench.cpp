@@ -54,6 +54,7 @@ struct E2EArgs {
   int64_t w4a8_min_m = 256;
   int64_t prompt = 2048;
   int gen = 128;
+  int reps = 3;
 };
 
 void add_e2e_command(CLI::App* bench) {
@@ -81,6 +82,11 @@ void add_e2e_command(CLI::App* bench) {
   e2e->add_option("--batch", a->batches, "batch sizes, comma separated")->capture_default_str();
   e2e->add_option("--prompt", a->prompt, "prompt tokens per sequence")->capture_default_str();
   e2e->add_option("--gen", a->gen, "generated tokens per sequence")->capture_default_str();
+  e2e->add_option("--reps", a->reps,
+                  "timed rounds per engine and batch (each: prefill every sequence, then decode); the table shows "
+                  "the median rates, the JSON every round's")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
   e2e->add_option("--engines", a->engines,
                   "with --random-weights, comma separated: fp16 (cuBLAS), w4a16 (ZipperEngine), w4a16_qhead (W4A16 "
                   "with the LM head quantized too, as `quantize --lm-head` writes), w4a16_head8 (W4A16 with the 8-bit LM "
@@ -119,6 +125,7 @@ void add_e2e_command(CLI::App* bench) {
     o.batches = batches;
     o.prompt = a->prompt;
     o.gen = a->gen;
+    o.reps = a->reps;
     o.json = a->json;
     o.profile = a->profile;
     o.w4a8_min_m = a->w4a8_min_m;

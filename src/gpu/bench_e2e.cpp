@@ -49,6 +49,12 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 }  // namespace
 
 ModelConfig builtin_config(const std::string& name) {
@@ -101,14 +107,15 @@ void run_e2e_bench(const E2EOptions& o) {
   MOSAIC_CHECK(o.prompt >= 1 && o.gen >= 1, "bench e2e: --prompt and --gen must be >= 1");
   MOSAIC_CHECK(!o.batches.empty(), "bench e2e: empty --batch list");
   for (int b : o.batches) MOSAIC_CHECK(b >= 1 && b <= 256, "bench e2e: batch ", b, " out of range 1..256");
+  MOSAIC_CHECK(o.reps >= 1 && o.reps <= 100, "bench e2e: --reps must be in 1..100");
   const int max_b = *std::max_element(o.batches.begin(), o.batches.end());
   const std::string card = device_name(), date = today();
   const double bw = measure_copy_bandwidth();
   const std::string cfg_name = o.model_dir.empty() ? o.config : o.model_dir;
   std::printf("## mosaic bench e2e: %s, %s weights, prompt %lld, gen %d, FP16 activations\n", cfg_name.c_str(),
               o.random_weights ? "random" : "checkpoint", (long long)o.prompt, o.gen);
-  std::printf("%s, %s; device-to-device copy bandwidth %.0f GB/s (bytes read + written)%s\n\n", card.c_str(),
-              date.c_str(), bw / 1e9,
+  std::printf("%s, %s; device-to-device copy bandwidth %.0f GB/s (bytes read + written); rates: median of %d rounds%s\n\n",
+              card.c_str(), date.c_str(), bw / 1e9, o.reps,
               !o.random_weights ? ""
               : o.res_profile   ? ("; random weights (timing only, outputs meaningless), residual blocks per block row drawn "
                                    "from " + o.res_profile_from + "'s rows of each kind of linear").c_str()
@@ -183,20 +190,24 @@ void run_e2e_bench(const E2EOptions& o) {
       m->reset(0);
       m->forward(0, prompts[0].data(), o.prompt, nullptr, GpuModel::Logits::None);
       m->generate_greedy(first.data(), B, std::min(o.gen, 4), ids.data());
-      m->reset_all();
-      // Timed prefill: every sequence's prompt (one prefill each, chunks of <= 2048 tokens).
-      auto t0 = std::chrono::steady_clock::now();
-      for (int b = 0; b < B; ++b) m->forward(b, prompts[size_t(b)].data(), o.prompt, nullptr, GpuModel::Logits::None);
-      m->synchronize();
-      const double prefill_s = seconds_since(t0);
-      // Timed decode: gen greedy steps of the whole batch (graph replays, ids fed back on the GPU).
-      t0 = std::chrono::steady_clock::now();
-      m->generate_greedy(first.data(), B, o.gen, ids.data());
-      const double decode_s = seconds_since(t0);
+      // Timed: `reps` rounds of every sequence's prefill (one each, chunks of <= 2048 tokens) then gen
+      // greedy steps of the whole batch (graph replays, ids fed back on the GPU); the median of each.
+      // One 2048-token prefill is ~50 ms on an 8B model: a single sample moves by several percent
+      // with the clock the GPU happens to run at (twenty-sixth session), so rates are medians.
+      std::vector<double> prefill_rates, decode_rates;
+      for (int r = 0; r < o.reps; ++r) {
+        m->reset_all();
+        auto t0 = std::chrono::steady_clock::now();
+        for (int b = 0; b < B; ++b) m->forward(b, prompts[size_t(b)].data(), o.prompt, nullptr, GpuModel::Logits::None);
+        m->synchronize();
+        prefill_rates.push_back(double(B) * double(o.prompt) / seconds_since(t0));
+        t0 = std::chrono::steady_clock::now();
+        m->generate_greedy(first.data(), B, o.gen, ids.data());
+        decode_rates.push_back(double(B) * double(o.gen) / seconds_since(t0));
+      }
       const GpuMemory mem = m->memory();
-      const double prefill_tok_s = double(B) * double(o.prompt) / prefill_s;
-      const double decode_tok_s = double(B) * double(o.gen) / decode_s;
-      const double tpot_ms = decode_s / double(o.gen) * 1e3;
+      const double prefill_tok_s = median(prefill_rates), decode_tok_s = median(decode_rates);
+      const double tpot_ms = double(B) / decode_tok_s * 1e3;
       // Bandwidth limit of a decode step: every weight streamed once per step (KV cache reads
       // not counted), at the measured copy bandwidth.
       const double limit_tok_s = double(B) * bw / double(rep.step_bytes);
@@ -213,8 +224,11 @@ void run_e2e_bench(const E2EOptions& o) {
                             {"batch", B},
                             {"prompt", o.prompt},
                             {"gen", o.gen},
+                            {"reps", o.reps},
                             {"prefill_tok_s", prefill_tok_s},
                             {"decode_tok_s", decode_tok_s},
+                            {"prefill_tok_s_samples", prefill_rates},
+                            {"decode_tok_s_samples", decode_rates},
                             {"tpot_ms", tpot_ms},
                             {"peak_gpu_bytes", mem.peak_used},
                             {"weight_bytes", rep.weight_bytes},

@@ -32,6 +32,7 @@ struct E2EOptions {
   std::vector<int> batches = {1, 4, 16};
   int64_t prompt = 2048;
   int gen = 128;
+  int reps = 3;            // timed rounds of (prefill every sequence, decode gen steps); rates are their medians
   // random weights: fp16 | w4a16 | w4a16_qhead (the LM head quantized too) | w4a8
   std::vector<std::string> engines = {"fp16", "w4a16"};
   int64_t w4a8_min_m = 256;  // W4A8: GEMMs of at least this many rows on the INT8 kernel (0: never)
