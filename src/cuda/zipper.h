@@ -51,6 +51,7 @@ class ZipperShared {
   // any CUDA graph capture, e.g. at load time with the largest layer's N * K * 2).
   void reserve(size_t bytes);
   size_t bytes() const;
+  void* buffer() const;  // the dequantize buffer (bytes() long; null before reserve)
 
   struct Impl;
   std::unique_ptr<Impl> impl_;
@@ -80,6 +81,14 @@ class ZipperLinear {
   // From now on the dequantize path uses `shared` (its buffer and cuBLAS handle) and frees this
   // layer's own buffer, if any. Every layer sharing one ZipperShared must run on the same stream.
   void share(std::shared_ptr<ZipperShared> shared);
+
+  // The dequantize path in two halves, for a caller that dequantizes a layer ahead of its GEMM on
+  // another stream (the GPU engine's prefill, gpu/engine.cpp "dequantize ahead"): W is device
+  // [N, K] of dt, 16-byte aligned; `dequantize` writes deq(base) + deq(residual) into it, and
+  // `gemm_dequantized` is the path's cuBLAS GEMM on it (Y = X W^T), bit-identical to gemm() on the
+  // dequantize path. Both asynchronous on their stream; the caller orders them.
+  void dequantize(void* W, DType dt, cudaStream_t stream) const;
+  void gemm_dequantized(const void* W, const void* X, void* Y, int64_t M, DType dt, cudaStream_t stream) const;
 
   int64_t N() const;
   int64_t K() const;

@@ -248,6 +248,7 @@ bool grow_buffer(E*& p, size_t& have, size_t elems, std::vector<void*>& retired,
 ZipperShared::ZipperShared() : impl_(std::make_unique<Impl>()) {}
 ZipperShared::~ZipperShared() = default;
 size_t ZipperShared::bytes() const { return impl_->bytes; }
+void* ZipperShared::buffer() const { return impl_->deq; }
 
 void ZipperShared::reserve(size_t bytes) {
   if (!impl_->cublas) check_cublas(cublasCreate(&impl_->cublas), "cublasCreate");
@@ -796,24 +797,33 @@ struct ZipperLinear::Impl {
   void run_dequant(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
     const size_t deq_bytes = size_t(L.N) * L.K * 2;
     void* buf;
-    cublasHandle_t handle;
     if (shared) {
       shared->reserve(deq_bytes);
       buf = shared->impl_->deq;
-      handle = shared->impl_->cublas;
     } else {
       if (!deq) check_cuda(cudaMalloc(&deq, deq_bytes), "cudaMalloc (dequantized weights)");
-      if (!cublas) check_cublas(cublasCreate(&cublas), "cublasCreate");
       buf = deq;
-      handle = cublas;
     }
     detail::launch_dequant(layer(bf16), buf, bf16, residual ? 1 : 0, s);
     check_cuda(cudaGetLastError(), "zipper dequant kernel launch");
+    cublas_dequantized(buf, X, Y, M, bf16, s);
+  }
+
+  // Y = X W^T with W the dequantized [N, K] weights: cuBLAS (the shared handle, or this layer's).
+  void cublas_dequantized(const void* W, const void* X, void* Y, int M, int bf16, cudaStream_t s) {
+    cublasHandle_t handle;
+    if (shared) {
+      shared->reserve(0);  // creates the handle
+      handle = shared->impl_->cublas;
+    } else {
+      if (!cublas) check_cublas(cublasCreate(&cublas), "cublasCreate");
+      handle = cublas;
+    }
     check_cublas(cublasSetStream(handle, s), "cublasSetStream");
     const float alpha = 1.f, beta = 0.f;
     const cudaDataType t = bf16 ? CUDA_R_16BF : CUDA_R_16F;
     // Row-major Y[M,N] = X[M,K] W[N,K]^T is column-major Y^T (N x M) = W^T' ... i.e. op(A) = T.
-    check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, L.N, M, L.K, &alpha, buf, t, L.K, X, t, L.K, &beta,
+    check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, L.N, M, L.K, &alpha, W, t, L.K, X, t, L.K, &beta,
                               Y, t, L.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                  "cublasGemmEx (dequantized weights)");
   }
@@ -865,6 +875,27 @@ void ZipperLinear::share(std::shared_ptr<ZipperShared> shared) {
     impl_->deq = nullptr;
   }
   impl_->shared = std::move(shared);
+}
+
+void ZipperLinear::dequantize(void* W, DType dt, cudaStream_t stream) const {
+  const auto& L = impl_->L;
+  MOSAIC_CHECK(dt == DType::F16 || dt == DType::BF16, "zipper dequantize: dtype must be fp16 or bf16 for W [", L.N,
+               ", ", L.K, "]");
+  MOSAIC_CHECK(W != nullptr && reinterpret_cast<uintptr_t>(W) % 16 == 0 && is_device_pointer(W),
+               "zipper dequantize: W [", L.N, ", ", L.K, "] must be 16-byte aligned device memory");
+  const int bf16 = dt == DType::BF16 ? 1 : 0;
+  detail::launch_dequant(impl_->layer(bf16), W, bf16, 1, stream);
+  check_cuda(cudaGetLastError(), "zipper dequant kernel launch");
+}
+
+void ZipperLinear::gemm_dequantized(const void* W, const void* X, void* Y, int64_t M, DType dt,
+                                    cudaStream_t stream) const {
+  const auto& L = impl_->L;
+  MOSAIC_CHECK(dt == DType::F16 || dt == DType::BF16, "zipper gemm_dequantized: dtype must be fp16 or bf16");
+  MOSAIC_CHECK(M >= 1 && M <= (int64_t(1) << 24), "zipper gemm_dequantized: M must be in 1..16777216 for X [", M,
+               ", ", L.K, "] x W [", L.N, ", ", L.K, "]^T");
+  MOSAIC_CHECK(W != nullptr && X != nullptr && Y != nullptr, "zipper gemm_dequantized: null W, X or Y");
+  impl_->cublas_dequantized(W, X, Y, int(M), dt == DType::BF16 ? 1 : 0, stream);
 }
 
 int64_t ZipperLinear::N() const { return impl_->L.N; }

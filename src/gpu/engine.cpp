@@ -331,6 +331,34 @@ struct Layer {
   // norm -> qkv, MLP norm -> gate_up, SiLU-mul -> down; null: not a quantized-activation layer).
   // o_proj's input comes from attention and is quantized by its layer.
   ActQuantGpuLinear *qkv_aq = nullptr, *gate_up_aq = nullptr, *down_aq = nullptr;
+  // qkv, o, gate_up, down as plain ZipperEngine layers that may take the dequantize path (null
+  // otherwise: dense, W4A8 / W4A4 wrappers, no room for the workspace): the prefill's dequantize ahead.
+  const cuda::ZipperLinear* zq[4] = {nullptr, nullptr, nullptr, nullptr};
+};
+
+// Dequantize ahead (prefill of W4A16 models): a large-M ZipperEngine linear is "dequantize the
+// weights (memory-bound), then cuBLAS (compute-bound)"; in line, the dequantize kernels are ~1-4%
+// of a 2048-token prefill that FP16 does not pay. cuBLAS holds every SM, so a dequantize beside a
+// GEMM only waits for it (twenty-fourth session, refuted); beside the attention kernels (2 CTAs of
+// 128 threads per SM, 80 KB of shared memory each, tensor-bound) a dequantize kernel's CTAs fit
+// too. So at each layer's qkv GEMM end a side stream dequantizes that layer's o, gate_up and down
+// and the next layer's qkv into four buffers while RoPE and attention run; each GEMM waits for its
+// buffer. Same kernels, same cuBLAS calls: bit-identical outputs. MOSAIC_PREFILL_DEQ_AHEAD=0: in
+// line (comparisons); =2: the side stream at the highest stream priority.
+struct DeqAhead {
+  enum Role { kQkv = 0, kO = 1, kGateUp = 2, kDown = 3 };
+  cudaStream_t side = nullptr;
+  DevBuf own[4];
+  void* buf[4] = {nullptr, nullptr, nullptr, nullptr};  // own[r], or gate_up in the shared dequantize buffer
+  cudaEvent_t ready[4] = {nullptr, nullptr, nullptr, nullptr}, start = nullptr, qkv_done = nullptr;
+  bool on() const { return side != nullptr; }
+  ~DeqAhead() {
+    for (cudaEvent_t e : ready)
+      if (e) cudaEventDestroy(e);
+    if (start) cudaEventDestroy(start);
+    if (qkv_done) cudaEventDestroy(qkv_done);
+    if (side) cudaStreamDestroy(side);
+  }
 };
 
 // A W4A8 / W4A4 layer whose producer writes quantized rows (when its 16-bit path runs).
@@ -400,6 +428,7 @@ struct GpuModel::Impl {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   std::shared_ptr<cuda::ZipperShared> zipper_shared;  // dequantize-path buffer of all ZipperEngine layers
+  DeqAhead deq_ahead;                                 // the prefill's dequantize ahead (on() when set up)
   ActSetup act_setup;                   // quantized activations (W4A8 / W4A4)
   DevBuf act_scratch;                   // their rows: M x the largest K, activation dtype
   ActQuantScratch act_scratch_view;
@@ -584,6 +613,11 @@ struct GpuModel::Impl {
           z->allow_dequant_path = allow_deq;
           if (zipper_shared) z->share(zipper_shared);
         }
+      int r = 0;
+      for (GpuLinear* g : {Ly.qkv.get(), Ly.o.get(), Ly.gate_up.get(), Ly.down.get()}) {
+        const auto* z = dynamic_cast<const ZipperGpuLinear*>(g);  // plain W4A16 layers only
+        Ly.zq[r++] = z && allow_deq ? &z->zipper() : nullptr;
+      }
     };
     // Layers are independent: build them on several threads (host-side repacking and random
     // layer generation dominate for big models).
@@ -653,10 +687,71 @@ struct GpuModel::Impl {
     report.scratch_bytes = x.bytes() + h.bytes() + qkv.bytes() + q.bytes() + att.bytes() + this->o.bytes() +
                            gu.bytes() + actb.bytes() + logits.bytes() + lm_tmp.bytes() + S.bytes() + P.bytes() +
                            partial.bytes() + cublas_ws.bytes() + (zipper_shared ? zipper_shared->bytes() : 0);
+    setup_deq_ahead();
     report.act = act;
     report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     note_peak();
     if (!o.quiet) std::fprintf(stderr, "GPU engine: %s\n", report.summary().c_str());
+  }
+
+  // The prefill's dequantize ahead (DeqAhead), when every decoder layer's four linears are plain
+  // ZipperEngine layers and the buffers fit beside everything else (the gate_up buffer is the shared
+  // dequantize buffer, which the in-line path no longer needs at those M).
+  void setup_deq_ahead() {
+    const int mode = env_choice("MOSAIC_PREFILL_DEQ_AHEAD", 1, {0, 1, 2});
+    if (mode == 0 || !zipper_shared || zipper_shared->bytes() == 0) return;
+    size_t need[4] = {0, 0, 0, 0};
+    for (const Layer& Ly : layers)
+      for (int r = 0; r < 4; ++r) {
+        if (!Ly.zq[r]) return;
+        need[r] = std::max(need[r], size_t(Ly.zq[r]->N() * Ly.zq[r]->K()) * 2);
+      }
+    const bool shared_gu = zipper_shared->bytes() >= need[DeqAhead::kGateUp];
+    const size_t extra = need[0] + need[1] + need[3] + (shared_gu ? 0 : need[2]);
+    if (extra + (size_t(512) << 20) > device_free_bytes()) {
+      report.notes.push_back("prefill dequantizes in line: its " + gib(extra) + " of dequantize-ahead buffers do not fit");
+      return;
+    }
+    DeqAhead& d = deq_ahead;
+    for (int r = 0; r < 4; ++r) {
+      if (r == DeqAhead::kGateUp && shared_gu) {
+        d.buf[r] = zipper_shared->buffer();
+      } else {
+        d.own[r] = DevBuf(need[r], "dequantize-ahead buffer");
+        d.buf[r] = d.own[r].get();
+      }
+      check_cuda(cudaEventCreateWithFlags(&d.ready[r], cudaEventDisableTiming), "cudaEventCreate");
+    }
+    check_cuda(cudaEventCreateWithFlags(&d.start, cudaEventDisableTiming), "cudaEventCreate");
+    check_cuda(cudaEventCreateWithFlags(&d.qkv_done, cudaEventDisableTiming), "cudaEventCreate");
+    int least = 0, greatest = 0;
+    check_cuda(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange");
+    check_cuda(cudaStreamCreateWithPriority(&d.side, cudaStreamDefault, mode == 2 ? greatest : least),
+               "cudaStreamCreateWithPriority");
+    report.scratch_bytes += extra;
+    report.deq_ahead = true;
+  }
+
+  bool deq_ahead_for(int64_t n, int decode_B) const {
+    if (!deq_ahead.on() || decode_B > 0 || (skip & kSkipGemm)) return false;
+    for (const cuda::ZipperLinear* z : layers[0].zq)
+      if (z->choose_path(n) != cuda::GemmPath::Dequant) return false;
+    return true;
+  }
+
+  // Side stream: dequantize role r's weights of layer l into its buffer, then mark it ready.
+  void deq_ahead_issue(int l, int r) {
+    const DeqAhead& d = deq_ahead;
+    layers[size_t(l)].zq[r]->dequantize(d.buf[r], act == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, d.side);
+    check_cuda(cudaEventRecord(d.ready[r], d.side), "cudaEventRecord (dequantize ahead)");
+  }
+
+  // Main stream: role r's GEMM of layer l on its dequantized buffer, once the side stream has written it.
+  void deq_ahead_gemm(int l, int r, const void* X, void* Y, int64_t n) {
+    const DeqAhead& d = deq_ahead;
+    check_cuda(cudaStreamWaitEvent(stream, d.ready[r]), "cudaStreamWaitEvent (dequantize ahead)");
+    layers[size_t(l)].zq[r]->gemm_dequantized(d.buf[r], X, Y, n, act == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16,
+                                             stream);
   }
 
   // ---- forward pieces ----------------------------------------------------------------------------
@@ -666,13 +761,31 @@ struct GpuModel::Impl {
   void run_layers(int64_t n, int decode_B, int s, int64_t pos0) {
     const float eps = cfg.rms_norm_eps;
     const bool small = !(skip & kSkipSmall), gemm = !(skip & kSkipGemm), attn = !(skip & kSkipAttention);
+    const bool ahead = deq_ahead_for(n, decode_B);
+    if (ahead) {  // layer 0's qkv, after whatever the main stream ran before (the buffers' last readers)
+      check_cuda(cudaEventRecord(deq_ahead.start, stream), "cudaEventRecord (dequantize ahead)");
+      check_cuda(cudaStreamWaitEvent(deq_ahead.side, deq_ahead.start), "cudaStreamWaitEvent (dequantize ahead)");
+      deq_ahead_issue(0, DeqAhead::kQkv);
+    }
     for (int l = 0; l < cfg.num_layers; ++l) {
       const Layer& Ly = layers[size_t(l)];
       const kern::RowQuant qkv_in = producer_rows(Ly.qkv_aq, n, kern::norm_codes_ok(D), stream);
       if (small)
         kern::add_rms_norm(act, x.as<float>(), l == 0 ? nullptr : this->o.get(), Ly.attn_norm.as<float>(), n, D, eps,
                            h.get(), stream, qkv_in);
-      if (gemm) run_linear(*Ly.qkv, Ly.qkv_aq, qkv_in, h.get(), qkv.get(), n, stream);
+      if (ahead) {
+        deq_ahead_gemm(l, DeqAhead::kQkv, h.get(), qkv.get(), n);
+        // The rest of this layer's weights and the next layer's qkv, beside RoPE and attention: every
+        // buffer's previous reader ran before this qkv GEMM on the main stream.
+        check_cuda(cudaEventRecord(deq_ahead.qkv_done, stream), "cudaEventRecord (dequantize ahead)");
+        check_cuda(cudaStreamWaitEvent(deq_ahead.side, deq_ahead.qkv_done), "cudaStreamWaitEvent (dequantize ahead)");
+        deq_ahead_issue(l, DeqAhead::kO);
+        deq_ahead_issue(l, DeqAhead::kGateUp);
+        deq_ahead_issue(l, DeqAhead::kDown);
+        if (l + 1 < cfg.num_layers) deq_ahead_issue(l + 1, DeqAhead::kQkv);
+      } else if (gemm) {
+        run_linear(*Ly.qkv, Ly.qkv_aq, qkv_in, h.get(), qkv.get(), n, stream);
+      }
       const float* qn = cfg.qk_norm ? Ly.q_norm.as<float>() : nullptr;
       const float* kn = cfg.qk_norm ? Ly.k_norm.as<float>() : nullptr;
       if (decode_B > 0) {
@@ -687,7 +800,9 @@ struct GpuModel::Impl {
                                inv_freq.as<float>(), q.get(), kc(l), vc(l), stream);
         if (attn) prefill_attention(l, n, s, pos0);
       }
-      if (gemm) {
+      if (ahead) {
+        deq_ahead_gemm(l, DeqAhead::kO, att.get(), this->o.get(), n);
+      } else if (gemm) {
         const auto* oq = (skip & kSkipOInputQuant) ? dynamic_cast<const ActQuantGpuLinear*>(Ly.o.get()) : nullptr;
         (oq ? oq->inner() : *Ly.o).forward(att.get(), this->o.get(), n, stream);  // (profile: without its quantize)
       }
@@ -695,10 +810,12 @@ struct GpuModel::Impl {
       if (small)
         kern::add_rms_norm(act, x.as<float>(), this->o.get(), Ly.ffn_norm.as<float>(), n, D, eps, h.get(), stream,
                            gate_up_in);
-      if (gemm) run_linear(*Ly.gate_up, Ly.gate_up_aq, gate_up_in, h.get(), gu.get(), n, stream);
+      if (ahead) deq_ahead_gemm(l, DeqAhead::kGateUp, h.get(), gu.get(), n);
+      else if (gemm) run_linear(*Ly.gate_up, Ly.gate_up_aq, gate_up_in, h.get(), gu.get(), n, stream);
       const kern::RowQuant down_in = producer_rows(Ly.down_aq, n, kern::silu_codes_ok(I), stream);
       if (small && !(skip & kSkipSilu)) kern::silu_mul(act, gu.get(), n, I, actb.get(), stream, down_in);
-      if (gemm) run_linear(*Ly.down, Ly.down_aq, down_in, actb.get(), this->o.get(), n, stream);
+      if (ahead) deq_ahead_gemm(l, DeqAhead::kDown, actb.get(), this->o.get(), n);
+      else if (gemm) run_linear(*Ly.down, Ly.down_aq, down_in, actb.get(), this->o.get(), n, stream);
     }
     if (small) kern::add_rms_norm(act, x.as<float>(), this->o.get(), final_norm.as<float>(), n, D, eps, h.get(), stream);
   }

@@ -82,6 +82,7 @@ struct GpuLoadReport {
   int act_bits = 16;           // quantized activations (W4A8 / W4A4 checkpoints): 8 or 4
   bool act_fp8 = false;        // ... as FP8 e4m3 codes
   int w4a8_linears = 0;        // of the quantized ones, with the W4A8 INT8 kernel for large M
+  bool deq_ahead = false;      // large-M prefill dequantizes ahead on a side stream (engine.cpp DeqAhead)
   std::vector<std::string> notes;  // e.g. why layers fell back to dequantize + cuBLAS
   std::string summary() const;
 };

@@ -339,6 +339,52 @@ TEST(GpuEngine, QuantizedModelWithoutDequantWorkspaceMatchesCpuEngine) {
   std::filesystem::remove_all(dir);
 }
 
+// The prefill's dequantize ahead (engine.cpp DeqAhead: o, gate_up, down and the next layer's qkv
+// dequantized on a side stream while attention runs) against the in-line dequantize path
+// (MOSAIC_PREFILL_DEQ_AHEAD=0): same kernels and cuBLAS calls, so the logits are bit-identical, for
+// one prompt of 100 tokens (the dequantize path's M) and for prompts fed in chunks of 40 (the first
+// chunks on the wgmma kernel, the side stream idle; its events reused across calls); against the
+// CPU engine within the usual bound; and with the side stream at the highest priority (=2).
+TEST(GpuEngine, PrefillDequantizeAheadIsBitIdentical) {
+  REQUIRE_GPU();
+  const auto dir = write_quant_model(128, 256, "deqahead");
+  const Model cpu = Model::load(dir);
+  const auto toks = prompt_tokens(600, cpu.vocab_size(), 23);
+  const auto ref = cpu_logits(cpu, toks);
+  for (Act a : {Act::F16, Act::BF16}) {
+    std::vector<float> in_line, chunked_in_line;
+    for (const char* mode : {"0", "1", "2"}) {
+      setenv("MOSAIC_PREFILL_DEQ_AHEAD", mode, 1);
+      GpuOptions o;
+      o.act = a;
+      o.capacity = 640;
+      GpuModel g = GpuModel::load(dir, o);
+      EXPECT_EQ(g.load_report().deq_ahead, mode[0] != '0') << mode << ": " << g.load_report().summary();
+      std::vector<float> got(ref.size());
+      g.forward(0, toks.data(), int64_t(toks.size()), got.data());
+      // The same prompt in chunks of 520 + 80 tokens (prefill_chunk), logits of every row.
+      GpuOptions oc = o;
+      oc.prefill_chunk = 520;
+      GpuModel gc = GpuModel::load(dir, oc);
+      std::vector<float> chunked(ref.size());
+      gc.forward(0, toks.data(), int64_t(toks.size()), chunked.data());
+      const double err = rel_max_err(got, ref);
+      std::printf("[ gpu quant ] dequantize ahead = %s, %s: max|gpu - cpu| / max|cpu| = %.2e\n", mode, act_name(a), err);
+      EXPECT_LE(err, logits_bound(a)) << mode;
+      if (mode[0] == '0') {
+        in_line = got;
+        chunked_in_line = chunked;
+      } else {
+        EXPECT_EQ(std::memcmp(got.data(), in_line.data(), got.size() * 4), 0) << "mode " << mode << ", " << act_name(a);
+        EXPECT_EQ(std::memcmp(chunked.data(), chunked_in_line.data(), got.size() * 4), 0)
+            << "chunked, mode " << mode << ", " << act_name(a);
+      }
+    }
+  }
+  unsetenv("MOSAIC_PREFILL_DEQ_AHEAD");
+  std::filesystem::remove_all(dir);
+}
+
 // W4A8 / W4A4 models (activations quantized per token: 8-bit integers, FP8 e4m3, 4-bit integers)
 // against the CPU reference engine. A code of the quantized input flips wherever the GPU's FP16/BF16
 // activation and the CPU's FP32 one fall on either side of a rounding boundary, so the GPU cannot
