@@ -174,6 +174,11 @@ int wgmma_mode() {
 int wgmma_tok_forced() {
   return env_choice("MOSAIC_ZIPPER_WGMMA_TOK", 0, {0, 16, 32, 64, 128});  // 0: by M
 }
+bool wgmma_deep_enabled() {
+  static const bool v = env_switch_on("MOSAIC_ZIPPER_WGMMA_DEEP");
+  return v;
+}
+
 int wgmma_stages_forced() {
   const int v = env_int("MOSAIC_ZIPPER_WGMMA_STAGES", 0, 0, detail::kWgMaxStages);
   MOSAIC_CHECK(v != 1, "MOSAIC_ZIPPER_WGMMA_STAGES must be 2..", detail::kWgMaxStages, " (0: the plan), got 1");
@@ -676,6 +681,18 @@ struct ZipperLinear::Impl {
     const int best_per = detail::wgmma_k_tiles_per_cta(k_tiles, base, int64_t(occ) * num_sms, tok);
     p.slots = int64_t(occ) * num_sms;
     p.k_split = best_per * kTileK;
+    // A deeper ring at 1 CTA per SM where the plan's CTAs would be all fill (zipper_plan.h;
+    // MOSAIC_ZIPPER_WGMMA_DEEP=0 keeps the plan above, for comparisons).
+    if (!wgmma_stages_forced() && !wgmma_ksplit_forced() && p.stages < detail::kWgMaxStages && wgmma_deep_enabled()) {
+      const int deep = p.stages + 1;
+      const int occ_d = detail::wgmma_occupancy(tok, detail::wgmma_smem_bytes(tok, L.spt, deep));
+      const int64_t slots_d = int64_t(occ_d) * num_sms;
+      if (detail::wgmma_prefer_deeper_ring(tok, k_tiles, best_per, p.stages, base, slots_d)) {
+        p.stages = deep;
+        p.slots = slots_d;
+        p.k_split = detail::wgmma_k_tiles_per_cta(k_tiles, base, slots_d, tok) * kTileK;
+      }
+    }
     if (wgmma_ksplit_forced()) p.k_split = std::min(wgmma_ksplit_forced(), L.K);
     if (verbose())
       std::fprintf(stderr, "zipper wgmma plan N=%d K=%d M=%d: tok=%d stages=%d occ=%d k_split=%d splits=%d wtma=%d\n",

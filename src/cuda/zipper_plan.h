@@ -37,6 +37,23 @@ inline int wgmma_k_tiles_per_cta(int k_tiles, int64_t base_ctas, int64_t slots, 
   return best_per;
 }
 
+// One ring stage deeper at the occupancy that leaves (1 CTA per SM instead of 2), with the K split
+// the model picks for those slots, for 64-token tiles whose CTAs hold too few k-tiles to reach a
+// steady state (per <= stages + 1: the ring's fill is most of the CTA's life), when the deeper plan
+// still runs in one wave with at most half the splits. The cost model above cannot see this (it
+// charges a CTA per k-tile, not for a ring that never fills). Measured, forced (H200, twenty-fifth
+// session, bench/results/gemm-h200-2026-11-30-s25-wgmma-stages-ksplit.md): LLaMA-3-8B o (N = K = 4096)
+// at M = 33 / 64 15.04 -> 13.51 / 15.12 -> 13.90 us with 4 stages and 4 splits against 3 stages and 8
+// splits of 4 k-tiles; qkv (7 k-tiles per CTA), gate_up (32) and down (14) were slower so and do
+// not pass this test. deep_slots: resident CTAs with the deeper ring (0: it does not fit).
+inline bool wgmma_prefer_deeper_ring(int tok, int k_tiles, int per, int stages, int64_t base, int64_t deep_slots) {
+  if (tok != 64 || per > stages + 1 || deep_slots <= 0) return false;
+  const int splits = (k_tiles + per - 1) / per;
+  const int per_d = wgmma_k_tiles_per_cta(k_tiles, base, deep_slots, tok);
+  const int splits_d = (k_tiles + per_d - 1) / per_d;
+  return base * splits_d <= deep_slots && 2 * splits_d <= splits;
+}
+
 // Where GemmPath::Auto sends M > 16 to the wgmma kernel rather than dequantize + cuBLAS: where it
 // measured faster (H200, eighth session, budgets 0 and 10%, bench/results/gemm-h200-2026-11-28-
 // s8-splitk.md, ...-s8-diet.md, after the split-K fix-up without atomics): every LLaMA-3-8B layer
