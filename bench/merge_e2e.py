@@ -58,7 +58,8 @@ def main():
         pr = w4["prefill_tok_s"] / f16["prefill_tok_s"]
         # The same engine's prefill timed three times in one call spread by up to 0.5% (H200, twenty-first
         # session, bench/results/e2e-h200-2026-11-29-s21-row-cluster.md call 6): a ratio within that of 1 is
-        # reported as such, not rounded to 1.00 and called missed.
+        # reported as such, not rounded to 1.00 and called missed. (Single rounds at batch 1 spread 2-3%; the
+        # rates are medians of bench e2e's --reps rounds since the twenty-sixth session.)
         verdict = "met" if pr >= 1 else "within the 0.5% same-call noise" if pr >= 0.995 else "NOT met"
         out.append(f"- W4A16 prefill / our FP16 prefill = {pr:.3f} (goal >= 1, no slower): {verdict}")
         if hf:
