@@ -515,6 +515,8 @@ struct GpuModel::Impl {
     slots = o.max_batch;
     cap = o.capacity > 0 ? o.capacity : std::min<int64_t>(c.max_position_embeddings, 4096);
     opt.prefill_chunk = std::min<int64_t>(o.prefill_chunk, cap);
+    // MOSAIC_CUDA_GRAPHS=0: decode steps launched eagerly (comparisons of the captured step against its kernels).
+    if (!env_switch_on("MOSAIC_CUDA_GRAPHS")) opt.cuda_graphs = false;
     M = std::max<int64_t>(opt.prefill_chunk, slots);
     LR = std::max<int64_t>(std::max<int64_t>(1, o.logits_rows), slots);
     dims = {c.num_heads, c.num_kv_heads, c.head_dim, cap};
