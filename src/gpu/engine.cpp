@@ -349,7 +349,7 @@ struct DeqAhead {
   enum Role { kQkv = 0, kO = 1, kGateUp = 2, kDown = 3 };
   cudaStream_t side = nullptr;
   DevBuf own[4];
-  void* buf[4] = {nullptr, nullptr, nullptr, nullptr};  // own[r], or gate_up in the shared dequantize buffer
+  void* buf[4] = {nullptr, nullptr, nullptr, nullptr};  // own[r]; null: the shared dequantize buffer (gate_up)
   cudaEvent_t ready[4] = {nullptr, nullptr, nullptr, nullptr}, start = nullptr, qkv_done = nullptr;
   bool on() const { return side != nullptr; }
   ~DeqAhead() {
@@ -716,9 +716,7 @@ struct GpuModel::Impl {
     }
     DeqAhead& d = deq_ahead;
     for (int r = 0; r < 4; ++r) {
-      if (r == DeqAhead::kGateUp && shared_gu) {
-        d.buf[r] = zipper_shared->buffer();
-      } else {
+      if (!(r == DeqAhead::kGateUp && shared_gu)) {
         d.own[r] = DevBuf(need[r], "dequantize-ahead buffer");
         d.buf[r] = d.own[r].get();
       }
@@ -741,10 +739,14 @@ struct GpuModel::Impl {
     return true;
   }
 
+  // Role r's buffer. The shared one is read at each use, not kept: ZipperShared::reserve may replace it
+  // (it does not after load: zipper_deq covers every decoder layer, and no other layer shares it).
+  void* deq_ahead_buf(int r) const { return deq_ahead.buf[r] ? deq_ahead.buf[r] : zipper_shared->buffer(); }
+
   // Side stream: dequantize role r's weights of layer l into its buffer, then mark it ready.
   void deq_ahead_issue(int l, int r) {
     const DeqAhead& d = deq_ahead;
-    layers[size_t(l)].zq[r]->dequantize(d.buf[r], act == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, d.side);
+    layers[size_t(l)].zq[r]->dequantize(deq_ahead_buf(r), act == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, d.side);
     check_cuda(cudaEventRecord(d.ready[r], d.side), "cudaEventRecord (dequantize ahead)");
   }
 
@@ -752,8 +754,8 @@ struct GpuModel::Impl {
   void deq_ahead_gemm(int l, int r, const void* X, void* Y, int64_t n) {
     const DeqAhead& d = deq_ahead;
     check_cuda(cudaStreamWaitEvent(stream, d.ready[r]), "cudaStreamWaitEvent (dequantize ahead)");
-    layers[size_t(l)].zq[r]->gemm_dequantized(d.buf[r], X, Y, n, act == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16,
-                                             stream);
+    layers[size_t(l)].zq[r]->gemm_dequantized(deq_ahead_buf(r), X, Y, n,
+                                             act == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, stream);
   }
 
   // ---- forward pieces ----------------------------------------------------------------------------
