@@ -68,9 +68,14 @@ inline bool wgmma_prefer_deeper_ring(int tok, int k_tiles, int per, int stages, 
 // 25.5; LLaMA-3-70B qkv 27.1 vs 38.5, o 21.9 vs 33.2, gate_up 130.4 vs 171.0, down 61.7 vs 67.9)
 // except the 8B models' gate_up (N > 4 K within one wave of output tiles, < 128 Mi weights):
 // Qwen3-8B's is slower on it (35.2 vs 32.8 us), LLaMA-3-8B's about even; those, M <= 8 and the
-// small layers keep the stream kernel.
+// small layers keep the stream kernel. Since the stream kernel may run 16 warps per CTA (twenty-fifth
+// session) it wins again below M = 12 on layers of < 20 Mi weights (the 8B models' o, 16 Mi): o at
+// M = 9 / 10 / 11 10.1 / 10.7 / 10.6 us against 11.2 on the wgmma kernel, at 12 a tie (11.2 vs 11.0),
+// at 16 slower (12.5 vs 11.1); qkv (24 Mi) gains only at M = 9 (-3..-4%) and ties or loses from 10
+// (H200, twenty-sixth session, two processes each, bench/results/gemm-h200-2026-11-30-s26-m9-16.md).
 inline bool wgmma_by_default(int64_t N, int64_t K, int64_t M) {
   const int64_t weights = N * K;
+  if (M >= 9 && M <= 11 && weights < (int64_t(20) << 20)) return false;
   if (M >= 9 && M <= 16) return weights >= (int64_t(16) << 20) && !(N > 4 * K && weights < (int64_t(128) << 20));
   const bool small_wide = N > K && weights < (int64_t(40) << 20);
   return M >= 17 && M <= (small_wide ? 256 : 512);
