@@ -708,6 +708,9 @@ struct GpuModel::Impl {
         if (!Ly.zq[r]) return;
         need[r] = std::max(need[r], size_t(Ly.zq[r]->N() * Ly.zq[r]->K()) * 2);
       }
+    // Prefill chunks that never reach the dequantize path (all on the wgmma kernel) need no buffers.
+    for (const cuda::ZipperLinear* z : layers[0].zq)
+      if (z->choose_path(opt.prefill_chunk) != cuda::GemmPath::Dequant) return;
     const bool shared_gu = zipper_shared->bytes() >= need[DeqAhead::kGateUp];
     const size_t extra = need[0] + need[1] + need[3] + (shared_gu ? 0 : need[2]);
     if (extra + (size_t(512) << 20) > device_free_bytes()) {
