@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -683,21 +684,28 @@ struct ZipperLinear::Impl {
     p.k_split = best_per * kTileK;
     // A deeper ring at 1 CTA per SM where the plan's CTAs would be all fill (zipper_plan.h;
     // MOSAIC_ZIPPER_WGMMA_DEEP=0 keeps the plan above, for comparisons).
-    if (!wgmma_stages_forced() && !wgmma_ksplit_forced() && p.stages < detail::kWgMaxStages && wgmma_deep_enabled()) {
-      const int deep = p.stages + 1;
-      const int occ_d = detail::wgmma_occupancy(tok, detail::wgmma_smem_bytes(tok, L.spt, deep));
-      const int64_t slots_d = int64_t(occ_d) * num_sms;
-      if (detail::wgmma_prefer_deeper_ring(tok, k_tiles, best_per, p.stages, base, slots_d)) {
-        p.stages = deep;
-        p.slots = slots_d;
-        p.k_split = detail::wgmma_k_tiles_per_cta(k_tiles, base, slots_d, tok) * kTileK;
-      }
-    }
+    if (!wgmma_ksplit_forced() && wgmma_deep_enabled())
+      if (const auto d = deeper_ring(p, base);
+          d && detail::wgmma_prefer_deeper_ring(tok, k_tiles, best_per, p.stages, base, d->slots))
+        p = *d;
     if (wgmma_ksplit_forced()) p.k_split = std::min(wgmma_ksplit_forced(), L.K);
     if (verbose())
       std::fprintf(stderr, "zipper wgmma plan N=%d K=%d M=%d: tok=%d stages=%d occ=%d k_split=%d splits=%d wtma=%d\n",
                    L.N, L.K, M, tok, p.stages, occ, p.k_split, (L.K + p.k_split - 1) / p.k_split, p.wtma);
     return wg_plans[key] = p;
+  }
+
+  // The plan p one ring stage deeper, at the occupancy that leaves and with the model's K split for
+  // those slots (base: output tiles x token tiles); none when the stages are forced or no deeper ring fits.
+  std::optional<WgPlan> deeper_ring(const WgPlan& p, int64_t base) const {
+    if (wgmma_stages_forced() || p.stages >= detail::kWgMaxStages) return std::nullopt;
+    const int occ = detail::wgmma_occupancy(p.tok, detail::wgmma_smem_bytes(p.tok, L.spt, p.stages + 1));
+    if (occ == 0) return std::nullopt;
+    WgPlan d = p;
+    d.stages = p.stages + 1;
+    d.slots = int64_t(occ) * num_sms;
+    d.k_split = detail::wgmma_k_tiles_per_cta(L.K / kTileK, base, d.slots, p.tok) * kTileK;
+    return d;
   }
 
   // Rows of M that Auto runs as a second launch after the wgmma kernel's 128-token tiles (the rule:
@@ -740,18 +748,7 @@ struct ZipperLinear::Impl {
     // those slots: LLaMA-3-8B o at M = 17..64 ran 3-10% faster with 4 stages at 1 CTA per SM and 4 splits
     // than with 3 stages at 2 CTAs per SM and 8 splits of 4 k-tiles, where qkv, gate_up and down lost
     // (H200, twenty-fifth session, bench/results/gemm-h200-2026-11-30-s25-wgmma-stages-ksplit.md).
-    if (!wgmma_stages_forced() && p.stages < detail::kWgMaxStages) {
-      const int deep = p.stages + 1;
-      const int occ = detail::wgmma_occupancy(p.tok, detail::wgmma_smem_bytes(p.tok, L.spt, deep));
-      if (occ > 0) {
-        WgPlan c = p;
-        c.stages = deep;
-        c.slots = int64_t(occ) * num_sms;
-        const int64_t base = int64_t((L.N + detail::kWgOut - 1) / detail::kWgOut) * m_tiles;
-        c.k_split = detail::wgmma_k_tiles_per_cta(k_tiles, base, c.slots, p.tok) * kTileK;
-        cands.push_back(c);
-      }
-    }
+    if (const auto d = deeper_ring(p, int64_t((L.N + detail::kWgOut - 1) / detail::kWgOut) * m_tiles)) cands.push_back(*d);
     if (cands.size() < 2) return p;
     const std::vector<float> ms = time_candidates(cands.size(), [&](size_t i) {
       launch_wgmma_plan(cands[i], X, Y, M, bf16, residual, s);

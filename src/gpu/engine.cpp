@@ -610,15 +610,15 @@ struct GpuModel::Impl {
       Ly.qkv_aq = fuse_input_quant(Ly.qkv.get());
       Ly.gate_up_aq = fuse_input_quant(Ly.gate_up.get());
       Ly.down_aq = fuse_input_quant(Ly.down.get());
-      for (GpuLinear* g : {Ly.qkv.get(), Ly.o.get(), Ly.gate_up.get(), Ly.down.get()})
-        if (auto* z = dynamic_cast<ZipperGpuLinear*>(unwrap(g))) {
+      int r = 0;
+      for (GpuLinear* g : {Ly.qkv.get(), Ly.o.get(), Ly.gate_up.get(), Ly.down.get()}) {
+        auto* z = dynamic_cast<ZipperGpuLinear*>(unwrap(g));
+        if (z) {
           z->allow_dequant_path = allow_deq;
           if (zipper_shared) z->share(zipper_shared);
         }
-      int r = 0;
-      for (GpuLinear* g : {Ly.qkv.get(), Ly.o.get(), Ly.gate_up.get(), Ly.down.get()}) {
-        const auto* z = dynamic_cast<const ZipperGpuLinear*>(g);  // plain W4A16 layers only
-        Ly.zq[r++] = z && allow_deq ? &z->zipper() : nullptr;
+        // The prefill's dequantize ahead takes plain W4A16 layers only (not W4A8 / W4A4 wrappers).
+        Ly.zq[r++] = z && z == g && allow_deq ? &z->zipper() : nullptr;
       }
     };
     // Layers are independent: build them on several threads (host-side repacking and random
@@ -746,10 +746,12 @@ struct GpuModel::Impl {
   // (it does not after load: zipper_deq covers every decoder layer, and no other layer shares it).
   void* deq_ahead_buf(int r) const { return deq_ahead.buf[r] ? deq_ahead.buf[r] : zipper_shared->buffer(); }
 
+  cuda::DType act_dtype() const { return act == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16; }
+
   // Side stream: dequantize role r's weights of layer l into its buffer, then mark it ready.
   void deq_ahead_issue(int l, int r) {
     const DeqAhead& d = deq_ahead;
-    layers[size_t(l)].zq[r]->dequantize(deq_ahead_buf(r), act == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, d.side);
+    layers[size_t(l)].zq[r]->dequantize(deq_ahead_buf(r), act_dtype(), d.side);
     check_cuda(cudaEventRecord(d.ready[r], d.side), "cudaEventRecord (dequantize ahead)");
   }
 
@@ -757,8 +759,7 @@ struct GpuModel::Impl {
   void deq_ahead_gemm(int l, int r, const void* X, void* Y, int64_t n) {
     const DeqAhead& d = deq_ahead;
     check_cuda(cudaStreamWaitEvent(stream, d.ready[r]), "cudaStreamWaitEvent (dequantize ahead)");
-    layers[size_t(l)].zq[r]->gemm_dequantized(deq_ahead_buf(r), X, Y, n,
-                                             act == Act::BF16 ? cuda::DType::BF16 : cuda::DType::F16, stream);
+    layers[size_t(l)].zq[r]->gemm_dequantized(deq_ahead_buf(r), X, Y, n, act_dtype(), stream);
   }
 
   // ---- forward pieces ----------------------------------------------------------------------------

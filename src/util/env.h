@@ -45,14 +45,15 @@ inline int env_int(const char* name, int dflt, int lo, int hi) {
 // The same for a knob that takes a few values (warps 8 | 16, a cluster of 1, 2, 4 or 8, ...): one of
 // `allowed`, else dflt when unset or empty; any other value throws naming the variable and the values.
 inline int env_choice(const char* name, int dflt, std::initializer_list<int> allowed) {
-  std::string list;
-  for (int a : allowed) list += (list.empty() ? "" : ", ") + std::to_string(a);
   const char* e = std::getenv(name);
   if (!e || !*e) return dflt;
   char* end = nullptr;
   const long v = std::strtol(e, &end, 10);
-  if (end == e || *end != 0 || std::find(allowed.begin(), allowed.end(), v) == allowed.end())
+  if (end == e || *end != 0 || std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
+    std::string list;
+    for (int a : allowed) list += (list.empty() ? "" : ", ") + std::to_string(a);
     fail("environment variable ", name, "='", e, "' must be one of ", list);
+  }
   return int(v);
 }
 
