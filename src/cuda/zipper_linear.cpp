@@ -193,6 +193,10 @@ int wgmma_wtma() { return env_int("MOSAIC_ZIPPER_WGMMA_WTMA", 1, 0, 1); }
 // wgmma kernel's 128 q rows, then r rows in a second launch (the stream kernel up to 16, the
 // wgmma kernel's 32- or 64-token tile up to 64); MOSAIC_ZIPPER_TAIL=0 turns it off (comparisons).
 int wgmma_tail_max() { return env_int("MOSAIC_ZIPPER_TAIL", 64, 0, 64); }
+// Stream-K for the wgmma kernel (zipper_plan.h): MOSAIC_ZIPPER_WGMMA_SK = 1 on every wgmma plan of a 16..64-token
+// tile whose tiles are fewer than the resident slots, 0 never; unset: where stream_k_by_default says (a K split
+// that makes the grid more than one wave). Read at plan time (tests set it per layer).
+int wgmma_sk_mode() { return env_int("MOSAIC_ZIPPER_WGMMA_SK", -1, 0, 1); }
 int wgmma_ksplit_forced() {
   const int v = env_int("MOSAIC_ZIPPER_WGMMA_KSPLIT", 0, 0, 1 << 20);
   MOSAIC_CHECK(v % kTileK == 0, "MOSAIC_ZIPPER_WGMMA_KSPLIT must be a multiple of ", kTileK, " inputs, got ", v);
@@ -652,6 +656,8 @@ struct ZipperLinear::Impl {
   struct WgPlan {
     int tok = 64, stages = 4, k_split = 0, wtma = 0;
     int64_t slots = 0;  // CTAs of this tile resident on the GPU at once
+    int sk_ctas = 0;    // > 0: stream-K over this many CTAs (k_split unused)
+    int sk_segs = 1;    // stream-K: the most CTAs one tile is shared by
   };
   // Cached per (token tile, token tiles): the K split depends on how many tiles M makes (v1 keyed
   // by the token tile alone, so M = 4096 reused M = 128's split: qkv 787 us instead of ~470).
@@ -689,9 +695,22 @@ struct ZipperLinear::Impl {
           d && detail::wgmma_prefer_deeper_ring(tok, k_tiles, best_per, p.stages, base, d->slots))
         p = *d;
     if (wgmma_ksplit_forced()) p.k_split = std::min(wgmma_ksplit_forced(), L.K);
+    // Stream-K (zipper_plan.h): where the rule says so, or everywhere it applies with MOSAIC_ZIPPER_WGMMA_SK=1.
+    const int sk_mode = wgmma_sk_mode();
+    if (tok <= 64 && !wgmma_ksplit_forced() &&
+        (sk_mode == 1 ||
+         (sk_mode < 0 && detail::stream_k_by_default(base, (L.K + p.k_split - 1) / p.k_split, tok, p.slots))))
+      if (const detail::StreamKPlan sk = detail::stream_k_plan(base, k_tiles, p.slots); sk.ctas > 0) {
+        p.sk_ctas = sk.ctas;
+        p.sk_segs = sk.segs;
+        p.k_split = L.K;
+      }
     if (verbose())
-      std::fprintf(stderr, "zipper wgmma plan N=%d K=%d M=%d: tok=%d stages=%d occ=%d k_split=%d splits=%d wtma=%d\n",
-                   L.N, L.K, M, tok, p.stages, occ, p.k_split, (L.K + p.k_split - 1) / p.k_split, p.wtma);
+      std::fprintf(stderr,
+                   "zipper wgmma plan N=%d K=%d M=%d: tok=%d stages=%d occ=%d k_split=%d splits=%d wtma=%d sk_ctas=%d "
+                   "sk_segs=%d\n",
+                   L.N, L.K, M, tok, p.stages, occ, p.k_split, (L.K + p.k_split - 1) / p.k_split, p.wtma, p.sk_ctas,
+                   p.sk_segs);
     return wg_plans[key] = p;
   }
 
@@ -719,7 +738,7 @@ struct ZipperLinear::Impl {
 
   void run_wgmma(const void* X, void* Y, int M, int bf16, bool residual, cudaStream_t s) {
     WgPlan p = plan_wgmma(M);
-    if (tune_wgmma_enabled() && !wgmma_ksplit_forced()) p = tuned_wgmma(p, X, Y, M, bf16, residual, s);
+    if (tune_wgmma_enabled() && !wgmma_ksplit_forced() && p.sk_ctas == 0) p = tuned_wgmma(p, X, Y, M, bf16, residual, s);
     launch_wgmma_plan(p, X, Y, M, bf16, residual, s);
   }
 
@@ -784,11 +803,13 @@ struct ZipperLinear::Impl {
     f.pdl = pdl ? 1 : 0;
     const int n_tiles = (L.N + detail::kWgOut - 1) / detail::kWgOut, m_tiles = (M + p.tok - 1) / p.tok;
     f.ws = nullptr;
-    if (p.k_split < L.K) {
-      // (splits - 1) slices of partial sums; with a ZipperShared one buffer serves every layer
-      // (nothing is kept between calls, and the layers run in stream order).
-      const int splits = (L.K + p.k_split - 1) / p.k_split;
-      const size_t elems = size_t(splits - 1) * n_tiles * m_tiles * detail::kWgOut * p.tok;
+    f.sk_ctas = p.sk_ctas;
+    // Slices of partial sums: splits - 1, or (stream-K) one fewer than the CTAs the most shared tile has.
+    const int slices = p.sk_ctas > 0 ? p.sk_segs - 1 : (L.K + p.k_split - 1) / p.k_split - 1;
+    if (slices > 0) {
+      // With a ZipperShared one buffer serves every layer (nothing is kept between calls, and the
+      // layers run in stream order).
+      const size_t elems = size_t(slices) * n_tiles * m_tiles * detail::kWgOut * p.tok;
       if (shared) {
         grow_buffer(shared->impl_->part, shared->impl_->part_elems, elems, shared->impl_->retired,
                     "cudaMalloc (split-K partial sums)");
@@ -797,8 +818,8 @@ struct ZipperLinear::Impl {
         grow_buffer(part, part_elems, elems, retired, "cudaMalloc (split-K partial sums)");
         f.ws = part;
       }
-      ensure_ws(0, 2 * size_t(n_tiles) * m_tiles);
     }
+    if (slices > 0 || p.sk_ctas > 0) ensure_ws(0, 2 * size_t(n_tiles) * m_tiles);
     f.counters = counters;
     // Evict-first only when the weights are read once (one token tile; H200 v2: forcing it on at
     // M >= 256 measured the same or slower).

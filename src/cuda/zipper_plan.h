@@ -54,6 +54,57 @@ inline bool wgmma_prefer_deeper_ring(int tok, int k_tiles, int per, int stages, 
   return base * splits_d <= deep_slots && 2 * splits_d <= splits;
 }
 
+// ---- stream-K partition of the wgmma kernel (f.sk_ctas > 0; zipper_wgmma.cu walks it on the device) ----
+// U = tiles x k_tiles units (one k-tile of one CTA tile, tile-major) over P persistent CTAs: CTA p takes
+// units [U p / P, U (p + 1) / P), i.e. a run of segments (a tile's k-tiles within the range). Why: where
+// the output tiles do not fill whole waves of resident CTAs (LLaMA-3-8B gate_up at M = 33..64: 224
+// tiles in 264 slots, 92 SMs with two tiles and 40 with one; ncu, twenty-seventh session) or a K split
+// leaves CTAs of a few k-tiles that never reach a steady state, every SM gets the same share of k-tiles
+// and the ring flows from one segment into the next.
+#if defined(__CUDACC__)
+#define MOSAIC_PLAN_HD __host__ __device__
+#else
+#define MOSAIC_PLAN_HD
+#endif
+MOSAIC_PLAN_HD inline int64_t stream_k_first_unit(int64_t U, int64_t P, int64_t p) { return U * p / P; }
+// The CTA whose units hold unit u (the largest p with U p / P <= u).
+MOSAIC_PLAN_HD inline int64_t stream_k_cta_of(int64_t u, int64_t U, int64_t P) { return ((u + 1) * P - 1) / U; }
+// CTAs that share tile t (its segments; > 1: the split-K fix-up sums them).
+MOSAIC_PLAN_HD inline int stream_k_segments(int64_t t, int64_t k_tiles, int64_t U, int64_t P) {
+  return int(stream_k_cta_of((t + 1) * k_tiles - 1, U, P) - stream_k_cta_of(t * k_tiles, U, P) + 1);
+}
+#undef MOSAIC_PLAN_HD
+// The most CTAs any tile is shared by (the fix-up's workspace holds that many - 1 slices).
+inline int stream_k_max_segments(int64_t tiles, int64_t k_tiles, int64_t P) {
+  int most = 1;
+  for (int64_t t = 0; t < tiles; ++t) most = std::max(most, stream_k_segments(t, k_tiles, tiles * k_tiles, P));
+  return most;
+}
+
+// A stream-K launch: `ctas` CTAs (every resident slot, at most one per unit); `segs`: the most CTAs one tile is
+// shared by. ctas = 0: none (the tiles fill a wave of the resident slots or more).
+struct StreamKPlan {
+  int ctas = 0, segs = 1;
+};
+inline StreamKPlan stream_k_plan(int64_t tiles, int64_t k_tiles, int64_t slots) {
+  StreamKPlan p;
+  if (tiles <= 0 || k_tiles <= 0 || tiles >= slots) return p;
+  p.ctas = int(std::min(slots, tiles * k_tiles));
+  p.segs = stream_k_max_segments(tiles, k_tiles, p.ctas);
+  return p;
+}
+// Where the wgmma kernel's plan runs stream-K by default: its tiles are fewer than the resident slots but its K
+// split makes the grid more than one wave (Qwen3-8B gate_up at M = 17..64: 192 tiles x 4 splits = 768 CTAs of 8
+// k-tiles in 264 slots, 2.9 waves). There stream-K runs one wave of equal shares (23.3 k-tiles each) with a
+// ring that never drains. Measured (H200, twenty-seventh session, bench/results/gemm-h200-2026-11-30-s27-
+// stream-k.md, same binary against the grid): Qwen3-8B gate_up -9..-13% at M = 17..64; where the grid is one
+// wave stream-K loses: LLaMA-3-8B gate_up (224 tiles, no split) +3..+5%, qkv / o / down (split into one wave)
+// +6..+21% (its own cost: a second epilogue and fix-up per CTA). Also refuted: the first SMs' worth of tiles
+// whole and stream-K over the rest (no gain on either gate_up).
+inline bool stream_k_by_default(int64_t tiles, int splits, int tok, int64_t slots) {
+  return tok <= 64 && tiles < slots && tiles * splits > slots;
+}
+
 // Where GemmPath::Auto sends M > 16 to the wgmma kernel rather than dequantize + cuBLAS: where it
 // measured faster (H200, eighth session, budgets 0 and 10%, bench/results/gemm-h200-2026-11-28-
 // s8-splitk.md, ...-s8-diet.md, after the split-K fix-up without atomics): every LLaMA-3-8B layer

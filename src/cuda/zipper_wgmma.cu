@@ -10,6 +10,10 @@
 // {b0, b2, b1, b3} of the dequantized word = {a0, a1, a2, a3}). No new layout, no new checkpoint.
 //
 //   grid  = (N / 128 output tiles, ceil(M / TOK) token tiles, K-splits)      block = 288 threads
+//         or, stream-K (f.sk_ctas = P > 0): P persistent CTAs, CTA p taking the units [U p / P, U (p + 1) / P)
+//         of the U = tiles x k-tiles units (one k-tile of one CTA tile each, tile-major): a run of
+//         segments (the tail of one tile, whole tiles, the head of another) through ONE ring that
+//         flows across them; a tile cut between CTAs is summed by the split-K fix-up below
 //   warp 8 (producer): per k-tile (128 inputs) into a ring of `stages` slots, on one mbarrier:
 //       TMA   X[m0 .. m0 + TOK, k .. k + 128] as two 64-input boxes, 128-byte swizzle (OOB rows = 0)
 //       TMA   the codes of the tile's 8 block rows (8 x 1 KB: the layout keeps a block row's
@@ -41,6 +45,7 @@
 #include "cuda/hopper_ptx.cuh"
 #include "cuda/pdl.cuh"
 #include "cuda/zipper_device.cuh"
+#include "cuda/zipper_plan.h"
 #include "cuda/zipper_wgmma.h"
 #include "util/error.h"
 
@@ -116,7 +121,10 @@ MOSAIC_WGMMA_SPEC(128, __nv_bfloat16, "bf16")
 // ---- the kernel -------------------------------------------------------------------------------
 
 // G: chunks per wgmma commit group (1 or 2 = a whole k-tile; 2 needs 32 more registers).
-template <typename T, int TOK, int G>
+// SK: stream-K (f.sk_ctas CTAs, a run of segments each); instantiated for the tiles of M <= 64 only. Its own
+// instantiation because the segment loop's state spilled 4-96 bytes of the split-K grid's registers when
+// both were one kernel (ptxas 13.0, twenty-seventh session).
+template <typename T, int TOK, int G, bool SK>
 __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
     zipper_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, const __grid_constant__ CUtensorMap wmap,
                         const __grid_constant__ CUtensorMap smap, const DeviceLayer L, const WgmmaLaunch f) {
@@ -137,11 +145,35 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   int* rbase = reinterpret_cast<int*>(flags + kWgMaxStages);            // [stage][8]: CSR index of the slot's block
   int* s_arrival = rbase + kWgMaxStages * 8;  // split-K: this CTA's arrival ticket
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int R = L.N / 16, R0 = blockIdx.x * 8;  // block rows (16 outputs) of the layer / of this tile
-  const int m0 = blockIdx.y * TOK;
-  const int kt0 = blockIdx.z * (f.k_split / kTileK);
-  const int nkt = min(L.K - int(blockIdx.z) * f.k_split, f.k_split) / kTileK;
+  const int R = L.N / 16;  // block rows (16 outputs) of the layer
   const bool res = f.residual && L.res_qweight != nullptr;
+  // The CTA's work as segments (wg_segments): tile t = output tile t % gx of token tile t / gx, its
+  // k-tiles [kt0, kt0 + nkt), and nseg = how many CTAs share the tile (> 1: the split-K fix-up).
+  const int gx = (L.N + kWgOut - 1) / kWgOut, ntiles = gx * ((f.M + TOK - 1) / TOK);
+  // Stream-K: U units over P CTAs (zipper_plan.h: the partition).
+  const int KT = L.K / kTileK;
+  const int64_t U = SK ? int64_t(ntiles) * KT : 0, P = SK ? int64_t(gridDim.x) : 1;
+  // The CTAs that share tile t (its segments; > 1: the fix-up). Recomputed where needed from launch
+  // constants rather than carried through the k-tile loop (registers: the consumers sit at 96).
+  const auto segments_of = [&](int t) {
+    if constexpr (SK) return stream_k_segments(t, KT, U, P);
+    return int(gridDim.z);
+  };
+  const auto for_each_segment = [&](auto&& body) {
+    if constexpr (SK) {
+      int u = int(stream_k_first_unit(U, P, blockIdx.x));
+      const int u1 = int(stream_k_first_unit(U, P, blockIdx.x + 1));
+      while (u < u1) {
+        const int t = u / KT, n = min(u1, (t + 1) * KT) - u;
+        body(t, u - t * KT, n, u + n == u1);
+        u += n;
+      }
+    } else {
+      const int kt0 = blockIdx.z * (f.k_split / kTileK);
+      body(int(blockIdx.y * gridDim.x + blockIdx.x), kt0, min(L.K - int(blockIdx.z) * f.k_split, f.k_split) / kTileK,
+           true);
+    }
+  };
 
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
@@ -154,89 +186,99 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   __syncthreads();
 
   if (warp == 8) {
-    // ---- producer: lane i < 8 owns block row R0 + i (its codes, scales, residual blocks) ----
-    const int row = R0 + lane;
-    const bool row_ok = lane < 8 && row < R;
+    // ---- producer: lane i < 8 owns block row R0 + i of the segment's tile (its codes, scales,
+    // residual blocks). gi counts the k-tiles of all segments (the ring's stage and phase). ----
     uint64_t pol;
     if (f.evict_first)
       asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
     else
       asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(pol));
-    const uint8_t* wsrc = reinterpret_cast<const uint8_t*>(L.qweight) + (size_t(row_ok ? row : 0) * (L.K / 64) + 2 * kt0) * 512;
-    const uint8_t* ssrc = reinterpret_cast<const uint8_t*>(L.scales) + (size_t(row_ok ? row : 0) * (L.K / kTileK) + kt0) * 32 * spt;
-    const uint64_t* bm = res && row_ok ? L.res_bitmap + size_t(row) * L.words_per_row : nullptr;
-    int b = 0;          // CSR index of the next kept block of this row
-    uint64_t word = 0;  // bitmap word of the current chunk
-    if (bm) {
-      const int c0 = 2 * kt0;
-      b = L.res_rowptr[row];
-      for (int w = 0; w < c0 / 64; ++w) b += __popcll(bm[w]);
-      word = bm[c0 / 64];
-      if (c0 % 64) b += __popcll(word & ((uint64_t(1) << (c0 % 64)) - 1));
-    }
-    // With programmatic dependent launch (f.pdl) the first `pre` stages' weights are copied while
-    // the previous kernel still runs; their X boxes follow its completion (pdl_wait). Without it
-    // every stage copies X first, as before (H200: issuing X after the weights cost ~1 us at M = 64).
-    const int pre = f.pdl ? min(S, nkt) : 0;
-    // One k-tile into its stage; with_x = false leaves X out (copy_x, after pdl_wait). The main
-    // loop below instantiates it with X only (the code before PDL: putting the PDL branches into
-    // that loop made the residual path at M = 32 4-9% slower on the H200).
-    const auto copy_x = [&](int i) {
-      if (MOSAIC_WG_DIAG == 4) return;
-      uint8_t* st = smem + (i % S) * SB;
-      tma_2d(st, &xmap, (kt0 + i) * kTileK, m0, &full[i % S]);
-      tma_2d(st + TOK * 128, &xmap, (kt0 + i) * kTileK + 64, m0, &full[i % S]);
-    };
-    const auto produce = [&](int i, auto with_x) {
-      const int s = i % S;
-      if (i >= S) mbar_wait(&empty[s], ((i / S) - 1) & 1);
-      const int c = 2 * (kt0 + i);  // first chunk of the k-tile (even: both chunks in one word)
-      unsigned bits = 0;
+    int gi = 0;
+    bool first = true;
+    for_each_segment([&](int t, int kt0, int nkt, bool) {
+      const int R0 = (t % gx) * 8, m0 = (t / gx) * TOK;
+      const int row = R0 + lane;
+      const bool row_ok = lane < 8 && row < R;
+      const uint8_t* wsrc = reinterpret_cast<const uint8_t*>(L.qweight) + (size_t(row_ok ? row : 0) * (L.K / 64) + 2 * kt0) * 512;
+      const uint8_t* ssrc = reinterpret_cast<const uint8_t*>(L.scales) + (size_t(row_ok ? row : 0) * (L.K / kTileK) + kt0) * 32 * spt;
+      const uint64_t* bm = res && row_ok ? L.res_bitmap + size_t(row) * L.words_per_row : nullptr;
+      int b = 0;          // CSR index of the next kept block of this row
+      uint64_t word = 0;  // bitmap word of the current chunk
       if (bm) {
-        if (c % 64 == 0 && i > 0) word = bm[c / 64];
-        bits = unsigned(word >> (c % 64)) & 3u;
+        const int c0 = 2 * kt0;
+        b = L.res_rowptr[row];
+        for (int w = 0; w < c0 / 64; ++w) b += __popcll(bm[w]);
+        word = bm[c0 / 64];
+        if (c0 % 64) b += __popcll(word & ((uint64_t(1) << (c0 % 64)) - 1));
       }
-      // f.wtma: the 8 rows' codes and scales as one TMA box each (rows past N read as zeros)
-      // instead of 16 per-row bulk copies.
-      const uint32_t mine = (row_ok && !f.wtma ? 1024u + 32u * spt : 0u) + (bits ? 544u : 0u);
-      const uint32_t bytes = __reduce_add_sync(~0u, mine) + (MOSAIC_WG_DIAG == 4 ? 0u : 2u * TOK * 128u) +
-                             (f.wtma ? 8192u + 256u * spt : 0u);
-      const uint32_t kept = (__ballot_sync(~0u, bits & 1u) & 0xffu) | ((__ballot_sync(~0u, bits & 2u) & 0xffu) << 8);
-      uint8_t* st = smem + s * SB;
-      if (lane < 8) rbase[s * 8 + lane] = b;
-      __syncwarp();
-      if (lane == 0) {
-        flags[s] = kept;
-        mbar_expect_tx(&full[s], bytes);  // before any copy of this stage can complete (X's too)
-        if constexpr (decltype(with_x)::value) copy_x(i);
-        if (f.wtma) {
-          tma_2d(st + offW, &wmap, (kt0 + i) * 128, R0, &full[s], pol);  // 128 x u64 = 1 KB per row
-          tma_2d(st + offS, &smap, (kt0 + i) * 16 * spt, R0, &full[s], pol);
+      // With programmatic dependent launch (f.pdl) the first `pre` stages' weights are copied while
+      // the previous kernel still runs; their X boxes follow its completion (pdl_wait). Without it
+      // every stage copies X first, as before (H200: issuing X after the weights cost ~1 us at M = 64).
+      const int pre = f.pdl && first ? min(S, nkt) : 0;
+      // k-tile i of the segment = ring k-tile gi + i. One k-tile into its stage; with_x = false leaves
+      // X out (copy_x, after pdl_wait). The main loop below instantiates it with X only (the code
+      // before PDL: putting the PDL branches into that loop made the residual path at M = 32 4-9% slower
+      // on the H200).
+      const auto copy_x = [&](int i) {
+        if (MOSAIC_WG_DIAG == 4) return;
+        const int q = gi + i;
+        uint8_t* st = smem + (q % S) * SB;
+        tma_2d(st, &xmap, (kt0 + i) * kTileK, m0, &full[q % S]);
+        tma_2d(st + TOK * 128, &xmap, (kt0 + i) * kTileK + 64, m0, &full[q % S]);
+      };
+      const auto produce = [&](int i, auto with_x) {
+        const int q = gi + i, s = q % S;
+        if (q >= S) mbar_wait(&empty[s], ((q / S) - 1) & 1);
+        const int c = 2 * (kt0 + i);  // first chunk of the k-tile (even: both chunks in one word)
+        unsigned bits = 0;
+        if (bm) {
+          if (c % 64 == 0 && i > 0) word = bm[c / 64];
+          bits = unsigned(word >> (c % 64)) & 3u;
         }
+        // f.wtma: the 8 rows' codes and scales as one TMA box each (rows past N read as zeros)
+        // instead of 16 per-row bulk copies.
+        const uint32_t mine = (row_ok && !f.wtma ? 1024u + 32u * spt : 0u) + (bits ? 544u : 0u);
+        const uint32_t bytes = __reduce_add_sync(~0u, mine) + (MOSAIC_WG_DIAG == 4 ? 0u : 2u * TOK * 128u) +
+                               (f.wtma ? 8192u + 256u * spt : 0u);
+        const uint32_t kept = (__ballot_sync(~0u, bits & 1u) & 0xffu) | ((__ballot_sync(~0u, bits & 2u) & 0xffu) << 8);
+        uint8_t* st = smem + s * SB;
+        if (lane < 8) rbase[s * 8 + lane] = b;
+        __syncwarp();
+        if (lane == 0) {
+          flags[s] = kept;
+          mbar_expect_tx(&full[s], bytes);  // before any copy of this stage can complete (X's too)
+          if constexpr (decltype(with_x)::value) copy_x(i);
+          if (f.wtma) {
+            tma_2d(st + offW, &wmap, (kt0 + i) * 128, R0, &full[s], pol);  // 128 x u64 = 1 KB per row
+            tma_2d(st + offS, &smap, (kt0 + i) * 16 * spt, R0, &full[s], pol);
+          }
+        }
+        __syncwarp();
+        if (row_ok) {
+          if (!f.wtma) {
+            bulk_g2s(st + offW + lane * 1024, wsrc + size_t(i) * 1024, 1024, &full[s], pol);
+            bulk_g2s(st + offS + lane * 32 * spt, ssrc + size_t(i) * 32 * spt, 32 * spt, &full[s], pol);
+          }
+          if (bits) {
+            bulk_g2s(st + offRC + lane * 512, reinterpret_cast<const uint8_t*>(L.res_qweight) + size_t(b) * 512, 512,
+                     &full[s], pol);
+            bulk_g2s(st + offRS + lane * 32, reinterpret_cast<const uint8_t*>(L.res_scales) + size_t(b) * 32, 32,
+                     &full[s], pol);
+            b += __popc(bits);
+          }
+        }
+      };
+      if (pre > 0) {  // PDL: the first stages' weights, then (the previous kernel done) their X
+        for (int i = 0; i < pre; ++i) produce(i, std::false_type{});
+        pdl_wait();
+        pdl_launch_dependents();
+        if (lane == 0)
+          for (int j = 0; j < pre; ++j) copy_x(j);
       }
-      __syncwarp();
-      if (row_ok) {
-        if (!f.wtma) {
-          bulk_g2s(st + offW + lane * 1024, wsrc + size_t(i) * 1024, 1024, &full[s], pol);
-          bulk_g2s(st + offS + lane * 32 * spt, ssrc + size_t(i) * 32 * spt, 32 * spt, &full[s], pol);
-        }
-        if (bits) {
-          bulk_g2s(st + offRC + lane * 512, reinterpret_cast<const uint8_t*>(L.res_qweight) + size_t(b) * 512, 512,
-                   &full[s], pol);
-          bulk_g2s(st + offRS + lane * 32, reinterpret_cast<const uint8_t*>(L.res_scales) + size_t(b) * 32, 32,
-                   &full[s], pol);
-          b += __popc(bits);
-        }
-      }
-    };
-    if (pre > 0) {  // PDL: the first stages' weights, then (the previous kernel done) their X
-      for (int i = 0; i < pre; ++i) produce(i, std::false_type{});
-      pdl_wait();
-      pdl_launch_dependents();
-      if (lane == 0)
-        for (int j = 0; j < pre; ++j) copy_x(j);
-    }
-    for (int i = pre; i < nkt; ++i) produce(i, std::true_type{});
+      for (int i = pre; i < nkt; ++i) produce(i, std::true_type{});
+      gi += nkt;
+      first = false;
+    });
     return;
   }
   // The consumers write Y / the split-K workspace: not before the previous kernel is done (only
@@ -248,7 +290,6 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   // tokens 8j + 2t, + 1; acc[4j + 2, 3] = output g + 8, same tokens. ----
   const int g = lane >> 2, t4 = lane & 3;
   const int ri = warp;  // = 4 wg + (warp & 3)
-  const bool active = R0 + ri < R;
   const uint32_t sbase = smem_addr(smem), full0 = smem_addr(full), empty0 = smem_addr(empty);
   const uint32_t flags0 = smem_addr(flags), rbase0 = smem_addr(rbase);
   // The smem descriptor as two 32-bit halves: + (byte offset >> 4) on the low half addresses any
@@ -257,14 +298,13 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   const uint64_t desc0 = desc_sw128(sbase);
   const uint32_t dlo0 = uint32_t(desc0), dhi = uint32_t(desc0 >> 32);
   float acc[kAcc];
-#pragma unroll
-  for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
   // A fragments, two buffers of G chunks (4 k16 steps each): one buffer is dequantized while the
   // wgmma group of the other runs.
   uint32_t A0[G][4][4], A1[G][4][4];
 
-  // Consumer cursor: k-tile i in stage s (phase ph); sp = the previous k-tile's stage.
-  int i = 0, s = 0, sp = 0;
+  // Consumer cursor: k-tile i of the segment in stage s (phase ph; both run on across segments);
+  // sp = the previous k-tile's stage.
+  int i = 0, nkt = 0, s = 0, sp = 0;
   uint32_t ph = 0, st = sbase, tfl = 0, tA = 0, tB = 0;
   uint32_t dst = dlo0;
   const auto begin_tile = [&]() {
@@ -353,124 +393,135 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
 #endif
   };
 
-  if constexpr (G == 1) {
-    // One commit group per chunk: chunk 1 is dequantized while chunk 0's wgmma run, and chunk 0
-    // of the next k-tile while chunk 1's run (96 registers: 2 CTAs per SM for TOK <= 64).
-    while (i < nkt) {
-      begin_tile();
-      load_chunk(0, A0[0]);
-      wgmma_fence();
-      mma_chunk(0, A0[0]);
-      wgmma_commit();
-      wgmma_wait<1>();  // chunk 1 of the previous k-tile done: A1 and its stage are free
+  for_each_segment([&](int tile, int kt0, int seg_nkt, bool last_seg) {
+    (void)kt0;
+    const int R0 = (tile % gx) * 8, m0 = (tile / gx) * TOK;
+    const bool active = R0 + ri < R;
+    i = 0;
+    nkt = seg_nkt;
+#pragma unroll
+    for (int q = 0; q < kAcc; ++q) acc[q] = 0.f;
+    if constexpr (G == 1) {
+      // One commit group per chunk: chunk 1 is dequantized while chunk 0's wgmma run, and chunk 0
+      // of the next k-tile while chunk 1's run (96 registers: 2 CTAs per SM for TOK <= 64).
+      while (i < nkt) {
+        begin_tile();
+        load_chunk(0, A0[0]);
+        wgmma_fence();
+        mma_chunk(0, A0[0]);
+        wgmma_commit();
+        wgmma_wait<1>();  // chunk 1 of the previous k-tile done: A1 and its stage are free
+        keep_live(A1[0]);
+        if (i > 0) release_prev();
+        load_chunk(1, A1[0]);
+        wgmma_fence();
+        mma_chunk(1, A1[0]);
+        wgmma_commit();
+        wgmma_wait<1>();  // chunk 0 done
+        keep_live(A0[0]);
+        end_tile();
+      }
+      wgmma_wait<0>();
       keep_live(A1[0]);
-      if (i > 0) release_prev();
-      load_chunk(1, A1[0]);
-      wgmma_fence();
-      mma_chunk(1, A1[0]);
-      wgmma_commit();
-      wgmma_wait<1>();  // chunk 0 done
+    } else {
+      // One commit group per k-tile (8 wgmma): the next k-tile is dequantized while it runs.
+      const auto tile = [&](uint32_t (&cur)[G][4][4], uint32_t (&other)[G][4][4]) {
+        begin_tile();
+        load_chunk(0, cur[0]);
+        load_chunk(1, cur[1]);
+        wgmma_fence();
+        mma_chunk(0, cur[0]);
+        mma_chunk(1, cur[1]);
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous k-tile done: `other` and its stage are free
+        keep_live(other[0]);
+        keep_live(other[1]);
+        if (i > 0) release_prev();
+        end_tile();
+      };
+      while (i < nkt) {
+        tile(A0, A1);
+        if (i < nkt) tile(A1, A0);
+      }
+      wgmma_wait<0>();
       keep_live(A0[0]);
-      end_tile();
+      keep_live(A0[1]);
+      keep_live(A1[0]);
+      keep_live(A1[1]);
     }
-    wgmma_wait<0>();
-    keep_live(A1[0]);
-  } else {
-    // One commit group per k-tile (8 wgmma): the next k-tile is dequantized while it runs.
-    const auto tile = [&](uint32_t (&cur)[G][4][4], uint32_t (&other)[G][4][4]) {
-      begin_tile();
-      load_chunk(0, cur[0]);
-      load_chunk(1, cur[1]);
-      wgmma_fence();
-      mma_chunk(0, cur[0]);
-      mma_chunk(1, cur[1]);
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous k-tile done: `other` and its stage are free
-      keep_live(other[0]);
-      keep_live(other[1]);
-      if (i > 0) release_prev();
-      end_tile();
-    };
-    while (i < nkt) {
-      tile(A0, A1);
-      if (i < nkt) tile(A1, A0);
-    }
-    wgmma_wait<0>();
-    keep_live(A0[0]);
-    keep_live(A0[1]);
-    keep_live(A1[0]);
-    keep_live(A1[1]);
-  }
-  fence_regs(acc);
+    fence_regs(acc);
+    if (!last_seg) release_prev();  // (the next segment's first k-tile waits for no earlier one)
 
-  // ---- epilogue ----
-  T* Y = static_cast<T*>(f.Y);
-  const int nbase = (R0 + ri) * 16;  // first output of this warp
-  const bool split = gridDim.z > 1;
-  if (split) {
-    // Split-K fix-up without atomics on the sums. Thread 0 takes a ticket (the arrival order of the
-    // tile's K-splits). Arrivals 0 .. splits-2 store their partial sums into workspace slice
-    // [ticket] with plain coalesced stores ([slice][tile][q][256 threads] float4: a warp writes 512
-    // contiguous bytes) and count themselves done (fence, then the done counter); the last arrival
-    // keeps its sums in registers, waits until the others are done and adds their slices. v4 made
-    // every split do float4 reductions, in thread order (half-used sectors), into a zeroed
-    // workspace that the last CTA re-zeroed: the epilogue was half of the consumer warps' stall
-    // samples at M = 128 (ncu, H200, eighth session).
-    const int tile = blockIdx.y * gridDim.x + blockIdx.x, ntiles = gridDim.x * gridDim.y;
-    int* ticket = f.counters + 2 * tile;  // [0]: arrivals, [1]: partials stored
-    if (tid == 0) *s_arrival = atomicAdd(ticket, 1);
-    named_bar_sync(1, 256);
-    const int arrival = *s_arrival;
-    const int last = int(gridDim.z) - 1;
-    float4* ws = reinterpret_cast<float4*>(f.ws) + size_t(tile) * (kAcc / 4) * 256 + tid;
-    const size_t slice = size_t(ntiles) * (kAcc / 4) * 256;  // float4s per slice
-    if (arrival < last) {
-#pragma unroll
-      for (int q = 0; q < kAcc / 4; ++q)
-        __stcg(ws + size_t(arrival) * slice + q * 256, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
-      // The barrier orders every consumer thread's stores before thread 0's fence (cumulativity),
-      // which orders them before the done count that the last arrival acquires.
+    // ---- epilogue ----
+    T* Y = static_cast<T*>(f.Y);
+    const int nbase = (R0 + ri) * 16;  // first output of this warp
+    const int nseg = segments_of(tile);
+    if (nseg > 1) {
+      // Split-K fix-up without atomics on the sums. Thread 0 takes a ticket (the arrival order of the
+      // tile's K-splits). Arrivals 0 .. splits-2 store their partial sums into workspace slice
+      // [ticket] with plain coalesced stores ([slice][tile][q][256 threads] float4: a warp writes 512
+      // contiguous bytes) and count themselves done (fence, then the done counter); the last arrival
+      // keeps its sums in registers, waits until the others are done and adds their slices. v4 made
+      // every split do float4 reductions, in thread order (half-used sectors), into a zeroed
+      // workspace that the last CTA re-zeroed: the epilogue was half of the consumer warps' stall
+      // samples at M = 128 (ncu, H200, eighth session).
+      // (A segment's thread 0 rewrites s_arrival only past the second barrier below, which every
+      // consumer thread reaches after reading it.)
+      int* ticket = f.counters + 2 * tile;  // [0]: arrivals, [1]: partials stored
+      if (tid == 0) *s_arrival = atomicAdd(ticket, 1);
       named_bar_sync(1, 256);
-      if (tid == 0) {
-        asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
-        atomicAdd(ticket + 1, 1);
+      const int arrival = *s_arrival;
+      const int last = nseg - 1;
+      float4* ws = reinterpret_cast<float4*>(f.ws) + size_t(tile) * (kAcc / 4) * 256 + tid;
+      const size_t slice = size_t(ntiles) * (kAcc / 4) * 256;  // float4s per slice
+      if (arrival < last) {
+  #pragma unroll
+        for (int q = 0; q < kAcc / 4; ++q)
+          __stcg(ws + size_t(arrival) * slice + q * 256, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+        // The barrier orders every consumer thread's stores before thread 0's fence (cumulativity),
+        // which orders them before the done count that the last arrival acquires.
+        named_bar_sync(1, 256);
+        if (tid == 0) {
+          asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+          atomicAdd(ticket + 1, 1);
+        }
+        return;  // (of this segment)
       }
-      return;
-    }
-    if (tid == 0) {  // the others took their tickets earlier: they are running and only store
-      int done;
-      do {
-        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(done) : "l"(ticket + 1) : "memory");
-      } while (done < last);
-      ticket[0] = 0;  // ready for the next launch (stream order)
-      ticket[1] = 0;
-    }
-    named_bar_sync(1, 256);
-    for (int z = 0; z < last; ++z) {
-#pragma unroll
-      for (int q = 0; q < kAcc / 4; ++q) {
-        const float4 v = __ldcg(ws + size_t(z) * slice + q * 256);
-        acc[4 * q] += v.x, acc[4 * q + 1] += v.y, acc[4 * q + 2] += v.z, acc[4 * q + 3] += v.w;
+      if (tid == 0) {  // the others took their tickets earlier: they are running and only store
+        int done;
+        do {
+          asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(done) : "l"(ticket + 1) : "memory");
+        } while (done < last);
+        ticket[0] = 0;  // ready for the next launch (stream order)
+        ticket[1] = 0;
       }
-    }
-  }
-  // Y[m, n]: lanes g and g ^ 1 swap halves so that each stores two adjacent outputs of one token
-  // (4 bytes): even g token 8j + 2t, odd g token 8j + 2t + 1.
-  const int odd = g & 1;
-#pragma unroll
-  for (int j = 0; j < TOK / 8; ++j) {
-    const int m = m0 + 8 * j + 2 * t4 + odd;
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const float v0 = acc[4 * j + 2 * hr], v1 = acc[4 * j + 2 * hr + 1];
-      const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-      const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
-      if (active && m < f.M) {
-        const T2 p = O::pack(lo, hi);
-        *reinterpret_cast<uint32_t*>(Y + size_t(m) * L.N + nbase + 8 * hr + (g & ~1)) = O::as_u32(p);
+      named_bar_sync(1, 256);
+      for (int z = 0; z < last; ++z) {
+  #pragma unroll
+        for (int q = 0; q < kAcc / 4; ++q) {
+          const float4 v = __ldcg(ws + size_t(z) * slice + q * 256);
+          acc[4 * q] += v.x, acc[4 * q + 1] += v.y, acc[4 * q + 2] += v.z, acc[4 * q + 3] += v.w;
+        }
       }
     }
-  }
+    // Y[m, n]: lanes g and g ^ 1 swap halves so that each stores two adjacent outputs of one token
+    // (4 bytes): even g token 8j + 2t, odd g token 8j + 2t + 1.
+    const int odd = g & 1;
+  #pragma unroll
+    for (int j = 0; j < TOK / 8; ++j) {
+      const int m = m0 + 8 * j + 2 * t4 + odd;
+  #pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const float v0 = acc[4 * j + 2 * hr], v1 = acc[4 * j + 2 * hr + 1];
+        const float recv = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+        const float lo = odd ? recv : v0, hi = odd ? v1 : recv;
+        if (active && m < f.M) {
+          const T2 p = O::pack(lo, hi);
+          *reinterpret_cast<uint32_t*>(Y + size_t(m) * L.N + nbase + 8 * hr + (g & ~1)) = O::as_u32(p);
+        }
+      }
+    }
+  });
 }
 
 // ---- host ---------------------------------------------------------------------------------------
@@ -492,21 +543,21 @@ void encode_2d(CUtensorMap* m, CUtensorMapDataType type, const void* p, uint64_t
 
 // Raises (never lowers) the dynamic smem limit of one instantiation (occupancy probes and
 // launches share it).
-template <typename T, int TOK, int G>
+template <typename T, int TOK, int G, bool SK>
 bool allow_smem(int smem) {
   static int allowed = 48 * 1024;
   if (smem <= allowed) return true;
-  if (cudaFuncSetAttribute(zipper_wgmma_kernel<T, TOK, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+  if (cudaFuncSetAttribute(zipper_wgmma_kernel<T, TOK, G, SK>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
       cudaSuccess)
     return false;
   allowed = smem;
   return true;
 }
 
-template <typename T, int TOK, int G>
+template <typename T, int TOK, int G, bool SK>
 void launch_t(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
   const int smem = wgmma_smem_bytes(TOK, L.spt, f.stages);
-  if (!allow_smem<T, TOK, G>(smem)) fail("zipper wgmma: cannot set ", smem, " bytes of dynamic shared memory");
+  if (!allow_smem<T, TOK, G, SK>(smem)) fail("zipper wgmma: cannot set ", smem, " bytes of dynamic shared memory");
   // X [M, K] as a 2D tensor (K inner), boxes of 64 inputs (128 B) x TOK rows, 128-byte swizzle;
   // rows past M read as zeros.
   CUtensorMap map, wmap, smap;
@@ -524,29 +575,33 @@ void launch_t(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
     wmap = map;
     smap = map;
   }
-  const dim3 grid(unsigned((L.N + kWgOut - 1) / kWgOut), unsigned((f.M + TOK - 1) / TOK),
-                  unsigned((L.K + f.k_split - 1) / f.k_split));
-  launch_maybe_pdl(f.pdl != 0, zipper_wgmma_kernel<T, TOK, G>, grid, dim3(kWgThreads), size_t(smem), s, map, wmap, smap, L, f);
+  const dim3 grid = SK ? dim3(unsigned(f.sk_ctas))
+                                  : dim3(unsigned((L.N + kWgOut - 1) / kWgOut), unsigned((f.M + TOK - 1) / TOK),
+                                         unsigned((L.K + f.k_split - 1) / f.k_split));
+  launch_maybe_pdl(f.pdl != 0, zipper_wgmma_kernel<T, TOK, G, SK>, grid, dim3(kWgThreads), size_t(smem), s, map, wmap, smap, L, f);
 }
 
 // TOK <= 64 commit one chunk per group (2 CTAs per SM in 96 registers); TOK = 128 a whole k-tile
 // (one chunk per group measured the same on an H200, v2).
 template <typename T>
 void launch_dt(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
+  const bool sk = f.sk_ctas > 0;
   switch (f.tok) {
-    case 16: return launch_t<T, 16, 1>(L, f, s);
-    case 32: return launch_t<T, 32, 1>(L, f, s);
-    case 64: return launch_t<T, 64, 1>(L, f, s);
-    case 128: return launch_t<T, 128, 2>(L, f, s);
+    case 16: return sk ? launch_t<T, 16, 1, true>(L, f, s) : launch_t<T, 16, 1, false>(L, f, s);
+    case 32: return sk ? launch_t<T, 32, 1, true>(L, f, s) : launch_t<T, 32, 1, false>(L, f, s);
+    case 64: return sk ? launch_t<T, 64, 1, true>(L, f, s) : launch_t<T, 64, 1, false>(L, f, s);
+    case 128:
+      MOSAIC_CHECK(!sk, "zipper wgmma: stream-K is built for token tiles of 16..64, not 128");
+      return launch_t<T, 128, 2, false>(L, f, s);
     default: fail("zipper wgmma: token tile must be 16, 32, 64 or 128, got ", f.tok);
   }
 }
 
 template <int TOK, int G>
 int occupancy_t(int smem) {
-  if (!allow_smem<__half, TOK, G>(smem)) return 0;
+  if (!allow_smem<__half, TOK, G, false>(smem)) return 0;
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_wgmma_kernel<__half, TOK, G>, kWgThreads, smem) !=
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, zipper_wgmma_kernel<__half, TOK, G, false>, kWgThreads, smem) !=
       cudaSuccess)
     return 0;
   return n;
@@ -575,6 +630,13 @@ int wgmma_occupancy(int tok, int smem) {
 void launch_wgmma(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
   MOSAIC_CHECK(f.stages >= 2 && f.stages <= kWgMaxStages, "zipper wgmma: stages must be 2..", kWgMaxStages);
   MOSAIC_CHECK(L.spt >= 1 && L.spt <= 8, "zipper wgmma: scale sets per tile must be 1..8, got ", L.spt);
+  if (f.sk_ctas > 0) {
+    const int64_t tiles = int64_t((L.N + kWgOut - 1) / kWgOut) * ((f.M + f.tok - 1) / f.tok);
+    MOSAIC_CHECK(f.sk_ctas <= tiles * (L.K / kTileK), "zipper wgmma: stream-K over ", f.sk_ctas,
+                 " CTAs needs at least as many units (", tiles, " tiles of ", L.K / kTileK,
+                 " k-tiles) for layer [N=", L.N, ", K=", L.K, "] at M=", f.M);
+    MOSAIC_CHECK(f.counters != nullptr, "zipper wgmma: stream-K needs the split-K counters");
+  }
   if (f.bf16)
     launch_dt<__nv_bfloat16>(L, f, s);
   else

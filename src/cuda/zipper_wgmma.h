@@ -30,6 +30,8 @@ struct WgmmaLaunch {
   int evict_first = 1;     // L2 evict-first hint on the weights (read once when one token tile covers M)
   int wtma = 0;            // codes and scales of the CTA's 8 block rows as one TMA box each per k-tile
   int pdl = 0;             // programmatic dependent launch: the first stages' weights before the wait (cuda/pdl.cuh)
+  int sk_ctas = 0;         // > 0: stream-K over this many persistent CTAs (zipper_plan.h; k_split unused), ws then
+                           // holds (stream_k_max_segments - 1) slices
 };
 
 // Bytes of one ring stage (1024-aligned) and of the kernel's dynamic shared memory.

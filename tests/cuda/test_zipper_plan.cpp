@@ -47,6 +47,75 @@ TEST(ZipperPlan, PicksTheMeasuredFastestSplitsOnLlama3_8B) {
   for (const Case& c : cases) EXPECT_EQ(splits(c.N, c.K, c.M), c.splits) << c.N << " x " << c.K << " M=" << c.M;
 }
 
+// The stream-K partition (zipper_plan.h, walked the same way by zipper_wgmma.cu): over tiles x k_tiles units and
+// P CTAs, every unit belongs to exactly one CTA, each CTA's units are a contiguous run of at least one, a CTA's
+// segments are the runs within one tile, and stream_k_segments counts the CTAs that meet each tile (what the
+// split-K fix-up waits for). Shapes: the 8B layers on an H200's 264 slots (gate_up at M = 64: 224 tiles x 32
+// k-tiles) and small odd ones (P = U: one unit per CTA; a prime number of CTAs).
+TEST(ZipperPlan, StreamKPartitionCoversEveryUnitOnceAndCountsTheSegments) {
+  struct Case {
+    int64_t tiles, k_tiles, P;
+  };
+  const Case cases[] = {{224, 32, 264}, {48, 32, 264}, {32, 32, 132}, {32, 112, 264}, {192, 32, 264},
+                        {3, 5, 15},     {2, 65, 127},  {150, 2, 264}, {7, 3, 5},     {1, 1, 1}};
+  for (const Case& c : cases) {
+    const int64_t U = c.tiles * c.k_tiles;
+    ASSERT_LE(c.P, U);
+    std::vector<int> owner(size_t(U), -1);
+    std::vector<std::vector<int64_t>> ctas_of_tile(size_t(c.tiles));
+    for (int64_t p = 0; p < c.P; ++p) {
+      const int64_t u0 = stream_k_first_unit(U, c.P, p), u1 = stream_k_first_unit(U, c.P, p + 1);
+      EXPECT_LT(u0, u1) << "CTA " << p << " has no unit";
+      for (int64_t u = u0; u < u1;) {  // the kernel's segment walk
+        const int64_t t = u / c.k_tiles, n = std::min(u1, (t + 1) * c.k_tiles) - u;
+        ASSERT_GT(n, 0);
+        ctas_of_tile[size_t(t)].push_back(p);
+        for (int64_t v = u; v < u + n; ++v) {
+          EXPECT_EQ(owner[size_t(v)], -1) << "unit " << v << " twice";
+          owner[size_t(v)] = int(p);
+          EXPECT_EQ(stream_k_cta_of(v, U, c.P), p) << "unit " << v;
+        }
+        u += n;
+      }
+    }
+    EXPECT_EQ(std::count(owner.begin(), owner.end(), -1), 0) << "a unit no CTA takes";
+    int most = 0;
+    for (int64_t t = 0; t < c.tiles; ++t) {
+      EXPECT_EQ(stream_k_segments(t, c.k_tiles, U, c.P), int(ctas_of_tile[size_t(t)].size())) << "tile " << t;
+      most = std::max(most, int(ctas_of_tile[size_t(t)].size()));
+    }
+    EXPECT_EQ(stream_k_max_segments(c.tiles, c.k_tiles, c.P), most);
+  }
+  EXPECT_EQ(stream_k_max_segments(224, 32, 264), 3);  // gate_up at M = 64: 27.2 k-tiles per CTA, a tile of 32 meets <= 3
+  EXPECT_EQ(stream_k_max_segments(2, 65, 130), 65);   // one k-tile per CTA: a tile of 65 segments
+}
+
+// The stream-K launch plan and where it is the default, on an H200 (132 SMs, 264 slots of the 32- / 64-token tiles),
+// with the grid plans' K splits of the model (wgmma_k_tiles_per_cta): only Qwen3-8B's gate_up at M = 17..64 (192
+// tiles x 4 splits, 2.9 waves: measured 9-13% faster with stream-K); LLaMA-3-8B's gate_up (224 tiles, no split),
+// qkv, o and down (split into one wave) measured slower and keep the grid, as do layers with a wave of tiles or more.
+TEST(ZipperPlan, StreamKWhereTheSplitGridRunsSeveralWaves) {
+  const auto splits = [](int64_t tiles, int k_tiles, int64_t slots) {
+    const int per = wgmma_k_tiles_per_cta(k_tiles, tiles, slots, 64);
+    return (k_tiles + per - 1) / per;
+  };
+  EXPECT_EQ(splits(192, 32, 264), 4);  // the plan log of the H200 run
+  EXPECT_TRUE(stream_k_by_default(192, splits(192, 32, 264), 64, 264));   // Qwen3-8B gate_up
+  EXPECT_TRUE(stream_k_by_default(192, splits(192, 32, 264), 32, 264));   // the same at M = 17..32
+  EXPECT_FALSE(stream_k_by_default(224, splits(224, 32, 264), 64, 264));  // LLaMA-3-8B gate_up: one wave
+  EXPECT_FALSE(stream_k_by_default(48, splits(48, 32, 264), 64, 264));    // qkv
+  EXPECT_FALSE(stream_k_by_default(32, 4, 64, 132));                      // o (deeper ring: 4 splits, 132 slots)
+  EXPECT_FALSE(stream_k_by_default(32, splits(32, 112, 264), 64, 264));   // down
+  EXPECT_FALSE(stream_k_by_default(448, 1, 64, 264));                     // LLaMA-3-70B gate_up: more than a wave
+  EXPECT_FALSE(stream_k_by_default(192, 4, 128, 132));                    // the 128-token tile: not built
+  const StreamKPlan q = stream_k_plan(192, 32, 264);
+  EXPECT_EQ(q.ctas, 264);
+  EXPECT_EQ(q.segs, stream_k_max_segments(192, 32, 264));
+  EXPECT_EQ(stream_k_plan(32, 32, 132).ctas, 132);  // fewer tiles than SMs (forced only)
+  EXPECT_EQ(stream_k_plan(264, 32, 264).ctas, 0);   // one full wave
+  EXPECT_EQ(stream_k_plan(3, 2, 264).ctas, 6);      // no more CTAs than units
+}
+
 // The deeper ring (wgmma_prefer_deeper_ring) at the 64-token tile (M = 33..64) on the 8B layers: only
 // o, whose plan (3 stages, 2 CTAs per SM) cuts K into 8 CTAs of 4 k-tiles, takes 4 stages at 1 CTA per
 // SM and 4 splits (measured 8-10% faster); qkv, gate_up and down keep their plans (measured slower

@@ -8,7 +8,7 @@
 // patterns none / uniform / clustered / one tile (every chunk of one block row kept: the second
 // block of a k-tile comes from global memory), split-K (auto and forced, fix-up and workspace reset
 // on repeated calls), ring depths 2..8, all scale groups (16, 32, 64, 128, per channel), fp16 and
-// bf16, zipper and dense-only; Auto's split of a token-tile remainder into a second launch.
+// bf16, zipper and dense-only; Auto's split of a token-tile remainder into a second launch; stream-K.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -131,6 +131,29 @@ TEST(ZipperWgmmaGpu, AutoRunsTheTileRemainderAsASecondLaunch) {
               worst[0], worst[1]);
 }
 
+// One layer at each M of Ms, fp16 and bf16, twice each (workspace and counters must be back to zero after a
+// split-K or stream-K call): zipper against the full reference, dense-only against the base. `what` names the
+// plan in failure messages; x_seed: the activations' seed is M * x_seed + K.
+void check_layer(const ZipperLinear& zl, const std::vector<float>& W, const std::vector<float>& Wb,
+                 const std::vector<int64_t>& Ms, uint64_t x_seed, const std::string& what, double (&worst)[2]) {
+  const int64_t N = zl.N(), K = zl.K();
+  for (DType dt : {DType::F16, DType::BF16})
+    for (int64_t M : Ms) {
+      std::vector<uint16_t> xb;
+      std::vector<float> xf;
+      test::random_activations(M, K, dt == DType::BF16, uint64_t(M) * x_seed + uint64_t(K), xb, xf);
+      const std::vector<double> yref = test::reference_gemm(xf, W, M, N, K);
+      const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, N, K);
+      const std::string at = what + " " + dtype_name(dt) + " M=" + std::to_string(M);
+      for (int rep = 0; rep < 2; ++rep) {
+        const double err = run_wgmma(zl, M, dt, xb, yref, Variant::Zipper);
+        EXPECT_LT(err, bound(dt)) << at << " rep " << rep;
+        worst[int(dt)] = std::max(worst[int(dt)], err);
+        EXPECT_LT(run_wgmma(zl, M, dt, xb, ybase, Variant::DenseOnly), bound(dt)) << "dense-only " << at;
+      }
+    }
+}
+
 // Forced plans: token tiles, ring depths, K splits (with fix-up), partial output tiles (N % 128),
 // long K (bitmap words crossed), every scale group; each case twice (workspace and counters must
 // be back to zero after a split-K call).
@@ -160,27 +183,49 @@ TEST(ZipperWgmmaGpu, ForcedPlansOddShapesAndGroups) {
     const ZipperLinear zl(w);
     const std::vector<int64_t> Ms = std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{c.tok + 1}
                                                                  : std::vector<int64_t>{3, c.tok - 1, c.tok + 1, 3 * c.tok + 5};
-    for (DType dt : {DType::F16, DType::BF16})
-      for (int64_t M : Ms) {
-        std::vector<uint16_t> xb;
-        std::vector<float> xf;
-        test::random_activations(M, c.K, dt == DType::BF16, uint64_t(M * 19 + c.K), xb, xf);
-        const std::vector<double> yref = test::reference_gemm(xf, W, M, c.N, c.K);
-        const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, c.N, c.K);
-        const std::string what = "N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) + " group=" +
-                                 std::to_string(c.group) + " " + test::pattern_name(c.pat) + " tok=" +
-                                 std::to_string(c.tok) + " stages=" + std::to_string(c.stages) + " ksplit=" +
-                                 std::to_string(c.ksplit) + " wtma=" + std::to_string(c.wtma) + " " + dtype_name(dt) +
-                                 " M=" + std::to_string(M);
-        for (int rep = 0; rep < 2; ++rep) {
-          const double err = run_wgmma(zl, M, dt, xb, yref, Variant::Zipper);
-          EXPECT_LT(err, bound(dt)) << what << " rep " << rep;
-          worst[int(dt)] = std::max(worst[int(dt)], err);
-          EXPECT_LT(run_wgmma(zl, M, dt, xb, ybase, Variant::DenseOnly), bound(dt)) << "dense-only " << what;
-        }
-      }
+    check_layer(zl, W, Wb, Ms, 19,
+                "N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) + " group=" + std::to_string(c.group) + " " +
+                    test::pattern_name(c.pat) + " tok=" + std::to_string(c.tok) + " stages=" + std::to_string(c.stages) +
+                    " ksplit=" + std::to_string(c.ksplit) + " wtma=" + std::to_string(c.wtma),
+                worst);
   }
   std::printf("[ wgmma ] forced plans, worst normalized error: fp16 %.3g, bf16 %.3g\n", worst[0], worst[1]);
+}
+
+// Stream-K (MOSAIC_ZIPPER_WGMMA_SK=1): persistent CTAs over runs of (tile, k-tile) units, tiles cut between CTAs
+// summed by the fix-up. Shapes where each CTA holds many tiles (N = 150 tiles, K = 2 k-tiles), where every CTA
+// holds one k-tile (one tile of 65 segments), partial output tiles, several token tiles, residual patterns
+// including one tile's every chunk, groups 32 / 64 / 128; each twice (counters back to zero).
+TEST(ZipperWgmmaGpu, StreamKMatchesCpuReference) {
+  REQUIRE_GPU();
+  struct Case {
+    int64_t N, K;
+    int group;
+    Pattern pat;
+    int tok, stages;
+  };
+  const Case cases[] = {
+      {384, 640, 128, Pattern::Uniform, 32, 0},    {208, 8320, 128, Pattern::OneTile, 64, 4},
+      {144, 1152, 32, Pattern::Clustered, 16, 3},  {19200, 256, 128, Pattern::Uniform, 64, 0},
+      {528, 1152, 64, Pattern::Clustered, 32, 4},  {4096, 4096, 128, Pattern::Uniform, 64, 0},
+  };
+  double worst[2] = {0, 0};
+  const test::ScopedEnv sk("MOSAIC_ZIPPER_WGMMA_SK", "1");
+  for (const Case& c : cases) {
+    const WgEnv env(c.tok, c.stages, 0, 1);
+    const PackedLinear w = test::random_layer(c.N, c.K, c.group, c.pat, uint64_t(c.N * 7 + c.K + c.tok));
+    const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
+    const ZipperLinear zl(w);
+    const std::vector<int64_t> Ms = c.N * c.K > (int64_t(4) << 20) ? std::vector<int64_t>{c.tok - 1}
+                                    : std::getenv("ZIPPER_QUICK")  ? std::vector<int64_t>{c.tok + 1}
+                                                                    : std::vector<int64_t>{3, c.tok - 1, c.tok + 1, 3 * c.tok + 5};
+    check_layer(zl, W, Wb, Ms, 23,
+                "stream-K N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) + " group=" + std::to_string(c.group) +
+                    " " + test::pattern_name(c.pat) + " tok=" + std::to_string(c.tok) + " stages=" +
+                    std::to_string(c.stages),
+                worst);
+  }
+  std::printf("[ wgmma ] stream-K, worst normalized error: fp16 %.3g, bf16 %.3g\n", worst[0], worst[1]);
 }
 
 // Auto dispatch with MOSAIC_ZIPPER_WGMMA unset never sends M <= 16 to the wgmma kernel, and an
