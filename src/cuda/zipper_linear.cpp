@@ -194,8 +194,7 @@ int wgmma_wtma() { return env_int("MOSAIC_ZIPPER_WGMMA_WTMA", 1, 0, 1); }
 // wgmma kernel's 32- or 64-token tile up to 64); MOSAIC_ZIPPER_TAIL=0 turns it off (comparisons).
 int wgmma_tail_max() { return env_int("MOSAIC_ZIPPER_TAIL", 64, 0, 64); }
 // Stream-K for the wgmma kernel (zipper_plan.h): MOSAIC_ZIPPER_WGMMA_SK = 1 on every wgmma plan of a 16..64-token
-// tile whose tiles are fewer than the resident slots, 0 never; unset: where stream_k_by_default says (a K split
-// that makes the grid more than one wave). Read at plan time (tests set it per layer).
+// tile, 0 never; unset: where stream_k_by_default says. Read at plan time (tests set it per layer).
 int wgmma_sk_mode() { return env_int("MOSAIC_ZIPPER_WGMMA_SK", -1, 0, 1); }
 int wgmma_ksplit_forced() {
   const int v = env_int("MOSAIC_ZIPPER_WGMMA_KSPLIT", 0, 0, 1 << 20);

@@ -82,13 +82,13 @@ inline int stream_k_max_segments(int64_t tiles, int64_t k_tiles, int64_t P) {
 }
 
 // A stream-K launch: `ctas` CTAs (every resident slot, at most one per unit); `segs`: the most CTAs one tile is
-// shared by. ctas = 0: none (the tiles fill a wave of the resident slots or more).
+// shared by. ctas = 0: none (no work).
 struct StreamKPlan {
   int ctas = 0, segs = 1;
 };
 inline StreamKPlan stream_k_plan(int64_t tiles, int64_t k_tiles, int64_t slots) {
   StreamKPlan p;
-  if (tiles <= 0 || k_tiles <= 0 || tiles >= slots) return p;
+  if (tiles <= 0 || k_tiles <= 0 || slots <= 0) return p;
   p.ctas = int(std::min(slots, tiles * k_tiles));
   p.segs = stream_k_max_segments(tiles, k_tiles, p.ctas);
   return p;

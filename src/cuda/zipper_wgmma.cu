@@ -121,9 +121,9 @@ MOSAIC_WGMMA_SPEC(128, __nv_bfloat16, "bf16")
 // ---- the kernel -------------------------------------------------------------------------------
 
 // G: chunks per wgmma commit group (1 or 2 = a whole k-tile; 2 needs 32 more registers).
-// SK: stream-K (f.sk_ctas CTAs, a run of segments each); instantiated for the tiles of M <= 64 only. Its own
-// instantiation because the segment loop's state spilled 4-96 bytes of the split-K grid's registers when
-// both were one kernel (ptxas 13.0, twenty-seventh session).
+// SK: stream-K (f.sk_ctas CTAs, a run of segments each), instantiated for the 16..64-token tiles. Its own
+// instantiation because the segment loop's state spilled 4-96 bytes of the split-K grid's registers when both
+// were one kernel (ptxas 13.0, twenty-seventh session).
 template <typename T, int TOK, int G, bool SK>
 __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
     zipper_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, const __grid_constant__ CUtensorMap wmap,
@@ -590,7 +590,7 @@ void launch_dt(const DeviceLayer& L, const WgmmaLaunch& f, cudaStream_t s) {
     case 16: return sk ? launch_t<T, 16, 1, true>(L, f, s) : launch_t<T, 16, 1, false>(L, f, s);
     case 32: return sk ? launch_t<T, 32, 1, true>(L, f, s) : launch_t<T, 32, 1, false>(L, f, s);
     case 64: return sk ? launch_t<T, 64, 1, true>(L, f, s) : launch_t<T, 64, 1, false>(L, f, s);
-    case 128:
+    case 128:  // (stream-K on the 128-token tile measured mixed: docs/kernels-notes.md, twenty-seventh session)
       MOSAIC_CHECK(!sk, "zipper wgmma: stream-K is built for token tiles of 16..64, not 128");
       return launch_t<T, 128, 2, false>(L, f, s);
     default: fail("zipper wgmma: token tile must be 16, 32, 64 or 128, got ", f.tok);

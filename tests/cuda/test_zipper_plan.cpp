@@ -111,9 +111,9 @@ TEST(ZipperPlan, StreamKWhereTheSplitGridRunsSeveralWaves) {
   const StreamKPlan q = stream_k_plan(192, 32, 264);
   EXPECT_EQ(q.ctas, 264);
   EXPECT_EQ(q.segs, stream_k_max_segments(192, 32, 264));
-  EXPECT_EQ(stream_k_plan(32, 32, 132).ctas, 132);  // fewer tiles than SMs (forced only)
-  EXPECT_EQ(stream_k_plan(264, 32, 264).ctas, 0);   // one full wave
-  EXPECT_EQ(stream_k_plan(3, 2, 264).ctas, 6);      // no more CTAs than units
+  EXPECT_EQ(stream_k_plan(32, 32, 132).ctas, 132);   // fewer tiles than SMs (forced only)
+  EXPECT_EQ(stream_k_plan(448, 32, 132).ctas, 132);  // several tiles per CTA (forced only)
+  EXPECT_EQ(stream_k_plan(3, 2, 264).ctas, 6);       // no more CTAs than units
 }
 
 // The deeper ring (wgmma_prefer_deeper_ring) at the 64-token tile (M = 33..64) on the 8B layers: only

@@ -194,8 +194,8 @@ TEST(ZipperWgmmaGpu, ForcedPlansOddShapesAndGroups) {
 
 // Stream-K (MOSAIC_ZIPPER_WGMMA_SK=1): persistent CTAs over runs of (tile, k-tile) units, tiles cut between CTAs
 // summed by the fix-up. Shapes where each CTA holds many tiles (N = 150 tiles, K = 2 k-tiles), where every CTA
-// holds one k-tile (one tile of 65 segments), partial output tiles, several token tiles, residual patterns
-// including one tile's every chunk, groups 32 / 64 / 128; each twice (counters back to zero).
+// holds one k-tile (one tile of 65 segments), partial output tiles, several token tiles (16, 32, 64),
+// residual patterns including one tile's every chunk, groups 32 / 64 / 128; each twice (counters back to zero).
 TEST(ZipperWgmmaGpu, StreamKMatchesCpuReference) {
   REQUIRE_GPU();
   struct Case {
