@@ -101,7 +101,8 @@ void add_e2e_command(CLI::App* bench) {
   e2e->add_option("--json", a->json, "write the rows as JSON to this file");
   e2e->add_flag("--profile", a->profile, "also time one prompt's prefill and a decode step without each group of ops (attention, linears, LM head, "
                 "the norms + SiLU-mul + RoPE, the SiLU-mul alone, o_proj's input quantization of W4A8 models), and the "
-                "decode step's small ops and norms alone (where the time goes)");
+                "decode step's small ops and norms alone (where the time goes); every variant in --reps interleaved "
+                "rounds after a warm-up pass, medians");
   e2e->callback([a] {
     const auto batches = parse_list<int>(a->batches, "batch");
     if (a->model.empty() == a->config.empty()) fail("bench e2e: give exactly one of --model DIR or --config NAME");
