@@ -147,8 +147,8 @@ __global__ void __launch_bounds__(kWgThreads, TOK <= 64 ? 2 : 1)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int R = L.N / 16;  // block rows (16 outputs) of the layer
   const bool res = f.residual && L.res_qweight != nullptr;
-  // The CTA's work as segments (wg_segments): tile t = output tile t % gx of token tile t / gx, its
-  // k-tiles [kt0, kt0 + nkt), and nseg = how many CTAs share the tile (> 1: the split-K fix-up).
+  // The CTA's work as segments (for_each_segment calls body(t, kt0, nkt, last) for each): tile t = output
+  // tile t % gx of token tile t / gx, its k-tiles [kt0, kt0 + nkt); the grid kernel has one segment per CTA.
   const int gx = (L.N + kWgOut - 1) / kWgOut, ntiles = gx * ((f.M + TOK - 1) / TOK);
   // Stream-K: U units over P CTAs (zipper_plan.h: the partition).
   const int KT = L.K / kTileK;
