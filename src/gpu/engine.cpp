@@ -709,8 +709,7 @@ struct GpuModel::Impl {
         need[r] = std::max(need[r], size_t(Ly.zq[r]->N() * Ly.zq[r]->K()) * 2);
       }
     // Prefill chunks that never reach the dequantize path (all on the wgmma kernel) need no buffers.
-    for (const cuda::ZipperLinear* z : layers[0].zq)
-      if (z->choose_path(opt.prefill_chunk) != cuda::GemmPath::Dequant) return;
+    if (!all_dequantize_at(opt.prefill_chunk)) return;
     const bool shared_gu = zipper_shared->bytes() >= need[DeqAhead::kGateUp];
     const size_t extra = need[0] + need[1] + need[3] + (shared_gu ? 0 : need[2]);
     if (extra + (size_t(512) << 20) > device_free_bytes()) {
@@ -735,11 +734,16 @@ struct GpuModel::Impl {
     report.deq_ahead = true;
   }
 
-  bool deq_ahead_for(int64_t n, int decode_B) const {
-    if (!deq_ahead.on() || decode_B > 0 || (skip & kSkipGemm)) return false;
+  // Whether a layer's four linears all take the dequantize path at n rows (the same dispatch in every layer of
+  // one shape, so layer 0 answers for all; its zq are set wherever dequantize ahead can be on).
+  bool all_dequantize_at(int64_t n) const {
     for (const cuda::ZipperLinear* z : layers[0].zq)
       if (z->choose_path(n) != cuda::GemmPath::Dequant) return false;
     return true;
+  }
+
+  bool deq_ahead_for(int64_t n, int decode_B) const {
+    return deq_ahead.on() && decode_B == 0 && !(skip & kSkipGemm) && all_dequantize_at(n);
   }
 
   // Role r's buffer. The shared one is read at each use, not kept: ZipperShared::reserve may replace it

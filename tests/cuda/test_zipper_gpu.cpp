@@ -129,30 +129,17 @@ TEST(ZipperGpu, SharedDequantWorkspace) {
   EXPECT_THROW(za.share(nullptr), Error);
 }
 
-// One layer on the fused path: zipper and dense against the CPU reference at each M, fp16 and bf16, two
-// repetitions (the split-K workspace is reset between calls). `what` names the setting (a forced plan, a
-// tuner mode) in the failure messages. Layer seed layer_seed, activation seed act_mul * M + K.
+// One layer on the fused path (test::check_layer_on_path): zipper and dense against the CPU reference at each M,
+// fp16 and bf16, two repetitions. `what` names the setting (a forced plan, a tuner mode) in the failure messages.
+// Layer seed layer_seed, activation seed act_mul * M + K.
 void check_fused_layer(int64_t N, int64_t K, int group, Pattern pat, const std::string& what, const std::vector<int64_t>& Ms,
                        uint64_t layer_seed, uint64_t act_mul) {
   const PackedLinear w = test::random_layer(N, K, group, pat, layer_seed);
-  const std::vector<float> W = test::reference_dequant(w), Wb = test::reference_dequant(w, false);
   const ZipperLinear zl(w);
-  for (DType dt : {DType::F16, DType::BF16})
-    for (int64_t M : Ms) {
-      std::vector<uint16_t> xb;
-      std::vector<float> xf;
-      test::random_activations(M, K, dt == DType::BF16, uint64_t(M) * act_mul + uint64_t(K), xb, xf);
-      const std::vector<double> yref = test::reference_gemm(xf, W, M, N, K);
-      const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, N, K);
-      for (int rep = 0; rep < 2; ++rep) {
-        EXPECT_LT(run_and_compare(zl, M, dt, xb, yref, Variant::Zipper, GemmPath::Fused), bound(dt))
-            << "N=" << N << " K=" << K << " group=" << group << " " << test::pattern_name(pat) << " " << what
-            << " " << dtype_name(dt) << " M=" << M;
-        EXPECT_LT(run_and_compare(zl, M, dt, xb, ybase, Variant::DenseOnly, GemmPath::Fused), bound(dt))
-            << "dense N=" << N << " K=" << K << " group=" << group << " " << what << " " << dtype_name(dt)
-            << " M=" << M;
-      }
-    }
+  test::check_layer_on_path(zl, GemmPath::Fused, test::reference_dequant(w), test::reference_dequant(w, false), Ms,
+                            act_mul,
+                            "N=" + std::to_string(N) + " K=" + std::to_string(K) + " group=" + std::to_string(group) +
+                                " " + test::pattern_name(pat) + " " + what);
 }
 
 // The stream kernel (M <= 16) under forced plans: several rows per warp (the ring flowing across

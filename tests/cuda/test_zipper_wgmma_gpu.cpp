@@ -131,29 +131,6 @@ TEST(ZipperWgmmaGpu, AutoRunsTheTileRemainderAsASecondLaunch) {
               worst[0], worst[1]);
 }
 
-// One layer at each M of Ms, fp16 and bf16, twice each (workspace and counters must be back to zero after a
-// split-K or stream-K call): zipper against the full reference, dense-only against the base. `what` names the
-// plan in failure messages; x_seed: the activations' seed is M * x_seed + K.
-void check_layer(const ZipperLinear& zl, const std::vector<float>& W, const std::vector<float>& Wb,
-                 const std::vector<int64_t>& Ms, uint64_t x_seed, const std::string& what, double (&worst)[2]) {
-  const int64_t N = zl.N(), K = zl.K();
-  for (DType dt : {DType::F16, DType::BF16})
-    for (int64_t M : Ms) {
-      std::vector<uint16_t> xb;
-      std::vector<float> xf;
-      test::random_activations(M, K, dt == DType::BF16, uint64_t(M) * x_seed + uint64_t(K), xb, xf);
-      const std::vector<double> yref = test::reference_gemm(xf, W, M, N, K);
-      const std::vector<double> ybase = test::reference_gemm(xf, Wb, M, N, K);
-      const std::string at = what + " " + dtype_name(dt) + " M=" + std::to_string(M);
-      for (int rep = 0; rep < 2; ++rep) {
-        const double err = run_wgmma(zl, M, dt, xb, yref, Variant::Zipper);
-        EXPECT_LT(err, bound(dt)) << at << " rep " << rep;
-        worst[int(dt)] = std::max(worst[int(dt)], err);
-        EXPECT_LT(run_wgmma(zl, M, dt, xb, ybase, Variant::DenseOnly), bound(dt)) << "dense-only " << at;
-      }
-    }
-}
-
 // Forced plans: token tiles, ring depths, K splits (with fix-up), partial output tiles (N % 128),
 // long K (bitmap words crossed), every scale group; each case twice (workspace and counters must
 // be back to zero after a split-K call).
@@ -183,7 +160,7 @@ TEST(ZipperWgmmaGpu, ForcedPlansOddShapesAndGroups) {
     const ZipperLinear zl(w);
     const std::vector<int64_t> Ms = std::getenv("ZIPPER_QUICK") ? std::vector<int64_t>{c.tok + 1}
                                                                  : std::vector<int64_t>{3, c.tok - 1, c.tok + 1, 3 * c.tok + 5};
-    check_layer(zl, W, Wb, Ms, 19,
+    test::check_layer_on_path(zl, GemmPath::Wgmma, W, Wb, Ms, 19,
                 "N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) + " group=" + std::to_string(c.group) + " " +
                     test::pattern_name(c.pat) + " tok=" + std::to_string(c.tok) + " stages=" + std::to_string(c.stages) +
                     " ksplit=" + std::to_string(c.ksplit) + " wtma=" + std::to_string(c.wtma),
@@ -219,7 +196,7 @@ TEST(ZipperWgmmaGpu, StreamKMatchesCpuReference) {
     const std::vector<int64_t> Ms = c.N * c.K > (int64_t(4) << 20) ? std::vector<int64_t>{c.tok - 1}
                                     : std::getenv("ZIPPER_QUICK")  ? std::vector<int64_t>{c.tok + 1}
                                                                     : std::vector<int64_t>{3, c.tok - 1, c.tok + 1, 3 * c.tok + 5};
-    check_layer(zl, W, Wb, Ms, 23,
+    test::check_layer_on_path(zl, GemmPath::Wgmma, W, Wb, Ms, 23,
                 "stream-K N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) + " group=" + std::to_string(c.group) +
                     " " + test::pattern_name(c.pat) + " tok=" + std::to_string(c.tok) + " stages=" +
                     std::to_string(c.stages),
